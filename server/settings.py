@@ -1,0 +1,141 @@
+"""The server's configuration contract.
+
+This module is imported by `infra/` to build the pod's environment, so it must depend on nothing but pydantic: the
+names of the environment variables are defined here once and both sides use them.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GGUFSTACK_"
+
+
+class ModelSourceKind(StrEnum):
+    DEMO = "demo"
+    LOCAL = "local"
+    BLOB = "blob"
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message is one line that names the offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    model_path: Path | None = Field(None, description="Local GGUF file to serve; excludes the blob settings.")
+    blob_account_url: str | None = Field(
+        None, description="Blob service URL, e.g. https://acct.blob.core.windows.net; authenticates with "
+        "DefaultAzureCredential (workload identity in AKS)."
+    )
+    blob_connection_string: SecretStr | None = Field(
+        None, description="Storage connection string instead of an account URL (Azurite, local development)."
+    )
+    blob_container: str = Field("models", min_length=3, max_length=63, description="Container holding the model.")
+    blob_name: str | None = Field(None, min_length=1, description="Name of the GGUF blob in the container.")
+    model_alias: str | None = Field(None, min_length=1, description="Model id served by the API (default: file name).")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "ggufstack" / "models", description="Where downloaded models are kept."
+    )
+    download_concurrency: int = Field(4, ge=1, le=64, description="Parallel ranged requests while downloading.")
+    source_retry_initial_s: float = Field(1.0, gt=0, description="First delay before retrying an unreachable source.")
+    source_retry_max_s: float = Field(60.0, gt=0, description="Longest delay between retries of the model source.")
+
+    n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU; -1 offloads all of them.")
+    n_ctx: int = Field(4096, ge=64, le=1_048_576, description="Context window, in tokens, shared by all slots.")
+    n_threads: int = Field(
+        default_factory=lambda: max(1, len(os.sched_getaffinity(0))), ge=1, description="CPU threads for inference."
+    )
+    n_batch: int = Field(512, ge=1, description="Maximum tokens in one llama_decode call.")
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> Settings:
+        blob_endpoint = self.blob_account_url or self.blob_connection_string
+        if self.blob_account_url and self.blob_connection_string:
+            raise ValueError("set GGUFSTACK_BLOB_ACCOUNT_URL or GGUFSTACK_BLOB_CONNECTION_STRING, not both")
+        if self.model_path and (blob_endpoint or self.blob_name):
+            raise ValueError("set GGUFSTACK_MODEL_PATH or the GGUFSTACK_BLOB_* settings, not both")
+        if blob_endpoint and not self.blob_name:
+            raise ValueError("GGUFSTACK_BLOB_NAME is required when a blob account is set")
+        if self.blob_name and not blob_endpoint:
+            raise ValueError("GGUFSTACK_BLOB_NAME needs GGUFSTACK_BLOB_ACCOUNT_URL or GGUFSTACK_BLOB_CONNECTION_STRING")
+        if self.blob_account_url and not self.blob_account_url.startswith(("https://", "http://")):
+            raise ValueError("GGUFSTACK_BLOB_ACCOUNT_URL must be an http(s) URL")
+        if self.source_retry_max_s < self.source_retry_initial_s:
+            raise ValueError("GGUFSTACK_SOURCE_RETRY_MAX_S must not be below GGUFSTACK_SOURCE_RETRY_INITIAL_S")
+        return self
+
+    @property
+    def model_source_kind(self) -> ModelSourceKind:
+        if self.model_path:
+            return ModelSourceKind.LOCAL
+        if self.blob_name:
+            return ModelSourceKind.BLOB
+        return ModelSourceKind.DEMO
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets `field`; raises KeyError for a field the contract does not have."""
+        if field not in cls.model_fields:
+            raise KeyError(f"Settings has no field {field!r}")
+        return f"{ENV_PREFIX}{field.upper()}"
+
+    @classmethod
+    def to_env(cls, **values: Any) -> dict[str, str]:
+        """Validate `values` as settings and return them as environment variables (for a pod spec or a subprocess).
+
+        Only the given fields are returned, so the server's defaults stay the defaults. Secret values are refused: a
+        secret belongs in a secret store, referenced by name, never inlined in an env list.
+        """
+        for field in values:
+            cls.env_name(field)
+            if cls.model_fields[field].annotation in (SecretStr, SecretStr | None):
+                raise ValueError(f"{cls.env_name(field)} is a secret: reference it from a secret store instead")
+        try:
+            cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(describe_validation_error(exc)) from None
+        return {cls.env_name(k): _env_value(v) for k, v in values.items()}
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line per problem, naming the environment variable rather than the Python field."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        message = error["msg"].removeprefix("Value error, ")
+        if loc:
+            given = error.get("input")
+            shown = "" if given is None or isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"{ENV_PREFIX}{loc[0].upper()}: {message}{shown}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, with `overrides` (e.g. CLI options) taking precedence.
+
+    Raises SettingsError with one line naming each invalid variable.
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
