@@ -54,6 +54,8 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, len(os.sched_getaffinity(0))), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=1, description="Maximum tokens in one llama_decode call.")
+    n_slots: int = Field(0, ge=0, le=256, description="Concurrent sequences; 0 picks a number from n_ctx.")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; more are refused with 429.")
 
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")

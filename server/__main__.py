@@ -1,0 +1,3 @@
+from server.cli import app
+
+app(prog_name="ggufstack")

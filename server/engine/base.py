@@ -1,0 +1,97 @@
+"""The inference engine's interface: what the HTTP side may know about generation.
+
+Nothing here imports llama-cpp-python, so the API layer and tests can depend on these types without loading a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    stop: Sequence[str] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt_tokens: Sequence[int]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """New completion text; never part of a stop string and never half a UTF-8 character."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationEvent = TextDelta | Finished
+
+
+class EngineError(Exception):
+    """A request the engine cannot run; `param` names the request field at fault, if any."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class ContextOverflowError(EngineError):
+    """The prompt, or prompt plus max_tokens, does not fit in the context window."""
+
+
+class EngineOverloadedError(EngineError):
+    """Every slot is busy and the waiting queue is full; try again later."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, code="engine_overloaded")
+        self.retry_after_s = retry_after_s
+
+
+class Engine(Protocol):
+    """Runs generations on one loaded model.
+
+    `generate` yields TextDelta events and then exactly one Finished event. Closing the iterator early (a client that
+    went away) cancels the generation and frees its resources.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    @property
+    def gpu_offload(self) -> bool: ...
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    async def close(self) -> None: ...

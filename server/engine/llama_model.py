@@ -1,0 +1,196 @@
+"""A GGUF model loaded through llama-cpp-python's low-level API: vocabulary, chat template and samplers.
+
+Contexts (the KV cache and the decode loop) belong to the engines; this module only owns the weights.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from server.engine.base import EngineError, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+_native_log = logging.getLogger("llama_cpp.native")
+# ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+
+
+@llama_cpp.llama_log_callback
+def _forward_native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    message = text.decode(errors="replace").rstrip()
+    if message:
+        _native_log.log(_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            # llama.cpp prints hundreds of lines per model load straight to stderr; route them through logging.
+            llama_cpp.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    description: str
+    n_ctx_train: int
+    n_layer: int
+    n_vocab: int
+    n_params: int
+    size_bytes: int
+
+
+class LlamaModel:
+    """Owns a llama_model pointer and answers every question that needs only the weights and vocabulary."""
+
+    def __init__(self, path: Path, *, n_gpu_layers: int) -> None:
+        _init_backend()
+        params = llama_cpp.llama_model_default_params()
+        self.gpu_offload_supported = bool(llama_cpp.llama_supports_gpu_offload())
+        # -1 means "everything"; llama.cpp spells that as a layer count larger than the model.
+        params.n_gpu_layers = (0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers) if self.gpu_offload_supported else 0
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise ModelLoadError(f"llama.cpp could not load {path}")
+        self.path = path
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        n_layer = llama_cpp.llama_model_n_layer(self.ptr)
+        self.n_gpu_layers = min(params.n_gpu_layers, n_layer + 1)
+        desc = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.ptr, desc, len(desc))
+        self.info = ModelInfo(
+            description=desc.value.decode(errors="replace"),
+            n_ctx_train=llama_cpp.llama_model_n_ctx_train(self.ptr),
+            n_layer=n_layer,
+            n_vocab=llama_cpp.llama_vocab_n_tokens(self.vocab),
+            n_params=llama_cpp.llama_model_n_params(self.ptr),
+            size_bytes=llama_cpp.llama_model_size(self.ptr),
+        )
+        self._pieces: dict[int, bytes] = {}
+        self._chat = self._chat_formatter()
+
+    @property
+    def gpu_offload(self) -> bool:
+        return self.gpu_offload_supported and self.n_gpu_layers > 0
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode()
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token stands for; control tokens render as nothing."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def check_token_ids(self, token_ids: Sequence[int], *, param: str) -> None:
+        bad = [t for t in token_ids if not 0 <= t < self.info.n_vocab]
+        if bad:
+            raise EngineError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.n_vocab - 1})", param=param)
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        try:
+            response = self._chat(messages=[dict(m) for m in messages])
+        except Exception as exc:  # a template's raise_exception and jinja errors alike mean the messages don't fit it
+            raise EngineError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
+        return response.prompt
+
+    def _chat_formatter(self) -> Jinja2ChatFormatter:
+        template = llama_cpp.llama_model_chat_template(self.ptr, None)
+        if template is None:
+            log.warning("model has no chat template; using ChatML")
+            template = _CHATML.encode()
+        return Jinja2ChatFormatter(
+            template=template.decode(),
+            eos_token=self._special_text(llama_cpp.llama_vocab_eos(self.vocab)),
+            bos_token=self._special_text(llama_cpp.llama_vocab_bos(self.vocab)),
+        )
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self.vocab, token).decode(errors="replace")
+
+    def new_sampler(self, params: SamplingParams) -> Sampler:
+        return Sampler(self, params)
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one sequence's sampling parameters."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
+        add = lambda s: llama_cpp.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
+        if params.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token=t, bias=b) for t, b in params.logit_bias.items())
+            )
+            add(llama_cpp.llama_sampler_init_logit_bias(model.info.n_vocab, len(params.logit_bias), biases))
+        if params.greedy:
+            add(llama_cpp.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+        add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
+        """Sample from the logits of batch position `index` and accept the token into the chain's state."""
+        return llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+_CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)

@@ -1,0 +1,84 @@
+"""Startup: fetch the model, load it, warm it up, and only then report ready; retry with backoff on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from server.engine.factory import load_engine, warm_up
+from server.engine.llama_model import ModelLoadError
+from server.model_holder import ModelHolder
+from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
+from server.model_source.resolve import ModelSource
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def _in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """Like asyncio.to_thread, but a shutdown need not wait for a multi-gigabyte download to finish."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine, which decides
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=f"loader-{getattr(fn, '__name__', 'task')}", daemon=True).start()
+    return await future
+
+
+class ModelLoader:
+    def __init__(self, settings: Settings, holder: ModelHolder, source: ModelSource) -> None:
+        self._settings = settings
+        self._holder = holder
+        self._source = source
+
+    async def run(self) -> None:
+        """Keep trying until a model serves. Every failure is logged and shown by /health/ready, never fatal."""
+        delay = self._settings.source_retry_initial_s
+        started = time.monotonic()
+        while True:
+            try:
+                await self._load_once(started)
+                return
+            except SourceUnavailableError as exc:
+                reason = f"model source unavailable: {exc}"
+            except VerificationError as exc:
+                reason = f"model rejected: {exc}"
+            except (ModelSourceError, ModelLoadError) as exc:
+                reason = f"model cannot be loaded: {exc}"
+            self._holder.set_state("waiting", f"{reason} (next try in {delay:.0f} s)")
+            log.warning("%s; retrying in %.1f s", reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._settings.source_retry_max_s)
+
+    async def _load_once(self, started: float) -> None:
+        self._holder.set_state("fetching", f"fetching {self._source.describe()}")
+        fetched = await _in_daemon_thread(self._source.fetch)
+        model_id = self._settings.model_alias or self._source.default_model_id()
+        self._holder.set_state("loading", f"loading {fetched.path.name}")
+        engine = await _in_daemon_thread(load_engine, fetched.path, self._settings, model_id)
+        self._holder.set_state("warming_up", f"warming up {model_id}")
+        await warm_up(engine)
+        previous = self._holder.install(engine)
+        if previous is not None:
+            await previous.close()
+        log.info("ready: serving %s (cold start %.1f s)", model_id, time.monotonic() - started)

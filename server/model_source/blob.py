@@ -1,0 +1,235 @@
+"""Azure Blob storage as the model source: ranged parallel download, checksum and header verification, atomic
+publication into a cache keyed by the blob's version (or ETag)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.identity import CredentialUnavailableError, DefaultAzureCredential
+from azure.storage.blob import BlobClient, BlobProperties
+
+from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
+from server.model_source.gguf import check_gguf_header
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+_CHUNK_BYTES = 8 * MIB
+_HASH_BLOCK = 4 * MIB
+_PROGRESS_EVERY_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    container: str
+    name: str
+    account_url: str | None = None
+    connection_string: str | None = None
+
+    def describe(self) -> str:
+        where = self.account_url or "connection string"
+        return f"blob {self.container}/{self.name} ({where})"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    path: Path
+    bytes_downloaded: int
+    seconds: float
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.bytes_downloaded == 0
+
+
+class BlobModelSource:
+    """Downloads one blob into `cache_dir` at most once per blob version."""
+
+    def __init__(self, location: BlobLocation, cache_dir: Path, *, concurrency: int = 4) -> None:
+        self.location = location
+        self._cache_dir = cache_dir
+        self._concurrency = concurrency
+        self._client = self._make_client()
+        self._rejected: dict[str, str] = {}
+
+    def _make_client(self) -> BlobClient:
+        # The SDK's own retries would hide an unreachable endpoint for minutes; the caller retries with backoff and
+        # reports readiness in between, so keep the SDK's to one.
+        options = {"max_single_get_size": _CHUNK_BYTES, "max_chunk_get_size": _CHUNK_BYTES, "retry_total": 1}
+        loc = self.location
+        if loc.connection_string:
+            return BlobClient.from_connection_string(loc.connection_string, loc.container, loc.name, **options)
+        credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        return BlobClient(loc.account_url, loc.container, loc.name, credential=credential, **options)
+
+    def fetch(self) -> FetchResult:
+        """Return a verified local copy of the blob, downloading it only if this version is not cached."""
+        started = time.monotonic()
+        props = self._call(self._client.get_blob_properties)
+        version = props.version_id or props.etag.strip('"')
+        target = self._entry_dir() / f"{_safe(version)}.gguf"
+        if target.is_file() and target.stat().st_size == props.size:
+            log.info("cache hit: %s version %s at %s (0 bytes downloaded)", self.location.describe(), version, target)
+            return FetchResult(target, 0, time.monotonic() - started)
+        if version in self._rejected:
+            raise VerificationError(self._rejected[version])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_partials()
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        try:
+            self._download(props, partial)
+            try:
+                self._verify(props, partial)
+            except VerificationError as exc:
+                self._rejected[version] = str(exc)
+                raise
+            os.replace(partial, target)
+            _fsync_dir(target.parent)
+        finally:
+            partial.unlink(missing_ok=True)
+        self._prune(keep=target)
+        seconds = time.monotonic() - started
+        log.info(
+            "downloaded %s version %s: %.1f MiB in %.1f s (%.1f MiB/s)",
+            self.location.describe(), version, props.size / MIB, seconds, props.size / MIB / max(seconds, 1e-6),
+        )
+        return FetchResult(target, props.size, seconds)
+
+    def _entry_dir(self) -> Path:
+        return self._cache_dir / _safe(self.location.container) / _safe(self.location.name)
+
+    def _remove_partials(self) -> None:
+        # Leftovers of a crashed download are never resumed: their bytes were never verified.
+        for stale in self._entry_dir().glob("*.partial"):
+            stale.unlink(missing_ok=True)
+
+    def _prune(self, keep: Path) -> None:
+        for old in self._entry_dir().glob("*.gguf"):
+            if old != keep:
+                old.unlink(missing_ok=True)
+
+    def _download(self, props: BlobProperties, partial: Path) -> None:
+        progress = _Progress(self.location.describe(), props.size)
+        with partial.open("wb") as f:
+            # Pinning the ETag makes the service refuse ranges from a blob replaced mid-download (412), so a file is
+            # never stitched together from two versions.
+            downloader = self._call(
+                self._client.download_blob,
+                etag=props.etag,
+                match_condition=MatchConditions.IfNotModified,
+                max_concurrency=self._concurrency,
+                progress_hook=progress,
+            )
+            self._call(downloader.readinto, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if partial.stat().st_size != props.size:
+            raise SourceUnavailableError(f"download of {self.location.describe()} ended early; will retry")
+
+    def _verify(self, props: BlobProperties, path: Path) -> None:
+        expected_sha256 = (props.metadata or {}).get("sha256")
+        content_md5 = props.content_settings.content_md5
+        if expected_sha256:
+            actual = _digest(path, hashlib.sha256())
+            if actual != expected_sha256.strip().lower():
+                raise VerificationError(
+                    f"{self.location.describe()} failed verification: sha256 is {actual}, "
+                    f"metadata says {expected_sha256}"
+                )
+            log.info("sha256 verified: %s", actual)
+        elif content_md5:
+            actual = _digest(path, hashlib.md5(usedforsecurity=False))
+            expected = bytes(content_md5).hex()
+            if actual != expected:
+                raise VerificationError(
+                    f"{self.location.describe()} failed verification: MD5 is {actual}, Content-MD5 says {expected}"
+                )
+            log.info("Content-MD5 verified: %s", actual)
+        else:
+            log.warning("%s has no sha256 metadata or Content-MD5: only its GGUF header is checked",
+                        self.location.describe())
+        check_gguf_header(path)
+
+    def _call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - a thin error translator around SDK calls
+        try:
+            return fn(*args, **kwargs)
+        except ResourceNotFoundError:
+            raise SourceUnavailableError(f"{self.location.describe()} does not exist (yet)") from None
+        except ResourceModifiedError:
+            raise SourceUnavailableError(f"{self.location.describe()} changed during download; will retry") from None
+        except (ClientAuthenticationError, CredentialUnavailableError) as exc:
+            raise SourceUnavailableError(
+                f"cannot authenticate to {self.location.describe()}: {_first_line(exc)}"
+            ) from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise SourceUnavailableError(f"{self.location.describe()} is unreachable: {_first_line(exc)}") from None
+        except HttpResponseError as exc:
+            raise SourceUnavailableError(
+                f"{self.location.describe()} answered HTTP {exc.status_code}: {_first_line(exc)}"
+            ) from None
+        except AzureError as exc:
+            raise ModelSourceError(f"{self.location.describe()}: {_first_line(exc)}") from None
+
+
+class _Progress:
+    """Logs bytes, MiB/s and ETA at most every few seconds; the SDK calls it from its download threads."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self._what = what
+        self._total = total
+        self._started = self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, current: int, total: int | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < _PROGRESS_EVERY_S and current < self._total:
+                return
+            self._last = now
+        rate = current / max(now - self._started, 1e-6)
+        eta = (self._total - current) / rate if rate else float("inf")
+        log.info(
+            "downloading %s: %.1f/%.1f MiB (%.0f%%), %.1f MiB/s, ETA %.0f s",
+            self._what, current / MIB, self._total / MIB, 100 * current / max(self._total, 1), rate / MIB, eta,
+        )
+
+
+def _digest(path: Path, hasher: hashlib._Hash) -> str:
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _safe(name: str) -> str:
+    return quote(name, safe="")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
