@@ -25,6 +25,17 @@ def _settings_or_exit(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _configure_logging(level: str) -> None:
+    if err.is_terminal:
+        handler: logging.Handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        # Containers and log collectors want one record per line, never wrapped.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [env GGUFSTACK_HOST].")] = None,
@@ -34,11 +45,7 @@ def serve(
 ) -> None:
     """Run the API server. With no model configured it serves the demo model SmolLM2-135M-Instruct."""
     settings = _settings_or_exit(host=host, port=port, model_path=model_path, log_level=log_level)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
-    )
+    _configure_logging(settings.log_level)
     import uvicorn
 
     from server.api.app import create_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 Stop = Annotated[str, Field(min_length=1)]
 LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]]
@@ -12,7 +12,7 @@ LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]]
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _SamplingFields(BaseModel):
@@ -27,7 +27,7 @@ class _SamplingFields(BaseModel):
     top_k: int = Field(0, ge=0, description="llama.cpp extension; 0 disables it.")
     min_p: float = Field(0.0, ge=0, le=1, description="llama.cpp extension; 0 disables it.")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: Stop | list[Stop] | None = None
     seed: int | None = None

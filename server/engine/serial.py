@@ -84,6 +84,7 @@ class SerialEngine:
                 param="max_tokens" if n_prompt < self._n_ctx else "messages",
                 code="context_length_exceeded",
             )
+        self._model.check_token_ids(request.prompt_tokens, param="prompt")
         self._model.check_token_ids(list(request.sampling.logit_bias), param="logit_bias")
         return self._stream(request)
 

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from server.model_source.local import demo_model
+from tests.support.azurite import Azurite, start_azurite
+from tests.support.server import ServerProcess, start_server
+
+DEMO_MODEL_ID = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def demo_gguf() -> Path:
+    return demo_model()
+
+
+@pytest.fixture(scope="session")
+def demo_sha256(demo_gguf: Path) -> str:
+    with demo_gguf.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The embedded default: no model configured at all."""
+    server = start_server(tmp_path_factory.mktemp("demo-server"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    emulator = start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def container(azurite: Azurite, request: pytest.FixtureRequest) -> Iterator[ContainerClient]:
+    """A fresh container per test, named after it, with versioning-free Azurite semantics."""
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    name = "t" + hashlib.sha1(request.node.nodeid.encode(), usedforsecurity=False).hexdigest()[:20]
+    client = service.create_container(name)
+    try:
+        yield client
+    finally:
+        client.delete_container()

@@ -1,0 +1,101 @@
+"""Every bad request gets a 4xx with OpenAI's error JSON, and the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import DEMO_MODEL_ID
+from tests.support.server import ServerProcess
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+USER = [{"role": "user", "content": "hi"}]
+LONG_TEXT = "hello world " * 3000  # about 6000 tokens, past the default 4096-token context
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param", "code"),
+    [
+        (CHAT, {"messages": USER}, 400, "model", "missing_required_parameter"),
+        (CHAT, {"model": DEMO_MODEL_ID}, 400, "messages", "missing_required_parameter"),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": []}, 400, "messages", "invalid_value"),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": "hi"}, 400, "messages", "invalid_value"),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": [{"role": "user"}]}, 400, "messages", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "temperature": "hot"}, 400, "temperature", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "temperature": 2.5}, 400, "temperature", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "top_p": 0}, 400, "top_p", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": 0}, 400, "max_tokens", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": -5}, 400, "max_tokens", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": 10**6}, 400, "max_tokens", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": 1.5}, 400, "max_tokens", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "n": 2}, 400, "n", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "stream": "yes"}, 400, "stream", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "stop": 7}, 400, "stop", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "logit_bias": {"abc": 1}}, 400, "logit_bias", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "logit_bias": {"5": 500}}, 400, "logit_bias", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "logit_bias": {"99999999": 1}}, 400, "logit_bias", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "seed": "x"}, 400, "seed", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "tools": []}, 400, "tools", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": 5, "max_completion_tokens": 5}, 400, None, None),
+        (CHAT, {"model": "gpt-4o", "messages": USER}, 404, "model", "model_not_found"),
+        (
+            CHAT,
+            {"model": DEMO_MODEL_ID, "messages": [{"role": "user", "content": LONG_TEXT}]},
+            400, "messages", "context_length_exceeded",
+        ),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID}, 400, "prompt", "missing_required_parameter"),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": ""}, 400, "prompt", None),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": []}, 400, "prompt", None),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": ["a", "b"]}, 400, "prompt", None),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": [1, 99999999]}, 400, "prompt", None),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": "x", "echo": True}, 400, "echo", None),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": LONG_TEXT}, 400, "prompt", "context_length_exceeded"),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": "x", "max_tokens": 5000}, 400, "max_tokens", None),
+        (COMPLETIONS, {"model": DEMO_MODEL_ID, "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty", None),
+        (COMPLETIONS, {"model": 42, "prompt": "x"}, 400, "model", None),
+    ],
+)
+def test_bad_requests_get_openai_error_json(
+    demo_server: ServerProcess, path: str, body: dict, status: int, param: str | None, code: str | None
+) -> None:
+    for stream in (False, True):
+        r = httpx.post(f"{demo_server.base_url}{path}", json={**body, "stream": body.get("stream", stream)}, timeout=60)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["message"] and error["type"]
+        assert error["param"] == param
+        if code:
+            assert error["code"] == code
+    assert httpx.get(f"{demo_server.base_url}/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"", b"[]", b'"text"', b"\xff\xfe", b'{"model": "x", "messages": [', b"null"]
+)
+def test_malformed_bodies_are_400(demo_server: ServerProcess, raw: bytes) -> None:
+    r = httpx.post(
+        f"{demo_server.base_url}{CHAT}", content=raw, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_route_and_wrong_method_are_openai_errors(demo_server: ServerProcess) -> None:
+    missing = httpx.get(f"{demo_server.base_url}/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    wrong = httpx.get(f"{demo_server.base_url}{CHAT}")
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_openai_client_raises_its_typed_errors(demo_server: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=f"{demo_server.base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=USER)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=DEMO_MODEL_ID, prompt="x", max_tokens=0)
+    assert info.value.param == "max_tokens"
