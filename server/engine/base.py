@@ -51,6 +51,26 @@ class Finished:
 GenerationEvent = TextDelta | Finished
 
 
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot of the engine's load and speed, for `/metrics`.
+
+    Counters only grow; the `recent_*` figures cover the last `window_s` seconds (0.0 when nothing happened in it).
+    """
+
+    slots_total: int
+    slots_busy: int
+    queue_depth: int
+    requests_finished: int
+    requests_rejected: int
+    prompt_tokens_total: int
+    completion_tokens_total: int
+    window_s: float
+    recent_tokens_per_s: float
+    recent_ttft_s: float
+    recent_time_per_output_token_s: float
+
+
 class EngineError(Exception):
     """A request the engine cannot run; `param` names the request field at fault, if any."""
 
@@ -93,5 +113,7 @@ class Engine(Protocol):
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    def stats(self) -> EngineStats: ...
 
     async def close(self) -> None: ...

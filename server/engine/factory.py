@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from server.engine.base import Engine, GenerationRequest, SamplingParams
+from server.engine.batching import BatchingEngine
 from server.engine.llama_model import LlamaModel
-from server.engine.serial import SerialEngine
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,11 @@ def load_engine(path: Path, settings: Settings, model_id: str) -> Engine:
     info = model.info
     log.info(
         "loaded %s: %s, %.0f M parameters, %d layers, trained context %d",
-        path.name, info.description, info.n_params / 1e6, info.n_layer, info.n_ctx_train,
+        path.name,
+        info.description,
+        info.n_params / 1e6,
+        info.n_layer,
+        info.n_ctx_train,
     )
     if model.gpu_offload:
         log.info("CUDA offload active: %d of %d layers on the GPU", min(model.n_gpu_layers, info.n_layer), info.n_layer)
@@ -26,8 +30,14 @@ def load_engine(path: Path, settings: Settings, model_id: str) -> Engine:
         log.info("CUDA offload inactive: GGUFSTACK_N_GPU_LAYERS=0")
     else:
         log.info("CUDA offload inactive: this llama.cpp build has no GPU backend; running on the CPU")
-    return SerialEngine(
-        model, model_id=model_id, n_ctx=settings.n_ctx, n_batch=settings.n_batch, n_threads=settings.n_threads
+    return BatchingEngine(
+        model,
+        model_id=model_id,
+        n_ctx=settings.n_ctx,
+        n_batch=settings.n_batch,
+        n_threads=settings.n_threads,
+        n_slots=settings.n_slots,
+        max_queue=settings.max_queue,
     )
 
 

@@ -1,0 +1,68 @@
+"""The bridge between the engine thread and one request's asyncio consumer.
+
+The engine thread never blocks on a consumer: it schedules `put_nowait` on the consumer's event loop. The consumer
+iterates a `JobStream`; closing it (or dropping it) only raises a flag, which the engine thread reads at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from server.engine.base import Finished, GenerationEvent, GenerationRequest
+
+
+@dataclass(eq=False)
+class Job:
+    """One request on its way through the engine; written by the engine thread, read by the event loop."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[GenerationEvent | BaseException] = field(default_factory=asyncio.Queue)
+    submitted_at: float = field(default_factory=time.monotonic)
+    # A plain bool: set by the event loop, read by the engine thread; a stale read only delays the release by a step.
+    cancelled: bool = False
+
+    def emit(self, event: GenerationEvent | BaseException) -> None:
+        # The loop is gone when the server shuts down mid-generation; nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class JobStream:
+    """The async iterator `Engine.generate` returns: the job's events in order, then exactly one Finished."""
+
+    def __init__(self, job: Job, on_cancel: Callable[[Job], None]) -> None:
+        self._job = job
+        self._on_cancel = on_cancel
+        self._done = False
+
+    def __aiter__(self) -> JobStream:
+        return self
+
+    async def __anext__(self) -> GenerationEvent:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._job.events.get()
+        if isinstance(event, BaseException):
+            self._done = True
+            raise event
+        if isinstance(event, Finished):
+            self._done = True
+        return event
+
+    async def aclose(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self._job.cancelled = True
+            self._on_cancel(self._job)
+
+    def __del__(self) -> None:
+        # A stream dropped without being closed (or never iterated) must still give its slot back.
+        self._cancel()

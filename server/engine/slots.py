@@ -1,0 +1,83 @@
+"""Slots: one KV sequence each, and the bookkeeping of which tokens sit in it.
+
+A slot's `tokens` are everything its sequence must hold (the prompt, then each sampled token once it is to be decoded);
+the first `n_past` of them are already in the KV cache. Prefill, decode and re-prefill after a preemption are the
+same thing: feed `tokens[n_past:]`. An idle slot keeps its tokens so the next request can reuse the common prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from server.engine.handoff import Job
+from server.engine.llama_model import Sampler
+from server.engine.text import TextAssembler
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    n_past: int = 0
+    job: Job | None = None
+    sampler: Sampler | None = None
+    text: TextAssembler | None = None
+    n_prompt: int = 0
+    generated: int = 0
+    # Admission order: the oldest active slot is never preempted, which guarantees progress when the KV cache is full.
+    admitted: int = 0
+    first_token_at: float | None = None
+    last_used: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.job is not None
+
+    @property
+    def pending(self) -> int:
+        """Tokens still to feed before this slot's next logits."""
+        return len(self.tokens) - self.n_past
+
+    def start(self, job: Job, sampler: Sampler, reused: int, admitted: int) -> None:
+        """Take a job whose prompt shares its first `reused` tokens with what this slot's sequence holds."""
+        self.job = job
+        self.sampler = sampler
+        self.text = TextAssembler(job.request.sampling.stop)
+        self.tokens = list(job.request.prompt_tokens)
+        self.n_past = reused
+        self.n_prompt = len(self.tokens)
+        self.generated = 0
+        self.admitted = admitted
+        self.first_token_at = None
+
+    def release(self) -> None:
+        """Back to idle; the KV of tokens[:n_past] stays for prefix reuse."""
+        if self.sampler is not None:
+            self.sampler.close()
+        del self.tokens[self.n_past :]
+        self.job = self.sampler = self.text = None
+        self.last_used = time.monotonic()
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def pick_slot(free: Sequence[Slot], prompt: Sequence[int]) -> tuple[Slot, int]:
+    """The free slot whose cached sequence shares the longest prefix with `prompt`, and how many tokens it can reuse.
+
+    At least the prompt's last token is always recomputed: its logits are what the first sample needs.
+    """
+    best, best_len = free[0], -1
+    for slot in free:
+        n = common_prefix(slot.tokens[: slot.n_past], prompt)
+        # On a tie prefer the least recently used slot, so recent caches survive longer.
+        if n > best_len or (n == best_len and slot.last_used < best.last_used):
+            best, best_len = slot, n
+    return best, min(best_len, len(prompt) - 1)
