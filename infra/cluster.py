@@ -1,0 +1,310 @@
+"""AKS: a small system pool, an autoscaled GPU pool for the server, and the server's Azure identity.
+
+The server authenticates to Blob Storage and Key Vault as a user-assigned identity through workload identity: the
+cluster's OIDC issuer signs its service account token, a federated credential trusts exactly that service account,
+and role assignments scope the identity to the `models` container (read) and the vault's secrets (read).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi_azure_native import authorization, containerservice, managedidentity
+
+from infra.config import DNS_SERVICE_IP, POD_CIDR, SERVICE_CIDR
+from infra.roles import (
+    AKS_RBAC_CLUSTER_ADMIN,
+    KEY_VAULT_SECRETS_USER,
+    NETWORK_CONTRIBUTOR,
+    STORAGE_BLOB_DATA_READER,
+    role_definition_id,
+)
+
+GPU_TAINT = ("sku", "gpu", "NoSchedule")
+GPU_POOL_LABEL = ("ggufstack.io/pool", "gpu")
+# AKS taints spot nodes with this on its own; pods bound for them must tolerate it as well as the GPU taint.
+SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
+WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    vm_size: str
+    min_count: int
+    max_count: int
+    spot: bool
+    os_disk_size_gb: int
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """The Kubernetes service account the server runs as, and what its Azure identity may read."""
+
+    namespace: str
+    service_account: str
+    models_container_id: pulumi.Input[str]
+    vault_id: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    name: str
+    resource_group_name: pulumi.Input[str]
+    location: str
+    subscription_id: pulumi.Input[str]
+    tenant_id: pulumi.Input[str]
+    # Whoever runs `pulumi up` (a developer or CI's service principal) must be able to apply the workload.
+    deployer_object_id: pulumi.Input[str]
+    kubernetes_version: str
+    tier: str
+    nodes_subnet_id: pulumi.Input[str]
+    workspace_id: pulumi.Input[str]
+    system_vm_size: str
+    system_node_count: int
+    availability_zones: Sequence[str]
+    gpu_pool: GpuPool
+    disable_local_accounts: bool
+    admin_group_object_ids: Sequence[str]
+    api_server_authorized_ip_ranges: Sequence[str]
+    server: ServerIdentity
+    tags: Mapping[str, str]
+
+
+class Cluster(pulumi.ComponentResource):
+    cluster_id: pulumi.Output[str]
+    cluster_name: pulumi.Output[str]
+    oidc_issuer_url: pulumi.Output[str]
+    kubelet_object_id: pulumi.Output[str]
+    server_client_id: pulumi.Output[str]
+    # The user kubeconfig, rewritten to log in with the Azure CLI; a Pulumi secret. It resolves only once the
+    # deployer can use it (its cluster-admin role assignment exists).
+    kubeconfig: pulumi.Output[str]
+    gpu_node_selector: Mapping[str, str]
+    gpu_tolerations: Sequence[Mapping[str, str]]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ggufstack:infra:Cluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        rg, location, pool = args.resource_group_name, args.location, args.gpu_pool
+
+        # A user-assigned control-plane identity exists before the cluster, so it can be granted the subnet first.
+        control_plane = managedidentity.UserAssignedIdentity(
+            f"{name}-control-plane",
+            resource_name_=f"id-{args.name}-aks",
+            resource_group_name=rg,
+            location=location,
+            tags=args.tags,
+            opts=child,
+        )
+        subnet_access = self._role(
+            name, "control-plane-subnet", args.nodes_subnet_id, NETWORK_CONTRIBUTOR, control_plane.principal_id, args
+        )
+
+        cluster = containerservice.ManagedCluster(
+            f"{name}-aks",
+            resource_name_=f"aks-{args.name}",
+            resource_group_name=rg,
+            location=location,
+            dns_prefix=args.name,
+            kubernetes_version=args.kubernetes_version,
+            node_resource_group=f"rg-{args.name}-nodes",
+            sku=containerservice.ManagedClusterSKUArgs(name="Base", tier=args.tier),
+            identity=containerservice.ManagedClusterIdentityArgs(
+                type="UserAssigned", user_assigned_identities=[control_plane.id]
+            ),
+            # The system pool is inline because AKS cannot create a cluster without one and cannot replace it in
+            # place; it only runs system pods (CriticalAddonsOnly).
+            agent_pool_profiles=[
+                containerservice.ManagedClusterAgentPoolProfileArgs(
+                    name="system",
+                    mode="System",
+                    vm_size=args.system_vm_size,
+                    count=args.system_node_count,
+                    availability_zones=list(args.availability_zones) or None,
+                    os_type="Linux",
+                    os_sku="AzureLinux",
+                    type="VirtualMachineScaleSets",
+                    vnet_subnet_id=args.nodes_subnet_id,
+                    node_taints=["CriticalAddonsOnly=true:NoSchedule"],
+                    upgrade_settings=containerservice.AgentPoolUpgradeSettingsArgs(max_surge="33%"),
+                )
+            ],
+            enable_rbac=True,
+            aad_profile=containerservice.ManagedClusterAADProfileArgs(
+                managed=True,
+                enable_azure_rbac=True,
+                tenant_id=args.tenant_id,
+                admin_group_object_ids=list(args.admin_group_object_ids),
+            ),
+            disable_local_accounts=args.disable_local_accounts,
+            api_server_access_profile=containerservice.ManagedClusterAPIServerAccessProfileArgs(
+                authorized_ip_ranges=list(args.api_server_authorized_ip_ranges) or None
+            ),
+            oidc_issuer_profile=containerservice.ManagedClusterOIDCIssuerProfileArgs(enabled=True),
+            security_profile=containerservice.ManagedClusterSecurityProfileArgs(
+                workload_identity=containerservice.ManagedClusterSecurityProfileWorkloadIdentityArgs(enabled=True),
+                image_cleaner=containerservice.ManagedClusterSecurityProfileImageCleanerArgs(
+                    enabled=True, interval_hours=168
+                ),
+            ),
+            network_profile=containerservice.ContainerServiceNetworkProfileArgs(
+                network_plugin="azure",
+                network_plugin_mode="overlay",
+                network_dataplane="cilium",
+                network_policy="cilium",
+                pod_cidr=POD_CIDR,
+                service_cidr=SERVICE_CIDR,
+                dns_service_ip=DNS_SERVICE_IP,
+                load_balancer_sku="standard",
+                outbound_type="loadBalancer",
+            ),
+            addon_profiles={
+                "omsagent": containerservice.ManagedClusterAddonProfileArgs(
+                    enabled=True,
+                    config={"logAnalyticsWorkspaceResourceID": args.workspace_id, "useAADAuth": "true"},
+                ),
+                "azureKeyvaultSecretsProvider": containerservice.ManagedClusterAddonProfileArgs(
+                    enabled=True, config={"enableSecretRotation": "true", "rotationPollInterval": "2m"}
+                ),
+            },
+            auto_upgrade_profile=containerservice.ManagedClusterAutoUpgradeProfileArgs(
+                upgrade_channel="patch", node_os_upgrade_channel="NodeImage"
+            ),
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[subnet_access]),
+        )
+
+        containerservice.AgentPool(
+            f"{name}-gpu",
+            agent_pool_name="gpu",
+            resource_name_=cluster.name,
+            resource_group_name=rg,
+            mode="User",
+            vm_size=pool.vm_size,
+            orchestrator_version=args.kubernetes_version,
+            os_type="Linux",
+            os_sku="Ubuntu",
+            os_disk_size_gb=pool.os_disk_size_gb,
+            type="VirtualMachineScaleSets",
+            vnet_subnet_id=args.nodes_subnet_id,
+            enable_auto_scaling=True,
+            min_count=pool.min_count,
+            max_count=pool.max_count,
+            count=pool.min_count,
+            node_taints=["{}={}:{}".format(*GPU_TAINT)],
+            node_labels=dict([GPU_POOL_LABEL]),
+            gpu_profile=containerservice.GPUProfileArgs(driver="Install"),
+            scale_set_priority="Spot" if pool.spot else "Regular",
+            scale_set_eviction_policy="Delete" if pool.spot else None,
+            spot_max_price=-1 if pool.spot else None,  # pay up to the on-demand price rather than be evicted on price
+            tags=args.tags,
+            # The autoscaler owns the node count once the pool exists; re-applying `count` would fight it.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
+        )
+
+        server = managedidentity.UserAssignedIdentity(
+            f"{name}-server",
+            resource_name_=f"id-{args.name}-server",
+            resource_group_name=rg,
+            location=location,
+            tags=args.tags,
+            opts=child,
+        )
+        issuer = cluster.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else None)
+        managedidentity.FederatedIdentityCredential(
+            f"{name}-server-federation",
+            federated_identity_credential_resource_name=f"{args.server.namespace}-{args.server.service_account}",
+            resource_name_=server.name,
+            resource_group_name=rg,
+            issuer=issuer,
+            subject=f"system:serviceaccount:{args.server.namespace}:{args.server.service_account}",
+            audiences=[WORKLOAD_IDENTITY_AUDIENCE],
+            opts=child,
+        )
+        self._role(
+            name,
+            "server-blob-reader",
+            args.server.models_container_id,
+            STORAGE_BLOB_DATA_READER,
+            server.principal_id,
+            args,
+        )
+        self._role(name, "server-secrets-user", args.server.vault_id, KEY_VAULT_SECRETS_USER, server.principal_id, args)
+        deployer_admin = authorization.RoleAssignment(
+            f"{name}-deployer-cluster-admin",
+            scope=cluster.id,
+            role_definition_id=role_definition_id(args.subscription_id, AKS_RBAC_CLUSTER_ADMIN),
+            principal_id=args.deployer_object_id,
+            description="Lets the identity running pulumi apply the Kubernetes workload",
+            opts=child,
+        )
+
+        credentials = containerservice.list_managed_cluster_user_credentials_output(
+            resource_group_name=rg, resource_name=cluster.name, format="exec"
+        )
+        encoded = credentials.apply(lambda c: c.kubeconfigs[0].value)
+        kubeconfig = pulumi.Output.all(encoded, deployer_admin.id).apply(
+            lambda parts: azure_cli_kubeconfig(base64.b64decode(parts[0]).decode())
+        )
+
+        self.cluster_id = cluster.id
+        self.cluster_name = cluster.name
+        self.oidc_issuer_url = issuer
+        self.kubelet_object_id = cluster.identity_profile.apply(lambda p: p["kubeletidentity"].object_id)
+        self.server_client_id = server.client_id
+        self.kubeconfig = pulumi.Output.secret(kubeconfig)
+        self.gpu_node_selector = dict([GPU_POOL_LABEL])
+        self.gpu_tolerations = [
+            {"key": key, "operator": "Equal", "value": value, "effect": effect}
+            for key, value, effect in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])
+        ]
+        self.register_outputs(
+            {
+                "cluster_id": self.cluster_id,
+                "cluster_name": self.cluster_name,
+                "oidc_issuer_url": self.oidc_issuer_url,
+                "kubelet_object_id": self.kubelet_object_id,
+                "server_client_id": self.server_client_id,
+                "kubeconfig": self.kubeconfig,
+            }
+        )
+
+    def _role(
+        self,
+        name: str,
+        purpose: str,
+        scope: pulumi.Input[str],
+        role: str,
+        principal_id: pulumi.Input[str],
+        args: ClusterArgs,
+    ) -> authorization.RoleAssignment:
+        return authorization.RoleAssignment(
+            f"{name}-{purpose}",
+            scope=scope,
+            role_definition_id=role_definition_id(args.subscription_id, role),
+            principal_id=principal_id,
+            # Set explicitly so ARM does not look up a just-created identity that Entra ID has not replicated yet.
+            principal_type="ServicePrincipal",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+
+def azure_cli_kubeconfig(kubeconfig: str) -> str:
+    """Rewrite AKS's exec kubeconfig to get tokens from the Azure CLI login instead of an interactive device code.
+
+    That is what works both on a laptop after `az login` and in CI after `azure/login`; it needs `kubelogin` on PATH.
+    """
+    config: dict[str, Any] = yaml.safe_load(kubeconfig)
+    for user in config.get("users", []):
+        exec_ = user.get("user", {}).get("exec")
+        if not exec_ or exec_.get("command") != "kubelogin":
+            continue
+        args: list[str] = exec_.get("args", [])
+        server_id = args[args.index("--server-id") + 1]
+        exec_["args"] = ["get-token", "--login", "azurecli", "--server-id", server_id]
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,504 @@
+"""The server's Kubernetes workload on AKS, applied through a provider built from the cluster's (secret) kubeconfig.
+
+The pod's environment comes from the server's own settings model (`Settings.to_env`), so a setting renamed in the
+server cannot silently stop reaching the pod: the program fails instead. Credentials never enter the environment;
+the Key Vault secrets provider mounts them read-only as files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi_kubernetes import apps, autoscaling, core, meta, networking, policy
+
+from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
+from infra.vault import VaultItem
+from server.settings import Settings
+
+NAMESPACE = "ggufstack"
+SERVICE_ACCOUNT = "ggufstack-server"
+APP = "ggufstack-server"
+SERVER_PORT = 8000
+SERVICE_PORT = 80
+CACHE_DIR = "/var/cache/ggufstack/models"
+SECRETS_DIR = "/mnt/secrets-store"
+SECRET_PROVIDER_CLASS = f"{APP}-keyvault"
+# The image's unprivileged user; fixed so the kubelet can enforce non-root without reading the image.
+SERVER_UID = 10001
+
+# Pinned like any other dependency; bump deliberately (https://github.com/NVIDIA/k8s-device-plugin/releases).
+DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.4"
+DEVICE_PLUGIN_SKIPS = {
+    "CKV_K8S_8": "the device plugin serves no HTTP endpoint to probe; the kubelet restarts it if it exits",
+    "CKV_K8S_9": "the device plugin serves no HTTP endpoint to probe; it registers with the kubelet over a socket",
+    "CKV_K8S_23": "registering with the kubelet means writing a socket into a root-owned host directory",
+    "CKV_K8S_40": "registering with the kubelet means writing a socket into a root-owned host directory",
+    "CKV_K8S_43": "NVIDIA publishes tags, which are pinned here; a digest would be copied unverified from elsewhere",
+}
+SERVER_SKIPS = {
+    "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
+}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the server is told through its settings model; the pod layout (host, port, cache dir) is added here."""
+
+    blob_account_url: pulumi.Input[str]
+    blob_container: str
+    blob_name: str
+    model_alias: str | None
+    context_size: int
+    log_level: str
+
+
+@dataclass(frozen=True)
+class WorkloadArgs:
+    kubeconfig: pulumi.Input[str]
+    image: pulumi.Input[str]
+    settings: ServerSettings
+    identity_client_id: pulumi.Input[str]
+    tenant_id: pulumi.Input[str]
+    vault_name: pulumi.Input[str]
+    secret_files: Sequence[VaultItem]
+    min_replicas: int
+    max_replicas: int
+    cpu: int
+    memory_gi: int
+    cache_size_gi: int
+    download_timeout_minutes: int
+    gpu_node_selector: Mapping[str, str]
+    gpu_tolerations: Sequence[Mapping[str, str]]
+    # Egress destinations: the data services' private addresses (None: they are reached on public endpoints).
+    endpoints_cidr: str | None
+    postgres_cidr: str
+    ingress_namespaces: Sequence[str]
+
+
+class Workload(pulumi.ComponentResource):
+    service_url: str
+
+    def __init__(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ggufstack:infra:Workload", name, None, opts)
+        provider = k8s.Provider(
+            f"{name}-aks",
+            kubeconfig=args.kubeconfig,
+            enable_server_side_apply=True,
+            # Deleting the cluster deletes everything in it; do not fail the destroy on an unreachable API.
+            delete_unreachable=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
+
+        namespace = core.v1.Namespace(
+            f"{name}-namespace",
+            metadata=meta.v1.ObjectMetaArgs(
+                name=NAMESPACE,
+                labels={
+                    # The API server rejects any pod here that does not meet the "restricted" standard.
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            ),
+            opts=on_cluster,
+        )
+        in_namespace = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
+
+        self._device_plugin(name, args, on_cluster)
+
+        core.v1.ServiceAccount(
+            f"{name}-service-account",
+            metadata=meta.v1.ObjectMetaArgs(
+                name=SERVICE_ACCOUNT,
+                namespace=NAMESPACE,
+                labels=_labels(),
+                annotations={
+                    "azure.workload.identity/client-id": args.identity_client_id,
+                    "azure.workload.identity/tenant-id": args.tenant_id,
+                },
+            ),
+            # The workload identity webhook projects its own token; the API token is not needed.
+            automount_service_account_token=False,
+            opts=in_namespace,
+        )
+        secret_provider = k8s.apiextensions.CustomResource(
+            f"{name}-keyvault",
+            api_version="secrets-store.csi.x-k8s.io/v1",
+            kind="SecretProviderClass",
+            metadata=meta.v1.ObjectMetaArgs(name=SECRET_PROVIDER_CLASS, namespace=NAMESPACE, labels=_labels()),
+            spec={
+                "provider": "azure",
+                "parameters": {
+                    "usePodIdentity": "false",
+                    "clientID": args.identity_client_id,
+                    "keyvaultName": args.vault_name,
+                    "tenantId": args.tenant_id,
+                    # The driver parses this as YAML; JSON is YAML and needs no YAML library here.
+                    "objects": json.dumps(
+                        {
+                            "array": [
+                                json.dumps({"objectName": item.value, "objectType": "secret"})
+                                for item in args.secret_files
+                            ]
+                        }
+                    ),
+                },
+            },
+            opts=in_namespace,
+        )
+
+        apps.v1.Deployment(
+            f"{name}-server",
+            metadata=meta.v1.ObjectMetaArgs(
+                name=APP, namespace=NAMESPACE, labels=_labels(), annotations=_skips(SERVER_SKIPS)
+            ),
+            spec=self._deployment_spec(args),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                provider=provider,
+                # The pod cannot start before its volume's SecretProviderClass exists.
+                depends_on=[namespace, secret_provider],
+                # Pulumi waits for the rollout; a first rollout may wait for a GPU node and a multi-GB download.
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=f"{_rollout_minutes(args)}m", update=f"{_rollout_minutes(args)}m"
+                ),
+            ),
+        )
+        core.v1.Service(
+            f"{name}-service",
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            spec=core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector=_selector(),
+                ports=[core.v1.ServicePortArgs(name="http", port=SERVICE_PORT, target_port="http", protocol="TCP")],
+            ),
+            opts=in_namespace,
+        )
+        autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            spec=autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=APP
+                ),
+                min_replicas=args.min_replicas,
+                max_replicas=args.max_replicas,
+                # CPU is the signal available without a metrics adapter: llama.cpp's decode loop and the HTTP
+                # layer both burn CPU in proportion to the requests in flight.
+                metrics=[
+                    autoscaling.v2.MetricSpecArgs(
+                        type="Resource",
+                        resource=autoscaling.v2.ResourceMetricSourceArgs(
+                            name="cpu",
+                            target=autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=70),
+                        ),
+                    )
+                ],
+                behavior=autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
+                    # A replica costs a GPU node and minutes of model download: scale down reluctantly.
+                    scale_down=autoscaling.v2.HPAScalingRulesArgs(stabilization_window_seconds=900)
+                ),
+            ),
+            opts=in_namespace,
+        )
+        policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            spec=policy.v1.PodDisruptionBudgetSpecArgs(
+                # One at a time, so node drains never take all replicas; with a single replica a drain still
+                # proceeds (a minAvailable of 1 would block AKS upgrades forever).
+                max_unavailable=1,
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+                selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
+            ),
+            opts=in_namespace,
+        )
+        self._network_policies(name, args, in_namespace)
+
+        self.service_url = f"http://{APP}.{NAMESPACE}.svc.cluster.local"
+        self.register_outputs({"service_url": self.service_url})
+
+    def _deployment_spec(self, args: WorkloadArgs) -> apps.v1.DeploymentSpecArgs:
+        s = args.settings
+        env = pulumi.Output.from_input(s.blob_account_url).apply(
+            lambda url: [
+                core.v1.EnvVarArgs(name=key, value=value)
+                for key, value in Settings.to_env(
+                    blob_account_url=url.rstrip("/"),
+                    blob_container=s.blob_container,
+                    blob_name=s.blob_name,
+                    cache_dir=CACHE_DIR,
+                    n_gpu_layers=-1,
+                    n_ctx=s.context_size,
+                    n_threads=args.cpu,
+                    host="0.0.0.0",  # inside the pod; the Service and NetworkPolicy bound who can reach it
+                    port=SERVER_PORT,
+                    log_level=s.log_level,
+                    **({"model_alias": s.model_alias} if s.model_alias else {}),
+                ).items()
+            ]
+        )
+        resources = {
+            "cpu": str(args.cpu),
+            "memory": f"{args.memory_gi}Gi",
+            "nvidia.com/gpu": "1",
+            # The model cache lives on the node's disk; reserving it keeps the scheduler from overcommitting disk.
+            "ephemeral-storage": f"{args.cache_size_gi + 2}Gi",
+        }
+        probe_period = 10
+        container = core.v1.ContainerArgs(
+            name="server",
+            image=args.image,
+            # The tag is immutable in practice, so Always only costs a manifest check and guards against a re-push.
+            image_pull_policy="Always",
+            ports=[core.v1.ContainerPortArgs(name="http", container_port=SERVER_PORT, protocol="TCP")],
+            env=env,
+            resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
+            # Startup covers the download and load of the model; liveness only starts counting after it.
+            startup_probe=_http_probe(
+                "/health/ready", probe_period, args.download_timeout_minutes * 60 // probe_period
+            ),
+            readiness_probe=_http_probe("/health/ready", probe_period, 3),
+            liveness_probe=_http_probe("/health/live", 20, 3),
+            lifecycle=core.v1.LifecycleArgs(
+                # Let endpoint removal reach the load balancers before the server starts refusing connections.
+                pre_stop=core.v1.LifecycleHandlerArgs(sleep=core.v1.SleepActionArgs(seconds=10))
+            ),
+            security_context=core.v1.SecurityContextArgs(
+                run_as_non_root=True,
+                run_as_user=SERVER_UID,
+                run_as_group=SERVER_UID,
+                allow_privilege_escalation=False,
+                privileged=False,
+                read_only_root_filesystem=True,
+                capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
+                seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+            ),
+            volume_mounts=[
+                core.v1.VolumeMountArgs(name="model-cache", mount_path=CACHE_DIR),
+                core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),  # noqa: S108 - a private emptyDir
+                core.v1.VolumeMountArgs(name="secrets", mount_path=SECRETS_DIR, read_only=True),
+            ],
+        )
+        pod_labels = {**_labels(), "azure.workload.identity/use": "true"}
+        return apps.v1.DeploymentSpecArgs(
+            # No `replicas`: the HorizontalPodAutoscaler owns the count, and re-applying one would fight it.
+            selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
+            strategy=apps.v1.DeploymentStrategyArgs(
+                type="RollingUpdate",
+                # Never drop below the current capacity; the new pod must download and load the model first.
+                rolling_update=apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
+            ),
+            progress_deadline_seconds=_rollout_minutes(args) * 60,
+            revision_history_limit=5,
+            template=core.v1.PodTemplateSpecArgs(
+                metadata=meta.v1.ObjectMetaArgs(labels=pod_labels),
+                spec=core.v1.PodSpecArgs(
+                    service_account_name=SERVICE_ACCOUNT,
+                    automount_service_account_token=False,
+                    node_selector=dict(args.gpu_node_selector),
+                    tolerations=[core.v1.TolerationArgs(**t) for t in args.gpu_tolerations],
+                    topology_spread_constraints=[
+                        core.v1.TopologySpreadConstraintArgs(
+                            max_skew=1,
+                            topology_key="kubernetes.io/hostname",
+                            when_unsatisfiable="ScheduleAnyway",
+                            label_selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
+                        )
+                    ],
+                    # Long enough for streamed completions in flight to finish after the pod leaves the endpoints.
+                    termination_grace_period_seconds=120,
+                    security_context=core.v1.PodSecurityContextArgs(
+                        run_as_non_root=True,
+                        run_as_user=SERVER_UID,
+                        run_as_group=SERVER_UID,
+                        fs_group=SERVER_UID,
+                        seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                    ),
+                    containers=[container],
+                    volumes=[
+                        core.v1.VolumeArgs(
+                            name="model-cache",
+                            empty_dir=core.v1.EmptyDirVolumeSourceArgs(size_limit=f"{args.cache_size_gi}Gi"),
+                        ),
+                        core.v1.VolumeArgs(name="tmp", empty_dir=core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")),
+                        core.v1.VolumeArgs(
+                            name="secrets",
+                            csi=core.v1.CSIVolumeSourceArgs(
+                                driver="secrets-store.csi.k8s.io",
+                                read_only=True,
+                                volume_attributes={"secretProviderClass": SECRET_PROVIDER_CLASS},
+                            ),
+                        ),
+                    ],
+                ),
+            ),
+        )
+
+    def _device_plugin(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
+        labels = {"app.kubernetes.io/name": "nvidia-device-plugin", "app.kubernetes.io/part-of": "ggufstack"}
+        resources = {"cpu": "50m", "memory": "64Mi"}
+        apps.v1.DaemonSet(
+            f"{name}-nvidia-device-plugin",
+            metadata=meta.v1.ObjectMetaArgs(
+                name="nvidia-device-plugin",
+                # system-node-critical is only admitted in kube-system.
+                namespace="kube-system",
+                labels=labels,
+                annotations=_skips(DEVICE_PLUGIN_SKIPS),
+            ),
+            spec=apps.v1.DaemonSetSpecArgs(
+                selector=meta.v1.LabelSelectorArgs(match_labels=labels),
+                update_strategy=apps.v1.DaemonSetUpdateStrategyArgs(type="RollingUpdate"),
+                template=core.v1.PodTemplateSpecArgs(
+                    metadata=meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=core.v1.PodSpecArgs(
+                        priority_class_name="system-node-critical",
+                        automount_service_account_token=False,
+                        node_selector=dict(args.gpu_node_selector),
+                        tolerations=[core.v1.TolerationArgs(**t) for t in args.gpu_tolerations],
+                        security_context=core.v1.PodSecurityContextArgs(
+                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault")
+                        ),
+                        containers=[
+                            core.v1.ContainerArgs(
+                                name="nvidia-device-plugin",
+                                image=DEVICE_PLUGIN_IMAGE,
+                                image_pull_policy="Always",
+                                # Keep running on a node whose driver is still being installed; it retries.
+                                env=[core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="false")],
+                                resources=core.v1.ResourceRequirementsArgs(
+                                    requests=resources, limits={**resources, "memory": "128Mi"}
+                                ),
+                                security_context=core.v1.SecurityContextArgs(
+                                    allow_privilege_escalation=False,
+                                    privileged=False,
+                                    read_only_root_filesystem=True,
+                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
+                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                                ),
+                                volume_mounts=[
+                                    core.v1.VolumeMountArgs(
+                                        name="device-plugin", mount_path="/var/lib/kubelet/device-plugins"
+                                    )
+                                ],
+                            )
+                        ],
+                        volumes=[
+                            core.v1.VolumeArgs(
+                                name="device-plugin",
+                                host_path=core.v1.HostPathVolumeSourceArgs(
+                                    path="/var/lib/kubelet/device-plugins", type="Directory"
+                                ),
+                            )
+                        ],
+                    ),
+                ),
+            ),
+            opts=opts,
+        )
+        # The plugin talks to the kubelet over a host socket only: it gets no network at all.
+        networking.v1.NetworkPolicy(
+            f"{name}-nvidia-device-plugin-isolation",
+            metadata=meta.v1.ObjectMetaArgs(name="nvidia-device-plugin", namespace="kube-system", labels=labels),
+            spec=networking.v1.NetworkPolicySpecArgs(
+                pod_selector=meta.v1.LabelSelectorArgs(match_labels=labels), policy_types=["Ingress", "Egress"]
+            ),
+            opts=opts,
+        )
+
+    def _network_policies(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
+        networking.v1.NetworkPolicy(
+            f"{name}-default-deny",
+            metadata=meta.v1.ObjectMetaArgs(name="default-deny", namespace=NAMESPACE, labels=_labels()),
+            spec=networking.v1.NetworkPolicySpecArgs(
+                pod_selector=meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]
+            ),
+            opts=opts,
+        )
+        sources = [networking.v1.NetworkPolicyPeerArgs(pod_selector=meta.v1.LabelSelectorArgs())]
+        if args.ingress_namespaces:
+            sources.append(
+                networking.v1.NetworkPolicyPeerArgs(
+                    namespace_selector=meta.v1.LabelSelectorArgs(
+                        match_expressions=[
+                            meta.v1.LabelSelectorRequirementArgs(
+                                key="kubernetes.io/metadata.name", operator="In", values=list(args.ingress_namespaces)
+                            )
+                        ]
+                    )
+                )
+            )
+        anywhere = "0.0.0.0/0"
+        networking.v1.NetworkPolicy(
+            f"{name}-server",
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            spec=networking.v1.NetworkPolicySpecArgs(
+                pod_selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
+                policy_types=["Ingress", "Egress"],
+                ingress=[networking.v1.NetworkPolicyIngressRuleArgs(from_=sources, ports=[_tcp(SERVER_PORT)])],
+                egress=[
+                    networking.v1.NetworkPolicyEgressRuleArgs(
+                        to=[
+                            networking.v1.NetworkPolicyPeerArgs(
+                                namespace_selector=meta.v1.LabelSelectorArgs(
+                                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
+                                ),
+                                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
+                            )
+                        ],
+                        ports=[
+                            networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=53),
+                            networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=53),
+                        ],
+                    ),
+                    # Entra ID's token endpoint (workload identity) has no fixed address range, so HTTPS egress
+                    # cannot be narrowed further; with private endpoints, Blob and Key Vault resolve into the VNet.
+                    _egress(anywhere, HTTPS_PORT),
+                    _egress(args.postgres_cidr, POSTGRES_PORT),
+                    _egress(args.endpoints_cidr or anywhere, REDIS_PORT),
+                ],
+            ),
+            opts=opts,
+        )
+
+
+def _labels() -> dict[str, str]:
+    return {**_selector(), "app.kubernetes.io/part-of": "ggufstack", "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def _selector() -> dict[str, str]:
+    return {"app.kubernetes.io/name": APP}
+
+
+def _skips(skips: Mapping[str, str]) -> dict[str, str]:
+    """checkov's per-object skip annotations: each skipped check with the reason it does not apply."""
+    return {f"checkov.io/skip{i}": f"{check}={reason}" for i, (check, reason) in enumerate(skips.items(), start=1)}
+
+
+def _rollout_minutes(args: WorkloadArgs) -> int:
+    # Scaling a GPU pool up (possibly from zero) and installing its driver takes up to about 20 minutes.
+    return args.download_timeout_minutes + 20
+
+
+def _http_probe(path: str, period: int, failures: int) -> core.v1.ProbeArgs:
+    return core.v1.ProbeArgs(
+        http_get=core.v1.HTTPGetActionArgs(path=path, port="http"),
+        period_seconds=period,
+        timeout_seconds=5,
+        failure_threshold=failures,
+    )
+
+
+def _tcp(port: int) -> networking.v1.NetworkPolicyPortArgs:
+    return networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
+
+
+def _egress(cidr: str, port: int) -> networking.v1.NetworkPolicyEgressRuleArgs:
+    return networking.v1.NetworkPolicyEgressRuleArgs(
+        to=[networking.v1.NetworkPolicyPeerArgs(ip_block=networking.v1.IPBlockArgs(cidr=cidr))], ports=[_tcp(port)]
+    )

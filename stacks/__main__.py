@@ -1,0 +1,163 @@
+"""The ggufstack Pulumi program: composes the infra components for the selected stack and exports what operators use.
+
+Every property of the environment lives in `infra/`; this file only wires one component's outputs into the next.
+"""
+
+import pulumi
+from pulumi_azure_native import authorization, resources
+
+from infra import config
+from infra.cache import Cache, CacheArgs
+from infra.cluster import Cluster, ClusterArgs, GpuPool, ServerIdentity
+from infra.database import Database, DatabaseArgs
+from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
+from infra.network import Network, NetworkArgs, SubnetLayout
+from infra.registry import SERVER_REPOSITORY, Registry, RegistryArgs
+from infra.storage import Storage, StorageArgs
+from infra.vault import Vault, VaultArgs, VaultItem
+from infra.workload import NAMESPACE, SERVICE_ACCOUNT, ServerSettings, Workload, WorkloadArgs
+
+cfg = config.load()
+name = cfg.base_name(pulumi.get_stack())
+tags = {"app": "ggufstack", "stack": pulumi.get_stack(), "managed-by": "pulumi"}
+client = authorization.get_client_config_output()
+layout = SubnetLayout.of(cfg.vnet_cidr)
+
+# The one resource outside a component: the group every component is created in.
+group = resources.ResourceGroup("resource-group", resource_group_name=f"rg-{name}", location=cfg.location, tags=tags)
+common = {"name": name, "resource_group_name": group.name, "location": cfg.location, "tags": tags}
+
+network = Network("network", NetworkArgs(**common, layout=layout, private_endpoints=cfg.private_endpoints))
+monitoring = Monitoring("monitoring", MonitoringArgs(**common, retention_days=cfg.log_retention_days))
+vault = Vault(
+    "vault",
+    VaultArgs(
+        **common,
+        tenant_id=client.tenant_id,
+        purge_protection=cfg.purge_protection,
+        private_endpoint=network.endpoint_target("vault"),
+    ),
+)
+storage = Storage(
+    "storage",
+    StorageArgs(
+        **common,
+        sku=cfg.storage_sku,
+        shared_key_access=cfg.storage_shared_key_access,
+        private_endpoint=network.endpoint_target("blob"),
+    ),
+)
+database = Database(
+    "database",
+    DatabaseArgs(
+        **common,
+        subnet_id=network.postgres_subnet_id,
+        dns_zone_id=network.postgres_dns_zone_id,
+        sku=cfg.postgres_sku,
+        tier=cfg.postgres_tier,
+        version=cfg.postgres_version,
+        storage_gb=cfg.postgres_storage_gb,
+        high_availability=cfg.postgres_high_availability,
+        backup_retention_days=cfg.postgres_backup_retention_days,
+        availability_zones=cfg.availability_zones,
+        vault_name=vault.vault_name,
+    ),
+)
+cache = Cache(
+    "cache",
+    CacheArgs(
+        **common, sku=cfg.redis_sku, vault_name=vault.vault_name, private_endpoint=network.endpoint_target("redis")
+    ),
+)
+cluster = Cluster(
+    "cluster",
+    ClusterArgs(
+        **common,
+        subscription_id=client.subscription_id,
+        tenant_id=client.tenant_id,
+        deployer_object_id=client.object_id,
+        kubernetes_version=cfg.kubernetes_version,
+        tier=cfg.cluster_tier,
+        nodes_subnet_id=network.nodes_subnet_id,
+        workspace_id=monitoring.workspace_id,
+        system_vm_size=cfg.system_vm_size,
+        system_node_count=cfg.system_node_count,
+        availability_zones=cfg.availability_zones,
+        gpu_pool=GpuPool(
+            vm_size=cfg.gpu_vm_size,
+            min_count=cfg.gpu_node_min,
+            max_count=cfg.gpu_node_max,
+            spot=cfg.gpu_spot,
+            os_disk_size_gb=cfg.gpu_os_disk_size_gb,
+        ),
+        disable_local_accounts=cfg.disable_local_accounts,
+        admin_group_object_ids=cfg.aks_admin_group_object_ids,
+        api_server_authorized_ip_ranges=cfg.api_server_authorized_ip_ranges,
+        server=ServerIdentity(
+            namespace=NAMESPACE,
+            service_account=SERVICE_ACCOUNT,
+            models_container_id=storage.container_id,
+            vault_id=vault.vault_id,
+        ),
+    ),
+)
+registry = Registry(
+    "registry",
+    RegistryArgs(
+        **common,
+        subscription_id=client.subscription_id,
+        kubelet_object_id=cluster.kubelet_object_id,
+        private_endpoint=network.endpoint_target("acr"),
+    ),
+)
+Diagnostics(
+    "diagnostics",
+    DiagnosticsArgs(
+        workspace_id=monitoring.workspace_id,
+        key_vault_id=vault.vault_id,
+        storage_account_id=storage.account_id,
+        postgres_server_id=database.server_id,
+        cluster_id=cluster.cluster_id,
+    ),
+)
+server_image = pulumi.Output.concat(registry.login_server, f"/{SERVER_REPOSITORY}:{cfg.server_image_tag}")
+workload = Workload(
+    "workload",
+    WorkloadArgs(
+        kubeconfig=cluster.kubeconfig,
+        image=server_image,
+        settings=ServerSettings(
+            blob_account_url=storage.blob_endpoint,
+            blob_container=storage.container_name,
+            blob_name=cfg.model_blob_name,
+            model_alias=cfg.model_alias,
+            context_size=cfg.context_size,
+            log_level=cfg.log_level,
+        ),
+        identity_client_id=cluster.server_client_id,
+        tenant_id=client.tenant_id,
+        vault_name=vault.vault_name,
+        secret_files=[VaultItem.DATABASE_URL, VaultItem.REDIS_URL, VaultItem.ADMIN_API_KEY],
+        min_replicas=cfg.server_replicas,
+        max_replicas=cfg.server_max_replicas,
+        cpu=cfg.server_cpu,
+        memory_gi=cfg.server_memory_gi,
+        cache_size_gi=cfg.model_cache_size_gi,
+        download_timeout_minutes=cfg.model_download_timeout_minutes,
+        gpu_node_selector=cluster.gpu_node_selector,
+        gpu_tolerations=cluster.gpu_tolerations,
+        endpoints_cidr=layout.endpoints if cfg.private_endpoints else None,
+        postgres_cidr=layout.postgres,
+        ingress_namespaces=cfg.ingress_namespaces,
+    ),
+)
+
+pulumi.export("resourceGroupName", group.name)
+pulumi.export("serverUrl", workload.service_url)
+pulumi.export("serverImage", server_image)
+pulumi.export("acrName", registry.registry_name)
+pulumi.export("acrLoginServer", registry.login_server)
+pulumi.export("modelsContainerUrl", storage.container_url)
+pulumi.export("keyVaultName", vault.vault_name)
+pulumi.export("clusterName", cluster.cluster_name)
+pulumi.export("kubeconfig", cluster.kubeconfig)
