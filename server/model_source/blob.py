@@ -23,7 +23,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.identity import CredentialUnavailableError, DefaultAzureCredential
-from azure.storage.blob import BlobClient, BlobProperties
+from azure.storage.blob import BlobClient, BlobProperties, ExponentialRetry
 
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.gguf import check_gguf_header
@@ -66,13 +66,28 @@ class BlobModelSource:
         self.location = location
         self._cache_dir = cache_dir
         self._concurrency = concurrency
-        self._client = self._make_client()
+        self._client: BlobClient | None = None
         self._rejected: dict[str, str] = {}
 
+    @property
+    def _blob(self) -> BlobClient:
+        # Built on first use, inside the loader's retry loop: a credential that cannot even be constructed (bad
+        # AZURE_* variables) then shows as a readiness reason instead of killing the process at startup.
+        if self._client is None:
+            try:
+                self._client = self._make_client()
+            except ValueError as exc:
+                raise ModelSourceError(f"cannot set up access to {self.location.describe()}: {exc}") from None
+        return self._client
+
     def _make_client(self) -> BlobClient:
-        # The SDK's own retries would hide an unreachable endpoint for minutes; the caller retries with backoff and
-        # reports readiness in between, so keep the SDK's to one.
-        options = {"max_single_get_size": _CHUNK_BYTES, "max_chunk_get_size": _CHUNK_BYTES, "retry_total": 1}
+        # The SDK's default retry waits 15 s and more between tries. Ranges of a long download keep a few quick retries
+        # (one lost chunk must not restart gigabytes); the properties probe gets none, see fetch().
+        options = {
+            "max_single_get_size": _CHUNK_BYTES,
+            "max_chunk_get_size": _CHUNK_BYTES,
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+        }
         loc = self.location
         if loc.connection_string:
             return BlobClient.from_connection_string(loc.connection_string, loc.container, loc.name, **options)
@@ -82,7 +97,8 @@ class BlobModelSource:
     def fetch(self) -> FetchResult:
         """Return a verified local copy of the blob, downloading it only if this version is not cached."""
         started = time.monotonic()
-        props = self._call(self._client.get_blob_properties)
+        # No SDK retries here: the loader retries with its own backoff and reports readiness in between.
+        props = self._call(self._blob.get_blob_properties, retry_total=0)
         version = props.version_id or props.etag.strip('"')
         target = self._entry_dir() / f"{_safe(version)}.gguf"
         if target.is_file() and target.stat().st_size == props.size:
@@ -131,7 +147,7 @@ class BlobModelSource:
             # Pinning the ETag makes the service refuse ranges from a blob replaced mid-download (412), so a file is
             # never stitched together from two versions.
             downloader = self._call(
-                self._client.download_blob,
+                self._blob.download_blob,
                 etag=props.etag,
                 match_condition=MatchConditions.IfNotModified,
                 max_concurrency=self._concurrency,

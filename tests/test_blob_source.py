@@ -1,0 +1,146 @@
+"""BlobModelSource against Azurite: what is downloaded, verified, cached and refused."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import ContainerClient, ContentSettings
+
+from server.model_source.blob import BlobLocation, BlobModelSource
+from server.model_source.errors import SourceUnavailableError, VerificationError
+from tests.support.azurite import Azurite
+
+FAKE_GGUF = b"GGUF" + (3).to_bytes(4, "little") + bytes(range(256)) * 4096  # a valid header, about 1 MiB
+
+
+def source(azurite: Azurite, container: ContainerClient, cache: Path, name: str = "m.gguf") -> BlobModelSource:
+    location = BlobLocation(container.container_name, name, connection_string=azurite.connection_string)
+    return BlobModelSource(location, cache, concurrency=4)
+
+
+def upload(container: ContainerClient, data: bytes, name: str = "m.gguf", **kwargs: object) -> None:
+    container.upload_blob(name, data, overwrite=True, max_concurrency=2, **kwargs)
+
+
+def files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def sha256_meta(data: bytes) -> dict[str, str]:
+    return {"sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_download_verifies_sha256_and_second_fetch_downloads_nothing(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
+    caplog.set_level(logging.INFO)
+    first = source(azurite, container, tmp_path).fetch()
+    assert first.bytes_downloaded == len(FAKE_GGUF)
+    assert first.path.read_bytes() == FAKE_GGUF
+    assert "sha256 verified" in caplog.text
+    second = source(azurite, container, tmp_path).fetch()
+    assert second.cache_hit and second.path == first.path
+    assert "cache hit" in caplog.text
+
+
+def test_content_md5_is_verified_when_there_is_no_sha256(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    md5 = hashlib.md5(FAKE_GGUF, usedforsecurity=False).digest()
+    upload(container, FAKE_GGUF, content_settings=ContentSettings(content_md5=md5))
+    caplog.set_level(logging.INFO)
+    assert source(azurite, container, tmp_path).fetch().path.read_bytes() == FAKE_GGUF
+    assert "Content-MD5 verified" in caplog.text
+
+
+def test_wrong_content_md5_is_refused(azurite: Azurite, container: ContainerClient, tmp_path: Path) -> None:
+    upload(container, FAKE_GGUF)
+    # The service checks an MD5 sent with an upload, so a wrong one can only be set afterwards, as rot would.
+    container.get_blob_client("m.gguf").set_http_headers(ContentSettings(content_md5=b"\0" * 16))
+    with pytest.raises(VerificationError, match="MD5"):
+        source(azurite, container, tmp_path).fetch()
+    assert files(tmp_path) == []
+
+
+def test_wrong_sha256_is_refused_and_leaves_nothing_behind(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    upload(container, FAKE_GGUF, metadata={"sha256": "0" * 64})
+    with pytest.raises(VerificationError, match="sha256"):
+        source(azurite, container, tmp_path).fetch()
+    assert files(tmp_path) == []
+
+
+def test_a_refused_version_is_not_downloaded_again(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upload(container, FAKE_GGUF, metadata={"sha256": "0" * 64})
+    src = source(azurite, container, tmp_path)
+    with pytest.raises(VerificationError):
+        src.fetch()
+    caplog.set_level(logging.INFO)
+    with pytest.raises(VerificationError, match="sha256"):
+        src.fetch()
+    assert "downloading" not in caplog.text
+
+
+def test_non_gguf_with_a_matching_checksum_is_refused(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    junk = b"<html>not a model</html>" * 1000
+    upload(container, junk, metadata=sha256_meta(junk))
+    with pytest.raises(VerificationError, match="not a GGUF file"):
+        source(azurite, container, tmp_path).fetch()
+    assert files(tmp_path) == []
+
+
+def test_leftover_partial_download_is_discarded_not_trusted(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
+    src = source(azurite, container, tmp_path)
+    entry = src.fetch().path
+    stale = entry.with_name(entry.name + ".12345.partial")
+    stale.write_bytes(FAKE_GGUF[:1000])
+    entry.unlink()
+    result = src.fetch()
+    assert result.bytes_downloaded == len(FAKE_GGUF)
+    assert not stale.exists()
+
+
+def test_new_blob_version_is_downloaded_and_the_old_one_pruned(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
+    old = source(azurite, container, tmp_path).fetch().path
+    newer = FAKE_GGUF + b"v2"
+    upload(container, newer, metadata=sha256_meta(newer))
+    new = source(azurite, container, tmp_path).fetch()
+    assert new.path != old and new.bytes_downloaded == len(newer)
+    assert not old.exists()
+
+
+def test_missing_blob_and_unreachable_endpoint_are_transient(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    with pytest.raises(SourceUnavailableError, match="does not exist"):
+        source(azurite, container, tmp_path, "absent.gguf").fetch()
+    dead = BlobLocation("models", "m.gguf", connection_string=azurite.connection_string.replace(
+        f":{azurite.port}/", ":9/"
+    ))
+    with pytest.raises(SourceUnavailableError, match="unreachable"):
+        BlobModelSource(dead, tmp_path).fetch()
+
+
+def test_blob_names_with_slashes_are_flattened_inside_the_cache(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    name = "team/llama/model.gguf"
+    upload(container, FAKE_GGUF, name=name, metadata=sha256_meta(FAKE_GGUF))
+    path = source(azurite, container, tmp_path, name).fetch().path
+    assert path.resolve().is_relative_to(tmp_path.resolve())
+    assert path.parent.name == "team%2Fllama%2Fmodel.gguf"
