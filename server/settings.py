@@ -32,8 +32,9 @@ class Settings(BaseSettings):
 
     model_path: Path | None = Field(None, description="Local GGUF file to serve; excludes the blob settings.")
     blob_account_url: str | None = Field(
-        None, description="Blob service URL, e.g. https://acct.blob.core.windows.net; authenticates with "
-        "DefaultAzureCredential (workload identity in AKS)."
+        None,
+        description="Blob service URL, e.g. https://acct.blob.core.windows.net; authenticates with "
+        "DefaultAzureCredential (workload identity in AKS).",
     )
     blob_connection_string: SecretStr | None = Field(
         None, description="Storage connection string instead of an account URL (Azurite, local development)."

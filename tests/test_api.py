@@ -160,8 +160,13 @@ async def test_eight_concurrent_streams_all_complete_in_full(aclient: openai.Asy
 
     async def one(prompt: str) -> tuple[str, str | None, int]:
         stream = await aclient.completions.create(
-            model=DEMO_MODEL_ID, prompt=prompt, max_tokens=24, temperature=0, logit_bias=EOS_TOKENS,
-            stream=True, stream_options={"include_usage": True},
+            model=DEMO_MODEL_ID,
+            prompt=prompt,
+            max_tokens=24,
+            temperature=0,
+            logit_bias=EOS_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         text, finish, used = "", None, 0
         async for chunk in stream:
@@ -174,9 +179,13 @@ async def test_eight_concurrent_streams_all_complete_in_full(aclient: openai.Asy
 
     results = await asyncio.gather(*(one(p) for p in prompts))
     alone = [
-        (await aclient.completions.create(
-            model=DEMO_MODEL_ID, prompt=p, max_tokens=24, temperature=0, logit_bias=EOS_TOKENS
-        )).choices[0].text
+        (
+            await aclient.completions.create(
+                model=DEMO_MODEL_ID, prompt=p, max_tokens=24, temperature=0, logit_bias=EOS_TOKENS
+            )
+        )
+        .choices[0]
+        .text
         for p in prompts[:2]
     ]
     assert all(finish == "length" and used == 24 for _, finish, used in results)

@@ -43,8 +43,12 @@ def servers() -> Iterator[list[ServerProcess]]:
 
 
 def test_not_ready_until_the_blob_exists_then_serves_and_restarts_from_cache(
-    azurite: Azurite, container: ContainerClient, demo_gguf: Path, demo_sha256: str,
-    tmp_path: Path, servers: list[ServerProcess],
+    azurite: Azurite,
+    container: ContainerClient,
+    demo_gguf: Path,
+    demo_sha256: str,
+    tmp_path: Path,
+    servers: list[ServerProcess],
 ) -> None:
     first = start_server(tmp_path, blob_env(azurite, container))
     servers.append(first)
@@ -169,9 +173,7 @@ def test_token_auth_through_default_azure_credential(
         tokens.stop()
 
 
-def test_token_auth_is_really_checked(
-    azurite_oauth: Azurite, tmp_path: Path, servers: list[ServerProcess]
-) -> None:
+def test_token_auth_is_really_checked(azurite_oauth: Azurite, tmp_path: Path, servers: list[ServerProcess]) -> None:
     """Without a token source the request is refused: the previous test passed because of the token."""
     env = {
         "GGUFSTACK_BLOB_ACCOUNT_URL": azurite_oauth.account_url,

@@ -129,9 +129,9 @@ def test_missing_blob_and_unreachable_endpoint_are_transient(
 ) -> None:
     with pytest.raises(SourceUnavailableError, match="does not exist"):
         source(azurite, container, tmp_path, "absent.gguf").fetch()
-    dead = BlobLocation("models", "m.gguf", connection_string=azurite.connection_string.replace(
-        f":{azurite.port}/", ":9/"
-    ))
+    dead = BlobLocation(
+        "models", "m.gguf", connection_string=azurite.connection_string.replace(f":{azurite.port}/", ":9/")
+    )
     with pytest.raises(SourceUnavailableError, match="unreachable"):
         BlobModelSource(dead, tmp_path).fetch()
 

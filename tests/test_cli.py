@@ -8,8 +8,12 @@ from server.settings import Settings
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GGUFSTACK_")}
     return subprocess.run(
-        [sys.executable, "-m", "server", *args], env={**clean, **env, "COLUMNS": "300"},
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "server", *args],
+        env={**clean, **env, "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

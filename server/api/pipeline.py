@@ -29,8 +29,10 @@ def select_engine(holder: ModelHolder, model: str) -> Engine:
     engine = holder.engine()
     if model != engine.model_id:
         raise APIError(
-            404, f"the model {model!r} does not exist; this server serves {engine.model_id!r}",
-            param="model", code="model_not_found",
+            404,
+            f"the model {model!r} does not exist; this server serves {engine.model_id!r}",
+            param="model",
+            code="model_not_found",
         )
     return engine
 
@@ -53,7 +55,8 @@ def _room(engine: Engine, prompt: list[int], param: str) -> int:
     if room < 1:
         raise ContextOverflowError(
             f"this model's context is {engine.n_ctx} tokens, but the prompt has {len(prompt)}",
-            param=param, code="context_length_exceeded",
+            param=param,
+            code="context_length_exceeded",
         )
     return room
 
@@ -78,7 +81,9 @@ def prepare_chat(engine: Engine, body: ChatCompletionRequest) -> GenerationReque
     prompt = engine.tokenize(rendered, add_special=False)
     room = _room(engine, prompt, "messages")
     requested = body.requested_max_tokens()
-    return GenerationRequest(prompt_tokens=prompt, sampling=_sampling(body, requested if requested is not None else room))
+    return GenerationRequest(
+        prompt_tokens=prompt, sampling=_sampling(body, requested if requested is not None else room)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 from urllib.parse import quote
 
 from azure.core import MatchConditions
@@ -29,6 +31,8 @@ from server.model_source.errors import ModelSourceError, SourceUnavailableError,
 from server.model_source.gguf import check_gguf_header
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MIB = 1024 * 1024
 _CHUNK_BYTES = 8 * MIB
@@ -124,7 +128,11 @@ class BlobModelSource:
         seconds = time.monotonic() - started
         log.info(
             "downloaded %s version %s: %.1f MiB in %.1f s (%.1f MiB/s)",
-            self.location.describe(), version, props.size / MIB, seconds, props.size / MIB / max(seconds, 1e-6),
+            self.location.describe(),
+            version,
+            props.size / MIB,
+            seconds,
+            props.size / MIB / max(seconds, 1e-6),
         )
         return FetchResult(target, props.size, seconds)
 
@@ -179,11 +187,13 @@ class BlobModelSource:
                 )
             log.info("Content-MD5 verified: %s", actual)
         else:
-            log.warning("%s has no sha256 metadata or Content-MD5: only its GGUF header is checked",
-                        self.location.describe())
+            log.warning(
+                "%s has no sha256 metadata or Content-MD5: only its GGUF header is checked", self.location.describe()
+            )
         check_gguf_header(path)
 
-    def _call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - a thin error translator around SDK calls
+    def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run an SDK call, translating its exceptions into transient or permanent model-source errors."""
         try:
             return fn(*args, **kwargs)
         except ResourceNotFoundError:
@@ -223,7 +233,12 @@ class _Progress:
         eta = (self._total - current) / rate if rate else float("inf")
         log.info(
             "downloading %s: %.1f/%.1f MiB (%.0f%%), %.1f MiB/s, ETA %.0f s",
-            self._what, current / MIB, self._total / MIB, 100 * current / max(self._total, 1), rate / MIB, eta,
+            self._what,
+            current / MIB,
+            self._total / MIB,
+            100 * current / max(self._total, 1),
+            rate / MIB,
+            eta,
         )
 
 

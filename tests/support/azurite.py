@@ -54,8 +54,17 @@ def start_azurite(workdir: Path, *, https: bool = False) -> Azurite:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [
-        azurite_binary(), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(workdir / "data"),
-        "--silent", "--loose", "--skipApiVersionCheck", "--disableTelemetry",
+        azurite_binary(),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--location",
+        str(workdir / "data"),
+        "--silent",
+        "--loose",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
     ]
     cert = None
     if https:

@@ -22,8 +22,13 @@ def _b64(data: dict) -> str:
 def unsigned_token(audience: str) -> str:
     now = int(time.time())
     claims = {
-        "aud": audience, "iss": f"https://sts.windows.net/{TENANT}/", "iat": now, "nbf": now - 60, "exp": now + 3600,
-        "oid": "00000000-0000-0000-0000-000000000001", "tid": TENANT,
+        "aud": audience,
+        "iss": f"https://sts.windows.net/{TENANT}/",
+        "iat": now,
+        "nbf": now - 60,
+        "exp": now + 3600,
+        "oid": "00000000-0000-0000-0000-000000000001",
+        "tid": TENANT,
     }
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.sig"
 
@@ -37,7 +42,7 @@ class TokenEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 query = parse_qs(urlparse(self.path).query)
                 resource = query.get("resource", [""])[0]
                 if self.headers.get("X-IDENTITY-HEADER") != "x" or not resource:
@@ -46,10 +51,14 @@ class TokenEndpoint:
                     return
                 endpoint.requests.append(resource)
                 audience = resource.removesuffix("/.default").rstrip("/")
-                body = json.dumps({
-                    "access_token": unsigned_token(audience), "expires_on": str(int(time.time()) + 3600),
-                    "resource": resource, "token_type": "Bearer",
-                }).encode()
+                body = json.dumps(
+                    {
+                        "access_token": unsigned_token(audience),
+                        "expires_on": str(int(time.time()) + 3600),
+                        "resource": resource,
+                        "token_type": "Bearer",
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

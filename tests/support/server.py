@@ -37,7 +37,7 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 120) -> None:
         self.wait_for(lambda r: r.status_code == 200, timeout, "ready")
 
-    def wait_for(self, predicate, timeout: float, what: str) -> httpx.Response:  # noqa: ANN001
+    def wait_for(self, predicate, timeout: float, what: str) -> httpx.Response:
         deadline = time.monotonic() + timeout
         last: httpx.Response | None = None
         while time.monotonic() < deadline:
