@@ -1,0 +1,28 @@
+"""The README is the product's manual: its commands and settings table must match the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    first_block = re.search(r"```sh\n(.*?)```", README, re.S)
+    assert first_block and README.index(first_block.group(0)) < README.index("\n## ")
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
+    assert commands == ["./dev serve", "./dev test"]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    script = (ROOT / ".ci" / "run").read_text()
+    assert script.rstrip().endswith("exec ./dev test")
+
+
+def test_every_setting_is_documented() -> None:
+    table = {m.group(1) for m in re.finditer(r"^\| `(GGUFSTACK_[A-Z0-9_]+)` \|", README, re.M)}
+    assert table == {Settings.env_name(name) for name in Settings.model_fields}
