@@ -1,0 +1,220 @@
+"""AKS, its GPU pool, and the server's workload identity with exactly the permissions it needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.cluster import azure_cli_kubeconfig
+from infra.roles import (
+    AKS_RBAC_CLUSTER_ADMIN,
+    KEY_VAULT_SECRETS_USER,
+    NETWORK_CONTRIBUTOR,
+    STORAGE_BLOB_DATA_READER,
+)
+from tests.infra.harness import (
+    AKS_SERVER_APP_ID,
+    DEPLOYER_OBJECT_ID,
+    SUBSCRIPTION_ID,
+    Registration,
+    StackRun,
+    aks_user_kubeconfig,
+    is_secret,
+)
+
+
+def _role_id(role: str) -> str:
+    return f"/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+
+
+def _assignments(stack: StackRun, role: str) -> list[dict]:
+    return [
+        r.plain
+        for r in stack.of_type("azure-native:authorization:RoleAssignment")
+        if r.plain["roleDefinitionId"] == _role_id(role)
+    ]
+
+
+def _identity(stack: StackRun, suffix: str) -> Registration:
+    (identity,) = [
+        r
+        for r in stack.of_type("azure-native:managedidentity:UserAssignedIdentity")
+        if r.plain["resourceName"] == f"id-{stack.name}-{suffix}"
+    ]
+    return identity
+
+
+def test_cluster_runs_the_configured_kubernetes_version_and_tier(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").plain
+    assert cluster["kubernetesVersion"] == stack.cfg.kubernetes_version
+    assert cluster["sku"] == {"name": "Base", "tier": stack.cfg.cluster_tier}
+    assert cluster["autoUpgradeProfile"] == {"upgradeChannel": "patch", "nodeOSUpgradeChannel": "NodeImage"}
+
+
+def test_cluster_has_oidc_issuer_and_workload_identity(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").plain
+    assert cluster["oidcIssuerProfile"] == {"enabled": True}
+    assert cluster["securityProfile"]["workloadIdentity"] == {"enabled": True}
+
+
+def test_cluster_uses_entra_id_with_azure_rbac(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").plain
+    assert cluster["enableRBAC"] is True
+    assert cluster["aadProfile"]["managed"] is True
+    assert cluster["aadProfile"]["enableAzureRBAC"] is True
+    assert cluster["disableLocalAccounts"] is stack.cfg.disable_local_accounts
+
+
+def test_prod_cluster_has_no_local_accounts(prod: StackRun) -> None:
+    assert prod.one("azure-native:containerservice:ManagedCluster").plain["disableLocalAccounts"] is True
+
+
+def test_cluster_networking_is_azure_cni_overlay_with_network_policy(stack: StackRun) -> None:
+    profile = stack.one("azure-native:containerservice:ManagedCluster").plain["networkProfile"]
+    assert (profile["networkPlugin"], profile["networkPluginMode"]) == ("azure", "overlay")
+    assert (profile["networkPolicy"], profile["networkDataplane"]) == ("cilium", "cilium")
+
+
+def test_cluster_addons_report_to_the_workspace_and_mount_key_vault_secrets(stack: StackRun) -> None:
+    addons = stack.one("azure-native:containerservice:ManagedCluster").plain["addonProfiles"]
+    workspace = stack.one("azure-native:operationalinsights:Workspace").id
+    assert addons["omsagent"]["enabled"] is True
+    assert addons["omsagent"]["config"]["logAnalyticsWorkspaceResourceID"] == workspace
+    assert addons["azureKeyvaultSecretsProvider"]["enabled"] is True
+
+
+def test_system_pool_is_inline_and_reserved_for_system_pods(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").plain
+    nodes_subnet = next(
+        r.id for r in stack.of_type("azure-native:network:Subnet") if r.plain["subnetName"] == "aks-nodes"
+    )
+    (system,) = cluster["agentPoolProfiles"]
+    assert (system["name"], system["mode"]) == ("system", "System")
+    assert system["vmSize"] == stack.cfg.system_vm_size
+    assert system["count"] == stack.cfg.system_node_count
+    assert system["nodeTaints"] == ["CriticalAddonsOnly=true:NoSchedule"]
+    assert system["vnetSubnetID"] == nodes_subnet
+    assert system.get("availabilityZones", []) == stack.cfg.availability_zones
+
+
+def test_control_plane_identity_may_join_the_node_subnet_before_the_cluster_exists(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster")
+    control_plane = _identity(stack, "aks")
+    assert cluster.plain["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [control_plane.id]}
+    (subnet_access,) = [
+        r
+        for r in stack.of_type("azure-native:authorization:RoleAssignment")
+        if r.name == "cluster-control-plane-subnet"
+    ]
+    assert subnet_access.plain["roleDefinitionId"] == _role_id(NETWORK_CONTRIBUTOR)
+    assert subnet_access.plain["principalId"] == control_plane.outputs["principalId"]
+    assert subnet_access.urn in cluster.dependencies
+
+
+def test_gpu_pool_is_a_separate_tainted_autoscaled_agent_pool(stack: StackRun) -> None:
+    cfg = stack.cfg
+    cluster = stack.one("azure-native:containerservice:ManagedCluster")
+    pool = stack.one("azure-native:containerservice:AgentPool")
+    inputs = pool.plain
+    assert inputs["resourceName"] == cluster.outputs["name"]
+    assert (inputs["agentPoolName"], inputs["mode"]) == ("gpu", "User")
+    assert inputs["vmSize"] == cfg.gpu_vm_size
+    assert inputs["nodeTaints"] == ["sku=gpu:NoSchedule"]
+    assert inputs["nodeLabels"] == {"ggufstack.io/pool": "gpu"}
+    assert inputs["enableAutoScaling"] is True
+    assert (inputs["minCount"], inputs["maxCount"]) == (cfg.gpu_node_min, cfg.gpu_node_max)
+    assert inputs["count"] == cfg.gpu_node_min
+    assert inputs["gpuProfile"] == {"driver": "Install"}
+    assert inputs["orchestratorVersion"] == cfg.kubernetes_version
+
+
+def test_gpu_pool_count_is_left_to_the_autoscaler(stack: StackRun) -> None:
+    assert stack.one("azure-native:containerservice:AgentPool").ignore_changes == ["count"]
+
+
+def test_dev_gpu_pool_is_spot_and_scales_to_zero(dev: StackRun) -> None:
+    pool = dev.one("azure-native:containerservice:AgentPool").plain
+    assert (pool["scaleSetPriority"], pool["scaleSetEvictionPolicy"], pool["spotMaxPrice"]) == ("Spot", "Delete", -1)
+    assert pool["minCount"] == 0
+
+
+def test_prod_gpu_pool_is_on_demand(prod: StackRun) -> None:
+    pool = prod.one("azure-native:containerservice:AgentPool").plain
+    assert pool["scaleSetPriority"] == "Regular"
+    assert "spotMaxPrice" not in pool
+
+
+def test_server_identity_is_federated_with_exactly_its_service_account(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").outputs
+    server = _identity(stack, "server")
+    credential = stack.one("azure-native:managedidentity:FederatedIdentityCredential").plain
+    assert credential["resourceName"] == server.outputs["name"]
+    assert credential["issuer"] == cluster["oidcIssuerProfile"]["issuerURL"]
+    assert credential["subject"] == "system:serviceaccount:ggufstack:ggufstack-server"
+    assert credential["audiences"] == ["api://AzureADTokenExchange"]
+
+
+def test_server_identity_reads_only_the_models_container(stack: StackRun) -> None:
+    container = stack.one("azure-native:storage:BlobContainer").id
+    server = _identity(stack, "server")
+    (reader,) = _assignments(stack, STORAGE_BLOB_DATA_READER)
+    assert (reader["scope"], reader["principalId"], reader["principalType"]) == (
+        container,
+        server.outputs["principalId"],
+        "ServicePrincipal",
+    )
+
+
+def test_server_identity_reads_the_vault_secrets(stack: StackRun) -> None:
+    vault = stack.one("azure-native:keyvault:Vault").id
+    server = _identity(stack, "server")
+    (user,) = _assignments(stack, KEY_VAULT_SECRETS_USER)
+    assert (user["scope"], user["principalId"], user["principalType"]) == (
+        vault,
+        server.outputs["principalId"],
+        "ServicePrincipal",
+    )
+
+
+def test_the_deployer_administers_the_cluster_it_deploys_to(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").id
+    (admin,) = _assignments(stack, AKS_RBAC_CLUSTER_ADMIN)
+    assert (admin["scope"], admin["principalId"]) == (cluster, DEPLOYER_OBJECT_ID)
+
+
+def test_role_assignments_are_exactly_the_five_the_design_needs(stack: StackRun) -> None:
+    roles = sorted(
+        r.plain["roleDefinitionId"].rsplit("/", 1)[1]
+        for r in stack.of_type("azure-native:authorization:RoleAssignment")
+    )
+    assert roles == sorted(
+        [
+            NETWORK_CONTRIBUTOR,
+            STORAGE_BLOB_DATA_READER,
+            KEY_VAULT_SECRETS_USER,
+            AKS_RBAC_CLUSTER_ADMIN,
+            "7f951dda-4ed3-4680-a7ca-43fe172d538d",
+        ]
+    )
+
+
+def test_kubernetes_provider_gets_the_kubeconfig_only_as_a_secret(stack: StackRun) -> None:
+    provider = stack.one("pulumi:providers:kubernetes")
+    assert is_secret(provider.inputs["kubeconfig"])
+    assert stack.by_urn(provider.parent).type == "ggufstack:infra:Workload"
+
+
+@pytest.mark.parametrize("cluster", ["aks-a", "aks-b"])
+def test_kubeconfig_rewrite_swaps_device_code_for_azure_cli(cluster: str) -> None:
+    import yaml
+
+    original = yaml.safe_load(aks_user_kubeconfig(cluster))
+    rewritten = yaml.safe_load(azure_cli_kubeconfig(aks_user_kubeconfig(cluster)))
+    assert rewritten["users"][0]["user"]["exec"]["args"] == [
+        "get-token",
+        "--login",
+        "azurecli",
+        "--server-id",
+        AKS_SERVER_APP_ID,
+    ]
+    for key in ("clusters", "contexts", "current-context"):
+        assert rewritten[key] == original[key]

@@ -1,0 +1,156 @@
+"""Stack configuration: both stack files are valid and differ where they should; bad config fails in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+
+from infra.config import GPU_VM_SIZES, ConfigError, StackConfig, load, parse
+from tests.infra.harness import PROJECT, run_program, stack_config
+
+VALID = {
+    "location": "westeurope",
+    "gpuVmSize": "Standard_NC4as_T4_v3",
+    "serverImageTag": "v1.2.3",
+    "modelBlobName": "qwen/qwen2.5-7b-q4_k_m.gguf",
+    "serverMaxReplicas": "2",
+}
+
+
+def _stack(stack: str) -> StackConfig:
+    return parse({key.removeprefix(f"{PROJECT}:"): value for key, value in stack_config(stack).items()})
+
+
+def _error(**overrides: str | None) -> str:
+    values = {k: v for k, v in {**VALID, **overrides}.items() if v is not None}
+    with pytest.raises(ConfigError) as info:
+        parse(values)
+    message = str(info.value)
+    assert "\n" not in message, "one line, so the Pulumi CLI shows it as is"
+    return message
+
+
+def test_both_stack_files_are_valid() -> None:
+    for stack in ("dev", "prod"):
+        assert isinstance(_stack(stack), StackConfig)
+
+
+def test_stack_files_use_only_the_project_namespace() -> None:
+    for stack in ("dev", "prod"):
+        assert all(key.startswith(f"{PROJECT}:") for key in stack_config(stack))
+
+
+def test_dev_is_the_cheaper_less_private_stack() -> None:
+    dev, prod = _stack("dev"), _stack("prod")
+    assert dev.gpu_spot and not prod.gpu_spot
+    assert dev.gpu_node_min == 0 < prod.gpu_node_min
+    assert GPU_VM_SIZES[dev.gpu_vm_size].vcpus < GPU_VM_SIZES[prod.gpu_vm_size].vcpus
+    assert dev.server_replicas < prod.server_replicas
+    assert dev.system_node_count < prod.system_node_count
+    assert (dev.private_endpoints, dev.purge_protection) == (False, False)
+    assert (prod.private_endpoints, prod.purge_protection, prod.disable_local_accounts) == (True, True, True)
+    assert not prod.storage_shared_key_access
+    assert prod.postgres_high_availability and not dev.postgres_high_availability
+    assert dev.postgres_tier == "Burstable" and prod.postgres_tier == "GeneralPurpose"
+
+
+def test_config_is_frozen() -> None:
+    config = parse(VALID)
+    with pytest.raises(ValueError, match="frozen"):
+        config.gpu_spot = True  # type: ignore[misc]
+
+
+def test_secure_defaults_apply_when_keys_are_left_out() -> None:
+    config = parse(VALID)
+    assert config.private_endpoints and config.purge_protection and config.disable_local_accounts
+    assert not config.storage_shared_key_access and not config.gpu_spot
+
+
+def test_unknown_gpu_vm_size_is_rejected_with_the_allowed_sizes() -> None:
+    message = _error(gpuVmSize="Standard_XYZ")
+    assert message.startswith(f"{PROJECT}:gpuVmSize: 'Standard_XYZ' is not a known GPU VM size; allowed: ")
+    assert all(size in message for size in GPU_VM_SIZES)
+
+
+def test_gpu_pool_min_above_max_is_rejected() -> None:
+    assert _error(gpuNodeMin="4", gpuNodeMax="3") == f"{PROJECT}:gpuNodeMin: 4 exceeds gpuNodeMax; allowed: 0..3"
+
+
+@pytest.mark.parametrize("key", ["location", "gpuVmSize", "serverImageTag", "modelBlobName"])
+def test_missing_required_key_is_named(key: str) -> None:
+    message = _error(**{key: None})
+    assert message == f"{PROJECT}:{key}: required; set it with `pulumi config set {key} <value>`"
+
+
+def test_every_problem_is_reported_on_the_same_line() -> None:
+    message = _error(location=None, gpuSpot="maybe")
+    assert f"{PROJECT}:location: required" in message
+    assert f"{PROJECT}:gpuSpot: 'maybe' is not allowed; allowed: true, false" in message
+
+
+def test_misspelt_key_is_rejected_with_a_suggestion() -> None:
+    message = _error(gpuVMSize="Standard_NC4as_T4_v3")
+    assert message.startswith(f"{PROJECT}:gpuVMSize: unknown key (did you mean gpuVmSize?); allowed: ")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"location": "West Europe"}, "ggufstack:location: 'West Europe' is not an Azure region name; allowed:"),
+        ({"kubernetesVersion": "1.28"}, "ggufstack:kubernetesVersion: '1.28' is not a supported Kubernetes version"),
+        ({"serverImageTag": "latest"}, "ggufstack:serverImageTag: 'latest' is not a pinned image tag"),
+        ({"modelBlobName": "model.bin"}, "ggufstack:modelBlobName: 'model.bin' is not a GGUF blob name"),
+        ({"vnetCidr": "10.244.0.0/16"}, "ggufstack:vnetCidr: '10.244.0.0/16' cannot host the cluster"),
+        ({"availabilityZones": "1,2"}, "ggufstack:availabilityZones: '1,2' is not a list; allowed: a YAML list"),
+        ({"availabilityZones": '["4"]'}, "ggufstack:availabilityZones: '4' is not allowed; allowed: 1, 2, 3"),
+        ({"postgresStorageGb": "100"}, "ggufstack:postgresStorageGb: 100 is not allowed; allowed: 32, 64, 128"),
+        ({"redisSku": "Enterprise_E10"}, "ggufstack:redisSku: 'Enterprise_E10' is not allowed; allowed: Balanced_B0"),
+        ({"systemNodeCount": "0"}, "ggufstack:systemNodeCount: '0': Input should be greater than or equal to 1"),
+        ({"serverReplicas": "3"}, "ggufstack:serverReplicas: 3 exceeds serverMaxReplicas; allowed: 1..2"),
+        ({"gpuNodeMax": "2"}, "ggufstack:gpuNodeMax: 2 node(s) of 1 GPU(s) cannot hold serverMaxReplicas plus a"),
+        (
+            {"serverMemoryGi": "24"},
+            "ggufstack:serverMemoryGi: 24 GiB does not fit Standard_NC4as_T4_v3; allowed: 1..21",
+        ),
+        ({"serverCpu": "4"}, "ggufstack:serverCpu: 4 cores do not fit Standard_NC4as_T4_v3; allowed: 1..3"),
+        (
+            {"postgresSku": "Standard_B2s", "postgresHighAvailability": "true"},
+            "ggufstack:postgresHighAvailability: Burstable servers have no HA",
+        ),
+        ({"aksAdminGroupObjectIds": '["admins"]'}, "ggufstack:aksAdminGroupObjectIds: 'admins' is not an object id"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_key(overrides: dict[str, str], expected: str) -> None:
+    assert _error(**overrides).startswith(expected)
+
+
+def test_base_name_is_a_short_dns_label() -> None:
+    config = parse(VALID)
+    assert config.base_name("dev") == "gguf-dev"
+    assert config.base_name("Feature_Branch.42-with-a-very-long-name") == "gguf-feature-branch-42-w"
+
+
+def test_config_error_is_a_run_error_so_the_cli_prints_only_the_message() -> None:
+    assert issubclass(ConfigError, pulumi.RunError)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("gpuVmSize", "Standard_XYZ", r"^ggufstack:gpuVmSize: 'Standard_XYZ' is not a known GPU VM size"),
+        ("gpuVMSize", "Standard_NC4as_T4_v3", r"^ggufstack:gpuVMSize: unknown key \(did you mean gpuVmSize\?\)"),
+    ],
+)
+def test_the_program_stops_on_bad_config(key: str, value: str, expected: str) -> None:
+    config = {**stack_config("dev"), f"{PROJECT}:{key}": value}
+    with pytest.raises(ConfigError, match=expected):
+        run_program("dev", config)
+
+
+def test_config_is_read_from_the_cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under `pulumi up` the language host passes config as JSON in PULUMI_CONFIG; other namespaces are ignored.
+    namespaced = {f"{PROJECT}:{key}": value for key, value in VALID.items()}
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**namespaced, "azure-native:location": "westeurope"}))
+    assert load() == parse(VALID)

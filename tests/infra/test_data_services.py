@@ -1,0 +1,225 @@
+"""Storage, Key Vault, PostgreSQL, Managed Redis and the registry: private by default, TLS floors, no plaintext keys."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit
+
+import pytest
+
+from infra.roles import ACR_PULL
+from tests.infra.harness import REDIS_PRIMARY_KEY, SUBSCRIPTION_ID, TENANT_ID, StackRun, is_secret
+
+VAULT_SECRETS = {"admin-api-key", "database-url", "postgres-admin-password", "redis-access-key", "redis-url"}
+
+
+def _secret_value(stack: StackRun, name: str) -> str:
+    (secret,) = [r for r in stack.of_type("azure-native:keyvault:Secret") if r.plain["secretName"] == name]
+    return secret.plain["properties"]["value"]
+
+
+# --- storage -----------------------------------------------------------------------------------------------------
+
+
+def test_storage_account_refuses_anonymous_plaintext_and_old_tls(stack: StackRun) -> None:
+    account = stack.one("azure-native:storage:StorageAccount").plain
+    assert account["allowBlobPublicAccess"] is False
+    assert account["minimumTlsVersion"] == "TLS1_2"
+    assert account["enableHttpsTrafficOnly"] is True
+    assert account["defaultToOAuthAuthentication"] is True
+    assert account["allowCrossTenantReplication"] is False
+    assert account["sku"]["name"] == stack.cfg.storage_sku
+
+
+def test_prod_storage_has_no_shared_keys_and_no_public_network(prod: StackRun) -> None:
+    account = prod.one("azure-native:storage:StorageAccount").plain
+    assert account["allowSharedKeyAccess"] is False
+    assert account["publicNetworkAccess"] == "Disabled"
+    assert account["networkRuleSet"]["defaultAction"] == "Deny"
+
+
+def test_dev_storage_follows_its_config(dev: StackRun) -> None:
+    account = dev.one("azure-native:storage:StorageAccount").plain
+    assert account["allowSharedKeyAccess"] is dev.cfg.storage_shared_key_access
+    assert account["publicNetworkAccess"] == "Enabled"
+
+
+def test_models_container_is_private_and_versioned_with_soft_delete(stack: StackRun) -> None:
+    account = stack.one("azure-native:storage:StorageAccount")
+    container = stack.one("azure-native:storage:BlobContainer")
+    assert container.plain == {
+        "accountName": account.state["name"],
+        "resourceGroupName": f"rg-{stack.name}",
+        "containerName": "models",
+        "publicAccess": "None",
+    }
+    service = stack.one("azure-native:storage:BlobServiceProperties")
+    assert service.plain["accountName"] == account.state["name"]
+    assert service.plain["isVersioningEnabled"] is True
+    assert service.plain["deleteRetentionPolicy"] == {"enabled": True, "days": 14}
+    assert service.plain["containerDeleteRetentionPolicy"] == {"enabled": True, "days": 14}
+    assert service.urn in container.dependencies, "the container waits for versioning to be on"
+
+
+# --- key vault ---------------------------------------------------------------------------------------------------
+
+
+def test_vault_uses_rbac_and_soft_delete(stack: StackRun) -> None:
+    properties = stack.one("azure-native:keyvault:Vault").plain["properties"]
+    assert properties["enableRbacAuthorization"] is True
+    assert properties["enableSoftDelete"] is True
+    assert properties["softDeleteRetentionInDays"] == 90
+    assert properties["tenantId"] == TENANT_ID
+    assert not properties.get("accessPolicies")
+    assert not any(properties[k] for k in ("enabledForDeployment", "enabledForTemplateDeployment"))
+
+
+def test_prod_vault_is_purge_protected_and_private(prod: StackRun) -> None:
+    properties = prod.one("azure-native:keyvault:Vault").plain["properties"]
+    assert properties["enablePurgeProtection"] is True
+    assert properties["publicNetworkAccess"] == "Disabled"
+    assert properties["networkAcls"]["defaultAction"] == "Deny"
+
+
+def test_dev_vault_leaves_purge_protection_unset_as_azure_requires(dev: StackRun) -> None:
+    # Azure rejects an explicit false; unset is how a vault without purge protection is declared.
+    assert "enablePurgeProtection" not in dev.one("azure-native:keyvault:Vault").plain["properties"]
+
+
+def test_vault_holds_the_generated_credentials_as_pulumi_secrets(stack: StackRun) -> None:
+    vault = stack.one("azure-native:keyvault:Vault").state["name"]
+    secrets = stack.of_type("azure-native:keyvault:Secret")
+    assert {r.plain["secretName"] for r in secrets} == VAULT_SECRETS
+    for r in secrets:
+        assert r.plain["vaultName"] == vault
+        assert is_secret(r.inputs["properties"]), f"{r.plain['secretName']} must reach the engine as a secret"
+
+
+def test_admin_api_key_is_generated(stack: StackRun) -> None:
+    (key,) = [r for r in stack.of_type("random:index/randomPassword:RandomPassword") if "api-key" in r.name]
+    assert key.plain["length"] >= 32
+    assert _secret_value(stack, "admin-api-key") == key.state["result"]
+
+
+# --- postgres ----------------------------------------------------------------------------------------------------
+
+
+def test_postgres_is_vnet_injected_without_public_access(stack: StackRun) -> None:
+    server = stack.one("azure-native:dbforpostgresql:Server").plain
+    subnet = next(r for r in stack.of_type("azure-native:network:Subnet") if r.plain["subnetName"] == "postgres")
+    zone = next(
+        r
+        for r in stack.of_type("azure-native:privatedns:PrivateZone")
+        if r.plain["privateZoneName"].endswith(".postgres.database.azure.com")
+    )
+    assert server["network"] == {
+        "delegatedSubnetResourceId": subnet.id,
+        "privateDnsZoneArmResourceId": zone.id,
+        "publicNetworkAccess": "Disabled",
+    }
+
+
+def test_postgres_matches_the_stack_config(stack: StackRun) -> None:
+    cfg = stack.cfg
+    server = stack.one("azure-native:dbforpostgresql:Server").plain
+    assert server["version"] == cfg.postgres_version
+    assert server["sku"] == {"name": cfg.postgres_sku, "tier": cfg.postgres_tier}
+    assert server["storage"]["storageSizeGB"] == cfg.postgres_storage_gb
+    assert server["backup"]["backupRetentionDays"] == cfg.postgres_backup_retention_days
+    assert server["highAvailability"]["mode"] == ("ZoneRedundant" if cfg.postgres_high_availability else "Disabled")
+
+
+def test_prod_postgres_is_zone_redundant(prod: StackRun) -> None:
+    server = prod.one("azure-native:dbforpostgresql:Server").plain
+    assert server["highAvailability"] == {"mode": "ZoneRedundant", "standbyAvailabilityZone": "2"}
+    assert server["availabilityZone"] == "1"
+
+
+def test_postgres_enforces_tls_1_2(stack: StackRun) -> None:
+    parameters = {r.plain["configurationName"]: r for r in stack.of_type("azure-native:dbforpostgresql:Configuration")}
+    assert {k: r.plain["value"] for k, r in parameters.items()} == {
+        "require_secure_transport": "on",
+        "ssl_min_protocol_version": "TLSv1.2",
+    }
+    assert parameters["require_secure_transport"].urn in parameters["ssl_min_protocol_version"].dependencies
+
+
+def test_postgres_admin_password_is_generated_and_only_ever_a_secret(stack: StackRun) -> None:
+    server = stack.one("azure-native:dbforpostgresql:Server")
+    (password,) = [r for r in stack.of_type("random:index/randomPassword:RandomPassword") if "admin-password" in r.name]
+    assert is_secret(server.inputs["administratorLoginPassword"])
+    assert server.plain["administratorLoginPassword"] == password.state["result"]
+    assert _secret_value(stack, "postgres-admin-password") == password.state["result"]
+
+
+def test_database_url_secret_points_at_the_app_database_over_tls(stack: StackRun) -> None:
+    server = stack.one("azure-native:dbforpostgresql:Server").outputs
+    database = stack.one("azure-native:dbforpostgresql:Database").plain
+    assert (database["databaseName"], database["charset"]) == ("ggufstack", "UTF8")
+    url = urlsplit(_secret_value(stack, "database-url"))
+    assert (url.scheme, url.hostname, url.port, url.path) == (
+        "postgresql",
+        server["fullyQualifiedDomainName"],
+        5432,
+        "/ggufstack",
+    )
+    assert url.query == "sslmode=require"
+    assert url.password == server["administratorLoginPassword"]
+
+
+# --- redis -------------------------------------------------------------------------------------------------------
+
+
+def test_redis_is_tls_only_on_port_10000(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:redisenterprise:RedisEnterprise").plain
+    database = stack.one("azure-native:redisenterprise:Database").plain
+    assert cluster["minimumTlsVersion"] == "1.2"
+    assert cluster["sku"]["name"] == stack.cfg.redis_sku
+    assert database["clientProtocol"] == "Encrypted"
+    assert database["port"] == 10000
+    assert database["databaseName"] == "default"
+
+
+def test_prod_redis_has_no_public_network(prod: StackRun) -> None:
+    assert prod.one("azure-native:redisenterprise:RedisEnterprise").plain["publicNetworkAccess"] == "Disabled"
+
+
+def test_dev_redis_is_public_behind_tls_and_key(dev: StackRun) -> None:
+    assert dev.one("azure-native:redisenterprise:RedisEnterprise").plain["publicNetworkAccess"] == "Enabled"
+    assert dev.one("azure-native:redisenterprise:Database").plain["accessKeysAuthentication"] == "Enabled"
+
+
+def test_redis_credentials_reach_the_vault(stack: StackRun) -> None:
+    host = stack.one("azure-native:redisenterprise:RedisEnterprise").state["hostName"]
+    assert _secret_value(stack, "redis-access-key") == REDIS_PRIMARY_KEY
+    assert _secret_value(stack, "redis-url") == f"rediss://:{quote(REDIS_PRIMARY_KEY, safe='')}@{host}:10000/0"
+
+
+# --- registry ----------------------------------------------------------------------------------------------------
+
+
+def test_registry_has_no_admin_user_or_anonymous_pull(stack: StackRun) -> None:
+    registry = stack.one("azure-native:containerregistry:Registry").plain
+    assert registry["adminUserEnabled"] is False
+    assert registry["anonymousPullEnabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("stack_name", "sku", "public"), [("dev", "Standard", "Enabled"), ("prod", "Premium", "Disabled")]
+)
+def test_registry_is_premium_and_private_where_private_endpoints_are_on(
+    request: pytest.FixtureRequest, stack_name: str, sku: str, public: str
+) -> None:
+    registry = request.getfixturevalue(stack_name).one("azure-native:containerregistry:Registry").plain
+    assert (registry["sku"]["name"], registry["publicNetworkAccess"]) == (sku, public)
+
+
+def test_kubelet_identity_may_pull_from_the_registry(stack: StackRun) -> None:
+    registry = stack.one("azure-native:containerregistry:Registry")
+    kubelet = stack.one("azure-native:containerservice:ManagedCluster").state["identityProfile"]["kubeletidentity"]
+    (pull,) = [r for r in stack.of_type("azure-native:authorization:RoleAssignment") if r.plain["scope"] == registry.id]
+    assert pull.plain["roleDefinitionId"] == (
+        f"/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
+    )
+    assert pull.plain["principalId"] == kubelet["objectId"]
+    assert pull.plain["principalType"] == "ServicePrincipal"
+    assert stack.by_urn(pull.parent).type == "ggufstack:infra:Registry"

@@ -1,0 +1,325 @@
+"""The server's Kubernetes workload and the NVIDIA device plugin, as the program declares them."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from server.settings import Settings
+from tests.infra.harness import TENANT_ID, StackRun
+
+GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+SPOT_TOLERATION = {
+    "key": "kubernetes.azure.com/scalesetpriority",
+    "operator": "Equal",
+    "value": "spot",
+    "effect": "NoSchedule",
+}
+
+
+def _object(stack: StackRun, kind: str, name: str) -> dict[str, Any]:
+    found = [obj for _, obj in stack.kubernetes_objects() if obj["kind"] == kind and obj["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def _pod(stack: StackRun) -> dict[str, Any]:
+    return _object(stack, "Deployment", "ggufstack-server")["spec"]["template"]
+
+
+def _container(stack: StackRun) -> dict[str, Any]:
+    (container,) = _pod(stack)["spec"]["containers"]
+    return container
+
+
+def _server_identity(stack: StackRun) -> dict[str, Any]:
+    return next(
+        r.outputs
+        for r in stack.of_type("azure-native:managedidentity:UserAssignedIdentity")
+        if r.plain["resourceName"].endswith("-server")
+    )
+
+
+def test_every_object_is_applied_through_the_aks_provider(stack: StackRun) -> None:
+    provider = stack.one("pulumi:providers:kubernetes")
+    objects = list(stack.kubernetes_objects())
+    assert len(objects) == 11
+    for registration, _ in objects:
+        assert registration.provider.startswith(provider.urn), registration.name
+        assert stack.by_urn(registration.parent).type == "ggufstack:infra:Workload"
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard(stack: StackRun) -> None:
+    labels = _object(stack, "Namespace", "ggufstack")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_device_plugin_runs_on_gpu_nodes_with_a_pinned_image(stack: StackRun) -> None:
+    daemonset = _object(stack, "DaemonSet", "nvidia-device-plugin")
+    pool = stack.one("azure-native:containerservice:AgentPool").plain
+    spec = daemonset["spec"]["template"]["spec"]
+    assert daemonset["metadata"]["namespace"] == "kube-system"
+    (container,) = spec["containers"]
+    assert re.fullmatch(r"nvcr\.io/nvidia/k8s-device-plugin:v\d+\.\d+\.\d+", container["image"])
+    assert GPU_TOLERATION in spec["tolerations"]
+    assert spec["nodeSelector"] == pool["nodeLabels"]
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert container["volumeMounts"] == [{"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}]
+
+
+def test_gpu_pods_tolerate_spot_eviction_taint_exactly_when_the_pool_is_spot(stack: StackRun) -> None:
+    for spec in (_pod(stack)["spec"], _object(stack, "DaemonSet", "nvidia-device-plugin")["spec"]["template"]["spec"]):
+        expected = [GPU_TOLERATION, SPOT_TOLERATION] if stack.cfg.gpu_spot else [GPU_TOLERATION]
+        assert spec["tolerations"] == expected
+
+
+def test_service_account_is_annotated_for_workload_identity(stack: StackRun) -> None:
+    account = _object(stack, "ServiceAccount", "ggufstack-server")
+    assert account["metadata"]["namespace"] == "ggufstack"
+    assert account["metadata"]["annotations"] == {
+        "azure.workload.identity/client-id": _server_identity(stack)["clientId"],
+        "azure.workload.identity/tenant-id": TENANT_ID,
+    }
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_pod_uses_workload_identity_through_its_service_account(stack: StackRun) -> None:
+    pod = _pod(stack)
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert pod["spec"]["serviceAccountName"] == "ggufstack-server"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_server_image_comes_from_the_stack_registry_by_tag(stack: StackRun) -> None:
+    registry = stack.one("azure-native:containerregistry:Registry").outputs
+    container = _container(stack)
+    assert container["image"] == f"{registry['loginServer']}/ggufstack-server:{stack.cfg.server_image_tag}"
+    assert container["imagePullPolicy"] == "Always"
+
+
+def test_server_gets_one_gpu_and_fixed_cpu_and_memory(stack: StackRun) -> None:
+    cfg = stack.cfg
+    resources = _container(stack)["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert resources["limits"]["nvidia.com/gpu"] == "1"
+    assert resources["limits"]["cpu"] == str(cfg.server_cpu)
+    assert resources["limits"]["memory"] == f"{cfg.server_memory_gi}Gi"
+    assert resources["limits"]["ephemeral-storage"] == f"{cfg.model_cache_size_gi + 2}Gi"
+
+
+def test_server_is_scheduled_only_on_the_gpu_pool(stack: StackRun) -> None:
+    pool = stack.one("azure-native:containerservice:AgentPool").plain
+    spec = _pod(stack)["spec"]
+    assert spec["nodeSelector"] == pool["nodeLabels"]
+    assert GPU_TOLERATION in spec["tolerations"]
+
+
+def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> None:
+    cfg = stack.cfg
+    account = stack.one("azure-native:storage:StorageAccount").outputs
+    env = {e["name"]: e["value"] for e in _container(stack)["env"]}
+    fields = ["blob_account_url", "blob_container", "blob_name", "cache_dir", "n_gpu_layers", "n_ctx", "n_threads"]
+    fields += ["host", "port", "log_level", "model_alias"]
+    assert set(env) == {Settings.env_name(f) for f in fields}
+    assert env == Settings.to_env(
+        blob_account_url=f"https://{account['name']}.blob.core.windows.net",
+        blob_container="models",
+        blob_name=cfg.model_blob_name,
+        cache_dir="/var/cache/ggufstack/models",
+        n_gpu_layers=-1,
+        n_ctx=cfg.context_size,
+        n_threads=cfg.server_cpu,
+        host="0.0.0.0",
+        port=8000,
+        log_level=cfg.log_level,
+        model_alias=cfg.model_alias,
+    )
+    assert all("valueFrom" not in e for e in _container(stack)["env"]), "no credentials in the environment"
+
+
+def test_server_listens_where_the_settings_say(stack: StackRun) -> None:
+    container = _container(stack)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["ports"] == [
+        {"name": "http", "containerPort": int(env[Settings.env_name("port")]), "protocol": "TCP"}
+    ]
+
+
+def test_probes_use_the_health_endpoints_and_startup_allows_a_long_download(stack: StackRun) -> None:
+    container = _container(stack)
+    startup, readiness, liveness = (container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe"))
+    assert startup["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert readiness["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert liveness["httpGet"] == {"path": "/health/live", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= stack.cfg.model_download_timeout_minutes * 60
+
+
+def test_model_cache_and_tmp_are_volumes_on_a_read_only_root(stack: StackRun) -> None:
+    container = _container(stack)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    volumes = {v["name"]: v for v in _pod(stack)["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    cache = volumes[mounts[env[Settings.env_name("cache_dir")]]]
+    assert cache["emptyDir"] == {"sizeLimit": f"{stack.cfg.model_cache_size_gi}Gi"}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_key_vault_secrets_are_mounted_as_files_through_the_csi_driver(stack: StackRun) -> None:
+    vault = stack.one("azure-native:keyvault:Vault").outputs["name"]
+    provider_class = _object(stack, "SecretProviderClass", "ggufstack-server-keyvault")
+    parameters = provider_class["spec"]["parameters"]
+    assert provider_class["apiVersion"] == "secrets-store.csi.x-k8s.io/v1"
+    assert parameters["clientID"] == _server_identity(stack)["clientId"]
+    assert (parameters["keyvaultName"], parameters["tenantId"], parameters["usePodIdentity"]) == (
+        vault,
+        TENANT_ID,
+        "false",
+    )
+    objects = [json.loads(o) for o in json.loads(parameters["objects"])["array"]]
+    assert objects == [
+        {"objectName": name, "objectType": "secret"} for name in ("database-url", "redis-url", "admin-api-key")
+    ]
+    (volume,) = [v for v in _pod(stack)["spec"]["volumes"] if "csi" in v]
+    assert volume["csi"] == {
+        "driver": "secrets-store.csi.k8s.io",
+        "readOnly": True,
+        "volumeAttributes": {"secretProviderClass": "ggufstack-server-keyvault"},
+    }
+    (mount,) = [m for m in _container(stack)["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": "/mnt/secrets-store", "readOnly": True}
+
+
+def test_pod_and_container_run_locked_down(stack: StackRun) -> None:
+    pod = _pod(stack)["spec"]["securityContext"]
+    container = _container(stack)["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] == container["runAsUser"] == 10001
+    assert pod["seccompProfile"] == container["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["privileged"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_rollouts_never_drop_capacity_and_drain_gracefully(stack: StackRun) -> None:
+    deployment = _object(stack, "Deployment", "ggufstack-server")
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
+    assert _container(stack)["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}
+
+
+def test_pulumi_waits_long_enough_for_a_first_rollout(stack: StackRun) -> None:
+    (registration,) = [r for r, obj in stack.kubernetes_objects() if obj["kind"] == "Deployment"]
+    minutes = int(registration.custom_timeouts["create"].removesuffix("m"))
+    assert minutes > stack.cfg.model_download_timeout_minutes
+    assert registration.custom_timeouts["update"] == registration.custom_timeouts["create"]
+    deployment = _object(stack, "Deployment", "ggufstack-server")
+    assert deployment["spec"]["progressDeadlineSeconds"] == minutes * 60
+
+
+def test_service_is_internal(stack: StackRun) -> None:
+    service = _object(stack, "Service", "ggufstack-server")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["selector"].items() <= _pod(stack)["metadata"]["labels"].items()
+
+
+def test_autoscaler_bounds_are_the_configured_replicas(stack: StackRun) -> None:
+    hpa = _object(stack, "HorizontalPodAutoscaler", "ggufstack-server")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ggufstack-server"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+        stack.cfg.server_replicas,
+        stack.cfg.server_max_replicas,
+    )
+
+
+def test_dev_runs_fewer_replicas_than_prod(dev: StackRun, prod: StackRun) -> None:
+    def replicas(s: StackRun) -> int:
+        return _object(s, "HorizontalPodAutoscaler", "ggufstack-server")["spec"]["minReplicas"]
+
+    assert replicas(dev) < replicas(prod)
+
+
+def test_disruption_budget_covers_the_server_pods(stack: StackRun) -> None:
+    pdb = _object(stack, "PodDisruptionBudget", "ggufstack-server")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= _pod(stack)["metadata"]["labels"].items()
+
+
+def test_namespace_denies_all_traffic_by_default(stack: StackRun) -> None:
+    deny = _object(stack, "NetworkPolicy", "default-deny")
+    assert deny["metadata"]["namespace"] == "ggufstack"
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+def _egress(stack: StackRun) -> dict[int, list[dict[str, Any]]]:
+    policy = _object(stack, "NetworkPolicy", "ggufstack-server")
+    rules: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["egress"]:
+        for port in {p["port"] for p in rule["ports"]}:
+            rules.setdefault(port, []).extend(rule["to"])
+    return rules
+
+
+def test_server_accepts_traffic_only_on_its_port(stack: StackRun) -> None:
+    policy = _object(stack, "NetworkPolicy", "ggufstack-server")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= _pod(stack)["metadata"]["labels"].items()
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert {"podSelector": {}} in ingress["from"]
+
+
+def test_server_egress_is_dns_https_postgres_and_redis_only(stack: StackRun) -> None:
+    egress = _egress(stack)
+    assert set(egress) == {53, 443, 5432, 10000}
+    postgres = next(
+        r.plain["addressPrefix"]
+        for r in stack.of_type("azure-native:network:Subnet")
+        if r.plain["subnetName"] == "postgres"
+    )
+    assert egress[5432] == [{"ipBlock": {"cidr": postgres}}]
+    assert {(p["protocol"], p["port"]) for r in _object(stack, "NetworkPolicy", "ggufstack-server")["spec"]["egress"]
+            for p in r["ports"] if p["port"] == 53} == {("UDP", 53), ("TCP", 53)}  # fmt: skip
+    assert egress[53] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+
+
+def test_prod_redis_egress_is_limited_to_the_private_endpoints(prod: StackRun) -> None:
+    endpoints = next(
+        r.plain["addressPrefix"]
+        for r in prod.of_type("azure-native:network:Subnet")
+        if r.plain["subnetName"] == "private-endpoints"
+    )
+    assert _egress(prod)[10000] == [{"ipBlock": {"cidr": endpoints}}]
+
+
+def test_device_plugin_is_cut_off_from_the_network(stack: StackRun) -> None:
+    policy = _object(stack, "NetworkPolicy", "nvidia-device-plugin")
+    daemonset = _object(stack, "DaemonSet", "nvidia-device-plugin")
+    assert policy["metadata"]["namespace"] == "kube-system"
+    assert policy["spec"]["podSelector"]["matchLabels"] == daemonset["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in policy["spec"] and "egress" not in policy["spec"]
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_skipped_checks_carry_reasons(stack: StackRun, kind: str) -> None:
+    (obj,) = [o for _, o in stack.kubernetes_objects() if o["kind"] == kind]
+    skips = {k: v for k, v in obj["metadata"].get("annotations", {}).items() if k.startswith("checkov.io/skip")}
+    assert skips
+    for value in skips.values():
+        check, reason = value.split("=", 1)
+        assert re.fullmatch(r"CKV2?_K8S_\d+", check)
+        assert len(reason) > 30, f"{check} needs a real reason"
