@@ -61,6 +61,8 @@ class Database(pulumi.ComponentResource):
             min_special=2,
             opts=child,
         )
+        # The provider marks `result` secret; wrapping it here keeps that true whatever the provider does.
+        admin_password = pulumi.Output.secret(password.result)
         zones = list(args.availability_zones)
         server = dbforpostgresql.Server(
             f"psql-{args.name}",
@@ -70,7 +72,7 @@ class Database(pulumi.ComponentResource):
             sku=dbforpostgresql.SkuArgs(name=args.sku, tier=args.tier),
             storage=dbforpostgresql.StorageArgs(storage_size_gb=args.storage_gb, auto_grow="Enabled"),
             administrator_login=ADMIN_LOGIN,
-            administrator_login_password=password.result,
+            administrator_login_password=admin_password,
             auth_config=dbforpostgresql.AuthConfigArgs(
                 password_auth="Enabled",  # noqa: S106 - a switch, not a password
                 active_directory_auth="Disabled",
@@ -116,7 +118,7 @@ class Database(pulumi.ComponentResource):
         url = pulumi.Output.format(
             "postgresql://{0}:{1}@{2}:{3}/{4}?sslmode=require",
             ADMIN_LOGIN,
-            password.result,
+            admin_password,
             server.fully_qualified_domain_name,
             POSTGRES_PORT,
             database.name,
@@ -124,7 +126,7 @@ class Database(pulumi.ComponentResource):
         store_secret(
             f"{name}-admin-password-secret",
             item=VaultItem.POSTGRES_ADMIN_CREDENTIAL,
-            value=password.result,
+            value=admin_password,
             vault_name=args.vault_name,
             resource_group_name=args.resource_group_name,
             parent=self,
