@@ -24,7 +24,11 @@ SERVICE_ACCOUNT = "ggufstack-server"
 APP = "ggufstack-server"
 SERVER_PORT = 8000
 SERVICE_PORT = 80
-CACHE_DIR = "/var/cache/ggufstack/models"
+# Where the server images keep models (their VOLUME); here it is an emptyDir with a size limit.
+CACHE_DIR = "/models"
+LIVENESS_PATH = "/health/live"
+# 503 until the model is downloaded and loaded.
+READINESS_PATH = "/health/ready"
 SECRETS_DIR = "/mnt/secrets-store"
 SECRET_PROVIDER_CLASS = f"{APP}-keyvault"
 # The image's unprivileged user; fixed so the kubelet can enforce non-root without reading the image.
@@ -259,11 +263,9 @@ class Workload(pulumi.ComponentResource):
             env=env,
             resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
             # Startup covers the download and load of the model; liveness only starts counting after it.
-            startup_probe=_http_probe(
-                "/health/ready", probe_period, args.download_timeout_minutes * 60 // probe_period
-            ),
-            readiness_probe=_http_probe("/health/ready", probe_period, 3),
-            liveness_probe=_http_probe("/health/live", 20, 3),
+            startup_probe=_http_probe(READINESS_PATH, probe_period, args.download_timeout_minutes * 60 // probe_period),
+            readiness_probe=_http_probe(READINESS_PATH, probe_period, 3),
+            liveness_probe=_http_probe(LIVENESS_PATH, 20, 3),
             lifecycle=core.v1.LifecycleArgs(
                 # Let endpoint removal reach the load balancers before the server starts refusing connections.
                 pre_stop=core.v1.LifecycleHandlerArgs(sleep=core.v1.SleepActionArgs(seconds=10))

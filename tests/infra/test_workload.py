@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from infra.workload import LIVENESS_PATH, READINESS_PATH, SERVER_UID
+from server.api.routes import router
 from server.settings import Settings
-from tests.infra.harness import TENANT_ID, StackRun
+from tests.infra.harness import REPO, TENANT_ID, StackRun
 
 GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
 SPOT_TOLERATION = {
@@ -128,7 +130,7 @@ def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> Non
         blob_account_url=f"https://{account['name']}.blob.core.windows.net",
         blob_container="models",
         blob_name=cfg.model_blob_name,
-        cache_dir="/var/cache/ggufstack/models",
+        cache_dir="/models",
         n_gpu_layers=-1,
         n_ctx=cfg.context_size,
         n_threads=cfg.server_cpu,
@@ -155,6 +157,19 @@ def test_probes_use_the_health_endpoints_and_startup_allows_a_long_download(stac
     assert readiness["httpGet"] == {"path": "/health/ready", "port": "http"}
     assert liveness["httpGet"] == {"path": "/health/live", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= stack.cfg.model_download_timeout_minutes * 60
+
+
+def test_probed_paths_are_served_by_the_server() -> None:
+    assert {LIVENESS_PATH, READINESS_PATH} <= {route.path for route in router.routes}
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cuda", "Dockerfile.cpu"])
+def test_pod_layout_matches_the_server_images(stack: StackRun, dockerfile: str) -> None:
+    text = (REPO / "images" / dockerfile).read_text()
+    env = {e["name"]: e["value"] for e in _container(stack)["env"]}
+    assert re.search(rf"^USER {SERVER_UID}:{SERVER_UID}$", text, re.MULTILINE), "runAsUser is the image's user"
+    assert re.search(rf"^EXPOSE {env[Settings.env_name('port')]}$", text, re.MULTILINE)
+    assert f"{Settings.env_name('cache_dir')}={env[Settings.env_name('cache_dir')]}" in text
 
 
 def test_model_cache_and_tmp_are_volumes_on_a_read_only_root(stack: StackRun) -> None:
