@@ -167,8 +167,8 @@ class StackConfig(BaseModel):
     availability_zones: list[Literal["1", "2", "3"]] = []
     system_vm_size: VmSize = "Standard_D4ds_v5"
     system_node_count: int = Field(3, ge=1, le=10)
-    gpu_node_min: int = Field(1, ge=0, le=100)
-    gpu_node_max: int = Field(3, ge=1, le=100)
+    gpu_node_min: int = Field(2, ge=0, le=100)
+    gpu_node_max: int = Field(4, ge=1, le=100)
     gpu_spot: bool = False
     gpu_os_disk_size_gb: int = Field(256, ge=128, le=2048)
     disable_local_accounts: bool = True
@@ -189,7 +189,7 @@ class StackConfig(BaseModel):
     log_retention_days: int = Field(30, ge=30, le=730)
 
     server_replicas: int = Field(2, ge=1, le=50)
-    server_max_replicas: int = Field(4, ge=1, le=50)
+    server_max_replicas: int = Field(3, ge=1, le=50)
     server_cpu: int = Field(3, ge=1, le=96)
     server_memory_gi: int = Field(16, ge=1, le=1900)
     model_cache_size_gi: int = Field(64, ge=1, le=1024)

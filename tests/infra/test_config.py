@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pulumi
 import pytest
+from pydantic.fields import FieldInfo
 
 from infra.config import GPU_VM_SIZES, ConfigError, StackConfig, load, parse
-from tests.infra.harness import PROJECT, run_program, stack_config
+from tests.infra.harness import PROJECT, REPO, run_program, stack_config
 
 VALID = {
     "location": "westeurope",
@@ -60,6 +62,16 @@ def test_config_is_frozen() -> None:
     config = parse(VALID)
     with pytest.raises(ValueError, match="frozen"):
         config.gpu_spot = True  # type: ignore[misc]
+
+
+def test_the_required_keys_alone_make_a_valid_stack() -> None:
+    required = {k: v for k, v in VALID.items() if StackConfig.model_fields[_field(k)].is_required()}
+    assert set(required) == {"location", "gpuVmSize", "serverImageTag", "modelBlobName"}
+    assert parse(required).gpu_node_max >= parse(required).server_max_replicas + 1
+
+
+def _field(key: str) -> str:
+    return next(name for name, field in StackConfig.model_fields.items() if field.alias == key)
 
 
 def test_secure_defaults_apply_when_keys_are_left_out() -> None:
@@ -154,3 +166,54 @@ def test_config_is_read_from_the_cli_environment(monkeypatch: pytest.MonkeyPatch
     namespaced = {f"{PROJECT}:{key}": value for key, value in VALID.items()}
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**namespaced, "azure-native:location": "westeurope"}))
     assert load() == parse(VALID)
+
+
+def _documented_keys() -> dict[str, list[str]]:
+    """The configuration table of docs/infra.md: key -> [type, default, allowed, dev, prod]."""
+    section = (REPO / "docs" / "infra.md").read_text().split("\n## Configuration\n")[1].split("\n## ")[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def _documented_default(cell: str) -> str | None:
+    if cell == "**required**":
+        return "required"
+    match = re.match(r"`([^`]*)`", cell)
+    return match.group(1) if match else None
+
+
+def test_every_config_key_is_documented_with_its_default() -> None:
+    documented = _documented_keys()
+    fields = {field.alias: field for field in StackConfig.model_fields.values()}
+    assert set(documented) == set(fields)
+    for key, field in fields.items():
+        assert _documented_default(documented[key][1]) == _shown(field), key
+
+
+def _shown(field: FieldInfo) -> str | None:
+    """A field's default as the docs write it."""
+    if field.is_required():
+        return "required"
+    if field.default is None:
+        return None
+    if isinstance(field.default, bool):
+        return str(field.default).lower()
+    return str(field.default)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_documented_stack_values_are_the_stack_files(stack: str) -> None:
+    column = {"dev": 3, "prod": 4}[stack]
+    values = {key.removeprefix(f"{PROJECT}:"): value for key, value in stack_config(stack).items()}
+    for key, cells in _documented_keys().items():
+        cell = cells[column]
+        if cell == "-":
+            assert key not in values, f"{key} is set in Pulumi.{stack}.yaml"
+        elif cell.startswith("["):
+            assert json.loads(values[key]) == [item.strip() for item in cell.strip("[]").split(",")], key
+        else:
+            assert values[key] == cell, key
