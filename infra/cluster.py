@@ -247,7 +247,8 @@ class Cluster(pulumi.ComponentResource):
         credentials = containerservice.list_managed_cluster_user_credentials_output(
             resource_group_name=rg, resource_name=cluster.name, format="exec"
         )
-        encoded = credentials.apply(lambda c: c.kubeconfigs[0].value)
+        # AKS does not mark the kubeconfig secret; it is one from the moment it is read.
+        encoded = pulumi.Output.secret(credentials.apply(lambda c: c.kubeconfigs[0].value))
         kubeconfig = pulumi.Output.all(encoded, deployer_admin.id).apply(
             lambda parts: azure_cli_kubeconfig(base64.b64decode(parts[0]).decode())
         )
@@ -257,7 +258,7 @@ class Cluster(pulumi.ComponentResource):
         self.oidc_issuer_url = issuer
         self.kubelet_object_id = cluster.identity_profile.apply(lambda p: p["kubeletidentity"].object_id)
         self.server_client_id = server.client_id
-        self.kubeconfig = pulumi.Output.secret(kubeconfig)
+        self.kubeconfig = kubeconfig
         self.gpu_node_selector = dict([GPU_POOL_LABEL])
         self.gpu_tolerations = [
             {"key": key, "operator": "Equal", "value": value, "effect": effect}

@@ -275,13 +275,20 @@ def test_namespace_denies_all_traffic_by_default(stack: StackRun) -> None:
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
 
-def _egress(stack: StackRun) -> dict[int, list[dict[str, Any]]]:
+def _egress(stack: StackRun) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The server's egress rules as (protocol, port) -> allowed peers."""
     policy = _object(stack, "NetworkPolicy", "ggufstack-server")
-    rules: dict[int, list[dict[str, Any]]] = {}
+    rules: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for rule in policy["spec"]["egress"]:
-        for port in {p["port"] for p in rule["ports"]}:
-            rules.setdefault(port, []).extend(rule["to"])
+        for port in rule["ports"]:
+            rules.setdefault((port["protocol"], port["port"]), []).extend(rule["to"])
     return rules
+
+
+def _subnet(stack: StackRun, name: str) -> str:
+    return next(
+        r.plain["addressPrefix"] for r in stack.of_type("azure-native:network:Subnet") if r.plain["subnetName"] == name
+    )
 
 
 def test_server_accepts_traffic_only_on_its_port(stack: StackRun) -> None:
@@ -294,30 +301,17 @@ def test_server_accepts_traffic_only_on_its_port(stack: StackRun) -> None:
 
 def test_server_egress_is_dns_https_postgres_and_redis_only(stack: StackRun) -> None:
     egress = _egress(stack)
-    assert set(egress) == {53, 443, 5432, 10000}
-    postgres = next(
-        r.plain["addressPrefix"]
-        for r in stack.of_type("azure-native:network:Subnet")
-        if r.plain["subnetName"] == "postgres"
-    )
-    assert egress[5432] == [{"ipBlock": {"cidr": postgres}}]
-    assert {(p["protocol"], p["port"]) for r in _object(stack, "NetworkPolicy", "ggufstack-server")["spec"]["egress"]
-            for p in r["ports"] if p["port"] == 53} == {("UDP", 53), ("TCP", 53)}  # fmt: skip
-    assert egress[53] == [
-        {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-        }
-    ]
+    assert set(egress) == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 5432), ("TCP", 10000)}
+    kube_dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    assert egress[("UDP", 53)] == egress[("TCP", 53)] == [kube_dns]
+    assert egress[("TCP", 5432)] == [{"ipBlock": {"cidr": _subnet(stack, "postgres")}}]
 
 
 def test_prod_redis_egress_is_limited_to_the_private_endpoints(prod: StackRun) -> None:
-    endpoints = next(
-        r.plain["addressPrefix"]
-        for r in prod.of_type("azure-native:network:Subnet")
-        if r.plain["subnetName"] == "private-endpoints"
-    )
-    assert _egress(prod)[10000] == [{"ipBlock": {"cidr": endpoints}}]
+    assert _egress(prod)[("TCP", 10000)] == [{"ipBlock": {"cidr": _subnet(prod, "private-endpoints")}}]
 
 
 def test_device_plugin_is_cut_off_from_the_network(stack: StackRun) -> None:
