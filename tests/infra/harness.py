@@ -32,7 +32,7 @@ from infra.config import StackConfig, parse
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "stacks" / "__main__.py"
-PROJECT = "ggufstack"
+PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["name"]
 
 SUBSCRIPTION_ID = "00000000-0000-0000-0000-0000000000aa"
 TENANT_ID = "00000000-0000-0000-0000-0000000000bb"

@@ -7,9 +7,10 @@ import re
 
 import pulumi
 import pytest
+import yaml
 from pydantic.fields import FieldInfo
 
-from infra.config import GPU_VM_SIZES, ConfigError, StackConfig, load, parse
+from infra.config import GPU_VM_SIZES, NAMESPACE, ConfigError, StackConfig, load, parse
 from tests.infra.harness import PROJECT, REPO, run_program, stack_config
 
 VALID = {
@@ -217,3 +218,11 @@ def test_documented_stack_values_are_the_stack_files(stack: str) -> None:
             assert json.loads(values[key]) == [item.strip() for item in cell.strip("[]").split(",")], key
         else:
             assert values[key] == cell, key
+
+
+def test_project_file_runs_the_program_with_uv_under_the_config_namespace() -> None:
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    assert project["name"] == NAMESPACE == PROJECT
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "uv"}}
+    assert project["main"] == "stacks/"
+    assert (REPO / project["main"] / "__main__.py").is_file()
