@@ -64,6 +64,7 @@ class EngineStats:
     requests_finished: int
     requests_rejected: int
     prompt_tokens_total: int
+    prompt_tokens_reused_total: int  # prompt tokens whose KV a slot already held (prefix reuse), not recomputed
     completion_tokens_total: int
     window_s: float
     recent_tokens_per_s: float

@@ -2,12 +2,14 @@
 
 One engine thread owns the llama context. Each step it (1) admits waiting requests into free slots, reusing the
 longest cached prompt prefix, (2) drops cancelled generations, (3) builds one batch holding the next token of every
-generating slot plus prefill chunks of slots still reading their prompt, within n_batch tokens and the free KV cells,
-(4) decodes it and samples every slot whose logits came out. The KV cache is unified (one pool of n_ctx cells shared by
-all sequences), so one long request can use the whole context while many short ones share it.
+generating slot plus prefill chunks of slots still reading their prompt, within n_batch tokens, (4) decodes it and
+samples every slot whose logits came out.
 
-When the cache is full, idle slots' cached prefixes are evicted first; then the youngest active generation is
-preempted: its KV is dropped and it re-reads its tokens later, so the oldest always progresses and nothing deadlocks.
+Every slot has its own KV stream of n_ctx cells (kv_unified off), for two reasons. Determinism: in a unified cache a
+sequence's cells land at positions that depend on its neighbours, and attention then sums in a different order, so
+greedy output changed with the batch (measured: 6 of 8 sequences diverged within 24 tokens); with one stream per
+sequence the results are bit-identical alone and batched. Bounds: admission keeps prompt + max_tokens within n_ctx, so
+a stream can never run out of room and no generation ever waits for another to free cells.
 """
 
 from __future__ import annotations
@@ -48,9 +50,15 @@ T = TypeVar("T")
 DEFAULT_PREFILL_CHUNK = 256
 
 
-def default_slot_count(n_ctx: int) -> int:
-    """One slot per 512 tokens of context, 1 to 16: each slot then has room for a typical chat turn on average."""
-    return max(1, min(16, n_ctx // 512))
+# KV memory the default slot count may use: every slot holds a full n_ctx of keys and values.
+DEFAULT_KV_BUDGET_BYTES = 2 << 30
+MAX_DEFAULT_SLOTS = 8
+
+
+def default_slot_count(model: LlamaModel, n_ctx: int) -> int:
+    """As many slots as fit DEFAULT_KV_BUDGET_BYTES of f16 KV cache, 1 to MAX_DEFAULT_SLOTS."""
+    per_slot = n_ctx * model.kv_bytes_per_token
+    return max(1, min(MAX_DEFAULT_SLOTS, DEFAULT_KV_BUDGET_BYTES // per_slot))
 
 
 class EngineClosedError(EngineError):
@@ -77,19 +85,20 @@ class BatchingEngine:
     ) -> None:
         self._model = model
         self._model_id = model_id
-        n_slots = n_slots or default_slot_count(n_ctx)
+        n_slots = n_slots or default_slot_count(model, n_ctx)
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = min(n_batch, n_ctx)
+        # Without kv_unified llama.cpp splits n_ctx evenly into n_seq_max streams: ask for n_ctx per slot.
+        params.n_ctx = n_ctx * n_slots
+        params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = n_slots
-        params.kv_unified = True
+        params.kv_unified = False
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self._n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx)
         self._n_batch = params.n_batch
         self._prefill_chunk = max(1, min(prefill_chunk, self._n_batch))
         self._reuse_prefix = reuse_prefix
@@ -196,8 +205,17 @@ class BatchingEngine:
         return max(1, math.ceil(queued_rounds * self.metrics.mean_request_s()))
 
     def _on_cancel(self, job: Job) -> None:
+        # The client is gone, so its request stops counting against the queue bound now; its slot follows at the next
+        # step. The overshoot is at most one cancelled generation per slot, so memory stays bounded.
         with self._cond:
+            self._uncount(job)
             self._cond.notify()
+
+    def _uncount(self, job: Job) -> None:
+        """Caller holds _cond."""
+        if job.counted:
+            job.counted = False
+            self._in_flight -= 1
 
     async def _when_idle(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the engine thread between steps and return its result."""
@@ -252,9 +270,7 @@ class BatchingEngine:
         while True:
             with self._cond:
                 if any(job.cancelled for job in self._waiting):
-                    kept = collections.deque(job for job in self._waiting if not job.cancelled)
-                    self._in_flight -= len(self._waiting) - len(kept)
-                    self._waiting = kept
+                    self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
                 if not self._waiting or not self._has_free_slot():
                     return
                 job = self._waiting.popleft()
@@ -262,6 +278,7 @@ class BatchingEngine:
             free = [s for s in self._slots if not s.active]
             slot, reused = pick_slot(free, job.request.prompt_tokens) if self._reuse_prefix else (free[0], 0)
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, reused, -1)
+            self.metrics.record_reused(reused)
             slot.start(job, self._model.new_sampler(job.request.sampling), reused, next(self._admitted))
 
     def _release_cancelled(self) -> None:
@@ -272,10 +289,11 @@ class BatchingEngine:
     def _release(self, slot: Slot) -> None:
         if not self._reuse_prefix:
             self._evict(slot)
+        job = slot.job
         slot.release()
         with self._cond:
             self._busy -= 1
-            self._in_flight -= 1
+            self._uncount(job)
 
     def _evict(self, slot: Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, 0, -1)
@@ -283,56 +301,16 @@ class BatchingEngine:
         if not slot.active:
             slot.tokens.clear()
 
-    def _preempt(self, slot: Slot) -> None:
-        """Drop an active slot's KV; it re-reads its tokens when room frees up. Its output so far stays valid."""
-        log.info("KV cache full: preempting sequence %d (%d tokens to recompute)", slot.seq_id, slot.n_past)
-        llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, 0, -1)
-        slot.n_past = 0
-
-    def _free_cells(self) -> int:
-        return self._n_ctx - sum(s.n_past for s in self._slots)
-
-    def _evict_idle(self, needed: int) -> None:
-        """Forget idle slots' cached prefixes, least recently used first, until `needed` cells are free."""
-        for slot in sorted((s for s in self._slots if not s.active and s.n_past), key=lambda s: s.last_used):
-            if self._free_cells() >= needed:
-                return
-            self._evict(slot)
-
-    def _preempt_youngest(self, needed: int, active: list[Slot]) -> None:
-        """Preempt generations, youngest first and never the oldest, until `needed` cells are free."""
-        self._evict_idle(needed)
-        for slot in sorted(active, key=lambda s: s.admitted, reverse=True)[:-1]:
-            if self._free_cells() >= needed:
-                return
-            if slot.n_past:
-                self._preempt(slot)
-
     def _plan(self) -> list[tuple[Slot, int]]:
-        """Which slots feed how many tokens this step: every decode, then prefill chunks oldest first."""
+        """Which slots feed how many tokens this step: every decode, then prefill chunks, oldest request first."""
         active = sorted((s for s in self._slots if s.active), key=lambda s: s.admitted)
-        decoding = [s for s in active if s.pending == 1]
-        if self._free_cells() < len(decoding):
-            self._preempt_youngest(len(decoding), active)
-            decoding = [s for s in active if s.pending == 1]
-        plan = [(s, 1) for s in decoding]
+        plan = [(s, 1) for s in active if s.pending == 1]
         budget = self._n_batch - len(plan)
-        # Keep the next step's decode room free too, so a prefill does not force a preemption on the very next step.
-        reserve = 2 * len(decoding)
         for slot in active:
             if slot.pending > 1 and budget > 0:
-                want = min(slot.pending, self._prefill_chunk, budget)
-                self._evict_idle(want + reserve)
-                n = min(want, self._free_cells() - reserve)
-                if n > 0:
-                    plan.append((slot, n))
-                    budget -= n
-                    reserve += n
-        if not plan:
-            # Every generation waits for cells the others hold: free them so the oldest can move.
-            oldest = active[0]
-            self._preempt_youngest(self._n_ctx, active)
-            plan = [(oldest, min(oldest.pending, self._prefill_chunk, self._n_batch))]
+                n = min(slot.pending, self._prefill_chunk, budget)
+                plan.append((slot, n))
+                budget -= n
         return plan
 
     def _step(self) -> None:
@@ -354,11 +332,10 @@ class BatchingEngine:
                 logits_at.append((slot, i - 1))
         batch.n_tokens = i
         rc = llama_cpp.llama_decode(self._ctx, batch)
-        if rc == 1 and len(plan) > 1:
-            # No KV room despite the accounting (e.g. fragmentation); llama.cpp left the cache unchanged. Free
-            # everything but the oldest generation and let the next step retry.
-            log.warning("llama_decode found no KV room for %d tokens; preempting and retrying", i)
-            self._preempt_youngest(self._n_ctx, sorted((s for s, _ in plan), key=lambda s: s.admitted))
+        if rc == 1:
+            # No KV room: cannot happen while admission keeps prompt + max_tokens within each sequence's own n_ctx
+            # cells, but if it does, only this step's generations fail and the engine goes on.
+            self._fail([s for s, _ in plan], DecodeError("llama_decode found no room in the KV cache"))
             return
         if rc != 0:
             self._fail([s for s, _ in plan], DecodeError(f"llama_decode failed with code {rc}"))
@@ -391,27 +368,31 @@ class BatchingEngine:
             slot.tokens.append(token)
 
     def _finish(self, slot: Slot, reason: str) -> None:
-        tail = slot.text.finish()
-        if tail:
-            slot.job.emit(TextDelta(tail))
-        slot.job.emit(Finished(finish_reason=reason, prompt_tokens=slot.n_prompt, completion_tokens=slot.generated))
+        job, tail = slot.job, slot.text.finish()
+        finished = Finished(finish_reason=reason, prompt_tokens=slot.n_prompt, completion_tokens=slot.generated)
         decode_s = time.monotonic() - slot.first_token_at if slot.first_token_at is not None else None
         self.metrics.record_finished(slot.n_prompt, slot.generated, decode_s)
+        # Release first, so a consumer that sees Finished also sees the slot free.
         self._release(slot)
+        if tail:
+            job.emit(TextDelta(tail))
+        job.emit(finished)
 
     def _fail(self, slots: list[Slot], error: BaseException) -> None:
         if slots:
             log.error("failing %d generations: %s", len(slots), error)
         for slot in slots:
-            slot.job.emit(error)
+            job = slot.job
             self._evict(slot)
             self._release(slot)
+            job.emit(error)
 
     def _shut_down(self) -> None:
         error = EngineClosedError("the engine shut down before the generation finished")
         self._fail([s for s in self._slots if s.active], error)
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
-            self._in_flight -= len(waiting)
+            for job in waiting:
+                self._uncount(job)
         for job in waiting:
             job.emit(error)

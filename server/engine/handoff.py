@@ -25,6 +25,8 @@ class Job:
     submitted_at: float = field(default_factory=time.monotonic)
     # A plain bool: set by the event loop, read by the engine thread; a stale read only delays the release by a step.
     cancelled: bool = False
+    # Whether the job still counts against the engine's admission limit; guarded by the engine's lock.
+    counted: bool = True
 
     def emit(self, event: GenerationEvent | BaseException) -> None:
         # The loop is gone when the server shuts down mid-generation; nobody is left to tell.

@@ -89,6 +89,12 @@ class LlamaModel:
         self._chat = self._chat_formatter()
 
     @property
+    def kv_bytes_per_token(self) -> int:
+        """Size of one token's keys and values over all layers in an f16 cache."""
+        head_dim = llama_cpp.llama_model_n_embd(self.ptr) // llama_cpp.llama_model_n_head(self.ptr)
+        return 2 * 2 * self.info.n_layer * llama_cpp.llama_model_n_head_kv(self.ptr) * head_dim
+
+    @property
     def gpu_offload(self) -> bool:
         return self.gpu_offload_supported and self.n_gpu_layers > 0
 

@@ -18,6 +18,7 @@ class EngineMetrics:
         self.requests_finished = 0
         self.requests_rejected = 0
         self.prompt_tokens_total = 0
+        self.prompt_tokens_reused_total = 0
         self.completion_tokens_total = 0
         # (time, tokens sampled in that step), (time, ttft), (time, seconds per output token): bounded by WINDOW_S.
         self._tokens: deque[tuple[float, int]] = deque()
@@ -40,6 +41,10 @@ class EngineMetrics:
             self.prompt_tokens_total += n_prompt
             if decode_s is not None and n_generated > 1:
                 self._tpot.append((time.monotonic(), decode_s / (n_generated - 1)))
+
+    def record_reused(self, n_tokens: int) -> None:
+        with self._lock:
+            self.prompt_tokens_reused_total += n_tokens
 
     def record_rejected(self) -> None:
         with self._lock:
@@ -64,6 +69,7 @@ class EngineMetrics:
                 requests_finished=self.requests_finished,
                 requests_rejected=self.requests_rejected,
                 prompt_tokens_total=self.prompt_tokens_total,
+                prompt_tokens_reused_total=self.prompt_tokens_reused_total,
                 completion_tokens_total=self.completion_tokens_total,
                 window_s=WINDOW_S,
                 recent_tokens_per_s=tokens / span if span > 0 else 0.0,

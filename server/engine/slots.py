@@ -1,8 +1,8 @@
 """Slots: one KV sequence each, and the bookkeeping of which tokens sit in it.
 
 A slot's `tokens` are everything its sequence must hold (the prompt, then each sampled token once it is to be decoded);
-the first `n_past` of them are already in the KV cache. Prefill, decode and re-prefill after a preemption are the
-same thing: feed `tokens[n_past:]`. An idle slot keeps its tokens so the next request can reuse the common prefix.
+the first `n_past` of them are already in the KV cache. Prefill and decode are the same thing: feed
+`tokens[n_past:]`. An idle slot keeps its tokens so the next request can reuse the common prefix.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Slot:
     text: TextAssembler | None = None
     n_prompt: int = 0
     generated: int = 0
-    # Admission order: the oldest active slot is never preempted, which guarantees progress when the KV cache is full.
+    # Admission order: prefill goes to the oldest request first.
     admitted: int = 0
     first_token_at: float | None = None
     last_used: float = 0.0

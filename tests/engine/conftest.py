@@ -1,0 +1,53 @@
+"""One demo model for all engine tests; each test builds its own small engine (contexts are cheap, weights are not)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import pytest
+
+from server.engine.base import Finished, GenerationRequest, SamplingParams, TextDelta
+from server.engine.batching import BatchingEngine
+from server.engine.llama_model import LlamaModel
+from server.model_source.local import demo_model
+
+# SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>): pushed down so every generation runs to max_tokens.
+NO_EOS = {0: -100.0, 2: -100.0}
+
+
+@pytest.fixture(scope="session")
+def model() -> Iterator[LlamaModel]:
+    loaded = LlamaModel(demo_model(), n_gpu_layers=0)
+    yield loaded
+    loaded.close()
+
+
+@contextlib.asynccontextmanager
+async def running_engine(model: LlamaModel, **options: object) -> AsyncIterator[BatchingEngine]:
+    settings = {"model_id": "demo", "n_ctx": 1024, "n_batch": 256, "n_threads": 2, "n_slots": 4, "max_queue": 8}
+    engine = BatchingEngine(model, **(settings | options))
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+def request(
+    engine: BatchingEngine, prompt: str, max_tokens: int, *, stop: Sequence[str] = (), **sampling: object
+) -> GenerationRequest:
+    params = {"temperature": 0.0, "logit_bias": NO_EOS} | sampling
+    return GenerationRequest(
+        engine.tokenize(prompt, add_special=True), SamplingParams(max_tokens=max_tokens, stop=stop, **params)
+    )
+
+
+async def run(engine: BatchingEngine, req: GenerationRequest) -> tuple[list[str], Finished]:
+    """The text deltas of one generation, and its Finished event."""
+    deltas: list[str] = []
+    async for event in engine.generate(req):
+        if isinstance(event, TextDelta):
+            deltas.append(event.text)
+        else:
+            return deltas, event
+    raise AssertionError("no Finished event")

@@ -1,0 +1,155 @@
+"""The continuous batching engine on the demo model: concurrency, determinism, fairness, cancellation, bounds, leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from server.engine.base import EngineOverloadedError, Finished, TextDelta
+from server.engine.llama_model import LlamaModel
+from tests.engine.conftest import request, run, running_engine
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "List three colours:",
+    "The best way to learn a language",
+    "In 1969, astronauts",
+    "A recipe for pancakes:",
+    "Water boils at",
+]
+
+
+@pytest.mark.asyncio
+async def test_eight_concurrent_streams_complete_with_exact_token_counts(model: LlamaModel) -> None:
+    async with running_engine(model, n_slots=8) as engine:
+        results = await asyncio.gather(*(run(engine, request(engine, p, 8 + i)) for i, p in enumerate(PROMPTS)))
+        for i, (deltas, finished) in enumerate(results):
+            assert finished == Finished("length", prompt_tokens=finished.prompt_tokens, completion_tokens=8 + i)
+            assert "".join(deltas)
+        assert engine.stats().slots_busy == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9, "seed": 1234, "top_k": 40}])
+async def test_same_tokens_alone_and_beside_seven_others(model: LlamaModel, sampling: dict) -> None:
+    async with running_engine(model, n_slots=8) as engine:
+        alone = [await run(engine, request(engine, p, 16, **sampling)) for p in PROMPTS]
+        batched = await asyncio.gather(*(run(engine, request(engine, p, 16, **sampling)) for p in PROMPTS))
+    assert ["".join(deltas) for deltas, _ in batched] == ["".join(deltas) for deltas, _ in alone]
+
+
+@pytest.mark.asyncio
+async def test_long_prompt_prefills_in_chunks_while_other_streams_keep_going(model: LlamaModel) -> None:
+    async with running_engine(model, n_ctx=1024, prefill_chunk=32) as engine:
+        arrivals: dict[int, list[float]] = {0: [], 1: []}
+
+        async def stream(i: int) -> None:
+            async for event in engine.generate(request(engine, PROMPTS[i], 120)):
+                if isinstance(event, TextDelta):
+                    arrivals[i].append(time.monotonic())
+
+        streams = [asyncio.create_task(stream(i)) for i in arrivals]
+        while min(len(a) for a in arrivals.values()) < 2:
+            await asyncio.sleep(0.01)
+        long_prompt = " ".join(f"word{i}" for i in range(200))  # about 750 tokens: two dozen prefill chunks
+        submitted = time.monotonic()
+        events = aiter(engine.generate(request(engine, long_prompt, 4)))
+        await anext(events)
+        first_token = time.monotonic()
+        async for _ in events:
+            pass
+        await asyncio.gather(*streams)
+    for times in arrivals.values():
+        during_prefill = [t for t in times if submitted < t < first_token]
+        assert len(during_prefill) >= 10, "a running stream stalled while the long prompt was read"
+
+
+@pytest.mark.asyncio
+async def test_cancelled_generation_frees_its_slot(model: LlamaModel) -> None:
+    async with running_engine(model, n_slots=1, max_queue=0) as engine:
+        events = engine.generate(request(engine, PROMPTS[0], 500))
+        await anext(aiter(events))
+        await events.aclose()
+        # The only slot must come back: a new request is admitted (not refused) and runs to its end.
+        _, finished = await asyncio.wait_for(run(engine, request(engine, PROMPTS[1], 4)), timeout=30)
+        assert finished.completion_tokens == 4
+        assert engine.stats().slots_busy == 0
+
+
+@pytest.mark.asyncio
+async def test_full_queue_refuses_with_retry_after(model: LlamaModel) -> None:
+    async with running_engine(model, n_slots=1, max_queue=2) as engine:
+        held = [engine.generate(request(engine, PROMPTS[i], 200)) for i in range(3)]  # one runs, two wait
+        with pytest.raises(EngineOverloadedError) as refused:
+            engine.generate(request(engine, PROMPTS[3], 4))
+        assert refused.value.retry_after_s >= 1
+        assert engine.stats().requests_rejected == 1
+        await held[2].aclose()  # a waiting request that leaves makes room again
+        await asyncio.sleep(0.2)
+        accepted = engine.generate(request(engine, PROMPTS[3], 4))
+        for stream in [*held[:2], accepted]:
+            await stream.aclose()
+
+
+@pytest.mark.asyncio
+async def test_stop_string_spanning_a_token_boundary(model: LlamaModel) -> None:
+    async with running_engine(model) as engine:
+        deltas, _ = await run(engine, request(engine, PROMPTS[1], 32))
+        text = "".join(deltas)
+        # A stop string made of the end of one token's text and the start of the next one's.
+        i = next(i for i in range(1, len(deltas) - 1) if len(deltas[i]) >= 2 and len(deltas[i + 1]) >= 2)
+        stop = deltas[i][-2:] + deltas[i + 1][:2]
+        stopped, finished = await run(engine, request(engine, PROMPTS[1], 32, stop=[stop]))
+    assert "".join(stopped) == text[: text.index(stop)]
+    assert finished.finish_reason == "stop"
+
+
+@pytest.mark.asyncio
+async def test_prefix_reuse_gives_the_same_tokens_without_recomputing_the_prefix(model: LlamaModel) -> None:
+    system = "You are a helpful assistant. " * 20
+    async with running_engine(model, reuse_prefix=False) as plain:
+        expected = await run(plain, request(plain, system + "Question: what is two plus two?", 16))
+    async with running_engine(model) as engine:
+        await run(engine, request(engine, system + "Question: name a colour.", 16))
+        reused_before = engine.stats().prompt_tokens_reused_total
+        got = await run(engine, request(engine, system + "Question: what is two plus two?", 16))
+        reused = engine.stats().prompt_tokens_reused_total - reused_before
+        assert reused >= len(engine.tokenize(system, add_special=True)) - 1
+    assert "".join(got[0]) == "".join(expected[0])
+
+
+@pytest.mark.asyncio
+async def test_every_slot_can_use_the_whole_context_at_once(model: LlamaModel) -> None:
+    async with running_engine(model, n_ctx=128, n_slots=4) as engine:
+        prompt = " ".join(f"item{i}" for i in range(10))
+        reqs = [request(engine, f"{i}: {prompt}", 0) for i in range(4)]
+        reqs = [request(engine, f"{i}: {prompt}", engine.n_ctx - len(r.prompt_tokens)) for i, r in enumerate(reqs)]
+        results = await asyncio.wait_for(asyncio.gather(*(run(engine, r) for r in reqs)), timeout=120)
+        assert [f.prompt_tokens + f.completion_tokens for _, f in results] == [engine.n_ctx] * 4
+
+
+@pytest.mark.asyncio
+async def test_no_slot_or_kv_leak_after_200_requests(model: LlamaModel) -> None:
+    async with running_engine(model, n_slots=4, max_queue=200) as engine:
+
+        async def one(i: int) -> None:
+            events = engine.generate(request(engine, f"{PROMPTS[i % 8]} {i}", 2))
+            if i % 10 == 0:  # some clients hang up after the first token
+                await anext(aiter(events))
+                await events.aclose()
+            else:
+                async for _ in events:
+                    pass
+
+        await asyncio.gather(*(one(i) for i in range(200)))
+        await asyncio.sleep(0.1)
+        stats = engine.stats()
+        assert (stats.slots_busy, stats.queue_depth) == (0, 0)
+        assert stats.requests_finished >= 180
+        assert all(pos < engine.n_ctx for pos in await engine.kv_positions())  # only idle prefix caches remain
+        await engine.drop_prefix_cache()
+        assert await engine.kv_positions() == [-1] * engine.n_slots
