@@ -1,0 +1,206 @@
+"""Concurrent streaming throughput: ggufstack's server against llama-cpp-python's built-in server, same GGUF, same run.
+
+For 1, 4 and 8 concurrent clients each streaming a 128-token completion (EOS suppressed with logit_bias, so every
+request produces exactly max_tokens), prints aggregate completion tok/s, TTFT p50/p95 and the ratio ours/theirs.
+
+    uv run --no-sync --group bench python bench/concurrency.py [--model PATH] [--threads 2] [--only ours]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+# SmolLM2's end-of-generation tokens; the script's default model is the demo model.
+DEFAULT_NO_EOS = {"0": -100, "2": -100}
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Round:
+    clients: int
+    tokens: int
+    wall_s: float
+    ttfts_s: list[float]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    def ttft_percentile(self, q: float) -> float:
+        ordered = sorted(self.ttfts_s)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start(name: str, argv: list[str], env: dict[str, str], port: int, logdir: Path) -> Server:
+    log = logdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    return Server(name, process, port, log)
+
+
+def wait_ready(server: Server, path: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited:\n{server.log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{server.name} not ready after {timeout_s} s")
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, str | None]:
+    """TTFT of one streamed completion and its finish reason."""
+    start = time.monotonic()
+    ttft, finish = None, None
+    async with client.stream("POST", url + "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices", []):
+                if ttft is None and choice.get("text"):
+                    ttft = time.monotonic() - start
+                finish = choice.get("finish_reason") or finish
+    return (ttft if ttft is not None else time.monotonic() - start), finish
+
+
+async def run_round(server: Server, model: str, clients: int, max_tokens: int, no_eos: dict) -> Round:
+    bodies = [
+        {
+            "model": model,
+            "prompt": f"Story number {i}: once upon a time",
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "logit_bias": no_eos,
+            "stream": True,
+        }
+        for i in range(clients)
+    ]
+    async with httpx.AsyncClient(timeout=600) as client:
+        start = time.monotonic()
+        results = await asyncio.gather(*(stream_one(client, server.url, b) for b in bodies))
+        wall = time.monotonic() - start
+    if any(finish != "length" for _, finish in results):
+        raise RuntimeError(f"{server.name}: a stream ended early: {[f for _, f in results]}")
+    return Round(clients, clients * max_tokens, wall, [t for t, _ in results])
+
+
+def model_id(server: Server) -> str:
+    return httpx.get(server.url + "/v1/models", timeout=10).json()["data"][0]["id"]
+
+
+def print_table(results: dict[str, list[Round]]) -> None:
+    compare = "ours" in results and "theirs" in results
+    header = "| clients | server | aggregate tok/s | TTFT p50 ms | TTFT p95 ms |"
+    print("\n" + header + (" ours/theirs tok/s |" if compare else ""))
+    print("|---|---|---|---|---|" + ("---|" if compare else ""))
+    for name, rounds in results.items():
+        for i, r in enumerate(rounds):
+            row = f"| {r.clients} | {name} | {r.tokens_per_s:.1f} | {r.ttft_percentile(0.5) * 1000:.0f} | "
+            row += f"{r.ttft_percentile(0.95) * 1000:.0f} |"
+            if compare:
+                ratio = r.tokens_per_s / results["theirs"][i].tokens_per_s
+                row += f" {ratio:.2f}x |" if name == "ours" else " |"
+            print(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="GGUF file (default: the demo model)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--only", choices=["ours", "theirs"], help="benchmark one server only")
+    parser.add_argument("--no-eos-bias", type=json.loads, default=DEFAULT_NO_EOS, help="e.g. '{\"1\": -100}'")
+    args = parser.parse_args()
+    if args.model is None:
+        sys.path.insert(0, str(REPO))
+        from server.model_source.local import demo_model
+
+        args.model = demo_model()
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        logdir = Path(tmp)
+        servers: list[tuple[Server, str]] = []
+        try:
+            if args.only != "theirs":
+                port = free_port()
+                env = {
+                    "GGUFSTACK_MODEL_PATH": str(args.model),
+                    "GGUFSTACK_N_THREADS": str(args.threads),
+                    "GGUFSTACK_N_CTX": str(args.n_ctx),
+                    "GGUFSTACK_LOG_LEVEL": "warning",
+                }
+                argv = [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port)]
+                servers.append((start("ours", argv, env, port, logdir), "/health/ready"))
+            if args.only != "ours":
+                port = free_port()
+                argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(args.model), "--host", HOST]
+                argv += ["--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
+                argv += ["--n_ctx", str(args.n_ctx), "--interrupt_requests", "False", "--verbose", "False"]
+                servers.append((start("theirs", argv, {}, port, logdir), "/v1/models"))
+            results: dict[str, list[Round]] = {}
+            # One server at a time, so they never compete for the cores.
+            for server, ready_path in servers:
+                wait_ready(server, ready_path)
+                model = model_id(server)
+                asyncio.run(run_round(server, model, 1, 8, args.no_eos_bias))  # warm-up
+                results[server.name] = []
+                for clients in args.clients:
+                    rnd = asyncio.run(run_round(server, model, clients, args.max_tokens, args.no_eos_bias))
+                    print(f"{server.name}: {clients} clients: {rnd.tokens_per_s:.1f} tok/s", file=sys.stderr)
+                    results[server.name].append(rnd)
+                server.stop()
+        finally:
+            for server, _ in servers:
+                server.stop()
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
