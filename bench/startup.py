@@ -32,8 +32,12 @@ def timed_start(workdir: Path, env: dict[str, str]) -> tuple[float, str, object]
 
 def single_stream(base_url: str) -> tuple[float, float]:
     body = {
-        "model": MODEL_ID, "prompt": "Write a long story about a lighthouse keeper.", "max_tokens": NEW_TOKENS,
-        "temperature": 0, "stream": True, "logit_bias": {"0": -100, "2": -100},
+        "model": MODEL_ID,
+        "prompt": "Write a long story about a lighthouse keeper.",
+        "max_tokens": NEW_TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "logit_bias": {"0": -100, "2": -100},
     }
     sent = time.monotonic()
     first = None

@@ -1,0 +1,72 @@
+"""Print the path of a llama-cpp-python wheel built from the sdist that uv.lock pins, building it once if needed.
+
+llama-cpp-python ships only a source distribution, and compiling it takes 7-11 minutes on 2 cores. uv caches built
+wheels per download revision of the sdist, and behind registry mirrors that send no caching headers every sync makes a
+new revision and compiles again. So ./dev keeps its own wheelhouse, keyed by version and CMAKE_ARGS (a CUDA build is
+a different wheel), and installs from it.
+
+Usage: python3 scripts/llama_wheel.py WHEELHOUSE UV  (standard library only: it runs before any environment exists)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import tomllib
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "llama-cpp-python"
+
+
+def locked_sdist() -> tuple[str, str, str]:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (entry,) = (p for p in lock["package"] if p["name"] == PACKAGE)
+    algorithm, digest = entry["sdist"]["hash"].split(":", 1)
+    if algorithm != "sha256":
+        raise SystemExit(f"error: uv.lock pins {PACKAGE} with {algorithm}, expected sha256")
+    return entry["version"], entry["sdist"]["url"], digest
+
+
+def flavour_dir(wheelhouse: Path, version: str) -> Path:
+    flags = os.environ.get("CMAKE_ARGS", "").strip()
+    tag = hashlib.sha256(flags.encode()).hexdigest()[:10] if flags else "default"
+    return wheelhouse / f"{version}-{tag}"
+
+
+def build(url: str, digest: str, out: Path, uv: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = Path(tmp) / url.rsplit("/", 1)[-1]
+        print(f"==> downloading {sdist.name}", file=sys.stderr)
+        with urllib.request.urlopen(url, timeout=300) as response, sdist.open("wb") as f:  # noqa: S310 - locked URL
+            hasher = hashlib.sha256()
+            while chunk := response.read(1 << 20):
+                hasher.update(chunk)
+                f.write(chunk)
+        if hasher.hexdigest() != digest:
+            raise SystemExit(f"error: {sdist.name} has sha256 {hasher.hexdigest()}, uv.lock says {digest}")
+        print(f"==> compiling {PACKAGE} (once; 7-11 minutes on 2 cores)", file=sys.stderr)
+        staging = Path(tmp) / "wheel"
+        subprocess.run([uv, "build", "--wheel", "--out-dir", str(staging), str(sdist)], check=True)
+        out.mkdir(parents=True, exist_ok=True)
+        for wheel in staging.glob("*.whl"):
+            os.replace(wheel, out / wheel.name)
+
+
+def main() -> None:
+    wheelhouse, uv = Path(sys.argv[1]), sys.argv[2]
+    version, url, digest = locked_sdist()
+    out = flavour_dir(wheelhouse, version)
+    wheels = sorted(out.glob("*.whl"))
+    if not wheels:
+        build(url, digest, out, uv)
+        wheels = sorted(out.glob("*.whl"))
+    print(wheels[-1])
+
+
+if __name__ == "__main__":
+    main()
