@@ -50,12 +50,14 @@ class Settings(BaseSettings):
     source_retry_max_s: float = Field(60.0, gt=0, description="Longest delay between retries of the model source.")
 
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU; -1 offloads all of them.")
-    n_ctx: int = Field(4096, ge=64, le=1_048_576, description="Context window, in tokens, shared by all slots.")
+    n_ctx: int = Field(4096, ge=64, le=1_048_576, description="Context window of one request; every slot has its own.")
     n_threads: int = Field(
         default_factory=lambda: max(1, len(os.sched_getaffinity(0))), ge=1, description="CPU threads for inference."
     )
     n_batch: int = Field(512, ge=1, description="Maximum tokens in one llama_decode call.")
-    n_slots: int = Field(0, ge=0, le=256, description="Concurrent sequences; 0 picks a number from n_ctx.")
+    n_slots: int = Field(
+        0, ge=0, le=256, description="Concurrent generations; 0 picks up to 8 from n_ctx and the model's KV size."
+    )
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; more are refused with 429.")
 
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
