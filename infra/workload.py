@@ -114,7 +114,7 @@ class Workload(pulumi.ComponentResource):
 
         self._device_plugin(name, args, on_cluster)
 
-        core.v1.ServiceAccount(
+        service_account = core.v1.ServiceAccount(
             f"{name}-service-account",
             metadata=meta.v1.ObjectMetaArgs(
                 name=SERVICE_ACCOUNT,
@@ -164,8 +164,8 @@ class Workload(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=provider,
-                # The pod cannot start before its volume's SecretProviderClass exists.
-                depends_on=[namespace, secret_provider],
+                # Pods cannot start before their service account and their volume's SecretProviderClass exist.
+                depends_on=[namespace, service_account, secret_provider],
                 # Pulumi waits for the rollout; a first rollout may wait for a GPU node and a multi-GB download.
                 custom_timeouts=pulumi.CustomTimeouts(
                     create=f"{_rollout_minutes(args)}m", update=f"{_rollout_minutes(args)}m"

@@ -230,6 +230,14 @@ def test_rollouts_never_drop_capacity_and_drain_gracefully(stack: StackRun) -> N
     assert _container(stack)["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}
 
 
+def test_deployment_waits_for_what_its_pods_reference(stack: StackRun) -> None:
+    (deployment,) = [r for r, obj in stack.kubernetes_objects() if obj["kind"] == "Deployment"]
+    needed = {
+        r.urn for r, obj in stack.kubernetes_objects() if obj["kind"] in ("ServiceAccount", "SecretProviderClass")
+    }
+    assert needed <= set(deployment.dependencies)
+
+
 def test_pulumi_waits_long_enough_for_a_first_rollout(stack: StackRun) -> None:
     (registration,) = [r for r, obj in stack.kubernetes_objects() if obj["kind"] == "Deployment"]
     minutes = int(registration.custom_timeouts["create"].removesuffix("m"))
