@@ -17,7 +17,7 @@ from pulumi_kubernetes import apps, autoscaling, core, meta, networking, policy
 
 from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
 from infra.vault import VaultItem
-from server.settings import Settings
+from server.settings import DEFAULT_SECRETS_DIR, Settings
 
 NAMESPACE = "ggufstack"
 SERVICE_ACCOUNT = "ggufstack-server"
@@ -29,7 +29,7 @@ CACHE_DIR = "/models"
 LIVENESS_PATH = "/health/live"
 # 503 until the model is downloaded and loaded.
 READINESS_PATH = "/health/ready"
-SECRETS_DIR = "/mnt/secrets-store"
+SECRETS_DIR = str(DEFAULT_SECRETS_DIR)
 SECRET_PROVIDER_CLASS = f"{APP}-keyvault"
 # The image's unprivileged user; fixed so the kubelet can enforce non-root without reading the image.
 SERVER_UID = 10001
@@ -68,7 +68,8 @@ class WorkloadArgs:
     identity_client_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
     vault_name: pulumi.Input[str]
-    secret_files: Sequence[VaultItem]
+    secret_files: Mapping[str, VaultItem]
+    """Server setting (a field of server.settings.Settings) -> the Key Vault secret that holds its value."""
     min_replicas: int
     max_replicas: int
     cpu: int
@@ -145,8 +146,16 @@ class Workload(pulumi.ComponentResource):
                     "objects": json.dumps(
                         {
                             "array": [
-                                json.dumps({"objectName": item.value, "objectType": "secret"})
-                                for item in args.secret_files
+                                # The file takes the setting's variable name, which the server reads from its
+                                # secrets directory.
+                                json.dumps(
+                                    {
+                                        "objectName": item.value,
+                                        "objectType": "secret",
+                                        "objectAlias": Settings.env_name(field),
+                                    }
+                                )
+                                for field, item in args.secret_files.items()
                             ]
                         }
                     ),

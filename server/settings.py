@@ -15,6 +15,9 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GGUFSTACK_"
+SECRETS_DIR_ENV = "GGUFSTACK_SECRETS_DIR"
+# Where Kubernetes mounts secrets as files (the Key Vault CSI driver in AKS); each file is named like the variable.
+DEFAULT_SECRETS_DIR = Path("/mnt/secrets-store")
 
 
 class ModelSourceKind(StrEnum):
@@ -60,6 +63,14 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; more are refused with 429.")
 
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL URL for API keys, the audit log and chat history; a secret."
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="Redis URL (rediss:// for TLS) for rate limits and the response cache; a secret."
+    )
+    admin_api_key: SecretStr | None = Field(None, min_length=16, description="Key for the admin API; a secret.")
+
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
@@ -97,6 +108,10 @@ class Settings(BaseSettings):
         return f"{ENV_PREFIX}{field.upper()}"
 
     @classmethod
+    def is_secret(cls, field: str) -> bool:
+        return "SecretStr" in str(cls.model_fields[field].annotation)
+
+    @classmethod
     def to_env(cls, **values: Any) -> dict[str, str]:
         """Validate `values` as settings and return them as environment variables (for a pod spec or a subprocess).
 
@@ -105,7 +120,7 @@ class Settings(BaseSettings):
         """
         for field in values:
             cls.env_name(field)
-            if cls.model_fields[field].annotation in (SecretStr, SecretStr | None):
+            if cls.is_secret(field):
                 raise ValueError(f"{cls.env_name(field)} is a secret: reference it from a secret store instead")
         try:
             cls.model_validate(values)
@@ -128,7 +143,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if loc:
             given = error.get("input")
-            shown = "" if given is None or isinstance(given, dict) else f" (got {given!r})"
+            secret = loc[0] in Settings.model_fields and Settings.is_secret(loc[0])
+            shown = "" if secret or given is None or isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"{ENV_PREFIX}{loc[0].upper()}: {message}{shown}")
         else:
             lines.append(message)
@@ -136,11 +152,16 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from the environment, with `overrides` (e.g. CLI options) taking precedence.
+    """Read settings from the environment and the secrets directory (files named like the variables, e.g.
+    GGUFSTACK_DATABASE_URL), with `overrides` (e.g. CLI options) taking precedence.
 
     Raises SettingsError with one line naming each invalid variable.
     """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    secrets_dir = Path(os.environ.get(SECRETS_DIR_ENV, DEFAULT_SECRETS_DIR))
+    if secrets_dir.is_dir():
+        given["_secrets_dir"] = secrets_dir
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None

@@ -137,7 +137,11 @@ workload = Workload(
         identity_client_id=cluster.server_client_id,
         tenant_id=client.tenant_id,
         vault_name=vault.vault_name,
-        secret_files=[VaultItem.DATABASE_URL, VaultItem.REDIS_URL, VaultItem.ADMIN_API_KEY],
+        secret_files={
+            "database_url": VaultItem.DATABASE_URL,
+            "redis_url": VaultItem.REDIS_URL,
+            "admin_api_key": VaultItem.ADMIN_API_KEY,
+        },
         min_replicas=cfg.server_replicas,
         max_replicas=cfg.server_max_replicas,
         cpu=cfg.server_cpu,

@@ -62,4 +62,4 @@ def test_cuda_image_builds_llama_cpp_with_cuda_on_a_runtime_base() -> None:
 
 def test_images_install_from_the_lock_file() -> None:
     for dockerfile in DOCKERFILES:
-        assert "uv sync --frozen --no-dev" in dockerfile.read_text()
+        assert "uv sync --frozen --no-dev --extra server" in dockerfile.read_text()

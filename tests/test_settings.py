@@ -94,3 +94,28 @@ def test_to_env_rejects_bad_values_unknown_fields_and_inlined_secrets() -> None:
         Settings.to_env(context=4096)
     with pytest.raises(ValueError, match="secret"):
         Settings.to_env(blob_connection_string="DefaultEndpointsProtocol=https;AccountKey=k", blob_name="m")
+
+
+def test_secrets_are_read_from_files_named_like_the_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "GGUFSTACK_DATABASE_URL").write_text("postgresql://app:pw@db:5432/app")
+    (tmp_path / "GGUFSTACK_ADMIN_API_KEY").write_text("k" * 32)
+    monkeypatch.setenv("GGUFSTACK_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("GGUFSTACK_REDIS_URL", "rediss://:key@cache:10000/0")
+    s = load_settings()
+    assert s.database_url.get_secret_value() == "postgresql://app:pw@db:5432/app"
+    assert s.admin_api_key.get_secret_value() == "k" * 32
+    assert s.redis_url.get_secret_value() == "rediss://:key@cache:10000/0"
+    assert "pw@db" not in repr(s)
+
+
+def test_missing_secrets_dir_is_fine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GGUFSTACK_SECRETS_DIR", str(tmp_path / "absent"))
+    assert load_settings().database_url is None
+
+
+def test_a_bad_secret_file_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "GGUFSTACK_ADMIN_API_KEY").write_text("short")
+    monkeypatch.setenv("GGUFSTACK_SECRETS_DIR", str(tmp_path))
+    with pytest.raises(SettingsError, match="GGUFSTACK_ADMIN_API_KEY") as info:
+        load_settings()
+    assert "short" not in str(info.value), "a secret's value must never appear in an error"

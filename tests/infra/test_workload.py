@@ -196,8 +196,14 @@ def test_key_vault_secrets_are_mounted_as_files_through_the_csi_driver(stack: St
     )
     objects = [json.loads(o) for o in json.loads(parameters["objects"])["array"]]
     assert objects == [
-        {"objectName": name, "objectType": "secret"} for name in ("database-url", "redis-url", "admin-api-key")
+        {"objectName": name, "objectType": "secret", "objectAlias": Settings.env_name(field)}
+        for name, field in (
+            ("database-url", "database_url"),
+            ("redis-url", "redis_url"),
+            ("admin-api-key", "admin_api_key"),
+        )
     ]
+    assert all(Settings.is_secret(field) for field in ("database_url", "redis_url", "admin_api_key"))
     (volume,) = [v for v in _pod(stack)["spec"]["volumes"] if "csi" in v]
     assert volume["csi"] == {
         "driver": "secrets-store.csi.k8s.io",
