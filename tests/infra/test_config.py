@@ -170,8 +170,9 @@ def test_config_is_read_from_the_cli_environment(monkeypatch: pytest.MonkeyPatch
 
 
 def _documented_keys() -> dict[str, list[str]]:
-    """The configuration table of docs/infra.md: key -> [type, default, allowed, dev, prod]."""
-    section = (REPO / "docs" / "infra.md").read_text().split("\n## Configuration\n")[1].split("\n## ")[0]
+    """The infrastructure configuration table of README.md: key -> [type, default, allowed, dev, prod]."""
+    infra = (REPO / "README.md").read_text().split("\n## Infrastructure")[1]
+    section = infra.split("\n### Configuration\n")[1].split("\n### ")[0]
     rows = {}
     for line in section.splitlines():
         if line.startswith("| `"):
