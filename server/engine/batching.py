@@ -154,6 +154,8 @@ class BatchingEngine:
                 param="max_tokens" if n_prompt < self._n_ctx else "messages",
                 code="context_length_exceeded",
             )
+        # An id outside the vocabulary makes llama_decode fail for the whole batch, every other stream included.
+        self._model.check_token_ids(request.prompt_tokens, param="prompt")
         self._model.check_token_ids(list(request.sampling.logit_bias), param="logit_bias")
         job = Job(request, asyncio.get_running_loop())
         with self._cond:
