@@ -51,7 +51,8 @@ def build(url: str, digest: str, out: Path, uv: str) -> None:
             raise SystemExit(f"error: {sdist.name} has sha256 {hasher.hexdigest()}, uv.lock says {digest}")
         print(f"==> compiling {PACKAGE} (once; 7-11 minutes on 2 cores)", file=sys.stderr)
         staging = Path(tmp) / "wheel"
-        subprocess.run([uv, "build", "--wheel", "--out-dir", str(staging), str(sdist)], check=True)
+        # Only the wheel's path may reach stdout: ./dev captures it.
+        subprocess.run([uv, "build", "--wheel", "--out-dir", str(staging), str(sdist)], check=True, stdout=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         for wheel in staging.glob("*.whl"):
             os.replace(wheel, out / wheel.name)
