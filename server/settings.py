@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -109,7 +109,8 @@ class Settings(BaseSettings):
 
     @classmethod
     def is_secret(cls, field: str) -> bool:
-        return "SecretStr" in str(cls.model_fields[field].annotation)
+        annotation = cls.model_fields[field].annotation
+        return annotation is SecretStr or SecretStr in get_args(annotation)
 
     @classmethod
     def to_env(cls, **values: Any) -> dict[str, str]:

