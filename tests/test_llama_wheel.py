@@ -1,0 +1,42 @@
+"""scripts/llama_wheel.py: the wheelhouse ./dev installs llama-cpp-python from."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("llama_wheel", ROOT / "scripts" / "llama_wheel.py")
+llama_wheel = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(llama_wheel)
+
+
+def test_builds_from_the_sdist_uv_lock_pins() -> None:
+    version, url, digest = llama_wheel.locked_sdist()
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (entry,) = (p for p in lock["package"] if p["name"] == "llama-cpp-python")
+    assert version == entry["version"]
+    assert url.endswith(f"llama_cpp_python-{version}.tar.gz")
+    assert entry["sdist"]["hash"] == f"sha256:{digest}"
+
+
+def test_cpu_and_cuda_builds_get_separate_wheelhouses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    plain = llama_wheel.flavour_dir(tmp_path, "0.3.36")
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on")
+    cuda = llama_wheel.flavour_dir(tmp_path, "0.3.36")
+    assert plain.name == "0.3.36-default"
+    assert cuda != plain and cuda.parent == plain.parent
+
+
+def test_an_sdist_that_does_not_match_the_lock_is_never_built(tmp_path: Path) -> None:
+    tampered = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    tampered.write_bytes(b"not the locked sdist")
+    out = tmp_path / "wheels"
+    with pytest.raises(SystemExit, match=r"uv\.lock says"):
+        llama_wheel.build(tampered.as_uri(), hashlib.sha256(b"the real one").hexdigest(), out, "uv-must-not-run")
+    assert not out.exists()
