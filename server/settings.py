@@ -31,7 +31,7 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True)
 
     model_path: Path | None = Field(None, description="Local GGUF file to serve; excludes the blob settings.")
     blob_account_url: str | None = Field(
@@ -70,10 +70,38 @@ class Settings(BaseSettings):
         None, description="Redis URL (rediss:// for TLS) for rate limits and the response cache; a secret."
     )
     admin_api_key: SecretStr | None = Field(None, min_length=16, description="Key for the admin API; a secret.")
+    database_auth: Literal["password", "entra"] = Field(
+        "password",
+        description="entra: log in to PostgreSQL with a Microsoft Entra token from DefaultAzureCredential (workload "
+        "identity) as the password, refreshed before it expires; the URL then names the user and carries no password.",
+    )
+    redis_auth: Literal["password", "entra"] = Field(
+        "password",
+        description="entra: AUTH to Azure Managed Redis with the URL's user (the identity's object id) and a Microsoft "
+        "Entra token from DefaultAzureCredential, re-sent before it expires.",
+    )
 
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve GET /metrics on this port (same address) instead of the API port, so it never leaves the "
+        "cluster.",
+    )
+    drain_timeout_s: float = Field(
+        60.0, ge=0, description="On SIGTERM, how long generations in flight may run on before they are ended."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: readable text on a terminal, one JSON object per line otherwise."
+    )
+    applicationinsights_connection_string: SecretStr | None = Field(
+        None,
+        validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING",
+        description="Export OpenTelemetry traces and metrics to this Application Insights resource; a secret.",
+    )
 
     @model_validator(mode="after")
     def _one_model_source(self) -> Settings:
@@ -88,6 +116,8 @@ class Settings(BaseSettings):
             raise ValueError("GGUFSTACK_BLOB_NAME needs GGUFSTACK_BLOB_ACCOUNT_URL or GGUFSTACK_BLOB_CONNECTION_STRING")
         if self.blob_account_url and not self.blob_account_url.startswith(("https://", "http://")):
             raise ValueError("GGUFSTACK_BLOB_ACCOUNT_URL must be an http(s) URL")
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("GGUFSTACK_METRICS_PORT must differ from GGUFSTACK_PORT (leave it unset to share the port)")
         if self.source_retry_max_s < self.source_retry_initial_s:
             raise ValueError("GGUFSTACK_SOURCE_RETRY_MAX_S must not be below GGUFSTACK_SOURCE_RETRY_INITIAL_S")
         return self
@@ -105,7 +135,9 @@ class Settings(BaseSettings):
         """The environment variable that sets `field`; raises KeyError for a field the contract does not have."""
         if field not in cls.model_fields:
             raise KeyError(f"Settings has no field {field!r}")
-        return f"{ENV_PREFIX}{field.upper()}"
+        alias = cls.model_fields[field].validation_alias
+        # A setting other tools read under their own well-known name (APPLICATIONINSIGHTS_CONNECTION_STRING) keeps it.
+        return alias if isinstance(alias, str) else f"{ENV_PREFIX}{field.upper()}"
 
     @classmethod
     def is_secret(cls, field: str) -> bool:

@@ -24,5 +24,5 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    table = {m.group(1) for m in re.finditer(r"^\| `(GGUFSTACK_[A-Z0-9_]+)` \|", README, re.M)}
+    table = {m.group(1) for m in re.finditer(r"^\| `((?:GGUFSTACK|APPLICATIONINSIGHTS)_[A-Z0-9_]+)` \|", README, re.M)}
     assert table == {Settings.env_name(name) for name in Settings.model_fields}

@@ -70,6 +70,8 @@ class EngineStats:
     recent_tokens_per_s: float
     recent_ttft_s: float
     recent_time_per_output_token_s: float
+    kv_cells_used: int  # KV cells holding a token, over all slots (cached prefixes of idle slots included)
+    kv_cells_total: int
 
 
 class EngineError(Exception):

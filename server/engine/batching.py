@@ -175,7 +175,11 @@ class BatchingEngine:
     def stats(self) -> EngineStats:
         with self._cond:
             busy, waiting = self._busy, len(self._waiting)
-        return self.metrics.snapshot(slots_busy=busy, queue_depth=waiting)
+        # n_past is written by the engine thread; a read one step stale is good enough for a gauge.
+        cells = sum(slot.n_past for slot in self._slots)
+        return self.metrics.snapshot(
+            slots_busy=busy, queue_depth=waiting, kv_cells_used=cells, kv_cells_total=self._n_ctx * len(self._slots)
+        )
 
     async def kv_positions(self) -> list[int]:
         """llama_memory_seq_pos_max of every slot's sequence (-1: empty), read while the engine thread is idle."""

@@ -56,7 +56,7 @@ class EngineMetrics:
             tpot = _mean(self._tpot) or 0.05
         return tpot * 128
 
-    def snapshot(self, slots_busy: int, queue_depth: int) -> EngineStats:
+    def snapshot(self, slots_busy: int, queue_depth: int, kv_cells_used: int, kv_cells_total: int) -> EngineStats:
         with self._lock:
             self._trim()
             now = time.monotonic()
@@ -75,6 +75,8 @@ class EngineMetrics:
                 recent_tokens_per_s=tokens / span if span > 0 else 0.0,
                 recent_ttft_s=_mean(self._ttft),
                 recent_time_per_output_token_s=_mean(self._tpot),
+                kv_cells_used=kv_cells_used,
+                kv_cells_total=kv_cells_total,
             )
 
     def _trim(self) -> None:

@@ -1,0 +1,1 @@
+"""Metrics, logs and traces: how an operator sees what the server does."""
