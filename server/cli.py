@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from server.settings import Settings, SettingsError, load_settings
+from server.telemetry.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve GGUF models with an OpenAI-compatible API.")
 err = Console(stderr=True)
@@ -25,17 +24,6 @@ def _settings_or_exit(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _configure_logging(level: str) -> None:
-    if err.is_terminal:
-        handler: logging.Handler = RichHandler(console=err, show_path=False, rich_tracebacks=True)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    else:
-        # Containers and log collectors want one record per line, never wrapped.
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-
-
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [env GGUFSTACK_HOST].")] = None,
@@ -45,18 +33,18 @@ def serve(
 ) -> None:
     """Run the API server. With no model configured it serves the demo model SmolLM2-135M-Instruct."""
     settings = _settings_or_exit(host=host, port=port, model_path=model_path, log_level=log_level)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
     from server.api.app import create_app
+    from server.lifecycle.shutdown import DrainingServer
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=30,
+    app = create_app(settings)
+    # Our middleware writes one access line per request with its request id, tokens and timings.
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
+    DrainingServer(config, app.state.holder, settings.drain_timeout_s).run()
 
 
 @app.command()

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         if self.blob_account_url and not self.blob_account_url.startswith(("https://", "http://")):
             raise ValueError("GGUFSTACK_BLOB_ACCOUNT_URL must be an http(s) URL")
         if self.metrics_port is not None and self.metrics_port == self.port:
-            raise ValueError("GGUFSTACK_METRICS_PORT must differ from GGUFSTACK_PORT (leave it unset to share the port)")
+            raise ValueError("GGUFSTACK_METRICS_PORT must differ from GGUFSTACK_PORT (unset, it shares the port)")
         if self.source_retry_max_s < self.source_retry_initial_s:
             raise ValueError("GGUFSTACK_SOURCE_RETRY_MAX_S must not be below GGUFSTACK_SOURCE_RETRY_INITIAL_S")
         return self

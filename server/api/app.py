@@ -1,42 +1,83 @@
-"""The FastAPI application: routes, error handlers, and the model loader running beside them."""
+"""The FastAPI application: middleware, routers and error handlers, with the model loader running beside them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from server.api.errors import install_error_handlers
-from server.api.routes import router
-from server.loader import ModelLoader
-from server.model_holder import ModelHolder
+from server.api.middleware import RequestContextMiddleware
+from server.api.routes import health, metrics, openai
+from server.lifecycle.holder import ModelHolder
+from server.lifecycle.loader import ModelLoader
 from server.model_source.resolve import model_source
+from server.serving.assemble import assemble
 from server.settings import Settings
+from server.telemetry import prometheus, tracing
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    if settings.applicationinsights_connection_string is not None:
+        tracing.configure_azure_monitor(settings.applicationinsights_connection_string.get_secret_value())
     holder = ModelHolder()
+    prometheus.bind_holder(holder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The loader runs beside the server so the probes answer (503 with a reason) while the model downloads.
-        loader = asyncio.create_task(ModelLoader(settings, holder, model_source(settings)).run(), name="model-loader")
-        try:
-            yield
-        finally:
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
-            engine = holder.take()
-            if engine is not None:
-                await engine.close()
+        async with contextlib.AsyncExitStack() as resources:
+            plane = await assemble(settings, resources)
+            app.state.authenticator = plane.authenticator
+            app.state.pipeline = plane.pipeline
+            if settings.metrics_port is not None:
+                server, thread = start_http_server(settings.metrics_port, settings.host, registry=prometheus.REGISTRY)
+                resources.callback(thread.join, 5)
+                resources.callback(server.shutdown)
+                log.info("metrics on http://%s:%d%s", settings.host, settings.metrics_port, metrics.METRICS_PATH)
+            # The loader runs beside the server so the probes answer (503 with a reason) while the model downloads.
+            loader = asyncio.create_task(
+                ModelLoader(settings, holder, model_source(settings)).run(), name="model-loader"
+            )
+            try:
+                yield
+            finally:
+                loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loader
+                served = holder.take()
+                if served is not None:
+                    await served.engine.close()
 
     app = FastAPI(title="ggufstack", version="0.1.0", lifespan=lifespan)
     app.state.holder = holder
-    app.state.started = int(time.time())
+    app.state.settings = settings
+    app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    if settings.metrics_port is None:
+        app.include_router(metrics.router)
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI documents 422 for every body; this API answers 400 with OpenAI's error JSON instead."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -9,36 +9,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.engine.base import EngineError, EngineOverloadedError
-from server.model_holder import ModelNotReadyError
+from server.api.protocol import ErrorDetail, ErrorResponse
+from server.engine.base import EngineClosedError, EngineError, EngineOverloadedError
+from server.lifecycle.holder import ModelNotReadyError, ServerDrainingError
+from server.serving.errors import APIError
 
 log = logging.getLogger(__name__)
 
 
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
+def body(error: APIError) -> ErrorResponse:
+    return ErrorResponse(error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code))
 
-    def body(self) -> dict[str, dict[str, str | None]]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+def response(error: APIError) -> JSONResponse:
+    return JSONResponse(body(error).model_dump(), status_code=error.status, headers=error.headers)
 
 
 def from_exception(exc: Exception) -> APIError:
@@ -50,8 +34,18 @@ def from_exception(exc: Exception) -> APIError:
             return APIError(
                 429, str(exc), type="rate_limit_error", code=exc.code, headers={"Retry-After": str(exc.retry_after_s)}
             )
+        case EngineClosedError():
+            return APIError(503, str(exc), type="service_unavailable", code="server_shutting_down")
         case EngineError():
             return APIError(400, str(exc), param=exc.param, code=exc.code)
+        case ServerDrainingError():
+            return APIError(
+                503,
+                str(exc),
+                type="service_unavailable",
+                code="server_shutting_down",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
         case ModelNotReadyError():
             return APIError(503, f"the model is not ready: {exc}", type="service_unavailable", code="model_not_ready")
         case _:
@@ -77,16 +71,16 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 
 def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
+        return response(_validation_error(exc))
 
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers).response()
+        return response(APIError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers))
 
     async def on_any(_: Request, exc: Exception) -> JSONResponse:
-        return from_exception(exc).response()
+        return response(from_exception(exc))
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for kind in (APIError, EngineError, ModelNotReadyError, Exception):
+    for kind in (APIError, EngineError, ModelNotReadyError, ServerDrainingError, Exception):
         app.add_exception_handler(kind, on_any)

@@ -32,6 +32,7 @@ class SamplingParams:
 class GenerationRequest:
     prompt_tokens: Sequence[int]
     sampling: SamplingParams
+    prompt_param: str = "prompt"  # the request field the prompt came from, named by errors about it
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,10 @@ class EngineError(Exception):
 
 class ContextOverflowError(EngineError):
     """The prompt, or prompt plus max_tokens, does not fit in the context window."""
+
+
+class EngineClosedError(EngineError):
+    """The engine shut down before the generation finished."""
 
 
 class EngineOverloadedError(EngineError):

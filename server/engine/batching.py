@@ -28,7 +28,7 @@ import llama_cpp
 
 from server.engine.base import (
     ContextOverflowError,
-    EngineError,
+    EngineClosedError,
     EngineOverloadedError,
     EngineStats,
     Finished,
@@ -59,10 +59,6 @@ def default_slot_count(model: LlamaModel, n_ctx: int) -> int:
     """As many slots as fit DEFAULT_KV_BUDGET_BYTES of f16 KV cache, 1 to MAX_DEFAULT_SLOTS."""
     per_slot = n_ctx * model.kv_bytes_per_token
     return max(1, min(MAX_DEFAULT_SLOTS, DEFAULT_KV_BUDGET_BYTES // per_slot))
-
-
-class EngineClosedError(EngineError):
-    """The engine shut down before the generation finished."""
 
 
 class DecodeError(RuntimeError):
@@ -146,16 +142,22 @@ class BatchingEngine:
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         n_prompt = len(request.prompt_tokens)
         if n_prompt == 0:
-            raise ContextOverflowError("the prompt is empty", param="prompt")
+            raise ContextOverflowError("the prompt is empty", param=request.prompt_param)
+        if n_prompt >= self._n_ctx:
+            raise ContextOverflowError(
+                f"this model's context is {self._n_ctx} tokens, but the prompt has {n_prompt}",
+                param=request.prompt_param,
+                code="context_length_exceeded",
+            )
         if n_prompt + request.sampling.max_tokens > self._n_ctx:
             raise ContextOverflowError(
                 f"this model's context is {self._n_ctx} tokens; the prompt has {n_prompt} and max_tokens asks for "
                 f"{request.sampling.max_tokens} more",
-                param="max_tokens" if n_prompt < self._n_ctx else "messages",
+                param="max_tokens",
                 code="context_length_exceeded",
             )
         # An id outside the vocabulary makes llama_decode fail for the whole batch, every other stream included.
-        self._model.check_token_ids(request.prompt_tokens, param="prompt")
+        self._model.check_token_ids(request.prompt_tokens, param=request.prompt_param)
         self._model.check_token_ids(list(request.sampling.logit_bias), param="logit_bias")
         job = Job(request, asyncio.get_running_loop())
         with self._cond:

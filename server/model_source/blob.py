@@ -57,6 +57,8 @@ class FetchResult:
     path: Path
     bytes_downloaded: int
     seconds: float
+    version: str | None = None  # the source's version of the file (blob version id or ETag); None for local files
+    sha256: str | None = None  # when the source already vouches for it (verified blob metadata)
 
     @property
     def cache_hit(self) -> bool:
@@ -113,7 +115,7 @@ class BlobModelSource:
         target = self._entry_dir() / f"{_safe(version)}.gguf"
         if target.is_file() and target.stat().st_size == props.size:
             log.info("cache hit: %s version %s at %s (0 bytes downloaded)", self.location.describe(), version, target)
-            return FetchResult(target, 0, time.monotonic() - started)
+            return FetchResult(target, 0, time.monotonic() - started, version, _vouched_sha256(props))
         if version in self._rejected:
             raise VerificationError(self._rejected[version])
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ class BlobModelSource:
             seconds,
             props.size / MIB / max(seconds, 1e-6),
         )
-        return FetchResult(target, props.size, seconds)
+        return FetchResult(target, props.size, seconds, version, _vouched_sha256(props))
 
     def _entry_dir(self) -> Path:
         return self._cache_dir / _safe(self.location.container) / _safe(self.location.name)
@@ -246,6 +248,12 @@ class _Progress:
             rate / MIB,
             eta,
         )
+
+
+def _vouched_sha256(props: BlobProperties) -> str | None:
+    """The sha256 metadata of a blob whose cached copy was verified against it."""
+    value = (props.metadata or {}).get("sha256")
+    return value.strip().lower() if value else None
 
 
 def _digest(path: Path, hasher: hashlib._Hash) -> str:

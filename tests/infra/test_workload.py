@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from infra.workload import LIVENESS_PATH, READINESS_PATH, SERVER_UID
-from server.api.routes import router
+from server.api.routes.health import router
 from server.settings import Settings
 from tests.infra.harness import REPO, TENANT_ID, StackRun
 

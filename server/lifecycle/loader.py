@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from server.engine.factory import load_engine, warm_up
 from server.engine.llama_model import ModelLoadError
-from server.model_holder import ModelHolder
+from server.lifecycle.holder import ModelHolder, ModelState, ServedModel
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.resolve import ModelSource
 from server.settings import Settings
+from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,20 +68,38 @@ class ModelLoader:
                 reason = f"model rejected: {exc}"
             except (ModelSourceError, ModelLoadError) as exc:
                 reason = f"model cannot be loaded: {exc}"
-            self._holder.set_state("waiting", f"{reason} (next try in {delay:.0f} s)")
+            self._holder.set_state(ModelState.WAITING, f"{reason} (next try in {delay:.0f} s)")
             log.warning("%s; retrying in %.1f s", reason, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.source_retry_max_s)
 
     async def _load_once(self, started: float) -> None:
-        self._holder.set_state("fetching", f"fetching {self._source.describe()}")
+        self._holder.set_state(ModelState.FETCHING, f"fetching {self._source.describe()}")
         fetched = await _in_daemon_thread(self._source.fetch)
+        if fetched.bytes_downloaded:
+            prometheus.model_download_bytes.inc(fetched.bytes_downloaded)
+            prometheus.model_download_duration.observe(fetched.seconds)
+        sha256 = fetched.sha256 or await _in_daemon_thread(_sha256, fetched.path)
         model_id = self._settings.model_alias or self._source.default_model_id()
-        self._holder.set_state("loading", f"loading {fetched.path.name}")
+        self._holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
         engine = await _in_daemon_thread(load_engine, fetched.path, self._settings, model_id)
-        self._holder.set_state("warming_up", f"warming up {model_id}")
+        self._holder.set_state(ModelState.WARMING_UP, f"warming up {model_id}")
         await warm_up(engine)
-        previous = self._holder.install(engine)
+        served = ServedModel(engine, sha256, fetched.version, int(time.time()))
+        previous = self._holder.install(served)
+        prometheus.model_info.info(
+            {
+                "model_id": model_id,
+                "sha256": sha256,
+                "version": fetched.version or "",
+                "gpu_offload": str(engine.gpu_offload).lower(),
+            }
+        )
         if previous is not None:
-            await previous.close()
-        log.info("ready: serving %s (cold start %.1f s)", model_id, time.monotonic() - started)
+            await previous.engine.close()
+        log.info("ready: serving %s (sha256 %s, cold start %.1f s)", model_id, sha256, time.monotonic() - started)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

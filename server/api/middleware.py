@@ -1,0 +1,67 @@
+"""Per-request context as pure ASGI middleware (so streamed responses pass through unbuffered): the request id,
+HTTP metrics, and the access line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.telemetry import prometheus
+from server.telemetry.logging import AccessRecord, access_record_var, log_access, request_id_var
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client's id is kept only if it is short and plain, so it can't forge log lines or blow up a log store.
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Probes and scrapes arrive every few seconds; their access lines are debug-level noise.
+_QUIET_PREFIXES = ("/health/", "/metrics")
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == REQUEST_ID_HEADER.encode():
+            candidate = value.decode("latin-1")
+            if _ACCEPTABLE_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        record = AccessRecord(method=scope["method"], path=scope["path"])
+        id_token = request_id_var.set(request_id)
+        record_token = access_record_var.set(record)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            record.duration_s = round(time.perf_counter() - started, 4)
+            route = scope.get("route")
+            record.route = getattr(route, "path", "unmatched")
+            status = record.status or 500
+            prometheus.http_requests.labels(record.route, scope["method"], str(status)).inc()
+            prometheus.http_request_duration.labels(record.route).observe(record.duration_s)
+            quiet = scope["path"].startswith(_QUIET_PREFIXES) and status < 400
+            log_access(record, level=logging.DEBUG if quiet else logging.INFO)
+            access_record_var.reset(record_token)
+            request_id_var.reset(id_token)

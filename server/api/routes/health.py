@@ -1,0 +1,29 @@
+"""Kubernetes' probes: live while the process runs, ready only while a warmed-up model serves and no drain began."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from server.api.deps import HolderDep
+from server.api.protocol import Liveness, ReadinessReport
+
+router = APIRouter(prefix="/health")
+
+
+@router.get("/live")
+async def live() -> Liveness:
+    return Liveness()
+
+
+@router.get(
+    "/ready",
+    response_model=ReadinessReport,
+    responses={503: {"model": ReadinessReport, "description": "Not ready, with the reason."}},
+)
+async def ready(holder: HolderDep) -> ReadinessReport | JSONResponse:
+    state = holder.readiness()
+    report = ReadinessReport(status="ready" if state.ready else "not_ready", state=state.state, reason=state.reason)
+    if state.ready:
+        return report
+    return JSONResponse(report.model_dump(), status_code=503)

@@ -1,0 +1,142 @@
+"""The one place that knows which engine serves, whether the server is ready, and who is still using an engine.
+
+Every generation holds a `Lease` on the engine it runs on, from admission to its last event. The lease count is what
+graceful shutdown waits for, and what a hot swap waits for before it frees the engine it replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+
+from server.engine.base import Engine
+
+
+class ModelState(StrEnum):
+    STARTING = "starting"
+    FETCHING = "fetching"
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    WAITING = "waiting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class ModelNotReadyError(Exception):
+    pass
+
+
+class ServerDrainingError(Exception):
+    """The server is shutting down and takes no new generations; `retry_after_s` says when another replica may."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A loaded engine and what identifies the model it runs."""
+
+    engine: Engine
+    sha256: str  # of the GGUF file: what names this exact model everywhere (responses, metrics, cache keys)
+    source_version: str | None  # the blob's version id or ETag; None for a local file
+    loaded_at: int  # unix time
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    state: ModelState
+    reason: str
+
+
+class Lease:
+    """A generation's hold on its engine; release it exactly once (it is an async context manager too)."""
+
+    def __init__(self, holder: ModelHolder, model: ServedModel) -> None:
+        self.model = model
+        self._holder = holder
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._holder._returned(self)
+
+    async def __aenter__(self) -> ServedModel:
+        return self.model
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+
+
+class ModelHolder:
+    def __init__(self) -> None:
+        self._model: ServedModel | None = None
+        self._state = ModelState.STARTING
+        self._reason = "the server is starting"
+        self._leases = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def readiness(self) -> Readiness:
+        ready = self._model is not None and self._state is ModelState.READY
+        return Readiness(ready, self._state, self._reason)
+
+    def set_state(self, state: ModelState, reason: str) -> None:
+        if self._state is not ModelState.DRAINING:
+            self._state, self._reason = state, reason
+
+    def serving(self) -> ServedModel:
+        """The serving model, for requests that do not generate (model cards, tokenizing)."""
+        if self._model is None or self._state not in (ModelState.READY, ModelState.DRAINING):
+            raise ModelNotReadyError(self._reason)
+        return self._model
+
+    def engine(self) -> Engine:
+        return self.serving().engine
+
+    def lease(self) -> Lease:
+        """Admit one generation on the serving engine."""
+        if self._state is ModelState.DRAINING:
+            raise ServerDrainingError("the server is shutting down and takes no new requests")
+        if self._model is None or self._state is not ModelState.READY:
+            raise ModelNotReadyError(self._reason)
+        self._leases += 1
+        self._idle.clear()
+        return Lease(self, self._model)
+
+    @property
+    def in_flight(self) -> int:
+        return self._leases
+
+    def install(self, model: ServedModel) -> ServedModel | None:
+        """Make `model` the serving one; return the previous one so the caller can drain and close it."""
+        previous, self._model = self._model, model
+        self.set_state(ModelState.READY, f"serving {model.model_id}")
+        return previous
+
+    def start_draining(self) -> None:
+        """Readiness turns 503 and new generations are refused; those in flight go on."""
+        self._state, self._reason = ModelState.DRAINING, "the server is shutting down"
+
+    async def wait_idle(self) -> None:
+        """Return once no generation holds a lease."""
+        await self._idle.wait()
+
+    def take(self) -> ServedModel | None:
+        model, self._model = self._model, None
+        self._state, self._reason = ModelState.STOPPED, "the server is shutting down"
+        return model
+
+    def _returned(self, _: Lease) -> None:
+        self._leases -= 1
+        if self._leases == 0:
+            self._idle.set()

@@ -1,0 +1,54 @@
+"""One generation request on its way through the serving pipeline, and who sent it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.engine.base import Finished, GenerationRequest
+from server.lifecycle.holder import ServedModel
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as authentication found out; `key_id` None means no key was needed (auth is off)."""
+
+    key_id: str | None = None
+    name: str | None = None
+    models: tuple[str, ...] | None = None  # None: every model
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+ANONYMOUS = Caller()
+
+# Authentication: the Authorization header (or None) in, the caller out; raises APIError (401) to refuse.
+Authenticator = Callable[[str | None], Awaitable[Caller]]
+
+
+async def open_access(_: str | None) -> Caller:
+    """The authenticator when no key store is configured: everyone may call."""
+    return ANONYMOUS
+
+
+Endpoint = Literal["chat.completions", "completions"]
+
+
+@dataclass(eq=False)
+class ServingJob:
+    """What the stages share. Stages fill `response_headers` before the first event, and the outcome as it happens."""
+
+    request_id: str
+    endpoint: Endpoint
+    body: ChatCompletionRequest | CompletionRequest
+    model: ServedModel
+    generation: GenerationRequest
+    caller: Caller = ANONYMOUS
+    arrived_at: float = field(default_factory=time.monotonic)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    cache_hit: bool = False
+    first_token_at: float | None = None
+    finished: Finished | None = None

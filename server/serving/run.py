@@ -1,0 +1,97 @@
+"""Admission of one generation: lease the serving model, build the job, run the pipeline up to its first event.
+
+Waiting for the first event before answering means every refusal a stage makes (a bad key, a rate limit, a full
+queue) is still an HTTP status, not an error inside a stream that already said 200.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.engine.base import Engine, GenerationEvent, GenerationRequest
+from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ServedModel, ServerDrainingError
+from server.serving.errors import APIError
+from server.serving.job import Caller, Endpoint, ServingJob
+from server.serving.stages import Events, Pipeline
+from server.telemetry import prometheus
+
+
+@dataclass(frozen=True, slots=True)
+class ServingContext:
+    """What a generation route hands to the serving layer: where models live, the stages, who asks, and the id."""
+
+    holder: ModelHolder
+    pipeline: Pipeline
+    caller: Caller
+    request_id: str
+
+
+@dataclass(eq=False)
+class Admitted:
+    """A generation whose first event has come; `events()` yields it and the rest, then returns the lease."""
+
+    job: ServingJob
+    _first: GenerationEvent
+    _rest: Events
+    _lease: Lease
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        try:
+            yield self._first
+            async for event in self._rest:
+                yield event
+        finally:
+            await self._rest.aclose()
+            self._lease.release()
+
+
+def lease_model(holder: ModelHolder, model: str) -> Lease:
+    try:
+        lease = holder.lease()
+    except ServerDrainingError:
+        prometheus.requests_refused.labels("draining").inc()
+        raise
+    except ModelNotReadyError:
+        prometheus.requests_refused.labels("not_ready").inc()
+        raise
+    try:
+        require_model(lease.model, model)
+    except APIError:
+        lease.release()
+        raise
+    return lease
+
+
+def require_model(served: ServedModel, model: str) -> None:
+    if model != served.model_id:
+        raise APIError(
+            404,
+            f"the model {model!r} does not exist; this server serves {served.model_id!r}",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+
+
+async def admit(
+    ctx: ServingContext,
+    endpoint: Endpoint,
+    body: ChatCompletionRequest | CompletionRequest,
+    prepare: Callable[[Engine], GenerationRequest],
+) -> Admitted:
+    lease = lease_model(ctx.holder, body.model)
+    try:
+        generation = prepare(lease.model.engine)
+        job = ServingJob(ctx.request_id, endpoint, body, lease.model, generation, ctx.caller)
+        events = ctx.pipeline.run(job)
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()
+            raise
+    except BaseException:
+        lease.release()
+        raise
+    return Admitted(job, first, events, lease)

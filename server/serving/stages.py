@@ -1,0 +1,43 @@
+"""The serving pipeline: named stages wrapped around the engine, each one concern in its own module.
+
+A stage is an async generator `(job, call_next) -> events`. Before its first event it may refuse the request by
+raising `APIError` (the route waits for the first event before it sends headers, so a refusal is a real HTTP status),
+answer by itself (a cache hit yields events without calling `call_next`), or pass on `call_next(job)`'s events. After
+the last event it does its bookkeeping (charge tokens, record the request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from functools import partial
+from typing import Protocol
+
+from server.engine.base import GenerationEvent
+from server.serving.job import ServingJob
+
+Events = AsyncGenerator[GenerationEvent, None]
+Next = Callable[[ServingJob], Events]
+
+
+class Stage(Protocol):
+    def __call__(self, job: ServingJob, call_next: Next) -> Events: ...
+
+
+async def generate(job: ServingJob) -> Events:
+    """The last stage: run the generation on the job's engine."""
+    async with aclosing(job.model.engine.generate(job.generation)) as events:
+        async for event in events:
+            yield event
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage], terminal: Next = generate) -> None:
+        self.stages = tuple(stages)
+        self._terminal = terminal
+
+    def run(self, job: ServingJob) -> Events:
+        call: Next = self._terminal
+        for stage in reversed(self.stages):
+            call = partial(stage, call_next=call)
+        return call(job)
