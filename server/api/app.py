@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware
 from server.api.routes import health, metrics, openai
+from server.api.streaming import component_schemas
 from server.lifecycle.holder import ModelHolder
 from server.lifecycle.loader import ModelLoader
 from server.model_source.resolve import model_source
@@ -69,7 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI documents 422 for every body; this API answers 400 with OpenAI's error JSON instead."""
+    """FastAPI documents 422 for every body; this API answers 400 with OpenAI's error JSON instead. Stream chunks
+    join the components, for the event-stream schemas that refer to them."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
@@ -77,7 +79,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for path in schema["paths"].values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
+            components.pop(name, None)
+        components.update(component_schemas(*openai.STREAM_CHUNKS))
         app.openapi_schema = schema
     return app.openapi_schema

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator, model_validator
 
 Stop = Annotated[str, Field(min_length=1)]
-LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]]
+TokenIdKey = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="A token id, as a string.")]
+LogitBias = dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]]
 
 
 class StreamOptions(BaseModel):
@@ -47,14 +48,6 @@ class SamplingFields(BaseModel):
             raise ValueError("at most 4 stop sequences are allowed")
         return value
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_id_keys(cls, value: LogitBias | None) -> LogitBias | None:
-        for key in value or {}:
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
-        return value
-
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -64,8 +57,24 @@ class SamplingFields(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+# Validated by `_one_prompt` (for messages that say what is wrong); documented exactly as accepted.
+Prompt = Annotated[
+    str | list[str] | list[int],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            ],
+            "description": "A string, a list of one string, or a list of token ids.",
+        }
+    ),
+]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] = Field(min_length=0)
+    prompt: Prompt
     echo: Literal[False] = False
     logprobs: None = None
     suffix: None = None

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.errors import body, from_exception
+from server.api.protocol import ErrorResponse
 from server.serving.shape import Body, Reply
+
+_REF = "#/components/schemas/"
+
+
+def event_stream_schema(chunk: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI schema of one server-sent event: `data` is a chunk, an in-band error, or the `[DONE]` marker."""
+    payload = {"anyOf": [{"$ref": f"{_REF}{chunk.__name__}"}, {"$ref": f"{_REF}{ErrorResponse.__name__}"}]}
+    data = {
+        "anyOf": [
+            {"type": "string", "const": "[DONE]"},
+            {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+        ]
+    }
+    return {"type": "object", "required": ["data"], "properties": {"data": data, "event": {"type": "string"}}}
+
+
+def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """Component schemas for models no route body names (stream chunks), with the models they refer to."""
+    components: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF + "{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    return components
 
 
 def respond(reply: Reply[Body], response: Response) -> Body | EventSourceResponse:

@@ -36,7 +36,7 @@ class AccessRecord:
 
 
 access_record_var: ContextVar[AccessRecord | None] = ContextVar("access_record", default=None)
-access_log = logging.getLogger("ggufstack.access")
+access_log = logging.getLogger("server.access")
 
 
 def log_access(record: AccessRecord, *, level: int = logging.INFO) -> None:
@@ -90,3 +90,5 @@ def configure_logging(level: str, fmt: Literal["auto", "json", "text"]) -> None:
         handler.setFormatter(JsonFormatter())
     handler.addFilter(_RequestIdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # The Azure SDK logs every HTTP request and response at INFO: noise next to our own download and access lines.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)

@@ -22,7 +22,8 @@ def configure_azure_monitor(connection_string: str) -> None:
     from azure.monitor.opentelemetry import configure_azure_monitor as configure
     from opentelemetry import trace
 
-    configure(connection_string=connection_string)
+    # Our loggers only ("server.*"): exporting the exporter's own HTTP logs would feed on itself.
+    configure(connection_string=connection_string, logger_name="server")
     _tracer = trace.get_tracer("ggufstack")
     log.info("exporting traces, metrics and logs to Azure Monitor")
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import CallerDep, HolderDep, ServingDep
 from server.api.protocol import (
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
@@ -17,7 +19,7 @@ from server.api.protocol import (
     ModelCard,
     ModelList,
 )
-from server.api.streaming import respond
+from server.api.streaming import event_stream_schema, respond
 from server.serving import chat, completions
 from server.serving.run import require_model
 
@@ -28,13 +30,18 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in statuses}
 
 
-# Every generation may be refused for bad input (400), a bad key (401), a key without the model (403), an unknown
-# model (404), overload or rate limits (429), and while the model is not ready or the server drains (503).
-_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
-GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **_errors(400, 401, 403, 404, 429, 500, 503),
-    200: {"content": _STREAM, "description": "The completion, or with `stream: true` server-sent events."},
-}
+def _generation_responses(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """Every generation may be refused for bad input (400), a bad key (401), a key without the model (403), an
+    unknown model (404), overload or rate limits (429), and while the model is not ready or the server drains (503)."""
+    stream = {"text/event-stream": {"schema": event_stream_schema(chunk)}}
+    return {
+        **_errors(400, 401, 403, 404, 429, 500, 503),
+        200: {"content": stream, "description": "The completion, or with `stream: true` server-sent events."},
+    }
+
+
+# Stream chunks appear in no route's JSON body; the event-stream schemas refer to them.
+STREAM_CHUNKS = (Completion, ChatCompletionChunk)
 MODEL_RESPONSES = _errors(401, 404, 500, 503)
 
 
@@ -51,14 +58,14 @@ async def get_model(model_id: str, holder: HolderDep, _: CallerDep) -> ModelCard
     return ModelCard(id=served.model_id, created=served.loaded_at)
 
 
-@router.post("/completions", response_model=Completion, responses=GENERATION_RESPONSES)
+@router.post("/completions", response_model=Completion, responses=_generation_responses(Completion))
 async def create_completion(
     body: CompletionRequest, serving: ServingDep, response: Response
 ) -> Completion | EventSourceResponse:
     return respond(await completions.create(body, serving), response)
 
 
-@router.post("/chat/completions", response_model=ChatCompletion, responses=GENERATION_RESPONSES)
+@router.post("/chat/completions", response_model=ChatCompletion, responses=_generation_responses(ChatCompletionChunk))
 async def create_chat_completion(
     body: ChatCompletionRequest, serving: ServingDep, response: Response
 ) -> ChatCompletion | EventSourceResponse:
