@@ -215,3 +215,7 @@ def expressions() -> list[str]:
     return [scale_query(), *(r.expression for r in alert_rules())] + [
         target["expr"] for panel in panels for target in panel["targets"]
     ]
+
+
+if __name__ == "__main__":
+    DASHBOARD_FILE.write_text(dashboard_json())
