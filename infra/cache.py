@@ -1,7 +1,9 @@
-"""Azure Managed Redis (the `redisenterprise` resource provider): TLS only, access key kept in Key Vault.
+"""Azure Managed Redis (the `redisenterprise` resource provider): TLS only, Entra tokens or an access key.
 
-The access key is read back from Azure after the database exists and is stored as a Key Vault secret, both on its
-own and as a complete `rediss://` URL; in the Pulumi state it is a secret.
+With Entra authentication the server's workload identity holds the database's default access policy and AUTHs with
+its object id as the user name and an Entra token as the password; the `rediss://` URL in Key Vault names the user
+and holds no secret. Where a stack keeps access keys, the key is read back from Azure after the database exists and
+stored as a Key Vault secret, both on its own and in the URL; in the Pulumi state it is a secret.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from infra.vault import VaultItem, store_secret
 
 # Azure Managed Redis has exactly one database per cluster and it must be called "default".
 DATABASE = "default"
+# The built-in access policy with full data access; the only one Azure Managed Redis offers.
+ACCESS_POLICY = "default"
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,15 @@ class CacheArgs:
     vault_name: pulumi.Input[str]
     # None keeps the cache reachable over its public endpoint (TLS and the access key still required).
     private_endpoint: PrivateEndpointTarget | None
+    access_keys: bool
+    # The principal that AUTHs with an Entra token; None: the server uses the access key.
+    entra_object_id: pulumi.Input[str] | None
     tags: Mapping[str, str]
 
 
 class Cache(pulumi.ComponentResource):
     cluster_id: pulumi.Output[str]
+    database_id: pulumi.Output[str]
     host_name: pulumi.Output[str]
     port: int
 
@@ -61,9 +69,11 @@ class Cache(pulumi.ComponentResource):
             # Non-clustered protocol, so ordinary (not cluster-aware) Redis clients work.
             clustering_policy="EnterpriseCluster",
             eviction_policy="AllKeysLRU",
-            access_keys_authentication="Enabled",
+            access_keys_authentication="Enabled" if args.access_keys else "Disabled",
             opts=child,
         )
+        if args.entra_object_id is None and not args.access_keys:
+            raise ValueError("a cache without access keys needs an Entra principal")
         if args.private_endpoint is not None:
             private_endpoint(
                 f"{name}-redis",
@@ -77,22 +87,36 @@ class Cache(pulumi.ComponentResource):
                 parent=self,
             )
 
-        keys = redisenterprise.list_database_keys_output(
-            cluster_name=cluster.name, database_name=database.name, resource_group_name=args.resource_group_name
-        )
-        access_key = pulumi.Output.secret(keys.primary_key)
-        # Keys are base64 and may contain '/', which must be escaped in a URL's userinfo.
-        url = pulumi.Output.all(access_key, cluster.host_name).apply(
-            lambda parts: f"rediss://:{quote(parts[0], safe='')}@{parts[1]}:{REDIS_PORT}/0"
-        )
-        store_secret(
-            f"{name}-access-key-secret",
-            item=VaultItem.REDIS_ACCESS_KEY,
-            value=access_key,
-            vault_name=args.vault_name,
-            resource_group_name=args.resource_group_name,
-            parent=self,
-        )
+        if args.entra_object_id is not None:
+            redisenterprise.AccessPolicyAssignment(
+                f"{name}-server-access",
+                access_policy_assignment_name="ggufstack-server",
+                access_policy_name=ACCESS_POLICY,
+                cluster_name=cluster.name,
+                database_name=database.name,
+                resource_group_name=args.resource_group_name,
+                user=redisenterprise.AccessPolicyAssignmentPropertiesUserArgs(object_id=args.entra_object_id),
+                opts=child,
+            )
+            url = pulumi.Output.format("rediss://{0}@{1}:{2}/0", args.entra_object_id, cluster.host_name, REDIS_PORT)
+        if args.access_keys:
+            keys = redisenterprise.list_database_keys_output(
+                cluster_name=cluster.name, database_name=database.name, resource_group_name=args.resource_group_name
+            )
+            access_key = pulumi.Output.secret(keys.primary_key)
+            store_secret(
+                f"{name}-access-key-secret",
+                item=VaultItem.REDIS_ACCESS_KEY,
+                value=access_key,
+                vault_name=args.vault_name,
+                resource_group_name=args.resource_group_name,
+                parent=self,
+            )
+            if args.entra_object_id is None:
+                # Keys are base64 and may contain '/', which must be escaped in a URL's userinfo.
+                url = pulumi.Output.all(access_key, cluster.host_name).apply(
+                    lambda parts: f"rediss://:{quote(parts[0], safe='')}@{parts[1]}:{REDIS_PORT}/0"
+                )
         store_secret(
             f"{name}-url-secret",
             item=VaultItem.REDIS_URL,
@@ -103,6 +127,7 @@ class Cache(pulumi.ComponentResource):
         )
 
         self.cluster_id = cluster.id
+        self.database_id = database.id
         self.host_name = cluster.host_name
         self.port = REDIS_PORT
         self.register_outputs({"cluster_id": self.cluster_id, "host_name": self.host_name})

@@ -39,6 +39,27 @@ class GpuPool:
     max_count: int
     spot: bool
     os_disk_size_gb: int
+    availability_zones: Sequence[str]
+    max_surge: str
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """When AKS may upgrade the cluster and reimage nodes: weekly, from `start_hour` for `duration_hours`."""
+
+    day: str
+    start_hour: int
+    duration_hours: int
+    utc_offset: str
+
+
+# AKS's names for the two schedules: Kubernetes version upgrades, and node OS image updates.
+MAINTENANCE_CONFIGURATIONS = ("aksManagedAutoUpgradeSchedule", "aksManagedNodeOSUpgradeSchedule")
+# The AKS KEDA add-on's operator; it authenticates its scalers' queries as this service account.
+KEDA_NAMESPACE = "kube-system"
+KEDA_SERVICE_ACCOUNT = "keda-operator"
+# Long enough for the server's drain (the pod's termination grace period) before AKS gives up on a node.
+GPU_DRAIN_TIMEOUT_MINUTES = 30
 
 
 @dataclass(frozen=True)
@@ -58,8 +79,10 @@ class ClusterArgs:
     location: str
     subscription_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
-    # Whoever runs `pulumi up` (a developer or CI's service principal) must be able to apply the workload.
+    # Whoever runs `pulumi up` (a developer or CI's service principal) must be able to apply the workload: a
+    # configured Entra group (whose members are the people and CI identities that deploy) or, without one, the caller.
     deployer_object_id: pulumi.Input[str]
+    cluster_admin_group_object_id: str | None
     kubernetes_version: str
     tier: str
     nodes_subnet_id: pulumi.Input[str]
@@ -68,8 +91,12 @@ class ClusterArgs:
     system_node_count: int
     availability_zones: Sequence[str]
     gpu_pool: GpuPool
+    max_pods_per_gpu_node: int
+    maintenance: MaintenanceWindow
     disable_local_accounts: bool
     admin_group_object_ids: Sequence[str]
+    api_server_access: str
+    api_server_subnet_id: pulumi.Input[str] | None
     api_server_authorized_ip_ranges: Sequence[str]
     server: ServerIdentity
     tags: Mapping[str, str]
@@ -81,6 +108,10 @@ class Cluster(pulumi.ComponentResource):
     oidc_issuer_url: pulumi.Output[str]
     kubelet_object_id: pulumi.Output[str]
     server_client_id: pulumi.Output[str]
+    server_principal_id: pulumi.Output[str]
+    server_identity_name: pulumi.Output[str]
+    keda_client_id: pulumi.Output[str]
+    keda_principal_id: pulumi.Output[str]
     # The user kubeconfig, rewritten to log in with the Azure CLI; a Pulumi secret. It resolves only once the
     # deployer can use it (its cluster-admin role assignment exists).
     kubeconfig: pulumi.Output[str]
@@ -143,7 +174,10 @@ class Cluster(pulumi.ComponentResource):
             ),
             disable_local_accounts=args.disable_local_accounts,
             api_server_access_profile=containerservice.ManagedClusterAPIServerAccessProfileArgs(
-                authorized_ip_ranges=list(args.api_server_authorized_ip_ranges) or None
+                authorized_ip_ranges=list(args.api_server_authorized_ip_ranges) or None,
+                enable_vnet_integration=True if args.api_server_access != "public" else None,
+                subnet_id=args.api_server_subnet_id if args.api_server_access != "public" else None,
+                enable_private_cluster=True if args.api_server_access == "private" else None,
             ),
             oidc_issuer_profile=containerservice.ManagedClusterOIDCIssuerProfileArgs(enabled=True),
             security_profile=containerservice.ManagedClusterSecurityProfileArgs(
@@ -175,6 +209,24 @@ class Cluster(pulumi.ComponentResource):
             auto_upgrade_profile=containerservice.ManagedClusterAutoUpgradeProfileArgs(
                 upgrade_channel="patch", node_os_upgrade_channel="NodeImage"
             ),
+            # Managed Prometheus: the node and cluster agents; what they scrape and where it goes is the data
+            # collection rule that infra/managed_prometheus.py associates with the cluster.
+            azure_monitor_profile=containerservice.ManagedClusterAzureMonitorProfileArgs(
+                metrics=containerservice.ManagedClusterAzureMonitorProfileMetricsArgs(enabled=True)
+            ),
+            workload_auto_scaler_profile=containerservice.ManagedClusterWorkloadAutoScalerProfileArgs(
+                keda=containerservice.ManagedClusterWorkloadAutoScalerProfileKedaArgs(enabled=True)
+            ),
+            # The application routing add-on, for its Gateway API implementation (see infra/ingress.py); its
+            # default NGINX controller is not deployed.
+            ingress_profile=containerservice.ManagedClusterIngressProfileArgs(
+                web_app_routing=containerservice.ManagedClusterIngressProfileWebAppRoutingArgs(
+                    enabled=True,
+                    nginx=containerservice.ManagedClusterIngressProfileNginxArgs(
+                        default_ingress_controller_type="None"
+                    ),
+                )
+            ),
             tags=args.tags,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[subnet_access]),
         )
@@ -192,6 +244,14 @@ class Cluster(pulumi.ComponentResource):
             os_disk_size_gb=pool.os_disk_size_gb,
             type="VirtualMachineScaleSets",
             vnet_subnet_id=args.nodes_subnet_id,
+            availability_zones=list(pool.availability_zones) or None,
+            max_pods=args.max_pods_per_gpu_node,
+            upgrade_settings=containerservice.AgentPoolUpgradeSettingsArgs(
+                # A surge node must download and load the model before the old one is drained.
+                max_surge=pool.max_surge,
+                drain_timeout_in_minutes=GPU_DRAIN_TIMEOUT_MINUTES,
+                node_soak_duration_in_minutes=5,
+            ),
             enable_auto_scaling=True,
             min_count=pool.min_count,
             max_count=pool.max_count,
@@ -207,6 +267,24 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
         )
 
+        window = args.maintenance
+        for config_name in MAINTENANCE_CONFIGURATIONS:
+            containerservice.MaintenanceConfiguration(
+                f"{name}-{config_name}",
+                config_name=config_name,
+                resource_name_=cluster.name,
+                resource_group_name=rg,
+                maintenance_window=containerservice.MaintenanceWindowArgs(
+                    schedule=containerservice.ScheduleArgs(
+                        weekly=containerservice.WeeklyScheduleArgs(day_of_week=window.day, interval_weeks=1)
+                    ),
+                    start_time=f"{window.start_hour:02d}:00",
+                    duration_hours=window.duration_hours,
+                    utc_offset=window.utc_offset,
+                ),
+                opts=child,
+            )
+
         server = managedidentity.UserAssignedIdentity(
             f"{name}-server",
             resource_name_=f"id-{args.name}-server",
@@ -216,16 +294,16 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
         issuer = cluster.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else None)
-        managedidentity.FederatedIdentityCredential(
-            f"{name}-server-federation",
-            federated_identity_credential_resource_name=f"{args.server.namespace}-{args.server.service_account}",
-            resource_name_=server.name,
+        self._federate(name, "server", server, args.server.namespace, args.server.service_account, issuer, args)
+        keda = managedidentity.UserAssignedIdentity(
+            f"{name}-keda",
+            resource_name_=f"id-{args.name}-keda",
             resource_group_name=rg,
-            issuer=issuer,
-            subject=f"system:serviceaccount:{args.server.namespace}:{args.server.service_account}",
-            audiences=[WORKLOAD_IDENTITY_AUDIENCE],
+            location=location,
+            tags=args.tags,
             opts=child,
         )
+        self._federate(name, "keda", keda, KEDA_NAMESPACE, KEDA_SERVICE_ACCOUNT, issuer, args)
         self._role(
             name,
             "server-blob-reader",
@@ -235,12 +313,15 @@ class Cluster(pulumi.ComponentResource):
             args,
         )
         self._role(name, "server-secrets-user", args.server.vault_id, KEY_VAULT_SECRETS_USER, server.principal_id, args)
+        group = args.cluster_admin_group_object_id
+        # A fixed principal: with the caller, a laptop run and a CI run would replace each other's assignment.
         deployer_admin = authorization.RoleAssignment(
             f"{name}-deployer-cluster-admin",
             scope=cluster.id,
             role_definition_id=role_definition_id(args.subscription_id, AKS_RBAC_CLUSTER_ADMIN),
-            principal_id=args.deployer_object_id,
-            description="Lets the identity running pulumi apply the Kubernetes workload",
+            principal_id=group if group is not None else args.deployer_object_id,
+            principal_type="Group" if group is not None else None,
+            description="Cluster admins, among them the identities that run pulumi and apply the workload",
             opts=child,
         )
 
@@ -258,6 +339,10 @@ class Cluster(pulumi.ComponentResource):
         self.oidc_issuer_url = issuer
         self.kubelet_object_id = cluster.identity_profile.apply(lambda p: p["kubeletidentity"].object_id)
         self.server_client_id = server.client_id
+        self.server_principal_id = server.principal_id
+        self.server_identity_name = server.name
+        self.keda_client_id = keda.client_id
+        self.keda_principal_id = keda.principal_id
         self.kubeconfig = kubeconfig
         self.gpu_node_selector = dict([GPU_POOL_LABEL])
         self.gpu_tolerations = [
@@ -273,6 +358,27 @@ class Cluster(pulumi.ComponentResource):
                 "server_client_id": self.server_client_id,
                 "kubeconfig": self.kubeconfig,
             }
+        )
+
+    def _federate(
+        self,
+        name: str,
+        purpose: str,
+        identity: managedidentity.UserAssignedIdentity,
+        namespace: str,
+        service_account: str,
+        issuer: pulumi.Input[str],
+        args: ClusterArgs,
+    ) -> None:
+        managedidentity.FederatedIdentityCredential(
+            f"{name}-{purpose}-federation",
+            federated_identity_credential_resource_name=f"{namespace}-{service_account}",
+            resource_name_=identity.name,
+            resource_group_name=args.resource_group_name,
+            issuer=issuer,
+            subject=f"system:serviceaccount:{namespace}:{service_account}",
+            audiences=[WORKLOAD_IDENTITY_AUDIENCE],
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
     def _role(

@@ -11,12 +11,13 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pulumi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from infra.sizing import GPU_VM_SIZES, GpuVmSize, ReplicaShare, replica_share
 
 NAMESPACE = "ggufstack"
 
@@ -25,30 +26,6 @@ POD_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.0.0.0/16"
 DNS_SERVICE_IP = "10.0.0.10"
 
-
-@dataclass(frozen=True)
-class GpuVmSize:
-    gpus: int
-    vcpus: int
-    memory_gib: int
-
-
-# GPU sizes AKS supports with its managed NVIDIA driver. Partial-GPU (NVv5/A10) sizes need GRID drivers and the
-# retired NCv3 sizes can no longer be created, so neither is offered.
-GPU_VM_SIZES: Mapping[str, GpuVmSize] = {
-    "Standard_NC4as_T4_v3": GpuVmSize(1, 4, 28),
-    "Standard_NC8as_T4_v3": GpuVmSize(1, 8, 56),
-    "Standard_NC16as_T4_v3": GpuVmSize(1, 16, 110),
-    "Standard_NC64as_T4_v3": GpuVmSize(4, 64, 440),
-    "Standard_NC24ads_A100_v4": GpuVmSize(1, 24, 220),
-    "Standard_NC48ads_A100_v4": GpuVmSize(2, 48, 440),
-    "Standard_NC96ads_A100_v4": GpuVmSize(4, 96, 880),
-    "Standard_NC40ads_H100_v5": GpuVmSize(1, 40, 320),
-    "Standard_NC80adis_H100_v5": GpuVmSize(2, 80, 640),
-    "Standard_ND96asr_v4": GpuVmSize(8, 96, 900),
-    "Standard_ND96amsr_A100_v4": GpuVmSize(8, 96, 1900),
-    "Standard_ND96isr_H100_v5": GpuVmSize(8, 96, 1900),
-}
 
 AZURE_REGIONS = frozenset(
     {
@@ -59,6 +36,14 @@ AZURE_REGIONS = frozenset(
         "northcentralus", "northeurope", "norwayeast", "polandcentral", "qatarcentral", "southafricanorth",
         "southcentralus", "southeastasia", "southindia", "spaincentral", "swedencentral", "switzerlandnorth",
         "uaenorth", "uksouth", "ukwest", "westcentralus", "westeurope", "westus", "westus2", "westus3",
+    }
+)  # fmt: skip
+
+# Regions without a paired region, where PostgreSQL cannot keep geo-redundant backups.
+UNPAIRED_REGIONS = frozenset(
+    {
+        "austriaeast", "belgiumcentral", "chilecentral", "indonesiacentral", "israelcentral", "italynorth",
+        "malaysiawest", "mexicocentral", "newzealandnorth", "polandcentral", "qatarcentral", "spaincentral",
     }
 )  # fmt: skip
 
@@ -140,12 +125,14 @@ def _object_id(value: str) -> str:
     return value
 
 
-def _namespace_name(value: str) -> str:
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
-        raise ValueError(f"{value!r} is not a namespace name; allowed: DNS labels")
+def _host_name(value: str) -> str:
+    label = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+    if len(value) > 253 or not re.fullmatch(rf"{label}(\.{label})+", value):
+        raise ValueError(f"{value!r} is not a host name; allowed: lower-case DNS names such as api.example.com")
     return value
 
 
+Weekday = Literal["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 Location = Annotated[str, AfterValidator(_location)]
 VmSize = Annotated[str, Field(pattern=r"^Standard_[A-Za-z0-9_]+$")]
 
@@ -162,6 +149,8 @@ class StackConfig(BaseModel):
     model_blob_name: Annotated[str, AfterValidator(_blob_name)]
 
     name_prefix: str = Field("gguf", pattern=r"^[a-z][a-z0-9]{1,9}$")
+    # A production stack must name its admins and narrow its API server, and may not use passwords or keys.
+    production: bool = True
     kubernetes_version: Annotated[str, AfterValidator(_kubernetes_version)] = "1.33"
     cluster_tier: Literal["Free", "Standard", "Premium"] = "Standard"
     availability_zones: list[Literal["1", "2", "3"]] = []
@@ -171,8 +160,16 @@ class StackConfig(BaseModel):
     gpu_node_max: int = Field(4, ge=1, le=100)
     gpu_spot: bool = False
     gpu_os_disk_size_gb: int = Field(256, ge=128, le=2048)
+    gpu_availability_zones: list[Literal["1", "2", "3"]] = []
+    gpu_max_surge: str = Field("1", pattern=r"^([1-9][0-9]?|[1-9][0-9]?%|100%)$")
+    maintenance_day: Weekday = "Saturday"
+    maintenance_start_hour: int = Field(2, ge=0, le=23)
+    maintenance_duration_hours: int = Field(4, ge=4, le=24)
+    maintenance_utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):(00|30|45)$")
     disable_local_accounts: bool = True
+    cluster_admin_group_object_id: Annotated[str, AfterValidator(_object_id)] | None = None
     aks_admin_group_object_ids: list[Annotated[str, AfterValidator(_object_id)]] = []
+    api_server_access: Literal["public", "vnetIntegration", "private"] = "public"
     api_server_authorized_ip_ranges: list[Annotated[str, AfterValidator(_cidr)]] = []
     vnet_cidr: Annotated[str, AfterValidator(_vnet_cidr)] = "10.40.0.0/16"
 
@@ -180,24 +177,32 @@ class StackConfig(BaseModel):
     purge_protection: bool = True
     storage_sku: Literal["Standard_LRS", "Standard_ZRS", "Standard_GRS", "Standard_GZRS"] = "Standard_ZRS"
     storage_shared_key_access: bool = False
+    data_plane_auth: Literal["password", "entra"] = "entra"
     postgres_sku: str = Field("Standard_D2ds_v5", pattern=r"^Standard_(B|D|E)\d+[a-z]*(_v\d)?$")
     postgres_version: Literal["14", "15", "16", "17"] = "16"
     postgres_storage_gb: PostgresStorageGb = 32
     postgres_high_availability: bool = False
     postgres_backup_retention_days: int = Field(35, ge=7, le=35)
+    postgres_geo_redundant_backup: bool = True
     redis_sku: RedisSku = "Balanced_B1"
     log_retention_days: int = Field(30, ge=30, le=730)
+    alert_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
     server_replicas: int = Field(2, ge=1, le=50)
     server_max_replicas: int = Field(3, ge=1, le=50)
-    server_cpu: int = Field(3, ge=1, le=96)
-    server_memory_gi: int = Field(16, ge=1, le=1900)
+    server_cpu: int | None = Field(None, ge=1, le=96)
+    server_memory_gi: int | None = Field(None, ge=1, le=1900)
     model_cache_size_gi: int = Field(64, ge=1, le=1024)
     model_download_timeout_minutes: int = Field(30, ge=5, le=240)
     model_alias: str | None = Field(None, min_length=1, max_length=128)
     context_size: int = Field(4096, ge=64, le=1_048_576)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    ingress_namespaces: list[Annotated[str, AfterValidator(_namespace_name)]] = []
+    scale_waiting_per_replica: int = Field(4, ge=1, le=1000)
+
+    ingress_host_name: Annotated[str, AfterValidator(_host_name)] | None = None
+    ingress_exposure: Literal["internal", "public"] = "internal"
+    ingress_source_ranges: list[Annotated[str, AfterValidator(_cidr)]] = []
+    ingress_certificate_name: str = Field("ggufstack-tls", pattern=r"^[A-Za-z0-9-]{1,127}$")
 
     @field_validator("postgres_storage_gb", mode="before")
     @classmethod
@@ -222,18 +227,71 @@ class StackConfig(BaseModel):
                 f"{self.gpu_node_max} node(s) of {size.gpus} GPU(s) cannot hold serverMaxReplicas plus a surge pod",
                 f"at least {needed_nodes}",
             )
-        # A node runs one replica per GPU; they share the VM with the kubelet's reservations and the daemonsets.
-        max_cpu = (size.vcpus - 1) // size.gpus
-        if self.server_cpu > max_cpu:
-            raise _problem("serverCpu", f"{self.server_cpu} cores do not fit {self.gpu_vm_size}", f"1..{max_cpu}")
-        max_memory = int(size.memory_gib * 0.75) // size.gpus
-        if self.server_memory_gi > max_memory:
+        share = self.replica_share
+        allowance = f"after AKS's reservations and the node's DaemonSets, {self.gpu_vm_size} leaves each GPU's replica"
+        if self.server_cpu is not None and self.server_cpu > share.cores:
             raise _problem(
-                "serverMemoryGi", f"{self.server_memory_gi} GiB does not fit {self.gpu_vm_size}", f"1..{max_memory}"
+                "serverCpu",
+                f"{self.server_cpu} cores do not fit: {allowance} {share.cpu_m}m",
+                f"1..{share.cores} (or leave it unset to request {share.cpu_m // 100 * 100}m)",
+            )
+        if self.server_memory_gi is not None and self.server_memory_gi > share.memory_gi:
+            raise _problem(
+                "serverMemoryGi",
+                f"{self.server_memory_gi} GiB does not fit: {allowance} {share.memory_mi}Mi",
+                f"1..{share.memory_gi} (or leave it unset)",
+            )
+        self._production_rules()
+        if self.api_server_access != "public" and ipaddress.IPv4Network(self.vnet_cidr).prefixlen > 21:
+            raise _problem(
+                "vnetCidr", f"{self.vnet_cidr} has no room for the API server's subnet", "a /16 to /21 network"
+            )
+        if self.ingress_exposure == "public" and self.ingress_host_name and not self.ingress_source_ranges:
+            raise _problem(
+                "ingressSourceRanges", "a public ingress needs the client ranges it admits", "a list of IPv4 CIDRs"
+            )
+        if self.postgres_geo_redundant_backup and self.location in UNPAIRED_REGIONS:
+            raise _problem(
+                "postgresGeoRedundantBackup", f"{self.location} has no paired region to keep backups in", "false"
             )
         if self.postgres_high_availability and self.postgres_tier == "Burstable":
             raise _problem("postgresHighAvailability", "Burstable servers have no HA", "false with a Standard_B sku")
         return self
+
+    def _production_rules(self) -> None:
+        if not self.production:
+            return
+        if self.cluster_admin_group_object_id is None:
+            raise _problem(
+                "clusterAdminGroupObjectId",
+                "required in production (the Entra group that administers the cluster; CI's identity is a member)",
+                "a group object id",
+            )
+        if self.api_server_access == "public" and not self.api_server_authorized_ip_ranges:
+            raise _problem(
+                "apiServerAuthorizedIpRanges",
+                "required in production while apiServerAccess is public",
+                "a list of IPv4 CIDRs, or apiServerAccess vnetIntegration/private",
+            )
+        if self.data_plane_auth != "entra":
+            raise _problem("dataPlaneAuth", "production allows no passwords or access keys", "entra")
+        if not self.disable_local_accounts:
+            raise _problem("disableLocalAccounts", "production allows no static cluster credentials", "true")
+
+    @property
+    def replica_share(self) -> ReplicaShare:
+        return replica_share(self.gpu)
+
+    @property
+    def server_cpu_m(self) -> int:
+        """The replica's CPU request: the configured cores, or all of its share (whole tenths of a core)."""
+        if self.server_cpu is not None:
+            return self.server_cpu * 1000
+        return self.replica_share.cpu_m // 100 * 100
+
+    @property
+    def server_memory_request_gi(self) -> int:
+        return self.server_memory_gi if self.server_memory_gi is not None else self.replica_share.memory_gi
 
     def base_name(self, stack: str) -> str:
         """The stem of every resource name: the prefix and the stack, as a DNS-safe label of at most 24 characters."""

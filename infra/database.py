@@ -1,7 +1,10 @@
 """PostgreSQL Flexible Server, injected into its own delegated subnet: it has no public endpoint in any stack.
 
-The admin password is generated here and leaves Pulumi only as Key Vault secrets (the password itself and a full
-connection URL); in the state and in every output it is a Pulumi secret.
+With Entra authentication the server's workload identity is a Microsoft Entra administrator of the server (the only
+way Azure Resource Manager can make a principal a database role) and logs in with an access token as its password;
+the connection URL in Key Vault then names that role and holds no password. Password authentication, where a stack
+keeps it, uses a generated admin password that leaves Pulumi only as Key Vault secrets; in the state and in every
+output it is a Pulumi secret.
 """
 
 from __future__ import annotations
@@ -37,8 +40,21 @@ class DatabaseArgs:
     high_availability: bool
     backup_retention_days: int
     availability_zones: Sequence[str]
+    geo_redundant_backup: bool
     vault_name: pulumi.Input[str]
+    # Passwords on or off; with them off the server accepts only Entra tokens.
+    password_auth: bool
+    # The principal the server logs in as with an Entra token; None: the server uses the admin password.
+    entra_principal: DatabasePrincipal | None
+    tenant_id: pulumi.Input[str]
     tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class DatabasePrincipal:
+    object_id: pulumi.Input[str]
+    # The role name inside PostgreSQL: the identity's display name, which is also the user in the connection URL.
+    name: pulumi.Input[str]
 
 
 class Database(pulumi.ComponentResource):
@@ -49,20 +65,24 @@ class Database(pulumi.ComponentResource):
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Database", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        # URL-safe specials only, so the password can sit in a connection URL without escaping.
-        password = random.RandomPassword(
-            f"{name}-admin-password",
-            length=32,
-            special=True,
-            override_special="-_",
-            min_lower=2,
-            min_upper=2,
-            min_numeric=2,
-            min_special=2,
-            opts=child,
-        )
-        # The provider marks `result` secret; wrapping it here keeps that true whatever the provider does.
-        admin_password = pulumi.Output.secret(password.result)
+        if args.entra_principal is None and not args.password_auth:
+            raise ValueError("a database without password authentication needs an Entra principal")
+        admin_password: pulumi.Output[str] | None = None
+        if args.password_auth:
+            # URL-safe specials only, so the password can sit in a connection URL without escaping.
+            password = random.RandomPassword(
+                f"{name}-admin-password",
+                length=32,
+                special=True,
+                override_special="-_",
+                min_lower=2,
+                min_upper=2,
+                min_numeric=2,
+                min_special=2,
+                opts=child,
+            )
+            # The provider marks `result` secret; wrapping it here keeps that true whatever the provider does.
+            admin_password = pulumi.Output.secret(password.result)
         zones = list(args.availability_zones)
         server = dbforpostgresql.Server(
             f"psql-{args.name}",
@@ -71,11 +91,12 @@ class Database(pulumi.ComponentResource):
             version=args.version,
             sku=dbforpostgresql.SkuArgs(name=args.sku, tier=args.tier),
             storage=dbforpostgresql.StorageArgs(storage_size_gb=args.storage_gb, auto_grow="Enabled"),
-            administrator_login=ADMIN_LOGIN,
+            administrator_login=ADMIN_LOGIN if args.password_auth else None,
             administrator_login_password=admin_password,
             auth_config=dbforpostgresql.AuthConfigArgs(
-                password_auth="Enabled",  # noqa: S106 - a switch, not a password
-                active_directory_auth="Disabled",
+                password_auth="Enabled" if args.password_auth else "Disabled",
+                active_directory_auth="Enabled" if args.entra_principal is not None else "Disabled",
+                tenant_id=args.tenant_id if args.entra_principal is not None else None,
             ),
             network=dbforpostgresql.NetworkArgs(
                 delegated_subnet_resource_id=args.subnet_id,
@@ -83,7 +104,9 @@ class Database(pulumi.ComponentResource):
                 public_network_access="Disabled",
             ),
             backup=dbforpostgresql.BackupArgs(
-                backup_retention_days=args.backup_retention_days, geo_redundant_backup="Disabled"
+                backup_retention_days=args.backup_retention_days,
+                # A copy of the backups in the paired region: a restore there survives the loss of this one.
+                geo_redundant_backup="Enabled" if args.geo_redundant_backup else "Disabled",
             ),
             high_availability=dbforpostgresql.HighAvailabilityArgs(
                 mode="ZoneRedundant" if args.high_availability else "Disabled",
@@ -115,22 +138,43 @@ class Database(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
             )
 
-        url = pulumi.Output.format(
-            "postgresql://{0}:{1}@{2}:{3}/{4}?sslmode=require",
-            ADMIN_LOGIN,
-            admin_password,
-            server.fully_qualified_domain_name,
-            POSTGRES_PORT,
-            database.name,
-        )
-        store_secret(
-            f"{name}-admin-password-secret",
-            item=VaultItem.POSTGRES_ADMIN_CREDENTIAL,
-            value=admin_password,
-            vault_name=args.vault_name,
-            resource_group_name=args.resource_group_name,
-            parent=self,
-        )
+        if args.entra_principal is not None:
+            dbforpostgresql.AdministratorsMicrosoftEntra(
+                f"{name}-entra-admin",
+                object_id=args.entra_principal.object_id,
+                principal_name=args.entra_principal.name,
+                principal_type="ServicePrincipal",
+                tenant_id=args.tenant_id,
+                server_name=server.name,
+                resource_group_name=args.resource_group_name,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
+            )
+            # No password: the server sends an Entra access token for the role named here.
+            url = pulumi.Output.format(
+                "postgresql://{0}@{1}:{2}/{3}?sslmode=require",
+                args.entra_principal.name,
+                server.fully_qualified_domain_name,
+                POSTGRES_PORT,
+                database.name,
+            )
+        else:
+            url = pulumi.Output.format(
+                "postgresql://{0}:{1}@{2}:{3}/{4}?sslmode=require",
+                ADMIN_LOGIN,
+                admin_password,
+                server.fully_qualified_domain_name,
+                POSTGRES_PORT,
+                database.name,
+            )
+        if admin_password is not None:
+            store_secret(
+                f"{name}-admin-password-secret",
+                item=VaultItem.POSTGRES_ADMIN_CREDENTIAL,
+                value=admin_password,
+                vault_name=args.vault_name,
+                resource_group_name=args.resource_group_name,
+                parent=self,
+            )
         store_secret(
             f"{name}-url-secret",
             item=VaultItem.DATABASE_URL,

@@ -1,4 +1,5 @@
-"""Log Analytics, and the diagnostic settings that send the data services' and the cluster's logs to it.
+"""Log Analytics, and the diagnostic settings that send the data services', the registry's and the cluster's logs to
+it.
 
 They are two components because the workspace must exist before the cluster (Container Insights writes to it) while
 the diagnostic settings need the cluster, the vault, the storage account and the database to exist.
@@ -49,6 +50,8 @@ class DiagnosticsArgs:
     key_vault_id: pulumi.Input[str]
     storage_account_id: pulumi.Input[str]
     postgres_server_id: pulumi.Input[str]
+    redis_database_id: pulumi.Input[str]
+    registry_id: pulumi.Input[str]
     cluster_id: pulumi.Input[str]
 
 
@@ -65,6 +68,10 @@ class Diagnostics(pulumi.ComponentResource):
         self._setting(name, "blob", blob_service_id, args.workspace_id, groups=["allLogs"], metrics="Transaction")
         self._setting(name, "postgres", args.postgres_server_id, args.workspace_id, groups=["allLogs"])
         self._setting(name, "aks", args.cluster_id, args.workspace_id, categories=AKS_LOG_CATEGORIES)
+        # Who connected to Redis and from where (the database is where Azure Managed Redis keeps connection events).
+        self._setting(name, "redis", args.redis_database_id, args.workspace_id, groups=["allLogs"], metrics=None)
+        # Logins and pushes/pulls of the registry: who deployed which image.
+        self._setting(name, "acr", args.registry_id, args.workspace_id, groups=["allLogs"])
         self.register_outputs({})
 
     def _setting(
@@ -76,7 +83,7 @@ class Diagnostics(pulumi.ComponentResource):
         *,
         groups: Sequence[str] = (),
         categories: Sequence[str] = (),
-        metrics: str = "AllMetrics",
+        metrics: str | None = "AllMetrics",
     ) -> None:
         monitor.DiagnosticSetting(
             f"{name}-{target}",
@@ -87,6 +94,6 @@ class Diagnostics(pulumi.ComponentResource):
             log_analytics_destination_type="Dedicated",
             logs=[monitor.DiagnosticsLogSettingsArgs(category_group=g, enabled=True) for g in groups]
             + [monitor.DiagnosticsLogSettingsArgs(category=c, enabled=True) for c in categories],
-            metrics=[monitor.DiagnosticsMetricSettingsArgs(category=metrics, enabled=True)],
+            metrics=[monitor.DiagnosticsMetricSettingsArgs(category=metrics, enabled=True)] if metrics else None,
             opts=pulumi.ResourceOptions(parent=self),
         )

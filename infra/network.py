@@ -20,23 +20,34 @@ PRIVATE_LINK_ZONES: Mapping[str, str] = {
 POSTGRES_PORT = 5432
 REDIS_PORT = 10000  # Azure Managed Redis serves TLS on 10000 only.
 HTTPS_PORT = 443
+STORAGE_SERVICE_ENDPOINT = "Microsoft.Storage"
+NODES_SUBNET = "aks-nodes"
 
 
 @dataclass(frozen=True)
 class SubnetLayout:
-    """The VNet split into the three subnets: nodes get half of it, the others a /24 each from the other half."""
+    """The VNet split into subnets: nodes get half of it, endpoints and PostgreSQL a /24 each from the other half, and
+    the API server (when VNet-integrated) a /28 from the /24 after those; None in a VNet too small for it."""
 
     vnet: str
     nodes: str
     endpoints: str
     postgres: str
+    api_server: str | None
+
+    @property
+    def ingress_address(self) -> str:
+        """A fixed address for the internal ingress load balancer: the node subnet's last, which nodes reach last."""
+        return str(ipaddress.IPv4Network(self.nodes).broadcast_address - 1)
 
     @classmethod
     def of(cls, vnet_cidr: str) -> SubnetLayout:
         vnet = ipaddress.IPv4Network(vnet_cidr)
         nodes, rest = vnet.subnets(prefixlen_diff=1)
-        endpoints, postgres = list(rest.subnets(new_prefix=24))[:2]
-        return cls(str(vnet), str(nodes), str(endpoints), str(postgres))
+        twenty_fours = list(rest.subnets(new_prefix=24))
+        endpoints, postgres = twenty_fours[:2]
+        api_server = str(next(twenty_fours[2].subnets(new_prefix=28))) if len(twenty_fours) > 2 else None
+        return cls(str(vnet), str(nodes), str(endpoints), str(postgres), api_server)
 
 
 @dataclass(frozen=True)
@@ -54,15 +65,19 @@ class NetworkArgs:
     location: str
     layout: SubnetLayout
     private_endpoints: bool
+    # AKS API server VNet integration: a subnet delegated to AKS for the API server's internal load balancer.
+    api_server_subnet: bool
     tags: Mapping[str, str]
 
 
 class Network(pulumi.ComponentResource):
     vnet_id: pulumi.Output[str]
     nodes_subnet_id: pulumi.Output[str]
+    nodes_subnet_name: str
     endpoints_subnet_id: pulumi.Output[str]
     postgres_subnet_id: pulumi.Output[str]
     postgres_dns_zone_id: pulumi.Output[str]
+    api_server_subnet_id: pulumi.Output[str] | None
     # Empty without private endpoints: a linked privatelink zone without the service's record would shadow the
     # public name and break resolution of that service from inside the VNet.
     private_dns_zone_ids: Mapping[str, pulumi.Output[str]]
@@ -108,7 +123,7 @@ class Network(pulumi.ComponentResource):
         # Subnets of one VNet are created one after another: Azure rejects concurrent writes to a VNet.
         nodes = network.Subnet(
             f"{name}-nodes",
-            subnet_name="aks-nodes",
+            subnet_name=NODES_SUBNET,
             resource_group_name=rg,
             virtual_network_name=vnet.name,
             address_prefix=layout.nodes,
@@ -138,14 +153,36 @@ class Network(pulumi.ComponentResource):
             delegations=[
                 network.DelegationArgs(name="postgres", service_name="Microsoft.DBforPostgreSQL/flexibleServers")
             ],
+            # With no default outbound access, this is the path the server's WAL archiving and HA take to Storage.
+            service_endpoints=[network.ServiceEndpointPropertiesFormatArgs(service=STORAGE_SERVICE_ENDPOINT)],
             default_outbound_access=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[endpoints]),
         )
+        api_server = None
+        if args.api_server_subnet:
+            if layout.api_server is None:
+                raise ValueError(f"{layout.vnet} has no room for the API server subnet")
+            api_server = network.Subnet(
+                f"{name}-api-server",
+                subnet_name="aks-api-server",
+                resource_group_name=rg,
+                virtual_network_name=vnet.name,
+                address_prefix=layout.api_server,
+                # Azure's default rules let the nodes (the VNet) reach the API server's internal load balancer.
+                network_security_group=network.NetworkSecurityGroupArgs(id=self._nsg(name, "api-server", args, []).id),
+                delegations=[
+                    network.DelegationArgs(name="aks", service_name="Microsoft.ContainerService/managedClusters")
+                ],
+                default_outbound_access=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[postgres]),
+            )
 
         self.vnet_id = vnet.id
         self.nodes_subnet_id = nodes.id
+        self.nodes_subnet_name = NODES_SUBNET
         self.endpoints_subnet_id = endpoints.id
         self.postgres_subnet_id = postgres.id
+        self.api_server_subnet_id = api_server.id if api_server is not None else None
         # A VNet-integrated flexible server needs a zone ending in postgres.database.azure.com, linked to the VNet.
         postgres_zone = f"{args.name}.private.postgres.database.azure.com"
         self.postgres_dns_zone_id = self._zone(name, "postgres", postgres_zone, vnet.id, args)

@@ -16,3 +16,7 @@ def role_definition_id(subscription_id: pulumi.Input[str], role: str) -> pulumi.
     return pulumi.Output.concat(
         "/subscriptions/", subscription_id, "/providers/Microsoft.Authorization/roleDefinitions/", role
     )
+
+
+MONITORING_DATA_READER = "b0d8363b-8ddd-447d-831f-62ca05bff136"
+GRAFANA_ADMIN = "22926164-76b3-42b3-bc55-97df8dab3e41"

@@ -22,6 +22,7 @@ class VaultItem(StrEnum):
     """Every secret the stack keeps in Key Vault, by its name there."""
 
     ADMIN_API_KEY = "admin-api-key"
+    APPLICATIONINSIGHTS_CONNECTION_STRING = "applicationinsights-connection-string"
     DATABASE_URL = "database-url"
     POSTGRES_ADMIN_CREDENTIAL = "postgres-admin-password"
     REDIS_ACCESS_KEY = "redis-access-key"

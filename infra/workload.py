@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi_kubernetes import apps, autoscaling, core, meta, networking, policy
+from pulumi_kubernetes import apps, core, meta, networking, policy
 
 from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
+from infra.server_metrics import JOB as SCRAPE_JOB
 from infra.vault import VaultItem
 from server.settings import DEFAULT_SECRETS_DIR, Settings
 
@@ -23,7 +24,20 @@ NAMESPACE = "ggufstack"
 SERVICE_ACCOUNT = "ggufstack-server"
 APP = "ggufstack-server"
 SERVER_PORT = 8000
+# /metrics on a port of its own, which the NetworkPolicy opens only to the managed Prometheus agents.
+METRICS_PORT = 9090
+METRICS_PATH = "/metrics"
 SERVICE_PORT = 80
+# On SIGTERM the server stops taking new generations and lets those in flight finish for up to its drain timeout.
+# Before that, the preStop wait keeps it serving while the endpoint removal reaches kube-proxy, the ingress and KEDA;
+# the grace period covers both plus a margin for the process to exit, so the kubelet never SIGKILLs a drain.
+DRAIN_TIMEOUT_S = int(Settings.model_fields["drain_timeout_s"].default)
+PRE_STOP_SECONDS = 10
+EXIT_MARGIN_SECONDS = 15
+TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + DRAIN_TIMEOUT_S + EXIT_MARGIN_SECONDS
+# The managed Prometheus agent that runs custom scrape jobs (PodMonitors): its replica pod in kube-system.
+PROMETHEUS_AGENT_LABELS = {"rsName": "ama-metrics"}
+KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
 # Where the server images keep models (their VOLUME); here it is an emptyDir with a size limit.
 CACHE_DIR = "/models"
 LIVENESS_PATH = "/health/live"
@@ -58,6 +72,9 @@ class ServerSettings:
     model_alias: str | None
     context_size: int
     log_level: str
+    # "entra": the mounted URLs name a user and hold no password; the server authenticates with Entra tokens.
+    database_auth: str
+    redis_auth: str
 
 
 @dataclass(frozen=True)
@@ -70,9 +87,7 @@ class WorkloadArgs:
     vault_name: pulumi.Input[str]
     secret_files: Mapping[str, VaultItem]
     """Server setting (a field of server.settings.Settings) -> the Key Vault secret that holds its value."""
-    min_replicas: int
-    max_replicas: int
-    cpu: int
+    cpu_m: int
     memory_gi: int
     cache_size_gi: int
     download_timeout_minutes: int
@@ -81,11 +96,21 @@ class WorkloadArgs:
     # Egress destinations: the data services' private addresses (None: they are reached on public endpoints).
     endpoints_cidr: str | None
     postgres_cidr: str
-    ingress_namespaces: Sequence[str]
+    # The ingress controller's namespace, the one namespace outside the server's own admitted to its API port.
+    ingress_namespace: str | None
+    # Key Vault certificate synced into a Kubernetes TLS secret (TLS_SECRET) for the ingress; None: no ingress.
+    tls_certificate_name: str | None
+
+
+# The Kubernetes secret the Key Vault secrets provider syncs the ingress certificate into.
+TLS_SECRET = f"{APP}-tls"
 
 
 class Workload(pulumi.ComponentResource):
     service_url: str
+    # For the components that add objects to the server's namespace (ingress, autoscaling).
+    provider: k8s.Provider
+    namespace: core.v1.Namespace
 
     def __init__(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Workload", name, None, opts)
@@ -143,23 +168,14 @@ class Workload(pulumi.ComponentResource):
                     "keyvaultName": args.vault_name,
                     "tenantId": args.tenant_id,
                     # The driver parses this as YAML; JSON is YAML and needs no YAML library here.
-                    "objects": json.dumps(
-                        {
-                            "array": [
-                                # The file takes the setting's variable name, which the server reads from its
-                                # secrets directory.
-                                json.dumps(
-                                    {
-                                        "objectName": item.value,
-                                        "objectType": "secret",
-                                        "objectAlias": Settings.env_name(field),
-                                    }
-                                )
-                                for field, item in args.secret_files.items()
-                            ]
-                        }
-                    ),
+                    "objects": json.dumps({"array": [json.dumps(o) for o in _vault_objects(args)]}),
                 },
+                # The driver syncs the certificate (with its key) into a TLS secret while a server pod mounts it.
+                **(
+                    {"secretObjects": [_tls_secret_object(args.tls_certificate_name)]}
+                    if args.tls_certificate_name
+                    else {}
+                ),
             },
             opts=in_namespace,
         )
@@ -191,31 +207,23 @@ class Workload(pulumi.ComponentResource):
             ),
             opts=in_namespace,
         )
-        autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
+        k8s.apiextensions.CustomResource(
+            f"{name}-pod-monitor",
+            api_version="azmonitoring.coreos.com/v1",
+            kind="PodMonitor",
             metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
-            spec=autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
-                scale_target_ref=autoscaling.v2.CrossVersionObjectReferenceArgs(
-                    api_version="apps/v1", kind="Deployment", name=APP
-                ),
-                min_replicas=args.min_replicas,
-                max_replicas=args.max_replicas,
-                # CPU is the signal available without a metrics adapter: llama.cpp's decode loop and the HTTP
-                # layer both burn CPU in proportion to the requests in flight.
-                metrics=[
-                    autoscaling.v2.MetricSpecArgs(
-                        type="Resource",
-                        resource=autoscaling.v2.ResourceMetricSourceArgs(
-                            name="cpu",
-                            target=autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=70),
-                        ),
-                    )
+            spec={
+                "selector": {"matchLabels": _selector()},
+                "podMetricsEndpoints": [
+                    {
+                        "port": "metrics",
+                        "path": METRICS_PATH,
+                        "interval": "30s",
+                        # The `job` label the dashboards, alerts and KEDA select on, rather than a derived name.
+                        "relabelings": [{"action": "replace", "targetLabel": "job", "replacement": SCRAPE_JOB}],
+                    }
                 ],
-                behavior=autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
-                    # A replica costs a GPU node and minutes of model download: scale down reluctantly.
-                    scale_down=autoscaling.v2.HPAScalingRulesArgs(stabilization_window_seconds=900)
-                ),
-            ),
+            },
             opts=in_namespace,
         )
         policy.v1.PodDisruptionBudget(
@@ -233,6 +241,8 @@ class Workload(pulumi.ComponentResource):
         self._network_policies(name, args, in_namespace)
 
         self.service_url = f"http://{APP}.{NAMESPACE}.svc.cluster.local"
+        self.provider = provider
+        self.namespace = namespace
         self.register_outputs({"service_url": self.service_url})
 
     def _deployment_spec(self, args: WorkloadArgs) -> apps.v1.DeploymentSpecArgs:
@@ -247,16 +257,20 @@ class Workload(pulumi.ComponentResource):
                     cache_dir=CACHE_DIR,
                     n_gpu_layers=-1,
                     n_ctx=s.context_size,
-                    n_threads=args.cpu,
+                    n_threads=max(1, args.cpu_m // 1000),
                     host="0.0.0.0",  # inside the pod; the Service and NetworkPolicy bound who can reach it
                     port=SERVER_PORT,
+                    metrics_port=METRICS_PORT,
+                    drain_timeout_s=DRAIN_TIMEOUT_S,
                     log_level=s.log_level,
+                    database_auth=s.database_auth,
+                    redis_auth=s.redis_auth,
                     **({"model_alias": s.model_alias} if s.model_alias else {}),
                 ).items()
             ]
         )
         resources = {
-            "cpu": str(args.cpu),
+            "cpu": f"{args.cpu_m}m" if args.cpu_m % 1000 else str(args.cpu_m // 1000),
             "memory": f"{args.memory_gi}Gi",
             "nvidia.com/gpu": "1",
             # The model cache lives on the node's disk; reserving it keeps the scheduler from overcommitting disk.
@@ -268,7 +282,10 @@ class Workload(pulumi.ComponentResource):
             image=args.image,
             # The tag is immutable in practice, so Always only costs a manifest check and guards against a re-push.
             image_pull_policy="Always",
-            ports=[core.v1.ContainerPortArgs(name="http", container_port=SERVER_PORT, protocol="TCP")],
+            ports=[
+                core.v1.ContainerPortArgs(name="http", container_port=SERVER_PORT, protocol="TCP"),
+                core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT, protocol="TCP"),
+            ],
             env=env,
             resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
             # Startup covers the download and load of the model; liveness only starts counting after it.
@@ -277,7 +294,7 @@ class Workload(pulumi.ComponentResource):
             liveness_probe=_http_probe(LIVENESS_PATH, 20, 3),
             lifecycle=core.v1.LifecycleArgs(
                 # Let endpoint removal reach the load balancers before the server starts refusing connections.
-                pre_stop=core.v1.LifecycleHandlerArgs(sleep=core.v1.SleepActionArgs(seconds=10))
+                pre_stop=core.v1.LifecycleHandlerArgs(sleep=core.v1.SleepActionArgs(seconds=PRE_STOP_SECONDS))
             ),
             security_context=core.v1.SecurityContextArgs(
                 run_as_non_root=True,
@@ -297,7 +314,7 @@ class Workload(pulumi.ComponentResource):
         )
         pod_labels = {**_labels(), "azure.workload.identity/use": "true"}
         return apps.v1.DeploymentSpecArgs(
-            # No `replicas`: the HorizontalPodAutoscaler owns the count, and re-applying one would fight it.
+            # No `replicas`: KEDA's autoscaler owns the count, and re-applying one would fight it.
             selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
             strategy=apps.v1.DeploymentStrategyArgs(
                 type="RollingUpdate",
@@ -321,8 +338,7 @@ class Workload(pulumi.ComponentResource):
                             label_selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
                         )
                     ],
-                    # Long enough for streamed completions in flight to finish after the pod leaves the endpoints.
-                    termination_grace_period_seconds=120,
+                    termination_grace_period_seconds=TERMINATION_GRACE_SECONDS,
                     security_context=core.v1.PodSecurityContextArgs(
                         run_as_non_root=True,
                         run_as_user=SERVER_UID,
@@ -432,18 +448,22 @@ class Workload(pulumi.ComponentResource):
             opts=opts,
         )
         sources = [networking.v1.NetworkPolicyPeerArgs(pod_selector=meta.v1.LabelSelectorArgs())]
-        if args.ingress_namespaces:
+        if args.ingress_namespace:
             sources.append(
                 networking.v1.NetworkPolicyPeerArgs(
                     namespace_selector=meta.v1.LabelSelectorArgs(
-                        match_expressions=[
-                            meta.v1.LabelSelectorRequirementArgs(
-                                key="kubernetes.io/metadata.name", operator="In", values=list(args.ingress_namespaces)
-                            )
-                        ]
+                        match_labels={"kubernetes.io/metadata.name": args.ingress_namespace}
                     )
                 )
             )
+        scrapers = [
+            networking.v1.NetworkPolicyPeerArgs(
+                namespace_selector=meta.v1.LabelSelectorArgs(
+                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
+                ),
+                pod_selector=meta.v1.LabelSelectorArgs(match_labels=PROMETHEUS_AGENT_LABELS),
+            )
+        ]
         anywhere = "0.0.0.0/0"
         networking.v1.NetworkPolicy(
             f"{name}-server",
@@ -451,7 +471,10 @@ class Workload(pulumi.ComponentResource):
             spec=networking.v1.NetworkPolicySpecArgs(
                 pod_selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
                 policy_types=["Ingress", "Egress"],
-                ingress=[networking.v1.NetworkPolicyIngressRuleArgs(from_=sources, ports=[_tcp(SERVER_PORT)])],
+                ingress=[
+                    networking.v1.NetworkPolicyIngressRuleArgs(from_=sources, ports=[_tcp(SERVER_PORT)]),
+                    networking.v1.NetworkPolicyIngressRuleArgs(from_=scrapers, ports=[_tcp(METRICS_PORT)]),
+                ],
                 egress=[
                     networking.v1.NetworkPolicyEgressRuleArgs(
                         to=[
@@ -476,6 +499,26 @@ class Workload(pulumi.ComponentResource):
             ),
             opts=opts,
         )
+
+
+def _vault_objects(args: WorkloadArgs) -> list[dict[str, str]]:
+    # Each secret's file takes the setting's variable name, which the server reads from its secrets directory.
+    objects = [
+        {"objectName": item.value, "objectType": "secret", "objectAlias": Settings.env_name(field)}
+        for field, item in args.secret_files.items()
+    ]
+    if args.tls_certificate_name:
+        # A certificate read as a secret comes with its private key: what the TLS secret below needs.
+        objects.append({"objectName": args.tls_certificate_name, "objectType": "secret"})
+    return objects
+
+
+def _tls_secret_object(certificate: str) -> dict[str, object]:
+    return {
+        "secretName": TLS_SECRET,
+        "type": "kubernetes.io/tls",
+        "data": [{"objectName": certificate, "key": "tls.key"}, {"objectName": certificate, "key": "tls.crt"}],
+    }
 
 
 def _labels() -> dict[str, str]:

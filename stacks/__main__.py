@@ -7,27 +7,54 @@ import pulumi
 from pulumi_azure_native import authorization, resources
 
 from infra import config
+from infra.app_insights import AppInsights, AppInsightsArgs
+from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
-from infra.cluster import Cluster, ClusterArgs, GpuPool, ServerIdentity
-from infra.database import Database, DatabaseArgs
+from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity
+from infra.container_insights import ContainerInsights, ContainerInsightsArgs
+from infra.database import Database, DatabaseArgs, DatabasePrincipal
+from infra.ingress import NAMESPACE as INGRESS_NAMESPACE
+from infra.ingress import Ingress, IngressArgs
+from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
 from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs, SubnetLayout
 from infra.registry import SERVER_REPOSITORY, Registry, RegistryArgs
+from infra.sizing import GPU_NODE_MAX_PODS
 from infra.storage import Storage, StorageArgs
 from infra.vault import Vault, VaultArgs, VaultItem
-from infra.workload import NAMESPACE, SERVICE_ACCOUNT, ServerSettings, Workload, WorkloadArgs
+from infra.workload import (
+    APP,
+    NAMESPACE,
+    SERVICE_ACCOUNT,
+    SERVICE_PORT,
+    TLS_SECRET,
+    ServerSettings,
+    Workload,
+    WorkloadArgs,
+)
 
 cfg = config.load()
 name = cfg.base_name(pulumi.get_stack())
 tags = {"app": "ggufstack", "stack": pulumi.get_stack(), "managed-by": "pulumi"}
 client = authorization.get_client_config_output()
 layout = SubnetLayout.of(cfg.vnet_cidr)
+entra = cfg.data_plane_auth == "entra"
+# Passwords and access keys stay available to people only outside production.
+keys_allowed = not cfg.production
 
 # The one resource outside a component: the group every component is created in.
 group = resources.ResourceGroup("resource-group", resource_group_name=f"rg-{name}", location=cfg.location, tags=tags)
 common = {"name": name, "resource_group_name": group.name, "location": cfg.location, "tags": tags}
 
-network = Network("network", NetworkArgs(**common, layout=layout, private_endpoints=cfg.private_endpoints))
+network = Network(
+    "network",
+    NetworkArgs(
+        **common,
+        layout=layout,
+        private_endpoints=cfg.private_endpoints,
+        api_server_subnet=cfg.api_server_access != "public",
+    ),
+)
 monitoring = Monitoring("monitoring", MonitoringArgs(**common, retention_days=cfg.log_retention_days))
 vault = Vault(
     "vault",
@@ -47,28 +74,6 @@ storage = Storage(
         private_endpoint=network.endpoint_target("blob"),
     ),
 )
-database = Database(
-    "database",
-    DatabaseArgs(
-        **common,
-        subnet_id=network.postgres_subnet_id,
-        dns_zone_id=network.postgres_dns_zone_id,
-        sku=cfg.postgres_sku,
-        tier=cfg.postgres_tier,
-        version=cfg.postgres_version,
-        storage_gb=cfg.postgres_storage_gb,
-        high_availability=cfg.postgres_high_availability,
-        backup_retention_days=cfg.postgres_backup_retention_days,
-        availability_zones=cfg.availability_zones,
-        vault_name=vault.vault_name,
-    ),
-)
-cache = Cache(
-    "cache",
-    CacheArgs(
-        **common, sku=cfg.redis_sku, vault_name=vault.vault_name, private_endpoint=network.endpoint_target("redis")
-    ),
-)
 cluster = Cluster(
     "cluster",
     ClusterArgs(
@@ -76,6 +81,7 @@ cluster = Cluster(
         subscription_id=client.subscription_id,
         tenant_id=client.tenant_id,
         deployer_object_id=client.object_id,
+        cluster_admin_group_object_id=cfg.cluster_admin_group_object_id,
         kubernetes_version=cfg.kubernetes_version,
         tier=cfg.cluster_tier,
         nodes_subnet_id=network.nodes_subnet_id,
@@ -89,9 +95,20 @@ cluster = Cluster(
             max_count=cfg.gpu_node_max,
             spot=cfg.gpu_spot,
             os_disk_size_gb=cfg.gpu_os_disk_size_gb,
+            availability_zones=cfg.gpu_availability_zones,
+            max_surge=cfg.gpu_max_surge,
+        ),
+        max_pods_per_gpu_node=GPU_NODE_MAX_PODS,
+        maintenance=MaintenanceWindow(
+            day=cfg.maintenance_day,
+            start_hour=cfg.maintenance_start_hour,
+            duration_hours=cfg.maintenance_duration_hours,
+            utc_offset=cfg.maintenance_utc_offset,
         ),
         disable_local_accounts=cfg.disable_local_accounts,
         admin_group_object_ids=cfg.aks_admin_group_object_ids,
+        api_server_access=cfg.api_server_access,
+        api_server_subnet_id=network.api_server_subnet_id,
         api_server_authorized_ip_ranges=cfg.api_server_authorized_ip_ranges,
         server=ServerIdentity(
             namespace=NAMESPACE,
@@ -100,6 +117,57 @@ cluster = Cluster(
             vault_id=vault.vault_id,
         ),
     ),
+)
+database = Database(
+    "database",
+    DatabaseArgs(
+        **common,
+        subnet_id=network.postgres_subnet_id,
+        dns_zone_id=network.postgres_dns_zone_id,
+        sku=cfg.postgres_sku,
+        tier=cfg.postgres_tier,
+        version=cfg.postgres_version,
+        storage_gb=cfg.postgres_storage_gb,
+        high_availability=cfg.postgres_high_availability,
+        backup_retention_days=cfg.postgres_backup_retention_days,
+        availability_zones=cfg.availability_zones,
+        geo_redundant_backup=cfg.postgres_geo_redundant_backup,
+        vault_name=vault.vault_name,
+        password_auth=keys_allowed,
+        entra_principal=DatabasePrincipal(cluster.server_principal_id, cluster.server_identity_name) if entra else None,
+        tenant_id=client.tenant_id,
+    ),
+)
+cache = Cache(
+    "cache",
+    CacheArgs(
+        **common,
+        sku=cfg.redis_sku,
+        vault_name=vault.vault_name,
+        private_endpoint=network.endpoint_target("redis"),
+        access_keys=keys_allowed,
+        entra_object_id=cluster.server_principal_id if entra else None,
+    ),
+)
+ContainerInsights(
+    "container-insights",
+    ContainerInsightsArgs(**common, workspace_id=monitoring.workspace_id, cluster_id=cluster.cluster_id),
+)
+prometheus = ManagedPrometheus(
+    "prometheus",
+    ManagedPrometheusArgs(
+        **common,
+        subscription_id=client.subscription_id,
+        cluster_id=cluster.cluster_id,
+        cluster_name=cluster.cluster_name,
+        reader_principal_ids={"keda": cluster.keda_principal_id},
+        admin_group_object_id=cfg.cluster_admin_group_object_id,
+        alert_email=cfg.alert_email,
+        zone_redundant=bool(cfg.availability_zones),
+    ),
+)
+AppInsights(
+    "app-insights", AppInsightsArgs(**common, workspace_id=monitoring.workspace_id, vault_name=vault.vault_name)
 )
 registry = Registry(
     "registry",
@@ -117,10 +185,13 @@ Diagnostics(
         key_vault_id=vault.vault_id,
         storage_account_id=storage.account_id,
         postgres_server_id=database.server_id,
+        redis_database_id=cache.database_id,
+        registry_id=registry.registry_id,
         cluster_id=cluster.cluster_id,
     ),
 )
 server_image = pulumi.Output.concat(registry.login_server, f"/{SERVER_REPOSITORY}:{cfg.server_image_tag}")
+ingress = cfg.ingress_host_name is not None
 workload = Workload(
     "workload",
     WorkloadArgs(
@@ -133,6 +204,8 @@ workload = Workload(
             model_alias=cfg.model_alias,
             context_size=cfg.context_size,
             log_level=cfg.log_level,
+            database_auth=cfg.data_plane_auth,
+            redis_auth=cfg.data_plane_auth,
         ),
         identity_client_id=cluster.server_client_id,
         tenant_id=client.tenant_id,
@@ -141,20 +214,56 @@ workload = Workload(
             "database_url": VaultItem.DATABASE_URL,
             "redis_url": VaultItem.REDIS_URL,
             "admin_api_key": VaultItem.ADMIN_API_KEY,
+            "applicationinsights_connection_string": VaultItem.APPLICATIONINSIGHTS_CONNECTION_STRING,
         },
-        min_replicas=cfg.server_replicas,
-        max_replicas=cfg.server_max_replicas,
-        cpu=cfg.server_cpu,
-        memory_gi=cfg.server_memory_gi,
+        cpu_m=cfg.server_cpu_m,
+        memory_gi=cfg.server_memory_request_gi,
         cache_size_gi=cfg.model_cache_size_gi,
         download_timeout_minutes=cfg.model_download_timeout_minutes,
         gpu_node_selector=cluster.gpu_node_selector,
         gpu_tolerations=cluster.gpu_tolerations,
         endpoints_cidr=layout.endpoints if cfg.private_endpoints else None,
         postgres_cidr=layout.postgres,
-        ingress_namespaces=cfg.ingress_namespaces,
+        ingress_namespace=INGRESS_NAMESPACE if ingress else None,
+        tls_certificate_name=cfg.ingress_certificate_name if ingress else None,
     ),
 )
+Autoscaling(
+    "autoscaling",
+    AutoscalingArgs(
+        provider=workload.provider,
+        depends_on=[workload.namespace],
+        namespace=NAMESPACE,
+        deployment=APP,
+        min_replicas=cfg.server_replicas,
+        max_replicas=cfg.server_max_replicas,
+        target_per_replica=cfg.scale_waiting_per_replica,
+        query_endpoint=prometheus.query_endpoint,
+        keda_client_id=cluster.keda_client_id,
+    ),
+)
+if cfg.ingress_host_name is not None:
+    server_ingress = Ingress(
+        "ingress",
+        IngressArgs(
+            name=name,
+            resource_group_name=group.name,
+            provider=workload.provider,
+            depends_on=[workload.namespace],
+            host_name=cfg.ingress_host_name,
+            exposure=cfg.ingress_exposure,
+            internal_address=layout.ingress_address,
+            internal_subnet_name=network.nodes_subnet_name,
+            source_ranges=cfg.ingress_source_ranges,
+            vnet_id=network.vnet_id,
+            backend_namespace=NAMESPACE,
+            backend_service=APP,
+            backend_port=SERVICE_PORT,
+            tls_secret=TLS_SECRET,
+            tags=tags,
+        ),
+    )
+    pulumi.export("ingressUrl", server_ingress.url)
 
 pulumi.export("resourceGroupName", group.name)
 pulumi.export("serverUrl", workload.service_url)
@@ -164,4 +273,6 @@ pulumi.export("acrLoginServer", registry.login_server)
 pulumi.export("modelsContainerUrl", storage.container_url)
 pulumi.export("keyVaultName", vault.vault_name)
 pulumi.export("clusterName", cluster.cluster_name)
+pulumi.export("grafanaName", prometheus.grafana_name)
+pulumi.export("grafanaUrl", prometheus.grafana_endpoint)
 pulumi.export("kubeconfig", cluster.kubeconfig)

@@ -70,6 +70,18 @@ NAME_INPUTS = {
     "azure-native:containerservice:ManagedCluster": "resourceName",
     "azure-native:containerservice:AgentPool": "agentPoolName",
     "azure-native:authorization:RoleAssignment": "roleAssignmentName",
+    "azure-native:monitor:DataCollectionRule": "dataCollectionRuleName",
+    "azure-native:monitor:DataCollectionEndpoint": "dataCollectionEndpointName",
+    "azure-native:monitor:DataCollectionRuleAssociation": "associationName",
+    "azure-native:monitor:AzureMonitorWorkspace": "azureMonitorWorkspaceName",
+    "azure-native:monitor:ActionGroup": "actionGroupName",
+    "azure-native:alertsmanagement:PrometheusRuleGroup": "ruleGroupName",
+    "azure-native:dashboard:Grafana": "workspaceName",
+    "azure-native:applicationinsights:Component": "resourceName",
+    "azure-native:containerservice:MaintenanceConfiguration": "configName",
+    "azure-native:dbforpostgresql:AdministratorsMicrosoftEntra": "objectId",
+    "azure-native:redisenterprise:AccessPolicyAssignment": "accessPolicyAssignmentName",
+    "azure-native:privatedns:PrivateRecordSet": "relativeRecordSetName",
 }
 
 
@@ -122,6 +134,18 @@ class AzureMocks(pulumi.runtime.Mocks):
             return {"fullyQualifiedDomainName": f"{name}.postgres.database.azure.com"}
         if typ == "azure-native:managedidentity:UserAssignedIdentity":
             return {"clientId": _guid(name, "client"), "principalId": _guid(name, "principal"), "tenantId": TENANT_ID}
+        if typ == "azure-native:monitor:AzureMonitorWorkspace":
+            endpoint = f"https://{name}.{self.location}.prometheus.monitor.azure.com"
+            return {"metrics": {"prometheusQueryEndpoint": endpoint, "internalId": _guid(name, "internal")}}
+        if typ == "azure-native:dashboard:Grafana":
+            return {
+                "identity": {"type": "SystemAssigned", "principalId": _guid(name, "principal")},
+                "properties": {**_plain(inputs["properties"]), "endpoint": f"https://{name}.weu.grafana.azure.com"},
+            }
+        if typ == "azure-native:applicationinsights:Component":
+            value = f"InstrumentationKey={_guid(name, 'ikey')};IngestionEndpoint=https://{self.location}.in.ai"
+            self.secret_values.add(value)
+            return {"connectionString": value}
         if typ == "azure-native:containerservice:ManagedCluster":
             kubelet = {"objectId": _guid(name, "kubelet"), "clientId": _guid(name, "kubelet-client")}
             issuer = f"https://{self.location}.oic.prod-aks.azure.com/{TENANT_ID}/{_guid(name, 'issuer')}/"

@@ -7,10 +7,13 @@ import pytest
 from infra.cluster import azure_cli_kubeconfig
 from infra.roles import (
     AKS_RBAC_CLUSTER_ADMIN,
+    GRAFANA_ADMIN,
     KEY_VAULT_SECRETS_USER,
+    MONITORING_DATA_READER,
     NETWORK_CONTRIBUTOR,
     STORAGE_BLOB_DATA_READER,
 )
+from infra.workload import TERMINATION_GRACE_SECONDS
 from tests.infra.harness import (
     AKS_SERVER_APP_ID,
     DEPLOYER_OBJECT_ID,
@@ -143,13 +146,24 @@ def test_prod_gpu_pool_is_on_demand(prod: StackRun) -> None:
     assert "spotMaxPrice" not in pool
 
 
-def test_server_identity_is_federated_with_exactly_its_service_account(stack: StackRun) -> None:
+@pytest.mark.parametrize(
+    ("purpose", "subject"),
+    [
+        ("server", "system:serviceaccount:ggufstack:ggufstack-server"),
+        ("keda", "system:serviceaccount:kube-system:keda-operator"),
+    ],
+)
+def test_identities_are_federated_with_exactly_their_service_account(
+    stack: StackRun, purpose: str, subject: str
+) -> None:
     cluster = stack.one("azure-native:containerservice:ManagedCluster").outputs
-    server = _identity(stack, "server")
-    credential = stack.one("azure-native:managedidentity:FederatedIdentityCredential").plain
-    assert credential["resourceName"] == server.outputs["name"]
+    identity = _identity(stack, purpose)
+    credential = stack.one(
+        "azure-native:managedidentity:FederatedIdentityCredential", f"cluster-{purpose}-federation"
+    ).plain
+    assert credential["resourceName"] == identity.outputs["name"]
     assert credential["issuer"] == cluster["oidcIssuerProfile"]["issuerURL"]
-    assert credential["subject"] == "system:serviceaccount:ggufstack:ggufstack-server"
+    assert credential["subject"] == subject
     assert credential["audiences"] == ["api://AzureADTokenExchange"]
 
 
@@ -175,26 +189,80 @@ def test_server_identity_reads_the_vault_secrets(stack: StackRun) -> None:
     )
 
 
-def test_the_deployer_administers_the_cluster_it_deploys_to(stack: StackRun) -> None:
-    cluster = stack.one("azure-native:containerservice:ManagedCluster").id
-    (admin,) = _assignments(stack, AKS_RBAC_CLUSTER_ADMIN)
-    assert (admin["scope"], admin["principalId"]) == (cluster, DEPLOYER_OBJECT_ID)
+def test_cluster_admin_is_the_configured_group_not_whoever_ran_pulumi(prod: StackRun) -> None:
+    cluster = prod.one("azure-native:containerservice:ManagedCluster").id
+    (admin,) = _assignments(prod, AKS_RBAC_CLUSTER_ADMIN)
+    assert (admin["scope"], admin["principalId"], admin["principalType"]) == (
+        cluster,
+        prod.cfg.cluster_admin_group_object_id,
+        "Group",
+    )
+    assert DEPLOYER_OBJECT_ID not in repr([r.plain for r in prod.of_type("azure-native:authorization:RoleAssignment")])
 
 
-def test_role_assignments_are_exactly_the_five_the_design_needs(stack: StackRun) -> None:
+def test_without_an_admin_group_the_deployer_administers_the_cluster(dev: StackRun) -> None:
+    assert dev.cfg.cluster_admin_group_object_id is None
+    (admin,) = _assignments(dev, AKS_RBAC_CLUSTER_ADMIN)
+    assert admin["principalId"] == DEPLOYER_OBJECT_ID
+
+
+def test_role_assignments_are_exactly_the_ones_the_design_needs(stack: StackRun) -> None:
     roles = sorted(
         r.plain["roleDefinitionId"].rsplit("/", 1)[1]
         for r in stack.of_type("azure-native:authorization:RoleAssignment")
     )
-    assert roles == sorted(
-        [
-            NETWORK_CONTRIBUTOR,
-            STORAGE_BLOB_DATA_READER,
-            KEY_VAULT_SECRETS_USER,
-            AKS_RBAC_CLUSTER_ADMIN,
-            "7f951dda-4ed3-4680-a7ca-43fe172d538d",
-        ]
-    )
+    expected = [
+        NETWORK_CONTRIBUTOR,
+        STORAGE_BLOB_DATA_READER,
+        KEY_VAULT_SECRETS_USER,
+        AKS_RBAC_CLUSTER_ADMIN,
+        "7f951dda-4ed3-4680-a7ca-43fe172d538d",
+        MONITORING_DATA_READER,  # Grafana reads the Azure Monitor workspace
+        MONITORING_DATA_READER,  # so does KEDA's scaler
+    ]
+    if stack.cfg.cluster_admin_group_object_id:
+        expected.append(GRAFANA_ADMIN)
+    assert roles == sorted(expected)
+
+
+def test_cluster_has_no_local_accounts_in_any_stack(stack: StackRun) -> None:
+    assert stack.one("azure-native:containerservice:ManagedCluster").plain["disableLocalAccounts"] is True
+
+
+def test_cluster_runs_the_metrics_and_keda_add_ons_and_app_routing_without_nginx(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").plain
+    assert cluster["azureMonitorProfile"] == {"metrics": {"enabled": True}}
+    assert cluster["workloadAutoScalerProfile"] == {"keda": {"enabled": True}}
+    assert cluster["ingressProfile"] == {
+        "webAppRouting": {"enabled": True, "nginx": {"defaultIngressControllerType": "None"}}
+    }
+
+
+def test_gpu_pool_spreads_over_zones_and_surges_before_draining(stack: StackRun) -> None:
+    pool = stack.one("azure-native:containerservice:AgentPool").plain
+    assert pool.get("availabilityZones", []) == stack.cfg.gpu_availability_zones
+    assert pool["upgradeSettings"]["maxSurge"] == stack.cfg.gpu_max_surge
+    assert pool["upgradeSettings"]["drainTimeoutInMinutes"] * 60 > TERMINATION_GRACE_SECONDS
+
+
+def test_prod_gpu_pool_is_zonal(prod: StackRun) -> None:
+    assert prod.one("azure-native:containerservice:AgentPool").plain["availabilityZones"] == ["1", "2", "3"]
+
+
+def test_upgrades_and_node_images_wait_for_the_configured_window(stack: StackRun) -> None:
+    cfg = stack.cfg
+    configs = {
+        r.plain["configName"]: r.plain for r in stack.of_type("azure-native:containerservice:MaintenanceConfiguration")
+    }
+    assert set(configs) == {"aksManagedAutoUpgradeSchedule", "aksManagedNodeOSUpgradeSchedule"}
+    for config in configs.values():
+        assert config["resourceName"] == f"aks-{stack.name}"
+        assert config["maintenanceWindow"] == {
+            "schedule": {"weekly": {"dayOfWeek": cfg.maintenance_day, "intervalWeeks": 1}},
+            "startTime": f"{cfg.maintenance_start_hour:02d}:00",
+            "durationHours": cfg.maintenance_duration_hours,
+            "utcOffset": cfg.maintenance_utc_offset,
+        }
 
 
 def test_kubernetes_provider_gets_the_kubeconfig_only_as_a_secret(stack: StackRun) -> None:

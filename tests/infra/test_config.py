@@ -19,6 +19,7 @@ VALID = {
     "serverImageTag": "v1.2.3",
     "modelBlobName": "qwen/qwen2.5-7b-q4_k_m.gguf",
     "serverMaxReplicas": "2",
+    "production": "false",
 }
 
 
@@ -65,10 +66,11 @@ def test_config_is_frozen() -> None:
         config.gpu_spot = True  # type: ignore[misc]
 
 
-def test_the_required_keys_alone_make_a_valid_stack() -> None:
+def test_the_required_keys_alone_make_a_valid_non_production_stack() -> None:
     required = {k: v for k, v in VALID.items() if StackConfig.model_fields[_field(k)].is_required()}
     assert set(required) == {"location", "gpuVmSize", "serverImageTag", "modelBlobName"}
-    assert parse(required).gpu_node_max >= parse(required).server_max_replicas + 1
+    config = parse({**required, "production": "false"})
+    assert config.gpu_node_max >= config.server_max_replicas + 1
 
 
 def _field(key: str) -> str:
@@ -124,10 +126,29 @@ def test_misspelt_key_is_rejected_with_a_suggestion() -> None:
         ({"serverReplicas": "3"}, "ggufstack:serverReplicas: 3 exceeds serverMaxReplicas; allowed: 1..2"),
         ({"gpuNodeMax": "2"}, "ggufstack:gpuNodeMax: 2 node(s) of 1 GPU(s) cannot hold serverMaxReplicas plus a"),
         (
-            {"serverMemoryGi": "24"},
-            "ggufstack:serverMemoryGi: 24 GiB does not fit Standard_NC4as_T4_v3; allowed: 1..21",
+            {"serverMemoryGi": "26"},
+            "ggufstack:serverMemoryGi: 26 GiB does not fit: after AKS's reservations and the node's DaemonSets, "
+            "Standard_NC4as_T4_v3 leaves each GPU's replica 25874Mi; allowed: 1..25",
         ),
-        ({"serverCpu": "4"}, "ggufstack:serverCpu: 4 cores do not fit Standard_NC4as_T4_v3; allowed: 1..3"),
+        (
+            {"serverCpu": "3"},
+            "ggufstack:serverCpu: 3 cores do not fit: after AKS's reservations and the node's DaemonSets, "
+            "Standard_NC4as_T4_v3 leaves each GPU's replica 2860m; allowed: 1..2 (or leave it unset to request 2800m)",
+        ),
+        (
+            {"ingressHostName": "api.example.com", "ingressExposure": "public"},
+            "ggufstack:ingressSourceRanges: a public ingress needs the client ranges it admits",
+        ),
+        ({"ingressHostName": "API_example"}, "ggufstack:ingressHostName: 'API_example' is not a host name"),
+        (
+            {"location": "italynorth", "postgresGeoRedundantBackup": "true"},
+            "ggufstack:postgresGeoRedundantBackup: italynorth has no paired region to keep backups in",
+        ),
+        (
+            {"apiServerAccess": "private", "vnetCidr": "10.40.0.0/22"},
+            "ggufstack:vnetCidr: 10.40.0.0/22 has no room for the API server's subnet",
+        ),
+        ({"maintenanceDurationHours": "2"}, "ggufstack:maintenanceDurationHours: '2': Input should be greater"),
         (
             {"postgresSku": "Standard_B2s", "postgresHighAvailability": "true"},
             "ggufstack:postgresHighAvailability: Burstable servers have no HA",
@@ -227,3 +248,48 @@ def test_project_file_runs_the_program_with_uv_under_the_config_namespace() -> N
     assert project["runtime"] == {"name": "python", "options": {"toolchain": "uv"}}
     assert project["main"] == "stacks/"
     assert (REPO / project["main"] / "__main__.py").is_file()
+
+
+PRODUCTION = {**VALID, "production": "true", "clusterAdminGroupObjectId": "5f6c2d4e-8a1b-4c3d-9e2f-0a1b2c3d4e5f"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"clusterAdminGroupObjectId": None}, "ggufstack:clusterAdminGroupObjectId: required in production"),
+        ({}, "ggufstack:apiServerAuthorizedIpRanges: required in production while apiServerAccess is public"),
+        (
+            {"apiServerAccess": "vnetIntegration", "dataPlaneAuth": "password"},
+            "ggufstack:dataPlaneAuth: production allows no passwords or access keys; allowed: entra",
+        ),
+        (
+            {"apiServerAccess": "private", "disableLocalAccounts": "false"},
+            "ggufstack:disableLocalAccounts: production allows no static cluster credentials; allowed: true",
+        ),
+    ],
+)
+def test_production_needs_named_admins_a_narrowed_api_server_and_no_passwords(
+    overrides: dict[str, str | None], expected: str
+) -> None:
+    values = {k: v for k, v in {**PRODUCTION, **overrides}.items() if v is not None}
+    with pytest.raises(ConfigError) as info:
+        parse(values)
+    assert str(info.value).startswith(expected)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "access", [{"apiServerAccess": "vnetIntegration"}, {"apiServerAuthorizedIpRanges": '["203.0.113.0/24"]'}]
+)
+def test_production_api_server_is_narrowed_by_ranges_or_vnet_integration(access: dict[str, str]) -> None:
+    assert parse({**PRODUCTION, **access}).production
+
+
+def test_prod_stack_is_production_and_dev_is_not() -> None:
+    dev, prod = _stack("dev"), _stack("prod")
+    assert prod.production and not dev.production
+    assert prod.cluster_admin_group_object_id is not None
+    assert dev.disable_local_accounts and prod.disable_local_accounts, "local accounts are off in dev too"
+    assert prod.data_plane_auth == dev.data_plane_auth == "entra"
+    assert prod.postgres_geo_redundant_backup and not dev.postgres_geo_redundant_backup
+    assert prod.ingress_exposure == "internal" and dev.ingress_exposure == "public" and dev.ingress_source_ranges

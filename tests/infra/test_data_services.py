@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
 from infra.roles import ACR_PULL
 from tests.infra.harness import REDIS_PRIMARY_KEY, SUBSCRIPTION_ID, TENANT_ID, StackRun, is_secret
 
-VAULT_SECRETS = {"admin-api-key", "database-url", "postgres-admin-password", "redis-access-key", "redis-url"}
+VAULT_SECRETS = {"admin-api-key", "database-url", "redis-url", "applicationinsights-connection-string"}
+# Credentials for people, kept only where the stack allows passwords and keys (not in production).
+KEY_SECRETS = {"postgres-admin-password", "redis-access-key"}
+
+
+def _server_identity(stack: StackRun) -> dict:
+    return next(
+        r.outputs
+        for r in stack.of_type("azure-native:managedidentity:UserAssignedIdentity")
+        if r.plain["resourceName"].endswith("-server")
+    )
 
 
 def _secret_value(stack: StackRun, name: str) -> str:
@@ -88,7 +98,7 @@ def test_dev_vault_leaves_purge_protection_unset_as_azure_requires(dev: StackRun
 def test_vault_holds_the_generated_credentials_as_pulumi_secrets(stack: StackRun) -> None:
     vault = stack.one("azure-native:keyvault:Vault").state["name"]
     secrets = stack.of_type("azure-native:keyvault:Secret")
-    assert {r.plain["secretName"] for r in secrets} == VAULT_SECRETS
+    assert {r.plain["secretName"] for r in secrets} == VAULT_SECRETS | (set() if stack.cfg.production else KEY_SECRETS)
     for r in secrets:
         assert r.plain["vaultName"] == vault
         assert is_secret(r.inputs["properties"]), f"{r.plain['secretName']} must reach the engine as a secret"
@@ -143,7 +153,8 @@ def test_postgres_enforces_tls_1_2(stack: StackRun) -> None:
     assert parameters["require_secure_transport"].urn in parameters["ssl_min_protocol_version"].dependencies
 
 
-def test_postgres_admin_password_is_generated_and_only_ever_a_secret(stack: StackRun) -> None:
+def test_postgres_admin_password_is_generated_and_only_ever_a_secret(dev: StackRun) -> None:
+    stack = dev
     server = stack.one("azure-native:dbforpostgresql:Server")
     (password,) = [r for r in stack.of_type("random:index/randomPassword:RandomPassword") if "admin-password" in r.name]
     assert is_secret(server.inputs["administratorLoginPassword"])
@@ -163,7 +174,42 @@ def test_database_url_secret_points_at_the_app_database_over_tls(stack: StackRun
         "/ggufstack",
     )
     assert url.query == "sslmode=require"
-    assert url.password == server["administratorLoginPassword"]
+
+
+def test_postgres_takes_entra_tokens_from_the_server_identity_and_no_password_in_production(stack: StackRun) -> None:
+    server = stack.one("azure-native:dbforpostgresql:Server").plain
+    identity = _server_identity(stack)
+    admin = stack.one("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra").plain
+    assert server["authConfig"] == {
+        "activeDirectoryAuth": "Enabled",
+        "passwordAuth": "Disabled" if stack.cfg.production else "Enabled",
+        "tenantId": TENANT_ID,
+    }
+    assert (admin["objectId"], admin["principalName"], admin["principalType"], admin["tenantId"]) == (
+        identity["principalId"],
+        identity["name"],
+        "ServicePrincipal",
+        TENANT_ID,
+    )
+    assert ("administratorLoginPassword" in server) is not stack.cfg.production
+    # The URL names the identity's role and carries no password: the server sends an Entra token instead.
+    url = urlsplit(_secret_value(stack, "database-url"))
+    assert (url.username, url.password) == (identity["name"], None)
+
+
+def test_entra_admin_waits_for_the_server_parameter_writes(stack: StackRun) -> None:
+    admin = stack.one("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra")
+    last = stack.one("azure-native:dbforpostgresql:Configuration", "database-ssl-min-protocol-version")
+    assert last.urn in admin.dependencies
+
+
+def test_postgres_backups_are_geo_redundant_where_configured(stack: StackRun) -> None:
+    backup = stack.one("azure-native:dbforpostgresql:Server").plain["backup"]
+    assert backup["geoRedundantBackup"] == ("Enabled" if stack.cfg.postgres_geo_redundant_backup else "Disabled")
+
+
+def test_prod_postgres_keeps_geo_redundant_backups(prod: StackRun) -> None:
+    assert prod.one("azure-native:dbforpostgresql:Server").plain["backup"]["geoRedundantBackup"] == "Enabled"
 
 
 # --- redis -------------------------------------------------------------------------------------------------------
@@ -186,12 +232,20 @@ def test_prod_redis_has_no_public_network(prod: StackRun) -> None:
 def test_dev_redis_is_public_behind_tls_and_key(dev: StackRun) -> None:
     assert dev.one("azure-native:redisenterprise:RedisEnterprise").plain["publicNetworkAccess"] == "Enabled"
     assert dev.one("azure-native:redisenterprise:Database").plain["accessKeysAuthentication"] == "Enabled"
+    assert _secret_value(dev, "redis-access-key") == REDIS_PRIMARY_KEY
 
 
-def test_redis_credentials_reach_the_vault(stack: StackRun) -> None:
+def test_prod_redis_refuses_access_keys(prod: StackRun) -> None:
+    assert prod.one("azure-native:redisenterprise:Database").plain["accessKeysAuthentication"] == "Disabled"
+
+
+def test_redis_url_names_the_server_identity_and_holds_no_key(stack: StackRun) -> None:
     host = stack.one("azure-native:redisenterprise:RedisEnterprise").state["hostName"]
-    assert _secret_value(stack, "redis-access-key") == REDIS_PRIMARY_KEY
-    assert _secret_value(stack, "redis-url") == f"rediss://:{quote(REDIS_PRIMARY_KEY, safe='')}@{host}:10000/0"
+    object_id = _server_identity(stack)["principalId"]
+    assert _secret_value(stack, "redis-url") == f"rediss://{object_id}@{host}:10000/0"
+    assignment = stack.one("azure-native:redisenterprise:AccessPolicyAssignment").plain
+    assert (assignment["accessPolicyName"], assignment["user"]) == ("default", {"objectId": object_id})
+    assert assignment["databaseName"] == "default"
 
 
 # --- registry ----------------------------------------------------------------------------------------------------

@@ -22,7 +22,15 @@ from tests.infra.harness import StackRun
 
 CHECKOV = "checkov==3.3.30"
 # Custom resources have no schema in kubernetes-validate; these are the only ones the program may declare.
-CUSTOM_KINDS = {("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass")}
+CUSTOM_KINDS = {
+    ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"),
+    ("azmonitoring.coreos.com/v1", "PodMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+    ("gateway.networking.k8s.io/v1", "Gateway"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
+}
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +53,8 @@ def test_manifests_are_written_for_both_stacks(manifests: Path) -> None:
     for stack in ("dev", "prod"):
         kinds = {obj["kind"] for _, obj in _objects(manifests / stack)}
         assert {"Namespace", "DaemonSet", "ServiceAccount", "Deployment", "Service"} <= kinds
-        assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "SecretProviderClass"} <= kinds
+        assert {"ScaledObject", "PodDisruptionBudget", "NetworkPolicy", "SecretProviderClass", "PodMonitor"} <= kinds
+        assert {"Gateway", "HTTPRoute", "ReferenceGrant"} <= kinds
 
 
 @pytest.mark.parametrize("stack_name", ["dev", "prod"])

@@ -38,6 +38,7 @@ def test_subnets_for_nodes_endpoints_and_a_delegated_postgres(stack: StackRun) -
         "aks-nodes": layout.nodes,
         "private-endpoints": layout.endpoints,
         "postgres": layout.postgres,
+        **({"aks-api-server": layout.api_server} if stack.cfg.api_server_access != "public" else {}),
     }
     assert subnets["postgres"].plain["delegations"] == [
         {"name": "postgres", "serviceName": "Microsoft.DBforPostgreSQL/flexibleServers"}
@@ -96,7 +97,10 @@ def test_private_dns_zones_are_linked_to_the_vnet(stack: StackRun) -> None:
 
 def test_prod_has_a_privatelink_zone_for_every_private_endpoint(prod: StackRun) -> None:
     zones = {r.plain["privateZoneName"] for r in prod.of_type("azure-native:privatedns:PrivateZone")}
-    assert zones == PRIVATE_LINK_ZONES | {f"{prod.name}.private.postgres.database.azure.com"}
+    assert zones == PRIVATE_LINK_ZONES | {
+        f"{prod.name}.private.postgres.database.azure.com",
+        prod.cfg.ingress_host_name,
+    }
 
 
 def test_dev_links_no_privatelink_zone_that_would_shadow_public_endpoints(dev: StackRun) -> None:
@@ -144,7 +148,7 @@ def test_log_analytics_keeps_logs_for_the_configured_retention(stack: StackRun) 
     assert workspace["features"]["enableLogAccessUsingOnlyResourcePermissions"] is True
 
 
-def test_diagnostics_send_vault_storage_postgres_and_aks_logs_to_the_workspace(stack: StackRun) -> None:
+def test_diagnostics_send_every_data_service_registry_and_aks_logs_to_the_workspace(stack: StackRun) -> None:
     workspace = stack.one("azure-native:operationalinsights:Workspace").id
     settings = {r.plain["resourceUri"]: r.plain for r in stack.of_type("azure-native:monitor:DiagnosticSetting")}
     targets = {
@@ -152,10 +156,33 @@ def test_diagnostics_send_vault_storage_postgres_and_aks_logs_to_the_workspace(s
         stack.one("azure-native:storage:StorageAccount").id + "/blobServices/default": {"allLogs"},
         stack.one("azure-native:dbforpostgresql:Server").id: {"allLogs"},
         stack.one("azure-native:containerservice:ManagedCluster").id: set(AKS_LOG_CATEGORIES),
+        stack.one("azure-native:redisenterprise:Database").id: {"allLogs"},
+        stack.one("azure-native:containerregistry:Registry").id: {"allLogs"},
     }
     assert set(settings) == set(targets)
     for uri, logs in targets.items():
         setting = settings[uri]
         assert setting["workspaceId"] == workspace
         assert {log.get("categoryGroup") or log.get("category") for log in setting["logs"]} == logs
-        assert all(log["enabled"] for log in setting["logs"] + setting["metrics"])
+        assert all(log["enabled"] for log in setting["logs"] + setting.get("metrics", []))
+
+
+def test_postgres_subnet_reaches_storage_through_a_service_endpoint(stack: StackRun) -> None:
+    # The subnet has no default outbound access; WAL archiving and HA reach Storage through this endpoint.
+    postgres = _subnets(stack)["postgres"].plain
+    assert postgres["defaultOutboundAccess"] is False
+    assert postgres["serviceEndpoints"] == [{"service": "Microsoft.Storage"}]
+
+
+def test_nodes_egress_through_the_cluster_load_balancer(stack: StackRun) -> None:
+    # The node subnet has no default outbound access either: AKS's load balancer outbound rules are its egress.
+    profile = stack.one("azure-native:containerservice:ManagedCluster").plain["networkProfile"]
+    assert (profile["outboundType"], profile["loadBalancerSku"]) == ("loadBalancer", "standard")
+
+
+def test_prod_api_server_is_vnet_integrated_in_its_delegated_subnet(prod: StackRun) -> None:
+    subnet = _subnets(prod)["aks-api-server"]
+    profile = prod.one("azure-native:containerservice:ManagedCluster").plain["apiServerAccessProfile"]
+    assert subnet.plain["delegations"] == [{"name": "aks", "serviceName": "Microsoft.ContainerService/managedClusters"}]
+    assert (profile["enableVnetIntegration"], profile["subnetId"]) == (True, subnet.id)
+    assert ipaddress.IPv4Network(subnet.plain["addressPrefix"]).prefixlen == 28

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.infra.harness import KUBECONFIG_MARKER, StackRun, plaintext_secrets
+from tests.infra.harness import KUBECONFIG_MARKER, REPO, StackRun, plaintext_secrets
 
 COMPONENTS = {
     "ggufstack:infra:Network",
@@ -17,12 +17,24 @@ COMPONENTS = {
     "ggufstack:infra:Cluster",
     "ggufstack:infra:Registry",
     "ggufstack:infra:Workload",
+    "ggufstack:infra:ContainerInsights",
+    "ggufstack:infra:ManagedPrometheus",
+    "ggufstack:infra:AppInsights",
+    "ggufstack:infra:Autoscaling",
+    "ggufstack:infra:Ingress",
 }
 
 
 def test_every_component_is_declared_once(stack: StackRun) -> None:
     components = [r.type for r in stack.registrations if r.type.startswith("ggufstack:")]
     assert sorted(components) == sorted(COMPONENTS)
+
+
+def test_stacks_only_compose_components() -> None:
+    program = (REPO / "stacks" / "__main__.py").read_text()
+    # Azure resources are declared by components; the program's only own resource is the resource group.
+    assert program.count("resources.ResourceGroup(") == 1
+    assert "import pulumi_kubernetes" not in program and "pulumi_kubernetes import" not in program
 
 
 def test_every_resource_belongs_to_a_component_except_the_resource_group(stack: StackRun) -> None:
@@ -57,7 +69,9 @@ TAGGABLE = {
         "privatedns:PrivateZone", "privatedns:VirtualNetworkLink", "operationalinsights:Workspace", "keyvault:Vault",
         "storage:StorageAccount", "dbforpostgresql:Server", "redisenterprise:RedisEnterprise",
         "containerregistry:Registry", "managedidentity:UserAssignedIdentity", "containerservice:ManagedCluster",
-        "containerservice:AgentPool",
+        "containerservice:AgentPool", "monitor:DataCollectionRule", "monitor:DataCollectionEndpoint",
+        "monitor:AzureMonitorWorkspace", "alertsmanagement:PrometheusRuleGroup", "dashboard:Grafana",
+        "applicationinsights:Component",
     )
 }  # fmt: skip
 
@@ -81,6 +95,8 @@ def test_outputs_name_what_operators_need(stack: StackRun) -> None:
     assert outputs["modelsContainerUrl"].value == f"https://{account['name']}.blob.core.windows.net/models"
     assert outputs["clusterName"].value == f"aks-{stack.name}"
     assert outputs["keyVaultName"].value == stack.one("azure-native:keyvault:Vault").state["name"]
+    assert outputs["grafanaName"].value == stack.one("azure-native:dashboard:Grafana").state["name"]
+    assert outputs["ingressUrl"].value == f"https://{stack.cfg.ingress_host_name}"
 
 
 def test_kubeconfig_is_exported_only_as_a_secret(stack: StackRun) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from infra.workload import LIVENESS_PATH, READINESS_PATH, SERVER_UID
+from infra.workload import DRAIN_TIMEOUT_S, LIVENESS_PATH, READINESS_PATH, SERVER_UID
 from server.api.routes.health import router
 from server.settings import Settings
 from tests.infra.harness import REPO, TENANT_ID, StackRun
@@ -48,10 +48,12 @@ def _server_identity(stack: StackRun) -> dict[str, Any]:
 def test_every_object_is_applied_through_the_aks_provider(stack: StackRun) -> None:
     provider = stack.one("pulumi:providers:kubernetes")
     objects = list(stack.kubernetes_objects())
-    assert len(objects) == 11
+    # Workload 11 (PodMonitor for the HPA), Autoscaling 2, Ingress 4 (namespace, Gateway, ReferenceGrant, HTTPRoute).
+    assert len(objects) == 17
+    components = {"ggufstack:infra:Workload", "ggufstack:infra:Autoscaling", "ggufstack:infra:Ingress"}
     for registration, _ in objects:
         assert registration.provider.startswith(provider.urn), registration.name
-        assert stack.by_urn(registration.parent).type == "ggufstack:infra:Workload"
+        assert stack.by_urn(registration.parent).type in components
 
 
 def test_namespace_enforces_the_restricted_pod_security_standard(stack: StackRun) -> None:
@@ -107,8 +109,9 @@ def test_server_gets_one_gpu_and_fixed_cpu_and_memory(stack: StackRun) -> None:
     resources = _container(stack)["resources"]
     assert resources["requests"] == resources["limits"]
     assert resources["limits"]["nvidia.com/gpu"] == "1"
-    assert resources["limits"]["cpu"] == str(cfg.server_cpu)
-    assert resources["limits"]["memory"] == f"{cfg.server_memory_gi}Gi"
+    cpu = str(cfg.server_cpu) if cfg.server_cpu else f"{cfg.server_cpu_m}m"
+    assert resources["limits"]["cpu"] == cpu
+    assert resources["limits"]["memory"] == f"{cfg.server_memory_request_gi}Gi"
     assert resources["limits"]["ephemeral-storage"] == f"{cfg.model_cache_size_gi + 2}Gi"
 
 
@@ -124,7 +127,8 @@ def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> Non
     account = stack.one("azure-native:storage:StorageAccount").outputs
     env = {e["name"]: e["value"] for e in _container(stack)["env"]}
     fields = ["blob_account_url", "blob_container", "blob_name", "cache_dir", "n_gpu_layers", "n_ctx", "n_threads"]
-    fields += ["host", "port", "log_level", "model_alias"]
+    fields += ["host", "port", "log_level", "model_alias", "metrics_port", "drain_timeout_s"]
+    fields += ["database_auth", "redis_auth"]
     assert set(env) == {Settings.env_name(f) for f in fields}
     assert env == Settings.to_env(
         blob_account_url=f"https://{account['name']}.blob.core.windows.net",
@@ -133,11 +137,15 @@ def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> Non
         cache_dir="/models",
         n_gpu_layers=-1,
         n_ctx=cfg.context_size,
-        n_threads=cfg.server_cpu,
+        n_threads=cfg.server_cpu_m // 1000,
         host="0.0.0.0",
         port=8000,
+        metrics_port=9090,
+        drain_timeout_s=DRAIN_TIMEOUT_S,
         log_level=cfg.log_level,
         model_alias=cfg.model_alias,
+        database_auth="entra",
+        redis_auth="entra",
     )
     assert all("valueFrom" not in e for e in _container(stack)["env"]), "no credentials in the environment"
 
@@ -146,7 +154,8 @@ def test_server_listens_where_the_settings_say(stack: StackRun) -> None:
     container = _container(stack)
     env = {e["name"]: e["value"] for e in container["env"]}
     assert container["ports"] == [
-        {"name": "http", "containerPort": int(env[Settings.env_name("port")]), "protocol": "TCP"}
+        {"name": "http", "containerPort": int(env[Settings.env_name("port")]), "protocol": "TCP"},
+        {"name": "metrics", "containerPort": int(env[Settings.env_name("metrics_port")]), "protocol": "TCP"},
     ]
 
 
@@ -201,9 +210,12 @@ def test_key_vault_secrets_are_mounted_as_files_through_the_csi_driver(stack: St
             ("database-url", "database_url"),
             ("redis-url", "redis_url"),
             ("admin-api-key", "admin_api_key"),
+            ("applicationinsights-connection-string", "applicationinsights_connection_string"),
         )
-    ]
-    assert all(Settings.is_secret(field) for field in ("database_url", "redis_url", "admin_api_key"))
+    ] + [{"objectName": stack.cfg.ingress_certificate_name, "objectType": "secret"}]
+    secret_fields = ("database_url", "redis_url", "admin_api_key", "applicationinsights_connection_string")
+    assert all(Settings.is_secret(field) for field in secret_fields)
+    assert Settings.env_name("applicationinsights_connection_string") == "APPLICATIONINSIGHTS_CONNECTION_STRING"
     (volume,) = [v for v in _pod(stack)["spec"]["volumes"] if "csi" in v]
     assert volume["csi"] == {
         "driver": "secrets-store.csi.k8s.io",
@@ -231,9 +243,18 @@ def test_rollouts_never_drop_capacity_and_drain_gracefully(stack: StackRun) -> N
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
-    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
-    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
-    assert _container(stack)["lifecycle"]["preStop"] == {"sleep": {"seconds": 10}}
+    assert "replicas" not in deployment["spec"], "KEDA's autoscaler owns the replica count"
+
+
+def test_pods_outlive_the_endpoint_removal_and_the_servers_drain(stack: StackRun) -> None:
+    env = {e["name"]: e["value"] for e in _container(stack)["env"]}
+    drain = float(env[Settings.env_name("drain_timeout_s")])
+    assert drain == Settings.model_fields["drain_timeout_s"].default, "the pod drains as long as the server would"
+    pre_stop = _container(stack)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = _pod(stack)["spec"]["terminationGracePeriodSeconds"]
+    assert pre_stop >= 5, "endpoint removal must reach the load balancers before draining starts"
+    # SIGTERM (and the server's drain) starts only after preStop; the kubelet kills at the grace period.
+    assert grace > pre_stop + drain
 
 
 def test_deployment_waits_for_what_its_pods_reference(stack: StackRun) -> None:
@@ -260,19 +281,9 @@ def test_service_is_internal(stack: StackRun) -> None:
     assert service["spec"]["selector"].items() <= _pod(stack)["metadata"]["labels"].items()
 
 
-def test_autoscaler_bounds_are_the_configured_replicas(stack: StackRun) -> None:
-    hpa = _object(stack, "HorizontalPodAutoscaler", "ggufstack-server")
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ggufstack-server"}
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
-        stack.cfg.server_replicas,
-        stack.cfg.server_max_replicas,
-    )
-
-
 def test_dev_runs_fewer_replicas_than_prod(dev: StackRun, prod: StackRun) -> None:
     def replicas(s: StackRun) -> int:
-        return _object(s, "HorizontalPodAutoscaler", "ggufstack-server")["spec"]["minReplicas"]
+        return _object(s, "ScaledObject", "ggufstack-server")["spec"]["minReplicaCount"]
 
     assert replicas(dev) < replicas(prod)
 
@@ -308,9 +319,23 @@ def _subnet(stack: StackRun, name: str) -> str:
 def test_server_accepts_traffic_only_on_its_port(stack: StackRun) -> None:
     policy = _object(stack, "NetworkPolicy", "ggufstack-server")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= _pod(stack)["metadata"]["labels"].items()
-    (ingress,) = policy["spec"]["ingress"]
-    assert ingress["ports"] == [{"protocol": "TCP", "port": 8000}]
-    assert {"podSelector": {}} in ingress["from"]
+    api, metrics = policy["spec"]["ingress"]
+    assert api["ports"] == [{"protocol": "TCP", "port": 8000}]
+    # Its own namespace and the ingress controller's, nothing else.
+    assert api["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ggufstack-ingress"}}},
+    ]
+    # /metrics only to the managed Prometheus agent that runs the PodMonitor's scrape job.
+    assert metrics == {
+        "from": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"rsName": "ama-metrics"}},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 9090}],
+    }
 
 
 def test_server_egress_is_dns_https_postgres_and_redis_only(stack: StackRun) -> None:

@@ -1,0 +1,153 @@
+"""Monitoring that collects: Container Insights' rule, managed Prometheus scraping the server, Grafana, alerts and
+Application Insights; and the dashboard, alerts and autoscaler query naming only metrics the server exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from infra.server_metrics import DASHBOARD_FILE, JOB, alert_rules, dashboard, dashboard_json, expressions, scale_query
+from server.telemetry.prometheus import GENERATIONS_WAITING, SLOTS_BUSY, exported_names
+from tests.infra.harness import StackRun
+
+METRIC = re.compile(r"\b(ggufstack_[a-z0-9_]+)\b")
+
+
+def _k8s(stack: StackRun, kind: str) -> list[dict[str, Any]]:
+    return [obj for _, obj in stack.kubernetes_objects() if obj["kind"] == kind]
+
+
+def test_container_insights_has_its_rule_and_association_on_the_cluster(stack: StackRun) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster")
+    workspace = stack.one("azure-native:operationalinsights:Workspace").id
+    rule = next(
+        r
+        for r in stack.of_type("azure-native:monitor:DataCollectionRule")
+        if "dataSources" in r.plain and "extensions" in r.plain["dataSources"]
+    )
+    (extension,) = rule.plain["dataSources"]["extensions"]
+    assert (extension["extensionName"], extension["streams"]) == (
+        "ContainerInsights",
+        ["Microsoft-ContainerInsights-Group-Default"],
+    )
+    (destination,) = rule.plain["destinations"]["logAnalytics"]
+    assert destination["workspaceResourceId"] == workspace
+    assert rule.plain["dataFlows"] == [
+        {"streams": ["Microsoft-ContainerInsights-Group-Default"], "destinations": [destination["name"]]}
+    ]
+    association = stack.one("azure-native:monitor:DataCollectionRuleAssociation", "container-insights-association")
+    assert association.plain["associationName"] == "ContainerInsightsExtension"
+    assert (association.plain["resourceUri"], association.plain["dataCollectionRuleId"]) == (cluster.id, rule.id)
+    assert cluster.plain["addonProfiles"]["omsagent"]["config"]["useAADAuth"] == "true"
+
+
+def test_managed_prometheus_writes_to_the_workspace_through_rules_associated_with_the_cluster(
+    stack: StackRun,
+) -> None:
+    cluster = stack.one("azure-native:containerservice:ManagedCluster").id
+    workspace = stack.one("azure-native:monitor:AzureMonitorWorkspace").id
+    endpoint = stack.one("azure-native:monitor:DataCollectionEndpoint").id
+    rule = stack.one("azure-native:monitor:DataCollectionRule", "prometheus-rule")
+    assert rule.plain["dataCollectionEndpointId"] == endpoint
+    assert rule.plain["destinations"]["monitoringAccounts"][0]["accountResourceId"] == workspace
+    assert rule.plain["dataSources"]["prometheusForwarder"][0]["streams"] == ["Microsoft-PrometheusMetrics"]
+    associations = {
+        r.plain["associationName"]: r.plain for r in stack.of_type("azure-native:monitor:DataCollectionRuleAssociation")
+    }
+    assert associations["ContainerInsightsMetricsExtension"]["dataCollectionRuleId"] == rule.id
+    assert associations["configurationAccessEndpoint"]["dataCollectionEndpointId"] == endpoint
+    assert all(a["resourceUri"] == cluster for a in associations.values())
+
+
+def test_grafana_reads_the_workspace_with_its_own_identity(stack: StackRun) -> None:
+    grafana = stack.one("azure-native:dashboard:Grafana")
+    workspace = stack.one("azure-native:monitor:AzureMonitorWorkspace").id
+    integrations = grafana.plain["properties"]["grafanaIntegrations"]["azureMonitorWorkspaceIntegrations"]
+    assert integrations == [{"azureMonitorWorkspaceResourceId": workspace}]
+    assert grafana.plain["properties"]["apiKey"] == "Disabled"
+    readers = [
+        r.plain["principalId"]
+        for r in stack.of_type("azure-native:authorization:RoleAssignment")
+        if r.plain["scope"] == workspace
+    ]
+    assert grafana.outputs["identity"]["principalId"] in readers
+
+
+def test_alert_rules_are_a_prometheus_rule_group_on_the_workspace(stack: StackRun) -> None:
+    group = stack.one("azure-native:alertsmanagement:PrometheusRuleGroup").plain
+    workspace = stack.one("azure-native:monitor:AzureMonitorWorkspace").id
+    assert workspace in group["scopes"]
+    assert {r["alert"] for r in group["rules"]} == {
+        "GgufstackServerNotReady",
+        "GgufstackServer5xxRate",
+        "GgufstackServerQueueSaturated",
+        "GgufstackServerSlowFirstToken",
+    }
+    assert [r["expression"] for r in group["rules"]] == [r.expression for r in alert_rules()]
+
+
+def test_every_metric_the_dashboard_alerts_and_autoscaler_use_is_exported() -> None:
+    exported = exported_names()
+    used = {name for expression in expressions() for name in METRIC.findall(expression)}
+    assert used, "the expressions name metrics"
+    assert used <= exported, used - exported
+    panels = json.loads(DASHBOARD_FILE.read_text())["panels"]
+    in_file = {name for panel in panels for target in panel["targets"] for name in METRIC.findall(target["expr"])}
+    assert in_file <= exported, in_file - exported
+
+
+def test_every_expression_selects_the_scrape_job() -> None:
+    for expression in expressions():
+        for selector in re.findall(r"ggufstack_[a-z0-9_]+\{([^}]*)\}", expression):
+            assert f'job="{JOB}"' in selector, expression
+
+
+def test_committed_dashboard_is_the_generated_one() -> None:
+    assert DASHBOARD_FILE.read_text() == dashboard_json(), "regenerate it: python -m infra.server_metrics"
+
+
+def test_dashboard_covers_throughput_latency_queue_errors_and_model_version() -> None:
+    titles = {panel["title"] for panel in dashboard()["panels"]}
+    assert titles == {
+        "Throughput",
+        "Time to first token",
+        "Time per output token",
+        "Queue and slots",
+        "Responses by status",
+        "Model version by replica",
+    }
+
+
+def test_scale_query_counts_waiting_and_busy_generations() -> None:
+    assert GENERATIONS_WAITING in scale_query() and SLOTS_BUSY in scale_query()
+
+
+def test_pod_monitor_scrapes_the_servers_metrics_port_as_the_job(stack: StackRun) -> None:
+    (monitor,) = _k8s(stack, "PodMonitor")
+    (deployment,) = _k8s(stack, "Deployment")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert monitor["apiVersion"] == "azmonitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in container["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["relabelings"] == [{"action": "replace", "targetLabel": "job", "replacement": JOB}]
+    assert set(monitor["spec"]) == {"selector", "podMetricsEndpoints"}
+    assert set(endpoint) == {"port", "path", "interval", "relabelings"}
+
+
+def test_app_insights_sits_on_the_log_analytics_workspace_and_reaches_the_pod_through_the_vault(
+    stack: StackRun,
+) -> None:
+    component = stack.one("azure-native:applicationinsights:Component")
+    workspace = stack.one("azure-native:operationalinsights:Workspace").id
+    assert component.plain["workspaceResourceId"] == workspace
+    (secret,) = [
+        r
+        for r in stack.of_type("azure-native:keyvault:Secret")
+        if r.plain["secretName"] == "applicationinsights-connection-string"
+    ]
+    assert secret.plain["properties"]["value"] == component.outputs["connectionString"]
