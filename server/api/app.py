@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware
-from server.api.routes import health, metrics, openai
+from server.api.routes import health, metrics, openai, tokenizer
 from server.api.streaming import component_schemas
 from server.lifecycle.holder import ModelHolder
 from server.lifecycle.loader import ModelLoader
@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(tokenizer.router)
     app.include_router(health.router)
     if settings.metrics_port is None:
         app.include_router(metrics.router)

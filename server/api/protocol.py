@@ -6,9 +6,19 @@ what the server really answers.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 Stop = Annotated[str, Field(min_length=1)]
 TokenIdKey = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="A token id, as a string.")]
@@ -18,6 +28,35 @@ LogitBias = dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]]
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: StrictBool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema; absent: any JSON.")
+    strict: StrictBool | None = None
+
+
+class ResponseFormatText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
 
 
 class SamplingFields(BaseModel):
@@ -40,6 +79,9 @@ class SamplingFields(BaseModel):
     presence_penalty: float = Field(0.0, ge=0, le=0, description="Not supported; only 0 is accepted.")
     frequency_penalty: float = Field(0.0, ge=0, le=0, description="Not supported; only 0 is accepted.")
     user: str | None = None
+    response_format: ResponseFormat | None = Field(
+        None, description="Constrain the output to JSON, or to JSON that validates against a schema (a grammar)."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -76,7 +118,9 @@ Prompt = Annotated[
 class CompletionRequest(SamplingFields):
     prompt: Prompt
     echo: Literal[False] = False
-    logprobs: None = None
+    logprobs: int | None = Field(
+        None, ge=0, le=5, description="Log-probabilities of each token and of this many likely alternatives."
+    )
     suffix: None = None
     best_of: Literal[1] | None = None
 
@@ -97,13 +141,66 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema for the arguments; absent: none.")
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON string.")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="Assistant messages: the calls it made.")
+    tool_call_id: str | None = Field(None, description="Tool messages: the call this is the result of.")
+
+    @model_validator(mode="after")
+    def _fits_role(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
@@ -112,17 +209,34 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: Literal[False] | None = None
-    response_format: dict[str, Literal["text"]] | None = None
+    logprobs: StrictBool | None = Field(None, description="Log-probabilities of each output token.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="How many likely alternatives, with logprobs.")
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
 
     @model_validator(mode="after")
-    def _one_max(self) -> ChatCompletionRequest:
+    def _consistent(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("set max_tokens or max_completion_tokens, not both")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content: str
+    add_special: StrictBool = Field(False, description="Add the model's special tokens (BOS) as a prompt would.")
+    with_pieces: StrictBool = Field(False, description="Return each token's text beside its id.")
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[Annotated[int, Field(ge=0)]]
 
 
 # ---- responses ----
@@ -148,12 +262,20 @@ class Usage(BaseModel):
 
 
 FinishReasonField = Literal["stop", "length"]
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReasonField | None
 
 
@@ -166,17 +288,33 @@ class Completion(BaseModel):
     usage: Usage | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
-    finish_reason: FinishReasonField
+    logprobs: ChatLogprobs | None = None
+    finish_reason: ChatFinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -188,16 +326,38 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class ChatDelta(BaseModel):
+class _Delta(BaseModel):
+    """A stream delta names only what it carries, as OpenAI's do: the SDKs' accumulators merge keys, and a null
+    would overwrite what an earlier chunk said."""
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ToolCallFunctionDelta(_Delta):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Delta):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallFunctionDelta
+
+
+class ChatDelta(_Delta):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
-    logprobs: None = None
-    finish_reason: FinishReasonField | None
+    logprobs: ChatLogprobs | None = None
+    finish_reason: ChatFinishReason | None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -229,3 +389,16 @@ class ReadinessReport(BaseModel):
     status: Literal["ready", "not_ready"]
     state: str
     reason: str
+
+
+class TokenPiece(BaseModel):
+    id: int
+    piece: str
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int] | list[TokenPiece]
+
+
+class DetokenizeResponse(BaseModel):
+    content: str

@@ -22,6 +22,8 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     stop: Sequence[str] = ()
+    grammar: str | None = None  # GBNF whose `root` every completion must match (structured outputs, tool calls)
+    logprobs: int | None = None  # report each token's log-probability and this many top alternatives; None: off
 
     @property
     def greedy(self) -> bool:
@@ -36,10 +38,23 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the distribution it was drawn from: after logit bias, before
+    temperature and truncation (top-k/p, min-p, grammar); `top` are the most likely alternatives, best first."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
-    """New completion text; never part of a stop string and never half a UTF-8 character."""
+    """New completion text; never part of a stop string and never half a UTF-8 character. With logprobs asked for,
+    the tokens whose text this delta completes."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +132,10 @@ class Engine(Protocol):
     def gpu_offload(self) -> bool: ...
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    def token_piece(self, token: int) -> bytes: ...
 
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str: ...
 

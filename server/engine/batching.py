@@ -136,6 +136,13 @@ class BatchingEngine:
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         return self._model.tokenize(text, add_special=add_special)
 
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        self._model.check_token_ids(tokens, param="tokens")
+        return b"".join(self._model.piece(t) for t in tokens).decode(errors="replace")
+
+    def token_piece(self, token: int) -> bytes:
+        return self._model.piece(token)
+
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
         return self._model.render_chat(messages)
 
@@ -159,6 +166,8 @@ class BatchingEngine:
         # An id outside the vocabulary makes llama_decode fail for the whole batch, every other stream included.
         self._model.check_token_ids(request.prompt_tokens, param=request.prompt_param)
         self._model.check_token_ids(list(request.sampling.logit_bias), param="logit_bias")
+        if request.sampling.grammar is not None:
+            self._model.check_grammar(request.sampling.grammar, param="response_format")
         job = Job(request, asyncio.get_running_loop())
         with self._cond:
             if self._closing:
@@ -365,9 +374,11 @@ class BatchingEngine:
             self._finish(slot, "stop")
             return
         slot.generated += 1
+        if sampling.logprobs is not None:
+            slot.logprobs.append(self._model.logprob(self._ctx, index, token, sampling))
         delta = slot.text.push(self._model.piece(token))
         if delta:
-            job.emit(TextDelta(delta))
+            job.emit(TextDelta(delta, slot.take_logprobs()))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= sampling.max_tokens:
@@ -377,13 +388,15 @@ class BatchingEngine:
 
     def _finish(self, slot: Slot, reason: str) -> None:
         job, tail = slot.job, slot.text.finish()
+        # Tokens of a stop string are not part of the answer, and neither are their log-probabilities.
+        logprobs = () if slot.text.stopped else slot.take_logprobs()
         finished = Finished(finish_reason=reason, prompt_tokens=slot.n_prompt, completion_tokens=slot.generated)
         decode_s = time.monotonic() - slot.first_token_at if slot.first_token_at is not None else None
         self.metrics.record_finished(slot.n_prompt, slot.generated, decode_s)
         # Release first, so a consumer that sees Finished also sees the slot free.
         self._release(slot)
         if tail:
-            job.emit(TextDelta(tail))
+            job.emit(TextDelta(tail, logprobs))
         job.emit(finished)
 
     def _fail(self, slots: list[Slot], error: BaseException) -> None:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from server.engine.base import EngineError, SamplingParams
+from server.engine.base import EngineError, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,53 @@ class LlamaModel:
     def new_sampler(self, params: SamplingParams) -> Sampler:
         return Sampler(self, params)
 
+    def check_grammar(self, grammar: str, *, param: str) -> None:
+        """Raise EngineError if llama.cpp cannot parse `grammar` (before it reaches the engine thread)."""
+        grammar_sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not grammar_sampler:
+            raise EngineError("the grammar built from this request could not be parsed", param=param)
+        llama_cpp.llama_sampler_free(grammar_sampler)
+
+    def logprob(self, ctx: llama_cpp.llama_context_p, index: int, token: int, params: SamplingParams) -> TokenLogprob:
+        """`token`'s log-probability in the logits of batch position `index`, with logit bias applied."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self.info.n_vocab,))
+        if params.logit_bias:
+            logits = logits.copy()
+            for biased, bias in params.logit_bias.items():
+                logits[biased] += bias
+        peak = float(logits.max())
+        log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+        top: tuple[tuple[int, bytes, float], ...] = ()
+        if params.logprobs:
+            best = np.argpartition(-logits, params.logprobs)[: params.logprobs]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            top = tuple((int(t), self.piece(int(t)), float(logits[t]) - log_total) for t in best)
+        return TokenLogprob(token, self.piece(token), float(logits[token]) - log_total, top)
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
 
 class Sampler:
-    """A llama.cpp sampler chain for one sequence's sampling parameters."""
+    """A llama.cpp sampler chain for one sequence's sampling parameters, and its grammar if it has one.
+
+    The grammar is kept out of the chain: applying it to the whole vocabulary every step costs more than the rest of
+    the step. Like llama.cpp's own server, a token is sampled without it and checked against it alone; only when the
+    grammar refuses that token is the grammar applied to every candidate and the token sampled again. The result is
+    exactly what grammar-first sampling would allow.
+    """
 
     def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
+        self._n_vocab = model.info.n_vocab
+        self.grammar = None
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
         add = lambda s: llama_cpp.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
+        if params.grammar is not None:
+            self.grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            if not self.grammar:
+                self.close()
+                raise EngineError("the grammar could not be parsed", param="response_format")
         if params.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
                 *(llama_cpp.llama_logit_bias(token=t, bias=b) for t, b in params.logit_bias.items())
@@ -188,9 +228,37 @@ class Sampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Sample from the logits of batch position `index` and accept the token into the chain's state."""
-        return llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
+        token = llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
+        if self.grammar is None:
+            return token
+        if not self._grammar_allows(token):
+            token = self._sample_within_grammar(ctx, index)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _grammar_allows(self, token: int) -> bool:
+        one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(id=token, logit=1.0, p=0.0))
+        candidates = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(candidates))
+        return bool(np.isfinite(one[0].logit))
+
+    def _sample_within_grammar(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        data = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
+        data["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        data["logit"] = logits
+        pointer = data.ctypes.data_as(llama_cpp.llama_token_data_p)
+        candidates = llama_cpp.llama_token_data_array(data=pointer, size=self._n_vocab, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(candidates))
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(candidates))
+        token = int(data["id"][candidates.selected])
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token
 
     def close(self) -> None:
+        if self.grammar:
+            llama_cpp.llama_sampler_free(self.grammar)
+            self.grammar = None
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from server.engine.base import TokenLogprob
 from server.engine.handoff import Job
 from server.engine.llama_model import Sampler
 from server.engine.text import TextAssembler
@@ -30,6 +31,8 @@ class Slot:
     admitted: int = 0
     first_token_at: float | None = None
     last_used: float = 0.0
+    # Log-probabilities of sampled tokens whose text is not emitted yet (held back by UTF-8 or a possible stop).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -51,6 +54,12 @@ class Slot:
         self.generated = 0
         self.admitted = admitted
         self.first_token_at = None
+        self.logprobs.clear()
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        taken = tuple(self.logprobs)
+        self.logprobs.clear()
+        return taken
 
     def release(self) -> None:
         """Back to idle; the KV of tokens[:n_past] stays for prefix reuse."""

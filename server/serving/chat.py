@@ -1,5 +1,5 @@
-"""POST /v1/chat/completions: render the chat template → admit through the pipeline → shape as OpenAI's chat
-completion."""
+"""POST /v1/chat/completions: plan tools, render the chat template → admit through the pipeline → shape as OpenAI's
+chat completion (text, or tool calls in the generic format of `server/serving/tools.py`)."""
 
 from __future__ import annotations
 
@@ -15,42 +15,104 @@ from server.api.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
+    ChatFinishReason,
+    ChatLogprobs,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallFunction,
+    ToolCallFunctionDelta,
 )
-from server.engine.base import TextDelta
+from server.engine.base import Finished, TextDelta, TokenLogprob
+from server.serving import logprobs, tools
 from server.serving.prepare import chat_request
 from server.serving.run import Admitted, ServingContext, admit
 from server.serving.shape import Reply, new_id, now, usage
 
 
 async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[ChatCompletion]:
-    admitted = await admit(ctx, "chat.completions", body, lambda engine: chat_request(engine, body))
+    tool_plan = tools.plan(body)
+    admitted = await admit(ctx, "chat.completions", body, lambda engine: chat_request(engine, body, tool_plan))
     rid, model = new_id("chatcmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
-        return Reply(headers, chunks=_chunks(admitted, rid, model, body.include_usage_in_stream()))
+        chunks = _tool_chunks if tool_plan is not None else _text_chunks
+        return Reply(headers, chunks=chunks(admitted, rid, model, body))
+    text, tokens, finished = await _collect(admitted)
+    message, reason = _message(text, finished, tool_plan is not None)
+    lp = ChatLogprobs(content=logprobs.chat(tokens)) if body.logprobs else None
+    choice = ChatChoice(index=0, message=message, logprobs=lp, finish_reason=reason)
+    return Reply(
+        headers, body=ChatCompletion(id=rid, created=now(), model=model, choices=[choice], usage=usage(finished))
+    )
+
+
+async def _collect(admitted: Admitted) -> tuple[str, list[TokenLogprob], Finished]:
     parts: list[str] = []
+    tokens: list[TokenLogprob] = []
     async for event in admitted.events():
         if isinstance(event, TextDelta):
             parts.append(event.text)
+            tokens.extend(event.logprobs)
         else:
-            choice = ChatChoice(
-                index=0, message=AssistantMessage(content="".join(parts)), finish_reason=event.finish_reason
-            )
-            completion = ChatCompletion(id=rid, created=now(), model=model, choices=[choice], usage=usage(event))
-            return Reply(headers, body=completion)
+            return "".join(parts), tokens, event
     raise RuntimeError("the pipeline ended a generation without a Finished event")
 
 
-async def _chunks(admitted: Admitted, rid: str, model: str, include_usage: bool) -> AsyncGenerator[BaseModel, None]:
+def _message(text: str, finished: Finished, with_tools: bool) -> tuple[AssistantMessage, ChatFinishReason]:
+    answer = tools.parse(text) if with_tools else None
+    if answer is None:
+        return AssistantMessage(content=text), finished.finish_reason
+    if answer.calls:
+        calls = [ToolCall(id=c.id, function=ToolCallFunction(name=c.name, arguments=c.arguments)) for c in answer.calls]
+        return AssistantMessage(content=None, tool_calls=calls), "tool_calls"
+    return AssistantMessage(content=answer.content), finished.finish_reason
+
+
+def _chunk(
+    rid: str, model: str, delta: ChatDelta, reason: ChatFinishReason | None, lp: ChatLogprobs | None = None
+) -> ChatCompletionChunk:
+    choice = ChatChunkChoice(index=0, delta=delta, logprobs=lp, finish_reason=reason)
+    return ChatCompletionChunk(id=rid, created=now(), model=model, choices=[choice])
+
+
+def _usage_chunk(rid: str, model: str, finished: Finished) -> ChatCompletionChunk:
+    return ChatCompletionChunk(id=rid, created=now(), model=model, choices=[], usage=usage(finished))
+
+
+async def _text_chunks(
+    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
+) -> AsyncGenerator[BaseModel, None]:
     first = True
     async for event in admitted.events():
         delta = ChatDelta(role="assistant") if first else ChatDelta()
         first = False
         if isinstance(event, TextDelta):
             delta.content = event.text
-            choice = ChatChunkChoice(index=0, delta=delta, finish_reason=None)
+            lp = ChatLogprobs(content=logprobs.chat(event.logprobs)) if body.logprobs else None
+            yield _chunk(rid, model, delta, None, lp)
         else:
-            choice = ChatChunkChoice(index=0, delta=delta, finish_reason=event.finish_reason)
-        yield ChatCompletionChunk(id=rid, created=now(), model=model, choices=[choice])
-        if include_usage and not isinstance(event, TextDelta):
-            yield ChatCompletionChunk(id=rid, created=now(), model=model, choices=[], usage=usage(event))
+            yield _chunk(rid, model, delta, event.finish_reason)
+            if body.include_usage_in_stream():
+                yield _usage_chunk(rid, model, event)
+
+
+async def _tool_chunks(
+    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
+) -> AsyncGenerator[BaseModel, None]:
+    """A tool answer is one JSON object: it is parsed whole, then sent as OpenAI streams calls (an id and name, then
+    the arguments) or as content."""
+    text, _, finished = await _collect(admitted)
+    message, reason = _message(text, finished, True)
+    yield _chunk(rid, model, ChatDelta(role="assistant"), None)
+    for i, call in enumerate(message.tool_calls or []):
+        start = ToolCallDelta(
+            index=i, id=call.id, type="function", function=ToolCallFunctionDelta(name=call.function.name, arguments="")
+        )
+        yield _chunk(rid, model, ChatDelta(tool_calls=[start]), None)
+        rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
+        yield _chunk(rid, model, ChatDelta(tool_calls=[rest]), None)
+    if message.content:
+        yield _chunk(rid, model, ChatDelta(content=message.content), None)
+    yield _chunk(rid, model, ChatDelta(), reason)
+    if body.include_usage_in_stream():
+        yield _usage_chunk(rid, model, finished)

@@ -7,7 +7,8 @@ from collections.abc import AsyncGenerator
 from pydantic import BaseModel
 
 from server.api.protocol import Completion, CompletionChoice, CompletionRequest
-from server.engine.base import Finished, TextDelta
+from server.engine.base import TextDelta, TokenLogprob
+from server.serving import logprobs
 from server.serving.prepare import completion_request
 from server.serving.run import Admitted, ServingContext, admit
 from server.serving.shape import Reply, new_id, now, usage
@@ -18,33 +19,35 @@ async def create(body: CompletionRequest, ctx: ServingContext) -> Reply[Completi
     rid, model = new_id("cmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
-        return Reply(headers, chunks=_chunks(admitted, rid, model, body.include_usage_in_stream()))
+        return Reply(headers, chunks=_chunks(admitted, rid, model, body))
     parts: list[str] = []
+    tokens: list[TokenLogprob] = []
     async for event in admitted.events():
         if isinstance(event, TextDelta):
             parts.append(event.text)
+            tokens.extend(event.logprobs)
         else:
-            choice = CompletionChoice(index=0, text="".join(parts), finish_reason=event.finish_reason)
-            return Reply(
-                headers, body=Completion(id=rid, created=now(), model=model, choices=[choice], usage=usage(event))
-            )
+            lp = logprobs.completion(tokens, 0, bool(body.logprobs)) if body.logprobs is not None else None
+            choice = CompletionChoice(index=0, text="".join(parts), logprobs=lp, finish_reason=event.finish_reason)
+            completion = Completion(id=rid, created=now(), model=model, choices=[choice], usage=usage(event))
+            return Reply(headers, body=completion)
     raise RuntimeError("the pipeline ended a generation without a Finished event")
 
 
-def _chunk(rid: str, model: str, text: str, finished: Finished | None, *, with_usage: bool = False) -> Completion:
-    if with_usage and finished is not None:
-        return Completion(id=rid, created=now(), model=model, choices=[], usage=usage(finished))
-    reason = finished.finish_reason if finished else None
-    return Completion(
-        id=rid, created=now(), model=model, choices=[CompletionChoice(index=0, text=text, finish_reason=reason)]
-    )
+def _chunk(rid: str, model: str, choice: CompletionChoice) -> Completion:
+    return Completion(id=rid, created=now(), model=model, choices=[choice])
 
 
-async def _chunks(admitted: Admitted, rid: str, model: str, include_usage: bool) -> AsyncGenerator[BaseModel, None]:
+async def _chunks(admitted: Admitted, rid: str, model: str, body: CompletionRequest) -> AsyncGenerator[BaseModel, None]:
+    offset = 0
     async for event in admitted.events():
         if isinstance(event, TextDelta):
-            yield _chunk(rid, model, event.text, None)
+            lp = None
+            if body.logprobs is not None:
+                lp = logprobs.completion(event.logprobs, offset, bool(body.logprobs))
+            offset += len(event.text)
+            yield _chunk(rid, model, CompletionChoice(index=0, text=event.text, logprobs=lp, finish_reason=None))
         else:
-            yield _chunk(rid, model, "", event)
-            if include_usage:
-                yield _chunk(rid, model, "", event, with_usage=True)
+            yield _chunk(rid, model, CompletionChoice(index=0, text="", finish_reason=event.finish_reason))
+            if body.include_usage_in_stream():
+                yield Completion(id=rid, created=now(), model=model, choices=[], usage=usage(event))

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from server.engine.base import Engine, GenerationRequest, SamplingParams
+from server.serving import tools
 from server.serving.errors import APIError
+from server.serving.grammar import JSON_OBJECT_GBNF, json_schema_grammar
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
-def _sampling(body: SamplingFields, max_tokens: int) -> SamplingParams:
+def response_grammar(body: SamplingFields) -> str | None:
+    """The grammar `response_format` asks for: any JSON object, or JSON that validates against a schema."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema" and fmt.json_schema.schema_ is not None:
+        return json_schema_grammar(fmt.json_schema.schema_, param="response_format.json_schema.schema")
+    return JSON_OBJECT_GBNF
+
+
+def _sampling(body: SamplingFields, max_tokens: int, *, grammar: str | None, logprobs: int | None) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -23,6 +35,8 @@ def _sampling(body: SamplingFields, max_tokens: int) -> SamplingParams:
         seed=body.seed,
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
         stop=tuple(body.stop_list()),
+        grammar=grammar,
+        logprobs=logprobs,
     )
 
 
@@ -36,13 +50,18 @@ def completion_request(engine: Engine, body: CompletionRequest) -> GenerationReq
     if not prompt:
         raise APIError(400, "prompt must not be empty", param="prompt")
     max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    return GenerationRequest(prompt, _sampling(body, max_tokens), prompt_param="prompt")
+    sampling = _sampling(body, max_tokens, grammar=response_grammar(body), logprobs=body.logprobs)
+    return GenerationRequest(prompt, sampling, prompt_param="prompt")
 
 
-def chat_request(engine: Engine, body: ChatCompletionRequest) -> GenerationRequest:
+def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None) -> GenerationRequest:
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
-    rendered = engine.render_chat([{"role": m.role, "content": m.text()} for m in body.messages])
+    rendered = engine.render_chat(tools.render_messages(body.messages, tool_plan))
     prompt = engine.tokenize(rendered, add_special=False)
     requested = body.requested_max_tokens()
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
-    return GenerationRequest(prompt, _sampling(body, max_tokens), prompt_param="messages")
+    grammar = tool_plan.grammar if tool_plan is not None else response_grammar(body)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return GenerationRequest(
+        prompt, _sampling(body, max_tokens, grammar=grammar, logprobs=logprobs), prompt_param="messages"
+    )

@@ -60,6 +60,8 @@ OPERATIONS = [
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
     ("GET", "/metrics"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
 ]
 
 
