@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         0, ge=0, le=256, description="Concurrent generations; 0 picks up to 8 from n_ctx and the model's KV size."
     )
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; more are refused with 429.")
+    embeddings: bool = Field(True, description="Serve POST /v1/embeddings.")
+    embedding_pooling: Literal["model", "mean", "cls", "last"] = Field(
+        "model",
+        description="How embeddings pool a model's hidden states; model: as its GGUF says (generative models say "
+        "none, and cannot embed unless this names a pooling).",
+    )
 
     database_url: SecretStr | None = Field(
         None, description="PostgreSQL URL for API keys, the audit log and chat history; a secret."

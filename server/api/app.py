@@ -62,6 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(openai.router)
+    if settings.embeddings:
+        app.include_router(openai.embeddings_router())
     app.include_router(tokenizer.router)
     app.include_router(health.router)
     if settings.metrics_port is None:

@@ -227,6 +227,59 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+EmbeddingInput = Annotated[
+    str | list[str] | list[int] | list[list[int]],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 2048},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                    "minItems": 1,
+                    "maxItems": 2048,
+                },
+            ],
+            "description": "A string, a list of strings, a list of token ids, or a list of such lists.",
+        }
+    ),
+]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: None = Field(None, description="Not supported: the model's own size is returned.")
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(
+        cls, value: str | list[str] | list[int] | list[list[int]]
+    ) -> str | list[str] | list[int] | list[list[int]]:
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ValueError("input must not be empty")
+        if len(items) > 2048 and not isinstance(items[0], int):
+            raise ValueError("at most 2048 inputs per request")
+        if any(isinstance(item, str | list) and len(item) == 0 for item in items):
+            raise ValueError("inputs must not be empty")
+        return value
+
+    def token_lists(self) -> list[str | list[int]]:
+        """Each input, as text or as token ids."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if value and isinstance(value[0], int):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]
+
+
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     content: str
@@ -402,3 +455,21 @@ class TokenizeResponse(BaseModel):
 
 class DetokenizeResponse(BaseModel):
     content: str
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or with encoding_format base64 little-endian float32s.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -36,6 +36,7 @@ from server.engine.base import (
     GenerationRequest,
     TextDelta,
 )
+from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.handoff import Job, JobStream
 from server.engine.llama_model import LlamaModel
 from server.engine.metrics import EngineMetrics
@@ -78,8 +79,12 @@ class BatchingEngine:
         max_queue: int = 64,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         reuse_prefix: bool = True,
+        embedding_pooling: str = "model",
     ) -> None:
         self._model = model
+        self._embedding_pooling = embedding_pooling
+        self._embedder: Embedder | None = None
+        self._embeddings_refused: EmbeddingsUnsupportedError | None = None
         self._model_id = model_id
         n_slots = n_slots or default_slot_count(model, n_ctx)
         params = llama_cpp.llama_context_default_params()
@@ -90,6 +95,7 @@ class BatchingEngine:
         params.kv_unified = False
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
+        self._n_threads = n_threads
         self._ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
@@ -183,6 +189,19 @@ class BatchingEngine:
             self._cond.notify()
         return JobStream(job, self._on_cancel)
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        if self._embedder is None:
+            if self._embeddings_refused is not None:
+                raise self._embeddings_refused
+            try:
+                self._embedder = Embedder(
+                    self._model, n_batch=self._n_batch, n_threads=self._n_threads, pooling=self._embedding_pooling
+                )
+            except EmbeddingsUnsupportedError as exc:
+                self._embeddings_refused = exc  # the model won't change its mind: don't build a context per request
+                raise
+        return await self._embedder.embed(inputs)
+
     def stats(self) -> EngineStats:
         with self._cond:
             busy, waiting = self._busy, len(self._waiting)
@@ -213,6 +232,8 @@ class BatchingEngine:
             self._closing = True
             self._cond.notify()
         await asyncio.to_thread(self._thread.join)
+        if self._embedder is not None:
+            await self._embedder.close()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
         self._ctx = None

@@ -38,6 +38,7 @@ def load_engine(path: Path, settings: Settings, model_id: str) -> Engine:
         n_threads=settings.n_threads,
         n_slots=settings.n_slots,
         max_queue=settings.max_queue,
+        embedding_pooling=settings.embedding_pooling,
     )
 
 

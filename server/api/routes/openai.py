@@ -15,12 +15,14 @@ from server.api.protocol import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
     ErrorResponse,
     ModelCard,
     ModelList,
 )
 from server.api.streaming import event_stream_schema, respond
-from server.serving import chat, completions
+from server.serving import chat, completions, embeddings
 from server.serving.run import require_model
 
 router = APIRouter(prefix="/v1")
@@ -56,6 +58,17 @@ async def get_model(model_id: str, holder: HolderDep, _: CallerDep) -> ModelCard
     served = holder.serving()
     require_model(served, model_id)
     return ModelCard(id=served.model_id, created=served.loaded_at)
+
+
+def embeddings_router() -> APIRouter:
+    """POST /v1/embeddings, included only while GGUFSTACK_EMBEDDINGS is on."""
+    embeddings_routes = APIRouter(prefix="/v1")
+
+    @embeddings_routes.post("/embeddings", responses=_errors(400, 401, 403, 404, 429, 500, 503))
+    async def create_embeddings(body: EmbeddingRequest, holder: HolderDep, _: CallerDep) -> EmbeddingList:
+        return await embeddings.create(body, holder)
+
+    return embeddings_routes
 
 
 @router.post("/completions", response_model=Completion, responses=_generation_responses(Completion))

@@ -266,3 +266,9 @@ def test_tokenize_and_detokenize_round_trip(server: ServerProcess, client: opena
     assert len(with_special["tokens"]) == usage.prompt_tokens
     bad = httpx.post(f"{server.base_url}/detokenize", json={"tokens": [10**9]}, timeout=10)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+
+
+def test_a_model_that_pools_nothing_cannot_embed(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=DEMO_MODEL_ID, input="hello")
+    assert "GGUFSTACK_EMBEDDING_POOLING" in info.value.body["message"]

@@ -62,6 +62,7 @@ OPERATIONS = [
     ("GET", "/metrics"),
     ("POST", "/tokenize"),
     ("POST", "/detokenize"),
+    ("POST", "/v1/embeddings"),
 ]
 
 

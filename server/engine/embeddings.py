@@ -1,0 +1,159 @@
+"""Embeddings from the served model: a context of its own with embeddings on, fed batches of whole inputs.
+
+Requests put their inputs on one queue and a worker thread decodes as many as fit one batch at a time, whoever sent
+them, so concurrent requests share decode calls. Each input is its own sequence; the pooled vector of each sequence is
+L2-normalised, as OpenAI's are. The context is created on first use, so a server that never embeds pays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from server.engine.base import ContextOverflowError, EngineError
+from server.engine.llama_model import LlamaModel
+
+POOLING = {
+    "model": llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+    "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
+    "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
+}
+MAX_SEQUENCES = 64
+
+
+class EmbeddingsUnsupportedError(EngineError):
+    """The model pools no embedding (a generative model whose GGUF names no pooling type)."""
+
+
+@dataclass(eq=False)
+class _Item:
+    tokens: Sequence[int]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[list[float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.done = self.loop.create_future()
+
+    def settle(self, result: list[float] | BaseException) -> None:
+        def apply() -> None:
+            if self.done.done():
+                return
+            if isinstance(result, BaseException):
+                self.done.set_exception(result)
+            else:
+                self.done.set_result(result)
+
+        self.loop.call_soon_threadsafe(apply)
+
+
+class Embedder:
+    def __init__(self, model: LlamaModel, *, n_batch: int, n_threads: int, pooling: str) -> None:
+        self._model = model
+        params = llama_cpp.llama_context_default_params()
+        params.embeddings = True
+        params.pooling_type = POOLING[pooling]
+        params.n_ctx = params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = MAX_SEQUENCES
+        params.n_threads = params.n_threads_batch = n_threads
+        params.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create an embeddings context (out of memory?)")
+        if llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+            raise EmbeddingsUnsupportedError(
+                "this model pools no embeddings (its GGUF names no pooling type); set GGUFSTACK_EMBEDDING_POOLING to "
+                "mean, cls or last to pool its hidden states",
+                param="model",
+            )
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._n_batch = n_batch
+        self._n_embd = llama_cpp.llama_model_n_embd(model.ptr)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="embeddings", daemon=True)
+        self._thread.start()
+
+    @property
+    def max_tokens(self) -> int:
+        return self._n_batch
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        for i, tokens in enumerate(inputs):
+            if not tokens:
+                raise EngineError(f"input {i} is empty", param="input")
+            if len(tokens) > self._n_batch:
+                raise ContextOverflowError(
+                    f"input {i} has {len(tokens)} tokens; at most {self._n_batch} can be embedded",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+            self._model.check_token_ids(tokens, param="input")
+        loop = asyncio.get_running_loop()
+        items = [_Item(tokens, loop) for tokens in inputs]
+        with self._cond:
+            if self._closing:
+                raise EngineError("the embeddings engine is shutting down")
+            self._queue.extend(items)
+            self._cond.notify()
+        return list(await asyncio.gather(*(item.done for item in items)))
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join)
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+        self._ctx = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    pending, self._queue = list(self._queue), collections.deque()
+                    break
+                taken = self._take()
+            self._decode(taken)
+        for item in pending:
+            item.settle(EngineError("the embeddings engine shut down"))
+
+    def _take(self) -> list[_Item]:
+        """Whole inputs, oldest first, as many as fit one batch. Caller holds _cond."""
+        taken, budget = [], self._n_batch
+        while self._queue and len(taken) < MAX_SEQUENCES and len(self._queue[0].tokens) <= budget:
+            item = self._queue.popleft()
+            budget -= len(item.tokens)
+            taken.append(item)
+        return taken
+
+    def _decode(self, items: list[_Item]) -> None:
+        batch, i = self._batch, 0
+        for seq, item in enumerate(items):
+            for pos, token in enumerate(item.tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = pos == len(item.tokens) - 1
+                i += 1
+        batch.n_tokens = i
+        llama_cpp.llama_memory_clear(self._mem, True)
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        for seq, item in enumerate(items):
+            if rc != 0:
+                item.settle(EngineError(f"llama_decode failed with code {rc}"))
+                continue
+            vector = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)[: self._n_embd]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            item.settle([v / norm for v in vector])
