@@ -26,6 +26,10 @@ class ModelSourceKind(StrEnum):
     BLOB = "blob"
 
 
+# The Key Vault secret that holds each secret setting (the names infra/vault.py writes).
+KEY_VAULT_SECRETS = {"database_url": "database-url", "redis_url": "redis-url", "admin_api_key": "admin-api-key"}
+
+
 class SettingsError(ValueError):
     """Invalid configuration; the message is one line that names the offending variable."""
 
@@ -87,6 +91,38 @@ class Settings(BaseSettings):
         "Entra token from DefaultAzureCredential, re-sent before it expires.",
     )
 
+    key_vault_url: str | None = Field(
+        None,
+        description="Key Vault (https://NAME.vault.azure.net) to read the database URL, Redis URL and admin key from "
+        "with DefaultAzureCredential, for each of them not set by a variable or a mounted secret file.",
+    )
+    key_cache_ttl_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a validated API key is trusted without asking PostgreSQL again; a revoked key works "
+        "for at most this long on other replicas.",
+    )
+    key_outage_grace_s: float = Field(
+        600.0, ge=0, description="While PostgreSQL is unreachable, keys validated this recently keep working."
+    )
+    ratelimit_fail_closed: bool = Field(
+        False, description="Refuse requests with 503 while Redis is unreachable, instead of serving them unlimited."
+    )
+    cache_ttl_s: int = Field(
+        3600,
+        ge=0,
+        description="How long Redis keeps answers to deterministic requests (temperature 0 or a seed); 0 disables "
+        "the response cache.",
+    )
+    store_conversations: bool = Field(
+        False,
+        description="Store prompt and response text in PostgreSQL (X-Conversation-Id, GET /v1/conversations/{id}); "
+        "off by default for privacy.",
+    )
+    audit_queue_max: int = Field(
+        10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
+    )
+
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
     metrics_port: int | None = Field(
@@ -124,6 +160,8 @@ class Settings(BaseSettings):
             raise ValueError("GGUFSTACK_BLOB_ACCOUNT_URL must be an http(s) URL")
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError("GGUFSTACK_METRICS_PORT must differ from GGUFSTACK_PORT (unset, it shares the port)")
+        if self.key_vault_url and not self.key_vault_url.startswith("https://"):
+            raise ValueError("GGUFSTACK_KEY_VAULT_URL must be an https:// URL")
         if self.source_retry_max_s < self.source_retry_initial_s:
             raise ValueError("GGUFSTACK_SOURCE_RETRY_MAX_S must not be below GGUFSTACK_SOURCE_RETRY_INITIAL_S")
         return self

@@ -48,6 +48,11 @@ MODEL_DOWNLOAD_BYTES = f"{PREFIX}_model_download_bytes_total"
 MODEL_DOWNLOAD_DURATION = f"{PREFIX}_model_download_duration_seconds"
 MODEL_INFO = f"{PREFIX}_model_info"
 MODEL_READY = f"{PREFIX}_model_ready"
+CACHE_LOOKUPS = f"{PREFIX}_response_cache_lookups_total"
+RATE_LIMITED = f"{PREFIX}_rate_limited_requests_total"
+DEPENDENCY_OUTAGES = f"{PREFIX}_dependency_outages_total"
+AUDIT_ROWS_DROPPED = f"{PREFIX}_audit_rows_dropped_total"
+AUDIT_QUEUE_DEPTH = f"{PREFIX}_audit_queue_depth"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
@@ -116,6 +121,30 @@ model_info = Info(
     registry=REGISTRY,
 )
 model_ready = Gauge(MODEL_READY, "1 while a model serves and the server is not draining, else 0.", registry=REGISTRY)
+cache_lookups = Counter(
+    _base(CACHE_LOOKUPS, "_total"),
+    "Response cache lookups of cacheable requests, by result (hit, miss, error: Redis unreachable).",
+    ["result"],
+    registry=REGISTRY,
+)
+rate_limited = Counter(
+    _base(RATE_LIMITED, "_total"),
+    "Requests refused with 429 by a key's limit, by the limit that refused them (requests, tokens).",
+    ["limit"],
+    registry=REGISTRY,
+)
+dependency_outages = Counter(
+    _base(DEPENDENCY_OUTAGES, "_total"),
+    "Times a dependency (postgresql, redis) became unreachable; one per outage, not per failed call.",
+    ["dependency"],
+    registry=REGISTRY,
+)
+audit_rows_dropped = Counter(
+    _base(AUDIT_ROWS_DROPPED, "_total"),
+    "Audit rows dropped because the in-memory queue was full while PostgreSQL was unreachable.",
+    registry=REGISTRY,
+)
+audit_queue_depth = Gauge(AUDIT_QUEUE_DEPTH, "Audit rows waiting to be written to PostgreSQL.", registry=REGISTRY)
 
 
 class EngineCollector(Collector):

@@ -1,0 +1,1 @@
+"""Who may call the API and how much: API keys (PostgreSQL) and per-key rate limits (Redis)."""

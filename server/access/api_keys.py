@@ -1,0 +1,209 @@
+"""API keys: issue, verify, revoke, and sum a key's use.
+
+A key is 256 random bits, so a plain SHA-256 of it is as good as a slow password hash: only that hash and a short
+prefix (to tell keys apart in a listing) are stored, and the key is shown once, when it is issued. Verification
+looks the hash up and compares it with `hmac.compare_digest`.
+
+Validations are remembered in memory for `cache_ttl_s`, so most requests do not touch PostgreSQL: a revoked key keeps
+working for at most that long on replicas other than the one that revoked it. While PostgreSQL is unreachable, a key
+validated within the last `outage_grace_s` keeps working; an unknown key then gets 503, since it cannot be checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from server.store.outage import Outage
+
+KEY_PREFIX = "gsk-"
+DISPLAY_PREFIX_LENGTH = 12
+
+
+class InvalidKeyError(Exception):
+    """No such key, or it was revoked."""
+
+
+class KeyCheckUnavailableError(Exception):
+    """PostgreSQL is unreachable and the key was not validated recently enough to be trusted without it."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    owner: str | None
+    prefix: str
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cache_hits: int
+    first_request: datetime | None
+    last_request: datetime | None
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Constant-time comparison of two secrets of any length (for the admin key)."""
+    return hmac.compare_digest(hash_key(presented), hash_key(expected))
+
+
+_COLUMNS = "id, name, owner, prefix, models, rpm, tpm, created_at, revoked_at"
+
+
+class KeyStore:
+    """The api_keys table; every method needs PostgreSQL."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def create(
+        self,
+        name: str,
+        *,
+        models: Sequence[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        owner: str | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Issue a key; returns its record and the key itself, which is never stored."""
+        key = new_key()
+        key_id = "key_" + secrets.token_hex(8)
+        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+            await cur.execute(
+                f"INSERT INTO api_keys (id, name, owner, prefix, key_hash, models, rpm, tpm) "
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (key_id, name, owner, key[:DISPLAY_PREFIX_LENGTH], hash_key(key), models, rpm, tpm),
+            )
+            record = await cur.fetchone()
+        assert record is not None
+        return record, key
+
+    async def list(self, *, include_revoked: bool = True) -> list[KeyRecord]:
+        where = "" if include_revoked else "WHERE revoked_at IS NULL"
+        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+            await cur.execute(f"SELECT {_COLUMNS} FROM api_keys {where} ORDER BY created_at, id")  # noqa: S608
+            return await cur.fetchall()
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+            await cur.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))  # noqa: S608
+            return await cur.fetchone()
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        """Revoke a key (idempotent: the first revocation time stays); None if there is no such key."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+            await cur.execute(
+                f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s RETURNING {_COLUMNS}",
+                (key_id,),
+            )
+            return await cur.fetchone()
+
+    async def find(self, key: str) -> tuple[KeyRecord, bytes] | None:
+        """The active key whose hash matches `key`, with its stored hash."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",  # noqa: S608
+                (hash_key(key),),
+            )
+            record = await cur.fetchone()
+        return (record, hash_key(key)) if record is not None else None
+
+    async def usage(self, key_id: str) -> KeyUsage:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyUsage)) as cur:
+            await cur.execute(
+                "SELECT count(*) AS requests, coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens, "
+                "coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens, "
+                "count(*) FILTER (WHERE cache_hit) AS cache_hits, "
+                "min(created_at) AS first_request, max(created_at) AS last_request "
+                "FROM audit_log WHERE key_id = %s",
+                (key_id,),
+            )
+            usage = await cur.fetchone()
+        assert usage is not None
+        return usage
+
+
+@dataclass(slots=True)
+class _Validation:
+    record: KeyRecord
+    key_hash: bytes
+    at: float
+
+
+class KeyVerifier:
+    """Turns a presented key into its record, through a short-lived in-memory cache of validations."""
+
+    def __init__(
+        self, store: KeyStore, *, cache_ttl_s: float, outage_grace_s: float, outage: Outage | None = None
+    ) -> None:
+        self._store = store
+        self._cache_ttl_s = cache_ttl_s
+        self._outage_grace_s = max(outage_grace_s, cache_ttl_s)
+        self._outage = outage or Outage("postgresql")
+        self._validated: dict[bytes, _Validation] = {}
+
+    async def verify(self, key: str) -> KeyRecord:
+        """Raises InvalidKeyError, or KeyCheckUnavailableError when PostgreSQL cannot be asked."""
+        digest = hash_key(key)
+        cached = self._validated.get(digest)
+        now = time.monotonic()
+        if cached is not None and now - cached.at < self._cache_ttl_s:
+            return cached.record
+        if not self._outage.should_try():
+            return self._during_outage(cached, now)
+        try:
+            found = await self._store.find(key)
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            self._outage.failed(exc, "only keys validated recently are accepted")
+            return self._during_outage(cached, now)
+        self._outage.succeeded()
+        if found is None:
+            self._validated.pop(digest, None)
+            raise InvalidKeyError("invalid API key")
+        record, stored_hash = found
+        if not hmac.compare_digest(stored_hash, digest):
+            raise InvalidKeyError("invalid API key")
+        self._validated[digest] = _Validation(record, digest, now)
+        if len(self._validated) > 10_000:
+            self._forget_expired(now)
+        return record
+
+    def _during_outage(self, cached: _Validation | None, now: float) -> KeyRecord:
+        if cached is not None and now - cached.at < self._outage_grace_s:
+            return cached.record
+        raise KeyCheckUnavailableError("the key store is unreachable")
+
+    def forget(self, key_id: str) -> None:
+        """Drop a revoked key's validation at once (on the replica that revoked it)."""
+        for digest in [d for d, v in self._validated.items() if v.record.id == key_id]:
+            del self._validated[digest]
+
+    def _forget_expired(self, now: float) -> None:
+        for digest in [d for d, v in self._validated.items() if now - v.at >= self._outage_grace_s]:
+            del self._validated[digest]

@@ -1,0 +1,82 @@
+"""Answers to deterministic requests (temperature 0, or a fixed seed), kept in Redis for `ttl_s`.
+
+The key is a SHA-256 of the endpoint, the request as it affects the answer (fields that only shape the transport,
+such as `stream`, are left out) and the serving model's version (the sha256 of its GGUF), so a new model never serves
+an old model's answer. The value is the generation's events, so a hit replays through the same response shaping as a
+fresh generation: a streamed hit streams the same chunks, a plain one returns the same body.
+
+Redis being unreachable only makes every lookup a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from server.engine.base import Finished, GenerationEvent, TextDelta
+from server.store.outage import Outage
+from server.telemetry import prometheus
+
+# Fields that change how an answer is delivered, not what it is.
+TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user"})
+_FORMAT = "v1"
+
+
+def is_deterministic(temperature: float | None, seed: int | None) -> bool:
+    return (temperature is not None and temperature <= 0.0) or seed is not None
+
+
+def cache_key(endpoint: str, body: Mapping[str, Any], model_version: str) -> str:
+    normalised = {k: v for k, v in body.items() if k not in TRANSPORT_FIELDS and v is not None}
+    material = json.dumps([endpoint, model_version, normalised], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def encode(events: Sequence[GenerationEvent]) -> bytes:
+    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    finished = next(e for e in events if isinstance(e, Finished))
+    done = [finished.finish_reason, finished.prompt_tokens, finished.completion_tokens]
+    return json.dumps({"deltas": texts, "finished": done}, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> list[GenerationEvent]:
+    value = json.loads(data)
+    reason, prompt, completion = value["finished"]
+    return [*(TextDelta(t) for t in value["deltas"]), Finished(reason, prompt, completion)]
+
+
+class ResponseCache:
+    def __init__(
+        self, redis: Redis, *, ttl_s: int, outage: Outage | None = None, prefix: str = "ggufstack:cache"
+    ) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._outage = outage or Outage("redis")
+        self._prefix = f"{prefix}:{_FORMAT}"
+
+    async def get(self, key: str) -> list[GenerationEvent] | None:
+        if not self._outage.should_try():
+            prometheus.cache_lookups.labels("error").inc()
+            return None
+        try:
+            data = await self._redis.get(f"{self._prefix}:{key}")
+        except (RedisError, OSError) as exc:
+            self._outage.failed(exc, "responses are not cached")
+            prometheus.cache_lookups.labels("error").inc()
+            return None
+        self._outage.succeeded()
+        prometheus.cache_lookups.labels("hit" if data is not None else "miss").inc()
+        return decode(data) if data is not None else None
+
+    async def put(self, key: str, events: Sequence[GenerationEvent]) -> None:
+        if not any(isinstance(e, Finished) for e in events) or not self._outage.should_try():
+            return
+        try:
+            await self._redis.set(f"{self._prefix}:{key}", encode(events), ex=self._ttl_s)
+        except (RedisError, OSError) as exc:
+            self._outage.failed(exc, "responses are not cached")

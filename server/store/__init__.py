@@ -1,0 +1,1 @@
+"""PostgreSQL and Redis: connections, schema migrations and the background audit writer."""

@@ -1,0 +1,157 @@
+"""Audit rows and conversation messages, written to PostgreSQL in batches by one background task.
+
+A request hands its record to `submit`, which never waits: the database never stalls a stream. While PostgreSQL is
+unreachable, records wait in memory, up to `max_queue`; they are written, in order and once each (request ids are
+unique, inserts skip duplicates), when it is back. Records beyond the bound are dropped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from server.store.outage import Outage
+from server.telemetry import prometheus
+
+log = logging.getLogger(__name__)
+
+_AUDIT_INSERT = (
+    "INSERT INTO audit_log (request_id, key_id, created_at, endpoint, model, model_version, prompt_tokens, "
+    "completion_tokens, latency_ms, ttft_ms, status, cache_hit) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
+)
+_MESSAGE_INSERT = (
+    "INSERT INTO conversation_messages (conversation_id, key_id, request_id, position, role, content, created_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id, position) DO NOTHING"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    request_id: str
+    key_id: str | None
+    created_at: datetime
+    endpoint: str
+    model: str
+    model_version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    status: int
+    cache_hit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationMessage:
+    conversation_id: str
+    key_id: str | None
+    request_id: str
+    position: int
+    role: str
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What one request leaves behind: its audit row and, when history is kept, its messages."""
+
+    audit: AuditRow
+    messages: Sequence[ConversationMessage] = field(default=())
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        max_queue: int,
+        batch_size: int = 256,
+        linger_s: float = 0.05,
+        outage: Outage | None = None,
+    ) -> None:
+        self._pool = pool
+        self._max_queue = max_queue
+        self._batch_size = batch_size
+        self._linger_s = linger_s
+        self._outage = outage or Outage("postgresql")
+        self._queue: deque[Record] = deque()
+        self._wake = asyncio.Event()
+        self._dropped_since_warning = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def submit(self, record: Record) -> bool:
+        """Queue a record; False if the queue is full and it was dropped."""
+        if len(self._queue) >= self._max_queue:
+            prometheus.audit_rows_dropped.inc()
+            if self._dropped_since_warning == 0:
+                log.warning(
+                    "audit queue full (%d records) while PostgreSQL is unreachable: dropping new records",
+                    self._max_queue,
+                )
+            self._dropped_since_warning += 1
+            return False
+        self._queue.append(record)
+        prometheus.audit_queue_depth.set(len(self._queue))
+        self._wake.set()
+        return True
+
+    async def run(self) -> None:
+        """Write batches until cancelled."""
+        backoff = 0.5
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            # A short linger gathers a busy server's records into one round trip.
+            await asyncio.sleep(self._linger_s)
+            try:
+                await self._write_batch()
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                self._outage.failed(exc, f"{len(self._queue)} audit records wait in memory (at most {self._max_queue})")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.5
+            self._outage.succeeded()
+            if self._dropped_since_warning:
+                log.warning(
+                    "%d audit records were dropped while PostgreSQL was unreachable", self._dropped_since_warning
+                )
+                self._dropped_since_warning = 0
+
+    async def _write_batch(self) -> None:
+        batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
+        if not batch:
+            return
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(_AUDIT_INSERT, [astuple(r.audit) for r in batch])
+            messages = [astuple(m) for r in batch for m in r.messages]
+            if messages:
+                await cursor.executemany(_MESSAGE_INSERT, messages)
+        # Only now, after the commit: a batch that failed half-way is still queued and is written again.
+        for _ in batch:
+            self._queue.popleft()
+        prometheus.audit_queue_depth.set(len(self._queue))
+
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown: write what is queued, for at most `timeout_s`; report what could not be written."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._queue and asyncio.get_running_loop().time() < deadline:
+            try:
+                await self._write_batch()
+            except (psycopg.Error, PoolTimeout, OSError):
+                await asyncio.sleep(0.2)
+        if self._queue:
+            log.warning("shutting down with %d audit records unwritten (PostgreSQL unreachable)", len(self._queue))

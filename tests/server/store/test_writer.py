@@ -1,0 +1,88 @@
+"""The audit writer on a real PostgreSQL that goes away mid-test: nothing is lost up to the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+from server.store.outage import Outage
+from server.store.postgres import create_pool, migrate
+from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record
+from server.telemetry import prometheus
+from tests.support.postgres import start_postgres
+
+
+def _record(i: int, *, messages: bool = False) -> Record:
+    now = datetime.now(UTC)
+    row = AuditRow(f"req-{i}", "key_1", now, "chat", "m", "sha", 3, 4, 10.0, 2.0, 200, False)
+    turns = [ConversationMessage("conv", "key_1", f"req-{i}", 0, "user", f"q{i}", now)] if messages else []
+    return Record(row, turns)
+
+
+async def _count(pool, table: str = "audit_log") -> int:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(f"SELECT count(*) FROM {table}")  # noqa: S608
+        row = await cursor.fetchone()
+    return row[0]
+
+
+async def _wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_rows_queued_during_an_outage_are_written_when_postgres_returns(tmp_path_factory) -> None:
+    pg = start_postgres(tmp_path_factory.mktemp("pg-writer"))
+    pool = create_pool(pg.url())
+    await pool.open(wait=True)
+    async with pool.connection() as conn:
+        await migrate(conn)
+    writer = AuditWriter(pool, max_queue=50, linger_s=0.01, outage=Outage("postgresql"))
+    task = asyncio.create_task(writer.run())
+    dropped_before = prometheus.audit_rows_dropped._value.get()
+    try:
+        for i in range(10):
+            assert writer.submit(_record(i, messages=True))
+
+        async def first_ten() -> bool:
+            return await _count(pool) == 10
+
+        await _wait_for(first_ten)
+        pg.stop()
+        for i in range(10, 70):
+            writer.submit(_record(i))
+        await asyncio.sleep(1.0)
+        assert writer.pending == 50, "the bound holds while PostgreSQL is down"
+        assert prometheus.audit_rows_dropped._value.get() - dropped_before == 10
+        pg.start()
+
+        async def all_queued() -> bool:
+            try:
+                return writer.pending == 0 and await _count(pool) == 60
+            except Exception:
+                return False
+
+        await _wait_for(all_queued, 30)
+        assert await _count(pool, "conversation_messages") == 10
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT request_id FROM audit_log ORDER BY id")
+            ids = [r[0] for r in await cursor.fetchall()]
+        assert ids == [f"req-{i}" for i in range(60)], "in order, once each, the overflow (60-69) dropped"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pool.close()
+        pg.stop()
+
+
+async def test_a_batch_written_twice_leaves_one_row_per_request(pool) -> None:
+    writer = AuditWriter(pool, max_queue=10)
+    writer.submit(_record(1))
+    await writer.drain(5)
+    writer.submit(_record(1))
+    await writer.drain(5)
+    assert await _count(pool) == 1
