@@ -73,6 +73,7 @@ def same_secret(presented: str, expected: str) -> bool:
     return hmac.compare_digest(hash_key(presented), hash_key(expected))
 
 
+# Interpolated into queries below: a constant, never input.
 _COLUMNS = "id, name, owner, prefix, models, rpm, tpm, created_at, revoked_at"
 
 
@@ -96,7 +97,7 @@ class KeyStore:
         key_id = "key_" + secrets.token_hex(8)
         async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
             await cur.execute(
-                f"INSERT INTO api_keys (id, name, owner, prefix, key_hash, models, rpm, tpm) "
+                "INSERT INTO api_keys (id, name, owner, prefix, key_hash, models, rpm, tpm) "  # noqa: S608 - constant
                 f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
                 (key_id, name, owner, key[:DISPLAY_PREFIX_LENGTH], hash_key(key), models, rpm, tpm),
             )
@@ -119,7 +120,8 @@ class KeyStore:
         """Revoke a key (idempotent: the first revocation time stays); None if there is no such key."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
             await cur.execute(
-                f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s RETURNING {_COLUMNS}",
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "  # noqa: S608 - constant columns
+                f"WHERE id = %s RETURNING {_COLUMNS}",
                 (key_id,),
             )
             return await cur.fetchone()
