@@ -11,15 +11,18 @@ validated within the last `outage_grace_s` keeps working; an unknown key then ge
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import psycopg
+from psycopg import AsyncCursor
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -27,6 +30,13 @@ from server.store.outage import Outage
 
 KEY_PREFIX = "gsk-"
 DISPLAY_PREFIX_LENGTH = 12
+
+
+T = TypeVar("T")
+
+
+class StoreUnavailableError(Exception):
+    """PostgreSQL cannot be reached; the message names no host, user or secret."""
 
 
 class InvalidKeyError(Exception):
@@ -83,6 +93,14 @@ class KeyStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
+    @contextlib.asynccontextmanager
+    async def _cursor(self, row: type[T]) -> AsyncIterator[AsyncCursor[T]]:
+        try:
+            async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(row)) as cur:
+                yield cur
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
+            raise StoreUnavailableError(f"PostgreSQL is unreachable ({type(exc).__name__})") from exc
+
     async def create(
         self,
         name: str,
@@ -95,7 +113,7 @@ class KeyStore:
         """Issue a key; returns its record and the key itself, which is never stored."""
         key = new_key()
         key_id = "key_" + secrets.token_hex(8)
-        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+        async with self._cursor(KeyRecord) as cur:
             await cur.execute(
                 "INSERT INTO api_keys (id, name, owner, prefix, key_hash, models, rpm, tpm) "  # noqa: S608 - constant
                 f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
@@ -107,18 +125,18 @@ class KeyStore:
 
     async def list(self, *, include_revoked: bool = True) -> list[KeyRecord]:
         where = "" if include_revoked else "WHERE revoked_at IS NULL"
-        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+        async with self._cursor(KeyRecord) as cur:
             await cur.execute(f"SELECT {_COLUMNS} FROM api_keys {where} ORDER BY created_at, id")  # noqa: S608
             return await cur.fetchall()
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+        async with self._cursor(KeyRecord) as cur:
             await cur.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))  # noqa: S608
             return await cur.fetchone()
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
         """Revoke a key (idempotent: the first revocation time stays); None if there is no such key."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+        async with self._cursor(KeyRecord) as cur:
             await cur.execute(
                 "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "  # noqa: S608 - constant columns
                 f"WHERE id = %s RETURNING {_COLUMNS}",
@@ -128,7 +146,7 @@ class KeyStore:
 
     async def find(self, key: str) -> tuple[KeyRecord, bytes] | None:
         """The active key whose hash matches `key`, with its stored hash."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyRecord)) as cur:
+        async with self._cursor(KeyRecord) as cur:
             await cur.execute(
                 f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",  # noqa: S608
                 (hash_key(key),),
@@ -137,7 +155,7 @@ class KeyStore:
         return (record, hash_key(key)) if record is not None else None
 
     async def usage(self, key_id: str) -> KeyUsage:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(KeyUsage)) as cur:
+        async with self._cursor(KeyUsage) as cur:
             await cur.execute(
                 "SELECT count(*) AS requests, coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens, "
                 "coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens, "
@@ -181,7 +199,7 @@ class KeyVerifier:
             return self._during_outage(cached, now)
         try:
             found = await self._store.find(key)
-        except (psycopg.Error, PoolTimeout, OSError) as exc:
+        except StoreUnavailableError as exc:
             self._outage.failed(exc, "only keys validated recently are accepted")
             return self._during_outage(cached, now)
         self._outage.succeeded()

@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware
-from server.api.routes import health, metrics, openai, tokenizer
+from server.api.routes import admin, conversations, health, metrics, openai, tokenizer
 from server.api.streaming import component_schemas
 from server.lifecycle.holder import ModelHolder
 from server.lifecycle.loader import ModelLoader
@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
             plane = await assemble(settings, resources)
             app.state.authenticator = plane.authenticator
             app.state.pipeline = plane.pipeline
+            app.state.plane = plane
             if settings.metrics_port is not None:
                 server, thread = start_http_server(settings.metrics_port, settings.host, registry=prometheus.REGISTRY)
                 resources.callback(thread.join, 5)
@@ -65,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.embeddings:
         app.include_router(openai.embeddings_router())
     app.include_router(tokenizer.router)
+    app.include_router(conversations.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     if settings.metrics_port is None:
         app.include_router(metrics.router)

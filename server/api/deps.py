@@ -26,6 +26,8 @@ async def _caller(request: Request) -> Caller:
     return await authenticate(request.headers.get("authorization"))
 
 
+CONVERSATION_HEADER = "x-conversation-id"
+
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CallerDep = Annotated[Caller, Depends(_caller)]
@@ -33,7 +35,8 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 
 def _serving(request: Request, holder: HolderDep, caller: CallerDep) -> ServingContext:
     pipeline: Pipeline = request.app.state.pipeline
-    return ServingContext(holder, pipeline, caller, request.state.request_id)
+    conversation_id = request.headers.get(CONVERSATION_HEADER) or None
+    return ServingContext(holder, pipeline, caller, request.state.request_id, conversation_id)
 
 
 ServingDep = Annotated[ServingContext, Depends(_serving)]

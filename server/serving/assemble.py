@@ -2,23 +2,71 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from server.access.api_keys import KeyStore, KeyVerifier
+from server.access.authenticate import KeyAuthenticator
+from server.access.ratelimit import RateLimiter
+from server.serving.caching import CacheStage
 from server.serving.job import Authenticator, open_access
+from server.serving.limits import RateLimitStage
 from server.serving.observe import observe
+from server.serving.permit import permit
+from server.serving.record import RecordStage
+from server.serving.response_cache import ResponseCache
 from server.serving.stages import Pipeline, Stage
 from server.settings import Settings
+from server.store.conversations import ConversationStore
+from server.store.services import entra_credential, open_database, open_redis
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class DataPlane:
     authenticator: Authenticator
     pipeline: Pipeline
+    keys: KeyStore | None = None
+    verifier: KeyVerifier | None = None
+    conversations: ConversationStore | None = None
+    admin_key: str | None = None
 
 
 async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
-    """Open what the stages need (closed with `resources`) and compose them: observe wraps everything, then
-    limit → cache → generate → record as the data plane adds them."""
+    """Open what the stages need (closed with `resources`) and compose them:
+    observe → record → permit → limit → cache → generate, each only when its store is configured."""
+    credential = await entra_credential(settings, resources)
+    admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
-    return DataPlane(authenticator=open_access, pipeline=Pipeline(stages))
+    keys = verifier = conversations = None
+    if settings.database_url is not None:
+        database = await open_database(settings, resources, credential)
+        keys = KeyStore(database.pool)
+        verifier = KeyVerifier(
+            keys,
+            cache_ttl_s=settings.key_cache_ttl_s,
+            outage_grace_s=settings.key_outage_grace_s,
+            outage=database.outage,
+        )
+        conversations = ConversationStore(database.pool)
+        stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
+    if keys is None and admin_key is None:
+        log.warning("no database and no admin key configured: authentication is off, the API is open to anyone")
+        authenticator: Authenticator = open_access
+    else:
+        authenticator = KeyAuthenticator(verifier, admin_key)
+        stages.append(permit)
+    if settings.redis_url is not None:
+        redis = await open_redis(settings, resources, credential)
+        limiter = RateLimiter(redis.client, fail_closed=settings.ratelimit_fail_closed, outage=redis.outage)
+        stages.append(RateLimitStage(limiter))
+        if settings.cache_ttl_s > 0:
+            stages.append(CacheStage(ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)))
+    log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
+    return DataPlane(authenticator, Pipeline(stages), keys, verifier, conversations, admin_key)
+
+
+def _name(stage: Stage) -> str:
+    return getattr(stage, "__name__", type(stage).__name__)

@@ -47,6 +47,7 @@ class ServingJob:
     model: ServedModel
     generation: GenerationRequest
     caller: Caller = ANONYMOUS
+    conversation_id: str | None = None  # X-Conversation-Id: where the record stage files this exchange
     arrived_at: float = field(default_factory=time.monotonic)
     response_headers: dict[str, str] = field(default_factory=dict)
     cache_hit: bool = False

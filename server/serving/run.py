@@ -26,6 +26,7 @@ class ServingContext:
     pipeline: Pipeline
     caller: Caller
     request_id: str
+    conversation_id: str | None = None
 
 
 @dataclass(eq=False)
@@ -84,7 +85,9 @@ async def admit(
     lease = lease_model(ctx.holder, body.model)
     try:
         generation = prepare(lease.model.engine)
-        job = ServingJob(ctx.request_id, endpoint, body, lease.model, generation, ctx.caller)
+        job = ServingJob(
+            ctx.request_id, endpoint, body, lease.model, generation, ctx.caller, conversation_id=ctx.conversation_id
+        )
         events = ctx.pipeline.run(job)
         try:
             first = await anext(events)

@@ -22,6 +22,8 @@ from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 
+_UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
 _AUDIT_INSERT = (
     "INSERT INTO audit_log (request_id, key_id, created_at, endpoint, model, model_version, prompt_tokens, "
     "completion_tokens, latency_ms, ttft_ms, status, cache_hit) "
@@ -118,10 +120,14 @@ class AuditWriter:
             await asyncio.sleep(self._linger_s)
             try:
                 await self._write_batch()
-            except (psycopg.Error, PoolTimeout, OSError) as exc:
+            except _UNREACHABLE as exc:
                 self._outage.failed(exc, f"{len(self._queue)} audit records wait in memory (at most {self._max_queue})")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                continue
+            except psycopg.Error as exc:
+                # PostgreSQL refused the rows themselves (e.g. a NUL in a message): retrying cannot help.
+                self._drop_batch(exc)
                 continue
             backoff = 0.5
             self._outage.succeeded()
@@ -145,13 +151,22 @@ class AuditWriter:
             self._queue.popleft()
         prometheus.audit_queue_depth.set(len(self._queue))
 
+    def _drop_batch(self, exc: psycopg.Error) -> None:
+        count = min(self._batch_size, len(self._queue))
+        for _ in range(count):
+            self._queue.popleft()
+        prometheus.audit_rows_dropped.inc(count)
+        log.error("PostgreSQL refused a batch of %d audit records (%s); dropped", count, type(exc).__name__)
+
     async def drain(self, timeout_s: float) -> None:
         """At shutdown: write what is queued, for at most `timeout_s`; report what could not be written."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while self._queue and asyncio.get_running_loop().time() < deadline:
             try:
                 await self._write_batch()
-            except (psycopg.Error, PoolTimeout, OSError):
+            except _UNREACHABLE:
                 await asyncio.sleep(0.2)
+            except psycopg.Error as exc:
+                self._drop_batch(exc)
         if self._queue:
             log.warning("shutting down with %d audit records unwritten (PostgreSQL unreachable)", len(self._queue))

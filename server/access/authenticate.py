@@ -1,0 +1,52 @@
+"""The authenticator the app uses when keys are configured: `Authorization: Bearer <key>` in, a `Caller` out.
+
+The admin key (when set) is accepted everywhere, without limits; with no key store it is the only key accepted.
+"""
+
+from __future__ import annotations
+
+from server.access.api_keys import InvalidKeyError, KeyCheckUnavailableError, KeyVerifier, same_secret
+from server.serving.errors import APIError
+from server.serving.job import Caller
+
+ADMIN = Caller(key_id=None, name="admin")
+
+
+def _unauthorized(message: str) -> APIError:
+    return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="ggufstack"'})
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class KeyAuthenticator:
+    def __init__(self, verifier: KeyVerifier | None, admin_key: str | None) -> None:
+        self._verifier = verifier
+        self._admin_key = admin_key
+
+    async def __call__(self, authorization: str | None) -> Caller:
+        key = bearer_token(authorization)
+        if key is None:
+            raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
+        if self._admin_key is not None and same_secret(key, self._admin_key):
+            return ADMIN
+        if self._verifier is None:
+            raise _unauthorized("Incorrect API key provided.")
+        try:
+            record = await self._verifier.verify(key)
+        except InvalidKeyError:
+            raise _unauthorized("Incorrect API key provided.") from None
+        except KeyCheckUnavailableError:
+            raise APIError(
+                503,
+                "API keys cannot be checked right now (the key store is unreachable); try again shortly",
+                type="service_unavailable",
+                code="key_store_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        models = tuple(record.models) if record.models is not None else None
+        return Caller(key_id=record.id, name=record.name, models=models, rpm=record.rpm, tpm=record.tpm)

@@ -1,0 +1,119 @@
+"""The admin API: issue, list and revoke API keys and read their usage; authorised by GGUFSTACK_ADMIN_API_KEY."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, status
+
+from server.access.api_keys import KeyRecord, KeyStore, StoreUnavailableError, same_secret
+from server.access.authenticate import bearer_token
+from server.api.admin_protocol import CreatedKey, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
+from server.api.protocol import ErrorResponse
+from server.serving.assemble import DataPlane
+from server.serving.errors import APIError
+
+router = APIRouter(prefix="/admin")
+RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 500, 503)}
+
+
+def _plane(request: Request) -> DataPlane:
+    return request.app.state.plane
+
+
+def _keys(request: Request) -> KeyStore:
+    plane = _plane(request)
+    key = bearer_token(request.headers.get("authorization"))
+    if plane.admin_key is None:
+        raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
+    if key is None or not same_secret(key, plane.admin_key):
+        raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
+    if plane.keys is None:
+        raise APIError(
+            503, "no database is configured (GGUFSTACK_DATABASE_URL)", type="service_unavailable", code="no_database"
+        )
+    return plane.keys
+
+
+AdminKeysDep = Annotated[KeyStore, Depends(_keys)]
+
+
+def _unix(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+def _info(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "owner": record.owner,
+        "prefix": record.prefix,
+        "models": record.models,
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "created": _unix(record.created_at),
+        "revoked": _unix(record.revoked_at),
+    }
+
+
+def _unavailable(exc: StoreUnavailableError) -> APIError:
+    return APIError(
+        503, str(exc), type="service_unavailable", code="database_unavailable", headers={"Retry-After": "5"}
+    )
+
+
+def _not_found(key_id: str) -> APIError:
+    return APIError(404, f"no API key with id {key_id!r}", type="not_found_error", code="key_not_found")
+
+
+@router.post("/keys", status_code=status.HTTP_201_CREATED, responses=RESPONSES)
+async def create_key(body: KeyCreateRequest, keys: AdminKeysDep) -> CreatedKey:
+    try:
+        record, key = await keys.create(body.name, models=body.models, rpm=body.rpm, tpm=body.tpm, owner=body.owner)
+    except StoreUnavailableError as exc:
+        raise _unavailable(exc) from None
+    return CreatedKey(key=key, **_info(record))
+
+
+@router.get("/keys", responses=RESPONSES)
+async def list_keys(keys: AdminKeysDep) -> KeyList:
+    try:
+        records = await keys.list()
+    except StoreUnavailableError as exc:
+        raise _unavailable(exc) from None
+    return KeyList(data=[KeyInfo(**_info(r)) for r in records])
+
+
+@router.delete("/keys/{key_id}", responses=RESPONSES)
+async def revoke_key(key_id: str, keys: AdminKeysDep, request: Request) -> KeyInfo:
+    try:
+        record = await keys.revoke(key_id)
+    except StoreUnavailableError as exc:
+        raise _unavailable(exc) from None
+    if record is None:
+        raise _not_found(key_id)
+    verifier = _plane(request).verifier
+    if verifier is not None:
+        verifier.forget(key_id)
+    return KeyInfo(**_info(record))
+
+
+@router.get("/keys/{key_id}/usage", responses=RESPONSES)
+async def key_usage(key_id: str, keys: AdminKeysDep) -> KeyUsageReport:
+    try:
+        if await keys.get(key_id) is None:
+            raise _not_found(key_id)
+        usage = await keys.usage(key_id)
+    except StoreUnavailableError as exc:
+        raise _unavailable(exc) from None
+    return KeyUsageReport(
+        id=key_id,
+        requests=usage.requests,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        cache_hits=usage.cache_hits,
+        first_request=_unix(usage.first_request),
+        last_request=_unix(usage.last_request),
+    )

@@ -1,0 +1,53 @@
+"""The rate-limit stage: admit the request against its key's RPM and TPM (prompt tokens counted by the model's
+tokenizer, before it runs), put OpenAI's x-ratelimit-* headers on the answer, and charge the completion at the end.
+A cache hit is refunded its prompt tokens: it counts against RPM only."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+
+from server.access.ratelimit import LimiterUnavailableError, Limits, RateLimiter
+from server.engine.base import Finished
+from server.serving.errors import APIError
+from server.serving.job import ServingJob
+from server.serving.stages import Events, Next
+
+
+class RateLimitStage:
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    async def __call__(self, job: ServingJob, call_next: Next) -> Events:
+        key_id = job.caller.key_id
+        limits = Limits(job.caller.rpm, job.caller.tpm)
+        if key_id is None or not limits.any:
+            async with aclosing(call_next(job)) as events:
+                async for event in events:
+                    yield event
+            return
+        prompt = len(job.generation.prompt_tokens)
+        try:
+            decision = await self._limiter.admit(key_id, limits, job.request_id, prompt)
+        except LimiterUnavailableError as exc:
+            raise APIError(503, str(exc), type="service_unavailable", code="rate_limiter_unavailable") from None
+        if not decision.allowed:
+            what = "requests per minute" if decision.limited_by == "requests" else "tokens per minute"
+            raise APIError(
+                429,
+                f"rate limit reached for this API key: {what}; retry in {decision.retry_after_s} s",
+                type="requests" if decision.limited_by == "requests" else "tokens",
+                code="rate_limit_exceeded",
+                headers={**decision.headers, "Retry-After": str(decision.retry_after_s)},
+            )
+        job.response_headers.update(decision.headers)
+        async with aclosing(call_next(job)) as events:
+            async for event in events:
+                if isinstance(event, Finished):
+                    await self._settle(job, key_id, limits, prompt, event)
+                yield event
+
+    async def _settle(self, job: ServingJob, key_id: str, limits: Limits, prompt: int, finished: Finished) -> None:
+        if job.cache_hit:
+            await self._limiter.refund_prompt(key_id, limits, job.request_id, prompt)
+        else:
+            await self._limiter.charge(key_id, limits, job.request_id, finished.completion_tokens)

@@ -1,0 +1,85 @@
+"""The record stage: one audit row per generation request (and, when history is kept, its messages), handed to the
+background writer after the last event, so PostgreSQL never slows a response.
+
+It sits outside the limit and cache stages, so it also records refusals (their status) and cache hits.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from datetime import UTC, datetime
+
+from server.api.protocol import ChatCompletionRequest
+from server.engine.base import EngineOverloadedError, Finished, TextDelta
+from server.serving.errors import APIError
+from server.serving.job import ServingJob
+from server.serving.stages import Events, Next
+from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record
+
+CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer ended
+
+
+class RecordStage:
+    def __init__(self, writer: AuditWriter, *, store_conversations: bool) -> None:
+        self._writer = writer
+        self._store_conversations = store_conversations
+
+    async def __call__(self, job: ServingJob, call_next: Next) -> Events:
+        status = CLIENT_CLOSED
+        keep_text = self._store_conversations and job.conversation_id is not None
+        parts: list[str] = []
+        finished: Finished | None = None
+        try:
+            async with aclosing(call_next(job)) as events:
+                async for event in events:
+                    if keep_text and isinstance(event, TextDelta):
+                        parts.append(event.text)
+                    elif isinstance(event, Finished):
+                        finished = event
+                    yield event
+            status = 200 if finished is not None else CLIENT_CLOSED
+        except APIError as exc:
+            status = exc.status
+            raise
+        except EngineOverloadedError:
+            status = 429
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self._writer.submit(self._record(job, finished, status, "".join(parts) if keep_text else None))
+
+    def _record(self, job: ServingJob, finished: Finished | None, status: int, answer: str | None) -> Record:
+        now = time.monotonic()
+        created = datetime.now(UTC)
+        row = AuditRow(
+            request_id=job.request_id,
+            key_id=job.caller.key_id,
+            created_at=created,
+            endpoint=job.endpoint,
+            model=job.model.model_id,
+            model_version=job.model.sha256,
+            prompt_tokens=finished.prompt_tokens if finished else len(job.generation.prompt_tokens),
+            completion_tokens=finished.completion_tokens if finished else 0,
+            latency_ms=(now - job.arrived_at) * 1000,
+            ttft_ms=(job.first_token_at - job.arrived_at) * 1000 if job.first_token_at else None,
+            status=status,
+            cache_hit=job.cache_hit,
+        )
+        if answer is None or job.conversation_id is None or status != 200:
+            return Record(row)
+        turns = [*_prompt_messages(job), ("assistant", answer)]
+        messages = [
+            ConversationMessage(job.conversation_id, job.caller.key_id, job.request_id, i, role, text, created)
+            for i, (role, text) in enumerate(turns)
+        ]
+        return Record(row, messages)
+
+
+def _prompt_messages(job: ServingJob) -> list[tuple[str, str]]:
+    if isinstance(job.body, ChatCompletionRequest):
+        return [(m.role, m.text()) for m in job.body.messages]
+    prompt = job.body.prompt
+    return [("user", prompt if isinstance(prompt, str) else str(prompt))]

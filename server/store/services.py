@@ -1,0 +1,112 @@
+"""Opening the data plane's connections in the app's lifespan, and the tasks that keep them useful.
+
+PostgreSQL unreachable at startup does not stop the server: migrations are retried in the background and audit
+records wait in the writer's queue meanwhile. A database migrated by a newer release does stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import psycopg
+from azure.core.credentials_async import AsyncTokenCredential
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from redis.asyncio import Redis
+
+from server.settings import Settings
+from server.store.entra import default_credential
+from server.store.outage import Outage
+from server.store.postgres import create_pool, migrate
+from server.store.redis import create_redis
+from server.store.writer import AuditWriter
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 10.0
+DRAIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    pool: AsyncConnectionPool
+    writer: AuditWriter
+    outage: Outage
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConnection:
+    client: Redis
+    outage: Outage
+
+
+async def _background(resources: AsyncExitStack, work: Awaitable[None], name: str) -> None:
+    task = asyncio.create_task(work, name=name)  # type: ignore[arg-type]
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    resources.push_async_callback(stop)
+
+
+async def _migrate(pool: AsyncConnectionPool) -> None:
+    async with pool.connection(timeout=STARTUP_TIMEOUT_S) as conn:
+        await migrate(conn)
+
+
+async def _migrate_until_done(pool: AsyncConnectionPool, writer: AuditWriter) -> None:
+    delay = 1.0
+    while True:
+        try:
+            await _migrate(pool)
+            break
+        except (psycopg.Error, PoolTimeout, OSError):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    log.info("PostgreSQL reachable: schema up to date")
+    await writer.run()
+
+
+async def open_database(
+    settings: Settings, resources: AsyncExitStack, credential: AsyncTokenCredential | None
+) -> Database:
+    assert settings.database_url is not None
+    pool = create_pool(settings.database_url.get_secret_value(), credential)
+    await pool.open(wait=False)
+    resources.push_async_callback(pool.close)
+    outage = Outage("postgresql")
+    writer = AuditWriter(pool, max_queue=settings.audit_queue_max, outage=outage)
+    resources.push_async_callback(writer.drain, DRAIN_TIMEOUT_S)
+    try:
+        await _migrate(pool)
+    except (psycopg.Error, PoolTimeout, OSError) as exc:
+        outage.failed(exc, "schema migrations are retried in the background; audit records wait in memory")
+        await _background(resources, _migrate_until_done(pool, writer), "migrate-then-write")
+    else:
+        await _background(resources, writer.run(), "audit-writer")
+    return Database(pool, writer, outage)
+
+
+async def open_redis(
+    settings: Settings, resources: AsyncExitStack, credential: AsyncTokenCredential | None
+) -> RedisConnection:
+    assert settings.redis_url is not None
+    client, provider = create_redis(settings.redis_url.get_secret_value(), credential)
+    resources.push_async_callback(client.aclose)
+    if provider is not None:
+        await _background(resources, provider.run(), "redis-token-refresh")
+    return RedisConnection(client, Outage("redis"))
+
+
+async def entra_credential(settings: Settings, resources: AsyncExitStack) -> AsyncTokenCredential | None:
+    if "entra" not in (settings.database_auth, settings.redis_auth):
+        return None
+    credential = default_credential()
+    resources.push_async_callback(credential.close)
+    return credential
