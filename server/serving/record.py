@@ -26,7 +26,7 @@ class RecordStage:
         self._store_conversations = store_conversations
 
     async def __call__(self, job: ServingJob, call_next: Next) -> Events:
-        status = CLIENT_CLOSED
+        status: int | None = None
         keep_text = self._store_conversations and job.conversation_id is not None
         parts: list[str] = []
         finished: Finished | None = None
@@ -38,7 +38,6 @@ class RecordStage:
                     elif isinstance(event, Finished):
                         finished = event
                     yield event
-            status = 200 if finished is not None else CLIENT_CLOSED
         except APIError as exc:
             status = exc.status
             raise
@@ -49,6 +48,10 @@ class RecordStage:
             status = 500
             raise
         finally:
+            # A caller that stops reading after the Finished event (a non-streamed reply) closes this generator: the
+            # request succeeded all the same.
+            if status is None:
+                status = 200 if finished is not None else CLIENT_CLOSED
             self._writer.submit(self._record(job, finished, status, "".join(parts) if keep_text else None))
 
     def _record(self, job: ServingJob, finished: Finished | None, status: int, answer: str | None) -> Record:

@@ -17,7 +17,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     try:
         yield server
     finally:
-        server.stop()
+        server.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,12 @@
 temp dir: never the machine's own server on 5432.
 
 As root, initdb and the postmaster refuse to run, so they run as the `postgres` user (the Debian package creates it)
-through runuser. Password auth (SCRAM) over TCP only: no Unix socket, whose path would be too long under pytest's
-temp dir. `stop()` and `start()` take it down mid-test and bring it back on the same port with the same data.
+through runuser. That user must reach the data directory, but every pytest session run by root resets its
+`/tmp/pytest-of-root` to 0700 (concurrent sessions share it), so as root the cluster lives in its own directory under
+/tmp, linked from the test's temp dir and removed by `destroy()`.
+
+Password auth (SCRAM) over TCP only: no Unix socket, whose path would be too long under pytest's temp dir. `stop()`
+and `start()` take it down mid-test and bring it back on the same port with the same data.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import os
 import pwd
 import secrets
 import shutil
-import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -36,18 +40,6 @@ def _bin_dir() -> Path:
 
 def _as_owner(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
-def _let_owner_reach(path: Path) -> None:
-    """pytest makes its temp dirs 0700 for root; the postgres user needs to traverse them (x only, no listing)."""
-    if os.geteuid() != 0:
-        return
-    for parent in [path, *path.parents]:
-        if parent == Path("/"):
-            break
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
 
 
 @dataclass
@@ -78,6 +70,12 @@ class Postgres:
     def stop(self) -> None:
         self._ctl("-m", "fast", "stop")
 
+    def destroy(self) -> None:
+        """Stop the server if it runs, and remove its files."""
+        if (self.data_dir / "postmaster.pid").exists():
+            self.stop()
+        shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
     def create_database(self, name: str) -> str:
         """A fresh database `name` (dropped first if a previous run left it); returns its URL."""
         import psycopg
@@ -87,18 +85,21 @@ class Postgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def execute(self, sql: str, database: str = "postgres") -> list[tuple]:
+    def execute(self, sql: str, database: str = "postgres", params: tuple = ()) -> list[tuple]:
         import psycopg
 
         with psycopg.connect(self.url(database), autocommit=True) as conn:
-            cursor = conn.execute(sql)
+            cursor = conn.execute(sql, params or None)
             return cursor.fetchall() if cursor.description else []
 
 
 def start_postgres(workdir: Path) -> Postgres:
     bin_dir = _bin_dir()
     workdir.mkdir(parents=True, exist_ok=True)
-    _let_owner_reach(workdir)
+    if os.geteuid() == 0:
+        home = Path(tempfile.mkdtemp(prefix="ggufstack-pg-"))
+        (workdir / "cluster").symlink_to(home)
+        workdir = home
     data_dir = workdir / "data"
     data_dir.mkdir()
     password = secrets.token_urlsafe(16)

@@ -81,7 +81,7 @@ async def test_recently_validated_keys_survive_a_postgres_outage(tmp_path_factor
         assert (await verifier.verify(unseen)).name == "unseen"
     finally:
         await pool.close()
-        own.stop()
+        own.destroy()
 
 
 async def test_usage_sums_the_audit_log(pool) -> None:

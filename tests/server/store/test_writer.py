@@ -76,7 +76,7 @@ async def test_rows_queued_during_an_outage_are_written_when_postgres_returns(tm
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await pool.close()
-        pg.stop()
+        pg.destroy()
 
 
 async def test_a_batch_written_twice_leaves_one_row_per_request(pool) -> None:
