@@ -9,10 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from server.cli_keys import keys_app
 from server.settings import Settings, SettingsError, load_settings
 from server.telemetry.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve GGUF models with an OpenAI-compatible API.")
+app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
 

@@ -20,9 +20,11 @@ import pytest
 from tests.support.postgres import Postgres, start_postgres
 from tests.support.redis import Redis, start_redis
 from tests.support.server import ServerProcess, start_server
+from tests.test_cli import run_cli
 
 MODEL = "chat-model"
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
+ADMIN_ENV = {"GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY}
 EOS_TOKENS = {"0": -100, "2": -100}  # suppressed so completion lengths are exact
 
 
@@ -135,6 +137,26 @@ def test_admin_api_needs_the_admin_key(plane: Plane) -> None:
     with plane.admin() as admin:
         assert admin.post("/admin/keys", json={"name": ""}).status_code == 400
         assert admin.post("/admin/keys", json={"name": "x", "rpm": 0}).status_code == 400
+
+
+def test_keys_cli_is_a_client_of_the_admin_api(plane: Plane) -> None:
+    url = plane.servers[0].base_url
+    created = run_cli("keys", "create", "cli-team", "--model", MODEL, "--rpm", "7", "--url", url, **ADMIN_ENV)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("gsk-") and "cli-team" in created.stdout
+    assert _chat(plane.client(key, 1)).status_code == 200
+    (key_id,) = [k["id"] for k in plane.admin().get("/admin/keys").json()["data"] if k["name"] == "cli-team"]
+    listed = run_cli("keys", "list", "--url", url, **ADMIN_ENV)
+    assert listed.returncode == 0 and key_id in listed.stdout and key not in listed.stdout
+    revoked = run_cli("keys", "revoke", key_id, "--url", url, **ADMIN_ENV)
+    assert revoked.returncode == 0, revoked.stderr
+    with pytest.raises(openai.AuthenticationError):
+        _chat(plane.client(key, 0))
+    missing = run_cli("keys", "revoke", "key_nope", "--url", url, **ADMIN_ENV)
+    assert missing.returncode == 1 and "404" in missing.stderr and "Traceback" not in missing.stderr
+    no_admin = run_cli("keys", "list", "--url", url)
+    assert no_admin.returncode == 2 and "GGUFSTACK_ADMIN_API_KEY" in no_admin.stderr
 
 
 def test_rpm_is_exact_across_two_servers(plane: Plane) -> None:
