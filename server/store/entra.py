@@ -31,10 +31,30 @@ REFRESH_MARGIN_S = 300.0
 RETRY_S = 5.0
 
 
-def default_credential() -> AsyncTokenCredential:
-    from azure.identity.aio import DefaultAzureCredential
+class ThreadedCredential:
+    """An async face on the synchronous DefaultAzureCredential. The SDK's async credentials need aiohttp, which this
+    project does not ship; a token is fetched about once an hour, so a worker thread costs nothing that matters."""
 
-    return DefaultAzureCredential()
+    def __init__(self) -> None:
+        from azure.identity import DefaultAzureCredential
+
+        self._credential = DefaultAzureCredential()
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return await asyncio.to_thread(self._credential.get_token, *scopes, **kwargs)
+
+    async def close(self) -> None:
+        self._credential.close()
+
+    async def __aenter__(self) -> ThreadedCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def default_credential() -> AsyncTokenCredential:
+    return ThreadedCredential()  # type: ignore[return-value]  # structurally an AsyncTokenCredential
 
 
 def postgres_password(credential: AsyncTokenCredential) -> Callable[[], Awaitable[dict[str, Any]]]:

@@ -90,5 +90,7 @@ def create_pool(
         open=False,
         # A dead database must not hold a request: a checkout gives up quickly and the caller degrades.
         timeout=2.0,
+        # A connection that died with its server (a restart, a failover) is replaced at checkout, not handed out.
+        check=AsyncConnectionPool.check_connection,
         name="ggufstack",
     )

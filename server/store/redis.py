@@ -1,7 +1,8 @@
 """The Redis client: one `redis.asyncio` connection pool for the rate limiter and the response cache.
 
-Timeouts are short and there are no retries: a Redis that does not answer degrades the request (unlimited,
-uncached) within a second instead of holding it.
+Timeouts are short and a command is retried once, at once, on a new connection (the pooled one may have died with a
+restart or failover): a Redis that does not answer degrades the request (unlimited, uncached) within seconds instead
+of holding it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from azure.core.credentials_async import AsyncTokenCredential
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from server.store.entra import EntraRedisCredentials
 
@@ -21,7 +22,7 @@ def create_redis(
 ) -> tuple[Redis, EntraRedisCredentials | None]:
     """A client for `url`. With `credential`, the URL's user is the identity's object id, the password an Entra
     token that the returned provider keeps fresh (run its `run()` as a task)."""
-    options = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
+    options = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "retry": Retry(NoBackoff(), 1)}
     if credential is None:
         return Redis.from_url(url, **options), None
     parts = urlsplit(url)

@@ -34,10 +34,16 @@ def unsigned_token(audience: str) -> str:
 
 
 class TokenEndpoint:
-    """Serves GET /msi/token?resource=...; `requests` counts the tokens handed out."""
+    """Serves GET /msi/token?resource=...; `requests` counts the tokens handed out.
 
-    def __init__(self) -> None:
+    `lifetime_s` sets how long tokens live; `fixed` maps an audience (the resource without `/.default`) to the token to
+    hand out for it, so a test can make a database password of it and rotate it.
+    """
+
+    def __init__(self, lifetime_s: int = 3600) -> None:
         self.requests: list[str] = []
+        self.lifetime_s = lifetime_s
+        self.fixed: dict[str, str] = {}
         self.port = free_port()
         endpoint = self
 
@@ -53,8 +59,8 @@ class TokenEndpoint:
                 audience = resource.removesuffix("/.default").rstrip("/")
                 body = json.dumps(
                     {
-                        "access_token": unsigned_token(audience),
-                        "expires_on": str(int(time.time()) + 3600),
+                        "access_token": endpoint.fixed.get(audience) or unsigned_token(audience),
+                        "expires_on": str(int(time.time()) + endpoint.lifetime_s),
                         "resource": resource,
                         "token_type": "Bearer",
                     }
