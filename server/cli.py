@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from server.cli_keys import keys_app
+from server.key_vault import with_key_vault_secrets
 from server.settings import Settings, SettingsError, load_settings
 from server.telemetry.logging import configure_logging
 
@@ -20,7 +21,7 @@ err = Console(stderr=True)
 
 def _settings_or_exit(**overrides: object) -> Settings:
     try:
-        return load_settings(**overrides)
+        return with_key_vault_secrets(load_settings(**overrides))
     except SettingsError as exc:
         err.print(f"[bold red]error:[/] invalid settings: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -80,7 +80,8 @@ def start_azurite(workdir: Path, *, https: bool = False) -> Azurite:
     return Azurite(process, "https" if https else "http", port, cert)
 
 
-def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
+def self_signed_cert(workdir: Path, dns_names: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A CA-flagged self-signed certificate for 127.0.0.1 (and `dns_names`), with its key, as PEM files."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -97,7 +98,12 @@ def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), *(x509.DNSName(n) for n in dns_names)]
+            ),
+            False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
