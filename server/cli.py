@@ -37,6 +37,7 @@ def serve(
     """Run the API server. With no model configured it serves the demo model SmolLM2-135M-Instruct."""
     settings = _settings_or_exit(host=host, port=port, model_path=model_path, log_level=log_level)
     configure_logging(settings.log_level, settings.log_format)
+    _refuse_a_newer_database(settings)
     import uvicorn
 
     from server.api.app import create_app
@@ -48,6 +49,28 @@ def serve(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
     DrainingServer(config, app.state.holder, settings.drain_timeout_s).run()
+
+
+def _refuse_a_newer_database(settings: Settings) -> None:
+    if settings.database_url is None:
+        return
+    import asyncio
+
+    from server.store.entra import default_credential
+    from server.store.postgres import schema_too_new
+
+    async def check() -> str | None:
+        credential = default_credential() if settings.database_auth == "entra" else None
+        try:
+            return await schema_too_new(settings.database_url.get_secret_value(), credential)  # type: ignore[union-attr]
+        finally:
+            if credential is not None:
+                await credential.close()
+
+    problem = asyncio.run(check())
+    if problem is not None:
+        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+import psycopg
 from azure.core.credentials_async import AsyncTokenCredential
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -62,10 +63,7 @@ async def migrate(conn: AsyncConnection, available: list[Migration] | None = Non
         row = await cursor.fetchone()
         current = row[0] if row else 0
         if current > latest:
-            raise SchemaTooNewError(
-                f"the database schema is at version {current}, newer than this server knows ({latest}): "
-                "run a release at least as new as the one that migrated it"
-            )
+            raise SchemaTooNewError(_too_new(current, latest))
         for migration in available:
             if migration.version <= current:
                 continue
@@ -75,6 +73,32 @@ async def migrate(conn: AsyncConnection, available: list[Migration] | None = Non
             )
             log.info("database schema migrated to version %d (%s)", migration.version, migration.name)
     return max(current, latest)
+
+
+async def schema_too_new(conninfo: str, credential: AsyncTokenCredential | None = None) -> str | None:
+    """Before the server starts: the one-line reason to refuse a database migrated by a newer release, else None.
+    A database that cannot be reached is not a reason: the server starts and retries."""
+    latest = migrations()[-1].version
+    kwargs = await postgres_password(credential)() if credential is not None else {}
+    try:
+        async with await AsyncConnection.connect(conninfo, connect_timeout=5, **kwargs) as conn:
+            cursor = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            row = await cursor.fetchone()
+            if not row or not row[0]:
+                return None
+            cursor = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            row = await cursor.fetchone()
+    except (psycopg.OperationalError, OSError):
+        return None
+    current = row[0] if row else 0
+    return _too_new(current, latest) if current > latest else None
+
+
+def _too_new(current: int, latest: int) -> str:
+    return (
+        f"the database schema is at version {current}, newer than this server knows ({latest}): "
+        "run a release at least as new as the one that migrated it"
+    )
 
 
 def create_pool(

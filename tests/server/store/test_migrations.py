@@ -40,3 +40,19 @@ async def test_a_database_migrated_by_a_newer_release_is_refused(postgres: Postg
         assert await migrate(conn, future) == len(future)
         with pytest.raises(SchemaTooNewError, match=r"version \d+, newer than this server knows \(\d+\)"):
             await migrate(conn)
+
+
+def test_the_server_refuses_a_newer_database_with_one_line(postgres: Postgres, request) -> None:
+    from tests.test_cli import run_cli
+
+    url = postgres.create_database(database_name(request.node.nodeid))
+    postgres.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz);"
+        "INSERT INTO schema_migrations VALUES (999, 'future', now())",
+        database_name(request.node.nodeid),
+    )
+    result = run_cli("serve", GGUFSTACK_DATABASE_URL=url, GGUFSTACK_PORT="1")
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "version 999, newer than this server knows" in lines[0], result.stderr
+    assert postgres.password not in result.stderr

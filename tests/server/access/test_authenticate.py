@@ -1,0 +1,48 @@
+"""Who gets in, by configuration: no store and no admin key (open, said loudly), the admin key alone, bad headers."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from server.access.authenticate import ADMIN, KeyAuthenticator, bearer_token
+from server.serving.assemble import assemble
+from server.serving.errors import APIError
+from server.serving.job import ANONYMOUS
+from server.settings import Settings
+
+ADMIN_KEY = "admin-key-0123456789"
+
+
+async def test_no_database_and_no_admin_key_is_open_and_says_so(caplog) -> None:
+    async with contextlib.AsyncExitStack() as resources:
+        with caplog.at_level("WARNING"):
+            plane = await assemble(Settings(), resources)
+        assert await plane.authenticator(None) == ANONYMOUS
+        assert plane.keys is None
+    assert any("authentication is off" in r.getMessage() for r in caplog.records)
+
+
+async def test_only_the_admin_key_is_accepted_when_it_is_the_only_one() -> None:
+    async with contextlib.AsyncExitStack() as resources:
+        plane = await assemble(Settings(admin_api_key=ADMIN_KEY), resources)
+        assert await plane.authenticator(f"Bearer {ADMIN_KEY}") == ADMIN
+        for header in (None, "Bearer nope", f"Basic {ADMIN_KEY}", f"Bearer {ADMIN_KEY}x"):
+            with pytest.raises(APIError) as refused:
+                await plane.authenticator(header)
+            assert refused.value.status == 401 and refused.value.code == "invalid_api_key"
+
+
+def test_bearer_token_parsing() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Bearer ") is None
+    assert bearer_token("Token abc") is None
+    assert bearer_token(None) is None
+
+
+async def test_the_authenticator_without_a_store_refuses_other_keys() -> None:
+    authenticate = KeyAuthenticator(None, None)
+    with pytest.raises(APIError):
+        await authenticate("Bearer gsk-anything")
