@@ -8,18 +8,14 @@ from dataclasses import dataclass
 
 from server.access.api_keys import KeyStore, KeyVerifier
 from server.access.authenticate import KeyAuthenticator
-from server.access.ratelimit import RateLimiter
-from server.serving.caching import CacheStage
 from server.serving.job import Authenticator, open_access
-from server.serving.limits import RateLimitStage
 from server.serving.observe import observe
 from server.serving.permit import permit
 from server.serving.record import RecordStage
-from server.serving.response_cache import ResponseCache
 from server.serving.stages import Pipeline, Stage
 from server.settings import Settings
 from server.store.conversations import ConversationStore
-from server.store.services import entra_credential, open_database, open_redis
+from server.store.services import entra_credential, open_database
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +55,13 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         authenticator = KeyAuthenticator(verifier, admin_key)
         stages.append(permit)
     if settings.redis_url is not None:
+        # Imported here: redis-py loads the OpenTelemetry SDK, which a server without Redis should not carry.
+        from server.access.ratelimit import RateLimiter
+        from server.serving.caching import CacheStage
+        from server.serving.limits import RateLimitStage
+        from server.serving.response_cache import ResponseCache
+        from server.store.redis import open_redis
+
         redis = await open_redis(settings, resources, credential)
         limiter = RateLimiter(redis.client, fail_closed=settings.ratelimit_fail_closed, outage=redis.outage)
         stages.append(RateLimitStage(limiter))

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 import psycopg
 from azure.core.credentials_async import AsyncTokenCredential
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from redis.asyncio import Redis
 
 from server.settings import Settings
 from server.store.entra import default_credential
 from server.store.outage import Outage
 from server.store.postgres import create_pool, migrate
-from server.store.redis import create_redis
 from server.store.writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -38,13 +36,7 @@ class Database:
     outage: Outage
 
 
-@dataclass(frozen=True, slots=True)
-class RedisConnection:
-    client: Redis
-    outage: Outage
-
-
-async def _background(resources: AsyncExitStack, work: Awaitable[None], name: str) -> None:
+async def background(resources: AsyncExitStack, work: Awaitable[None], name: str) -> None:
     task = asyncio.create_task(work, name=name)  # type: ignore[arg-type]
 
     async def stop() -> None:
@@ -87,21 +79,10 @@ async def open_database(
         await _migrate(pool)
     except (psycopg.Error, PoolTimeout, OSError) as exc:
         outage.failed(exc, "schema migrations are retried in the background; audit records wait in memory")
-        await _background(resources, _migrate_until_done(pool, writer), "migrate-then-write")
+        await background(resources, _migrate_until_done(pool, writer), "migrate-then-write")
     else:
-        await _background(resources, writer.run(), "audit-writer")
+        await background(resources, writer.run(), "audit-writer")
     return Database(pool, writer, outage)
-
-
-async def open_redis(
-    settings: Settings, resources: AsyncExitStack, credential: AsyncTokenCredential | None
-) -> RedisConnection:
-    assert settings.redis_url is not None
-    client, provider = create_redis(settings.redis_url.get_secret_value(), credential)
-    resources.push_async_callback(client.aclose)
-    if provider is not None:
-        await _background(resources, provider.run(), "redis-token-refresh")
-    return RedisConnection(client, Outage("redis"))
 
 
 async def entra_credential(settings: Settings, resources: AsyncExitStack) -> AsyncTokenCredential | None:

@@ -63,6 +63,11 @@ OPERATIONS = [
     ("POST", "/tokenize"),
     ("POST", "/detokenize"),
     ("POST", "/v1/embeddings"),
+    ("GET", "/v1/conversations/{conversation_id}"),
+    ("POST", "/admin/keys"),
+    ("GET", "/admin/keys"),
+    ("DELETE", "/admin/keys/{key_id}"),
+    ("GET", "/admin/keys/{key_id}/usage"),
 ]
 
 
