@@ -89,7 +89,7 @@ class Decision:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _duration(ms: float) -> str:
+def reset_duration(ms: float) -> str:
     """OpenAI's reset format: 1s, 6m0s, 250ms."""
     if ms < 1000:
         return f"{max(int(ms), 0)}ms"
@@ -102,11 +102,11 @@ def _headers(limits: Limits, requests: int, tokens: int, wait_ms: float, limited
     if limits.rpm:
         headers["x-ratelimit-limit-requests"] = str(limits.rpm)
         headers["x-ratelimit-remaining-requests"] = str(max(limits.rpm - requests, 0))
-        headers["x-ratelimit-reset-requests"] = _duration(wait_ms if limited_by == "requests" else 0)
+        headers["x-ratelimit-reset-requests"] = reset_duration(wait_ms if limited_by == "requests" else 0)
     if limits.tpm:
         headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
         headers["x-ratelimit-remaining-tokens"] = str(max(limits.tpm - tokens, 0))
-        headers["x-ratelimit-reset-tokens"] = _duration(wait_ms if limited_by == "tokens" else 0)
+        headers["x-ratelimit-reset-tokens"] = reset_duration(wait_ms if limited_by == "tokens" else 0)
     return headers
 
 
