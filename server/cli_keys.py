@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from server.api.admin_protocol import CreatedKey, KeyInfo, KeyList
+from server.api.protocol import CreatedKey, KeyInfo, KeyList
 from server.settings import Settings
 
 keys_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke API keys through a server's admin API.")

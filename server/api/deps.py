@@ -6,7 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from server.access.api_keys import KeyStore, same_secret
+from server.access.authenticate import bearer_token
 from server.lifecycle.holder import ModelHolder
+from server.serving.assemble import DataPlane
+from server.serving.errors import APIError
 from server.serving.job import Authenticator, Caller
 from server.serving.run import ServingContext
 from server.serving.stages import Pipeline
@@ -21,6 +25,25 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _plane(request: Request) -> DataPlane:
+    return request.app.state.plane
+
+
+def _admin_keys(request: Request) -> KeyStore:
+    """The key store, for a request that carries the admin key (401 otherwise; 503 without a database)."""
+    plane = _plane(request)
+    if plane.admin_key is None:
+        raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
+    key = bearer_token(request.headers.get("authorization"))
+    if key is None or not same_secret(key, plane.admin_key):
+        raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
+    if plane.keys is None:
+        raise APIError(
+            503, "no database is configured (GGUFSTACK_DATABASE_URL)", type="service_unavailable", code="no_database"
+        )
+    return plane.keys
+
+
 async def _caller(request: Request) -> Caller:
     authenticate: Authenticator = request.app.state.authenticator
     return await authenticate(request.headers.get("authorization"))
@@ -31,6 +54,8 @@ CONVERSATION_HEADER = "x-conversation-id"
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CallerDep = Annotated[Caller, Depends(_caller)]
+PlaneDep = Annotated[DataPlane, Depends(_plane)]
+AdminKeysDep = Annotated[KeyStore, Depends(_admin_keys)]
 
 
 def _serving(request: Request, holder: HolderDep, caller: CallerDep) -> ServingContext:

@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, status
 
-from server.access.api_keys import KeyRecord, KeyStore, StoreUnavailableError, same_secret
-from server.access.authenticate import bearer_token
-from server.api.admin_protocol import CreatedKey, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
-from server.api.protocol import ErrorResponse
-from server.serving.assemble import DataPlane
+from server.access.api_keys import KeyRecord, StoreUnavailableError
+from server.api.deps import AdminKeysDep, PlaneDep
+from server.api.protocol import CreatedKey, ErrorResponse, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
 from server.serving.errors import APIError
 
 router = APIRouter(prefix="/admin")
 RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 500, 503)}
-
-
-def _plane(request: Request) -> DataPlane:
-    return request.app.state.plane
-
-
-def _keys(request: Request) -> KeyStore:
-    plane = _plane(request)
-    key = bearer_token(request.headers.get("authorization"))
-    if plane.admin_key is None:
-        raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
-    if key is None or not same_secret(key, plane.admin_key):
-        raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
-    if plane.keys is None:
-        raise APIError(
-            503, "no database is configured (GGUFSTACK_DATABASE_URL)", type="service_unavailable", code="no_database"
-        )
-    return plane.keys
-
-
-AdminKeysDep = Annotated[KeyStore, Depends(_keys)]
 
 
 def _unix(moment: datetime | None) -> int | None:
@@ -86,16 +63,15 @@ async def list_keys(keys: AdminKeysDep) -> KeyList:
 
 
 @router.delete("/keys/{key_id}", responses=RESPONSES)
-async def revoke_key(key_id: str, keys: AdminKeysDep, request: Request) -> KeyInfo:
+async def revoke_key(key_id: str, keys: AdminKeysDep, plane: PlaneDep) -> KeyInfo:
     try:
         record = await keys.revoke(key_id)
     except StoreUnavailableError as exc:
         raise _unavailable(exc) from None
     if record is None:
         raise _not_found(key_id)
-    verifier = _plane(request).verifier
-    if verifier is not None:
-        verifier.forget(key_id)
+    if plane.verifier is not None:
+        plane.verifier.forget(key_id)
     return KeyInfo(**_info(record))
 
 

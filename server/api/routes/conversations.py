@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from server.access.api_keys import StoreUnavailableError
-from server.api.admin_protocol import Conversation, ConversationMessageOut
-from server.api.deps import CallerDep
-from server.api.protocol import ErrorResponse
+from server.api.deps import CallerDep, PlaneDep
+from server.api.protocol import Conversation, ConversationMessageOut, ErrorResponse
 from server.serving.errors import APIError
 
 router = APIRouter(prefix="/v1")
 
 
 @router.get("/conversations/{conversation_id}", responses={s: {"model": ErrorResponse} for s in (401, 404, 503)})
-async def get_conversation(conversation_id: str, caller: CallerDep, request: Request) -> Conversation:
-    store = request.app.state.plane.conversations
+async def get_conversation(conversation_id: str, caller: CallerDep, plane: PlaneDep) -> Conversation:
+    store = plane.conversations
     not_found = APIError(
         404, f"no conversation {conversation_id!r}", type="not_found_error", code="conversation_not_found"
     )
