@@ -18,13 +18,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.engine.base import Finished, GenerationEvent, TextDelta
+from server.engine.base import Finished, GenerationEvent, TextDelta, TokenLogprob
 from server.store.outage import Outage
 from server.telemetry import prometheus
 
 # Fields that change how an answer is delivered, not what it is.
 TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user"})
-_FORMAT = "v1"
+_FORMAT = "v2"  # bump when the stored value changes shape: old entries are then never read
 
 
 def is_deterministic(temperature: float | None, seed: int | None) -> bool:
@@ -37,17 +37,27 @@ def cache_key(endpoint: str, body: Mapping[str, Any], model_version: str) -> str
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+def _logprob(lp: TokenLogprob) -> list[Any]:
+    return [lp.token, lp.piece.hex(), lp.logprob, [[t, piece.hex(), p] for t, piece, p in lp.top]]
+
+
+def _unlogprob(value: list[Any]) -> TokenLogprob:
+    token, piece, logprob, top = value
+    return TokenLogprob(token, bytes.fromhex(piece), logprob, tuple((t, bytes.fromhex(p), q) for t, p, q in top))
+
+
 def encode(events: Sequence[GenerationEvent]) -> bytes:
-    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    deltas = [[e.text, [_logprob(lp) for lp in e.logprobs]] for e in events if isinstance(e, TextDelta)]
     finished = next(e for e in events if isinstance(e, Finished))
     done = [finished.finish_reason, finished.prompt_tokens, finished.completion_tokens]
-    return json.dumps({"deltas": texts, "finished": done}, separators=(",", ":")).encode()
+    return json.dumps({"deltas": deltas, "finished": done}, separators=(",", ":")).encode()
 
 
 def decode(data: bytes) -> list[GenerationEvent]:
     value = json.loads(data)
     reason, prompt, completion = value["finished"]
-    return [*(TextDelta(t) for t in value["deltas"]), Finished(reason, prompt, completion)]
+    deltas = [TextDelta(text, tuple(_unlogprob(lp) for lp in logprobs)) for text, logprobs in value["deltas"]]
+    return [*deltas, Finished(reason, prompt, completion)]
 
 
 class ResponseCache:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from server.engine.base import Finished, TextDelta
+from server.engine.base import Finished, TextDelta, TokenLogprob
 from server.serving.response_cache import ResponseCache, cache_key, is_deterministic
 from server.store.outage import Outage
 from server.store.redis import create_redis
 from tests.support.redis import start_redis
 
-EVENTS = [TextDelta("Hel"), TextDelta("lo, é"), Finished("length", 7, 2)]
+EVENTS = [
+    TextDelta("Hel", (TokenLogprob(5, b"Hel", -0.25, ((5, b"Hel", -0.25), (9, b"\xe2\x82", -1.5))),)),
+    TextDelta("lo, é"),
+    Finished("length", 7, 2),
+]
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "stream": False}
 
 
@@ -33,7 +37,7 @@ async def test_events_round_trip_and_expire(redis_server) -> None:
     assert await cache.get(key) is None
     await cache.put(key, EVENTS)
     assert await cache.get(key) == EVENTS
-    ttl = await client.ttl(f"ggufstack:cache:v1:{key}")
+    ttl = await client.ttl(f"ggufstack:cache:v2:{key}")
     assert 0 < ttl <= 60
     await client.aclose()
 
