@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +30,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from server.store.outage import Outage
 
 KEY_PREFIX = "gsk-"
+# What create() issues; anything else names no key and is not sent to PostgreSQL (which refuses NUL, for one).
+_KEY_ID = re.compile(r"key_[0-9a-f]{16}")
 DISPLAY_PREFIX_LENGTH = 12
 
 
@@ -112,7 +115,7 @@ class KeyStore:
     ) -> tuple[KeyRecord, str]:
         """Issue a key; returns its record and the key itself, which is never stored."""
         key = new_key()
-        key_id = "key_" + secrets.token_hex(8)
+        key_id = f"key_{secrets.token_hex(8)}"
         async with self._cursor(KeyRecord) as cur:
             await cur.execute(
                 "INSERT INTO api_keys (id, name, owner, prefix, key_hash, models, rpm, tpm) "  # noqa: S608 - constant
@@ -130,12 +133,16 @@ class KeyStore:
             return await cur.fetchall()
 
     async def get(self, key_id: str) -> KeyRecord | None:
+        if not _KEY_ID.fullmatch(key_id):
+            return None
         async with self._cursor(KeyRecord) as cur:
             await cur.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))  # noqa: S608
             return await cur.fetchone()
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
         """Revoke a key (idempotent: the first revocation time stays); None if there is no such key."""
+        if not _KEY_ID.fullmatch(key_id):
+            return None
         async with self._cursor(KeyRecord) as cur:
             await cur.execute(
                 "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "  # noqa: S608 - constant columns

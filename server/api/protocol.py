@@ -478,14 +478,22 @@ class EmbeddingList(BaseModel):
 # --- the admin API (/admin/keys) and stored conversations ------------------------------------------------------
 
 
+_INT32_MAX = 2**31 - 1  # the limits are PostgreSQL integers
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+
+
 class KeyCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    models: list[str] | None = Field(None, description="Models the key may use; absent: all of them.")
-    rpm: int | None = Field(None, ge=1, description="Requests per minute; absent: unlimited.")
-    tpm: int | None = Field(None, ge=1, description="Prompt + completion tokens per minute; absent: unlimited.")
-    owner: str | None = Field(None, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=_NO_NUL)
+    models: list[Annotated[str, Field(pattern=_NO_NUL)]] | None = Field(
+        None, min_length=1, description="Models the key may use; absent: all of them."
+    )
+    rpm: int | None = Field(None, ge=1, le=_INT32_MAX, description="Requests per minute; absent: unlimited.")
+    tpm: int | None = Field(
+        None, ge=1, le=_INT32_MAX, description="Prompt + completion tokens per minute; absent: unlimited."
+    )
+    owner: str | None = Field(None, max_length=200, pattern=_NO_NUL)
 
 
 class KeyInfo(BaseModel):

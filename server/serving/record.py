@@ -75,7 +75,9 @@ class RecordStage:
             return Record(row)
         turns = [*_prompt_messages(job), ("assistant", answer)]
         messages = [
-            ConversationMessage(job.conversation_id, job.caller.key_id, job.request_id, i, role, text, created)
+            ConversationMessage(
+                job.conversation_id, job.caller.key_id, job.request_id, i, role, _storable(text), created
+            )
             for i, (role, text) in enumerate(turns)
         ]
         return Record(row, messages)
@@ -86,3 +88,8 @@ def _prompt_messages(job: ServingJob) -> list[tuple[str, str]]:
         return [(m.role, m.text()) for m in job.body.messages]
     prompt = job.body.prompt
     return [("user", prompt if isinstance(prompt, str) else str(prompt))]
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; one such character must not cost a whole batch of records."""
+    return text.replace("\x00", "\ufffd")

@@ -26,6 +26,8 @@ class ConversationStore:
 
     async def messages(self, conversation_id: str, key_id: str | None) -> list[StoredMessage]:
         """The conversation's messages in order; empty if it does not exist or another key wrote it."""
+        if "\x00" in conversation_id:  # cannot have been stored: PostgreSQL text holds no NUL
+            return []
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(StoredMessage)) as cur:
                 await cur.execute(

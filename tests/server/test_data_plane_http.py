@@ -137,6 +137,38 @@ def test_admin_api_needs_the_admin_key(plane: Plane) -> None:
     with plane.admin() as admin:
         assert admin.post("/admin/keys", json={"name": ""}).status_code == 400
         assert admin.post("/admin/keys", json={"name": "x", "rpm": 0}).status_code == 400
+        assert admin.post("/admin/keys", json={"name": "x", "tpm": 2**40}).status_code == 400
+        assert admin.post("/admin/keys", json={"name": "x", "models": []}).status_code == 400
+        assert admin.post("/admin/keys", json={"name": "x", "key": "chosen"}).status_code == 400
+        assert admin.post("/admin/keys", json={"name": "nul\u0000"}).status_code == 400
+        assert admin.get("/admin/keys/key%00/usage").status_code == 404
+        assert admin.delete("/admin/keys/key%00").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/admin/keys"),
+        ("GET", "/admin/keys"),
+        ("DELETE", "/admin/keys/{key_id}"),
+        ("GET", "/admin/keys/{key_id}/usage"),
+    ],
+)
+def test_the_admin_api_with_a_database_answers_no_5xx_or_off_the_document(plane: Plane, method: str, path: str) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import positive_data_acceptance
+
+    operation = schemathesis.openapi.from_url(f"{plane.servers[0].base_url}/openapi.json")[path][method]
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    def fuzz(case) -> None:
+        case.call_and_validate(
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30, excluded_checks=[positive_data_acceptance]
+        )
+
+    fuzz()
 
 
 def test_keys_cli_is_a_client_of_the_admin_api(plane: Plane) -> None:
@@ -302,6 +334,15 @@ def test_a_conversation_is_visible_to_its_key_only(plane: Plane) -> None:
     ]
     other = httpx.get(url, headers={"Authorization": f"Bearer {stranger}"})
     assert other.status_code == 404 and other.json()["error"]["type"] == "not_found_error"
+
+    # A NUL, which PostgreSQL text cannot hold, is stored replaced rather than losing the batch it was written in.
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a\u0000b"}], max_tokens=2)
+    deadline = time.monotonic() + 10
+    while len((r := httpx.get(url, headers={"Authorization": f"Bearer {owner}"})).json()["messages"]) < 4:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
+    assert r.json()["messages"][2]["content"] == "a\ufffdb"
+    assert httpx.get(url + "%00", headers={"Authorization": f"Bearer {owner}"}).status_code == 404
 
 
 def test_redis_down_serves_uncached_and_unlimited_then_recovers(plane: Plane) -> None:
