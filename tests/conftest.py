@@ -9,7 +9,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from server.model_source.local import demo_model
 from tests.support.azurite import Azurite, start_azurite
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, ready_server
 
 DEMO_MODEL_ID = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -28,12 +28,8 @@ def demo_sha256(demo_gguf: Path) -> str:
 @pytest.fixture(scope="session")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The embedded default: no model configured at all."""
-    server = start_server(tmp_path_factory.mktemp("demo-server"))
-    try:
-        server.wait_ready()
+    with ready_server(tmp_path_factory.mktemp("demo-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +64,17 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def ready_server(workdir: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A started server, ready to answer, stopped on exit (the shape of every module-scoped server fixture)."""
+    server = start_server(workdir, env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 def start_server(workdir: Path, env: dict[str, str] | None = None, *, n_threads: int = 2) -> ServerProcess:

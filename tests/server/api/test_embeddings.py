@@ -15,7 +15,7 @@ import pytest
 from server.api.app import create_app
 from server.settings import load_settings
 from tests.conftest import DEMO_MODEL_ID
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, ready_server
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -24,12 +24,8 @@ def _cosine(a: list[float], b: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(tmp_path_factory.mktemp("embeddings"), {"GGUFSTACK_EMBEDDING_POOLING": "mean"})
-    try:
-        process.wait_ready()
+    with ready_server(tmp_path_factory.mktemp("embeddings"), {"GGUFSTACK_EMBEDDING_POOLING": "mean"}) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

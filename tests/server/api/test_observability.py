@@ -14,7 +14,7 @@ import pytest
 from server.telemetry import prometheus
 from tests.conftest import DEMO_MODEL_ID
 from tests.support.ports import free_port
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, ready_server, start_server
 
 # A prompt nobody else sends: it must never reach a log line.
 SECRET_PROMPT = "zebra-quokka-7731 tell me a story"
@@ -22,12 +22,8 @@ SECRET_PROMPT = "zebra-quokka-7731 tell me a story"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(tmp_path_factory.mktemp("observed"), {"GGUFSTACK_LOG_FORMAT": "json"})
-    try:
-        process.wait_ready()
+    with ready_server(tmp_path_factory.mktemp("observed"), {"GGUFSTACK_LOG_FORMAT": "json"}) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import DEMO_MODEL_ID
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, ready_server
 
 NO_EOS = {"0": -100, "2": -100}
 
@@ -71,12 +71,9 @@ BOOKING = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(tmp_path_factory.mktemp("features"), {"GGUFSTACK_N_CTX": "2048", "GGUFSTACK_N_SLOTS": "4"})
-    try:
-        process.wait_ready()
+    env = {"GGUFSTACK_N_CTX": "2048", "GGUFSTACK_N_SLOTS": "4"}
+    with ready_server(tmp_path_factory.mktemp("features"), env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

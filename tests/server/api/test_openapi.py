@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import DEMO_MODEL_ID
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, ready_server
 
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
 MAX_FUZZ_TOKENS = 8
@@ -21,12 +21,10 @@ MAX_FUZZ_TOKENS = 8
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # A small context keeps every generation the fuzzer asks for short.
-    process = start_server(tmp_path_factory.mktemp("openapi"), {"GGUFSTACK_N_CTX": "128", "GGUFSTACK_N_SLOTS": "2"})
-    try:
-        process.wait_ready()
+    with ready_server(
+        tmp_path_factory.mktemp("openapi"), {"GGUFSTACK_N_CTX": "128", "GGUFSTACK_N_SLOTS": "2"}
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")
