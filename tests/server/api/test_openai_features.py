@@ -146,7 +146,13 @@ def test_schemas_the_grammar_cannot_express_are_refused(client: openai.OpenAI, s
     assert fragment in info.value.body["message"]
 
 
-FIRST_TURN = {"tools": [WEATHER], "tool_choice": "required", "temperature": 0, "max_tokens": 120}
+FIRST_TURN = {
+    "tools": [WEATHER],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "temperature": 0,
+    "max_tokens": 200,
+}
 
 
 @pytest.mark.parametrize("stream", [False, True])
