@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.infra.harness import StackRun
+from tests.infra.harness import REPO, StackRun
 
 CHECKOV = "checkov==3.3.30"
 # Custom resources have no schema in kubernetes-validate; these are the only ones the program may declare.
@@ -78,6 +78,43 @@ def test_strict_validation_catches_a_misspelt_field(manifests: Path, dev: StackR
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, dev.cfg.kubernetes_version, strict=True)
+
+
+# CRD schemas from the @kubernetes-models npm packages (package.json): type, enum, pattern and required-field checks,
+# though not unknown-field checks. The other custom kinds stay asserted field by field in their own tests.
+CRD_VALIDATOR = REPO / "tests" / "support" / "validate_custom_resources.cjs"
+CRD_SCHEMA_KINDS = CUSTOM_KINDS - {
+    ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"),
+    ("azmonitoring.coreos.com/v1", "PodMonitor"),
+}
+
+
+def _crd_problems(objects: list[dict[str, Any]]) -> list[dict[str, str]]:
+    node = shutil.which("node")
+    assert node, "node comes with ./dev test (it runs Azurite)"
+    result = subprocess.run(
+        [node, str(CRD_VALIDATOR)], input=json.dumps(objects), capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def test_gateway_api_and_keda_objects_validate_against_their_crd_schemas(manifests: Path) -> None:
+    objects = [
+        obj
+        for stack in ("dev", "prod")
+        for _, obj in _objects(manifests / stack)
+        if (obj["apiVersion"], obj["kind"]) in CRD_SCHEMA_KINDS
+    ]
+    assert {obj["kind"] for obj in objects} == {kind for _, kind in CRD_SCHEMA_KINDS}
+    assert _crd_problems(objects) == []
+
+
+def test_crd_validation_catches_a_malformed_field(manifests: Path) -> None:
+    (route,) = [obj for _, obj in _objects(manifests / "dev") if obj["kind"] == "HTTPRoute"]
+    route["spec"]["rules"][0]["timeouts"] = {"request": "an hour"}
+    (problem,) = _crd_problems([route])
+    assert "timeouts/request" in problem["error"]
 
 
 @pytest.fixture(scope="session")
