@@ -24,11 +24,12 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.identity import CredentialUnavailableError, DefaultAzureCredential
-from azure.storage.blob import BlobClient, BlobProperties, ExponentialRetry
+from azure.identity import CredentialUnavailableError
+from azure.storage.blob import BlobClient, BlobProperties
 
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.gguf import check_gguf_header
+from server.model_source.storage import container_client
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -86,25 +87,18 @@ class BlobModelSource:
         # Built on first use, inside the loader's retry loop: a credential that cannot even be constructed (bad
         # AZURE_* variables) then shows as a readiness reason instead of killing the process at startup.
         if self._client is None:
-            try:
-                self._client = self._make_client()
-            except ValueError as exc:
-                raise ModelSourceError(f"cannot set up access to {self.location.describe()}: {exc}") from None
+            loc = self.location
+            # Ranges of a long download keep a few quick retries (one lost chunk must not restart gigabytes); the
+            # properties probe gets none, see fetch().
+            container = container_client(
+                loc.container,
+                account_url=loc.account_url,
+                connection_string=loc.connection_string,
+                max_single_get_size=_CHUNK_BYTES,
+                max_chunk_get_size=_CHUNK_BYTES,
+            )
+            self._client = container.get_blob_client(loc.name)
         return self._client
-
-    def _make_client(self) -> BlobClient:
-        # The SDK's default retry waits 15 s and more between tries. Ranges of a long download keep a few quick retries
-        # (one lost chunk must not restart gigabytes); the properties probe gets none, see fetch().
-        options = {
-            "max_single_get_size": _CHUNK_BYTES,
-            "max_chunk_get_size": _CHUNK_BYTES,
-            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
-        }
-        loc = self.location
-        if loc.connection_string:
-            return BlobClient.from_connection_string(loc.connection_string, loc.container, loc.name, **options)
-        credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-        return BlobClient(loc.account_url, loc.container, loc.name, credential=credential, **options)
 
     def fetch(self) -> FetchResult:
         """Return a verified local copy of the blob, downloading it only if this version is not cached."""

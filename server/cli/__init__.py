@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from server.cli.model import model_app
 from server.cli_keys import keys_app
 from server.key_vault import with_key_vault_secrets
 from server.settings import Settings, SettingsError, load_settings
@@ -16,6 +17,7 @@ from server.telemetry.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve GGUF models with an OpenAI-compatible API.")
 app.add_typer(keys_app, name="keys")
+app.add_typer(model_app, name="model")
 err = Console(stderr=True)
 
 
