@@ -112,16 +112,62 @@ def test_leftover_partial_download_is_discarded_not_trusted(
     assert not stale.exists()
 
 
-def test_new_blob_version_is_downloaded_and_the_old_one_pruned(
+def test_new_blob_version_is_downloaded_and_the_one_before_the_previous_pruned(
     azurite: Azurite, container: ContainerClient, tmp_path: Path
 ) -> None:
     upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
-    old = source(azurite, container, tmp_path).fetch().path
+    oldest = source(azurite, container, tmp_path).fetch().path
     newer = FAKE_GGUF + b"v2"
     upload(container, newer, metadata=sha256_meta(newer))
     new = source(azurite, container, tmp_path).fetch()
-    assert new.path != old and new.bytes_downloaded == len(newer)
-    assert not old.exists()
+    assert new.path != oldest and new.bytes_downloaded == len(newer)
+    assert oldest.exists()  # the previous model stays cached: rolling back to it downloads nothing
+    for later in (b"v3", b"v4"):
+        upload(container, FAKE_GGUF + later, metadata=sha256_meta(FAKE_GGUF + later))
+        source(azurite, container, tmp_path).fetch()
+    assert not oldest.exists() and new.path.exists()
+
+
+def test_the_cache_is_keyed_by_content_so_a_rollback_downloads_nothing(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
+    first = source(azurite, container, tmp_path).fetch()
+    newer = FAKE_GGUF + b"v2"
+    upload(container, newer, metadata=sha256_meta(newer))
+    source(azurite, container, tmp_path).fetch()
+    upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))  # same content, a new ETag
+    again = source(azurite, container, tmp_path).fetch()
+    assert again.cache_hit and again.path == first.path and again.etag != first.etag
+
+
+def test_probe_is_a_conditional_request_on_the_etag(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path
+) -> None:
+    upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
+    src = source(azurite, container, tmp_path)
+    etag = src.probe(None)
+    assert etag is not None and src.probe(etag) is None
+    upload(container, FAKE_GGUF + b"v2")
+    changed = src.probe(etag)
+    assert changed is not None and changed != etag
+
+
+def test_a_pinned_version_is_served_from_its_archived_copy(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path, demo_gguf: Path, demo_sha256: str
+) -> None:
+    from server.model_source.publish import ModelPublisher
+
+    publisher = ModelPublisher(container)
+    publisher.push(demo_gguf, "m.gguf")
+    variant = tmp_path / "variant.gguf"
+    variant.write_bytes(demo_gguf.read_bytes() + b"v2")
+    publisher.push(variant, "m.gguf")
+    location = BlobLocation(container.container_name, "m.gguf", connection_string=azurite.connection_string)
+    pinned = BlobModelSource(location, tmp_path, pinned_version=demo_sha256[:12])
+    assert pinned.fetch().sha256 == demo_sha256
+    with pytest.raises(SourceUnavailableError, match="no version"):
+        BlobModelSource(location, tmp_path, pinned_version="feedfacefeedface").fetch()
 
 
 def test_missing_blob_and_unreachable_endpoint_are_transient(

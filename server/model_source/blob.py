@@ -1,5 +1,10 @@
 """Azure Blob storage as the model source: ranged parallel download, checksum and header verification, atomic
-publication into a cache keyed by the blob's version (or ETag)."""
+publication into a cache keyed by the file's sha256 (from the blob's metadata; else by the blob's version or ETag).
+
+Keying by content means a rollback to a model still in the cache, or a restart after a swap, downloads nothing. The
+cache keeps the `KEEP_CACHED` most recently used files per blob: the serving model, the one before it, and a new one
+being swapped in; a file the server refused to serve is discarded.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +26,16 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceModifiedError,
     ResourceNotFoundError,
+    ResourceNotModifiedError,
     ServiceRequestError,
     ServiceResponseError,
 )
 from azure.identity import CredentialUnavailableError
-from azure.storage.blob import BlobClient, BlobProperties
+from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
 
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.gguf import check_gguf_header
+from server.model_source.publish import ModelPublisher, PublishError
 from server.model_source.storage import container_client
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,8 @@ MIB = 1024 * 1024
 _CHUNK_BYTES = 8 * MIB
 _HASH_BLOCK = 4 * MIB
 _PROGRESS_EVERY_S = 2.0
+# The new model, the serving one and the one before it (a rollback target) while a swap runs.
+KEEP_CACHED = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,7 @@ class FetchResult:
     seconds: float
     version: str | None = None  # the source's version of the file (blob version id or ETag); None for local files
     sha256: str | None = None  # when the source already vouches for it (verified blob metadata)
+    etag: str | None = None  # what a watcher compares to notice the next version
 
     @property
     def cache_hit(self) -> bool:
@@ -67,12 +77,20 @@ class FetchResult:
 
 
 class BlobModelSource:
-    """Downloads one blob into `cache_dir` at most once per blob version."""
+    """Downloads one blob into `cache_dir` at most once per content.
 
-    def __init__(self, location: BlobLocation, cache_dir: Path, *, concurrency: int = 4) -> None:
+    With `pinned_version` (a version id or sha256 prefix, as `ggufstack model list` shows) it serves that version of
+    the blob: a blob version where the account keeps versions, else the archived copy `model push` made.
+    """
+
+    def __init__(
+        self, location: BlobLocation, cache_dir: Path, *, concurrency: int = 4, pinned_version: str | None = None
+    ) -> None:
         self.location = location
+        self.pinned_version = pinned_version
         self._cache_dir = cache_dir
         self._concurrency = concurrency
+        self._container: ContainerClient | None = None
         self._client: BlobClient | None = None
         self._rejected: dict[str, str] = {}
 
@@ -90,26 +108,56 @@ class BlobModelSource:
             loc = self.location
             # Ranges of a long download keep a few quick retries (one lost chunk must not restart gigabytes); the
             # properties probe gets none, see fetch().
-            container = container_client(
+            self._container = container_client(
                 loc.container,
                 account_url=loc.account_url,
                 connection_string=loc.connection_string,
                 max_single_get_size=_CHUNK_BYTES,
                 max_chunk_get_size=_CHUNK_BYTES,
             )
-            self._client = container.get_blob_client(loc.name)
+            self._client = self._pinned_blob() if self.pinned_version else self._container.get_blob_client(loc.name)
         return self._client
+
+    def _pinned_blob(self) -> BlobClient:
+        assert self._container is not None and self.pinned_version is not None
+        try:
+            version = ModelPublisher(self._container).find(self.location.name, self.pinned_version)
+        except PublishError as exc:
+            raise SourceUnavailableError(f"pinned version: {exc}") from None
+        if version.archive_blob is not None:
+            return self._container.get_blob_client(version.archive_blob)
+        if version.is_current:
+            return self._container.get_blob_client(self.location.name)
+        return self._container.get_blob_client(self.location.name, version_id=version.version_id)
+
+    def probe(self, known_etag: str | None) -> str | None:
+        """The blob's ETag if it differs from `known_etag`, else None: one conditional request (304 when unchanged)."""
+
+        def changed_properties() -> BlobProperties | None:
+            if known_etag is None:
+                return self._blob.get_blob_properties(retry_total=0)
+            try:
+                return self._blob.get_blob_properties(
+                    retry_total=0, etag=known_etag, match_condition=MatchConditions.IfModified
+                )
+            except (ResourceNotModifiedError, ResourceModifiedError):
+                return None
+
+        props = self._call(changed_properties)
+        return None if props is None else props.etag
 
     def fetch(self) -> FetchResult:
         """Return a verified local copy of the blob, downloading it only if this version is not cached."""
         started = time.monotonic()
         # No SDK retries here: the loader retries with its own backoff and reports readiness in between.
         props = self._call(self._blob.get_blob_properties, retry_total=0)
-        version = props.version_id or props.etag.strip('"')
-        target = self._entry_dir() / f"{_safe(version)}.gguf"
+        version = self.pinned_version or props.version_id or props.etag.strip('"')
+        sha256 = _vouched_sha256(props)
+        target = self._entry_dir() / (f"sha256-{sha256}.gguf" if sha256 else f"{_safe(version)}.gguf")
         if target.is_file() and target.stat().st_size == props.size:
+            target.touch()  # most recently used: kept by the pruning of the next download
             log.info("cache hit: %s version %s at %s (0 bytes downloaded)", self.location.describe(), version, target)
-            return FetchResult(target, 0, time.monotonic() - started, version, _vouched_sha256(props))
+            return FetchResult(target, 0, time.monotonic() - started, version, sha256, props.etag)
         if version in self._rejected:
             raise VerificationError(self._rejected[version])
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +184,12 @@ class BlobModelSource:
             seconds,
             props.size / MIB / max(seconds, 1e-6),
         )
-        return FetchResult(target, props.size, seconds, version, _vouched_sha256(props))
+        return FetchResult(target, props.size, seconds, version, sha256, props.etag)
+
+    def discard(self, path: Path) -> None:
+        """Drop a cached file the server refused (it failed to load), so it takes no place a good model needs."""
+        if path.parent == self._entry_dir():
+            path.unlink(missing_ok=True)
 
     def _entry_dir(self) -> Path:
         return self._cache_dir / _safe(self.location.container) / _safe(self.location.name)
@@ -147,9 +200,12 @@ class BlobModelSource:
             stale.unlink(missing_ok=True)
 
     def _prune(self, keep: Path) -> None:
-        for old in self._entry_dir().glob("*.gguf"):
-            if old != keep:
-                old.unlink(missing_ok=True)
+        # A file still mapped by the model being swapped out stays readable after its unlink (POSIX).
+        others = sorted(
+            (p for p in self._entry_dir().glob("*.gguf") if p != keep), key=lambda p: p.stat().st_mtime, reverse=True
+        )
+        for old in others[KEEP_CACHED - 1 :]:
+            old.unlink(missing_ok=True)
 
     def _download(self, props: BlobProperties, partial: Path) -> None:
         progress = _Progress(self.location.describe(), props.size)

@@ -299,18 +299,14 @@ class ModelPublisher:
                 if version.sha256 is None or version.sha256 != model.current.sha256:
                     return version
             raise PublishError(f"blob {model.name} has no earlier version to roll back to")
-        wanted = to.strip().lower()
-        matches = [
-            v
-            for v in model.versions
-            if v.version_id.lower() == wanted or (len(wanted) >= 8 and (v.sha256 or "").startswith(wanted))
-        ]
-        if not matches:
-            known = ", ".join(v.version_id for v in older) or "none"
-            raise PublishError(f"blob {model.name} has no version {to} (earlier versions: {known})")
-        if matches[0].is_current or (model.current.sha256 and matches[0].sha256 == model.current.sha256):
+        found = _matching(model, to)
+        if found.is_current or (model.current.sha256 and found.sha256 == model.current.sha256):
             raise PublishError(f"version {to} of blob {model.name} is the current one already")
-        return matches[0]
+        return found
+
+    def find(self, name: str, wanted: str) -> ModelVersion:
+        """The version of blob `name` that `wanted` (a version id or sha256 prefix) names, the current one first."""
+        return _matching(self.describe(name), wanted)
 
     # archive copies (accounts without versioning)
 
@@ -377,6 +373,15 @@ class ModelPublisher:
             raise PublishError(_CHANGED.format(name=what)) from None
         except AzureError as exc:
             raise PublishError(f"{what}: {_first_line(exc)}") from None
+
+
+def _matching(model: ModelBlob, wanted: str) -> ModelVersion:
+    key = wanted.strip().lower()
+    for version in model.versions:
+        if version.version_id.lower() == key or (len(key) >= 8 and (version.sha256 or "").startswith(key)):
+            return version
+    known = ", ".join(v.version_id for v in model.versions)
+    raise PublishError(f"blob {model.name} has no version {wanted} (versions: {known})")
 
 
 def _properties_or_none(blob: BlobClient) -> BlobProperties | None:
