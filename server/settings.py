@@ -55,6 +55,24 @@ class Settings(BaseSettings):
     download_concurrency: int = Field(4, ge=1, le=64, description="Parallel ranged requests while downloading.")
     source_retry_initial_s: float = Field(1.0, gt=0, description="First delay before retrying an unreachable source.")
     source_retry_max_s: float = Field(60.0, gt=0, description="Longest delay between retries of the model source.")
+    model_watch_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="How often the server checks its blob for a new version (a conditional request on the ETag) and "
+        "swaps to it; 0 turns watching off.",
+    )
+    model_version: str | None = Field(
+        None,
+        min_length=1,
+        description="Serve this version of the blob (a version id or sha256 prefix from `ggufstack model list`) "
+        "and do not watch.",
+    )
+    model_swap: Literal["auto", "beside", "in_place"] = Field(
+        "auto",
+        description="How a new version replaces the serving one: beside (load it next to the old one, no pause), "
+        "in_place (report not ready, finish requests in flight, swap, come back); auto picks beside when free "
+        "memory holds both.",
+    )
 
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU; -1 offloads all of them.")
     n_ctx: int = Field(4096, ge=64, le=1_048_576, description="Context window of one request; every slot has its own.")
@@ -162,6 +180,8 @@ class Settings(BaseSettings):
             raise ValueError("GGUFSTACK_METRICS_PORT must differ from GGUFSTACK_PORT (unset, it shares the port)")
         if self.key_vault_url and not self.key_vault_url.startswith("https://"):
             raise ValueError("GGUFSTACK_KEY_VAULT_URL must be an https:// URL")
+        if self.model_version and not self.blob_name:
+            raise ValueError("GGUFSTACK_MODEL_VERSION pins a version of a blob: it needs GGUFSTACK_BLOB_NAME")
         if self.source_retry_max_s < self.source_retry_initial_s:
             raise ValueError("GGUFSTACK_SOURCE_RETRY_MAX_S must not be below GGUFSTACK_SOURCE_RETRY_INITIAL_S")
         return self

@@ -16,7 +16,7 @@ from server.api.middleware import RequestContextMiddleware
 from server.api.routes import admin, conversations, health, metrics, openai, tokenizer
 from server.api.streaming import component_schemas
 from server.lifecycle.holder import ModelHolder
-from server.lifecycle.loader import ModelLoader
+from server.lifecycle.watcher import keep_serving
 from server.model_source.resolve import model_source
 from server.serving.assemble import assemble
 from server.settings import Settings
@@ -44,9 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
                 resources.callback(server.shutdown)
                 log.info("metrics on http://%s:%d%s", settings.host, settings.metrics_port, metrics.METRICS_PATH)
             # The loader runs beside the server so the probes answer (503 with a reason) while the model downloads.
-            loader = asyncio.create_task(
-                ModelLoader(settings, holder, model_source(settings)).run(), name="model-loader"
-            )
+            loader = asyncio.create_task(keep_serving(settings, holder, model_source(settings)), name="model-lifecycle")
             try:
                 yield
             finally:
@@ -55,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
                     await loader
                 served = holder.take()
                 if served is not None:
-                    await served.engine.close()
+                    await served.close()
 
     app = FastAPI(title="ggufstack", version="0.1.0", lifespan=lifespan)
     app.state.holder = holder

@@ -1,5 +1,5 @@
 """Per-request context as pure ASGI middleware (so streamed responses pass through unbuffered): the request id,
-HTTP metrics, and the access line."""
+HTTP metrics, the access line, and the model version header."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.lifecycle.holder import ModelHolder, ServedModel
+from server.serving.run import MODEL_VERSION_HEADER
 from server.telemetry import prometheus
 from server.telemetry.logging import AccessRecord, access_record_var, log_access, request_id_var
 
@@ -31,6 +33,11 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _installed(scope: Scope) -> ServedModel | None:
+    holder: ModelHolder | None = getattr(scope["app"].state, "holder", None) if "app" in scope else None
+    return holder.current if holder is not None else None
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,7 +56,11 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append(REQUEST_ID_HEADER, request_id)
+                # A generation names the model that ran it; any other response the model installed now.
+                if MODEL_VERSION_HEADER not in headers and (served := _installed(scope)) is not None:
+                    headers.append(MODEL_VERSION_HEADER, served.sha256)
             await send(message)
 
         try:

@@ -6,7 +6,7 @@ what the server really answers.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,9 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from server.lifecycle.holder import Refusal, ServedModel
 
 Stop = Annotated[str, Field(min_length=1)]
 TokenIdKey = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="A token id, as a string.")]
@@ -422,11 +425,40 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class RefusedVersion(BaseModel):
+    """A new model version the server refused to serve; the previous model serves on."""
+
+    version: str = Field(description="The blob version (or ETag) refused.")
+    reason: str
+    refused_at: int = Field(description="Unix time.")
+
+
+def refused_version(refusal: Refusal | None) -> RefusedVersion | None:
+    if refusal is None:
+        return None
+    return RefusedVersion(version=refusal.version, reason=refusal.reason, refused_at=refusal.at)
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
-    created: int
+    created: int = Field(description="When this model was loaded (unix time).")
     owned_by: str = "ggufstack"
+    sha256: str = Field(description="SHA-256 of the GGUF file; also sent as x-ggufstack-model-version.")
+    version: str | None = Field(description="The blob's version id (or ETag) it came from; null for a local file.")
+    load_seconds: float = Field(description="Time to load and warm up the model.")
+    refused: RefusedVersion | None = Field(None, description="The last new version refused since this one loaded.")
+
+    @classmethod
+    def of(cls, served: ServedModel, refusal: Refusal | None) -> ModelCard:
+        return cls(
+            id=served.model_id,
+            created=served.loaded_at,
+            sha256=served.sha256,
+            version=served.source_version,
+            load_seconds=served.load_seconds,
+            refused=refused_version(refusal),
+        )
 
 
 class ModelList(BaseModel):
@@ -442,6 +474,7 @@ class ReadinessReport(BaseModel):
     status: Literal["ready", "not_ready"]
     state: str
     reason: str
+    refused: RefusedVersion | None = Field(None, description="The last new model version refused, and why.")
 
 
 class TokenPiece(BaseModel):

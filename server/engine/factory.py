@@ -14,6 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def load_engine(path: Path, settings: Settings, model_id: str) -> Engine:
+    """An engine whose weights live as long as the process (tests, benchmarks); a server frees them with
+    `open_model` + `engine_for`, see `server.lifecycle.loader`."""
+    return engine_for(open_model(path, settings), settings, model_id)
+
+
+def open_model(path: Path, settings: Settings) -> LlamaModel:
     model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
     info = model.info
     log.info(
@@ -30,6 +36,11 @@ def load_engine(path: Path, settings: Settings, model_id: str) -> Engine:
         log.info("CUDA offload inactive: GGUFSTACK_N_GPU_LAYERS=0")
     else:
         log.info("CUDA offload inactive: this llama.cpp build has no GPU backend; running on the CPU")
+    return model
+
+
+def engine_for(model: LlamaModel, settings: Settings, model_id: str) -> Engine:
+    """The serving engine over loaded weights; closing it frees its context, not the weights."""
     return BatchingEngine(
         model,
         model_id=model_id,

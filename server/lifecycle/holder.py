@@ -1,14 +1,17 @@
 """The one place that knows which engine serves, whether the server is ready, and who is still using an engine.
 
 Every generation holds a `Lease` on the engine it runs on, from admission to its last event. The lease count is what
-graceful shutdown waits for, and what a hot swap waits for before it frees the engine it replaced.
+graceful shutdown waits for, and what a hot swap waits for before it frees the engine it replaced: leases are counted
+per served model, so the old model is freed when its own last generation ends, while the new one already serves.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from server.engine.base import Engine
 
@@ -20,6 +23,7 @@ class ModelState(StrEnum):
     WARMING_UP = "warming_up"
     WAITING = "waiting"
     READY = "ready"
+    SWAPPING = "swapping"  # not ready: the old model drains before a new one that does not fit beside it loads
     DRAINING = "draining"
     STOPPED = "stopped"
 
@@ -36,18 +40,35 @@ class ServerDrainingError(Exception):
         self.retry_after_s = retry_after_s
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ServedModel:
-    """A loaded engine and what identifies the model it runs."""
+    """A loaded engine and what identifies the model it runs; the one owner of both the engine and the weights."""
 
     engine: Engine
     sha256: str  # of the GGUF file: what names this exact model everywhere (responses, metrics, cache keys)
     source_version: str | None  # the blob's version id or ETag; None for a local file
     loaded_at: int  # unix time
+    load_seconds: float = 0.0  # fetch excluded: load and warm-up
+    path: Path | None = None  # the GGUF file, to load it again if a swap in place fails
+    # Frees the weights (the LlamaModel) once the engine, which decodes with them, has stopped.
+    free_weights: Callable[[], None] = field(default=lambda: None, repr=False)
 
     @property
     def model_id(self) -> str:
         return self.engine.model_id
+
+    async def close(self) -> None:
+        await self.engine.close()
+        self.free_weights()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A new model version the server would not serve, and why (verification, load or warm-up failed)."""
+
+    version: str
+    reason: str
+    at: int  # unix time
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +76,7 @@ class Readiness:
     ready: bool
     state: ModelState
     reason: str
+    refused: Refusal | None = None
 
 
 class Lease:
@@ -85,10 +107,18 @@ class ModelHolder:
         self._leases = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._by_model: dict[ServedModel, int] = {}
+        self._released: dict[ServedModel, asyncio.Event] = {}
+        self.refused: Refusal | None = None
 
     def readiness(self) -> Readiness:
         ready = self._model is not None and self._state is ModelState.READY
-        return Readiness(ready, self._state, self._reason)
+        return Readiness(ready, self._state, self._reason, self.refused)
+
+    @property
+    def current(self) -> ServedModel | None:
+        """The installed model, whatever the state (for the watcher and response headers, not for generating)."""
+        return self._model
 
     def set_state(self, state: ModelState, reason: str) -> None:
         if self._state is not ModelState.DRAINING:
@@ -111,6 +141,7 @@ class ModelHolder:
             raise ModelNotReadyError(self._reason)
         self._leases += 1
         self._idle.clear()
+        self._by_model[self._model] = self._by_model.get(self._model, 0) + 1
         return Lease(self, self._model)
 
     @property
@@ -122,6 +153,15 @@ class ModelHolder:
         previous, self._model = self._model, model
         self.set_state(ModelState.READY, f"serving {model.model_id}")
         return previous
+
+    async def wait_released(self, model: ServedModel) -> None:
+        """Return once no generation holds a lease on `model` (one that is no longer installed, after a swap)."""
+        if self._by_model.get(model, 0) == 0:
+            return
+        await self._released.setdefault(model, asyncio.Event()).wait()
+
+    def leases_on(self, model: ServedModel) -> int:
+        return self._by_model.get(model, 0)
 
     def start_draining(self) -> None:
         """Readiness turns 503 and new generations are refused; those in flight go on."""
@@ -136,7 +176,14 @@ class ModelHolder:
         self._state, self._reason = ModelState.STOPPED, "the server is shutting down"
         return model
 
-    def _returned(self, _: Lease) -> None:
+    def _returned(self, lease: Lease) -> None:
         self._leases -= 1
+        left = self._by_model[lease.model] - 1
+        if left:
+            self._by_model[lease.model] = left
+        else:
+            del self._by_model[lease.model]
+            if (released := self._released.pop(lease.model, None)) is not None:
+                released.set()
         if self._leases == 0:
             self._idle.set()

@@ -1,4 +1,7 @@
-"""Startup: fetch the model, load it, warm it up, and only then report ready; retry with backoff on the way."""
+"""Startup: fetch the model, load it, warm it up, and only then report ready; retry with backoff on the way.
+
+`load_served` is also how a hot swap loads the next model (see `watcher`).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from server.engine.factory import load_engine, warm_up
+from server.engine.factory import engine_for, open_model, warm_up
 from server.engine.llama_model import ModelLoadError
 from server.lifecycle.holder import ModelHolder, ModelState, ServedModel
+from server.model_source.blob import FetchResult
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.resolve import ModelSource
 from server.settings import Settings
@@ -23,7 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def _in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
     """Like asyncio.to_thread, but a shutdown need not wait for a multi-gigabyte download to finish."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
@@ -54,14 +58,14 @@ class ModelLoader:
         self._holder = holder
         self._source = source
 
-    async def run(self) -> None:
-        """Keep trying until a model serves. Every failure is logged and shown by /health/ready, never fatal."""
+    async def run(self) -> FetchResult:
+        """Keep trying until a model serves; return what was fetched. Every failure is logged and shown by
+        /health/ready, never fatal."""
         delay = self._settings.source_retry_initial_s
         started = time.monotonic()
         while True:
             try:
-                await self._load_once(started)
-                return
+                return await self._load_once(started)
             except SourceUnavailableError as exc:
                 reason = f"model source unavailable: {exc}"
             except VerificationError as exc:
@@ -73,31 +77,72 @@ class ModelLoader:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.source_retry_max_s)
 
-    async def _load_once(self, started: float) -> None:
+    async def _load_once(self, started: float) -> FetchResult:
         self._holder.set_state(ModelState.FETCHING, f"fetching {self._source.describe()}")
-        fetched = await _in_daemon_thread(self._source.fetch)
-        if fetched.bytes_downloaded:
-            prometheus.model_download_bytes.inc(fetched.bytes_downloaded)
-            prometheus.model_download_duration.observe(fetched.seconds)
-        sha256 = fetched.sha256 or await _in_daemon_thread(_sha256, fetched.path)
+        fetched = await fetch(self._source)
         model_id = self._settings.model_alias or self._source.default_model_id()
         self._holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
-        engine = await _in_daemon_thread(load_engine, fetched.path, self._settings, model_id)
-        self._holder.set_state(ModelState.WARMING_UP, f"warming up {model_id}")
-        await warm_up(engine)
-        served = ServedModel(engine, sha256, fetched.version, int(time.time()))
+        served = await load_served(fetched, self._settings, model_id, report=self._holder.set_state)
         previous = self._holder.install(served)
-        prometheus.model_info.info(
-            {
-                "model_id": model_id,
-                "sha256": sha256,
-                "version": fetched.version or "",
-                "gpu_offload": str(engine.gpu_offload).lower(),
-            }
-        )
+        publish_model_info(served)
         if previous is not None:
-            await previous.engine.close()
-        log.info("ready: serving %s (sha256 %s, cold start %.1f s)", model_id, sha256, time.monotonic() - started)
+            await previous.close()
+        log.info(
+            "ready: serving %s (sha256 %s, cold start %.1f s)", model_id, served.sha256, time.monotonic() - started
+        )
+        return fetched
+
+
+async def fetch(source: ModelSource) -> FetchResult:
+    """Fetch in a daemon thread, counting what was downloaded."""
+    fetched = await in_daemon_thread(source.fetch)
+    if fetched.bytes_downloaded:
+        prometheus.model_download_bytes.inc(fetched.bytes_downloaded)
+        prometheus.model_download_duration.observe(fetched.seconds)
+    return fetched
+
+
+async def load_served(
+    fetched: FetchResult,
+    settings: Settings,
+    model_id: str,
+    report: Callable[[ModelState, str], None] = lambda _state, _reason: None,
+) -> ServedModel:
+    """Load the weights, build the engine and warm it up; on any failure free what was built and raise."""
+    started = time.monotonic()
+    sha256 = fetched.sha256 or await in_daemon_thread(_sha256, fetched.path)
+    weights = await in_daemon_thread(open_model, fetched.path, settings)
+    try:
+        engine = await in_daemon_thread(engine_for, weights, settings, model_id)
+        try:
+            report(ModelState.WARMING_UP, f"warming up {model_id}")
+            await warm_up(engine)
+        except BaseException:
+            await engine.close()
+            raise
+    except BaseException:
+        weights.close()
+        raise
+    return ServedModel(
+        engine,
+        sha256,
+        fetched.version,
+        int(time.time()),
+        load_seconds=round(time.monotonic() - started, 3),
+        path=fetched.path,
+        free_weights=weights.close,
+    )
+
+
+def publish_model_info(served: ServedModel) -> None:
+    prometheus.model_info.info(
+        {
+            "model_id": served.model_id,
+            "sha256": served.sha256,
+            "version": served.source_version or "",
+            "gpu_offload": str(served.engine.gpu_offload).lower(),
+        }
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -60,7 +60,7 @@ class DrainingServer(uvicorn.Server):
             log.warning("drain ended with %d generations in flight; ending them", self._holder.in_flight)
             served = self._holder.take()
             if served is not None:
-                await served.engine.close()
+                await served.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._holder.wait_idle(), _FLUSH_S)
         else:

@@ -43,5 +43,10 @@ def model_source(settings: Settings) -> ModelSource:
                 settings.blob_connection_string.get_secret_value() if settings.blob_connection_string else None
             ),
         )
-        return BlobModelSource(location, settings.cache_dir, concurrency=settings.download_concurrency)
+        return BlobModelSource(
+            location,
+            settings.cache_dir,
+            concurrency=settings.download_concurrency,
+            pinned_version=settings.model_version,
+        )
     return FileModelSource(settings.model_path)

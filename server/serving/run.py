@@ -17,6 +17,10 @@ from server.serving.job import Caller, Endpoint, ServingJob
 from server.serving.stages import Events, Pipeline
 from server.telemetry import prometheus
 
+# Names the exact model that answered (the sha256 of its GGUF): across a hot swap, two replicas or two requests may
+# answer from different models under the same model id.
+MODEL_VERSION_HEADER = "x-ggufstack-model-version"
+
 
 @dataclass(frozen=True, slots=True)
 class ServingContext:
@@ -88,6 +92,7 @@ async def admit(
         job = ServingJob(
             ctx.request_id, endpoint, body, lease.model, generation, ctx.caller, conversation_id=ctx.conversation_id
         )
+        job.response_headers[MODEL_VERSION_HEADER] = lease.model.sha256
         events = ctx.pipeline.run(job)
         try:
             first = await anext(events)

@@ -53,6 +53,8 @@ RATE_LIMITED = f"{PREFIX}_rate_limited_requests_total"
 DEPENDENCY_OUTAGES = f"{PREFIX}_dependency_outages_total"
 AUDIT_ROWS_DROPPED = f"{PREFIX}_audit_rows_dropped_total"
 AUDIT_QUEUE_DEPTH = f"{PREFIX}_audit_queue_depth"
+MODEL_SWAPS = f"{PREFIX}_model_swaps_total"
+MODEL_SWAP_DURATION = f"{PREFIX}_model_swap_duration_seconds"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
@@ -145,6 +147,20 @@ audit_rows_dropped = Counter(
     registry=REGISTRY,
 )
 audit_queue_depth = Gauge(AUDIT_QUEUE_DEPTH, "Audit rows waiting to be written to PostgreSQL.", registry=REGISTRY)
+model_swaps = Counter(
+    _base(MODEL_SWAPS, "_total"),
+    "New model versions the watcher acted on, by result (swapped, refused) and swap mode (beside, in_place; none "
+    "when refused before a mode was chosen).",
+    ["result", "mode"],
+    registry=REGISTRY,
+)
+model_swap_duration = Histogram(
+    MODEL_SWAP_DURATION,
+    "Time from noticing a new model version to serving it (download, verification, load and warm-up), by mode.",
+    ["mode"],
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
+    registry=REGISTRY,
+)
 
 
 class EngineCollector(Collector):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from server.api.deps import HolderDep
-from server.api.protocol import Liveness, ReadinessReport
+from server.api.protocol import Liveness, ReadinessReport, refused_version
 
 router = APIRouter(prefix="/health")
 
@@ -23,7 +23,12 @@ async def live() -> Liveness:
 )
 async def ready(holder: HolderDep) -> ReadinessReport | JSONResponse:
     state = holder.readiness()
-    report = ReadinessReport(status="ready" if state.ready else "not_ready", state=state.state, reason=state.reason)
+    report = ReadinessReport(
+        status="ready" if state.ready else "not_ready",
+        state=state.state,
+        reason=state.reason,
+        refused=refused_version(state.refused),
+    )
     if state.ready:
         return report
     return JSONResponse(report.model_dump(), status_code=503)

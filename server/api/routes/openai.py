@@ -49,15 +49,14 @@ MODEL_RESPONSES = _errors(401, 404, 500, 503)
 
 @router.get("/models", responses=MODEL_RESPONSES)
 async def list_models(holder: HolderDep, _: CallerDep) -> ModelList:
-    served = holder.serving()
-    return ModelList(data=[ModelCard(id=served.model_id, created=served.loaded_at)])
+    return ModelList(data=[ModelCard.of(holder.serving(), holder.refused)])
 
 
 @router.get("/models/{model_id:path}", responses=MODEL_RESPONSES)
 async def get_model(model_id: str, holder: HolderDep, _: CallerDep) -> ModelCard:
     served = holder.serving()
     require_model(served, model_id)
-    return ModelCard(id=served.model_id, created=served.loaded_at)
+    return ModelCard.of(served, holder.refused)
 
 
 def embeddings_router() -> APIRouter:

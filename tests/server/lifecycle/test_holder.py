@@ -45,3 +45,30 @@ async def test_draining_refuses_new_leases_and_waits_for_the_last() -> None:
     assert not idle.done()
     second.release()
     await asyncio.wait_for(idle, 1)
+
+
+async def test_leases_are_counted_per_model_so_a_swapped_out_model_is_released_on_its_own() -> None:
+    holder = ModelHolder()
+    old, new = _served(), _served()
+    holder.install(old)
+    on_old = holder.lease()
+    assert holder.install(new) is old
+    on_new = holder.lease()
+    assert on_new.model is new and holder.leases_on(old) == 1 and holder.leases_on(new) == 1
+    released = asyncio.create_task(holder.wait_released(old))
+    await asyncio.sleep(0)
+    assert not released.done(), "the old model is still in use"
+    on_old.release()
+    await asyncio.wait_for(released, 1)
+    assert holder.in_flight == 1 and holder.leases_on(old) == 0
+    on_new.release()
+    await asyncio.wait_for(holder.wait_released(new), 1)
+
+
+async def test_swapping_refuses_new_generations_with_the_reason() -> None:
+    holder = ModelHolder()
+    holder.install(_served())
+    holder.set_state(ModelState.SWAPPING, "swapping to b.gguf: 1 requests in flight finish on the old model first")
+    with pytest.raises(ModelNotReadyError, match="swapping"):
+        holder.lease()
+    assert not holder.readiness().ready
