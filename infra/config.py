@@ -195,6 +195,8 @@ class StackConfig(BaseModel):
     model_cache_size_gi: int = Field(64, ge=1, le=1024)
     model_download_timeout_minutes: int = Field(30, ge=5, le=240)
     model_alias: str | None = Field(None, min_length=1, max_length=128)
+    model_watch_interval_s: int = Field(30, ge=0, le=3600)
+    model_version: str | None = Field(None, pattern=r"^[0-9A-Za-z:.\-]{8,64}$")
     context_size: int = Field(4096, ge=64, le=1_048_576)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     scale_waiting_per_replica: int = Field(4, ge=1, le=1000)

@@ -75,6 +75,8 @@ class ServerSettings:
     # "entra": the mounted URLs name a user and hold no password; the server authenticates with Entra tokens.
     database_auth: str
     redis_auth: str
+    model_watch_interval_s: int = 30  # 0: no watching; a pinned model_version turns it off too
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,9 @@ class Workload(pulumi.ComponentResource):
                     log_level=s.log_level,
                     database_auth=s.database_auth,
                     redis_auth=s.redis_auth,
+                    model_watch_interval_s=s.model_watch_interval_s,
                     **({"model_alias": s.model_alias} if s.model_alias else {}),
+                    **({"model_version": s.model_version} if s.model_version else {}),
                 ).items()
             ]
         )

@@ -206,6 +206,8 @@ workload = Workload(
             log_level=cfg.log_level,
             database_auth=cfg.data_plane_auth,
             redis_auth=cfg.data_plane_auth,
+            model_watch_interval_s=cfg.model_watch_interval_s,
+            model_version=cfg.model_version,
         ),
         identity_client_id=cluster.server_client_id,
         tenant_id=client.tenant_id,

@@ -128,7 +128,7 @@ def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> Non
     env = {e["name"]: e["value"] for e in _container(stack)["env"]}
     fields = ["blob_account_url", "blob_container", "blob_name", "cache_dir", "n_gpu_layers", "n_ctx", "n_threads"]
     fields += ["host", "port", "log_level", "model_alias", "metrics_port", "drain_timeout_s"]
-    fields += ["database_auth", "redis_auth"]
+    fields += ["database_auth", "redis_auth", "model_watch_interval_s"]
     assert set(env) == {Settings.env_name(f) for f in fields}
     assert env == Settings.to_env(
         blob_account_url=f"https://{account['name']}.blob.core.windows.net",
@@ -146,6 +146,7 @@ def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> Non
         model_alias=cfg.model_alias,
         database_auth="entra",
         redis_auth="entra",
+        model_watch_interval_s=cfg.model_watch_interval_s,
     )
     assert all("valueFrom" not in e for e in _container(stack)["env"]), "no credentials in the environment"
 
