@@ -29,7 +29,14 @@ from rich.text import Text
 
 from server.model_source.errors import ModelSourceError
 from server.model_source.facts import GGUFFacts, memory_estimate, read_facts
-from server.model_source.publish import DEFAULT_KEEP_ARCHIVED, MIB, ModelBlob, ModelPublisher, PublishError
+from server.model_source.publish import (
+    DEFAULT_KEEP_ARCHIVED,
+    MIB,
+    ModelBlob,
+    ModelPublisher,
+    PublishError,
+    names_version,
+)
 from server.model_source.storage import container_client
 from server.settings import Settings, SettingsError, load_settings
 
@@ -148,7 +155,7 @@ def list_models() -> None:
         out.print(f"container {settings.blob_container} holds no models yet")
         return
     served = settings.blob_name if settings.blob_name != _ANY_BLOB else None
-    out.print(_versions_table(models, served))
+    out.print(_versions_table(models, served, settings.model_version))
 
 
 @model_app.command()
@@ -229,19 +236,18 @@ def _facts_line(facts: GGUFFacts) -> str:
     )
 
 
-def _versions_table(models: list[ModelBlob], served: str | None) -> Table:
+def _versions_table(models: list[ModelBlob], served: str | None, pinned: str | None) -> Table:
+    """`serving` marks the version the servers serve: the current one of the configured blob, or the pinned one."""
     table = Table("blob", "version", "", "size", "sha256", "model", "modified (UTC)")
     for model in models:
         for version in model.versions:
-            mark = "current"
-            if not version.is_current:
-                mark = ""
-            elif model.name == served:
-                mark = "serving"
+            marks = ["current"] if version.is_current else []
+            if model.name == served and (names_version(version, pinned) if pinned else version.is_current):
+                marks.append("serving (pinned)" if pinned else "serving")
             table.add_row(
                 model.name if version.is_current else "",
                 version.version_id,
-                mark,
+                ", ".join(marks),
                 f"{version.size / MIB:,.1f} MiB",
                 (version.sha256 or "unknown")[:16],
                 _facts_line(version.facts) if version.facts else "",

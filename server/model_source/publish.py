@@ -375,10 +375,15 @@ class ModelPublisher:
             raise PublishError(f"{what}: {_first_line(exc)}") from None
 
 
-def _matching(model: ModelBlob, wanted: str) -> ModelVersion:
+def names_version(version: ModelVersion, wanted: str) -> bool:
+    """Whether `wanted` (a version id, or a sha256 prefix of 8+ characters) names `version`."""
     key = wanted.strip().lower()
+    return version.version_id.lower() == key or (len(key) >= 8 and (version.sha256 or "").startswith(key))
+
+
+def _matching(model: ModelBlob, wanted: str) -> ModelVersion:
     for version in model.versions:
-        if version.version_id.lower() == key or (len(key) >= 8 and (version.sha256 or "").startswith(key)):
+        if names_version(version, wanted):
             return version
     known = ", ".join(v.version_id for v in model.versions)
     raise PublishError(f"blob {model.name} has no version {wanted} (versions: {known})")

@@ -42,6 +42,11 @@ def test_push_list_info_and_rollback(
     listed = model_cli(azurite, container, "list", GGUFSTACK_BLOB_NAME="model.gguf")
     assert listed.returncode == 0, listed.stderr
     assert "serving" in listed.stdout and "gemma3" in listed.stdout and demo_sha256[:16] in listed.stdout
+    pinned = model_cli(
+        azurite, container, "list", GGUFSTACK_BLOB_NAME="model.gguf", GGUFSTACK_MODEL_VERSION=demo_sha256[:12]
+    )
+    row = next(line for line in pinned.stdout.splitlines() if demo_sha256[:16] in line)
+    assert "serving (pinned)" in row, pinned.stdout
 
     info = model_cli(azurite, container, "info", "model.gguf", "--n-ctx", "2048", "--slots", "2")
     assert info.returncode == 0, info.stderr
