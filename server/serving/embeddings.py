@@ -7,15 +7,15 @@ import struct
 
 from server.api.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from server.lifecycle.holder import ModelHolder
-from server.serving.run import require_model
+from server.serving.run import lease_model
 
 
 async def create(body: EmbeddingRequest, holder: ModelHolder) -> EmbeddingList:
-    served = holder.serving()
-    require_model(served, body.model)
-    engine = served.engine
-    inputs = [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
-    vectors = await engine.embed(inputs)
+    # A lease, as for generations: a hot swap frees the old engine only after its last request, embeddings included.
+    async with lease_model(holder, body.model) as served:
+        engine = served.engine
+        inputs = [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
+        vectors = await engine.embed(inputs)
     data = [
         Embedding(index=i, embedding=_base64(v) if body.encoding_format == "base64" else v)
         for i, v in enumerate(vectors)
