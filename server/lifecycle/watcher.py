@@ -71,7 +71,7 @@ class ModelWatcher:
             fetched = await fetch(self._source)
         except VerificationError as exc:
             self._etag = etag  # not tried again until the blob changes
-            self._refuse(etag, f"verification failed: {exc}", "none")
+            self._refuse(etag.strip('"'), f"verification failed: {exc}", "none")
             return
         except ModelSourceError as exc:
             log.warning("cannot fetch the new model version (%s); will try again at the next check", exc)
