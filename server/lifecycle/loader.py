@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_BACKGROUND_NICE = 10
 
 
 async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
@@ -93,9 +96,13 @@ class ModelLoader:
         return fetched
 
 
-async def fetch(source: ModelSource) -> FetchResult:
-    """Fetch in a daemon thread, counting what was downloaded."""
-    fetched = await in_daemon_thread(source.fetch)
+async def fetch(source: ModelSource, *, beside_serving: bool = False) -> FetchResult:
+    """Fetch in a daemon thread, counting what was downloaded.
+
+    `beside_serving`: a model serves meanwhile, so the download and its verification run at a lower CPU priority
+    (the SDK's download threads inherit it) and leave the cores to the streams in flight.
+    """
+    fetched = await in_daemon_thread(_yielding_cpu if beside_serving else _as_is, source.fetch)
     if fetched.bytes_downloaded:
         prometheus.model_download_bytes.inc(fetched.bytes_downloaded)
         prometheus.model_download_duration.observe(fetched.seconds)
@@ -143,6 +150,17 @@ def publish_model_info(served: ServedModel) -> None:
             "gpu_offload": str(served.engine.gpu_offload).lower(),
         }
     )
+
+
+def _as_is(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+def _yielding_cpu(fn: Callable[[], T]) -> T:
+    # Per thread on Linux; this thread (a fresh daemon thread) ends with the fetch, so nothing else keeps the nice.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
+    return fn()
 
 
 def _sha256(path: Path) -> str:

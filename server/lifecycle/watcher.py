@@ -68,7 +68,7 @@ class ModelWatcher:
         noticed = time.monotonic()
         log.info("%s changed (ETag %s): fetching the new version", self._source.describe(), etag)
         try:
-            fetched = await fetch(self._source)
+            fetched = await fetch(self._source, beside_serving=True)
         except VerificationError as exc:
             self._etag = etag  # not tried again until the blob changes
             self._refuse(etag.strip('"'), f"verification failed: {exc}", "none")
