@@ -185,6 +185,7 @@ class LlamaModel:
         return TokenLogprob(token, self.piece(token), float(logits[token]) - log_total, top)
 
 
+_NEG_INF = float("-inf")
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -208,6 +209,10 @@ class Sampler:
             if not self.grammar:
                 self.close()
                 raise EngineError("the grammar could not be parsed", param="response_format")
+            # Checked once per token: built once, refilled per check.
+            self._one = (llama_cpp.llama_token_data * 1)()
+            self._one_array = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+            self._one_ref = ctypes.byref(self._one_array)
         if params.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
                 *(llama_cpp.llama_logit_bias(token=t, bias=b) for t, b in params.logit_bias.items())
@@ -237,10 +242,11 @@ class Sampler:
         return token
 
     def _grammar_allows(self, token: int) -> bool:
-        one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(id=token, logit=1.0, p=0.0))
-        candidates = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(candidates))
-        return bool(np.isfinite(one[0].logit))
+        one = self._one
+        one[0].id, one[0].logit = token, 1.0
+        self._one_array.size, self._one_array.selected = 1, -1
+        llama_cpp.llama_sampler_apply(self.grammar, self._one_ref)
+        return one[0].logit != _NEG_INF
 
     def _sample_within_grammar(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
