@@ -22,7 +22,7 @@ from server.api.protocol import (
     ToolCallFunction,
     ToolCallFunctionDelta,
 )
-from server.engine.base import Finished, TextDelta, TokenLogprob
+from server.engine.base import Finished, TextDelta
 from server.serving import logprobs, tools
 from server.serving.prepare import chat_request
 from server.serving.run import Admitted, ServingContext, admit
@@ -37,25 +37,12 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
     if body.stream:
         chunks = _tool_chunks if tool_plan is not None else _text_chunks
         return Reply(headers, chunks=chunks(admitted, rid, model, body))
-    text, tokens, finished = await _collect(admitted)
-    message, reason = _message(text, finished, tool_plan is not None)
-    lp = ChatLogprobs(content=logprobs.chat(tokens)) if body.logprobs else None
+    whole = await admitted.collect()
+    message, reason = _message(whole.text, whole.finished, tool_plan is not None)
+    lp = ChatLogprobs(content=logprobs.chat(whole.logprobs)) if body.logprobs else None
     choice = ChatChoice(index=0, message=message, logprobs=lp, finish_reason=reason)
-    return Reply(
-        headers, body=ChatCompletion(id=rid, created=now(), model=model, choices=[choice], usage=usage(finished))
-    )
-
-
-async def _collect(admitted: Admitted) -> tuple[str, list[TokenLogprob], Finished]:
-    parts: list[str] = []
-    tokens: list[TokenLogprob] = []
-    async for event in admitted.events():
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-            tokens.extend(event.logprobs)
-        else:
-            return "".join(parts), tokens, event
-    raise RuntimeError("the pipeline ended a generation without a Finished event")
+    completion = ChatCompletion(id=rid, created=now(), model=model, choices=[choice], usage=usage(whole.finished))
+    return Reply(headers, body=completion)
 
 
 def _message(text: str, finished: Finished, with_tools: bool) -> tuple[AssistantMessage, ChatFinishReason]:
@@ -101,8 +88,9 @@ async def _tool_chunks(
 ) -> AsyncGenerator[BaseModel, None]:
     """A tool answer is one JSON object: it is parsed whole, then sent as OpenAI streams calls (an id and name, then
     the arguments) or as content."""
-    text, _, finished = await _collect(admitted)
-    message, reason = _message(text, finished, True)
+    whole = await admitted.collect()
+    finished = whole.finished
+    message, reason = _message(whole.text, finished, True)
     yield _chunk(rid, model, ChatDelta(role="assistant"), None)
     for i, call in enumerate(message.tool_calls or []):
         start = ToolCallDelta(

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 from pydantic import BaseModel
 
 from server.api.protocol import Completion, CompletionChoice, CompletionRequest
-from server.engine.base import TextDelta, TokenLogprob
+from server.engine.base import TextDelta
 from server.serving import logprobs
 from server.serving.prepare import completion_request
 from server.serving.run import Admitted, ServingContext, admit
@@ -20,18 +20,11 @@ async def create(body: CompletionRequest, ctx: ServingContext) -> Reply[Completi
     headers = admitted.job.response_headers
     if body.stream:
         return Reply(headers, chunks=_chunks(admitted, rid, model, body))
-    parts: list[str] = []
-    tokens: list[TokenLogprob] = []
-    async for event in admitted.events():
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-            tokens.extend(event.logprobs)
-        else:
-            lp = logprobs.completion(tokens, 0, bool(body.logprobs)) if body.logprobs is not None else None
-            choice = CompletionChoice(index=0, text="".join(parts), logprobs=lp, finish_reason=event.finish_reason)
-            completion = Completion(id=rid, created=now(), model=model, choices=[choice], usage=usage(event))
-            return Reply(headers, body=completion)
-    raise RuntimeError("the pipeline ended a generation without a Finished event")
+    whole = await admitted.collect()
+    lp = logprobs.completion(whole.logprobs, 0, bool(body.logprobs)) if body.logprobs is not None else None
+    choice = CompletionChoice(index=0, text=whole.text, logprobs=lp, finish_reason=whole.finished.finish_reason)
+    completion = Completion(id=rid, created=now(), model=model, choices=[choice], usage=usage(whole.finished))
+    return Reply(headers, body=completion)
 
 
 def _chunk(rid: str, model: str, choice: CompletionChoice) -> Completion:

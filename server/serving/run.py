@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.engine.base import Engine, GenerationEvent, GenerationRequest
+from server.engine.base import Engine, Finished, GenerationEvent, GenerationRequest, TextDelta, TokenLogprob
 from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ServedModel, ServerDrainingError
 from server.serving.errors import APIError
 from server.serving.job import Caller, Endpoint, ServingJob
@@ -50,6 +50,25 @@ class Admitted:
         finally:
             await self._rest.aclose()
             self._lease.release()
+
+    async def collect(self) -> Collected:
+        """The whole generation, for a reply that is not streamed."""
+        parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        async for event in self.events():
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+                logprobs.extend(event.logprobs)
+            else:
+                return Collected("".join(parts), logprobs, event)
+        raise RuntimeError("the pipeline ended a generation without a Finished event")
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    text: str
+    logprobs: list[TokenLogprob]
+    finished: Finished
 
 
 def lease_model(holder: ModelHolder, model: str) -> Lease:
