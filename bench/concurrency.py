@@ -1,9 +1,14 @@
-"""Concurrent streaming throughput: ggufstack's server against llama-cpp-python's built-in server, same GGUF, same run.
+"""Concurrent streaming throughput: ggufstack's server against llama-cpp-python's built-in server (and, with
+`--llama-server BINARY`, llama.cpp's own `llama-server`), same GGUF, same run.
 
 For 1, 4 and 8 concurrent clients each streaming a 128-token completion (EOS suppressed with logit_bias, so every
 request produces exactly max_tokens), prints aggregate completion tok/s, TTFT p50/p95 and the ratio ours/theirs.
 
     uv run --no-sync --group bench python bench/concurrency.py [--model PATH] [--threads 2] [--only ours]
+        [--llama-server PATH/TO/llama-server]
+
+`--llama-server` also starts that binary with one slot per client of the largest round (`-np`), each slot holding
+`--n-ctx` tokens, so it runs the same per-sequence context as ours. The servers are benchmarked one at a time.
 """
 
 from __future__ import annotations
@@ -134,16 +139,16 @@ def model_id(server: Server) -> str:
 
 
 def print_table(results: dict[str, list[Round]]) -> None:
-    compare = "ours" in results and "theirs" in results
+    others = [name for name in ("theirs", "llama.cpp") if name in results] if "ours" in results else []
     header = "| clients | server | aggregate tok/s | TTFT p50 ms | TTFT p95 ms |"
-    print("\n" + header + (" ours/theirs tok/s |" if compare else ""))
-    print("|---|---|---|---|---|" + ("---|" if compare else ""))
+    print("\n" + header + "".join(f" ours/{name} tok/s |" for name in others))
+    print("|---|---|---|---|---|" + "---|" * len(others))
     for name, rounds in results.items():
         for i, r in enumerate(rounds):
             row = f"| {r.clients} | {name} | {r.tokens_per_s:.1f} | {r.ttft_percentile(0.5) * 1000:.0f} | "
             row += f"{r.ttft_percentile(0.95) * 1000:.0f} |"
-            if compare:
-                ratio = r.tokens_per_s / results["theirs"][i].tokens_per_s
+            for other in others:
+                ratio = r.tokens_per_s / results[other][i].tokens_per_s
                 row += f" {ratio:.2f}x |" if name == "ours" else " |"
             print(row)
 
@@ -156,6 +161,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--only", choices=["ours", "theirs"], help="benchmark one server only")
+    parser.add_argument(
+        "--llama-server", type=Path, help="also benchmark this llama.cpp llama-server binary (README: how to build it)"
+    )
     parser.add_argument("--no-eos-bias", type=json.loads, default=DEFAULT_NO_EOS, help="e.g. '{\"1\": -100}'")
     args = parser.parse_args()
     if args.model is None:
@@ -184,6 +192,12 @@ def main() -> None:
                 argv += ["--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
                 argv += ["--n_ctx", str(args.n_ctx), "--interrupt_requests", "False", "--verbose", "False"]
                 servers.append((start("theirs", argv, {}, port, logdir), "/v1/models"))
+            if args.llama_server is not None and args.only is None:
+                port = free_port()
+                slots = max(args.clients)
+                argv = [str(args.llama_server), "-m", str(args.model), "--host", HOST, "--port", str(port)]
+                argv += ["-t", str(args.threads), "-np", str(slots), "-c", str(args.n_ctx * slots)]
+                servers.append((start("llama.cpp", argv, {}, port, logdir), "/health"))
             results: dict[str, list[Round]] = {}
             # One server at a time, so they never compete for the cores.
             for server, ready_path in servers:
