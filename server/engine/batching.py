@@ -37,7 +37,7 @@ from server.engine.base import (
     TextDelta,
 )
 from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
-from server.engine.handoff import Job, JobStream
+from server.engine.handoff import Job, JobStream, Outbox
 from server.engine.llama_model import LlamaModel
 from server.engine.metrics import EngineMetrics
 from server.engine.slots import Slot, pick_slot
@@ -105,6 +105,7 @@ class BatchingEngine:
         self._prefill_chunk = max(1, min(prefill_chunk, self._n_batch))
         self._reuse_prefix = reuse_prefix
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._outbox = Outbox()
         self._slots = [Slot(seq_id=i) for i in range(n_slots)]
         self._max_queue = max_queue
         self._admitted = itertools.count()
@@ -282,8 +283,10 @@ class BatchingEngine:
                 self._release_cancelled()
                 if any(s.active for s in self._slots):
                     self._step()
+                self._outbox.flush()
         finally:
             self._shut_down()
+            self._outbox.flush()
 
     def _wait_for_work(self) -> bool:
         """Block until there is something to do; False once the engine is closing."""
@@ -399,7 +402,7 @@ class BatchingEngine:
             slot.logprobs.append(self._model.logprob(self._ctx, index, token, sampling))
         delta = slot.text.push(self._model.piece(token))
         if delta:
-            job.emit(TextDelta(delta, slot.take_logprobs()))
+            self._outbox.put(job, TextDelta(delta, slot.take_logprobs()))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= sampling.max_tokens:
@@ -417,8 +420,8 @@ class BatchingEngine:
         # Release first, so a consumer that sees Finished also sees the slot free.
         self._release(slot)
         if tail:
-            job.emit(TextDelta(tail, logprobs))
-        job.emit(finished)
+            self._outbox.put(job, TextDelta(tail, logprobs))
+        self._outbox.put(job, finished)
 
     def _fail(self, slots: list[Slot], error: BaseException) -> None:
         if slots:
@@ -427,7 +430,7 @@ class BatchingEngine:
             job = slot.job
             self._evict(slot)
             self._release(slot)
-            job.emit(error)
+            self._outbox.put(job, error)
 
     def _shut_down(self) -> None:
         error = EngineClosedError("the engine shut down before the generation finished")
@@ -437,4 +440,4 @@ class BatchingEngine:
             for job in waiting:
                 self._uncount(job)
         for job in waiting:
-            job.emit(error)
+            self._outbox.put(job, error)

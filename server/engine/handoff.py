@@ -68,3 +68,34 @@ class JobStream:
     def __del__(self) -> None:
         # A stream dropped without being closed (or never iterated) must still give its slot back.
         self._cancel()
+
+
+class Outbox:
+    """A step's events, handed to the event loop in one call when the step is done.
+
+    One wake-up per step instead of one per token: every wake-up of the event loop is a thread that competes with
+    llama.cpp's threads for the same cores, and they stall each other at their sync points.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Job, GenerationEvent | BaseException]] = []
+
+    def put(self, job: Job, event: GenerationEvent | BaseException) -> None:
+        self._items.append((job, event))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, GenerationEvent | BaseException]]] = {}
+        for job, event in items:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, delivered in by_loop.items():
+            # The loop is gone when the server shuts down mid-generation; nobody is left to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, delivered)
+
+
+def _deliver(items: list[tuple[Job, GenerationEvent | BaseException]]) -> None:
+    for job, event in items:
+        job.events.put_nowait(event)
