@@ -278,9 +278,9 @@ class EmbeddingRequest(BaseModel):
         value = self.input
         if isinstance(value, str):
             return [value]
-        if value and isinstance(value[0], int):
-            return [list(value)]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+        if all(isinstance(item, int) for item in value):
+            return [[int(item) for item in value]]
+        return [item if isinstance(item, str) else list(item) for item in value]
 
 
 class TokenizeRequest(BaseModel):

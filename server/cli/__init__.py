@@ -56,6 +56,7 @@ def serve(
 def _refuse_a_newer_database(settings: Settings) -> None:
     if settings.database_url is None:
         return
+    url = settings.database_url.get_secret_value()
     import asyncio
 
     from server.store.entra import default_credential
@@ -64,7 +65,7 @@ def _refuse_a_newer_database(settings: Settings) -> None:
     async def check() -> str | None:
         credential = default_credential() if settings.database_auth == "entra" else None
         try:
-            return await schema_too_new(settings.database_url.get_secret_value(), credential)  # type: ignore[union-attr]
+            return await schema_too_new(url, credential)
         finally:
             if credential is not None:
                 await credential.close()
