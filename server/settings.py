@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         0, ge=0, le=256, description="Concurrent generations; 0 picks up to 8 from n_ctx and the model's KV size."
     )
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; more are refused with 429.")
+    max_n: int = Field(
+        4,
+        ge=1,
+        le=128,
+        description="Most choices (`n`) one request may ask for; each takes a slot (and never more "
+        "than there are slots).",
+    )
     embeddings: bool = Field(True, description="Serve POST /v1/embeddings.")
     embedding_pooling: Literal["model", "mean", "cls", "last"] = Field(
         "model",

@@ -73,7 +73,13 @@ class SamplingFields(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="llama.cpp extension; 0 disables it.")
     min_p: float = Field(0.0, ge=0, le=1, description="llama.cpp extension; 0 disables it.")
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    n: int = Field(
+        1,
+        ge=1,
+        le=128,
+        description="How many choices to generate; they share one prefill of the prompt. At most GGUFSTACK_MAX_N "
+        "(default 4) and the server's slot count; more is a 400.",
+    )
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: Stop | list[Stop] | None = None

@@ -35,6 +35,7 @@ class GenerationRequest:
     prompt_tokens: Sequence[int]
     sampling: SamplingParams
     prompt_param: str = "prompt"  # the request field the prompt came from, named by errors about it
+    n: int = 1  # choices: n sequences continue from one prefill of the prompt; choice i samples with seed + i
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,20 +52,33 @@ class TokenLogprob:
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     """New completion text; never part of a stop string and never half a UTF-8 character. With logprobs asked for,
-    the tokens whose text this delta completes."""
+    the tokens whose text this delta completes. `index` is the choice it belongs to."""
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceFinished:
+    """One choice of a generation with n > 1 ended; the generation's Finished follows the last of them."""
+
+    index: int
+    finish_reason: FinishReason
+    completion_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
+    """The generation ended. With n > 1, `finish_reason` is the first choice's (each choice's came in its
+    ChoiceFinished) and `completion_tokens` counts every choice's tokens, as OpenAI's usage does."""
+
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
 
 
-GenerationEvent = TextDelta | Finished
+GenerationEvent = TextDelta | ChoiceFinished | Finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +132,8 @@ class EngineOverloadedError(EngineError):
 class Engine(Protocol):
     """Runs generations on one loaded model.
 
-    `generate` yields TextDelta events and then exactly one Finished event. Closing the iterator early (a client that
-    went away) cancels the generation and frees its resources.
+    `generate` yields TextDelta events (and, with n > 1, a ChoiceFinished per choice) and then exactly one Finished
+    event. Closing the iterator early (a client that went away) cancels the generation and frees its resources.
     """
 
     @property

@@ -5,6 +5,9 @@ longest cached prompt prefix, (2) drops cancelled generations, (3) builds one ba
 generating slot plus prefill chunks of slots still reading their prompt, within n_batch tokens, (4) decodes it and
 samples every slot whose logits came out.
 
+A request for n choices takes n slots at once: one reads the prompt, and when its prefill is done the others get a
+copy of its KV (`llama_memory_seq_cp`) and sample from the same logits, so the prompt is computed once.
+
 Every slot has its own KV stream of n_ctx cells (kv_unified off), for two reasons. Determinism: in a unified cache a
 sequence's cells land at positions that depend on its neighbours, and attention then sums in a different order, so
 greedy output changed with the batch (measured: 6 of 8 sequences diverged within 24 tokens); with one stream per
@@ -22,13 +25,16 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 import llama_cpp
 
 from server.engine.base import (
+    ChoiceFinished,
     ContextOverflowError,
     EngineClosedError,
+    EngineError,
     EngineOverloadedError,
     EngineStats,
     Finished,
@@ -77,6 +83,7 @@ class BatchingEngine:
         n_threads: int,
         n_slots: int = 0,
         max_queue: int = 64,
+        max_choices: int = 4,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         reuse_prefix: bool = True,
         embedding_pooling: str = "model",
@@ -108,6 +115,7 @@ class BatchingEngine:
         self._outbox = Outbox()
         self._slots = [Slot(seq_id=i) for i in range(n_slots)]
         self._max_queue = max_queue
+        self._max_choices = max(1, min(max_choices, n_slots))
         self._admitted = itertools.count()
         self.metrics = EngineMetrics(n_slots)
 
@@ -163,6 +171,11 @@ class BatchingEngine:
                 param=request.prompt_param,
                 code="context_length_exceeded",
             )
+        if request.n > self._max_choices:
+            raise EngineError(
+                f"n is {request.n}, but this server generates at most {self._max_choices} choices per request",
+                param="n",
+            )
         if n_prompt + request.sampling.max_tokens > self._n_ctx:
             raise ContextOverflowError(
                 f"this model's context is {self._n_ctx} tokens; the prompt has {n_prompt} and max_tokens asks for "
@@ -179,13 +192,13 @@ class BatchingEngine:
         with self._cond:
             if self._closing:
                 raise EngineClosedError("the engine is shutting down")
-            if self._in_flight >= len(self._slots) + self._max_queue:
+            if self._in_flight + request.n > len(self._slots) + self._max_queue:
                 self.metrics.record_rejected()
                 raise EngineOverloadedError(
                     f"all {len(self._slots)} slots are busy and {len(self._waiting)} requests are waiting",
                     retry_after_s=self._retry_after_s(),
                 )
-            self._in_flight += 1
+            self._in_flight += request.n
             self._waiting.append(job)
             self._cond.notify()
         return JobStream(job, self._on_cancel)
@@ -254,7 +267,7 @@ class BatchingEngine:
         """Caller holds _cond."""
         if job.counted:
             job.counted = False
-            self._in_flight -= 1
+            self._in_flight -= job.request.n
 
     async def _when_idle(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the engine thread between steps and return its result."""
@@ -297,30 +310,42 @@ class BatchingEngine:
                 calls, self._calls = self._calls, []
                 if calls:
                     break
-                if self._busy or (self._waiting and self._has_free_slot()):
+                if self._busy or self._head_fits():
                     return True
                 self._cond.wait()
         for call in calls:
             call()
         return True
 
-    def _has_free_slot(self) -> bool:
-        return self._busy < len(self._slots)
+    def _head_fits(self) -> bool:
+        """Whether the oldest waiting request has the slots it needs free (first come, first served: a request
+        for n choices waits for n free slots, and nothing overtakes it)."""
+        return bool(self._waiting) and len(self._slots) - self._busy >= self._waiting[0].request.n
 
     def _admit(self) -> None:
         while True:
             with self._cond:
                 if any(job.cancelled for job in self._waiting):
                     self._waiting = collections.deque(job for job in self._waiting if not job.cancelled)
-                if not self._waiting or not self._has_free_slot():
+                if not self._head_fits():
                     return
                 job = self._waiting.popleft()
-                self._busy += 1
+                self._busy += job.request.n
             free = [s for s in self._slots if not s.active]
             slot, reused = pick_slot(free, job.request.prompt_tokens) if self._reuse_prefix else (free[0], 0)
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, reused, -1)
             self.metrics.record_reused(reused)
-            slot.start(job, self._model.new_sampler(job.request.sampling), reused, next(self._admitted))
+            admitted = next(self._admitted)
+            sampling = job.request.sampling
+            slot.start(job, self._model.new_sampler(sampling), reused, admitted)
+            # Followers take the least recently used of the other free slots: their cached prefixes are overwritten.
+            others = sorted((s for s in free if s is not slot), key=lambda s: s.last_used)
+            for choice, follower in enumerate(others[: job.request.n - 1], start=1):
+                self._evict(follower)
+                seed = sampling.seed + choice if sampling.seed is not None else None
+                follower.follow(job, self._model.new_sampler(replace(sampling, seed=seed)), admitted, choice)
+                slot.followers.append(follower)
+            job.choices_running = job.request.n
 
     def _release_cancelled(self) -> None:
         for slot in self._slots:
@@ -332,9 +357,11 @@ class BatchingEngine:
             self._evict(slot)
         job = slot.job
         slot.release()
+        job.choices_running -= 1
         with self._cond:
             self._busy -= 1
-            self._uncount(job)
+            if job.choices_running == 0:
+                self._uncount(job)
 
     def _evict(self, slot: Slot) -> None:
         llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, 0, -1)
@@ -384,16 +411,28 @@ class BatchingEngine:
         for slot, n in plan:
             slot.n_past += n
         now = time.monotonic()
+        sampled = 0
         for slot, index in logits_at:
-            self._sample(slot, index, now)
-        self.metrics.record_step(len(logits_at))
+            for choice in [slot, *self._fork(slot)]:
+                self._sample(choice, index, now)
+                sampled += 1
+        self.metrics.record_step(sampled)
+
+    def _fork(self, leader: Slot) -> list[Slot]:
+        """Hand a leader's freshly prefilled prompt to its followers; llama.cpp copies the KV at the next decode."""
+        followers = leader.fork()
+        for follower in followers:
+            llama_cpp.llama_memory_seq_cp(self._mem, leader.seq_id, follower.seq_id, -1, -1)
+            self.metrics.record_reused(follower.n_past)
+        return followers
 
     def _sample(self, slot: Slot, index: int, now: float) -> None:
         job, sampling = slot.job, slot.job.request.sampling
         token = slot.sampler.sample(self._ctx, index)
         if slot.first_token_at is None:
             slot.first_token_at = now
-            self.metrics.record_first_token(now - job.submitted_at)
+            if slot.choice == 0:
+                self.metrics.record_first_token(now - job.submitted_at)
         if self._model.is_end_of_generation(token):
             self._finish(slot, "stop")
             return
@@ -402,7 +441,7 @@ class BatchingEngine:
             slot.logprobs.append(self._model.logprob(self._ctx, index, token, sampling))
         delta = slot.text.push(self._model.piece(token))
         if delta:
-            self._outbox.put(job, TextDelta(delta, slot.take_logprobs()))
+            self._outbox.put(job, TextDelta(delta, slot.take_logprobs(), slot.choice))
         if slot.text.stopped:
             self._finish(slot, "stop")
         elif slot.generated >= sampling.max_tokens:
@@ -414,22 +453,31 @@ class BatchingEngine:
         job, tail = slot.job, slot.text.finish()
         # Tokens of a stop string are not part of the answer, and neither are their log-probabilities.
         logprobs = () if slot.text.stopped else slot.take_logprobs()
-        finished = Finished(finish_reason=reason, prompt_tokens=slot.n_prompt, completion_tokens=slot.generated)
+        choice, n_prompt, generated = slot.choice, slot.n_prompt, slot.generated
+        job.completion_tokens += generated
+        if choice == 0:
+            job.first_finish_reason = reason
         decode_s = time.monotonic() - slot.first_token_at if slot.first_token_at is not None else None
-        self.metrics.record_finished(slot.n_prompt, slot.generated, decode_s)
+        self.metrics.record_finished(n_prompt, generated, decode_s)
         # Release first, so a consumer that sees Finished also sees the slot free.
         self._release(slot)
         if tail:
-            self._outbox.put(job, TextDelta(tail, logprobs))
-        self._outbox.put(job, finished)
+            self._outbox.put(job, TextDelta(tail, logprobs, choice))
+        if job.request.n > 1:
+            self._outbox.put(job, ChoiceFinished(choice, reason, generated))
+        if job.choices_running == 0:
+            self._outbox.put(job, Finished(job.first_finish_reason, n_prompt, job.completion_tokens))
 
     def _fail(self, slots: list[Slot], error: BaseException) -> None:
-        if slots:
-            log.error("failing %d generations: %s", len(slots), error)
-        for slot in slots:
-            job = slot.job
-            self._evict(slot)
-            self._release(slot)
+        jobs = list(dict.fromkeys(slot.job for slot in slots))
+        if jobs:
+            log.error("failing %d generations: %s", len(jobs), error)
+        # Every slot of a failed job goes, followers still waiting for their leader included.
+        for slot in self._slots:
+            if slot.active and slot.job in jobs:
+                self._evict(slot)
+                self._release(slot)
+        for job in jobs:
             self._outbox.put(job, error)
 
     def _shut_down(self) -> None:

@@ -49,6 +49,7 @@ def engine_for(model: LlamaModel, settings: Settings, model_id: str) -> Engine:
         n_threads=settings.n_threads,
         n_slots=settings.n_slots,
         max_queue=settings.max_queue,
+        max_choices=settings.max_n,
         embedding_pooling=settings.embedding_pooling,
     )
 

@@ -27,6 +27,10 @@ class Job:
     cancelled: bool = False
     # Whether the job still counts against the engine's admission limit; guarded by the engine's lock.
     counted: bool = True
+    # Written by the engine thread only: slots still generating for the job, and what its ended choices add up to.
+    choices_running: int = 0
+    completion_tokens: int = 0
+    first_finish_reason: str = "stop"
 
     def emit(self, event: GenerationEvent | BaseException) -> None:
         # The loop is gone when the server shuts down mid-generation; nobody is left to tell.

@@ -3,6 +3,9 @@
 A slot's `tokens` are everything its sequence must hold (the prompt, then each sampled token once it is to be decoded);
 the first `n_past` of them are already in the KV cache. Prefill and decode are the same thing: feed
 `tokens[n_past:]`. An idle slot keeps its tokens so the next request can reuse the common prefix.
+
+A request for n choices holds n slots: a leader that reads the prompt, and followers that hold nothing until the
+leader's prefill is done, when they get a copy of its KV and sample from the same logits.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class Slot:
     last_used: float = 0.0
     # Log-probabilities of sampled tokens whose text is not emitted yet (held back by UTF-8 or a possible stop).
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    choice: int = 0  # which of the job's n choices this slot generates
+    followers: list[Slot] = field(default_factory=list)  # slots waiting for this one's prefill (n > 1)
 
     @property
     def active(self) -> bool:
@@ -45,16 +50,36 @@ class Slot:
 
     def start(self, job: Job, sampler: Sampler, reused: int, admitted: int) -> None:
         """Take a job whose prompt shares its first `reused` tokens with what this slot's sequence holds."""
+        self._take(job, sampler, admitted, choice=0)
+        self.tokens = list(job.request.prompt_tokens)
+        self.n_past = reused
+
+    def follow(self, job: Job, sampler: Sampler, admitted: int, choice: int) -> None:
+        """Take choice `choice` of a job: nothing to feed until `fork` hands over the leader's prefilled prompt."""
+        self._take(job, sampler, admitted, choice)
+        self.tokens = []
+        self.n_past = 0
+
+    def fork(self) -> list[Slot]:
+        """The followers still generating for this slot's job, now holding the whole prompt in their KV."""
+        forked = [f for f in self.followers if f.job is self.job]
+        self.followers = []
+        for follower in forked:
+            follower.tokens = self.tokens[: self.n_past]
+            follower.n_past = self.n_past
+        return forked
+
+    def _take(self, job: Job, sampler: Sampler, admitted: int, choice: int) -> None:
         self.job = job
         self.sampler = sampler
         self.text = TextAssembler(job.request.sampling.stop)
-        self.tokens = list(job.request.prompt_tokens)
-        self.n_past = reused
-        self.n_prompt = len(self.tokens)
+        self.n_prompt = len(job.request.prompt_tokens)
         self.generated = 0
         self.admitted = admitted
         self.first_token_at = None
         self.logprobs.clear()
+        self.choice = choice
+        self.followers = []
 
     def take_logprobs(self) -> tuple[TokenLogprob, ...]:
         taken = tuple(self.logprobs)
@@ -66,6 +91,7 @@ class Slot:
         if self.sampler is not None:
             self.sampler.close()
         del self.tokens[self.n_past :]
+        self.followers = []
         self.job = self.sampler = self.text = None
         self.last_used = time.monotonic()
 

@@ -22,7 +22,7 @@ from server.api.protocol import (
     ToolCallFunction,
     ToolCallFunctionDelta,
 )
-from server.engine.base import Finished, TextDelta
+from server.engine.base import ChoiceFinished, Finished, FinishReason, TextDelta
 from server.serving import logprobs, tools
 from server.serving.prepare import chat_request
 from server.serving.run import Admitted, ServingContext, admit
@@ -38,27 +38,34 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
         chunks = _tool_chunks if tool_plan is not None else _text_chunks
         return Reply(headers, chunks=chunks(admitted, rid, model, body))
     whole = await admitted.collect()
-    message, reason = _message(whole.text, whole.finished, tool_plan is not None)
-    lp = ChatLogprobs(content=logprobs.chat(whole.logprobs)) if body.logprobs else None
-    choice = ChatChoice(index=0, message=message, logprobs=lp, finish_reason=reason)
-    completion = ChatCompletion(id=rid, created=now(), model=model, choices=[choice], usage=usage(whole.finished))
+    choices = []
+    for c in whole.choices:
+        message, reason = _message(c.text, c.finish_reason, tool_plan is not None)
+        lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
+        choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
+    completion = ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
     return Reply(headers, body=completion)
 
 
-def _message(text: str, finished: Finished, with_tools: bool) -> tuple[AssistantMessage, ChatFinishReason]:
+def _message(text: str, finish_reason: FinishReason, with_tools: bool) -> tuple[AssistantMessage, ChatFinishReason]:
     answer = tools.parse(text) if with_tools else None
     if answer is None:
-        return AssistantMessage(content=text), finished.finish_reason
+        return AssistantMessage(content=text), finish_reason
     if answer.calls:
         calls = [ToolCall(id=c.id, function=ToolCallFunction(name=c.name, arguments=c.arguments)) for c in answer.calls]
         return AssistantMessage(content=None, tool_calls=calls), "tool_calls"
-    return AssistantMessage(content=answer.content), finished.finish_reason
+    return AssistantMessage(content=answer.content), finish_reason
 
 
 def _chunk(
-    rid: str, model: str, delta: ChatDelta, reason: ChatFinishReason | None, lp: ChatLogprobs | None = None
+    rid: str,
+    model: str,
+    index: int,
+    delta: ChatDelta,
+    reason: ChatFinishReason | None,
+    lp: ChatLogprobs | None = None,
 ) -> ChatCompletionChunk:
-    choice = ChatChunkChoice(index=0, delta=delta, logprobs=lp, finish_reason=reason)
+    choice = ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=reason)
     return ChatCompletionChunk(id=rid, created=now(), model=model, choices=[choice])
 
 
@@ -69,16 +76,29 @@ def _usage_chunk(rid: str, model: str, finished: Finished) -> ChatCompletionChun
 async def _text_chunks(
     admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
 ) -> AsyncGenerator[BaseModel, None]:
-    first = True
+    """As OpenAI streams: a choice's first chunk carries the role, its last the finish reason; with n > 1 the
+    choices' chunks interleave, told apart by `index`."""
+    started: set[int] = set()
+    ended: set[int] = set()
+
+    def delta(index: int) -> ChatDelta:
+        first = index not in started
+        started.add(index)
+        return ChatDelta(role="assistant") if first else ChatDelta()
+
     async for event in admitted.events():
-        delta = ChatDelta(role="assistant") if first else ChatDelta()
-        first = False
         if isinstance(event, TextDelta):
-            delta.content = event.text
+            d = delta(event.index)
+            d.content = event.text
             lp = ChatLogprobs(content=logprobs.chat(event.logprobs)) if body.logprobs else None
-            yield _chunk(rid, model, delta, None, lp)
+            yield _chunk(rid, model, event.index, d, None, lp)
+        elif isinstance(event, ChoiceFinished):
+            ended.add(event.index)
+            yield _chunk(rid, model, event.index, delta(event.index), event.finish_reason)
         else:
-            yield _chunk(rid, model, delta, event.finish_reason)
+            for index in range(body.n):
+                if index not in ended:
+                    yield _chunk(rid, model, index, delta(index), event.finish_reason)
             if body.include_usage_in_stream():
                 yield _usage_chunk(rid, model, event)
 
@@ -89,18 +109,21 @@ async def _tool_chunks(
     """A tool answer is one JSON object: it is parsed whole, then sent as OpenAI streams calls (an id and name, then
     the arguments) or as content."""
     whole = await admitted.collect()
-    finished = whole.finished
-    message, reason = _message(whole.text, finished, True)
-    yield _chunk(rid, model, ChatDelta(role="assistant"), None)
-    for i, call in enumerate(message.tool_calls or []):
-        start = ToolCallDelta(
-            index=i, id=call.id, type="function", function=ToolCallFunctionDelta(name=call.function.name, arguments="")
-        )
-        yield _chunk(rid, model, ChatDelta(tool_calls=[start]), None)
-        rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
-        yield _chunk(rid, model, ChatDelta(tool_calls=[rest]), None)
-    if message.content:
-        yield _chunk(rid, model, ChatDelta(content=message.content), None)
-    yield _chunk(rid, model, ChatDelta(), reason)
+    for c in whole.choices:
+        message, reason = _message(c.text, c.finish_reason, True)
+        yield _chunk(rid, model, c.index, ChatDelta(role="assistant"), None)
+        for i, call in enumerate(message.tool_calls or []):
+            start = ToolCallDelta(
+                index=i,
+                id=call.id,
+                type="function",
+                function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
+            )
+            yield _chunk(rid, model, c.index, ChatDelta(tool_calls=[start]), None)
+            rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
+            yield _chunk(rid, model, c.index, ChatDelta(tool_calls=[rest]), None)
+        if message.content:
+            yield _chunk(rid, model, c.index, ChatDelta(content=message.content), None)
+        yield _chunk(rid, model, c.index, ChatDelta(), reason)
     if body.include_usage_in_stream():
-        yield _usage_chunk(rid, model, finished)
+        yield _usage_chunk(rid, model, whole.finished)

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 from pydantic import BaseModel
 
 from server.api.protocol import Completion, CompletionChoice, CompletionRequest
-from server.engine.base import TextDelta
+from server.engine.base import ChoiceFinished, TextDelta
 from server.serving import logprobs
 from server.serving.prepare import completion_request
 from server.serving.run import Admitted, ServingContext, admit
@@ -21,9 +21,16 @@ async def create(body: CompletionRequest, ctx: ServingContext) -> Reply[Completi
     if body.stream:
         return Reply(headers, chunks=_chunks(admitted, rid, model, body))
     whole = await admitted.collect()
-    lp = logprobs.completion(whole.logprobs, 0, bool(body.logprobs)) if body.logprobs is not None else None
-    choice = CompletionChoice(index=0, text=whole.text, logprobs=lp, finish_reason=whole.finished.finish_reason)
-    completion = Completion(id=rid, created=now(), model=model, choices=[choice], usage=usage(whole.finished))
+    choices = [
+        CompletionChoice(
+            index=c.index,
+            text=c.text,
+            logprobs=logprobs.completion(c.logprobs, 0, bool(body.logprobs)) if body.logprobs is not None else None,
+            finish_reason=c.finish_reason,
+        )
+        for c in whole.choices
+    ]
+    completion = Completion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
     return Reply(headers, body=completion)
 
 
@@ -32,15 +39,22 @@ def _chunk(rid: str, model: str, choice: CompletionChoice) -> Completion:
 
 
 async def _chunks(admitted: Admitted, rid: str, model: str, body: CompletionRequest) -> AsyncGenerator[BaseModel, None]:
-    offset = 0
+    offsets = [0] * body.n  # where each choice's next text starts, for the legacy logprobs' text_offset
+    ended: set[int] = set()
     async for event in admitted.events():
         if isinstance(event, TextDelta):
             lp = None
             if body.logprobs is not None:
-                lp = logprobs.completion(event.logprobs, offset, bool(body.logprobs))
-            offset += len(event.text)
-            yield _chunk(rid, model, CompletionChoice(index=0, text=event.text, logprobs=lp, finish_reason=None))
+                lp = logprobs.completion(event.logprobs, offsets[event.index], bool(body.logprobs))
+            offsets[event.index] += len(event.text)
+            choice = CompletionChoice(index=event.index, text=event.text, logprobs=lp, finish_reason=None)
+            yield _chunk(rid, model, choice)
+        elif isinstance(event, ChoiceFinished):
+            ended.add(event.index)
+            yield _chunk(rid, model, CompletionChoice(index=event.index, text="", finish_reason=event.finish_reason))
         else:
-            yield _chunk(rid, model, CompletionChoice(index=0, text="", finish_reason=event.finish_reason))
+            for index in range(body.n):
+                if index not in ended:
+                    yield _chunk(rid, model, CompletionChoice(index=index, text="", finish_reason=event.finish_reason))
             if body.include_usage_in_stream():
                 yield Completion(id=rid, created=now(), model=model, choices=[], usage=usage(event))

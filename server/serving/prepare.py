@@ -51,7 +51,7 @@ def completion_request(engine: Engine, body: CompletionRequest) -> GenerationReq
         raise APIError(400, "prompt must not be empty", param="prompt")
     max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
     sampling = _sampling(body, max_tokens, grammar=response_grammar(body), logprobs=body.logprobs)
-    return GenerationRequest(prompt, sampling, prompt_param="prompt")
+    return GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n)
 
 
 def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None) -> GenerationRequest:
@@ -62,6 +62,5 @@ def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: tools.T
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
     grammar = tool_plan.grammar if tool_plan is not None else response_grammar(body)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    return GenerationRequest(
-        prompt, _sampling(body, max_tokens, grammar=grammar, logprobs=logprobs), prompt_param="messages"
-    )
+    sampling = _sampling(body, max_tokens, grammar=grammar, logprobs=logprobs)
+    return GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n)

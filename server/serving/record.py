@@ -33,7 +33,8 @@ class RecordStage:
         try:
             async with aclosing(call_next(job)) as events:
                 async for event in events:
-                    if keep_text and isinstance(event, TextDelta):
+                    # The history goes on from the first choice, as a client that asked for n > 1 answers picks one.
+                    if keep_text and isinstance(event, TextDelta) and event.index == 0:
                         parts.append(event.text)
                     elif isinstance(event, Finished):
                         finished = event

@@ -18,13 +18,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.engine.base import Finished, GenerationEvent, TextDelta, TokenLogprob
+from server.engine.base import ChoiceFinished, Finished, GenerationEvent, TextDelta, TokenLogprob
 from server.store.outage import Outage
 from server.telemetry import prometheus
 
 # Fields that change how an answer is delivered, not what it is.
 TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user"})
-_FORMAT = "v2"  # bump when the stored value changes shape: old entries are then never read
+_FORMAT = "v3"  # bump when the stored value changes shape: old entries are then never read
 
 
 def is_deterministic(temperature: float | None, seed: int | None) -> bool:
@@ -46,18 +46,30 @@ def _unlogprob(value: list[Any]) -> TokenLogprob:
     return TokenLogprob(token, bytes.fromhex(piece), logprob, tuple((t, bytes.fromhex(p), q) for t, p, q in top))
 
 
+def _event(e: GenerationEvent) -> list[Any]:
+    if isinstance(e, TextDelta):
+        return ["t", e.text, [_logprob(lp) for lp in e.logprobs], e.index]
+    if isinstance(e, ChoiceFinished):
+        return ["c", e.index, e.finish_reason, e.completion_tokens]
+    return ["f", e.finish_reason, e.prompt_tokens, e.completion_tokens]
+
+
+def _unevent(value: list[Any]) -> GenerationEvent:
+    kind, *fields = value
+    if kind == "t":
+        text, logprobs, index = fields
+        return TextDelta(text, tuple(_unlogprob(lp) for lp in logprobs), index)
+    if kind == "c":
+        return ChoiceFinished(*fields)
+    return Finished(*fields)
+
+
 def encode(events: Sequence[GenerationEvent]) -> bytes:
-    deltas = [[e.text, [_logprob(lp) for lp in e.logprobs]] for e in events if isinstance(e, TextDelta)]
-    finished = next(e for e in events if isinstance(e, Finished))
-    done = [finished.finish_reason, finished.prompt_tokens, finished.completion_tokens]
-    return json.dumps({"deltas": deltas, "finished": done}, separators=(",", ":")).encode()
+    return json.dumps([_event(e) for e in events], separators=(",", ":")).encode()
 
 
 def decode(data: bytes) -> list[GenerationEvent]:
-    value = json.loads(data)
-    reason, prompt, completion = value["finished"]
-    deltas = [TextDelta(text, tuple(_unlogprob(lp) for lp in logprobs)) for text, logprobs in value["deltas"]]
-    return [*deltas, Finished(reason, prompt, completion)]
+    return [_unevent(value) for value in json.loads(data)]
 
 
 class ResponseCache:

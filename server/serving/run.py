@@ -10,7 +10,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.engine.base import Engine, Finished, GenerationEvent, GenerationRequest, TextDelta, TokenLogprob
+from server.engine.base import (
+    ChoiceFinished,
+    Engine,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    TokenLogprob,
+)
 from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ServedModel, ServerDrainingError
 from server.serving.errors import APIError
 from server.serving.job import Caller, Endpoint, ServingJob
@@ -53,21 +62,36 @@ class Admitted:
 
     async def collect(self) -> Collected:
         """The whole generation, for a reply that is not streamed."""
-        parts: list[str] = []
-        logprobs: list[TokenLogprob] = []
+        n = self.job.generation.n
+        parts: list[list[str]] = [[] for _ in range(n)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        reasons: dict[int, FinishReason] = {}
         async for event in self.events():
             if isinstance(event, TextDelta):
-                parts.append(event.text)
-                logprobs.extend(event.logprobs)
+                parts[event.index].append(event.text)
+                logprobs[event.index].extend(event.logprobs)
+            elif isinstance(event, ChoiceFinished):
+                reasons[event.index] = event.finish_reason
             else:
-                return Collected("".join(parts), logprobs, event)
+                choices = [
+                    CollectedChoice(i, "".join(parts[i]), logprobs[i], reasons.get(i, event.finish_reason))
+                    for i in range(n)
+                ]
+                return Collected(choices, event)
         raise RuntimeError("the pipeline ended a generation without a Finished event")
 
 
 @dataclass(frozen=True, slots=True)
-class Collected:
+class CollectedChoice:
+    index: int
     text: str
     logprobs: list[TokenLogprob]
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    choices: list[CollectedChoice]
     finished: Finished
 
 

@@ -319,8 +319,9 @@ def test_a_conversation_is_visible_to_its_key_only(plane: Plane) -> None:
         max_retries=0,
         default_headers={"X-Conversation-Id": conversation},
     )
+    # With n > 1 the history goes on from the first choice.
     answer = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Remember the word teal."}], max_tokens=4
+        model=MODEL, messages=[{"role": "user", "content": "Remember the word teal."}], max_tokens=4, n=2, seed=3
     )
     url = f"{plane.servers[1].base_url}/v1/conversations/{conversation}"
     deadline = time.monotonic() + 10

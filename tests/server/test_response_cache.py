@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.engine.base import Finished, TextDelta, TokenLogprob
+from server.engine.base import ChoiceFinished, Finished, TextDelta, TokenLogprob
 from server.serving.response_cache import ResponseCache, cache_key, is_deterministic
 from server.store.outage import Outage
 from server.store.redis import create_redis
@@ -12,6 +12,15 @@ EVENTS = [
     TextDelta("Hel", (TokenLogprob(5, b"Hel", -0.25, ((5, b"Hel", -0.25), (9, b"\xe2\x82", -1.5))),)),
     TextDelta("lo, é"),
     Finished("length", 7, 2),
+]
+# n = 2: the choices' deltas interleave and each choice ends on its own.
+CHOICE_EVENTS = [
+    TextDelta("A", index=0),
+    TextDelta("B", index=1),
+    ChoiceFinished(1, "stop", 1),
+    TextDelta("a", index=0),
+    ChoiceFinished(0, "length", 2),
+    Finished("length", 7, 3),
 ]
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "stream": False}
 
@@ -37,8 +46,11 @@ async def test_events_round_trip_and_expire(redis_server) -> None:
     assert await cache.get(key) is None
     await cache.put(key, EVENTS)
     assert await cache.get(key) == EVENTS
-    ttl = await client.ttl(f"ggufstack:cache:v2:{key}")
+    ttl = await client.ttl(f"ggufstack:cache:v3:{key}")
     assert 0 < ttl <= 60
+    choices_key = cache_key("chat", {**BODY, "n": 2}, "v-roundtrip")
+    await cache.put(choices_key, CHOICE_EVENTS)
+    assert await cache.get(choices_key) == CHOICE_EVENTS
     await client.aclose()
 
 
