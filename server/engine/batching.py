@@ -231,6 +231,10 @@ class BatchingEngine:
             lambda: [llama_cpp.llama_memory_seq_pos_max(self._mem, slot.seq_id) for slot in self._slots]
         )
 
+    async def graphs_reused(self) -> int:
+        """How many decode steps reused the previous step's compute graph instead of building one."""
+        return await self._when_idle(lambda: llama_cpp.llama_perf_context(self._ctx).n_reused)
+
     async def drop_prefix_cache(self) -> None:
         """Forget every idle slot's cached prompt (e.g. before measuring without prefix reuse)."""
 
@@ -379,7 +383,9 @@ class BatchingEngine:
                 n = min(slot.pending, self._prefill_chunk, budget)
                 plan.append((slot, n))
                 budget -= n
-        return plan
+        # The batch lists sequences in seq id order: llama.cpp reuses the previous step's compute graph only then
+        # (measured: with any other order it rebuilt the graph every step, and 8 streams lost a fifth of their speed).
+        return sorted(plan, key=lambda entry: entry[0].seq_id)
 
     def _step(self) -> None:
         plan = self._plan()

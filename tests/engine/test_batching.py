@@ -153,3 +153,14 @@ async def test_no_slot_or_kv_leak_after_200_requests(model: LlamaModel) -> None:
         assert all(pos < engine.n_ctx for pos in await engine.kv_positions())  # only idle prefix caches remain
         await engine.drop_prefix_cache()
         assert await engine.kv_positions() == [-1] * engine.n_slots
+
+
+@pytest.mark.asyncio
+async def test_decode_steps_reuse_the_compute_graph_whatever_order_slots_were_taken_in(model: LlamaModel) -> None:
+    async with running_engine(model, n_slots=4) as engine:
+        # A first request leaves slot 0 the most recently used, so the next four are admitted to slots 1, 2, 3, 0.
+        await run(engine, request(engine, "Hello", 1))
+        before = await engine.graphs_reused()
+        await asyncio.gather(*(run(engine, request(engine, p, 24)) for p in PROMPTS[:4]))
+        # Every step after the prompts' prefill has the same shape; each must reuse the graph of the one before.
+        assert await engine.graphs_reused() - before >= 20
