@@ -41,8 +41,8 @@ class HermesFormat:
 
         Not llama.cpp's lazy grammar (`llama_sampler_init_grammar_lazy_patterns`, which llama-cpp-python 0.3.36 does
         expose). A lazy grammar only wakes up once `<tool_call>` appears, and then feeds it the rest of the token
-        that completed the trigger without checking it first: when that text does not parse (`<tool_call>.` is one
-        token in some vocabularies), llama.cpp throws a C++ exception through its C API, which aborts the process.
+        that completed the trigger without checking it first: when that text does not parse (`>.` is one token in
+        SmolLM2's vocabulary), llama.cpp throws a C++ exception through its C API, which terminates the process.
         Instead the text before the calls is part of the grammar, as "any text that does not contain `<tool_call>`":
         the same language as the lazy grammar's, and every token is checked before it is accepted, so the sampler's
         sample-first check (the grammar filters the whole vocabulary only when it refuses the sampled token) keeps
