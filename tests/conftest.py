@@ -9,14 +9,22 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from server.model_source.local import demo_model
 from tests.support.azurite import Azurite, start_azurite
+from tests.support.chat_templates import HERMES_TEMPLATE, with_chat_template
 from tests.support.server import ServerProcess, ready_server
 
 DEMO_MODEL_ID = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HERMES_MODEL_ID = "SmolLM2-135M-Instruct-hermes-tools.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
 def demo_gguf() -> Path:
     return demo_model()
+
+
+@pytest.fixture(scope="session")
+def hermes_gguf(demo_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with a Hermes/Qwen-style chat template: a real model whose template has native tool calls."""
+    return with_chat_template(demo_gguf, tmp_path_factory.mktemp("hermes") / HERMES_MODEL_ID, HERMES_TEMPLATE)
 
 
 @pytest.fixture(scope="session")

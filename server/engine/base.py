@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -151,7 +153,12 @@ class Engine(Protocol):
 
     def token_piece(self, token: int) -> bytes: ...
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+    @property
+    def tool_syntax(self) -> ToolSyntax | None:
+        """The tool-call syntax the chat template speaks natively; None: it has none (tools use a generic format)."""
+        ...
+
+    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
 

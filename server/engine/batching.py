@@ -24,7 +24,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -42,6 +42,7 @@ from server.engine.base import (
     GenerationRequest,
     TextDelta,
 )
+from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
 from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.handoff import Job, JobStream, Outbox
 from server.engine.llama_model import LlamaModel
@@ -158,8 +159,12 @@ class BatchingEngine:
     def token_piece(self, token: int) -> bytes:
         return self._model.piece(token)
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        return self._model.render_chat(messages)
+    @property
+    def tool_syntax(self) -> ToolSyntax | None:
+        return self._model.tool_syntax
+
+    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
+        return self._model.render_chat(messages, tools)
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         n_prompt = len(request.prompt_tokens)

@@ -30,6 +30,10 @@ def open_model(path: Path, settings: Settings) -> LlamaModel:
         info.n_layer,
         info.n_ctx_train,
     )
+    if model.tool_syntax is not None:
+        log.info("tool calls: the chat template's own %s syntax", model.tool_syntax)
+    else:
+        log.info("tool calls: the generic format (the chat template has no tool syntax the server knows)")
     if model.gpu_offload:
         log.info("CUDA offload active: %d of %d layers on the GPU", min(model.n_gpu_layers, info.n_layer), info.n_layer)
     elif model.gpu_offload_supported:

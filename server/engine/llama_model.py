@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from server.engine.base import EngineError, SamplingParams, TokenLogprob
+from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax, detect_tool_syntax
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class LlamaModel:
         )
         self._pieces: dict[int, bytes] = {}
         self._chat = self._chat_formatter()
+        self.tool_syntax: ToolSyntax | None = detect_tool_syntax(self._chat.template, self._render)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -135,12 +137,15 @@ class LlamaModel:
         if bad:
             raise EngineError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.n_vocab - 1})", param=param)
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
+        """The prompt for `messages`; `tools` are given to the template as its `tools` variable (OpenAI's shape)."""
         try:
-            response = self._chat(messages=[dict(m) for m in messages])
+            return self._render(messages, tools)
         except Exception as exc:  # a template's raise_exception and jinja errors alike mean the messages don't fit it
             raise EngineError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
-        return response.prompt
+
+    def _render(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None) -> str:
+        return self._chat(messages=[dict(m) for m in messages], tools=list(tools) if tools else None).prompt
 
     def _chat_formatter(self) -> Jinja2ChatFormatter:
         template = llama_cpp.llama_model_chat_template(self.ptr, None)

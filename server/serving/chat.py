@@ -1,5 +1,5 @@
 """POST /v1/chat/completions: plan tools, render the chat template → admit through the pipeline → shape as OpenAI's
-chat completion (text, or tool calls in the generic format of `server/serving/tools.py`)."""
+chat completion (text, or tool calls in the model's own format or the generic one, see `server/serving/tools.py`)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from server.api.protocol import (
     ToolCallFunctionDelta,
 )
 from server.engine.base import ChoiceFinished, Finished, FinishReason, TextDelta
-from server.serving import logprobs, tools
+from server.serving import logprobs, tool_calls, tools
 from server.serving.prepare import chat_request
 from server.serving.run import Admitted, ServingContext, admit
 from server.serving.shape import Reply, new_id, now, usage
 
 
 async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[ChatCompletion]:
-    tool_plan = tools.plan(body)
+    tool_plan = tool_calls.plan(body)
     admitted = await admit(ctx, "chat.completions", body, lambda engine: chat_request(engine, body, tool_plan))
     rid, model = new_id("chatcmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
@@ -38,22 +38,27 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
         chunks = _tool_chunks if tool_plan is not None else _text_chunks
         return Reply(headers, chunks=chunks(admitted, rid, model, body))
     whole = await admitted.collect()
+    tool_format = tools.format_for(admitted.job.model.engine) if tool_plan is not None else None
     choices = []
     for c in whole.choices:
-        message, reason = _message(c.text, c.finish_reason, tool_plan is not None)
+        message, reason = _message(c.text, c.finish_reason, tool_format)
         lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
         choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
     completion = ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
     return Reply(headers, body=completion)
 
 
-def _message(text: str, finish_reason: FinishReason, with_tools: bool) -> tuple[AssistantMessage, ChatFinishReason]:
-    answer = tools.parse(text) if with_tools else None
+def _message(
+    text: str, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
+) -> tuple[AssistantMessage, ChatFinishReason]:
+    answer = tool_format.parse(text) if tool_format is not None else None
     if answer is None:
         return AssistantMessage(content=text), finish_reason
     if answer.calls:
         calls = [ToolCall(id=c.id, function=ToolCallFunction(name=c.name, arguments=c.arguments)) for c in answer.calls]
-        return AssistantMessage(content=None, tool_calls=calls), "tool_calls"
+        # Calls parsed from an answer cut short by max_tokens may not be all of them: "length" says so.
+        reason: ChatFinishReason = "tool_calls" if finish_reason == "stop" else finish_reason
+        return AssistantMessage(content=answer.content, tool_calls=calls), reason
     return AssistantMessage(content=answer.content), finish_reason
 
 
@@ -106,11 +111,12 @@ async def _text_chunks(
 async def _tool_chunks(
     admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
 ) -> AsyncGenerator[BaseModel, None]:
-    """A tool answer is one JSON object: it is parsed whole, then sent as OpenAI streams calls (an id and name, then
-    the arguments) or as content."""
+    """A tool answer is parsed whole, then sent as OpenAI streams calls (an id and name, then the arguments) and
+    content."""
     whole = await admitted.collect()
+    tool_format = tools.format_for(admitted.job.model.engine)
     for c in whole.choices:
-        message, reason = _message(c.text, c.finish_reason, True)
+        message, reason = _message(c.text, c.finish_reason, tool_format)
         yield _chunk(rid, model, c.index, ChatDelta(role="assistant"), None)
         for i, call in enumerate(message.tool_calls or []):
             start = ToolCallDelta(

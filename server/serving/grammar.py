@@ -2,7 +2,9 @@
 
 JSON Schemas are converted to GBNF with llama-cpp-python's converter after a check of our own, because the converter
 silently drops keywords it cannot express: a schema that uses one is refused with the keyword and its place named,
-never answered unconstrained. Conversions are cached by the schema's canonical JSON.
+never answered unconstrained. Conversions are cached by the schema's compact JSON, keys in the schema's order: that is
+the order the grammar writes an object's properties in, as llama.cpp's server does (a tool call's "name" comes before
+its "arguments", as models were trained to write them).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
 
 from server.serving.errors import APIError
 
@@ -37,14 +39,21 @@ JSON_OBJECT_GBNF = JSON_GBNF
 
 def json_schema_grammar(schema: dict[str, Any], *, param: str) -> str:
     """GBNF for JSON that validates against `schema`; APIError(400) naming what cannot be expressed."""
-    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    return json_schema_rules(schema, rule="", param=param)
+
+
+def json_schema_rules(schema: dict[str, Any], *, rule: str, param: str) -> str:
+    """GBNF rules in which `rule` matches JSON that validates against `schema`, to embed in a larger grammar: the
+    other rules are named after `rule` or are the converter's shared ones (`space`, `string`, ...). `rule=""` names
+    it `root`, a whole grammar."""
+    canonical = json.dumps(schema, separators=(",", ":"))
     if len(canonical) > MAX_SCHEMA_BYTES:
         raise APIError(400, f"the JSON schema is larger than {MAX_SCHEMA_BYTES} bytes", param=param)
-    return _convert(canonical, param)
+    return _convert(canonical, param, rule)
 
 
 @functools.lru_cache(maxsize=256)
-def _convert(canonical: str, param: str) -> str:
+def _convert(canonical: str, param: str, rule: str) -> str:
     schema = json.loads(canonical)
     try:
         Draft202012Validator.check_schema(schema)
@@ -53,9 +62,15 @@ def _convert(canonical: str, param: str) -> str:
         raise APIError(400, f"invalid JSON schema at {where}: {exc.message}", param=param) from None
     _check_supported(schema, "#", param)
     try:
-        grammar = json_schema_to_gbnf(canonical)
+        # What llama-cpp-python's json_schema_to_gbnf does, with the top rule's name chosen.
+        converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        top = converter.visit(converter.resolve_refs(schema, "stdin"), rule)
+        grammar = converter.format_grammar()
     except Exception as exc:  # the converter raises bare Exceptions too (an unresolvable $ref)
         raise APIError(400, f"the JSON schema cannot be turned into a grammar: {exc}", param=param) from None
+    if top != (rule or "root"):  # the converter renamed it because a $defs entry took its name
+        taken = rule or "root"
+        raise APIError(400, f"a $defs entry of the JSON schema takes the name {taken!r}; rename it", param=param)
     if len(grammar) > MAX_GRAMMAR_BYTES:
         raise APIError(400, "the JSON schema's grammar is too large; simplify the schema", param=param)
     return grammar

@@ -11,6 +11,7 @@ from server.engine.base import Engine, GenerationRequest, SamplingParams
 from server.serving import tools
 from server.serving.errors import APIError
 from server.serving.grammar import JSON_OBJECT_GBNF, json_schema_grammar
+from server.serving.tool_calls import ToolPlan
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -54,13 +55,15 @@ def completion_request(engine: Engine, body: CompletionRequest) -> GenerationReq
     return GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n)
 
 
-def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: tools.ToolPlan | None) -> GenerationRequest:
+def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: ToolPlan | None) -> GenerationRequest:
+    tool_format = tools.format_for(engine)
+    template_input = tool_format.template_input(body.messages, tool_plan)
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
-    rendered = engine.render_chat(tools.render_messages(body.messages, tool_plan))
+    rendered = engine.render_chat(template_input.messages, template_input.tools)
     prompt = engine.tokenize(rendered, add_special=False)
     requested = body.requested_max_tokens()
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
-    grammar = tool_plan.grammar if tool_plan is not None else response_grammar(body)
+    grammar = tool_format.grammar(tool_plan) if tool_plan is not None else response_grammar(body)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     sampling = _sampling(body, max_tokens, grammar=grammar, logprobs=logprobs)
     return GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n)

@@ -1,0 +1,96 @@
+"""What a chat template is given (messages and tools in OpenAI's shape), and which tool-call syntax it speaks.
+
+Pure logic: the template itself is rendered by the model (`llama_model.py`), which hands a render function in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NotRequired, TypedDict
+
+# Tool-call syntaxes a chat template can carry, and that the serving layer knows how to prompt, constrain and parse.
+# "hermes": calls written as `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` blocks, results given
+# back as role "tool" messages (Hermes 2 Pro / 3, Qwen 2.5 / 3 and the many models trained on their templates).
+ToolSyntax = Literal["hermes"]
+
+
+class TemplateFunctionCall(TypedDict):
+    name: str
+    # A mapping when the arguments are a JSON object: templates write them with `tojson`, iterate them, or test
+    # `is string` first; a string reaches the template only when it is not a JSON object.
+    arguments: Mapping[str, Any] | str
+
+
+class TemplateToolCall(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: TemplateFunctionCall
+
+
+class TemplateMessage(TypedDict):
+    role: str
+    content: str  # "" for an assistant turn that only calls tools: templates concatenate it
+    tool_calls: NotRequired[list[TemplateToolCall]]
+    tool_call_id: NotRequired[str]
+
+
+# A tool as OpenAI's API describes it: {"type": "function", "function": {"name", "description", "parameters"}}.
+TemplateTool = Mapping[str, Any]
+
+Render = Callable[[Sequence[TemplateMessage], Sequence[TemplateTool] | None], str]
+
+# Templates that put <tool_call> around XML arguments rather than JSON (Qwen3-Coder, GLM 4.5): not Hermes.
+_XML_ARGUMENTS = ("<function=", "<parameter=", "<arg_key>")
+_PROBE_ARGUMENTS = {"probe_argument": "probe value"}
+_PROBE_TOOL: TemplateTool = {
+    "type": "function",
+    "function": {
+        "name": "probe_function",
+        "description": "probe description",
+        "parameters": {"type": "object", "properties": {"probe_argument": {"type": "string"}}},
+    },
+}
+_PROBE: list[TemplateMessage] = [
+    {"role": "user", "content": "probe question"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_probe",
+                "type": "function",
+                "function": {"name": "probe_function", "arguments": _PROBE_ARGUMENTS},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_probe", "content": "probe result"},
+]
+_CALL_BLOCK = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+def detect_tool_syntax(source: str, render: Render) -> ToolSyntax | None:
+    """The template's native tool-call syntax, or None when it has none the server knows.
+
+    llama.cpp's server picks the Hermes format for any template whose source contains `<tool_call>`. That alone would
+    also catch templates that wrap XML arguments in the same tag, so the source check only shortlists: a probe
+    conversation is rendered, and the template counts as Hermes when it describes the tool and writes the earlier call
+    back as a `<tool_call>` block holding `{"name": ..., "arguments": {...}}` JSON, the syntax its model was trained on.
+    """
+    if "<tool_call>" not in source or any(marker in source for marker in _XML_ARGUMENTS):
+        return None
+    try:
+        rendered = render(_PROBE, [_PROBE_TOOL])
+    except Exception:  # a template that cannot render the probe has no tool syntax we can use
+        return None
+    if "probe description" not in rendered:  # the tools were not described to the model
+        return None
+    for block in _CALL_BLOCK.findall(rendered):
+        try:
+            call = json.loads(block)
+        except json.JSONDecodeError:
+            continue
+        if call == {"name": "probe_function", "arguments": _PROBE_ARGUMENTS}:
+            return "hermes"
+    return None

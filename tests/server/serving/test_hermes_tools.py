@@ -1,0 +1,234 @@
+"""The Hermes tool-call format: parsing answers, what the template is given, and the grammar's language, checked by
+llama.cpp's own grammar engine on the demo model's vocabulary (token by token, as the sampler feeds it)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+from collections.abc import Iterator
+
+import llama_cpp
+import pytest
+
+from server.api.protocol import ChatMessage, Tool
+from server.engine.llama_model import LlamaModel
+from server.model_source.local import demo_model
+from server.serving.errors import APIError
+from server.serving.hermes_tools import HermesFormat
+from server.serving.tool_calls import ParsedAnswer, ToolPlan
+
+HERMES = HermesFormat()
+WEATHER = Tool.model_validate(
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"],
+                "additionalProperties": False,
+            },
+        },
+    }
+)
+TIME = Tool.model_validate({"type": "function", "function": {"name": "get_time"}})
+
+
+def _block(name: str, arguments: dict) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+
+PARIS = _block("get_weather", {"city": "Paris", "unit": "celsius"})
+ROME = _block("get_weather", {"city": "Rome", "unit": "fahrenheit"})
+
+
+# ---- parsing ----
+
+
+def test_several_calls_are_parsed_in_order_with_fresh_ids() -> None:
+    answer = HERMES.parse(f"{PARIS}\n{ROME}")
+    assert answer.content is None
+    assert [(c.name, json.loads(c.arguments)) for c in answer.calls] == [
+        ("get_weather", {"city": "Paris", "unit": "celsius"}),
+        ("get_weather", {"city": "Rome", "unit": "fahrenheit"}),
+    ]
+    assert all(c.id.startswith("call_") for c in answer.calls) and answer.calls[0].id != answer.calls[1].id
+
+
+def test_text_around_calls_becomes_the_content() -> None:
+    answer = HERMES.parse(f"Let me check.\n{PARIS}\nOne moment.")
+    assert answer.content == "Let me check.\n\nOne moment."
+    assert [c.name for c in answer.calls] == ["get_weather"]
+
+
+def test_an_answer_without_calls_is_all_content_unchanged() -> None:
+    assert HERMES.parse("  It is sunny.\n") == ParsedAnswer("  It is sunny.\n", ())
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par',  # cut short by max_tokens
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_',
+        "<tool_call>\nnot json\n</tool_call>",
+        '<tool_call>\n["get_weather"]\n</tool_call>',
+        '<tool_call>\n{"arguments": {}}\n</tool_call>',  # no name
+        '<tool_call>\n{"name": "get_weather", "arguments": [1]}\n</tool_call>',
+    ],
+)
+def test_a_block_that_is_not_a_complete_call_stays_content(broken: str) -> None:
+    assert HERMES.parse(broken) == ParsedAnswer(broken, ())
+    after_a_call = HERMES.parse(f"{PARIS}\n{broken}")
+    assert [c.name for c in after_a_call.calls] == ["get_weather"] and after_a_call.content == broken
+
+
+def test_arguments_written_as_a_json_string_are_accepted() -> None:
+    (call,) = HERMES.parse('<tool_call>{"name": "get_time", "arguments": "{\\"tz\\": \\"UTC\\"}"}</tool_call>').calls
+    assert json.loads(call.arguments) == {"tz": "UTC"}
+
+
+def test_no_prefix_or_corruption_of_an_answer_makes_the_parser_raise() -> None:
+    answer = f"Sure. {PARIS}\n{ROME} done"
+    rng = random.Random(7)
+    for end in range(len(answer) + 1):
+        assert isinstance(HERMES.parse(answer[:end]), ParsedAnswer)
+    for _ in range(300):
+        chars = list(answer)
+        for _ in range(3):
+            chars[rng.randrange(len(chars))] = rng.choice('<>{}":/ x\n')
+        assert isinstance(HERMES.parse("".join(chars)), ParsedAnswer)
+
+
+# ---- what the template is given ----
+
+
+def test_history_reaches_the_template_in_openai_shape() -> None:
+    messages = [
+        ChatMessage(role="user", content="Weather in Paris?"),
+        ChatMessage.model_validate(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                    {"id": "call_2", "function": {"name": "get_time", "arguments": "not json"}},
+                ],
+            }
+        ),
+        ChatMessage(role="tool", tool_call_id="call_1", content='{"temp": 18}'),
+    ]
+    given = HERMES.template_input(messages, ToolPlan((WEATHER, TIME), (WEATHER,), True, 8))
+    assert given.messages == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},  # an object, not its text
+                },
+                {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "not json"}},
+            ],
+        },
+        {"role": "tool", "content": '{"temp": 18}', "tool_call_id": "call_1"},
+    ]
+    assert given.tools == [WEATHER.model_dump(exclude_none=True), TIME.model_dump(exclude_none=True)]
+    assert HERMES.template_input(messages, None).tools is None, "no plan (tool_choice none): history only"
+
+
+# ---- the grammar, run by llama.cpp ----
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    loaded = LlamaModel(demo_model(), n_gpu_layers=0)
+    yield loaded
+    loaded.close()
+
+
+def _matches(model: LlamaModel, grammar: str, text: str) -> bool:
+    """Whether llama.cpp's grammar lets the tokens of `text` through one by one, then lets the answer end."""
+    sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    assert sampler, "the grammar does not parse"
+    one = (llama_cpp.llama_token_data * 1)()
+    candidates = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+
+    def allowed(token: int) -> bool:
+        one[0].id, one[0].logit = token, 0.0
+        candidates.size, candidates.selected = 1, -1
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(candidates))
+        return one[0].logit != float("-inf")
+
+    try:
+        for token in model.tokenize(text, add_special=False):
+            if not allowed(token):
+                return False
+            llama_cpp.llama_sampler_accept(sampler, token)
+        return allowed(llama_cpp.llama_vocab_eos(model.vocab))
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+
+def _plan(*, auto: bool, parallel: bool, chosen: tuple[Tool, ...] = (WEATHER,)) -> ToolPlan:
+    return ToolPlan((WEATHER, TIME), chosen, auto, 8 if parallel else 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "auto", "required_one", "required_many"),
+    [
+        (PARIS, True, True, True),
+        (f"{PARIS}\n{ROME}\n", True, False, True),
+        (f"Checking.\n{PARIS}", True, False, False),
+        (f"a <b> <<tool_call <tool_cal\n{PARIS}", True, False, False),
+        ("Just text, with < and <tool_ca but no call.", True, False, False),
+        ("It ends on a partial tag <tool_c", True, False, False),
+        ("<tool_call> mentioned in passing", False, False, False),
+        (f"{PARIS} then text after the calls", False, False, False),
+        (_block("get_weather", {"city": "Paris", "unit": "kelvin"}), False, False, False),
+        (_block("get_weather", {"city": "Paris"}), False, False, False),
+        (_block("get_time", {}), False, False, False),  # a tool that is described but not chosen
+        ('<tool_call>\n{"arguments": {"city": "Paris", "unit": "celsius"}, "name": "get_weather"}\n</tool_call>',
+         False, False, False),  # name first, as models are trained to write it
+    ],
+)  # fmt: skip
+def test_the_grammar_allows_exactly_text_then_valid_calls(
+    model: LlamaModel, text: str, auto: bool, required_one: bool, required_many: bool
+) -> None:
+    assert _matches(model, HERMES.grammar(_plan(auto=True, parallel=True)), text) is auto
+    assert _matches(model, HERMES.grammar(_plan(auto=False, parallel=False)), text) is required_one
+    assert _matches(model, HERMES.grammar(_plan(auto=False, parallel=True)), text) is required_many
+
+
+def test_a_named_choice_allows_only_that_tool(model: LlamaModel) -> None:
+    grammar = HERMES.grammar(_plan(auto=False, parallel=False, chosen=(TIME,)))
+    assert _matches(model, grammar, _block("get_time", {}))
+    assert not _matches(model, grammar, PARIS)
+
+
+def test_parallel_calls_are_bounded(model: LlamaModel) -> None:
+    grammar = HERMES.grammar(_plan(auto=False, parallel=True))
+    assert _matches(model, grammar, "\n".join([PARIS] * 8))
+    assert not _matches(model, grammar, "\n".join([PARIS] * 9))
+
+
+def test_a_defs_name_that_clashes_with_the_grammar_is_refused() -> None:
+    clashing = Tool.model_validate(
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"x": {"$ref": "#/$defs/hermes-calls"}},
+                    "$defs": {"hermes-calls": {"type": "integer"}},
+                },
+            },
+        }
+    )
+    with pytest.raises(APIError) as info:
+        HERMES.grammar(ToolPlan((clashing,), (clashing,), False, 1))
+    assert info.value.param == "tools" and "hermes-calls" in str(info.value)
