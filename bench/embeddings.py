@@ -2,9 +2,10 @@
 `llama-server --embeddings`, same GGUF, mean pooling, one server at a time.
 
 Two shapes of the same work: one request carrying all 256 inputs, and 256 one-input requests sent 32 at a time (what
-the cross-request batching is for). Prints inputs/s per server and shape, the ratio ours/llama.cpp, and the lowest
-cosine similarity between the two servers' vectors for the same input (both L2-normalise, so ~1.0 means the same
-embedding).
+the cross-request batching is for). Prints inputs/s per server and shape, the ratio ours/llama.cpp, and two checks
+that the speed is not bought with wrong answers: each server's lowest cosine similarity between an input's vector in
+the big batch and the same input embedded alone (every input), and the lowest between the two servers' vectors for
+the same input (both L2-normalise, so ~1.0 means the same embedding).
 
     uv run --no-sync python -m bench.embeddings [--llama-server PATH] [--threads 2] [--inputs 256]
 """
@@ -76,6 +77,7 @@ def main() -> None:
         args.model = demo_model()
     texts = inputs(args.inputs)
     rates: dict[tuple[str, str], float] = {}
+    batched_vs_alone: dict[str, float] = {}
     vectors: dict[str, list[list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         port = free_port()
@@ -98,6 +100,8 @@ def main() -> None:
                 asyncio.run(one_request(server, model, texts[:8]))  # warm-up: our embedding context is lazy
                 wall, vectors[name] = asyncio.run(one_request(server, model, texts))
                 rates[(name, "one request")] = len(texts) / wall
+                alone = [asyncio.run(one_request(server, model, [text]))[1][0] for text in texts]
+                batched_vs_alone[name] = cosine_floor(vectors[name], alone)
                 wall = asyncio.run(many_requests(server, model, texts, args.concurrency))
                 rates[(name, "one per request")] = len(texts) / wall
                 print(f"{name}: done", file=sys.stderr)
@@ -105,9 +109,10 @@ def main() -> None:
                 server.stop()
     shapes = ["one request", f"one per request ({args.concurrency} at a time)"]
     print(f"\n{len(texts)} inputs, {args.threads} threads; inputs/s\n")
-    print(f"| server | {shapes[0]} | {shapes[1]} |\n|---|---|---|")
+    print(f"| server | {shapes[0]} | {shapes[1]} | lowest cosine, batched vs alone |\n|---|---|---|---|")
     for name in vectors:
-        print(f"| {name} | {rates[(name, 'one request')]:.0f} | {rates[(name, 'one per request')]:.0f} |")
+        row = f"| {name} | {rates[(name, 'one request')]:.0f} | {rates[(name, 'one per request')]:.0f} |"
+        print(f"{row} {batched_vs_alone[name]:.5f} |")
     if "llama.cpp" in vectors:
         for shape in ("one request", "one per request"):
             print(f"ours/llama.cpp, {shape}: {rates[('ours', shape)] / rates[('llama.cpp', shape)]:.2f}x")
