@@ -31,7 +31,7 @@ LONG_TEXT = "hello world " * 3000  # about 6000 tokens, past the default 4096-to
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": -5}, 400, "max_tokens", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": 10**6}, 400, "max_tokens", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "max_tokens": 1.5}, 400, "max_tokens", None),
-        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "n": 2}, 400, "n", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "n": 5}, 400, "n", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "stream": "yes"}, 400, "stream", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "stop": 7}, 400, "stop", None),
