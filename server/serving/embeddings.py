@@ -7,12 +7,15 @@ import struct
 
 from server.api.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from server.lifecycle.holder import ModelHolder
+from server.serving.job import Caller
+from server.serving.permit import require_permitted
 from server.serving.run import lease_model
 
 
-async def create(body: EmbeddingRequest, holder: ModelHolder) -> EmbeddingList:
+async def create(body: EmbeddingRequest, holder: ModelHolder, caller: Caller) -> EmbeddingList:
     # A lease, as for generations: a hot swap frees the old engine only after its last request, embeddings included.
     async with lease_model(holder, body.model) as served:
+        require_permitted(caller, served.model_id)
         engine = served.engine
         inputs = [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
         vectors = await engine.embed(inputs)

@@ -5,20 +5,24 @@ from __future__ import annotations
 from contextlib import aclosing
 
 from server.serving.errors import APIError
-from server.serving.job import ServingJob
+from server.serving.job import Caller, ServingJob
 from server.serving.stages import Events, Next
 
 
-async def permit(job: ServingJob, call_next: Next) -> Events:
-    allowed = job.caller.models
-    if allowed is not None and job.model.model_id not in allowed:
+def require_permitted(caller: Caller, model_id: str) -> None:
+    """Raise 403 when the caller's key is limited to other models."""
+    if caller.models is not None and model_id not in caller.models:
         raise APIError(
             403,
-            f"this API key may not use the model {job.model.model_id!r}",
+            f"this API key may not use the model {model_id!r}",
             type="permission_error",
             param="model",
             code="model_not_allowed",
         )
+
+
+async def permit(job: ServingJob, call_next: Next) -> Events:
+    require_permitted(job.caller, job.model.model_id)
     async with aclosing(call_next(job)) as events:
         async for event in events:
             yield event

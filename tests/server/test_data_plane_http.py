@@ -114,6 +114,8 @@ def test_key_lifecycle(plane: Plane) -> None:
     other_model = plane.create_key(models=["some-other-model"])
     with pytest.raises(openai.PermissionDeniedError):
         _chat(plane.client(other_model["key"]))
+    with pytest.raises(openai.PermissionDeniedError):
+        plane.client(other_model["key"]).embeddings.create(model=MODEL, input="hi")
 
     with plane.admin() as admin:
         listed = admin.get("/admin/keys").json()["data"]

@@ -64,8 +64,8 @@ def embeddings_router() -> APIRouter:
     embeddings_routes = APIRouter(prefix="/v1")
 
     @embeddings_routes.post("/embeddings", responses=_errors(400, 401, 403, 404, 429, 500, 503))
-    async def create_embeddings(body: EmbeddingRequest, holder: HolderDep, _: CallerDep) -> EmbeddingList:
-        return await embeddings.create(body, holder)
+    async def create_embeddings(body: EmbeddingRequest, holder: HolderDep, caller: CallerDep) -> EmbeddingList:
+        return await embeddings.create(body, holder, caller)
 
     return embeddings_routes
 
