@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api.protocol import ErrorDetail, ErrorResponse
-from server.engine.base import EngineClosedError, EngineError, EngineOverloadedError
+from server.engine.base import EngineError
 from server.lifecycle.holder import ModelNotReadyError, ServerDrainingError
-from server.serving.errors import APIError
+from server.serving.errors import APIError, known_error
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +27,11 @@ def response(error: APIError) -> JSONResponse:
 
 def from_exception(exc: Exception) -> APIError:
     """The API error a failure maps to; anything unforeseen is a 500 that names no internals."""
-    match exc:
-        case APIError():
-            return exc
-        case EngineOverloadedError():
-            return APIError(
-                429, str(exc), type="rate_limit_error", code=exc.code, headers={"Retry-After": str(exc.retry_after_s)}
-            )
-        case EngineClosedError():
-            return APIError(503, str(exc), type="service_unavailable", code="server_shutting_down")
-        case EngineError():
-            return APIError(400, str(exc), param=exc.param, code=exc.code)
-        case ServerDrainingError():
-            return APIError(
-                503,
-                str(exc),
-                type="service_unavailable",
-                code="server_shutting_down",
-                headers={"Retry-After": str(exc.retry_after_s)},
-            )
-        case ModelNotReadyError():
-            return APIError(503, f"the model is not ready: {exc}", type="service_unavailable", code="model_not_ready")
-        case _:
-            log.exception("unhandled error", exc_info=exc)
-            return APIError(500, "internal error while handling the request", type="server_error")
+    known = known_error(exc)
+    if known is not None:
+        return known
+    log.exception("unhandled error", exc_info=exc)
+    return APIError(500, "internal error while handling the request", type="server_error")
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:

@@ -1,5 +1,5 @@
-"""The record stage: one audit row per generation request (and, when history is kept, its messages), handed to the
-background writer after the last event, so PostgreSQL never slows a response.
+"""The record stage: one audit row per request, generations and embeddings alike (and, when history is kept, a
+generation's messages), handed to the background writer after the last event, so PostgreSQL never slows a response.
 
 It sits outside the limit and cache stages, so it also records refusals (their status) and cache hits.
 """
@@ -11,8 +11,8 @@ from contextlib import aclosing
 from datetime import UTC, datetime
 
 from server.api.protocol import ChatCompletionRequest
-from server.engine.base import EngineOverloadedError, Finished, TextDelta
-from server.serving.errors import APIError
+from server.engine.base import Finished, TextDelta
+from server.serving.errors import known_error
 from server.serving.job import ServingJob
 from server.serving.stages import Events, Next
 from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record
@@ -39,14 +39,9 @@ class RecordStage:
                     elif isinstance(event, Finished):
                         finished = event
                     yield event
-        except APIError as exc:
-            status = exc.status
-            raise
-        except EngineOverloadedError:
-            status = 429
-            raise
-        except Exception:
-            status = 500
+        except Exception as exc:
+            known = known_error(exc)
+            status = known.status if known is not None else 500
             raise
         finally:
             # A caller that stops reading after the Finished event (a non-streamed reply) closes this generator: the
@@ -65,7 +60,7 @@ class RecordStage:
             endpoint=job.endpoint,
             model=job.model.model_id,
             model_version=job.model.sha256,
-            prompt_tokens=finished.prompt_tokens if finished else len(job.generation.prompt_tokens),
+            prompt_tokens=finished.prompt_tokens if finished else job.prompt_tokens,
             completion_tokens=finished.completion_tokens if finished else 0,
             latency_ms=(now - job.arrived_at) * 1000,
             ttft_ms=(job.first_token_at - job.arrived_at) * 1000 if job.first_token_at else None,
