@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import aclosing
 
+from server.api.protocol import EmbeddingRequest
 from server.engine.base import Finished, GenerationEvent
 from server.serving.job import ServingJob
 from server.serving.response_cache import ResponseCache, cache_key, is_deterministic
@@ -19,7 +20,9 @@ class CacheStage:
         self._cache = cache
 
     async def __call__(self, job: ServingJob, call_next: Next) -> Events:
-        if not is_deterministic(job.body.temperature, job.body.seed):
+        # Embeddings are not cached: their vectors are not events, and the engine batches them cheaply.
+        body = job.body
+        if isinstance(body, EmbeddingRequest) or not is_deterministic(body.temperature, body.seed):
             async with aclosing(call_next(job)) as events:
                 async for event in events:
                     yield event

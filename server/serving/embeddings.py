@@ -1,31 +1,37 @@
-"""POST /v1/embeddings: tokenize each input, embed them in the engine's batches, shape OpenAI's list."""
+"""POST /v1/embeddings: tokenize each input, run the serving pipeline with `embed` as its last stage (so keys, model
+permissions, rate limits and the audit row apply as to generations), shape OpenAI's list."""
 
 from __future__ import annotations
 
 import base64
 import struct
+from contextlib import aclosing
 
 from server.api.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
-from server.lifecycle.holder import ModelHolder
-from server.serving.job import Caller
-from server.serving.permit import require_permitted
-from server.serving.run import lease_model
+from server.serving.job import ServingJob
+from server.serving.run import MODEL_VERSION_HEADER, ServingContext, lease_model
+from server.serving.shape import Reply
+from server.serving.stages import embed
 
 
-async def create(body: EmbeddingRequest, holder: ModelHolder, caller: Caller) -> EmbeddingList:
+async def create(body: EmbeddingRequest, ctx: ServingContext) -> Reply[EmbeddingList]:
     # A lease, as for generations: a hot swap frees the old engine only after its last request, embeddings included.
-    async with lease_model(holder, body.model) as served:
-        require_permitted(caller, served.model_id)
+    async with lease_model(ctx.holder, body.model) as served:
         engine = served.engine
         inputs = [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
-        vectors = await engine.embed(inputs)
+        job = ServingJob(ctx.request_id, "embeddings", body, served, None, ctx.caller, embedding_inputs=inputs)
+        job.response_headers[MODEL_VERSION_HEADER] = served.sha256
+        async with aclosing(ctx.pipeline.run(job, terminal=embed)) as events:
+            async for _ in events:
+                pass
+    if job.embeddings is None:
+        raise RuntimeError("the pipeline ended an embeddings request without its vectors")
     data = [
         Embedding(index=i, embedding=_base64(v) if body.encoding_format == "base64" else v)
-        for i, v in enumerate(vectors)
+        for i, v in enumerate(job.embeddings)
     ]
-    n_tokens = sum(len(i) for i in inputs)
-    usage = EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens)
-    return EmbeddingList(data=data, model=served.model_id, usage=usage)
+    usage = EmbeddingUsage(prompt_tokens=job.prompt_tokens, total_tokens=job.prompt_tokens)
+    return Reply(job.response_headers, body=EmbeddingList(data=data, model=served.model_id, usage=usage))
 
 
 def _base64(vector: list[float]) -> str:

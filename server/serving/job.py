@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.engine.base import Finished, GenerationRequest
 from server.lifecycle.holder import ServedModel
 
@@ -34,18 +34,22 @@ async def open_access(_: str | None) -> Caller:
     return ANONYMOUS
 
 
-Endpoint = Literal["chat.completions", "completions"]
+Endpoint = Literal["chat.completions", "completions", "embeddings"]
 
 
 @dataclass(eq=False)
 class ServingJob:
-    """What the stages share. Stages fill `response_headers` before the first event, and the outcome as it happens."""
+    """What the stages share. Stages fill `response_headers` before the first event, and the outcome as it happens.
+
+    A generation carries its `generation`; an embeddings request carries `embedding_inputs` instead (and `generation`
+    None), its terminal stage leaves the vectors in `embeddings`, and its one event is a Finished with its usage.
+    """
 
     request_id: str
     endpoint: Endpoint
-    body: ChatCompletionRequest | CompletionRequest
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
     model: ServedModel
-    generation: GenerationRequest
+    generation: GenerationRequest | None
     caller: Caller = ANONYMOUS
     conversation_id: str | None = None  # X-Conversation-Id: where the record stage files this exchange
     arrived_at: float = field(default_factory=time.monotonic)
@@ -53,3 +57,12 @@ class ServingJob:
     cache_hit: bool = False
     first_token_at: float | None = None
     finished: Finished | None = None
+    embedding_inputs: list[list[int]] = field(default_factory=list)
+    embeddings: list[list[float]] | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The tokens the request reads, counted by the model's tokenizer before it runs."""
+        if self.generation is not None:
+            return len(self.generation.prompt_tokens)
+        return sum(len(tokens) for tokens in self.embedding_inputs)

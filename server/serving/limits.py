@@ -25,7 +25,7 @@ class RateLimitStage:
                 async for event in events:
                     yield event
             return
-        prompt = len(job.generation.prompt_tokens)
+        prompt = job.prompt_tokens
         try:
             decision = await self._limiter.admit(key_id, limits, job.request_id, prompt)
         except LimiterUnavailableError as exc:

@@ -23,7 +23,7 @@ async def observe(job: ServingJob, call_next: Next) -> Events:
         try:
             async with aclosing(call_next(job)) as events:
                 async for event in events:
-                    if job.first_token_at is None:
+                    if job.first_token_at is None and job.generation is not None:
                         job.first_token_at = time.monotonic()
                     if isinstance(event, Finished):
                         job.finished = event
@@ -40,7 +40,7 @@ def _finished(job: ServingJob, finished: Finished, span: Any) -> None:
     if record is not None:
         record.prompt_tokens = finished.prompt_tokens
         record.completion_tokens = finished.completion_tokens
-        record.ttft_s = round(ttft, 4)
+        record.ttft_s = round(ttft, 4) if job.generation is not None else None
         record.cache_hit = job.cache_hit
     if span is not None:
         span.set_attributes(
@@ -51,7 +51,8 @@ def _finished(job: ServingJob, finished: Finished, span: Any) -> None:
                 "ggufstack.cache_hit": job.cache_hit,
             }
         )
-    if job.cache_hit:
+    # The token metrics describe generations; an embeddings request shows in the HTTP metrics and its audit row.
+    if job.cache_hit or job.generation is None:
         return
     prometheus.time_to_first_token.observe(ttft)
     prometheus.prompt_tokens.inc(finished.prompt_tokens)

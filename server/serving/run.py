@@ -62,7 +62,7 @@ class Admitted:
 
     async def collect(self) -> Collected:
         """The whole generation, for a reply that is not streamed."""
-        n = self.job.generation.n
+        n = self.job.generation.n if self.job.generation is not None else 1
         parts: list[list[str]] = [[] for _ in range(n)]
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         reasons: dict[int, FinishReason] = {}

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from functools import partial
 from typing import Protocol
 
-from server.engine.base import GenerationEvent
+from server.engine.base import Finished, GenerationEvent
 from server.serving.job import ServingJob
 
 Events = AsyncGenerator[GenerationEvent, None]
@@ -25,10 +25,18 @@ class Stage(Protocol):
 
 
 async def generate(job: ServingJob) -> Events:
-    """The last stage: run the generation on the job's engine."""
+    """The last stage of a generation: run it on the job's engine."""
+    if job.generation is None:
+        raise TypeError("generate() needs a generation job")
     async with aclosing(job.model.engine.generate(job.generation)) as events:
         async for event in events:
             yield event
+
+
+async def embed(job: ServingJob) -> Events:
+    """The last stage of an embeddings request: the vectors go on the job, the usage into its one Finished event."""
+    job.embeddings = await job.model.engine.embed(job.embedding_inputs)
+    yield Finished("stop", job.prompt_tokens, 0)
 
 
 class Pipeline:
@@ -36,8 +44,9 @@ class Pipeline:
         self.stages = tuple(stages)
         self._terminal = terminal
 
-    def run(self, job: ServingJob) -> Events:
-        call: Next = self._terminal
+    def run(self, job: ServingJob, terminal: Next | None = None) -> Events:
+        """The job's events through every stage; `terminal` replaces the pipeline's last stage (e.g. `embed`)."""
+        call: Next = terminal or self._terminal
         for stage in reversed(self.stages):
             call = partial(stage, call_next=call)
         return call(job)

@@ -63,6 +63,7 @@ def _server_env(plane_pg: Postgres, database: str, redis: Redis, model_path: str
         "GGUFSTACK_MODEL_PATH": model_path,
         "GGUFSTACK_MODEL_ALIAS": MODEL,
         "GGUFSTACK_N_THREADS": "1",
+        "GGUFSTACK_EMBEDDING_POOLING": "mean",  # the chat model names no pooling type of its own
     }
 
 
@@ -310,6 +311,41 @@ def test_audit_rows_match_the_requests(plane: Plane, demo_sha256: str) -> None:
     with plane.admin() as admin:
         report = admin.get(f"/admin/keys/{created['id']}/usage").json()
     assert report["requests"] == 3 and report["prompt_tokens"] >= usage.prompt_tokens
+
+
+def test_embeddings_are_rate_limited_and_audited_like_generations(plane: Plane, vocab: llama_cpp.Llama) -> None:
+    created = plane.create_key(rpm=2, tpm=1000)
+    texts = ["The sky is blue.", "Grass is green today."]
+    p = sum(len(vocab.tokenize(t.encode(), add_bos=True, special=False)) for t in texts)
+    first = plane.client(created["key"], 0).embeddings.with_raw_response.create(model=MODEL, input=texts)
+    assert first.parse().usage.prompt_tokens == p
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-remaining-tokens"] == str(1000 - p), "the inputs' tokens count against TPM"
+    second = plane.client(created["key"], 1).embeddings.with_raw_response.create(model=MODEL, input=texts[0])
+    with pytest.raises(openai.RateLimitError) as refused:
+        plane.client(created["key"], 0).embeddings.create(model=MODEL, input=texts[1])
+    assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+
+    ids = [r.headers["x-request-id"] for r in (first, second, refused.value.response)]
+    rows = _wait_for_rows(
+        plane,
+        "SELECT request_id, endpoint, prompt_tokens, completion_tokens, status, ttft_ms FROM audit_log "
+        "WHERE key_id = %s ORDER BY id",
+        created["id"],
+        3,
+    )
+    by_id = {r[0]: r[1:] for r in rows}
+    assert [by_id[i] for i in ids] == [
+        ("embeddings", p, 0, 200, None),
+        ("embeddings", second.parse().usage.prompt_tokens, 0, 200, None),
+        ("embeddings", len(vocab.tokenize(texts[1].encode(), add_bos=True, special=False)), 0, 429, None),
+    ]
+
+    unlimited = plane.create_key()
+    with pytest.raises(openai.BadRequestError) as too_long:
+        plane.client(unlimited["key"]).embeddings.create(model=MODEL, input="x" * 20000)
+    rows = _wait_for_rows(plane, "SELECT status FROM audit_log WHERE key_id = %s", unlimited["id"], 1)
+    assert rows == [(400,)], f"the audit row has the status the client saw: {too_long.value.message}"
 
 
 def test_a_conversation_is_visible_to_its_key_only(plane: Plane) -> None:

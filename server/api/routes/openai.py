@@ -63,9 +63,13 @@ def embeddings_router() -> APIRouter:
     """POST /v1/embeddings, included only while GGUFSTACK_EMBEDDINGS is on."""
     embeddings_routes = APIRouter(prefix="/v1")
 
-    @embeddings_routes.post("/embeddings", responses=_errors(400, 401, 403, 404, 429, 500, 503))
-    async def create_embeddings(body: EmbeddingRequest, holder: HolderDep, caller: CallerDep) -> EmbeddingList:
-        return await embeddings.create(body, holder, caller)
+    @embeddings_routes.post(
+        "/embeddings", response_model=EmbeddingList, responses=_errors(400, 401, 403, 404, 429, 500, 503)
+    )
+    async def create_embeddings(
+        body: EmbeddingRequest, serving: ServingDep, response: Response
+    ) -> EmbeddingList | EventSourceResponse:
+        return respond(await embeddings.create(body, serving), response)
 
     return embeddings_routes
 
