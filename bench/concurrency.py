@@ -5,10 +5,12 @@ For 1, 4 and 8 concurrent clients each streaming a 128-token completion (EOS sup
 request produces exactly max_tokens), prints aggregate completion tok/s, TTFT p50/p95 and the ratio ours/theirs.
 
     uv run --no-sync --group bench python bench/concurrency.py [--model PATH] [--threads 2] [--only ours]
-        [--llama-server PATH/TO/llama-server]
+        [--llama-server PATH/TO/llama-server] [--no-theirs] [--repeat 5]
 
 `--llama-server` also starts that binary with one slot per client of the largest round (`-np`), each slot holding
-`--n-ctx` tokens, so it runs the same per-sequence context as ours. The servers are benchmarked one at a time.
+`--n-ctx` tokens, so it runs the same per-sequence context as ours. The servers are benchmarked one at a time, taking
+turns round by round; with `--repeat N` every server runs N rounds per client count and the table shows medians, with
+each ratio the median of the ratios of rounds run side by side. `--no-theirs` leaves out llama-cpp-python's server.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,17 +141,21 @@ def model_id(server: Server) -> str:
     return httpx.get(server.url + "/v1/models", timeout=10).json()["data"][0]["id"]
 
 
-def print_table(results: dict[str, list[Round]]) -> None:
+def print_table(results: dict[str, dict[int, list[Round]]]) -> None:
+    """Medians over the repetitions; a ratio is the median of the ratios within each repetition."""
     others = [name for name in ("theirs", "llama.cpp") if name in results] if "ours" in results else []
     header = "| clients | server | aggregate tok/s | TTFT p50 ms | TTFT p95 ms |"
     print("\n" + header + "".join(f" ours/{name} tok/s |" for name in others))
     print("|---|---|---|---|---|" + "---|" * len(others))
-    for name, rounds in results.items():
-        for i, r in enumerate(rounds):
-            row = f"| {r.clients} | {name} | {r.tokens_per_s:.1f} | {r.ttft_percentile(0.5) * 1000:.0f} | "
-            row += f"{r.ttft_percentile(0.95) * 1000:.0f} |"
+    for name, by_clients in results.items():
+        for clients, rounds in by_clients.items():
+            tok_s = statistics.median(r.tokens_per_s for r in rounds)
+            p50 = statistics.median(r.ttft_percentile(0.5) for r in rounds) * 1000
+            p95 = statistics.median(r.ttft_percentile(0.95) for r in rounds) * 1000
+            row = f"| {clients} | {name} | {tok_s:.1f} | {p50:.0f} | {p95:.0f} |"
             for other in others:
-                ratio = r.tokens_per_s / results[other][i].tokens_per_s
+                pairs = zip(rounds, results[other][clients], strict=True)
+                ratio = statistics.median(a.tokens_per_s / b.tokens_per_s for a, b in pairs)
                 row += f" {ratio:.2f}x |" if name == "ours" else " |"
             print(row)
 
@@ -161,6 +168,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--only", choices=["ours", "theirs"], help="benchmark one server only")
+    parser.add_argument("--no-theirs", action="store_true", help="leave out llama-cpp-python's server")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds per client count and server, the servers taking turns"
+    )
     parser.add_argument(
         "--llama-server", type=Path, help="also benchmark this llama.cpp llama-server binary (README: how to build it)"
     )
@@ -186,7 +197,7 @@ def main() -> None:
                 }
                 argv = [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port)]
                 servers.append((start("ours", argv, env, port, logdir), "/health/ready"))
-            if args.only != "ours":
+            if args.only != "ours" and not args.no_theirs:
                 port = free_port()
                 argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(args.model), "--host", HOST]
                 argv += ["--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
@@ -198,18 +209,22 @@ def main() -> None:
                 argv = [str(args.llama_server), "-m", str(args.model), "--host", HOST, "--port", str(port)]
                 argv += ["-t", str(args.threads), "-np", str(slots), "-c", str(args.n_ctx * slots)]
                 servers.append((start("llama.cpp", argv, {}, port, logdir), "/health"))
-            results: dict[str, list[Round]] = {}
-            # One server at a time, so they never compete for the cores.
+            models = {}
             for server, ready_path in servers:
                 wait_ready(server, ready_path)
-                model = model_id(server)
-                asyncio.run(run_round(server, model, 1, 8, args.no_eos_bias))  # warm-up
-                results[server.name] = []
+                models[server.name] = model_id(server)
+                asyncio.run(run_round(server, models[server.name], 1, 8, args.no_eos_bias))  # warm-up
+            # One server at a time, so they never compete for the cores; taking turns round by round, so the
+            # machine's drift in speed (10-20 % over minutes on shared VMs) falls on every server alike.
+            results: dict[str, dict[int, list[Round]]] = {server.name: {} for server, _ in servers}
+            for _ in range(args.repeat):
                 for clients in args.clients:
-                    rnd = asyncio.run(run_round(server, model, clients, args.max_tokens, args.no_eos_bias))
-                    print(f"{server.name}: {clients} clients: {rnd.tokens_per_s:.1f} tok/s", file=sys.stderr)
-                    results[server.name].append(rnd)
-                server.stop()
+                    for server, _ in servers:
+                        rnd = asyncio.run(
+                            run_round(server, models[server.name], clients, args.max_tokens, args.no_eos_bias)
+                        )
+                        print(f"{server.name}: {clients} clients: {rnd.tokens_per_s:.1f} tok/s", file=sys.stderr)
+                        results[server.name].setdefault(clients, []).append(rnd)
         finally:
             for server, _ in servers:
                 server.stop()
