@@ -1,7 +1,7 @@
 """Continuous batching: every step feeds all active sequences to one `llama_decode` call.
 
-One engine thread owns the llama context. Each step it (1) admits waiting requests into free slots, reusing the
-longest cached prompt prefix, (2) drops cancelled generations, (3) builds one batch holding the next token of every
+One engine thread owns the llama context. Each step it (1) admits waiting requests into free slots, keeping the
+active sequences packed together and reusing cached prompt prefixes (see `slots.pick_slot`), (2) drops cancelled generations, (3) builds one batch holding the next token of every
 generating slot plus prefill chunks of slots still reading their prompt, within n_batch tokens, (4) decodes it and
 samples every slot whose logits came out.
 
@@ -47,7 +47,7 @@ from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.handoff import Job, JobStream, Outbox
 from server.engine.llama_model import LlamaModel
 from server.engine.metrics import EngineMetrics
-from server.engine.slots import Slot, pick_slot
+from server.engine.slots import Slot, pick_packed, pick_slot
 
 log = logging.getLogger(__name__)
 
@@ -340,21 +340,29 @@ class BatchingEngine:
                     return
                 job = self._waiting.popleft()
                 self._busy += job.request.n
-            free = [s for s in self._slots if not s.active]
-            slot, reused = pick_slot(free, job.request.prompt_tokens) if self._reuse_prefix else (free[0], 0)
+                waiting = len(self._waiting)
+            free, active = self._free_and_active()
+            sampling = job.request.sampling
+            if self._reuse_prefix:
+                slot, reused = pick_slot(free, job.request.prompt_tokens, active, sampling.max_tokens, waiting)
+            else:
+                slot, reused = pick_packed(free, active), 0
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, reused, -1)
             self.metrics.record_reused(reused)
             admitted = next(self._admitted)
-            sampling = job.request.sampling
             slot.start(job, self._model.new_sampler(sampling), reused, admitted)
-            # Followers take the least recently used of the other free slots: their cached prefixes are overwritten.
-            others = sorted((s for s in free if s is not slot), key=lambda s: s.last_used)
-            for choice, follower in enumerate(others[: job.request.n - 1], start=1):
+            # Followers' cached prefixes are overwritten by the leader's prompt: only packing counts.
+            for choice in range(1, job.request.n):
+                follower = pick_packed(*self._free_and_active())
                 self._evict(follower)
                 seed = sampling.seed + choice if sampling.seed is not None else None
                 follower.follow(job, self._model.new_sampler(replace(sampling, seed=seed)), admitted, choice)
                 slot.followers.append(follower)
             job.choices_running = job.request.n
+
+    def _free_and_active(self) -> tuple[list[Slot], list[int]]:
+        """The idle slots, and the sequence ids of the busy ones."""
+        return [s for s in self._slots if not s.active], [s.seq_id for s in self._slots if s.active]
 
     def _release_cancelled(self) -> None:
         for slot in self._slots:

@@ -158,9 +158,31 @@ async def test_no_slot_or_kv_leak_after_200_requests(model: LlamaModel) -> None:
 @pytest.mark.asyncio
 async def test_decode_steps_reuse_the_compute_graph_whatever_order_slots_were_taken_in(model: LlamaModel) -> None:
     async with running_engine(model, n_slots=4) as engine:
-        # A first request leaves slot 0 the most recently used, so the next four are admitted to slots 1, 2, 3, 0.
-        await run(engine, request(engine, "Hello", 1))
+        greeting = "Hello there, my friend"
+        first, longer = request(engine, greeting, 1), [request(engine, p, 64) for p in PROMPTS[:2]]
+        greeted = asyncio.create_task(run(engine, first))
+        running = [asyncio.create_task(run(engine, r)) for r in longer]
+        await greeted  # slot 0 (it came first), beside the longer ones in slots 1 and 2
+        # Admitted after them, into slot 0 where its prefix is cached: the batch must not list slots in admission order.
+        later = request(engine, greeting + ", how are you today?", 24)
         before = await engine.graphs_reused()
-        await asyncio.gather(*(run(engine, request(engine, p, 24)) for p in PROMPTS[:4]))
-        # Every step after the prompts' prefill has the same shape; each must reuse the graph of the one before.
+        await run(engine, later)
+        # The 23 steps after the later prompt's prefill have one shape; each must reuse the graph of the one before.
         assert await engine.graphs_reused() - before >= 20
+        await asyncio.gather(*running)
+        positions = await engine.kv_positions()
+        expected = [len(later.prompt_tokens) + 22, *(len(r.prompt_tokens) + 62 for r in longer)]
+        assert positions[:3] == expected, "the scenario held"
+
+
+@pytest.mark.asyncio
+async def test_new_requests_keep_the_active_sequences_packed(model: LlamaModel) -> None:
+    """A step computes every KV stream between the lowest and the highest active sequence: a request goes to a slot
+    that leaves no idle one between them, even when its short prompt is cached in a slot further away."""
+    async with running_engine(model, n_slots=8) as engine:
+        await asyncio.gather(*(run(engine, request(engine, p, 4)) for p in PROMPTS))
+        again = [request(engine, PROMPTS[i], 40) for i in (0, 2, 5, 7)]
+        await asyncio.gather(*(run(engine, r) for r in again))
+        positions = await engine.kv_positions()
+        taken = [i for i, pos in enumerate(positions) if pos >= 20]
+        assert len(taken) == 4 and taken == list(range(taken[0], taken[0] + 4)), positions
