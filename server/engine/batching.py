@@ -1,9 +1,9 @@
 """Continuous batching: every step feeds all active sequences to one `llama_decode` call.
 
 One engine thread owns the llama context. Each step it (1) admits waiting requests into free slots, keeping the
-active sequences packed together and reusing cached prompt prefixes (see `slots.pick_slot`), (2) drops cancelled generations, (3) builds one batch holding the next token of every
-generating slot plus prefill chunks of slots still reading their prompt, within n_batch tokens, (4) decodes it and
-samples every slot whose logits came out.
+active sequences packed together and reusing cached prompt prefixes (see `slots.pick_slot`), (2) drops cancelled
+generations, (3) builds one batch holding the next token of every generating slot plus prefill chunks of slots still
+reading their prompt, within n_batch tokens, (4) decodes it and samples every slot whose logits came out.
 
 A request for n choices takes n slots at once: one reads the prompt, and when its prefill is done the others get a
 copy of its KV (`llama_memory_seq_cp`) and sample from the same logits, so the prompt is computed once.
