@@ -9,6 +9,11 @@ wish to close the string, so this run exercises the slow path (grammar over the 
 ordinary schemas do.
 
     uv run --no-sync python -m bench.structured_outputs [--llama-server PATH] [--threads 2] [--clients 8]
+        [--same-sampling]
+
+By default each server samples with its own defaults for what the request leaves out: ours with OpenAI's (the whole
+distribution at temperature 0.7), llama-server with its own (top_k 40, top_p 0.95, min_p 0.05, which sample from far
+fewer candidates). `--same-sampling` sends llama-server's settings to both, so the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -51,7 +56,13 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> int:
     return tokens
 
 
-async def _round(server: Server, model: str, clients: int, constrained: bool) -> tuple[int, float]:
+# llama-server's defaults for what a request leaves out; --same-sampling asks both servers for them.
+LLAMA_SERVER_SAMPLING = {"top_k": 40, "top_p": 0.95, "min_p": 0.05}
+
+
+async def _round(
+    server: Server, model: str, clients: int, constrained: bool, sampling: dict[str, float]
+) -> tuple[int, float]:
     bodies = []
     for i in range(clients):
         body = {
@@ -62,6 +73,7 @@ async def _round(server: Server, model: str, clients: int, constrained: bool) ->
             "seed": i,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **sampling,
         }
         if constrained:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
@@ -80,6 +92,7 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path, help="a llama.cpp llama-server binary to compare with")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--same-sampling", action="store_true", help="send llama-server's sampling defaults to both")
     args = parser.parse_args()
     if args.model is None:
         sys.path.insert(0, str(REPO))
@@ -114,9 +127,11 @@ def main() -> None:
             try:
                 wait_ready(server, ready)
                 model = model_id(server)
-                asyncio.run(_round(server, model, 1, True))  # warm-up
+                sampling = LLAMA_SERVER_SAMPLING if args.same_sampling else {}
+                asyncio.run(_round(server, model, 1, True, sampling))  # warm-up
                 for mode in ("unconstrained", "json_schema"):
-                    tokens, wall = asyncio.run(_round(server, model, args.clients, mode == "json_schema"))
+                    constrained = mode == "json_schema"
+                    tokens, wall = asyncio.run(_round(server, model, args.clients, constrained, sampling))
                     rows[(name, mode)] = tokens / wall
                     print(f"{name} {mode}: {tokens} tokens in {wall:.1f} s", file=sys.stderr)
             finally:
