@@ -1,0 +1,58 @@
+"""Which JSON Schemas become grammars: llama-cpp-python's converter drops keywords beside the one it builds a rule
+from, and a schema relying on one must be refused by name, never answered unconstrained."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.serving.errors import APIError
+from server.serving.grammar import json_schema_grammar
+from server.serving.integer_range import integer_range_gbnf
+
+
+@pytest.mark.parametrize(
+    ("schema", "fragment"),
+    [
+        ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "'maxLength' beside 'pattern' at #"),
+        ({"type": "string", "format": "date", "minLength": 3}, "'minLength' beside 'format'"),
+        ({"type": "number", "minimum": 0}, "'minimum' at # (bounds are enforced on integers only)"),
+        ({"type": ["integer", "null"], "maximum": 3}, "'maximum' at #"),
+        ({"type": ["string", "null"], "maxLength": 3}, "'maxLength' beside 'type'"),
+        ({"anyOf": [{"type": "string"}], "properties": {"a": {}}}, "'properties' beside 'anyOf'"),
+        ({"$ref": "#/$defs/a", "maxLength": 2, "$defs": {"a": {"type": "string"}}}, "'maxLength' beside '$ref'"),
+        ({"type": "object", "properties": {"a": {}}, "allOf": [{"properties": {"b": {}}}]}, "'allOf' beside"),
+        ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}, "required property"),
+        ({"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, "'prefixItems'"),
+        ({"type": "object", "properties": {"n": {"type": "number", "maximum": 3}}}, "at #/properties/n"),
+    ],
+)
+def test_keywords_the_converter_would_drop_are_refused_by_name(schema: dict, fragment: str) -> None:
+    with pytest.raises(APIError) as info:
+        json_schema_grammar(schema, param="response_format.json_schema.schema")
+    assert info.value.status == 400
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None, "title": "Nickname"},
+        {"$ref": "#/$defs/Color", "description": "a color", "$defs": {"Color": {"enum": ["red", "blue"]}}},
+        {"type": "integer", "enum": [1, 2, 3], "minimum": 1},
+        {"type": "array", "items": {"type": "integer", "exclusiveMinimum": 0}, "minItems": 1, "maxItems": 4},
+        {"type": "string", "minLength": 1, "maxLength": 8},
+        {"type": "object", "properties": {}, "required": [], "additionalProperties": False},
+    ],
+)
+def test_schemas_the_grammar_enforces_whole_are_accepted(schema: dict) -> None:
+    assert "root ::=" in json_schema_grammar(schema, param="p")
+
+
+def test_integer_bounds_become_part_of_the_grammar() -> None:
+    grammar = json_schema_grammar({"type": "object", "properties": {"q": {"type": "integer", "maximum": 9}}}, param="p")
+    assert f"q ::= {integer_range_gbnf(None, 9)} space" in grammar.splitlines()
+
+
+def test_bounds_no_integer_meets_are_refused() -> None:
+    with pytest.raises(APIError, match="no integer is at least 5 and at most 3"):
+        json_schema_grammar({"type": "integer", "minimum": 5, "maximum": 3}, param="p")
