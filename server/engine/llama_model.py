@@ -191,6 +191,26 @@ class LlamaModel:
 
 
 _NEG_INF = float("-inf")
+_CDF_BLOCK = 256
+
+
+def inverse_cdf(weights: np.ndarray, u: float) -> int:
+    """The index where the running sum of `weights` first exceeds `u` times their total (0 <= u < 1): a draw from
+    the distribution the weights describe. A cumulative sum over the whole vocabulary costs more than everything
+    else in a draw, so it goes in two levels: the sums of blocks of 256, then the running sum within one block."""
+    starts = np.arange(0, weights.shape[0], _CDF_BLOCK)
+    cumulative = np.cumsum(np.add.reduceat(weights, starts, dtype=np.float64))
+    target = u * cumulative[-1]
+    block = min(int(np.searchsorted(cumulative, target, side="right")), len(cumulative) - 1)
+    within = target - (cumulative[block - 1] if block else 0.0)
+    first = int(starts[block])
+    running = np.cumsum(weights[first : first + _CDF_BLOCK], dtype=np.float64)
+    token = first + min(int(np.searchsorted(running, within, side="right")), len(running) - 1)
+    if weights[token] == 0:  # rounding put the target past the total: the last token that can be drawn
+        token = int(np.flatnonzero(weights)[-1])
+    return token
+
+
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -205,12 +225,22 @@ class Sampler:
     Greedy sampling skips the chain too: the chain copies the whole vocabulary into a candidate array per token
     (53 µs against 10 µs for an argmax over the logits, for a 49k vocabulary), and at 8 streams that is a percent of
     every step. The chain's answer is the same: the first highest logit after the bias is added in float32.
+
+    So does sampling at a temperature from the whole distribution (OpenAI's defaults: no top-k, top-p or min-p):
+    llama.cpp's dist sampler takes 444 µs a token over 49k candidates, `_draw` 90 µs for the same distribution
+    (softmax of the biased logits over the temperature, drawn by inverse CDF with the sampler's own seeded generator,
+    so a seed still gives the same answer every time, though not the answer llama.cpp's generator would give).
     """
 
     def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
         self._n_vocab = model.info.n_vocab
         self.grammar = None
         self._greedy = params.greedy
+        self._temperature = np.float32(params.temperature)
+        whole = not params.greedy and params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0
+        # Any integer is a seed (OpenAI's clients send negative ones too); numpy's generator takes non-negative ones.
+        seed = None if params.seed is None else params.seed % 2**64
+        self._rng = np.random.default_rng(seed) if whole else None
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64, count=len(params.logit_bias))
         self._bias = np.fromiter(params.logit_bias.values(), dtype=np.float32, count=len(params.logit_bias))
         chain_params = llama_cpp.llama_sampler_chain_default_params()
@@ -245,7 +275,12 @@ class Sampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Sample from the logits of batch position `index` and accept the token into the chain's state."""
-        token = self._argmax(ctx, index) if self._greedy else llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
+        if self._greedy:
+            token = self._argmax(ctx, index)
+        elif self._rng is not None:
+            token = self._draw(ctx, index, self._rng)
+        else:
+            token = llama_cpp.llama_sampler_sample(self.ptr, ctx, index)
         if self.grammar is None:
             return token
         if not self._grammar_allows(token):
@@ -264,6 +299,16 @@ class Sampler:
             return int(logits.argmax())
         finally:
             logits[self._bias_ids] = original
+
+    def _draw(self, ctx: llama_cpp.llama_context_p, index: int, rng: np.random.Generator) -> int:
+        scaled = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,)).copy()
+        scaled[self._bias_ids] += self._bias
+        scaled /= self._temperature
+        peak = scaled.max()
+        if not np.isfinite(peak):  # every token biased away: nothing to weigh
+            return int(scaled.argmax())
+        scaled -= peak
+        return inverse_cdf(np.exp(scaled, out=scaled), rng.random())
 
     def _grammar_allows(self, token: int) -> bool:
         one = self._one

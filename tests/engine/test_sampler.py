@@ -1,5 +1,7 @@
-"""Greedy sampling takes an argmax over the logits instead of llama.cpp's sampler chain: it must pick exactly the token
-the chain (logit bias, then greedy) picks, and leave the logits as they were decoded."""
+"""Sampling without llama.cpp's sampler chain. Greedy takes an argmax over the logits: it must pick exactly the token
+the chain (logit bias, then greedy) picks. Temperature over the whole distribution draws by inverse CDF: it must draw
+from the softmax of the biased logits over the temperature, the same way for the same seed. Both leave the logits as
+they were decoded."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from server.engine.base import SamplingParams
-from server.engine.llama_model import LlamaModel
+from server.engine.llama_model import LlamaModel, inverse_cdf
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then it"
 
@@ -71,3 +73,61 @@ def test_greedy_picks_what_llama_cpp_s_chain_picks_under_every_kind_of_bias(
             assert np.array_equal(_logits(model, ctx, index), logits), "the logits are left as decoded"
             checked += 1
     assert checked == 6 * n
+
+
+def test_inverse_cdf_by_blocks_draws_what_one_running_sum_would() -> None:
+    rng = np.random.default_rng(0)
+    weights = rng.exponential(size=1000).astype(np.float32)  # not a multiple of the block
+    weights[rng.choice(1000, 300, replace=False)] = 0.0  # tokens that can never be drawn
+    running = np.cumsum(weights, dtype=np.float64)
+    for u in [0.0, 1e-9, *rng.random(2000), 0.999999999, np.nextafter(1.0, 0.0)]:
+        expected = min(int(np.searchsorted(running, u * running[-1], side="right")), 999)
+        if weights[expected] == 0:
+            expected = int(np.flatnonzero(weights)[-1])
+        assert inverse_cdf(weights, u) == expected, u
+        assert weights[inverse_cdf(weights, u)] > 0
+
+
+def test_temperature_sampling_draws_from_the_softmax_of_the_biased_logits(
+    model: LlamaModel, decoded: tuple[llama_cpp.llama_context_p, int]
+) -> None:
+    ctx, n = decoded
+    logits = _logits(model, ctx, n - 1)
+    best = int(logits.argmax())
+    bias = {best: -100.0}
+    biased = logits.astype(np.float64)
+    biased[best] -= 100.0
+    expected = np.exp((biased - biased.max()) / 0.8)
+    expected /= expected.sum()
+    draws = 4000
+    sampler = model.new_sampler(SamplingParams(max_tokens=1, temperature=0.8, seed=42, logit_bias=bias))
+    try:
+        tokens = [sampler.sample(ctx, n - 1) for _ in range(draws)]
+    finally:
+        sampler.close()
+    assert best not in tokens
+    counts = np.bincount(tokens, minlength=model.info.n_vocab)
+    for token in np.argsort(-expected)[:5]:
+        p = expected[token]
+        assert abs(counts[token] / draws - p) < 4 * np.sqrt(p * (1 - p) / draws) + 1e-3, (int(token), p)
+    assert np.array_equal(_logits(model, ctx, n - 1), logits), "the logits are left as decoded"
+
+    again = model.new_sampler(SamplingParams(max_tokens=1, temperature=0.8, seed=42, logit_bias=bias))
+    try:
+        assert [again.sample(ctx, n - 1) for _ in range(50)] == tokens[:50], "a seed gives the same draws"
+    finally:
+        again.close()
+
+
+def test_temperature_sampling_takes_any_integer_as_a_seed(
+    model: LlamaModel, decoded: tuple[llama_cpp.llama_context_p, int]
+) -> None:
+    ctx, n = decoded
+    draws = []
+    for _ in range(2):
+        sampler = model.new_sampler(SamplingParams(max_tokens=1, temperature=1.0, seed=-7))
+        try:
+            draws.append([sampler.sample(ctx, n - 1) for _ in range(20)])
+        finally:
+            sampler.close()
+    assert draws[0] == draws[1]

@@ -88,7 +88,7 @@ def _ask(content: str) -> list[dict]:
 def test_json_object_output_always_parses(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model=DEMO_MODEL_ID,
-        messages=_ask("Describe a cat as JSON."),
+        messages=_ask("Describe a cat as a JSON object with the keys name and color."),
         response_format={"type": "json_object"},
         max_tokens=100,
         seed=1,
@@ -133,6 +133,7 @@ def test_json_schema_works_on_completions_too(client: openai.OpenAI) -> None:
         ({"$ref": "#/$defs/missing"}, "missing"),
         ({"$ref": "https://example.com/schema.json"}, "only local references"),
         ({"type": 5}, "invalid JSON schema"),
+        ({"type": "object", "properties": {"x": {"type": "number", "maximum": 1}}}, "integers only"),
     ],
 )
 def test_schemas_the_grammar_cannot_express_are_refused(client: openai.OpenAI, schema: dict, fragment: str) -> None:
