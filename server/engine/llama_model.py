@@ -192,6 +192,10 @@ class LlamaModel:
 
 _NEG_INF = float("-inf")
 _CDF_BLOCK = 256
+# Tokens checked one by one after the grammar refuses the sampled one, before it filters the whole vocabulary.
+_RECHECKS = 16
+# The likeliest tokens the grammar filters first when the chain has a top-k.
+_SHORTLIST = 256
 
 
 def inverse_cdf(weights: np.ndarray, u: float) -> int:
@@ -219,8 +223,9 @@ class Sampler:
 
     The grammar is kept out of the chain: applying it to the whole vocabulary every step costs more than the rest of
     the step. Like llama.cpp's own server, a token is sampled without it and checked against it alone; only when the
-    grammar refuses that token is the grammar applied to every candidate and the token sampled again. The result is
-    exactly what grammar-first sampling would allow.
+    grammar refuses that token is it sampled again: from the next likeliest tokens checked one by one (greedy and
+    whole-distribution draws), from the likeliest few hundred filtered by the grammar (a chain with top-k), or from
+    every candidate the grammar allows. The result is exactly what grammar-first sampling would allow.
 
     Greedy sampling skips the chain too: the chain copies the whole vocabulary into a candidate array per token
     (53 µs against 10 µs for an argmax over the logits, for a 49k vocabulary), and at 8 streams that is a percent of
@@ -236,6 +241,7 @@ class Sampler:
         self._n_vocab = model.info.n_vocab
         self.grammar = None
         self._greedy = params.greedy
+        self._top_k = params.top_k
         self._temperature = np.float32(params.temperature)
         whole = not params.greedy and params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0
         # Any integer is a seed (OpenAI's clients send negative ones too); numpy's generator takes non-negative ones.
@@ -284,9 +290,55 @@ class Sampler:
         if self.grammar is None:
             return token
         if not self._grammar_allows(token):
-            token = self._sample_within_grammar(ctx, index)
+            token = self._next_allowed(ctx, index, token)
         llama_cpp.llama_sampler_accept(self.grammar, token)
         return token
+
+    def _next_allowed(self, ctx: llama_cpp.llama_context_p, index: int, refused: int) -> int:
+        """What grammar-first sampling gives, now that the grammar refused `refused`. The grammar usually allows one
+        of the next few likeliest tokens, and checking those one by one costs far less than filtering the whole
+        vocabulary (5.6 ms for 49k tokens): greedy takes the best allowed one, a draw draws again without the refused
+        ones (the same distribution as drawing among the allowed ones). After _RECHECKS refusals, the full filter."""
+        token = None
+        if self._greedy:
+            token = self._best_allowed(ctx, index)
+        elif self._rng is not None:
+            token = self._redraw_allowed(ctx, index, refused, self._rng)
+        elif 0 < self._top_k <= _SHORTLIST:
+            token = self._chain_over_likeliest(ctx, index)
+        return token if token is not None else self._sample_within_grammar(ctx, index)
+
+    def _chain_over_likeliest(self, ctx: llama_cpp.llama_context_p, index: int) -> int | None:
+        """With top-k in the chain only the k likeliest tokens the grammar allows can be drawn: when the grammar
+        allows at least k of the _SHORTLIST likeliest, the chain over those alone draws from the same k."""
+        shortlist = np.argpartition(-self._biased(ctx, index), _SHORTLIST)[:_SHORTLIST]
+        data, candidates = self._filtered(ctx, index, shortlist.astype(np.int32))
+        if np.count_nonzero(data["logit"] != _NEG_INF) < self._top_k:
+            return None
+        return self._chain_pick(data, candidates)
+
+    def _best_allowed(self, ctx: llama_cpp.llama_context_p, index: int) -> int | None:
+        logits = self._biased(ctx, index)
+        best = np.argpartition(-logits, _RECHECKS)[:_RECHECKS]
+        for token in best[np.lexsort((best, -logits[best]))]:  # highest first, the lowest id on a tie, as the chain
+            if logits[token] == _NEG_INF:
+                return None
+            if self._grammar_allows(int(token)):
+                return int(token)
+        return None
+
+    def _redraw_allowed(
+        self, ctx: llama_cpp.llama_context_p, index: int, refused: int, rng: np.random.Generator
+    ) -> int | None:
+        weights = self._weights(ctx, index)
+        for _ in range(_RECHECKS if weights is not None else 0):
+            weights[refused] = 0.0
+            if not weights.any():
+                return None
+            refused = inverse_cdf(weights, rng.random())
+            if self._grammar_allows(refused):
+                return refused
+        return None
 
     def _argmax(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
@@ -301,14 +353,26 @@ class Sampler:
             logits[self._bias_ids] = original
 
     def _draw(self, ctx: llama_cpp.llama_context_p, index: int, rng: np.random.Generator) -> int:
-        scaled = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,)).copy()
-        scaled[self._bias_ids] += self._bias
+        weights = self._weights(ctx, index)
+        if weights is None:  # every token biased away: nothing to weigh
+            return int(self._biased(ctx, index).argmax())
+        return inverse_cdf(weights, rng.random())
+
+    def _biased(self, ctx: llama_cpp.llama_context_p, index: int) -> np.ndarray:
+        """A copy of the logits with the logit bias added (in float32, as llama.cpp's bias sampler adds it)."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,)).copy()
+        logits[self._bias_ids] += self._bias
+        return logits
+
+    def _weights(self, ctx: llama_cpp.llama_context_p, index: int) -> np.ndarray | None:
+        """The softmax of the biased logits over the temperature, unnormalised; None if no token has any weight."""
+        scaled = self._biased(ctx, index)
         scaled /= self._temperature
         peak = scaled.max()
-        if not np.isfinite(peak):  # every token biased away: nothing to weigh
-            return int(scaled.argmax())
+        if not np.isfinite(peak):
+            return None
         scaled -= peak
-        return inverse_cdf(np.exp(scaled, out=scaled), rng.random())
+        return np.exp(scaled, out=scaled)
 
     def _grammar_allows(self, token: int) -> bool:
         one = self._one
@@ -318,14 +382,22 @@ class Sampler:
         return one[0].logit != _NEG_INF
 
     def _sample_within_grammar(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
-        data = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
-        data["id"] = np.arange(self._n_vocab, dtype=np.int32)
-        data["logit"] = logits
+        return self._chain_pick(*self._filtered(ctx, index, np.arange(self._n_vocab, dtype=np.int32)))
+
+    def _filtered(
+        self, ctx: llama_cpp.llama_context_p, index: int, ids: np.ndarray
+    ) -> tuple[np.ndarray, llama_cpp.llama_token_data_array]:
+        """The tokens `ids` as candidates, those the grammar refuses at -inf (the array and its llama.cpp view)."""
+        data = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        data["id"] = ids
+        data["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))[ids]
         pointer = data.ctypes.data_as(llama_cpp.llama_token_data_p)
-        candidates = llama_cpp.llama_token_data_array(data=pointer, size=self._n_vocab, selected=-1, sorted=False)
+        candidates = llama_cpp.llama_token_data_array(data=pointer, size=len(ids), selected=-1, sorted=False)
         llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(candidates))
-        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(candidates))
+        return data, candidates
+
+    def _chain_pick(self, data: np.ndarray, candidates: llama_cpp.llama_token_data_array) -> int:
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(candidates))  # the bias, top-k ..., then the pick
         token = int(data["id"][candidates.selected])
         llama_cpp.llama_sampler_accept(self.ptr, token)
         return token

@@ -5,6 +5,7 @@ they were decoded."""
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 
 import llama_cpp
@@ -131,3 +132,83 @@ def test_temperature_sampling_takes_any_integer_as_a_seed(
         finally:
             sampler.close()
     assert draws[0] == draws[1]
+
+
+# Words after a space; and two tokens the model never puts near the top.
+WORDS = 'root ::= " " [a-z]+'
+RARE = 'root ::= "QQ" [0-9]'
+
+
+def _allowed(model: LlamaModel, ctx: llama_cpp.llama_context_p, index: int, grammar: str) -> np.ndarray:
+    """Which tokens a fresh `grammar` allows first, by llama.cpp's grammar sampler over the whole vocabulary."""
+    sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    data = np.zeros(model.info.n_vocab, dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+    data["id"] = np.arange(model.info.n_vocab)
+    data["logit"] = _logits(model, ctx, index)
+    candidates = llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=model.info.n_vocab, selected=-1, sorted=False
+    )
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(candidates))
+    llama_cpp.llama_sampler_free(sampler)
+    return data["logit"] != -np.inf
+
+
+def _pushed_to_the_top(model: LlamaModel, ctx: llama_cpp.llama_context_p, index: int, grammar: str) -> dict:
+    """A bias that makes the likeliest token one `grammar` refuses, so sampling takes the refusal path."""
+    logits, allowed = _logits(model, ctx, index), _allowed(model, ctx, index, grammar)
+    refused = int(np.flatnonzero(~allowed)[np.argmax(logits[~allowed])])
+    return {refused: float(logits.max() - logits[refused]) + 3.0}
+
+
+@pytest.mark.parametrize("grammar", [WORDS, RARE])
+def test_greedy_under_a_grammar_picks_the_best_token_it_allows(
+    model: LlamaModel, decoded: tuple[llama_cpp.llama_context_p, int], grammar: str
+) -> None:
+    ctx, n = decoded
+    for index in range(n):
+        for bias in ({}, _pushed_to_the_top(model, ctx, index, grammar)):
+            biased = _logits(model, ctx, index)
+            for token, value in bias.items():
+                biased[token] += np.float32(value)
+            allowed = _allowed(model, ctx, index, grammar)
+            expected = int(np.flatnonzero(allowed)[np.argmax(biased[allowed])])
+            sampler = model.new_sampler(SamplingParams(max_tokens=1, temperature=0.0, logit_bias=bias, grammar=grammar))
+            try:
+                assert sampler.sample(ctx, index) == expected, (index, bias)
+            finally:
+                sampler.close()
+
+
+# RARE's draws mostly take the full filter (5.6 ms each): fewer of them. top_k 0 draws from the whole distribution
+# (numpy's generator), top_k 40 through llama.cpp's chain.
+@pytest.mark.parametrize(
+    ("grammar", "top_k", "draws"), [(WORDS, 0, 3000), (RARE, 0, 500), (WORDS, 40, 2000), (RARE, 40, 500)]
+)
+def test_a_draw_under_a_grammar_follows_the_distribution_over_what_it_allows(
+    model: LlamaModel, decoded: tuple[llama_cpp.llama_context_p, int], grammar: str, top_k: int, draws: int
+) -> None:
+    ctx, n = decoded
+    index = n - 1
+    bias = _pushed_to_the_top(model, ctx, index, grammar)
+    biased = _logits(model, ctx, index).astype(np.float64)
+    for token, value in bias.items():
+        biased[token] += value
+    allowed = _allowed(model, ctx, index, grammar)
+    if top_k:
+        allowed &= biased >= np.sort(np.where(allowed, biased, -np.inf))[-top_k]
+    expected = np.where(allowed, np.exp((biased - biased.max()) / 0.9), 0.0)
+    expected /= expected.sum()
+    params = SamplingParams(max_tokens=1, temperature=0.9, top_k=top_k, seed=3, logit_bias=bias, grammar=grammar)
+    sampler = model.new_sampler(params)
+    tokens = []
+    try:
+        for _ in range(draws):
+            tokens.append(sampler.sample(ctx, index))
+            llama_cpp.llama_sampler_reset(sampler.grammar)
+    finally:
+        sampler.close()
+    assert all(allowed[tokens])
+    counts = np.bincount(tokens, minlength=model.info.n_vocab)
+    for token in np.argsort(-expected)[:5]:
+        p = expected[token]
+        assert abs(counts[token] / draws - p) < 4 * np.sqrt(p * (1 - p) / draws) + 1e-3, (int(token), p)
