@@ -9,7 +9,7 @@ wish to close the string, so this run exercises the slow path (grammar over the 
 ordinary schemas do.
 
     uv run --no-sync python -m bench.structured_outputs [--llama-server PATH] [--threads 2] [--clients 8]
-        [--same-sampling]
+        [--same-sampling] [--repeat 5]
 
 By default each server samples with its own defaults for what the request leaves out: ours with OpenAI's (the whole
 distribution at temperature 0.7), llama-server with its own (top_k 40, top_p 0.95, min_p 0.05, which sample from far
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -93,13 +94,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--same-sampling", action="store_true", help="send llama-server's sampling defaults to both")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per server and mode, the servers taking turns")
     args = parser.parse_args()
     if args.model is None:
         sys.path.insert(0, str(REPO))
         from server.model_source.local import demo_model
 
         args.model = demo_model()
-    rows: dict[tuple[str, str], float] = {}
+    sampling = LLAMA_SERVER_SAMPLING if args.same_sampling else {}
+    modes = ("unconstrained", "json_schema")
+    rates: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         plans = []
         port = free_port()
@@ -121,28 +125,45 @@ def main() -> None:
             ]
             argv += ["-np", str(args.clients), "--host", HOST, "--port", str(port)]
             plans.append(("llama.cpp", argv, {}, port, "/health"))
-        # One server at a time, so they never compete for the cores.
-        for name, argv, env, port, ready in plans:
-            server = start(name, argv, env, port, Path(tmp))
-            try:
+        # All started, benchmarked one at a time (an idle server takes no CPU), taking turns round by round so the
+        # machine's drift over minutes falls on every server alike.
+        servers = [start(name, argv, env, port, Path(tmp)) for name, argv, env, port, _ in plans]
+        try:
+            models = {}
+            for server, (*_, ready) in zip(servers, plans, strict=True):
                 wait_ready(server, ready)
-                model = model_id(server)
-                sampling = LLAMA_SERVER_SAMPLING if args.same_sampling else {}
-                asyncio.run(_round(server, model, 1, True, sampling))  # warm-up
-                for mode in ("unconstrained", "json_schema"):
-                    constrained = mode == "json_schema"
-                    tokens, wall = asyncio.run(_round(server, model, args.clients, constrained, sampling))
-                    rows[(name, mode)] = tokens / wall
-                    print(f"{name} {mode}: {tokens} tokens in {wall:.1f} s", file=sys.stderr)
-            finally:
+                models[server.name] = model_id(server)
+                for mode in modes:  # warm-up: every prompt and grammar seen once
+                    asyncio.run(_round(server, models[server.name], args.clients, mode == "json_schema", sampling))
+            for _ in range(args.repeat):
+                for server in servers:
+                    for mode in modes:
+                        round_ = _round(server, models[server.name], args.clients, mode == "json_schema", sampling)
+                        tokens, wall = asyncio.run(round_)
+                        rates.setdefault((server.name, mode), []).append(tokens / wall)
+                        print(f"{server.name} {mode}: {tokens} tokens in {wall:.1f} s", file=sys.stderr)
+        finally:
+            for server in servers:
                 server.stop()
+    _report(rates)
+
+
+def _report(rates: dict[tuple[str, str], list[float]]) -> None:
+    """Medians over the rounds; each ratio is the median of the ratios of rounds run side by side."""
+
+    def ratio(a: list[float], b: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
     print("\n| server | unconstrained tok/s | json_schema tok/s | constrained/unconstrained |\n|---|---|---|---|")
-    for name in dict.fromkeys(n for n, _ in rows):
-        free, bound = rows[(name, "unconstrained")], rows[(name, "json_schema")]
-        print(f"| {name} | {free:.1f} | {bound:.1f} | {bound / free:.2f}x |")
-    if ("llama.cpp", "json_schema") in rows:
-        ratio = rows[("ours", "json_schema")] / rows[("llama.cpp", "json_schema")]
-        print(f"\nours/llama.cpp with json_schema: {ratio:.2f}x")
+    for name in dict.fromkeys(n for n, _ in rates):
+        free, bound = rates[(name, "unconstrained")], rates[(name, "json_schema")]
+        print(
+            f"| {name} | {statistics.median(free):.1f} | {statistics.median(bound):.1f} | {ratio(bound, free):.2f}x |"
+        )
+    if ("llama.cpp", "json_schema") in rates:
+        ours, theirs = rates[("ours", "json_schema")], rates[("llama.cpp", "json_schema")]
+        each = ", ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=True))
+        print(f"\nours/llama.cpp with json_schema: {ratio(ours, theirs):.2f}x (rounds: {each})")
 
 
 if __name__ == "__main__":
