@@ -10,8 +10,9 @@ leader's prefill is done, when they get a copy of its KV and sample from the sam
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from server.engine.base import TokenLogprob
@@ -112,9 +113,10 @@ EXPECTED_ANSWER_TOKENS = 256
 def gaps_added(active: Sequence[int], seq_id: int) -> int:
     """How many idle sequences taking `seq_id` puts inside the range of active sequence ids (-1: it fills one).
 
-    Each slot has its own KV stream, and llama.cpp computes a step over every stream from the lowest active sequence
-    to the highest: an idle one in between costs about what an active one does (measured on 2 cores: 4 streams with
-    ids 0, 2, 5 and 7 took 35-39 ms a step, ids 0-3 or 2-5 24-27 ms, all 8 33-39 ms).
+    Each slot has its own KV stream, and llama.cpp splits such a batch into micro-batches of sequences with
+    consecutive ids, each token count equal, each a forward pass of its own (`split_equal`): an idle sequence between
+    active ones splits the step (measured on 2 cores: 4 streams with ids 0, 2, 5 and 7 took 35-39 ms a step, ids 0-3
+    or 2-5 24-27 ms, all 8 33-39 ms).
     """
 
     def gaps(ids: Sequence[int]) -> int:
@@ -123,25 +125,76 @@ def gaps_added(active: Sequence[int], seq_id: int) -> int:
     return gaps([*active, seq_id]) - gaps(active)
 
 
-def pick_slot(
-    free: Sequence[Slot], prompt: Sequence[int], active: Sequence[int], max_tokens: int, waiting: int = 0
-) -> tuple[Slot, int]:
-    """The free slot for a new prompt, and how many of its tokens that slot's cached sequence already holds.
+@dataclass(frozen=True)
+class Placement:
+    """Where a new prompt goes: `slot`, whose sequence already holds the prompt's first `reused` tokens, after the
+    sequence of `source` (another free slot) is copied into it when one is given."""
+
+    slot: Slot
+    reused: int
+    source: Slot | None = None
+
+
+def place(
+    free: Sequence[Slot],
+    prompt: Sequence[int],
+    active: Sequence[int],
+    max_tokens: int,
+    copy_cost: float,
+    waiting: int = 0,
+    reserved: Collection[int] = (),
+) -> Placement:
+    """The free slot for a new prompt, and what of it the slot's sequence already holds.
 
     A slot that keeps the active sequences packed (no idle one between them), and among those the longest cached
-    prefix of `prompt`; a slot with a longer prefix only when the prompt tokens it saves outweigh the steps its gaps
-    would slow, one gap costing about one prompt token per step. Up to `waiting` gaps cost nothing: requests already
-    waiting fill gaps first. On a tie the least recently used slot goes first, so recent caches survive longer. At
-    least the prompt's last token is always recomputed: its logits are what the first sample needs.
+    prefix of `prompt`. When a longer prefix is cached in a slot that would leave a gap, the cheapest of: computing
+    the difference again, the gaps (one gap costs about one prompt token per step of the answer), or copying that
+    slot's sequence into the packed one (`copy_cost`, in prompt tokens: llama.cpp copies a whole KV stream). Up to
+    `waiting` gaps cost nothing: requests already waiting fill gaps first. The `reserved` slots (see `reserve`) are
+    taken only when nothing else is free. On a tie the slot whose cache is least its
+    own goes first (a copy leaves two slots holding the same prompt: one of them is overwritten before a cache held
+    nowhere else), then the least recently used, so recent caches survive longer. At least the prompt's last token is
+    always recomputed: its logits are what the first sample needs.
     """
-    reuse = {slot.seq_id: min(common_prefix(slot.tokens[: slot.n_past], prompt), len(prompt) - 1) for slot in free}
+    reuse = {slot.seq_id: _reusable(slot, prompt) for slot in free}
+    targets = [s for s in free if s.seq_id not in reserved] or list(free)
     gaps = {slot.seq_id: gaps_added(active, slot.seq_id) for slot in free}
-    packed = min(free, key=lambda s: (gaps[s.seq_id], -reuse[s.seq_id], s.last_used))
+    fewest = min(gaps[s.seq_id] for s in targets)
+    own = {slot.seq_id: cached_alone(slot, free) for slot in targets if gaps[slot.seq_id] == fewest}
+    packed = min((s for s in targets if s.seq_id in own), key=lambda s: (-reuse[s.seq_id], own[s.seq_id], s.last_used))
     cached = min(free, key=lambda s: (-reuse[s.seq_id], gaps[s.seq_id], s.last_used))
     saved = reuse[cached.seq_id] - reuse[packed.seq_id]
     widened = max(0, gaps[cached.seq_id] - gaps[packed.seq_id] - waiting)
-    chosen = cached if saved > widened * min(max_tokens, EXPECTED_ANSWER_TOKENS) else packed
-    return chosen, reuse[chosen.seq_id]
+    # A slot kept for another request can be copied from, not taken.
+    gap_cost = widened * min(max_tokens, EXPECTED_ANSWER_TOKENS) if cached in targets else math.inf
+    if saved <= 0 or saved <= min(gap_cost, copy_cost):
+        return Placement(packed, reuse[packed.seq_id])
+    if gap_cost <= copy_cost:
+        return Placement(cached, reuse[cached.seq_id])
+    return Placement(packed, reuse[cached.seq_id], source=cached)
+
+
+def reserve(free: Sequence[Slot], upcoming: Sequence[Sequence[int]]) -> set[int]:
+    """The free slots that requests already waiting (their prompts, oldest first) will want: each one's longest
+    cached prefix, when no other free slot holds as much of it (a prefix every slot shares reserves nothing)."""
+    reserved: set[int] = set()
+    for prompt in upcoming:
+        ranked = sorted(((_reusable(s, prompt), s.seq_id) for s in free if s.seq_id not in reserved), reverse=True)
+        if ranked and ranked[0][0] > (ranked[1][0] if len(ranked) > 1 else 0):
+            reserved.add(ranked[0][1])
+    return reserved
+
+
+def _reusable(slot: Slot, prompt: Sequence[int]) -> int:
+    """How much of `prompt` the slot's sequence holds, short of the last token (whose logits must be computed)."""
+    return min(common_prefix(slot.tokens[: slot.n_past], prompt), len(prompt) - 1)
+
+
+def cached_alone(slot: Slot, others: Sequence[Slot]) -> int:
+    """How many of the tokens `slot` caches no other of `others` caches too (as a prefix in common)."""
+    held = slot.tokens[: slot.n_past]
+    shared = max((common_prefix(held, o.tokens[: o.n_past]) for o in others if o is not slot), default=0)
+    return len(held) - shared
 
 
 def pick_packed(free: Sequence[Slot], active: Sequence[int]) -> Slot:

@@ -176,6 +176,34 @@ async def test_decode_steps_reuse_the_compute_graph_whatever_order_slots_were_ta
 
 
 @pytest.mark.asyncio
+async def test_a_prompt_cached_away_from_the_running_sequences_is_copied_next_to_them(model: LlamaModel) -> None:
+    """The cached prefix of a prompt whose slot would leave a gap is copied into the packed slot (a KV stream copy),
+    and the answer is the one computed from scratch."""
+    async with running_engine(model, n_slots=8) as engine:
+        requests = [request(engine, p, 4 + 8 * i) for i, p in enumerate(PROMPTS)]
+        first = await asyncio.gather(*(run(engine, r) for r in requests))
+        # Every slot's sequence ends where its own prompt's does: which prompt is where.
+        ends = {len(r.prompt_tokens) + r.sampling.max_tokens - 2: i for i, r in enumerate(requests)}
+        assert len(ends) == len(PROMPTS)
+        before = await engine.kv_positions()
+        where = {ends[pos]: slot for slot, pos in enumerate(before)}
+        long = engine.generate(request(engine, "Zebras and giraffes", 400))
+        await anext(aiter(long))
+        running = next(slot for slot, pos in enumerate(await engine.kv_positions()) if pos != before[slot])
+        k = next(i for i, slot in where.items() if abs(slot - running) > 1)
+        reused_before = engine.stats().prompt_tokens_reused_total
+        again = await run(engine, request(engine, PROMPTS[k], 4 + 8 * k))
+        reused = engine.stats().prompt_tokens_reused_total - reused_before
+        after = await engine.kv_positions()
+        await long.aclose()
+    assert "".join(again[0]) == "".join(first[k][0])
+    assert reused == len(requests[k].prompt_tokens) - 1
+    moved = [slot for slot, pos in enumerate(after) if pos != before[slot] and slot != running]
+    assert len(moved) == 1 and abs(moved[0] - running) == 1, (running, where[k], before, after)
+    assert after[moved[0]] == before[where[k]], "the copy holds the prompt and answer the source held"
+
+
+@pytest.mark.asyncio
 async def test_new_requests_keep_the_active_sequences_packed(model: LlamaModel) -> None:
     """A step computes every KV stream between the lowest and the highest active sequence: a request goes to a slot
     that leaves no idle one between them, even when its short prompt is cached in a slot further away."""

@@ -1,8 +1,11 @@
-"""Which free slot a new request takes: packing the active sequences against reusing a cached prompt prefix."""
+"""Which free slot a new request takes: packing the active sequences against reusing a cached prompt prefix, and when
+a cached prefix is copied into the packed slot instead."""
 
 from __future__ import annotations
 
-from server.engine.slots import Slot, gaps_added, pick_packed, pick_slot
+import math
+
+from server.engine.slots import Placement, Slot, gaps_added, pick_packed, place, reserve
 
 PROMPT = list(range(100, 700))  # 600 tokens
 
@@ -28,44 +31,85 @@ def test_gaps_count_idle_sequences_between_the_lowest_and_highest_active_one() -
 
 def test_with_nothing_active_the_longest_cached_prefix_wins() -> None:
     slots = _slots(8, cached={6: 40})
-    chosen, reused = pick_slot(slots, PROMPT[:50], [], max_tokens=100)
-    assert (chosen.seq_id, reused) == (6, 40)
+    assert place(slots, PROMPT[:50], [], max_tokens=100, copy_cost=1) == Placement(slots[6], 40)
 
 
 def test_a_short_prefix_is_not_worth_a_gap_between_active_sequences() -> None:
     slots = _slots(8, cached={6: 40})
     free = [s for s in slots if s.seq_id >= 2]
-    chosen, reused = pick_slot(free, PROMPT[:50], [0, 1], max_tokens=100)
-    assert (chosen.seq_id, reused) == (2, 0)
+    assert place(free, PROMPT[:50], [0, 1], max_tokens=100, copy_cost=math.inf) == Placement(slots[2], 0)
 
 
 def test_a_long_prefix_is_worth_the_gaps_of_a_short_answer() -> None:
     slots = _slots(8, cached={6: 590})
     free = [s for s in slots if s.seq_id >= 2]
-    assert pick_slot(free, PROMPT, [0, 1], max_tokens=100)[0].seq_id == 6  # saves 590, slows 3 gaps x 100 steps
-    assert pick_slot(free, PROMPT, [0, 1], max_tokens=1000)[0].seq_id == 2  # 3 gaps x 256 expected steps
+    assert place(free, PROMPT, [0, 1], 100, math.inf).slot.seq_id == 6  # saves 590, slows 3 gaps x 100 steps
+    assert place(free, PROMPT, [0, 1], 1000, math.inf).slot.seq_id == 2  # 3 gaps x 256 expected steps
 
 
 def test_gaps_that_waiting_requests_will_fill_cost_nothing() -> None:
     slots = _slots(8, cached={4: 40})
     free = [s for s in slots if s.seq_id >= 2]
-    assert pick_slot(free, PROMPT[:50], [0, 1], max_tokens=100, waiting=1)[0].seq_id == 2
-    assert pick_slot(free, PROMPT[:50], [0, 1], max_tokens=100, waiting=2)[0].seq_id == 4
+    assert place(free, PROMPT[:50], [0, 1], max_tokens=100, copy_cost=math.inf, waiting=1).slot.seq_id == 2
+    assert place(free, PROMPT[:50], [0, 1], max_tokens=100, copy_cost=math.inf, waiting=2).slot.seq_id == 4
 
 
 def test_a_slot_inside_the_active_range_is_taken_first_and_the_prefix_decides_among_packed_ones() -> None:
     slots = _slots(8, cached={3: 30, 5: 20})
     free = [slots[i] for i in (1, 3, 5, 6, 7)]
-    assert pick_slot(free, PROMPT[:50], [0, 2], max_tokens=50)[0].seq_id == 1
-    assert pick_slot(free[1:], PROMPT[:50], [0, 1, 2, 4], max_tokens=50)[0].seq_id == 3
+    assert place(free, PROMPT[:50], [0, 2], max_tokens=50, copy_cost=1) == Placement(slots[1], 30, source=slots[3])
+    assert place(free[1:], PROMPT[:50], [0, 1, 2, 4], max_tokens=50, copy_cost=1) == Placement(slots[3], 30)
 
 
 def test_the_prompt_s_last_token_is_always_recomputed() -> None:
-    chosen, reused = pick_slot(_slots(2, cached={0: 20}), PROMPT[:20], [], max_tokens=10)
-    assert (chosen.seq_id, reused) == (0, 19)
+    slots = _slots(2, cached={0: 20})
+    assert place(slots, PROMPT[:20], [], max_tokens=10, copy_cost=1) == Placement(slots[0], 19)
 
 
 def test_packing_takes_the_fewest_gaps_then_the_least_recently_used() -> None:
     slots = _slots(8, used={2: 5.0, 5: 1.0})
     assert pick_packed([slots[2], slots[5]], [3, 4]).seq_id == 5
     assert pick_packed([slots[1], slots[2], slots[7]], [3, 4]).seq_id == 2
+
+
+def test_a_prefix_cached_where_it_would_leave_a_gap_is_copied_into_the_packed_slot() -> None:
+    slots = _slots(8, cached={6: 40})
+    free = [s for s in slots if s.seq_id >= 2]
+    assert place(free, PROMPT[:50], [0, 1], max_tokens=100, copy_cost=3) == Placement(slots[2], 40, source=slots[6])
+
+
+def test_a_copy_must_save_more_than_it_costs() -> None:
+    slots = _slots(8, cached={6: 40, 2: 37})
+    free = [s for s in slots if s.seq_id >= 2]
+    assert place(free, PROMPT[:50], [0, 1], max_tokens=100, copy_cost=3) == Placement(slots[2], 37)
+    assert place(free, PROMPT[:50], [0, 1], max_tokens=100, copy_cost=2.5) == Placement(slots[2], 40, source=slots[6])
+
+
+def test_gaps_cheaper_than_a_copy_are_taken_instead() -> None:
+    slots = _slots(8, cached={2: 40})
+    # Taking slot 2 leaves one gap (slot 1) for a 2-token answer: 2 against a copy worth 3 tokens.
+    assert place(slots[1:], PROMPT[:50], [0], max_tokens=2, copy_cost=3) == Placement(slots[2], 40)
+    assert place(slots[1:], PROMPT[:50], [0], max_tokens=10, copy_cost=3) == Placement(slots[1], 40, source=slots[2])
+
+
+def test_a_cache_held_twice_is_overwritten_before_one_held_once() -> None:
+    slots = _slots(8, cached={1: 40, 3: 40, 5: 30}, used={1: 1.0, 3: 5.0, 5: 9.0})
+    other = list(range(900, 940))
+    slots[3].tokens, slots[5].tokens = [*other, 7], [*other, 8]  # slots 3 and 5 share 40 tokens; slot 1 is alone
+    # Slot 1 (alone, least recently used) and slot 3 (shared) both keep {2, 4} packed around a new prompt.
+    assert place([slots[1], slots[3], slots[5]], [5, 6, 7], [2], max_tokens=10, copy_cost=1).slot.seq_id == 3
+
+
+def test_a_waiting_request_keeps_the_slot_that_alone_caches_its_prompt() -> None:
+    slots = _slots(4, cached={1: 40, 2: 20, 3: 20})
+    assert reserve(slots, [PROMPT[:50]]) == {1}
+    assert reserve(slots, [PROMPT[:10]]) == set(), "every cached slot holds all of it: nothing to keep"
+    assert reserve(slots, [PROMPT[:50], PROMPT[:50]]) == {1}, "the second one's best is shared by slots 2 and 3"
+
+
+def test_a_slot_kept_for_a_waiting_request_is_copied_from_but_not_taken() -> None:
+    slots = _slots(8, cached={5: 40})
+    assert place(slots, [1, 2, 3], [], max_tokens=10, copy_cost=1, waiting=1, reserved={5}).slot.seq_id != 5
+    placement = place(slots, PROMPT[:50], [], max_tokens=10, copy_cost=1, waiting=1, reserved={5})
+    assert placement.source is slots[5] and placement.slot.seq_id != 5 and placement.reused == 40
+    assert place(slots[5:6], [1, 2, 3], [], max_tokens=10, copy_cost=1, reserved={5}).slot.seq_id == 5, "no other"
