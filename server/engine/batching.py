@@ -101,9 +101,11 @@ class BatchingEngine:
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         reuse_prefix: bool = True,
         embedding_pooling: str = "model",
+        burst: tuple[float, float] = (BURST_QUIET_S, BURST_MAX_S),
     ) -> None:
         self._model = model
         self._embedding_pooling = embedding_pooling
+        self._burst_quiet_s, self._burst_max_s = burst
         self._embedder: Embedder | None = None
         self._embeddings_refused: EmbeddingsUnsupportedError | None = None
         self._model_id = model_id
@@ -344,16 +346,16 @@ class BatchingEngine:
         return True
 
     def _gather_burst(self) -> None:
-        """An idle engine woken by a request waits, holding `_cond`, while more keep coming (each within BURST_QUIET_S
-        of the last, BURST_MAX_S in all): the event loop hands a burst over one request at a time, and one that
-        arrives just after a step began waits for that whole step before its first token."""
-        deadline = time.monotonic() + BURST_MAX_S
+        """An idle engine woken by a request waits, holding `_cond`, while more keep coming (each within the quiet
+        interval of the last, up to the maximum in all: `burst`): the event loop hands a burst over one request at a
+        time, and one that arrives just after a step began waits for that whole step before its first token."""
+        deadline = time.monotonic() + self._burst_max_s
         while not self._closing and not self._calls:
             seen = len(self._waiting)
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self._cond.wait(min(BURST_QUIET_S, left))
+            self._cond.wait(min(self._burst_quiet_s, left))
             if len(self._waiting) == seen:
                 return
 

@@ -204,6 +204,28 @@ async def test_a_prompt_cached_away_from_the_running_sequences_is_copied_next_to
 
 
 @pytest.mark.asyncio
+async def test_an_idle_engine_admits_a_burst_of_requests_in_one_step(model: LlamaModel) -> None:
+    """Requests reach the engine one at a time; an idle engine waits while they keep coming (here up to 200 ms
+    between two), so none of them starts alone and the later ones wait a step for their first token."""
+    async with running_engine(model, n_slots=4, burst=(0.2, 1.0)) as engine:
+        first_tokens: list[float] = []
+
+        async def stream(prompt: str) -> None:
+            async for event in engine.generate(request(engine, prompt, 2)):
+                if isinstance(event, TextDelta):
+                    first_tokens.append(time.monotonic())
+                    return
+
+        tasks = []
+        for prompt in PROMPTS[:4]:
+            tasks.append(asyncio.create_task(stream(prompt)))
+            await asyncio.sleep(0.025)  # a first step of one prompt alone takes about as long on 2 cores
+        last_submitted = time.monotonic()
+        await asyncio.gather(*tasks)
+    assert min(first_tokens) > last_submitted - 0.025, "the first request started before the burst was in"
+
+
+@pytest.mark.asyncio
 async def test_new_requests_keep_the_active_sequences_packed(model: LlamaModel) -> None:
     """A step computes every KV stream between the lowest and the highest active sequence: a request goes to a slot
     that leaves no idle one between them, even when its short prompt is cached in a slot further away."""
