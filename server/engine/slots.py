@@ -98,11 +98,19 @@ class Slot:
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share. Admission compares every prompt with every cached sequence, and
+    those often share a long system prompt: slices compare in C, halving the range where they first differ."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    if a[:n] == b[:n]:
+        return n
+    same, differs = 0, n  # a[:same] == b[:same]; the first difference is before `differs`
+    while differs - same > 1:
+        middle = (same + differs) // 2
+        if a[same:middle] == b[same:middle]:
+            same = middle
+        else:
+            differs = middle
+    return same
 
 
 # How long a new generation is expected to keep the batch as wide as its slot makes it, in steps; a generation asking

@@ -4,8 +4,9 @@ a cached prefix is copied into the packed slot instead."""
 from __future__ import annotations
 
 import math
+import random
 
-from server.engine.slots import Placement, Slot, gaps_added, pick_packed, place, reserve
+from server.engine.slots import Placement, Slot, common_prefix, gaps_added, pick_packed, place, reserve
 
 PROMPT = list(range(100, 700))  # 600 tokens
 
@@ -113,3 +114,12 @@ def test_a_slot_kept_for_a_waiting_request_is_copied_from_but_not_taken() -> Non
     placement = place(slots, PROMPT[:50], [], max_tokens=10, copy_cost=1, waiting=1, reserved={5})
     assert placement.source is slots[5] and placement.slot.seq_id != 5 and placement.reused == 40
     assert place(slots[5:6], [1, 2, 3], [], max_tokens=10, copy_cost=1, reserved={5}).slot.seq_id == 5, "no other"
+
+
+def test_common_prefix_counts_the_leading_tokens_two_sequences_share() -> None:
+    rng = random.Random(3)
+    for _ in range(2000):
+        a = [rng.randrange(3) for _ in range(rng.randrange(12))]
+        b = a[: rng.randrange(len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(12))]
+        expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        assert common_prefix(a, b) == expected == common_prefix(b, a), (a, b)
