@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -32,10 +33,11 @@ class StreamRecord:
 class StreamLoad:
     """`streams` threads, each sending one streaming chat completion after another until `stop()`."""
 
-    def __init__(self, base_url: str, model: str, *, streams: int = 4, max_tokens: int = 48) -> None:
+    def __init__(self, base_url: str, model: str, *, streams: int = 4, max_tokens: int | Sequence[int] = 48) -> None:
         self._url = f"{base_url}/v1/chat/completions"
         self._model = model
-        self._max_tokens = max_tokens
+        # One count per stream, round the list: streams of different lengths never end all at once.
+        self._max_tokens = [max_tokens] if isinstance(max_tokens, int) else list(max_tokens)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.records: list[StreamRecord] = []
@@ -60,15 +62,16 @@ class StreamLoad:
                 record = StreamRecord(started=time.monotonic())
                 with self._lock:
                     self.records.append(record)
-                self._one(client, record, f"Stream {index}, request {n}: tell me about the sea.")
+                max_tokens = self._max_tokens[index % len(self._max_tokens)]
+                self._one(client, record, f"Stream {index}, request {n}: tell me about the sea.", max_tokens)
                 if record.error:
                     time.sleep(0.2)  # refused (not ready): try again soon, as a client with retries would
 
-    def _one(self, client: httpx.Client, record: StreamRecord, prompt: str) -> None:
+    def _one(self, client: httpx.Client, record: StreamRecord, prompt: str, max_tokens: int) -> None:
         body = {
             "model": self._model,
             "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": self._max_tokens,
+            "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
         }
