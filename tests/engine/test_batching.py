@@ -226,6 +226,24 @@ async def test_an_idle_engine_admits_a_burst_of_requests_in_one_step(model: Llam
 
 
 @pytest.mark.asyncio
+async def test_a_request_admitted_first_leaves_the_cache_a_waiting_one_wants(model: LlamaModel) -> None:
+    """In a burst, a new prompt admitted first would take the least recently used slot; when that slot alone caches
+    the prompt of a request waiting behind it, the new prompt goes elsewhere and the waiting one reuses its cache."""
+    async with running_engine(model, n_slots=4, burst=(0.2, 1.0)) as engine:
+        tokens = [12, 12, 4, 12]  # PROMPTS[2] ends first: its slot is the least recently used, and caches least
+        first = await asyncio.gather(*(run(engine, request(engine, PROMPTS[i], n)) for i, n in enumerate(tokens)))
+        reused_before = engine.stats().prompt_tokens_reused_total
+        wanted = request(engine, PROMPTS[2], 4)
+        new = asyncio.create_task(run(engine, request(engine, "Zebras and giraffes", 4)))
+        await asyncio.sleep(0.02)  # within the burst window: both are admitted in the same step, the new one first
+        again, _ = await run(engine, wanted)
+        await new
+        reused = engine.stats().prompt_tokens_reused_total - reused_before
+    assert "".join(again) == "".join(first[2][0])
+    assert reused == len(wanted.prompt_tokens) - 1, "the new prompt shares nothing; the waiting one all but one token"
+
+
+@pytest.mark.asyncio
 async def test_new_requests_keep_the_active_sequences_packed(model: LlamaModel) -> None:
     """A step computes every KV stream between the lowest and the highest active sequence: a request goes to a slot
     that leaves no idle one between them, even when its short prompt is cached in a slot further away."""
