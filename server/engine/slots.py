@@ -159,10 +159,10 @@ def place(
     the difference again, the gaps (one gap costs about one prompt token per step of the answer), or copying that
     slot's sequence into the packed one (`copy_cost`, in prompt tokens: llama.cpp copies a whole KV stream). Up to
     `waiting` gaps cost nothing: requests already waiting fill gaps first. The `reserved` slots (see `reserve`) are
-    taken only when nothing else is free. On a tie the slot whose cache is least its
-    own goes first (a copy leaves two slots holding the same prompt: one of them is overwritten before a cache held
-    nowhere else), then the least recently used, so recent caches survive longer. At least the prompt's last token is
-    always recomputed: its logits are what the first sample needs.
+    taken only when nothing else is free. On a tie the slot whose cache is least its own goes first (a copy leaves two
+    slots holding the same prompt: one of them is overwritten before a cache held nowhere else), then the least
+    recently used, so recent caches survive longer. At least the prompt's last token is always recomputed: its logits
+    are what the first sample needs.
     """
     reuse = {slot.seq_id: _reusable(slot, prompt) for slot in free}
     targets = [s for s in free if s.seq_id not in reserved] or list(free)
