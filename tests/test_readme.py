@@ -26,3 +26,12 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 def test_every_setting_is_documented() -> None:
     table = {m.group(1) for m in re.finditer(r"^\| `((?:GGUFSTACK|APPLICATIONINSIGHTS)_[A-Z0-9_]+)` \|", README, re.M)}
     assert table == {Settings.env_name(name) for name in Settings.model_fields}
+
+
+def test_readme_lists_every_system_package_dev_installs() -> None:
+    dev = (ROOT / "dev").read_text()
+    installed = set(re.findall(r"missing\+=\(([\w.+-]+)\)", dev))
+    installed |= set(re.search(r"apt-get install [^\n]*\\\n\s+([^;\n]+);", dev).group(1).split())
+    opening = README[: README.index("\n## ")]
+    named = {p.strip() for group in re.findall(r"\*\*([^*]+)\*\*", opening) for p in group.split(",")}
+    assert installed == named

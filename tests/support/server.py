@@ -67,9 +67,11 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def ready_server(workdir: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+def ready_server(
+    workdir: Path, env: dict[str, str] | None = None, *, command: list[str] | None = None
+) -> Iterator[ServerProcess]:
     """A started server, ready to answer, stopped on exit (the shape of every module-scoped server fixture)."""
-    server = start_server(workdir, env)
+    server = start_server(workdir, env, command=command)
     try:
         server.wait_ready()
         yield server
@@ -77,8 +79,14 @@ def ready_server(workdir: Path, env: dict[str, str] | None = None) -> Iterator[S
         server.stop()
 
 
-def start_server(workdir: Path, env: dict[str, str] | None = None, *, n_threads: int = 2) -> ServerProcess:
-    """Start the server on a free port with only GGUFSTACK_* from `env` (the parent's are dropped)."""
+def start_server(
+    workdir: Path, env: dict[str, str] | None = None, *, n_threads: int = 2, command: list[str] | None = None
+) -> ServerProcess:
+    """Start the server on a free port with only GGUFSTACK_* from `env` (the parent's are dropped).
+
+    `command` runs another installation's server (the runtime environment's `ggufstack serve`) from `workdir`, so
+    nothing of the repository or the dev environment is on its path.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("GGUFSTACK_")}
@@ -95,7 +103,11 @@ def start_server(workdir: Path, env: dict[str, str] | None = None, *, n_threads:
     child_env.update(env or {})
     log_path = workdir / f"server-{port}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"], cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT
-        )
+        if command is None:
+            command, cwd = [sys.executable, "-m", "server", "serve"], REPO
+        else:
+            cwd = workdir
+            for leak in ("PYTHONPATH", "VIRTUAL_ENV"):
+                child_env.pop(leak, None)
+        process = subprocess.Popen(command, cwd=cwd, env=child_env, stdout=log, stderr=subprocess.STDOUT)
     return ServerProcess(process, port, log_path, child_env)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-IMAGES = Path(__file__).resolve().parents[1] / "images"
+IMAGES = Path(__file__).resolve().parents[2] / "images"
 DOCKERFILES = sorted(IMAGES.glob("Dockerfile.*"))
 
 
@@ -63,3 +63,18 @@ def test_cuda_image_builds_llama_cpp_with_cuda_on_a_runtime_base() -> None:
 def test_images_install_from_the_lock_file() -> None:
     for dockerfile in DOCKERFILES:
         assert "uv sync --frozen --no-dev --extra server" in dockerfile.read_text()
+
+
+def _build_stage_steps(dockerfile: Path) -> list[str]:
+    build = re.split(r"^FROM ", dockerfile.read_text(), flags=re.M)[-2]
+    return [line for line in build.splitlines() if line.startswith(("COPY ", "RUN uv "))]
+
+
+def test_both_images_install_the_same_way_and_copy_the_server_alone() -> None:
+    """The CUDA image cannot be built here: it must install exactly what the CPU image's build (which runs) installs."""
+    cpu, cuda = (_build_stage_steps(IMAGES / name) for name in ("Dockerfile.cpu", "Dockerfile.cuda"))
+    assert cpu == cuda
+    copied = [line.split()[1] for line in cpu if line.startswith("COPY ") and "--from" not in line]
+    assert copied == ["pyproject.toml", "README.md", "server"], copied
+    assert "RUN uv sync --frozen --no-dev --extra server --no-install-project" in cpu
+    assert cpu[-1] == "RUN uv sync --frozen --no-dev --extra server --no-editable"
