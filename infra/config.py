@@ -11,12 +11,14 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
+from datetime import date
 from typing import Annotated, Any, Literal
 
 import pulumi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from infra import aks_versions
 from infra.sizing import GPU_VM_SIZES, GpuVmSize, ReplicaShare, replica_share
 
 NAMESPACE = "ggufstack"
@@ -46,9 +48,6 @@ UNPAIRED_REGIONS = frozenset(
         "malaysiawest", "mexicocentral", "newzealandnorth", "polandcentral", "qatarcentral", "spaincentral",
     }
 )  # fmt: skip
-
-# Kubernetes minors AKS can run that kubernetes-validate also has schemas for.
-KUBERNETES_MINORS = range(31, 38)
 
 RedisSku = Literal[
     "Balanced_B0", "Balanced_B1", "Balanced_B3", "Balanced_B5", "Balanced_B10", "Balanced_B20", "Balanced_B50",
@@ -80,9 +79,10 @@ def _gpu_vm_size(value: str) -> str:
 
 
 def _kubernetes_version(value: str) -> str:
-    match = re.fullmatch(r"1\.(\d+)(\.\d+)?", value)
-    if not match or int(match.group(1)) not in KUBERNETES_MINORS:
-        allowed = f"1.{KUBERNETES_MINORS[0]} to 1.{KUBERNETES_MINORS[-1]}, optionally with a patch (e.g. 1.33.2)"
+    today = date.today()
+    minors = [m.version for m in aks_versions.supported(today)]
+    if not re.fullmatch(r"1\.\d+(\.\d+)?", value) or aks_versions.minor_of(value) not in minors:
+        allowed = f"{', '.join(minors)} (AKS's supported minors on {today}), optionally with a patch (e.g. 1.36.2)"
         raise ValueError(f"{value!r} is not a supported Kubernetes version; allowed: {allowed}")
     return value
 
@@ -151,7 +151,7 @@ class StackConfig(BaseModel):
     name_prefix: str = Field("gguf", pattern=r"^[a-z][a-z0-9]{1,9}$")
     # A production stack must name its admins and narrow its API server, and may not use passwords or keys.
     production: bool = True
-    kubernetes_version: Annotated[str, AfterValidator(_kubernetes_version)] = "1.33"
+    kubernetes_version: Annotated[str, AfterValidator(_kubernetes_version)] = aks_versions.DEFAULT
     cluster_tier: Literal["Free", "Standard", "Premium"] = "Standard"
     availability_zones: list[Literal["1", "2", "3"]] = []
     system_vm_size: VmSize = "Standard_D4ds_v5"
