@@ -269,7 +269,7 @@ def test_registry_is_premium_and_private_where_private_endpoints_are_on(
 
 def test_kubelet_identity_may_pull_from_the_registry(stack: StackRun) -> None:
     registry = stack.one("azure-native:containerregistry:Registry")
-    kubelet = stack.one("azure-native:containerservice:ManagedCluster").state["identityProfile"]["kubeletidentity"]
+    kubelet = stack.managed_cluster().state["identityProfile"]["kubeletidentity"]
     (pull,) = [r for r in stack.of_type("azure-native:authorization:RoleAssignment") if r.plain["scope"] == registry.id]
     assert pull.plain["roleDefinitionId"] == (
         f"/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
