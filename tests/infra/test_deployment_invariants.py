@@ -12,7 +12,7 @@ from datetime import date
 
 from infra import aks_versions
 from infra.roles import NETWORK_CONTRIBUTOR
-from tests.infra.harness import StackRun
+from tests.infra.harness import Registration, StackRun
 
 _AGENT_POOL = "azure-native:containerservice:AgentPool"
 
@@ -56,3 +56,74 @@ def test_control_plane_identity_can_join_every_subnet_the_cluster_uses_before_it
         covering = [g for g in grants if subnet == g.plain["scope"] or subnet.startswith(g.plain["scope"] + "/")]
         assert covering, f"the control plane may not join {subnet}"
         assert any(g.urn in cluster.dependencies for g in covering), f"{subnet}'s grant may come after the cluster"
+
+
+def _waits_for(stack: StackRun, registration: Registration, target_urn: str) -> bool:
+    """Whether `registration` waits for `target_urn`: through its dependencies or its provider, transitively."""
+    by_urn = {r.urn: r for r in stack.registrations}
+    seen: set[str] = set()
+    todo = [registration]
+    while todo:
+        r = todo.pop()
+        # A provider reference is "<urn>::<id>"; a resource waits for its provider and what the provider waits for.
+        upstream = [*r.dependencies, *([r.provider.rsplit("::", 1)[0]] if r.provider else [])]
+        for urn in upstream:
+            if urn == target_urn:
+                return True
+            if urn not in seen and urn in by_urn:
+                seen.add(urn)
+                todo.append(by_urn[urn])
+    return False
+
+
+def _path(document: dict, dotted: str) -> object:
+    for key in dotted.split("."):
+        document = document.get(key, {}) if isinstance(document, dict) else {}
+    return document
+
+
+# API group of a custom resource -> the ManagedCluster setting whose add-on installs its CRDs, and the value that does.
+# "Azure Kubernetes Service (AKS) application routing add-on with the Kubernetes Gateway API"
+# (https://learn.microsoft.com/azure/aks/app-routing-gateway-api): the managed Gateway API CRDs; "Use the Azure Key
+# Vault provider for Secrets Store CSI Driver" (https://learn.microsoft.com/azure/aks/csi-secrets-store-driver);
+# "Create a PodMonitor/ServiceMonitor" for managed Prometheus
+# (https://learn.microsoft.com/azure/azure-monitor/containers/prometheus-metrics-scrape-crd); "Kubernetes Event-driven
+# Autoscaling (KEDA) add-on" (https://learn.microsoft.com/azure/aks/keda-about).
+CRD_SOURCES = {
+    "gateway.networking.k8s.io": ("ingressProfile.gatewayAPI.installation", "Standard"),
+    "secrets-store.csi.x-k8s.io": ("addonProfiles.azureKeyvaultSecretsProvider.enabled", True),
+    "azmonitoring.coreos.com": ("azureMonitorProfile.metrics.enabled", True),
+    "keda.sh": ("workloadAutoScalerProfile.keda.enabled", True),
+}
+# Groups Kubernetes serves itself that carry a dot (the core group and apps, batch, policy have none).
+BUILT_IN_GROUPS = {"networking.k8s.io", "rbac.authorization.k8s.io", "apiextensions.k8s.io"}
+# GatewayClass -> the add-on setting that creates it.
+GATEWAY_CLASSES = {
+    "approuting-istio": ("ingressProfile.webAppRouting.gatewayAPIImplementations.appRoutingIstio.mode", "Enabled"),
+}
+
+
+def test_every_custom_resource_kind_is_installed_by_the_stack_or_an_enabled_add_on_before_it_is_declared(
+    stack: StackRun,
+) -> None:
+    """A custom resource whose CRD is not installed fails the apply with "no matches for kind"; one declared before
+    the cluster that installs it can race it. Pages in CRD_SOURCES."""
+    cluster = stack.managed_cluster()
+    installed_here = {
+        obj["spec"]["group"]
+        for r, obj in stack.kubernetes_objects()
+        if r.type == "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition"
+    }
+    for r, obj in stack.kubernetes_objects():
+        group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
+        if "." not in group or group in BUILT_IN_GROUPS:
+            continue
+        where = f"{obj['kind']} {obj['metadata']['name']}"
+        if group not in installed_here:
+            assert group in CRD_SOURCES, f"{where}: nothing installs {group}"
+            setting, value = CRD_SOURCES[group]
+            assert _path(cluster.plain, setting) == value, f"{where}: {setting} is not {value!r}"
+        assert _waits_for(stack, r, cluster.urn), f"{where} may be applied before the cluster exists"
+        if obj["kind"] == "Gateway":
+            setting, value = GATEWAY_CLASSES[obj["spec"]["gatewayClassName"]]
+            assert _path(cluster.plain, setting) == value, f"{where}: {setting} is not {value!r}"
