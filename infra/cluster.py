@@ -122,6 +122,8 @@ class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     gpu_node_selector: Mapping[str, str]
     gpu_tolerations: Sequence[Mapping[str, str]]
+    # For pods that belong on the system pool: the gateway's proxies and the certificate sync pod.
+    system_tolerations: Sequence[Mapping[str, str]]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Cluster", name, None, opts)
@@ -278,9 +280,9 @@ class Cluster(pulumi.ComponentResource):
         self.keda_principal_id = keda.principal_id
         self.kubeconfig = kubeconfig
         self.gpu_node_selector = dict([GPU_POOL_LABEL])
+        self.system_tolerations = [_toleration(SYSTEM_TAINT)]
         self.gpu_tolerations = [
-            {"key": key, "operator": "Equal", "value": value, "effect": effect}
-            for key, value, effect in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])
+            _toleration(taint) for taint in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])
         ]
         self.register_outputs(
             {
@@ -435,6 +437,11 @@ class Cluster(pulumi.ComponentResource):
             principal_type="ServicePrincipal",
             opts=pulumi.ResourceOptions(parent=self),
         )
+
+
+def _toleration(taint: tuple[str, str, str]) -> dict[str, str]:
+    key, value, effect = taint
+    return {"key": key, "operator": "Equal", "value": value, "effect": effect}
 
 
 def azure_cli_kubeconfig(kubeconfig: str) -> str:

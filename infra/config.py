@@ -87,6 +87,16 @@ def _kubernetes_version(value: str) -> str:
     return value
 
 
+def _system_vm_size(value: str) -> str:
+    match = re.fullmatch(r"Standard_([A-Z]+)(\d+)[a-z]*(_v\d+)?", value)
+    if not match or match.group(1).startswith("B") or int(match.group(2)) < 4:
+        raise ValueError(
+            f"{value!r} cannot be a system node; allowed: a VM size of 4 vCPUs or more, not B series "
+            "(e.g. Standard_D4ds_v5)"
+        )
+    return value
+
+
 def _image_tag(value: str) -> str:
     if value == "latest" or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
         raise ValueError(f"{value!r} is not a pinned image tag; allowed: a Docker tag other than 'latest'")
@@ -134,7 +144,6 @@ def _host_name(value: str) -> str:
 
 Weekday = Literal["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 Location = Annotated[str, AfterValidator(_location)]
-VmSize = Annotated[str, Field(pattern=r"^Standard_[A-Za-z0-9_]+$")]
 
 
 class StackConfig(BaseModel):
@@ -154,8 +163,10 @@ class StackConfig(BaseModel):
     kubernetes_version: Annotated[str, AfterValidator(_kubernetes_version)] = aks_versions.DEFAULT
     cluster_tier: Literal["Free", "Standard", "Premium"] = "Standard"
     availability_zones: list[Literal["1", "2", "3"]] = []
-    system_vm_size: VmSize = "Standard_D4ds_v5"
-    system_node_count: int = Field(3, ge=1, le=10)
+    # "Manage system node pools in AKS": at least 4 vCPUs a node (no B series) and at least two nodes; the system
+    # pool also runs the gateway's proxies (infra/ingress.py).
+    system_vm_size: Annotated[str, AfterValidator(_system_vm_size)] = "Standard_D4ds_v5"
+    system_node_count: int = Field(3, ge=2, le=10)
     gpu_node_min: int = Field(2, ge=0, le=100)
     gpu_node_max: int = Field(4, ge=1, le=100)
     gpu_spot: bool = False

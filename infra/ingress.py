@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+import yaml
 from pulumi_azure_native import privatedns
 from pulumi_kubernetes import core, meta
 
@@ -27,6 +28,7 @@ GATEWAY_CLASS = "approuting-istio"
 GATEWAY_API = "gateway.networking.k8s.io"
 NAMESPACE = "ggufstack-ingress"
 GATEWAY = "ggufstack"
+GATEWAY_OPTIONS = f"{GATEWAY}-gateway-options"
 LISTENER = "https"
 HTTPS_PORT = 443
 # A whole stream (a long generation at a slow token rate) must fit; the server's own limits end it sooner.
@@ -52,6 +54,8 @@ class IngressArgs:
     backend_service: str
     backend_port: int
     tls_secret: str
+    # Every pool is tainted; the proxies istiod creates for the Gateway get these through its parametersRef.
+    proxy_tolerations: Sequence[Mapping[str, str]]
     tags: Mapping[str, str]
 
 
@@ -76,6 +80,18 @@ class Ingress(pulumi.ComponentResource):
             opts=on_cluster,
         )
         in_namespace = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace])
+        # istiod overlays this on the proxies' Deployment: tolerations are on the add-on's allow list of fields.
+        options = core.v1.ConfigMap(
+            f"{name}-gateway-options",
+            metadata=meta.v1.ObjectMetaArgs(name=GATEWAY_OPTIONS, namespace=NAMESPACE, labels=labels),
+            data={
+                "deployment": yaml.safe_dump(
+                    {"spec": {"template": {"spec": {"tolerations": [dict(t) for t in args.proxy_tolerations]}}}},
+                    sort_keys=False,
+                )
+            },
+            opts=in_namespace,
+        )
         k8s.apiextensions.CustomResource(
             f"{name}-gateway",
             api_version=f"{GATEWAY_API}/v1",
@@ -83,7 +99,10 @@ class Ingress(pulumi.ComponentResource):
             metadata=meta.v1.ObjectMetaArgs(name=GATEWAY, namespace=NAMESPACE, labels=labels),
             spec={
                 "gatewayClassName": GATEWAY_CLASS,
-                "infrastructure": {"annotations": _service_annotations(args)},
+                "infrastructure": {
+                    "annotations": _service_annotations(args),
+                    "parametersRef": {"group": "", "kind": "ConfigMap", "name": GATEWAY_OPTIONS},
+                },
                 "listeners": [
                     {
                         "name": LISTENER,
@@ -105,7 +124,7 @@ class Ingress(pulumi.ComponentResource):
                     }
                 ],
             },
-            opts=in_namespace,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace, options]),
         )
         in_backend = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
         k8s.apiextensions.CustomResource(

@@ -262,6 +262,7 @@ if cfg.ingress_host_name is not None:
             backend_service=APP,
             backend_port=SERVICE_PORT,
             tls_secret=TLS_SECRET,
+            proxy_tolerations=cluster.system_tolerations,
             tags=tags,
         ),
     )

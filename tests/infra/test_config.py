@@ -122,7 +122,7 @@ def test_misspelt_key_is_rejected_with_a_suggestion() -> None:
         ({"availabilityZones": '["4"]'}, "ggufstack:availabilityZones: '4' is not allowed; allowed: 1, 2, 3"),
         ({"postgresStorageGb": "100"}, "ggufstack:postgresStorageGb: 100 is not allowed; allowed: 32, 64, 128"),
         ({"redisSku": "Enterprise_E10"}, "ggufstack:redisSku: 'Enterprise_E10' is not allowed; allowed: Balanced_B0"),
-        ({"systemNodeCount": "0"}, "ggufstack:systemNodeCount: '0': Input should be greater than or equal to 1"),
+        ({"systemNodeCount": "0"}, "ggufstack:systemNodeCount: '0': Input should be greater than or equal to 2"),
         ({"serverReplicas": "3"}, "ggufstack:serverReplicas: 3 exceeds serverMaxReplicas; allowed: 1..2"),
         ({"gpuNodeMax": "2"}, "ggufstack:gpuNodeMax: 2 node(s) of 1 GPU(s) cannot hold serverMaxReplicas plus a"),
         (
@@ -293,3 +293,19 @@ def test_prod_stack_is_production_and_dev_is_not() -> None:
     assert prod.data_plane_auth == dev.data_plane_auth == "entra"
     assert prod.postgres_geo_redundant_backup and not dev.postgres_geo_redundant_backup
     assert prod.ingress_exposure == "internal" and dev.ingress_exposure == "public" and dev.ingress_source_ranges
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"systemVmSize": "Standard_D2ds_v5"}, "ggufstack:systemVmSize: 'Standard_D2ds_v5' cannot be a system node"),
+        ({"systemVmSize": "Standard_B4ms"}, "ggufstack:systemVmSize: 'Standard_B4ms' cannot be a system node"),
+        ({"systemNodeCount": "1"}, "ggufstack:systemNodeCount: '1': Input should be greater than or equal to 2"),
+    ],
+)
+def test_system_pool_meets_aks_minimum_for_system_node_pools(overrides: dict[str, str], expected: str) -> None:
+    """"Manage system node pools in Azure Kubernetes Service (AKS)", System and user node pools
+    (https://learn.microsoft.com/azure/aks/use-system-pools): at least 4 vCPUs a node, no B series, at least two
+    nodes. The system pool now also runs the app routing add-on's istiod and the gateway's proxies; dev had one
+    2-vCPU node."""
+    assert expected in _error(**overrides)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import yaml
+
 from infra import aks_versions
 from infra.roles import NETWORK_CONTRIBUTOR
 from tests.infra.harness import Registration, StackRun
@@ -127,3 +129,80 @@ def test_every_custom_resource_kind_is_installed_by_the_stack_or_an_enabled_add_
         if obj["kind"] == "Gateway":
             setting, value = GATEWAY_CLASSES[obj["spec"]["gatewayClassName"]]
             assert _path(cluster.plain, setting) == value, f"{where}: {setting} is not {value!r}"
+
+
+# AKS taints every spot node with this on its own ("Add a spot node pool to an AKS cluster",
+# https://learn.microsoft.com/azure/aks/spot-node-pool).
+SPOT_TAINT = "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"
+WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}
+
+
+def _pools(stack: StackRun) -> list[tuple[str, list[tuple[str, str, str]], dict[str, str]]]:
+    """Every node pool as (name, taints as (key, value, effect), labels)."""
+    pools = [*stack.managed_cluster().plain["agentPoolProfiles"], *(r.plain for r in stack.of_type(_AGENT_POOL))]
+    found = []
+    for pool in pools:
+        taints = list(pool.get("nodeTaints", [])) + ([SPOT_TAINT] if pool.get("scaleSetPriority") == "Spot" else [])
+        parsed = []
+        for taint in taints:
+            key_value, effect = taint.rsplit(":", 1)
+            key, _, value = key_value.partition("=")
+            parsed.append((key, value, effect))
+        name = pool.get("name") or pool["agentPoolName"]
+        labels = {**pool.get("nodeLabels", {}), "kubernetes.azure.com/agentpool": name}
+        found.append((name, parsed, labels))
+    return found
+
+
+def _tolerates(tolerations: list[dict], taint: tuple[str, str, str]) -> bool:
+    key, value, effect = taint
+    for t in tolerations:
+        key_ok = t.get("key") == key or (not t.get("key") and t.get("operator") == "Exists")
+        value_ok = t.get("operator") == "Exists" or t.get("value", "") == value
+        if key_ok and value_ok and t.get("effect") in (None, "", effect):
+            return True
+    return False
+
+
+def _pod_templates(stack: StackRun) -> list[tuple[str, dict]]:
+    """Every pod spec the stack declares, and those it configures: a Gateway's proxies, through its ConfigMap."""
+    objects = [obj for _, obj in stack.kubernetes_objects()]
+    specs = [
+        (f"{o['kind']} {o['metadata']['name']}", o["spec"]["template"]["spec"]) for o in objects if o["kind"] in WORKLOADS
+    ]
+    for gateway in (o for o in objects if o["kind"] == "Gateway"):
+        where = f"Gateway {gateway['metadata']['name']}'s proxies"
+        ref = gateway["spec"].get("infrastructure", {}).get("parametersRef")
+        overlay: dict = {}
+        if ref and ref["kind"] == "ConfigMap":
+            (config,) = [
+                o
+                for o in objects
+                if o["kind"] == "ConfigMap"
+                and o["metadata"]["name"] == ref["name"]
+                and o["metadata"]["namespace"] == gateway["metadata"]["namespace"]
+            ]
+            overlay = yaml.safe_load(config["data"].get("deployment", "{}"))
+        specs.append((where, overlay.get("spec", {}).get("template", {}).get("spec", {})))
+    return specs
+
+
+def test_every_pod_template_tolerates_the_taints_of_some_pool_it_may_run_on(stack: StackRun) -> None:
+    """Every pool is tainted (system: CriticalAddonsOnly, "Manage system node pools in AKS",
+    https://learn.microsoft.com/azure/aks/use-system-pools; GPU: sku=gpu), so a pod without a matching toleration
+    stays Pending. The gateway's proxies are created by istiod and get tolerations only through the Gateway's
+    `infrastructure.parametersRef` ConfigMap, whose Deployment overlay may set `spec.template.spec.tolerations`
+    ("Istio-based service mesh add-on: ingress with the Kubernetes Gateway API", ConfigMap customizations,
+    https://learn.microsoft.com/azure/aks/istio-gateway-api)."""
+    pools = _pools(stack)
+    templates = _pod_templates(stack)
+    assert any(where.startswith("Gateway") for where, _ in templates) == bool(stack.cfg.ingress_host_name)
+    for where, spec in templates:
+        selector = spec.get("nodeSelector", {})
+        fits = [
+            name
+            for name, taints, labels in pools
+            if all(labels.get(k) == v for k, v in selector.items())
+            and all(_tolerates(spec.get("tolerations", []), t) for t in taints if t[2] in ("NoSchedule", "NoExecute"))
+        ]
+        assert fits, f"{where} tolerates no pool's taints ({[(n, t) for n, t, _ in pools]})"

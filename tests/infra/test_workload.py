@@ -48,8 +48,9 @@ def _server_identity(stack: StackRun) -> dict[str, Any]:
 def test_every_object_is_applied_through_the_aks_provider(stack: StackRun) -> None:
     provider = stack.one("pulumi:providers:kubernetes")
     objects = list(stack.kubernetes_objects())
-    # Workload 11 (PodMonitor for the HPA), Autoscaling 2, Ingress 4 (namespace, Gateway, ReferenceGrant, HTTPRoute).
-    assert len(objects) == 17
+    # Workload 11 (PodMonitor for the HPA), Autoscaling 2, Ingress 5 (namespace, the gateway's options, Gateway,
+    # ReferenceGrant, HTTPRoute).
+    assert len(objects) == 18
     components = {"ggufstack:infra:Workload", "ggufstack:infra:Autoscaling", "ggufstack:infra:Ingress"}
     for registration, _ in objects:
         assert registration.provider.startswith(provider.urn), registration.name
