@@ -281,9 +281,7 @@ class Cluster(pulumi.ComponentResource):
         self.kubeconfig = kubeconfig
         self.gpu_node_selector = dict([GPU_POOL_LABEL])
         self.system_tolerations = [_toleration(SYSTEM_TAINT)]
-        self.gpu_tolerations = [
-            _toleration(taint) for taint in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])
-        ]
+        self.gpu_tolerations = [_toleration(taint) for taint in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])]
         self.register_outputs(
             {
                 "cluster_id": self.cluster_id,

@@ -304,7 +304,7 @@ def test_prod_stack_is_production_and_dev_is_not() -> None:
     ],
 )
 def test_system_pool_meets_aks_minimum_for_system_node_pools(overrides: dict[str, str], expected: str) -> None:
-    """"Manage system node pools in Azure Kubernetes Service (AKS)", System and user node pools
+    """ "Manage system node pools in Azure Kubernetes Service (AKS)", System and user node pools
     (https://learn.microsoft.com/azure/aks/use-system-pools): at least 4 vCPUs a node, no B series, at least two
     nodes. The system pool now also runs the app routing add-on's istiod and the gateway's proxies; dev had one
     2-vCPU node."""

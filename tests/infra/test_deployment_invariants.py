@@ -164,12 +164,14 @@ def _tolerates(tolerations: list[dict], taint: tuple[str, str, str]) -> bool:
     return False
 
 
+def _runs_pods(obj: dict) -> bool:
+    return obj["kind"] in WORKLOADS
+
+
 def _pod_templates(stack: StackRun) -> list[tuple[str, dict]]:
     """Every pod spec the stack declares, and those it configures: a Gateway's proxies, through its ConfigMap."""
     objects = [obj for _, obj in stack.kubernetes_objects()]
-    specs = [
-        (f"{o['kind']} {o['metadata']['name']}", o["spec"]["template"]["spec"]) for o in objects if o["kind"] in WORKLOADS
-    ]
+    specs = [(f"{o['kind']} {o['metadata']['name']}", o["spec"]["template"]["spec"]) for o in objects if _runs_pods(o)]
     for gateway in (o for o in objects if o["kind"] == "Gateway"):
         where = f"Gateway {gateway['metadata']['name']}'s proxies"
         ref = gateway["spec"].get("infrastructure", {}).get("parametersRef")
