@@ -90,7 +90,7 @@ class Cache(pulumi.ComponentResource):
         if args.entra_object_id is not None:
             redisenterprise.AccessPolicyAssignment(
                 f"{name}-server-access",
-                access_policy_assignment_name="ggufstack-server",
+                access_policy_assignment_name="ggufstackserver",
                 access_policy_name=ACCESS_POLICY,
                 cluster_name=cluster.name,
                 database_name=database.name,

@@ -8,13 +8,17 @@ component that breaks one fails here.
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import date
+from pathlib import Path
 
+import pytest
 import yaml
 
 from infra import aks_versions
 from infra.roles import NETWORK_CONTRIBUTOR
-from tests.infra.harness import Registration, StackRun
+from tests.infra.harness import GENERIC, Registration, StackRun
 
 _AGENT_POOL = "azure-native:containerservice:AgentPool"
 
@@ -208,3 +212,28 @@ def test_every_pod_template_tolerates_the_taints_of_some_pool_it_may_run_on(stac
             and all(_tolerates(spec.get("tolerations", []), t) for t in taints if t[2] in ("NoSchedule", "NoExecute"))
         ]
         assert fits, f"{where} tolerates no pool's taints ({[(n, t) for n, t, _ in pools]})"
+
+
+PATTERNS = json.loads((Path(__file__).parent / "rest_spec_patterns.json").read_text())["patterns"]
+
+
+def _named(stack: StackRun, typ: str) -> list[Registration]:
+    if "/" in typ:  # a generic resource, by its ARM type
+        namespace, resource_type = typ.split("/")
+        return [
+            r
+            for r in stack.of_type(GENERIC)
+            if (r.plain["resourceProviderNamespace"], r.plain["resourceType"]) == (namespace, resource_type)
+        ]
+    return stack.of_type(typ)
+
+
+@pytest.mark.parametrize("spec", PATTERNS, ids=[p["type"] for p in PATTERNS])
+def test_resource_names_match_their_rest_spec_patterns(stack: StackRun, spec: dict) -> None:
+    """ARM (and `az`) refuse a name outside the REST spec's pattern, which the mocks accept: e.g. a Redis access
+    policy assignment named with a hyphen ("ggufstack-server") against `^[A-Za-z0-9]{1,60}$`. Patterns and their
+    source files are in rest_spec_patterns.json."""
+    named = _named(stack, spec["type"])
+    assert named, f"the stack declares no {spec['type']}"
+    for r in named:
+        assert re.fullmatch(spec["pattern"], r.outputs["name"]), f"{r.outputs['name']!r} ({spec['source']})"
