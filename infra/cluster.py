@@ -84,10 +84,9 @@ class ClusterArgs:
     location: str
     subscription_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
-    # Whoever runs `pulumi up` (a developer or CI's service principal) must be able to apply the workload: a
-    # configured Entra group (whose members are the people and CI identities that deploy) or, without one, the caller.
-    deployer_object_id: pulumi.Input[str]
-    cluster_admin_group_object_id: str | None
+    # Whoever runs `pulumi up` (a developer or CI's service principal) must be able to apply the workload: the Entra
+    # group whose members are the people and CI identities that deploy.
+    cluster_admin_group_object_id: str
     kubernetes_version: str
     tier: str
     nodes_subnet_id: pulumi.Input[str]
@@ -248,14 +247,13 @@ class Cluster(pulumi.ComponentResource):
             args,
         )
         self._role(name, "server-secrets-user", args.server.vault_id, KEY_VAULT_SECRETS_USER, server.principal_id, args)
-        group = args.cluster_admin_group_object_id
         # A fixed principal: with the caller, a laptop run and a CI run would replace each other's assignment.
         deployer_admin = authorization.RoleAssignment(
             f"{name}-deployer-cluster-admin",
             scope=cluster.id,
             role_definition_id=role_definition_id(args.subscription_id, AKS_RBAC_CLUSTER_ADMIN),
-            principal_id=group if group is not None else args.deployer_object_id,
-            principal_type="Group" if group is not None else None,
+            principal_id=args.cluster_admin_group_object_id,
+            principal_type="Group",
             description="Cluster admins, among them the identities that run pulumi and apply the workload",
             opts=child,
         )

@@ -178,7 +178,8 @@ class StackConfig(BaseModel):
     maintenance_duration_hours: int = Field(4, ge=4, le=24)
     maintenance_utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):(00|30|45)$")
     disable_local_accounts: bool = True
-    cluster_admin_group_object_id: Annotated[str, AfterValidator(_object_id)] | None = None
+    # Required in every stack: with the caller instead, whoever ran `pulumi up` last would be the cluster's admin.
+    cluster_admin_group_object_id: Annotated[str, AfterValidator(_object_id)]
     aks_admin_group_object_ids: list[Annotated[str, AfterValidator(_object_id)]] = []
     api_server_access: Literal["public", "vnetIntegration", "private"] = "public"
     api_server_authorized_ip_ranges: list[Annotated[str, AfterValidator(_cidr)]] = []
@@ -274,17 +275,12 @@ class StackConfig(BaseModel):
     def _production_rules(self) -> None:
         if not self.production:
             return
-        if self.cluster_admin_group_object_id is None:
-            raise _problem(
-                "clusterAdminGroupObjectId",
-                "required in production (the Entra group that administers the cluster; CI's identity is a member)",
-                "a group object id",
-            )
-        if self.api_server_access == "public" and not self.api_server_authorized_ip_ranges:
+        # VNet integration keeps the public endpoint ("API Server VNet Integration"); only a private cluster has none.
+        if self.api_server_access != "private" and not self.api_server_authorized_ip_ranges:
             raise _problem(
                 "apiServerAuthorizedIpRanges",
-                "required in production while apiServerAccess is public",
-                "a list of IPv4 CIDRs, or apiServerAccess vnetIntegration/private",
+                f"required in production while apiServerAccess is {self.api_server_access} (its endpoint is public)",
+                "a list of IPv4 CIDRs, or apiServerAccess private",
             )
         if self.data_plane_auth != "entra":
             raise _problem("dataPlaneAuth", "production allows no passwords or access keys", "entra")

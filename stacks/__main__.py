@@ -80,7 +80,6 @@ cluster = Cluster(
         **common,
         subscription_id=client.subscription_id,
         tenant_id=client.tenant_id,
-        deployer_object_id=client.object_id,
         cluster_admin_group_object_id=cfg.cluster_admin_group_object_id,
         kubernetes_version=cfg.kubernetes_version,
         tier=cfg.cluster_tier,

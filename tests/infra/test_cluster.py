@@ -200,10 +200,10 @@ def test_cluster_admin_is_the_configured_group_not_whoever_ran_pulumi(prod: Stac
     assert DEPLOYER_OBJECT_ID not in repr([r.plain for r in prod.of_type("azure-native:authorization:RoleAssignment")])
 
 
-def test_without_an_admin_group_the_deployer_administers_the_cluster(dev: StackRun) -> None:
-    assert dev.cfg.cluster_admin_group_object_id is None
-    (admin,) = _assignments(dev, AKS_RBAC_CLUSTER_ADMIN)
-    assert admin["principalId"] == DEPLOYER_OBJECT_ID
+def test_cluster_admin_is_the_admin_group_in_every_stack_not_whoever_ran_up_last(stack: StackRun) -> None:
+    (admin,) = _assignments(stack, AKS_RBAC_CLUSTER_ADMIN)
+    assert (admin["principalId"], admin["principalType"]) == (stack.cfg.cluster_admin_group_object_id, "Group")
+    assert DEPLOYER_OBJECT_ID not in repr([r.plain for r in stack.of_type("azure-native:authorization:RoleAssignment")])
 
 
 def test_role_assignments_are_exactly_the_ones_the_design_needs(stack: StackRun) -> None:
