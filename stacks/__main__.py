@@ -53,6 +53,9 @@ network = Network(
         layout=layout,
         private_endpoints=cfg.private_endpoints,
         api_server_subnet=cfg.api_server_access != "public",
+        public_ingress_sources=cfg.ingress_source_ranges
+        if cfg.ingress_host_name and cfg.ingress_exposure == "public"
+        else [],
     ),
 )
 monitoring = Monitoring("monitoring", MonitoringArgs(**common, retention_days=cfg.log_retention_days))
