@@ -112,13 +112,18 @@ def store_secret(
     vault_name: pulumi.Input[str],
     resource_group_name: pulumi.Input[str],
     parent: pulumi.Resource,
+    known_only_at_apply: bool = False,
 ) -> keyvault.Secret:
-    """Write `value` to the vault as `item`; the value is always handled as a Pulumi secret."""
+    """Write `value` to the vault as `item`; the value is always handled as a Pulumi secret.
+
+    `known_only_at_apply`: the value is unknown in previews, which then keep the stored one rather than show a change.
+    """
+    ignore = ["properties.value"] if known_only_at_apply and pulumi.runtime.is_dry_run() else None
     return keyvault.Secret(
         name,
         secret_name=item.value,
         vault_name=vault_name,
         resource_group_name=resource_group_name,
         properties=keyvault.SecretPropertiesArgs(value=pulumi.Output.secret(value)),
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=ignore),
     )

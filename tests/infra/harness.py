@@ -97,6 +97,8 @@ class AzureMocks(pulumi.runtime.Mocks):
         self.stack = stack
         self.location = location
         self.secret_values = {REDIS_PRIMARY_KEY, KUBECONFIG_MARKER}
+        # Every invoke the program made, by token: a preview may only make those a Reader may.
+        self.calls: list[str] = []
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         if not args.custom:
@@ -169,6 +171,7 @@ class AzureMocks(pulumi.runtime.Mocks):
         return {}
 
     def call(self, args: MockCallArgs) -> dict[str, Any]:
+        self.calls.append(args.token)
         if args.token == "azure-native:authorization:getClientConfig":
             return {
                 "clientId": _guid("deployer-client"),
@@ -297,6 +300,7 @@ class StackRun:
     registrations: list[Registration]
     outputs: dict[str, StackOutput]
     secret_values: set[str]
+    calls: list[str] = field(default_factory=list)
 
     @property
     def cfg(self) -> StackConfig:
@@ -343,15 +347,16 @@ def _config_string(value: Any) -> str:
     return str(value)
 
 
-def run_program(stack: str, config: dict[str, str]) -> StackRun:
-    """Run stacks/__main__.py as `stack` with `config` (namespaced keys) and return what it declared."""
+def run_program(stack: str, config: dict[str, str], *, preview: bool = False) -> StackRun:
+    """Run stacks/__main__.py as `stack` with `config` (namespaced keys) and return what it declared; `preview`: as
+    `pulumi preview` runs it."""
     result: dict[str, Any] = {}
 
     def target() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            result["run"] = _run_in_thread(stack, config)
+            result["run"] = _run_in_thread(stack, config, preview)
         except BaseException as exc:  # handed to the calling thread, which re-raises it
             result["error"] = exc
         finally:
@@ -365,10 +370,10 @@ def run_program(stack: str, config: dict[str, str]) -> StackRun:
     return result["run"]
 
 
-def _run_in_thread(stack: str, config: dict[str, str]) -> StackRun:
+def _run_in_thread(stack: str, config: dict[str, str], preview: bool) -> StackRun:
     mocks = AzureMocks(stack, config.get(f"{PROJECT}:location", "westeurope"))
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(config)
     outputs: dict[str, StackOutput] = {}
 
@@ -385,7 +390,7 @@ def _run_in_thread(stack: str, config: dict[str, str]) -> StackRun:
         return pulumi.Output.from_input(resolve())
 
     program()
-    return StackRun(stack, config, monitor.registrations, outputs, mocks.secret_values)
+    return StackRun(stack, config, monitor.registrations, outputs, mocks.secret_values, mocks.calls)
 
 
 def _lift(fields: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from infra.roles import ACR_PULL
-from tests.infra.harness import REDIS_PRIMARY_KEY, SUBSCRIPTION_ID, TENANT_ID, StackRun, is_secret
+from tests.infra.harness import (
+    REDIS_PRIMARY_KEY,
+    SUBSCRIPTION_ID,
+    TENANT_ID,
+    StackRun,
+    is_secret,
+    run_program,
+    stack_config,
+)
 
 VAULT_SECRETS = {"admin-api-key", "database-url", "redis-url", "applicationinsights-connection-string"}
 # Credentials for people, kept only where the stack allows passwords and keys (not in production).
@@ -277,3 +285,23 @@ def test_kubelet_identity_may_pull_from_the_registry(stack: StackRun) -> None:
     assert pull.plain["principalId"] == kubelet["objectId"]
     assert pull.plain["principalType"] == "ServicePrincipal"
     assert stack.by_urn(pull.parent).type == "ggufstack:infra:Registry"
+
+
+def test_a_dev_preview_lists_no_redis_keys_and_shows_no_change_to_the_secrets_that_hold_them() -> None:
+    """Pull requests preview dev as a Reader (README, CI), and listing a database's keys is an action Reader lacks
+    ("Azure built-in roles": Reader has `*/read` only; `listKeys` is a POST action,
+    https://learn.microsoft.com/azure/role-based-access-control/built-in-roles#reader): the preview failed. The key
+    is unknown in a preview, and the secrets holding it ignore their value there."""
+    preview = run_program("dev", stack_config("dev"), preview=True)
+    assert "azure-native:redisenterprise:listDatabaseKeys" not in preview.calls
+    holders = {
+        r.plain["secretName"]: r.ignore_changes
+        for r in preview.of_type("azure-native:keyvault:Secret")
+        if r.plain["secretName"] in ("redis-access-key", "redis-url")
+    }
+    assert holders == {"redis-access-key": ["properties.value"], "redis-url": []}
+
+
+def test_dev_up_still_reads_the_redis_key(dev: StackRun) -> None:
+    assert "azure-native:redisenterprise:listDatabaseKeys" in dev.calls
+    assert all(not r.ignore_changes for r in dev.of_type("azure-native:keyvault:Secret"))
