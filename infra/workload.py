@@ -57,6 +57,8 @@ DEVICE_PLUGIN_SKIPS = {
     "CKV_K8S_40": "registering with the kubelet means writing a socket into a root-owned host directory",
     "CKV_K8S_43": "NVIDIA publishes tags, which are pinned here; a digest would be copied unverified from elsewhere",
 }
+# pulumi-kubernetes then creates or updates the object without waiting for it to become ready.
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
 SERVER_SKIPS = {
     "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
 }
@@ -102,6 +104,9 @@ class WorkloadArgs:
     ingress_namespace: str | None
     # Key Vault certificate synced into a Kubernetes TLS secret (TLS_SECRET) for the ingress; None: no ingress.
     tls_certificate_name: str | None
+    # False on a first deployment: the rollout needs an image, a model blob and a certificate that the same run
+    # cannot provide, so `pulumi up` does not wait for it (pulumi-kubernetes' skipAwait annotation).
+    await_rollout: bool = True
 
 
 # The Kubernetes secret the Key Vault secrets provider syncs the ingress certificate into.
@@ -185,7 +190,10 @@ class Workload(pulumi.ComponentResource):
         apps.v1.Deployment(
             f"{name}-server",
             metadata=meta.v1.ObjectMetaArgs(
-                name=APP, namespace=NAMESPACE, labels=_labels(), annotations=_skips(SERVER_SKIPS)
+                name=APP,
+                namespace=NAMESPACE,
+                labels=_labels(),
+                annotations={**_skips(SERVER_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
             ),
             spec=self._deployment_spec(args),
             opts=pulumi.ResourceOptions(

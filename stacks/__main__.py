@@ -230,6 +230,7 @@ workload = Workload(
         postgres_cidr=layout.postgres,
         ingress_namespace=INGRESS_NAMESPACE if ingress else None,
         tls_certificate_name=cfg.ingress_certificate_name if ingress else None,
+        await_rollout=not cfg.skip_rollout_await,
     ),
 )
 Autoscaling(

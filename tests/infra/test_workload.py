@@ -11,7 +11,7 @@ import pytest
 from infra.workload import DRAIN_TIMEOUT_S, LIVENESS_PATH, READINESS_PATH, SERVER_UID
 from server.api.routes.health import router
 from server.settings import Settings
-from tests.infra.harness import REPO, TENANT_ID, StackRun
+from tests.infra.harness import REPO, TENANT_ID, StackRun, run_program, stack_config
 
 GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
 SPOT_TOLERATION = {
@@ -373,3 +373,20 @@ def test_skipped_checks_carry_reasons(stack: StackRun, kind: str) -> None:
         check, reason = value.split("=", 1)
         assert re.fullmatch(r"CKV2?_K8S_\d+", check)
         assert len(reason) > 30, f"{check} needs a real reason"
+
+
+def test_a_first_deployment_can_skip_the_rollout_await() -> None:
+    """The first `up` waited for a rollout that needs an image, a model blob and a certificate the same run cannot
+    provide, and failed after 50-65 minutes. With `skipRolloutAwait` the Deployment carries pulumi-kubernetes'
+    `pulumi.com/skipAwait` annotation ("Kubernetes provider: Resource await behavior",
+    https://www.pulumi.com/registry/packages/kubernetes/installation-configuration/#await-behavior), so `up` applies
+    it and goes on; the README's first-`up` walkthrough says when to turn it off again."""
+    bootstrap = run_program("dev", {**stack_config("dev"), "ggufstack:skipRolloutAwait": "true"})
+    (deployment,) = [o for _, o in bootstrap.kubernetes_objects() if o["kind"] == "Deployment"]
+    assert deployment["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+
+
+def test_the_rollout_is_awaited_once_the_stack_is_bootstrapped(stack: StackRun) -> None:
+    assert not stack.cfg.skip_rollout_await
+    (deployment,) = [o for _, o in stack.kubernetes_objects() if o["kind"] == "Deployment"]
+    assert "pulumi.com/skipAwait" not in deployment["metadata"].get("annotations", {})
