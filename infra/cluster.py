@@ -78,6 +78,14 @@ class ServerIdentity:
 
 
 @dataclass(frozen=True)
+class CertificateReader:
+    """The service account whose pod syncs the ingress certificate from the vault (infra/ingress.py)."""
+
+    namespace: str
+    service_account: str
+
+
+@dataclass(frozen=True)
 class ClusterArgs:
     name: str
     resource_group_name: pulumi.Input[str]
@@ -103,6 +111,8 @@ class ClusterArgs:
     api_server_subnet_id: pulumi.Input[str] | None
     api_server_authorized_ip_ranges: Sequence[str]
     server: ServerIdentity
+    # None without an ingress.
+    certificate_reader: CertificateReader | None
     tags: Mapping[str, str]
 
 
@@ -116,6 +126,7 @@ class Cluster(pulumi.ComponentResource):
     server_identity_name: pulumi.Output[str]
     keda_client_id: pulumi.Output[str]
     keda_principal_id: pulumi.Output[str]
+    certificate_reader_client_id: pulumi.Output[str] | None
     # The user kubeconfig, rewritten to log in with the Azure CLI; a Pulumi secret. It resolves only once the
     # deployer can use it (its cluster-admin role assignment exists).
     kubeconfig: pulumi.Output[str]
@@ -247,6 +258,30 @@ class Cluster(pulumi.ComponentResource):
             args,
         )
         self._role(name, "server-secrets-user", args.server.vault_id, KEY_VAULT_SECRETS_USER, server.principal_id, args)
+        self.certificate_reader_client_id = None
+        if args.certificate_reader is not None:
+            # Its own identity: the ingress namespace gets to read the vault, not the server's database URL's
+            # identity. Key Vault Secrets User is how a certificate is read with its private key.
+            reader = managedidentity.UserAssignedIdentity(
+                f"{name}-certificate-reader",
+                resource_name_=f"id-{args.name}-tls",
+                resource_group_name=rg,
+                location=location,
+                tags=args.tags,
+                opts=child,
+            )
+            self._federate(
+                name,
+                "certificate-reader",
+                reader,
+                args.certificate_reader.namespace,
+                args.certificate_reader.service_account,
+                issuer,
+                args,
+            )
+            vault = args.server.vault_id
+            self._role(name, "certificate-secrets-user", vault, KEY_VAULT_SECRETS_USER, reader.principal_id, args)
+            self.certificate_reader_client_id = reader.client_id
         # A fixed principal: with the caller, a laptop run and a CI run would replace each other's assignment.
         deployer_admin = authorization.RoleAssignment(
             f"{name}-deployer-cluster-admin",

@@ -7,6 +7,7 @@ Vault secrets provider with its workload identity.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -127,3 +128,9 @@ def store_secret(
         properties=keyvault.SecretPropertiesArgs(value=pulumi.Output.secret(value)),
         opts=pulumi.ResourceOptions(parent=parent, ignore_changes=ignore),
     )
+
+
+def secret_provider_objects(objects: list[dict[str, str]]) -> str:
+    """A SecretProviderClass's `objects` parameter: the driver parses it as YAML, an array of JSON strings (JSON is
+    YAML, so no YAML library is needed)."""
+    return json.dumps({"array": [json.dumps(o) for o in objects]})

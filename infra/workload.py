@@ -7,7 +7,6 @@ the Key Vault secrets provider mounts them read-only as files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,9 +14,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes import apps, core, meta, networking, policy
 
+from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
 from infra.server_metrics import JOB as SCRAPE_JOB
-from infra.vault import VaultItem
+from infra.vault import VaultItem, secret_provider_objects
 from server.settings import DEFAULT_SECRETS_DIR, Settings
 
 NAMESPACE = "ggufstack"
@@ -57,8 +57,6 @@ DEVICE_PLUGIN_SKIPS = {
     "CKV_K8S_40": "registering with the kubelet means writing a socket into a root-owned host directory",
     "CKV_K8S_43": "NVIDIA publishes tags, which are pinned here; a digest would be copied unverified from elsewhere",
 }
-# pulumi-kubernetes then creates or updates the object without waiting for it to become ready.
-SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
 SERVER_SKIPS = {
     "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
 }
@@ -102,15 +100,9 @@ class WorkloadArgs:
     postgres_cidr: str
     # The ingress controller's namespace, the one namespace outside the server's own admitted to its API port.
     ingress_namespace: str | None
-    # Key Vault certificate synced into a Kubernetes TLS secret (TLS_SECRET) for the ingress; None: no ingress.
-    tls_certificate_name: str | None
     # False on a first deployment: the rollout needs an image, a model blob and a certificate that the same run
     # cannot provide, so `pulumi up` does not wait for it (pulumi-kubernetes' skipAwait annotation).
     await_rollout: bool = True
-
-
-# The Kubernetes secret the Key Vault secrets provider syncs the ingress certificate into.
-TLS_SECRET = f"{APP}-tls"
 
 
 class Workload(pulumi.ComponentResource):
@@ -175,14 +167,10 @@ class Workload(pulumi.ComponentResource):
                     "keyvaultName": args.vault_name,
                     "tenantId": args.tenant_id,
                     # The driver parses this as YAML; JSON is YAML and needs no YAML library here.
-                    "objects": json.dumps({"array": [json.dumps(o) for o in _vault_objects(args)]}),
+                    # Only secrets this stack writes: the driver fails the whole mount when one object is missing,
+                    # so a hand-imported one (the ingress certificate, infra/ingress.py) would hold the pod back.
+                    "objects": secret_provider_objects(_vault_objects(args)),
                 },
-                # The driver syncs the certificate (with its key) into a TLS secret while a server pod mounts it.
-                **(
-                    {"secretObjects": [_tls_secret_object(args.tls_certificate_name)]}
-                    if args.tls_certificate_name
-                    else {}
-                ),
             },
             opts=in_namespace,
         )
@@ -193,7 +181,7 @@ class Workload(pulumi.ComponentResource):
                 name=APP,
                 namespace=NAMESPACE,
                 labels=_labels(),
-                annotations={**_skips(SERVER_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
+                annotations={**checkov_skips(SERVER_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
             ),
             spec=self._deployment_spec(args),
             opts=pulumi.ResourceOptions(
@@ -388,7 +376,7 @@ class Workload(pulumi.ComponentResource):
                 # system-node-critical is only admitted in kube-system.
                 namespace="kube-system",
                 labels=labels,
-                annotations=_skips(DEVICE_PLUGIN_SKIPS),
+                annotations=checkov_skips(DEVICE_PLUGIN_SKIPS),
             ),
             spec=apps.v1.DaemonSetSpecArgs(
                 selector=meta.v1.LabelSelectorArgs(match_labels=labels),
@@ -519,18 +507,7 @@ def _vault_objects(args: WorkloadArgs) -> list[dict[str, str]]:
         {"objectName": item.value, "objectType": "secret", "objectAlias": Settings.env_name(field)}
         for field, item in args.secret_files.items()
     ]
-    if args.tls_certificate_name:
-        # A certificate read as a secret comes with its private key: what the TLS secret below needs.
-        objects.append({"objectName": args.tls_certificate_name, "objectType": "secret"})
     return objects
-
-
-def _tls_secret_object(certificate: str) -> dict[str, object]:
-    return {
-        "secretName": TLS_SECRET,
-        "type": "kubernetes.io/tls",
-        "data": [{"objectName": certificate, "key": "tls.key"}, {"objectName": certificate, "key": "tls.crt"}],
-    }
 
 
 def _labels() -> dict[str, str]:
@@ -539,11 +516,6 @@ def _labels() -> dict[str, str]:
 
 def _selector() -> dict[str, str]:
     return {"app.kubernetes.io/name": APP}
-
-
-def _skips(skips: Mapping[str, str]) -> dict[str, str]:
-    """checkov's per-object skip annotations: each skipped check with the reason it does not apply."""
-    return {f"checkov.io/skip{i}": f"{check}={reason}" for i, (check, reason) in enumerate(skips.items(), start=1)}
 
 
 def _rollout_minutes(args: WorkloadArgs) -> int:

@@ -10,11 +10,11 @@ from infra import config
 from infra.app_insights import AppInsights, AppInsightsArgs
 from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
-from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity
+from infra.cluster import CertificateReader, Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
 from infra.database import Database, DatabaseArgs, DatabasePrincipal
+from infra.ingress import CERTIFICATE_SYNC, Ingress, IngressArgs
 from infra.ingress import NAMESPACE as INGRESS_NAMESPACE
-from infra.ingress import Ingress, IngressArgs
 from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
 from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs, SubnetLayout
@@ -27,7 +27,6 @@ from infra.workload import (
     NAMESPACE,
     SERVICE_ACCOUNT,
     SERVICE_PORT,
-    TLS_SECRET,
     ServerSettings,
     Workload,
     WorkloadArgs,
@@ -118,6 +117,7 @@ cluster = Cluster(
             models_container_id=storage.container_id,
             vault_id=vault.vault_id,
         ),
+        certificate_reader=CertificateReader(INGRESS_NAMESPACE, CERTIFICATE_SYNC) if cfg.ingress_host_name else None,
     ),
 )
 database = Database(
@@ -229,7 +229,6 @@ workload = Workload(
         endpoints_cidr=layout.endpoints if cfg.private_endpoints else None,
         postgres_cidr=layout.postgres,
         ingress_namespace=INGRESS_NAMESPACE if ingress else None,
-        tls_certificate_name=cfg.ingress_certificate_name if ingress else None,
         await_rollout=not cfg.skip_rollout_await,
     ),
 )
@@ -264,7 +263,10 @@ if cfg.ingress_host_name is not None:
             backend_namespace=NAMESPACE,
             backend_service=APP,
             backend_port=SERVICE_PORT,
-            tls_secret=TLS_SECRET,
+            vault_name=vault.vault_name,
+            tenant_id=client.tenant_id,
+            certificate_name=cfg.ingress_certificate_name,
+            certificate_reader_client_id=cluster.certificate_reader_client_id,
             proxy_tolerations=cluster.system_tolerations,
             tags=tags,
         ),

@@ -181,7 +181,8 @@ def test_server_identity_reads_only_the_models_container(stack: StackRun) -> Non
 def test_server_identity_reads_the_vault_secrets(stack: StackRun) -> None:
     vault = stack.one("azure-native:keyvault:Vault").id
     server = _identity(stack, "server")
-    (user,) = _assignments(stack, KEY_VAULT_SECRETS_USER)
+    principal = server.outputs["principalId"]
+    (user,) = [a for a in _assignments(stack, KEY_VAULT_SECRETS_USER) if a["principalId"] == principal]
     assert (user["scope"], user["principalId"], user["principalType"]) == (
         vault,
         server.outputs["principalId"],
@@ -224,6 +225,8 @@ def test_role_assignments_are_exactly_the_ones_the_design_needs(stack: StackRun)
         expected.append(GRAFANA_ADMIN)
     if stack.cfg.api_server_access != "public":
         expected.append(NETWORK_CONTRIBUTOR)  # the API server's subnet
+    if stack.cfg.ingress_host_name:
+        expected.append(KEY_VAULT_SECRETS_USER)  # the ingress certificate's reader
     assert roles == sorted(expected)
 
 

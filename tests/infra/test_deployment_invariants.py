@@ -237,3 +237,34 @@ def test_resource_names_match_their_rest_spec_patterns(stack: StackRun, spec: di
     assert named, f"the stack declares no {spec['type']}"
     for r in named:
         assert re.fullmatch(spec["pattern"], r.outputs["name"]), f"{r.outputs['name']!r} ({spec['source']})"
+
+
+def test_nothing_an_awaited_pod_mounts_is_created_by_hand(stack: StackRun) -> None:
+    """A pod whose volume needs an object someone must create first cannot start until then: the Secrets Store CSI
+    driver fails the whole mount when one Key Vault object is missing ("Use the Azure Key Vault provider for Secrets
+    Store CSI Driver in AKS", https://learn.microsoft.com/azure/aks/csi-secrets-store-driver). So every Key Vault
+    object, Secret or ConfigMap a pod template mounts is written by the stack, unless the pod is not awaited
+    (pulumi.com/skipAwait) and is not the server: then it is the pod that waits for a documented manual step."""
+    objects = [obj for _, obj in stack.kubernetes_objects()]
+    written = {r.plain["secretName"] for r in stack.of_type("azure-native:keyvault:Secret")}
+    declared = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects}
+    provider_classes = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects if o["kind"] == "SecretProviderClass"
+    }
+    for workload in (o for o in objects if _runs_pods(o)):
+        where = f"{workload['kind']} {workload['metadata']['name']}"
+        namespace = workload["metadata"]["namespace"]
+        hand_made = []
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            if "csi" in volume and volume["csi"]["driver"] == "secrets-store.csi.k8s.io":
+                spc = provider_classes[(namespace, volume["csi"]["volumeAttributes"]["secretProviderClass"])]
+                names = [json.loads(o)["objectName"] for o in json.loads(spc["spec"]["parameters"]["objects"])["array"]]
+                hand_made += [n for n in names if n not in written]
+            if "secret" in volume and ("Secret", namespace, volume["secret"]["secretName"]) not in declared:
+                hand_made.append(volume["secret"]["secretName"])
+            if "configMap" in volume and ("ConfigMap", namespace, volume["configMap"]["name"]) not in declared:
+                hand_made.append(volume["configMap"]["name"])
+        if hand_made:
+            awaited = workload["metadata"].get("annotations", {}).get("pulumi.com/skipAwait") != "true"
+            assert not awaited, f"{where} waits for {hand_made}, made by hand, and `pulumi up` waits for it"
+            assert workload["metadata"]["name"] != "ggufstack-server", f"the server waits for {hand_made}"

@@ -125,7 +125,7 @@ def test_scale_query_counts_waiting_and_busy_generations() -> None:
 
 def test_pod_monitor_scrapes_the_servers_metrics_port_as_the_job(stack: StackRun) -> None:
     (monitor,) = _k8s(stack, "PodMonitor")
-    (deployment,) = _k8s(stack, "Deployment")
+    (deployment,) = [d for d in _k8s(stack, "Deployment") if d["metadata"]["name"] == "ggufstack-server"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert monitor["apiVersion"] == "azmonitoring.coreos.com/v1"
