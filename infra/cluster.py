@@ -78,8 +78,8 @@ class ServerIdentity:
 
 
 @dataclass(frozen=True)
-class CertificateReader:
-    """The service account whose pod syncs the ingress certificate from the vault (infra/ingress.py)."""
+class ServiceAccountRef:
+    """A Kubernetes service account an Azure identity of the stack is federated with."""
 
     namespace: str
     service_account: str
@@ -111,8 +111,10 @@ class ClusterArgs:
     api_server_subnet_id: pulumi.Input[str] | None
     api_server_authorized_ip_ranges: Sequence[str]
     server: ServerIdentity
-    # None without an ingress.
-    certificate_reader: CertificateReader | None
+    # The pod that syncs the ingress certificate from the vault (infra/ingress.py); None without an ingress.
+    certificate_reader: ServiceAccountRef | None
+    # The job that creates the server's database role (infra/database_bootstrap.py); None with password auth.
+    database_bootstrap: ServiceAccountRef | None
     tags: Mapping[str, str]
 
 
@@ -127,6 +129,8 @@ class Cluster(pulumi.ComponentResource):
     keda_client_id: pulumi.Output[str]
     keda_principal_id: pulumi.Output[str]
     certificate_reader_client_id: pulumi.Output[str] | None
+    # The database-bootstrap identity: an Entra administrator of PostgreSQL, used only by the bootstrap job.
+    database_admin: managedidentity.UserAssignedIdentity | None
     # The user kubeconfig, rewritten to log in with the Azure CLI; a Pulumi secret. It resolves only once the
     # deployer can use it (its cluster-admin role assignment exists).
     kubeconfig: pulumi.Output[str]
@@ -258,6 +262,26 @@ class Cluster(pulumi.ComponentResource):
             args,
         )
         self._role(name, "server-secrets-user", args.server.vault_id, KEY_VAULT_SECRETS_USER, server.principal_id, args)
+        self.database_admin = None
+        if args.database_bootstrap is not None:
+            database_admin = managedidentity.UserAssignedIdentity(
+                f"{name}-database-admin",
+                resource_name_=f"id-{args.name}-db-admin",
+                resource_group_name=rg,
+                location=location,
+                tags=args.tags,
+                opts=child,
+            )
+            self._federate(
+                name,
+                "database-admin",
+                database_admin,
+                args.database_bootstrap.namespace,
+                args.database_bootstrap.service_account,
+                issuer,
+                args,
+            )
+            self.database_admin = database_admin
         self.certificate_reader_client_id = None
         if args.certificate_reader is not None:
             # Its own identity: the ingress namespace gets to read the vault, not the server's database URL's

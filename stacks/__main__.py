@@ -10,9 +10,9 @@ from infra import config
 from infra.app_insights import AppInsights, AppInsightsArgs
 from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
-from infra.cluster import CertificateReader, Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity
+from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity, ServiceAccountRef
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
-from infra.database import Database, DatabaseArgs, DatabasePrincipal
+from infra.database import ADMIN_GROUP_ROLE, Database, DatabaseArgs, DatabasePrincipal, EntraAdministrator
 from infra.ingress import CERTIFICATE_SYNC, Ingress, IngressArgs
 from infra.ingress import NAMESPACE as INGRESS_NAMESPACE
 from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
@@ -24,9 +24,11 @@ from infra.storage import Storage, StorageArgs
 from infra.vault import Vault, VaultArgs, VaultItem
 from infra.workload import (
     APP,
+    DATABASE_BOOTSTRAP,
     NAMESPACE,
     SERVICE_ACCOUNT,
     SERVICE_PORT,
+    DatabaseBootstrap,
     ServerSettings,
     Workload,
     WorkloadArgs,
@@ -117,7 +119,8 @@ cluster = Cluster(
             models_container_id=storage.container_id,
             vault_id=vault.vault_id,
         ),
-        certificate_reader=CertificateReader(INGRESS_NAMESPACE, CERTIFICATE_SYNC) if cfg.ingress_host_name else None,
+        certificate_reader=ServiceAccountRef(INGRESS_NAMESPACE, CERTIFICATE_SYNC) if cfg.ingress_host_name else None,
+        database_bootstrap=ServiceAccountRef(NAMESPACE, DATABASE_BOOTSTRAP) if entra else None,
     ),
 )
 database = Database(
@@ -137,6 +140,14 @@ database = Database(
         vault_name=vault.vault_name,
         password_auth=keys_allowed,
         entra_principal=DatabasePrincipal(cluster.server_principal_id, cluster.server_identity_name) if entra else None,
+        entra_administrators=[
+            *(
+                [EntraAdministrator("bootstrap", admin.principal_id, admin.name, "ServicePrincipal")]
+                if (admin := cluster.database_admin) is not None
+                else []
+            ),
+            EntraAdministrator("admin-group", cfg.cluster_admin_group_object_id, ADMIN_GROUP_ROLE, "Group"),
+        ],
         tenant_id=client.tenant_id,
     ),
 )
@@ -230,6 +241,17 @@ workload = Workload(
         postgres_cidr=layout.postgres,
         ingress_namespace=INGRESS_NAMESPACE if ingress else None,
         await_rollout=not cfg.skip_rollout_await,
+        database_bootstrap=DatabaseBootstrap(
+            host=database.fqdn,
+            admin_client_id=cluster.database_admin.client_id,
+            admin_role=cluster.database_admin.name,
+            server_role=cluster.server_identity_name,
+            server_object_id=cluster.server_principal_id,
+            database=database.database_name,
+            after=database.administrators_ready,
+        )
+        if cluster.database_admin is not None
+        else None,
     ),
 )
 Autoscaling(

@@ -48,9 +48,10 @@ def _server_identity(stack: StackRun) -> dict[str, Any]:
 def test_every_object_is_applied_through_the_aks_provider(stack: StackRun) -> None:
     provider = stack.one("pulumi:providers:kubernetes")
     objects = list(stack.kubernetes_objects())
-    # Workload 11 (PodMonitor for the HPA), Autoscaling 2, Ingress 7 (namespace, the gateway's options, Gateway,
+    # Workload 14 (PodMonitor for the HPA; the database bootstrap's ServiceAccount, NetworkPolicy and Job),
+    # Autoscaling 2, Ingress 7 (namespace, the gateway's options, Gateway,
     # HTTPRoute, and the certificate's ServiceAccount, SecretProviderClass and sync Deployment).
-    assert len(objects) == 20
+    assert len(objects) == 23
     components = {"ggufstack:infra:Workload", "ggufstack:infra:Autoscaling", "ggufstack:infra:Ingress"}
     for registration, _ in objects:
         assert registration.provider.startswith(provider.urn), registration.name
@@ -264,7 +265,9 @@ def test_deployment_waits_for_what_its_pods_reference(stack: StackRun) -> None:
     needed = {
         r.urn
         for r, obj in stack.kubernetes_objects()
-        if obj["kind"] in ("ServiceAccount", "SecretProviderClass") and obj["metadata"]["namespace"] == "ggufstack"
+        if obj["kind"] in ("ServiceAccount", "SecretProviderClass")
+        and obj["metadata"]["namespace"] == "ggufstack"
+        and obj["metadata"]["name"] != "ggufstack-server-db-bootstrap"
     }
     assert needed <= set(deployment.dependencies)
 
