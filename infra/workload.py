@@ -60,8 +60,6 @@ DEVICE_PLUGIN_SKIPS = {
     "CKV_K8S_43": "NVIDIA publishes tags, which are pinned here; a digest would be copied unverified from elsewhere",
 }
 BOOTSTRAP_SKIPS = {
-    "CKV_K8S_8": "a one-shot job that exits when done has nothing to probe",
-    "CKV_K8S_9": "a one-shot job that exits when done has nothing to probe",
     "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
 }
 SERVER_SKIPS = {

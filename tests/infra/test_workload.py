@@ -369,7 +369,7 @@ def test_device_plugin_is_cut_off_from_the_network(stack: StackRun) -> None:
     assert "ingress" not in policy["spec"] and "egress" not in policy["spec"]
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet", "Job"])
 def test_skipped_checks_carry_reasons(stack: StackRun, kind: str) -> None:
     for obj in [o for _, o in stack.kubernetes_objects() if o["kind"] == kind]:
         _assert_reasoned_skips(obj)
