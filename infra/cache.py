@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import pulumi
+from pulumi.output import UNKNOWN
 from pulumi_azure_native import redisenterprise
 
 from infra.network import REDIS_PORT, PrivateEndpointTarget, private_endpoint
@@ -90,7 +91,7 @@ class Cache(pulumi.ComponentResource):
         if args.entra_object_id is not None:
             redisenterprise.AccessPolicyAssignment(
                 f"{name}-server-access",
-                access_policy_assignment_name="ggufstack-server",
+                access_policy_assignment_name="ggufstackserver",
                 access_policy_name=ACCESS_POLICY,
                 cluster_name=cluster.name,
                 database_name=database.name,
@@ -100,10 +101,7 @@ class Cache(pulumi.ComponentResource):
             )
             url = pulumi.Output.format("rediss://{0}@{1}:{2}/0", args.entra_object_id, cluster.host_name, REDIS_PORT)
         if args.access_keys:
-            keys = redisenterprise.list_database_keys_output(
-                cluster_name=cluster.name, database_name=database.name, resource_group_name=args.resource_group_name
-            )
-            access_key = pulumi.Output.secret(keys.primary_key)
+            access_key = pulumi.Output.secret(self._access_key(cluster, database, args))
             store_secret(
                 f"{name}-access-key-secret",
                 item=VaultItem.REDIS_ACCESS_KEY,
@@ -111,6 +109,7 @@ class Cache(pulumi.ComponentResource):
                 vault_name=args.vault_name,
                 resource_group_name=args.resource_group_name,
                 parent=self,
+                known_only_at_apply=True,
             )
             if args.entra_object_id is None:
                 # Keys are base64 and may contain '/', which must be escaped in a URL's userinfo.
@@ -124,6 +123,7 @@ class Cache(pulumi.ComponentResource):
             vault_name=args.vault_name,
             resource_group_name=args.resource_group_name,
             parent=self,
+            known_only_at_apply=args.entra_object_id is None,
         )
 
         self.cluster_id = cluster.id
@@ -131,3 +131,16 @@ class Cache(pulumi.ComponentResource):
         self.host_name = cluster.host_name
         self.port = REDIS_PORT
         self.register_outputs({"cluster_id": self.cluster_id, "host_name": self.host_name})
+
+    @staticmethod
+    def _access_key(
+        cluster: redisenterprise.RedisEnterprise, database: redisenterprise.Database, args: CacheArgs
+    ) -> pulumi.Output[str]:
+        # Listing keys is an action a Reader may not take, and pull requests preview as one: in a preview the key is
+        # left unknown (the secrets that hold it show no change), and only `up` reads it.
+        if pulumi.runtime.is_dry_run():
+            return pulumi.Output.from_input(UNKNOWN)
+        keys = redisenterprise.list_database_keys_output(
+            cluster_name=cluster.name, database_name=database.name, resource_group_name=args.resource_group_name
+        )
+        return keys.primary_key

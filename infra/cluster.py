@@ -14,7 +14,7 @@ from typing import Any
 
 import pulumi
 import yaml
-from pulumi_azure_native import authorization, containerservice, managedidentity
+from pulumi_azure_native import authorization, containerservice, managedidentity, resources
 
 from infra.config import DNS_SERVICE_IP, POD_CIDR, SERVICE_CIDR
 from infra.roles import (
@@ -25,7 +25,12 @@ from infra.roles import (
     role_definition_id,
 )
 
+# The first stable ManagedCluster API with `ingressProfile.gatewayAPI` and the application routing add-on's
+# `gatewayAPIImplementations` (REST spec: specification/containerservice/resource-manager/Microsoft.ContainerService/
+# aks/stable/2026-02-01/managedClusters.json).
+MANAGED_CLUSTER_API_VERSION = "2026-02-01"
 GPU_TAINT = ("sku", "gpu", "NoSchedule")
+SYSTEM_TAINT = ("CriticalAddonsOnly", "true", "NoSchedule")
 GPU_POOL_LABEL = ("ggufstack.io/pool", "gpu")
 # AKS taints spot nodes with this on its own; pods bound for them must tolerate it as well as the GPU taint.
 SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
@@ -73,16 +78,23 @@ class ServerIdentity:
 
 
 @dataclass(frozen=True)
+class ServiceAccountRef:
+    """A Kubernetes service account an Azure identity of the stack is federated with."""
+
+    namespace: str
+    service_account: str
+
+
+@dataclass(frozen=True)
 class ClusterArgs:
     name: str
     resource_group_name: pulumi.Input[str]
     location: str
     subscription_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
-    # Whoever runs `pulumi up` (a developer or CI's service principal) must be able to apply the workload: a
-    # configured Entra group (whose members are the people and CI identities that deploy) or, without one, the caller.
-    deployer_object_id: pulumi.Input[str]
-    cluster_admin_group_object_id: str | None
+    # Whoever runs `pulumi up` (a developer or CI's service principal) must be able to apply the workload: the Entra
+    # group whose members are the people and CI identities that deploy.
+    cluster_admin_group_object_id: str
     kubernetes_version: str
     tier: str
     nodes_subnet_id: pulumi.Input[str]
@@ -99,6 +111,10 @@ class ClusterArgs:
     api_server_subnet_id: pulumi.Input[str] | None
     api_server_authorized_ip_ranges: Sequence[str]
     server: ServerIdentity
+    # The pod that syncs the ingress certificate from the vault (infra/ingress.py); None without an ingress.
+    certificate_reader: ServiceAccountRef | None
+    # The job that creates the server's database role (infra/database_bootstrap.py); None with password auth.
+    database_bootstrap: ServiceAccountRef | None
     tags: Mapping[str, str]
 
 
@@ -112,11 +128,16 @@ class Cluster(pulumi.ComponentResource):
     server_identity_name: pulumi.Output[str]
     keda_client_id: pulumi.Output[str]
     keda_principal_id: pulumi.Output[str]
+    certificate_reader_client_id: pulumi.Output[str] | None
+    # The database-bootstrap identity: an Entra administrator of PostgreSQL, used only by the bootstrap job.
+    database_admin: managedidentity.UserAssignedIdentity | None
     # The user kubeconfig, rewritten to log in with the Azure CLI; a Pulumi secret. It resolves only once the
     # deployer can use it (its cluster-admin role assignment exists).
     kubeconfig: pulumi.Output[str]
     gpu_node_selector: Mapping[str, str]
     gpu_tolerations: Sequence[Mapping[str, str]]
+    # For pods that belong on the system pool: the gateway's proxies and the certificate sync pod.
+    system_tolerations: Sequence[Mapping[str, str]]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Cluster", name, None, opts)
@@ -132,103 +153,31 @@ class Cluster(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
-        subnet_access = self._role(
-            name, "control-plane-subnet", args.nodes_subnet_id, NETWORK_CONTRIBUTOR, control_plane.principal_id, args
-        )
+        # AKS joins nodes to their subnet and, with VNet integration, the API server's load balancer to its own: the
+        # control plane must hold Network Contributor on both before the cluster is created ("API Server VNet
+        # Integration": missing permissions on the API server subnet fail provisioning).
+        subnet_access = [
+            self._role(name, f"control-plane-{purpose}", subnet, NETWORK_CONTRIBUTOR, control_plane.principal_id, args)
+            for purpose, subnet in self._subnets(args).items()
+        ]
 
-        cluster = containerservice.ManagedCluster(
+        # A generic resource at an explicit API version: the ManagedCluster of the pinned azure-native (API
+        # 2025-09-01) has no field for the managed Gateway API CRDs or the application routing add-on's Istio
+        # implementation, which API 2026-02-01 has (see MANAGED_CLUSTER_API_VERSION).
+        cluster = resources.Resource(
             f"{name}-aks",
+            resource_provider_namespace="Microsoft.ContainerService",
+            parent_resource_path="",
+            resource_type="managedClusters",
             resource_name_=f"aks-{args.name}",
+            api_version=MANAGED_CLUSTER_API_VERSION,
             resource_group_name=rg,
             location=location,
-            dns_prefix=args.name,
-            kubernetes_version=args.kubernetes_version,
-            node_resource_group=f"rg-{args.name}-nodes",
-            sku=containerservice.ManagedClusterSKUArgs(name="Base", tier=args.tier),
-            identity=containerservice.ManagedClusterIdentityArgs(
-                type="UserAssigned", user_assigned_identities=[control_plane.id]
-            ),
-            # The system pool is inline because AKS cannot create a cluster without one and cannot replace it in
-            # place; it only runs system pods (CriticalAddonsOnly).
-            agent_pool_profiles=[
-                containerservice.ManagedClusterAgentPoolProfileArgs(
-                    name="system",
-                    mode="System",
-                    vm_size=args.system_vm_size,
-                    count=args.system_node_count,
-                    availability_zones=list(args.availability_zones) or None,
-                    os_type="Linux",
-                    os_sku="AzureLinux",
-                    type="VirtualMachineScaleSets",
-                    vnet_subnet_id=args.nodes_subnet_id,
-                    node_taints=["CriticalAddonsOnly=true:NoSchedule"],
-                    upgrade_settings=containerservice.AgentPoolUpgradeSettingsArgs(max_surge="33%"),
-                )
-            ],
-            enable_rbac=True,
-            aad_profile=containerservice.ManagedClusterAADProfileArgs(
-                managed=True,
-                enable_azure_rbac=True,
-                tenant_id=args.tenant_id,
-                admin_group_object_ids=list(args.admin_group_object_ids),
-            ),
-            disable_local_accounts=args.disable_local_accounts,
-            api_server_access_profile=containerservice.ManagedClusterAPIServerAccessProfileArgs(
-                authorized_ip_ranges=list(args.api_server_authorized_ip_ranges) or None,
-                enable_vnet_integration=True if args.api_server_access != "public" else None,
-                subnet_id=args.api_server_subnet_id if args.api_server_access != "public" else None,
-                enable_private_cluster=True if args.api_server_access == "private" else None,
-            ),
-            oidc_issuer_profile=containerservice.ManagedClusterOIDCIssuerProfileArgs(enabled=True),
-            security_profile=containerservice.ManagedClusterSecurityProfileArgs(
-                workload_identity=containerservice.ManagedClusterSecurityProfileWorkloadIdentityArgs(enabled=True),
-                image_cleaner=containerservice.ManagedClusterSecurityProfileImageCleanerArgs(
-                    enabled=True, interval_hours=168
-                ),
-            ),
-            network_profile=containerservice.ContainerServiceNetworkProfileArgs(
-                network_plugin="azure",
-                network_plugin_mode="overlay",
-                network_dataplane="cilium",
-                network_policy="cilium",
-                pod_cidr=POD_CIDR,
-                service_cidr=SERVICE_CIDR,
-                dns_service_ip=DNS_SERVICE_IP,
-                load_balancer_sku="standard",
-                outbound_type="loadBalancer",
-            ),
-            addon_profiles={
-                "omsagent": containerservice.ManagedClusterAddonProfileArgs(
-                    enabled=True,
-                    config={"logAnalyticsWorkspaceResourceID": args.workspace_id, "useAADAuth": "true"},
-                ),
-                "azureKeyvaultSecretsProvider": containerservice.ManagedClusterAddonProfileArgs(
-                    enabled=True, config={"enableSecretRotation": "true", "rotationPollInterval": "2m"}
-                ),
-            },
-            auto_upgrade_profile=containerservice.ManagedClusterAutoUpgradeProfileArgs(
-                upgrade_channel="patch", node_os_upgrade_channel="NodeImage"
-            ),
-            # Managed Prometheus: the node and cluster agents; what they scrape and where it goes is the data
-            # collection rule that infra/managed_prometheus.py associates with the cluster.
-            azure_monitor_profile=containerservice.ManagedClusterAzureMonitorProfileArgs(
-                metrics=containerservice.ManagedClusterAzureMonitorProfileMetricsArgs(enabled=True)
-            ),
-            workload_auto_scaler_profile=containerservice.ManagedClusterWorkloadAutoScalerProfileArgs(
-                keda=containerservice.ManagedClusterWorkloadAutoScalerProfileKedaArgs(enabled=True)
-            ),
-            # The application routing add-on, for its Gateway API implementation (see infra/ingress.py); its
-            # default NGINX controller is not deployed.
-            ingress_profile=containerservice.ManagedClusterIngressProfileArgs(
-                web_app_routing=containerservice.ManagedClusterIngressProfileWebAppRoutingArgs(
-                    enabled=True,
-                    nginx=containerservice.ManagedClusterIngressProfileNginxArgs(
-                        default_ingress_controller_type="None"
-                    ),
-                )
-            ),
+            sku=resources.SkuArgs(name="Base", tier=args.tier),
+            identity=resources.IdentityArgs(type="UserAssigned", user_assigned_identities=[control_plane.id]),
+            properties=self._cluster_properties(args),
             tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[subnet_access]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=subnet_access),
         )
 
         containerservice.AgentPool(
@@ -293,7 +242,7 @@ class Cluster(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
-        issuer = cluster.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else None)
+        issuer = cluster.properties.apply(lambda p: p["oidcIssuerProfile"]["issuerURL"])
         self._federate(name, "server", server, args.server.namespace, args.server.service_account, issuer, args)
         keda = managedidentity.UserAssignedIdentity(
             f"{name}-keda",
@@ -313,14 +262,57 @@ class Cluster(pulumi.ComponentResource):
             args,
         )
         self._role(name, "server-secrets-user", args.server.vault_id, KEY_VAULT_SECRETS_USER, server.principal_id, args)
-        group = args.cluster_admin_group_object_id
+        self.database_admin = None
+        if args.database_bootstrap is not None:
+            database_admin = managedidentity.UserAssignedIdentity(
+                f"{name}-database-admin",
+                resource_name_=f"id-{args.name}-db-admin",
+                resource_group_name=rg,
+                location=location,
+                tags=args.tags,
+                opts=child,
+            )
+            self._federate(
+                name,
+                "database-admin",
+                database_admin,
+                args.database_bootstrap.namespace,
+                args.database_bootstrap.service_account,
+                issuer,
+                args,
+            )
+            self.database_admin = database_admin
+        self.certificate_reader_client_id = None
+        if args.certificate_reader is not None:
+            # Its own identity: the ingress namespace gets to read the vault, not the server's database URL's
+            # identity. Key Vault Secrets User is how a certificate is read with its private key.
+            reader = managedidentity.UserAssignedIdentity(
+                f"{name}-certificate-reader",
+                resource_name_=f"id-{args.name}-tls",
+                resource_group_name=rg,
+                location=location,
+                tags=args.tags,
+                opts=child,
+            )
+            self._federate(
+                name,
+                "certificate-reader",
+                reader,
+                args.certificate_reader.namespace,
+                args.certificate_reader.service_account,
+                issuer,
+                args,
+            )
+            vault = args.server.vault_id
+            self._role(name, "certificate-secrets-user", vault, KEY_VAULT_SECRETS_USER, reader.principal_id, args)
+            self.certificate_reader_client_id = reader.client_id
         # A fixed principal: with the caller, a laptop run and a CI run would replace each other's assignment.
         deployer_admin = authorization.RoleAssignment(
             f"{name}-deployer-cluster-admin",
             scope=cluster.id,
             role_definition_id=role_definition_id(args.subscription_id, AKS_RBAC_CLUSTER_ADMIN),
-            principal_id=group if group is not None else args.deployer_object_id,
-            principal_type="Group" if group is not None else None,
+            principal_id=args.cluster_admin_group_object_id,
+            principal_type="Group",
             description="Cluster admins, among them the identities that run pulumi and apply the workload",
             opts=child,
         )
@@ -337,7 +329,7 @@ class Cluster(pulumi.ComponentResource):
         self.cluster_id = cluster.id
         self.cluster_name = cluster.name
         self.oidc_issuer_url = issuer
-        self.kubelet_object_id = cluster.identity_profile.apply(lambda p: p["kubeletidentity"].object_id)
+        self.kubelet_object_id = cluster.properties.apply(lambda p: p["identityProfile"]["kubeletidentity"]["objectId"])
         self.server_client_id = server.client_id
         self.server_principal_id = server.principal_id
         self.server_identity_name = server.name
@@ -345,10 +337,8 @@ class Cluster(pulumi.ComponentResource):
         self.keda_principal_id = keda.principal_id
         self.kubeconfig = kubeconfig
         self.gpu_node_selector = dict([GPU_POOL_LABEL])
-        self.gpu_tolerations = [
-            {"key": key, "operator": "Equal", "value": value, "effect": effect}
-            for key, value, effect in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])
-        ]
+        self.system_tolerations = [_toleration(SYSTEM_TAINT)]
+        self.gpu_tolerations = [_toleration(taint) for taint in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])]
         self.register_outputs(
             {
                 "cluster_id": self.cluster_id,
@@ -359,6 +349,109 @@ class Cluster(pulumi.ComponentResource):
                 "kubeconfig": self.kubeconfig,
             }
         )
+
+    @staticmethod
+    def _subnets(args: ClusterArgs) -> dict[str, pulumi.Input[str]]:
+        """Every subnet the cluster puts something in, by purpose."""
+        subnets: dict[str, pulumi.Input[str]] = {"subnet": args.nodes_subnet_id}
+        if args.api_server_access != "public":
+            if args.api_server_subnet_id is None:
+                raise ValueError(f"apiServerAccess {args.api_server_access} needs the API server subnet")
+            subnets["api-server-subnet"] = args.api_server_subnet_id
+        return subnets
+
+    @staticmethod
+    def _cluster_properties(args: ClusterArgs) -> dict[str, Any]:
+        """The ManagedCluster's `properties` at MANAGED_CLUSTER_API_VERSION, in the REST API's names.
+
+        Sub-objects the pinned SDK knows are its typed Args (their field names checked in Python, serialized under
+        the REST names); only what is new in 2026-02-01 is written as plain dictionaries.
+        """
+        vnet_integration = args.api_server_access != "public"
+        return {
+            "dnsPrefix": args.name,
+            "kubernetesVersion": args.kubernetes_version,
+            "nodeResourceGroup": f"rg-{args.name}-nodes",
+            # The system pool is inline because AKS cannot create a cluster without one and cannot replace it in
+            # place; it only runs system pods (CriticalAddonsOnly) and the gateway's proxies (infra/ingress.py).
+            "agentPoolProfiles": [
+                containerservice.ManagedClusterAgentPoolProfileArgs(
+                    name="system",
+                    mode="System",
+                    vm_size=args.system_vm_size,
+                    count=args.system_node_count,
+                    availability_zones=list(args.availability_zones) or None,
+                    os_type="Linux",
+                    os_sku="AzureLinux",
+                    type="VirtualMachineScaleSets",
+                    vnet_subnet_id=args.nodes_subnet_id,
+                    node_taints=["{}={}:{}".format(*SYSTEM_TAINT)],
+                    upgrade_settings=containerservice.AgentPoolUpgradeSettingsArgs(max_surge="33%"),
+                )
+            ],
+            "enableRBAC": True,
+            "aadProfile": containerservice.ManagedClusterAADProfileArgs(
+                managed=True,
+                enable_azure_rbac=True,
+                tenant_id=args.tenant_id,
+                admin_group_object_ids=list(args.admin_group_object_ids),
+            ),
+            "disableLocalAccounts": args.disable_local_accounts,
+            "apiServerAccessProfile": containerservice.ManagedClusterAPIServerAccessProfileArgs(
+                authorized_ip_ranges=list(args.api_server_authorized_ip_ranges) or None,
+                enable_vnet_integration=True if vnet_integration else None,
+                subnet_id=args.api_server_subnet_id if vnet_integration else None,
+                enable_private_cluster=True if args.api_server_access == "private" else None,
+            ),
+            "oidcIssuerProfile": containerservice.ManagedClusterOIDCIssuerProfileArgs(enabled=True),
+            "securityProfile": containerservice.ManagedClusterSecurityProfileArgs(
+                workload_identity=containerservice.ManagedClusterSecurityProfileWorkloadIdentityArgs(enabled=True),
+                image_cleaner=containerservice.ManagedClusterSecurityProfileImageCleanerArgs(
+                    enabled=True, interval_hours=168
+                ),
+            ),
+            "networkProfile": containerservice.ContainerServiceNetworkProfileArgs(
+                network_plugin="azure",
+                network_plugin_mode="overlay",
+                network_dataplane="cilium",
+                network_policy="cilium",
+                pod_cidr=POD_CIDR,
+                service_cidr=SERVICE_CIDR,
+                dns_service_ip=DNS_SERVICE_IP,
+                load_balancer_sku="standard",
+                outbound_type="loadBalancer",
+            ),
+            "addonProfiles": {
+                "omsagent": containerservice.ManagedClusterAddonProfileArgs(
+                    enabled=True,
+                    config={"logAnalyticsWorkspaceResourceID": args.workspace_id, "useAADAuth": "true"},
+                ),
+                "azureKeyvaultSecretsProvider": containerservice.ManagedClusterAddonProfileArgs(
+                    enabled=True, config={"enableSecretRotation": "true", "rotationPollInterval": "2m"}
+                ),
+            },
+            "autoUpgradeProfile": containerservice.ManagedClusterAutoUpgradeProfileArgs(
+                upgrade_channel="patch", node_os_upgrade_channel="NodeImage"
+            ),
+            # Managed Prometheus: the node and cluster agents; what they scrape and where it goes is the data
+            # collection rule that infra/managed_prometheus.py associates with the cluster.
+            "azureMonitorProfile": containerservice.ManagedClusterAzureMonitorProfileArgs(
+                metrics=containerservice.ManagedClusterAzureMonitorProfileMetricsArgs(enabled=True)
+            ),
+            "workloadAutoScalerProfile": containerservice.ManagedClusterWorkloadAutoScalerProfileArgs(
+                keda=containerservice.ManagedClusterWorkloadAutoScalerProfileKedaArgs(enabled=True)
+            ),
+            # The application routing add-on with its Gateway API implementation (GatewayClass approuting-istio,
+            # see infra/ingress.py) and the managed Gateway API CRDs it needs; its NGINX controller is not deployed.
+            "ingressProfile": {
+                "gatewayAPI": {"installation": "Standard"},
+                "webAppRouting": {
+                    "enabled": True,
+                    "nginx": {"defaultIngressControllerType": "None"},
+                    "gatewayAPIImplementations": {"appRoutingIstio": {"mode": "Enabled"}},
+                },
+            },
+        }
 
     def _federate(
         self,
@@ -399,6 +492,11 @@ class Cluster(pulumi.ComponentResource):
             principal_type="ServicePrincipal",
             opts=pulumi.ResourceOptions(parent=self),
         )
+
+
+def _toleration(taint: tuple[str, str, str]) -> dict[str, str]:
+    key, value, effect = taint
+    return {"key": key, "operator": "Equal", "value": value, "effect": effect}
 
 
 def azure_cli_kubeconfig(kubeconfig: str) -> str:

@@ -11,12 +11,14 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
+from datetime import date
 from typing import Annotated, Any, Literal
 
 import pulumi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from infra import aks_versions
 from infra.sizing import GPU_VM_SIZES, GpuVmSize, ReplicaShare, replica_share
 
 NAMESPACE = "ggufstack"
@@ -46,9 +48,6 @@ UNPAIRED_REGIONS = frozenset(
         "malaysiawest", "mexicocentral", "newzealandnorth", "polandcentral", "qatarcentral", "spaincentral",
     }
 )  # fmt: skip
-
-# Kubernetes minors AKS can run that kubernetes-validate also has schemas for.
-KUBERNETES_MINORS = range(31, 38)
 
 RedisSku = Literal[
     "Balanced_B0", "Balanced_B1", "Balanced_B3", "Balanced_B5", "Balanced_B10", "Balanced_B20", "Balanced_B50",
@@ -80,10 +79,21 @@ def _gpu_vm_size(value: str) -> str:
 
 
 def _kubernetes_version(value: str) -> str:
-    match = re.fullmatch(r"1\.(\d+)(\.\d+)?", value)
-    if not match or int(match.group(1)) not in KUBERNETES_MINORS:
-        allowed = f"1.{KUBERNETES_MINORS[0]} to 1.{KUBERNETES_MINORS[-1]}, optionally with a patch (e.g. 1.33.2)"
+    today = date.today()
+    minors = [m.version for m in aks_versions.supported(today)]
+    if not re.fullmatch(r"1\.\d+(\.\d+)?", value) or aks_versions.minor_of(value) not in minors:
+        allowed = f"{', '.join(minors)} (AKS's supported minors on {today}), optionally with a patch (e.g. 1.36.2)"
         raise ValueError(f"{value!r} is not a supported Kubernetes version; allowed: {allowed}")
+    return value
+
+
+def _system_vm_size(value: str) -> str:
+    match = re.fullmatch(r"Standard_([A-Z]+)(\d+)[a-z]*(_v\d+)?", value)
+    if not match or match.group(1).startswith("B") or int(match.group(2)) < 4:
+        raise ValueError(
+            f"{value!r} cannot be a system node; allowed: a VM size of 4 vCPUs or more, not B series "
+            "(e.g. Standard_D4ds_v5)"
+        )
     return value
 
 
@@ -134,7 +144,6 @@ def _host_name(value: str) -> str:
 
 Weekday = Literal["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 Location = Annotated[str, AfterValidator(_location)]
-VmSize = Annotated[str, Field(pattern=r"^Standard_[A-Za-z0-9_]+$")]
 
 
 class StackConfig(BaseModel):
@@ -151,11 +160,13 @@ class StackConfig(BaseModel):
     name_prefix: str = Field("gguf", pattern=r"^[a-z][a-z0-9]{1,9}$")
     # A production stack must name its admins and narrow its API server, and may not use passwords or keys.
     production: bool = True
-    kubernetes_version: Annotated[str, AfterValidator(_kubernetes_version)] = "1.33"
+    kubernetes_version: Annotated[str, AfterValidator(_kubernetes_version)] = aks_versions.DEFAULT
     cluster_tier: Literal["Free", "Standard", "Premium"] = "Standard"
     availability_zones: list[Literal["1", "2", "3"]] = []
-    system_vm_size: VmSize = "Standard_D4ds_v5"
-    system_node_count: int = Field(3, ge=1, le=10)
+    # "Manage system node pools in AKS": at least 4 vCPUs a node (no B series) and at least two nodes; the system
+    # pool also runs the gateway's proxies (infra/ingress.py).
+    system_vm_size: Annotated[str, AfterValidator(_system_vm_size)] = "Standard_D4ds_v5"
+    system_node_count: int = Field(3, ge=2, le=10)
     gpu_node_min: int = Field(2, ge=0, le=100)
     gpu_node_max: int = Field(4, ge=1, le=100)
     gpu_spot: bool = False
@@ -167,7 +178,8 @@ class StackConfig(BaseModel):
     maintenance_duration_hours: int = Field(4, ge=4, le=24)
     maintenance_utc_offset: str = Field("+00:00", pattern=r"^[+-](0\d|1[0-4]):(00|30|45)$")
     disable_local_accounts: bool = True
-    cluster_admin_group_object_id: Annotated[str, AfterValidator(_object_id)] | None = None
+    # Required in every stack: with the caller instead, whoever ran `pulumi up` last would be the cluster's admin.
+    cluster_admin_group_object_id: Annotated[str, AfterValidator(_object_id)]
     aks_admin_group_object_ids: list[Annotated[str, AfterValidator(_object_id)]] = []
     api_server_access: Literal["public", "vnetIntegration", "private"] = "public"
     api_server_authorized_ip_ranges: list[Annotated[str, AfterValidator(_cidr)]] = []
@@ -200,6 +212,8 @@ class StackConfig(BaseModel):
     context_size: int = Field(4096, ge=64, le=1_048_576)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     scale_waiting_per_replica: int = Field(4, ge=1, le=1000)
+    # The first `pulumi up` of a stack: do not wait for the server's rollout (README, First `pulumi up`).
+    skip_rollout_await: bool = False
 
     ingress_host_name: Annotated[str, AfterValidator(_host_name)] | None = None
     ingress_exposure: Literal["internal", "public"] = "internal"
@@ -263,17 +277,12 @@ class StackConfig(BaseModel):
     def _production_rules(self) -> None:
         if not self.production:
             return
-        if self.cluster_admin_group_object_id is None:
-            raise _problem(
-                "clusterAdminGroupObjectId",
-                "required in production (the Entra group that administers the cluster; CI's identity is a member)",
-                "a group object id",
-            )
-        if self.api_server_access == "public" and not self.api_server_authorized_ip_ranges:
+        # VNet integration keeps the public endpoint ("API Server VNet Integration"); only a private cluster has none.
+        if self.api_server_access != "private" and not self.api_server_authorized_ip_ranges:
             raise _problem(
                 "apiServerAuthorizedIpRanges",
-                "required in production while apiServerAccess is public",
-                "a list of IPv4 CIDRs, or apiServerAccess vnetIntegration/private",
+                f"required in production while apiServerAccess is {self.api_server_access} (its endpoint is public)",
+                "a list of IPv4 CIDRs, or apiServerAccess private",
             )
         if self.data_plane_auth != "entra":
             raise _problem("dataPlaneAuth", "production allows no passwords or access keys", "entra")

@@ -1,8 +1,10 @@
 """PostgreSQL Flexible Server, injected into its own delegated subnet: it has no public endpoint in any stack.
 
-With Entra authentication the server's workload identity is a Microsoft Entra administrator of the server (the only
-way Azure Resource Manager can make a principal a database role) and logs in with an access token as its password;
-the connection URL in Key Vault then names that role and holds no password. Password authentication, where a stack
+With Entra authentication the server's workload identity logs in with an access token as its password, as a plain
+database role that may create tables in its database and nothing more; the connection URL in Key Vault names that role
+and holds no password. The Entra administrators are the stack's database-bootstrap identity, which creates that role
+and the database from inside the cluster (infra/database_bootstrap.py), and the admin group, for break-glass access.
+Password authentication, where a stack
 keeps it, uses a generated admin password that leaves Pulumi only as Key Vault secrets; in the state and in every
 output it is a Pulumi secret.
 """
@@ -21,6 +23,8 @@ from infra.vault import VaultItem, store_secret
 
 ADMIN_LOGIN = "ggufadmin"
 DATABASE_NAME = "ggufstack"
+# The role the admin group's members log in as (user name) for break-glass access, with their own Entra token.
+ADMIN_GROUP_ROLE = "ggufstack-admins"
 
 # Server parameters that make the TLS floor explicit rather than a default that could drift.
 TLS_PARAMETERS = {"require_secure_transport": "on", "ssl_min_protocol_version": "TLSv1.2"}
@@ -44,10 +48,22 @@ class DatabaseArgs:
     vault_name: pulumi.Input[str]
     # Passwords on or off; with them off the server accepts only Entra tokens.
     password_auth: bool
-    # The principal the server logs in as with an Entra token; None: the server uses the admin password.
+    # The principal the server logs in as with an Entra token (a plain role, not an administrator); None: the server
+    # uses the admin password.
     entra_principal: DatabasePrincipal | None
+    # Entra administrators: the bootstrap identity that creates the server's role, and the admin group (break-glass).
+    entra_administrators: Sequence[EntraAdministrator]
     tenant_id: pulumi.Input[str]
     tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class EntraAdministrator:
+    purpose: str
+    object_id: pulumi.Input[str]
+    # The role name inside PostgreSQL, which is also the user name an administrator logs in with.
+    name: pulumi.Input[str]
+    principal_type: str  # "ServicePrincipal" or "Group"
 
 
 @dataclass(frozen=True)
@@ -61,12 +77,16 @@ class Database(pulumi.ComponentResource):
     server_id: pulumi.Output[str]
     fqdn: pulumi.Output[str]
     database_name: str
+    # The last administrator write: what creates roles and databases inside the server waits for it.
+    administrators_ready: pulumi.Resource
 
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Database", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         if args.entra_principal is None and not args.password_auth:
             raise ValueError("a database without password authentication needs an Entra principal")
+        if args.entra_principal is not None and not args.entra_administrators:
+            raise ValueError("an Entra principal is created by an Entra administrator; name one")
         admin_password: pulumi.Output[str] | None = None
         if args.password_auth:
             # URL-safe specials only, so the password can sit in a connection URL without escaping.
@@ -116,17 +136,34 @@ class Database(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
-        database = dbforpostgresql.Database(
-            f"{name}-app",
-            database_name=DATABASE_NAME,
-            server_name=server.name,
-            resource_group_name=args.resource_group_name,
-            charset="UTF8",
-            collation="en_US.utf8",
-            opts=child,
-        )
-        # Server parameter writes are serialized: Azure rejects a second one while the first is in progress.
-        previous: pulumi.Resource = database
+        # Entra administrators first, one write at a time (Azure serializes a server's administrator and parameter
+        # writes): a database created before any exists is owned by the platform's azuresu, useless to everyone.
+        previous: pulumi.Resource = server
+        for admin in args.entra_administrators:
+            previous = dbforpostgresql.AdministratorsMicrosoftEntra(
+                f"{name}-entra-admin-{admin.purpose}",
+                object_id=admin.object_id,
+                principal_name=admin.name,
+                principal_type=admin.principal_type,
+                tenant_id=args.tenant_id,
+                server_name=server.name,
+                resource_group_name=args.resource_group_name,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
+            )
+        self.administrators_ready = previous
+        if args.entra_principal is None:
+            # Password mode: the admin login is the server's login and owns the database ARM creates.
+            previous = dbforpostgresql.Database(
+                f"{name}-app",
+                database_name=DATABASE_NAME,
+                server_name=server.name,
+                resource_group_name=args.resource_group_name,
+                charset="UTF8",
+                collation="en_US.utf8",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
+            )
+        # With Entra, the database and the server's own role are created in the cluster by an administrator
+        # (infra/database_bootstrap.py), after these writes.
         for parameter, value in TLS_PARAMETERS.items():
             previous = dbforpostgresql.Configuration(
                 f"{name}-{parameter.replace('_', '-')}",
@@ -139,23 +176,13 @@ class Database(pulumi.ComponentResource):
             )
 
         if args.entra_principal is not None:
-            dbforpostgresql.AdministratorsMicrosoftEntra(
-                f"{name}-entra-admin",
-                object_id=args.entra_principal.object_id,
-                principal_name=args.entra_principal.name,
-                principal_type="ServicePrincipal",
-                tenant_id=args.tenant_id,
-                server_name=server.name,
-                resource_group_name=args.resource_group_name,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
-            )
             # No password: the server sends an Entra access token for the role named here.
             url = pulumi.Output.format(
                 "postgresql://{0}@{1}:{2}/{3}?sslmode=require",
                 args.entra_principal.name,
                 server.fully_qualified_domain_name,
                 POSTGRES_PORT,
-                database.name,
+                DATABASE_NAME,
             )
         else:
             url = pulumi.Output.format(
@@ -164,7 +191,7 @@ class Database(pulumi.ComponentResource):
                 admin_password,
                 server.fully_qualified_domain_name,
                 POSTGRES_PORT,
-                database.name,
+                DATABASE_NAME,
             )
         if admin_password is not None:
             store_secret(

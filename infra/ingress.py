@@ -7,9 +7,11 @@ gateway as pods behind a Service of type LoadBalancer in the Gateway's namespace
 that admits only the configured source ranges (dev). Internal gateways get a private DNS zone for the host name,
 linked to the VNet, whose apex record points at that fixed address.
 
-TLS terminates at the gateway with a certificate from Key Vault: the Key Vault secrets provider syncs it (key
-included) into a TLS secret in the server's namespace (see infra/workload.py), and a ReferenceGrant lets this
-Gateway use it. Envoy streams responses as they come (no response buffering), so the route only needs timeouts long
+TLS terminates at the gateway with a certificate imported by hand into Key Vault. The Key Vault secrets provider
+syncs it (key included) into a TLS secret in the Gateway's own namespace while a pod mounts it: a small pod that does
+nothing else, with a SecretProviderClass of its own (Microsoft's pattern for ingress certificates). The driver fails a
+mount when an object is missing, so this pod, not the server, waits for the certificate, and `pulumi up` does not
+wait for this pod. Envoy streams responses as they come (no response buffering), so the route only needs timeouts long
 enough for a long generation.
 """
 
@@ -20,13 +22,28 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+import yaml
 from pulumi_azure_native import privatedns
-from pulumi_kubernetes import core, meta
+from pulumi_kubernetes import apps, core, meta
+
+from infra.annotations import SKIP_AWAIT, checkov_skips
+from infra.vault import secret_provider_objects
 
 GATEWAY_CLASS = "approuting-istio"
 GATEWAY_API = "gateway.networking.k8s.io"
 NAMESPACE = "ggufstack-ingress"
 GATEWAY = "ggufstack"
+GATEWAY_OPTIONS = f"{GATEWAY}-gateway-options"
+TLS_SECRET = f"{GATEWAY}-tls"
+CERTIFICATE_SYNC = "certificate-sync"
+# The smallest image that keeps a pod running (it only holds the volume); pinned like any dependency.
+SYNC_IMAGE = "registry.k8s.io/pause:3.10"
+SYNC_UID = 65535  # the pause image's own unprivileged user
+SYNC_SKIPS = {
+    "CKV_K8S_8": "the pod runs pause and serves nothing to probe; it exists only so the driver syncs the certificate",
+    "CKV_K8S_9": "the pod runs pause and serves nothing to probe; it exists only so the driver syncs the certificate",
+    "CKV_K8S_43": "the upstream pause image is pinned by its release tag",
+}
 LISTENER = "https"
 HTTPS_PORT = 443
 # A whole stream (a long generation at a slow token rate) must fit; the server's own limits end it sooner.
@@ -47,11 +64,17 @@ class IngressArgs:
     internal_subnet_name: str
     source_ranges: Sequence[str]
     vnet_id: pulumi.Input[str]
-    # Where the backend lives and the TLS secret the server's namespace holds.
     backend_namespace: str
     backend_service: str
     backend_port: int
-    tls_secret: str
+    # The Key Vault certificate (imported by hand) and the identity that may read it, federated with
+    # CERTIFICATE_SYNC's service account.
+    vault_name: pulumi.Input[str]
+    tenant_id: pulumi.Input[str]
+    certificate_name: str
+    certificate_reader_client_id: pulumi.Input[str]
+    # Every pool is tainted; the proxies istiod creates for the Gateway get these through its parametersRef.
+    proxy_tolerations: Sequence[Mapping[str, str]]
     tags: Mapping[str, str]
 
 
@@ -76,6 +99,18 @@ class Ingress(pulumi.ComponentResource):
             opts=on_cluster,
         )
         in_namespace = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace])
+        # istiod overlays this on the proxies' Deployment: tolerations are on the add-on's allow list of fields.
+        options = core.v1.ConfigMap(
+            f"{name}-gateway-options",
+            metadata=meta.v1.ObjectMetaArgs(name=GATEWAY_OPTIONS, namespace=NAMESPACE, labels=labels),
+            data={
+                "deployment": yaml.safe_dump(
+                    {"spec": {"template": {"spec": {"tolerations": [dict(t) for t in args.proxy_tolerations]}}}},
+                    sort_keys=False,
+                )
+            },
+            opts=in_namespace,
+        )
         k8s.apiextensions.CustomResource(
             f"{name}-gateway",
             api_version=f"{GATEWAY_API}/v1",
@@ -83,7 +118,10 @@ class Ingress(pulumi.ComponentResource):
             metadata=meta.v1.ObjectMetaArgs(name=GATEWAY, namespace=NAMESPACE, labels=labels),
             spec={
                 "gatewayClassName": GATEWAY_CLASS,
-                "infrastructure": {"annotations": _service_annotations(args)},
+                "infrastructure": {
+                    "annotations": _service_annotations(args),
+                    "parametersRef": {"group": "", "kind": "ConfigMap", "name": GATEWAY_OPTIONS},
+                },
                 "listeners": [
                     {
                         "name": LISTENER,
@@ -92,9 +130,7 @@ class Ingress(pulumi.ComponentResource):
                         "hostname": args.host_name,
                         "tls": {
                             "mode": "Terminate",
-                            "certificateRefs": [
-                                {"kind": "Secret", "name": args.tls_secret, "namespace": args.backend_namespace}
-                            ],
+                            "certificateRefs": [{"kind": "Secret", "name": TLS_SECRET}],
                         },
                         "allowedRoutes": {
                             "namespaces": {
@@ -105,20 +141,9 @@ class Ingress(pulumi.ComponentResource):
                     }
                 ],
             },
-            opts=in_namespace,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace, options]),
         )
         in_backend = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.depends_on))
-        k8s.apiextensions.CustomResource(
-            f"{name}-certificate-grant",
-            api_version=f"{GATEWAY_API}/v1beta1",
-            kind="ReferenceGrant",
-            metadata=meta.v1.ObjectMetaArgs(name=f"{GATEWAY}-tls", namespace=args.backend_namespace, labels=labels),
-            spec={
-                "from": [{"group": GATEWAY_API, "kind": "Gateway", "namespace": NAMESPACE}],
-                "to": [{"group": "", "kind": "Secret", "name": args.tls_secret}],
-            },
-            opts=in_backend,
-        )
         k8s.apiextensions.CustomResource(
             f"{name}-route",
             api_version=f"{GATEWAY_API}/v1",
@@ -145,6 +170,7 @@ class Ingress(pulumi.ComponentResource):
             },
             opts=in_backend,
         )
+        self._certificate_sync(name, args, labels, in_namespace)
         if args.exposure == "internal":
             zone = privatedns.PrivateZone(
                 f"{name}-zone",
@@ -178,6 +204,113 @@ class Ingress(pulumi.ComponentResource):
             )
         self.url = f"https://{args.host_name}"
         self.register_outputs({"url": self.url})
+
+    def _certificate_sync(
+        self, name: str, args: IngressArgs, labels: Mapping[str, str], opts: pulumi.ResourceOptions
+    ) -> None:
+        sync_labels = {**labels, "app.kubernetes.io/name": CERTIFICATE_SYNC}
+        service_account = core.v1.ServiceAccount(
+            f"{name}-certificate-sync",
+            metadata=meta.v1.ObjectMetaArgs(
+                name=CERTIFICATE_SYNC,
+                namespace=NAMESPACE,
+                labels=sync_labels,
+                annotations={
+                    "azure.workload.identity/client-id": args.certificate_reader_client_id,
+                    "azure.workload.identity/tenant-id": args.tenant_id,
+                },
+            ),
+            automount_service_account_token=False,
+            opts=opts,
+        )
+        secret_provider = k8s.apiextensions.CustomResource(
+            f"{name}-certificate",
+            api_version="secrets-store.csi.x-k8s.io/v1",
+            kind="SecretProviderClass",
+            metadata=meta.v1.ObjectMetaArgs(name=TLS_SECRET, namespace=NAMESPACE, labels=sync_labels),
+            spec={
+                "provider": "azure",
+                "parameters": {
+                    "usePodIdentity": "false",
+                    "clientID": args.certificate_reader_client_id,
+                    "keyvaultName": args.vault_name,
+                    "tenantId": args.tenant_id,
+                    # A certificate read as a secret comes with its private key, which the TLS secret needs.
+                    "objects": secret_provider_objects([{"objectName": args.certificate_name, "objectType": "secret"}]),
+                },
+                "secretObjects": [
+                    {
+                        "secretName": TLS_SECRET,
+                        "type": "kubernetes.io/tls",
+                        "data": [
+                            {"objectName": args.certificate_name, "key": "tls.key"},
+                            {"objectName": args.certificate_name, "key": "tls.crt"},
+                        ],
+                    }
+                ],
+            },
+            opts=opts,
+        )
+        resources = {"cpu": "10m", "memory": "16Mi"}
+        apps.v1.Deployment(
+            f"{name}-certificate-sync",
+            metadata=meta.v1.ObjectMetaArgs(
+                name=CERTIFICATE_SYNC,
+                namespace=NAMESPACE,
+                labels=sync_labels,
+                # It starts only once the certificate is imported by hand: `pulumi up` must not wait for it.
+                annotations={**checkov_skips(SYNC_SKIPS), **SKIP_AWAIT},
+            ),
+            spec=apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                selector=meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": CERTIFICATE_SYNC}),
+                template=core.v1.PodTemplateSpecArgs(
+                    metadata=meta.v1.ObjectMetaArgs(labels={**sync_labels, "azure.workload.identity/use": "true"}),
+                    spec=core.v1.PodSpecArgs(
+                        service_account_name=CERTIFICATE_SYNC,
+                        automount_service_account_token=False,
+                        tolerations=[core.v1.TolerationArgs(**t) for t in args.proxy_tolerations],
+                        security_context=core.v1.PodSecurityContextArgs(
+                            run_as_non_root=True,
+                            run_as_user=SYNC_UID,
+                            run_as_group=SYNC_UID,
+                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                        ),
+                        containers=[
+                            core.v1.ContainerArgs(
+                                name="pause",
+                                image=SYNC_IMAGE,
+                                image_pull_policy="Always",
+                                resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
+                                security_context=core.v1.SecurityContextArgs(
+                                    allow_privilege_escalation=False,
+                                    privileged=False,
+                                    read_only_root_filesystem=True,
+                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
+                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                                ),
+                                volume_mounts=[
+                                    core.v1.VolumeMountArgs(name="certificate", mount_path="/mnt/tls", read_only=True)
+                                ],
+                            )
+                        ],
+                        volumes=[
+                            core.v1.VolumeArgs(
+                                name="certificate",
+                                csi=core.v1.CSIVolumeSourceArgs(
+                                    driver="secrets-store.csi.k8s.io",
+                                    read_only=True,
+                                    volume_attributes={"secretProviderClass": TLS_SECRET},
+                                ),
+                            )
+                        ],
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=args.provider, depends_on=[service_account, secret_provider]
+            ),
+        )
 
 
 def _service_annotations(args: IngressArgs) -> dict[str, str]:

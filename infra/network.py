@@ -4,7 +4,7 @@ private DNS zones that make private endpoints resolve from inside the VNet."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -67,6 +67,8 @@ class NetworkArgs:
     private_endpoints: bool
     # AKS API server VNet integration: a subnet delegated to AKS for the API server's internal load balancer.
     api_server_subnet: bool
+    # Client ranges a public ingress admits on 443; empty without one.
+    public_ingress_sources: Sequence[str]
     tags: Mapping[str, str]
 
 
@@ -97,7 +99,16 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
 
-        nodes_nsg = self._nsg(name, "nodes", args, [])  # AKS manages node NSG rules in its own resource group.
+        # AKS opens a public load balancer's ports only in the NSG of its node resource group, never in this one, which
+        # Azure evaluates too: a public ingress's clients must be let in here.
+        nodes_nsg = self._nsg(
+            name,
+            "nodes",
+            args,
+            [_allow_in(100, "ingress-https", list(args.public_ingress_sources), HTTPS_PORT)]
+            if args.public_ingress_sources
+            else [],
+        )
         endpoints_nsg = self._nsg(
             name,
             "endpoints",
@@ -247,14 +258,15 @@ class Network(pulumi.ComponentResource):
         return pulumi.Output.all(zone.id, link.id).apply(lambda ids: ids[0])
 
 
-def _allow_in(priority: int, name: str, source: str, port: int) -> network.SecurityRuleArgs:
+def _allow_in(priority: int, name: str, source: str | list[str], port: int) -> network.SecurityRuleArgs:
     return network.SecurityRuleArgs(
         name=f"allow-{name}",
         priority=priority,
         direction="Inbound",
         access="Allow",
         protocol="Tcp",
-        source_address_prefix=source,
+        source_address_prefix=source if isinstance(source, str) else None,
+        source_address_prefixes=source if isinstance(source, list) else None,
         source_port_range="*",
         destination_address_prefix="*",
         destination_port_range=str(port),

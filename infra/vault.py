@@ -7,6 +7,7 @@ Vault secrets provider with its workload identity.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -112,13 +113,24 @@ def store_secret(
     vault_name: pulumi.Input[str],
     resource_group_name: pulumi.Input[str],
     parent: pulumi.Resource,
+    known_only_at_apply: bool = False,
 ) -> keyvault.Secret:
-    """Write `value` to the vault as `item`; the value is always handled as a Pulumi secret."""
+    """Write `value` to the vault as `item`; the value is always handled as a Pulumi secret.
+
+    `known_only_at_apply`: the value is unknown in previews, which then keep the stored one rather than show a change.
+    """
+    ignore = ["properties.value"] if known_only_at_apply and pulumi.runtime.is_dry_run() else None
     return keyvault.Secret(
         name,
         secret_name=item.value,
         vault_name=vault_name,
         resource_group_name=resource_group_name,
         properties=keyvault.SecretPropertiesArgs(value=pulumi.Output.secret(value)),
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=ignore),
     )
+
+
+def secret_provider_objects(objects: list[dict[str, str]]) -> str:
+    """A SecretProviderClass's `objects` parameter: the driver parses it as YAML, an array of JSON strings (JSON is
+    YAML, so no YAML library is needed)."""
+    return json.dumps({"array": [json.dumps(o) for o in objects]})

@@ -7,17 +7,18 @@ the Key Vault secrets provider mounts them read-only as files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi_kubernetes import apps, core, meta, networking, policy
+from pulumi_kubernetes import apps, batch, core, meta, networking, policy
 
+from infra import database_bootstrap
+from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
 from infra.server_metrics import JOB as SCRAPE_JOB
-from infra.vault import VaultItem
+from infra.vault import VaultItem, secret_provider_objects
 from server.settings import DEFAULT_SECRETS_DIR, Settings
 
 NAMESPACE = "ggufstack"
@@ -45,6 +46,7 @@ LIVENESS_PATH = "/health/live"
 READINESS_PATH = "/health/ready"
 SECRETS_DIR = str(DEFAULT_SECRETS_DIR)
 SECRET_PROVIDER_CLASS = f"{APP}-keyvault"
+DATABASE_BOOTSTRAP = f"{APP}-db-bootstrap"
 # The image's unprivileged user; fixed so the kubelet can enforce non-root without reading the image.
 SERVER_UID = 10001
 
@@ -56,6 +58,9 @@ DEVICE_PLUGIN_SKIPS = {
     "CKV_K8S_23": "registering with the kubelet means writing a socket into a root-owned host directory",
     "CKV_K8S_40": "registering with the kubelet means writing a socket into a root-owned host directory",
     "CKV_K8S_43": "NVIDIA publishes tags, which are pinned here; a digest would be copied unverified from elsewhere",
+}
+BOOTSTRAP_SKIPS = {
+    "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
 }
 SERVER_SKIPS = {
     "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
@@ -80,6 +85,20 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseBootstrap:
+    """Who the bootstrap job logs in as (an Entra administrator) and whom it creates a role for."""
+
+    host: pulumi.Input[str]
+    admin_client_id: pulumi.Input[str]
+    admin_role: pulumi.Input[str]
+    server_role: pulumi.Input[str]
+    server_object_id: pulumi.Input[str]
+    database: str
+    # The administrators exist once this has been written.
+    after: pulumi.Resource
+
+
+@dataclass(frozen=True)
 class WorkloadArgs:
     kubeconfig: pulumi.Input[str]
     image: pulumi.Input[str]
@@ -100,12 +119,11 @@ class WorkloadArgs:
     postgres_cidr: str
     # The ingress controller's namespace, the one namespace outside the server's own admitted to its API port.
     ingress_namespace: str | None
-    # Key Vault certificate synced into a Kubernetes TLS secret (TLS_SECRET) for the ingress; None: no ingress.
-    tls_certificate_name: str | None
-
-
-# The Kubernetes secret the Key Vault secrets provider syncs the ingress certificate into.
-TLS_SECRET = f"{APP}-tls"
+    # With Entra auth: the job that creates the server's database role and database; None with password auth.
+    database_bootstrap: DatabaseBootstrap | None = None
+    # False on a first deployment: the rollout needs an image, a model blob and a certificate that the same run
+    # cannot provide, so `pulumi up` does not wait for it (pulumi-kubernetes' skipAwait annotation).
+    await_rollout: bool = True
 
 
 class Workload(pulumi.ComponentResource):
@@ -170,29 +188,31 @@ class Workload(pulumi.ComponentResource):
                     "keyvaultName": args.vault_name,
                     "tenantId": args.tenant_id,
                     # The driver parses this as YAML; JSON is YAML and needs no YAML library here.
-                    "objects": json.dumps({"array": [json.dumps(o) for o in _vault_objects(args)]}),
+                    # Only secrets this stack writes: the driver fails the whole mount when one object is missing,
+                    # so a hand-imported one (the ingress certificate, infra/ingress.py) would hold the pod back.
+                    "objects": secret_provider_objects(_vault_objects(args)),
                 },
-                # The driver syncs the certificate (with its key) into a TLS secret while a server pod mounts it.
-                **(
-                    {"secretObjects": [_tls_secret_object(args.tls_certificate_name)]}
-                    if args.tls_certificate_name
-                    else {}
-                ),
             },
             opts=in_namespace,
         )
 
+        bootstrap = self._database_bootstrap(name, args, provider, namespace) if args.database_bootstrap else None
+
         apps.v1.Deployment(
             f"{name}-server",
             metadata=meta.v1.ObjectMetaArgs(
-                name=APP, namespace=NAMESPACE, labels=_labels(), annotations=_skips(SERVER_SKIPS)
+                name=APP,
+                namespace=NAMESPACE,
+                labels=_labels(),
+                annotations={**checkov_skips(SERVER_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
             ),
             spec=self._deployment_spec(args),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=provider,
-                # Pods cannot start before their service account and their volume's SecretProviderClass exist.
-                depends_on=[namespace, service_account, secret_provider],
+                # Pods cannot start before their service account and their volume's SecretProviderClass exist, and
+                # the server's migrations need its database role.
+                depends_on=[namespace, service_account, secret_provider, *([bootstrap] if bootstrap else [])],
                 # Pulumi waits for the rollout; a first rollout may wait for a GPU node and a multi-GB download.
                 custom_timeouts=pulumi.CustomTimeouts(
                     create=f"{_rollout_minutes(args)}m", update=f"{_rollout_minutes(args)}m"
@@ -370,6 +390,102 @@ class Workload(pulumi.ComponentResource):
             ),
         )
 
+    def _database_bootstrap(
+        self, name: str, args: WorkloadArgs, provider: k8s.Provider, namespace: core.v1.Namespace
+    ) -> batch.v1.Job:
+        """The job in infra/database_bootstrap.py: runs the server image's Python as the database administrator."""
+        boot = args.database_bootstrap
+        assert boot is not None
+        labels = {"app.kubernetes.io/name": DATABASE_BOOTSTRAP, "app.kubernetes.io/part-of": "ggufstack"}
+        opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
+        account = core.v1.ServiceAccount(
+            f"{name}-db-bootstrap",
+            metadata=meta.v1.ObjectMetaArgs(
+                name=DATABASE_BOOTSTRAP,
+                namespace=NAMESPACE,
+                labels=labels,
+                annotations={
+                    "azure.workload.identity/client-id": boot.admin_client_id,
+                    "azure.workload.identity/tenant-id": args.tenant_id,
+                },
+            ),
+            automount_service_account_token=False,
+            opts=opts,
+        )
+        # The namespace denies all traffic by default: DNS, Entra ID (HTTPS) and PostgreSQL only.
+        policy = networking.v1.NetworkPolicy(
+            f"{name}-db-bootstrap",
+            metadata=meta.v1.ObjectMetaArgs(name=DATABASE_BOOTSTRAP, namespace=NAMESPACE, labels=labels),
+            spec=networking.v1.NetworkPolicySpecArgs(
+                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": DATABASE_BOOTSTRAP}),
+                policy_types=["Egress"],
+                egress=[_dns_egress(), _egress("0.0.0.0/0", HTTPS_PORT), _egress(args.postgres_cidr, POSTGRES_PORT)],
+            ),
+            opts=opts,
+        )
+        resources = {"cpu": "100m", "memory": "256Mi"}
+        env = {
+            "PGHOST": boot.host,
+            "PGUSER": boot.admin_role,
+            "DATABASE": boot.database,
+            "SERVER_ROLE": boot.server_role,
+            "SERVER_OBJECT_ID": boot.server_object_id,
+        }
+        return batch.v1.Job(
+            f"{name}-db-bootstrap",
+            metadata=meta.v1.ObjectMetaArgs(
+                name=DATABASE_BOOTSTRAP,
+                namespace=NAMESPACE,
+                labels=labels,
+                annotations={**checkov_skips(BOOTSTRAP_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
+            ),
+            spec=batch.v1.JobSpecArgs(
+                backoff_limit=6,
+                template=core.v1.PodTemplateSpecArgs(
+                    metadata=meta.v1.ObjectMetaArgs(labels={**labels, "azure.workload.identity/use": "true"}),
+                    spec=core.v1.PodSpecArgs(
+                        restart_policy="OnFailure",
+                        service_account_name=DATABASE_BOOTSTRAP,
+                        automount_service_account_token=False,
+                        # The GPU nodes already pull the server image; no GPU is requested.
+                        node_selector=dict(args.gpu_node_selector),
+                        tolerations=[core.v1.TolerationArgs(**t) for t in args.gpu_tolerations],
+                        security_context=core.v1.PodSecurityContextArgs(
+                            run_as_non_root=True,
+                            run_as_user=SERVER_UID,
+                            run_as_group=SERVER_UID,
+                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                        ),
+                        containers=[
+                            core.v1.ContainerArgs(
+                                name="bootstrap",
+                                image=args.image,
+                                image_pull_policy="Always",
+                                command=["python", "-c", database_bootstrap.SCRIPT],
+                                env=[core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
+                                resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
+                                security_context=core.v1.SecurityContextArgs(
+                                    allow_privilege_escalation=False,
+                                    privileged=False,
+                                    read_only_root_filesystem=True,
+                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
+                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                                ),
+                            )
+                        ],
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                provider=provider,
+                depends_on=[namespace, account, policy, boot.after],
+                # A fixed name, so a changed job is deleted before its replacement is created.
+                delete_before_replace=True,
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{_rollout_minutes(args)}m"),
+            ),
+        )
+
     def _device_plugin(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
         labels = {"app.kubernetes.io/name": "nvidia-device-plugin", "app.kubernetes.io/part-of": "ggufstack"}
         resources = {"cpu": "50m", "memory": "64Mi"}
@@ -380,7 +496,7 @@ class Workload(pulumi.ComponentResource):
                 # system-node-critical is only admitted in kube-system.
                 namespace="kube-system",
                 labels=labels,
-                annotations=_skips(DEVICE_PLUGIN_SKIPS),
+                annotations=checkov_skips(DEVICE_PLUGIN_SKIPS),
             ),
             spec=apps.v1.DaemonSetSpecArgs(
                 selector=meta.v1.LabelSelectorArgs(match_labels=labels),
@@ -480,20 +596,7 @@ class Workload(pulumi.ComponentResource):
                     networking.v1.NetworkPolicyIngressRuleArgs(from_=scrapers, ports=[_tcp(METRICS_PORT)]),
                 ],
                 egress=[
-                    networking.v1.NetworkPolicyEgressRuleArgs(
-                        to=[
-                            networking.v1.NetworkPolicyPeerArgs(
-                                namespace_selector=meta.v1.LabelSelectorArgs(
-                                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
-                                ),
-                                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
-                            )
-                        ],
-                        ports=[
-                            networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=53),
-                            networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=53),
-                        ],
-                    ),
+                    _dns_egress(),
                     # Entra ID's token endpoint (workload identity) has no fixed address range, so HTTPS egress
                     # cannot be narrowed further; with private endpoints, Blob and Key Vault resolve into the VNet.
                     _egress(anywhere, HTTPS_PORT),
@@ -511,18 +614,7 @@ def _vault_objects(args: WorkloadArgs) -> list[dict[str, str]]:
         {"objectName": item.value, "objectType": "secret", "objectAlias": Settings.env_name(field)}
         for field, item in args.secret_files.items()
     ]
-    if args.tls_certificate_name:
-        # A certificate read as a secret comes with its private key: what the TLS secret below needs.
-        objects.append({"objectName": args.tls_certificate_name, "objectType": "secret"})
     return objects
-
-
-def _tls_secret_object(certificate: str) -> dict[str, object]:
-    return {
-        "secretName": TLS_SECRET,
-        "type": "kubernetes.io/tls",
-        "data": [{"objectName": certificate, "key": "tls.key"}, {"objectName": certificate, "key": "tls.crt"}],
-    }
 
 
 def _labels() -> dict[str, str]:
@@ -531,11 +623,6 @@ def _labels() -> dict[str, str]:
 
 def _selector() -> dict[str, str]:
     return {"app.kubernetes.io/name": APP}
-
-
-def _skips(skips: Mapping[str, str]) -> dict[str, str]:
-    """checkov's per-object skip annotations: each skipped check with the reason it does not apply."""
-    return {f"checkov.io/skip{i}": f"{check}={reason}" for i, (check, reason) in enumerate(skips.items(), start=1)}
 
 
 def _rollout_minutes(args: WorkloadArgs) -> int:
@@ -554,6 +641,23 @@ def _http_probe(path: str, period: int, failures: int) -> core.v1.ProbeArgs:
 
 def _tcp(port: int) -> networking.v1.NetworkPolicyPortArgs:
     return networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
+
+
+def _dns_egress() -> networking.v1.NetworkPolicyEgressRuleArgs:
+    return networking.v1.NetworkPolicyEgressRuleArgs(
+        to=[
+            networking.v1.NetworkPolicyPeerArgs(
+                namespace_selector=meta.v1.LabelSelectorArgs(
+                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
+                ),
+                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
+            )
+        ],
+        ports=[
+            networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=53),
+            networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=53),
+        ],
+    )
 
 
 def _egress(cidr: str, port: int) -> networking.v1.NetworkPolicyEgressRuleArgs:

@@ -10,11 +10,11 @@ from infra import config
 from infra.app_insights import AppInsights, AppInsightsArgs
 from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
-from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity
+from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity, ServiceAccountRef
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
-from infra.database import Database, DatabaseArgs, DatabasePrincipal
+from infra.database import ADMIN_GROUP_ROLE, Database, DatabaseArgs, DatabasePrincipal, EntraAdministrator
+from infra.ingress import CERTIFICATE_SYNC, Ingress, IngressArgs
 from infra.ingress import NAMESPACE as INGRESS_NAMESPACE
-from infra.ingress import Ingress, IngressArgs
 from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
 from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs, SubnetLayout
@@ -24,10 +24,11 @@ from infra.storage import Storage, StorageArgs
 from infra.vault import Vault, VaultArgs, VaultItem
 from infra.workload import (
     APP,
+    DATABASE_BOOTSTRAP,
     NAMESPACE,
     SERVICE_ACCOUNT,
     SERVICE_PORT,
-    TLS_SECRET,
+    DatabaseBootstrap,
     ServerSettings,
     Workload,
     WorkloadArgs,
@@ -53,6 +54,9 @@ network = Network(
         layout=layout,
         private_endpoints=cfg.private_endpoints,
         api_server_subnet=cfg.api_server_access != "public",
+        public_ingress_sources=cfg.ingress_source_ranges
+        if cfg.ingress_host_name and cfg.ingress_exposure == "public"
+        else [],
     ),
 )
 monitoring = Monitoring("monitoring", MonitoringArgs(**common, retention_days=cfg.log_retention_days))
@@ -80,7 +84,6 @@ cluster = Cluster(
         **common,
         subscription_id=client.subscription_id,
         tenant_id=client.tenant_id,
-        deployer_object_id=client.object_id,
         cluster_admin_group_object_id=cfg.cluster_admin_group_object_id,
         kubernetes_version=cfg.kubernetes_version,
         tier=cfg.cluster_tier,
@@ -116,6 +119,8 @@ cluster = Cluster(
             models_container_id=storage.container_id,
             vault_id=vault.vault_id,
         ),
+        certificate_reader=ServiceAccountRef(INGRESS_NAMESPACE, CERTIFICATE_SYNC) if cfg.ingress_host_name else None,
+        database_bootstrap=ServiceAccountRef(NAMESPACE, DATABASE_BOOTSTRAP) if entra else None,
     ),
 )
 database = Database(
@@ -135,6 +140,14 @@ database = Database(
         vault_name=vault.vault_name,
         password_auth=keys_allowed,
         entra_principal=DatabasePrincipal(cluster.server_principal_id, cluster.server_identity_name) if entra else None,
+        entra_administrators=[
+            *(
+                [EntraAdministrator("bootstrap", admin.principal_id, admin.name, "ServicePrincipal")]
+                if (admin := cluster.database_admin) is not None
+                else []
+            ),
+            EntraAdministrator("admin-group", cfg.cluster_admin_group_object_id, ADMIN_GROUP_ROLE, "Group"),
+        ],
         tenant_id=client.tenant_id,
     ),
 )
@@ -227,7 +240,18 @@ workload = Workload(
         endpoints_cidr=layout.endpoints if cfg.private_endpoints else None,
         postgres_cidr=layout.postgres,
         ingress_namespace=INGRESS_NAMESPACE if ingress else None,
-        tls_certificate_name=cfg.ingress_certificate_name if ingress else None,
+        await_rollout=not cfg.skip_rollout_await,
+        database_bootstrap=DatabaseBootstrap(
+            host=database.fqdn,
+            admin_client_id=cluster.database_admin.client_id,
+            admin_role=cluster.database_admin.name,
+            server_role=cluster.server_identity_name,
+            server_object_id=cluster.server_principal_id,
+            database=database.database_name,
+            after=database.administrators_ready,
+        )
+        if cluster.database_admin is not None
+        else None,
     ),
 )
 Autoscaling(
@@ -261,7 +285,11 @@ if cfg.ingress_host_name is not None:
             backend_namespace=NAMESPACE,
             backend_service=APP,
             backend_port=SERVICE_PORT,
-            tls_secret=TLS_SECRET,
+            vault_name=vault.vault_name,
+            tenant_id=client.tenant_id,
+            certificate_name=cfg.ingress_certificate_name,
+            certificate_reader_client_id=cluster.certificate_reader_client_id,
+            proxy_tolerations=cluster.system_tolerations,
             tags=tags,
         ),
     )

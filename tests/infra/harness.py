@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import runpy
@@ -42,6 +43,8 @@ REDIS_PRIMARY_KEY = "mock+redis/primary=key"  # '+', '/' and '=' exercise URL es
 # Stands for the cluster's CA in the kubeconfig: whatever the program does to the kubeconfig, it stays in it.
 KUBECONFIG_MARKER = base64.b64encode(b"mock-cluster-ca-certificate").decode()
 
+# Azure Native's generic resource: any ARM resource at an explicit API version (the ManagedCluster is one).
+GENERIC = "azure-native:resources:Resource"
 # The input that carries each resource's own name (the rest of its *Name inputs name its parents).
 NAME_INPUTS = {
     "azure-native:resources:ResourceGroup": "resourceGroupName",
@@ -67,7 +70,7 @@ NAME_INPUTS = {
     "azure-native:containerregistry:Registry": "registryName",
     "azure-native:managedidentity:UserAssignedIdentity": "resourceName",
     "azure-native:managedidentity:FederatedIdentityCredential": "federatedIdentityCredentialResourceName",
-    "azure-native:containerservice:ManagedCluster": "resourceName",
+    "azure-native:resources:Resource": "resourceName",
     "azure-native:containerservice:AgentPool": "agentPoolName",
     "azure-native:authorization:RoleAssignment": "roleAssignmentName",
     "azure-native:monitor:DataCollectionRule": "dataCollectionRuleName",
@@ -94,6 +97,8 @@ class AzureMocks(pulumi.runtime.Mocks):
         self.stack = stack
         self.location = location
         self.secret_values = {REDIS_PRIMARY_KEY, KUBECONFIG_MARKER}
+        # Every invoke the program made, by token: a preview may only make those a Reader may.
+        self.calls: list[str] = []
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict[str, Any]]:
         if not args.custom:
@@ -105,6 +110,8 @@ class AzureMocks(pulumi.runtime.Mocks):
         state = {**inputs, "name": name, **self._computed(args.typ, name, inputs)}
         group = _plain(inputs.get("resourceGroupName", "rg"))
         provider_type = args.typ.removeprefix("azure-native:").replace(":", "/")
+        if args.typ == GENERIC:
+            provider_type = f"{inputs['resourceProviderNamespace']}/{inputs['resourceType']}"
         return f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{group}/providers/{provider_type}/{name}", state
 
     def _name(self, args: MockResourceArgs) -> str:
@@ -146,20 +153,25 @@ class AzureMocks(pulumi.runtime.Mocks):
             value = f"InstrumentationKey={_guid(name, 'ikey')};IngestionEndpoint=https://{self.location}.in.ai"
             self.secret_values.add(value)
             return {"connectionString": value}
-        if typ == "azure-native:containerservice:ManagedCluster":
+        if typ == GENERIC and inputs["resourceType"] == "managedClusters":
             kubelet = {"objectId": _guid(name, "kubelet"), "clientId": _guid(name, "kubelet-client")}
             issuer = f"https://{self.location}.oic.prod-aks.azure.com/{TENANT_ID}/{_guid(name, 'issuer')}/"
             identity = _plain(inputs["identity"])
+            properties = _plain(inputs["properties"])
             return {
                 # Azure answers with a map of identity id to its principal, where the request had a list of ids.
                 "identity": {**identity, "userAssignedIdentities": {i: {} for i in identity["userAssignedIdentities"]}},
-                "identityProfile": {"kubeletidentity": kubelet},
-                "oidcIssuerProfile": {"enabled": True, "issuerURL": issuer},
-                "fqdn": f"{name}.hcp.{self.location}.azmk8s.io",
+                "properties": {
+                    **properties,
+                    "identityProfile": {"kubeletidentity": kubelet},
+                    "oidcIssuerProfile": {**properties["oidcIssuerProfile"], "issuerURL": issuer},
+                    "fqdn": f"{name}.hcp.{self.location}.azmk8s.io",
+                },
             }
         return {}
 
     def call(self, args: MockCallArgs) -> dict[str, Any]:
+        self.calls.append(args.token)
         if args.token == "azure-native:authorization:getClientConfig":
             return {
                 "clientId": _guid("deployer-client"),
@@ -288,6 +300,7 @@ class StackRun:
     registrations: list[Registration]
     outputs: dict[str, StackOutput]
     secret_values: set[str]
+    calls: list[str] = field(default_factory=list)
 
     @property
     def cfg(self) -> StackConfig:
@@ -304,6 +317,12 @@ class StackRun:
         found = [r for r in self.of_type(typ) if name is None or r.name == name]
         assert len(found) == 1, f"expected one {typ} {name or ''}, found {[r.name for r in found]}"
         return found[0]
+
+    def managed_cluster(self) -> Registration:
+        """The AKS cluster, declared as a generic resource, with its `properties` lifted to the top level of its
+        inputs and state (as the typed ManagedCluster has them) next to sku, identity, location and tags."""
+        (cluster,) = [r for r in self.of_type(GENERIC) if r.plain["resourceType"] == "managedClusters"]
+        return dataclasses.replace(cluster, inputs=_lift(cluster.inputs), state=_lift(cluster.state))
 
     def by_urn(self, urn: str) -> Registration:
         return next(r for r in self.registrations if r.urn == urn)
@@ -328,15 +347,16 @@ def _config_string(value: Any) -> str:
     return str(value)
 
 
-def run_program(stack: str, config: dict[str, str]) -> StackRun:
-    """Run stacks/__main__.py as `stack` with `config` (namespaced keys) and return what it declared."""
+def run_program(stack: str, config: dict[str, str], *, preview: bool = False) -> StackRun:
+    """Run stacks/__main__.py as `stack` with `config` (namespaced keys) and return what it declared; `preview`: as
+    `pulumi preview` runs it."""
     result: dict[str, Any] = {}
 
     def target() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            result["run"] = _run_in_thread(stack, config)
+            result["run"] = _run_in_thread(stack, config, preview)
         except BaseException as exc:  # handed to the calling thread, which re-raises it
             result["error"] = exc
         finally:
@@ -350,10 +370,10 @@ def run_program(stack: str, config: dict[str, str]) -> StackRun:
     return result["run"]
 
 
-def _run_in_thread(stack: str, config: dict[str, str]) -> StackRun:
+def _run_in_thread(stack: str, config: dict[str, str], preview: bool) -> StackRun:
     mocks = AzureMocks(stack, config.get(f"{PROJECT}:location", "westeurope"))
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(config)
     outputs: dict[str, StackOutput] = {}
 
@@ -370,7 +390,12 @@ def _run_in_thread(stack: str, config: dict[str, str]) -> StackRun:
         return pulumi.Output.from_input(resolve())
 
     program()
-    return StackRun(stack, config, monitor.registrations, outputs, mocks.secret_values)
+    return StackRun(stack, config, monitor.registrations, outputs, mocks.secret_values, mocks.calls)
+
+
+def _lift(fields: dict[str, Any]) -> dict[str, Any]:
+    properties = _plain(fields.get("properties", {}))
+    return {**{k: v for k, v in fields.items() if k != "properties"}, **properties}
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,7 @@ VALID = {
     "modelBlobName": "qwen/qwen2.5-7b-q4_k_m.gguf",
     "serverMaxReplicas": "2",
     "production": "false",
+    "clusterAdminGroupObjectId": "0b9e7c1a-3d2f-4e5a-8b6c-7d8e9f0a1b2c",
 }
 
 
@@ -68,7 +69,7 @@ def test_config_is_frozen() -> None:
 
 def test_the_required_keys_alone_make_a_valid_non_production_stack() -> None:
     required = {k: v for k, v in VALID.items() if StackConfig.model_fields[_field(k)].is_required()}
-    assert set(required) == {"location", "gpuVmSize", "serverImageTag", "modelBlobName"}
+    assert set(required) == {"location", "gpuVmSize", "serverImageTag", "modelBlobName", "clusterAdminGroupObjectId"}
     config = parse({**required, "production": "false"})
     assert config.gpu_node_max >= config.server_max_replicas + 1
 
@@ -122,7 +123,7 @@ def test_misspelt_key_is_rejected_with_a_suggestion() -> None:
         ({"availabilityZones": '["4"]'}, "ggufstack:availabilityZones: '4' is not allowed; allowed: 1, 2, 3"),
         ({"postgresStorageGb": "100"}, "ggufstack:postgresStorageGb: 100 is not allowed; allowed: 32, 64, 128"),
         ({"redisSku": "Enterprise_E10"}, "ggufstack:redisSku: 'Enterprise_E10' is not allowed; allowed: Balanced_B0"),
-        ({"systemNodeCount": "0"}, "ggufstack:systemNodeCount: '0': Input should be greater than or equal to 1"),
+        ({"systemNodeCount": "0"}, "ggufstack:systemNodeCount: '0': Input should be greater than or equal to 2"),
         ({"serverReplicas": "3"}, "ggufstack:serverReplicas: 3 exceeds serverMaxReplicas; allowed: 1..2"),
         ({"gpuNodeMax": "2"}, "ggufstack:gpuNodeMax: 2 node(s) of 1 GPU(s) cannot hold serverMaxReplicas plus a"),
         (
@@ -256,10 +257,13 @@ PRODUCTION = {**VALID, "production": "true", "clusterAdminGroupObjectId": "5f6c2
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"clusterAdminGroupObjectId": None}, "ggufstack:clusterAdminGroupObjectId: required in production"),
         ({}, "ggufstack:apiServerAuthorizedIpRanges: required in production while apiServerAccess is public"),
         (
-            {"apiServerAccess": "vnetIntegration", "dataPlaneAuth": "password"},
+            {"apiServerAccess": "vnetIntegration"},
+            "ggufstack:apiServerAuthorizedIpRanges: required in production while apiServerAccess is vnetIntegration",
+        ),
+        (
+            {"apiServerAccess": "private", "dataPlaneAuth": "password"},
             "ggufstack:dataPlaneAuth: production allows no passwords or access keys; allowed: entra",
         ),
         (
@@ -279,10 +283,24 @@ def test_production_needs_named_admins_a_narrowed_api_server_and_no_passwords(
 
 
 @pytest.mark.parametrize(
-    "access", [{"apiServerAccess": "vnetIntegration"}, {"apiServerAuthorizedIpRanges": '["203.0.113.0/24"]'}]
+    "access",
+    [
+        {"apiServerAccess": "private"},
+        {"apiServerAuthorizedIpRanges": '["203.0.113.0/24"]'},
+        {"apiServerAccess": "vnetIntegration", "apiServerAuthorizedIpRanges": '["203.0.113.0/24"]'},
+    ],
 )
-def test_production_api_server_is_narrowed_by_ranges_or_vnet_integration(access: dict[str, str]) -> None:
+def test_production_api_server_is_private_or_narrowed_by_ranges(access: dict[str, str]) -> None:
+    """ "API Server VNet Integration" (https://learn.microsoft.com/azure/aks/api-server-vnet-integration): a
+    VNet-integrated API server keeps its public endpoint unless the cluster is private, so production needs
+    authorized IP ranges with it too; prod's API server was open to the Internet (Entra ID auth only)."""
     assert parse({**PRODUCTION, **access}).production
+
+
+def test_every_stack_names_its_cluster_admin_group() -> None:
+    """Without a group the cluster admin role went to whoever ran `pulumi up`, and moved with every run (dev)."""
+    assert "ggufstack:clusterAdminGroupObjectId: required" in _error(clusterAdminGroupObjectId=None)
+    assert _stack("dev").cluster_admin_group_object_id and _stack("prod").cluster_admin_group_object_id
 
 
 def test_prod_stack_is_production_and_dev_is_not() -> None:
@@ -293,3 +311,19 @@ def test_prod_stack_is_production_and_dev_is_not() -> None:
     assert prod.data_plane_auth == dev.data_plane_auth == "entra"
     assert prod.postgres_geo_redundant_backup and not dev.postgres_geo_redundant_backup
     assert prod.ingress_exposure == "internal" and dev.ingress_exposure == "public" and dev.ingress_source_ranges
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"systemVmSize": "Standard_D2ds_v5"}, "ggufstack:systemVmSize: 'Standard_D2ds_v5' cannot be a system node"),
+        ({"systemVmSize": "Standard_B4ms"}, "ggufstack:systemVmSize: 'Standard_B4ms' cannot be a system node"),
+        ({"systemNodeCount": "1"}, "ggufstack:systemNodeCount: '1': Input should be greater than or equal to 2"),
+    ],
+)
+def test_system_pool_meets_aks_minimum_for_system_node_pools(overrides: dict[str, str], expected: str) -> None:
+    """ "Manage system node pools in Azure Kubernetes Service (AKS)", System and user node pools
+    (https://learn.microsoft.com/azure/aks/use-system-pools): at least 4 vCPUs a node, no B series, at least two
+    nodes. The system pool now also runs the app routing add-on's istiod and the gateway's proxies; dev had one
+    2-vCPU node."""
+    assert expected in _error(**overrides)

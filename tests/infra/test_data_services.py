@@ -7,7 +7,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from infra.roles import ACR_PULL
-from tests.infra.harness import REDIS_PRIMARY_KEY, SUBSCRIPTION_ID, TENANT_ID, StackRun, is_secret
+from tests.infra.harness import (
+    REDIS_PRIMARY_KEY,
+    SUBSCRIPTION_ID,
+    TENANT_ID,
+    Registration,
+    StackRun,
+    is_secret,
+    run_program,
+    stack_config,
+)
 
 VAULT_SECRETS = {"admin-api-key", "database-url", "redis-url", "applicationinsights-connection-string"}
 # Credentials for people, kept only where the stack allows passwords and keys (not in production).
@@ -164,8 +173,6 @@ def test_postgres_admin_password_is_generated_and_only_ever_a_secret(dev: StackR
 
 def test_database_url_secret_points_at_the_app_database_over_tls(stack: StackRun) -> None:
     server = stack.one("azure-native:dbforpostgresql:Server").outputs
-    database = stack.one("azure-native:dbforpostgresql:Database").plain
-    assert (database["databaseName"], database["charset"]) == ("ggufstack", "UTF8")
     url = urlsplit(_secret_value(stack, "database-url"))
     assert (url.scheme, url.hostname, url.port, url.path) == (
         "postgresql",
@@ -179,28 +186,92 @@ def test_database_url_secret_points_at_the_app_database_over_tls(stack: StackRun
 def test_postgres_takes_entra_tokens_from_the_server_identity_and_no_password_in_production(stack: StackRun) -> None:
     server = stack.one("azure-native:dbforpostgresql:Server").plain
     identity = _server_identity(stack)
-    admin = stack.one("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra").plain
     assert server["authConfig"] == {
         "activeDirectoryAuth": "Enabled",
         "passwordAuth": "Disabled" if stack.cfg.production else "Enabled",
         "tenantId": TENANT_ID,
     }
-    assert (admin["objectId"], admin["principalName"], admin["principalType"], admin["tenantId"]) == (
-        identity["principalId"],
-        identity["name"],
-        "ServicePrincipal",
-        TENANT_ID,
-    )
     assert ("administratorLoginPassword" in server) is not stack.cfg.production
     # The URL names the identity's role and carries no password: the server sends an Entra token instead.
     url = urlsplit(_secret_value(stack, "database-url"))
     assert (url.username, url.password) == (identity["name"], None)
 
 
-def test_entra_admin_waits_for_the_server_parameter_writes(stack: StackRun) -> None:
-    admin = stack.one("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra")
-    last = stack.one("azure-native:dbforpostgresql:Configuration", "database-ssl-min-protocol-version")
-    assert last.urn in admin.dependencies
+def test_postgres_administrators_are_the_bootstrap_identity_and_the_admin_group_not_the_server(
+    stack: StackRun,
+) -> None:
+    """The server was the only Entra administrator, and its database was created before any administrator existed,
+    so it was owned by another role; on PostgreSQL 16 `public` is owner-only and `CREATE TABLE schema_migrations`
+    failed (terraform-provider-azurerm issue 27895). Now the administrators are the bootstrap identity and the admin
+    group (break-glass), written one after another before anything else touches the server ("Microsoft Entra
+    authentication with Azure Database for PostgreSQL",
+    https://learn.microsoft.com/azure/postgresql/flexible-server/concepts-azure-ad-authentication)."""
+    bootstrap = _identity_named(stack, f"id-{stack.name}-db-admin")
+    admins = stack.of_type("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra")
+    assert [(a.plain["objectId"], a.plain["principalName"], a.plain["principalType"]) for a in admins] == [
+        (bootstrap.outputs["principalId"], bootstrap.outputs["name"], "ServicePrincipal"),
+        (stack.cfg.cluster_admin_group_object_id, "ggufstack-admins", "Group"),
+    ]
+    assert admins[0].urn in admins[1].dependencies
+    assert _server_identity(stack)["principalId"] not in {a.plain["objectId"] for a in admins}
+    # ARM would create the database owned by azuresu or the password admin; the bootstrap job creates it instead.
+    assert not stack.of_type("azure-native:dbforpostgresql:Database")
+    first_parameter = stack.one("azure-native:dbforpostgresql:Configuration", "database-require-secure-transport")
+    assert admins[-1].urn in first_parameter.dependencies
+
+
+def test_a_job_in_the_cluster_creates_the_servers_least_privilege_role_and_its_database(stack: StackRun) -> None:
+    """`pgaadauth_create_principal_with_oid` creates a non-administrator Entra role ("Manage Microsoft Entra roles in
+    Azure Database for PostgreSQL",
+    https://learn.microsoft.com/azure/postgresql/flexible-server/how-to-manage-azure-ad-users); only an administrator
+    may run it, from a network that reaches the server: a job in the cluster, as the bootstrap identity."""
+    (job_registration, job) = next((r, o) for r, o in stack.kubernetes_objects() if o["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    bootstrap = _identity_named(stack, f"id-{stack.name}-db-admin")
+    server_identity = _server_identity(stack)
+    assert env == {
+        "PGHOST": stack.one("azure-native:dbforpostgresql:Server").outputs["fullyQualifiedDomainName"],
+        "PGUSER": bootstrap.outputs["name"],
+        "DATABASE": "ggufstack",
+        "SERVER_ROLE": server_identity["name"],
+        "SERVER_OBJECT_ID": server_identity["principalId"],
+    }
+    script = container["command"][-1]
+    assert "pgaadauth_create_principal_with_oid" in script and "GRANT USAGE, CREATE ON SCHEMA public" in script
+    assert "CREATE DATABASE" in script
+    (account,) = [
+        o
+        for _, o in stack.kubernetes_objects()
+        if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == pod["serviceAccountName"]
+    ]
+    assert account["metadata"]["annotations"]["azure.workload.identity/client-id"] == bootstrap.outputs["clientId"]
+    (federation,) = [
+        r.plain
+        for r in stack.of_type("azure-native:managedidentity:FederatedIdentityCredential")
+        if r.plain["resourceName"] == bootstrap.outputs["name"]
+    ]
+    assert federation["subject"] == f"system:serviceaccount:ggufstack:{pod['serviceAccountName']}"
+    last_admin = stack.of_type("azure-native:dbforpostgresql:AdministratorsMicrosoftEntra")[-1]
+    assert last_admin.urn in job_registration.dependencies
+    (server,) = [
+        r
+        for r, o in stack.kubernetes_objects()
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "ggufstack-server"
+    ]
+    assert job_registration.urn in server.dependencies
+
+
+def _kinds(stack: StackRun, kind: str) -> list:
+    return [(r, o) for r, o in stack.kubernetes_objects() if o["kind"] == kind]
+
+
+def _identity_named(stack: StackRun, name: str) -> Registration:
+    (identity,) = [
+        r for r in stack.of_type("azure-native:managedidentity:UserAssignedIdentity") if r.plain["resourceName"] == name
+    ]
+    return identity
 
 
 def test_postgres_backups_are_geo_redundant_where_configured(stack: StackRun) -> None:
@@ -269,7 +340,7 @@ def test_registry_is_premium_and_private_where_private_endpoints_are_on(
 
 def test_kubelet_identity_may_pull_from_the_registry(stack: StackRun) -> None:
     registry = stack.one("azure-native:containerregistry:Registry")
-    kubelet = stack.one("azure-native:containerservice:ManagedCluster").state["identityProfile"]["kubeletidentity"]
+    kubelet = stack.managed_cluster().state["identityProfile"]["kubeletidentity"]
     (pull,) = [r for r in stack.of_type("azure-native:authorization:RoleAssignment") if r.plain["scope"] == registry.id]
     assert pull.plain["roleDefinitionId"] == (
         f"/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/roleDefinitions/{ACR_PULL}"
@@ -277,3 +348,23 @@ def test_kubelet_identity_may_pull_from_the_registry(stack: StackRun) -> None:
     assert pull.plain["principalId"] == kubelet["objectId"]
     assert pull.plain["principalType"] == "ServicePrincipal"
     assert stack.by_urn(pull.parent).type == "ggufstack:infra:Registry"
+
+
+def test_a_dev_preview_lists_no_redis_keys_and_shows_no_change_to_the_secrets_that_hold_them() -> None:
+    """Pull requests preview dev as a Reader (README, CI), and listing a database's keys is an action Reader lacks
+    ("Azure built-in roles": Reader has `*/read` only; `listKeys` is a POST action,
+    https://learn.microsoft.com/azure/role-based-access-control/built-in-roles#reader): the preview failed. The key
+    is unknown in a preview, and the secrets holding it ignore their value there."""
+    preview = run_program("dev", stack_config("dev"), preview=True)
+    assert "azure-native:redisenterprise:listDatabaseKeys" not in preview.calls
+    holders = {
+        r.plain["secretName"]: r.ignore_changes
+        for r in preview.of_type("azure-native:keyvault:Secret")
+        if r.plain["secretName"] in ("redis-access-key", "redis-url")
+    }
+    assert holders == {"redis-access-key": ["properties.value"], "redis-url": []}
+
+
+def test_dev_up_still_reads_the_redis_key(dev: StackRun) -> None:
+    assert "azure-native:redisenterprise:listDatabaseKeys" in dev.calls
+    assert all(not r.ignore_changes for r in dev.of_type("azure-native:keyvault:Secret"))

@@ -6,6 +6,7 @@ SecretProviderClass, their fields are asserted here one by one, including that n
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,6 +18,11 @@ from tests.infra.harness import StackRun
 
 def _object(stack: StackRun, kind: str) -> dict[str, Any]:
     (obj,) = [o for _, o in stack.kubernetes_objects() if o["kind"] == kind]
+    return obj
+
+
+def _named(stack: StackRun, kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [o for _, o in stack.kubernetes_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
     return obj
 
 
@@ -75,26 +81,54 @@ def test_gateway_terminates_tls_for_the_host_with_the_key_vault_certificate(stac
         443,
         stack.cfg.ingress_host_name,
     )
-    assert listener["tls"] == {
-        "mode": "Terminate",
-        "certificateRefs": [{"kind": "Secret", "name": "ggufstack-server-tls", "namespace": "ggufstack"}],
-    }
-    provider_class = _object(stack, "SecretProviderClass")
+    # The TLS secret lives next to the Gateway, so no ReferenceGrant is needed.
+    assert listener["tls"] == {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "ggufstack-tls"}]}
+    assert not [o for _, o in stack.kubernetes_objects() if o["kind"] == "ReferenceGrant"]
+
+
+def test_the_certificate_has_its_own_secret_provider_class_and_sync_pod_in_the_gateways_namespace(
+    stack: StackRun,
+) -> None:
+    """The Secrets Store CSI driver fails a whole mount when one object is missing, so the server, whose
+    SecretProviderClass also held the hand-imported certificate, stayed in ContainerCreating until someone imported
+    it. Microsoft's pattern ("Set up Secrets Store CSI Driver to enable NGINX Ingress Controller with TLS",
+    https://learn.microsoft.com/azure/aks/csi-secrets-store-nginx-tls): a SecretProviderClass for the certificate
+    and a pod mounting it in the ingress's namespace, which the driver's secretObjects sync into a TLS secret."""
+    vault = stack.one("azure-native:keyvault:Vault").outputs["name"]
+    reader = next(
+        r
+        for r in stack.of_type("azure-native:managedidentity:UserAssignedIdentity")
+        if r.plain["resourceName"] == f"id-{stack.name}-tls"
+    )
+    provider_class = _named(stack, "SecretProviderClass", "ggufstack-tls")
+    assert provider_class["metadata"]["namespace"] == "ggufstack-ingress"
+    parameters = provider_class["spec"]["parameters"]
+    assert (parameters["keyvaultName"], parameters["clientID"]) == (vault, reader.outputs["clientId"])
+    objects = [json.loads(o) for o in json.loads(parameters["objects"])["array"]]
+    assert objects == [{"objectName": stack.cfg.ingress_certificate_name, "objectType": "secret"}]
     (synced,) = provider_class["spec"]["secretObjects"]
     assert synced == {
-        "secretName": "ggufstack-server-tls",
+        "secretName": "ggufstack-tls",
         "type": "kubernetes.io/tls",
         "data": [
             {"objectName": stack.cfg.ingress_certificate_name, "key": "tls.key"},
             {"objectName": stack.cfg.ingress_certificate_name, "key": "tls.crt"},
         ],
     }
-    grant = _object(stack, "ReferenceGrant")
-    assert grant["metadata"]["namespace"] == "ggufstack"
-    assert grant["spec"] == {
-        "from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "ggufstack-ingress"}],
-        "to": [{"group": "", "kind": "Secret", "name": "ggufstack-server-tls"}],
-    }
+    sync = _named(stack, "Deployment", "certificate-sync")
+    assert sync["metadata"]["namespace"] == "ggufstack-ingress"
+    assert sync["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    pod = sync["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "certificate-sync"
+    assert [v["csi"]["volumeAttributes"] for v in pod["volumes"]] == [{"secretProviderClass": "ggufstack-tls"}]
+    account = _named(stack, "ServiceAccount", "certificate-sync")
+    assert account["metadata"]["annotations"]["azure.workload.identity/client-id"] == reader.outputs["clientId"]
+    (federation,) = [
+        r.plain
+        for r in stack.of_type("azure-native:managedidentity:FederatedIdentityCredential")
+        if r.plain["resourceName"] == reader.outputs["name"]
+    ]
+    assert federation["subject"] == "system:serviceaccount:ggufstack-ingress:certificate-sync"
 
 
 def test_route_streams_to_the_service_with_long_timeouts(stack: StackRun) -> None:
@@ -132,7 +166,7 @@ def test_dev_ingress_is_public_for_the_configured_ranges_only(dev: StackRun) -> 
     assert not [r for r in dev.of_type("azure-native:privatedns:PrivateRecordSet")]
 
 
-@pytest.mark.parametrize("kind", ["Gateway", "HTTPRoute", "ReferenceGrant", "ScaledObject", "TriggerAuthentication"])
+@pytest.mark.parametrize("kind", ["Gateway", "HTTPRoute", "ScaledObject", "TriggerAuthentication"])
 def test_custom_resources_carry_the_stack_labels(stack: StackRun, kind: str) -> None:
     labels = _object(stack, kind)["metadata"]["labels"]
     assert labels["app.kubernetes.io/part-of"] == "ggufstack"

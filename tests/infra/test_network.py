@@ -155,7 +155,7 @@ def test_diagnostics_send_every_data_service_registry_and_aks_logs_to_the_worksp
         stack.one("azure-native:keyvault:Vault").id: {"audit"},
         stack.one("azure-native:storage:StorageAccount").id + "/blobServices/default": {"allLogs"},
         stack.one("azure-native:dbforpostgresql:Server").id: {"allLogs"},
-        stack.one("azure-native:containerservice:ManagedCluster").id: set(AKS_LOG_CATEGORIES),
+        stack.managed_cluster().id: set(AKS_LOG_CATEGORIES),
         stack.one("azure-native:redisenterprise:Database").id: {"allLogs"},
         stack.one("azure-native:containerregistry:Registry").id: {"allLogs"},
     }
@@ -176,13 +176,33 @@ def test_postgres_subnet_reaches_storage_through_a_service_endpoint(stack: Stack
 
 def test_nodes_egress_through_the_cluster_load_balancer(stack: StackRun) -> None:
     # The node subnet has no default outbound access either: AKS's load balancer outbound rules are its egress.
-    profile = stack.one("azure-native:containerservice:ManagedCluster").plain["networkProfile"]
+    profile = stack.managed_cluster().plain["networkProfile"]
     assert (profile["outboundType"], profile["loadBalancerSku"]) == ("loadBalancer", "standard")
 
 
 def test_prod_api_server_is_vnet_integrated_in_its_delegated_subnet(prod: StackRun) -> None:
     subnet = _subnets(prod)["aks-api-server"]
-    profile = prod.one("azure-native:containerservice:ManagedCluster").plain["apiServerAccessProfile"]
+    profile = prod.managed_cluster().plain["apiServerAccessProfile"]
     assert subnet.plain["delegations"] == [{"name": "aks", "serviceName": "Microsoft.ContainerService/managedClusters"}]
     assert (profile["enableVnetIntegration"], profile["subnetId"]) == (True, subnet.id)
     assert ipaddress.IPv4Network(subnet.plain["addressPrefix"]).prefixlen == 28
+
+
+def test_a_public_ingress_is_let_through_the_nodes_subnet_nsg_from_its_source_ranges_only(stack: StackRun) -> None:
+    """AKS writes a public load balancer's rules only into the NSG of its node resource group; an NSG on the nodes'
+    own subnet is evaluated as well and AKS leaves it alone ("Network concepts for applications in AKS", Network
+    security groups, https://learn.microsoft.com/azure/aks/concepts-network), so without a rule there Internet
+    traffic to dev's public gateway was dropped."""
+    (nodes,) = [
+        r.plain
+        for r in stack.of_type("azure-native:network:NetworkSecurityGroup")
+        if r.plain["networkSecurityGroupName"] == f"nsg-{stack.name}-nodes"
+    ]
+    allowed = [rule for rule in nodes.get("securityRules", []) if rule["access"] == "Allow"]
+    if stack.cfg.ingress_exposure == "public" and stack.cfg.ingress_host_name:
+        (rule,) = allowed
+        assert (rule["direction"], rule["protocol"], rule["destinationPortRange"]) == ("Inbound", "Tcp", "443")
+        assert rule["sourceAddressPrefixes"] == stack.cfg.ingress_source_ranges
+        assert "sourceAddressPrefix" not in rule
+    else:
+        assert allowed == []

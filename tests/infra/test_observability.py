@@ -19,7 +19,7 @@ def _k8s(stack: StackRun, kind: str) -> list[dict[str, Any]]:
 
 
 def test_container_insights_has_its_rule_and_association_on_the_cluster(stack: StackRun) -> None:
-    cluster = stack.one("azure-native:containerservice:ManagedCluster")
+    cluster = stack.managed_cluster()
     workspace = stack.one("azure-native:operationalinsights:Workspace").id
     rule = next(
         r
@@ -45,7 +45,7 @@ def test_container_insights_has_its_rule_and_association_on_the_cluster(stack: S
 def test_managed_prometheus_writes_to_the_workspace_through_rules_associated_with_the_cluster(
     stack: StackRun,
 ) -> None:
-    cluster = stack.one("azure-native:containerservice:ManagedCluster").id
+    cluster = stack.managed_cluster().id
     workspace = stack.one("azure-native:monitor:AzureMonitorWorkspace").id
     endpoint = stack.one("azure-native:monitor:DataCollectionEndpoint").id
     rule = stack.one("azure-native:monitor:DataCollectionRule", "prometheus-rule")
@@ -125,7 +125,7 @@ def test_scale_query_counts_waiting_and_busy_generations() -> None:
 
 def test_pod_monitor_scrapes_the_servers_metrics_port_as_the_job(stack: StackRun) -> None:
     (monitor,) = _k8s(stack, "PodMonitor")
-    (deployment,) = _k8s(stack, "Deployment")
+    (deployment,) = [d for d in _k8s(stack, "Deployment") if d["metadata"]["name"] == "ggufstack-server"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert monitor["apiVersion"] == "azmonitoring.coreos.com/v1"

@@ -49,7 +49,7 @@ def test_gpu_pool_declares_the_pod_limit_the_reservation_assumes(stack: StackRun
 
 def test_server_requests_fit_the_gpu_nodes_share(stack: StackRun) -> None:
     share = stack.cfg.replica_share
-    (deployment,) = [o for _, o in stack.kubernetes_objects() if o["kind"] == "Deployment"]
+    (deployment,) = [o for _, o in stack.kubernetes_objects() if o["kind"] == "Deployment" and _server(o)]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     cpu = container["resources"]["requests"]["cpu"]
     millicores = int(cpu[:-1]) if cpu.endswith("m") else int(cpu) * 1000
@@ -58,6 +58,10 @@ def test_server_requests_fit_the_gpu_nodes_share(stack: StackRun) -> None:
 
 
 def test_dev_requests_its_whole_share(dev: StackRun) -> None:
-    (deployment,) = [o for _, o in dev.kubernetes_objects() if o["kind"] == "Deployment"]
+    (deployment,) = [o for _, o in dev.kubernetes_objects() if o["kind"] == "Deployment" and _server(o)]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["requests"]["cpu"] == "2800m"
+
+
+def _server(obj: dict) -> bool:
+    return obj["metadata"]["name"] == "ggufstack-server"

@@ -68,7 +68,7 @@ TAGGABLE = {
         "resources:ResourceGroup", "network:VirtualNetwork", "network:NetworkSecurityGroup", "network:PrivateEndpoint",
         "privatedns:PrivateZone", "privatedns:VirtualNetworkLink", "operationalinsights:Workspace", "keyvault:Vault",
         "storage:StorageAccount", "dbforpostgresql:Server", "redisenterprise:RedisEnterprise",
-        "containerregistry:Registry", "managedidentity:UserAssignedIdentity", "containerservice:ManagedCluster",
+        "containerregistry:Registry", "managedidentity:UserAssignedIdentity", "resources:Resource",
         "containerservice:AgentPool", "monitor:DataCollectionRule", "monitor:DataCollectionEndpoint",
         "monitor:AzureMonitorWorkspace", "alertsmanagement:PrometheusRuleGroup", "dashboard:Grafana",
         "applicationinsights:Component",
