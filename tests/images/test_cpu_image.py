@@ -55,7 +55,7 @@ def cpu_image() -> str:
 
 
 def image_config(image: str) -> dict:
-    return json.loads(buildah("inspect", "--type", "image", "--format", "{{json .Docker.Config}}", image))
+    return json.loads(buildah("inspect", "--type", "image", image))["Docker"]["config"]
 
 
 @pytest.fixture
