@@ -99,19 +99,20 @@ async def test_a_request_for_n_choices_waits_for_n_free_slots_and_counts_n_again
     model: LlamaModel,
 ) -> None:
     async with running_engine(model, n_slots=2, max_queue=2) as engine:
-        long = request(engine, "Once upon a time", 40)
-        busy = asyncio.create_task(run(engine, long))
+        # Holds one slot until the test cancels it: no end of generation, a budget near the slot's context.
+        busy = asyncio.create_task(run(engine, request(engine, "Once upon a time", 480)))
         while engine.stats().slots_busy == 0:
             await asyncio.sleep(0.01)
         req = request(engine, PROMPT, 4)
         pair = asyncio.create_task(events_of(engine, replace(req, n=2)))
-        await asyncio.sleep(0.2)
+        while engine.stats().queue_depth == 0:
+            await asyncio.sleep(0.001)
         # One slot is free, but the pair needs two: it waits, and holds two of the queue's places.
-        assert engine.stats().queue_depth == 1
+        assert engine.stats().queue_depth == 1 and engine.stats().slots_busy == 1 and not pair.done()
         with pytest.raises(EngineOverloadedError):
             engine.generate(replace(req, n=2))
+        busy.cancel()
         events = await pair
-        await busy
         assert events[-1].completion_tokens == 8
         assert engine.stats().slots_busy == 0
 
