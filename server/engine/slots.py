@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from server.engine.base import TokenLogprob
 from server.engine.handoff import Job
-from server.engine.llama_model import Sampler
+from server.engine.sampler import Sampler
 from server.engine.text import TextAssembler
 
 

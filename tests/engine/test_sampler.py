@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from server.engine.base import SamplingParams
-from server.engine.llama_model import LlamaModel, inverse_cdf
+from server.engine.llama_model import LlamaModel
+from server.engine.sampler import inverse_cdf
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then it"
 
