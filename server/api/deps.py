@@ -61,7 +61,9 @@ AdminKeysDep = Annotated[KeyStore, Depends(_admin_keys)]
 def _serving(request: Request, holder: HolderDep, caller: CallerDep) -> ServingContext:
     pipeline: Pipeline = request.app.state.pipeline
     conversation_id = request.headers.get(CONVERSATION_HEADER) or None
-    return ServingContext(holder, pipeline, caller, request.state.request_id, conversation_id)
+    return ServingContext(
+        holder, pipeline, caller, request.state.request_id, conversation_id, request.state.client_request_id
+    )
 
 
 ServingDep = Annotated[ServingContext, Depends(_serving)]

@@ -66,6 +66,7 @@ class RecordStage:
             ttft_ms=(job.first_token_at - job.arrived_at) * 1000 if job.first_token_at else None,
             status=status,
             cache_hit=job.cache_hit,
+            client_request_id=job.client_request_id,
         )
         if answer is None or job.conversation_id is None or status != 200:
             return Record(row)

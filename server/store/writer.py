@@ -26,8 +26,8 @@ _UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, O
 
 _AUDIT_INSERT = (
     "INSERT INTO audit_log (request_id, key_id, created_at, endpoint, model, model_version, prompt_tokens, "
-    "completion_tokens, latency_ms, ttft_ms, status, cache_hit) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
+    "completion_tokens, latency_ms, ttft_ms, status, cache_hit, client_request_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
 )
 _MESSAGE_INSERT = (
     "INSERT INTO conversation_messages (conversation_id, key_id, request_id, position, role, content, created_at) "
@@ -49,6 +49,7 @@ class AuditRow:
     ttft_ms: float | None
     status: int
     cache_hit: bool
+    client_request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 class AccessRecord:
     method: str
     path: str
+    client_request_id: str | None = None  # the client's X-Request-Id, beside the server's own id
     route: str = "unmatched"
     status: int = 0
     duration_s: float = 0.0
