@@ -58,6 +58,9 @@ class ServingJob:
     cache_hit: bool = False
     first_token_at: float | None = None
     finished: Finished | None = None
+    # Completion tokens the engine generated, set when the last stage ends however it ends: what a generation that
+    # never reached Finished (a client gone, a drain, a failure) is charged and recorded with.
+    generated_tokens: int = 0
     embedding_inputs: list[list[int]] = field(default_factory=list)
     embeddings: list[list[float]] | None = None
 

@@ -61,7 +61,7 @@ class RecordStage:
             model=job.model.model_id,
             model_version=job.model.sha256,
             prompt_tokens=finished.prompt_tokens if finished else job.prompt_tokens,
-            completion_tokens=finished.completion_tokens if finished else 0,
+            completion_tokens=finished.completion_tokens if finished else job.generated_tokens,
             latency_ms=(now - job.arrived_at) * 1000,
             ttft_ms=(job.first_token_at - job.arrived_at) * 1000 if job.first_token_at else None,
             status=status,
