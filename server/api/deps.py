@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from server.access.api_keys import KeyStore, same_secret
 from server.access.authenticate import bearer_token
+from server.api.middleware import ACCEPTABLE_ID
 from server.lifecycle.holder import ModelHolder
 from server.serving.assemble import DataPlane
 from server.serving.errors import APIError
@@ -58,9 +59,25 @@ PlaneDep = Annotated[DataPlane, Depends(_plane)]
 AdminKeysDep = Annotated[KeyStore, Depends(_admin_keys)]
 
 
+def _conversation_id(request: Request) -> str | None:
+    """X-Conversation-Id, held to the request id's rules: it becomes a stored, indexed value (one of 8 KB broke the
+    index and, with it, the audit writer), so a long or odd one is a 400 rather than a surprise later."""
+    value = request.headers.get(CONVERSATION_HEADER)
+    if not value:
+        return None
+    if not ACCEPTABLE_ID.fullmatch(value):
+        raise APIError(
+            400,
+            "X-Conversation-Id must be 1 to 128 characters among letters, digits and . _ : -",
+            param="X-Conversation-Id",
+            code="invalid_conversation_id",
+        )
+    return value
+
+
 def _serving(request: Request, holder: HolderDep, caller: CallerDep) -> ServingContext:
     pipeline: Pipeline = request.app.state.pipeline
-    conversation_id = request.headers.get(CONVERSATION_HEADER) or None
+    conversation_id = _conversation_id(request)
     return ServingContext(
         holder, pipeline, caller, request.state.request_id, conversation_id, request.state.client_request_id
     )

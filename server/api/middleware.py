@@ -23,7 +23,7 @@ from server.telemetry.logging import AccessRecord, access_record_var, log_access
 
 REQUEST_ID_HEADER = "x-request-id"
 # A client's id is kept only if it is short and plain, so it can't forge log lines or blow up a log store.
-_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes arrive every few seconds; their access lines are debug-level noise.
 _QUIET_PREFIXES = ("/health/", "/metrics")
 
@@ -33,7 +33,7 @@ def client_request_id_from(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER.encode():
             candidate = value.decode("latin-1")
-            return candidate if _ACCEPTABLE_ID.fullmatch(candidate) else None
+            return candidate if ACCEPTABLE_ID.fullmatch(candidate) else None
     return None
 
 
