@@ -40,12 +40,8 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     if settings.database_url is not None:
         database = await open_database(settings, resources, credential)
         keys = KeyStore(database.pool)
-        verifier = KeyVerifier(
-            keys,
-            cache_ttl_s=settings.key_cache_ttl_s,
-            outage_grace_s=settings.key_outage_grace_s,
-            outage=database.outage,
-        )
+        # Its own outage state: the audit writer's troubles must not switch key checks to outage mode.
+        verifier = KeyVerifier(keys, cache_ttl_s=settings.key_cache_ttl_s, outage_grace_s=settings.key_outage_grace_s)
         conversations = ConversationStore(database.pool)
         stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
     if keys is None and admin_key is None:

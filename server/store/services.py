@@ -84,7 +84,7 @@ async def open_database(
     pool = create_pool(settings.database_url.get_secret_value(), credential)
     await pool.open(wait=False)
     resources.push_async_callback(pool.close)
-    outage = Outage("postgresql")
+    outage = Outage("postgresql", use="audit log")
     writer = AuditWriter(pool, max_queue=settings.audit_queue_max, outage=outage)
     resources.push_async_callback(writer.drain, DRAIN_TIMEOUT_S)
     try:

@@ -139,8 +139,9 @@ rate_limited = Counter(
 )
 dependency_outages = Counter(
     _base(DEPENDENCY_OUTAGES, "_total"),
-    "Times a dependency (postgresql, redis) became unreachable; one per outage, not per failed call.",
-    ["dependency"],
+    "Times a dependency (postgresql, redis) became unreachable, by the use that noticed (audit log, key checks; all "
+    "for Redis); one per outage and use, not per failed call.",
+    ["dependency", "use"],
     registry=REGISTRY,
 )
 audit_rows_dropped = Counter(
