@@ -31,12 +31,24 @@ def _plane(request: Request) -> DataPlane:
 
 
 def _admin_keys(request: Request) -> KeyStore:
-    """The key store, for a request that carries the admin key (401 otherwise; 503 without a database)."""
+    """The key store, for a request that carries the admin key (401 otherwise; 429 for an address that failed too
+    often; 503 without a database)."""
     plane = _plane(request)
     if plane.admin_key is None:
         raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
+    address = request.client.host if request.client is not None else "unknown"
+    wait_s = plane.admin_attempts.retry_after_s(address)
+    if wait_s is not None:
+        raise APIError(
+            429,
+            f"too many failed admin API key attempts from this address; retry in {wait_s} s",
+            type="rate_limit_error",
+            code="too_many_failed_attempts",
+            headers={"Retry-After": str(wait_s)},
+        )
     key = bearer_token(request.headers.get("authorization"))
     if key is None or not same_secret(key, plane.admin_key):
+        plane.admin_attempts.failed(address)
         raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
     if plane.keys is None:
         raise APIError(

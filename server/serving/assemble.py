@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.access.api_keys import KeyStore, KeyVerifier
 from server.access.authenticate import KeyAuthenticator
+from server.access.throttle import FailureThrottle
 from server.serving.job import Authenticator, open_access
 from server.serving.observe import observe
 from server.serving.permit import permit
@@ -28,6 +29,8 @@ class DataPlane:
     verifier: KeyVerifier | None = None
     conversations: ConversationStore | None = None
     admin_key: str | None = None
+    # Failed admin-key attempts per client address: the admin API refuses an address that keeps guessing.
+    admin_attempts: FailureThrottle = field(default_factory=FailureThrottle)
 
 
 async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
