@@ -312,6 +312,7 @@ class KeyVerifier:
     def forget(self, key_id: str) -> None:
         """Drop a revoked key's validation at once (on the replica that revoked it), and any lookup's under way."""
         now = time.monotonic()
+        # Long past any lookup that could still be under way (a few seconds at most); revocations are rare.
         self._revoked = {k: at for k, at in self._revoked.items() if now - at < 600}
         self._revoked[key_id] = now
         for digest in [d for d, v in self._validated.items() if v.record.id == key_id]:
