@@ -7,9 +7,11 @@ names of the environment variables are defined here once and both sides use them
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -231,6 +233,31 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise SettingsError(describe_validation_error(exc)) from None
         return {cls.env_name(k): _env_value(v) for k, v in values.items()}
+
+
+REDACTED = "REDACTED"
+# A URL's query string, wherever it sits in a text (an SDK's error message, say): a SAS token lives there.
+_URL_QUERY = re.compile(r"(https?://[^\s?#]*)\?[^\s#]*", re.IGNORECASE)
+
+
+def redacted_url(url: str) -> str:
+    """`url` fit to show (readiness, logs, `ggufstack settings`): a SAS token or other query string and a password
+    replaced by REDACTED. GGUFSTACK_BLOB_ACCOUNT_URL may carry a SAS, which is as good as the storage key."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:{REDACTED}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, REDACTED if parts.query else "", ""))
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL's query string replaced by REDACTED."""
+    return _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
 
 
 def _env_value(value: Any) -> str:

@@ -5,18 +5,28 @@ prefix (to tell keys apart in a listing) are stored, and the key is shown once, 
 looks the hash up and compares it with `hmac.compare_digest`.
 
 Validations are remembered in memory for `cache_ttl_s`, so most requests do not touch PostgreSQL: a revoked key keeps
-working for at most that long on replicas other than the one that revoked it. While PostgreSQL is unreachable, a key
-validated within the last `outage_grace_s` keeps working; an unknown key then gets 503, since it cannot be checked.
+working for at most that long on replicas other than the one that revoked it (at once on that one). While PostgreSQL
+is unreachable, a key validated within the last `outage_grace_s` keeps working; an unknown key then gets 503, since
+it cannot be checked.
+
+A flood of made-up bearer tokens must neither reach PostgreSQL unbounded nor pass for an outage, since an outage is
+what stretches a revoked key's life from `cache_ttl_s` to `outage_grace_s`. So: a token that is not shaped like a key
+is refused without a query; a miss is remembered briefly (a bounded map); at most a few lookups run at once, so the
+flood cannot take the connection pool from the audit writer; and only a failure to reach PostgreSQL counts as an
+outage. A database that is merely slow makes an unchecked key wait and then get 503: never a free pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,11 +37,14 @@ from psycopg import AsyncCursor
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from server.store.errors import is_connection_failure, is_transient
 from server.store.outage import Outage
 
 KEY_PREFIX = "gsk-"
 # What create() issues; anything else names no key and is not sent to PostgreSQL (which refuses NUL, for one).
 _KEY_ID = re.compile(r"key_[0-9a-f]{16}")
+# What new_key() issues: anything else cannot be a key, and is refused without asking PostgreSQL.
+_KEY_SHAPE = re.compile(r"gsk-[A-Za-z0-9_-]{43}")
 DISPLAY_PREFIX_LENGTH = 12
 
 
@@ -42,12 +55,20 @@ class StoreUnavailableError(Exception):
     """PostgreSQL cannot be reached; the message names no host, user or secret."""
 
 
+class StoreBusyError(StoreUnavailableError):
+    """PostgreSQL is up but did not answer in time (a statement timeout, a lock, no room): not an outage."""
+
+
 class InvalidKeyError(Exception):
     """No such key, or it was revoked."""
 
 
 class KeyCheckUnavailableError(Exception):
     """PostgreSQL is unreachable and the key was not validated recently enough to be trusted without it."""
+
+
+class KeyCheckBusyError(KeyCheckUnavailableError):
+    """The key needs a lookup and PostgreSQL (or this replica's share of lookups) is too busy to make it in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +122,12 @@ class KeyStore:
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=class_row(row)) as cur:
                 yield cur
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
-            raise StoreUnavailableError(f"PostgreSQL is unreachable ({type(exc).__name__})") from exc
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            if is_connection_failure(exc):
+                raise StoreUnavailableError(f"PostgreSQL is unreachable ({type(exc).__name__})") from exc
+            if is_transient(exc):
+                raise StoreBusyError(f"PostgreSQL is busy ({type(exc).__name__})") from exc
+            raise
 
     async def create(
         self,
@@ -183,43 +208,101 @@ class _Validation:
     at: float
 
 
+class _RecentMisses:
+    """Hashes that named no key, each for `ttl_s`; the oldest are forgotten beyond `max_entries`."""
+
+    def __init__(self, ttl_s: float, max_entries: int) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._at: OrderedDict[bytes, float] = OrderedDict()
+
+    def add(self, digest: bytes, now: float) -> None:
+        self._at[digest] = now
+        self._at.move_to_end(digest)
+        while len(self._at) > self._max_entries:
+            self._at.popitem(last=False)
+
+    def __call__(self, digest: bytes, now: float) -> bool:
+        at = self._at.get(digest)
+        if at is None:
+            return False
+        if now - at < self._ttl_s:
+            return True
+        del self._at[digest]
+        return False
+
+
 class KeyVerifier:
-    """Turns a presented key into its record, through a short-lived in-memory cache of validations."""
+    """Turns a presented key into its record, through a short-lived in-memory cache of validations (and of misses)."""
 
     def __init__(
-        self, store: KeyStore, *, cache_ttl_s: float, outage_grace_s: float, outage: Outage | None = None
+        self,
+        store: KeyStore,
+        *,
+        cache_ttl_s: float,
+        outage_grace_s: float,
+        outage: Outage | None = None,
+        max_lookups: int = 4,
+        lookup_wait_s: float = 2.0,
+        miss_cache_size: int = 10_000,
     ) -> None:
         self._store = store
         self._cache_ttl_s = cache_ttl_s
         self._outage_grace_s = max(outage_grace_s, cache_ttl_s)
-        self._outage = outage or Outage("postgresql")
+        self._outage = outage or Outage("postgresql", use="key checks")
         self._validated: dict[bytes, _Validation] = {}
+        self._misses = _RecentMisses(cache_ttl_s, miss_cache_size)
+        # Fewer than the pool's connections, so lookups alone never leave the audit writer without one.
+        self._lookups = asyncio.Semaphore(max_lookups)
+        self._lookup_wait_s = lookup_wait_s
+        # key id -> when this replica revoked it; a lookup that started before then may have read the key as active.
+        self._revoked: dict[str, float] = {}
 
     async def verify(self, key: str) -> KeyRecord:
-        """Raises InvalidKeyError, or KeyCheckUnavailableError when PostgreSQL cannot be asked."""
+        """Raises InvalidKeyError, or KeyCheckUnavailableError (KeyCheckBusyError) when PostgreSQL cannot be asked."""
+        if not _KEY_SHAPE.fullmatch(key):
+            raise InvalidKeyError("invalid API key")
         digest = hash_key(key)
         cached = self._validated.get(digest)
         now = time.monotonic()
         if cached is not None and now - cached.at < self._cache_ttl_s:
             return cached.record
+        if self._misses(digest, now):
+            raise InvalidKeyError("invalid API key")
         if not self._outage.should_try():
             return self._during_outage(cached, now)
         try:
-            found = await self._store.find(key)
+            found = await self._lookup(key)
+        except StoreBusyError:
+            raise KeyCheckBusyError("the key store is busy") from None
         except StoreUnavailableError as exc:
             self._outage.failed(exc, "only keys validated recently are accepted")
             return self._during_outage(cached, now)
         self._outage.succeeded()
         if found is None:
             self._validated.pop(digest, None)
+            self._misses.add(digest, now)
             raise InvalidKeyError("invalid API key")
         record, stored_hash = found
         if not hmac.compare_digest(stored_hash, digest):
             raise InvalidKeyError("invalid API key")
+        if self._revoked.get(record.id, -math.inf) >= now:
+            raise InvalidKeyError("invalid API key")  # revoked here while the lookup was under way
         self._validated[digest] = _Validation(record, digest, now)
         if len(self._validated) > 10_000:
             self._forget_expired(now)
         return record
+
+    async def _lookup(self, key: str) -> tuple[KeyRecord, bytes] | None:
+        try:
+            async with asyncio.timeout(self._lookup_wait_s):
+                await self._lookups.acquire()
+        except TimeoutError:
+            raise StoreBusyError("too many key lookups are waiting") from None
+        try:
+            return await self._store.find(key)
+        finally:
+            self._lookups.release()
 
     def _during_outage(self, cached: _Validation | None, now: float) -> KeyRecord:
         if cached is not None and now - cached.at < self._outage_grace_s:
@@ -227,7 +310,11 @@ class KeyVerifier:
         raise KeyCheckUnavailableError("the key store is unreachable")
 
     def forget(self, key_id: str) -> None:
-        """Drop a revoked key's validation at once (on the replica that revoked it)."""
+        """Drop a revoked key's validation at once (on the replica that revoked it), and any lookup's under way."""
+        now = time.monotonic()
+        # Long past any lookup that could still be under way (a few seconds at most); revocations are rare.
+        self._revoked = {k: at for k, at in self._revoked.items() if now - at < 600}
+        self._revoked[key_id] = now
         for digest in [d for d, v in self._validated.items() if v.record.id == key_id]:
             del self._validated[digest]
 

@@ -5,7 +5,13 @@ The admin key (when set) is accepted everywhere, without limits; with no key sto
 
 from __future__ import annotations
 
-from server.access.api_keys import InvalidKeyError, KeyCheckUnavailableError, KeyVerifier, same_secret
+from server.access.api_keys import (
+    InvalidKeyError,
+    KeyCheckBusyError,
+    KeyCheckUnavailableError,
+    KeyVerifier,
+    same_secret,
+)
 from server.serving.errors import APIError
 from server.serving.job import Caller
 
@@ -40,6 +46,14 @@ class KeyAuthenticator:
             record = await self._verifier.verify(key)
         except InvalidKeyError:
             raise _unauthorized("Incorrect API key provided.") from None
+        except KeyCheckBusyError:
+            raise APIError(
+                503,
+                "API keys cannot be checked right now (the key store is busy); try again shortly",
+                type="service_unavailable",
+                code="key_store_busy",
+                headers={"Retry-After": "1"},
+            ) from None
         except KeyCheckUnavailableError:
             raise APIError(
                 503,

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from server.access.api_keys import KeyStore, same_secret
 from server.access.authenticate import bearer_token
+from server.api.middleware import ACCEPTABLE_ID
 from server.lifecycle.holder import ModelHolder
 from server.serving.assemble import DataPlane
 from server.serving.errors import APIError
@@ -30,12 +31,24 @@ def _plane(request: Request) -> DataPlane:
 
 
 def _admin_keys(request: Request) -> KeyStore:
-    """The key store, for a request that carries the admin key (401 otherwise; 503 without a database)."""
+    """The key store, for a request that carries the admin key (401 otherwise; 429 for an address that failed too
+    often; 503 without a database)."""
     plane = _plane(request)
     if plane.admin_key is None:
         raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
+    address = request.client.host if request.client is not None else "unknown"
+    wait_s = plane.admin_attempts.retry_after_s(address)
+    if wait_s is not None:
+        raise APIError(
+            429,
+            f"too many failed admin API key attempts from this address; retry in {wait_s} s",
+            type="rate_limit_error",
+            code="too_many_failed_attempts",
+            headers={"Retry-After": str(wait_s)},
+        )
     key = bearer_token(request.headers.get("authorization"))
     if key is None or not same_secret(key, plane.admin_key):
+        plane.admin_attempts.failed(address)
         raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
     if plane.keys is None:
         raise APIError(
@@ -58,10 +71,28 @@ PlaneDep = Annotated[DataPlane, Depends(_plane)]
 AdminKeysDep = Annotated[KeyStore, Depends(_admin_keys)]
 
 
+def _conversation_id(request: Request) -> str | None:
+    """X-Conversation-Id, held to the request id's rules: it becomes a stored, indexed value (one of 8 KB broke the
+    index and, with it, the audit writer), so a long or odd one is a 400 rather than a surprise later."""
+    value = request.headers.get(CONVERSATION_HEADER)
+    if not value:
+        return None
+    if not ACCEPTABLE_ID.fullmatch(value):
+        raise APIError(
+            400,
+            "X-Conversation-Id must be 1 to 128 characters among letters, digits and . _ : -",
+            param="X-Conversation-Id",
+            code="invalid_conversation_id",
+        )
+    return value
+
+
 def _serving(request: Request, holder: HolderDep, caller: CallerDep) -> ServingContext:
     pipeline: Pipeline = request.app.state.pipeline
-    conversation_id = request.headers.get(CONVERSATION_HEADER) or None
-    return ServingContext(holder, pipeline, caller, request.state.request_id, conversation_id)
+    conversation_id = _conversation_id(request)
+    return ServingContext(
+        holder, pipeline, caller, request.state.request_id, conversation_id, request.state.client_request_id
+    )
 
 
 ServingDep = Annotated[ServingContext, Depends(_serving)]

@@ -1,5 +1,10 @@
-"""Per-request context as pure ASGI middleware (so streamed responses pass through unbuffered): the request id,
-HTTP metrics, the access line, and the model version header."""
+"""Per-request context as pure ASGI middleware (so streamed responses pass through unbuffered): the request ids,
+HTTP metrics, the access line, and the model version header.
+
+Every request gets a server-generated id, the only one used as an identity (the audit row's key, the rate limiter's
+entries, the log lines). A client's own `X-Request-Id` is kept beside it for tracing (its own audit column, the
+access line) and echoed back, but never trusted to be unique: a repeated or guessed id must not merge requests.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +23,18 @@ from server.telemetry.logging import AccessRecord, access_record_var, log_access
 
 REQUEST_ID_HEADER = "x-request-id"
 # A client's id is kept only if it is short and plain, so it can't forge log lines or blow up a log store.
-_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes arrive every few seconds; their access lines are debug-level noise.
 _QUIET_PREFIXES = ("/health/", "/metrics")
 
 
-def request_id_from(scope: Scope) -> str:
+def client_request_id_from(scope: Scope) -> str | None:
+    """The client's X-Request-Id, if it is acceptable; one that is not is ignored (never an error: it only traces)."""
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER.encode():
             candidate = value.decode("latin-1")
-            if _ACCEPTABLE_ID.fullmatch(candidate):
-                return candidate
-            break
-    return uuid.uuid4().hex
+            return candidate if ACCEPTABLE_ID.fullmatch(candidate) else None
+    return None
 
 
 def _installed(scope: Scope) -> ServedModel | None:
@@ -46,18 +50,20 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(scope)
-        record = AccessRecord(method=scope["method"], path=scope["path"])
+        request_id = uuid.uuid4().hex
+        client_request_id = client_request_id_from(scope)
+        record = AccessRecord(method=scope["method"], path=scope["path"], client_request_id=client_request_id)
         id_token = request_id_var.set(request_id)
         record_token = access_record_var.set(record)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"], state["client_request_id"] = request_id, client_request_id
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
                 headers = MutableHeaders(scope=message)
-                headers.append(REQUEST_ID_HEADER, request_id)
+                headers.append(REQUEST_ID_HEADER, client_request_id or request_id)
                 # A generation names the model that ran it; any other response the model installed now.
                 if MODEL_VERSION_HEADER not in headers and (served := _installed(scope)) is not None:
                     headers.append(MODEL_VERSION_HEADER, served.sha256)

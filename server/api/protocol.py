@@ -6,6 +6,7 @@ what the server really answers.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -22,6 +23,41 @@ from pydantic import (
 
 if TYPE_CHECKING:
     from server.lifecycle.holder import Refusal, ServedModel
+
+# A JSON escape such as "\\ud800" decodes to a lone surrogate: a str that no UTF-8 encoder accepts. Let in, it fails
+# far from its source (the tokenizer, a log line, or PostgreSQL in the audit writer), so every request body refuses it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate_at(value: object, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Where in a parsed JSON body a string (or an object's key) holds a lone surrogate; None when none does."""
+    if isinstance(value, str):
+        return path if _LONE_SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate_at(key, (*path, str(key))) or _lone_surrogate_at(item, (*path, str(key)))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate_at(item, (*path, str(i)))
+            if found is not None:
+                return found
+    return None
+
+
+class RequestBody(BaseModel):
+    """A request body: its text, wherever it sits, is valid Unicode (a 400 naming the field otherwise)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: object) -> object:
+        where = _lone_surrogate_at(value)
+        if where is not None:
+            field = ".".join(where) or "the body"
+            raise ValueError(f"{field} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text")
+        return value
+
 
 Stop = Annotated[str, Field(min_length=1)]
 TokenIdKey = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="A token id, as a string.")]
@@ -62,7 +98,7 @@ ResponseFormat = Annotated[
 ]
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestBody):
     """Fields both endpoints share. Unknown fields are refused, like OpenAI's 'Unrecognized request argument'."""
 
     model_config = ConfigDict(extra="forbid")
@@ -257,7 +293,7 @@ EmbeddingInput = Annotated[
 ]
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1)
     input: EmbeddingInput
@@ -289,7 +325,7 @@ class EmbeddingRequest(BaseModel):
         return [item if isinstance(item, str) else list(item) for item in value]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
     content: str
     add_special: StrictBool = Field(False, description="Add the model's special tokens (BOS) as a prompt would.")
@@ -521,7 +557,7 @@ _INT32_MAX = 2**31 - 1  # the limits are PostgreSQL integers
 _NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 
 
-class KeyCreateRequest(BaseModel):
+class KeyCreateRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=_NO_NUL)

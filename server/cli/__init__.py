@@ -12,7 +12,7 @@ from rich.table import Table
 from server.cli.model import model_app
 from server.cli_keys import keys_app
 from server.key_vault import with_key_vault_secrets
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, load_settings, redacted_url
 from server.telemetry.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve GGUF models with an OpenAI-compatible API.")
@@ -83,5 +83,8 @@ def settings() -> None:
     table = Table("variable", "value", "meaning")
     for name, field in Settings.model_fields.items():
         value = getattr(current, name)
-        table.add_row(Settings.env_name(name), "" if value is None else str(value), field.description or "")
+        shown = "" if value is None else str(value)
+        if name.endswith("_url") and value is not None and not Settings.is_secret(name):
+            shown = redacted_url(shown)
+        table.add_row(Settings.env_name(name), shown, field.description or "")
     Console().print(table)

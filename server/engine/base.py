@@ -83,6 +83,20 @@ class Finished:
 GenerationEvent = TextDelta | ChoiceFinished | Finished
 
 
+class GenerationStream(Protocol):
+    """A generation's events; `aclose()` cancels it. `completion_tokens` counts the tokens generated so far (every
+    choice's), readable at any time: what a generation that never reached its Finished event cost."""
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
+
+    async def __anext__(self) -> GenerationEvent: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class EngineStats:
     """A snapshot of the engine's load and speed, for `/metrics`.
@@ -160,7 +174,7 @@ class Engine(Protocol):
 
     def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+    def generate(self, request: GenerationRequest) -> GenerationStream: ...
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One L2-normalised embedding per input (token ids)."""

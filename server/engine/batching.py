@@ -24,7 +24,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -38,8 +38,8 @@ from server.engine.base import (
     EngineOverloadedError,
     EngineStats,
     Finished,
-    GenerationEvent,
     GenerationRequest,
+    GenerationStream,
     TextDelta,
 )
 from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
@@ -182,7 +182,7 @@ class BatchingEngine:
     def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
         return self._model.render_chat(messages, tools)
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    def generate(self, request: GenerationRequest) -> GenerationStream:
         n_prompt = len(request.prompt_tokens)
         if n_prompt == 0:
             raise ContextOverflowError("the prompt is empty", param=request.prompt_param)
@@ -495,6 +495,7 @@ class BatchingEngine:
             self._finish(slot, "stop")
             return
         slot.generated += 1
+        job.completion_tokens += 1
         if sampling.logprobs is not None:
             slot.logprobs.append(self._model.logprob(self._ctx, index, token, sampling))
         delta = slot.text.push(self._model.piece(token))
@@ -512,7 +513,6 @@ class BatchingEngine:
         # Tokens of a stop string are not part of the answer, and neither are their log-probabilities.
         logprobs = () if slot.text.stopped else slot.take_logprobs()
         choice, n_prompt, generated = slot.choice, slot.n_prompt, slot.generated
-        job.completion_tokens += generated
         if choice == 0:
             job.first_finish_reason = reason
         decode_s = time.monotonic() - slot.first_token_at if slot.first_token_at is not None else None

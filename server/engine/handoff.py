@@ -27,7 +27,8 @@ class Job:
     cancelled: bool = False
     # Whether the job still counts against the engine's admission limit; guarded by the engine's lock.
     counted: bool = True
-    # Written by the engine thread only: slots still generating for the job, and what its ended choices add up to.
+    # Written by the engine thread only: slots still generating for the job, and the tokens its choices generated so
+    # far (read by the event loop when a generation ends early: what it cost).
     choices_running: int = 0
     completion_tokens: int = 0
     first_finish_reason: str = "stop"
@@ -48,6 +49,10 @@ class JobStream:
 
     def __aiter__(self) -> JobStream:
         return self
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._job.completion_tokens
 
     async def __anext__(self) -> GenerationEvent:
         if self._done:

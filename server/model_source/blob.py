@@ -37,6 +37,7 @@ from server.model_source.errors import ModelSourceError, SourceUnavailableError,
 from server.model_source.gguf import check_gguf_header
 from server.model_source.publish import ModelPublisher, PublishError
 from server.model_source.storage import container_client
+from server.settings import redact_urls, redacted_url
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -58,7 +59,7 @@ class BlobLocation:
     connection_string: str | None = None
 
     def describe(self) -> str:
-        where = self.account_url or "connection string"
+        where = redacted_url(self.account_url) if self.account_url else "connection string"
         return f"blob {self.container}/{self.name} ({where})"
 
 
@@ -327,4 +328,5 @@ def _safe(name: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    # An SDK's message may quote the URL it called, SAS and all.
+    return redact_urls(text.splitlines()[0]) if text else type(exc).__name__

@@ -9,6 +9,7 @@ from azure.identity import DefaultAzureCredential
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
 from server.model_source.errors import ModelSourceError
+from server.settings import redacted_url
 
 
 def quick_retry() -> ExponentialRetry:
@@ -32,5 +33,5 @@ def container_client(
         credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
         return ContainerClient(account_url, container, credential=credential, **options)
     except ValueError as exc:
-        where = account_url or "the connection string"
+        where = redacted_url(account_url) if account_url else "the connection string"
         raise ModelSourceError(f"cannot set up access to container {container} at {where}: {exc}") from None

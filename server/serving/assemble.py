@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.access.api_keys import KeyStore, KeyVerifier
 from server.access.authenticate import KeyAuthenticator
+from server.access.throttle import FailureThrottle
 from server.serving.job import Authenticator, open_access
 from server.serving.observe import observe
 from server.serving.permit import permit
@@ -28,6 +29,8 @@ class DataPlane:
     verifier: KeyVerifier | None = None
     conversations: ConversationStore | None = None
     admin_key: str | None = None
+    # Failed admin-key attempts per client address: the admin API refuses an address that keeps guessing.
+    admin_attempts: FailureThrottle = field(default_factory=FailureThrottle)
 
 
 async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
@@ -40,12 +43,8 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     if settings.database_url is not None:
         database = await open_database(settings, resources, credential)
         keys = KeyStore(database.pool)
-        verifier = KeyVerifier(
-            keys,
-            cache_ttl_s=settings.key_cache_ttl_s,
-            outage_grace_s=settings.key_outage_grace_s,
-            outage=database.outage,
-        )
+        # Its own outage state: the audit writer's troubles must not switch key checks to outage mode.
+        verifier = KeyVerifier(keys, cache_ttl_s=settings.key_cache_ttl_s, outage_grace_s=settings.key_outage_grace_s)
         conversations = ConversationStore(database.pool)
         stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
     if keys is None and admin_key is None:

@@ -19,7 +19,16 @@ async def create(body: EmbeddingRequest, ctx: ServingContext) -> Reply[Embedding
     async with lease_model(ctx.holder, body.model) as served:
         engine = served.engine
         inputs = [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
-        job = ServingJob(ctx.request_id, "embeddings", body, served, None, ctx.caller, embedding_inputs=inputs)
+        job = ServingJob(
+            ctx.request_id,
+            "embeddings",
+            body,
+            served,
+            None,
+            ctx.caller,
+            client_request_id=ctx.client_request_id,
+            embedding_inputs=inputs,
+        )
         job.response_headers[MODEL_VERSION_HEADER] = served.sha256
         async with aclosing(ctx.pipeline.run(job, terminal=embed)) as events:
             async for _ in events:

@@ -45,18 +45,22 @@ class ServingJob:
     None), its terminal stage leaves the vectors in `embeddings`, and its one event is a Finished with its usage.
     """
 
-    request_id: str
+    request_id: str  # the server's own id: the one identity of the request (audit row, rate-limit entries)
     endpoint: Endpoint
     body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
     model: ServedModel
     generation: GenerationRequest | None
     caller: Caller = ANONYMOUS
     conversation_id: str | None = None  # X-Conversation-Id: where the record stage files this exchange
+    client_request_id: str | None = None  # X-Request-Id as the client sent it, recorded beside request_id
     arrived_at: float = field(default_factory=time.monotonic)
     response_headers: dict[str, str] = field(default_factory=dict)
     cache_hit: bool = False
     first_token_at: float | None = None
     finished: Finished | None = None
+    # Completion tokens the engine generated, set when the last stage ends however it ends: what a generation that
+    # never reached Finished (a client gone, a drain, a failure) is charged and recorded with.
+    generated_tokens: int = 0
     embedding_inputs: list[list[int]] = field(default_factory=list)
     embeddings: list[list[float]] | None = None
 

@@ -1,9 +1,14 @@
 """The rate-limit stage: admit the request against its key's RPM and TPM (prompt tokens counted by the model's
 tokenizer, before it runs), put OpenAI's x-ratelimit-* headers on the answer, and charge the completion at the end.
-A cache hit is refunded its prompt tokens: it counts against RPM only."""
+A cache hit is refunded its prompt tokens: it counts against RPM only.
+
+A generation that ends without its Finished event (the client went away, the server drained, the engine failed) is
+charged the tokens it generated all the same: stopping to read one token before the end must not make an answer free.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import aclosing
 
 from server.access.ratelimit import LimiterUnavailableError, Limits, RateLimiter
@@ -16,6 +21,8 @@ from server.serving.stages import Events, Next
 class RateLimitStage:
     def __init__(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
+        # Charges of abandoned generations run as tasks of their own; held here so they are not collected midway.
+        self._charging: set[asyncio.Task[None]] = set()
 
     async def __call__(self, job: ServingJob, call_next: Next) -> Events:
         key_id = job.caller.key_id
@@ -40,11 +47,21 @@ class RateLimitStage:
                 headers={**decision.headers, "Retry-After": str(decision.retry_after_s)},
             )
         job.response_headers.update(decision.headers)
-        async with aclosing(call_next(job)) as events:
-            async for event in events:
-                if isinstance(event, Finished):
-                    await self._settle(job, key_id, limits, prompt, event)
-                yield event
+        settled = False
+        try:
+            async with aclosing(call_next(job)) as events:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        await self._settle(job, key_id, limits, prompt, event)
+                        settled = True
+                    yield event
+        finally:
+            if not settled and not job.cache_hit and job.generated_tokens > 0:
+                # Not awaited here: a client that went away cancels this task, and the charge must outlive it.
+                charge = self._limiter.charge(key_id, limits, job.request_id, job.generated_tokens)
+                task = asyncio.get_running_loop().create_task(charge, name="charge-abandoned-generation")
+                self._charging.add(task)
+                task.add_done_callback(self._charging.discard)
 
     async def _settle(self, job: ServingJob, key_id: str, limits: Limits, prompt: int, finished: Finished) -> None:
         if job.cache_hit:

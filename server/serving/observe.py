@@ -32,6 +32,10 @@ async def observe(job: ServingJob, call_next: Next) -> Events:
         except EngineOverloadedError:
             prometheus.requests_refused.labels("overloaded").inc()
             raise
+        finally:
+            if job.finished is None and job.generated_tokens and record is not None:
+                # Ended early (a client gone, a drain, a failure): the access line still says what it cost.
+                record.prompt_tokens, record.completion_tokens = job.prompt_tokens, job.generated_tokens
 
 
 def _finished(job: ServingJob, finished: Finished, span: Any) -> None:

@@ -61,11 +61,12 @@ class RecordStage:
             model=job.model.model_id,
             model_version=job.model.sha256,
             prompt_tokens=finished.prompt_tokens if finished else job.prompt_tokens,
-            completion_tokens=finished.completion_tokens if finished else 0,
+            completion_tokens=finished.completion_tokens if finished else job.generated_tokens,
             latency_ms=(now - job.arrived_at) * 1000,
             ttft_ms=(job.first_token_at - job.arrived_at) * 1000 if job.first_token_at else None,
             status=status,
             cache_hit=job.cache_hit,
+            client_request_id=job.client_request_id,
         )
         if answer is None or job.conversation_id is None or status != 200:
             return Record(row)

@@ -38,8 +38,9 @@ class ServingContext:
     holder: ModelHolder
     pipeline: Pipeline
     caller: Caller
-    request_id: str
+    request_id: str  # the server's own id, unique per request
     conversation_id: str | None = None
+    client_request_id: str | None = None  # the client's X-Request-Id: traced, never trusted to be unique
 
 
 @dataclass(eq=False)
@@ -133,7 +134,14 @@ async def admit(
     try:
         generation = prepare(lease.model.engine)
         job = ServingJob(
-            ctx.request_id, endpoint, body, lease.model, generation, ctx.caller, conversation_id=ctx.conversation_id
+            ctx.request_id,
+            endpoint,
+            body,
+            lease.model,
+            generation,
+            ctx.caller,
+            conversation_id=ctx.conversation_id,
+            client_request_id=ctx.client_request_id,
         )
         job.response_headers[MODEL_VERSION_HEADER] = lease.model.sha256
         events = ctx.pipeline.run(job)

@@ -9,7 +9,6 @@ the last event it does its bookkeeping (charge tokens, record the request).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
 from functools import partial
 from typing import Protocol
 
@@ -25,12 +24,17 @@ class Stage(Protocol):
 
 
 async def generate(job: ServingJob) -> Events:
-    """The last stage of a generation: run it on the job's engine."""
+    """The last stage of a generation: run it on the job's engine. However it ends (finished, failed, or closed by a
+    client that went away), the tokens it generated are on the job before the stages around it do their bookkeeping."""
     if job.generation is None:
         raise TypeError("generate() needs a generation job")
-    async with aclosing(job.model.engine.generate(job.generation)) as events:
-        async for event in events:
+    stream = job.model.engine.generate(job.generation)
+    try:
+        async for event in stream:
             yield event
+    finally:
+        await stream.aclose()
+        job.generated_tokens = stream.completion_tokens
 
 
 async def embed(job: ServingJob) -> Events:

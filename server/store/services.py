@@ -22,6 +22,7 @@ from server.store.entra import default_credential
 from server.store.outage import Outage
 from server.store.postgres import create_pool, migrate
 from server.store.writer import AuditWriter
+from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,24 @@ class Database:
 
 async def background(resources: AsyncExitStack, work: Awaitable[None], name: str) -> None:
     task = asyncio.create_task(work, name=name)  # type: ignore[arg-type]
+    task.add_done_callback(_report_death)
 
     async def stop() -> None:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # A task that died was reported when it did (_report_death); shutdown goes on.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
 
     resources.push_async_callback(stop)
+
+
+def _report_death(task: asyncio.Task[None]) -> None:
+    """A background task is meant to run until the server stops: one that ends with an error must not do so
+    silently (its exception would otherwise surface only at shutdown, if at all)."""
+    if task.cancelled() or task.exception() is None:
+        return
+    prometheus.background_task_failures.labels(task.get_name()).inc()
+    log.critical("background task %s died; its work has stopped", task.get_name(), exc_info=task.exception())
 
 
 async def _migrate(pool: AsyncConnectionPool) -> None:
@@ -72,7 +84,7 @@ async def open_database(
     pool = create_pool(settings.database_url.get_secret_value(), credential)
     await pool.open(wait=False)
     resources.push_async_callback(pool.close)
-    outage = Outage("postgresql")
+    outage = Outage("postgresql", use="audit log")
     writer = AuditWriter(pool, max_queue=settings.audit_queue_max, outage=outage)
     resources.push_async_callback(writer.drain, DRAIN_TIMEOUT_S)
     try:

@@ -2,7 +2,8 @@
 
 A request hands its record to `submit`, which never waits: the database never stalls a stream. While PostgreSQL is
 unreachable, records wait in memory, up to `max_queue`; they are written, in order and once each (request ids are
-unique, inserts skip duplicates), when it is back. Records beyond the bound are dropped, counted and logged.
+the server's own and unique, inserts skip duplicates), when it is back. Records beyond the bound are dropped, counted
+and logged. A record PostgreSQL refuses for what it holds is set aside (counted and logged), never retried forever.
 """
 
 from __future__ import annotations
@@ -14,20 +15,18 @@ from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field
 from datetime import datetime
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
+from server.store.errors import is_connection_failure, is_transient
 from server.store.outage import Outage
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 
-_UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
-
 _AUDIT_INSERT = (
     "INSERT INTO audit_log (request_id, key_id, created_at, endpoint, model, model_version, prompt_tokens, "
-    "completion_tokens, latency_ms, ttft_ms, status, cache_hit) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
+    "completion_tokens, latency_ms, ttft_ms, status, cache_hit, client_request_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
 )
 _MESSAGE_INSERT = (
     "INSERT INTO conversation_messages (conversation_id, key_id, request_id, position, role, content, created_at) "
@@ -49,6 +48,7 @@ class AuditRow:
     ttft_ms: float | None
     status: int
     cache_hit: bool
+    client_request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,8 @@ class AuditWriter:
         return True
 
     async def run(self) -> None:
-        """Write batches until cancelled."""
+        """Write batches until cancelled. Nothing a record holds can stop it: a record PostgreSQL refuses is set
+        aside, and only a failure to reach the database (or a busy one) makes it wait and try again."""
         backoff = 0.5
         while True:
             if not self._queue:
@@ -119,15 +120,16 @@ class AuditWriter:
             # A short linger gathers a busy server's records into one round trip.
             await asyncio.sleep(self._linger_s)
             try:
-                await self._write_batch()
-            except _UNREACHABLE as exc:
-                self._outage.failed(exc, f"{len(self._queue)} audit records wait in memory (at most {self._max_queue})")
+                await self._write_next()
+            except Exception as exc:  # transient, by _write_next's contract
+                if is_connection_failure(exc):
+                    self._outage.failed(
+                        exc, f"{len(self._queue)} audit records wait in memory (at most {self._max_queue})"
+                    )
+                elif backoff == 0.5:  # once per busy spell
+                    log.warning("PostgreSQL is busy (%s): audit records wait and are retried", _describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                continue
-            except psycopg.Error as exc:
-                # PostgreSQL refused the rows themselves (e.g. a NUL in a message): retrying cannot help.
-                self._drop_batch(exc)
                 continue
             backoff = 0.5
             self._outage.succeeded()
@@ -137,36 +139,62 @@ class AuditWriter:
                 )
                 self._dropped_since_warning = 0
 
-    async def _write_batch(self) -> None:
+    async def _write_next(self) -> None:
+        """Write the next batch, and take it off the queue. Raises only transient errors (the batch stays queued).
+        When PostgreSQL refuses the batch for what it holds, each record is written on its own and the ones it
+        refuses are set aside: one bad record must cost neither the batch nor the queue behind it."""
         batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
         if not batch:
             return
+        try:
+            await self._write(batch)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+        else:
+            # Only now, after the commit: a batch that failed half-way is still queued and is written again.
+            for _ in batch:
+                self._queue.popleft()
+            prometheus.audit_queue_depth.set(len(self._queue))
+            return
+        for record in batch:
+            try:
+                await self._write([record])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                self._set_aside(record, exc)
+            self._queue.popleft()
+            prometheus.audit_queue_depth.set(len(self._queue))
+
+    async def _write(self, records: Sequence[Record]) -> None:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            await cursor.executemany(_AUDIT_INSERT, [astuple(r.audit) for r in batch])
-            messages = [astuple(m) for r in batch for m in r.messages]
+            await cursor.executemany(_AUDIT_INSERT, [astuple(r.audit) for r in records])
+            messages = [astuple(m) for r in records for m in r.messages]
             if messages:
                 await cursor.executemany(_MESSAGE_INSERT, messages)
-        # Only now, after the commit: a batch that failed half-way is still queued and is written again.
-        for _ in batch:
-            self._queue.popleft()
-        prometheus.audit_queue_depth.set(len(self._queue))
 
-    def _drop_batch(self, exc: psycopg.Error) -> None:
-        count = min(self._batch_size, len(self._queue))
-        for _ in range(count):
-            self._queue.popleft()
-        prometheus.audit_rows_dropped.inc(count)
-        log.error("PostgreSQL refused a batch of %d audit records (%s); dropped", count, type(exc).__name__)
+    def _set_aside(self, record: Record, exc: Exception) -> None:
+        prometheus.audit_records_refused.inc()
+        # The error's type and SQLSTATE only: its message may quote what the record holds.
+        log.error(
+            "PostgreSQL refused the audit record of request %s (%s): set aside, not retried",
+            record.audit.request_id,
+            _describe(exc),
+        )
 
     async def drain(self, timeout_s: float) -> None:
         """At shutdown: write what is queued, for at most `timeout_s`; report what could not be written."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while self._queue and asyncio.get_running_loop().time() < deadline:
             try:
-                await self._write_batch()
-            except _UNREACHABLE:
+                await self._write_next()
+            except Exception:  # transient, by _write_next's contract
                 await asyncio.sleep(0.2)
-            except psycopg.Error as exc:
-                self._drop_batch(exc)
         if self._queue:
             log.warning("shutting down with %d audit records unwritten (PostgreSQL unreachable)", len(self._queue))
+
+
+def _describe(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}, SQLSTATE {state}" if state else type(exc).__name__

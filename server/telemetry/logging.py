@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 class AccessRecord:
     method: str
     path: str
+    client_request_id: str | None = None  # the client's X-Request-Id, beside the server's own id
     route: str = "unmatched"
     status: int = 0
     duration_s: float = 0.0
@@ -39,6 +41,21 @@ access_record_var: ContextVar[AccessRecord | None] = ContextVar("access_record",
 access_log = logging.getLogger("server.access")
 
 
+# Control characters (a path's %0A decodes to a newline) and Unicode line breaks: in a text log, they would start a
+# line the client wrote.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters and line breaks escaped (\\x0a), fit for one line of a text log."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def log_access(record: AccessRecord, *, level: int = logging.INFO) -> None:
     fields = {k: v for k, v in asdict(record).items() if v is not None}
     tokens = ""
@@ -48,7 +65,7 @@ def log_access(record: AccessRecord, *, level: int = logging.INFO) -> None:
         level,
         "%s %s %d in %.3f s%s",
         record.method,
-        record.path,
+        printable(record.path),
         record.status,
         record.duration_s,
         tokens,

@@ -53,6 +53,8 @@ RATE_LIMITED = f"{PREFIX}_rate_limited_requests_total"
 DEPENDENCY_OUTAGES = f"{PREFIX}_dependency_outages_total"
 AUDIT_ROWS_DROPPED = f"{PREFIX}_audit_rows_dropped_total"
 AUDIT_QUEUE_DEPTH = f"{PREFIX}_audit_queue_depth"
+AUDIT_RECORDS_REFUSED = f"{PREFIX}_audit_records_refused_total"
+BACKGROUND_TASK_FAILURES = f"{PREFIX}_background_task_failures_total"
 MODEL_SWAPS = f"{PREFIX}_model_swaps_total"
 MODEL_SWAP_DURATION = f"{PREFIX}_model_swap_duration_seconds"
 
@@ -137,8 +139,9 @@ rate_limited = Counter(
 )
 dependency_outages = Counter(
     _base(DEPENDENCY_OUTAGES, "_total"),
-    "Times a dependency (postgresql, redis) became unreachable; one per outage, not per failed call.",
-    ["dependency"],
+    "Times a dependency (postgresql, redis) became unreachable, by the use that noticed (audit log, key checks; all "
+    "for Redis); one per outage and use, not per failed call.",
+    ["dependency", "use"],
     registry=REGISTRY,
 )
 audit_rows_dropped = Counter(
@@ -147,6 +150,18 @@ audit_rows_dropped = Counter(
     registry=REGISTRY,
 )
 audit_queue_depth = Gauge(AUDIT_QUEUE_DEPTH, "Audit rows waiting to be written to PostgreSQL.", registry=REGISTRY)
+audit_records_refused = Counter(
+    _base(AUDIT_RECORDS_REFUSED, "_total"),
+    "Audit records PostgreSQL refused for what they hold (a value it cannot store, a limit it enforces): set aside, "
+    "logged and never retried, so the records behind them are written.",
+    registry=REGISTRY,
+)
+background_task_failures = Counter(
+    _base(BACKGROUND_TASK_FAILURES, "_total"),
+    "Background tasks (the audit writer, migrations) that ended with an error, by task; any is a bug to report.",
+    ["task"],
+    registry=REGISTRY,
+)
 model_swaps = Counter(
     _base(MODEL_SWAPS, "_total"),
     "New model versions the watcher acted on, by result (swapped, refused) and swap mode (beside, in_place; none "

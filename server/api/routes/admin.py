@@ -13,7 +13,7 @@ from server.api.protocol import CreatedKey, ErrorResponse, KeyCreateRequest, Key
 from server.serving.errors import APIError
 
 router = APIRouter(prefix="/admin")
-RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 500, 503)}
+RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 429, 500, 503)}
 
 
 def _unix(moment: datetime | None) -> int | None:

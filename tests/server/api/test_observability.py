@@ -35,16 +35,20 @@ def _log_lines(server: ServerProcess) -> list[dict]:
     return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
 
 
-def _access_line(server: ServerProcess, request_id: str) -> dict:
+def _access_line(server: ServerProcess, client_request_id: str) -> dict:
     """The access line is written once the last byte is sent, which the client may see first: wait for it."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = [e for e in _log_lines(server) if e.get("request_id") == request_id and e["logger"] == "server.access"]
+        lines = [
+            e
+            for e in _log_lines(server)
+            if e.get("client_request_id") == client_request_id and e["logger"] == "server.access"
+        ]
         if lines:
             (line,) = lines
             return line
         time.sleep(0.05)
-    raise AssertionError(f"no access line for {request_id}")
+    raise AssertionError(f"no access line for {client_request_id}")
 
 
 def _scrape(server: ServerProcess) -> dict[str, float]:
@@ -65,7 +69,7 @@ def test_every_log_line_is_one_json_object(server: ServerProcess) -> None:
         assert {"time", "level", "logger", "message"} <= set(entry)
 
 
-def test_request_id_is_taken_from_the_client_and_returned(client: openai.OpenAI, server: ServerProcess) -> None:
+def test_the_clients_request_id_is_returned_and_logged(client: openai.OpenAI, server: ServerProcess) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model=DEMO_MODEL_ID,
         messages=[{"role": "user", "content": SECRET_PROMPT}],
@@ -75,6 +79,7 @@ def test_request_id_is_taken_from_the_client_and_returned(client: openai.OpenAI,
     assert raw.headers["x-request-id"] == "req-test-0001"
     completion = raw.parse()
     access = _access_line(server, "req-test-0001")
+    assert re.fullmatch(r"[0-9a-f]{32}", access["request_id"]), "the server's own id beside the client's"
     assert access["route"] == "/v1/chat/completions" and access["status"] == 200
     assert access["prompt_tokens"] == completion.usage.prompt_tokens
     assert access["completion_tokens"] == completion.usage.completion_tokens
