@@ -46,8 +46,8 @@ from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSynta
 from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.handoff import Job, JobStream, Outbox
 from server.engine.llama_model import LlamaModel
-from server.engine.metrics import EngineMetrics
 from server.engine.slots import Placement, Slot, pick_packed, place, reserve
+from server.engine.stats import EngineMetrics
 
 log = logging.getLogger(__name__)
 

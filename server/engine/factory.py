@@ -13,12 +13,6 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def load_engine(path: Path, settings: Settings, model_id: str) -> Engine:
-    """An engine whose weights live as long as the process (tests, benchmarks); a server frees them with
-    `open_model` + `engine_for`, see `server.lifecycle.loader`."""
-    return engine_for(open_model(path, settings), settings, model_id)
-
-
 def open_model(path: Path, settings: Settings) -> LlamaModel:
     model = LlamaModel(path, n_gpu_layers=settings.n_gpu_layers)
     info = model.info
