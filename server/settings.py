@@ -147,6 +147,28 @@ class Settings(BaseSettings):
     audit_queue_max: int = Field(
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )
+    cache_scope: Literal["key", "shared"] = Field(
+        "key",
+        description="key: a cached answer is served only to the API key that asked first (a hit never tells one "
+        "tenant what another asked); shared: every key shares one cache.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Start on a non-loopback address with no database and no admin key (an API open to anyone on "
+        "the network); without it the server refuses to start.",
+    )
+
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes, counted as it arrives (chunked bodies too); larger is a 413.",
+    )
+    max_messages: int = Field(1024, ge=1, description="Most messages one chat request may carry.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters (at most 4 per request).")
+    max_tokenize_input: int = Field(
+        262_144, ge=1, description="Longest input of /tokenize (characters) and /detokenize (token ids)."
+    )
+    max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
 
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
