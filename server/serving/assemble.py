@@ -49,7 +49,11 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         conversations = ConversationStore(database.pool)
         stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
     if keys is None and admin_key is None:
-        log.warning("no database and no admin key configured: authentication is off, the API is open to anyone")
+        log.warning(
+            "no database and no admin key configured: authentication is off, the API is open to anyone who can reach "
+            "%s",
+            settings.host,
+        )
         authenticator: Authenticator = open_access
     else:
         authenticator = KeyAuthenticator(verifier, admin_key)
