@@ -70,7 +70,8 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         limiter = RateLimiter(redis.client, fail_closed=settings.ratelimit_fail_closed, outage=redis.outage)
         stages.append(RateLimitStage(limiter))
         if settings.cache_ttl_s > 0:
-            stages.append(CacheStage(ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)))
+            cache = ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)
+            stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
     return DataPlane(authenticator, Pipeline(stages), keys, verifier, conversations, admin_key)
 
