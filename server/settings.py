@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         "memory holds both.",
     )
 
+    lost_model_restart_s: float = Field(
+        300.0,
+        gt=0,
+        description="When a swap in place freed the old model, the new one failed and reloading the old one keeps "
+        "failing, /health/live fails after this long, so Kubernetes restarts the server (a fresh process frees what "
+        "the failed loads left behind).",
+    )
+
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU; -1 offloads all of them.")
     n_ctx: int = Field(4096, ge=64, le=1_048_576, description="Context window of one request; every slot has its own.")
     n_threads: int = Field(

@@ -540,7 +540,8 @@ class ModelList(BaseModel):
 
 
 class Liveness(BaseModel):
-    status: Literal["alive"] = "alive"
+    status: Literal["alive", "failing"] = "alive"
+    reason: str | None = None
 
 
 class ReadinessReport(BaseModel):

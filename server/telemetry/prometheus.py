@@ -55,6 +55,8 @@ AUDIT_ROWS_DROPPED = f"{PREFIX}_audit_rows_dropped_total"
 AUDIT_QUEUE_DEPTH = f"{PREFIX}_audit_queue_depth"
 MODEL_SWAPS = f"{PREFIX}_model_swaps_total"
 MODEL_SWAP_DURATION = f"{PREFIX}_model_swap_duration_seconds"
+MODEL_WATCHER_RUNNING = f"{PREFIX}_model_watcher_running"
+MODEL_WATCH_ERRORS = f"{PREFIX}_model_watch_errors_total"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
@@ -147,6 +149,16 @@ audit_rows_dropped = Counter(
     registry=REGISTRY,
 )
 audit_queue_depth = Gauge(AUDIT_QUEUE_DEPTH, "Audit rows waiting to be written to PostgreSQL.", registry=REGISTRY)
+model_watcher_running = Gauge(
+    MODEL_WATCHER_RUNNING,
+    "1 while the watcher checks the model blob for new versions; 0 when watching is off or the watcher stopped.",
+    registry=REGISTRY,
+)
+model_watch_errors = Counter(
+    _base(MODEL_WATCH_ERRORS, "_total"),
+    "Checks for a new model version that failed unexpectedly; the watcher logs each and keeps watching.",
+    registry=REGISTRY,
+)
 model_swaps = Counter(
     _base(MODEL_SWAPS, "_total"),
     "New model versions the watcher acted on, by result (swapped, refused) and swap mode (beside, in_place; none "
