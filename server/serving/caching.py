@@ -9,7 +9,7 @@ from contextlib import aclosing
 from importlib.metadata import version
 from typing import Literal
 
-from server.api.protocol import EmbeddingRequest
+from server.api.protocol import SamplingFields
 from server.engine.base import SAMPLER_VERSION, Finished, GenerationEvent
 from server.serving.job import Caller, ServingJob
 from server.serving.response_cache import ResponseCache, cache_key, is_deterministic
@@ -52,9 +52,9 @@ class CacheStage:
         )
 
     async def __call__(self, job: ServingJob, call_next: Next) -> Events:
-        # Embeddings are not cached: their vectors are not events, and the engine batches them cheaply.
+        # Only generations are cached: embeddings' vectors are not events, and the engine batches them cheaply.
         body = job.body
-        if isinstance(body, EmbeddingRequest) or not is_deterministic(body.temperature, body.seed):
+        if not isinstance(body, SamplingFields) or not is_deterministic(body.temperature, body.seed):
             async with aclosing(call_next(job)) as events:
                 async for event in events:
                     yield event

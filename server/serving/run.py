@@ -129,11 +129,11 @@ async def admit(
     body: ChatCompletionRequest | CompletionRequest,
     prepare: Callable[[Engine], GenerationRequest],
 ) -> Admitted:
+    """`prepare` (render, tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits."""
     lease = lease_model(ctx.holder, body.model)
     try:
-        generation = prepare(lease.model.engine)
         job = ServingJob(
-            ctx.request_id, endpoint, body, lease.model, generation, ctx.caller, conversation_id=ctx.conversation_id
+            ctx.request_id, endpoint, body, lease.model, prepare, ctx.caller, conversation_id=ctx.conversation_id
         )
         job.response_headers[MODEL_VERSION_HEADER] = lease.model.sha256
         events = ctx.pipeline.run(job)

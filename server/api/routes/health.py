@@ -14,6 +14,7 @@ router = APIRouter(prefix="/health")
 @router.get(
     "/live",
     response_model=Liveness,
+    response_model_exclude_none=True,
     responses={503: {"model": Liveness, "description": "Failing: restart the server."}},
 )
 async def live(holder: HolderDep, settings: SettingsDep) -> Liveness | JSONResponse:
