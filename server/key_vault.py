@@ -39,7 +39,8 @@ def with_key_vault_secrets(settings: Settings) -> Settings:
             try:
                 value = client.get_secret(name).value
             except ResourceNotFoundError:
-                log.info("Key Vault %s has no secret %r; %s stays unset", url, name, Settings.env_name(field))
+                # A warning: a secret missing by mistake turns off keys, limits or the admin API without an error.
+                log.warning("Key Vault %s has no secret %r; %s stays unset", url, name, Settings.env_name(field))
                 continue
             except (AzureError, ValueError) as exc:
                 raise SettingsError(

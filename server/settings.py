@@ -6,6 +6,7 @@ names of the environment variables are defined here once and both sides use them
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from enum import StrEnum
@@ -74,6 +75,14 @@ class Settings(BaseSettings):
         description="How a new version replaces the serving one: beside (load it next to the old one, no pause), "
         "in_place (report not ready, finish requests in flight, swap, come back); auto picks beside when free "
         "memory holds both.",
+    )
+
+    lost_model_restart_s: float = Field(
+        300.0,
+        gt=0,
+        description="When a swap in place freed the old model, the new one failed and reloading the old one keeps "
+        "failing, /health/live fails after this long, so Kubernetes restarts the server (a fresh process frees what "
+        "the failed loads left behind).",
     )
 
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU; -1 offloads all of them.")
@@ -149,6 +158,28 @@ class Settings(BaseSettings):
     audit_queue_max: int = Field(
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )
+    cache_scope: Literal["key", "shared"] = Field(
+        "key",
+        description="key: a cached answer is served only to the API key that asked first (a hit never tells one "
+        "tenant what another asked); shared: every key shares one cache.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Start on a non-loopback address with no database and no admin key (an API open to anyone on "
+        "the network); without it the server refuses to start.",
+    )
+
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes, counted as it arrives (chunked bodies too); larger is a 413.",
+    )
+    max_messages: int = Field(1024, ge=1, description="Most messages one chat request may carry.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters (at most 4 per request).")
+    max_tokenize_input: int = Field(
+        262_144, ge=1, description="Longest input of /tokenize (characters) and /detokenize (token ids)."
+    )
+    max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
 
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
@@ -258,6 +289,30 @@ def redacted_url(url: str) -> str:
 def redact_urls(text: str) -> str:
     """`text` with every URL's query string replaced by REDACTED."""
     return _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def open_to_the_network(settings: Settings) -> str | None:
+    """Why the server must not start with `settings`: the API would be open to anyone on a non-loopback address
+    (no database for keys, no admin key) without GGUFSTACK_ALLOW_UNAUTHENTICATED saying so; None when it may."""
+    if settings.database_url is not None or settings.admin_api_key is not None or settings.allow_unauthenticated:
+        return None
+    if is_loopback(settings.host):
+        return None
+    return (
+        f"{ENV_PREFIX}HOST={settings.host} is reachable from the network, but no {ENV_PREFIX}DATABASE_URL or "
+        f"{ENV_PREFIX}ADMIN_API_KEY is set, so anyone could use the API; configure one, bind 127.0.0.1, or set "
+        f"{ENV_PREFIX}ALLOW_UNAUTHENTICATED=true to serve it open on purpose"
+    )
 
 
 def _env_value(value: Any) -> str:

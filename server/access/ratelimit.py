@@ -32,13 +32,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 local rpm, tpm, cost, id = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local counted = ARGV[6] ~= '0'
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 local requests = redis.call('ZCARD', KEYS[1])
 local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 local tokens = 0
 for i = 1, #entries, 2 do tokens = tokens + tonumber(string.match(entries[i], '^(%d+):')) end
-if rpm > 0 and requests >= rpm then
+if counted and rpm > 0 and requests >= rpm then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return {0, 1, requests, tokens, tonumber(oldest[2]) + window - now}
 end
@@ -50,11 +51,14 @@ if tpm > 0 and tokens + cost > tpm then
   end
   return {0, 2, requests, tokens, wait}
 end
-redis.call('ZADD', KEYS[1], now, id)
+if counted then
+  redis.call('ZADD', KEYS[1], now, id)
+  requests = requests + 1
+end
 if cost > 0 then redis.call('ZADD', KEYS[2], now, cost .. ':' .. id .. ':p') end
 redis.call('PEXPIRE', KEYS[1], window)
 redis.call('PEXPIRE', KEYS[2], window)
-return {1, 0, requests + 1, tokens + cost, 0}
+return {1, 0, requests, tokens + cost, 0}
 """
 
 _CHARGE = """
@@ -125,13 +129,18 @@ class RateLimiter:
         # The hash tag {key_id} puts both sets in one cluster slot.
         return [f"{self._prefix}:{{{key_id}}}:requests", f"{self._prefix}:{{{key_id}}}:tokens"]
 
-    async def admit(self, key_id: str, limits: Limits, request_id: str, prompt_tokens: int) -> Decision:
-        """Admit one request and charge its prompt, or refuse it. Raises LimiterUnavailableError (fail closed)."""
+    async def admit(
+        self, key_id: str, limits: Limits, request_id: str, prompt_tokens: int, *, count_request: bool = True
+    ) -> Decision:
+        """Admit one request and charge its prompt, or refuse it. Raises LimiterUnavailableError (fail closed).
+
+        `count_request` False: the request was admitted (and counted against RPM) already, before its prompt was
+        tokenized; now only its prompt is checked against TPM and charged."""
         if not limits.any:
             return Decision(True)
         if not self._outage.should_try():
             return self._unavailable()
-        args = [WINDOW_MS, limits.rpm or 0, limits.tpm or 0, prompt_tokens, request_id]
+        args = [WINDOW_MS, limits.rpm or 0, limits.tpm or 0, prompt_tokens, request_id, int(count_request)]
         try:
             allowed, which, requests, tokens, wait_ms = await self._admit(keys=self._keys(key_id), args=args)
         except (RedisError, OSError) as exc:

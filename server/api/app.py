@@ -11,8 +11,10 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import start_http_server
 
+from server.api.body_limit import BodyLimitMiddleware
 from server.api.errors import install_error_handlers
-from server.api.middleware import RequestContextMiddleware
+from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware
+from server.api.protocol import RequestLimits
 from server.api.routes import admin, conversations, health, metrics, openai, tokenizer
 from server.api.streaming import component_schemas
 from server.lifecycle.holder import ModelHolder
@@ -58,6 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="ggufstack", version="0.1.0", lifespan=lifespan)
     app.state.holder = holder
     app.state.settings = settings
+    app.add_middleware(RequestLimitsMiddleware, limits=RequestLimits.of(settings))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(openai.router)

@@ -50,11 +50,30 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"invalid value for {where}: {message}", param=param, code="invalid_value")
 
 
+def too_large(max_bytes: int) -> APIError:
+    return APIError(
+        413,
+        f"the request body is larger than this server accepts ({max_bytes} bytes, GGUFSTACK_MAX_REQUEST_BYTES)",
+        code="request_too_large",
+    )
+
+
+class RequestTooLargeError(StarletteHTTPException):
+    """Raised while a body is read, once it passes the limit: an HTTPException, so the route's body parsing passes
+    it on to the error handlers instead of calling it a malformed body."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.error = too_large(max_bytes)
+        super().__init__(413, self.error.message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return response(_validation_error(exc))
 
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, RequestTooLargeError):
+            return response(exc.error)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return response(APIError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers))
 

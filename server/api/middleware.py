@@ -16,6 +16,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.protocol import RequestLimits, request_limits
 from server.lifecycle.holder import ModelHolder, ServedModel
 from server.serving.run import MODEL_VERSION_HEADER
 from server.telemetry import prometheus
@@ -82,3 +83,18 @@ class RequestContextMiddleware:
             log_access(record, level=logging.DEBUG if quiet else logging.INFO)
             access_record_var.reset(record_token)
             request_id_var.reset(id_token)
+
+
+class RequestLimitsMiddleware:
+    """Makes the server's request limits the ones this request's body is validated against."""
+
+    def __init__(self, app: ASGIApp, limits: RequestLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = request_limits.set(self.limits)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_limits.reset(token)

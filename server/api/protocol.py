@@ -7,6 +7,8 @@ what the server really answers.
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -20,6 +22,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from server.settings import Settings
 
 if TYPE_CHECKING:
     from server.lifecycle.holder import Refusal, ServedModel
@@ -57,6 +61,34 @@ class RequestBody(BaseModel):
             field = ".".join(where) or "the body"
             raise ValueError(f"{field} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text")
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """The server's caps on what one request may carry, checked while its body is validated: before a byte of it
+    is tokenized or rendered, so an oversized request costs only its parsing."""
+
+    max_messages: int
+    max_stop_chars: int
+    max_tokenize_input: int
+    max_embedding_inputs: int
+
+    @classmethod
+    def of(cls, settings: Settings | None = None) -> RequestLimits:
+        """The limits `settings` set; None: the settings' defaults."""
+        values = {name: Settings.model_fields[name].default for name in cls.__dataclass_fields__}
+        if settings is not None:
+            values = {name: getattr(settings, name) for name in cls.__dataclass_fields__}
+        return cls(**values)
+
+
+DEFAULT_LIMITS = RequestLimits.of()
+# The server sets its limits per request (the API's middleware); a body validated elsewhere gets the defaults.
+request_limits: ContextVar[RequestLimits | None] = ContextVar("request_limits", default=None)
+
+
+def current_limits() -> RequestLimits:
+    return request_limits.get() or DEFAULT_LIMITS
 
 
 Stop = Annotated[str, Field(min_length=1)]
@@ -128,11 +160,15 @@ class SamplingFields(RequestBody):
         None, description="Constrain the output to JSON, or to JSON that validates against a schema (a grammar)."
     )
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
+    def _few_short_stops(cls, value: object) -> object:
+        stops = value if isinstance(value, list) else [value]
+        if len(stops) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        longest = current_limits().max_stop_chars
+        if any(isinstance(stop, str) and len(stop) > longest for stop in stops):
+            raise ValueError(f"a stop sequence may have at most {longest} characters")
         return value
 
     def stop_list(self) -> list[str]:
@@ -260,6 +296,14 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool = True
 
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _not_too_many(cls, value: object) -> object:
+        most = current_limits().max_messages
+        if isinstance(value, list) and len(value) > most:
+            raise ValueError(f"at most {most} messages are allowed (this server's GGUFSTACK_MAX_MESSAGES)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
@@ -301,6 +345,14 @@ class EmbeddingRequest(RequestBody):
     dimensions: None = Field(None, description="Not supported: the model's own size is returned.")
     user: str | None = None
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _not_too_many(cls, value: object) -> object:
+        most = current_limits().max_embedding_inputs
+        if isinstance(value, list) and len(value) > most and value and not isinstance(value[0], int):
+            raise ValueError(f"at most {most} inputs per request (this server's GGUFSTACK_MAX_EMBEDDING_INPUTS)")
+        return value
+
     @field_validator("input")
     @classmethod
     def _inputs(
@@ -309,8 +361,6 @@ class EmbeddingRequest(RequestBody):
         items = [value] if isinstance(value, str) else value
         if not items:
             raise ValueError("input must not be empty")
-        if len(items) > 2048 and not isinstance(items[0], int):
-            raise ValueError("at most 2048 inputs per request")
         if any(isinstance(item, str | list) and len(item) == 0 for item in items):
             raise ValueError("inputs must not be empty")
         return value
@@ -327,14 +377,30 @@ class EmbeddingRequest(RequestBody):
 
 class TokenizeRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
-    content: str
+    content: str = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT characters.")
     add_special: StrictBool = Field(False, description="Add the model's special tokens (BOS) as a prompt would.")
     with_pieces: StrictBool = Field(False, description="Return each token's text beside its id.")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _not_too_long(cls, value: object) -> object:
+        most = current_limits().max_tokenize_input
+        if isinstance(value, str) and len(value) > most:
+            raise ValueError(f"at most {most} characters (this server's GGUFSTACK_MAX_TOKENIZE_INPUT)")
+        return value
 
 
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tokens: list[Annotated[int, Field(ge=0)]]
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT token ids.")
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _not_too_many(cls, value: object) -> object:
+        most = current_limits().max_tokenize_input
+        if isinstance(value, list) and len(value) > most:
+            raise ValueError(f"at most {most} token ids (this server's GGUFSTACK_MAX_TOKENIZE_INPUT)")
+        return value
 
 
 # ---- responses ----
@@ -509,7 +575,8 @@ class ModelList(BaseModel):
 
 
 class Liveness(BaseModel):
-    status: Literal["alive"] = "alive"
+    status: Literal["alive", "failing"] = "alive"
+    reason: str | None = None
 
 
 class ReadinessReport(BaseModel):

@@ -12,7 +12,7 @@ from rich.table import Table
 from server.cli.model import model_app
 from server.cli_keys import keys_app
 from server.key_vault import with_key_vault_secrets
-from server.settings import Settings, SettingsError, load_settings, redacted_url
+from server.settings import Settings, SettingsError, load_settings, open_to_the_network, redacted_url
 from server.telemetry.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve GGUF models with an OpenAI-compatible API.")
@@ -21,9 +21,14 @@ app.add_typer(model_app, name="model")
 err = Console(stderr=True)
 
 
-def _settings_or_exit(**overrides: object) -> Settings:
+def _settings_or_exit(*, log: bool = False, **overrides: object) -> Settings:
+    """The settings, Key Vault's secrets included; `log`: configure logging first, so what reading the vault
+    warns about (a secret it lacks) reaches the server's log in its format."""
     try:
-        return with_key_vault_secrets(load_settings(**overrides))
+        settings = load_settings(**overrides)
+        if log:
+            configure_logging(settings.log_level, settings.log_format)
+        return with_key_vault_secrets(settings)
     except SettingsError as exc:
         err.print(f"[bold red]error:[/] invalid settings: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -37,8 +42,10 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
 ) -> None:
     """Run the API server. With no model configured it serves the demo model SmolLM2-135M-Instruct."""
-    settings = _settings_or_exit(host=host, port=port, model_path=model_path, log_level=log_level)
-    configure_logging(settings.log_level, settings.log_format)
+    settings = _settings_or_exit(log=True, host=host, port=port, model_path=model_path, log_level=log_level)
+    if (problem := open_to_the_network(settings)) is not None:
+        err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     _refuse_a_newer_database(settings)
     import uvicorn
 

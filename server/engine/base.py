@@ -12,6 +12,9 @@ from typing import Literal, Protocol
 from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
 
 FinishReason = Literal["stop", "length"]
+# Bump when the same request on the same model may sample other tokens (the sampler chain's order, a new default):
+# the response cache's keys include it, so answers cached before the change are never served after it.
+SAMPLER_VERSION = "1"
 
 
 @dataclass(frozen=True, slots=True)

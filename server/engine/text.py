@@ -9,11 +9,43 @@ import codecs
 from collections.abc import Sequence
 
 
+class _StopScanner:
+    """Knuth-Morris-Pratt over a stream: how much of one stop string the text seen so far ends with, kept up to date
+    one character at a time, so a long stop string costs linear time instead of a rescan at every token."""
+
+    def __init__(self, stop: str) -> None:
+        self.stop = stop
+        self.matched = 0
+        self._fallback = [0] * len(stop)  # the longest proper prefix of stop[:i + 1] that is also its suffix
+        k = 0
+        for i in range(1, len(stop)):
+            while k and stop[i] != stop[k]:
+                k = self._fallback[k - 1]
+            if stop[i] == stop[k]:
+                k += 1
+            self._fallback[i] = k
+
+    def step(self, char: str) -> bool:
+        """Advance by one character; True when the text now ends with the whole stop string."""
+        k = self.matched
+        if k == len(self.stop):
+            k = self._fallback[k - 1]
+        while k and self.stop[k] != char:
+            k = self._fallback[k - 1]
+        if self.stop[k] == char:
+            k += 1
+        self.matched = k
+        return k == len(self.stop)
+
+
 class StopMatcher:
-    """Holds back text that might be the start of a stop string until it is known not to be one."""
+    """Holds back text that might be the start of a stop string until it is known not to be one.
+
+    A stop string is found where it ends first, so the answer does not depend on how the text was split into tokens.
+    """
 
     def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = tuple(s for s in stops if s)
+        self._scanners = [_StopScanner(s) for s in dict.fromkeys(stops) if s]
         self._held = ""
         self.stopped = False
 
@@ -21,33 +53,22 @@ class StopMatcher:
         """Add text; return what may be emitted now. After a stop string is seen, `stopped` is True."""
         if self.stopped:
             return ""
-        self._held += text
-        if not self._stops:
-            out, self._held = self._held, ""
-            return out
-        cut = min((i for i in (self._held.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self._held = self._held[:cut], ""
-            self.stopped = True
-            return out
-        keep = self._longest_partial_stop()
-        out, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep :]
-        return out
+        if not self._scanners:
+            return text
+        combined = self._held + text
+        for i in range(len(self._held), len(combined)):
+            ended = [s for s in self._scanners if s.step(combined[i])]
+            if ended:
+                self.stopped, self._held = True, ""
+                return combined[: i + 1 - max(len(s.stop) for s in ended)]
+        keep = max(s.matched for s in self._scanners)
+        self._held = combined[len(combined) - keep :]
+        return combined[: len(combined) - keep]
 
     def flush(self) -> str:
         """The held-back text, once generation ended for another reason."""
         out, self._held = ("" if self.stopped else self._held), ""
         return out
-
-    def _longest_partial_stop(self) -> int:
-        held = self._held
-        best = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(held)), best, -1):
-                if held.endswith(stop[:n]):
-                    best = n
-                    break
-        return best
 
 
 class TextAssembler:

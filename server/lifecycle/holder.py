@@ -8,6 +8,7 @@ per served model, so the old model is freed when its own last generation ends, w
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -110,10 +111,16 @@ class ModelHolder:
         self._by_model: dict[ServedModel, int] = {}
         self._released: dict[ServedModel, asyncio.Event] = {}
         self.refused: Refusal | None = None
+        # Why the model watcher stopped, if it did: the model serves on, but new versions are no longer picked up.
+        self.watcher_stopped: str | None = None
+        self._lost_at: float | None = None  # when a swap in place left no model (monotonic)
 
     def readiness(self) -> Readiness:
         ready = self._model is not None and self._state is ModelState.READY
-        return Readiness(ready, self._state, self._reason, self.refused)
+        reason = self._reason
+        if self.watcher_stopped is not None:
+            reason = f"{reason}; the model watcher stopped ({self.watcher_stopped}): new versions are not picked up"
+        return Readiness(ready, self._state, reason, self.refused)
 
     @property
     def current(self) -> ServedModel | None:
@@ -151,8 +158,20 @@ class ModelHolder:
     def install(self, model: ServedModel) -> ServedModel | None:
         """Make `model` the serving one; return the previous one so the caller can drain and close it."""
         previous, self._model = self._model, model
+        self._lost_at = None
         self.set_state(ModelState.READY, f"serving {model.model_id}")
         return previous
+
+    def lost(self, reason: str) -> None:
+        """A swap in place freed the serving model and nothing replaced it: not ready, and timed for liveness."""
+        self._model = None
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        self.set_state(ModelState.WAITING, reason)
+
+    def lost_for(self) -> float:
+        """Seconds since a swap in place left the server without a model; 0 while one serves."""
+        return 0.0 if self._lost_at is None else time.monotonic() - self._lost_at
 
     async def wait_released(self, model: ServedModel) -> None:
         """Return once no generation holds a lease on `model` (one that is no longer installed, after a swap)."""

@@ -37,7 +37,14 @@ async def keep_serving(settings: Settings, holder: ModelHolder, source: ModelSou
     fetched = await ModelLoader(settings, holder, source).run()
     if not isinstance(source, BlobModelSource) or source.pinned_version or settings.model_watch_interval_s == 0:
         return
-    await ModelWatcher(settings, holder, source, fetched).run()
+    prometheus.model_watcher_running.set(1)
+    try:
+        await ModelWatcher(settings, holder, source, fetched).run()
+    except Exception as exc:  # a bug, not a bad version (those are refused): visible, and the model serves on
+        log.exception("the model watcher stopped; new model versions are not picked up")
+        holder.watcher_stopped = f"{type(exc).__name__}: {exc}"
+    finally:
+        prometheus.model_watcher_running.set(0)
 
 
 class ModelWatcher:
@@ -54,7 +61,13 @@ class ModelWatcher:
         )
         while True:
             await asyncio.sleep(self._settings.model_watch_interval_s)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:
+                # Whatever one round met, the next round checks again: a watcher that ends here would leave the
+                # server on its old model for good while readiness stays green.
+                prometheus.model_watch_errors.inc()
+                log.exception("checking for a new model version failed; will check again")
 
     async def check(self) -> None:
         """One round: swap to the blob's new version if there is one."""
@@ -73,8 +86,12 @@ class ModelWatcher:
             self._etag = etag  # not tried again until the blob changes
             self._refuse(etag.strip('"'), f"verification failed: {exc}", "none")
             return
-        except ModelSourceError as exc:
+        except ModelSourceError as exc:  # the source is unreachable for now: the same version is worth a new try
             log.warning("cannot fetch the new model version (%s); will try again at the next check", exc)
+            return
+        except Exception as exc:  # a local failure (disk full, a bug): refused, as a retry would likely meet it again
+            self._etag = etag
+            self._refuse(etag.strip('"'), f"download failed: {type(exc).__name__}: {exc}", "none")
             return
         self._etag = fetched.etag or etag
         current = self._holder.current
@@ -84,8 +101,10 @@ class ModelWatcher:
             return
         try:
             plan = await in_daemon_thread(self._plan, fetched, current)
-        except VerificationError as exc:
-            self._refuse(fetched.version or etag, f"verification failed: {exc}", "none")
+        except Exception as exc:  # VerificationError from a damaged header, or anything else reading it
+            reason = str(exc) if isinstance(exc, VerificationError) else f"{type(exc).__name__}: {exc}"
+            self._refuse(fetched.version or etag, f"verification failed: {reason}", "none")
+            self._source.discard(fetched.path)
             return
         log.info("swapping to %s %s: %s", fetched.path.name, plan.mode.replace("_", " "), plan.why)
         if plan.mode == "beside" or current is None:
@@ -138,19 +157,26 @@ class ModelWatcher:
         self._install(new, noticed, "in_place")
 
     async def _reload(self, old: ServedModel) -> None:
+        """Load the previous model again, retrying with backoff: no model serves meanwhile (not ready), and once
+        that lasts GGUFSTACK_LOST_MODEL_RESTART_S, /health/live fails so Kubernetes restarts the process."""
         if old.path is None:
-            self._holder.set_state(ModelState.WAITING, "the new model failed and the old one cannot be reloaded")
+            self._holder.lost("the new model failed and the old one cannot be reloaded")
             return
         again = FetchResult(old.path, 0, 0.0, old.source_version, old.sha256, self._etag)
-        try:
-            served = await load_served(again, self._settings, old.model_id)
-        except Exception as exc:
-            log.error("reloading the previous model failed too: %s", exc)
-            self._holder.set_state(ModelState.WAITING, f"the new model failed and reloading the old one failed: {exc}")
+        delay = self._settings.source_retry_initial_s
+        while True:
+            try:
+                served = await load_served(again, self._settings, old.model_id)
+            except Exception as exc:
+                log.error("reloading the previous model failed too (%s); retrying in %.0f s", exc, delay)
+                self._holder.lost(f"the new model failed and reloading the old one failed: {exc} (retrying)")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.source_retry_max_s)
+                continue
+            self._holder.install(served)
+            publish_model_info(served)
+            log.info("serving the previous model %s again", served.model_id)
             return
-        self._holder.install(served)
-        publish_model_info(served)
-        log.info("serving the previous model %s again", served.model_id)
 
     def _install(self, new: ServedModel, noticed: float, mode: str) -> ServedModel | None:
         previous = self._holder.install(new)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ _HASH_BLOCK = 4 * MIB
 _PROGRESS_EVERY_S = 2.0
 # The new model, the serving one and the one before it (a rollback target) while a swap runs.
 KEEP_CACHED = 3
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,7 @@ class BlobModelSource:
         # No SDK retries here: the loader retries with its own backoff and reports readiness in between.
         props = self._call(self._blob.get_blob_properties, retry_total=0)
         version = self.pinned_version or props.version_id or props.etag.strip('"')
-        sha256 = _vouched_sha256(props)
+        sha256 = self._vouched_sha256(props)
         target = self._entry_dir() / (f"sha256-{sha256}.gguf" if sha256 else f"{_safe(version)}.gguf")
         if target.is_file() and target.stat().st_size == props.size:
             target.touch()  # most recently used: kept by the pruning of the next download
@@ -226,12 +228,25 @@ class BlobModelSource:
         if partial.stat().st_size != props.size:
             raise SourceUnavailableError(f"download of {self.location.describe()} ended early; will retry")
 
+    def _vouched_sha256(self, props: BlobProperties) -> str | None:
+        """The blob's sha256 metadata, which names its cache file: anything but 64 hex digits (a path, say) is
+        refused before it is used."""
+        value = (props.metadata or {}).get("sha256")
+        if value is None:
+            return None
+        sha256 = value.strip().lower()
+        if not _SHA256.fullmatch(sha256):
+            raise VerificationError(
+                f"{self.location.describe()} has sha256 metadata that is not 64 hexadecimal digits: {value[:80]!r}"
+            )
+        return sha256
+
     def _verify(self, props: BlobProperties, path: Path) -> None:
-        expected_sha256 = (props.metadata or {}).get("sha256")
+        expected_sha256 = self._vouched_sha256(props)
         content_md5 = props.content_settings.content_md5
         if expected_sha256:
             actual = _digest(path, hashlib.sha256())
-            if actual != expected_sha256.strip().lower():
+            if actual != expected_sha256:
                 raise VerificationError(
                     f"{self.location.describe()} failed verification: sha256 is {actual}, "
                     f"metadata says {expected_sha256}"
@@ -299,12 +314,6 @@ class _Progress:
             rate / MIB,
             eta,
         )
-
-
-def _vouched_sha256(props: BlobProperties) -> str | None:
-    """The sha256 metadata of a blob whose cached copy was verified against it."""
-    value = (props.metadata or {}).get("sha256")
-    return value.strip().lower() if value else None
 
 
 def _digest(path: Path, hasher: hashlib._Hash) -> str:

@@ -87,15 +87,31 @@ def memory_estimate(facts: GGUFFacts, *, n_ctx: int, n_slots: int) -> MemoryEsti
     return MemoryEstimate(facts.weights_bytes, n_ctx * n_slots * facts.kv_bytes_per_token, n_ctx, n_slots)
 
 
+# Bounds on what a header may claim, far above any real model's (llama.cpp's own GGML_MAX_DIMS is 4): a damaged or
+# hostile header is refused in one line instead of allocating its claims or recursing into them.
+MAX_TENSORS = 1_000_000
+MAX_FIELDS = 1_000_000
+MAX_STRING_BYTES = 16 * 1024 * 1024
+MAX_ARRAY_ITEMS = 16 * 1024 * 1024  # vocabularies have some hundred thousand entries
+MAX_ARRAY_DEPTH = 2
+MAX_DIMS = 8
+
+
 def read_facts(path: Path) -> GGUFFacts:
     """Read the facts of a GGUF file; VerificationError (one line) if it is not one or its header is damaged."""
     check_gguf_header(path)
     try:
         with path.open("rb") as f:
             fields, tensors = _read_header(f)
-    except (struct.error, ValueError, OverflowError, KeyError, OSError) as exc:
-        raise VerificationError(f"{path.name} is not a readable GGUF file: {exc}") from None
+    except (struct.error, ValueError, OverflowError, KeyError, OSError, MemoryError, RecursionError) as exc:
+        raise VerificationError(f"{path.name} is not a readable GGUF file: {exc or type(exc).__name__}") from None
     return _facts(fields, tensors)
+
+
+def _bounded(count: int, most: int, what: str) -> int:
+    if count > most:
+        raise ValueError(f"the header claims {count} {what}, more than the {most} accepted")
+    return count
 
 
 def _read_header(f: BinaryIO) -> tuple[dict[str, object], list[tuple[int, int]]]:
@@ -106,6 +122,8 @@ def _read_header(f: BinaryIO) -> tuple[dict[str, object], list[tuple[int, int]]]
     """
     f.seek(8)  # magic and version, checked already
     n_tensors, n_fields = _unpack(f, "<QQ")
+    _bounded(n_tensors, MAX_TENSORS, "tensors")
+    _bounded(n_fields, MAX_FIELDS, "metadata fields")
     fields: dict[str, object] = {}
     for _ in range(n_fields):
         key = _string(f)
@@ -115,6 +133,7 @@ def _read_header(f: BinaryIO) -> tuple[dict[str, object], list[tuple[int, int]]]
     for _ in range(n_tensors):
         _string(f)
         (n_dims,) = _unpack(f, "<I")
+        _bounded(n_dims, MAX_DIMS, "dimensions in one tensor")
         dims = _unpack(f, f"<{n_dims}Q")
         tensor_type, _offset = _unpack(f, "<IQ")
         elements = math.prod(dims)
@@ -140,19 +159,21 @@ _SCALARS = {
 _MAX_ARRAY_READ = 4096
 
 
-def _value(f: BinaryIO, value_type: GGUFValueType) -> object:
+def _value(f: BinaryIO, value_type: GGUFValueType, depth: int = 0) -> object:
     if value_type is GGUFValueType.STRING:
         return _string(f)
     if value_type is not GGUFValueType.ARRAY:
         return _unpack(f, _SCALARS[value_type])[0]
+    _bounded(depth + 1, MAX_ARRAY_DEPTH, "levels of nested arrays")
     item_type, count = _unpack(f, "<IQ")
     item_type = GGUFValueType(item_type)
+    _bounded(count, MAX_ARRAY_ITEMS, "items in one array")
     if count <= _MAX_ARRAY_READ:
-        return [_value(f, item_type) for _ in range(count)]
+        return [_value(f, item_type, depth + 1) for _ in range(count)]
     if item_type is GGUFValueType.STRING:
         for _ in range(count):
             (length,) = _unpack(f, "<Q")
-            f.seek(length, os.SEEK_CUR)
+            f.seek(_bounded(length, MAX_STRING_BYTES, "bytes in one string"), os.SEEK_CUR)
     elif item_type is GGUFValueType.ARRAY:
         raise ValueError("nested GGUF arrays of this size are not supported")
     else:
@@ -162,7 +183,10 @@ def _value(f: BinaryIO, value_type: GGUFValueType) -> object:
 
 def _string(f: BinaryIO) -> str:
     (length,) = _unpack(f, "<Q")
-    return f.read(length).decode()
+    data = f.read(_bounded(length, MAX_STRING_BYTES, "bytes in one string"))
+    if len(data) != length:
+        raise ValueError("the header ends early")
+    return data.decode()
 
 
 def _unpack(f: BinaryIO, fmt: str) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ from server.serving.job import Authenticator, open_access
 from server.serving.observe import observe
 from server.serving.permit import permit
 from server.serving.record import RecordStage
-from server.serving.stages import Pipeline, Stage
+from server.serving.stages import Pipeline, Stage, prepare
 from server.settings import Settings
 from server.store.conversations import ConversationStore
 from server.store.services import entra_credential, open_database
@@ -34,8 +34,9 @@ class DataPlane:
 
 
 async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
-    """Open what the stages need (closed with `resources`) and compose them:
-    observe → record → permit → limit → cache → generate, each only when its store is configured."""
+    """Open what the stages need (closed with `resources`) and compose them: observe → record → permit → limit
+    requests → prepare → limit tokens → cache → generate, each only when its store is configured. Everything that
+    may refuse a request cheaply comes before `prepare`, which renders and tokenizes."""
     credential = await entra_credential(settings, resources)
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
@@ -48,24 +49,31 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         conversations = ConversationStore(database.pool)
         stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
     if keys is None and admin_key is None:
-        log.warning("no database and no admin key configured: authentication is off, the API is open to anyone")
+        log.warning(
+            "no database and no admin key configured: authentication is off, the API is open to anyone who can reach "
+            "%s",
+            settings.host,
+        )
         authenticator: Authenticator = open_access
     else:
         authenticator = KeyAuthenticator(verifier, admin_key)
         stages.append(permit)
-    if settings.redis_url is not None:
+    if settings.redis_url is None:
+        stages.append(prepare)
+    else:
         # Imported here: redis-py loads the OpenTelemetry SDK, which a server without Redis should not carry.
         from server.access.ratelimit import RateLimiter
         from server.serving.caching import CacheStage
-        from server.serving.limits import RateLimitStage
+        from server.serving.limits import RequestLimitStage, TokenLimitStage
         from server.serving.response_cache import ResponseCache
         from server.store.redis import open_redis
 
         redis = await open_redis(settings, resources, credential)
         limiter = RateLimiter(redis.client, fail_closed=settings.ratelimit_fail_closed, outage=redis.outage)
-        stages.append(RateLimitStage(limiter))
+        stages.extend([RequestLimitStage(limiter), prepare, TokenLimitStage(limiter)])
         if settings.cache_ttl_s > 0:
-            stages.append(CacheStage(ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)))
+            cache = ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)
+            stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
     return DataPlane(authenticator, Pipeline(stages), keys, verifier, conversations, admin_key)
 

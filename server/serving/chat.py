@@ -30,15 +30,18 @@ from server.serving.shape import Reply, new_id, now, usage
 
 
 async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[ChatCompletion]:
-    tool_plan = tool_calls.plan(body)
-    admitted = await admit(ctx, "chat.completions", body, lambda engine: chat_request(engine, body, tool_plan))
+    # Planning tools compiles their schemas: part of the preparation, which runs after the limits, off the loop.
+    admitted = await admit(
+        ctx, "chat.completions", body, lambda engine: chat_request(engine, body, tool_calls.plan(body))
+    )
+    uses_tools = tool_calls.uses_tools(body)
     rid, model = new_id("chatcmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
-        chunks = _tool_chunks if tool_plan is not None else _text_chunks
+        chunks = _tool_chunks if uses_tools else _text_chunks
         return Reply(headers, chunks=chunks(admitted, rid, model, body))
     whole = await admitted.collect()
-    tool_format = tools.format_for(admitted.job.model.engine) if tool_plan is not None else None
+    tool_format = tools.format_for(admitted.job.model.engine) if uses_tools else None
     choices = []
     for c in whole.choices:
         message, reason = _message(c.text, c.finish_reason, tool_format)

@@ -8,6 +8,7 @@ import struct
 from contextlib import aclosing
 
 from server.api.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from server.engine.base import Engine
 from server.serving.job import ServingJob
 from server.serving.run import MODEL_VERSION_HEADER, ServingContext, lease_model
 from server.serving.shape import Reply
@@ -17,17 +18,14 @@ from server.serving.stages import embed
 async def create(body: EmbeddingRequest, ctx: ServingContext) -> Reply[EmbeddingList]:
     # A lease, as for generations: a hot swap frees the old engine only after its last request, embeddings included.
     async with lease_model(ctx.holder, body.model) as served:
-        engine = served.engine
-        inputs = [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
         job = ServingJob(
             ctx.request_id,
             "embeddings",
             body,
             served,
-            None,
+            lambda engine: _tokens(engine, body),
             ctx.caller,
             client_request_id=ctx.client_request_id,
-            embedding_inputs=inputs,
         )
         job.response_headers[MODEL_VERSION_HEADER] = served.sha256
         async with aclosing(ctx.pipeline.run(job, terminal=embed)) as events:
@@ -41,6 +39,10 @@ async def create(body: EmbeddingRequest, ctx: ServingContext) -> Reply[Embedding
     ]
     usage = EmbeddingUsage(prompt_tokens=job.prompt_tokens, total_tokens=job.prompt_tokens)
     return Reply(job.response_headers, body=EmbeddingList(data=data, model=served.model_id, usage=usage))
+
+
+def _tokens(engine: Engine, body: EmbeddingRequest) -> list[list[int]]:
+    return [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
 
 
 def _base64(vector: list[float]) -> str:

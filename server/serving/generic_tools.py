@@ -9,6 +9,7 @@ tool syntax; ggufstack uses it for every model whose template has none it knows 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 from server.api.protocol import ChatMessage
@@ -48,20 +49,61 @@ class GenericFormat:
         return json_schema_grammar(answer, param="tools")
 
     def parse(self, text: str) -> ParsedAnswer | None:
-        """The calls or content in a completed answer; None when it is not the format (cut short by max_tokens)."""
+        """The calls or content in an answer; one cut short by max_tokens gives the calls it completed (its wrapper
+        is never content); None when the text is not the format at all."""
         try:
             answer = json.loads(text)
         except json.JSONDecodeError:
-            return None
+            return _cut_short(text)
         if isinstance(answer, dict) and isinstance(answer.get("tool_calls"), list):
-            calls = tuple(
-                ParsedCall(new_call_id(), c["name"], json.dumps(c["arguments"], ensure_ascii=False))
-                for c in answer["tool_calls"]
-            )
-            return ParsedAnswer(None, calls)
+            return ParsedAnswer(None, tuple(_call(c) for c in answer["tool_calls"]))
         if isinstance(answer, dict) and isinstance(answer.get("content"), str):
             return ParsedAnswer(answer["content"], ())
         return None
+
+
+_CALLS_START = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[\s*')
+_CONTENT_START = re.compile(r'\s*\{\s*"content"\s*:\s*"')
+_DECODER = json.JSONDecoder()
+
+
+def _call(value: dict[str, object]) -> ParsedCall:
+    return ParsedCall(new_call_id(), str(value["name"]), json.dumps(value["arguments"], ensure_ascii=False))
+
+
+def _cut_short(text: str) -> ParsedAnswer | None:
+    """An answer the grammar was still writing when max_tokens ended it: the calls it finished, or its text so far."""
+    if (start := _CALLS_START.match(text)) is not None:
+        calls: list[ParsedCall] = []
+        at = start.end()
+        while True:
+            try:
+                value, at = _DECODER.raw_decode(text, at)
+            except json.JSONDecodeError:
+                break
+            if not isinstance(value, dict) or "name" not in value or "arguments" not in value:
+                break
+            calls.append(_call(value))
+            rest = text[at:].lstrip()
+            if not rest.startswith(","):
+                break
+            at = len(text) - len(rest) + 1
+            at += len(text[at:]) - len(text[at:].lstrip())
+        return ParsedAnswer(None, tuple(calls))
+    if (start := _CONTENT_START.match(text)) is not None:
+        return ParsedAnswer(_partial_string(text[start.end() :]), ())
+    # Cut before the wrapper said which it is: nothing complete to give, and the wrapper is never content.
+    return ParsedAnswer(None, ()) if text.lstrip().startswith("{") else None
+
+
+def _partial_string(body: str) -> str:
+    """The text of a JSON string whose closing quote never came (an escape cut in half is dropped)."""
+    for end in range(len(body), max(len(body) - 12, -1), -1):
+        try:
+            return json.loads(f'"{body[:end]}"')
+        except json.JSONDecodeError:
+            continue
+    return ""
 
 
 def _instructions(plan: ToolPlan) -> str:

@@ -7,8 +7,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from server.engine.base import Finished, GenerationRequest
+from server.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
+from server.engine.base import Engine, Finished, GenerationRequest
 from server.lifecycle.holder import ServedModel
 
 
@@ -34,23 +40,28 @@ async def open_access(_: str | None) -> Caller:
     return ANONYMOUS
 
 
-Endpoint = Literal["chat.completions", "completions", "embeddings"]
+Endpoint = Literal["chat.completions", "completions", "embeddings", "tokenize", "detokenize"]
+TOKENIZER_ENDPOINTS = ("tokenize", "detokenize")
 
 
 @dataclass(eq=False)
 class ServingJob:
     """What the stages share. Stages fill `response_headers` before the first event, and the outcome as it happens.
 
-    A generation carries its `generation`; an embeddings request carries `embedding_inputs` instead (and `generation`
-    None), its terminal stage leaves the vectors in `embeddings`, and its one event is a Finished with its usage.
+    The expensive part of admission (rendering the chat template, tokenizing, compiling grammars) is the job's
+    `preparation`, which the `prepare` stage runs in a worker thread once the request limit admitted the request. It
+    returns the generation's `generation`, an embeddings request's `embedding_inputs` (its terminal stage leaves the
+    vectors in `embeddings`), or a tokenizer request's answer (`prepared`); such jobs end with one Finished event.
     """
 
     request_id: str  # the server's own id: the one identity of the request (audit row, rate-limit entries)
     endpoint: Endpoint
-    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest
     model: ServedModel
-    generation: GenerationRequest | None
+    preparation: Callable[[Engine], object] | None = None
     caller: Caller = ANONYMOUS
+    generation: GenerationRequest | None = None
+    prepared: object = None
     conversation_id: str | None = None  # X-Conversation-Id: where the record stage files this exchange
     client_request_id: str | None = None  # X-Request-Id as the client sent it, recorded beside request_id
     arrived_at: float = field(default_factory=time.monotonic)
@@ -63,6 +74,11 @@ class ServingJob:
     generated_tokens: int = 0
     embedding_inputs: list[list[int]] = field(default_factory=list)
     embeddings: list[list[float]] | None = None
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether the request decodes with the model (generations, embeddings), not only its tokenizer."""
+        return self.endpoint not in TOKENIZER_ENDPOINTS
 
     @property
     def prompt_tokens(self) -> int:

@@ -1,9 +1,13 @@
 """Answers to deterministic requests (temperature 0, or a fixed seed), kept in Redis for `ttl_s`.
 
 The key is a SHA-256 of the endpoint, the request as it affects the answer (fields that only shape the transport,
-such as `stream`, are left out) and the serving model's version (the sha256 of its GGUF), so a new model never serves
-an old model's answer. The value is the generation's events, so a hit replays through the same response shaping as a
-fresh generation: a streamed hit streams the same chunks, a plain one returns the same body.
+such as `stream`, are left out), the serving model's version (the sha256 of its GGUF), so a new model never serves
+an old model's answer, what else on the server decides the answer (the context window chat's default max_tokens
+comes from, the batch size, GPU offload, the sampler's and llama.cpp's versions), and the scope: the API key that
+asked, unless the cache is shared, so a hit never tells one tenant what another asked.
+
+The value is the generation's events, so a hit replays through the same response shaping as a fresh generation: a
+streamed hit streams the same chunks, a plain one returns the same body.
 
 Redis being unreachable only makes every lookup a miss.
 """
@@ -31,9 +35,19 @@ def is_deterministic(temperature: float | None, seed: int | None) -> bool:
     return (temperature is not None and temperature <= 0.0) or seed is not None
 
 
-def cache_key(endpoint: str, body: Mapping[str, Any], model_version: str) -> str:
+def cache_key(
+    endpoint: str,
+    body: Mapping[str, Any],
+    model_version: str,
+    *,
+    scope: str = "shared",
+    server: Mapping[str, Any] | None = None,
+) -> str:
+    """`scope`: whose answers these are ("shared", or one key's); `server`: the server's inputs to the answer."""
     normalised = {k: v for k, v in body.items() if k not in TRANSPORT_FIELDS and v is not None}
-    material = json.dumps([endpoint, model_version, normalised], sort_keys=True, separators=(",", ":"))
+    material = json.dumps(
+        [endpoint, model_version, normalised, scope, dict(server or {})], sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 

@@ -130,15 +130,15 @@ async def admit(
     body: ChatCompletionRequest | CompletionRequest,
     prepare: Callable[[Engine], GenerationRequest],
 ) -> Admitted:
+    """`prepare` (render, tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits."""
     lease = lease_model(ctx.holder, body.model)
     try:
-        generation = prepare(lease.model.engine)
         job = ServingJob(
             ctx.request_id,
             endpoint,
             body,
             lease.model,
-            generation,
+            prepare,
             ctx.caller,
             conversation_id=ctx.conversation_id,
             client_request_id=ctx.client_request_id,

@@ -8,11 +8,13 @@ the last event it does its bookkeeping (charge tokens, record the request).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from functools import partial
 from typing import Protocol
 
-from server.engine.base import Finished, GenerationEvent
+from server.engine.base import Finished, GenerationEvent, GenerationRequest
 from server.serving.job import ServingJob
 
 Events = AsyncGenerator[GenerationEvent, None]
@@ -21,6 +23,28 @@ Next = Callable[[ServingJob], Events]
 
 class Stage(Protocol):
     def __call__(self, job: ServingJob, call_next: Next) -> Events: ...
+
+
+async def prepare(job: ServingJob, call_next: Next) -> Events:
+    """Run the job's preparation (render, tokenize, compile its grammar) in a worker thread: after the stages that
+    may refuse the request cheaply (key, model permission, request rate), and off the event loop, so one large
+    prompt does not stall every other request's streaming."""
+    if job.preparation is not None:
+        prepared = await asyncio.to_thread(job.preparation, job.model.engine)
+        if isinstance(prepared, GenerationRequest):
+            job.generation = prepared
+        elif job.endpoint == "embeddings":
+            job.embedding_inputs = prepared  # type: ignore[assignment]
+        else:
+            job.prepared = prepared
+    async with aclosing(call_next(job)) as events:
+        async for event in events:
+            yield event
+
+
+async def answer_prepared(job: ServingJob) -> Events:
+    """The last stage of a tokenizer request: its answer was prepared; the usage is the tokens it holds."""
+    yield Finished("stop", 0, 0)
 
 
 async def generate(job: ServingJob) -> Events:

@@ -64,11 +64,16 @@ class ParsedAnswer:
     calls: tuple[ParsedCall, ...]
 
 
+def uses_tools(body: ChatCompletionRequest) -> bool:
+    """Whether a request's answer may be tool calls: it offers tools, and tool_choice is not "none"."""
+    return bool(body.tools) and body.tool_choice != "none"
+
+
 def plan(body: ChatCompletionRequest) -> ToolPlan | None:
     """The tool plan of a request, or None when it generates plain text (no tools, or tool_choice "none")."""
     if body.tool_choice is not None and not body.tools:
         raise APIError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
-    if not body.tools or body.tool_choice == "none":
+    if not uses_tools(body):
         return None
     names = [tool.function.name for tool in body.tools]
     for i, name in enumerate(names):

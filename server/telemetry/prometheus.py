@@ -57,6 +57,8 @@ AUDIT_RECORDS_REFUSED = f"{PREFIX}_audit_records_refused_total"
 BACKGROUND_TASK_FAILURES = f"{PREFIX}_background_task_failures_total"
 MODEL_SWAPS = f"{PREFIX}_model_swaps_total"
 MODEL_SWAP_DURATION = f"{PREFIX}_model_swap_duration_seconds"
+MODEL_WATCHER_RUNNING = f"{PREFIX}_model_watcher_running"
+MODEL_WATCH_ERRORS = f"{PREFIX}_model_watch_errors_total"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
@@ -160,6 +162,16 @@ background_task_failures = Counter(
     _base(BACKGROUND_TASK_FAILURES, "_total"),
     "Background tasks (the audit writer, migrations) that ended with an error, by task; any is a bug to report.",
     ["task"],
+    registry=REGISTRY,
+)
+model_watcher_running = Gauge(
+    MODEL_WATCHER_RUNNING,
+    "1 while the watcher checks the model blob for new versions; 0 when watching is off or the watcher stopped.",
+    registry=REGISTRY,
+)
+model_watch_errors = Counter(
+    _base(MODEL_WATCH_ERRORS, "_total"),
+    "Checks for a new model version that failed unexpectedly; the watcher logs each and keeps watching.",
     registry=REGISTRY,
 )
 model_swaps = Counter(

@@ -5,14 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from server.api.deps import HolderDep
+from server.api.deps import HolderDep, SettingsDep
 from server.api.protocol import Liveness, ReadinessReport, refused_version
 
 router = APIRouter(prefix="/health")
 
 
-@router.get("/live")
-async def live() -> Liveness:
+@router.get(
+    "/live",
+    response_model=Liveness,
+    response_model_exclude_none=True,
+    responses={503: {"model": Liveness, "description": "Failing: restart the server."}},
+)
+async def live(holder: HolderDep, settings: SettingsDep) -> Liveness | JSONResponse:
+    lost_for = holder.lost_for()
+    if lost_for > settings.lost_model_restart_s:
+        reason = f"no model for {lost_for:.0f} s after a failed swap in place: {holder.readiness().reason}"
+        return JSONResponse(Liveness(status="failing", reason=reason).model_dump(), status_code=503)
     return Liveness()
 
 

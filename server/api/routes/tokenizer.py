@@ -1,34 +1,36 @@
-"""POST /tokenize and /detokenize, as llama.cpp's server has them: for clients that count or inspect tokens."""
+"""POST /tokenize and /detokenize, as llama.cpp's server has them: for clients that count or inspect tokens. They pass
+the same key, model permission and request limit as a generation (see `server/serving/tokenizer.py`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from sse_starlette import EventSourceResponse
 
-from server.api.deps import CallerDep, HolderDep
+from server.api.deps import ServingDep
 from server.api.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
     ErrorResponse,
     TokenizeRequest,
     TokenizeResponse,
-    TokenPiece,
 )
+from server.api.streaming import respond
+from server.serving import tokenizer
 
 router = APIRouter()
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 500, 503)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 429, 500, 503)}
 
 
-@router.post("/tokenize", responses=_ERRORS)
-async def tokenize(body: TokenizeRequest, holder: HolderDep, _: CallerDep) -> TokenizeResponse:
-    engine = holder.engine()
-    tokens = engine.tokenize(body.content, add_special=body.add_special)
-    if not body.with_pieces:
-        return TokenizeResponse(tokens=tokens)
-    pieces = [TokenPiece(id=t, piece=engine.token_piece(t).decode(errors="replace")) for t in tokens]
-    return TokenizeResponse(tokens=pieces)
+@router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
+async def tokenize(
+    body: TokenizeRequest, serving: ServingDep, response: Response
+) -> TokenizeResponse | EventSourceResponse:
+    return respond(await tokenizer.tokenize(body, serving), response)
 
 
-@router.post("/detokenize", responses=_ERRORS)
-async def detokenize(body: DetokenizeRequest, holder: HolderDep, _: CallerDep) -> DetokenizeResponse:
-    return DetokenizeResponse(content=holder.engine().detokenize(body.tokens))
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
+async def detokenize(
+    body: DetokenizeRequest, serving: ServingDep, response: Response
+) -> DetokenizeResponse | EventSourceResponse:
+    return respond(await tokenizer.detokenize(body, serving), response)

@@ -1,0 +1,104 @@
+"""Threat: the response cache as a side channel between tenants. Deterministic answers (temperature 0 or a seed) were
+cached under the request alone, so key B asking what key A asked got A's answer, and `x-ggufstack-cache: hit` told B
+that someone had asked exactly that (a prompt can be guessed and confirmed one request at a time). The cache is now
+scoped per API key by default (GGUFSTACK_CACHE_SCOPE=shared shares it on purpose), and its key includes the server
+settings that change an answer, such as the context window chat's default max_tokens comes from: two replicas with
+different settings sharing one Redis never serve each other's answers.
+
+Two real servers share one PostgreSQL database (keys) and one Redis: the first per-key with n_ctx 4096, the second
+shared with n_ctx 2048.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.support.postgres import Postgres
+from tests.support.redis import Redis
+from tests.support.server import ServerProcess, start_server
+
+MODEL = "cache-model"
+ADMIN_KEY = "admin-" + uuid.uuid4().hex
+CACHE = "x-ggufstack-cache"
+REDIS_DB = 3  # this module's own database on the session's Redis
+
+
+@dataclass
+class Servers:
+    per_key: ServerProcess
+    shared: ServerProcess
+    keys: tuple[str, str]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, demo_gguf, postgres: Postgres, redis_server: Redis) -> Iterator[Servers]:
+    database = "cache_scope_" + uuid.uuid4().hex[:8]
+    redis_server.client(REDIS_DB).flushdb()
+    env = {
+        "GGUFSTACK_DATABASE_URL": postgres.create_database(database),
+        "GGUFSTACK_REDIS_URL": redis_server.url(REDIS_DB),
+        "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
+        "GGUFSTACK_MODEL_PATH": str(demo_gguf),
+        "GGUFSTACK_MODEL_ALIAS": MODEL,
+    }
+    started = [
+        start_server(tmp_path_factory.mktemp("cache-per-key"), env, n_threads=1),
+        start_server(
+            tmp_path_factory.mktemp("cache-shared"),
+            {**env, "GGUFSTACK_CACHE_SCOPE": "shared", "GGUFSTACK_N_CTX": "2048"},
+            n_threads=1,
+        ),
+    ]
+    try:
+        for server in started:
+            server.wait_ready()
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        keys = []
+        for name in ("tenant-a", "tenant-b"):
+            r = httpx.post(f"{started[0].base_url}/admin/keys", json={"name": name}, headers=admin, timeout=30)
+            assert r.status_code == 201, r.text
+            keys.append(r.json()["key"])
+        yield Servers(started[0], started[1], (keys[0], keys[1]))
+    finally:
+        for server in started:
+            server.stop()
+
+
+def _ask(server: ServerProcess, key: str, question: str) -> httpx.Response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "temperature": 0}
+    r = httpx.post(
+        f"{server.base_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_one_keys_cached_answer_is_not_served_to_another_key(servers: Servers) -> None:
+    a, b = servers.keys
+    question = f"Reply with one word: yes. ({uuid.uuid4().hex[:6]})"
+    first = _ask(servers.per_key, a, question)
+    assert first.headers[CACHE] == "miss"
+    assert _ask(servers.per_key, a, question).headers[CACHE] == "hit"
+    other = _ask(servers.per_key, b, question)
+    assert other.headers[CACHE] == "miss", "key B learned that key A asked this"
+    assert _ask(servers.per_key, b, question).headers[CACHE] == "hit"
+
+
+def test_a_replica_with_another_context_window_does_not_serve_the_answer(servers: Servers) -> None:
+    """No max_tokens: chat's default is what the context leaves, so n_ctx 2048 may answer differently."""
+    a = servers.keys[0]
+    question = f"Reply with one word: no. ({uuid.uuid4().hex[:6]})"
+    assert _ask(servers.per_key, a, question).headers[CACHE] == "miss"
+    assert _ask(servers.shared, a, question).headers[CACHE] == "miss"
+
+
+def test_a_shared_cache_serves_every_key(servers: Servers) -> None:
+    a, b = servers.keys
+    question = f"Reply with one word: maybe. ({uuid.uuid4().hex[:6]})"
+    assert _ask(servers.shared, a, question).headers[CACHE] == "miss"
+    assert _ask(servers.shared, b, question).headers[CACHE] == "hit"

@@ -1,0 +1,114 @@
+"""Threat: making the server work for a request it will refuse. The chat template was rendered, the prompt tokenized
+and tool schemas compiled to grammars on the event loop before the rate limit was checked, so a key far over its RPM
+still cost the server all of that per request (and stalled every stream meanwhile); /tokenize and /detokenize passed
+no limit at all. Now the pipeline checks the key, the model permission and the request rate first, then a `prepare`
+stage does the rendering, tokenizing and grammar work in a worker thread, then the prompt's tokens meet TPM. The
+tokenizer endpoints pass the same key, permission and request limit.
+
+One real server with PostgreSQL (keys, audit rows) and Redis (limits).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.support.postgres import Postgres
+from tests.support.redis import Redis
+from tests.support.server import ServerProcess, start_server
+
+MODEL = "limits-model"
+ADMIN_KEY = "admin-" + uuid.uuid4().hex
+REDIS_DB = 4  # this module's own database on the session's Redis
+BAD_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "minProperties": "x"}}}
+
+
+@dataclass
+class Plane:
+    server: ServerProcess
+    postgres: Postgres
+    database: str
+
+    def key(self, **fields) -> dict:
+        r = httpx.post(
+            f"{self.server.base_url}/admin/keys",
+            json={"name": "k-" + uuid.uuid4().hex[:6], **fields},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def post(self, key: str, path: str, body: dict) -> httpx.Response:
+        return httpx.post(
+            f"{self.server.base_url}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120
+        )
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory, demo_gguf, postgres: Postgres, redis_server: Redis) -> Iterator[Plane]:
+    database = "limit_first_" + uuid.uuid4().hex[:8]
+    redis_server.client(REDIS_DB).flushdb()
+    env = {
+        "GGUFSTACK_DATABASE_URL": postgres.create_database(database),
+        "GGUFSTACK_REDIS_URL": redis_server.url(REDIS_DB),
+        "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
+        "GGUFSTACK_MODEL_PATH": str(demo_gguf),
+        "GGUFSTACK_MODEL_ALIAS": MODEL,
+    }
+    server = start_server(tmp_path_factory.mktemp("limit-first"), env, n_threads=1)
+    try:
+        server.wait_ready()
+        yield Plane(server, postgres, database)
+    finally:
+        server.stop()
+
+
+def _chat(content: str, **extra) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 1, **extra}
+
+
+def test_a_request_over_rpm_is_refused_before_its_tools_are_compiled(plane: Plane) -> None:
+    """A tool schema that cannot be compiled is a 400 once it is tried; over the key's RPM it is never tried."""
+    key = plane.key(rpm=1)["key"]
+    assert plane.post(key, "/v1/chat/completions", _chat("hi")).status_code == 200
+    refused = plane.post(key, "/v1/chat/completions", _chat("hi", tools=[BAD_TOOL], tool_choice="required"))
+    assert refused.status_code == 429, refused.text
+
+
+def test_a_request_over_rpm_is_refused_before_it_is_tokenized(plane: Plane) -> None:
+    created = plane.key(rpm=1)
+    assert plane.post(created["key"], "/v1/chat/completions", _chat("hi")).status_code == 200
+    refused = plane.post(created["key"], "/v1/chat/completions", _chat("a long question " * 500))
+    assert refused.status_code == 429, refused.text
+    deadline = time.monotonic() + 10
+    rows: list[tuple] = []
+    while time.monotonic() < deadline and len(rows) < 2:
+        query = "SELECT status, prompt_tokens FROM audit_log WHERE key_id = %s ORDER BY id"
+        rows = plane.postgres.execute(query, plane.database, (created["id"],))
+        time.sleep(0.2)
+    assert rows[1] == (429, 0), f"the refused request's prompt was tokenized: {rows}"
+
+
+@pytest.mark.parametrize(("path", "body"), [("/tokenize", {"content": "hello"}), ("/detokenize", {"tokens": [1, 2]})])
+def test_the_tokenizer_endpoints_count_against_rpm(plane: Plane, path: str, body: dict) -> None:
+    key = plane.key(rpm=2)["key"]
+    first = plane.post(key, path, body)
+    assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "1", first.text
+    assert plane.post(key, path, body).status_code == 200
+    refused = plane.post(key, path, body)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(("path", "body"), [("/tokenize", {"content": "hello"}), ("/detokenize", {"tokens": [1, 2]})])
+def test_the_tokenizer_endpoints_need_a_key_for_the_model(plane: Plane, path: str, body: dict) -> None:
+    other_model = plane.key(models=["another-model"])["key"]
+    refused = plane.post(other_model, path, body)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    no_key = httpx.post(f"{plane.server.base_url}{path}", json=body, timeout=30)
+    assert no_key.status_code == 401
