@@ -192,9 +192,9 @@ def test_config_is_read_from_the_cli_environment(monkeypatch: pytest.MonkeyPatch
 
 
 def _documented_keys() -> dict[str, list[str]]:
-    """The infrastructure configuration table of README.md: key -> [type, default, allowed, dev, prod]."""
-    infra = (REPO / "README.md").read_text().split("\n## Infrastructure")[1]
-    section = infra.split("\n### Configuration\n")[1].split("\n### ")[0]
+    """The configuration table of docs/infrastructure.md: key -> [type, default, allowed, dev, prod]."""
+    infra = (REPO / "docs" / "infrastructure.md").read_text()
+    section = infra.split("\n## Configuration\n")[1].split("\n## ")[0]
     rows = {}
     for line in section.splitlines():
         if line.startswith("| `"):

@@ -389,7 +389,7 @@ def test_a_first_deployment_can_skip_the_rollout_await() -> None:
     provide, and failed after 50-65 minutes. With `skipRolloutAwait` the Deployment carries pulumi-kubernetes'
     `pulumi.com/skipAwait` annotation ("Kubernetes provider: Resource await behavior",
     https://www.pulumi.com/registry/packages/kubernetes/installation-configuration/#await-behavior), so `up` applies
-    it and goes on; the README's first-`up` walkthrough says when to turn it off again."""
+    it and goes on; the first-`up` walkthrough (docs/infrastructure.md) says when to turn it off again."""
     bootstrap = run_program("dev", {**stack_config("dev"), "ggufstack:skipRolloutAwait": "true"})
     (deployment,) = [o for _, o in bootstrap.kubernetes_objects() if _is_server(o)]
     assert deployment["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"

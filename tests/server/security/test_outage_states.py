@@ -1,7 +1,7 @@
 """Threat: a flood of made-up bearer tokens. Every miss queried PostgreSQL; the pool's 8 connections ran out, the
 2 s checkout timeouts were taken for an outage, and the outage state (shared with the audit writer) let every key
 validated in the last 600 s through without a check: a key revoked on another replica kept working for up to 600 s,
-not the 30 s the README promises. Only failures to reach PostgreSQL count as an outage now, each use of it keeps its
+not the 30 s the docs promise. Only failures to reach PostgreSQL count as an outage now, each use of it keeps its
 own state, lookups are bounded and misses remembered, so a slow or flooded database never extends a revoked key."""
 
 from __future__ import annotations

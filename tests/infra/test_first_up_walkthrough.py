@@ -1,4 +1,4 @@
-"""The README's first-`pulumi up` walkthrough: every step that remains manual, in order, with why it is manual."""
+"""The first-`pulumi up` walkthrough (docs/infrastructure.md): every manual step, in order, with why it is manual."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from tests.infra.harness import REPO
 
 
 def _first_up() -> str:
-    readme = (REPO / "README.md").read_text()
-    return readme.split("### First `pulumi up`", 1)[1].split("\n### ", 1)[0]
+    page = (REPO / "docs" / "infrastructure.md").read_text()
+    return page.split("## First `pulumi up`", 1)[1].split("\n## ", 1)[0]
 
 
 def _steps(section: str) -> list[str]:
@@ -43,12 +43,12 @@ def test_keda_restart_is_an_unconditional_step_not_a_hint() -> None:
     """The KEDA add-on starts before its federated credential exists on every first deployment ("Kubernetes
     Event-driven Autoscaling (KEDA) add-on with workload identity", https://learn.microsoft.com/azure/aks/keda-workload-identity):
     the README said to restart it only "if KEDA started before its federated credential existed"."""
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "infrastructure.md").read_text()
     assert "If KEDA started before" not in readme
     assert "kubectl -n kube-system rollout restart deployment keda-operator" in _first_up()
 
 
 def test_no_step_enables_what_the_stack_now_declares() -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "infrastructure.md").read_text()
     assert "az aks approuting gateway istio enable" not in readme
     assert "--enable-gateway-api" not in readme
