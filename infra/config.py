@@ -212,7 +212,7 @@ class StackConfig(BaseModel):
     context_size: int = Field(4096, ge=64, le=1_048_576)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     scale_waiting_per_replica: int = Field(4, ge=1, le=1000)
-    # The first `pulumi up` of a stack: do not wait for the server's rollout (docs/infrastructure.md, First `pulumi up`).
+    # The first `pulumi up` of a stack: do not wait for the server's rollout (docs/infrastructure.md, "First up").
     skip_rollout_await: bool = False
 
     ingress_host_name: Annotated[str, AfterValidator(_host_name)] | None = None
