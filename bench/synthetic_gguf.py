@@ -13,6 +13,7 @@ billion parameters is written at disk speed rather than at the speed of a random
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ def tensor_shapes(shape: Shape, n_vocab: int) -> Iterator[tuple[str, tuple[int, 
         yield "output.weight", (n_vocab, shape.n_embd)
 
 
+@functools.cache
 def tokenizer_fields(vocab: Path) -> tuple[list[tuple[str, object, gguf.GGUFValueType, object]], int]:
     """The tokenizer.* key/values of `vocab` (to copy as they are) and its vocabulary size."""
     reader = gguf.GGUFReader(vocab)

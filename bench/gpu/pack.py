@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import lzma
 import shutil
@@ -39,10 +40,10 @@ from bench.gpu.common import CACHE, cached_cpu_tools  # noqa: E402
 # Python packages the GPU machine's image already has (its image's list; importing them there works). Anything the
 # server imports that is not here travels as a wheel.
 PRESENT = {
-    "annotated-doc", "anyio", "certifi", "charset-normalizer", "click", "h11", "httpcore", "httpx", "idna",
+    "annotated-doc", "certifi", "charset-normalizer", "click", "h11", "httpcore", "httpx", "idna",
     "jinja2", "markdown-it-py", "markupsafe", "mdurl", "numpy", "packaging", "pluggy", "prometheus-client",
-    "pygments", "pytest", "pyyaml", "requests", "rich", "shellingham", "six", "typer", "typing-extensions",
-    "urllib3", "uvloop", "iniconfig", "protobuf", "wrapt", "zipp", "psutil", "cffi", "pycparser",
+    "pygments", "pytest", "pyyaml", "requests", "rich", "shellingham", "six", "typer",
+    "urllib3", "uvloop", "iniconfig", "protobuf", "wrapt", "zipp", "psutil", "attrs",
 }  # fmt: skip
 # What the server imports at start and the CUDA tests import (their conftest reaches the Blob test support).
 NEEDED = [
@@ -50,7 +51,8 @@ NEEDED = [
     "annotated-types", "sse-starlette", "uvicorn", "httptools", "gguf", "diskcache", "psycopg", "psycopg-binary",
     "psycopg-pool", "redis", "azure-core", "azure-storage-blob", "azure-identity", "azure-keyvault-secrets",
     "isodate", "cryptography", "cffi", "pycparser", "msal", "msal-extensions", "pyjwt", "tqdm", "pytest-asyncio",
-    "opentelemetry-api", "importlib-metadata", "zipp",
+    "opentelemetry-api", "typing-extensions", "anyio", "jsonschema", "jsonschema-specifications", "referencing",
+    "rpds-py",
 ]  # fmt: skip
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
@@ -101,7 +103,11 @@ def fetch_sdist() -> Path:
 def trimmed_sources(sdist: Path, out: Path) -> tuple[int, int]:
     """Write the trimmed llama.cpp and the `llama_cpp` package as `src/llama.cpp/...` and `src/llama_cpp/...`."""
     kept = dropped = 0
-    with tarfile.open(sdist) as src, lzma.open(out, "wb", preset=6) as xz, tarfile.open(fileobj=xz, mode="w") as dst:
+    with (
+        tarfile.open(sdist) as src,
+        lzma.open(out, "wb", preset=6) as xz,
+        tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
         for member in src:
             parts = member.name.split("/", 1)
             rel = parts[1] if len(parts) > 1 else ""
@@ -116,6 +122,8 @@ def trimmed_sources(sdist: Path, out: Path) -> tuple[int, int]:
             else:
                 continue
             kept += member.size
+            # A long name travels in the member's PAX header, which tarfile writes back over a new name: drop it.
+            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in ("path", "linkpath")}
             member.name = name
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     return kept, dropped
@@ -140,11 +148,13 @@ def locked_versions(names: list[str]) -> dict[str, str]:
     return {n: versions[n] for n in names}
 
 
-def download_wheels(out: Path) -> None:
+def download_wheels(out: Path, python: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wanted = [n for n in dict.fromkeys(NEEDED) if n not in PRESENT]
-    argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version"]
-    argv += ["3.12", "--implementation", "cp", "-d", str(out)]
+    # uv's environments have no pip; any pip can download wheels for another Python.
+    pip = sys.executable if importlib.util.find_spec("pip") else shutil.which("python3") or "python3"
+    argv = [pip, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version"]
+    argv += [python, "--implementation", "cp", "-d", str(out)]
     for platform in PLATFORMS:
         argv += ["--platform", platform]
     pinned = [f"{n}=={v}" for n, v in locked_versions(wanted).items()]
@@ -157,7 +167,7 @@ set -u
 BUNDLE="$(cd "$(dirname "$0")" && pwd)"
 WORK="${GPUKIT_WORK:-/tmp/gpukit}"
 mkdir -p "$WORK" && tar -xzf "$BUNDLE/repo.tar.gz" -C "$WORK"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PATH="$PATH:/usr/local/cuda/bin"
 exec python3 "$WORK/repo/bench/gpu/run.py" --bundle "$BUNDLE" --work "$WORK" --out "${OUT:-$WORK/out}" "$@"
 """
 
@@ -167,6 +177,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / ".gpukit")
     parser.add_argument("--sdist", type=Path, help="the llama-cpp-python sdist (default: download the locked one)")
     parser.add_argument("--no-wheels", action="store_true", help="leave the wheels out (the CPU dry run needs none)")
+    parser.add_argument("--python", default="3.12", help="the GPU machine's Python version, for the wheels")
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +186,7 @@ def main() -> None:
     print(f"==> llama.cpp sources: kept {kept / 2**20:.1f} MiB, dropped {dropped / 2**20:.1f} MiB", file=sys.stderr)
     repo_archive(out / "repo.tar.gz")
     if not args.no_wheels:
-        download_wheels(out / "wheels")
+        download_wheels(out / "wheels", args.python)
     from bench.synthetic_gguf import vocab_only
     from server.model_source.local import demo_model
 

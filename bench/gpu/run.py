@@ -40,6 +40,7 @@ import time
 import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def build_cpu_tools(src: Path, log: Path) -> Path:
 class Plan:
     """What one run does: the GPU run's defaults, or the dry run's small ones."""
 
-    shapes: list[tuple[str, str]]  # (synthetic shape, quantization) to benchmark, in order
+    shapes: list[tuple[str, str]]  # (synthetic shape, quantization) to benchmark, in order; F16 is not quantized
     clients: list[int]
     repeat: int
     max_tokens: int
@@ -190,6 +191,11 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=500.0, help="end the benchmarks before this many seconds")
     parser.add_argument("--dry-run", action="store_true", help="every step but CUDA, on a CPU")
     parser.add_argument("--build-cpu-tools", action="store_true", help="build the CPU tools into the cache and exit")
+    parser.add_argument("--lib", type=Path, help="use this folder's libllama instead of building one (no CUDA)")
+    parser.add_argument("--tools", type=Path, help="the folder holding llama-server and llama-quantize to use")
+    parser.add_argument("--shapes", nargs="+", help="SHAPE:QUANT to benchmark, in order (default: 8B, then 1B)")
+    parser.add_argument("--clients", type=int, nargs="+")
+    parser.add_argument("--repeat", type=int)
     args = parser.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -197,6 +203,10 @@ def main() -> None:
     deadline = report.began + args.budget_s
     time_left = lambda: deadline - time.monotonic()  # noqa: E731
     plan = DRY_PLAN if args.dry_run else GPU_PLAN
+    if args.shapes:
+        plan.shapes = [tuple(item.split(":", 1)) for item in args.shapes]  # type: ignore[misc]
+    plan.clients = args.clients or plan.clients
+    plan.repeat = args.repeat or plan.repeat
     report.data["mode"] = "dry run (CPU)" if args.dry_run else "GPU"
     build_log, tests_log, servers_log = args.out / "build.log", args.out / "tests.log", args.out / "servers.log"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +221,8 @@ def main() -> None:
         if not args.dry_run:
             try:
                 report.data["machine"]["copy"] = copy_bandwidth()  # type: ignore[index]
+            except subprocess.CalledProcessError as exc:
+                step["note"] = f"no copy bandwidth: {(exc.stderr or '').strip().splitlines()[-1:]}"
             except (subprocess.SubprocessError, ValueError, OSError) as exc:
                 step["note"] = f"no copy bandwidth: {exc}"
 
@@ -228,7 +240,7 @@ def main() -> None:
         if args.dry_run:
             spec = importlib.util.find_spec("llama_cpp")
             lib_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"  # type: ignore[union-attr]
-            tools = cached_cpu_tools()
+            tools = args.tools or cached_cpu_tools()
             step["status"] = "skipped"
             step["note"] = "dry run: this environment's packages and the llama-cpp-python wheel's CPU library"
             vocab_llama = vocab_smol = work / "smollm2-vocab.gguf"
@@ -247,9 +259,9 @@ def main() -> None:
             vocab_llama = src / "llama.cpp" / "models" / "ggml-vocab-llama-bpe.gguf"
             vocab_smol = args.bundle / "smollm2-vocab.gguf"
             pythonpath = [standin.parent, site, REPO]
-            lib_dir = build_dir / "bin"
+            lib_dir = args.lib or build_dir / "bin"
             packed = args.bundle / "llama-quantize"
-            tools = args.bundle if packed.exists() else None
+            tools = args.tools or (args.bundle if packed.exists() else None)
             step["wheels"] = len(wheels)
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
         env["LLAMA_CPP_LIB_PATH"] = str(lib_dir)
@@ -257,7 +269,7 @@ def main() -> None:
         for p in reversed(pythonpath):
             sys.path.insert(0, str(p))
 
-    if not args.dry_run:
+    if not args.dry_run and args.lib is None:
 
         def build() -> None:
             try:
@@ -265,54 +277,60 @@ def main() -> None:
                 cmake_build(work / "src" / "llama.cpp", build_dir, flags, build_log, os.cpu_count() or 16)
             except BaseException as exc:
                 build_error.append(exc)
+                # What the next try needs to know: where this machine keeps CUDA's libraries.
+                search = "ls -d /usr/local/cuda*/lib64/libcublas* 2>&1; ldconfig -p | grep -i cublas"
+                found = subprocess.run(["bash", "-c", search], capture_output=True, text=True)
+                with build_log.open("a") as out:
+                    out.write(f"cuBLAS search:\n{found.stdout}\n")
 
         build_began = time.monotonic()
         build_thread = threading.Thread(target=build, name="cuda-build")
         build_thread.start()
 
-    def fresh_quantizer() -> Path:
-        if build_thread is not None:
-            build_thread.join()
-            if build_error:
-                raise RuntimeError(f"the CUDA build failed: {build_error[0]}")
-            return build_dir / "bin" / "llama-quantize"
-        if tools is None:
-            raise FileNotFoundError("no llama-quantize (dry run without cached CPU tools)")
-        return tools / "llama-quantize"
-
-    models: dict[str, Path] = {}
     from bench.synthetic_gguf import SHAPES, write
 
     with report.step("models") as step:
-        threads = 8 if build_thread is not None and build_thread.is_alive() else (os.cpu_count() or 2)
         made: dict[str, str] = {}
         step["made"] = made
+        f16s: dict[str, Path] = {}
         # The demo stand-in first: the tests need it.
-        f16 = work / "smollm2-f16.gguf"
-        write("smollm2-135m", vocab_smol, f16, seed=1)
-        quantizer = tools / "llama-quantize" if tools is not None else None
-        if quantizer is None and args.dry_run:
-            f16.replace(standin / DEMO_FILE)  # no quantizer here: the tests run on the F16 under the demo's name
-            made["demo stand-in"] = "F16 (no llama-quantize cached)"
-        else:
-            quantize(quantizer or fresh_quantizer(), f16, standin / DEMO_FILE, "Q4_1", threads, build_log)
-            made["demo stand-in"] = "Q4_1"
-        report.write()
-        for shape, kind in plan.shapes:
-            f16 = work / f"{shape}-f16.gguf"
+        for shape, vocab, seed in [("smollm2-135m", vocab_smol, 1)] + [(s, vocab_llama, 2) for s, _ in plan.shapes]:
             began = time.monotonic()
-            write(shape, vocab_llama, f16, seed=2)
-            written = time.monotonic() - began
-            if quantizer is None and args.dry_run:
-                models[shape] = f16
-                made[shape] = f"F16 in {written:.0f} s (no llama-quantize cached)"
-                continue
-            began = time.monotonic()
-            tool = quantizer or fresh_quantizer()
-            models[shape] = quantize(tool, f16, work / f"{shape}-{kind}.gguf", kind, threads, build_log)
-            made[shape] = f"{kind}: F16 written in {written:.0f} s, quantized in {time.monotonic() - began:.0f} s"
+            f16s[shape] = work / f"{shape}-f16.gguf"
+            write(shape, vocab, f16s[shape], seed=seed)
+            made[shape] = f"F16 written in {time.monotonic() - began:.0f} s"
             report.write()
 
+    models: dict[str, Path] = {}
+    pending: dict[str, Future[Path]] = {}
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantize")
+
+    def quantize_models(tool: Path | None) -> None:
+        """The stand-in now, the benchmark models one after the other in the background (the tests need only the
+        stand-in, and they use the GPU while quantizing uses the cores)."""
+        with report.step("quantize") as step:
+            if tool is None:
+                step["status"] = "skipped"
+                step["note"] = "no llama-quantize: the models stay F16"
+                f16s["smollm2-135m"].replace(standin / DEMO_FILE)
+                models.update({shape: f16s[shape] for shape, _ in plan.shapes})
+                return
+            threads = 8 if build_thread is not None and build_thread.is_alive() else (os.cpu_count() or 2)
+            quantize(tool, f16s["smollm2-135m"], standin / DEMO_FILE, "Q4_1", threads, build_log)
+            made["smollm2-135m"] += ", Q4_1 as the demo stand-in"
+
+            def one(shape: str, kind: str) -> Path:
+                began = time.monotonic()
+                path = quantize(tool, f16s[shape], work / f"{shape}-{kind}.gguf", kind, threads, build_log)
+                made[shape] += f", {kind} in {time.monotonic() - began:.0f} s"
+                report.write()
+                return path
+
+            for shape, kind in plan.shapes:
+                pending[shape] = background.submit(one, shape, kind)
+
+    if tools is not None:
+        quantize_models(tools / "llama-quantize")
     if build_thread is not None:
         with report.step("build") as step:
             build_thread.join()
@@ -321,14 +339,16 @@ def main() -> None:
                 raise RuntimeError(f"CUDA build failed (build.log): {build_error[0]}")
             tools = build_dir / "bin"
     else:
-        report.steps["build"] = {"status": "skipped", "note": "dry run: no CUDA build"}
+        report.steps["build"] = {"status": "skipped", "note": f"no CUDA build: the library in {lib_dir}"}
+    if "quantize" not in report.steps:
+        quantize_models(tools / "llama-quantize" if tools is not None else None)
 
     with report.step("tests") as step:
         junit = work / "tests.xml"
         argv = [sys.executable, "-m", "pytest", "tests/test_gpu_offload.py", "-q", "-p", "no:cacheprovider"]
         argv += [f"--junitxml={junit}"]
         with tests_log.open("w") as out:
-            proc = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=300)
+            proc = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=150)
         step.update(junit_summary(junit))
         step["exit_code"] = proc.returncode
         if proc.returncode != 0:
@@ -340,16 +360,18 @@ def main() -> None:
     from server.model_source.facts import memory_estimate, read_facts
 
     for shape, _kind in plan.shapes:
-        model = models.get(shape)
-        if model is None:
-            continue
         with report.step(f"bench {shape}") as step:
+            if shape in pending:
+                began = time.monotonic()
+                models[shape] = pending[shape].result()
+                step["waited_for_quantization_s"] = round(time.monotonic() - began, 1)
+            model = models[shape]
             if time_left() < 45:
                 step["status"] = "skipped"
                 step["note"] = f"{time_left():.0f} s left"
                 continue
             if llama_server is None:
-                step["note"] = "no llama-server (dry run without cached CPU tools): ours only"
+                step["note"] = "no llama-server binary: ours only"
             facts = read_facts(model)
             estimate = memory_estimate(facts, n_ctx=plan.n_ctx, n_slots=max(plan.clients))
             benches[shape] = entry = {
@@ -384,6 +406,7 @@ def main() -> None:
                     for log in sorted(logdir.glob("*.log")):
                         out.write(f"===== {shape} {log.name} (last 6000 characters)\n")
                         out.write(log.read_text(errors="replace")[-6000:] + "\n")
+    background.shutdown(cancel_futures=True)
     report.write()
     print((args.out / "results.md").read_text())
 
