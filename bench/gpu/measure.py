@@ -57,6 +57,7 @@ class ModelBench:
     started: list[Started] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> list[dict]:
         """Per client count and server: median tok/s and TTFT over the rounds, ours/theirs over rounds side by side."""
@@ -202,7 +203,7 @@ def bench_model(
     servers: list[Server] = []
     model_ids: dict[str, str] = {}
     try:
-        port = free_port()
+        port_ours = free_port()
         ours_env = env | {
             "GGUFSTACK_MODEL_PATH": str(model),
             "GGUFSTACK_N_CTX": str(n_ctx),
@@ -211,22 +212,33 @@ def bench_model(
             "GGUFSTACK_MAX_QUEUE": str(slots * 2),
             "GGUFSTACK_LOG_LEVEL": "info",
         }
-        argv = [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port)]
-        launches = [("ours", argv, ours_env, port, "/health/ready")]
+        argv = [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port_ours)]
+        launches = []
         if llama_server is not None:
             port = free_port()
-            argv = [str(llama_server), "-m", str(model), "--host", HOST, "--port", str(port), "-t", str(threads)]
-            argv += ["-np", str(slots), "-c", str(n_ctx * slots), "-ngl", "999"]
-            launches.append(("llama.cpp", argv, env, port, "/health"))
-        for name, argv, server_env, port, ready_path in launches:
+            their_argv = [str(llama_server), "-m", str(model), "--host", HOST, "--port", str(port), "-t", str(threads)]
+            their_argv += ["-np", str(slots), "-c", str(n_ctx * slots), "-ngl", "999"]
+            launches.append(("llama.cpp", their_argv, env, port, "/health"))
+        launches.append(("ours", argv, ours_env, port_ours, "/health/ready"))
+        for name, server_argv, server_env, server_port, ready_path in launches:
             before = gpu_used_mib()
             began = time.monotonic()
-            server = start(name, argv, server_env, port, logdir)
+            server = start(name, server_argv, server_env, server_port, logdir)
+            try:
+                wait_ready(server, ready_path, timeout_s=max(30.0, min(300.0, time_left())))
+                cold = time.monotonic() - began
+                model_ids[name] = _model_id(server)
+                asyncio.run(run_round(server, model_ids[name], slots, 8, bias))
+            except (
+                RuntimeError,
+                TimeoutError,
+                httpx.HTTPError,
+            ) as exc:  # one server failing leaves the other's numbers
+                server.stop()
+                result.failed[name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+                on_progress(result)
+                continue
             servers.append(server)
-            wait_ready(server, ready_path, timeout_s=max(30.0, min(300.0, time_left())))
-            cold = time.monotonic() - began
-            model_ids[name] = _model_id(server)
-            asyncio.run(run_round(server, model_ids[name], slots, 8, bias))
             after = gpu_used_mib()
             vram = after - before if before is not None and after is not None else None
             result.started.append(Started(name, cold, vram))
@@ -251,3 +263,19 @@ def bench_model(
         for started, server in zip(result.started, servers, strict=False):
             started.log = server.log.read_text(errors="replace")[-4000:]
     return result
+
+
+def smoke_llama_server(binary: Path, model: Path, logdir: Path) -> dict[str, object]:
+    """Start llama-server on `model` with every layer on the GPU and ask for a few tokens."""
+    port = free_port()
+    argv = [str(binary), "-m", str(model), "--host", HOST, "--port", str(port), "-ngl", "999", "-c", "512"]
+    server = start("smoke-llama-server", argv, {}, port, logdir)
+    try:
+        wait_ready(server, "/health", timeout_s=60)
+        body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0}
+        answer = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+        return {"ok": True, "usage": answer.get("usage")}
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+        return {"ok": False, "error": str(exc)[-2000:]}
+    finally:
+        server.stop()

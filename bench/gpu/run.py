@@ -258,6 +258,7 @@ def main() -> None:
             step["wheels"] = len(wheels)
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
         env["LLAMA_CPP_LIB_PATH"] = str(lib_dir)
+        env["PYTHONFAULTHANDLER"] = "1"
         os.environ.update(env)
         for p in reversed(pythonpath):
             sys.path.insert(0, str(p))
@@ -345,12 +346,37 @@ def main() -> None:
     if "quantize" not in report.steps:
         quantize_models(tools / "llama-quantize" if tools is not None else None)
 
+    with report.step("smoke") as step:  # which way of loading onto the GPU works, each in its own process, at once
+        variants = ("raw", "raw-max", "raw-callback", "raw-no-mmap", "ours")
+        runs = {}
+        for variant in variants:
+            argv = [sys.executable, "-X", "faulthandler", str(REPO / "bench/gpu/smoke.py"), variant]
+            log = (work / f"smoke-{variant}.log").open("w")
+            runs[variant] = (subprocess.Popen([*argv, str(standin / DEMO_FILE)], cwd=REPO, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT), log)  # fmt: skip
+        for variant, (proc, log) in runs.items():
+            try:
+                code: int | None = proc.wait(timeout=max(1.0, 90 - step_elapsed(report, "smoke")))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = None
+            log.close()
+            output = (work / f"smoke-{variant}.log").read_text(errors="replace")
+            lines = [line for line in output.splitlines() if "print_info" not in line and "kv " not in line]
+            step[variant] = {"exit": code, "ok": f"OK {variant}" in output, "tail": lines[-30:]}
+        report.write()
+        server = tools / "llama-server" if tools is not None else None
+        if server is not None and server.exists():
+            from bench.gpu.measure import smoke_llama_server
+
+            step["llama-server"] = smoke_llama_server(server, standin / DEMO_FILE, work)
+
     with report.step("tests") as step:
         junit = work / "tests.xml"
         argv = [sys.executable, "-m", "pytest", "tests/test_gpu_offload.py", "-q", "-p", "no:cacheprovider"]
         argv += [f"--junitxml={junit}"]
         with tests_log.open("w") as out:
-            proc = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=150)
+            proc = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=100)
         step.update(junit_summary(junit))
         step["exit_code"] = proc.returncode
         if proc.returncode != 0:
@@ -413,6 +439,10 @@ def main() -> None:
     print((args.out / "results.md").read_text())
 
 
+def step_elapsed(report: Report, name: str) -> float:
+    return time.monotonic() - report.began - report.steps[name]["started_s"]
+
+
 def unpack_sources(bundle: Path, work: Path) -> Path:
     with tarfile.open(bundle / "llama.cpp.tar.xz") as tar:
         tar.extractall(work, filter="data")
@@ -462,6 +492,8 @@ def markdown(doc: dict) -> str:
             note = json.dumps(step.get("counts", {})) + " " + note
         if name == "models":
             note = json.dumps(step.get("made", {}))
+        if name == "smoke":
+            note = json.dumps({k: v.get("ok") for k, v in step.items() if isinstance(v, dict)})
         lines.append(f"| {name} | {step['status']} | {step.get('seconds', '')} | {note} |")
     tests = doc["steps"].get("tests", {})
     for case, outcome in tests.get("cases", {}).items():
@@ -498,6 +530,8 @@ def markdown(doc: dict) -> str:
                     line += f", {rate / (copy / per_token):.0%} of the measured copy rate ({copy / 1e12:.2f} TB/s)"
                 limits.append(line)
         lines += ["", *limits]
+        for name, error in result.get("failed", {}).items():
+            lines.append(f"- {name} failed to start: {error.splitlines()[0] if error else ''}")
         if result.get("skipped"):
             lines.append(f"Skipped for time: {'; '.join(result['skipped'])}")
     return "\n".join(lines) + "\n"
