@@ -347,11 +347,13 @@ def main() -> None:
         quantize_models(tools / "llama-quantize" if tools is not None else None)
 
     with report.step("smoke") as step:  # which way of loading onto the GPU works, each in its own process, at once
-        variants = ("raw", "raw-max", "raw-callback", "raw-no-mmap", "ours")
+        variants = ("raw", "raw-max", "raw-callback", "raw-no-mmap", "ours", "ours-after:gguf",
+                    "ours-after:sentencepiece", "ours-after:server.api.app",
+                    "ours-after:azure.storage.blob,pytest")  # fmt: skip
         runs = {}
         for variant in variants:
             argv = [sys.executable, "-X", "faulthandler", str(REPO / "bench/gpu/smoke.py"), variant]
-            log = (work / f"smoke-{variant}.log").open("w")
+            log = (work / f"smoke-{variant.replace(':', '-')}.log").open("w")
             runs[variant] = (subprocess.Popen([*argv, str(standin / DEMO_FILE)], cwd=REPO, env=env, stdout=log,
                                               stderr=subprocess.STDOUT), log)  # fmt: skip
         for variant, (proc, log) in runs.items():
@@ -361,7 +363,7 @@ def main() -> None:
                 proc.kill()
                 code = None
             log.close()
-            output = (work / f"smoke-{variant}.log").read_text(errors="replace")
+            output = (work / f"smoke-{variant.replace(':', '-')}.log").read_text(errors="replace")
             lines = [line for line in output.splitlines() if "print_info" not in line and "kv " not in line]
             step[variant] = {"exit": code, "ok": f"OK {variant}" in output, "tail": lines[-30:]}
         report.write()

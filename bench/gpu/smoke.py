@@ -4,14 +4,17 @@
 
 Variants: `raw` (llama-cpp-python's ctypes calls, llama.cpp's own logging to stderr, n_gpu_layers 99), `raw-max`
 (n_gpu_layers 0x7FFFFFFF, as our server and llama-cpp-python's `Llama` spell "all"), `raw-callback` (a Python log
-callback, as llama-cpp-python installs at import), `raw-no-mmap` (load_mode NONE), `ours` (the server's LlamaModel and
-BatchingEngine). Prints `OK <variant>` when the token came out; a crash shows in the exit status and the log.
+callback, as llama-cpp-python installs at import), `raw-no-mmap` (load_mode NONE), `ours` (the server's LlamaModel
+and BatchingEngine), `ours-after:MODULE[,MODULE]` (ours, once those modules are imported: on the first GPU runs the
+server and the test processes crashed loading the model where `ours` alone did not). Prints `OK <variant>` when the
+token came out; a crash shows in the exit status and the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib
 import sys
 from pathlib import Path
 
@@ -72,7 +75,23 @@ VARIANTS = {
 }
 
 
+def native_libraries() -> list[str]:
+    """The C++ runtime, OpenMP and CUDA libraries this process has mapped (which copy of each was loaded first)."""
+    wanted = ("stdc++", "gomp", "omp", "cublas", "cudart", "ggml", "llama")
+    found = set()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split()[-1]
+        if path.startswith("/") and any(name in Path(path).name for name in wanted):
+            found.add(path)
+    return sorted(found)
+
+
 if __name__ == "__main__":
     variant, path = sys.argv[1], Path(sys.argv[2])
-    VARIANTS[variant](path)
+    base, _, first = variant.partition(":")
+    for module in filter(None, first.split(",")):  # `ours-after:gguf` imports gguf before loading
+        importlib.import_module(module)
+    if first:
+        print(f"imported first: {first}; native libraries: {native_libraries()}", flush=True)
+    VARIANTS["ours" if base == "ours-after" else base](path)
     print(f"OK {variant}", flush=True)
