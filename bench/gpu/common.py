@@ -1,0 +1,38 @@
+"""Paths and build commands the kit's packing, dry run and GPU run share."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ggufstack" / "gpu-kit"
+TOOLS = ("llama-server", "llama-quantize")
+
+# One CMake configuration for both builds; the GPU build adds CUDA for the machine's architecture. No web UI (its
+# assets would be downloaded), no tests or examples, no curl.
+CMAKE_FLAGS = [
+    "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+]  # fmt: skip
+CUDA_FLAGS = ["-DGGML_CUDA=ON", "-DGGML_CUDA_FA_ALL_QUANTS=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=ON"]
+# The cached CPU tools are static, so the packed llama-quantize runs on any x86-64 Linux without its libraries.
+CPU_FLAGS = ["-DGGML_CUDA=OFF", "-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+
+
+def llama_cpp_version() -> str:
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    (entry,) = (p for p in lock["package"] if p["name"] == "llama-cpp-python")
+    return entry["version"]
+
+
+def cpu_tools_dir() -> Path:
+    return CACHE / f"cpu-tools-{llama_cpp_version()}"
+
+
+def cached_cpu_tools() -> Path | None:
+    """The folder holding CPU builds of llama-server and llama-quantize from the locked sources, if built."""
+    folder = cpu_tools_dir()
+    return folder if all((folder / tool).is_file() for tool in TOOLS) else None
