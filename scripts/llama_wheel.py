@@ -5,7 +5,13 @@ wheels per download revision of the sdist, and behind registry mirrors that send
 new revision and compiles again. So ./dev keeps its own wheelhouse, keyed by version and CMAKE_ARGS (a CUDA build is
 a different wheel), and installs from it.
 
-Usage: python3 scripts/llama_wheel.py WHEELHOUSE UV  (standard library only: it runs before any environment exists)
+The images use it too, so that their llama.cpp compile is a layer keyed by the pinned sdist alone, not by the whole
+lock (a dev-only dependency bump must not recompile llama.cpp in the image):
+
+Usage (standard library only: it runs before any environment exists):
+  python3 scripts/llama_wheel.py WHEELHOUSE UV        the wheel for uv.lock's pin, built if missing; prints its path
+  python3 scripts/llama_wheel.py --pin                prints uv.lock's pin: version, sdist URL, sha256
+  python3 scripts/llama_wheel.py --from-pin PIN WHEELHOUSE UV    the same as the first, for a pin --pin wrote
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "llama-cpp-python"
 
 
-def locked_sdist() -> tuple[str, str, str]:
-    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+def locked_sdist(lock_path: Path = ROOT / "uv.lock") -> tuple[str, str, str]:
+    lock = tomllib.loads(lock_path.read_text())
     (entry,) = (p for p in lock["package"] if p["name"] == PACKAGE)
     algorithm, digest = entry["sdist"]["hash"].split(":", 1)
     if algorithm != "sha256":
@@ -59,8 +65,16 @@ def build(url: str, digest: str, out: Path, uv: str) -> None:
 
 
 def main() -> None:
-    wheelhouse, uv = Path(sys.argv[1]), sys.argv[2]
-    version, url, digest = locked_sdist()
+    args = sys.argv[1:]
+    if args == ["--pin"]:
+        print(*locked_sdist())
+        return
+    if args[:1] == ["--from-pin"]:
+        version, url, digest = Path(args[1]).read_text().split()
+        args = args[2:]
+    else:
+        version, url, digest = locked_sdist()
+    wheelhouse, uv = Path(args[0]), args[1]
     out = flavour_dir(wheelhouse, version)
     wheels = sorted(out.glob("*.whl"))
     if not wheels:

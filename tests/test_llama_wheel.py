@@ -40,3 +40,23 @@ def test_an_sdist_that_does_not_match_the_lock_is_never_built(tmp_path: Path) ->
     with pytest.raises(SystemExit, match=r"uv\.lock says"):
         llama_wheel.build(tampered.as_uri(), hashlib.sha256(b"the real one").hexdigest(), out, "uv-must-not-run")
     assert not out.exists()
+
+
+def test_a_pin_names_the_locked_sdist_and_finds_the_same_wheel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The images build from a pin file (so their compile layer depends on nothing else of the lock)."""
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    monkeypatch.setattr("sys.argv", ["llama_wheel.py", "--pin"])
+    llama_wheel.main()
+    pin = capsys.readouterr().out.split()
+    assert pin == list(llama_wheel.locked_sdist())
+    wheel = tmp_path / "wheels" / f"{pin[0]}-default" / "llama_cpp_python-x.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(b"")
+    (tmp_path / "llama.pin").write_text(" ".join(pin))
+    monkeypatch.setattr(
+        "sys.argv", ["llama_wheel.py", "--from-pin", str(tmp_path / "llama.pin"), str(wheel.parents[1]), "uv"]
+    )
+    llama_wheel.main()
+    assert capsys.readouterr().out.strip() == str(wheel)

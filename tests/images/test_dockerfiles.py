@@ -67,14 +67,23 @@ def test_images_install_from_the_lock_file() -> None:
 
 def _build_stage_steps(dockerfile: Path) -> list[str]:
     build = re.split(r"^FROM ", dockerfile.read_text(), flags=re.M)[-2]
-    return [line for line in build.splitlines() if line.startswith(("COPY ", "RUN uv "))]
+    return [line for line in build.splitlines() if line.startswith(("COPY ", "RUN uv ", "RUN python3 "))]
 
 
 def test_both_images_install_the_same_way_and_copy_the_server_alone() -> None:
     """The CUDA image cannot be built here: it must install exactly what the CPU image's build (which runs) installs."""
     cpu, cuda = (_build_stage_steps(IMAGES / name) for name in ("Dockerfile.cpu", "Dockerfile.cuda"))
     assert cpu == cuda
-    copied = [line.split()[1] for line in cpu if line.startswith("COPY ") and "--from" not in line]
-    assert copied == ["pyproject.toml", "README.md", "server"], copied
-    assert "RUN uv sync --frozen --no-dev --extra server --no-install-project" in cpu
-    assert cpu[-1] == "RUN uv sync --frozen --no-dev --extra server --no-editable"
+    copied = [line.split()[1] for line in cpu if line.startswith("COPY ") and "--from=uv" not in line]
+    assert copied == ["scripts/llama_wheel.py", "--from=pin", "pyproject.toml", "README.md", "server"], copied
+    assert cpu[-1].startswith("RUN uv sync --frozen --no-dev --extra server --no-editable")
+
+
+def test_the_llama_cpp_compile_layer_depends_on_the_pin_alone() -> None:
+    """A dev-only change to uv.lock must not recompile llama.cpp in the image: the compile comes before the lock is
+    copied into the build stage, and reads only the pin a stage of its own extracted from the lock."""
+    for dockerfile in DOCKERFILES:
+        steps = _build_stage_steps(dockerfile)
+        compile_step = steps.index("RUN python3 /opt/llama_wheel.py --from-pin /opt/llama.pin /opt/wheels uv")
+        assert compile_step < steps.index("COPY pyproject.toml uv.lock ./")
+        assert "COPY --from=pin /llama.pin /opt/llama.pin" in steps[:compile_step]
