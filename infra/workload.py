@@ -19,7 +19,7 @@ from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
 from infra.server_metrics import JOB as SCRAPE_JOB
 from infra.vault import VaultItem, secret_provider_objects
-from server.settings import DEFAULT_SECRETS_DIR, Settings
+from server.config.settings import DEFAULT_SECRETS_DIR, Settings
 
 NAMESPACE = "ggufstack"
 SERVICE_ACCOUNT = "ggufstack-server"
@@ -107,7 +107,7 @@ class WorkloadArgs:
     tenant_id: pulumi.Input[str]
     vault_name: pulumi.Input[str]
     secret_files: Mapping[str, VaultItem]
-    """Server setting (a field of server.settings.Settings) -> the Key Vault secret that holds its value."""
+    """Server setting (a field of server.config.settings.Settings) -> the Key Vault secret that holds its value."""
     cpu_m: int
     memory_gi: int
     cache_size_gi: int

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from server.api.protocol import CreatedKey, KeyInfo, KeyList
-from server.settings import Settings
+from server.config.settings import Settings
 
 keys_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke API keys through a server's admin API.")
 err = Console(stderr=True)

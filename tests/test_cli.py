@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from server.settings import Settings
+from server.config.settings import Settings
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

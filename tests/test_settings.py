@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import ModelSourceKind, Settings, SettingsError, load_settings
+from server.config.settings import ModelSourceKind, Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)

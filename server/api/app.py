@@ -21,7 +21,7 @@ from server.lifecycle.holder import ModelHolder
 from server.lifecycle.watcher import keep_serving
 from server.model_source.resolve import model_source
 from server.serving.assemble import assemble
-from server.settings import Settings
+from server.config.settings import Settings
 from server.telemetry import prometheus, tracing
 
 log = logging.getLogger(__name__)

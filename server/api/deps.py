@@ -15,7 +15,7 @@ from server.serving.errors import APIError
 from server.serving.job import Authenticator, Caller
 from server.serving.run import ServingContext
 from server.serving.stages import Pipeline
-from server.settings import Settings
+from server.config.settings import Settings
 
 
 def _holder(request: Request) -> ModelHolder:

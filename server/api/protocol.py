@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from server.settings import Settings
+from server.config.settings import Settings
 
 if TYPE_CHECKING:
     from server.lifecycle.holder import Refusal, ServedModel

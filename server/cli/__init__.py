@@ -11,8 +11,8 @@ from rich.table import Table
 
 from server.cli.model import model_app
 from server.cli_keys import keys_app
-from server.key_vault import with_key_vault_secrets
-from server.settings import Settings, SettingsError, load_settings, open_to_the_network, redacted_url
+from server.config.key_vault import with_key_vault_secrets
+from server.config.settings import Settings, SettingsError, load_settings, open_to_the_network, redacted_url
 from server.telemetry.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve GGUF models with an OpenAI-compatible API.")

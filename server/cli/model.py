@@ -38,7 +38,7 @@ from server.model_source.publish import (
     names_version,
 )
 from server.model_source.storage import container_client
-from server.settings import Settings, SettingsError, load_settings
+from server.config.settings import Settings, SettingsError, load_settings
 
 model_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Push, list and roll back the GGUF blobs the servers serve."

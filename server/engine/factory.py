@@ -8,7 +8,7 @@ from pathlib import Path
 from server.engine.base import Engine, GenerationRequest, SamplingParams
 from server.engine.batching import BatchingEngine
 from server.engine.llama_model import LlamaModel
-from server.settings import Settings
+from server.config.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from server.lifecycle.holder import ModelHolder, ModelState, ServedModel
 from server.model_source.blob import FetchResult
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.resolve import ModelSource
-from server.settings import Settings
+from server.config.settings import Settings
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)

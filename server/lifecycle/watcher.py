@@ -26,7 +26,7 @@ from server.model_source.blob import BlobModelSource, FetchResult
 from server.model_source.errors import ModelSourceError, VerificationError
 from server.model_source.facts import memory_estimate, read_facts
 from server.model_source.resolve import ModelSource
-from server.settings import Settings
+from server.config.settings import Settings
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from server.model_source.errors import ModelSourceError, SourceUnavailableError,
 from server.model_source.gguf import check_gguf_header
 from server.model_source.publish import ModelPublisher, PublishError
 from server.model_source.storage import container_client
-from server.settings import redact_urls, redacted_url
+from server.config.settings import redact_urls, redacted_url
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

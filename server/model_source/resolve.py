@@ -7,7 +7,7 @@ from typing import Protocol
 
 from server.model_source.blob import BlobLocation, BlobModelSource, FetchResult
 from server.model_source.local import DEMO_FILE, demo_model, local_model
-from server.settings import ModelSourceKind, Settings
+from server.config.settings import ModelSourceKind, Settings
 
 
 class ModelSource(Protocol):

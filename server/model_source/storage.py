@@ -9,7 +9,7 @@ from azure.identity import DefaultAzureCredential
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
 from server.model_source.errors import ModelSourceError
-from server.settings import redacted_url
+from server.config.settings import redacted_url
 
 
 def quick_retry() -> ExponentialRetry:

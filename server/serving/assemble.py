@@ -14,7 +14,7 @@ from server.serving.observe import observe
 from server.serving.permit import permit
 from server.serving.record import RecordStage
 from server.serving.stages import Pipeline, Stage, prepare
-from server.settings import Settings
+from server.config.settings import Settings
 from server.store.conversations import ConversationStore
 from server.store.services import entra_credential, open_database
 

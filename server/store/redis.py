@@ -27,7 +27,7 @@ from redis.auth.token import SimpleToken
 from redis.backoff import NoBackoff
 from redis.credentials import StreamingCredentialProvider
 
-from server.settings import Settings
+from server.config.settings import Settings
 from server.store.entra import REDIS_SCOPE, REFRESH_MARGIN_S, RETRY_S, refresh_delay
 from server.store.outage import Outage
 from server.store.services import background

@@ -17,7 +17,7 @@ import psycopg
 from azure.core.credentials_async import AsyncTokenCredential
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from server.settings import Settings
+from server.config.settings import Settings
 from server.store.entra import default_credential
 from server.store.outage import Outage
 from server.store.postgres import create_pool, migrate

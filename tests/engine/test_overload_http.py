@@ -9,7 +9,7 @@ import pytest
 
 from server.api.app import create_app
 from server.engine.base import GenerationRequest, SamplingParams
-from server.settings import load_settings
+from server.config.settings import load_settings
 
 
 @pytest.mark.asyncio

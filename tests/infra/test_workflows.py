@@ -128,7 +128,7 @@ def test_infra_installs_the_program_and_logs_in_before_pulumi_runs(job: str) -> 
 
 def test_infra_runs_when_anything_the_program_imports_changes() -> None:
     paths = _load("infra.yml")["on"]["pull_request"]["paths"]
-    assert {"infra/**", "stacks/**", "Pulumi*.yaml", "server/settings.py", "uv.lock"} <= set(paths)
+    assert {"infra/**", "stacks/**", "Pulumi*.yaml", "server/config/**", "uv.lock"} <= set(paths)
     assert _load("infra.yml")["on"]["push"]["paths"] == paths
 
 

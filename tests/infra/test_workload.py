@@ -10,7 +10,7 @@ import pytest
 
 from infra.workload import DRAIN_TIMEOUT_S, LIVENESS_PATH, READINESS_PATH, SERVER_UID
 from server.api.routes.health import router
-from server.settings import Settings
+from server.config.settings import Settings
 from tests.infra.harness import REPO, TENANT_ID, StackRun, run_program, stack_config
 
 GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from server.key_vault import with_key_vault_secrets
-from server.settings import KEY_VAULT_SECRETS, SettingsError, load_settings
+from server.config.key_vault import with_key_vault_secrets
+from server.config.settings import KEY_VAULT_SECRETS, SettingsError, load_settings
 from tests.support.keyvault import KeyVaultStandIn
 from tests.support.msi import TokenEndpoint
 from tests.support.server import start_server

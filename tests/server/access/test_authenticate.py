@@ -10,7 +10,7 @@ from server.access.authenticate import ADMIN, KeyAuthenticator, bearer_token
 from server.serving.assemble import assemble
 from server.serving.errors import APIError
 from server.serving.job import ANONYMOUS
-from server.settings import Settings
+from server.config.settings import Settings
 
 ADMIN_KEY = "admin-key-0123456789"
 

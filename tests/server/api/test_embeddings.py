@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from server.api.app import create_app
-from server.settings import load_settings
+from server.config.settings import load_settings
 from tests.conftest import DEMO_MODEL_ID
 from tests.support.server import ServerProcess, ready_server
 

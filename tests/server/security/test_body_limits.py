@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from server.settings import Settings
+from server.config.settings import Settings
 from tests.conftest import DEMO_MODEL_ID
 from tests.support.server import ServerProcess
 

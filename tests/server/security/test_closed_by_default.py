@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.settings import is_loopback, load_settings, open_to_the_network
+from server.config.settings import is_loopback, load_settings, open_to_the_network
 from tests.support.keyvault import KeyVaultStandIn
 from tests.support.msi import TokenEndpoint
 from tests.support.server import ServerProcess, start_server

@@ -28,7 +28,7 @@ from server.lifecycle.watcher import ModelWatcher
 from server.model_source.blob import BlobLocation, BlobModelSource, FetchResult
 from server.model_source.errors import VerificationError
 from server.model_source.facts import read_facts
-from server.settings import load_settings
+from server.config.settings import load_settings
 from tests.support.azurite import Azurite
 
 

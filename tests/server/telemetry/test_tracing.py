@@ -73,7 +73,7 @@ def test_without_a_connection_string_nothing_of_azure_monitor_is_loaded() -> Non
     script = (
         "import sys\n"
         "from server.api.app import create_app\n"
-        "from server.settings import load_settings\n"
+        "from server.config.settings import load_settings\n"
         "create_app(load_settings())\n"
         "print(sorted(m for m in sys.modules if m.startswith(('azure.monitor', 'opentelemetry.sdk'))))\n"
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from server.settings import KEY_VAULT_SECRETS, Settings, SettingsError
+from server.config.settings import KEY_VAULT_SECRETS, Settings, SettingsError
 
 log = logging.getLogger(__name__)
 

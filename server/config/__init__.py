@@ -1,0 +1,1 @@
+"""The server's typed settings and where their secret values come from."""
