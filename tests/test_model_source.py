@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from server.config.settings import Settings
 from server.model_source.errors import ModelSourceError, VerificationError
 from server.model_source.resolve import model_source
-from server.config.settings import Settings
 
 
 def test_demo_model_is_served_under_its_file_name(demo_gguf: Path) -> None:

@@ -5,15 +5,10 @@ The admin key (when set) is accepted everywhere, without limits; with no key sto
 
 from __future__ import annotations
 
-from server.access.api_keys import (
-    InvalidKeyError,
-    KeyCheckBusyError,
-    KeyCheckUnavailableError,
-    KeyVerifier,
-    same_secret,
-)
-from server.serving.errors import APIError
-from server.serving.job import Caller
+from server.access.api_keys import InvalidKeyError, KeyCheckBusyError, KeyCheckUnavailableError, KeyVerifier
+from server.access.caller import Caller
+from server.errors import APIError
+from server.store.keys import same_secret
 
 ADMIN = Caller(key_id=None, name="admin")
 

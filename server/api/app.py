@@ -17,11 +17,11 @@ from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddlew
 from server.api.protocol import RequestLimits
 from server.api.routes import admin, conversations, health, metrics, openai, tokenizer
 from server.api.streaming import component_schemas
+from server.config.settings import Settings
 from server.lifecycle.holder import ModelHolder
 from server.lifecycle.watcher import keep_serving
 from server.model_source.resolve import model_source
 from server.serving.assemble import assemble
-from server.config.settings import Settings
 from server.telemetry import prometheus, tracing
 
 log = logging.getLogger(__name__)

@@ -6,16 +6,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.access.api_keys import KeyStore, same_secret
 from server.access.authenticate import bearer_token
+from server.access.caller import Authenticator, Caller
 from server.api.middleware import ACCEPTABLE_ID
+from server.config.settings import Settings
+from server.errors import APIError
 from server.lifecycle.holder import ModelHolder
 from server.serving.assemble import DataPlane
-from server.serving.errors import APIError
-from server.serving.job import Authenticator, Caller
 from server.serving.run import ServingContext
 from server.serving.stages import Pipeline
-from server.config.settings import Settings
+from server.store.keys import KeyStore, same_secret
 
 
 def _holder(request: Request) -> ModelHolder:

@@ -10,9 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api.protocol import ErrorDetail, ErrorResponse
-from server.engine.base import EngineError
-from server.lifecycle.holder import ModelNotReadyError, ServerDrainingError
-from server.serving.errors import APIError, known_error
+from server.errors import APIError, ForeseenError, known_error
 
 log = logging.getLogger(__name__)
 
@@ -82,5 +80,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for kind in (APIError, EngineError, ModelNotReadyError, ServerDrainingError, Exception):
+    for kind in (APIError, ForeseenError, Exception):
         app.add_exception_handler(kind, on_any)

@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from server.config.settings import Settings, SettingsError, load_settings
 from server.model_source.errors import ModelSourceError
 from server.model_source.facts import GGUFFacts, memory_estimate, read_facts
 from server.model_source.publish import (
@@ -38,7 +39,6 @@ from server.model_source.publish import (
     names_version,
 )
 from server.model_source.storage import container_client
-from server.config.settings import Settings, SettingsError, load_settings
 
 model_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Push, list and roll back the GGUF blobs the servers serve."

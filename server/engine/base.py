@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.errors import FailureKind, ForeseenError
 
 FinishReason = Literal["stop", "length"]
 # Bump when the same request on the same model may sample other tokens (the sampler chain's order, a new default):
@@ -123,13 +124,8 @@ class EngineStats:
     kv_cells_total: int
 
 
-class EngineError(Exception):
+class EngineError(ForeseenError):
     """A request the engine cannot run; `param` names the request field at fault, if any."""
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
 
 
 class ContextOverflowError(EngineError):
@@ -139,13 +135,18 @@ class ContextOverflowError(EngineError):
 class EngineClosedError(EngineError):
     """The engine shut down before the generation finished."""
 
+    kind = FailureKind.UNAVAILABLE
+    code = "server_shutting_down"
+
 
 class EngineOverloadedError(EngineError):
     """Every slot is busy and the waiting queue is full; try again later."""
 
+    kind = FailureKind.OVERLOADED
+    code = "engine_overloaded"
+
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message, code="engine_overloaded")
-        self.retry_after_s = retry_after_s
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class Engine(Protocol):

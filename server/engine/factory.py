@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from server.config.settings import Settings
 from server.engine.base import Engine, GenerationRequest, SamplingParams
 from server.engine.batching import BatchingEngine
 from server.engine.llama_model import LlamaModel
-from server.config.settings import Settings
 
 log = logging.getLogger(__name__)
 

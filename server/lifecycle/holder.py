@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from server.engine.base import Engine
+from server.errors import FailureKind, ForeseenError
 
 
 class ModelState(StrEnum):
@@ -29,16 +30,25 @@ class ModelState(StrEnum):
     STOPPED = "stopped"
 
 
-class ModelNotReadyError(Exception):
-    pass
+class ModelNotReadyError(ForeseenError):
+    """No model serves yet (loading, or the last load failed)."""
+
+    kind = FailureKind.UNAVAILABLE
+    code = "model_not_ready"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the model is not ready: {reason}")
+        self.reason = reason
 
 
-class ServerDrainingError(Exception):
+class ServerDrainingError(ForeseenError):
     """The server is shutting down and takes no new generations; `retry_after_s` says when another replica may."""
 
+    kind = FailureKind.UNAVAILABLE
+    code = "server_shutting_down"
+
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

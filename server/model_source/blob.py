@@ -34,11 +34,11 @@ from azure.core.exceptions import (
 from azure.identity import CredentialUnavailableError
 from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
 
+from server.config.settings import redact_urls, redacted_url
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.gguf import check_gguf_header
 from server.model_source.publish import ModelPublisher, PublishError
 from server.model_source.storage import container_client
-from server.config.settings import redact_urls, redacted_url
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from server.config.settings import ModelSourceKind, Settings
 from server.model_source.blob import BlobLocation, BlobModelSource, FetchResult
 from server.model_source.local import DEMO_FILE, demo_model, local_model
-from server.config.settings import ModelSourceKind, Settings
 
 
 class ModelSource(Protocol):

@@ -8,8 +8,8 @@ from typing import Any
 from azure.identity import DefaultAzureCredential
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
-from server.model_source.errors import ModelSourceError
 from server.config.settings import redacted_url
+from server.model_source.errors import ModelSourceError
 
 
 def quick_retry() -> ExponentialRetry:

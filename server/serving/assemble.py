@@ -6,16 +6,17 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from server.access.api_keys import KeyStore, KeyVerifier
+from server.access.api_keys import KeyVerifier
 from server.access.authenticate import KeyAuthenticator
+from server.access.caller import Authenticator, open_access
 from server.access.throttle import FailureThrottle
-from server.serving.job import Authenticator, open_access
+from server.config.settings import Settings
 from server.serving.observe import observe
 from server.serving.permit import permit
 from server.serving.record import RecordStage
 from server.serving.stages import Pipeline, Stage, prepare
-from server.config.settings import Settings
 from server.store.conversations import ConversationStore
+from server.store.keys import KeyStore
 from server.store.services import entra_credential, open_database
 
 log = logging.getLogger(__name__)

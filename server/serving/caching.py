@@ -9,9 +9,10 @@ from contextlib import aclosing
 from importlib.metadata import version
 from typing import Literal
 
+from server.access.caller import Caller
 from server.api.protocol import SamplingFields
 from server.engine.base import SAMPLER_VERSION, Finished, GenerationEvent
-from server.serving.job import Caller, ServingJob
+from server.serving.job import ServingJob
 from server.serving.response_cache import ResponseCache, cache_key, is_deterministic
 from server.serving.stages import Events, Next
 

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from llama_cpp.llama_grammar import JSON_GBNF, RESERVED_NAMES, SchemaConverter
 
-from server.serving.errors import APIError
+from server.errors import APIError
 from server.serving.integer_range import integer_bounds, integer_range_gbnf
 
 MAX_SCHEMA_BYTES = 64 * 1024

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from server.api.protocol import ChatMessage
 from server.engine.chat_template import TemplateMessage, TemplateToolCall
-from server.serving.errors import APIError
+from server.errors import APIError
 from server.serving.grammar import json_schema_rules
 from server.serving.tool_calls import (
     ParsedAnswer,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from server.access.caller import ANONYMOUS, Caller
 from server.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -16,29 +17,6 @@ from server.api.protocol import (
 )
 from server.engine.base import Engine, Finished, GenerationRequest
 from server.lifecycle.holder import ServedModel
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling, as authentication found out; `key_id` None means no key was needed (auth is off)."""
-
-    key_id: str | None = None
-    name: str | None = None
-    models: tuple[str, ...] | None = None  # None: every model
-    rpm: int | None = None
-    tpm: int | None = None
-
-
-ANONYMOUS = Caller()
-
-# Authentication: the Authorization header (or None) in, the caller out; raises APIError (401) to refuse.
-Authenticator = Callable[[str | None], Awaitable[Caller]]
-
-
-async def open_access(_: str | None) -> Caller:
-    """The authenticator when no key store is configured: everyone may call."""
-    return ANONYMOUS
-
 
 Endpoint = Literal["chat.completions", "completions", "embeddings", "tokenize", "detokenize"]
 TOKENIZER_ENDPOINTS = ("tokenize", "detokenize")

@@ -16,7 +16,7 @@ from contextlib import aclosing
 
 from server.access.ratelimit import Decision, LimiterUnavailableError, Limits, RateLimiter
 from server.engine.base import Finished
-from server.serving.errors import APIError
+from server.errors import APIError
 from server.serving.job import ServingJob
 from server.serving.stages import Events, Next
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from contextlib import aclosing
 
-from server.serving.errors import APIError
-from server.serving.job import Caller, ServingJob
+from server.access.caller import Caller
+from server.errors import APIError
+from server.serving.job import ServingJob
 from server.serving.stages import Events, Next
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from server.engine.base import Engine, GenerationRequest, SamplingParams
+from server.errors import APIError
 from server.serving import tools
-from server.serving.errors import APIError
 from server.serving.grammar import JSON_OBJECT_GBNF, json_schema_grammar
 from server.serving.tool_calls import ToolPlan
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from server.api.protocol import ChatCompletionRequest
 from server.engine.base import Finished, TextDelta
-from server.serving.errors import known_error
+from server.errors import known_error
 from server.serving.job import ServingJob
 from server.serving.stages import Events, Next
 from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record

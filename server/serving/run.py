@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from server.access.caller import Caller
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.engine.base import (
     ChoiceFinished,
@@ -20,9 +21,9 @@ from server.engine.base import (
     TextDelta,
     TokenLogprob,
 )
+from server.errors import APIError
 from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ServedModel, ServerDrainingError
-from server.serving.errors import APIError
-from server.serving.job import Caller, Endpoint, ServingJob
+from server.serving.job import Endpoint, ServingJob
 from server.serving.stages import Events, Pipeline
 from server.telemetry import prometheus
 

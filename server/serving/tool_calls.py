@@ -14,7 +14,7 @@ from typing import Any
 
 from server.api.protocol import ChatCompletionRequest, NamedToolChoice, Tool
 from server.engine.chat_template import TemplateMessage, TemplateTool
-from server.serving.errors import APIError
+from server.errors import APIError
 from server.serving.grammar import json_schema_grammar
 
 MAX_PARALLEL_CALLS = 8

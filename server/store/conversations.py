@@ -9,7 +9,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from server.access.api_keys import StoreUnavailableError
+from server.store.errors import StoreUnavailableError
 
 
 @dataclass(frozen=True, slots=True)

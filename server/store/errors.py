@@ -34,3 +34,11 @@ def is_transient(exc: BaseException) -> bool:
         return True
     state = getattr(exc, "sqlstate", None)
     return isinstance(exc, psycopg.Error) and state is not None and state.startswith(_TRANSIENT_CLASSES)
+
+
+class StoreUnavailableError(Exception):
+    """PostgreSQL cannot be reached; the message names no host, user or secret."""
+
+
+class StoreBusyError(StoreUnavailableError):
+    """PostgreSQL is up but did not answer in time (a statement timeout, a lock, no room): not an outage."""

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from server.api.app import create_app
-from server.engine.base import GenerationRequest, SamplingParams
 from server.config.settings import load_settings
+from server.engine.base import GenerationRequest, SamplingParams
 
 
 @pytest.mark.asyncio

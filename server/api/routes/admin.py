@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from server.access.api_keys import KeyRecord, StoreUnavailableError
 from server.api.deps import AdminKeysDep, PlaneDep
 from server.api.protocol import CreatedKey, ErrorResponse, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
-from server.serving.errors import APIError
+from server.errors import APIError
+from server.store.errors import StoreUnavailableError
+from server.store.keys import KeyRecord
 
 router = APIRouter(prefix="/admin")
 RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 429, 500, 503)}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.access.api_keys import StoreUnavailableError
 from server.api.deps import CallerDep, PlaneDep
 from server.api.protocol import Conversation, ConversationMessageOut, ErrorResponse
-from server.serving.errors import APIError
+from server.errors import APIError
+from server.store.errors import StoreUnavailableError
 
 router = APIRouter(prefix="/v1")
 

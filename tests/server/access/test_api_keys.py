@@ -8,13 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from server.access.api_keys import (
-    InvalidKeyError,
-    KeyCheckUnavailableError,
-    KeyStore,
-    KeyVerifier,
-    same_secret,
-)
+from server.access.api_keys import InvalidKeyError, KeyCheckUnavailableError, KeyVerifier
+from server.store.keys import KeyStore, same_secret
 from server.store.outage import Outage
 from server.store.writer import AuditRow, AuditWriter, Record
 

@@ -7,10 +7,10 @@ import contextlib
 import pytest
 
 from server.access.authenticate import ADMIN, KeyAuthenticator, bearer_token
-from server.serving.assemble import assemble
-from server.serving.errors import APIError
-from server.serving.job import ANONYMOUS
+from server.access.caller import ANONYMOUS
 from server.config.settings import Settings
+from server.errors import APIError
+from server.serving.assemble import assemble
 
 ADMIN_KEY = "admin-key-0123456789"
 

@@ -15,7 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from server.access.api_keys import InvalidKeyError, KeyRecord, KeyStore, KeyVerifier
+from server.access.api_keys import InvalidKeyError, KeyVerifier
+from server.store.keys import KeyRecord, KeyStore
 from tests.server.security.conftest import Plane
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.serving.errors import APIError
+from server.errors import APIError
 from server.serving.grammar import json_schema_grammar
 from server.serving.integer_range import integer_range_gbnf
 

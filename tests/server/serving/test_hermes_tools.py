@@ -13,8 +13,8 @@ import pytest
 
 from server.api.protocol import ChatMessage, Tool
 from server.engine.llama_model import LlamaModel
+from server.errors import APIError
 from server.model_source.local import demo_model
-from server.serving.errors import APIError
 from server.serving.hermes_tools import HermesFormat
 from server.serving.tool_calls import ParsedAnswer, ToolPlan
 

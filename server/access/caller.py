@@ -1,0 +1,28 @@
+"""Who is calling: what authentication found out about a request, and the shape of an authenticator."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as authentication found out; `key_id` None means no key was needed (auth is off)."""
+
+    key_id: str | None = None
+    name: str | None = None
+    models: tuple[str, ...] | None = None  # None: every model
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+ANONYMOUS = Caller()
+
+# Authentication: the Authorization header (or None) in, the caller out; raises APIError (401) to refuse.
+Authenticator = Callable[[str | None], Awaitable[Caller]]
+
+
+async def open_access(_: str | None) -> Caller:
+    """The authenticator when no key store is configured: everyone may call."""
+    return ANONYMOUS
