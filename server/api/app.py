@@ -13,15 +13,14 @@ from prometheus_client import start_http_server
 
 from server.api.body_limit import BodyLimitMiddleware
 from server.api.errors import install_error_handlers
-from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware
-from server.api.protocol import RequestLimits
+from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware, request_limits_of
 from server.api.routes import admin, conversations, health, metrics, openai, tokenizer
 from server.api.streaming import component_schemas
 from server.config.settings import Settings
 from server.lifecycle.holder import ModelHolder
 from server.lifecycle.watcher import keep_serving
 from server.model_source.resolve import model_source
-from server.serving.assemble import assemble
+from server.serving.pipeline.assemble import assemble
 from server.telemetry import prometheus, tracing
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,11 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.applicationinsights_connection_string is not None:
         tracing.configure_azure_monitor(settings.applicationinsights_connection_string.get_secret_value())
     holder = ModelHolder()
-    prometheus.bind_holder(holder)
+    prometheus.bind(
+        engine_stats=holder.engine_stats,
+        in_flight=lambda: holder.in_flight,
+        ready=lambda: holder.readiness().ready,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="ggufstack", version="0.1.0", lifespan=lifespan)
     app.state.holder = holder
     app.state.settings = settings
-    app.add_middleware(RequestLimitsMiddleware, limits=RequestLimits.of(settings))
+    app.add_middleware(RequestLimitsMiddleware, limits=request_limits_of(settings))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)

@@ -12,9 +12,9 @@ from server.api.middleware import ACCEPTABLE_ID
 from server.config.settings import Settings
 from server.errors import APIError
 from server.lifecycle.holder import ModelHolder
-from server.serving.assemble import DataPlane
-from server.serving.run import ServingContext
-from server.serving.stages import Pipeline
+from server.serving.pipeline.admission import ServingContext
+from server.serving.pipeline.assemble import DataPlane
+from server.serving.pipeline.stages import Pipeline
 from server.store.keys import KeyStore, same_secret
 
 

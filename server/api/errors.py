@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.api.protocol import ErrorDetail, ErrorResponse
 from server.errors import APIError, ForeseenError, known_error
+from server.protocol.base import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
 

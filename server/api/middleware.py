@@ -16,9 +16,10 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.protocol import RequestLimits, request_limits
+from server.config.settings import Settings
 from server.lifecycle.holder import ModelHolder, ServedModel
-from server.serving.run import MODEL_VERSION_HEADER
+from server.protocol.base import RequestLimits, request_limits
+from server.serving.pipeline.admission import MODEL_VERSION_HEADER
 from server.telemetry import prometheus
 from server.telemetry.logging import AccessRecord, access_record_var, log_access, request_id_var
 
@@ -83,6 +84,11 @@ class RequestContextMiddleware:
             log_access(record, level=logging.DEBUG if quiet else logging.INFO)
             access_record_var.reset(record_token)
             request_id_var.reset(id_token)
+
+
+def request_limits_of(settings: Settings) -> RequestLimits:
+    """The caps `settings` put on one request's body."""
+    return RequestLimits(**{name: getattr(settings, name) for name in RequestLimits.__dataclass_fields__})
 
 
 class RequestLimitsMiddleware:

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.errors import body, from_exception
-from server.api.protocol import ErrorResponse
-from server.serving.shape import Body, Reply
+from server.protocol.base import ErrorResponse
+from server.serving.endpoints.reply import Body, Reply
 
 _REF = "#/components/schemas/"
 

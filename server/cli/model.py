@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -27,24 +26,17 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from server.cli.console import err, fail, out
 from server.config.settings import Settings, SettingsError, load_settings
+from server.model_source.catalogue import ModelBlob, PublishError, names_version
 from server.model_source.errors import ModelSourceError
 from server.model_source.facts import GGUFFacts, memory_estimate, read_facts
-from server.model_source.publish import (
-    DEFAULT_KEEP_ARCHIVED,
-    MIB,
-    ModelBlob,
-    ModelPublisher,
-    PublishError,
-    names_version,
-)
+from server.model_source.publish import DEFAULT_KEEP_ARCHIVED, MIB, ModelPublisher
 from server.model_source.storage import container_client
 
 model_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Push, list and roll back the GGUF blobs the servers serve."
 )
-out = Console()
-err = Console(stderr=True)
 # The settings contract asks for a blob name whenever an account is set; listing a container needs none.
 _ANY_BLOB = "-"
 _DEFAULT_SLOTS = 8
@@ -56,19 +48,14 @@ class _MiBPerSecond(ProgressColumn):
         return Text("? MiB/s" if speed is None else f"{speed / MIB:.1f} MiB/s", style="progress.data.speed")
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code)
-
-
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except ModelSourceError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; the blob is unchanged", 130) from None
+        raise fail("interrupted; the blob is unchanged", 130) from None
 
 
 def _configured_blob() -> str | None:
@@ -85,7 +72,7 @@ def _settings(blob_name: str | None) -> Settings:
                 raise
             return load_settings(blob_name=_ANY_BLOB)
     except SettingsError as exc:
-        raise _fail(f"invalid settings: {exc}", 2) from None
+        raise fail(f"invalid settings: {exc}", 2) from None
 
 
 def _publisher(settings: Settings, *, concurrency: int = 4, keep: int = DEFAULT_KEEP_ARCHIVED) -> ModelPublisher:
@@ -168,7 +155,7 @@ def rollback(
     """Make an earlier version of the model blob the current one again; servers switch to it on their next check."""
     blob_name = name or _configured_blob()
     if not blob_name:
-        raise _fail("which blob? pass --name or set GGUFSTACK_BLOB_NAME", 2)
+        raise fail("which blob? pass --name or set GGUFSTACK_BLOB_NAME", 2)
     settings = _settings(blob_name)
     with _one_line_errors():
         current = _publisher(settings).rollback(blob_name, to)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from server.engine.base import Engine
+from server.engine.base import Engine, EngineStats
 from server.errors import FailureKind, ForeseenError
 
 
@@ -149,6 +149,13 @@ class ModelHolder:
 
     def engine(self) -> Engine:
         return self.serving().engine
+
+    def engine_stats(self) -> EngineStats | None:
+        """The serving engine's load; None while no model serves."""
+        try:
+            return self.engine().stats()
+        except ModelNotReadyError:
+            return None
 
     def lease(self) -> Lease:
         """Admit one generation on the serving engine."""

@@ -20,9 +20,8 @@ from server.config.settings import Settings
 from server.engine.factory import engine_for, open_model, warm_up
 from server.engine.llama_model import ModelLoadError
 from server.lifecycle.holder import ModelHolder, ModelState, ServedModel
-from server.model_source.blob import FetchResult
+from server.model_source.base import FetchResult, ModelSource
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
-from server.model_source.resolve import ModelSource
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)

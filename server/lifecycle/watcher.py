@@ -23,10 +23,10 @@ from server.config.settings import Settings
 from server.lifecycle.capacity import SwapPlan, free_ram_bytes, free_vram_bytes, plan_swap
 from server.lifecycle.holder import ModelHolder, ModelState, Refusal, ServedModel
 from server.lifecycle.loader import ModelLoader, fetch, in_daemon_thread, load_served, publish_model_info
-from server.model_source.blob import BlobModelSource, FetchResult
+from server.model_source.base import FetchResult, ModelSource
+from server.model_source.blob import BlobModelSource
 from server.model_source.errors import ModelSourceError, VerificationError
 from server.model_source.facts import memory_estimate, read_facts
-from server.model_source.resolve import ModelSource
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)

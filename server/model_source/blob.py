@@ -35,9 +35,10 @@ from azure.identity import CredentialUnavailableError
 from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
 
 from server.config.settings import redact_urls, redacted_url
+from server.model_source.base import FetchResult
+from server.model_source.catalogue import ModelCatalogue, PublishError
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.model_source.gguf import check_gguf_header
-from server.model_source.publish import ModelPublisher, PublishError
 from server.model_source.storage import container_client
 
 log = logging.getLogger(__name__)
@@ -63,20 +64,6 @@ class BlobLocation:
     def describe(self) -> str:
         where = redacted_url(self.account_url) if self.account_url else "connection string"
         return f"blob {self.container}/{self.name} ({where})"
-
-
-@dataclass(frozen=True, slots=True)
-class FetchResult:
-    path: Path
-    bytes_downloaded: int
-    seconds: float
-    version: str | None = None  # the source's version of the file (blob version id or ETag); None for local files
-    sha256: str | None = None  # when the source already vouches for it (verified blob metadata)
-    etag: str | None = None  # what a watcher compares to notice the next version
-
-    @property
-    def cache_hit(self) -> bool:
-        return self.bytes_downloaded == 0
 
 
 class BlobModelSource:
@@ -124,7 +111,7 @@ class BlobModelSource:
     def _pinned_blob(self) -> BlobClient:
         assert self._container is not None and self.pinned_version is not None
         try:
-            version = ModelPublisher(self._container).find(self.location.name, self.pinned_version)
+            version = ModelCatalogue(self._container).find(self.location.name, self.pinned_version)
         except PublishError as exc:
             raise SourceUnavailableError(f"pinned version: {exc}") from None
         if version.archive_blob is not None:

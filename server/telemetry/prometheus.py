@@ -25,7 +25,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from server.engine.base import EngineStats
-from server.lifecycle.holder import ModelHolder, ModelNotReadyError
 
 PREFIX = "ggufstack"
 
@@ -238,15 +237,15 @@ _engine_stats = EngineCollector(lambda: None)
 REGISTRY.register(_engine_stats)
 
 
-def bind_holder(holder: ModelHolder) -> None:
-    """Read the serving engine's stats and the readiness of `holder` at scrape time (one app per process)."""
-
-    def stats() -> EngineStats | None:
-        try:
-            return holder.engine().stats()
-        except ModelNotReadyError:
-            return None
-
-    _engine_stats.source = stats
-    generations_running.set_function(lambda: holder.in_flight)
-    model_ready.set_function(lambda: 1.0 if holder.readiness().ready else 0.0)
+def bind(
+    *,
+    engine_stats: Callable[[], EngineStats | None],
+    in_flight: Callable[[], float],
+    ready: Callable[[], bool],
+) -> None:
+    """What a scrape reads from the serving side (one app per process): the engine's stats (None while no model
+    serves), the generations in flight, and whether the server is ready. Callables, so telemetry knows nothing of
+    who holds the model."""
+    _engine_stats.source = engine_stats
+    generations_running.set_function(in_flight)
+    model_ready.set_function(lambda: 1.0 if ready() else 0.0)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from server.api.protocol import ChatMessage, Tool
 from server.engine.chat_template import Render, TemplateMessage, TemplateTool, detect_tool_syntax
 from server.engine.llama_model import LlamaModel
-from server.serving.hermes_tools import HermesFormat
-from server.serving.tool_calls import ToolPlan
+from server.protocol.openai import ChatMessage, Tool
+from server.serving.constrain.tools.hermes import HermesFormat
+from server.serving.constrain.tools.plan import ToolPlan
 from tests.support.chat_templates import HERMES_TEMPLATE
 
 WEATHER = Tool.model_validate(

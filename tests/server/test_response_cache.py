@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from server.engine.base import ChoiceFinished, Finished, TextDelta, TokenLogprob
-from server.serving.response_cache import ResponseCache, cache_key, is_deterministic
 from server.store.outage import Outage
 from server.store.redis import create_redis
+from server.store.response_cache import ResponseCache, cache_key, is_deterministic
 from tests.support.redis import start_redis
 
 EVENTS = [

@@ -8,8 +8,9 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from server.api.deps import AdminKeysDep, PlaneDep
-from server.api.protocol import CreatedKey, ErrorResponse, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
 from server.errors import APIError
+from server.protocol.admin import CreatedKey, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
+from server.protocol.base import ErrorResponse
 from server.store.errors import StoreUnavailableError
 from server.store.keys import KeyRecord
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from server.api.deps import CallerDep, PlaneDep
-from server.api.protocol import Conversation, ConversationMessageOut, ErrorResponse
 from server.errors import APIError
+from server.protocol.admin import Conversation, ConversationMessageOut
+from server.protocol.base import ErrorResponse
 from server.store.errors import StoreUnavailableError
 
 router = APIRouter(prefix="/v1")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from server.api.cards import refused_version
 from server.api.deps import HolderDep, SettingsDep
-from server.api.protocol import Liveness, ReadinessReport, refused_version
+from server.protocol.ops import Liveness, ReadinessReport
 
 router = APIRouter(prefix="/health")
 

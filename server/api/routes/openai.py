@@ -8,22 +8,21 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
+from server.api.cards import model_card
 from server.api.deps import CallerDep, HolderDep, ServingDep
-from server.api.protocol import (
+from server.api.streaming import event_stream_schema, respond
+from server.protocol.base import ErrorResponse
+from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from server.protocol.openai_replies import (
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     Completion,
-    CompletionRequest,
     EmbeddingList,
-    EmbeddingRequest,
-    ErrorResponse,
     ModelCard,
     ModelList,
 )
-from server.api.streaming import event_stream_schema, respond
-from server.serving import chat, completions, embeddings
-from server.serving.run import require_model
+from server.serving.endpoints import chat, completions, embeddings
+from server.serving.pipeline.admission import require_model
 
 router = APIRouter(prefix="/v1")
 
@@ -49,14 +48,14 @@ MODEL_RESPONSES = _errors(401, 404, 500, 503)
 
 @router.get("/models", responses=MODEL_RESPONSES)
 async def list_models(holder: HolderDep, _: CallerDep) -> ModelList:
-    return ModelList(data=[ModelCard.of(holder.serving(), holder.refused)])
+    return ModelList(data=[model_card(holder.serving(), holder.refused)])
 
 
 @router.get("/models/{model_id:path}", responses=MODEL_RESPONSES)
 async def get_model(model_id: str, holder: HolderDep, _: CallerDep) -> ModelCard:
     served = holder.serving()
     require_model(served, model_id)
-    return ModelCard.of(served, holder.refused)
+    return model_card(served, holder.refused)
 
 
 def embeddings_router() -> APIRouter:

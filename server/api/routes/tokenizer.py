@@ -7,15 +7,10 @@ from fastapi import APIRouter, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import ServingDep
-from server.api.protocol import (
-    DetokenizeRequest,
-    DetokenizeResponse,
-    ErrorResponse,
-    TokenizeRequest,
-    TokenizeResponse,
-)
 from server.api.streaming import respond
-from server.serving import tokenizer
+from server.protocol.base import ErrorResponse
+from server.protocol.ops import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.serving.endpoints import tokenizer
 
 router = APIRouter()
 

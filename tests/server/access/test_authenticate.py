@@ -10,7 +10,7 @@ from server.access.authenticate import ADMIN, KeyAuthenticator, bearer_token
 from server.access.caller import ANONYMOUS
 from server.config.settings import Settings
 from server.errors import APIError
-from server.serving.assemble import assemble
+from server.serving.pipeline.assemble import assemble
 
 ADMIN_KEY = "admin-key-0123456789"
 

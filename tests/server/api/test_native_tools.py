@@ -14,10 +14,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageToolCall
 
-from server.api.protocol import ChatCompletionRequest
 from server.engine.llama_model import LlamaModel
-from server.serving.hermes_tools import HermesFormat
-from server.serving.tool_calls import plan
+from server.protocol.openai import ChatCompletionRequest
+from server.serving.constrain.tools.hermes import HermesFormat
+from server.serving.constrain.tools.plan import plan
 from tests.conftest import HERMES_MODEL_ID
 from tests.server.api.test_openai_features import BOOKING, WEATHER
 from tests.support.server import ServerProcess, ready_server

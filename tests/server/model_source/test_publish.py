@@ -11,9 +11,10 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from server.model_source.blob import BlobLocation, BlobModelSource
+from server.model_source.catalogue import ARCHIVE_PREFIX, PublishError
 from server.model_source.errors import VerificationError
 from server.model_source.facts import GGUFFacts, memory_estimate, read_facts
-from server.model_source.publish import ARCHIVE_PREFIX, BLOCK_BYTES, ModelPublisher, PublishError
+from server.model_source.publish import BLOCK_BYTES, ModelPublisher
 from tests.support.azurite import Azurite
 
 

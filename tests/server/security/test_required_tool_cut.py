@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from server.serving.generic_tools import GenericFormat
+from server.serving.constrain.tools.generic import GenericFormat
 from tests.conftest import DEMO_MODEL_ID
 from tests.support.server import ServerProcess
 

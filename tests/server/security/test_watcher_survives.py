@@ -26,7 +26,8 @@ from server.api.app import create_app
 from server.config.settings import load_settings
 from server.lifecycle.holder import ModelHolder
 from server.lifecycle.watcher import ModelWatcher
-from server.model_source.blob import BlobLocation, BlobModelSource, FetchResult
+from server.model_source.base import FetchResult
+from server.model_source.blob import BlobLocation, BlobModelSource
 from server.model_source.errors import VerificationError
 from server.model_source.facts import read_facts
 from tests.support.azurite import Azurite

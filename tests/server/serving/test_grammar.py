@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from server.errors import APIError
-from server.serving.grammar import json_schema_grammar
-from server.serving.integer_range import integer_range_gbnf
+from server.serving.constrain.grammar import json_schema_grammar
+from server.serving.constrain.integer_range import integer_range_gbnf
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import llama_cpp
 import pytest
 
-from server.api.protocol import ChatMessage, Tool
 from server.engine.llama_model import LlamaModel
 from server.errors import APIError
 from server.model_source.local import demo_model
-from server.serving.hermes_tools import HermesFormat
-from server.serving.tool_calls import ParsedAnswer, ToolPlan
+from server.protocol.openai import ChatMessage, Tool
+from server.serving.constrain.tools.hermes import HermesFormat
+from server.serving.constrain.tools.plan import ParsedAnswer, ToolPlan
 
 HERMES = HermesFormat()
 WEATHER = Tool.model_validate(

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from server.serving.integer_range import MAX_DIGITS, integer_bounds, integer_range_gbnf
+from server.serving.constrain.integer_range import MAX_DIGITS, integer_bounds, integer_range_gbnf
 
 
 def _matcher(low: int | None, high: int | None) -> re.Pattern[str]:

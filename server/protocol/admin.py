@@ -1,0 +1,77 @@
+"""The admin API's bodies: API keys (/admin/keys) and stored conversations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+)
+
+from server.protocol.base import RequestBody
+
+_INT32_MAX = 2**31 - 1  # the limits are PostgreSQL integers
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+
+
+class KeyCreateRequest(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=_NO_NUL)
+    models: list[Annotated[str, Field(pattern=_NO_NUL)]] | None = Field(
+        None, min_length=1, description="Models the key may use; absent: all of them."
+    )
+    rpm: int | None = Field(None, ge=1, le=_INT32_MAX, description="Requests per minute; absent: unlimited.")
+    tpm: int | None = Field(
+        None, ge=1, le=_INT32_MAX, description="Prompt + completion tokens per minute; absent: unlimited."
+    )
+    owner: str | None = Field(None, max_length=200, pattern=_NO_NUL)
+
+
+class KeyInfo(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    name: str
+    owner: str | None
+    prefix: str = Field(description="The key's first characters, to tell keys apart; never enough to use it.")
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    created: int
+    revoked: int | None
+
+
+class CreatedKey(KeyInfo):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyInfo]
+
+
+class KeyUsageReport(BaseModel):
+    id: str
+    object: Literal["api_key.usage"] = "api_key.usage"
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cache_hits: int
+    first_request: int | None
+    last_request: int | None
+
+
+class ConversationMessageOut(BaseModel):
+    role: str
+    content: str
+    request_id: str
+    created: int
+
+
+class Conversation(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    messages: list[ConversationMessageOut]

@@ -1,0 +1,35 @@
+"""Which tool-call format a request is served in: the model's own, when its chat template has a tool syntax the
+server knows (`server/engine/chat_template.py` detects it), else the generic one any model can follow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from server.engine.base import Engine
+from server.protocol.openai import ChatMessage
+from server.serving.constrain.tools.generic import GenericFormat
+from server.serving.constrain.tools.hermes import HermesFormat
+from server.serving.constrain.tools.plan import ParsedAnswer, TemplateInput, ToolPlan
+
+
+class ToolFormat(Protocol):
+    def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
+        """The messages (and tools) the chat template renders; `plan` None: no tools offered, history only."""
+        ...
+
+    def grammar(self, plan: ToolPlan) -> str:
+        """GBNF every answer matches: calls whose arguments validate, or text where the plan allows it."""
+        ...
+
+    def parse(self, text: str) -> ParsedAnswer | None:
+        """The calls and content of a completed answer; None when it is not in the format at all."""
+        ...
+
+
+GENERIC = GenericFormat()
+HERMES = HermesFormat()
+
+
+def format_for(engine: Engine) -> ToolFormat:
+    return HERMES if engine.tool_syntax == "hermes" else GENERIC

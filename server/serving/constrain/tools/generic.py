@@ -1,0 +1,139 @@
+"""Tool calls in a generic, documented format that any chat model can follow.
+
+The tools are described in a system message, and generation is constrained by a grammar to one JSON object:
+`{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}` to call tools, or `{"content": "..."}` to answer in text
+(only allowed with `tool_choice: "auto"`). This is how llama.cpp's server serves models whose chat template has no
+tool syntax; ggufstack uses it for every model whose template has none it knows (`server/serving/tools.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from server.engine.chat_template import TemplateMessage
+from server.protocol.openai import ChatMessage
+from server.serving.constrain.grammar import json_schema_grammar
+from server.serving.constrain.tools.plan import ParsedAnswer, ParsedCall, TemplateInput, ToolPlan, new_call_id
+
+
+class GenericFormat:
+    def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
+        """Messages as any template takes them: the tools described in a system message, tool calls and results
+        written in the generic format as plain user/assistant turns, since many templates accept no other roles."""
+        rendered: list[TemplateMessage] = []
+        if plan is not None:
+            rendered.append({"role": "system", "content": _instructions(plan)})
+        for message in messages:
+            if message.role == "tool":
+                rendered.append(
+                    {"role": "user", "content": f"Result of tool call {message.tool_call_id}: {message.text()}"}
+                )
+            elif message.tool_calls:
+                calls = [
+                    {"name": c.function.name, "arguments": _loads(c.function.arguments)} for c in message.tool_calls
+                ]
+                answer = json.dumps({"tool_calls": calls}, ensure_ascii=False)
+                rendered.append({"role": "assistant", "content": answer})
+            else:
+                rendered.append({"role": message.role, "content": message.text()})
+        return TemplateInput(_merge_system(rendered) if plan is not None else rendered)
+
+    def grammar(self, plan: ToolPlan) -> str:
+        schema_calls = {"type": "array", "items": plan.call_schema(), "minItems": 1, "maxItems": plan.max_calls}
+        answer = {"type": "object", "properties": {"tool_calls": schema_calls}, "required": ["tool_calls"]}
+        if plan.allows_content:
+            text = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"]}
+            answer = {"anyOf": [answer, text]}
+        return json_schema_grammar(answer, param="tools")
+
+    def parse(self, text: str) -> ParsedAnswer | None:
+        """The calls or content in an answer; one cut short by max_tokens gives the calls it completed (its wrapper
+        is never content); None when the text is not the format at all."""
+        try:
+            answer = json.loads(text)
+        except json.JSONDecodeError:
+            return _cut_short(text)
+        if isinstance(answer, dict) and isinstance(answer.get("tool_calls"), list):
+            return ParsedAnswer(None, tuple(_call(c) for c in answer["tool_calls"]))
+        if isinstance(answer, dict) and isinstance(answer.get("content"), str):
+            return ParsedAnswer(answer["content"], ())
+        return None
+
+
+_CALLS_START = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[\s*')
+_CONTENT_START = re.compile(r'\s*\{\s*"content"\s*:\s*"')
+_DECODER = json.JSONDecoder()
+
+
+def _call(value: dict[str, object]) -> ParsedCall:
+    return ParsedCall(new_call_id(), str(value["name"]), json.dumps(value["arguments"], ensure_ascii=False))
+
+
+def _cut_short(text: str) -> ParsedAnswer | None:
+    """An answer the grammar was still writing when max_tokens ended it: the calls it finished, or its text so far."""
+    if (start := _CALLS_START.match(text)) is not None:
+        calls: list[ParsedCall] = []
+        at = start.end()
+        while True:
+            try:
+                value, at = _DECODER.raw_decode(text, at)
+            except json.JSONDecodeError:
+                break
+            if not isinstance(value, dict) or "name" not in value or "arguments" not in value:
+                break
+            calls.append(_call(value))
+            rest = text[at:].lstrip()
+            if not rest.startswith(","):
+                break
+            at = len(text) - len(rest) + 1
+            at += len(text[at:]) - len(text[at:].lstrip())
+        return ParsedAnswer(None, tuple(calls))
+    if (start := _CONTENT_START.match(text)) is not None:
+        return ParsedAnswer(_partial_string(text[start.end() :]), ())
+    # Cut before the wrapper said which it is: nothing complete to give, and the wrapper is never content.
+    return ParsedAnswer(None, ()) if text.lstrip().startswith("{") else None
+
+
+def _partial_string(body: str) -> str:
+    """The text of a JSON string whose closing quote never came (an escape cut in half is dropped)."""
+    for end in range(len(body), max(len(body) - 12, -1), -1):
+        try:
+            return json.loads(f'"{body[:end]}"')
+        except json.JSONDecodeError:
+            continue
+    return ""
+
+
+def _instructions(plan: ToolPlan) -> str:
+    described = [
+        {"name": t.function.name, "description": t.function.description or "", "parameters": t.function.parameters}
+        for t in plan.tools
+    ]
+    lines = [
+        "You can call these tools:",
+        json.dumps(described, ensure_ascii=False),
+        'To call tools, answer with only JSON: {"tool_calls": [{"name": "<tool name>", "arguments": {...}}]}.',
+    ]
+    if plan.allows_content:
+        lines.append('To answer without a tool, answer with only JSON: {"content": "<your answer>"}.')
+    elif len(plan.chosen) == 1:
+        lines.append(f"You must call the tool {plan.chosen[0].function.name}.")
+    else:
+        lines.append("You must call at least one tool.")
+    return "\n".join(lines)
+
+
+def _merge_system(messages: list[TemplateMessage]) -> list[TemplateMessage]:
+    """One leading system message: templates such as Gemma's accept no other."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    return ([TemplateMessage(role="system", content="\n\n".join(system))] if system else []) + rest
+
+
+def _loads(arguments: str) -> object:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments

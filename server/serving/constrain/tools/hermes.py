@@ -1,0 +1,144 @@
+"""Tool calls in the Hermes syntax, for models whose own chat template speaks it (Qwen 2.5/3, Hermes 2 Pro/3, ...).
+
+The template is given the tools and the history in OpenAI's shape and describes them as its model was trained to see
+them; the model calls tools with `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks, which are
+parsed back into OpenAI tool calls, and reads results as role "tool" messages (its template wraps them in
+`<tool_response>`). llama.cpp's server serves these templates the same way (`common/chat.cpp`, Hermes 2 Pro format).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from server.engine.chat_template import TemplateMessage, TemplateToolCall
+from server.errors import APIError
+from server.protocol.openai import ChatMessage
+from server.serving.constrain.grammar import json_schema_rules
+from server.serving.constrain.tools.plan import (
+    ParsedAnswer,
+    ParsedCall,
+    TemplateInput,
+    ToolPlan,
+    decoded_arguments,
+    new_call_id,
+)
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+_CALL_JSON = "hermes-call-json"  # the converter names the call schema's own rules after it
+
+
+class HermesFormat:
+    def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
+        tools = [tool.model_dump(exclude_none=True) for tool in plan.tools] if plan is not None else None
+        return TemplateInput([_template_message(m) for m in messages], tools)
+
+    def grammar(self, plan: ToolPlan) -> str:
+        """One or more (`max_calls`) `<tool_call>` blocks whose JSON is a call to a chosen tool with valid arguments;
+        with tool_choice "auto", free text first, and the calls optional.
+
+        Not llama.cpp's lazy grammar (`llama_sampler_init_grammar_lazy_patterns`, which llama-cpp-python 0.3.36 does
+        expose). A lazy grammar only wakes up once `<tool_call>` appears, and then feeds it the rest of the token
+        that completed the trigger without checking it first: when that text does not parse (`>.` is one token in
+        SmolLM2's vocabulary), llama.cpp throws a C++ exception through its C API, which terminates the process.
+        Instead the text before the calls is part of the grammar, as "any text that does not contain `<tool_call>`":
+        the same language as the lazy grammar's, and every token is checked before it is accepted, so the sampler's
+        sample-first check (the grammar filters the whole vocabulary only when it refuses the sampled token) keeps
+        working for it.
+        """
+        rules = {
+            "root": "hermes-text-0" if plan.allows_content else "hermes-calls",
+            "hermes-calls": _calls(plan.max_calls),
+            "hermes-call": f"{_literal(OPEN)} hermes-gap {_CALL_JSON} hermes-gap {_literal(CLOSE)}",
+            "hermes-gap": "[ \\t\\n]{0,4}",
+        }
+        if plan.allows_content:
+            rules |= _text_rules("hermes-text", "hermes-calls")
+        call_rules = json_schema_rules(plan.call_schema(), rule=_CALL_JSON, param="tools")
+        clash = set(re.findall(r"^([a-zA-Z0-9-]+) ::=", call_rules, re.MULTILINE)) & rules.keys()
+        if clash:
+            raise APIError(
+                400, f"a $defs name in the tools' parameters becomes the grammar rule {min(clash)!r}, which the tool "
+                "call grammar needs; rename it", param="tools",
+            )  # fmt: skip
+        return call_rules + "\n" + "\n".join(f"{name} ::= {body}" for name, body in rules.items())
+
+    def parse(self, text: str) -> ParsedAnswer:
+        """The calls in an answer and the text around them (its content). A block that is not a complete call (cut
+        short by max_tokens) stays in the content as it was written; an answer without calls is all content."""
+        calls: list[ParsedCall] = []
+        outside: list[str] = []
+        position = 0
+        for block in _BLOCK.finditer(text):
+            call = _parse_call(block.group(1))
+            if call is not None:
+                calls.append(call)
+                outside.append(text[position : block.start()])
+                position = block.end()
+        if not calls:
+            return ParsedAnswer(text, ())
+        content = "".join([*outside, text[position:]]).strip()
+        return ParsedAnswer(content or None, tuple(calls))
+
+
+def _calls(most: int) -> str:
+    more = f" ( hermes-gap hermes-call ){{0,{most - 1}}}" if most > 1 else ""
+    return f"hermes-call{more} hermes-gap"
+
+
+def _template_message(message: ChatMessage) -> TemplateMessage:
+    rendered: TemplateMessage = {"role": message.role, "content": message.text()}
+    if message.tool_calls:
+        rendered["tool_calls"] = [
+            TemplateToolCall(
+                id=c.id,
+                type="function",
+                function={"name": c.function.name, "arguments": decoded_arguments(c.function.arguments)},
+            )
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    return rendered
+
+
+def _parse_call(block: str) -> ParsedCall | None:
+    try:
+        call = json.loads(block)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    arguments = call.get("arguments")
+    if isinstance(arguments, str):  # some models write the arguments as a JSON string, as OpenAI sends them
+        arguments = decoded_arguments(arguments)
+    if not isinstance(arguments, dict):
+        return None
+    return ParsedCall(new_call_id(), call["name"], json.dumps(arguments, ensure_ascii=False))
+
+
+def _text_rules(prefix: str, then: str) -> dict[str, str]:
+    """Rules for any text that does not contain OPEN, optionally followed by `then` (which starts with OPEN).
+
+    A state machine over how much of OPEN the text ends with: `{prefix}-k` means its last k characters are OPEN's
+    first k. Each state may end the text, go on with a character, or start `then`. OPEN's first character occurs
+    nowhere else in it, so after a mismatch only that character starts a new partial match.
+    """
+    first = OPEN[0]
+    assert first not in OPEN[1:] and all(c.isalnum() or c in "<>_" for c in OPEN)
+    rules: dict[str, str] = {}
+    for k in range(len(OPEN)):
+        steps = [f"[^{OPEN[k]}{first}] {prefix}-0" if k else f"[^{first}] {prefix}-0"]
+        if k:
+            steps.append(f"{_literal(first)} {prefix}-1")
+        if k + 1 < len(OPEN):
+            steps.append(f"{_literal(OPEN[k])} {prefix}-{k + 1}")
+        steps.append(then)
+        rules[f"{prefix}-{k}"] = f"( {' | '.join(steps)} )?"
+    return rules
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)

@@ -1,0 +1,142 @@
+"""POST /v1/chat/completions: plan tools, render the chat template → admit through the pipeline → shape as OpenAI's
+chat completion (text, or tool calls in the model's own format or the generic one, see `server/serving/tools.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from pydantic import BaseModel
+
+from server.engine.base import ChoiceFinished, Finished, FinishReason, TextDelta
+from server.protocol.openai import ChatCompletionRequest, ToolCall, ToolCallFunction
+from server.protocol.openai_replies import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatFinishReason,
+    ChatLogprobs,
+    ToolCallDelta,
+    ToolCallFunctionDelta,
+)
+from server.serving.constrain.tools import formats as tools
+from server.serving.constrain.tools import plan as tool_calls
+from server.serving.endpoints import logprobs
+from server.serving.endpoints.prepare import chat_request
+from server.serving.endpoints.reply import Reply, new_id, now, usage
+from server.serving.pipeline.admission import Admitted, ServingContext, admit
+
+
+async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[ChatCompletion]:
+    # Planning tools compiles their schemas: part of the preparation, which runs after the limits, off the loop.
+    admitted = await admit(
+        ctx,
+        "chat.completions",
+        body,
+        lambda engine: chat_request(engine, body, tool_calls.plan(body)),
+        model=body.model,
+    )
+    uses_tools = tool_calls.uses_tools(body)
+    rid, model = new_id("chatcmpl"), admitted.job.model.model_id
+    headers = admitted.job.response_headers
+    if body.stream:
+        chunks = _tool_chunks if uses_tools else _text_chunks
+        return Reply(headers, chunks=chunks(admitted, rid, model, body))
+    whole = await admitted.collect()
+    tool_format = tools.format_for(admitted.job.model.engine) if uses_tools else None
+    choices = []
+    for c in whole.choices:
+        message, reason = _message(c.text, c.finish_reason, tool_format)
+        lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
+        choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
+    completion = ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
+    return Reply(headers, body=completion)
+
+
+def _message(
+    text: str, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
+) -> tuple[AssistantMessage, ChatFinishReason]:
+    answer = tool_format.parse(text) if tool_format is not None else None
+    if answer is None:
+        return AssistantMessage(content=text), finish_reason
+    if answer.calls:
+        calls = [ToolCall(id=c.id, function=ToolCallFunction(name=c.name, arguments=c.arguments)) for c in answer.calls]
+        # Calls parsed from an answer cut short by max_tokens may not be all of them: "length" says so.
+        reason: ChatFinishReason = "tool_calls" if finish_reason == "stop" else finish_reason
+        return AssistantMessage(content=answer.content, tool_calls=calls), reason
+    return AssistantMessage(content=answer.content), finish_reason
+
+
+def _chunk(
+    rid: str,
+    model: str,
+    index: int,
+    delta: ChatDelta,
+    reason: ChatFinishReason | None,
+    lp: ChatLogprobs | None = None,
+) -> ChatCompletionChunk:
+    choice = ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=reason)
+    return ChatCompletionChunk(id=rid, created=now(), model=model, choices=[choice])
+
+
+def _usage_chunk(rid: str, model: str, finished: Finished) -> ChatCompletionChunk:
+    return ChatCompletionChunk(id=rid, created=now(), model=model, choices=[], usage=usage(finished))
+
+
+async def _text_chunks(
+    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
+) -> AsyncGenerator[BaseModel, None]:
+    """As OpenAI streams: a choice's first chunk carries the role, its last the finish reason; with n > 1 the
+    choices' chunks interleave, told apart by `index`."""
+    started: set[int] = set()
+    ended: set[int] = set()
+
+    def delta(index: int) -> ChatDelta:
+        first = index not in started
+        started.add(index)
+        return ChatDelta(role="assistant") if first else ChatDelta()
+
+    async for event in admitted.events():
+        if isinstance(event, TextDelta):
+            d = delta(event.index)
+            d.content = event.text
+            lp = ChatLogprobs(content=logprobs.chat(event.logprobs)) if body.logprobs else None
+            yield _chunk(rid, model, event.index, d, None, lp)
+        elif isinstance(event, ChoiceFinished):
+            ended.add(event.index)
+            yield _chunk(rid, model, event.index, delta(event.index), event.finish_reason)
+        else:
+            for index in range(body.n):
+                if index not in ended:
+                    yield _chunk(rid, model, index, delta(index), event.finish_reason)
+            if body.include_usage_in_stream():
+                yield _usage_chunk(rid, model, event)
+
+
+async def _tool_chunks(
+    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
+) -> AsyncGenerator[BaseModel, None]:
+    """A tool answer is parsed whole, then sent as OpenAI streams calls (an id and name, then the arguments) and
+    content."""
+    whole = await admitted.collect()
+    tool_format = tools.format_for(admitted.job.model.engine)
+    for c in whole.choices:
+        message, reason = _message(c.text, c.finish_reason, tool_format)
+        yield _chunk(rid, model, c.index, ChatDelta(role="assistant"), None)
+        for i, call in enumerate(message.tool_calls or []):
+            start = ToolCallDelta(
+                index=i,
+                id=call.id,
+                type="function",
+                function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
+            )
+            yield _chunk(rid, model, c.index, ChatDelta(tool_calls=[start]), None)
+            rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
+            yield _chunk(rid, model, c.index, ChatDelta(tool_calls=[rest]), None)
+        if message.content:
+            yield _chunk(rid, model, c.index, ChatDelta(content=message.content), None)
+        yield _chunk(rid, model, c.index, ChatDelta(), reason)
+    if body.include_usage_in_stream():
+        yield _usage_chunk(rid, model, whole.finished)

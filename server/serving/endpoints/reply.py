@@ -1,0 +1,39 @@
+"""What the serving layer returns to a route: a whole response, or a stream of chunks, with the headers stages set."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from server.engine.base import Finished
+from server.protocol.openai_replies import Usage
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Generic[Body]):
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Body | None = None
+    chunks: AsyncGenerator[BaseModel, None] | None = None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(finished: Finished) -> Usage:
+    return Usage(
+        prompt_tokens=finished.prompt_tokens,
+        completion_tokens=finished.completion_tokens,
+        total_tokens=finished.prompt_tokens + finished.completion_tokens,
+    )

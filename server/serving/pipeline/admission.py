@@ -1,0 +1,174 @@
+"""Admission of one generation: lease the serving model, build the job, run the pipeline up to its first event.
+
+Waiting for the first event before answering means every refusal a stage makes (a bad key, a rate limit, a full
+queue) is still an HTTP status, not an error inside a stream that already said 200.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from server.access.caller import Caller
+from server.engine.base import (
+    ChoiceFinished,
+    Engine,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    TextDelta,
+    TokenLogprob,
+)
+from server.errors import APIError
+from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ServedModel, ServerDrainingError
+from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from server.protocol.ops import DetokenizeRequest, TokenizeRequest
+from server.serving.pipeline.job import Endpoint, ServingJob
+from server.serving.pipeline.stages import Events, Next, Pipeline
+from server.telemetry import prometheus
+
+# Names the exact model that answered (the sha256 of its GGUF): across a hot swap, two replicas or two requests may
+# answer from different models under the same model id.
+MODEL_VERSION_HEADER = "x-ggufstack-model-version"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingContext:
+    """What a generation route hands to the serving layer: where models live, the stages, who asks, and the id."""
+
+    holder: ModelHolder
+    pipeline: Pipeline
+    caller: Caller
+    request_id: str  # the server's own id, unique per request
+    conversation_id: str | None = None
+    client_request_id: str | None = None  # the client's X-Request-Id: traced, never trusted to be unique
+
+
+@dataclass(eq=False)
+class Admitted:
+    """A generation whose first event has come; `events()` yields it and the rest, then returns the lease."""
+
+    job: ServingJob
+    _first: GenerationEvent
+    _rest: Events
+    _lease: Lease
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        try:
+            yield self._first
+            async for event in self._rest:
+                yield event
+        finally:
+            await self._rest.aclose()
+            self._lease.release()
+
+    async def collect(self) -> Collected:
+        """The whole generation, for a reply that is not streamed."""
+        n = self.job.generation.n if self.job.generation is not None else 1
+        parts: list[list[str]] = [[] for _ in range(n)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        reasons: dict[int, FinishReason] = {}
+        # aclosing: returning from inside the loop must close the events (and so return the lease) now, not when the
+        # generator is garbage-collected, or a hot swap waits on a request that has long been answered.
+        async with aclosing(self.events()) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts[event.index].append(event.text)
+                    logprobs[event.index].extend(event.logprobs)
+                elif isinstance(event, ChoiceFinished):
+                    reasons[event.index] = event.finish_reason
+                else:
+                    choices = [
+                        CollectedChoice(i, "".join(parts[i]), logprobs[i], reasons.get(i, event.finish_reason))
+                        for i in range(n)
+                    ]
+                    return Collected(choices, event)
+        raise RuntimeError("the pipeline ended a generation without a Finished event")
+
+    async def finish(self) -> Finished:
+        """Run a job whose answer the last stage leaves on the job (embeddings) to its Finished event."""
+        async with aclosing(self.events()) as events:
+            async for event in events:
+                if isinstance(event, Finished):
+                    return event
+        raise RuntimeError("the pipeline ended a request without a Finished event")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectedChoice:
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    choices: list[CollectedChoice]
+    finished: Finished
+
+
+def lease_model(holder: ModelHolder, model: str) -> Lease:
+    try:
+        lease = holder.lease()
+    except ServerDrainingError:
+        prometheus.requests_refused.labels("draining").inc()
+        raise
+    except ModelNotReadyError:
+        prometheus.requests_refused.labels("not_ready").inc()
+        raise
+    try:
+        require_model(lease.model, model)
+    except APIError:
+        lease.release()
+        raise
+    return lease
+
+
+def require_model(served: ServedModel, model: str) -> None:
+    if model != served.model_id:
+        raise APIError(
+            404,
+            f"the model {model!r} does not exist; this server serves {served.model_id!r}",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+
+
+async def admit(
+    ctx: ServingContext,
+    endpoint: Endpoint,
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest,
+    prepare: Callable[[Engine], object],
+    *,
+    model: str,
+    terminal: Next | None = None,
+) -> Admitted:
+    """Lease the model the body names, build the job and run the pipeline to its first event. `prepare` (render,
+    tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits; `terminal` replaces the
+    pipeline's last stage (embeddings). The model-version header is set here, once, for every answer."""
+    lease = lease_model(ctx.holder, model)
+    try:
+        job = ServingJob(
+            ctx.request_id,
+            endpoint,
+            body,
+            lease.model,
+            prepare,
+            ctx.caller,
+            conversation_id=ctx.conversation_id,
+            client_request_id=ctx.client_request_id,
+        )
+        job.response_headers[MODEL_VERSION_HEADER] = lease.model.sha256
+        events = ctx.pipeline.run(job, terminal)
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()
+            raise
+    except BaseException:
+        lease.release()
+        raise
+    return Admitted(job, first, events, lease)

@@ -1,0 +1,83 @@
+"""The serving pipeline the settings ask for: which stages run, in which order, around the engine."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from server.access.api_keys import KeyVerifier
+from server.access.authenticate import KeyAuthenticator
+from server.access.caller import Authenticator, open_access
+from server.access.throttle import FailureThrottle
+from server.config.settings import Settings
+from server.serving.pipeline.stages import Pipeline, Stage, prepare
+from server.serving.stages.observe import observe
+from server.serving.stages.permit import permit
+from server.serving.stages.record import RecordStage
+from server.store.conversations import ConversationStore
+from server.store.keys import KeyStore
+from server.store.services import entra_credential, open_database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlane:
+    authenticator: Authenticator
+    pipeline: Pipeline
+    keys: KeyStore | None = None
+    verifier: KeyVerifier | None = None
+    conversations: ConversationStore | None = None
+    admin_key: str | None = None
+    # Failed admin-key attempts per client address: the admin API refuses an address that keeps guessing.
+    admin_attempts: FailureThrottle = field(default_factory=FailureThrottle)
+
+
+async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
+    """Open what the stages need (closed with `resources`) and compose them: observe → record → permit → limit
+    requests → prepare → limit tokens → cache → generate, each only when its store is configured. Everything that
+    may refuse a request cheaply comes before `prepare`, which renders and tokenizes."""
+    credential = await entra_credential(settings, resources)
+    admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+    stages: list[Stage] = [observe]
+    keys = verifier = conversations = None
+    if settings.database_url is not None:
+        database = await open_database(settings, resources, credential)
+        keys = KeyStore(database.pool)
+        # Its own outage state: the audit writer's troubles must not switch key checks to outage mode.
+        verifier = KeyVerifier(keys, cache_ttl_s=settings.key_cache_ttl_s, outage_grace_s=settings.key_outage_grace_s)
+        conversations = ConversationStore(database.pool)
+        stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
+    if keys is None and admin_key is None:
+        log.warning(
+            "no database and no admin key configured: authentication is off, the API is open to anyone who can reach "
+            "%s",
+            settings.host,
+        )
+        authenticator: Authenticator = open_access
+    else:
+        authenticator = KeyAuthenticator(verifier, admin_key)
+        stages.append(permit)
+    if settings.redis_url is None:
+        stages.append(prepare)
+    else:
+        # Imported here: redis-py loads the OpenTelemetry SDK, which a server without Redis should not carry.
+        from server.access.ratelimit import RateLimiter
+        from server.serving.stages.cache import CacheStage
+        from server.serving.stages.ratelimit import RequestLimitStage, TokenLimitStage
+        from server.store.redis import open_redis
+        from server.store.response_cache import ResponseCache
+
+        redis = await open_redis(settings, resources, credential)
+        limiter = RateLimiter(redis.client, fail_closed=settings.ratelimit_fail_closed, outage=redis.outage)
+        stages.extend([RequestLimitStage(limiter), prepare, TokenLimitStage(limiter)])
+        if settings.cache_ttl_s > 0:
+            cache = ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)
+            stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
+    log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
+    return DataPlane(authenticator, Pipeline(stages), keys, verifier, conversations, admin_key)
+
+
+def _name(stage: Stage) -> str:
+    return getattr(stage, "__name__", type(stage).__name__)

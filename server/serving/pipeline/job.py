@@ -1,0 +1,61 @@
+"""One generation request on its way through the serving pipeline, and who sent it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from server.access.caller import ANONYMOUS, Caller
+from server.engine.base import Engine, Finished, GenerationRequest
+from server.lifecycle.holder import ServedModel
+from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from server.protocol.ops import DetokenizeRequest, TokenizeRequest
+
+Endpoint = Literal["chat.completions", "completions", "embeddings", "tokenize", "detokenize"]
+TOKENIZER_ENDPOINTS = ("tokenize", "detokenize")
+
+
+@dataclass(eq=False)
+class ServingJob:
+    """What the stages share. Stages fill `response_headers` before the first event, and the outcome as it happens.
+
+    The expensive part of admission (rendering the chat template, tokenizing, compiling grammars) is the job's
+    `preparation`, which the `prepare` stage runs in a worker thread once the request limit admitted the request. It
+    returns the generation's `generation`, an embeddings request's `embedding_inputs` (its terminal stage leaves the
+    vectors in `embeddings`), or a tokenizer request's answer (`prepared`); such jobs end with one Finished event.
+    """
+
+    request_id: str  # the server's own id: the one identity of the request (audit row, rate-limit entries)
+    endpoint: Endpoint
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest
+    model: ServedModel
+    preparation: Callable[[Engine], object] | None = None
+    caller: Caller = ANONYMOUS
+    generation: GenerationRequest | None = None
+    prepared: object = None
+    conversation_id: str | None = None  # X-Conversation-Id: where the record stage files this exchange
+    client_request_id: str | None = None  # X-Request-Id as the client sent it, recorded beside request_id
+    arrived_at: float = field(default_factory=time.monotonic)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    cache_hit: bool = False
+    first_token_at: float | None = None
+    finished: Finished | None = None
+    # Completion tokens the engine generated, set when the last stage ends however it ends: what a generation that
+    # never reached Finished (a client gone, a drain, a failure) is charged and recorded with.
+    generated_tokens: int = 0
+    embedding_inputs: list[list[int]] = field(default_factory=list)
+    embeddings: list[list[float]] | None = None
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether the request decodes with the model (generations, embeddings), not only its tokenizer."""
+        return self.endpoint not in TOKENIZER_ENDPOINTS
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The tokens the request reads, counted by the model's tokenizer before it runs."""
+        if self.generation is not None:
+            return len(self.generation.prompt_tokens)
+        return sum(len(tokens) for tokens in self.embedding_inputs)

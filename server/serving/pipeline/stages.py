@@ -1,0 +1,80 @@
+"""The serving pipeline: named stages wrapped around the engine, each one concern in its own module.
+
+A stage is an async generator `(job, call_next) -> events`. Before its first event it may refuse the request by
+raising `APIError` (the route waits for the first event before it sends headers, so a refusal is a real HTTP status),
+answer by itself (a cache hit yields events without calling `call_next`), or pass on `call_next(job)`'s events. After
+the last event it does its bookkeeping (charge tokens, record the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from functools import partial
+from typing import Protocol
+
+from server.engine.base import Finished, GenerationEvent, GenerationRequest
+from server.serving.pipeline.job import ServingJob
+
+Events = AsyncGenerator[GenerationEvent, None]
+Next = Callable[[ServingJob], Events]
+
+
+class Stage(Protocol):
+    def __call__(self, job: ServingJob, call_next: Next) -> Events: ...
+
+
+async def prepare(job: ServingJob, call_next: Next) -> Events:
+    """Run the job's preparation (render, tokenize, compile its grammar) in a worker thread: after the stages that
+    may refuse the request cheaply (key, model permission, request rate), and off the event loop, so one large
+    prompt does not stall every other request's streaming."""
+    if job.preparation is not None:
+        prepared = await asyncio.to_thread(job.preparation, job.model.engine)
+        if isinstance(prepared, GenerationRequest):
+            job.generation = prepared
+        elif job.endpoint == "embeddings":
+            job.embedding_inputs = prepared  # type: ignore[assignment]
+        else:
+            job.prepared = prepared
+    async with aclosing(call_next(job)) as events:
+        async for event in events:
+            yield event
+
+
+async def answer_prepared(job: ServingJob) -> Events:
+    """The last stage of a tokenizer request: its answer was prepared; the usage is the tokens it holds."""
+    yield Finished("stop", 0, 0)
+
+
+async def generate(job: ServingJob) -> Events:
+    """The last stage of a generation: run it on the job's engine. However it ends (finished, failed, or closed by a
+    client that went away), the tokens it generated are on the job before the stages around it do their bookkeeping."""
+    if job.generation is None:
+        raise TypeError("generate() needs a generation job")
+    stream = job.model.engine.generate(job.generation)
+    try:
+        async for event in stream:
+            yield event
+    finally:
+        await stream.aclose()
+        job.generated_tokens = stream.completion_tokens
+
+
+async def embed(job: ServingJob) -> Events:
+    """The last stage of an embeddings request: the vectors go on the job, the usage into its one Finished event."""
+    job.embeddings = await job.model.engine.embed(job.embedding_inputs)
+    yield Finished("stop", job.prompt_tokens, 0)
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage], terminal: Next = generate) -> None:
+        self.stages = tuple(stages)
+        self._terminal = terminal
+
+    def run(self, job: ServingJob, terminal: Next | None = None) -> Events:
+        """The job's events through every stage; `terminal` replaces the pipeline's last stage (e.g. `embed`)."""
+        call: Next = terminal or self._terminal
+        for stage in reversed(self.stages):
+            call = partial(stage, call_next=call)
+        return call(job)

@@ -1,0 +1,92 @@
+"""The record stage: one audit row per request, generations and embeddings alike (and, when history is kept, a
+generation's messages), handed to the background writer after the last event, so PostgreSQL never slows a response.
+
+It sits outside the limit and cache stages, so it also records refusals (their status) and cache hits.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from datetime import UTC, datetime
+
+from server.engine.base import Finished, TextDelta
+from server.errors import known_error
+from server.protocol.openai import ChatCompletionRequest
+from server.serving.pipeline.job import ServingJob
+from server.serving.pipeline.stages import Events, Next
+from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record
+
+CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer ended
+
+
+class RecordStage:
+    def __init__(self, writer: AuditWriter, *, store_conversations: bool) -> None:
+        self._writer = writer
+        self._store_conversations = store_conversations
+
+    async def __call__(self, job: ServingJob, call_next: Next) -> Events:
+        status: int | None = None
+        keep_text = self._store_conversations and job.conversation_id is not None
+        parts: list[str] = []
+        finished: Finished | None = None
+        try:
+            async with aclosing(call_next(job)) as events:
+                async for event in events:
+                    # The history goes on from the first choice, as a client that asked for n > 1 answers picks one.
+                    if keep_text and isinstance(event, TextDelta) and event.index == 0:
+                        parts.append(event.text)
+                    elif isinstance(event, Finished):
+                        finished = event
+                    yield event
+        except Exception as exc:
+            known = known_error(exc)
+            status = known.status if known is not None else 500
+            raise
+        finally:
+            # A caller that stops reading after the Finished event (a non-streamed reply) closes this generator: the
+            # request succeeded all the same.
+            if status is None:
+                status = 200 if finished is not None else CLIENT_CLOSED
+            self._writer.submit(self._record(job, finished, status, "".join(parts) if keep_text else None))
+
+    def _record(self, job: ServingJob, finished: Finished | None, status: int, answer: str | None) -> Record:
+        now = time.monotonic()
+        created = datetime.now(UTC)
+        row = AuditRow(
+            request_id=job.request_id,
+            key_id=job.caller.key_id,
+            created_at=created,
+            endpoint=job.endpoint,
+            model=job.model.model_id,
+            model_version=job.model.sha256,
+            prompt_tokens=finished.prompt_tokens if finished else job.prompt_tokens,
+            completion_tokens=finished.completion_tokens if finished else job.generated_tokens,
+            latency_ms=(now - job.arrived_at) * 1000,
+            ttft_ms=(job.first_token_at - job.arrived_at) * 1000 if job.first_token_at else None,
+            status=status,
+            cache_hit=job.cache_hit,
+            client_request_id=job.client_request_id,
+        )
+        if answer is None or job.conversation_id is None or status != 200:
+            return Record(row)
+        turns = [*_prompt_messages(job), ("assistant", answer)]
+        messages = [
+            ConversationMessage(
+                job.conversation_id, job.caller.key_id, job.request_id, i, role, _storable(text), created
+            )
+            for i, (role, text) in enumerate(turns)
+        ]
+        return Record(row, messages)
+
+
+def _prompt_messages(job: ServingJob) -> list[tuple[str, str]]:
+    if isinstance(job.body, ChatCompletionRequest):
+        return [(m.role, m.text()) for m in job.body.messages]
+    prompt = job.body.prompt
+    return [("user", prompt if isinstance(prompt, str) else str(prompt))]
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; one such character must not cost a whole batch of records."""
+    return text.replace("\x00", "\ufffd")
