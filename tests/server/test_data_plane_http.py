@@ -17,10 +17,10 @@ import llama_cpp
 import openai
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.postgres import Postgres, start_postgres
 from tests.support.redis import Redis, start_redis
 from tests.support.server import ServerProcess, start_server
-from tests.test_cli import run_cli
 
 MODEL = "chat-model"
 ADMIN_KEY = "admin-" + uuid.uuid4().hex

@@ -7,7 +7,7 @@ from pathlib import Path
 from azure.storage.blob import ContainerClient
 
 from tests.support.azurite import Azurite
-from tests.test_cli import run_cli
+from tests.support.cli import run_cli
 
 
 def model_cli(azurite: Azurite, container: ContainerClient, *args: str, **env: str):

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.ports import free_port
 from tests.support.server import ServerProcess, start_server
-from tests.test_cli import run_cli
 
 SAS = "sv=2025-01-05&ss=b&srt=co&sp=rl&sig=SeCrEtSiGnAtUrE%3D"
 

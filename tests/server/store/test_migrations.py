@@ -43,7 +43,7 @@ async def test_a_database_migrated_by_a_newer_release_is_refused(postgres: Postg
 
 
 def test_the_server_refuses_a_newer_database_with_one_line(postgres: Postgres, request) -> None:
-    from tests.test_cli import run_cli
+    from tests.support.cli import run_cli
 
     url = postgres.create_database(database_name(request.node.nodeid))
     postgres.execute(

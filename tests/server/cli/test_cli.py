@@ -1,20 +1,5 @@
-import os
-import subprocess
-import sys
-
 from server.config.settings import Settings
-
-
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("GGUFSTACK_")}
-    return subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        env={**clean, **env, "COLUMNS": "300"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support.cli import run_cli
 
 
 def test_invalid_setting_is_one_readable_line_and_exit_code_2() -> None:

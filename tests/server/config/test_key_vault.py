@@ -13,10 +13,10 @@ import pytest
 
 from server.config.key_vault import with_key_vault_secrets
 from server.config.settings import KEY_VAULT_SECRETS, SettingsError, load_settings
+from tests.support.cli import run_cli
 from tests.support.keyvault import KeyVaultStandIn
 from tests.support.msi import TokenEndpoint
 from tests.support.server import start_server
-from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
