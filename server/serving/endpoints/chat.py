@@ -4,6 +4,7 @@ chat completion (text, or tool calls in the model's own format or the generic on
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from pydantic import BaseModel
 
@@ -98,21 +99,24 @@ async def _text_chunks(
         started.add(index)
         return ChatDelta(role="assistant") if first else ChatDelta()
 
-    async for event in admitted.events():
-        if isinstance(event, TextDelta):
-            d = delta(event.index)
-            d.content = event.text
-            lp = ChatLogprobs(content=logprobs.chat(event.logprobs)) if body.logprobs else None
-            yield _chunk(rid, model, event.index, d, None, lp)
-        elif isinstance(event, ChoiceFinished):
-            ended.add(event.index)
-            yield _chunk(rid, model, event.index, delta(event.index), event.finish_reason)
-        else:
-            for index in range(body.n):
-                if index not in ended:
-                    yield _chunk(rid, model, index, delta(index), event.finish_reason)
-            if body.include_usage_in_stream():
-                yield _usage_chunk(rid, model, event)
+    # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it
+    # at once, not when the garbage collector finds them.
+    async with aclosing(admitted.events()) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                d = delta(event.index)
+                d.content = event.text
+                lp = ChatLogprobs(content=logprobs.chat(event.logprobs)) if body.logprobs else None
+                yield _chunk(rid, model, event.index, d, None, lp)
+            elif isinstance(event, ChoiceFinished):
+                ended.add(event.index)
+                yield _chunk(rid, model, event.index, delta(event.index), event.finish_reason)
+            else:
+                for index in range(body.n):
+                    if index not in ended:
+                        yield _chunk(rid, model, index, delta(index), event.finish_reason)
+                if body.include_usage_in_stream():
+                    yield _usage_chunk(rid, model, event)
 
 
 async def _tool_chunks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from pydantic import BaseModel
 
@@ -42,20 +43,27 @@ def _chunk(rid: str, model: str, choice: CompletionChoice) -> Completion:
 async def _chunks(admitted: Admitted, rid: str, model: str, body: CompletionRequest) -> AsyncGenerator[BaseModel, None]:
     offsets = [0] * body.n  # where each choice's next text starts, for the legacy logprobs' text_offset
     ended: set[int] = set()
-    async for event in admitted.events():
-        if isinstance(event, TextDelta):
-            lp = None
-            if body.logprobs is not None:
-                lp = logprobs.completion(event.logprobs, offsets[event.index], bool(body.logprobs))
-            offsets[event.index] += len(event.text)
-            choice = CompletionChoice(index=event.index, text=event.text, logprobs=lp, finish_reason=None)
-            yield _chunk(rid, model, choice)
-        elif isinstance(event, ChoiceFinished):
-            ended.add(event.index)
-            yield _chunk(rid, model, CompletionChoice(index=event.index, text="", finish_reason=event.finish_reason))
-        else:
-            for index in range(body.n):
-                if index not in ended:
-                    yield _chunk(rid, model, CompletionChoice(index=index, text="", finish_reason=event.finish_reason))
-            if body.include_usage_in_stream():
-                yield Completion(id=rid, created=now(), model=model, choices=[], usage=usage(event))
+    # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it
+    # at once, not when the garbage collector finds them.
+    async with aclosing(admitted.events()) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                lp = None
+                if body.logprobs is not None:
+                    lp = logprobs.completion(event.logprobs, offsets[event.index], bool(body.logprobs))
+                offsets[event.index] += len(event.text)
+                choice = CompletionChoice(index=event.index, text=event.text, logprobs=lp, finish_reason=None)
+                yield _chunk(rid, model, choice)
+            elif isinstance(event, ChoiceFinished):
+                ended.add(event.index)
+                yield _chunk(
+                    rid, model, CompletionChoice(index=event.index, text="", finish_reason=event.finish_reason)
+                )
+            else:
+                for index in range(body.n):
+                    if index not in ended:
+                        yield _chunk(
+                            rid, model, CompletionChoice(index=index, text="", finish_reason=event.finish_reason)
+                        )
+                if body.include_usage_in_stream():
+                    yield Completion(id=rid, created=now(), model=model, choices=[], usage=usage(event))

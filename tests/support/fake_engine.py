@@ -1,0 +1,90 @@
+"""An engine that answers from a script, for the serving layer's unit tests: the pipeline, admission and stages run
+for real, nothing is decoded, and nothing waits on a clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from server.engine.base import (
+    EngineStats,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+)
+from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.lifecycle.holder import ModelHolder, ServedModel
+
+
+class FakeStream:
+    """The scripted answer: one TextDelta per piece, then Finished; counts what it yielded as completion tokens."""
+
+    def __init__(self, request: GenerationRequest, pieces: Sequence[str]) -> None:
+        self._request = request
+        self._pieces = list(pieces)
+        self.completion_tokens = 0
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        return self
+
+    async def __anext__(self) -> GenerationEvent:
+        if self.closed:
+            raise StopAsyncIteration
+        if self.completion_tokens < len(self._pieces):
+            self.completion_tokens += 1
+            return TextDelta(self._pieces[self.completion_tokens - 1])
+        self.closed = True
+        return Finished("stop", len(self._request.prompt_tokens), self.completion_tokens)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@dataclass(eq=False)
+class FakeEngine:
+    """Tokens are characters (their code points); the answer is `reply`, one token per character."""
+
+    reply: str = "hi"
+    model_id: str = "fake"
+    n_ctx: int = 4096
+    gpu_offload: bool = False
+    tool_syntax: ToolSyntax | None = None
+    requests: list[GenerationRequest] = field(default_factory=list)
+    streams: list[FakeStream] = field(default_factory=list)
+    closed: bool = False
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return [ord(c) for c in text]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return "".join(chr(t) for t in tokens)
+
+    def token_piece(self, token: int) -> bytes:
+        return chr(token).encode()
+
+    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def generate(self, request: GenerationRequest) -> FakeStream:
+        self.requests.append(request)
+        stream = FakeStream(request, list(self.reply))
+        self.streams.append(stream)
+        return stream
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        return [[1.0, 0.0] for _ in inputs]
+
+    def stats(self) -> EngineStats:
+        return EngineStats(1, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 1)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def holder_serving(engine: FakeEngine, sha256: str = "f" * 64) -> ModelHolder:
+    """A model holder with `engine` installed and ready."""
+    holder = ModelHolder()
+    holder.install(ServedModel(engine, sha256=sha256, source_version=None, loaded_at=0))
+    return holder
