@@ -1,0 +1,26 @@
+"""The pipeline the settings ask for: with no store configured, only the stages that need none."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from server.access.caller import open_access
+from server.config.settings import Settings
+from server.serving.pipeline.assemble import assemble
+from server.serving.pipeline.stages import prepare
+from server.serving.stages.observe import observe
+from server.serving.stages.permit import permit
+
+
+async def test_no_store_and_no_admin_key_is_an_open_pipeline_of_observe_and_prepare() -> None:
+    async with AsyncExitStack() as resources:
+        plane = await assemble(Settings(), resources)
+    assert plane.pipeline.stages == (observe, prepare)
+    assert plane.authenticator is open_access
+
+
+async def test_an_admin_key_alone_turns_authentication_and_the_permit_stage_on() -> None:
+    async with AsyncExitStack() as resources:
+        plane = await assemble(Settings(admin_api_key="k" * 32), resources)
+    assert plane.pipeline.stages == (observe, permit, prepare)
+    assert plane.authenticator is not open_access
