@@ -21,7 +21,8 @@ from infra.server_metrics import JOB as SCRAPE_JOB
 from infra.vault import VaultItem, secret_provider_objects
 from server.config.settings import DEFAULT_SECRETS_DIR, Settings
 
-NAMESPACE = "ggufstack"
+# The Kubernetes namespace the server runs in.
+SERVER_NAMESPACE = "ggufstack"
 SERVICE_ACCOUNT = "ggufstack-server"
 APP = "ggufstack-server"
 SERVER_PORT = 8000
@@ -147,7 +148,7 @@ class Workload(pulumi.ComponentResource):
         namespace = core.v1.Namespace(
             f"{name}-namespace",
             metadata=meta.v1.ObjectMetaArgs(
-                name=NAMESPACE,
+                name=SERVER_NAMESPACE,
                 labels={
                     # The API server rejects any pod here that does not meet the "restricted" standard.
                     "pod-security.kubernetes.io/enforce": "restricted",
@@ -164,7 +165,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-service-account",
             metadata=meta.v1.ObjectMetaArgs(
                 name=SERVICE_ACCOUNT,
-                namespace=NAMESPACE,
+                namespace=SERVER_NAMESPACE,
                 labels=_labels(),
                 annotations={
                     "azure.workload.identity/client-id": args.identity_client_id,
@@ -179,7 +180,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-keyvault",
             api_version="secrets-store.csi.x-k8s.io/v1",
             kind="SecretProviderClass",
-            metadata=meta.v1.ObjectMetaArgs(name=SECRET_PROVIDER_CLASS, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=SECRET_PROVIDER_CLASS, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec={
                 "provider": "azure",
                 "parameters": {
@@ -202,7 +203,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-server",
             metadata=meta.v1.ObjectMetaArgs(
                 name=APP,
-                namespace=NAMESPACE,
+                namespace=SERVER_NAMESPACE,
                 labels=_labels(),
                 annotations={**checkov_skips(SERVER_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
             ),
@@ -221,7 +222,7 @@ class Workload(pulumi.ComponentResource):
         )
         core.v1.Service(
             f"{name}-service",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec=core.v1.ServiceSpecArgs(
                 type="ClusterIP",
                 selector=_selector(),
@@ -233,7 +234,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-pod-monitor",
             api_version="azmonitoring.coreos.com/v1",
             kind="PodMonitor",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec={
                 "selector": {"matchLabels": _selector()},
                 "podMetricsEndpoints": [
@@ -250,7 +251,7 @@ class Workload(pulumi.ComponentResource):
         )
         policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec=policy.v1.PodDisruptionBudgetSpecArgs(
                 # One at a time, so node drains never take all replicas; with a single replica a drain still
                 # proceeds (a minAvailable of 1 would block AKS upgrades forever).
@@ -262,7 +263,7 @@ class Workload(pulumi.ComponentResource):
         )
         self._network_policies(name, args, in_namespace)
 
-        self.service_url = f"http://{APP}.{NAMESPACE}.svc.cluster.local"
+        self.service_url = f"http://{APP}.{SERVER_NAMESPACE}.svc.cluster.local"
         self.provider = provider
         self.namespace = namespace
         self.register_outputs({"service_url": self.service_url})
@@ -402,7 +403,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-db-bootstrap",
             metadata=meta.v1.ObjectMetaArgs(
                 name=DATABASE_BOOTSTRAP,
-                namespace=NAMESPACE,
+                namespace=SERVER_NAMESPACE,
                 labels=labels,
                 annotations={
                     "azure.workload.identity/client-id": boot.admin_client_id,
@@ -415,7 +416,7 @@ class Workload(pulumi.ComponentResource):
         # The namespace denies all traffic by default: DNS, Entra ID (HTTPS) and PostgreSQL only.
         policy = networking.v1.NetworkPolicy(
             f"{name}-db-bootstrap",
-            metadata=meta.v1.ObjectMetaArgs(name=DATABASE_BOOTSTRAP, namespace=NAMESPACE, labels=labels),
+            metadata=meta.v1.ObjectMetaArgs(name=DATABASE_BOOTSTRAP, namespace=SERVER_NAMESPACE, labels=labels),
             spec=networking.v1.NetworkPolicySpecArgs(
                 pod_selector=meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": DATABASE_BOOTSTRAP}),
                 policy_types=["Egress"],
@@ -435,7 +436,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-db-bootstrap",
             metadata=meta.v1.ObjectMetaArgs(
                 name=DATABASE_BOOTSTRAP,
-                namespace=NAMESPACE,
+                namespace=SERVER_NAMESPACE,
                 labels=labels,
                 annotations={**checkov_skips(BOOTSTRAP_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
             ),
@@ -561,7 +562,7 @@ class Workload(pulumi.ComponentResource):
     def _network_policies(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
         networking.v1.NetworkPolicy(
             f"{name}-default-deny",
-            metadata=meta.v1.ObjectMetaArgs(name="default-deny", namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name="default-deny", namespace=SERVER_NAMESPACE, labels=_labels()),
             spec=networking.v1.NetworkPolicySpecArgs(
                 pod_selector=meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]
             ),
@@ -587,7 +588,7 @@ class Workload(pulumi.ComponentResource):
         anywhere = "0.0.0.0/0"
         networking.v1.NetworkPolicy(
             f"{name}-server",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec=networking.v1.NetworkPolicySpecArgs(
                 pod_selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
                 policy_types=["Ingress", "Egress"],

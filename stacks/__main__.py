@@ -13,8 +13,7 @@ from infra.cache import Cache, CacheArgs
 from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity, ServiceAccountRef
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
 from infra.database import ADMIN_GROUP_ROLE, Database, DatabaseArgs, DatabasePrincipal, EntraAdministrator
-from infra.ingress import CERTIFICATE_SYNC, Ingress, IngressArgs
-from infra.ingress import NAMESPACE as INGRESS_NAMESPACE
+from infra.ingress import CERTIFICATE_SYNC, INGRESS_NAMESPACE, Ingress, IngressArgs
 from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
 from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs, SubnetLayout
@@ -25,7 +24,7 @@ from infra.vault import Vault, VaultArgs, VaultItem
 from infra.workload import (
     APP,
     DATABASE_BOOTSTRAP,
-    NAMESPACE,
+    SERVER_NAMESPACE,
     SERVICE_ACCOUNT,
     SERVICE_PORT,
     DatabaseBootstrap,
@@ -114,13 +113,13 @@ cluster = Cluster(
         api_server_subnet_id=network.api_server_subnet_id,
         api_server_authorized_ip_ranges=cfg.api_server_authorized_ip_ranges,
         server=ServerIdentity(
-            namespace=NAMESPACE,
+            namespace=SERVER_NAMESPACE,
             service_account=SERVICE_ACCOUNT,
             models_container_id=storage.container_id,
             vault_id=vault.vault_id,
         ),
         certificate_reader=ServiceAccountRef(INGRESS_NAMESPACE, CERTIFICATE_SYNC) if cfg.ingress_host_name else None,
-        database_bootstrap=ServiceAccountRef(NAMESPACE, DATABASE_BOOTSTRAP) if entra else None,
+        database_bootstrap=ServiceAccountRef(SERVER_NAMESPACE, DATABASE_BOOTSTRAP) if entra else None,
     ),
 )
 database = Database(
@@ -259,7 +258,7 @@ Autoscaling(
     AutoscalingArgs(
         provider=workload.provider,
         depends_on=[workload.namespace],
-        namespace=NAMESPACE,
+        namespace=SERVER_NAMESPACE,
         deployment=APP,
         min_replicas=cfg.server_replicas,
         max_replicas=cfg.server_max_replicas,
@@ -282,7 +281,7 @@ if cfg.ingress_host_name is not None:
             internal_subnet_name=network.nodes_subnet_name,
             source_ranges=cfg.ingress_source_ranges,
             vnet_id=network.vnet_id,
-            backend_namespace=NAMESPACE,
+            backend_namespace=SERVER_NAMESPACE,
             backend_service=APP,
             backend_port=SERVICE_PORT,
             vault_name=vault.vault_name,
