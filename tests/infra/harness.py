@@ -242,6 +242,8 @@ class Registration:
     ignore_changes: list[str]
     dependencies: list[str]
     custom_timeouts: dict[str, str]
+    # The URNs this resource had before it moved (Pulumi's `aliases`), resolved as the engine resolves them.
+    aliases: list[str] = field(default_factory=list)
     id: str = ""
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -278,6 +280,7 @@ class RecordingMonitor(MockMonitor):
             ignore_changes=list(request.ignoreChanges),
             dependencies=list(request.dependencies),
             custom_timeouts={"create": timeouts.create, "update": timeouts.update, "delete": timeouts.delete},
+            aliases=[_alias_urn(alias, request) for alias in request.aliases],
         )
         if response.urn in self.resources:
             registration.id = self.resources[response.urn].id
@@ -285,6 +288,21 @@ class RecordingMonitor(MockMonitor):
         with self._lock:
             self.registrations.append(registration)
         return response
+
+
+def _alias_urn(alias: Any, request: Any) -> str:
+    """The URN an alias names: given whole, or as a spec whose unset parts are the resource's own (the engine's rule;
+    a parent's whole type chain goes into its children's types)."""
+    if alias.WhichOneof("alias") == "urn":
+        return alias.urn
+    spec = alias.spec
+    parent = "" if spec.noParent else spec.parentUrn or request.parent
+    typ = spec.type or request.type
+    parent_type = parent.split("::")[2] if parent else ""
+    if parent_type and parent_type != "pulumi:pulumi:Stack":
+        typ = f"{parent_type}${typ}"
+    stack = spec.stack or pulumi.get_stack()
+    return f"urn:pulumi:{stack}::{spec.project or PROJECT}::{typ}::{spec.name or request.name}"
 
 
 @dataclass(frozen=True)

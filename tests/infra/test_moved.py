@@ -1,0 +1,30 @@
+"""Moving code never replaces what a deployed stack holds.
+
+`deployed_urns.json` lists the URN of every resource the dev and prod programs declared before resources moved
+between components (issue 20's layout). Each must still be declared, or be an alias of the resource that took its
+place (infra/moved.py): without one, Pulumi would create the moved resource anew and delete the old one. A resource
+that goes away on purpose leaves the list in the same change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.infra.harness import StackRun
+
+DEPLOYED: dict[str, list[str]] = json.loads((Path(__file__).parent / "deployed_urns.json").read_text())
+
+
+def test_every_deployed_resource_is_still_declared_or_aliased(stack: StackRun) -> None:
+    declared = {r.urn for r in stack.registrations}
+    aliased = {alias for r in stack.registrations for alias in r.aliases}
+    lost = [urn for urn in DEPLOYED[stack.stack] if urn not in declared | aliased]
+    assert not lost, lost
+
+
+def test_no_alias_claims_a_resource_that_is_still_declared(stack: StackRun) -> None:
+    declared = {r.urn for r in stack.registrations}
+    aliases = [alias for r in stack.registrations for alias in r.aliases]
+    assert len(aliases) == len(set(aliases)), "two resources claim one old URN"
+    assert not set(aliases) & declared
