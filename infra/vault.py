@@ -10,24 +10,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 import pulumi
 import pulumi_random as random
 from pulumi_azure_native import keyvault
 
 from infra.network import PrivateEndpointTarget, private_endpoint
+from server.config.settings import KEY_VAULT_SECRETS
 
-
-class VaultItem(StrEnum):
-    """Every secret the stack keeps in Key Vault, by its name there."""
-
-    ADMIN_API_KEY = "admin-api-key"
-    APPLICATIONINSIGHTS_CONNECTION_STRING = "applicationinsights-connection-string"
-    DATABASE_URL = "database-url"
-    POSTGRES_ADMIN_CREDENTIAL = "postgres-admin-password"
-    REDIS_ACCESS_KEY = "redis-access-key"
-    REDIS_URL = "redis-url"
+# The secrets that hold a server setting are named once, in server/config/settings.py (KEY_VAULT_SECRETS): the
+# components that write them, the pod's secrets mount and the server's own vault reader all take the names from there.
+# These two are credentials for people, kept only where the stack allows passwords and keys; no setting reads them.
+POSTGRES_ADMIN_CREDENTIAL = "postgres-admin-password"
+REDIS_ACCESS_KEY = "redis-access-key"
 
 
 @dataclass(frozen=True)
@@ -92,7 +87,7 @@ class Vault(pulumi.ComponentResource):
         )
         store_secret(
             f"{name}-admin-api-key",
-            item=VaultItem.ADMIN_API_KEY,
+            secret_name=KEY_VAULT_SECRETS["admin_api_key"],
             value=api_key.result,
             vault_name=vault.name,
             resource_group_name=args.resource_group_name,
@@ -108,21 +103,21 @@ class Vault(pulumi.ComponentResource):
 def store_secret(
     name: str,
     *,
-    item: VaultItem,
+    secret_name: str,
     value: pulumi.Input[str],
     vault_name: pulumi.Input[str],
     resource_group_name: pulumi.Input[str],
     parent: pulumi.Resource,
     known_only_at_apply: bool = False,
 ) -> keyvault.Secret:
-    """Write `value` to the vault as `item`; the value is always handled as a Pulumi secret.
+    """Write `value` to the vault as `secret_name`; the value is always handled as a Pulumi secret.
 
     `known_only_at_apply`: the value is unknown in previews, which then keep the stored one rather than show a change.
     """
     ignore = ["properties.value"] if known_only_at_apply and pulumi.runtime.is_dry_run() else None
     return keyvault.Secret(
         name,
-        secret_name=item.value,
+        secret_name=secret_name,
         vault_name=vault_name,
         resource_group_name=resource_group_name,
         properties=keyvault.SecretPropertiesArgs(value=pulumi.Output.secret(value)),

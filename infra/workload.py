@@ -18,8 +18,8 @@ from infra import database_bootstrap
 from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
 from infra.server_metrics import JOB as SCRAPE_JOB
-from infra.vault import VaultItem, secret_provider_objects
-from server.config.settings import DEFAULT_SECRETS_DIR, Settings
+from infra.vault import secret_provider_objects
+from server.config.settings import DEFAULT_SECRETS_DIR, KEY_VAULT_SECRETS, Settings
 
 # The Kubernetes namespace the server runs in.
 SERVER_NAMESPACE = "ggufstack"
@@ -107,8 +107,6 @@ class WorkloadArgs:
     identity_client_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
     vault_name: pulumi.Input[str]
-    secret_files: Mapping[str, VaultItem]
-    """Server setting (a field of server.config.settings.Settings) -> the Key Vault secret that holds its value."""
     cpu_m: int
     memory_gi: int
     cache_size_gi: int
@@ -191,7 +189,7 @@ class Workload(pulumi.ComponentResource):
                     # The driver parses this as YAML; JSON is YAML and needs no YAML library here.
                     # Only secrets this stack writes: the driver fails the whole mount when one object is missing,
                     # so a hand-imported one (the ingress certificate, infra/ingress.py) would hold the pod back.
-                    "objects": secret_provider_objects(_vault_objects(args)),
+                    "objects": secret_provider_objects(_vault_objects()),
                 },
             },
             opts=in_namespace,
@@ -609,13 +607,12 @@ class Workload(pulumi.ComponentResource):
         )
 
 
-def _vault_objects(args: WorkloadArgs) -> list[dict[str, str]]:
+def _vault_objects() -> list[dict[str, str]]:
     # Each secret's file takes the setting's variable name, which the server reads from its secrets directory.
-    objects = [
-        {"objectName": item.value, "objectType": "secret", "objectAlias": Settings.env_name(field)}
-        for field, item in args.secret_files.items()
+    return [
+        {"objectName": secret, "objectType": "secret", "objectAlias": Settings.env_name(field)}
+        for field, secret in KEY_VAULT_SECRETS.items()
     ]
-    return objects
 
 
 def _labels() -> dict[str, str]:

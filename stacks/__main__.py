@@ -20,7 +20,7 @@ from infra.network import Network, NetworkArgs, SubnetLayout
 from infra.registry import SERVER_REPOSITORY, Registry, RegistryArgs
 from infra.sizing import GPU_NODE_MAX_PODS
 from infra.storage import Storage, StorageArgs
-from infra.vault import Vault, VaultArgs, VaultItem
+from infra.vault import Vault, VaultArgs
 from infra.workload import (
     APP,
     DATABASE_BOOTSTRAP,
@@ -224,12 +224,6 @@ workload = Workload(
         identity_client_id=cluster.server_client_id,
         tenant_id=client.tenant_id,
         vault_name=vault.vault_name,
-        secret_files={
-            "database_url": VaultItem.DATABASE_URL,
-            "redis_url": VaultItem.REDIS_URL,
-            "admin_api_key": VaultItem.ADMIN_API_KEY,
-            "applicationinsights_connection_string": VaultItem.APPLICATIONINSIGHTS_CONNECTION_STRING,
-        },
         cpu_m=cfg.server_cpu_m,
         memory_gi=cfg.server_memory_request_gi,
         cache_size_gi=cfg.model_cache_size_gi,
