@@ -7,6 +7,7 @@ import pulumi
 from pulumi_azure_native import authorization, resources
 
 from infra import config
+from infra.admin_key import AdminKey, AdminKeyArgs
 from infra.app_insights import AppInsights, AppInsightsArgs
 from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
@@ -68,6 +69,7 @@ vault = Vault(
         private_endpoint=network.endpoint_target("vault"),
     ),
 )
+AdminKey("admin-key", AdminKeyArgs(vault_name=vault.vault_name, resource_group_name=group.name))
 storage = Storage(
     "storage",
     StorageArgs(

@@ -11,6 +11,7 @@ COMPONENTS = {
     "ggufstack:infra:Monitoring",
     "ggufstack:infra:Diagnostics",
     "ggufstack:infra:Vault",
+    "ggufstack:infra:AdminKey",
     "ggufstack:infra:Storage",
     "ggufstack:infra:Database",
     "ggufstack:infra:Cache",
