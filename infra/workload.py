@@ -1,25 +1,25 @@
 """The server's Kubernetes workload on AKS, applied through a provider built from the cluster's (secret) kubeconfig.
 
-The pod's environment comes from the server's own settings model (`Settings.to_env`), so a setting renamed in the
-server cannot silently stop reaching the pod: the program fails instead. Credentials never enter the environment;
-the Key Vault secrets provider mounts them read-only as files.
+The pod gets the server's settings by the server's own names (infra/pod_settings.py): plain ones in its environment,
+secret ones as read-only files the Key Vault secrets provider mounts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes import apps, batch, core, meta, networking, policy
 
-from infra import database_bootstrap
+from infra import database_bootstrap, pod_settings
 from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
 from infra.server_metrics import JOB as SCRAPE_JOB
 from infra.vault import secret_provider_objects
-from server.config.settings import DEFAULT_SECRETS_DIR, KEY_VAULT_SECRETS, Settings
+from server.config.settings import DEFAULT_SECRETS_DIR, Settings
 
 # The Kubernetes namespace the server runs in.
 SERVER_NAMESPACE = "ggufstack"
@@ -69,23 +69,6 @@ SERVER_SKIPS = {
 
 
 @dataclass(frozen=True)
-class ServerSettings:
-    """What the server is told through its settings model; the pod layout (host, port, cache dir) is added here."""
-
-    blob_account_url: pulumi.Input[str]
-    blob_container: str
-    blob_name: str
-    model_alias: str | None
-    context_size: int
-    log_level: str
-    # "entra": the mounted URLs name a user and hold no password; the server authenticates with Entra tokens.
-    database_auth: str
-    redis_auth: str
-    model_watch_interval_s: int = 30  # 0: no watching; a pinned model_version turns it off too
-    model_version: str | None = None
-
-
-@dataclass(frozen=True)
 class DatabaseBootstrap:
     """Who the bootstrap job logs in as (an Entra administrator) and whom it creates a role for."""
 
@@ -103,7 +86,9 @@ class DatabaseBootstrap:
 class WorkloadArgs:
     kubeconfig: pulumi.Input[str]
     image: pulumi.Input[str]
-    settings: ServerSettings
+    # The server's settings by their field names in server/config/settings.py (None: the server's default); the pod's
+    # layout (addresses, ports, cache directory, threads, drain timeout) is the workload's own.
+    settings: Mapping[str, pulumi.Input[Any]]
     identity_client_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
     vault_name: pulumi.Input[str]
@@ -189,7 +174,7 @@ class Workload(pulumi.ComponentResource):
                     # The driver parses this as YAML; JSON is YAML and needs no YAML library here.
                     # Only secrets this stack writes: the driver fails the whole mount when one object is missing,
                     # so a hand-imported one (the ingress certificate, infra/ingress.py) would hold the pod back.
-                    "objects": secret_provider_objects(_vault_objects()),
+                    "objects": secret_provider_objects(pod_settings.secret_files()),
                 },
             },
             opts=in_namespace,
@@ -267,30 +252,17 @@ class Workload(pulumi.ComponentResource):
         self.register_outputs({"service_url": self.service_url})
 
     def _deployment_spec(self, args: WorkloadArgs) -> apps.v1.DeploymentSpecArgs:
-        s = args.settings
-        env = pulumi.Output.from_input(s.blob_account_url).apply(
-            lambda url: [
-                core.v1.EnvVarArgs(name=key, value=value)
-                for key, value in Settings.to_env(
-                    blob_account_url=url.rstrip("/"),
-                    blob_container=s.blob_container,
-                    blob_name=s.blob_name,
-                    cache_dir=CACHE_DIR,
-                    n_gpu_layers=-1,
-                    n_ctx=s.context_size,
-                    n_threads=max(1, args.cpu_m // 1000),
-                    host="0.0.0.0",  # inside the pod; the Service and NetworkPolicy bound who can reach it
-                    port=SERVER_PORT,
-                    metrics_port=METRICS_PORT,
-                    drain_timeout_s=DRAIN_TIMEOUT_S,
-                    log_level=s.log_level,
-                    database_auth=s.database_auth,
-                    redis_auth=s.redis_auth,
-                    model_watch_interval_s=s.model_watch_interval_s,
-                    **({"model_alias": s.model_alias} if s.model_alias else {}),
-                    **({"model_version": s.model_version} if s.model_version else {}),
-                ).items()
-            ]
+        env = pod_settings.environment(
+            args.settings,
+            layout={
+                "cache_dir": CACHE_DIR,
+                "n_gpu_layers": -1,
+                "n_threads": max(1, args.cpu_m // 1000),
+                "host": "0.0.0.0",  # inside the pod; the Service and NetworkPolicy bound who can reach it
+                "port": SERVER_PORT,
+                "metrics_port": METRICS_PORT,
+                "drain_timeout_s": DRAIN_TIMEOUT_S,
+            },
         )
         resources = {
             "cpu": f"{args.cpu_m}m" if args.cpu_m % 1000 else str(args.cpu_m // 1000),
@@ -605,14 +577,6 @@ class Workload(pulumi.ComponentResource):
             ),
             opts=opts,
         )
-
-
-def _vault_objects() -> list[dict[str, str]]:
-    # Each secret's file takes the setting's variable name, which the server reads from its secrets directory.
-    return [
-        {"objectName": secret, "objectType": "secret", "objectAlias": Settings.env_name(field)}
-        for field, secret in KEY_VAULT_SECRETS.items()
-    ]
 
 
 def _labels() -> dict[str, str]:

@@ -29,7 +29,6 @@ from infra.workload import (
     SERVICE_ACCOUNT,
     SERVICE_PORT,
     DatabaseBootstrap,
-    ServerSettings,
     Workload,
     WorkloadArgs,
 )
@@ -211,18 +210,21 @@ workload = Workload(
     WorkloadArgs(
         kubeconfig=cluster.kubeconfig,
         image=server_image,
-        settings=ServerSettings(
-            blob_account_url=storage.blob_endpoint,
-            blob_container=storage.container_name,
-            blob_name=cfg.model_blob_name,
-            model_alias=cfg.model_alias,
-            context_size=cfg.context_size,
-            log_level=cfg.log_level,
-            database_auth=cfg.data_plane_auth,
-            redis_auth=cfg.data_plane_auth,
-            model_watch_interval_s=cfg.model_watch_interval_s,
-            model_version=cfg.model_version,
-        ),
+        # Keyed by the server's own setting names (server/config/settings.py).
+        settings={
+            # Azure answers the endpoint with a trailing slash; the server's setting is the account URL.
+            "blob_account_url": storage.blob_endpoint.apply(lambda url: url.rstrip("/")),
+            "blob_container": storage.container_name,
+            "blob_name": cfg.model_blob_name,
+            "model_alias": cfg.model_alias,
+            "model_watch_interval_s": cfg.model_watch_interval_s,
+            "model_version": cfg.model_version,
+            "n_ctx": cfg.context_size,
+            # "entra": the mounted URLs name a user and hold no password; the server logs in with Entra tokens.
+            "database_auth": cfg.data_plane_auth,
+            "redis_auth": cfg.data_plane_auth,
+            "log_level": cfg.log_level,
+        },
         identity_client_id=cluster.server_client_id,
         tenant_id=client.tenant_id,
         vault_name=vault.vault_name,
