@@ -1,4 +1,4 @@
-"""AKS: a small system pool, an autoscaled GPU pool for the server, and the server's Azure identity.
+"""AKS: the cluster with its small system pool, and the Kubernetes provider the other components apply through.
 
 The server authenticates to Blob Storage and Key Vault as a user-assigned identity through workload identity: the
 cluster's OIDC issuer signs its service account token, a federated credential trusts exactly that service account,
@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 import yaml
 from pulumi_azure_native import authorization, containerservice, managedidentity, resources
 
 from infra.config import DNS_SERVICE_IP, POD_CIDR, SERVICE_CIDR
+from infra.moved import WORKLOAD, moved_from
 from infra.roles import (
     AKS_RBAC_CLUSTER_ADMIN,
     KEY_VAULT_SECRETS_USER,
@@ -29,23 +31,8 @@ from infra.roles import (
 # `gatewayAPIImplementations` (REST spec: specification/containerservice/resource-manager/Microsoft.ContainerService/
 # aks/stable/2026-02-01/managedClusters.json).
 MANAGED_CLUSTER_API_VERSION = "2026-02-01"
-GPU_TAINT = ("sku", "gpu", "NoSchedule")
 SYSTEM_TAINT = ("CriticalAddonsOnly", "true", "NoSchedule")
-GPU_POOL_LABEL = ("ggufstack.io/pool", "gpu")
-# AKS taints spot nodes with this on its own; pods bound for them must tolerate it as well as the GPU taint.
-SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
 WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
-
-
-@dataclass(frozen=True)
-class GpuPool:
-    vm_size: str
-    min_count: int
-    max_count: int
-    spot: bool
-    os_disk_size_gb: int
-    availability_zones: Sequence[str]
-    max_surge: str
 
 
 @dataclass(frozen=True)
@@ -63,8 +50,6 @@ MAINTENANCE_CONFIGURATIONS = ("aksManagedAutoUpgradeSchedule", "aksManagedNodeOS
 # The AKS KEDA add-on's operator; it authenticates its scalers' queries as this service account.
 KEDA_NAMESPACE = "kube-system"
 KEDA_SERVICE_ACCOUNT = "keda-operator"
-# Long enough for the server's drain (the pod's termination grace period) before AKS gives up on a node.
-GPU_DRAIN_TIMEOUT_MINUTES = 30
 
 
 @dataclass(frozen=True)
@@ -102,8 +87,6 @@ class ClusterArgs:
     system_vm_size: str
     system_node_count: int
     availability_zones: Sequence[str]
-    gpu_pool: GpuPool
-    max_pods_per_gpu_node: int
     maintenance: MaintenanceWindow
     disable_local_accounts: bool
     admin_group_object_ids: Sequence[str]
@@ -134,15 +117,14 @@ class Cluster(pulumi.ComponentResource):
     # The user kubeconfig, rewritten to log in with the Azure CLI; a Pulumi secret. It resolves only once the
     # deployer can use it (its cluster-admin role assignment exists).
     kubeconfig: pulumi.Output[str]
-    gpu_node_selector: Mapping[str, str]
-    gpu_tolerations: Sequence[Mapping[str, str]]
     # For pods that belong on the system pool: the gateway's proxies and the certificate sync pod.
     system_tolerations: Sequence[Mapping[str, str]]
+    provider: k8s.Provider
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Cluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        rg, location, pool = args.resource_group_name, args.location, args.gpu_pool
+        rg, location = args.resource_group_name, args.location
 
         # A user-assigned control-plane identity exists before the cluster, so it can be granted the subnet first.
         control_plane = managedidentity.UserAssignedIdentity(
@@ -178,42 +160,6 @@ class Cluster(pulumi.ComponentResource):
             properties=self._cluster_properties(args),
             tags=args.tags,
             opts=pulumi.ResourceOptions(parent=self, depends_on=subnet_access),
-        )
-
-        containerservice.AgentPool(
-            f"{name}-gpu",
-            agent_pool_name="gpu",
-            resource_name_=cluster.name,
-            resource_group_name=rg,
-            mode="User",
-            vm_size=pool.vm_size,
-            orchestrator_version=args.kubernetes_version,
-            os_type="Linux",
-            os_sku="Ubuntu",
-            os_disk_size_gb=pool.os_disk_size_gb,
-            type="VirtualMachineScaleSets",
-            vnet_subnet_id=args.nodes_subnet_id,
-            availability_zones=list(pool.availability_zones) or None,
-            max_pods=args.max_pods_per_gpu_node,
-            upgrade_settings=containerservice.AgentPoolUpgradeSettingsArgs(
-                # A surge node must download and load the model before the old one is drained.
-                max_surge=pool.max_surge,
-                drain_timeout_in_minutes=GPU_DRAIN_TIMEOUT_MINUTES,
-                node_soak_duration_in_minutes=5,
-            ),
-            enable_auto_scaling=True,
-            min_count=pool.min_count,
-            max_count=pool.max_count,
-            count=pool.min_count,
-            node_taints=["{}={}:{}".format(*GPU_TAINT)],
-            node_labels=dict([GPU_POOL_LABEL]),
-            gpu_profile=containerservice.GPUProfileArgs(driver="Install"),
-            scale_set_priority="Spot" if pool.spot else "Regular",
-            scale_set_eviction_policy="Delete" if pool.spot else None,
-            spot_max_price=-1 if pool.spot else None,  # pay up to the on-demand price rather than be evicted on price
-            tags=args.tags,
-            # The autoscaler owns the node count once the pool exists; re-applying `count` would fight it.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
         )
 
         window = args.maintenance
@@ -336,9 +282,16 @@ class Cluster(pulumi.ComponentResource):
         self.keda_client_id = keda.client_id
         self.keda_principal_id = keda.principal_id
         self.kubeconfig = kubeconfig
-        self.gpu_node_selector = dict([GPU_POOL_LABEL])
-        self.system_tolerations = [_toleration(SYSTEM_TAINT)]
-        self.gpu_tolerations = [_toleration(taint) for taint in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])]
+        self.system_tolerations = [toleration(SYSTEM_TAINT)]
+        # Components that apply Kubernetes objects (GPU pool, workload, autoscaling, ingress) do it through this.
+        self.provider = k8s.Provider(
+            f"{name}-kubernetes",
+            kubeconfig=kubeconfig,
+            enable_server_side_apply=True,
+            # Deleting the cluster deletes everything in it; do not fail the destroy on an unreachable API.
+            delete_unreachable=True,
+            opts=pulumi.ResourceOptions(parent=self, aliases=[moved_from(WORKLOAD, "aks")]),
+        )
         self.register_outputs(
             {
                 "cluster_id": self.cluster_id,
@@ -494,7 +447,8 @@ class Cluster(pulumi.ComponentResource):
         )
 
 
-def _toleration(taint: tuple[str, str, str]) -> dict[str, str]:
+def toleration(taint: tuple[str, str, str]) -> dict[str, str]:
+    """The toleration of a (key, value, effect) taint."""
     key, value, effect = taint
     return {"key": key, "operator": "Equal", "value": value, "effect": effect}
 

@@ -51,15 +51,6 @@ DATABASE_BOOTSTRAP = f"{APP}-db-bootstrap"
 # The image's unprivileged user; fixed so the kubelet can enforce non-root without reading the image.
 SERVER_UID = 10001
 
-# Pinned like any other dependency; bump deliberately (https://github.com/NVIDIA/k8s-device-plugin/releases).
-DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.4"
-DEVICE_PLUGIN_SKIPS = {
-    "CKV_K8S_8": "the device plugin serves no HTTP endpoint to probe; the kubelet restarts it if it exits",
-    "CKV_K8S_9": "the device plugin serves no HTTP endpoint to probe; it registers with the kubelet over a socket",
-    "CKV_K8S_23": "registering with the kubelet means writing a socket into a root-owned host directory",
-    "CKV_K8S_40": "registering with the kubelet means writing a socket into a root-owned host directory",
-    "CKV_K8S_43": "NVIDIA publishes tags, which are pinned here; a digest would be copied unverified from elsewhere",
-}
 BOOTSTRAP_SKIPS = {
     "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
 }
@@ -84,7 +75,8 @@ class DatabaseBootstrap:
 
 @dataclass(frozen=True)
 class WorkloadArgs:
-    kubeconfig: pulumi.Input[str]
+    # The cluster's Kubernetes provider.
+    provider: k8s.Provider
     image: pulumi.Input[str]
     # The server's settings by their field names in server/config/settings.py (None: the server's default); the pod's
     # layout (addresses, ports, cache directory, threads, drain timeout) is the workload's own.
@@ -112,20 +104,12 @@ class WorkloadArgs:
 
 class Workload(pulumi.ComponentResource):
     service_url: str
-    # For the components that add objects to the server's namespace (ingress, autoscaling).
-    provider: k8s.Provider
+    # For the components that add objects to the server's namespace (ingress, autoscaling) to wait for.
     namespace: core.v1.Namespace
 
     def __init__(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Workload", name, None, opts)
-        provider = k8s.Provider(
-            f"{name}-aks",
-            kubeconfig=args.kubeconfig,
-            enable_server_side_apply=True,
-            # Deleting the cluster deletes everything in it; do not fail the destroy on an unreachable API.
-            delete_unreachable=True,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        provider = args.provider
         on_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
 
         namespace = core.v1.Namespace(
@@ -141,8 +125,6 @@ class Workload(pulumi.ComponentResource):
             opts=on_cluster,
         )
         in_namespace = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
-
-        self._device_plugin(name, args, on_cluster)
 
         service_account = core.v1.ServiceAccount(
             f"{name}-service-account",
@@ -247,7 +229,6 @@ class Workload(pulumi.ComponentResource):
         self._network_policies(name, args, in_namespace)
 
         self.service_url = f"http://{APP}.{SERVER_NAMESPACE}.svc.cluster.local"
-        self.provider = provider
         self.namespace = namespace
         self.register_outputs({"service_url": self.service_url})
 
@@ -455,78 +436,6 @@ class Workload(pulumi.ComponentResource):
                 delete_before_replace=True,
                 custom_timeouts=pulumi.CustomTimeouts(create=f"{_rollout_minutes(args)}m"),
             ),
-        )
-
-    def _device_plugin(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
-        labels = {"app.kubernetes.io/name": "nvidia-device-plugin", "app.kubernetes.io/part-of": "ggufstack"}
-        resources = {"cpu": "50m", "memory": "64Mi"}
-        apps.v1.DaemonSet(
-            f"{name}-nvidia-device-plugin",
-            metadata=meta.v1.ObjectMetaArgs(
-                name="nvidia-device-plugin",
-                # system-node-critical is only admitted in kube-system.
-                namespace="kube-system",
-                labels=labels,
-                annotations=checkov_skips(DEVICE_PLUGIN_SKIPS),
-            ),
-            spec=apps.v1.DaemonSetSpecArgs(
-                selector=meta.v1.LabelSelectorArgs(match_labels=labels),
-                update_strategy=apps.v1.DaemonSetUpdateStrategyArgs(type="RollingUpdate"),
-                template=core.v1.PodTemplateSpecArgs(
-                    metadata=meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=core.v1.PodSpecArgs(
-                        priority_class_name="system-node-critical",
-                        automount_service_account_token=False,
-                        node_selector=dict(args.gpu_node_selector),
-                        tolerations=[core.v1.TolerationArgs(**t) for t in args.gpu_tolerations],
-                        security_context=core.v1.PodSecurityContextArgs(
-                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault")
-                        ),
-                        containers=[
-                            core.v1.ContainerArgs(
-                                name="nvidia-device-plugin",
-                                image=DEVICE_PLUGIN_IMAGE,
-                                image_pull_policy="Always",
-                                # Keep running on a node whose driver is still being installed; it retries.
-                                env=[core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="false")],
-                                resources=core.v1.ResourceRequirementsArgs(
-                                    requests=resources, limits={**resources, "memory": "128Mi"}
-                                ),
-                                security_context=core.v1.SecurityContextArgs(
-                                    allow_privilege_escalation=False,
-                                    privileged=False,
-                                    read_only_root_filesystem=True,
-                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                                ),
-                                volume_mounts=[
-                                    core.v1.VolumeMountArgs(
-                                        name="device-plugin", mount_path="/var/lib/kubelet/device-plugins"
-                                    )
-                                ],
-                            )
-                        ],
-                        volumes=[
-                            core.v1.VolumeArgs(
-                                name="device-plugin",
-                                host_path=core.v1.HostPathVolumeSourceArgs(
-                                    path="/var/lib/kubelet/device-plugins", type="Directory"
-                                ),
-                            )
-                        ],
-                    ),
-                ),
-            ),
-            opts=opts,
-        )
-        # The plugin talks to the kubelet over a host socket only: it gets no network at all.
-        networking.v1.NetworkPolicy(
-            f"{name}-nvidia-device-plugin-isolation",
-            metadata=meta.v1.ObjectMetaArgs(name="nvidia-device-plugin", namespace="kube-system", labels=labels),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels=labels), policy_types=["Ingress", "Egress"]
-            ),
-            opts=opts,
         )
 
     def _network_policies(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:

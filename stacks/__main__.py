@@ -11,9 +11,10 @@ from infra.admin_key import AdminKey, AdminKeyArgs
 from infra.app_insights import AppInsights, AppInsightsArgs
 from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
-from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity, ServiceAccountRef
+from infra.cluster import Cluster, ClusterArgs, MaintenanceWindow, ServerIdentity, ServiceAccountRef
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
 from infra.database import ADMIN_GROUP_ROLE, Database, DatabaseArgs, DatabasePrincipal, EntraAdministrator
+from infra.gpu_pool import GpuPool, GpuPoolArgs
 from infra.ingress import CERTIFICATE_SYNC, INGRESS_NAMESPACE, Ingress, IngressArgs
 from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
 from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
@@ -92,16 +93,6 @@ cluster = Cluster(
         system_vm_size=cfg.system_vm_size,
         system_node_count=cfg.system_node_count,
         availability_zones=cfg.availability_zones,
-        gpu_pool=GpuPool(
-            vm_size=cfg.gpu_vm_size,
-            min_count=cfg.gpu_node_min,
-            max_count=cfg.gpu_node_max,
-            spot=cfg.gpu_spot,
-            os_disk_size_gb=cfg.gpu_os_disk_size_gb,
-            availability_zones=cfg.gpu_availability_zones,
-            max_surge=cfg.gpu_max_surge,
-        ),
-        max_pods_per_gpu_node=GPU_NODE_MAX_PODS,
         maintenance=MaintenanceWindow(
             day=cfg.maintenance_day,
             start_hour=cfg.maintenance_start_hour,
@@ -121,6 +112,25 @@ cluster = Cluster(
         ),
         certificate_reader=ServiceAccountRef(INGRESS_NAMESPACE, CERTIFICATE_SYNC) if cfg.ingress_host_name else None,
         database_bootstrap=ServiceAccountRef(SERVER_NAMESPACE, DATABASE_BOOTSTRAP) if entra else None,
+    ),
+)
+gpu_pool = GpuPool(
+    "gpu-pool",
+    GpuPoolArgs(
+        resource_group_name=group.name,
+        cluster_name=cluster.cluster_name,
+        kubernetes_version=cfg.kubernetes_version,
+        nodes_subnet_id=network.nodes_subnet_id,
+        vm_size=cfg.gpu_vm_size,
+        min_count=cfg.gpu_node_min,
+        max_count=cfg.gpu_node_max,
+        spot=cfg.gpu_spot,
+        os_disk_size_gb=cfg.gpu_os_disk_size_gb,
+        availability_zones=cfg.gpu_availability_zones,
+        max_surge=cfg.gpu_max_surge,
+        max_pods=GPU_NODE_MAX_PODS,
+        provider=cluster.provider,
+        tags=tags,
     ),
 )
 database = Database(
@@ -208,7 +218,7 @@ ingress = cfg.ingress_host_name is not None
 workload = Workload(
     "workload",
     WorkloadArgs(
-        kubeconfig=cluster.kubeconfig,
+        provider=cluster.provider,
         image=server_image,
         # Keyed by the server's own setting names (server/config/settings.py).
         settings={
@@ -232,8 +242,8 @@ workload = Workload(
         memory_gi=cfg.server_memory_request_gi,
         cache_size_gi=cfg.model_cache_size_gi,
         download_timeout_minutes=cfg.model_download_timeout_minutes,
-        gpu_node_selector=cluster.gpu_node_selector,
-        gpu_tolerations=cluster.gpu_tolerations,
+        gpu_node_selector=gpu_pool.node_selector,
+        gpu_tolerations=gpu_pool.tolerations,
         endpoints_cidr=layout.endpoints if cfg.private_endpoints else None,
         postgres_cidr=layout.postgres,
         ingress_namespace=INGRESS_NAMESPACE if ingress else None,
@@ -254,7 +264,7 @@ workload = Workload(
 Autoscaling(
     "autoscaling",
     AutoscalingArgs(
-        provider=workload.provider,
+        provider=cluster.provider,
         depends_on=[workload.namespace],
         namespace=SERVER_NAMESPACE,
         deployment=APP,
@@ -271,7 +281,7 @@ if cfg.ingress_host_name is not None:
         IngressArgs(
             name=name,
             resource_group_name=group.name,
-            provider=workload.provider,
+            provider=cluster.provider,
             depends_on=[workload.namespace],
             host_name=cfg.ingress_host_name,
             exposure=cfg.ingress_exposure,

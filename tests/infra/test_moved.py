@@ -40,6 +40,18 @@ MOVED = {
     ("azure-native:keyvault:Secret", "admin-key-admin-api-key"): (
         "ggufstack:infra:Vault$azure-native:keyvault:Secret::vault-admin-api-key"
     ),
+    ("pulumi:providers:kubernetes", "cluster-kubernetes"): (
+        "ggufstack:infra:Workload$pulumi:providers:kubernetes::workload-aks"
+    ),
+    ("azure-native:containerservice:AgentPool", "gpu-pool-nodes"): (
+        "ggufstack:infra:Cluster$azure-native:containerservice:AgentPool::cluster-gpu"
+    ),
+    ("kubernetes:apps/v1:DaemonSet", "gpu-pool-nvidia-device-plugin"): (
+        "ggufstack:infra:Workload$kubernetes:apps/v1:DaemonSet::workload-nvidia-device-plugin"
+    ),
+    ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "gpu-pool-nvidia-device-plugin-isolation"): (
+        "ggufstack:infra:Workload$kubernetes:networking.k8s.io/v1:NetworkPolicy::workload-nvidia-device-plugin-isolation"
+    ),
 }
 
 

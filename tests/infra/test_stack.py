@@ -16,6 +16,7 @@ COMPONENTS = {
     "ggufstack:infra:Database",
     "ggufstack:infra:Cache",
     "ggufstack:infra:Cluster",
+    "ggufstack:infra:GpuPool",
     "ggufstack:infra:Registry",
     "ggufstack:infra:Workload",
     "ggufstack:infra:ContainerInsights",
