@@ -11,10 +11,11 @@ from infra.admin_key import AdminKey, AdminKeyArgs
 from infra.app_insights import AppInsights, AppInsightsArgs
 from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
-from infra.cluster import Cluster, ClusterArgs, MaintenanceWindow, ServerIdentity, ServiceAccountRef
+from infra.cluster import Cluster, ClusterArgs, MaintenanceWindow
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
 from infra.database import ADMIN_GROUP_ROLE, Database, DatabaseArgs, DatabasePrincipal, EntraAdministrator
 from infra.gpu_pool import GpuPool, GpuPoolArgs
+from infra.identities import Identities, IdentitiesArgs, ServerIdentity, ServiceAccountRef
 from infra.ingress import CERTIFICATE_SYNC, INGRESS_NAMESPACE, Ingress, IngressArgs
 from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
 from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
@@ -104,6 +105,14 @@ cluster = Cluster(
         api_server_access=cfg.api_server_access,
         api_server_subnet_id=network.api_server_subnet_id,
         api_server_authorized_ip_ranges=cfg.api_server_authorized_ip_ranges,
+    ),
+)
+identities = Identities(
+    "identities",
+    IdentitiesArgs(
+        **common,
+        subscription_id=client.subscription_id,
+        oidc_issuer_url=cluster.oidc_issuer_url,
         server=ServerIdentity(
             namespace=SERVER_NAMESPACE,
             service_account=SERVICE_ACCOUNT,
@@ -149,11 +158,13 @@ database = Database(
         geo_redundant_backup=cfg.postgres_geo_redundant_backup,
         vault_name=vault.vault_name,
         password_auth=keys_allowed,
-        entra_principal=DatabasePrincipal(cluster.server_principal_id, cluster.server_identity_name) if entra else None,
+        entra_principal=DatabasePrincipal(identities.server_principal_id, identities.server_identity_name)
+        if entra
+        else None,
         entra_administrators=[
             *(
                 [EntraAdministrator("bootstrap", admin.principal_id, admin.name, "ServicePrincipal")]
-                if (admin := cluster.database_admin) is not None
+                if (admin := identities.database_admin) is not None
                 else []
             ),
             EntraAdministrator("admin-group", cfg.cluster_admin_group_object_id, ADMIN_GROUP_ROLE, "Group"),
@@ -169,7 +180,7 @@ cache = Cache(
         vault_name=vault.vault_name,
         private_endpoint=network.endpoint_target("redis"),
         access_keys=keys_allowed,
-        entra_object_id=cluster.server_principal_id if entra else None,
+        entra_object_id=identities.server_principal_id if entra else None,
     ),
 )
 ContainerInsights(
@@ -183,7 +194,7 @@ prometheus = ManagedPrometheus(
         subscription_id=client.subscription_id,
         cluster_id=cluster.cluster_id,
         cluster_name=cluster.cluster_name,
-        reader_principal_ids={"keda": cluster.keda_principal_id},
+        reader_principal_ids={"keda": identities.keda_principal_id},
         admin_group_object_id=cfg.cluster_admin_group_object_id,
         alert_email=cfg.alert_email,
         zone_redundant=bool(cfg.availability_zones),
@@ -235,7 +246,7 @@ workload = Workload(
             "redis_auth": cfg.data_plane_auth,
             "log_level": cfg.log_level,
         },
-        identity_client_id=cluster.server_client_id,
+        identity_client_id=identities.server_client_id,
         tenant_id=client.tenant_id,
         vault_name=vault.vault_name,
         cpu_m=cfg.server_cpu_m,
@@ -250,14 +261,14 @@ workload = Workload(
         await_rollout=not cfg.skip_rollout_await,
         database_bootstrap=DatabaseBootstrap(
             host=database.fqdn,
-            admin_client_id=cluster.database_admin.client_id,
-            admin_role=cluster.database_admin.name,
-            server_role=cluster.server_identity_name,
-            server_object_id=cluster.server_principal_id,
+            admin_client_id=identities.database_admin.client_id,
+            admin_role=identities.database_admin.name,
+            server_role=identities.server_identity_name,
+            server_object_id=identities.server_principal_id,
             database=database.database_name,
             after=database.administrators_ready,
         )
-        if cluster.database_admin is not None
+        if identities.database_admin is not None
         else None,
     ),
 )
@@ -272,7 +283,7 @@ Autoscaling(
         max_replicas=cfg.server_max_replicas,
         target_per_replica=cfg.scale_waiting_per_replica,
         query_endpoint=prometheus.query_endpoint,
-        keda_client_id=cluster.keda_client_id,
+        keda_client_id=identities.keda_client_id,
     ),
 )
 if cfg.ingress_host_name is not None:
@@ -295,7 +306,7 @@ if cfg.ingress_host_name is not None:
             vault_name=vault.vault_name,
             tenant_id=client.tenant_id,
             certificate_name=cfg.ingress_certificate_name,
-            certificate_reader_client_id=cluster.certificate_reader_client_id,
+            certificate_reader_client_id=identities.certificate_reader_client_id,
             proxy_tolerations=cluster.system_tolerations,
             tags=tags,
         ),

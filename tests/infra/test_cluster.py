@@ -112,50 +112,6 @@ def test_control_plane_identity_may_join_the_node_subnet_before_the_cluster_exis
     assert subnet_access.urn in cluster.dependencies
 
 
-@pytest.mark.parametrize(
-    ("purpose", "subject"),
-    [
-        ("server", "system:serviceaccount:ggufstack:ggufstack-server"),
-        ("keda", "system:serviceaccount:kube-system:keda-operator"),
-    ],
-)
-def test_identities_are_federated_with_exactly_their_service_account(
-    stack: StackRun, purpose: str, subject: str
-) -> None:
-    cluster = stack.managed_cluster().outputs
-    identity = _identity(stack, purpose)
-    credential = stack.one(
-        "azure-native:managedidentity:FederatedIdentityCredential", f"cluster-{purpose}-federation"
-    ).plain
-    assert credential["resourceName"] == identity.outputs["name"]
-    assert credential["issuer"] == cluster["oidcIssuerProfile"]["issuerURL"]
-    assert credential["subject"] == subject
-    assert credential["audiences"] == ["api://AzureADTokenExchange"]
-
-
-def test_server_identity_reads_only_the_models_container(stack: StackRun) -> None:
-    container = stack.one("azure-native:storage:BlobContainer").id
-    server = _identity(stack, "server")
-    (reader,) = _assignments(stack, STORAGE_BLOB_DATA_READER)
-    assert (reader["scope"], reader["principalId"], reader["principalType"]) == (
-        container,
-        server.outputs["principalId"],
-        "ServicePrincipal",
-    )
-
-
-def test_server_identity_reads_the_vault_secrets(stack: StackRun) -> None:
-    vault = stack.one("azure-native:keyvault:Vault").id
-    server = _identity(stack, "server")
-    principal = server.outputs["principalId"]
-    (user,) = [a for a in _assignments(stack, KEY_VAULT_SECRETS_USER) if a["principalId"] == principal]
-    assert (user["scope"], user["principalId"], user["principalType"]) == (
-        vault,
-        server.outputs["principalId"],
-        "ServicePrincipal",
-    )
-
-
 def test_cluster_admin_is_the_configured_group_not_whoever_ran_pulumi(prod: StackRun) -> None:
     cluster = prod.managed_cluster().id
     (admin,) = _assignments(prod, AKS_RBAC_CLUSTER_ADMIN)

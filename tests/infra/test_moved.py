@@ -52,6 +52,39 @@ MOVED = {
     ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "gpu-pool-nvidia-device-plugin-isolation"): (
         "ggufstack:infra:Workload$kubernetes:networking.k8s.io/v1:NetworkPolicy::workload-nvidia-device-plugin-isolation"
     ),
+    ("azure-native:managedidentity:UserAssignedIdentity", "identities-server"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:UserAssignedIdentity::cluster-server"
+    ),
+    ("azure-native:managedidentity:FederatedIdentityCredential", "identities-server-federation"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:FederatedIdentityCredential::cluster-server-federation"
+    ),
+    ("azure-native:managedidentity:UserAssignedIdentity", "identities-keda"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:UserAssignedIdentity::cluster-keda"
+    ),
+    ("azure-native:managedidentity:FederatedIdentityCredential", "identities-keda-federation"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:FederatedIdentityCredential::cluster-keda-federation"
+    ),
+    ("azure-native:managedidentity:UserAssignedIdentity", "identities-database-admin"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:UserAssignedIdentity::cluster-database-admin"
+    ),
+    ("azure-native:managedidentity:FederatedIdentityCredential", "identities-database-admin-federation"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:FederatedIdentityCredential::cluster-database-admin-federation"
+    ),
+    ("azure-native:managedidentity:UserAssignedIdentity", "identities-certificate-reader"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:UserAssignedIdentity::cluster-certificate-reader"
+    ),
+    ("azure-native:managedidentity:FederatedIdentityCredential", "identities-certificate-reader-federation"): (
+        "ggufstack:infra:Cluster$azure-native:managedidentity:FederatedIdentityCredential::cluster-certificate-reader-federation"
+    ),
+    ("azure-native:authorization:RoleAssignment", "identities-server-blob-reader"): (
+        "ggufstack:infra:Cluster$azure-native:authorization:RoleAssignment::cluster-server-blob-reader"
+    ),
+    ("azure-native:authorization:RoleAssignment", "identities-server-secrets-user"): (
+        "ggufstack:infra:Cluster$azure-native:authorization:RoleAssignment::cluster-server-secrets-user"
+    ),
+    ("azure-native:authorization:RoleAssignment", "identities-certificate-secrets-user"): (
+        "ggufstack:infra:Cluster$azure-native:authorization:RoleAssignment::cluster-certificate-secrets-user"
+    ),
 }
 
 

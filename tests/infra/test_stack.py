@@ -17,6 +17,7 @@ COMPONENTS = {
     "ggufstack:infra:Cache",
     "ggufstack:infra:Cluster",
     "ggufstack:infra:GpuPool",
+    "ggufstack:infra:Identities",
     "ggufstack:infra:Registry",
     "ggufstack:infra:Workload",
     "ggufstack:infra:ContainerInsights",
