@@ -1,4 +1,6 @@
-"""The server's Kubernetes workload on AKS, applied through a provider built from the cluster's (secret) kubeconfig.
+"""The server's Kubernetes workload on AKS, applied through the cluster's provider: its namespace, service account,
+secrets mount, Deployment, Service, PodMonitor and PodDisruptionBudget, and as its children the database bootstrap
+job (infra/database_bootstrap.py) and the namespace's NetworkPolicies (infra/network_policies.py).
 
 The pod gets the server's settings by the server's own names (infra/pod_settings.py): plain ones in its environment,
 secret ones as read-only files the Key Vault secrets provider mounts.
@@ -12,11 +14,12 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi_kubernetes import apps, batch, core, meta, networking, policy
+from pulumi_kubernetes import apps, core, meta, policy
 
-from infra import database_bootstrap, pod_settings
+from infra import pod_settings
 from infra.annotations import SKIP_AWAIT, checkov_skips
-from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
+from infra.database_bootstrap import DatabaseBootstrap, bootstrap_job
+from infra.network_policies import ServerTraffic, server_policies
 from infra.server_metrics import JOB as SCRAPE_JOB
 from infra.vault import secret_provider_objects
 from server.config.settings import DEFAULT_SECRETS_DIR, Settings
@@ -37,9 +40,6 @@ DRAIN_TIMEOUT_S = int(Settings.model_fields["drain_timeout_s"].default)
 PRE_STOP_SECONDS = 10
 EXIT_MARGIN_SECONDS = 15
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + DRAIN_TIMEOUT_S + EXIT_MARGIN_SECONDS
-# The managed Prometheus agent that runs custom scrape jobs (PodMonitors): its replica pod in kube-system.
-PROMETHEUS_AGENT_LABELS = {"rsName": "ama-metrics"}
-KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
 # Where the server images keep models (their VOLUME); here it is an emptyDir with a size limit.
 CACHE_DIR = "/models"
 LIVENESS_PATH = "/health/live"
@@ -47,30 +47,12 @@ LIVENESS_PATH = "/health/live"
 READINESS_PATH = "/health/ready"
 SECRETS_DIR = str(DEFAULT_SECRETS_DIR)
 SECRET_PROVIDER_CLASS = f"{APP}-keyvault"
-DATABASE_BOOTSTRAP = f"{APP}-db-bootstrap"
 # The image's unprivileged user; fixed so the kubelet can enforce non-root without reading the image.
 SERVER_UID = 10001
 
-BOOTSTRAP_SKIPS = {
-    "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
-}
 SERVER_SKIPS = {
     "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
 }
-
-
-@dataclass(frozen=True)
-class DatabaseBootstrap:
-    """Who the bootstrap job logs in as (an Entra administrator) and whom it creates a role for."""
-
-    host: pulumi.Input[str]
-    admin_client_id: pulumi.Input[str]
-    admin_role: pulumi.Input[str]
-    server_role: pulumi.Input[str]
-    server_object_id: pulumi.Input[str]
-    database: str
-    # The administrators exist once this has been written.
-    after: pulumi.Resource
 
 
 @dataclass(frozen=True)
@@ -162,7 +144,24 @@ class Workload(pulumi.ComponentResource):
             opts=in_namespace,
         )
 
-        bootstrap = self._database_bootstrap(name, args, provider, namespace) if args.database_bootstrap else None
+        bootstrap = None
+        if args.database_bootstrap is not None:
+            bootstrap = bootstrap_job(
+                name,
+                args.database_bootstrap,
+                namespace=SERVER_NAMESPACE,
+                image=args.image,
+                tenant_id=args.tenant_id,
+                run_as_uid=SERVER_UID,
+                node_selector=args.gpu_node_selector,
+                tolerations=args.gpu_tolerations,
+                postgres_cidr=args.postgres_cidr,
+                await_rollout=args.await_rollout,
+                timeout_minutes=_rollout_minutes(args),
+                parent=self,
+                provider=provider,
+                depends_on=[namespace],
+            )
 
         apps.v1.Deployment(
             f"{name}-server",
@@ -226,7 +225,21 @@ class Workload(pulumi.ComponentResource):
             ),
             opts=in_namespace,
         )
-        self._network_policies(name, args, in_namespace)
+        server_policies(
+            name,
+            ServerTraffic(
+                namespace=SERVER_NAMESPACE,
+                name=APP,
+                selector=_selector(),
+                labels=_labels(),
+                api_port=SERVER_PORT,
+                metrics_port=METRICS_PORT,
+                ingress_namespace=args.ingress_namespace,
+                postgres_cidr=args.postgres_cidr,
+                endpoints_cidr=args.endpoints_cidr,
+            ),
+            in_namespace,
+        )
 
         self.service_url = f"http://{APP}.{SERVER_NAMESPACE}.svc.cluster.local"
         self.namespace = namespace
@@ -342,151 +355,6 @@ class Workload(pulumi.ComponentResource):
             ),
         )
 
-    def _database_bootstrap(
-        self, name: str, args: WorkloadArgs, provider: k8s.Provider, namespace: core.v1.Namespace
-    ) -> batch.v1.Job:
-        """The job in infra/database_bootstrap.py: runs the server image's Python as the database administrator."""
-        boot = args.database_bootstrap
-        assert boot is not None
-        labels = {"app.kubernetes.io/name": DATABASE_BOOTSTRAP, "app.kubernetes.io/part-of": "ggufstack"}
-        opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
-        account = core.v1.ServiceAccount(
-            f"{name}-db-bootstrap",
-            metadata=meta.v1.ObjectMetaArgs(
-                name=DATABASE_BOOTSTRAP,
-                namespace=SERVER_NAMESPACE,
-                labels=labels,
-                annotations={
-                    "azure.workload.identity/client-id": boot.admin_client_id,
-                    "azure.workload.identity/tenant-id": args.tenant_id,
-                },
-            ),
-            automount_service_account_token=False,
-            opts=opts,
-        )
-        # The namespace denies all traffic by default: DNS, Entra ID (HTTPS) and PostgreSQL only.
-        policy = networking.v1.NetworkPolicy(
-            f"{name}-db-bootstrap",
-            metadata=meta.v1.ObjectMetaArgs(name=DATABASE_BOOTSTRAP, namespace=SERVER_NAMESPACE, labels=labels),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": DATABASE_BOOTSTRAP}),
-                policy_types=["Egress"],
-                egress=[_dns_egress(), _egress("0.0.0.0/0", HTTPS_PORT), _egress(args.postgres_cidr, POSTGRES_PORT)],
-            ),
-            opts=opts,
-        )
-        resources = {"cpu": "100m", "memory": "256Mi"}
-        env = {
-            "PGHOST": boot.host,
-            "PGUSER": boot.admin_role,
-            "DATABASE": boot.database,
-            "SERVER_ROLE": boot.server_role,
-            "SERVER_OBJECT_ID": boot.server_object_id,
-        }
-        return batch.v1.Job(
-            f"{name}-db-bootstrap",
-            metadata=meta.v1.ObjectMetaArgs(
-                name=DATABASE_BOOTSTRAP,
-                namespace=SERVER_NAMESPACE,
-                labels=labels,
-                annotations={**checkov_skips(BOOTSTRAP_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
-            ),
-            spec=batch.v1.JobSpecArgs(
-                backoff_limit=6,
-                template=core.v1.PodTemplateSpecArgs(
-                    metadata=meta.v1.ObjectMetaArgs(labels={**labels, "azure.workload.identity/use": "true"}),
-                    spec=core.v1.PodSpecArgs(
-                        restart_policy="OnFailure",
-                        service_account_name=DATABASE_BOOTSTRAP,
-                        automount_service_account_token=False,
-                        # The GPU nodes already pull the server image; no GPU is requested.
-                        node_selector=dict(args.gpu_node_selector),
-                        tolerations=[core.v1.TolerationArgs(**t) for t in args.gpu_tolerations],
-                        security_context=core.v1.PodSecurityContextArgs(
-                            run_as_non_root=True,
-                            run_as_user=SERVER_UID,
-                            run_as_group=SERVER_UID,
-                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                        ),
-                        containers=[
-                            core.v1.ContainerArgs(
-                                name="bootstrap",
-                                image=args.image,
-                                image_pull_policy="Always",
-                                command=["python", "-c", database_bootstrap.SCRIPT],
-                                env=[core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
-                                resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
-                                security_context=core.v1.SecurityContextArgs(
-                                    allow_privilege_escalation=False,
-                                    privileged=False,
-                                    read_only_root_filesystem=True,
-                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                                ),
-                            )
-                        ],
-                    ),
-                ),
-            ),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                provider=provider,
-                depends_on=[namespace, account, policy, boot.after],
-                # A fixed name, so a changed job is deleted before its replacement is created.
-                delete_before_replace=True,
-                custom_timeouts=pulumi.CustomTimeouts(create=f"{_rollout_minutes(args)}m"),
-            ),
-        )
-
-    def _network_policies(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
-        networking.v1.NetworkPolicy(
-            f"{name}-default-deny",
-            metadata=meta.v1.ObjectMetaArgs(name="default-deny", namespace=SERVER_NAMESPACE, labels=_labels()),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]
-            ),
-            opts=opts,
-        )
-        sources = [networking.v1.NetworkPolicyPeerArgs(pod_selector=meta.v1.LabelSelectorArgs())]
-        if args.ingress_namespace:
-            sources.append(
-                networking.v1.NetworkPolicyPeerArgs(
-                    namespace_selector=meta.v1.LabelSelectorArgs(
-                        match_labels={"kubernetes.io/metadata.name": args.ingress_namespace}
-                    )
-                )
-            )
-        scrapers = [
-            networking.v1.NetworkPolicyPeerArgs(
-                namespace_selector=meta.v1.LabelSelectorArgs(
-                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
-                ),
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels=PROMETHEUS_AGENT_LABELS),
-            )
-        ]
-        anywhere = "0.0.0.0/0"
-        networking.v1.NetworkPolicy(
-            f"{name}-server",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
-                policy_types=["Ingress", "Egress"],
-                ingress=[
-                    networking.v1.NetworkPolicyIngressRuleArgs(from_=sources, ports=[_tcp(SERVER_PORT)]),
-                    networking.v1.NetworkPolicyIngressRuleArgs(from_=scrapers, ports=[_tcp(METRICS_PORT)]),
-                ],
-                egress=[
-                    _dns_egress(),
-                    # Entra ID's token endpoint (workload identity) has no fixed address range, so HTTPS egress
-                    # cannot be narrowed further; with private endpoints, Blob and Key Vault resolve into the VNet.
-                    _egress(anywhere, HTTPS_PORT),
-                    _egress(args.postgres_cidr, POSTGRES_PORT),
-                    _egress(args.endpoints_cidr or anywhere, REDIS_PORT),
-                ],
-            ),
-            opts=opts,
-        )
-
 
 def _labels() -> dict[str, str]:
     return {**_selector(), "app.kubernetes.io/part-of": "ggufstack", "app.kubernetes.io/managed-by": "pulumi"}
@@ -507,31 +375,4 @@ def _http_probe(path: str, period: int, failures: int) -> core.v1.ProbeArgs:
         period_seconds=period,
         timeout_seconds=5,
         failure_threshold=failures,
-    )
-
-
-def _tcp(port: int) -> networking.v1.NetworkPolicyPortArgs:
-    return networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
-
-
-def _dns_egress() -> networking.v1.NetworkPolicyEgressRuleArgs:
-    return networking.v1.NetworkPolicyEgressRuleArgs(
-        to=[
-            networking.v1.NetworkPolicyPeerArgs(
-                namespace_selector=meta.v1.LabelSelectorArgs(
-                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
-                ),
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
-            )
-        ],
-        ports=[
-            networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=53),
-            networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=53),
-        ],
-    )
-
-
-def _egress(cidr: str, port: int) -> networking.v1.NetworkPolicyEgressRuleArgs:
-    return networking.v1.NetworkPolicyEgressRuleArgs(
-        to=[networking.v1.NetworkPolicyPeerArgs(ip_block=networking.v1.IPBlockArgs(cidr=cidr))], ports=[_tcp(port)]
     )

@@ -14,6 +14,7 @@ from infra.cache import Cache, CacheArgs
 from infra.cluster import Cluster, ClusterArgs, MaintenanceWindow
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
 from infra.database import ADMIN_GROUP_ROLE, Database, DatabaseArgs, DatabasePrincipal, EntraAdministrator
+from infra.database_bootstrap import DATABASE_BOOTSTRAP, DatabaseBootstrap
 from infra.gpu_pool import GpuPool, GpuPoolArgs
 from infra.identities import Identities, IdentitiesArgs, ServerIdentity, ServiceAccountRef
 from infra.ingress import CERTIFICATE_SYNC, INGRESS_NAMESPACE, Ingress, IngressArgs
@@ -26,11 +27,9 @@ from infra.storage import Storage, StorageArgs
 from infra.vault import Vault, VaultArgs
 from infra.workload import (
     APP,
-    DATABASE_BOOTSTRAP,
     SERVER_NAMESPACE,
     SERVICE_ACCOUNT,
     SERVICE_PORT,
-    DatabaseBootstrap,
     Workload,
     WorkloadArgs,
 )
