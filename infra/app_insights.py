@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_azure_native import applicationinsights
 
-from infra.vault import VaultItem, store_secret
+from infra.vault import store_secret
+from server.config.settings import KEY_VAULT_SECRETS
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class AppInsights(pulumi.ComponentResource):
         )
         store_secret(
             f"{name}-connection-string-secret",
-            item=VaultItem.APPLICATIONINSIGHTS_CONNECTION_STRING,
+            secret_name=KEY_VAULT_SECRETS["applicationinsights_connection_string"],
             value=component.connection_string,
             vault_name=args.vault_name,
             resource_group_name=args.resource_group_name,

@@ -3,7 +3,7 @@ Monitor workspace and drives the replica count between the configured bounds.
 
 A GPU-bound server's CPU does not track its load, but the generations waiting for a slot and the slots decoding do
 (infra/server_metrics.py builds the query from the metric names the server exports). KEDA's operator authenticates to
-the workspace with its workload identity (infra/cluster.py federates it; infra/managed_prometheus.py lets it read).
+the workspace with its workload identity (infra/identities.py federates it; infra/managed_prometheus.py lets it read).
 Scaling down waits long: a replica that leaves costs a GPU node and a model download when load returns.
 """
 

@@ -17,7 +17,8 @@ from pulumi.output import UNKNOWN
 from pulumi_azure_native import redisenterprise
 
 from infra.network import REDIS_PORT, PrivateEndpointTarget, private_endpoint
-from infra.vault import VaultItem, store_secret
+from infra.vault import REDIS_ACCESS_KEY, store_secret
+from server.config.settings import KEY_VAULT_SECRETS
 
 # Azure Managed Redis has exactly one database per cluster and it must be called "default".
 DATABASE = "default"
@@ -104,7 +105,7 @@ class Cache(pulumi.ComponentResource):
             access_key = pulumi.Output.secret(self._access_key(cluster, database, args))
             store_secret(
                 f"{name}-access-key-secret",
-                item=VaultItem.REDIS_ACCESS_KEY,
+                secret_name=REDIS_ACCESS_KEY,
                 value=access_key,
                 vault_name=args.vault_name,
                 resource_group_name=args.resource_group_name,
@@ -118,7 +119,7 @@ class Cache(pulumi.ComponentResource):
                 )
         store_secret(
             f"{name}-url-secret",
-            item=VaultItem.REDIS_URL,
+            secret_name=KEY_VAULT_SECRETS["redis_url"],
             value=url,
             vault_name=args.vault_name,
             resource_group_name=args.resource_group_name,

@@ -1,8 +1,8 @@
-"""AKS: a small system pool, an autoscaled GPU pool for the server, and the server's Azure identity.
+"""AKS: the cluster with its small system pool, and the Kubernetes provider the other components apply through.
 
-The server authenticates to Blob Storage and Key Vault as a user-assigned identity through workload identity: the
-cluster's OIDC issuer signs its service account token, a federated credential trusts exactly that service account,
-and role assignments scope the identity to the `models` container (read) and the vault's secrets (read).
+The cluster's own identity and rights are here: a control-plane identity granted its subnets before the cluster
+exists, and cluster admin for the deployers' group, which the kubeconfig waits for. The pods' identities are
+infra/identities.py's; the GPU nodes are infra/gpu_pool.py's.
 """
 
 from __future__ import annotations
@@ -13,39 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 import yaml
 from pulumi_azure_native import authorization, containerservice, managedidentity, resources
 
 from infra.config import DNS_SERVICE_IP, POD_CIDR, SERVICE_CIDR
-from infra.roles import (
-    AKS_RBAC_CLUSTER_ADMIN,
-    KEY_VAULT_SECRETS_USER,
-    NETWORK_CONTRIBUTOR,
-    STORAGE_BLOB_DATA_READER,
-    role_definition_id,
-)
+from infra.moved import WORKLOAD, moved_from
+from infra.roles import AKS_RBAC_CLUSTER_ADMIN, NETWORK_CONTRIBUTOR, role_definition_id, service_principal_role
 
 # The first stable ManagedCluster API with `ingressProfile.gatewayAPI` and the application routing add-on's
 # `gatewayAPIImplementations` (REST spec: specification/containerservice/resource-manager/Microsoft.ContainerService/
 # aks/stable/2026-02-01/managedClusters.json).
 MANAGED_CLUSTER_API_VERSION = "2026-02-01"
-GPU_TAINT = ("sku", "gpu", "NoSchedule")
 SYSTEM_TAINT = ("CriticalAddonsOnly", "true", "NoSchedule")
-GPU_POOL_LABEL = ("ggufstack.io/pool", "gpu")
-# AKS taints spot nodes with this on its own; pods bound for them must tolerate it as well as the GPU taint.
-SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
-WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
-
-
-@dataclass(frozen=True)
-class GpuPool:
-    vm_size: str
-    min_count: int
-    max_count: int
-    spot: bool
-    os_disk_size_gb: int
-    availability_zones: Sequence[str]
-    max_surge: str
 
 
 @dataclass(frozen=True)
@@ -60,29 +40,6 @@ class MaintenanceWindow:
 
 # AKS's names for the two schedules: Kubernetes version upgrades, and node OS image updates.
 MAINTENANCE_CONFIGURATIONS = ("aksManagedAutoUpgradeSchedule", "aksManagedNodeOSUpgradeSchedule")
-# The AKS KEDA add-on's operator; it authenticates its scalers' queries as this service account.
-KEDA_NAMESPACE = "kube-system"
-KEDA_SERVICE_ACCOUNT = "keda-operator"
-# Long enough for the server's drain (the pod's termination grace period) before AKS gives up on a node.
-GPU_DRAIN_TIMEOUT_MINUTES = 30
-
-
-@dataclass(frozen=True)
-class ServerIdentity:
-    """The Kubernetes service account the server runs as, and what its Azure identity may read."""
-
-    namespace: str
-    service_account: str
-    models_container_id: pulumi.Input[str]
-    vault_id: pulumi.Input[str]
-
-
-@dataclass(frozen=True)
-class ServiceAccountRef:
-    """A Kubernetes service account an Azure identity of the stack is federated with."""
-
-    namespace: str
-    service_account: str
 
 
 @dataclass(frozen=True)
@@ -102,19 +59,12 @@ class ClusterArgs:
     system_vm_size: str
     system_node_count: int
     availability_zones: Sequence[str]
-    gpu_pool: GpuPool
-    max_pods_per_gpu_node: int
     maintenance: MaintenanceWindow
     disable_local_accounts: bool
     admin_group_object_ids: Sequence[str]
     api_server_access: str
     api_server_subnet_id: pulumi.Input[str] | None
     api_server_authorized_ip_ranges: Sequence[str]
-    server: ServerIdentity
-    # The pod that syncs the ingress certificate from the vault (infra/ingress.py); None without an ingress.
-    certificate_reader: ServiceAccountRef | None
-    # The job that creates the server's database role (infra/database_bootstrap.py); None with password auth.
-    database_bootstrap: ServiceAccountRef | None
     tags: Mapping[str, str]
 
 
@@ -123,26 +73,17 @@ class Cluster(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
     oidc_issuer_url: pulumi.Output[str]
     kubelet_object_id: pulumi.Output[str]
-    server_client_id: pulumi.Output[str]
-    server_principal_id: pulumi.Output[str]
-    server_identity_name: pulumi.Output[str]
-    keda_client_id: pulumi.Output[str]
-    keda_principal_id: pulumi.Output[str]
-    certificate_reader_client_id: pulumi.Output[str] | None
-    # The database-bootstrap identity: an Entra administrator of PostgreSQL, used only by the bootstrap job.
-    database_admin: managedidentity.UserAssignedIdentity | None
     # The user kubeconfig, rewritten to log in with the Azure CLI; a Pulumi secret. It resolves only once the
     # deployer can use it (its cluster-admin role assignment exists).
     kubeconfig: pulumi.Output[str]
-    gpu_node_selector: Mapping[str, str]
-    gpu_tolerations: Sequence[Mapping[str, str]]
     # For pods that belong on the system pool: the gateway's proxies and the certificate sync pod.
     system_tolerations: Sequence[Mapping[str, str]]
+    provider: k8s.Provider
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Cluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        rg, location, pool = args.resource_group_name, args.location, args.gpu_pool
+        rg, location = args.resource_group_name, args.location
 
         # A user-assigned control-plane identity exists before the cluster, so it can be granted the subnet first.
         control_plane = managedidentity.UserAssignedIdentity(
@@ -157,7 +98,14 @@ class Cluster(pulumi.ComponentResource):
         # control plane must hold Network Contributor on both before the cluster is created ("API Server VNet
         # Integration": missing permissions on the API server subnet fail provisioning).
         subnet_access = [
-            self._role(name, f"control-plane-{purpose}", subnet, NETWORK_CONTRIBUTOR, control_plane.principal_id, args)
+            service_principal_role(
+                f"{name}-control-plane-{purpose}",
+                scope=subnet,
+                role=NETWORK_CONTRIBUTOR,
+                principal_id=control_plane.principal_id,
+                subscription_id=args.subscription_id,
+                opts=child,
+            )
             for purpose, subnet in self._subnets(args).items()
         ]
 
@@ -180,42 +128,6 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=subnet_access),
         )
 
-        containerservice.AgentPool(
-            f"{name}-gpu",
-            agent_pool_name="gpu",
-            resource_name_=cluster.name,
-            resource_group_name=rg,
-            mode="User",
-            vm_size=pool.vm_size,
-            orchestrator_version=args.kubernetes_version,
-            os_type="Linux",
-            os_sku="Ubuntu",
-            os_disk_size_gb=pool.os_disk_size_gb,
-            type="VirtualMachineScaleSets",
-            vnet_subnet_id=args.nodes_subnet_id,
-            availability_zones=list(pool.availability_zones) or None,
-            max_pods=args.max_pods_per_gpu_node,
-            upgrade_settings=containerservice.AgentPoolUpgradeSettingsArgs(
-                # A surge node must download and load the model before the old one is drained.
-                max_surge=pool.max_surge,
-                drain_timeout_in_minutes=GPU_DRAIN_TIMEOUT_MINUTES,
-                node_soak_duration_in_minutes=5,
-            ),
-            enable_auto_scaling=True,
-            min_count=pool.min_count,
-            max_count=pool.max_count,
-            count=pool.min_count,
-            node_taints=["{}={}:{}".format(*GPU_TAINT)],
-            node_labels=dict([GPU_POOL_LABEL]),
-            gpu_profile=containerservice.GPUProfileArgs(driver="Install"),
-            scale_set_priority="Spot" if pool.spot else "Regular",
-            scale_set_eviction_policy="Delete" if pool.spot else None,
-            spot_max_price=-1 if pool.spot else None,  # pay up to the on-demand price rather than be evicted on price
-            tags=args.tags,
-            # The autoscaler owns the node count once the pool exists; re-applying `count` would fight it.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
-        )
-
         window = args.maintenance
         for config_name in MAINTENANCE_CONFIGURATIONS:
             containerservice.MaintenanceConfiguration(
@@ -234,78 +146,6 @@ class Cluster(pulumi.ComponentResource):
                 opts=child,
             )
 
-        server = managedidentity.UserAssignedIdentity(
-            f"{name}-server",
-            resource_name_=f"id-{args.name}-server",
-            resource_group_name=rg,
-            location=location,
-            tags=args.tags,
-            opts=child,
-        )
-        issuer = cluster.properties.apply(lambda p: p["oidcIssuerProfile"]["issuerURL"])
-        self._federate(name, "server", server, args.server.namespace, args.server.service_account, issuer, args)
-        keda = managedidentity.UserAssignedIdentity(
-            f"{name}-keda",
-            resource_name_=f"id-{args.name}-keda",
-            resource_group_name=rg,
-            location=location,
-            tags=args.tags,
-            opts=child,
-        )
-        self._federate(name, "keda", keda, KEDA_NAMESPACE, KEDA_SERVICE_ACCOUNT, issuer, args)
-        self._role(
-            name,
-            "server-blob-reader",
-            args.server.models_container_id,
-            STORAGE_BLOB_DATA_READER,
-            server.principal_id,
-            args,
-        )
-        self._role(name, "server-secrets-user", args.server.vault_id, KEY_VAULT_SECRETS_USER, server.principal_id, args)
-        self.database_admin = None
-        if args.database_bootstrap is not None:
-            database_admin = managedidentity.UserAssignedIdentity(
-                f"{name}-database-admin",
-                resource_name_=f"id-{args.name}-db-admin",
-                resource_group_name=rg,
-                location=location,
-                tags=args.tags,
-                opts=child,
-            )
-            self._federate(
-                name,
-                "database-admin",
-                database_admin,
-                args.database_bootstrap.namespace,
-                args.database_bootstrap.service_account,
-                issuer,
-                args,
-            )
-            self.database_admin = database_admin
-        self.certificate_reader_client_id = None
-        if args.certificate_reader is not None:
-            # Its own identity: the ingress namespace gets to read the vault, not the server's database URL's
-            # identity. Key Vault Secrets User is how a certificate is read with its private key.
-            reader = managedidentity.UserAssignedIdentity(
-                f"{name}-certificate-reader",
-                resource_name_=f"id-{args.name}-tls",
-                resource_group_name=rg,
-                location=location,
-                tags=args.tags,
-                opts=child,
-            )
-            self._federate(
-                name,
-                "certificate-reader",
-                reader,
-                args.certificate_reader.namespace,
-                args.certificate_reader.service_account,
-                issuer,
-                args,
-            )
-            vault = args.server.vault_id
-            self._role(name, "certificate-secrets-user", vault, KEY_VAULT_SECRETS_USER, reader.principal_id, args)
-            self.certificate_reader_client_id = reader.client_id
         # A fixed principal: with the caller, a laptop run and a CI run would replace each other's assignment.
         deployer_admin = authorization.RoleAssignment(
             f"{name}-deployer-cluster-admin",
@@ -328,24 +168,25 @@ class Cluster(pulumi.ComponentResource):
 
         self.cluster_id = cluster.id
         self.cluster_name = cluster.name
-        self.oidc_issuer_url = issuer
+        self.oidc_issuer_url = cluster.properties.apply(lambda p: p["oidcIssuerProfile"]["issuerURL"])
         self.kubelet_object_id = cluster.properties.apply(lambda p: p["identityProfile"]["kubeletidentity"]["objectId"])
-        self.server_client_id = server.client_id
-        self.server_principal_id = server.principal_id
-        self.server_identity_name = server.name
-        self.keda_client_id = keda.client_id
-        self.keda_principal_id = keda.principal_id
         self.kubeconfig = kubeconfig
-        self.gpu_node_selector = dict([GPU_POOL_LABEL])
-        self.system_tolerations = [_toleration(SYSTEM_TAINT)]
-        self.gpu_tolerations = [_toleration(taint) for taint in ([GPU_TAINT, SPOT_TAINT] if pool.spot else [GPU_TAINT])]
+        self.system_tolerations = [toleration(SYSTEM_TAINT)]
+        # Components that apply Kubernetes objects (GPU pool, workload, autoscaling, ingress) do it through this.
+        self.provider = k8s.Provider(
+            f"{name}-kubernetes",
+            kubeconfig=kubeconfig,
+            enable_server_side_apply=True,
+            # Deleting the cluster deletes everything in it; do not fail the destroy on an unreachable API.
+            delete_unreachable=True,
+            opts=pulumi.ResourceOptions(parent=self, aliases=[moved_from(WORKLOAD, "aks")]),
+        )
         self.register_outputs(
             {
                 "cluster_id": self.cluster_id,
                 "cluster_name": self.cluster_name,
                 "oidc_issuer_url": self.oidc_issuer_url,
                 "kubelet_object_id": self.kubelet_object_id,
-                "server_client_id": self.server_client_id,
                 "kubeconfig": self.kubeconfig,
             }
         )
@@ -453,48 +294,9 @@ class Cluster(pulumi.ComponentResource):
             },
         }
 
-    def _federate(
-        self,
-        name: str,
-        purpose: str,
-        identity: managedidentity.UserAssignedIdentity,
-        namespace: str,
-        service_account: str,
-        issuer: pulumi.Input[str],
-        args: ClusterArgs,
-    ) -> None:
-        managedidentity.FederatedIdentityCredential(
-            f"{name}-{purpose}-federation",
-            federated_identity_credential_resource_name=f"{namespace}-{service_account}",
-            resource_name_=identity.name,
-            resource_group_name=args.resource_group_name,
-            issuer=issuer,
-            subject=f"system:serviceaccount:{namespace}:{service_account}",
-            audiences=[WORKLOAD_IDENTITY_AUDIENCE],
-            opts=pulumi.ResourceOptions(parent=self),
-        )
 
-    def _role(
-        self,
-        name: str,
-        purpose: str,
-        scope: pulumi.Input[str],
-        role: str,
-        principal_id: pulumi.Input[str],
-        args: ClusterArgs,
-    ) -> authorization.RoleAssignment:
-        return authorization.RoleAssignment(
-            f"{name}-{purpose}",
-            scope=scope,
-            role_definition_id=role_definition_id(args.subscription_id, role),
-            principal_id=principal_id,
-            # Set explicitly so ARM does not look up a just-created identity that Entra ID has not replicated yet.
-            principal_type="ServicePrincipal",
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-
-
-def _toleration(taint: tuple[str, str, str]) -> dict[str, str]:
+def toleration(taint: tuple[str, str, str]) -> dict[str, str]:
+    """The toleration of a (key, value, effect) taint."""
     key, value, effect = taint
     return {"key": key, "operator": "Equal", "value": value, "effect": effect}
 

@@ -21,7 +21,8 @@ from pydantic.alias_generators import to_camel
 from infra import aks_versions
 from infra.sizing import GPU_VM_SIZES, GpuVmSize, ReplicaShare, replica_share
 
-NAMESPACE = "ggufstack"
+# The Pulumi config namespace of every key (`ggufstack:location`): the project name in Pulumi.yaml.
+CONFIG_NAMESPACE = "ggufstack"
 
 # Overlay networking gives pods and services addresses outside the VNet; the VNet must not overlap them.
 POD_CIDR = "10.244.0.0/16"
@@ -319,7 +320,7 @@ class StackConfig(BaseModel):
 
 def _problem(key: str, problem: str, allowed: str) -> ValueError:
     """A cross-field problem, attributed to the key a user should change."""
-    return ValueError(f"{NAMESPACE}:{key}: {problem}; allowed: {allowed}")
+    return ValueError(f"{CONFIG_NAMESPACE}:{key}: {problem}; allowed: {allowed}")
 
 
 _LIST_KEYS = frozenset(
@@ -332,7 +333,7 @@ def parse(values: Mapping[str, str]) -> StackConfig:
     known = {field.alias for field in StackConfig.model_fields.values()}
     unknown = sorted(set(values) - known)
     problems = [
-        f"{NAMESPACE}:{key}: unknown key{_did_you_mean(key, known)}; allowed: {_names(known)}" for key in unknown
+        f"{CONFIG_NAMESPACE}:{key}: unknown key{_did_you_mean(key, known)}; allowed: {_names(known)}" for key in unknown
     ]
     data: dict[str, Any] = {}
     for key, raw in values.items():
@@ -340,7 +341,7 @@ def parse(values: Mapping[str, str]) -> StackConfig:
             try:
                 data[key] = json.loads(raw)
             except json.JSONDecodeError:
-                problems.append(f"{NAMESPACE}:{key}: {raw!r} is not a list; allowed: a YAML list")
+                problems.append(f"{CONFIG_NAMESPACE}:{key}: {raw!r} is not a list; allowed: a YAML list")
         elif key in known:
             data[key] = raw
     if problems:
@@ -360,7 +361,7 @@ def _describe(exc: ValidationError) -> str:
             continue
         key = str(error["loc"][0])
         if error["type"] == "missing":
-            lines.append(f"{NAMESPACE}:{key}: required; set it with `pulumi config set {key} <value>`")
+            lines.append(f"{CONFIG_NAMESPACE}:{key}: required; set it with `pulumi config set {key} <value>`")
             continue
         message = error["msg"].removeprefix("Value error, ")
         if "allowed:" not in message:
@@ -370,7 +371,7 @@ def _describe(exc: ValidationError) -> str:
             elif isinstance(given, str | int | float):
                 message = f"{given!r}: {message}"
             message = f"{message}; allowed: {_allowed(key)}"
-        lines.append(f"{NAMESPACE}:{key}: {message}")
+        lines.append(f"{CONFIG_NAMESPACE}:{key}: {message}")
     return "; ".join(lines)
 
 
@@ -401,7 +402,7 @@ def _allowed(key: str) -> str:
 
 def load() -> StackConfig:
     """Read the `ggufstack:*` keys of the current stack."""
-    prefix = f"{NAMESPACE}:"
+    prefix = f"{CONFIG_NAMESPACE}:"
     values = {key.removeprefix(prefix): str(value) for key, value in _all_config().items() if key.startswith(prefix)}
     return parse(values)
 

@@ -19,7 +19,8 @@ import pulumi_random as random
 from pulumi_azure_native import dbforpostgresql
 
 from infra.network import POSTGRES_PORT
-from infra.vault import VaultItem, store_secret
+from infra.vault import POSTGRES_ADMIN_CREDENTIAL, store_secret
+from server.config.settings import KEY_VAULT_SECRETS
 
 ADMIN_LOGIN = "ggufadmin"
 DATABASE_NAME = "ggufstack"
@@ -196,7 +197,7 @@ class Database(pulumi.ComponentResource):
         if admin_password is not None:
             store_secret(
                 f"{name}-admin-password-secret",
-                item=VaultItem.POSTGRES_ADMIN_CREDENTIAL,
+                secret_name=POSTGRES_ADMIN_CREDENTIAL,
                 value=admin_password,
                 vault_name=args.vault_name,
                 resource_group_name=args.resource_group_name,
@@ -204,7 +205,7 @@ class Database(pulumi.ComponentResource):
             )
         store_secret(
             f"{name}-url-secret",
-            item=VaultItem.DATABASE_URL,
+            secret_name=KEY_VAULT_SECRETS["database_url"],
             value=url,
             vault_name=args.vault_name,
             resource_group_name=args.resource_group_name,

@@ -12,6 +12,23 @@ what an ARM-created database gets (terraform-provider-azurerm issue 27895). Ever
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi_kubernetes import batch, core, meta, networking
+
+from infra.annotations import SKIP_AWAIT, checkov_skips
+from infra.network import HTTPS_PORT, POSTGRES_PORT
+from infra.network_policies import dns_egress, egress
+
+# The name of the job, its service account (federated with the database-bootstrap identity) and its policy.
+DATABASE_BOOTSTRAP = "ggufstack-server-db-bootstrap"
+BOOTSTRAP_SKIPS = {
+    "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
+}
+
 # Runs under the server image's Python (psycopg and azure-identity are server dependencies); arguments come from the
 # environment so the script itself never changes between stacks.
 SCRIPT = """
@@ -40,3 +57,127 @@ with connect(database) as db:
     db.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {role}").format(**names))
 print(f"{role} may create tables in {database}")
 """
+
+
+@dataclass(frozen=True)
+class DatabaseBootstrap:
+    """Who the bootstrap job logs in as (an Entra administrator) and whom it creates a role for."""
+
+    host: pulumi.Input[str]
+    admin_client_id: pulumi.Input[str]
+    admin_role: pulumi.Input[str]
+    server_role: pulumi.Input[str]
+    server_object_id: pulumi.Input[str]
+    database: str
+    # The administrators exist once this has been written.
+    after: pulumi.Resource
+
+
+def bootstrap_job(
+    name: str,
+    boot: DatabaseBootstrap,
+    *,
+    namespace: str,
+    image: pulumi.Input[str],
+    tenant_id: pulumi.Input[str],
+    run_as_uid: int,
+    node_selector: Mapping[str, str],
+    tolerations: Sequence[Mapping[str, str]],
+    postgres_cidr: str,
+    await_rollout: bool,
+    timeout_minutes: int,
+    parent: pulumi.Resource,
+    provider: k8s.Provider,
+    depends_on: Sequence[pulumi.Resource],
+) -> batch.v1.Job:
+    """The job that runs SCRIPT in the server's image as the database administrator, with its service account and
+    NetworkPolicy; `parent` (the workload) keeps them where deployed stacks have them."""
+    labels = {"app.kubernetes.io/name": DATABASE_BOOTSTRAP, "app.kubernetes.io/part-of": "ggufstack"}
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider, depends_on=list(depends_on))
+    account = core.v1.ServiceAccount(
+        f"{name}-db-bootstrap",
+        metadata=meta.v1.ObjectMetaArgs(
+            name=DATABASE_BOOTSTRAP,
+            namespace=namespace,
+            labels=labels,
+            annotations={
+                "azure.workload.identity/client-id": boot.admin_client_id,
+                "azure.workload.identity/tenant-id": tenant_id,
+            },
+        ),
+        automount_service_account_token=False,
+        opts=opts,
+    )
+    # The namespace denies all traffic by default: DNS, Entra ID (HTTPS) and PostgreSQL only.
+    policy = networking.v1.NetworkPolicy(
+        f"{name}-db-bootstrap",
+        metadata=meta.v1.ObjectMetaArgs(name=DATABASE_BOOTSTRAP, namespace=namespace, labels=labels),
+        spec=networking.v1.NetworkPolicySpecArgs(
+            pod_selector=meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": DATABASE_BOOTSTRAP}),
+            policy_types=["Egress"],
+            egress=[dns_egress(), egress("0.0.0.0/0", HTTPS_PORT), egress(postgres_cidr, POSTGRES_PORT)],
+        ),
+        opts=opts,
+    )
+    resources = {"cpu": "100m", "memory": "256Mi"}
+    env = {
+        "PGHOST": boot.host,
+        "PGUSER": boot.admin_role,
+        "DATABASE": boot.database,
+        "SERVER_ROLE": boot.server_role,
+        "SERVER_OBJECT_ID": boot.server_object_id,
+    }
+    return batch.v1.Job(
+        f"{name}-db-bootstrap",
+        metadata=meta.v1.ObjectMetaArgs(
+            name=DATABASE_BOOTSTRAP,
+            namespace=namespace,
+            labels=labels,
+            annotations={**checkov_skips(BOOTSTRAP_SKIPS), **({} if await_rollout else SKIP_AWAIT)},
+        ),
+        spec=batch.v1.JobSpecArgs(
+            backoff_limit=6,
+            template=core.v1.PodTemplateSpecArgs(
+                metadata=meta.v1.ObjectMetaArgs(labels={**labels, "azure.workload.identity/use": "true"}),
+                spec=core.v1.PodSpecArgs(
+                    restart_policy="OnFailure",
+                    service_account_name=DATABASE_BOOTSTRAP,
+                    automount_service_account_token=False,
+                    # The GPU nodes already pull the server image; no GPU is requested.
+                    node_selector=dict(node_selector),
+                    tolerations=[core.v1.TolerationArgs(**t) for t in tolerations],
+                    security_context=core.v1.PodSecurityContextArgs(
+                        run_as_non_root=True,
+                        run_as_user=run_as_uid,
+                        run_as_group=run_as_uid,
+                        seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                    ),
+                    containers=[
+                        core.v1.ContainerArgs(
+                            name="bootstrap",
+                            image=image,
+                            image_pull_policy="Always",
+                            command=["python", "-c", SCRIPT],
+                            env=[core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
+                            resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
+                            security_context=core.v1.SecurityContextArgs(
+                                allow_privilege_escalation=False,
+                                privileged=False,
+                                read_only_root_filesystem=True,
+                                capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
+                                seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+                            ),
+                        )
+                    ],
+                ),
+            ),
+        ),
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            provider=provider,
+            depends_on=[*depends_on, account, policy, boot.after],
+            # A fixed name, so a changed job is deleted before its replacement is created.
+            delete_before_replace=True,
+            custom_timeouts=pulumi.CustomTimeouts(create=f"{timeout_minutes}m"),
+        ),
+    )

@@ -31,7 +31,8 @@ from infra.vault import secret_provider_objects
 
 GATEWAY_CLASS = "approuting-istio"
 GATEWAY_API = "gateway.networking.k8s.io"
-NAMESPACE = "ggufstack-ingress"
+# The Kubernetes namespace of the Gateway, its proxies and the certificate sync: apart from the server's.
+INGRESS_NAMESPACE = "ggufstack-ingress"
 GATEWAY = "ggufstack"
 GATEWAY_OPTIONS = f"{GATEWAY}-gateway-options"
 TLS_SECRET = f"{GATEWAY}-tls"
@@ -88,7 +89,7 @@ class Ingress(pulumi.ComponentResource):
         namespace = core.v1.Namespace(
             f"{name}-namespace",
             metadata=meta.v1.ObjectMetaArgs(
-                name=NAMESPACE,
+                name=INGRESS_NAMESPACE,
                 labels={
                     **labels,
                     # The gateway's Envoy pods meet the baseline standard; "restricted" would refuse them.
@@ -102,7 +103,7 @@ class Ingress(pulumi.ComponentResource):
         # istiod overlays this on the proxies' Deployment: tolerations are on the add-on's allow list of fields.
         options = core.v1.ConfigMap(
             f"{name}-gateway-options",
-            metadata=meta.v1.ObjectMetaArgs(name=GATEWAY_OPTIONS, namespace=NAMESPACE, labels=labels),
+            metadata=meta.v1.ObjectMetaArgs(name=GATEWAY_OPTIONS, namespace=INGRESS_NAMESPACE, labels=labels),
             data={
                 "deployment": yaml.safe_dump(
                     {"spec": {"template": {"spec": {"tolerations": [dict(t) for t in args.proxy_tolerations]}}}},
@@ -115,7 +116,7 @@ class Ingress(pulumi.ComponentResource):
             f"{name}-gateway",
             api_version=f"{GATEWAY_API}/v1",
             kind="Gateway",
-            metadata=meta.v1.ObjectMetaArgs(name=GATEWAY, namespace=NAMESPACE, labels=labels),
+            metadata=meta.v1.ObjectMetaArgs(name=GATEWAY, namespace=INGRESS_NAMESPACE, labels=labels),
             spec={
                 "gatewayClassName": GATEWAY_CLASS,
                 "infrastructure": {
@@ -155,7 +156,7 @@ class Ingress(pulumi.ComponentResource):
                         "group": GATEWAY_API,
                         "kind": "Gateway",
                         "name": GATEWAY,
-                        "namespace": NAMESPACE,
+                        "namespace": INGRESS_NAMESPACE,
                         "sectionName": LISTENER,
                     }
                 ],
@@ -213,7 +214,7 @@ class Ingress(pulumi.ComponentResource):
             f"{name}-certificate-sync",
             metadata=meta.v1.ObjectMetaArgs(
                 name=CERTIFICATE_SYNC,
-                namespace=NAMESPACE,
+                namespace=INGRESS_NAMESPACE,
                 labels=sync_labels,
                 annotations={
                     "azure.workload.identity/client-id": args.certificate_reader_client_id,
@@ -227,7 +228,7 @@ class Ingress(pulumi.ComponentResource):
             f"{name}-certificate",
             api_version="secrets-store.csi.x-k8s.io/v1",
             kind="SecretProviderClass",
-            metadata=meta.v1.ObjectMetaArgs(name=TLS_SECRET, namespace=NAMESPACE, labels=sync_labels),
+            metadata=meta.v1.ObjectMetaArgs(name=TLS_SECRET, namespace=INGRESS_NAMESPACE, labels=sync_labels),
             spec={
                 "provider": "azure",
                 "parameters": {
@@ -256,7 +257,7 @@ class Ingress(pulumi.ComponentResource):
             f"{name}-certificate-sync",
             metadata=meta.v1.ObjectMetaArgs(
                 name=CERTIFICATE_SYNC,
-                namespace=NAMESPACE,
+                namespace=INGRESS_NAMESPACE,
                 labels=sync_labels,
                 # It starts only once the certificate is imported by hand: `pulumi up` must not wait for it.
                 annotations={**checkov_skips(SYNC_SKIPS), **SKIP_AWAIT},

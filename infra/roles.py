@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pulumi
+from pulumi_azure_native import authorization
 
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
@@ -15,6 +16,27 @@ def role_definition_id(subscription_id: pulumi.Input[str], role: str) -> pulumi.
     """The full resource id ARM expects for a built-in role in `subscription_id`."""
     return pulumi.Output.concat(
         "/subscriptions/", subscription_id, "/providers/Microsoft.Authorization/roleDefinitions/", role
+    )
+
+
+def service_principal_role(
+    name: str,
+    *,
+    scope: pulumi.Input[str],
+    role: str,
+    principal_id: pulumi.Input[str],
+    subscription_id: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> authorization.RoleAssignment:
+    """`role` on `scope` for the managed identity whose service principal is `principal_id`."""
+    return authorization.RoleAssignment(
+        name,
+        scope=scope,
+        role_definition_id=role_definition_id(subscription_id, role),
+        principal_id=principal_id,
+        # Set explicitly so ARM does not look up a just-created identity that Entra ID has not replicated yet.
+        principal_type="ServicePrincipal",
+        opts=opts,
     )
 
 

@@ -1,4 +1,5 @@
-"""Key Vault: the one place the stack's generated credentials live (database URL, Redis credentials, admin API key).
+"""Key Vault: the one place the stack's generated credentials live (database URL, Redis credentials, admin API key),
+written by the components that make them.
 
 Secrets are written through Azure Resource Manager, which the vault's firewall does not apply to, so `pulumi up`
 works from outside the VNet even when the vault has no public network access. The pod reads them through the Key
@@ -8,26 +9,19 @@ Vault secrets provider with its workload identity.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import pulumi
-import pulumi_random as random
 from pulumi_azure_native import keyvault
 
 from infra.network import PrivateEndpointTarget, private_endpoint
 
-
-class VaultItem(StrEnum):
-    """Every secret the stack keeps in Key Vault, by its name there."""
-
-    ADMIN_API_KEY = "admin-api-key"
-    APPLICATIONINSIGHTS_CONNECTION_STRING = "applicationinsights-connection-string"
-    DATABASE_URL = "database-url"
-    POSTGRES_ADMIN_CREDENTIAL = "postgres-admin-password"
-    REDIS_ACCESS_KEY = "redis-access-key"
-    REDIS_URL = "redis-url"
+# The secrets that hold a server setting are named once, in server/config/settings.py (KEY_VAULT_SECRETS): the
+# components that write them, the pod's secrets mount and the server's own vault reader all take the names from there.
+# These two are credentials for people, kept only where the stack allows passwords and keys; no setting reads them.
+POSTGRES_ADMIN_CREDENTIAL = "postgres-admin-password"
+REDIS_ACCESS_KEY = "redis-access-key"
 
 
 @dataclass(frozen=True)
@@ -87,18 +81,6 @@ class Vault(pulumi.ComponentResource):
                 parent=self,
             )
 
-        api_key = random.RandomPassword(
-            f"{name}-admin-api-key", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
-        )
-        store_secret(
-            f"{name}-admin-api-key",
-            item=VaultItem.ADMIN_API_KEY,
-            value=api_key.result,
-            vault_name=vault.name,
-            resource_group_name=args.resource_group_name,
-            parent=self,
-        )
-
         self.vault_id = vault.id
         self.vault_name = vault.name
         self.vault_uri = vault.properties.apply(lambda p: p.vault_uri)
@@ -108,25 +90,26 @@ class Vault(pulumi.ComponentResource):
 def store_secret(
     name: str,
     *,
-    item: VaultItem,
+    secret_name: str,
     value: pulumi.Input[str],
     vault_name: pulumi.Input[str],
     resource_group_name: pulumi.Input[str],
     parent: pulumi.Resource,
     known_only_at_apply: bool = False,
+    aliases: Sequence[pulumi.Alias] = (),
 ) -> keyvault.Secret:
-    """Write `value` to the vault as `item`; the value is always handled as a Pulumi secret.
+    """Write `value` to the vault as `secret_name`; the value is always handled as a Pulumi secret.
 
     `known_only_at_apply`: the value is unknown in previews, which then keep the stored one rather than show a change.
     """
     ignore = ["properties.value"] if known_only_at_apply and pulumi.runtime.is_dry_run() else None
     return keyvault.Secret(
         name,
-        secret_name=item.value,
+        secret_name=secret_name,
         vault_name=vault_name,
         resource_group_name=resource_group_name,
         properties=keyvault.SecretPropertiesArgs(value=pulumi.Output.secret(value)),
-        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=ignore),
+        opts=pulumi.ResourceOptions(parent=parent, ignore_changes=ignore, aliases=list(aliases) or None),
     )
 
 

@@ -1,27 +1,31 @@
-"""The server's Kubernetes workload on AKS, applied through a provider built from the cluster's (secret) kubeconfig.
+"""The server's Kubernetes workload on AKS, applied through the cluster's provider: its namespace, service account,
+secrets mount, Deployment, Service, PodMonitor and PodDisruptionBudget, and as its children the database bootstrap
+job (infra/database_bootstrap.py) and the namespace's NetworkPolicies (infra/network_policies.py).
 
-The pod's environment comes from the server's own settings model (`Settings.to_env`), so a setting renamed in the
-server cannot silently stop reaching the pod: the program fails instead. Credentials never enter the environment;
-the Key Vault secrets provider mounts them read-only as files.
+The pod gets the server's settings by the server's own names (infra/pod_settings.py): plain ones in its environment,
+secret ones as read-only files the Key Vault secrets provider mounts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi_kubernetes import apps, batch, core, meta, networking, policy
+from pulumi_kubernetes import apps, core, meta, policy
 
-from infra import database_bootstrap
+from infra import pod_settings
 from infra.annotations import SKIP_AWAIT, checkov_skips
-from infra.network import HTTPS_PORT, POSTGRES_PORT, REDIS_PORT
+from infra.database_bootstrap import DatabaseBootstrap, bootstrap_job
+from infra.network_policies import ServerTraffic, server_policies
 from infra.server_metrics import JOB as SCRAPE_JOB
-from infra.vault import VaultItem, secret_provider_objects
+from infra.vault import secret_provider_objects
 from server.config.settings import DEFAULT_SECRETS_DIR, Settings
 
-NAMESPACE = "ggufstack"
+# The Kubernetes namespace the server runs in.
+SERVER_NAMESPACE = "ggufstack"
 SERVICE_ACCOUNT = "ggufstack-server"
 APP = "ggufstack-server"
 SERVER_PORT = 8000
@@ -36,9 +40,6 @@ DRAIN_TIMEOUT_S = int(Settings.model_fields["drain_timeout_s"].default)
 PRE_STOP_SECONDS = 10
 EXIT_MARGIN_SECONDS = 15
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + DRAIN_TIMEOUT_S + EXIT_MARGIN_SECONDS
-# The managed Prometheus agent that runs custom scrape jobs (PodMonitors): its replica pod in kube-system.
-PROMETHEUS_AGENT_LABELS = {"rsName": "ama-metrics"}
-KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
 # Where the server images keep models (their VOLUME); here it is an emptyDir with a size limit.
 CACHE_DIR = "/models"
 LIVENESS_PATH = "/health/live"
@@ -46,68 +47,25 @@ LIVENESS_PATH = "/health/live"
 READINESS_PATH = "/health/ready"
 SECRETS_DIR = str(DEFAULT_SECRETS_DIR)
 SECRET_PROVIDER_CLASS = f"{APP}-keyvault"
-DATABASE_BOOTSTRAP = f"{APP}-db-bootstrap"
 # The image's unprivileged user; fixed so the kubelet can enforce non-root without reading the image.
 SERVER_UID = 10001
 
-# Pinned like any other dependency; bump deliberately (https://github.com/NVIDIA/k8s-device-plugin/releases).
-DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.4"
-DEVICE_PLUGIN_SKIPS = {
-    "CKV_K8S_8": "the device plugin serves no HTTP endpoint to probe; the kubelet restarts it if it exits",
-    "CKV_K8S_9": "the device plugin serves no HTTP endpoint to probe; it registers with the kubelet over a socket",
-    "CKV_K8S_23": "registering with the kubelet means writing a socket into a root-owned host directory",
-    "CKV_K8S_40": "registering with the kubelet means writing a socket into a root-owned host directory",
-    "CKV_K8S_43": "NVIDIA publishes tags, which are pinned here; a digest would be copied unverified from elsewhere",
-}
-BOOTSTRAP_SKIPS = {
-    "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
-}
 SERVER_SKIPS = {
     "CKV_K8S_43": "images are built by this repository's CI and deployed by an immutable release tag (serverImageTag)",
 }
 
 
 @dataclass(frozen=True)
-class ServerSettings:
-    """What the server is told through its settings model; the pod layout (host, port, cache dir) is added here."""
-
-    blob_account_url: pulumi.Input[str]
-    blob_container: str
-    blob_name: str
-    model_alias: str | None
-    context_size: int
-    log_level: str
-    # "entra": the mounted URLs name a user and hold no password; the server authenticates with Entra tokens.
-    database_auth: str
-    redis_auth: str
-    model_watch_interval_s: int = 30  # 0: no watching; a pinned model_version turns it off too
-    model_version: str | None = None
-
-
-@dataclass(frozen=True)
-class DatabaseBootstrap:
-    """Who the bootstrap job logs in as (an Entra administrator) and whom it creates a role for."""
-
-    host: pulumi.Input[str]
-    admin_client_id: pulumi.Input[str]
-    admin_role: pulumi.Input[str]
-    server_role: pulumi.Input[str]
-    server_object_id: pulumi.Input[str]
-    database: str
-    # The administrators exist once this has been written.
-    after: pulumi.Resource
-
-
-@dataclass(frozen=True)
 class WorkloadArgs:
-    kubeconfig: pulumi.Input[str]
+    # The cluster's Kubernetes provider.
+    provider: k8s.Provider
     image: pulumi.Input[str]
-    settings: ServerSettings
+    # The server's settings by their field names in server/config/settings.py (None: the server's default); the pod's
+    # layout (addresses, ports, cache directory, threads, drain timeout) is the workload's own.
+    settings: Mapping[str, pulumi.Input[Any]]
     identity_client_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
     vault_name: pulumi.Input[str]
-    secret_files: Mapping[str, VaultItem]
-    """Server setting (a field of server.config.settings.Settings) -> the Key Vault secret that holds its value."""
     cpu_m: int
     memory_gi: int
     cache_size_gi: int
@@ -128,26 +86,18 @@ class WorkloadArgs:
 
 class Workload(pulumi.ComponentResource):
     service_url: str
-    # For the components that add objects to the server's namespace (ingress, autoscaling).
-    provider: k8s.Provider
+    # For the components that add objects to the server's namespace (ingress, autoscaling) to wait for.
     namespace: core.v1.Namespace
 
     def __init__(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ggufstack:infra:Workload", name, None, opts)
-        provider = k8s.Provider(
-            f"{name}-aks",
-            kubeconfig=args.kubeconfig,
-            enable_server_side_apply=True,
-            # Deleting the cluster deletes everything in it; do not fail the destroy on an unreachable API.
-            delete_unreachable=True,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        provider = args.provider
         on_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
 
         namespace = core.v1.Namespace(
             f"{name}-namespace",
             metadata=meta.v1.ObjectMetaArgs(
-                name=NAMESPACE,
+                name=SERVER_NAMESPACE,
                 labels={
                     # The API server rejects any pod here that does not meet the "restricted" standard.
                     "pod-security.kubernetes.io/enforce": "restricted",
@@ -158,13 +108,11 @@ class Workload(pulumi.ComponentResource):
         )
         in_namespace = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
 
-        self._device_plugin(name, args, on_cluster)
-
         service_account = core.v1.ServiceAccount(
             f"{name}-service-account",
             metadata=meta.v1.ObjectMetaArgs(
                 name=SERVICE_ACCOUNT,
-                namespace=NAMESPACE,
+                namespace=SERVER_NAMESPACE,
                 labels=_labels(),
                 annotations={
                     "azure.workload.identity/client-id": args.identity_client_id,
@@ -179,7 +127,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-keyvault",
             api_version="secrets-store.csi.x-k8s.io/v1",
             kind="SecretProviderClass",
-            metadata=meta.v1.ObjectMetaArgs(name=SECRET_PROVIDER_CLASS, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=SECRET_PROVIDER_CLASS, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec={
                 "provider": "azure",
                 "parameters": {
@@ -190,19 +138,36 @@ class Workload(pulumi.ComponentResource):
                     # The driver parses this as YAML; JSON is YAML and needs no YAML library here.
                     # Only secrets this stack writes: the driver fails the whole mount when one object is missing,
                     # so a hand-imported one (the ingress certificate, infra/ingress.py) would hold the pod back.
-                    "objects": secret_provider_objects(_vault_objects(args)),
+                    "objects": secret_provider_objects(pod_settings.secret_files()),
                 },
             },
             opts=in_namespace,
         )
 
-        bootstrap = self._database_bootstrap(name, args, provider, namespace) if args.database_bootstrap else None
+        bootstrap = None
+        if args.database_bootstrap is not None:
+            bootstrap = bootstrap_job(
+                name,
+                args.database_bootstrap,
+                namespace=SERVER_NAMESPACE,
+                image=args.image,
+                tenant_id=args.tenant_id,
+                run_as_uid=SERVER_UID,
+                node_selector=args.gpu_node_selector,
+                tolerations=args.gpu_tolerations,
+                postgres_cidr=args.postgres_cidr,
+                await_rollout=args.await_rollout,
+                timeout_minutes=_rollout_minutes(args),
+                parent=self,
+                provider=provider,
+                depends_on=[namespace],
+            )
 
         apps.v1.Deployment(
             f"{name}-server",
             metadata=meta.v1.ObjectMetaArgs(
                 name=APP,
-                namespace=NAMESPACE,
+                namespace=SERVER_NAMESPACE,
                 labels=_labels(),
                 annotations={**checkov_skips(SERVER_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
             ),
@@ -221,7 +186,7 @@ class Workload(pulumi.ComponentResource):
         )
         core.v1.Service(
             f"{name}-service",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec=core.v1.ServiceSpecArgs(
                 type="ClusterIP",
                 selector=_selector(),
@@ -233,7 +198,7 @@ class Workload(pulumi.ComponentResource):
             f"{name}-pod-monitor",
             api_version="azmonitoring.coreos.com/v1",
             kind="PodMonitor",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec={
                 "selector": {"matchLabels": _selector()},
                 "podMetricsEndpoints": [
@@ -250,7 +215,7 @@ class Workload(pulumi.ComponentResource):
         )
         policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
+            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=SERVER_NAMESPACE, labels=_labels()),
             spec=policy.v1.PodDisruptionBudgetSpecArgs(
                 # One at a time, so node drains never take all replicas; with a single replica a drain still
                 # proceeds (a minAvailable of 1 would block AKS upgrades forever).
@@ -260,38 +225,38 @@ class Workload(pulumi.ComponentResource):
             ),
             opts=in_namespace,
         )
-        self._network_policies(name, args, in_namespace)
+        server_policies(
+            name,
+            ServerTraffic(
+                namespace=SERVER_NAMESPACE,
+                name=APP,
+                selector=_selector(),
+                labels=_labels(),
+                api_port=SERVER_PORT,
+                metrics_port=METRICS_PORT,
+                ingress_namespace=args.ingress_namespace,
+                postgres_cidr=args.postgres_cidr,
+                endpoints_cidr=args.endpoints_cidr,
+            ),
+            in_namespace,
+        )
 
-        self.service_url = f"http://{APP}.{NAMESPACE}.svc.cluster.local"
-        self.provider = provider
+        self.service_url = f"http://{APP}.{SERVER_NAMESPACE}.svc.cluster.local"
         self.namespace = namespace
         self.register_outputs({"service_url": self.service_url})
 
     def _deployment_spec(self, args: WorkloadArgs) -> apps.v1.DeploymentSpecArgs:
-        s = args.settings
-        env = pulumi.Output.from_input(s.blob_account_url).apply(
-            lambda url: [
-                core.v1.EnvVarArgs(name=key, value=value)
-                for key, value in Settings.to_env(
-                    blob_account_url=url.rstrip("/"),
-                    blob_container=s.blob_container,
-                    blob_name=s.blob_name,
-                    cache_dir=CACHE_DIR,
-                    n_gpu_layers=-1,
-                    n_ctx=s.context_size,
-                    n_threads=max(1, args.cpu_m // 1000),
-                    host="0.0.0.0",  # inside the pod; the Service and NetworkPolicy bound who can reach it
-                    port=SERVER_PORT,
-                    metrics_port=METRICS_PORT,
-                    drain_timeout_s=DRAIN_TIMEOUT_S,
-                    log_level=s.log_level,
-                    database_auth=s.database_auth,
-                    redis_auth=s.redis_auth,
-                    model_watch_interval_s=s.model_watch_interval_s,
-                    **({"model_alias": s.model_alias} if s.model_alias else {}),
-                    **({"model_version": s.model_version} if s.model_version else {}),
-                ).items()
-            ]
+        env = pod_settings.environment(
+            args.settings,
+            layout={
+                "cache_dir": CACHE_DIR,
+                "n_gpu_layers": -1,
+                "n_threads": max(1, args.cpu_m // 1000),
+                "host": "0.0.0.0",  # inside the pod; the Service and NetworkPolicy bound who can reach it
+                "port": SERVER_PORT,
+                "metrics_port": METRICS_PORT,
+                "drain_timeout_s": DRAIN_TIMEOUT_S,
+            },
         )
         resources = {
             "cpu": f"{args.cpu_m}m" if args.cpu_m % 1000 else str(args.cpu_m // 1000),
@@ -390,232 +355,6 @@ class Workload(pulumi.ComponentResource):
             ),
         )
 
-    def _database_bootstrap(
-        self, name: str, args: WorkloadArgs, provider: k8s.Provider, namespace: core.v1.Namespace
-    ) -> batch.v1.Job:
-        """The job in infra/database_bootstrap.py: runs the server image's Python as the database administrator."""
-        boot = args.database_bootstrap
-        assert boot is not None
-        labels = {"app.kubernetes.io/name": DATABASE_BOOTSTRAP, "app.kubernetes.io/part-of": "ggufstack"}
-        opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
-        account = core.v1.ServiceAccount(
-            f"{name}-db-bootstrap",
-            metadata=meta.v1.ObjectMetaArgs(
-                name=DATABASE_BOOTSTRAP,
-                namespace=NAMESPACE,
-                labels=labels,
-                annotations={
-                    "azure.workload.identity/client-id": boot.admin_client_id,
-                    "azure.workload.identity/tenant-id": args.tenant_id,
-                },
-            ),
-            automount_service_account_token=False,
-            opts=opts,
-        )
-        # The namespace denies all traffic by default: DNS, Entra ID (HTTPS) and PostgreSQL only.
-        policy = networking.v1.NetworkPolicy(
-            f"{name}-db-bootstrap",
-            metadata=meta.v1.ObjectMetaArgs(name=DATABASE_BOOTSTRAP, namespace=NAMESPACE, labels=labels),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": DATABASE_BOOTSTRAP}),
-                policy_types=["Egress"],
-                egress=[_dns_egress(), _egress("0.0.0.0/0", HTTPS_PORT), _egress(args.postgres_cidr, POSTGRES_PORT)],
-            ),
-            opts=opts,
-        )
-        resources = {"cpu": "100m", "memory": "256Mi"}
-        env = {
-            "PGHOST": boot.host,
-            "PGUSER": boot.admin_role,
-            "DATABASE": boot.database,
-            "SERVER_ROLE": boot.server_role,
-            "SERVER_OBJECT_ID": boot.server_object_id,
-        }
-        return batch.v1.Job(
-            f"{name}-db-bootstrap",
-            metadata=meta.v1.ObjectMetaArgs(
-                name=DATABASE_BOOTSTRAP,
-                namespace=NAMESPACE,
-                labels=labels,
-                annotations={**checkov_skips(BOOTSTRAP_SKIPS), **({} if args.await_rollout else SKIP_AWAIT)},
-            ),
-            spec=batch.v1.JobSpecArgs(
-                backoff_limit=6,
-                template=core.v1.PodTemplateSpecArgs(
-                    metadata=meta.v1.ObjectMetaArgs(labels={**labels, "azure.workload.identity/use": "true"}),
-                    spec=core.v1.PodSpecArgs(
-                        restart_policy="OnFailure",
-                        service_account_name=DATABASE_BOOTSTRAP,
-                        automount_service_account_token=False,
-                        # The GPU nodes already pull the server image; no GPU is requested.
-                        node_selector=dict(args.gpu_node_selector),
-                        tolerations=[core.v1.TolerationArgs(**t) for t in args.gpu_tolerations],
-                        security_context=core.v1.PodSecurityContextArgs(
-                            run_as_non_root=True,
-                            run_as_user=SERVER_UID,
-                            run_as_group=SERVER_UID,
-                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                        ),
-                        containers=[
-                            core.v1.ContainerArgs(
-                                name="bootstrap",
-                                image=args.image,
-                                image_pull_policy="Always",
-                                command=["python", "-c", database_bootstrap.SCRIPT],
-                                env=[core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
-                                resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
-                                security_context=core.v1.SecurityContextArgs(
-                                    allow_privilege_escalation=False,
-                                    privileged=False,
-                                    read_only_root_filesystem=True,
-                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                                ),
-                            )
-                        ],
-                    ),
-                ),
-            ),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                provider=provider,
-                depends_on=[namespace, account, policy, boot.after],
-                # A fixed name, so a changed job is deleted before its replacement is created.
-                delete_before_replace=True,
-                custom_timeouts=pulumi.CustomTimeouts(create=f"{_rollout_minutes(args)}m"),
-            ),
-        )
-
-    def _device_plugin(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
-        labels = {"app.kubernetes.io/name": "nvidia-device-plugin", "app.kubernetes.io/part-of": "ggufstack"}
-        resources = {"cpu": "50m", "memory": "64Mi"}
-        apps.v1.DaemonSet(
-            f"{name}-nvidia-device-plugin",
-            metadata=meta.v1.ObjectMetaArgs(
-                name="nvidia-device-plugin",
-                # system-node-critical is only admitted in kube-system.
-                namespace="kube-system",
-                labels=labels,
-                annotations=checkov_skips(DEVICE_PLUGIN_SKIPS),
-            ),
-            spec=apps.v1.DaemonSetSpecArgs(
-                selector=meta.v1.LabelSelectorArgs(match_labels=labels),
-                update_strategy=apps.v1.DaemonSetUpdateStrategyArgs(type="RollingUpdate"),
-                template=core.v1.PodTemplateSpecArgs(
-                    metadata=meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=core.v1.PodSpecArgs(
-                        priority_class_name="system-node-critical",
-                        automount_service_account_token=False,
-                        node_selector=dict(args.gpu_node_selector),
-                        tolerations=[core.v1.TolerationArgs(**t) for t in args.gpu_tolerations],
-                        security_context=core.v1.PodSecurityContextArgs(
-                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault")
-                        ),
-                        containers=[
-                            core.v1.ContainerArgs(
-                                name="nvidia-device-plugin",
-                                image=DEVICE_PLUGIN_IMAGE,
-                                image_pull_policy="Always",
-                                # Keep running on a node whose driver is still being installed; it retries.
-                                env=[core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="false")],
-                                resources=core.v1.ResourceRequirementsArgs(
-                                    requests=resources, limits={**resources, "memory": "128Mi"}
-                                ),
-                                security_context=core.v1.SecurityContextArgs(
-                                    allow_privilege_escalation=False,
-                                    privileged=False,
-                                    read_only_root_filesystem=True,
-                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                                ),
-                                volume_mounts=[
-                                    core.v1.VolumeMountArgs(
-                                        name="device-plugin", mount_path="/var/lib/kubelet/device-plugins"
-                                    )
-                                ],
-                            )
-                        ],
-                        volumes=[
-                            core.v1.VolumeArgs(
-                                name="device-plugin",
-                                host_path=core.v1.HostPathVolumeSourceArgs(
-                                    path="/var/lib/kubelet/device-plugins", type="Directory"
-                                ),
-                            )
-                        ],
-                    ),
-                ),
-            ),
-            opts=opts,
-        )
-        # The plugin talks to the kubelet over a host socket only: it gets no network at all.
-        networking.v1.NetworkPolicy(
-            f"{name}-nvidia-device-plugin-isolation",
-            metadata=meta.v1.ObjectMetaArgs(name="nvidia-device-plugin", namespace="kube-system", labels=labels),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels=labels), policy_types=["Ingress", "Egress"]
-            ),
-            opts=opts,
-        )
-
-    def _network_policies(self, name: str, args: WorkloadArgs, opts: pulumi.ResourceOptions) -> None:
-        networking.v1.NetworkPolicy(
-            f"{name}-default-deny",
-            metadata=meta.v1.ObjectMetaArgs(name="default-deny", namespace=NAMESPACE, labels=_labels()),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]
-            ),
-            opts=opts,
-        )
-        sources = [networking.v1.NetworkPolicyPeerArgs(pod_selector=meta.v1.LabelSelectorArgs())]
-        if args.ingress_namespace:
-            sources.append(
-                networking.v1.NetworkPolicyPeerArgs(
-                    namespace_selector=meta.v1.LabelSelectorArgs(
-                        match_labels={"kubernetes.io/metadata.name": args.ingress_namespace}
-                    )
-                )
-            )
-        scrapers = [
-            networking.v1.NetworkPolicyPeerArgs(
-                namespace_selector=meta.v1.LabelSelectorArgs(
-                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
-                ),
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels=PROMETHEUS_AGENT_LABELS),
-            )
-        ]
-        anywhere = "0.0.0.0/0"
-        networking.v1.NetworkPolicy(
-            f"{name}-server",
-            metadata=meta.v1.ObjectMetaArgs(name=APP, namespace=NAMESPACE, labels=_labels()),
-            spec=networking.v1.NetworkPolicySpecArgs(
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels=_selector()),
-                policy_types=["Ingress", "Egress"],
-                ingress=[
-                    networking.v1.NetworkPolicyIngressRuleArgs(from_=sources, ports=[_tcp(SERVER_PORT)]),
-                    networking.v1.NetworkPolicyIngressRuleArgs(from_=scrapers, ports=[_tcp(METRICS_PORT)]),
-                ],
-                egress=[
-                    _dns_egress(),
-                    # Entra ID's token endpoint (workload identity) has no fixed address range, so HTTPS egress
-                    # cannot be narrowed further; with private endpoints, Blob and Key Vault resolve into the VNet.
-                    _egress(anywhere, HTTPS_PORT),
-                    _egress(args.postgres_cidr, POSTGRES_PORT),
-                    _egress(args.endpoints_cidr or anywhere, REDIS_PORT),
-                ],
-            ),
-            opts=opts,
-        )
-
-
-def _vault_objects(args: WorkloadArgs) -> list[dict[str, str]]:
-    # Each secret's file takes the setting's variable name, which the server reads from its secrets directory.
-    objects = [
-        {"objectName": item.value, "objectType": "secret", "objectAlias": Settings.env_name(field)}
-        for field, item in args.secret_files.items()
-    ]
-    return objects
-
 
 def _labels() -> dict[str, str]:
     return {**_selector(), "app.kubernetes.io/part-of": "ggufstack", "app.kubernetes.io/managed-by": "pulumi"}
@@ -636,31 +375,4 @@ def _http_probe(path: str, period: int, failures: int) -> core.v1.ProbeArgs:
         period_seconds=period,
         timeout_seconds=5,
         failure_threshold=failures,
-    )
-
-
-def _tcp(port: int) -> networking.v1.NetworkPolicyPortArgs:
-    return networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
-
-
-def _dns_egress() -> networking.v1.NetworkPolicyEgressRuleArgs:
-    return networking.v1.NetworkPolicyEgressRuleArgs(
-        to=[
-            networking.v1.NetworkPolicyPeerArgs(
-                namespace_selector=meta.v1.LabelSelectorArgs(
-                    match_labels={"kubernetes.io/metadata.name": "kube-system"}
-                ),
-                pod_selector=meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
-            )
-        ],
-        ports=[
-            networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=53),
-            networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=53),
-        ],
-    )
-
-
-def _egress(cidr: str, port: int) -> networking.v1.NetworkPolicyEgressRuleArgs:
-    return networking.v1.NetworkPolicyEgressRuleArgs(
-        to=[networking.v1.NetworkPolicyPeerArgs(ip_block=networking.v1.IPBlockArgs(cidr=cidr))], ports=[_tcp(port)]
     )

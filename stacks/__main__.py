@@ -7,29 +7,29 @@ import pulumi
 from pulumi_azure_native import authorization, resources
 
 from infra import config
+from infra.admin_key import AdminKey, AdminKeyArgs
 from infra.app_insights import AppInsights, AppInsightsArgs
 from infra.autoscaling import Autoscaling, AutoscalingArgs
 from infra.cache import Cache, CacheArgs
-from infra.cluster import Cluster, ClusterArgs, GpuPool, MaintenanceWindow, ServerIdentity, ServiceAccountRef
+from infra.cluster import Cluster, ClusterArgs, MaintenanceWindow
 from infra.container_insights import ContainerInsights, ContainerInsightsArgs
 from infra.database import ADMIN_GROUP_ROLE, Database, DatabaseArgs, DatabasePrincipal, EntraAdministrator
-from infra.ingress import CERTIFICATE_SYNC, Ingress, IngressArgs
-from infra.ingress import NAMESPACE as INGRESS_NAMESPACE
+from infra.database_bootstrap import DATABASE_BOOTSTRAP, DatabaseBootstrap
+from infra.gpu_pool import GpuPool, GpuPoolArgs
+from infra.identities import Identities, IdentitiesArgs, ServerIdentity, ServiceAccountRef
+from infra.ingress import CERTIFICATE_SYNC, INGRESS_NAMESPACE, Ingress, IngressArgs
 from infra.managed_prometheus import ManagedPrometheus, ManagedPrometheusArgs
 from infra.monitoring import Diagnostics, DiagnosticsArgs, Monitoring, MonitoringArgs
 from infra.network import Network, NetworkArgs, SubnetLayout
 from infra.registry import SERVER_REPOSITORY, Registry, RegistryArgs
 from infra.sizing import GPU_NODE_MAX_PODS
 from infra.storage import Storage, StorageArgs
-from infra.vault import Vault, VaultArgs, VaultItem
+from infra.vault import Vault, VaultArgs
 from infra.workload import (
     APP,
-    DATABASE_BOOTSTRAP,
-    NAMESPACE,
+    SERVER_NAMESPACE,
     SERVICE_ACCOUNT,
     SERVICE_PORT,
-    DatabaseBootstrap,
-    ServerSettings,
     Workload,
     WorkloadArgs,
 )
@@ -69,6 +69,7 @@ vault = Vault(
         private_endpoint=network.endpoint_target("vault"),
     ),
 )
+AdminKey("admin-key", AdminKeyArgs(vault_name=vault.vault_name, resource_group_name=group.name))
 storage = Storage(
     "storage",
     StorageArgs(
@@ -92,16 +93,6 @@ cluster = Cluster(
         system_vm_size=cfg.system_vm_size,
         system_node_count=cfg.system_node_count,
         availability_zones=cfg.availability_zones,
-        gpu_pool=GpuPool(
-            vm_size=cfg.gpu_vm_size,
-            min_count=cfg.gpu_node_min,
-            max_count=cfg.gpu_node_max,
-            spot=cfg.gpu_spot,
-            os_disk_size_gb=cfg.gpu_os_disk_size_gb,
-            availability_zones=cfg.gpu_availability_zones,
-            max_surge=cfg.gpu_max_surge,
-        ),
-        max_pods_per_gpu_node=GPU_NODE_MAX_PODS,
         maintenance=MaintenanceWindow(
             day=cfg.maintenance_day,
             start_hour=cfg.maintenance_start_hour,
@@ -113,14 +104,41 @@ cluster = Cluster(
         api_server_access=cfg.api_server_access,
         api_server_subnet_id=network.api_server_subnet_id,
         api_server_authorized_ip_ranges=cfg.api_server_authorized_ip_ranges,
+    ),
+)
+identities = Identities(
+    "identities",
+    IdentitiesArgs(
+        **common,
+        subscription_id=client.subscription_id,
+        oidc_issuer_url=cluster.oidc_issuer_url,
         server=ServerIdentity(
-            namespace=NAMESPACE,
+            namespace=SERVER_NAMESPACE,
             service_account=SERVICE_ACCOUNT,
             models_container_id=storage.container_id,
             vault_id=vault.vault_id,
         ),
         certificate_reader=ServiceAccountRef(INGRESS_NAMESPACE, CERTIFICATE_SYNC) if cfg.ingress_host_name else None,
-        database_bootstrap=ServiceAccountRef(NAMESPACE, DATABASE_BOOTSTRAP) if entra else None,
+        database_bootstrap=ServiceAccountRef(SERVER_NAMESPACE, DATABASE_BOOTSTRAP) if entra else None,
+    ),
+)
+gpu_pool = GpuPool(
+    "gpu-pool",
+    GpuPoolArgs(
+        resource_group_name=group.name,
+        cluster_name=cluster.cluster_name,
+        kubernetes_version=cfg.kubernetes_version,
+        nodes_subnet_id=network.nodes_subnet_id,
+        vm_size=cfg.gpu_vm_size,
+        min_count=cfg.gpu_node_min,
+        max_count=cfg.gpu_node_max,
+        spot=cfg.gpu_spot,
+        os_disk_size_gb=cfg.gpu_os_disk_size_gb,
+        availability_zones=cfg.gpu_availability_zones,
+        max_surge=cfg.gpu_max_surge,
+        max_pods=GPU_NODE_MAX_PODS,
+        provider=cluster.provider,
+        tags=tags,
     ),
 )
 database = Database(
@@ -139,11 +157,13 @@ database = Database(
         geo_redundant_backup=cfg.postgres_geo_redundant_backup,
         vault_name=vault.vault_name,
         password_auth=keys_allowed,
-        entra_principal=DatabasePrincipal(cluster.server_principal_id, cluster.server_identity_name) if entra else None,
+        entra_principal=DatabasePrincipal(identities.server_principal_id, identities.server_identity_name)
+        if entra
+        else None,
         entra_administrators=[
             *(
                 [EntraAdministrator("bootstrap", admin.principal_id, admin.name, "ServicePrincipal")]
-                if (admin := cluster.database_admin) is not None
+                if (admin := identities.database_admin) is not None
                 else []
             ),
             EntraAdministrator("admin-group", cfg.cluster_admin_group_object_id, ADMIN_GROUP_ROLE, "Group"),
@@ -159,7 +179,7 @@ cache = Cache(
         vault_name=vault.vault_name,
         private_endpoint=network.endpoint_target("redis"),
         access_keys=keys_allowed,
-        entra_object_id=cluster.server_principal_id if entra else None,
+        entra_object_id=identities.server_principal_id if entra else None,
     ),
 )
 ContainerInsights(
@@ -173,7 +193,7 @@ prometheus = ManagedPrometheus(
         subscription_id=client.subscription_id,
         cluster_id=cluster.cluster_id,
         cluster_name=cluster.cluster_name,
-        reader_principal_ids={"keda": cluster.keda_principal_id},
+        reader_principal_ids={"keda": identities.keda_principal_id},
         admin_group_object_id=cfg.cluster_admin_group_object_id,
         alert_email=cfg.alert_email,
         zone_redundant=bool(cfg.availability_zones),
@@ -208,64 +228,61 @@ ingress = cfg.ingress_host_name is not None
 workload = Workload(
     "workload",
     WorkloadArgs(
-        kubeconfig=cluster.kubeconfig,
+        provider=cluster.provider,
         image=server_image,
-        settings=ServerSettings(
-            blob_account_url=storage.blob_endpoint,
-            blob_container=storage.container_name,
-            blob_name=cfg.model_blob_name,
-            model_alias=cfg.model_alias,
-            context_size=cfg.context_size,
-            log_level=cfg.log_level,
-            database_auth=cfg.data_plane_auth,
-            redis_auth=cfg.data_plane_auth,
-            model_watch_interval_s=cfg.model_watch_interval_s,
-            model_version=cfg.model_version,
-        ),
-        identity_client_id=cluster.server_client_id,
+        # Keyed by the server's own setting names (server/config/settings.py).
+        settings={
+            # Azure answers the endpoint with a trailing slash; the server's setting is the account URL.
+            "blob_account_url": storage.blob_endpoint.apply(lambda url: url.rstrip("/")),
+            "blob_container": storage.container_name,
+            "blob_name": cfg.model_blob_name,
+            "model_alias": cfg.model_alias,
+            "model_watch_interval_s": cfg.model_watch_interval_s,
+            "model_version": cfg.model_version,
+            "n_ctx": cfg.context_size,
+            # "entra": the mounted URLs name a user and hold no password; the server logs in with Entra tokens.
+            "database_auth": cfg.data_plane_auth,
+            "redis_auth": cfg.data_plane_auth,
+            "log_level": cfg.log_level,
+        },
+        identity_client_id=identities.server_client_id,
         tenant_id=client.tenant_id,
         vault_name=vault.vault_name,
-        secret_files={
-            "database_url": VaultItem.DATABASE_URL,
-            "redis_url": VaultItem.REDIS_URL,
-            "admin_api_key": VaultItem.ADMIN_API_KEY,
-            "applicationinsights_connection_string": VaultItem.APPLICATIONINSIGHTS_CONNECTION_STRING,
-        },
         cpu_m=cfg.server_cpu_m,
         memory_gi=cfg.server_memory_request_gi,
         cache_size_gi=cfg.model_cache_size_gi,
         download_timeout_minutes=cfg.model_download_timeout_minutes,
-        gpu_node_selector=cluster.gpu_node_selector,
-        gpu_tolerations=cluster.gpu_tolerations,
+        gpu_node_selector=gpu_pool.node_selector,
+        gpu_tolerations=gpu_pool.tolerations,
         endpoints_cidr=layout.endpoints if cfg.private_endpoints else None,
         postgres_cidr=layout.postgres,
         ingress_namespace=INGRESS_NAMESPACE if ingress else None,
         await_rollout=not cfg.skip_rollout_await,
         database_bootstrap=DatabaseBootstrap(
             host=database.fqdn,
-            admin_client_id=cluster.database_admin.client_id,
-            admin_role=cluster.database_admin.name,
-            server_role=cluster.server_identity_name,
-            server_object_id=cluster.server_principal_id,
+            admin_client_id=identities.database_admin.client_id,
+            admin_role=identities.database_admin.name,
+            server_role=identities.server_identity_name,
+            server_object_id=identities.server_principal_id,
             database=database.database_name,
             after=database.administrators_ready,
         )
-        if cluster.database_admin is not None
+        if identities.database_admin is not None
         else None,
     ),
 )
 Autoscaling(
     "autoscaling",
     AutoscalingArgs(
-        provider=workload.provider,
+        provider=cluster.provider,
         depends_on=[workload.namespace],
-        namespace=NAMESPACE,
+        namespace=SERVER_NAMESPACE,
         deployment=APP,
         min_replicas=cfg.server_replicas,
         max_replicas=cfg.server_max_replicas,
         target_per_replica=cfg.scale_waiting_per_replica,
         query_endpoint=prometheus.query_endpoint,
-        keda_client_id=cluster.keda_client_id,
+        keda_client_id=identities.keda_client_id,
     ),
 )
 if cfg.ingress_host_name is not None:
@@ -274,7 +291,7 @@ if cfg.ingress_host_name is not None:
         IngressArgs(
             name=name,
             resource_group_name=group.name,
-            provider=workload.provider,
+            provider=cluster.provider,
             depends_on=[workload.namespace],
             host_name=cfg.ingress_host_name,
             exposure=cfg.ingress_exposure,
@@ -282,13 +299,13 @@ if cfg.ingress_host_name is not None:
             internal_subnet_name=network.nodes_subnet_name,
             source_ranges=cfg.ingress_source_ranges,
             vnet_id=network.vnet_id,
-            backend_namespace=NAMESPACE,
+            backend_namespace=SERVER_NAMESPACE,
             backend_service=APP,
             backend_port=SERVICE_PORT,
             vault_name=vault.vault_name,
             tenant_id=client.tenant_id,
             certificate_name=cfg.ingress_certificate_name,
-            certificate_reader_client_id=cluster.certificate_reader_client_id,
+            certificate_reader_client_id=identities.certificate_reader_client_id,
             proxy_tolerations=cluster.system_tolerations,
             tags=tags,
         ),

@@ -1,6 +1,6 @@
 """Secrets from Azure Key Vault, for hosts without the Key Vault CSI mount (a VM, a container app, a laptop with
 `az login`): with GGUFSTACK_KEY_VAULT_URL set, each secret setting still unset after the environment and the mounted
-secrets directory is read from the vault, under the name infra/vault.py gives it, with DefaultAzureCredential.
+secrets directory is read from the vault, under the name KEY_VAULT_SECRETS gives it, with DefaultAzureCredential.
 
 Precedence, highest first: an explicit environment variable (or CLI option), a file in the secrets directory, Key
 Vault. The explicit value wins because someone set it on purpose for this process; the mount beats the vault because

@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,8 +31,16 @@ class ModelSourceKind(StrEnum):
     BLOB = "blob"
 
 
-# The Key Vault secret that holds each secret setting (the names infra/vault.py writes).
-KEY_VAULT_SECRETS = {"database_url": "database-url", "redis_url": "redis-url", "admin_api_key": "admin-api-key"}
+# The Key Vault secret that holds each secret setting, and the one place that pairs them: the stack writes these
+# secrets (infra/), the pod mounts them as files named like the variables, and `key_vault.py` reads them elsewhere.
+KEY_VAULT_SECRETS: Mapping[str, str] = MappingProxyType(
+    {
+        "database_url": "database-url",
+        "redis_url": "redis-url",
+        "admin_api_key": "admin-api-key",
+        "applicationinsights_connection_string": "applicationinsights-connection-string",
+    }
+)
 
 
 class SettingsError(ValueError):
@@ -129,8 +139,9 @@ class Settings(BaseSettings):
 
     key_vault_url: str | None = Field(
         None,
-        description="Key Vault (https://NAME.vault.azure.net) to read the database URL, Redis URL and admin key from "
-        "with DefaultAzureCredential, for each of them not set by a variable or a mounted secret file.",
+        description="Key Vault (https://NAME.vault.azure.net) to read the secret settings (database URL, Redis URL, "
+        "admin key, Application Insights connection string) from with DefaultAzureCredential, for each of them not set "
+        "by a variable or a mounted secret file.",
     )
     key_cache_ttl_s: float = Field(
         30.0,

@@ -79,6 +79,12 @@ def test_both_images_install_the_same_way_and_copy_the_server_alone() -> None:
     assert cpu[-1].startswith("RUN uv sync --frozen --no-dev --extra server --no-editable")
 
 
+def test_the_build_context_leaves_out_the_pulumi_program() -> None:
+    """The images install the server package alone; the Pulumi program is not even sent to the builder."""
+    ignored = set((IMAGES.parent / ".dockerignore").read_text().split())
+    assert {"infra", "stacks", "tests"} <= ignored
+
+
 def test_the_llama_cpp_compile_layer_depends_on_the_pin_alone() -> None:
     """A dev-only change to uv.lock must not recompile llama.cpp in the image: the compile comes before the lock is
     copied into the build stage, and reads only the pin a stage of its own extracted from the lock."""

@@ -43,6 +43,7 @@ REDIS_PRIMARY_KEY = "mock+redis/primary=key"  # '+', '/' and '=' exercise URL es
 # Stands for the cluster's CA in the kubeconfig: whatever the program does to the kubeconfig, it stays in it.
 KUBECONFIG_MARKER = base64.b64encode(b"mock-cluster-ca-certificate").decode()
 
+ROOT_STACK = "pulumi:pulumi:Stack"
 # Azure Native's generic resource: any ARM resource at an explicit API version (the ManagedCluster is one).
 GENERIC = "azure-native:resources:Resource"
 # The input that carries each resource's own name (the rest of its *Name inputs name its parents).
@@ -242,6 +243,8 @@ class Registration:
     ignore_changes: list[str]
     dependencies: list[str]
     custom_timeouts: dict[str, str]
+    # The URNs this resource had before it moved (Pulumi's `aliases`), resolved as the engine resolves them.
+    aliases: list[str] = field(default_factory=list)
     id: str = ""
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -278,6 +281,7 @@ class RecordingMonitor(MockMonitor):
             ignore_changes=list(request.ignoreChanges),
             dependencies=list(request.dependencies),
             custom_timeouts={"create": timeouts.create, "update": timeouts.update, "delete": timeouts.delete},
+            aliases=[_alias_urn(alias, request) for alias in request.aliases],
         )
         if response.urn in self.resources:
             registration.id = self.resources[response.urn].id
@@ -285,6 +289,22 @@ class RecordingMonitor(MockMonitor):
         with self._lock:
             self.registrations.append(registration)
         return response
+
+
+def _alias_urn(alias: Any, request: Any) -> str:
+    """The URN an alias names: given whole, or as a spec whose unset parts are the resource's own, resolved by the
+    engine's rule: the parent's type chain goes in front of the type, except the root stack's type, which the mock's
+    own URNs carry for top-level resources and the engine's never do."""
+    if alias.WhichOneof("alias") == "urn":
+        return alias.urn
+    spec = alias.spec
+    parent = "" if spec.noParent else spec.parentUrn or request.parent
+    typ = spec.type or request.type
+    parent_type = parent.split("::")[2].removeprefix(f"{ROOT_STACK}$") if parent else ""
+    if parent_type and parent_type != ROOT_STACK:
+        typ = f"{parent_type}${typ}"
+    stack = spec.stack or pulumi.get_stack()
+    return f"urn:pulumi:{stack}::{spec.project or PROJECT}::{typ}::{spec.name or request.name}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""AKS, its GPU pool, and the server's workload identity with exactly the permissions it needs."""
+"""AKS, its Kubernetes provider, and the server's workload identity with exactly the permissions it needs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from infra.roles import (
     NETWORK_CONTRIBUTOR,
     STORAGE_BLOB_DATA_READER,
 )
-from infra.workload import TERMINATION_GRACE_SECONDS
 from tests.infra.harness import (
     AKS_SERVER_APP_ID,
     DEPLOYER_OBJECT_ID,
@@ -113,83 +112,6 @@ def test_control_plane_identity_may_join_the_node_subnet_before_the_cluster_exis
     assert subnet_access.urn in cluster.dependencies
 
 
-def test_gpu_pool_is_a_separate_tainted_autoscaled_agent_pool(stack: StackRun) -> None:
-    cfg = stack.cfg
-    cluster = stack.managed_cluster()
-    pool = stack.one("azure-native:containerservice:AgentPool")
-    inputs = pool.plain
-    assert inputs["resourceName"] == cluster.outputs["name"]
-    assert (inputs["agentPoolName"], inputs["mode"]) == ("gpu", "User")
-    assert inputs["vmSize"] == cfg.gpu_vm_size
-    assert inputs["nodeTaints"] == ["sku=gpu:NoSchedule"]
-    assert inputs["nodeLabels"] == {"ggufstack.io/pool": "gpu"}
-    assert inputs["enableAutoScaling"] is True
-    assert (inputs["minCount"], inputs["maxCount"]) == (cfg.gpu_node_min, cfg.gpu_node_max)
-    assert inputs["count"] == cfg.gpu_node_min
-    assert inputs["gpuProfile"] == {"driver": "Install"}
-    assert inputs["orchestratorVersion"] == cfg.kubernetes_version
-
-
-def test_gpu_pool_count_is_left_to_the_autoscaler(stack: StackRun) -> None:
-    assert stack.one("azure-native:containerservice:AgentPool").ignore_changes == ["count"]
-
-
-def test_dev_gpu_pool_is_spot_and_scales_to_zero(dev: StackRun) -> None:
-    pool = dev.one("azure-native:containerservice:AgentPool").plain
-    assert (pool["scaleSetPriority"], pool["scaleSetEvictionPolicy"], pool["spotMaxPrice"]) == ("Spot", "Delete", -1)
-    assert pool["minCount"] == 0
-
-
-def test_prod_gpu_pool_is_on_demand(prod: StackRun) -> None:
-    pool = prod.one("azure-native:containerservice:AgentPool").plain
-    assert pool["scaleSetPriority"] == "Regular"
-    assert "spotMaxPrice" not in pool
-
-
-@pytest.mark.parametrize(
-    ("purpose", "subject"),
-    [
-        ("server", "system:serviceaccount:ggufstack:ggufstack-server"),
-        ("keda", "system:serviceaccount:kube-system:keda-operator"),
-    ],
-)
-def test_identities_are_federated_with_exactly_their_service_account(
-    stack: StackRun, purpose: str, subject: str
-) -> None:
-    cluster = stack.managed_cluster().outputs
-    identity = _identity(stack, purpose)
-    credential = stack.one(
-        "azure-native:managedidentity:FederatedIdentityCredential", f"cluster-{purpose}-federation"
-    ).plain
-    assert credential["resourceName"] == identity.outputs["name"]
-    assert credential["issuer"] == cluster["oidcIssuerProfile"]["issuerURL"]
-    assert credential["subject"] == subject
-    assert credential["audiences"] == ["api://AzureADTokenExchange"]
-
-
-def test_server_identity_reads_only_the_models_container(stack: StackRun) -> None:
-    container = stack.one("azure-native:storage:BlobContainer").id
-    server = _identity(stack, "server")
-    (reader,) = _assignments(stack, STORAGE_BLOB_DATA_READER)
-    assert (reader["scope"], reader["principalId"], reader["principalType"]) == (
-        container,
-        server.outputs["principalId"],
-        "ServicePrincipal",
-    )
-
-
-def test_server_identity_reads_the_vault_secrets(stack: StackRun) -> None:
-    vault = stack.one("azure-native:keyvault:Vault").id
-    server = _identity(stack, "server")
-    principal = server.outputs["principalId"]
-    (user,) = [a for a in _assignments(stack, KEY_VAULT_SECRETS_USER) if a["principalId"] == principal]
-    assert (user["scope"], user["principalId"], user["principalType"]) == (
-        vault,
-        server.outputs["principalId"],
-        "ServicePrincipal",
-    )
-
-
 def test_cluster_admin_is_the_configured_group_not_whoever_ran_pulumi(prod: StackRun) -> None:
     cluster = prod.managed_cluster().id
     (admin,) = _assignments(prod, AKS_RBAC_CLUSTER_ADMIN)
@@ -264,17 +186,6 @@ def test_cluster_installs_the_gateway_api_crds_and_app_routings_istio_gateway_th
     assert profile["webAppRouting"]["gatewayAPIImplementations"] == {"appRoutingIstio": {"mode": "Enabled"}}
 
 
-def test_gpu_pool_spreads_over_zones_and_surges_before_draining(stack: StackRun) -> None:
-    pool = stack.one("azure-native:containerservice:AgentPool").plain
-    assert pool.get("availabilityZones", []) == stack.cfg.gpu_availability_zones
-    assert pool["upgradeSettings"]["maxSurge"] == stack.cfg.gpu_max_surge
-    assert pool["upgradeSettings"]["drainTimeoutInMinutes"] * 60 > TERMINATION_GRACE_SECONDS
-
-
-def test_prod_gpu_pool_is_zonal(prod: StackRun) -> None:
-    assert prod.one("azure-native:containerservice:AgentPool").plain["availabilityZones"] == ["1", "2", "3"]
-
-
 def test_upgrades_and_node_images_wait_for_the_configured_window(stack: StackRun) -> None:
     cfg = stack.cfg
     configs = {
@@ -294,7 +205,7 @@ def test_upgrades_and_node_images_wait_for_the_configured_window(stack: StackRun
 def test_kubernetes_provider_gets_the_kubeconfig_only_as_a_secret(stack: StackRun) -> None:
     provider = stack.one("pulumi:providers:kubernetes")
     assert is_secret(provider.inputs["kubeconfig"])
-    assert stack.by_urn(provider.parent).type == "ggufstack:infra:Workload"
+    assert stack.by_urn(provider.parent).type == "ggufstack:infra:Cluster"
 
 
 @pytest.mark.parametrize("cluster", ["aks-a", "aks-b"])

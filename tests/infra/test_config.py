@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic.fields import FieldInfo
 
-from infra.config import GPU_VM_SIZES, NAMESPACE, ConfigError, StackConfig, load, parse
+from infra.config import CONFIG_NAMESPACE, GPU_VM_SIZES, ConfigError, StackConfig, load, parse
 from tests.infra.harness import PROJECT, REPO, run_program, stack_config
 
 VALID = {
@@ -245,7 +245,7 @@ def test_documented_stack_values_are_the_stack_files(stack: str) -> None:
 
 def test_project_file_runs_the_program_with_uv_under_the_config_namespace() -> None:
     project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
-    assert project["name"] == NAMESPACE == PROJECT
+    assert project["name"] == CONFIG_NAMESPACE == PROJECT
     assert project["runtime"] == {"name": "python", "options": {"toolchain": "uv"}}
     assert project["main"] == "stacks/"
     assert (REPO / project["main"] / "__main__.py").is_file()

@@ -1,4 +1,7 @@
-"""Storage, Key Vault, PostgreSQL, Managed Redis and the registry: private by default, TLS floors, no plaintext keys."""
+"""Storage, PostgreSQL, Managed Redis and the registry: private by default, TLS floors, no plaintext keys.
+
+Key Vault has test_vault.py.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +20,6 @@ from tests.infra.harness import (
     run_program,
     stack_config,
 )
-
-VAULT_SECRETS = {"admin-api-key", "database-url", "redis-url", "applicationinsights-connection-string"}
-# Credentials for people, kept only where the stack allows passwords and keys (not in production).
-KEY_SECRETS = {"postgres-admin-password", "redis-access-key"}
 
 
 def _server_identity(stack: StackRun) -> dict:
@@ -77,46 +76,6 @@ def test_models_container_is_private_and_versioned_with_soft_delete(stack: Stack
     assert service.plain["deleteRetentionPolicy"] == {"enabled": True, "days": 14}
     assert service.plain["containerDeleteRetentionPolicy"] == {"enabled": True, "days": 14}
     assert service.urn in container.dependencies, "the container waits for versioning to be on"
-
-
-# --- key vault ---------------------------------------------------------------------------------------------------
-
-
-def test_vault_uses_rbac_and_soft_delete(stack: StackRun) -> None:
-    properties = stack.one("azure-native:keyvault:Vault").plain["properties"]
-    assert properties["enableRbacAuthorization"] is True
-    assert properties["enableSoftDelete"] is True
-    assert properties["softDeleteRetentionInDays"] == 90
-    assert properties["tenantId"] == TENANT_ID
-    assert not properties.get("accessPolicies")
-    assert not any(properties[k] for k in ("enabledForDeployment", "enabledForTemplateDeployment"))
-
-
-def test_prod_vault_is_purge_protected_and_private(prod: StackRun) -> None:
-    properties = prod.one("azure-native:keyvault:Vault").plain["properties"]
-    assert properties["enablePurgeProtection"] is True
-    assert properties["publicNetworkAccess"] == "Disabled"
-    assert properties["networkAcls"]["defaultAction"] == "Deny"
-
-
-def test_dev_vault_leaves_purge_protection_unset_as_azure_requires(dev: StackRun) -> None:
-    # Azure rejects an explicit false; unset is how a vault without purge protection is declared.
-    assert "enablePurgeProtection" not in dev.one("azure-native:keyvault:Vault").plain["properties"]
-
-
-def test_vault_holds_the_generated_credentials_as_pulumi_secrets(stack: StackRun) -> None:
-    vault = stack.one("azure-native:keyvault:Vault").state["name"]
-    secrets = stack.of_type("azure-native:keyvault:Secret")
-    assert {r.plain["secretName"] for r in secrets} == VAULT_SECRETS | (set() if stack.cfg.production else KEY_SECRETS)
-    for r in secrets:
-        assert r.plain["vaultName"] == vault
-        assert is_secret(r.inputs["properties"]), f"{r.plain['secretName']} must reach the engine as a secret"
-
-
-def test_admin_api_key_is_generated(stack: StackRun) -> None:
-    (key,) = [r for r in stack.of_type("random:index/randomPassword:RandomPassword") if "api-key" in r.name]
-    assert key.plain["length"] >= 32
-    assert _secret_value(stack, "admin-api-key") == key.state["result"]
 
 
 # --- postgres ----------------------------------------------------------------------------------------------------

