@@ -1,8 +1,8 @@
 """Sampling one sequence's next token: llama.cpp's sampler chain, a grammar checked beside it, and the shortcuts that
 keep the chain out of the common cases (greedy argmax, a whole-distribution draw by inverse CDF).
 
-docs and bench/ hold what each shortcut saves; the tests in tests/engine/test_sampler.py check each one against the
-chain it stands in for.
+docs and bench/ hold what each shortcut saves; the tests in tests/server/engine/test_sampler.py check each one against
+the chain it stands in for.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from server.engine.base import (
 )
 from server.engine.batching import BatchingEngine
 from server.engine.llama_model import LlamaModel
-from tests.engine.conftest import request, run, running_engine
+from tests.support.engine import request, run, running_engine
 
 PROMPT = "Write a short poem about the sea and the wind"
 SAMPLING = {"temperature": 0.9, "top_k": 40, "seed": 4242}

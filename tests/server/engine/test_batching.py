@@ -9,7 +9,7 @@ import pytest
 
 from server.engine.base import EngineOverloadedError, Finished, TextDelta
 from server.engine.llama_model import LlamaModel
-from tests.engine.conftest import request, run, running_engine
+from tests.support.engine import request, run, running_engine
 
 PROMPTS = [
     "The capital of France is",
