@@ -25,8 +25,10 @@ class Job:
     submitted_at: float = field(default_factory=time.monotonic)
     # A plain bool: set by the event loop, read by the engine thread; a stale read only delays the release by a step.
     cancelled: bool = False
-    # Whether the job still counts against the engine's admission limit; guarded by the engine's lock.
+    # Whether the job still counts against the engine's admission limit; guarded by the admission's lock.
     counted: bool = True
+    # The compiled grammar (a llama.cpp sampler), the engine's from submission until admission hands it to a sampler.
+    grammar: object = None
     # Written by the engine thread only: slots still generating for the job, and the tokens its choices generated so
     # far (read by the event loop when a generation ends early: what it cost).
     choices_running: int = 0

@@ -18,7 +18,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from server.engine.base import EngineError, SamplingParams, TokenLogprob
 from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax, detect_tool_syntax
-from server.engine.sampler import Sampler
+from server.engine.validation import check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,7 @@ class LlamaModel:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def check_token_ids(self, token_ids: Sequence[int], *, param: str) -> None:
-        bad = [t for t in token_ids if not 0 <= t < self.info.n_vocab]
-        if bad:
-            raise EngineError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.n_vocab - 1})", param=param)
+        check_token_ids(token_ids, n_vocab=self.info.n_vocab, param=param)
 
     def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
         """The prompt for `messages`; `tools` are given to the template as its `tools` variable (OpenAI's shape)."""
@@ -163,16 +161,6 @@ class LlamaModel:
         if token < 0:
             return ""
         return llama_cpp.llama_vocab_get_text(self.vocab, token).decode(errors="replace")
-
-    def new_sampler(self, params: SamplingParams) -> Sampler:
-        return Sampler(self, params)
-
-    def check_grammar(self, grammar: str, *, param: str) -> None:
-        """Raise EngineError if llama.cpp cannot parse `grammar` (before it reaches the engine thread)."""
-        grammar_sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-        if not grammar_sampler:
-            raise EngineError("the grammar built from this request could not be parsed", param=param)
-        llama_cpp.llama_sampler_free(grammar_sampler)
 
     def logprob(self, ctx: llama_cpp.llama_context_p, index: int, token: int, params: SamplingParams) -> TokenLogprob:
         """`token`'s log-probability in the logits of batch position `index`, with logit bias applied."""

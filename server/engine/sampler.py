@@ -8,12 +8,13 @@ the chain it stands in for.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 
-from server.engine.base import EngineError, SamplingParams
+from server.engine.base import SamplingParams
 
 if TYPE_CHECKING:
     from server.engine.llama_model import LlamaModel
@@ -63,9 +64,18 @@ class Sampler:
     llama.cpp's generator would give.
     """
 
-    def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        params: SamplingParams,
+        grammar: llama_cpp.llama_sampler_p | None = None,
+        free_grammar: Callable[[llama_cpp.llama_sampler_p], None] = llama_cpp.llama_sampler_free,
+    ) -> None:
+        """`grammar`, compiled beforehand (see `grammars.py`), is the sampler's from now on: `close` frees it with
+        `free_grammar`."""
         self._n_vocab = model.info.n_vocab
-        self.grammar = None
+        self.grammar = grammar
+        self._free_grammar = free_grammar
         self._greedy = params.greedy
         self._top_k = params.top_k
         self._temperature = np.float32(params.temperature)
@@ -78,11 +88,7 @@ class Sampler:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
         add = lambda s: llama_cpp.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
-        if params.grammar is not None:
-            self.grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
-            if not self.grammar:
-                self.close()
-                raise EngineError("the grammar could not be parsed", param="response_format")
+        if grammar is not None:
             # Checked once per token: built once, refilled per check.
             self._one = (llama_cpp.llama_token_data * 1)()
             self._one_array = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
@@ -231,7 +237,7 @@ class Sampler:
 
     def close(self) -> None:
         if self.grammar:
-            llama_cpp.llama_sampler_free(self.grammar)
+            self._free_grammar(self.grammar)
             self.grammar = None
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)

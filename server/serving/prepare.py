@@ -7,7 +7,7 @@ the room the prompt leaves.
 from __future__ import annotations
 
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from server.engine.base import Engine, GenerationRequest, SamplingParams
+from server.engine.base import Engine, GenerationRequest, Grammar, SamplingParams
 from server.errors import APIError
 from server.serving import tools
 from server.serving.grammar import JSON_OBJECT_GBNF, json_schema_grammar
@@ -16,17 +16,27 @@ from server.serving.tool_calls import ToolPlan
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
-def response_grammar(body: SamplingFields) -> str | None:
-    """The grammar `response_format` asks for: any JSON object, or JSON that validates against a schema."""
+def response_grammar(body: SamplingFields) -> tuple[str, str] | None:
+    """The GBNF `response_format` asks for (any JSON object, or JSON that validates against a schema), and the
+    request field it came from; None for text."""
     fmt = body.response_format
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_schema" and fmt.json_schema.schema_ is not None:
-        return json_schema_grammar(fmt.json_schema.schema_, param="response_format.json_schema.schema")
-    return JSON_OBJECT_GBNF
+        param = "response_format.json_schema.schema"
+        return json_schema_grammar(fmt.json_schema.schema_, param=param), param
+    return JSON_OBJECT_GBNF, "response_format"
 
 
-def _sampling(body: SamplingFields, max_tokens: int, *, grammar: str | None, logprobs: int | None) -> SamplingParams:
+def _compile(engine: Engine, gbnf: tuple[str, str] | None) -> Grammar | None:
+    """Compiled last in a preparation, after everything that can refuse the request, so a refusal strands none."""
+    if gbnf is None:
+        return None
+    text, param = gbnf
+    return engine.compile_grammar(text, param=param)
+
+
+def _sampling(body: SamplingFields, max_tokens: int, *, logprobs: int | None) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -36,7 +46,6 @@ def _sampling(body: SamplingFields, max_tokens: int, *, grammar: str | None, log
         seed=body.seed,
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
         stop=tuple(body.stop_list()),
-        grammar=grammar,
         logprobs=logprobs,
     )
 
@@ -51,8 +60,9 @@ def completion_request(engine: Engine, body: CompletionRequest) -> GenerationReq
     if not prompt:
         raise APIError(400, "prompt must not be empty", param="prompt")
     max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    sampling = _sampling(body, max_tokens, grammar=response_grammar(body), logprobs=body.logprobs)
-    return GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n)
+    sampling = _sampling(body, max_tokens, logprobs=body.logprobs)
+    grammar = _compile(engine, response_grammar(body))
+    return GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n, grammar=grammar)
 
 
 def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: ToolPlan | None) -> GenerationRequest:
@@ -63,7 +73,8 @@ def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: ToolPla
     prompt = engine.tokenize(rendered, add_special=False)
     requested = body.requested_max_tokens()
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
-    grammar = tool_format.grammar(tool_plan) if tool_plan is not None else response_grammar(body)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = _sampling(body, max_tokens, grammar=grammar, logprobs=logprobs)
-    return GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n)
+    sampling = _sampling(body, max_tokens, logprobs=logprobs)
+    gbnf = (tool_format.grammar(tool_plan), "tools") if tool_plan is not None else response_grammar(body)
+    grammar = _compile(engine, gbnf)
+    return GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar)

@@ -28,18 +28,25 @@ class Stage(Protocol):
 async def prepare(job: ServingJob, call_next: Next) -> Events:
     """Run the job's preparation (render, tokenize, compile its grammar) in a worker thread: after the stages that
     may refuse the request cheaply (key, model permission, request rate), and off the event loop, so one large
-    prompt does not stall every other request's streaming."""
-    if job.preparation is not None:
-        prepared = await asyncio.to_thread(job.preparation, job.model.engine)
-        if isinstance(prepared, GenerationRequest):
-            job.generation = prepared
-        elif job.endpoint == "embeddings":
-            job.embedding_inputs = prepared  # type: ignore[assignment]
-        else:
-            job.prepared = prepared
-    async with aclosing(call_next(job)) as events:
-        async for event in events:
-            yield event
+    prompt does not stall every other request's streaming.
+
+    The compiled grammar is this stage's until the engine takes it: a generation that never reaches the engine (a
+    later stage refused it, the cache answered) has it closed here."""
+    try:
+        if job.preparation is not None:
+            prepared = await asyncio.to_thread(job.preparation, job.model.engine)
+            if isinstance(prepared, GenerationRequest):
+                job.generation = prepared
+            elif job.endpoint == "embeddings":
+                job.embedding_inputs = prepared  # type: ignore[assignment]
+            else:
+                job.prepared = prepared
+        async with aclosing(call_next(job)) as events:
+            async for event in events:
+                yield event
+    finally:
+        if job.generation is not None and job.generation.grammar is not None:
+            job.generation.grammar.close()  # nothing if the engine took it
 
 
 async def answer_prepared(job: ServingJob) -> Events:

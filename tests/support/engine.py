@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-from server.engine.base import Finished, GenerationRequest, SamplingParams, TextDelta
+from server.engine.base import Finished, GenerationRequest, Grammar, SamplingParams, TextDelta
 from server.engine.batching import BatchingEngine
 from server.engine.llama_model import LlamaModel
 
@@ -30,12 +30,16 @@ def request(
     max_tokens: int,
     *,
     stop: Sequence[str] = (),
+    n: int = 1,
+    grammar: Grammar | None = None,
     **sampling: object,
 ) -> GenerationRequest:
     params = {"temperature": 0.0, "logit_bias": NO_EOS} | sampling
     return GenerationRequest(
         engine.tokenize(prompt, add_special=True),
         SamplingParams(max_tokens=max_tokens, stop=stop, **params),
+        n=n,
+        grammar=grammar,
     )
 
 
