@@ -1,7 +1,9 @@
-"""Request bodies to engine requests: the prompt's tokens and the sampling parameters.
+"""Request bodies to engine requests: the prompt's tokens, the sampling parameters, the tool-call format and the
+compiled grammar, each decided once, here.
 
 The context window is checked in one place, the engine's `generate`; here chat only needs it to default max_tokens to
-the room the prompt leaves.
+the room the prompt leaves. The grammar is compiled last, after everything here that can refuse the request, so a
+refusal never strands one; from then on the `prepare` stage closes it unless the engine took it.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from server.engine.base import Engine, GenerationRequest, Grammar, SamplingParams
 from server.errors import APIError
-from server.serving import tools
+from server.serving import tool_calls, tools
 from server.serving.grammar import JSON_OBJECT_GBNF, json_schema_grammar
-from server.serving.tool_calls import ToolPlan
+from server.serving.job import PreparedGeneration
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -29,7 +31,6 @@ def response_grammar(body: SamplingFields) -> tuple[str, str] | None:
 
 
 def _compile(engine: Engine, gbnf: tuple[str, str] | None) -> Grammar | None:
-    """Compiled last in a preparation, after everything that can refuse the request, so a refusal strands none."""
     if gbnf is None:
         return None
     text, param = gbnf
@@ -50,7 +51,7 @@ def _sampling(body: SamplingFields, max_tokens: int, *, logprobs: int | None) ->
     )
 
 
-def completion_request(engine: Engine, body: CompletionRequest) -> GenerationRequest:
+def completion_request(engine: Engine, body: CompletionRequest) -> PreparedGeneration:
     if isinstance(body.prompt, str):
         prompt = engine.tokenize(body.prompt, add_special=True)
     elif body.prompt and isinstance(body.prompt[0], str):
@@ -61,13 +62,16 @@ def completion_request(engine: Engine, body: CompletionRequest) -> GenerationReq
         raise APIError(400, "prompt must not be empty", param="prompt")
     max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
     sampling = _sampling(body, max_tokens, logprobs=body.logprobs)
-    grammar = _compile(engine, response_grammar(body))
-    return GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n, grammar=grammar)
+    gbnf = response_grammar(body)
+    grammar = _compile(engine, gbnf)
+    return PreparedGeneration(GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n, grammar=grammar))
 
 
-def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: ToolPlan | None) -> GenerationRequest:
+def chat_request(engine: Engine, body: ChatCompletionRequest) -> PreparedGeneration:
+    plan = tool_calls.plan(body)
+    # The format the model's template speaks also renders earlier tool calls in the history, tools offered or not.
     tool_format = tools.format_for(engine)
-    template_input = tool_format.template_input(body.messages, tool_plan)
+    template_input = tool_format.template_input(body.messages, plan)
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
     rendered = engine.render_chat(template_input.messages, template_input.tools)
     prompt = engine.tokenize(rendered, add_special=False)
@@ -75,6 +79,7 @@ def chat_request(engine: Engine, body: ChatCompletionRequest, tool_plan: ToolPla
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     sampling = _sampling(body, max_tokens, logprobs=logprobs)
-    gbnf = (tool_format.grammar(tool_plan), "tools") if tool_plan is not None else response_grammar(body)
+    gbnf = (tools.grammar(tool_format, plan), "tools") if plan is not None else response_grammar(body)
     grammar = _compile(engine, gbnf)
-    return GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar)
+    generation = GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar)
+    return PreparedGeneration(generation, tool_format if plan is not None else None)

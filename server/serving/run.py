@@ -17,13 +17,12 @@ from server.engine.base import (
     Finished,
     FinishReason,
     GenerationEvent,
-    GenerationRequest,
     TextDelta,
     TokenLogprob,
 )
 from server.errors import APIError
 from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ServedModel, ServerDrainingError
-from server.serving.job import Endpoint, ServingJob
+from server.serving.job import Endpoint, PreparedGeneration, ServingJob
 from server.serving.stages import Events, Pipeline
 from server.telemetry import prometheus
 
@@ -129,7 +128,7 @@ async def admit(
     ctx: ServingContext,
     endpoint: Endpoint,
     body: ChatCompletionRequest | CompletionRequest,
-    prepare: Callable[[Engine], GenerationRequest],
+    prepare: Callable[[Engine], PreparedGeneration],
 ) -> Admitted:
     """`prepare` (render, tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits."""
     lease = lease_model(ctx.holder, body.model)
