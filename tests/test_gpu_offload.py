@@ -9,8 +9,8 @@ import llama_cpp
 import pytest
 
 from server.engine.llama_model import LlamaModel
-from tests.engine.conftest import request, run, running_engine
-from tests.engine.test_batching import PROMPTS
+from tests.server.engine.test_batching import PROMPTS
+from tests.support.engine import request, run, running_engine
 from tests.support.server import ServerProcess
 
 HAS_GPU_BACKEND = bool(llama_cpp.llama_supports_gpu_offload())
@@ -47,7 +47,8 @@ def test_cpu_build_says_offload_is_inactive_and_why(demo_server: ServerProcess, 
 @pytest.mark.skipif(not HAS_GPU_BACKEND, reason="llama-cpp-python was built without a GPU backend (no CUDA here)")
 @pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9, "seed": 1234, "top_k": 40}])
 async def test_same_tokens_alone_and_batched_with_every_layer_on_the_gpu(demo_gguf: Path, sampling: dict) -> None:
-    """The engine test's determinism promise (tests/engine: each slot its own KV stream), on the GPU's kernels."""
+    """The engine tests' determinism promise (tests/server/engine: each slot its own KV stream), on the GPU's
+    kernels."""
     model = LlamaModel(demo_gguf, n_gpu_layers=-1)
     try:
         assert model.gpu_offload

@@ -5,7 +5,8 @@ Nothing here imports llama-cpp-python, so the API layer and tests can depend on 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -28,12 +29,54 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     stop: Sequence[str] = ()
-    grammar: str | None = None  # GBNF whose `root` every completion must match (structured outputs, tool calls)
     logprobs: int | None = None  # report each token's log-probability and this many top alternatives; None: off
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+class Grammar:
+    """A grammar compiled by `Engine.compile_grammar`, on its way to the generation that samples under it.
+
+    Its holder owns the native grammar until `generate` takes it, which happens exactly once: from then on the engine
+    frees it however the generation ends, refused ones included. `close()` frees it when it was never taken and does
+    nothing after a take or a first close, so a holder closes it on every path without asking who has it. Both are
+    safe from any thread: a preparation compiles grammars in a worker thread, and one whose request was abandoned
+    meanwhile is closed from the event loop.
+    """
+
+    def __init__(self, handle: object, free: Callable[[object], None], *, param: str, origin: object = None) -> None:
+        self.param = param  # the request field the grammar came from, named by errors about it
+        self.origin = origin  # what compiled it: an engine takes only its own grammars
+        self._handle: object = handle
+        self._free = free
+        self._state = "open"
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        """Neither taken nor closed."""
+        return self._state == "open"
+
+    def take(self) -> object:
+        """The native grammar, which the caller (the engine) now owns; EngineError if it was closed first."""
+        with self._lock:
+            if self._state == "closed":
+                raise EngineError("the request's grammar was released before its generation started", param=self.param)
+            if self._state == "taken":
+                raise RuntimeError("a grammar is handed to the engine once")
+            self._state = "taken"
+            handle, self._handle = self._handle, None
+        return handle
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "closed"
+            handle, self._handle = self._handle, None
+        self._free(handle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +85,8 @@ class GenerationRequest:
     sampling: SamplingParams
     prompt_param: str = "prompt"  # the request field the prompt came from, named by errors about it
     n: int = 1  # choices: n sequences continue from one prefill of the prompt; choice i samples with seed + i
+    # Every completion matches its `root` (structured outputs, tool calls); `generate` takes it, see Grammar.
+    grammar: Grammar | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +223,14 @@ class Engine(Protocol):
 
     def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str: ...
 
-    def generate(self, request: GenerationRequest) -> GenerationStream: ...
+    def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
+        """`gbnf` compiled for this model's vocabulary (thread-safe); EngineError naming `param`, the request field
+        the grammar came from, when it does not compile. The caller closes it unless `generate` took it."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> GenerationStream:
+        """Start a generation. It takes the request's grammar first: refused or not, the engine frees it."""
+        ...
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One L2-normalised embedding per input (token ids)."""

@@ -136,7 +136,8 @@ class Embedder:
 
     def _take(self) -> list[_Item]:
         """Whole inputs, oldest first, as many as fit one batch. Caller holds _cond."""
-        taken, budget = [], self._n_batch
+        taken: list[_Item] = []
+        budget = self._n_batch
         while self._queue and len(taken) < MAX_SEQUENCES and len(self._queue[0].tokens) <= budget:
             item = self._queue.popleft()
             budget -= len(item.tokens)

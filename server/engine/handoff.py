@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.engine.base import Finished, GenerationEvent, GenerationRequest
+import llama_cpp
+
+from server.engine.base import Finished, FinishReason, GenerationEvent, GenerationRequest
 
 
 @dataclass(eq=False)
@@ -25,13 +27,15 @@ class Job:
     submitted_at: float = field(default_factory=time.monotonic)
     # A plain bool: set by the event loop, read by the engine thread; a stale read only delays the release by a step.
     cancelled: bool = False
-    # Whether the job still counts against the engine's admission limit; guarded by the engine's lock.
+    # Whether the job still counts against the engine's admission limit; guarded by the admission's lock.
     counted: bool = True
+    # The compiled grammar (a llama.cpp sampler), the engine's from submission until admission hands it to a sampler.
+    grammar: llama_cpp.llama_sampler_p | None = None
     # Written by the engine thread only: slots still generating for the job, and the tokens its choices generated so
     # far (read by the event loop when a generation ends early: what it cost).
     choices_running: int = 0
     completion_tokens: int = 0
-    first_finish_reason: str = "stop"
+    first_finish_reason: FinishReason = "stop"
 
     def emit(self, event: GenerationEvent | BaseException) -> None:
         # The loop is gone when the server shuts down mid-generation; nobody is left to tell.

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -18,7 +19,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from server.engine.base import EngineError, SamplingParams, TokenLogprob
 from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax, detect_tool_syntax
-from server.engine.sampler import Sampler
+from server.engine.validation import check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,14 @@ _native_log = logging.getLogger("llama_cpp.native")
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 
 
-@llama_cpp.llama_log_callback
 def _forward_native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     message = text.decode(errors="replace").rstrip()
     if message:
         _native_log.log(_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+# Kept referenced for the process's life: llama.cpp calls it from C.
+_NATIVE_LOG_CALLBACK = llama_cpp.llama_log_callback(_forward_native_log)
 
 
 def _init_backend() -> None:
@@ -43,7 +47,7 @@ def _init_backend() -> None:
     with _backend_lock:
         if not _backend_ready:
             # llama.cpp prints hundreds of lines per model load straight to stderr; route them through logging.
-            llama_cpp.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
+            llama_cpp.llama_log_set(_NATIVE_LOG_CALLBACK, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
             _backend_ready = True
 
@@ -96,7 +100,7 @@ class LlamaModel:
     def kv_bytes_per_token(self) -> int:
         """Size of one token's keys and values over all layers in an f16 cache."""
         head_dim = llama_cpp.llama_model_n_embd(self.ptr) // llama_cpp.llama_model_n_head(self.ptr)
-        return 2 * 2 * self.info.n_layer * llama_cpp.llama_model_n_head_kv(self.ptr) * head_dim
+        return int(2 * 2 * self.info.n_layer * llama_cpp.llama_model_n_head_kv(self.ptr) * head_dim)
 
     @property
     def gpu_offload(self) -> bool:
@@ -134,9 +138,7 @@ class LlamaModel:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def check_token_ids(self, token_ids: Sequence[int], *, param: str) -> None:
-        bad = [t for t in token_ids if not 0 <= t < self.info.n_vocab]
-        if bad:
-            raise EngineError(f"token id {bad[0]} is outside the vocabulary (0..{self.info.n_vocab - 1})", param=param)
+        check_token_ids(token_ids, n_vocab=self.info.n_vocab, param=param)
 
     def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
         """The prompt for `messages`; `tools` are given to the template as its `tools` variable (OpenAI's shape)."""
@@ -146,7 +148,11 @@ class LlamaModel:
             raise EngineError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
 
     def _render(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None) -> str:
-        return self._chat(messages=[dict(m) for m in messages], tools=list(tools) if tools else None).prompt
+        # llama_cpp types the messages and tools as its own TypedDicts of OpenAI's shapes, which ours are.
+        chat_messages: list[Any] = [dict(m) for m in messages]
+        chat_tools: list[Any] | None = list(tools) if tools else None
+        prompt: str = self._chat(messages=chat_messages, tools=chat_tools).prompt
+        return prompt
 
     def _chat_formatter(self) -> Jinja2ChatFormatter:
         template = llama_cpp.llama_model_chat_template(self.ptr, None)
@@ -162,17 +168,8 @@ class LlamaModel:
     def _special_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return llama_cpp.llama_vocab_get_text(self.vocab, token).decode(errors="replace")
-
-    def new_sampler(self, params: SamplingParams) -> Sampler:
-        return Sampler(self, params)
-
-    def check_grammar(self, grammar: str, *, param: str) -> None:
-        """Raise EngineError if llama.cpp cannot parse `grammar` (before it reaches the engine thread)."""
-        grammar_sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-        if not grammar_sampler:
-            raise EngineError("the grammar built from this request could not be parsed", param=param)
-        llama_cpp.llama_sampler_free(grammar_sampler)
+        text: bytes = llama_cpp.llama_vocab_get_text(self.vocab, token)
+        return text.decode(errors="replace")
 
     def logprob(self, ctx: llama_cpp.llama_context_p, index: int, token: int, params: SamplingParams) -> TokenLogprob:
         """`token`'s log-probability in the logits of batch position `index`, with logit bias applied."""

@@ -1,19 +1,20 @@
 """Sampling one sequence's next token: llama.cpp's sampler chain, a grammar checked beside it, and the shortcuts that
 keep the chain out of the common cases (greedy argmax, a whole-distribution draw by inverse CDF).
 
-docs and bench/ hold what each shortcut saves; the tests in tests/engine/test_sampler.py check each one against the
-chain it stands in for.
+docs and bench/ hold what each shortcut saves; the tests in tests/server/engine/test_sampler.py check each one against
+the chain it stands in for.
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 
-from server.engine.base import EngineError, SamplingParams
+from server.engine.base import SamplingParams
 
 if TYPE_CHECKING:
     from server.engine.llama_model import LlamaModel
@@ -63,9 +64,18 @@ class Sampler:
     llama.cpp's generator would give.
     """
 
-    def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        params: SamplingParams,
+        grammar: llama_cpp.llama_sampler_p | None = None,
+        free_grammar: Callable[[llama_cpp.llama_sampler_p], None] = llama_cpp.llama_sampler_free,
+    ) -> None:
+        """`grammar`, compiled beforehand (see `grammars.py`), is the sampler's from now on: `close` frees it with
+        `free_grammar`."""
         self._n_vocab = model.info.n_vocab
-        self.grammar = None
+        self.grammar = grammar
+        self._free_grammar = free_grammar
         self._greedy = params.greedy
         self._top_k = params.top_k
         self._temperature = np.float32(params.temperature)
@@ -77,12 +87,11 @@ class Sampler:
         self._bias = np.fromiter(params.logit_bias.values(), dtype=np.float32, count=len(params.logit_bias))
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
-        add = lambda s: llama_cpp.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
-        if params.grammar is not None:
-            self.grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
-            if not self.grammar:
-                self.close()
-                raise EngineError("the grammar could not be parsed", param="response_format")
+
+        def add(sampler: llama_cpp.llama_sampler_p) -> None:
+            llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
+
+        if grammar is not None:
             # Checked once per token: built once, refilled per check.
             self._one = (llama_cpp.llama_token_data * 1)()
             self._one_array = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
@@ -158,7 +167,9 @@ class Sampler:
         self, ctx: llama_cpp.llama_context_p, index: int, refused: int, rng: np.random.Generator
     ) -> int | None:
         weights = self._weights(ctx, index)
-        for _ in range(_RECHECKS if weights is not None else 0):
+        if weights is None:
+            return None
+        for _ in range(_RECHECKS):
             weights[refused] = 0.0
             if not weights.any():
                 return None
@@ -199,11 +210,12 @@ class Sampler:
         if not np.isfinite(peak):
             return None
         scaled -= peak
-        return np.exp(scaled, out=scaled)
+        weights: np.ndarray = np.exp(scaled, out=scaled)
+        return weights
 
     def _grammar_allows(self, token: int) -> bool:
         one = self._one
-        one[0].id, one[0].logit = token, 1.0
+        one[0].id, one[0].logit = token, 1.0  # type: ignore[assignment]  # ctypes stores an int in a c_int32 field
         self._one_array.size, self._one_array.selected = 1, -1
         llama_cpp.llama_sampler_apply(self.grammar, self._one_ref)
         return one[0].logit != _NEG_INF
@@ -231,7 +243,7 @@ class Sampler:
 
     def close(self) -> None:
         if self.grammar:
-            llama_cpp.llama_sampler_free(self.grammar)
+            self._free_grammar(self.grammar)
             self.grammar = None
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)

@@ -44,6 +44,12 @@ class Slot:
     def active(self) -> bool:
         return self.job is not None
 
+    def running(self) -> tuple[Job, Sampler, TextAssembler]:
+        """The job of an active slot and what generates it; a slot's bookkeeping is only read while it runs."""
+        if self.job is None or self.sampler is None or self.text is None:
+            raise RuntimeError(f"slot {self.seq_id} runs no job")
+        return self.job, self.sampler, self.text
+
     @property
     def pending(self) -> int:
         """Tokens still to feed before this slot's next logits."""

@@ -11,7 +11,7 @@ import pytest
 from bench.synthetic_gguf import SHAPES, tensor_shapes, vocab_only, write
 from server.engine.llama_model import LlamaModel
 from server.model_source.facts import read_facts
-from tests.engine.conftest import request, run, running_engine
+from tests.support.engine import request, run, running_engine
 
 
 @pytest.fixture(scope="module")

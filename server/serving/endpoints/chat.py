@@ -23,7 +23,6 @@ from server.protocol.openai_replies import (
     ToolCallFunctionDelta,
 )
 from server.serving.constrain.tools import formats as tools
-from server.serving.constrain.tools import plan as tool_calls
 from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reply import Reply, new_id, now, usage
@@ -31,22 +30,16 @@ from server.serving.pipeline.admission import Admitted, ServingContext, admit
 
 
 async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[ChatCompletion]:
-    # Planning tools compiles their schemas: part of the preparation, which runs after the limits, off the loop.
-    admitted = await admit(
-        ctx,
-        "chat.completions",
-        body,
-        lambda engine: chat_request(engine, body, tool_calls.plan(body)),
-        model=body.model,
-    )
-    uses_tools = tool_calls.uses_tools(body)
+    # Planning tools, rendering and compiling the grammar: the preparation, which runs after the limits, off the loop.
+    admitted = await admit(ctx, "chat.completions", body, lambda engine: chat_request(engine, body), model=body.model)
+    tool_format = admitted.job.tool_format  # decided by the preparation: None when the answer is text
     rid, model = new_id("chatcmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
-        chunks = _tool_chunks if uses_tools else _text_chunks
-        return Reply(headers, chunks=chunks(admitted, rid, model, body))
+        if tool_format is not None:
+            return Reply(headers, chunks=_tool_chunks(admitted, rid, model, body, tool_format))
+        return Reply(headers, chunks=_text_chunks(admitted, rid, model, body))
     whole = await admitted.collect()
-    tool_format = tools.format_for(admitted.job.model.engine) if uses_tools else None
     choices = []
     for c in whole.choices:
         message, reason = _message(c.text, c.finish_reason, tool_format)
@@ -120,12 +113,11 @@ async def _text_chunks(
 
 
 async def _tool_chunks(
-    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
+    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest, tool_format: tools.ToolFormat
 ) -> AsyncGenerator[BaseModel, None]:
     """A tool answer is parsed whole, then sent as OpenAI streams calls (an id and name, then the arguments) and
     content."""
     whole = await admitted.collect()
-    tool_format = tools.format_for(admitted.job.model.engine)
     for c in whole.choices:
         message, reason = _message(c.text, c.finish_reason, tool_format)
         yield _chunk(rid, model, c.index, ChatDelta(role="assistant"), None)

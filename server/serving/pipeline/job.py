@@ -12,19 +12,30 @@ from server.engine.base import Engine, Finished, GenerationRequest
 from server.lifecycle.holder import ServedModel
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
+from server.serving.constrain.tools.formats import ToolFormat
 
 Endpoint = Literal["chat.completions", "completions", "embeddings", "tokenize", "detokenize"]
 TOKENIZER_ENDPOINTS = ("tokenize", "detokenize")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedGeneration:
+    """What a generation's preparation decides: the engine request (its grammar compiled), and the tool-call format
+    its answer is parsed in (None: the answer is text)."""
+
+    request: GenerationRequest
+    tool_format: ToolFormat | None = None
 
 
 @dataclass(eq=False)
 class ServingJob:
     """What the stages share. Stages fill `response_headers` before the first event, and the outcome as it happens.
 
-    The expensive part of admission (rendering the chat template, tokenizing, compiling grammars) is the job's
+    The expensive part of admission (rendering the chat template, tokenizing, compiling the grammar) is the job's
     `preparation`, which the `prepare` stage runs in a worker thread once the request limit admitted the request. It
-    returns the generation's `generation`, an embeddings request's `embedding_inputs` (its terminal stage leaves the
-    vectors in `embeddings`), or a tokenizer request's answer (`prepared`); such jobs end with one Finished event.
+    returns a PreparedGeneration (the job's `generation` and `tool_format`), an embeddings request's `embedding_inputs`
+    (its terminal stage leaves the vectors in `embeddings`), or a tokenizer request's answer (`prepared`); such jobs
+    end with one Finished event.
     """
 
     request_id: str  # the server's own id: the one identity of the request (audit row, rate-limit entries)
@@ -33,7 +44,8 @@ class ServingJob:
     model: ServedModel
     preparation: Callable[[Engine], object] | None = None
     caller: Caller = ANONYMOUS
-    generation: GenerationRequest | None = None
+    generation: GenerationRequest | None = None  # its grammar is the prepare stage's to close until the engine takes it
+    tool_format: ToolFormat | None = None
     prepared: object = None
     conversation_id: str | None = None  # X-Conversation-Id: where the record stage files this exchange
     client_request_id: str | None = None  # X-Request-Id as the client sent it, recorded beside request_id

@@ -9,13 +9,14 @@ the last event it does its bookkeeping (charge tokens, record the request).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Protocol
 
-from server.engine.base import Finished, GenerationEvent, GenerationRequest
-from server.serving.pipeline.job import ServingJob
+from server.engine.base import Engine, Finished, GenerationEvent
+from server.serving.pipeline.job import PreparedGeneration, ServingJob
 
 Events = AsyncGenerator[GenerationEvent, None]
 Next = Callable[[ServingJob], Events]
@@ -28,18 +29,45 @@ class Stage(Protocol):
 async def prepare(job: ServingJob, call_next: Next) -> Events:
     """Run the job's preparation (render, tokenize, compile its grammar) in a worker thread: after the stages that
     may refuse the request cheaply (key, model permission, request rate), and off the event loop, so one large
-    prompt does not stall every other request's streaming."""
-    if job.preparation is not None:
-        prepared = await asyncio.to_thread(job.preparation, job.model.engine)
-        if isinstance(prepared, GenerationRequest):
-            job.generation = prepared
-        elif job.endpoint == "embeddings":
-            job.embedding_inputs = prepared  # type: ignore[assignment]
-        else:
-            job.prepared = prepared
-    async with aclosing(call_next(job)) as events:
-        async for event in events:
-            yield event
+    prompt does not stall every other request's streaming.
+
+    The compiled grammar is this stage's until the engine takes it: a generation that never reaches the engine (a
+    later stage refused it, the cache answered, the client left first) has it closed here."""
+    try:
+        if job.preparation is not None:
+            prepared = await _prepared(job.preparation, job.model.engine)
+            if isinstance(prepared, PreparedGeneration):
+                job.generation, job.tool_format = prepared.request, prepared.tool_format
+            elif job.endpoint == "embeddings" and isinstance(prepared, list):
+                job.embedding_inputs = prepared
+            else:
+                job.prepared = prepared
+        async with aclosing(call_next(job)) as events:
+            async for event in events:
+                yield event
+    finally:
+        if job.generation is not None and job.generation.grammar is not None:
+            job.generation.grammar.close()  # nothing if the engine took it
+
+
+async def _prepared(preparation: Callable[[Engine], object], engine: Engine) -> object:
+    """The preparation's result. Abandoned meanwhile (the client left), the worker thread runs on: the grammar it
+    compiles is closed once it is done, since nobody else will ever see it."""
+    loop = asyncio.get_running_loop()
+    work = loop.run_in_executor(None, contextvars.copy_context().run, preparation, engine)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        work.add_done_callback(_close_abandoned)
+        raise
+
+
+def _close_abandoned(work: asyncio.Future[object]) -> None:
+    if work.cancelled() or work.exception() is not None:
+        return
+    prepared = work.result()
+    if isinstance(prepared, PreparedGeneration) and prepared.request.grammar is not None:
+        prepared.request.grammar.close()
 
 
 async def answer_prepared(job: ServingJob) -> Events:

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from server.engine.base import Engine
+from server.errors import APIError
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.tools.generic import GenericFormat
 from server.serving.constrain.tools.hermes import HermesFormat
-from server.serving.constrain.tools.plan import ParsedAnswer, TemplateInput, ToolPlan
+from server.serving.constrain.tools.plan import ParsedAnswer, TemplateInput, ToolPlan, check_parameters
 
 
 class ToolFormat(Protocol):
@@ -33,3 +34,13 @@ HERMES = HermesFormat()
 
 def format_for(engine: Engine) -> ToolFormat:
     return HERMES if engine.tool_syntax == "hermes" else GENERIC
+
+
+def grammar(tool_format: ToolFormat, plan: ToolPlan) -> str:
+    """The format's grammar for `plan`, converted once. Only when that fails is each chosen tool's parameter schema
+    converted alone, so that the error names the tool at fault; a fault no single tool has is the tools' together."""
+    try:
+        return tool_format.grammar(plan)
+    except APIError:
+        check_parameters(plan)
+        raise

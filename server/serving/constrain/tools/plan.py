@@ -89,17 +89,21 @@ def plan(body: ChatCompletionRequest) -> ToolPlan | None:
             )  # fmt: skip
     if body.response_format is not None and body.response_format.type != "text":
         raise APIError(400, "response_format cannot be combined with tools", param="response_format")
-    # Each function's parameters are checked on their own, so that an error names the tool; a format's grammar only
-    # combines them.
-    for tool in chosen:
-        index = body.tools.index(tool)
-        json_schema_grammar(tool.function.parameters or NO_ARGUMENTS, param=f"tools[{index}].function.parameters")
+    # The parameter schemas are converted once, into the format's grammar (`tools.grammar`).
     return ToolPlan(
         tools=tuple(body.tools),
         chosen=tuple(chosen),
         allows_content=body.tool_choice in (None, "auto"),
         max_calls=MAX_PARALLEL_CALLS if body.parallel_tool_calls else 1,
     )
+
+
+def check_parameters(plan: ToolPlan) -> None:
+    """Convert each chosen tool's parameter schema on its own: APIError naming the first tool whose schema cannot be
+    a grammar."""
+    for tool in plan.chosen:
+        index = plan.tools.index(tool)
+        json_schema_grammar(tool.function.parameters or NO_ARGUMENTS, param=f"tools[{index}].function.parameters")
 
 
 def new_call_id() -> str:

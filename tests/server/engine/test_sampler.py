@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 
 from server.engine.base import SamplingParams
+from server.engine.grammars import Grammars
 from server.engine.llama_model import LlamaModel
-from server.engine.sampler import inverse_cdf
+from server.engine.sampler import Sampler, inverse_cdf
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then it"
+
+
+def new_sampler(model: LlamaModel, params: SamplingParams, grammar: str | None = None) -> Sampler:
+    if grammar is None:
+        return Sampler(model, params)
+    grammars = Grammars(model.vocab)
+    return Sampler(model, params, grammars.compile(grammar, param="test").take(), grammars.free)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,7 @@ def test_greedy_picks_what_llama_cpp_s_chain_picks_under_every_kind_of_bias(
         # A bias that brings a lower-ranked token level with the best: ties go to the lower token id in both.
         tie = {max(best, runner_up): float(logits[min(best, runner_up)] - logits[max(best, runner_up)])}
         for bias in ({}, {0: -100.0, 2: -100.0}, {best: -100.0}, {best: -1e30, runner_up: -1e30}, {7: 50.0}, tie):
-            sampler = model.new_sampler(SamplingParams(max_tokens=1, temperature=0.0, logit_bias=bias))
+            sampler = new_sampler(model, SamplingParams(max_tokens=1, temperature=0.0, logit_bias=bias))
             try:
                 assert sampler.sample(ctx, index) == _chain_pick(model, ctx, index, bias), (index, bias)
             finally:
@@ -102,7 +110,7 @@ def test_temperature_sampling_draws_from_the_softmax_of_the_biased_logits(
     expected = np.exp((biased - biased.max()) / 0.8)
     expected /= expected.sum()
     draws = 4000
-    sampler = model.new_sampler(SamplingParams(max_tokens=1, temperature=0.8, seed=42, logit_bias=bias))
+    sampler = new_sampler(model, SamplingParams(max_tokens=1, temperature=0.8, seed=42, logit_bias=bias))
     try:
         tokens = [sampler.sample(ctx, n - 1) for _ in range(draws)]
     finally:
@@ -114,7 +122,7 @@ def test_temperature_sampling_draws_from_the_softmax_of_the_biased_logits(
         assert abs(counts[token] / draws - p) < 4 * np.sqrt(p * (1 - p) / draws) + 1e-3, (int(token), p)
     assert np.array_equal(_logits(model, ctx, n - 1), logits), "the logits are left as decoded"
 
-    again = model.new_sampler(SamplingParams(max_tokens=1, temperature=0.8, seed=42, logit_bias=bias))
+    again = new_sampler(model, SamplingParams(max_tokens=1, temperature=0.8, seed=42, logit_bias=bias))
     try:
         assert [again.sample(ctx, n - 1) for _ in range(50)] == tokens[:50], "a seed gives the same draws"
     finally:
@@ -127,7 +135,7 @@ def test_temperature_sampling_takes_any_integer_as_a_seed(
     ctx, n = decoded
     draws = []
     for _ in range(2):
-        sampler = model.new_sampler(SamplingParams(max_tokens=1, temperature=1.0, seed=-7))
+        sampler = new_sampler(model, SamplingParams(max_tokens=1, temperature=1.0, seed=-7))
         try:
             draws.append([sampler.sample(ctx, n - 1) for _ in range(20)])
         finally:
@@ -173,7 +181,7 @@ def test_greedy_under_a_grammar_picks_the_best_token_it_allows(
                 biased[token] += np.float32(value)
             allowed = _allowed(model, ctx, index, grammar)
             expected = int(np.flatnonzero(allowed)[np.argmax(biased[allowed])])
-            sampler = model.new_sampler(SamplingParams(max_tokens=1, temperature=0.0, logit_bias=bias, grammar=grammar))
+            sampler = new_sampler(model, SamplingParams(max_tokens=1, temperature=0.0, logit_bias=bias), grammar)
             try:
                 assert sampler.sample(ctx, index) == expected, (index, bias)
             finally:
@@ -199,8 +207,8 @@ def test_a_draw_under_a_grammar_follows_the_distribution_over_what_it_allows(
         allowed &= biased >= np.sort(np.where(allowed, biased, -np.inf))[-top_k]
     expected = np.where(allowed, np.exp((biased - biased.max()) / 0.9), 0.0)
     expected /= expected.sum()
-    params = SamplingParams(max_tokens=1, temperature=0.9, top_k=top_k, seed=3, logit_bias=bias, grammar=grammar)
-    sampler = model.new_sampler(params)
+    params = SamplingParams(max_tokens=1, temperature=0.9, top_k=top_k, seed=3, logit_bias=bias)
+    sampler = new_sampler(model, params, grammar)
     tokens = []
     try:
         for _ in range(draws):

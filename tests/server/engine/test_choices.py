@@ -3,7 +3,6 @@ ending on its own, and every slot back when the request ends or is cancelled."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import pytest
@@ -19,7 +18,7 @@ from server.engine.base import (
 )
 from server.engine.batching import BatchingEngine
 from server.engine.llama_model import LlamaModel
-from tests.engine.conftest import request, run, running_engine
+from tests.support.engine import request, run, running_engine
 
 PROMPT = "Write a short poem about the sea and the wind"
 SAMPLING = {"temperature": 0.9, "top_k": 40, "seed": 4242}
@@ -99,20 +98,17 @@ async def test_a_request_for_n_choices_waits_for_n_free_slots_and_counts_n_again
     model: LlamaModel,
 ) -> None:
     async with running_engine(model, n_slots=2, max_queue=2) as engine:
-        # Holds one slot until the test cancels it: no end of generation, a budget near the slot's context.
-        busy = asyncio.create_task(run(engine, request(engine, "Once upon a time", 480)))
-        while engine.stats().slots_busy == 0:
-            await asyncio.sleep(0.01)
+        busy = engine.generate(request(engine, "Once upon a time", 480))
         req = request(engine, PROMPT, 4)
-        pair = asyncio.create_task(events_of(engine, replace(req, n=2)))
-        while engine.stats().queue_depth == 0:
-            await asyncio.sleep(0.001)
-        # One slot is free, but the pair needs two: it waits, and holds two of the queue's places.
-        assert engine.stats().queue_depth == 1 and engine.stats().slots_busy == 1 and not pair.done()
-        with pytest.raises(EngineOverloadedError):
-            engine.generate(replace(req, n=2))
-        busy.cancel()
-        events = await pair
+        pair = engine.generate(replace(req, n=2))
+        # A round after both arrived took the first into a slot; one slot is free, but the pair needs two: it waits,
+        # and holds two of the queue's places. Paused, the first cannot end however fast the machine decodes.
+        async with engine.probe.paused():
+            assert engine.stats().queue_depth == 1 and engine.stats().slots_busy == 1
+            with pytest.raises(EngineOverloadedError):
+                engine.generate(replace(req, n=2))
+            await busy.aclose()
+        events = [event async for event in pair]
         assert events[-1].completion_tokens == 8
         assert engine.stats().slots_busy == 0
 
@@ -125,11 +121,8 @@ async def test_cancelling_a_multi_choice_request_frees_every_slot(model: LlamaMo
         async for _ in stream:
             break
         await stream.aclose()
-        for _ in range(200):
-            if engine.stats().slots_busy == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert engine.stats().slots_busy == 0
+        async with engine.probe.paused():  # a round after the cancel: every slot released
+            assert engine.stats().slots_busy == 0
         # All four slots are usable again at once.
         events = await events_of(engine, replace(request(engine, PROMPT, 2), n=4))
         assert events[-1].completion_tokens == 8

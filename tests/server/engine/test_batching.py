@@ -9,7 +9,7 @@ import pytest
 
 from server.engine.base import EngineOverloadedError, Finished, TextDelta
 from server.engine.llama_model import LlamaModel
-from tests.engine.conftest import request, run, running_engine
+from tests.support.engine import request, run, running_engine
 
 PROMPTS = [
     "The capital of France is",
@@ -83,14 +83,15 @@ async def test_cancelled_generation_frees_its_slot(model: LlamaModel) -> None:
 @pytest.mark.asyncio
 async def test_full_queue_refuses_with_retry_after(model: LlamaModel) -> None:
     async with running_engine(model, n_slots=1, max_queue=2) as engine:
-        held = [engine.generate(request(engine, PROMPTS[i], 200)) for i in range(3)]  # one runs, two wait
-        with pytest.raises(EngineOverloadedError) as refused:
-            engine.generate(request(engine, PROMPTS[3], 4))
-        assert refused.value.retry_after_s >= 1
-        assert engine.stats().requests_rejected == 1
-        await held[2].aclose()  # a waiting request that leaves makes room again
-        await asyncio.sleep(0.2)
-        accepted = engine.generate(request(engine, PROMPTS[3], 4))
+        # Paused, no generation can end and free its place however fast the machine decodes.
+        async with engine.probe.paused():
+            held = [engine.generate(request(engine, PROMPTS[i], 200)) for i in range(3)]  # one slot, two waiting
+            with pytest.raises(EngineOverloadedError) as refused:
+                engine.generate(request(engine, PROMPTS[3], 4))
+            assert refused.value.retry_after_s >= 1
+            assert engine.stats().requests_rejected == 1
+            await held[2].aclose()  # a request that leaves makes room again at once
+            accepted = engine.generate(request(engine, PROMPTS[3], 4))
         for stream in [*held[:2], accepted]:
             await stream.aclose()
 
@@ -146,13 +147,13 @@ async def test_no_slot_or_kv_leak_after_200_requests(model: LlamaModel) -> None:
                     pass
 
         await asyncio.gather(*(one(i) for i in range(200)))
-        await asyncio.sleep(0.1)
-        stats = engine.stats()
+        async with engine.probe.paused():  # a round after the last hang-up: its slot is released
+            stats = engine.stats()
         assert (stats.slots_busy, stats.queue_depth) == (0, 0)
         assert stats.requests_finished >= 180
-        assert all(pos < engine.n_ctx for pos in await engine.kv_positions())  # only idle prefix caches remain
-        await engine.drop_prefix_cache()
-        assert await engine.kv_positions() == [-1] * engine.n_slots
+        assert all(pos < engine.n_ctx for pos in await engine.probe.kv_positions())  # only idle prefix caches remain
+        await engine.probe.drop_prefix_cache()
+        assert await engine.probe.kv_positions() == [-1] * engine.n_slots
 
 
 @pytest.mark.asyncio
@@ -165,12 +166,12 @@ async def test_decode_steps_reuse_the_compute_graph_whatever_order_slots_were_ta
         await greeted  # slot 0 (it came first), beside the longer ones in slots 1 and 2
         # Admitted after them, into slot 0 where its prefix is cached: the batch must not list slots in admission order.
         later = request(engine, greeting + ", how are you today?", 24)
-        before = await engine.graphs_reused()
+        before = await engine.probe.graphs_reused()
         await run(engine, later)
         # The 23 steps after the later prompt's prefill have one shape; each must reuse the graph of the one before.
-        assert await engine.graphs_reused() - before >= 20
+        assert await engine.probe.graphs_reused() - before >= 20
         await asyncio.gather(*running)
-        positions = await engine.kv_positions()
+        positions = await engine.probe.kv_positions()
         expected = [len(later.prompt_tokens) + 22, *(len(r.prompt_tokens) + 62 for r in longer)]
         assert positions[:3] == expected, "the scenario held"
 
@@ -185,16 +186,16 @@ async def test_a_prompt_cached_away_from_the_running_sequences_is_copied_next_to
         # Every slot's sequence ends where its own prompt's does: which prompt is where.
         ends = {len(r.prompt_tokens) + r.sampling.max_tokens - 2: i for i, r in enumerate(requests)}
         assert len(ends) == len(PROMPTS)
-        before = await engine.kv_positions()
+        before = await engine.probe.kv_positions()
         where = {ends[pos]: slot for slot, pos in enumerate(before)}
         long = engine.generate(request(engine, "Zebras and giraffes", 400))
         await anext(aiter(long))
-        running = next(slot for slot, pos in enumerate(await engine.kv_positions()) if pos != before[slot])
+        running = next(slot for slot, pos in enumerate(await engine.probe.kv_positions()) if pos != before[slot])
         k = next(i for i, slot in where.items() if abs(slot - running) > 1)
         reused_before = engine.stats().prompt_tokens_reused_total
         again = await run(engine, request(engine, PROMPTS[k], 4 + 8 * k))
         reused = engine.stats().prompt_tokens_reused_total - reused_before
-        after = await engine.kv_positions()
+        after = await engine.probe.kv_positions()
         await long.aclose()
     assert "".join(again[0]) == "".join(first[k][0])
     assert reused == len(requests[k].prompt_tokens) - 1
@@ -251,6 +252,6 @@ async def test_new_requests_keep_the_active_sequences_packed(model: LlamaModel) 
         await asyncio.gather(*(run(engine, request(engine, p, 4)) for p in PROMPTS))
         again = [request(engine, PROMPTS[i], 40) for i in (0, 2, 5, 7)]
         await asyncio.gather(*(run(engine, r) for r in again))
-        positions = await engine.kv_positions()
+        positions = await engine.probe.kv_positions()
         taken = [i for i, pos in enumerate(positions) if pos >= 20]
         assert len(taken) == 4 and taken == list(range(taken[0], taken[0] + 4)), positions

@@ -23,15 +23,17 @@ async def test_request_beyond_the_queue_gets_429_with_retry_after() -> None:
                     break
                 await asyncio.sleep(0.1)
             engine = app.state.holder.engine()
-            # Hold the only slot; with no queue, the next request must be refused at once.
-            busy = engine.generate(
-                GenerationRequest(engine.tokenize("Hello", add_special=True), SamplingParams(max_tokens=400))
-            )
-            try:
-                body = {"model": engine.model_id, "prompt": "Hi", "max_tokens": 4}
-                response = await client.post("/v1/completions", json=body)
-            finally:
-                await busy.aclose()
+            # Hold the only slot (paused, the engine cannot end it first, however fast it decodes); with no queue,
+            # the next request must be refused at once.
+            async with engine.probe.paused():
+                busy = engine.generate(
+                    GenerationRequest(engine.tokenize("Hello", add_special=True), SamplingParams(max_tokens=400))
+                )
+                try:
+                    body = {"model": engine.model_id, "prompt": "Hi", "max_tokens": 4}
+                    response = await client.post("/v1/completions", json=body)
+                finally:
+                    await busy.aclose()
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) >= 1
     assert response.json()["error"]["code"] == "engine_overloaded"

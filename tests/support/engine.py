@@ -1,26 +1,17 @@
-"""One demo model for all engine tests; each test builds its own small engine (contexts are cheap, weights are not)."""
+"""Helpers for tests that run the batching engine on a real model: a small engine per test, greedy requests that run
+to max_tokens, and one generation's text and Finished event."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
-import pytest
-
-from server.engine.base import Finished, GenerationRequest, SamplingParams, TextDelta
+from server.engine.base import Finished, GenerationRequest, Grammar, SamplingParams, TextDelta
 from server.engine.batching import BatchingEngine
 from server.engine.llama_model import LlamaModel
-from server.model_source.local import demo_model
 
 # SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>): pushed down so every generation runs to max_tokens.
 NO_EOS = {0: -100.0, 2: -100.0}
-
-
-@pytest.fixture(scope="session")
-def model() -> Iterator[LlamaModel]:
-    loaded = LlamaModel(demo_model(), n_gpu_layers=0)
-    yield loaded
-    loaded.close()
 
 
 @contextlib.asynccontextmanager
@@ -34,11 +25,21 @@ async def running_engine(model: LlamaModel, **options: object) -> AsyncIterator[
 
 
 def request(
-    engine: BatchingEngine, prompt: str, max_tokens: int, *, stop: Sequence[str] = (), **sampling: object
+    engine: BatchingEngine,
+    prompt: str,
+    max_tokens: int,
+    *,
+    stop: Sequence[str] = (),
+    n: int = 1,
+    grammar: Grammar | None = None,
+    **sampling: object,
 ) -> GenerationRequest:
     params = {"temperature": 0.0, "logit_bias": NO_EOS} | sampling
     return GenerationRequest(
-        engine.tokenize(prompt, add_special=True), SamplingParams(max_tokens=max_tokens, stop=stop, **params)
+        engine.tokenize(prompt, add_special=True),
+        SamplingParams(max_tokens=max_tokens, stop=stop, **params),
+        n=n,
+        grammar=grammar,
     )
 
 

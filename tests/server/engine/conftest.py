@@ -1,0 +1,18 @@
+"""One demo model for all engine tests; each test builds its own small engine (contexts are cheap, weights are not:
+see `tests/support/engine.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from server.engine.llama_model import LlamaModel
+from server.model_source.local import demo_model
+
+
+@pytest.fixture(scope="session")
+def model() -> Iterator[LlamaModel]:
+    loaded = LlamaModel(demo_model(), n_gpu_layers=0)
+    yield loaded
+    loaded.close()

@@ -1,0 +1,205 @@
+"""Preparing a generation on a stand-in engine: the tool format and the grammar are decided once, the grammar is
+compiled last and names the field it came from, and the prepare stage frees a grammar the engine never took."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from server.engine.base import EngineError, Finished, Grammar
+from server.engine.chat_template import TemplateMessage, TemplateTool
+from server.errors import APIError
+from server.lifecycle.holder import ServedModel
+from server.protocol.openai import ChatCompletionRequest, CompletionRequest
+from server.serving.constrain.tools import formats as tools
+from server.serving.endpoints.prepare import chat_request, completion_request
+from server.serving.pipeline.job import PreparedGeneration, ServingJob
+from server.serving.pipeline.stages import Events, Pipeline, prepare
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+class StandInEngine:
+    """What preparation asks of an engine; grammars are tokens whose frees are recorded."""
+
+    model_id = "stand-in"
+    n_ctx = 256
+    gpu_offload = False
+
+    def __init__(self, *, tool_syntax: str | None = None, refuse_grammars: bool = False) -> None:
+        self.tool_syntax = tool_syntax
+        self.refuse_grammars = refuse_grammars
+        self.render_error: Exception | None = None
+        self.compiled: list[tuple[str, str]] = []
+        self.freed: list[object] = []
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return [1 + len(word) for word in text.split()]
+
+    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
+        if self.render_error is not None:
+            raise self.render_error
+        return " ".join(str(m["content"]) for m in messages)
+
+    def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
+        if self.refuse_grammars:
+            raise EngineError("the grammar built from this request could not be parsed", param=param)
+        self.compiled.append((gbnf, param))
+        return Grammar(f"grammar {len(self.compiled)}", self.freed.append, param=param)
+
+
+def chat(**fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "stand-in", "messages": [{"role": "user", "content": "What is the weather in Paris?"}]} | fields
+    )
+
+
+# ---- the preparation ----
+
+
+@pytest.mark.parametrize(("syntax", "expected"), [(None, tools.GENERIC), ("hermes", tools.HERMES)])
+def test_a_tool_request_gets_its_format_and_a_grammar_from_tools(syntax: str | None, expected: object) -> None:
+    engine = StandInEngine(tool_syntax=syntax)
+    prepared = chat_request(engine, chat(tools=[WEATHER], tool_choice="required"))
+    assert prepared.tool_format is expected
+    assert [param for _, param in engine.compiled] == ["tools"]
+    assert prepared.request.grammar is not None and prepared.request.grammar.param == "tools"
+
+
+@pytest.mark.parametrize(
+    ("response_format", "param"),
+    [
+        ({"type": "json_object"}, "response_format"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}},
+            "response_format.json_schema.schema",
+        ),
+        ({"type": "text"}, None),
+        (None, None),
+    ],
+)
+def test_response_format_grammars_name_their_field(response_format: dict | None, param: str | None) -> None:
+    engine = StandInEngine()
+    body = chat(response_format=response_format) if response_format else chat()
+    prepared = chat_request(engine, body)
+    assert prepared.tool_format is None, "a text answer is parsed in no tool format"
+    assert [p for _, p in engine.compiled] == ([param] if param else [])
+    fields = {"model": "stand-in", "prompt": "Hi"} | ({"response_format": response_format} if response_format else {})
+    again = completion_request(engine, CompletionRequest.model_validate(fields))
+    assert (again.request.grammar.param if again.request.grammar else None) == param
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"tools": [WEATHER]}, "tools"), ({"response_format": {"type": "json_object"}}, "response_format")],
+)
+def test_a_grammar_that_does_not_compile_names_the_field_it_came_from(fields: dict, param: str) -> None:
+    with pytest.raises(EngineError) as refused:
+        chat_request(StandInEngine(refuse_grammars=True), chat(**fields))
+    assert refused.value.param == param
+
+
+def test_the_grammar_is_compiled_after_everything_that_can_refuse() -> None:
+    engine = StandInEngine()
+    engine.render_error = EngineError("the model's chat template rejected the messages", param="messages")
+    with pytest.raises(EngineError):
+        chat_request(engine, chat(tools=[WEATHER]))
+    with pytest.raises(APIError):
+        completion_request(
+            engine,
+            CompletionRequest(model="stand-in", prompt=" ", response_format={"type": "json_object"}),  # no tokens
+        )
+    assert engine.compiled == []
+
+
+def test_tool_schemas_are_converted_once_and_alone_only_to_name_a_broken_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[object] = []
+    check = tools.check_parameters
+    monkeypatch.setattr(tools, "check_parameters", lambda plan: (checked.append(plan), check(plan)))
+    chat_request(StandInEngine(), chat(tools=[WEATHER]))
+    assert checked == []
+    broken = {**WEATHER, "function": {**WEATHER["function"], "parameters": {"not": {}}}}
+    with pytest.raises(APIError) as refused:
+        chat_request(
+            StandInEngine(), chat(tools=[WEATHER, {**broken, "function": {**broken["function"], "name": "b"}}])
+        )
+    assert refused.value.param == "tools[1].function.parameters"
+    assert len(checked) == 1
+
+
+# ---- the prepare stage ----
+
+
+def job_for(engine: StandInEngine, preparation: Any) -> ServingJob:
+    served = ServedModel(engine, sha256="0" * 64, source_version=None, loaded_at=0)  # type: ignore[arg-type]
+    return ServingJob("req", "chat.completions", chat(tools=[WEATHER]), served, preparation)
+
+
+async def drain(events: Events) -> None:
+    async for _ in events:
+        pass
+
+
+async def refuses(job: ServingJob) -> Events:
+    raise APIError(429, "a later stage refused the request")
+    yield Finished("stop", 0, 0)
+
+
+async def answers_from_the_cache(job: ServingJob) -> Events:
+    yield Finished("stop", 0, 0)
+
+
+async def takes_the_grammar(job: ServingJob) -> Events:
+    assert job.generation is not None and job.generation.grammar is not None
+    job.generation.grammar.take()
+    yield Finished("stop", 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_the_prepare_stage_closes_a_grammar_the_engine_never_took() -> None:
+    engine = StandInEngine()
+    refused = job_for(engine, lambda e: chat_request(e, chat(tools=[WEATHER])))
+    with pytest.raises(APIError):
+        await drain(Pipeline([prepare], terminal=refuses).run(refused))
+    cached = job_for(engine, lambda e: chat_request(e, chat(tools=[WEATHER])))
+    await drain(Pipeline([prepare], terminal=answers_from_the_cache).run(cached))
+    assert engine.freed == ["grammar 1", "grammar 2"]
+    assert cached.tool_format is tools.GENERIC, "the preparation's tool format is on the job"
+    taken = job_for(engine, lambda e: chat_request(e, chat(tools=[WEATHER])))
+    await drain(Pipeline([prepare], terminal=takes_the_grammar).run(taken))
+    assert engine.freed == ["grammar 1", "grammar 2"], "a grammar the engine took is the engine's to free"
+
+
+@pytest.mark.asyncio
+async def test_a_grammar_compiled_for_a_request_abandoned_mid_preparation_is_closed() -> None:
+    engine = StandInEngine()
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_preparation(e: StandInEngine) -> PreparedGeneration:
+        started.set()
+        finish.wait(10)  # the client leaves while this runs
+        return chat_request(e, chat(tools=[WEATHER]))
+
+    job = job_for(engine, slow_preparation)
+    task = asyncio.create_task(drain(Pipeline([prepare], terminal=takes_the_grammar).run(job)))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert job.generation is None and engine.compiled == []
+    finish.set()
+    for _ in range(500):
+        if engine.freed:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.freed == ["grammar 1"]
