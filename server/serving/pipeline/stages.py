@@ -9,6 +9,7 @@ the last event it does its bookkeeping (charge tokens, record the request).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
@@ -51,15 +52,24 @@ async def prepare(job: ServingJob, call_next: Next) -> Events:
 
 
 async def _prepared(preparation: Callable[[Engine], object], engine: Engine) -> object:
-    """The preparation's result. Abandoned meanwhile (the client left), the worker thread runs on: the grammar it
-    compiles is closed once it is done, since nobody else will ever see it."""
+    """The preparation's result. Abandoned meanwhile (the client left), it still waits for the worker thread: the
+    thread uses the model, whose lease is returned only once this stage has unwound (a hot swap must not free the
+    weights under it), and the grammar it compiles is closed, since nobody else will ever see it."""
     loop = asyncio.get_running_loop()
     work = loop.run_in_executor(None, contextvars.copy_context().run, preparation, engine)
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        work.add_done_callback(_close_abandoned)
+        await _outlast(work)
+        _close_abandoned(work)
         raise
+
+
+async def _outlast(work: asyncio.Future[object]) -> None:
+    """Wait for `work` to end, through further cancellations (re-raised by the caller, which is being cancelled)."""
+    while not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([work])
 
 
 def _close_abandoned(work: asyncio.Future[object]) -> None:

@@ -181,7 +181,9 @@ async def test_the_prepare_stage_closes_a_grammar_the_engine_never_took() -> Non
 
 
 @pytest.mark.asyncio
-async def test_a_grammar_compiled_for_a_request_abandoned_mid_preparation_is_closed() -> None:
+async def test_a_request_abandoned_mid_preparation_waits_for_its_thread_and_closes_its_grammar() -> None:
+    # The worker thread uses the model: until it ends, the stage must not unwind (and so return the model's lease,
+    # which would let a hot swap free the weights under it).
     engine = StandInEngine()
     started, finish = threading.Event(), threading.Event()
 
@@ -194,12 +196,11 @@ async def test_a_grammar_compiled_for_a_request_abandoned_mid_preparation_is_clo
     task = asyncio.create_task(drain(Pipeline([prepare], terminal=takes_the_grammar).run(job)))
     await asyncio.to_thread(started.wait, 10)
     task.cancel()
+    for _ in range(20):  # far more loop turns than unwinding takes
+        await asyncio.sleep(0)
+    assert not task.done(), "the stage outlasts the worker thread that uses the model"
+    finish.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert job.generation is None and engine.compiled == []
-    finish.set()
-    for _ in range(500):
-        if engine.freed:
-            break
-        await asyncio.sleep(0.01)
-    assert engine.freed == ["grammar 1"]
+    assert job.generation is None
+    assert engine.freed == ["grammar 1"], "the abandoned preparation's grammar is closed before the stage unwinds"
