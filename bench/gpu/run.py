@@ -14,7 +14,7 @@ killed at its limit still leaves what it measured):
    98 MB demo model, which cannot travel) and of Llama-3-8B and Llama-3.2-1B with Llama 3's tokenizer, written as
    F16 and quantized (Q4_1 for the stand-in, Q4_K_M) with the packed CPU `llama-quantize` when there is one, so
    quantizing need not wait for the build; with the fresh one otherwise.
-5. tests: `tests/test_gpu_offload.py` against the fresh library (OUT/tests.log).
+5. tests: `tests/server/engine/test_gpu_offload.py` against the fresh library (OUT/tests.log).
 6. bench: per model, ours against llama-server at 1, 64, 8 and 32 streams, taking turns, while the budget lasts
    (OUT/servers.log holds the servers' log tails).
 
@@ -376,7 +376,7 @@ def main() -> None:
     with report.step("tests") as step:
         junit = work / "tests.xml"
         # Only the plugin the tests need: the GPU image's own (jaxtyping's, hypothesis's...) stay out of the process.
-        argv = [sys.executable, "-m", "pytest", "tests/test_gpu_offload.py", "-q", "-p", "no:cacheprovider"]
+        argv = [sys.executable, "-m", "pytest", "tests/server/engine/test_gpu_offload.py", "-q", "-p", "no:cacheprovider"]
         argv += ["-p", "pytest_asyncio.plugin"]
         argv += [f"--junitxml={junit}"]
         with tests_log.open("w") as out:
