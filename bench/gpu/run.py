@@ -376,7 +376,15 @@ def main() -> None:
     with report.step("tests") as step:
         junit = work / "tests.xml"
         # Only the plugin the tests need: the GPU image's own (jaxtyping's, hypothesis's...) stay out of the process.
-        argv = [sys.executable, "-m", "pytest", "tests/server/engine/test_gpu_offload.py", "-q", "-p", "no:cacheprovider"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/server/engine/test_gpu_offload.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
         argv += ["-p", "pytest_asyncio.plugin"]
         argv += [f"--junitxml={junit}"]
         with tests_log.open("w") as out:

@@ -140,7 +140,14 @@ class RateLimiter:
             return Decision(True)
         if not self._outage.should_try():
             return self._unavailable()
-        args = [WINDOW_MS, limits.rpm or 0, limits.tpm or 0, prompt_tokens, request_id, int(count_request)]
+        args: list[int | str] = [
+            WINDOW_MS,
+            limits.rpm or 0,
+            limits.tpm or 0,
+            prompt_tokens,
+            request_id,
+            int(count_request),
+        ]
         try:
             allowed, which, requests, tokens, wait_ms = await self._admit(keys=self._keys(key_id), args=args)
         except (RedisError, OSError) as exc:

@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
                 if served is not None:
                     await served.close()
 
-    app = FastAPI(title="ggufstack", version="0.1.0", lifespan=lifespan)
+    app = _API(title="ggufstack", version="0.1.0", lifespan=lifespan)
     app.state.holder = holder
     app.state.settings = settings
     app.add_middleware(RequestLimitsMiddleware, limits=request_limits_of(settings))
@@ -76,8 +76,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     if settings.metrics_port is None:
         app.include_router(metrics.router)
-    app.openapi = lambda: _openapi(app)
     return app
+
+
+class _API(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        return _openapi(self)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

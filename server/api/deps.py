@@ -18,16 +18,20 @@ from server.serving.pipeline.stages import Pipeline
 from server.store.keys import KeyStore, same_secret
 
 
+# The app's state holds anything; create_app puts these there.
 def _holder(request: Request) -> ModelHolder:
-    return request.app.state.holder
+    holder: ModelHolder = request.app.state.holder
+    return holder
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _plane(request: Request) -> DataPlane:
-    return request.app.state.plane
+    plane: DataPlane = request.app.state.plane
+    return plane
 
 
 def _admin_keys(request: Request) -> KeyStore:

@@ -66,14 +66,19 @@ class RequestTooLargeError(StarletteHTTPException):
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # Starlette types every handler as taking any Exception; each is registered for the class it narrows to.
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, RequestValidationError):
+            return response(from_exception(exc))
         return response(_validation_error(exc))
 
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, StarletteHTTPException):
+            return response(from_exception(exc))
         if isinstance(exc, RequestTooLargeError):
             return response(exc.error)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return response(APIError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers))
+        return response(APIError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {})))
 
     async def on_any(_: Request, exc: Exception) -> JSONResponse:
         return response(from_exception(exc))

@@ -32,8 +32,9 @@ class SwapPlan:
 
 def plan_swap(setting: str, *, needed_bytes: int, available_bytes: int | None, where: str) -> SwapPlan:
     """Pure decision: the setting wins unless it is `auto`; an unknown free memory means in place (the safe one)."""
-    if setting in ("beside", "in_place"):
-        return SwapPlan(setting, f"GGUFSTACK_MODEL_SWAP={setting}")  # type: ignore[arg-type]
+    match setting:
+        case "beside" | "in_place":
+            return SwapPlan(setting, f"GGUFSTACK_MODEL_SWAP={setting}")
     needed_mib = needed_bytes * HEADROOM / 2**20
     if available_bytes is None:
         return SwapPlan("in_place", f"free {where} unknown; the new model needs about {needed_mib:,.0f} MiB")

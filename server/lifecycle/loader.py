@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, TypeVarTuple
 
 from server.config.settings import Settings
 from server.engine.factory import engine_for, open_model, warm_up
@@ -26,29 +26,30 @@ from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 _BACKGROUND_NICE = 10
 
 
-async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+async def in_daemon_thread(fn: Callable[[*Ts], T], *args: *Ts) -> T:
     """Like asyncio.to_thread, but a shutdown need not wait for a multi-gigabyte download to finish."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
+    def succeed(result: T) -> None:
+        if not future.done():
             future.set_result(result)
+
+    def fail(error: BaseException) -> None:
+        if not future.done():
+            future.set_exception(error)
 
     def target() -> None:
         try:
             result = fn(*args)
         except BaseException as exc:  # handed to the awaiting coroutine, which decides
-            loop.call_soon_threadsafe(settle, None, exc)
+            loop.call_soon_threadsafe(fail, exc)
         else:
-            loop.call_soon_threadsafe(settle, result, None)
+            loop.call_soon_threadsafe(succeed, result)
 
     threading.Thread(target=target, name=f"loader-{getattr(fn, '__name__', 'task')}", daemon=True).start()
     return await future
@@ -116,7 +117,9 @@ async def load_served(
 ) -> ServedModel:
     """Load the weights, build the engine and warm it up; on any failure free what was built and raise."""
     started = time.monotonic()
-    sha256 = fetched.sha256 or await in_daemon_thread(_sha256, fetched.path)
+    sha256 = fetched.sha256
+    if not sha256:
+        sha256 = await in_daemon_thread(_sha256, fetched.path)
     weights = await in_daemon_thread(open_model, fetched.path, settings)
     try:
         engine = await in_daemon_thread(engine_for, weights, settings, model_id)

@@ -6,6 +6,7 @@ The blob source reads it to find a pinned version; `ggufstack model list/info` s
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,11 +89,15 @@ class ModelCatalogue:
             raise PublishError(f"blob {name} does not exist in container {self._container.container_name}")
         return model
 
-    def _archived_from(self, by_name: dict[str, list[BlobProperties]], name: str) -> list[BlobProperties]:
+    def _archived_from(
+        self, by_name: dict[str, builtins.list[BlobProperties]], name: str
+    ) -> builtins.list[BlobProperties]:
         directory = archive_dir(name)
         return [props for blob_name, found in by_name.items() if blob_name.startswith(directory) for props in found]
 
-    def _model(self, name: str, own: list[BlobProperties], archived: list[BlobProperties]) -> ModelBlob | None:
+    def _model(
+        self, name: str, own: builtins.list[BlobProperties], archived: builtins.list[BlobProperties]
+    ) -> ModelBlob | None:
         current_props = [p for p in own if p.is_current_version is not False]
         if not current_props:
             return None

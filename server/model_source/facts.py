@@ -104,7 +104,7 @@ def read_facts(path: Path) -> GGUFFacts:
         with path.open("rb") as f:
             fields, tensors = _read_header(f)
     except (struct.error, ValueError, OverflowError, KeyError, OSError, MemoryError, RecursionError) as exc:
-        raise VerificationError(f"{path.name} is not a readable GGUF file: {exc or type(exc).__name__}") from None
+        raise VerificationError(f"{path.name} is not a readable GGUF file: {str(exc) or type(exc).__name__}") from None
     return _facts(fields, tensors)
 
 

@@ -17,6 +17,7 @@ def check_gguf_header(path: Path) -> int:
         header = f.read(8)
     if len(header) < 8 or header[:4] != GGUF_MAGIC:
         raise VerificationError(f"{path.name} is not a GGUF file (bad magic {header[:4]!r})")
+    version: int
     (version,) = struct.unpack("<I", header[4:8])
     if version not in SUPPORTED_VERSIONS:
         raise VerificationError(f"{path.name} has unsupported GGUF version {version}")

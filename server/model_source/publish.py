@@ -25,12 +25,14 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import count
 from pathlib import Path
+from typing import TypedDict
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobClient, BlobProperties, ContainerClient, ContentSettings
+from azure.storage.blob import BlobBlock, BlobClient, BlobProperties, ContainerClient, ContentSettings
 
 from server.model_source.catalogue import (
     ARCHIVED_NS_KEY,
@@ -64,6 +66,19 @@ class PushResult:
     seconds: float
     version_id: str
     previous: ModelVersion | None
+
+
+# The SDK passes a keyword it does not use (an etag without a condition, say) on to the HTTP session, which refuses
+# it: a condition's keywords are given only when set, never as None.
+class _Match(TypedDict, total=False):
+    etag: str
+    match_condition: MatchConditions
+
+
+class _CopyOptions(_Match, total=False):
+    metadata: dict[str, str]
+    source_etag: str
+    source_match_condition: MatchConditions
 
 
 class ModelPublisher(ModelCatalogue):
@@ -103,14 +118,14 @@ class ModelPublisher(ModelCatalogue):
             if current.version_id is None:
                 self._call(name, lambda: self._archive(blob, current))
         metadata = {SHA256_KEY: sha256, **facts.to_metadata()}
-        condition = (
+        condition: _Match = (
             {"etag": current.etag, "match_condition": MatchConditions.IfNotModified}
             if current is not None
             else {"match_condition": MatchConditions.IfMissing}
         )
         try:
             committed = blob.commit_block_list(
-                block_ids,
+                [BlobBlock(block_id) for block_id in block_ids],
                 metadata=metadata,
                 content_settings=ContentSettings(content_type="application/octet-stream"),
                 **condition,
@@ -119,8 +134,7 @@ class ModelPublisher(ModelCatalogue):
             raise PublishError(CHANGED_MEANWHILE.format(name=name)) from None
         except AzureError as exc:
             raise PublishError(f"cannot commit blob {name}: {first_line(exc)}") from None
-        version_id = committed.get("version_id") or version_stamp(committed["last_modified"])
-        return PushResult(name, sha256, size, facts, time.monotonic() - started, version_id, previous)
+        return PushResult(name, sha256, size, facts, time.monotonic() - started, _version_id(committed), previous)
 
     def _stage_blocks(self, blob: BlobClient, path: Path, progress: Callable[[int], None]) -> tuple[list[str], str]:
         """Read the file once, in order (for the sha256), while up to `concurrency` blocks upload at a time."""
@@ -178,15 +192,16 @@ class ModelPublisher(ModelCatalogue):
         target = self._pick(model, to)
         blob = self._container.get_blob_client(name)
         current_props = self._call(name, blob.get_blob_properties)
-        if target.archive_blob is None:
+        archive_blob = target.archive_blob
+        if archive_blob is None:
             source_url = f"{blob.url}{'&' if '?' in blob.url else '?'}versionid={target.version_id}"
         else:
             self._call(name, lambda: self._archive(blob, current_props))
-            source_url = self._container.get_blob_client(target.archive_blob).url
+            source_url = self._container.get_blob_client(archive_blob).url
         self._call(name, lambda: self._copy(blob, source_url, etag=current_props.etag))
-        if target.archive_blob is not None:
+        if archive_blob is not None:
             # Its content is current again; it is archived anew when something replaces it.
-            self._call(name, lambda: self._container.delete_blob(target.archive_blob))
+            self._call(name, lambda: self._container.delete_blob(archive_blob))
         return self._version_of(self._call(name, blob.get_blob_properties), is_current=True)
 
     @staticmethod
@@ -241,13 +256,13 @@ class ModelPublisher(ModelCatalogue):
     ) -> None:
         """Server-side copy, waited for (copies within an account usually finish at once); the source's metadata
         comes along unless `metadata` replaces it."""
-        conditions: dict[str, object] = {} if metadata is None else {"metadata": metadata}
+        options: _CopyOptions = {} if metadata is None else {"metadata": metadata}
         if etag is not None:
-            conditions.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+            options.update({"etag": etag, "match_condition": MatchConditions.IfNotModified})
         if source_etag is not None:
-            conditions.update(source_etag=source_etag, source_match_condition=MatchConditions.IfNotModified)
+            options.update({"source_etag": source_etag, "source_match_condition": MatchConditions.IfNotModified})
         started = time.monotonic()
-        status = target.start_copy_from_url(source_url, **conditions)["copy_status"]
+        status = _str_or_none(target.start_copy_from_url(source_url, **options)["copy_status"])
         while status == "pending":
             if time.monotonic() - started > _COPY_TIMEOUT_S:
                 raise PublishError(f"copy to blob {target.blob_name} did not finish in {_COPY_TIMEOUT_S:.0f} s")
@@ -255,6 +270,22 @@ class ModelPublisher(ModelCatalogue):
             status = target.get_blob_properties().copy.status
         if status != "success":
             raise PublishError(f"copy to blob {target.blob_name} ended with status {status}")
+
+
+def _str_or_none(value: str | datetime) -> str | None:
+    # The SDK types every value of its replies as str | datetime; the copy status is a str.
+    return value if isinstance(value, str) else None
+
+
+def _version_id(committed: dict[str, str | datetime]) -> str:
+    """The version id of a commit; where versioning is off, a stamp of its Last-Modified time in that format."""
+    version_id = committed.get("version_id")
+    if isinstance(version_id, str) and version_id:
+        return version_id
+    last_modified = committed["last_modified"]
+    if not isinstance(last_modified, datetime):
+        raise PublishError(f"the service's reply to a commit has no time in last_modified: {last_modified!r}")
+    return version_stamp(last_modified)
 
 
 def _properties_or_none(blob: BlobClient) -> BlobProperties | None:

@@ -296,6 +296,7 @@ class EmbeddingRequest(RequestBody):
         value = self.input
         if isinstance(value, str):
             return [value]
-        if all(isinstance(item, int) for item in value):
-            return [[int(item) for item in value]]
-        return [item if isinstance(item, str) else list(item) for item in value]
+        token_ids = [item for item in value if isinstance(item, int)]
+        if len(token_ids) == len(value):  # one input, as token ids
+            return [token_ids]
+        return [item if isinstance(item, str) else list(item) for item in value if not isinstance(item, int)]

@@ -51,7 +51,7 @@ class ThreadedCredential:
 
 
 def default_credential() -> AsyncTokenCredential:
-    return ThreadedCredential()  # type: ignore[return-value]  # structurally an AsyncTokenCredential
+    return ThreadedCredential()
 
 
 def postgres_password(credential: AsyncTokenCredential) -> Callable[[], Awaitable[dict[str, Any]]]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from azure.core.credentials import AccessToken
@@ -97,12 +97,18 @@ class EntraRedisCredentials(StreamingCredentialProvider):
             log.warning("re-AUTH of pooled Redis connections failed (%s)", type(exc).__name__)
 
 
+class _Options(TypedDict):
+    socket_connect_timeout: float
+    socket_timeout: float
+    retry: Retry
+
+
 def create_redis(
     url: str, credential: AsyncTokenCredential | None = None
 ) -> tuple[Redis, EntraRedisCredentials | None]:
     """A client for `url`. With `credential`, the URL's user is the identity's object id, the password an Entra
     token that the returned provider keeps fresh (run its `run()` as a task)."""
-    options = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "retry": Retry(NoBackoff(), 1)}
+    options: _Options = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "retry": Retry(NoBackoff(), 1)}
     if credential is None:
         return Redis.from_url(url, **options), None
     parts = urlsplit(url)

@@ -82,7 +82,8 @@ def encode(events: Sequence[GenerationEvent]) -> bytes:
     return json.dumps([_event(e) for e in events], separators=(",", ":")).encode()
 
 
-def decode(data: bytes) -> list[GenerationEvent]:
+def decode(data: bytes | str) -> list[GenerationEvent]:
+    # redis-py types replies as bytes | str (str where a client decodes responses); json.loads reads either.
     return [_unevent(value) for value in json.loads(data)]
 
 

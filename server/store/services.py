@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from azure.core.credentials_async import AsyncTokenCredential
@@ -37,8 +38,8 @@ class Database:
     outage: Outage
 
 
-async def background(resources: AsyncExitStack, work: Awaitable[None], name: str) -> None:
-    task = asyncio.create_task(work, name=name)  # type: ignore[arg-type]
+async def background(resources: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
+    task = asyncio.create_task(work, name=name)
     task.add_done_callback(_report_death)
 
     async def stop() -> None:

@@ -384,6 +384,20 @@ def test_a_conversation_is_visible_to_its_key_only(plane: Plane) -> None:
     assert httpx.get(url + "%00", headers={"Authorization": f"Bearer {owner}"}).status_code == 404
 
 
+def test_a_conversation_id_on_embeddings_or_the_tokenizer_files_no_messages(plane: Plane) -> None:
+    created = plane.create_key()
+    conversation = "conv-" + uuid.uuid4().hex
+    headers = {"Authorization": f"Bearer {created['key']}", "X-Conversation-Id": conversation}
+    with httpx.Client(base_url=plane.servers[0].base_url, headers=headers, timeout=60) as client:
+        embedded = client.post("/v1/embeddings", json={"model": MODEL, "input": "hi"})
+        assert embedded.status_code == 200, embedded.text
+        tokenized = client.post("/tokenize", json={"content": "hi"})
+        assert tokenized.status_code == 200, tokenized.text
+        rows = _wait_for_rows(plane, "SELECT status FROM audit_log WHERE key_id = %s", created["id"], 2)
+        assert sorted(rows) == [(200,), (200,)]
+        assert client.get(f"/v1/conversations/{conversation}").status_code == 404
+
+
 def test_redis_down_serves_uncached_and_unlimited_then_recovers(plane: Plane) -> None:
     key = plane.create_key(rpm=3)["key"]
     plane.redis.stop()

@@ -3,6 +3,8 @@ the same key, model permission and request limit as a generation (see `server/se
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from sse_starlette import EventSourceResponse
 
@@ -14,7 +16,9 @@ from server.serving.endpoints import tokenizer
 
 router = APIRouter()
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 429, 500, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 429, 500, 503)
+}
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)

@@ -69,7 +69,7 @@ def _convert(canonical: str, param: str, rule: str) -> str:
     _check_supported(schema, "#", param)
     try:
         # What llama-cpp-python's json_schema_to_gbnf does, with the top rule's name chosen.
-        converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        converter = _Converter()
         top = converter.visit(converter.resolve_refs(schema, "stdin"), rule)
         grammar = converter.format_grammar()
     except Exception as exc:  # the converter raises bare Exceptions too (an unresolvable $ref)
@@ -110,11 +110,11 @@ def _check_supported(schema: Any, where: str, param: str) -> None:
         raise _unsupported(f"a required property without a schema ({missing[0]!r}) at {where}", param)
 
 
-def _constraints(schema: dict) -> set[str]:
+def _constraints(schema: dict[str, Any]) -> set[str]:
     return {key for key in schema if key in _CONSTRAINING} - {"$defs", "definitions"}
 
 
-def _rule_keyword(schema: dict) -> str:
+def _rule_keyword(schema: dict[str, Any]) -> str:
     """The keyword the converter builds this subschema's rule from (its `visit` tries them in this order)."""
     kind = schema.get("type")
     for keyword in ("$ref", "oneOf", "anyOf"):
@@ -139,7 +139,7 @@ def _rule_keyword(schema: dict) -> str:
     return "type"
 
 
-def _honoured(schema: dict) -> set[str]:
+def _honoured(schema: dict[str, Any]) -> set[str]:
     """The constraining keywords of this subschema that its grammar rule enforces."""
     keyword = _rule_keyword(schema)
     honoured = {keyword, "type"} if keyword not in ("$ref", "oneOf", "anyOf") else {keyword}
@@ -157,17 +157,27 @@ def _honoured(schema: dict) -> set[str]:
 
 
 class _Converter(SchemaConverter):
-    """llama-cpp-python's converter, with integer bounds."""
+    """llama-cpp-python's converter, with integer bounds; the methods this module calls are typed here, as the
+    converter has no annotations."""
 
-    def visit(self, schema: dict, name: str) -> str:
+    def __init__(self) -> None:
+        super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]  # the converter has no annotations
+
+    def format_grammar(self) -> str:
+        grammar: str = super().format_grammar()  # type: ignore[no-untyped-call]  # the converter has no annotations
+        return grammar
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
         if schema.get("type") == "integer" and _BOUNDS & schema.keys() and _rule_keyword(schema) == "type":
             rule = name + "-" if name in RESERVED_NAMES else name or "root"
             try:
                 pattern = integer_range_gbnf(*integer_bounds(schema))
             except ValueError as exc:
                 raise ValueError(f"{exc} (an integer's bounds)") from None
-            return self._add_rule(rule, f"{pattern} space")
-        return super().visit(schema, name)
+            added: str = self._add_rule(rule, f"{pattern} space")  # type: ignore[no-untyped-call]  # the converter has no annotations
+            return added
+        visited: str = super().visit(schema, name)  # type: ignore[no-untyped-call]  # the converter has no annotations
+        return visited
 
 
 def _unsupported(what: str, param: str) -> APIError:

@@ -9,11 +9,12 @@ integer the converter's own rule writes.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 MAX_DIGITS = 16
 
 
-def integer_bounds(schema: dict) -> tuple[int | None, int | None]:
+def integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
     """The smallest and largest integer `schema`'s bounds admit (None: that side is open)."""
     lows = [math.ceil(schema["minimum"])] if "minimum" in schema else []
     if "exclusiveMinimum" in schema:

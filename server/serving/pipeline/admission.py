@@ -6,7 +6,7 @@ queue) is still an HTTP status, not an error inside a stream that already said 2
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -54,7 +54,7 @@ class Admitted:
     _rest: Events
     _lease: Lease
 
-    async def events(self) -> AsyncGenerator[GenerationEvent, None]:
+    async def events(self) -> Events:
         try:
             yield self._first
             async for event in self._rest:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from server.engine.base import Finished, TextDelta
 from server.errors import known_error
-from server.protocol.openai import ChatCompletionRequest
+from server.protocol.openai import ChatCompletionRequest, CompletionRequest
 from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next
 from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record
@@ -68,9 +68,10 @@ class RecordStage:
             cache_hit=job.cache_hit,
             client_request_id=job.client_request_id,
         )
-        if answer is None or job.conversation_id is None or status != 200:
+        prompt = _prompt_messages(job)
+        if answer is None or prompt is None or job.conversation_id is None or status != 200:
             return Record(row)
-        turns = [*_prompt_messages(job), ("assistant", answer)]
+        turns = [*prompt, ("assistant", answer)]
         messages = [
             ConversationMessage(
                 job.conversation_id, job.caller.key_id, job.request_id, i, role, _storable(text), created
@@ -80,11 +81,15 @@ class RecordStage:
         return Record(row, messages)
 
 
-def _prompt_messages(job: ServingJob) -> list[tuple[str, str]]:
+def _prompt_messages(job: ServingJob) -> list[tuple[str, str]] | None:
+    """The turns a generation's prompt adds to its conversation; None for embeddings and the tokenizer, which add
+    none whatever X-Conversation-Id says."""
     if isinstance(job.body, ChatCompletionRequest):
         return [(m.role, m.text()) for m in job.body.messages]
-    prompt = job.body.prompt
-    return [("user", prompt if isinstance(prompt, str) else str(prompt))]
+    if isinstance(job.body, CompletionRequest):
+        prompt = job.body.prompt
+        return [("user", prompt if isinstance(prompt, str) else str(prompt))]
+    return None
 
 
 def _storable(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from server.engine.chat_template import TemplateMessage
 from server.protocol.openai import ChatMessage
@@ -41,8 +42,17 @@ class GenericFormat:
         return TemplateInput(_merge_system(rendered) if plan is not None else rendered)
 
     def grammar(self, plan: ToolPlan) -> str:
-        schema_calls = {"type": "array", "items": plan.call_schema(), "minItems": 1, "maxItems": plan.max_calls}
-        answer = {"type": "object", "properties": {"tool_calls": schema_calls}, "required": ["tool_calls"]}
+        schema_calls: dict[str, Any] = {
+            "type": "array",
+            "items": plan.call_schema(),
+            "minItems": 1,
+            "maxItems": plan.max_calls,
+        }
+        answer: dict[str, Any] = {
+            "type": "object",
+            "properties": {"tool_calls": schema_calls},
+            "required": ["tool_calls"],
+        }
         if plan.allows_content:
             text = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"]}
             answer = {"anyOf": [answer, text]}
@@ -100,7 +110,9 @@ def _partial_string(body: str) -> str:
     """The text of a JSON string whose closing quote never came (an escape cut in half is dropped)."""
     for end in range(len(body), max(len(body) - 12, -1), -1):
         try:
-            return json.loads(f'"{body[:end]}"')
+            # A JSON text that opens with a quote is a string or no JSON at all.
+            text: str = json.loads(f'"{body[:end]}"')
+            return text
         except json.JSONDecodeError:
             continue
     return ""

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from server.engine.chat_template import TemplateMessage, TemplateToolCall
+from server.engine.chat_template import TemplateMessage, TemplateTool, TemplateToolCall
 from server.errors import APIError
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.grammar import json_schema_rules
@@ -32,7 +32,9 @@ _CALL_JSON = "hermes-call-json"  # the converter names the call schema's own rul
 
 class HermesFormat:
     def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
-        tools = [tool.model_dump(exclude_none=True) for tool in plan.tools] if plan is not None else None
+        tools: list[TemplateTool] | None = (
+            [tool.model_dump(exclude_none=True) for tool in plan.tools] if plan is not None else None
+        )
         return TemplateInput([_template_message(m) for m in messages], tools)
 
     def grammar(self, plan: ToolPlan) -> str:

@@ -73,15 +73,16 @@ def plan(body: ChatCompletionRequest) -> ToolPlan | None:
     """The tool plan of a request, or None when it generates plain text (no tools, or tool_choice "none")."""
     if body.tool_choice is not None and not body.tools:
         raise APIError(400, "tool_choice is only allowed when tools are specified", param="tool_choice")
-    if not uses_tools(body):
+    tools = body.tools
+    if not tools or not uses_tools(body):
         return None
-    names = [tool.function.name for tool in body.tools]
+    names = [tool.function.name for tool in tools]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise APIError(400, f"two tools are named {name!r}", param=f"tools[{i}].function.name")
-    chosen = body.tools
+    chosen = tools
     if isinstance(body.tool_choice, NamedToolChoice):
-        chosen = [t for t in body.tools if t.function.name == body.tool_choice.function.name]
+        chosen = [t for t in tools if t.function.name == body.tool_choice.function.name]
         if not chosen:
             raise APIError(
                 400, f"tool_choice names {body.tool_choice.function.name!r}, which is not among the tools",
@@ -91,7 +92,7 @@ def plan(body: ChatCompletionRequest) -> ToolPlan | None:
         raise APIError(400, "response_format cannot be combined with tools", param="response_format")
     # The parameter schemas are converted once, into the format's grammar (`tools.grammar`).
     return ToolPlan(
-        tools=tuple(body.tools),
+        tools=tuple(tools),
         chosen=tuple(chosen),
         allows_content=body.tool_choice in (None, "auto"),
         max_calls=MAX_PARALLEL_CALLS if body.parallel_tool_calls else 1,
