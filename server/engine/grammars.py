@@ -53,4 +53,4 @@ class Grammars:
 def take_handle(grammar: Grammar) -> llama_cpp.llama_sampler_p:
     """Take the llama.cpp sampler out of a grammar this engine's `Grammars` compiled (the caller checked its origin):
     the engine protocol's handle is opaque, so it says nothing of the type."""
-    return cast(llama_cpp.llama_sampler_p, grammar.take())
+    return cast("llama_cpp.llama_sampler_p", grammar.take())
