@@ -47,7 +47,7 @@ def serve(
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
-    DrainingServer(config, app.state.holder, settings.drain_timeout_s).run()
+    DrainingServer(config, app.state.registry, settings.drain_timeout_s).run()
 
 
 def _refuse_a_newer_database(settings: Settings) -> None:
