@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from server.lifecycle.catalogue import CatalogueModel
 from server.lifecycle.holder import Refusal
-from server.lifecycle.registry import CatalogueModel, ModelRegistry
+from server.lifecycle.registry import ModelRegistry
 from server.protocol.base import RefusedVersion
 from server.protocol.openai_replies import ModelCard
 

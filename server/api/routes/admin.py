@@ -11,7 +11,9 @@ from fastapi import APIRouter, status
 from server.api.cards import model_card
 from server.api.deps import AdminDep, AdminKeysDep, ModelsDep, PlaneDep, SettingsDep
 from server.errors import APIError
-from server.lifecycle.registry import CatalogueModel, ModelRegistry, PinnedModelError
+from server.lifecycle.catalogue import CatalogueModel
+from server.lifecycle.failures import PinnedModelError
+from server.lifecycle.registry import ModelRegistry
 from server.protocol.admin import CreatedKey, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
 from server.protocol.base import ErrorResponse
 from server.protocol.openai_replies import ModelCard

@@ -22,8 +22,9 @@ from server.engine.base import (
     TokenLogprob,
 )
 from server.errors import APIError
+from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError
 from server.lifecycle.holder import Lease, ModelNotReadyError, ServerDrainingError
-from server.lifecycle.registry import ModelQueueFullError, ModelRegistry, ModelUnavailableError
+from server.lifecycle.registry import ModelRegistry
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
 from server.serving.pipeline.job import Endpoint, ServingJob
