@@ -4,6 +4,7 @@
 the states /v1/models shows, admin load and unload, a key limited to one model.
 `tight`: a budget that holds the pinned model and one other: loading one evicts the other (never the pinned one,
 never one with a stream in flight), and no request fails for it.
+A blob model is watched on its own: a push to its blob swaps it while the other model serves on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from azure.storage.blob import ContainerClient
 
+from server.model_source.publish import ModelPublisher
+from tests.support.azurite import Azurite
 from tests.support.postgres import Postgres
 from tests.support.server import ServerProcess, ready_server
 from tests.support.streams import MODEL_VERSION_HEADER, StreamLoad
@@ -212,3 +216,45 @@ def test_concurrent_streams_on_two_models_that_do_not_fit_together_all_complete(
     failed = [r for r in records if not r.complete]
     assert not failed, f"{len(failed)} of {len(records)} requests failed: {failed[:3]}"
     assert models(tight)["pinned"]["state"] == "loaded"
+
+
+def test_a_push_to_one_models_blob_swaps_that_model_only(
+    tmp_path: Path,
+    azurite: Azurite,
+    container: ContainerClient,
+    demo_gguf: Path,
+    demo_sha256: str,
+    gemma_gguf: Path,
+    gemma_sha256: str,
+) -> None:
+    ModelPublisher(container).push(demo_gguf, "a.gguf")
+    env = {
+        "GGUFSTACK_MODELS": catalogue(
+            {"id": "watched", "blob": "a.gguf", "pin": True}, {"id": "steady", "path": str(demo_gguf), "pin": True}
+        ),
+        "GGUFSTACK_BLOB_CONNECTION_STRING": azurite.connection_string,
+        "GGUFSTACK_BLOB_CONTAINER": container.container_name,
+        "GGUFSTACK_MODEL_WATCH_INTERVAL_S": "0.5",
+        "GGUFSTACK_MODEL_SWAP": "beside",
+        "GGUFSTACK_N_CTX": "512",
+        "GGUFSTACK_N_SLOTS": "2",
+    }
+    with ready_server(tmp_path, env) as server:
+        steady = StreamLoad(server.base_url, "steady", streams=1, max_tokens=12).start()
+        try:
+            ModelPublisher(container).push(gemma_gguf, "a.gguf")
+            deadline = time.monotonic() + 180
+            while models(server)["watched"]["sha256"] != gemma_sha256:
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.5)
+            done = len(steady.records)
+            while sum(r.complete for r in steady.records[done:]) < 2:
+                assert time.monotonic() < deadline, "the other model stopped answering"
+                time.sleep(0.5)
+        finally:
+            records = steady.stop()
+        assert all(r.complete for r in records), [r.error for r in records if not r.complete][:3]
+        assert {r.version for r in records} == {demo_sha256}, "the other model never swapped"
+        cards = models(server)
+        assert cards["steady"]["sha256"] == demo_sha256 and cards["watched"]["state"] == "loaded"
+        assert chat(server, "watched").headers[MODEL_VERSION_HEADER] == gemma_sha256
