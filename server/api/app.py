@@ -1,8 +1,7 @@
-"""The FastAPI application: middleware, routers and error handlers, with the model loader running beside them."""
+"""The FastAPI application: middleware, routers and error handlers, with the model registry loading beside them."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -17,9 +16,7 @@ from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddlew
 from server.api.routes import admin, conversations, health, metrics, openai, tokenizer
 from server.api.streaming import component_schemas
 from server.config.settings import Settings
-from server.lifecycle.holder import ModelHolder
-from server.lifecycle.watcher import keep_serving
-from server.model_source.resolve import model_source
+from server.lifecycle.registry import build_registry
 from server.serving.pipeline.assemble import assemble
 from server.telemetry import prometheus, tracing
 
@@ -29,11 +26,13 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     if settings.applicationinsights_connection_string is not None:
         tracing.configure_azure_monitor(settings.applicationinsights_connection_string.get_secret_value())
-    holder = ModelHolder()
+    models = build_registry(settings)
     prometheus.bind(
-        engine_stats=holder.engine_stats,
-        in_flight=lambda: holder.in_flight,
-        ready=lambda: holder.readiness().ready,
+        engine_stats=models.engine_stats,
+        in_flight=lambda: models.in_flight,
+        ready=lambda: models.readiness().ready,
+        memory=models.memory,
+        budget=lambda: models.budget.total_bytes,
     )
 
     @contextlib.asynccontextmanager
@@ -48,20 +47,16 @@ def create_app(settings: Settings) -> FastAPI:
                 resources.callback(thread.join, 5)
                 resources.callback(server.shutdown)
                 log.info("metrics on http://%s:%d%s", settings.host, settings.metrics_port, metrics.METRICS_PATH)
-            # The loader runs beside the server so the probes answer (503 with a reason) while the model downloads.
-            loader = asyncio.create_task(keep_serving(settings, holder, model_source(settings)), name="model-lifecycle")
+            # The pinned models load beside the server so the probes answer (503 with a reason) while they download.
+            models.start()
             try:
                 yield
             finally:
-                loader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loader
-                served = holder.take()
-                if served is not None:
-                    await served.close()
+                await models.close()
 
     app = _API(title="ggufstack", version="0.1.0", lifespan=lifespan)
-    app.state.holder = holder
+    app.state.registry = models
+    app.state.holder = models.default.holder  # the first model's: what tools and tests of one model look at
     app.state.settings = settings
     app.add_middleware(RequestLimitsMiddleware, limits=request_limits_of(settings))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

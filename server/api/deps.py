@@ -11,17 +11,16 @@ from server.access.caller import Authenticator, Caller
 from server.api.middleware import ACCEPTABLE_ID
 from server.config.settings import Settings
 from server.errors import APIError
-from server.lifecycle.holder import ModelHolder
+from server.lifecycle.registry import ModelRegistry
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.assemble import DataPlane
 from server.serving.pipeline.stages import Pipeline
 from server.store.keys import KeyStore, same_secret
 
 
-# The app's state holds anything; create_app puts these there.
-def _holder(request: Request) -> ModelHolder:
-    holder: ModelHolder = request.app.state.holder
-    return holder
+def _models(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
 
 
 def _settings(request: Request) -> Settings:
@@ -34,9 +33,8 @@ def _plane(request: Request) -> DataPlane:
     return plane
 
 
-def _admin_keys(request: Request) -> KeyStore:
-    """The key store, for a request that carries the admin key (401 otherwise; 429 for an address that failed too
-    often; 503 without a database)."""
+def _admin(request: Request) -> None:
+    """Refuse a request without the admin key (401; 429 for an address that failed too often)."""
     plane = _plane(request)
     if plane.admin_key is None:
         raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
@@ -54,6 +52,12 @@ def _admin_keys(request: Request) -> KeyStore:
     if key is None or not same_secret(key, plane.admin_key):
         plane.admin_attempts.failed(address)
         raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
+
+
+def _admin_keys(request: Request) -> KeyStore:
+    """The key store, for a request that carries the admin key (503 without a database)."""
+    _admin(request)
+    plane = _plane(request)
     if plane.keys is None:
         raise APIError(
             503, "no database is configured (GGUFSTACK_DATABASE_URL)", type="service_unavailable", code="no_database"
@@ -68,11 +72,12 @@ async def _caller(request: Request) -> Caller:
 
 CONVERSATION_HEADER = "x-conversation-id"
 
-HolderDep = Annotated[ModelHolder, Depends(_holder)]
+ModelsDep = Annotated[ModelRegistry, Depends(_models)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CallerDep = Annotated[Caller, Depends(_caller)]
 PlaneDep = Annotated[DataPlane, Depends(_plane)]
 AdminKeysDep = Annotated[KeyStore, Depends(_admin_keys)]
+AdminDep = Annotated[None, Depends(_admin)]
 
 
 def _conversation_id(request: Request) -> str | None:
@@ -91,11 +96,11 @@ def _conversation_id(request: Request) -> str | None:
     return value
 
 
-def _serving(request: Request, holder: HolderDep, caller: CallerDep) -> ServingContext:
+def _serving(request: Request, models: ModelsDep, caller: CallerDep) -> ServingContext:
     pipeline: Pipeline = request.app.state.pipeline
     conversation_id = _conversation_id(request)
     return ServingContext(
-        holder, pipeline, caller, request.state.request_id, conversation_id, request.state.client_request_id
+        models, pipeline, caller, request.state.request_id, conversation_id, request.state.client_request_id
     )
 
 

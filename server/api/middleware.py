@@ -17,7 +17,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.config.settings import Settings
-from server.lifecycle.holder import ModelHolder, ServedModel
+from server.lifecycle.holder import ServedModel
+from server.lifecycle.registry import ModelRegistry
 from server.protocol.base import RequestLimits, request_limits
 from server.serving.pipeline.admission import MODEL_VERSION_HEADER
 from server.telemetry import prometheus
@@ -40,8 +41,10 @@ def client_request_id_from(scope: Scope) -> str | None:
 
 
 def _installed(scope: Scope) -> ServedModel | None:
-    holder: ModelHolder | None = getattr(scope["app"].state, "holder", None) if "app" in scope else None
-    return holder.current if holder is not None else None
+    """The model a response that ran none is about: the one of a one-model catalogue; none among many."""
+    models: ModelRegistry | None = getattr(scope["app"].state, "registry", None) if "app" in scope else None
+    sole = models.sole if models is not None else None
+    return sole.holder.current if sole is not None else None
 
 
 class RequestContextMiddleware:
@@ -66,7 +69,7 @@ class RequestContextMiddleware:
                 record.status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers.append(REQUEST_ID_HEADER, client_request_id or request_id)
-                # A generation names the model that ran it; any other response the model installed now.
+                # A generation names the model that ran it; any other response the one model installed now.
                 if MODEL_VERSION_HEADER not in headers and (served := _installed(scope)) is not None:
                     headers.append(MODEL_VERSION_HEADER, served.sha256)
             await send(message)

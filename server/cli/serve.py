@@ -10,7 +10,8 @@ from rich.table import Table
 
 from server.cli.console import fail, out
 from server.config.key_vault import with_key_vault_secrets
-from server.config.settings import Settings, SettingsError, load_settings, open_to_the_network, redacted_url
+from server.config.redaction import redacted_url
+from server.config.settings import Settings, SettingsError, load_settings, open_to_the_network
 from server.telemetry.logging import configure_logging
 
 
@@ -47,7 +48,7 @@ def serve(
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
-    DrainingServer(config, app.state.holder, settings.drain_timeout_s).run()
+    DrainingServer(config, app.state.registry, settings.drain_timeout_s).run()
 
 
 def _refuse_a_newer_database(settings: Settings) -> None:

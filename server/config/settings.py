@@ -7,17 +7,18 @@ names of the environment variables are defined here once and both sides use them
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
-import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, get_args
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from server.config.models import ModelEntry, check_catalogue, parse_catalogue
 
 ENV_PREFIX = "GGUFSTACK_"
 SECRETS_DIR_ENV = "GGUFSTACK_SECRETS_DIR"
@@ -85,6 +86,26 @@ class Settings(BaseSettings):
         description="How a new version replaces the serving one: beside (load it next to the old one, no pause), "
         "in_place (report not ready, finish requests in flight, swap, come back); auto picks beside when free "
         "memory holds both.",
+    )
+
+    models: Annotated[list[ModelEntry] | None, NoDecode] = Field(
+        None,
+        description="The model catalogue, a JSON list: each {id, path or blob, version, pin, ttl_s, n_ctx, slots, "
+        "n_gpu_layers, alias}; replaces GGUFSTACK_MODEL_PATH, GGUFSTACK_BLOB_NAME, GGUFSTACK_MODEL_ALIAS and "
+        "GGUFSTACK_MODEL_VERSION (see docs/models.md).",
+    )
+    model_memory_budget_mib: int | None = Field(
+        None,
+        ge=1,
+        description="Memory the loaded models may take together (weights and KV cache, from each GGUF's header); "
+        "loading one more evicts the least recently used. Unset: the free VRAM (with GPU offload) or RAM at startup, "
+        "less headroom.",
+    )
+    model_load_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a request waits for its model to load (and for memory to free up for it) before a 503 "
+        "with Retry-After.",
     )
 
     lost_model_restart_s: float = Field(
@@ -214,15 +235,22 @@ class Settings(BaseSettings):
         description="Export OpenTelemetry traces and metrics to this Application Insights resource; a secret.",
     )
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _catalogue_json(cls, value: object) -> object:
+        return parse_catalogue(value)
+
     @model_validator(mode="after")
     def _one_model_source(self) -> Settings:
         blob_endpoint = self.blob_account_url or self.blob_connection_string
+        if self.models is not None:
+            self._check_catalogue(bool(blob_endpoint))
         if self.blob_account_url and self.blob_connection_string:
             raise ValueError("set GGUFSTACK_BLOB_ACCOUNT_URL or GGUFSTACK_BLOB_CONNECTION_STRING, not both")
         if self.model_path and (blob_endpoint or self.blob_name):
             raise ValueError("set GGUFSTACK_MODEL_PATH or the GGUFSTACK_BLOB_* settings, not both")
-        if blob_endpoint and not self.blob_name:
-            raise ValueError("GGUFSTACK_BLOB_NAME is required when a blob account is set")
+        if blob_endpoint and not self.blob_name and self.models is None:
+            raise ValueError("GGUFSTACK_BLOB_NAME is required when a blob account is set (or GGUFSTACK_MODELS)")
         if self.blob_name and not blob_endpoint:
             raise ValueError("GGUFSTACK_BLOB_NAME needs GGUFSTACK_BLOB_ACCOUNT_URL or GGUFSTACK_BLOB_CONNECTION_STRING")
         if self.blob_account_url and not self.blob_account_url.startswith(("https://", "http://")):
@@ -236,6 +264,12 @@ class Settings(BaseSettings):
         if self.source_retry_max_s < self.source_retry_initial_s:
             raise ValueError("GGUFSTACK_SOURCE_RETRY_MAX_S must not be below GGUFSTACK_SOURCE_RETRY_INITIAL_S")
         return self
+
+    def _check_catalogue(self, blob_endpoint: bool) -> None:
+        single = ("model_path", "blob_name", "model_alias", "model_version")
+        if given := [self.env_name(name) for name in single if getattr(self, name) is not None]:
+            raise ValueError(f"set GGUFSTACK_MODELS or {', '.join(given)}, not both")
+        check_catalogue(self.models or [], blob_endpoint=blob_endpoint)
 
     @property
     def model_source_kind(self) -> ModelSourceKind:
@@ -277,31 +311,6 @@ class Settings(BaseSettings):
         return {cls.env_name(k): _env_value(v) for k, v in values.items()}
 
 
-REDACTED = "REDACTED"
-# A URL's query string, wherever it sits in a text (an SDK's error message, say): a SAS token lives there.
-_URL_QUERY = re.compile(r"(https?://[^\s?#]*)\?[^\s#]*", re.IGNORECASE)
-
-
-def redacted_url(url: str) -> str:
-    """`url` fit to show (readiness, logs, `ggufstack settings`): a SAS token or other query string and a password
-    replaced by REDACTED. GGUFSTACK_BLOB_ACCOUNT_URL may carry a SAS, which is as good as the storage key."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return REDACTED
-    netloc = parts.netloc
-    if password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:{REDACTED}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, REDACTED if parts.query else "", ""))
-
-
-def redact_urls(text: str) -> str:
-    """`text` with every URL's query string replaced by REDACTED."""
-    return _URL_QUERY.sub(lambda m: f"{m.group(1)}?{REDACTED}", text)
-
-
 def is_loopback(host: str) -> bool:
     """Whether `host` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
     if host.lower() == "localhost":
@@ -329,6 +338,9 @@ def open_to_the_network(settings: Settings) -> str | None:
 def _env_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):  # the catalogue: JSON, as the server reads it
+        items = [v.model_dump(mode="json", exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value]
+        return json.dumps(items, separators=(",", ":"))
     return str(value)
 
 
@@ -341,8 +353,10 @@ def describe_validation_error(exc: ValidationError) -> str:
         if loc:
             given = error.get("input")
             secret = loc[0] in Settings.model_fields and Settings.is_secret(loc[0])
-            shown = "" if secret or given is None or isinstance(given, dict) else f" (got {given!r})"
-            lines.append(f"{ENV_PREFIX}{loc[0].upper()}: {message}{shown}")
+            shown = "" if secret or given is None or isinstance(given, dict | list) else f" (got {given!r})"
+            # Inside the catalogue: GGUFSTACK_MODELS[1].n_ctx names the entry and its field.
+            where = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in loc[1:])
+            lines.append(f"{ENV_PREFIX}{loc[0].upper()}{where}: {message}{shown}")
         else:
             lines.append(message)
     return "; ".join(lines)

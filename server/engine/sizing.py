@@ -11,7 +11,12 @@ MAX_DEFAULT_SLOTS = 8
 
 def default_slot_count(model: LlamaModel, n_ctx: int) -> int:
     """As many slots as fit DEFAULT_KV_BUDGET_BYTES of f16 KV cache, 1 to MAX_DEFAULT_SLOTS."""
-    per_slot = n_ctx * model.kv_bytes_per_token
+    return slots_for(model.kv_bytes_per_token, n_ctx)
+
+
+def slots_for(kv_bytes_per_token: int, n_ctx: int) -> int:
+    """The default slot count from a model's KV size alone (its GGUF's facts will do, before it loads)."""
+    per_slot = max(1, n_ctx * kv_bytes_per_token)
     return max(1, min(MAX_DEFAULT_SLOTS, DEFAULT_KV_BUDGET_BYTES // per_slot))
 
 

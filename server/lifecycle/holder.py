@@ -28,6 +28,8 @@ class ModelState(StrEnum):
     SWAPPING = "swapping"  # not ready: the old model drains before a new one that does not fit beside it loads
     DRAINING = "draining"
     STOPPED = "stopped"
+    UNLOADED = "unloaded"  # a catalogue model not loaded (yet, or any more): the next request for it loads it
+    FAILED = "failed"  # its last load on demand failed; the next request after a pause tries again
 
 
 class ModelNotReadyError(ForeseenError):
@@ -111,10 +113,10 @@ class Lease:
 
 
 class ModelHolder:
-    def __init__(self) -> None:
+    def __init__(self, state: ModelState = ModelState.STARTING, reason: str = "the server is starting") -> None:
         self._model: ServedModel | None = None
-        self._state = ModelState.STARTING
-        self._reason = "the server is starting"
+        self._state = state
+        self._reason = reason
         self._leases = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -124,6 +126,9 @@ class ModelHolder:
         # Why the model watcher stopped, if it did: the model serves on, but new versions are no longer picked up.
         self.watcher_stopped: str | None = None
         self._lost_at: float | None = None  # when a swap in place left no model (monotonic)
+        # Called whenever a lease returns: the registry's clock for idle models and its wake-up for loads waiting
+        # for memory.
+        self.on_release: Callable[[], None] = lambda: None
 
     def readiness(self) -> Readiness:
         ready = self._model is not None and self._state is ModelState.READY
@@ -207,6 +212,14 @@ class ModelHolder:
         """Return once no generation holds a lease."""
         await self._idle.wait()
 
+    def unload(self, reason: str) -> ServedModel | None:
+        """Stop serving the model (evicted, idle, or unloaded by an admin) and return it, for the caller to free once
+        the leases still on it are returned."""
+        model, self._model = self._model, None
+        self.refused = None
+        self.set_state(ModelState.UNLOADED, reason)
+        return model
+
     def take(self) -> ServedModel | None:
         model, self._model = self._model, None
         self._state, self._reason = ModelState.STOPPED, "the server is shutting down"
@@ -223,3 +236,4 @@ class ModelHolder:
                 released.set()
         if self._leases == 0:
             self._idle.set()
+        self.on_release()

@@ -1,4 +1,4 @@
-"""Startup: fetch the model, load it, warm it up, and only then report ready; retry with backoff on the way.
+"""Loading a model: fetch it, estimate its memory, load it, warm it up (the registry runs the steps and retries).
 
 `load_served` is also how a hot swap loads the next model (see `watcher`).
 """
@@ -18,10 +18,8 @@ from typing import TypeVar, TypeVarTuple
 
 from server.config.settings import Settings
 from server.engine.factory import engine_for, open_model, warm_up
-from server.engine.llama_model import ModelLoadError
-from server.lifecycle.holder import ModelHolder, ModelState, ServedModel
+from server.lifecycle.holder import ModelState, ServedModel
 from server.model_source.base import FetchResult, ModelSource
-from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
@@ -53,47 +51,6 @@ async def in_daemon_thread(fn: Callable[[*Ts], T], *args: *Ts) -> T:
 
     threading.Thread(target=target, name=f"loader-{getattr(fn, '__name__', 'task')}", daemon=True).start()
     return await future
-
-
-class ModelLoader:
-    def __init__(self, settings: Settings, holder: ModelHolder, source: ModelSource) -> None:
-        self._settings = settings
-        self._holder = holder
-        self._source = source
-
-    async def run(self) -> FetchResult:
-        """Keep trying until a model serves; return what was fetched. Every failure is logged and shown by
-        /health/ready, never fatal."""
-        delay = self._settings.source_retry_initial_s
-        started = time.monotonic()
-        while True:
-            try:
-                return await self._load_once(started)
-            except SourceUnavailableError as exc:
-                reason = f"model source unavailable: {exc}"
-            except VerificationError as exc:
-                reason = f"model rejected: {exc}"
-            except (ModelSourceError, ModelLoadError) as exc:
-                reason = f"model cannot be loaded: {exc}"
-            self._holder.set_state(ModelState.WAITING, f"{reason} (next try in {delay:.0f} s)")
-            log.warning("%s; retrying in %.1f s", reason, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._settings.source_retry_max_s)
-
-    async def _load_once(self, started: float) -> FetchResult:
-        self._holder.set_state(ModelState.FETCHING, f"fetching {self._source.describe()}")
-        fetched = await fetch(self._source)
-        model_id = self._settings.model_alias or self._source.default_model_id()
-        self._holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
-        served = await load_served(fetched, self._settings, model_id, report=self._holder.set_state)
-        previous = self._holder.install(served)
-        publish_model_info(served)
-        if previous is not None:
-            await previous.close()
-        log.info(
-            "ready: serving %s (sha256 %s, cold start %.1f s)", model_id, served.sha256, time.monotonic() - started
-        )
-        return fetched
 
 
 async def fetch(source: ModelSource, *, beside_serving: bool = False) -> FetchResult:
@@ -144,7 +101,7 @@ async def load_served(
 
 
 def publish_model_info(served: ServedModel) -> None:
-    prometheus.model_info.info(
+    prometheus.model_info.labels(served.model_id).info(
         {
             "model_id": served.model_id,
             "sha256": served.sha256,

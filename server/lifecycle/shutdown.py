@@ -16,7 +16,7 @@ from types import FrameType
 
 import uvicorn
 
-from server.lifecycle.holder import ModelHolder
+from server.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ _FLUSH_S = 0.5
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, holder: ModelHolder, drain_timeout_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, models: ModelRegistry, drain_timeout_s: float) -> None:
         super().__init__(config)
-        self._holder = holder
+        self._models = models
         self._drain_timeout_s = drain_timeout_s
         self._drain: asyncio.Task[None] | None = None
         self._abort = asyncio.Event()
@@ -44,25 +44,24 @@ class DrainingServer(uvicorn.Server):
         if self._drain is None:
             self._drain = asyncio.create_task(self._drain_then_exit(), name="drain")
         else:
-            log.warning("second SIGTERM: ending %d generations in flight now", self._holder.in_flight)
+            log.warning("second SIGTERM: ending %d generations in flight now", self._models.in_flight)
             self._abort.set()
 
     async def _drain_then_exit(self) -> None:
-        self._holder.start_draining()
-        in_flight = self._holder.in_flight
+        self._models.start_draining()
+        in_flight = self._models.in_flight
         log.info("SIGTERM: draining %d generations in flight (up to %.0f s)", in_flight, self._drain_timeout_s)
-        idle = asyncio.create_task(self._holder.wait_idle())
+        idle = asyncio.create_task(self._models.wait_idle())
         abort = asyncio.create_task(self._abort.wait())
         done, _ = await asyncio.wait({idle, abort}, timeout=self._drain_timeout_s, return_when=asyncio.FIRST_COMPLETED)
         abort.cancel()
         if idle not in done:
             idle.cancel()
-            log.warning("drain ended with %d generations in flight; ending them", self._holder.in_flight)
-            served = self._holder.take()
-            if served is not None:
+            log.warning("drain ended with %d generations in flight; ending them", self._models.in_flight)
+            for served in self._models.take():
                 await served.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._holder.wait_idle(), _FLUSH_S)
+                await asyncio.wait_for(self._models.wait_idle(), _FLUSH_S)
         else:
             log.info("drained: no generation in flight")
         self.should_exit = True

@@ -21,9 +21,10 @@ import time
 
 from server.config.settings import Settings
 from server.lifecycle.capacity import SwapPlan, free_ram_bytes, free_vram_bytes, plan_swap
+from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.holder import ModelHolder, ModelState, Refusal, ServedModel
-from server.lifecycle.loader import ModelLoader, fetch, in_daemon_thread, load_served, publish_model_info
-from server.model_source.base import FetchResult, ModelSource
+from server.lifecycle.loader import fetch, in_daemon_thread, load_served, publish_model_info
+from server.model_source.base import FetchResult
 from server.model_source.blob import BlobModelSource
 from server.model_source.errors import ModelSourceError, VerificationError
 from server.model_source.facts import memory_estimate, read_facts
@@ -32,26 +33,34 @@ from server.telemetry import prometheus
 log = logging.getLogger(__name__)
 
 
-async def keep_serving(settings: Settings, holder: ModelHolder, source: ModelSource) -> None:
-    """Load the model, then watch its blob for new versions unless watching is off or a version is pinned."""
-    fetched = await ModelLoader(settings, holder, source).run()
-    if not isinstance(source, BlobModelSource) or source.pinned_version or settings.model_watch_interval_s == 0:
+async def watch(spec: ModelSpec, holder: ModelHolder, serving: FetchResult) -> None:
+    """Swap `spec`'s model to its blob's new versions until cancelled; a watcher that fails shows in readiness."""
+    if not spec.watched or not isinstance(spec.source, BlobModelSource):
         return
-    prometheus.model_watcher_running.set(1)
+    prometheus.model_watcher_running.labels(spec.id).set(1)
     try:
-        await ModelWatcher(settings, holder, source, fetched).run()
+        await ModelWatcher(spec.settings, holder, spec.source, serving, model_id=spec.id).run()
     except Exception as exc:  # a bug, not a bad version (those are refused): visible, and the model serves on
-        log.exception("the model watcher stopped; new model versions are not picked up")
+        log.exception("the watcher of %s stopped; new versions of it are not picked up", spec.id)
         holder.watcher_stopped = f"{type(exc).__name__}: {exc}"
     finally:
-        prometheus.model_watcher_running.set(0)
+        prometheus.model_watcher_running.labels(spec.id).set(0)
 
 
 class ModelWatcher:
-    def __init__(self, settings: Settings, holder: ModelHolder, source: BlobModelSource, serving: FetchResult) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        holder: ModelHolder,
+        source: BlobModelSource,
+        serving: FetchResult,
+        *,
+        model_id: str | None = None,
+    ) -> None:
         self._settings = settings
         self._holder = holder
         self._source = source
+        self._id = model_id or settings.model_alias or source.default_model_id()
         self._etag = serving.etag
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -66,7 +75,7 @@ class ModelWatcher:
             except Exception:
                 # Whatever one round met, the next round checks again: a watcher that ends here would leave the
                 # server on its old model for good while readiness stays green.
-                prometheus.model_watch_errors.inc()
+                prometheus.model_watch_errors.labels(self._id).inc()
                 log.exception("checking for a new model version failed; will check again")
 
     async def check(self) -> None:
@@ -183,8 +192,8 @@ class ModelWatcher:
         self._holder.refused = None
         publish_model_info(new)
         seconds = time.monotonic() - noticed
-        prometheus.model_swaps.labels("swapped", mode).inc()
-        prometheus.model_swap_duration.labels(mode).observe(seconds)
+        prometheus.model_swaps.labels("swapped", mode, self._id).inc()
+        prometheus.model_swap_duration.labels(mode, self._id).observe(seconds)
         log.info(
             "swapped to %s (sha256 %s, version %s) %s in %.1f s from noticing the change",
             new.model_id,
@@ -205,10 +214,10 @@ class ModelWatcher:
 
     def _refuse(self, version: str, reason: str, mode: str) -> None:
         self._holder.refused = Refusal(version, reason, int(time.time()))
-        prometheus.model_swaps.labels("refused", mode).inc()
+        prometheus.model_swaps.labels("refused", mode, self._id).inc()
         current = self._holder.current
         serving = f"{current.model_id} (sha256 {current.sha256}) keeps serving" if current else "nothing serves"
         log.warning("refused model version %s: %s; %s", version, reason, serving)
 
     def _model_id(self) -> str:
-        return self._settings.model_alias or self._source.default_model_id()
+        return self._id

@@ -34,7 +34,7 @@ from azure.core.exceptions import (
 from azure.identity import CredentialUnavailableError
 from azure.storage.blob import BlobClient, BlobProperties, ContainerClient
 
-from server.config.settings import redact_urls, redacted_url
+from server.config.redaction import redact_urls, redacted_url
 from server.model_source.base import FetchResult
 from server.model_source.catalogue import ModelCatalogue, PublishError
 from server.model_source.errors import ModelSourceError, SourceUnavailableError, VerificationError

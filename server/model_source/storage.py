@@ -8,7 +8,7 @@ from typing import Any
 from azure.identity import DefaultAzureCredential
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
-from server.config.settings import redacted_url
+from server.config.redaction import redacted_url
 from server.model_source.errors import ModelSourceError
 
 

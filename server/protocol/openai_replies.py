@@ -135,11 +135,24 @@ class ChatCompletionChunk(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
-    created: int = Field(description="When this model was loaded (unix time).")
+    created: int = Field(description="When this model was loaded (unix time); 0 while it is not loaded.")
     owned_by: str = "ggufstack"
-    sha256: str = Field(description="SHA-256 of the GGUF file; also sent as x-ggufstack-model-version.")
-    version: str | None = Field(description="The blob's version id (or ETag) it came from; null for a local file.")
-    load_seconds: float = Field(description="Time to load and warm up the model.")
+    state: Literal["loaded", "loading", "unloaded", "failed"] = Field(
+        "loaded", description="loaded: serves now; loading; unloaded: loads on its first request; failed: see reason."
+    )
+    reason: str | None = Field(None, description="Why a model is loading or failed.")
+    aliases: list[str] = Field(default_factory=list, description="Other names requests may use for it.")
+    pinned: bool = Field(False, description="Loaded at startup and never unloaded.")
+    sha256: str | None = Field(
+        None, description="SHA-256 of the loaded GGUF file; also sent as x-ggufstack-model-version."
+    )
+    version: str | None = Field(
+        None, description="The blob's version id (or ETag) it came from; null for a local file or while not loaded."
+    )
+    load_seconds: float | None = Field(None, description="Time to load and warm up the model.")
+    memory_mib: float | None = Field(
+        None, description="Memory it is charged against the budget (weights and KV cache, from its GGUF's header)."
+    )
     refused: RefusedVersion | None = Field(None, description="The last new version refused since this one loaded.")
 
 

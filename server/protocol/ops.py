@@ -17,6 +17,7 @@ from server.protocol.base import RefusedVersion, RequestBody, current_limits
 
 class TokenizeRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="The model whose tokenizer to use (default: the first served).")
     content: str = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT characters.")
     add_special: StrictBool = Field(False, description="Add the model's special tokens (BOS) as a prompt would.")
     with_pieces: StrictBool = Field(False, description="Return each token's text beside its id.")
@@ -32,6 +33,7 @@ class TokenizeRequest(RequestBody):
 
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="The model whose tokenizer to use (default: the first served).")
     tokens: list[Annotated[int, Field(ge=0)]] = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT token ids.")
 
     @field_validator("tokens", mode="before")

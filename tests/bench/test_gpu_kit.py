@@ -2,10 +2,10 @@
 
 The dry run proves, before a GPU machine is lent: the synthetic models (the demo stand-in and the tiny shape) load and
 generate; the smoke step's ways of loading run; tests/server/engine/test_gpu_offload.py runs under the stand-in; our
-server starts on a synthetic model, streams at 1 and 2 clients and the results files are written. With CPU
-builds of llama-server and llama-quantize cached (`python bench/gpu/run.py --build-cpu-tools --bundle DIR --out
-DIR`, once, ~40 minutes on 2 cores), it also quantizes and benchmarks llama-server; without them it says so. What it cannot prove: the CUDA
-build, the carried wheels installing on the GPU machine's Python (a rehearsal with wheels for this Python can:
+server starts on a synthetic model, streams at 1 and 2 clients and the results files are written. With CPU builds of
+llama-server and llama-quantize cached (`python bench/gpu/run.py --build-cpu-tools --bundle DIR --out DIR`, once, ~40
+minutes on 2 cores), it also quantizes and benchmarks llama-server; without them it says so. What it cannot prove: the
+CUDA build, the carried wheels installing on the GPU machine's Python (a rehearsal with wheels for this Python can:
 `pack.py --python 3.11` and `run.py --bundle ... --lib ...`), and anything measured on a GPU.
 """
 

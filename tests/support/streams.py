@@ -33,8 +33,17 @@ class StreamRecord:
 class StreamLoad:
     """`streams` threads, each sending one streaming chat completion after another until `stop()`."""
 
-    def __init__(self, base_url: str, model: str, *, streams: int = 4, max_tokens: int | Sequence[int] = 48) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        streams: int = 4,
+        max_tokens: int | Sequence[int] = 48,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._url = f"{base_url}/v1/chat/completions"
+        self._headers = headers or {}
         self._model = model
         # One count per stream, round the list: streams of different lengths never end all at once.
         self._max_tokens = [max_tokens] if isinstance(max_tokens, int) else list(max_tokens)
@@ -55,7 +64,7 @@ class StreamLoad:
         return self.records
 
     def _loop(self, index: int) -> None:
-        with httpx.Client(timeout=httpx.Timeout(120, connect=10)) as client:
+        with httpx.Client(timeout=httpx.Timeout(300, connect=10), headers=self._headers) as client:
             n = 0
             while not self._stop.is_set():
                 n += 1

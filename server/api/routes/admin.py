@@ -1,4 +1,5 @@
-"""The admin API: issue, list and revoke API keys and read their usage; authorised by GGUFSTACK_ADMIN_API_KEY."""
+"""The admin API: issue, list and revoke API keys and read their usage, load and unload catalogue models; authorised
+by GGUFSTACK_ADMIN_API_KEY."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from server.api.deps import AdminKeysDep, PlaneDep
+from server.api.cards import model_card
+from server.api.deps import AdminDep, AdminKeysDep, ModelsDep, PlaneDep, SettingsDep
 from server.errors import APIError
+from server.lifecycle.catalogue import CatalogueModel
+from server.lifecycle.failures import PinnedModelError
+from server.lifecycle.registry import ModelRegistry
 from server.protocol.admin import CreatedKey, KeyCreateRequest, KeyInfo, KeyList, KeyUsageReport
 from server.protocol.base import ErrorResponse
+from server.protocol.openai_replies import ModelCard
+from server.serving.pipeline.admission import model_not_found
 from server.store.errors import StoreUnavailableError
 from server.store.keys import KeyRecord
 
 router = APIRouter(prefix="/admin")
 RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 429, 500, 503)}
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (401, 404, 409, 429, 500, 503)}
 
 
 def _unix(moment: datetime | None) -> int | None:
@@ -95,3 +103,30 @@ async def key_usage(key_id: str, keys: AdminKeysDep) -> KeyUsageReport:
         first_request=_unix(usage.first_request),
         last_request=_unix(usage.last_request),
     )
+
+
+def _catalogue_model(models: ModelRegistry, model_id: str) -> CatalogueModel:
+    found = models.resolve(model_id)
+    if found is None:
+        raise model_not_found(models, model_id)
+    return found
+
+
+@router.post("/models/{model_id:path}/load", responses=MODEL_RESPONSES)
+async def load_model(model_id: str, models: ModelsDep, _: AdminDep) -> ModelCard:
+    """Load a catalogue model now (evicting idle ones if memory needs it); answers once it serves, or 503."""
+    found = _catalogue_model(models, model_id)
+    await models.load(found)
+    return model_card(models, found)
+
+
+@router.post("/models/{model_id:path}/unload", responses=MODEL_RESPONSES)
+async def unload_model(model_id: str, models: ModelsDep, settings: SettingsDep, _: AdminDep) -> ModelCard:
+    """Unload a model that is not pinned (409 for a pinned one): the generations in flight on it finish first (up to
+    GGUFSTACK_DRAIN_TIMEOUT_S); a later request for it loads it again."""
+    found = _catalogue_model(models, model_id)
+    try:
+        await models.unload(found, settings.drain_timeout_s)
+    except PinnedModelError as exc:
+        raise APIError(409, str(exc), type="invalid_request_error", code="model_pinned") from None
+    return model_card(models, found)

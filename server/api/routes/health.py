@@ -1,4 +1,5 @@
-"""Kubernetes' probes: live while the process runs, ready only while a warmed-up model serves and no drain began."""
+"""Kubernetes' probes: live while the process runs, ready only while every pinned model serves (warmed up) and no
+drain began."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from server.api.cards import refused_version
-from server.api.deps import HolderDep, SettingsDep
+from server.api.deps import ModelsDep, SettingsDep
 from server.protocol.ops import Liveness, ReadinessReport
 
 router = APIRouter(prefix="/health")
@@ -18,10 +19,10 @@ router = APIRouter(prefix="/health")
     response_model_exclude_none=True,
     responses={503: {"model": Liveness, "description": "Failing: restart the server."}},
 )
-async def live(holder: HolderDep, settings: SettingsDep) -> Liveness | JSONResponse:
-    lost_for = holder.lost_for()
+async def live(models: ModelsDep, settings: SettingsDep) -> Liveness | JSONResponse:
+    lost_for = models.lost_for()
     if lost_for > settings.lost_model_restart_s:
-        reason = f"no model for {lost_for:.0f} s after a failed swap in place: {holder.readiness().reason}"
+        reason = f"no model for {lost_for:.0f} s after a failed swap in place: {models.readiness().reason}"
         return JSONResponse(Liveness(status="failing", reason=reason).model_dump(), status_code=503)
     return Liveness()
 
@@ -31,8 +32,8 @@ async def live(holder: HolderDep, settings: SettingsDep) -> Liveness | JSONRespo
     response_model=ReadinessReport,
     responses={503: {"model": ReadinessReport, "description": "Not ready, with the reason."}},
 )
-async def ready(holder: HolderDep) -> ReadinessReport | JSONResponse:
-    state = holder.readiness()
+async def ready(models: ModelsDep) -> ReadinessReport | JSONResponse:
+    state = models.readiness()
     report = ReadinessReport(
         status="ready" if state.ready else "not_ready",
         state=state.state,

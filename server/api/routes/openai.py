@@ -9,8 +9,9 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.cards import model_card
-from server.api.deps import CallerDep, HolderDep, ServingDep
+from server.api.deps import CallerDep, ModelsDep, ServingDep
 from server.api.streaming import event_stream_schema, respond
+from server.lifecycle.holder import ModelNotReadyError
 from server.protocol.base import ErrorResponse
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.protocol.openai_replies import (
@@ -22,7 +23,7 @@ from server.protocol.openai_replies import (
     ModelList,
 )
 from server.serving.endpoints import chat, completions, embeddings
-from server.serving.pipeline.admission import require_model
+from server.serving.pipeline.admission import model_not_found
 
 router = APIRouter(prefix="/v1")
 
@@ -47,15 +48,22 @@ MODEL_RESPONSES = _errors(401, 404, 500, 503)
 
 
 @router.get("/models", responses=MODEL_RESPONSES)
-async def list_models(holder: HolderDep, _: CallerDep) -> ModelList:
-    return ModelList(data=[model_card(holder.serving(), holder.refused)])
+async def list_models(models: ModelsDep, _: CallerDep) -> ModelList:
+    """Every catalogue model with its state. With the single-model settings, 503 until the model serves (its card
+    has nothing to show before)."""
+    if (sole := models.sole) is not None and sole.holder.current is None:
+        raise ModelNotReadyError(sole.holder.readiness().reason)
+    return ModelList(data=[model_card(models, m) for m in models.models])
 
 
 @router.get("/models/{model_id:path}", responses=MODEL_RESPONSES)
-async def get_model(model_id: str, holder: HolderDep, _: CallerDep) -> ModelCard:
-    served = holder.serving()
-    require_model(served, model_id)
-    return model_card(served, holder.refused)
+async def get_model(model_id: str, models: ModelsDep, _: CallerDep) -> ModelCard:
+    found = models.resolve(model_id)
+    if found is None:
+        raise model_not_found(models, model_id)
+    if found is models.sole and found.holder.current is None:
+        raise ModelNotReadyError(found.holder.readiness().reason)
+    return model_card(models, found)
 
 
 def embeddings_router() -> APIRouter:

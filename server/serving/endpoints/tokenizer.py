@@ -41,8 +41,9 @@ async def _run(
     body: TokenizeRequest | DetokenizeRequest,
     run: Callable[[Engine], object],
 ) -> ServingJob:
-    # Tokenizer requests name no model: they use the serving one's.
-    admitted = await admit(ctx, endpoint, body, run, model=ctx.holder.serving().model_id, terminal=answer_prepared)
+    # A tokenizer request that names no model uses the catalogue's first.
+    model = body.model or ctx.models.default.id
+    admitted = await admit(ctx, endpoint, body, run, model=model, terminal=answer_prepared)
     await admitted.finish()
     job = admitted.job
     return job

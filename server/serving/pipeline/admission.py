@@ -6,6 +6,7 @@ queue) is still an HTTP status, not an error inside a stream that already said 2
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from server.engine.base import (
     TokenLogprob,
 )
 from server.errors import APIError
-from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ServedModel, ServerDrainingError
+from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError
+from server.lifecycle.holder import Lease, ModelNotReadyError, ServerDrainingError
+from server.lifecycle.registry import ModelRegistry
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
 from server.serving.pipeline.job import Endpoint, ServingJob
@@ -29,7 +32,7 @@ from server.serving.pipeline.stages import Events, Next, Pipeline
 from server.telemetry import prometheus
 
 # Names the exact model that answered (the sha256 of its GGUF): across a hot swap, two replicas or two requests may
-# answer from different models under the same model id.
+# answer from different models under the same model id (or alias).
 MODEL_VERSION_HEADER = "x-ggufstack-model-version"
 
 
@@ -37,7 +40,7 @@ MODEL_VERSION_HEADER = "x-ggufstack-model-version"
 class ServingContext:
     """What a generation route hands to the serving layer: where models live, the stages, who asks, and the id."""
 
-    holder: ModelHolder
+    models: ModelRegistry
     pipeline: Pipeline
     caller: Caller
     request_id: str  # the server's own id, unique per request
@@ -109,32 +112,34 @@ class Collected:
     finished: Finished
 
 
-def lease_model(holder: ModelHolder, model: str) -> Lease:
+async def lease_model(models: ModelRegistry, model: str) -> Lease:
+    """A lease on the model `model` names (its id or an alias), loading it if it is not loaded; 404 when no catalogue
+    model has that name."""
+    found = models.resolve(model)
+    if found is None:
+        raise model_not_found(models, model)
     try:
-        lease = holder.lease()
+        return await models.lease(found)
     except ServerDrainingError:
         prometheus.requests_refused.labels("draining").inc()
         raise
-    except ModelNotReadyError:
+    except (ModelNotReadyError, ModelUnavailableError):
         prometheus.requests_refused.labels("not_ready").inc()
         raise
-    try:
-        require_model(lease.model, model)
-    except APIError:
-        lease.release()
+    except ModelQueueFullError:
+        prometheus.requests_refused.labels("overloaded").inc()
         raise
-    return lease
 
 
-def require_model(served: ServedModel, model: str) -> None:
-    if model != served.model_id:
-        raise APIError(
-            404,
-            f"the model {model!r} does not exist; this server serves {served.model_id!r}",
-            type="not_found_error",
-            param="model",
-            code="model_not_found",
-        )
+def model_not_found(models: ModelRegistry, model: str) -> APIError:
+    served = ", ".join(repr(m.id) for m in models.models[:10])
+    return APIError(
+        404,
+        f"the model {model!r} does not exist; this server serves {served}",
+        type="not_found_error",
+        param="model",
+        code="model_not_found",
+    )
 
 
 async def admit(
@@ -149,7 +154,8 @@ async def admit(
     """Lease the model the body names, build the job and run the pipeline to its first event. `prepare` (render,
     tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits; `terminal` replaces the
     pipeline's last stage (embeddings). The model-version header is set here, once, for every answer."""
-    lease = lease_model(ctx.holder, model)
+    arrived = time.monotonic()  # a load of the model on demand counts in the time to first token
+    lease = await lease_model(ctx.models, model)
     try:
         job = ServingJob(
             ctx.request_id,
@@ -160,8 +166,10 @@ async def admit(
             ctx.caller,
             conversation_id=ctx.conversation_id,
             client_request_id=ctx.client_request_id,
+            arrived_at=arrived,
         )
         job.response_headers[MODEL_VERSION_HEADER] = lease.model.sha256
+        prometheus.model_requests.labels(lease.model.model_id, endpoint).inc()
         events = ctx.pipeline.run(job, terminal)
         try:
             first = await anext(events)

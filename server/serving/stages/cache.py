@@ -47,7 +47,8 @@ class CacheStage:
             "sampler": SAMPLER_VERSION,
             "llama_cpp": _LLAMA_CPP_VERSION,
         }
-        body = job.body.model_dump(mode="json")
+        # The model as resolved: a request by alias and one by id share their answers.
+        body = {**job.body.model_dump(mode="json"), "model": job.model.model_id}
         return cache_key(
             job.endpoint, body, job.model.sha256, scope=cache_scope(job.caller, self._scope), server=server
         )

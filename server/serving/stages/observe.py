@@ -58,9 +58,10 @@ def _finished(job: ServingJob, finished: Finished, span: Any) -> None:
     # The token metrics describe generations; an embeddings request shows in the HTTP metrics and its audit row.
     if job.cache_hit or job.generation is None:
         return
-    prometheus.time_to_first_token.observe(ttft)
-    prometheus.prompt_tokens.inc(finished.prompt_tokens)
-    prometheus.completion_tokens.inc(finished.completion_tokens)
+    model = job.model.model_id
+    prometheus.time_to_first_token.labels(model).observe(ttft)
+    prometheus.prompt_tokens.labels(model).inc(finished.prompt_tokens)
+    prometheus.completion_tokens.labels(model).inc(finished.completion_tokens)
     if finished.completion_tokens > 1 and job.first_token_at is not None:
         decode_s = time.monotonic() - job.first_token_at
-        prometheus.time_per_output_token.observe(decode_s / (finished.completion_tokens - 1))
+        prometheus.time_per_output_token.labels(model).observe(decode_s / (finished.completion_tokens - 1))

@@ -120,23 +120,26 @@ def test_metrics_count_requests_tokens_and_latency(client: openai.OpenAI, server
     missing = 'ggufstack_http_requests_total{method="POST",route="/v1/completions",status="404"}'
     assert after[ok] - before.get(ok, 0) == 1
     assert after[missing] - before.get(missing, 0) == 1
-    assert after["ggufstack_completion_tokens_total"] - before["ggufstack_completion_tokens_total"] == 5
-    assert after["ggufstack_prompt_tokens_total"] - before["ggufstack_prompt_tokens_total"] == r.usage.prompt_tokens
-    ttft = "ggufstack_time_to_first_token_seconds_count"
-    assert after[ttft] - before[ttft] == 1
-    assert (
-        after["ggufstack_time_per_output_token_seconds_count"] > before["ggufstack_time_per_output_token_seconds_count"]
-    )
+    model = f'{{model="{DEMO_MODEL_ID}"}}'
+    completion, prompt = f"ggufstack_completion_tokens_total{model}", f"ggufstack_prompt_tokens_total{model}"
+    assert after[completion] - before.get(completion, 0) == 5
+    assert after[prompt] - before.get(prompt, 0) == r.usage.prompt_tokens
+    ttft = f"ggufstack_time_to_first_token_seconds_count{model}"
+    assert after[ttft] - before.get(ttft, 0) == 1
+    tpot = f"ggufstack_time_per_output_token_seconds_count{model}"
+    assert after[tpot] > before.get(tpot, 0)
 
 
 def test_metrics_show_engine_load_model_and_process(server: ServerProcess, demo_sha256: str) -> None:
     samples = _scrape(server)
-    assert samples[prometheus.SLOTS_TOTAL] >= 1
-    assert samples[prometheus.SLOTS_BUSY] == 0
-    assert samples[prometheus.GENERATIONS_WAITING] == 0
+    model = f'{{model="{DEMO_MODEL_ID}"}}'
+    assert samples[prometheus.SLOTS_TOTAL + model] >= 1
+    assert samples[prometheus.SLOTS_BUSY + model] == 0
+    assert samples[prometheus.GENERATIONS_WAITING + model] == 0
     assert samples[prometheus.GENERATIONS_RUNNING] == 0
-    assert samples[prometheus.KV_CELLS_TOTAL] >= samples[prometheus.KV_CELLS_USED] > 0
+    assert samples[prometheus.KV_CELLS_TOTAL + model] >= samples[prometheus.KV_CELLS_USED + model] > 0
     assert samples[prometheus.MODEL_READY] == 1
+    assert samples[prometheus.MODEL_LOADED + model] == 1
     (info,) = [name for name in samples if name.startswith(prometheus.MODEL_INFO + "{")]
     assert f'sha256="{demo_sha256}"' in info and f'model_id="{DEMO_MODEL_ID}"' in info
     assert 'gpu_offload="false"' in info

@@ -66,6 +66,8 @@ OPERATIONS = [
     ("GET", "/admin/keys"),
     ("DELETE", "/admin/keys/{key_id}"),
     ("GET", "/admin/keys/{key_id}/usage"),
+    ("POST", "/admin/models/{model_id}/load"),
+    ("POST", "/admin/models/{model_id}/unload"),
 ]
 
 

@@ -131,7 +131,7 @@ def test_a_push_under_streaming_load_swaps_without_failing_a_request(
     card = models(server)
     assert card["load_seconds"] > 0 and card["refused"] is None
     metrics = httpx.get(f"{server.base_url}/metrics").text
-    assert 'ggufstack_model_swaps_total{mode="beside",result="swapped"} 1.0' in metrics
+    assert f'ggufstack_model_swaps_total{{mode="beside",model="{BLOB}",result="swapped"}} 1.0' in metrics
     assert f'sha256="{gemma_sha256}"' in metrics  # model_info follows the swap
     ready = httpx.get(f"{server.base_url}/health/ready")
     assert ready.headers[MODEL_VERSION_HEADER] == gemma_sha256

@@ -1,0 +1,114 @@
+"""The memory budget the loaded models share: what each is charged (weights and KV cache, from its GGUF's header),
+reservations made before a load begins, and the eviction a load that does not fit asks for.
+
+The default budget is what the capacity check reads at startup: the free VRAM when models offload layers to a GPU,
+else the free RAM (the pod's cgroup limit included), less the headroom compute buffers and the allocator need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from server.lifecycle.capacity import HEADROOM, free_ram_bytes, free_vram_bytes
+
+log = logging.getLogger(__name__)
+K = TypeVar("K")
+
+
+class NoRoomError(Exception):
+    """A model does not fit in the budget, and nothing could be evicted in time."""
+
+
+def mib(n_bytes: int) -> float:
+    return n_bytes / 2**20
+
+
+def default_budget_bytes(*, gpu: bool) -> int | None:
+    """Free VRAM (with GPU offload) or RAM now, less headroom; None when it cannot be read (no budget then)."""
+    free = free_vram_bytes() if gpu else None
+    if free is None:
+        free = free_ram_bytes()
+    return None if free is None else int(free / HEADROOM)
+
+
+@dataclass(eq=False)
+class Budget(Generic[K]):
+    """`total_bytes` None: unbounded (every load fits). `wait_s`: how long a load waits for generations on the other
+    models to end when evicting idle ones is not enough."""
+
+    total_bytes: int | None
+    wait_s: float = 120.0
+    clock: Callable[[], float] = time.monotonic
+    _charges: dict[K, int] = field(default_factory=dict)
+    _retiring: int = 0  # models unloaded whose memory is not freed yet (generations in flight finish first)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self._charges.values()) + self._retiring
+
+    def charged(self, key: K) -> int:
+        return self._charges.get(key, 0)
+
+    async def reserve(
+        self,
+        key: K,
+        need: int,
+        *,
+        evictable: Callable[[K], Sequence[K]],
+        evict: Callable[[K], Awaitable[None]],
+    ) -> None:
+        """Charge `need` bytes to `key`, evicting what `evictable` offers (in its order) until it fits, then waiting
+        for a change (a generation that ends, a model unloaded) up to `wait_s`; raises NoRoomError."""
+        total = self.total_bytes
+        if total is None:
+            self._charges[key] = need
+            return
+        if need > total:
+            raise NoRoomError(
+                f"the model needs about {mib(need):,.0f} MiB (weights and KV cache), more than the whole memory "
+                f"budget of {mib(total):,.0f} MiB (GGUFSTACK_MODEL_MEMORY_BUDGET_MIB)"
+            )
+        deadline = self.clock() + self.wait_s
+        while self.used_bytes + need > total:
+            victims = evictable(key)
+            if victims:
+                await evict(victims[0])
+                continue
+            self._changed.clear()
+            remaining = deadline - self.clock()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                raise NoRoomError(
+                    f"not enough memory: the model needs about {mib(need):,.0f} MiB and {mib(self.used_bytes):,.0f} "
+                    f"of the {mib(total):,.0f} MiB budget are taken by models that are pinned, loading or running "
+                    "generations"
+                ) from None
+        self._charges[key] = need
+
+    def release(self, key: K) -> None:
+        """A reservation whose load failed."""
+        self._charges.pop(key, None)
+        self.changed()
+
+    def retire(self, key: K) -> int:
+        """`key` was unloaded: its charge stays counted until `retired` says its memory is free."""
+        charge = self._charges.pop(key, 0)
+        self._retiring += charge
+        return charge
+
+    def retired(self, charge: int) -> None:
+        self._retiring -= charge
+        self.changed()
+
+    def changed(self) -> None:
+        """Something that may make room happened: loads waiting for memory look again."""
+        self._changed.set()

@@ -1,0 +1,287 @@
+"""The model registry's decisions on stand-in models: load on demand (once per model however many ask), the memory
+budget and who it evicts, idle unloads, pins, admin loads and unloads. No llama.cpp, no sleeping: loads wait on
+events the tests set, and the clock is the test's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from server.config.settings import load_settings
+from server.engine.base import EngineStats
+from server.engine.llama_model import ModelLoadError
+from server.errors import known_error
+from server.lifecycle.budget import Budget
+from server.lifecycle.catalogue import ModelSpec
+from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError, PinnedModelError
+from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ModelState, ServedModel
+from server.lifecycle.registry import ModelRegistry
+from server.model_source.base import FetchResult
+from server.model_source.local import FileModelSource
+
+MIB = 2**20
+
+
+class FakeEngine:
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.closed = False
+        self.gpu_offload = False
+
+    def stats(self) -> EngineStats:
+        return EngineStats(4, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 512)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeLoading:
+    """Loads stand-in models of the given sizes; a model in `gates` loads only once its event is set."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.gates: dict[str, asyncio.Event] = {}
+        self.loads: list[str] = []
+        self.failing: dict[str, Exception] = {}
+        self.engines: dict[str, list[FakeEngine]] = {}
+
+    async def fetch(self, spec: ModelSpec, *, beside_serving: bool) -> FetchResult:
+        return FetchResult(Path(f"/models/{spec.id}.gguf"), 0, 0.0)
+
+    async def estimate(self, spec: ModelSpec, fetched: FetchResult) -> int:
+        return self.sizes[spec.id]
+
+    async def load(
+        self, spec: ModelSpec, fetched: FetchResult, report: Callable[[ModelState, str], None]
+    ) -> ServedModel:
+        self.loads.append(spec.id)
+        if spec.id in self.gates:
+            await self.gates[spec.id].wait()
+        if spec.id in self.failing:
+            raise self.failing[spec.id]
+        engine = FakeEngine(spec.id)
+        self.engines.setdefault(spec.id, []).append(engine)
+        return ServedModel(engine, f"sha-{spec.id}", None, 0)  # type: ignore[arg-type]  # a stand-in engine
+
+    async def watch(self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult) -> None:
+        return None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec(model_id: str, *, pin: bool = False, ttl_s: float | None = None, alias: tuple[str, ...] = ()) -> ModelSpec:
+    return ModelSpec(model_id, alias, FileModelSource(Path(f"/models/{model_id}.gguf")), load_settings(), pin, ttl_s)
+
+
+def registry(
+    specs: list[ModelSpec], sizes: dict[str, int], budget_mib: int | None, **options: float
+) -> tuple[ModelRegistry, FakeLoading, Clock]:
+    loading, clock = FakeLoading({k: v * MIB for k, v in sizes.items()}), Clock()
+    total = budget_mib * MIB if budget_mib is not None else None
+    budget: Budget = Budget(total, wait_s=options.pop("wait_s", 60.0), clock=clock)
+    models = ModelRegistry(specs, budget, loading=loading, clock=clock, **options)  # type: ignore[arg-type]
+    return models, loading, clock
+
+
+async def lease(models: ModelRegistry, name: str) -> Lease:
+    found = models.resolve(name)
+    assert found is not None
+    return await models.lease(found)
+
+
+def state(models: ModelRegistry, name: str) -> str:
+    found = models.resolve(name)
+    assert found is not None
+    return models.status(found).state
+
+
+async def settle() -> None:
+    """Let every task that can run, run (no time passes)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_names_resolve_by_id_and_alias() -> None:
+    models, _, _ = registry([spec("smol", alias=("small",)), spec("gemma")], {"smol": 100, "gemma": 200}, None)
+    assert models.resolve("small") is models.resolve("smol") is models.default
+    assert models.resolve("gemma") is not None and models.resolve("gpt-4o") is None
+    assert models.sole is None
+
+
+async def test_a_model_loads_once_however_many_requests_wait_for_it() -> None:
+    models, loading, _ = registry([spec("smol"), spec("gemma")], {"smol": 100, "gemma": 200}, None)
+    loading.gates["smol"] = asyncio.Event()
+    waiting = [asyncio.create_task(lease(models, "smol")) for _ in range(5)]
+    await settle()
+    assert state(models, "smol") == "loading" and state(models, "gemma") == "unloaded"
+    loading.gates["smol"].set()
+    leases = await asyncio.gather(*waiting)
+    assert loading.loads == ["smol"], "single flight"
+    assert {lease.model.model_id for lease in leases} == {"smol"} and state(models, "smol") == "loaded"
+    for held in leases:
+        held.release()
+
+
+async def test_a_load_that_does_not_fit_evicts_the_least_recently_used_idle_model() -> None:
+    models, loading, clock = registry([spec("a"), spec("b"), spec("c")], {"a": 100, "b": 100, "c": 100}, 250)
+    (await lease(models, "a")).release()
+    clock.now += 1
+    (await lease(models, "b")).release()
+    clock.now += 1
+    (await lease(models, "a")).release()  # a is now the more recently used
+    clock.now += 1
+    (await lease(models, "c")).release()
+    assert [state(models, m) for m in "abc"] == ["loaded", "unloaded", "loaded"]
+    assert loading.engines["b"][0].closed, "the evicted model's engine is freed"
+    assert models.budget.used_bytes == 200 * MIB
+    (await lease(models, "b")).release()  # loaded again on demand, evicting a (c is more recent)
+    assert loading.loads == ["a", "b", "c", "b"] and state(models, "a") == "unloaded"
+
+
+async def test_a_pinned_model_is_never_evicted() -> None:
+    models, _, _ = registry([spec("p", pin=True), spec("a"), spec("b")], {"p": 100, "a": 100, "b": 100}, 250)
+    models.start()
+    await settle()
+    assert state(models, "p") == "loaded" and models.readiness().ready
+    (await lease(models, "a")).release()
+    (await lease(models, "b")).release()
+    assert [state(models, m) for m in ("p", "a", "b")] == ["loaded", "unloaded", "loaded"]
+    with pytest.raises(PinnedModelError):
+        await models.unload(models.default, drain_s=0)
+    await models.close()
+
+
+async def test_a_model_with_a_generation_in_flight_is_not_evicted_the_load_waits_for_it() -> None:
+    models, _, _ = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150)
+    streaming = await lease(models, "a")
+    b = asyncio.create_task(lease(models, "b"))
+    await settle()
+    assert not b.done() and state(models, "a") == "loaded" and state(models, "b") == "loading"
+    streaming.release()  # the stream ends: now a may go
+    on_b = await b
+    assert state(models, "a") == "unloaded" and on_b.model.model_id == "b"
+    on_b.release()
+
+
+async def test_when_nothing_can_be_evicted_in_time_the_request_gets_503_with_retry_after() -> None:
+    models, _, _ = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, wait_s=0)
+    held = await lease(models, "a")
+    with pytest.raises(ModelUnavailableError) as caught:
+        await lease(models, "b")
+    error = known_error(caught.value)
+    assert error is not None and error.status == 503 and int(error.headers["Retry-After"]) >= 1
+    assert "not enough memory" in error.message and state(models, "a") == "loaded"
+    held.release()
+    (await lease(models, "b")).release()  # no backoff after a lack of room: memory may free any moment
+    assert state(models, "b") == "loaded"
+
+
+async def test_a_model_larger_than_the_whole_budget_fails_with_the_reason() -> None:
+    models, _, _ = registry([spec("big")], {"big": 500}, 100)
+    with pytest.raises(ModelUnavailableError, match="more than the whole memory budget"):
+        await lease(models, "big")
+    status = models.status(models.default)
+    assert status.state == "failed" and status.reason is not None and "500 MiB" in status.reason
+
+
+async def test_a_failed_load_is_not_retried_before_its_backoff() -> None:
+    models, loading, clock = registry([spec("a")], {"a": 100}, None, retry_initial_s=5)
+    loading.failing["a"] = ModelLoadError("bad tensor")
+    for _ in range(2):
+        with pytest.raises(ModelUnavailableError, match="bad tensor"):
+            await lease(models, "a")
+    assert loading.loads == ["a"]
+    del loading.failing["a"]
+    clock.now += 5
+    (await lease(models, "a")).release()
+    assert loading.loads == ["a", "a"] and state(models, "a") == "loaded"
+
+
+async def test_a_request_waits_at_most_the_load_timeout() -> None:
+    models, loading, _ = registry([spec("a")], {"a": 100}, None, load_timeout_s=0)
+    loading.gates["a"] = asyncio.Event()
+    with pytest.raises(ModelUnavailableError) as caught:
+        await lease(models, "a")
+    assert caught.value.code == "model_loading" and caught.value.retry_after_s
+    loading.gates["a"].set()
+    await settle()
+    assert state(models, "a") == "loaded", "the load went on for the next request"
+
+
+async def test_waiting_requests_are_bounded_by_the_queue() -> None:
+    models, loading, _ = registry([spec("a")], {"a": 100}, None, max_waiting=2)
+    loading.gates["a"] = asyncio.Event()
+    waiting = [asyncio.create_task(lease(models, "a")) for _ in range(2)]
+    await settle()
+    with pytest.raises(ModelQueueFullError):
+        await lease(models, "a")
+    loading.gates["a"].set()
+    for held in await asyncio.gather(*waiting):
+        held.release()
+
+
+async def test_idle_models_unload_after_their_ttl() -> None:
+    models, _, clock = registry([spec("a", ttl_s=60), spec("b")], {"a": 100, "b": 100}, None)
+    (await lease(models, "a")).release()
+    (await lease(models, "b")).release()
+    clock.now += 59
+    await models.reap()
+    assert state(models, "a") == "loaded"
+    held = await lease(models, "a")
+    clock.now += 120
+    await models.reap()
+    assert state(models, "a") == "loaded", "never while a generation runs"
+    held.release()
+    clock.now += 60
+    await models.reap()
+    assert state(models, "a") == "unloaded" and state(models, "b") == "loaded"
+
+
+async def test_an_admin_unload_lets_the_generation_in_flight_finish_first() -> None:
+    models, loading, _ = registry([spec("a")], {"a": 100}, 100)
+    held = await lease(models, "a")
+    unloading = asyncio.create_task(models.unload(models.default, drain_s=60))
+    await settle()
+    assert not unloading.done() and not loading.engines["a"][0].closed
+    assert models.budget.used_bytes == 100 * MIB, "its memory counts until it is freed"
+    held.release()
+    await unloading
+    assert loading.engines["a"][0].closed and state(models, "a") == "unloaded" and models.budget.used_bytes == 0
+    await models.load(models.default)
+    assert state(models, "a") == "loaded"
+
+
+async def test_readiness_waits_for_every_pinned_model_and_only_those() -> None:
+    models, loading, _ = registry([spec("p", pin=True), spec("q", pin=True), spec("a")], dict(p=1, q=1, a=1), None)
+    loading.gates["q"] = asyncio.Event()
+    models.start()
+    await settle()
+    readiness = models.readiness()
+    assert not readiness.ready and readiness.reason.startswith("q: ")
+    with pytest.raises(ModelNotReadyError):
+        await lease(models, "q")  # a pinned model its own task loads: 503 at once, as a single model always did
+    loading.gates["q"].set()
+    await settle()
+    assert models.readiness().ready and state(models, "a") == "unloaded"
+    await models.close()
+    assert all(engine.closed for engines in loading.engines.values() for engine in engines)
+
+
+async def test_a_pinned_model_that_fails_retries_and_shows_failed() -> None:
+    models, loading, _ = registry([spec("p", pin=True)], {"p": 1}, None, retry_initial_s=3600, retry_max_s=3600)
+    loading.failing["p"] = ModelLoadError("no such file")
+    models.start()
+    await settle()
+    status = models.status(models.default)
+    assert status.state == "failed" and status.reason is not None and "next try in 3600 s" in status.reason
+    assert models.readiness().state is ModelState.WAITING
+    await models.close()
