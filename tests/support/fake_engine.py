@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from server.config.settings import Settings
 from server.engine.base import (
     EngineStats,
     Finished,
@@ -14,7 +16,12 @@ from server.engine.base import (
     TextDelta,
 )
 from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.lifecycle.budget import Budget
+from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.holder import ModelHolder, ServedModel
+from server.lifecycle.registry import ModelRegistry
+from server.model_source.base import FetchResult
+from server.model_source.local import FileModelSource
 
 
 class FakeStream:
@@ -83,8 +90,32 @@ class FakeEngine:
         self.closed = True
 
 
-def holder_serving(engine: FakeEngine, sha256: str = "f" * 64) -> ModelHolder:
-    """A model holder with `engine` installed and ready."""
-    holder = ModelHolder()
-    holder.install(ServedModel(engine, sha256=sha256, source_version=None, loaded_at=0))
-    return holder
+class NoLoading:
+    """The registry's loading, for models that must never load: records every attempt."""
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+
+    async def fetch(self, spec: ModelSpec, *, beside_serving: bool) -> FetchResult:
+        self.loads.append(spec.id)
+        raise AssertionError(f"{spec.id} was loaded")
+
+    async def estimate(self, spec: ModelSpec, fetched: FetchResult) -> int:
+        raise AssertionError("nothing loads")
+
+    async def load(self, spec: ModelSpec, fetched: FetchResult, report: object) -> ServedModel:
+        raise AssertionError("nothing loads")
+
+    async def watch(self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult) -> None:
+        return None
+
+
+def registry_serving(engine: FakeEngine, sha256: str = "f" * 64, *, unloaded: tuple[str, ...] = ()) -> ModelRegistry:
+    """A registry whose first model is `engine`, loaded and ready; the `unloaded` models never load (`NoLoading`)."""
+    specs = [
+        ModelSpec(name, (), FileModelSource(Path(f"/models/{name}.gguf")), Settings(), pin=(name == engine.model_id))
+        for name in (engine.model_id, *unloaded)
+    ]
+    models = ModelRegistry(specs, Budget(None), loading=NoLoading())  # type: ignore[arg-type]
+    models.default.holder.install(ServedModel(engine, sha256=sha256, source_version=None, loaded_at=0))
+    return models

@@ -29,6 +29,7 @@ from server.protocol.openai import ChatCompletionRequest, CompletionRequest, Emb
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
 from server.serving.pipeline.job import Endpoint, ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline
+from server.serving.stages.permit import require_permitted
 from server.telemetry import prometheus
 
 # Names the exact model that answered (the sha256 of its GGUF): across a hot swap, two replicas or two requests may
@@ -112,12 +113,17 @@ class Collected:
     finished: Finished
 
 
-async def lease_model(models: ModelRegistry, model: str) -> Lease:
+async def lease_model(models: ModelRegistry, model: str, caller: Caller) -> Lease:
     """A lease on the model `model` names (its id or an alias), loading it if it is not loaded; 404 when no catalogue
-    model has that name."""
+    model has that name.
+
+    A key limited to other models never loads one (which could evict what its owners use): refused here when the
+    model is not loaded. A loaded one is leased, and the permit stage refuses it with an audit row like any refusal."""
     found = models.resolve(model)
     if found is None:
         raise model_not_found(models, model)
+    if found.holder.current is None:
+        require_permitted(caller, found.id)
     try:
         return await models.lease(found)
     except ServerDrainingError:
@@ -155,7 +161,7 @@ async def admit(
     tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits; `terminal` replaces the
     pipeline's last stage (embeddings). The model-version header is set here, once, for every answer."""
     arrived = time.monotonic()  # a load of the model on demand counts in the time to first token
-    lease = await lease_model(ctx.models, model)
+    lease = await lease_model(ctx.models, model, ctx.caller)
     try:
         job = ServingJob(
             ctx.request_id,

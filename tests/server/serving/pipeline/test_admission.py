@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.access.caller import ANONYMOUS
+from server.access.caller import ANONYMOUS, Caller
 from server.errors import APIError
 from server.protocol.openai import CompletionRequest, EmbeddingRequest
 from server.protocol.ops import TokenizeRequest
@@ -14,16 +14,16 @@ from server.serving.endpoints import completions, embeddings, tokenizer
 from server.serving.pipeline.admission import MODEL_VERSION_HEADER, ServingContext
 from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
-from tests.support.fake_engine import FakeEngine, holder_serving
+from tests.support.fake_engine import FakeEngine, registry_serving
 
 SHA = "a" * 64
 
 
-def _context(*stages: object, reply: str = "hello") -> tuple[ServingContext, FakeEngine]:
+def _context(*stages: object, reply: str = "hello", caller: Caller = ANONYMOUS) -> tuple[ServingContext, FakeEngine]:
     engine = FakeEngine(reply=reply)
-    holder = holder_serving(engine, SHA)
+    models = registry_serving(engine, SHA, unloaded=("other-model",))
     pipeline = Pipeline([*stages, prepare])  # type: ignore[list-item]
-    return ServingContext(holder, pipeline, ANONYMOUS, request_id="r1"), engine
+    return ServingContext(models, pipeline, caller, request_id="r1"), engine
 
 
 def _completion(**fields: object) -> CompletionRequest:
@@ -35,7 +35,7 @@ async def test_a_whole_answer_returns_its_lease_before_the_reply_is_shaped() -> 
     # later: a hot swap waited on requests long answered. Nothing may await between the answer and this check.
     ctx, _ = _context()
     reply = await completions.create(_completion(), ctx)
-    assert ctx.holder.in_flight == 0
+    assert ctx.models.in_flight == 0
     assert reply.body is not None and reply.body.choices[0].text == "hello"
 
 
@@ -44,9 +44,9 @@ async def test_a_streamed_answer_returns_its_lease_when_the_client_stops_reading
     reply = await completions.create(_completion(stream=True), ctx)
     assert reply.chunks is not None
     await anext(reply.chunks)
-    assert ctx.holder.in_flight == 1
+    assert ctx.models.in_flight == 1
     await reply.chunks.aclose()
-    assert ctx.holder.in_flight == 0
+    assert ctx.models.in_flight == 0
     assert engine.streams[0].closed
 
 
@@ -58,7 +58,7 @@ async def test_a_refusal_before_the_first_event_is_an_error_and_returns_the_leas
     ctx, engine = _context(refuse)
     with pytest.raises(APIError, match="slow down"):
         await completions.create(_completion(), ctx)
-    assert ctx.holder.in_flight == 0
+    assert ctx.models.in_flight == 0
     assert engine.requests == []  # refused before preparation: nothing was tokenized or generated
 
 
@@ -67,7 +67,7 @@ async def test_an_unknown_model_is_a_404_and_takes_no_lease() -> None:
     with pytest.raises(APIError) as refused:
         await completions.create(_completion(model="other"), ctx)
     assert refused.value.status == 404 and refused.value.code == "model_not_found"
-    assert ctx.holder.in_flight == 0
+    assert ctx.models.in_flight == 0
 
 
 async def test_every_answer_names_the_model_version_that_gave_it() -> None:
@@ -87,7 +87,7 @@ async def test_embeddings_pass_the_same_stages_and_lease() -> None:
     ctx, _ = _context(observe)
     reply = await embeddings.create(EmbeddingRequest.model_validate({"model": "fake", "input": ["ab", "c"]}), ctx)
     assert seen == ["embeddings"]
-    assert ctx.holder.in_flight == 0
+    assert ctx.models.in_flight == 0
     assert reply.headers[MODEL_VERSION_HEADER] == SHA
     assert reply.body is not None and len(reply.body.data) == 2 and reply.body.usage.prompt_tokens == 3
 
@@ -103,5 +103,15 @@ async def test_the_tokenizer_passes_the_same_stages_and_lease() -> None:
     ctx, _ = _context(observe)
     reply = await tokenizer.tokenize(TokenizeRequest(content="hey"), ctx)
     assert seen == ["tokenize"]
-    assert ctx.holder.in_flight == 0
+    assert ctx.models.in_flight == 0
     assert reply.body is not None and reply.body.tokens == [ord("h"), ord("e"), ord("y")]
+
+
+async def test_a_key_limited_to_other_models_never_loads_one() -> None:
+    # Loading a model may evict the one other teams are using: a key that may not use it must not cause it.
+    ctx, _ = _context(caller=Caller(key_id="k", models=("fake",)))
+    with pytest.raises(APIError) as refused:
+        await completions.create(_completion(model="other-model"), ctx)
+    assert (refused.value.status, refused.value.code) == (403, "model_not_allowed")
+    assert ctx.models.loading.loads == []  # type: ignore[attr-defined]
+    assert ctx.models.in_flight == 0

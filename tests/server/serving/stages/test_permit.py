@@ -11,14 +11,14 @@ from server.serving.endpoints import completions
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.stages import Pipeline, prepare
 from server.serving.stages.permit import permit
-from tests.support.fake_engine import FakeEngine, holder_serving
+from tests.support.fake_engine import FakeEngine, registry_serving
 
 BODY = CompletionRequest.model_validate({"model": "fake", "prompt": "hi", "max_tokens": 4})
 
 
 def _context(caller: Caller) -> tuple[ServingContext, FakeEngine]:
     engine = FakeEngine(reply="ok")
-    return ServingContext(holder_serving(engine), Pipeline([permit, prepare]), caller, request_id="r"), engine
+    return ServingContext(registry_serving(engine), Pipeline([permit, prepare]), caller, request_id="r"), engine
 
 
 async def test_a_key_limited_to_other_models_is_refused_before_any_work() -> None:
@@ -26,7 +26,7 @@ async def test_a_key_limited_to_other_models_is_refused_before_any_work() -> Non
     with pytest.raises(APIError) as refused:
         await completions.create(BODY, ctx)
     assert (refused.value.status, refused.value.code, refused.value.param) == (403, "model_not_allowed", "model")
-    assert engine.requests == [] and ctx.holder.in_flight == 0
+    assert engine.requests == [] and ctx.models.in_flight == 0
 
 
 @pytest.mark.parametrize("models", [None, ("fake",), ("another", "fake")])
