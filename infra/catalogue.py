@@ -21,6 +21,7 @@ from infra.sizing import POD_GPU_LAYERS, GpuVmSize
 from server.config.models import ModelEntry, ModelName
 from server.engine.sizing import slots_for
 from server.lifecycle.capacity import HEADROOM
+from server.model_source.blob import KEEP_CACHED
 from server.model_source.facts import GGUFFacts, memory_estimate
 
 MIB = 2**20
@@ -200,6 +201,21 @@ def fit_problem(
             f"than the pod's {pod_memory_mi:,} MiB memory request less the server's {HEADROOM - 1:.0%} headroom "
             f"({pod_budget:,} MiB)",
             "a larger serverMemoryGi, or GPU offload for them",
+        )
+    return None
+
+
+def cache_problem(models: Sequence[StackModel], *, cache_gi: int) -> Misfit | None:
+    """Whether the model cache volume holds what the server keeps of the sized models: up to KEEP_CACHED files per
+    blob (the serving one, the one before it, one being swapped in). Past its size limit the kubelet evicts the pod."""
+    sized = [model for model in models if model.weights_mib is not None]
+    need_gi = sum(KEEP_CACHED * (model.weights_mib or 0) for model in sized) / 1024
+    if need_gi > cache_gi:
+        return Misfit(
+            "modelCacheSizeGi",
+            f"{cache_gi} GiB cannot hold the {KEEP_CACHED} versions the server keeps of each model "
+            f"({', '.join(model.id for model in sized)}: {need_gi:,.1f} GiB)",
+            f"at least {int(-(-need_gi // 1))} (and a gpuOsDiskSizeGb that holds it)",
         )
     return None
 

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.alias_generators import to_camel
 
 from infra import aks_versions
-from infra.catalogue import VERSION_PATTERN, StackModel, blob_name, fit_problem, names_problem
+from infra.catalogue import VERSION_PATTERN, StackModel, blob_name, cache_problem, fit_problem, names_problem
 from infra.sizing import GPU_VM_SIZES, GpuVmSize, ReplicaShare, replica_share
 
 # The Pulumi config namespace of every key (`ggufstack:location`): the project name in Pulumi.yaml.
@@ -303,13 +303,17 @@ class StackConfig(BaseModel):
         for key, value in {**single, "modelVersion": self.model_version}.items():
             if value is not None:
                 raise _problem(key, "serves one model, and models lists the catalogue", "unset, with models")
-        misfit = names_problem(self.models) or fit_problem(
-            self.models,
-            n_ctx=self.context_size,
-            vm_size=self.gpu_vm_size,
-            size=self.gpu,
-            pod_memory_mi=self.server_memory_request_gi * 1024,
-            budget_mib=self.model_memory_budget_mib,
+        misfit = (
+            names_problem(self.models)
+            or fit_problem(
+                self.models,
+                n_ctx=self.context_size,
+                vm_size=self.gpu_vm_size,
+                size=self.gpu,
+                pod_memory_mi=self.server_memory_request_gi * 1024,
+                budget_mib=self.model_memory_budget_mib,
+            )
+            or cache_problem(self.models, cache_gi=self.model_cache_size_gi)
         )
         if misfit is not None:
             raise _problem(misfit.key, misfit.problem, misfit.allowed)

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.catalogue import MIB, StackModel
 from infra.config import ConfigError, parse
@@ -140,6 +141,15 @@ def test_models_kept_on_the_cpu_are_checked_against_the_pods_memory() -> None:
     assert _error(mixed, serverMemoryGi="6").startswith(f"{PROJECT}:models: the pinned models kept on the CPU (llama")
 
 
+def test_the_model_cache_must_hold_the_versions_the_server_keeps() -> None:
+    models = [_pinned_7b(slots=4), {"id": "other", "blob": "o.gguf", **LLAMA_7B, "slots": 2}]
+    assert parse(_catalogue(models, modelCacheSizeGi="27")).models
+    assert _error(models, modelCacheSizeGi="26") == (
+        f"{PROJECT}:modelCacheSizeGi: 26 GiB cannot hold the 3 versions the server keeps of each model (llama, other: "
+        "26.1 GiB); allowed: at least 27 (and a gpuOsDiskSizeGb that holds it)"
+    )
+
+
 def test_a_pinned_model_needs_its_size() -> None:
     message = _error([{"id": "chat", "blob": "chat.gguf", "pin": True}])
     assert message.startswith(f"{PROJECT}:models[0].weightsMib: chat is pinned, and preview checks that pinned")
@@ -190,6 +200,14 @@ def test_catalogue_mistakes_name_the_entry_and_key(
 def test_a_catalogue_that_is_not_a_list_is_named() -> None:
     with pytest.raises(ConfigError, match=rf"^{PROJECT}:models: .*; allowed: maps with id and blob"):
         parse({**VALID, "models": '{"id": "a"}'})
+
+
+def test_the_documented_example_is_a_catalogue_that_fits() -> None:
+    infra = (REPO / "docs" / "infrastructure.md").read_text()
+    example = infra.split("**Several models.**")[1].split("```yaml\n")[1].split("```")[0]
+    values = {key.removeprefix(f"{PROJECT}:"): value for key, value in yaml.safe_load(example).items()}
+    config = parse(_catalogue(values.pop("models"), **{key: str(value) for key, value in values.items()}))
+    assert [m.id for m in config.models] == ["chat", "coder"] and config.models[0].pin
 
 
 def test_the_catalogue_check_runs_without_llama_cpp() -> None:
