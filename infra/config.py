@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.alias_generators import to_camel
 
 from infra import aks_versions
+from infra.catalogue import VERSION_PATTERN, StackModel, blob_name, cache_problem, fit_problem, names_problem
 from infra.sizing import GPU_VM_SIZES, GpuVmSize, ReplicaShare, replica_share
 
 # The Pulumi config namespace of every key (`ggufstack:location`): the project name in Pulumi.yaml.
@@ -104,12 +105,6 @@ def _image_tag(value: str) -> str:
     return value
 
 
-def _blob_name(value: str) -> str:
-    if not value.endswith(".gguf") or value.startswith("/") or len(value) > 1024:
-        raise ValueError(f"{value!r} is not a GGUF blob name; allowed: a blob path ending in .gguf (e.g. qwen/q4.gguf)")
-    return value
-
-
 def _vnet_cidr(value: str) -> str:
     allowed = f"a private IPv4 /16 to /22 that does not overlap {POD_CIDR} (pods) or {SERVICE_CIDR} (services)"
     try:
@@ -152,11 +147,12 @@ class StackConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, validate_by_name=True)
 
-    # Required: there is no sensible default for where to deploy, which GPU to pay for, or what to serve.
+    # Required: there is no sensible default for where to deploy, which GPU to pay for, or what to serve (one model,
+    # or a catalogue of them in `models`).
     location: Location
     gpu_vm_size: Annotated[str, AfterValidator(_gpu_vm_size)]
     server_image_tag: Annotated[str, AfterValidator(_image_tag)]
-    model_blob_name: Annotated[str, AfterValidator(_blob_name)]
+    model_blob_name: Annotated[str, AfterValidator(blob_name)] | None = None
 
     name_prefix: str = Field("gguf", pattern=r"^[a-z][a-z0-9]{1,9}$")
     # A production stack must name its admins and narrow its API server, and may not use passwords or keys.
@@ -209,7 +205,10 @@ class StackConfig(BaseModel):
     model_download_timeout_minutes: int = Field(30, ge=5, le=240)
     model_alias: str | None = Field(None, min_length=1, max_length=128)
     model_watch_interval_s: int = Field(30, ge=0, le=3600)
-    model_version: str | None = Field(None, pattern=r"^[0-9A-Za-z:.\-]{8,64}$")
+    model_version: str | None = Field(None, pattern=VERSION_PATTERN)
+    # Several models behind one endpoint (infra/catalogue.py), instead of modelBlobName.
+    models: list[StackModel] = []
+    model_memory_budget_mib: int | None = Field(None, ge=1, le=2_000_000)
     context_size: int = Field(4096, ge=64, le=1_048_576)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     scale_waiting_per_replica: int = Field(4, ge=1, le=1000)
@@ -259,6 +258,7 @@ class StackConfig(BaseModel):
                 f"1..{share.memory_gi} (or leave it unset)",
             )
         self._production_rules()
+        self._model_rules()
         if self.api_server_access != "public" and ipaddress.IPv4Network(self.vnet_cidr).prefixlen > 21:
             raise _problem(
                 "vnetCidr", f"{self.vnet_cidr} has no room for the API server's subnet", "a /16 to /21 network"
@@ -289,6 +289,34 @@ class StackConfig(BaseModel):
             raise _problem("dataPlaneAuth", "production allows no passwords or access keys", "entra")
         if not self.disable_local_accounts:
             raise _problem("disableLocalAccounts", "production allows no static cluster credentials", "true")
+
+    def _model_rules(self) -> None:
+        if not self.models:
+            if self.model_blob_name is None:
+                raise _problem(
+                    "modelBlobName",
+                    "required unless models lists a catalogue",
+                    "a blob path ending in .gguf (`pulumi config set modelBlobName <blob>`)",
+                )
+            return
+        single = {"modelBlobName": self.model_blob_name, "modelAlias": self.model_alias}
+        for key, value in {**single, "modelVersion": self.model_version}.items():
+            if value is not None:
+                raise _problem(key, "serves one model, and models lists the catalogue", "unset, with models")
+        misfit = (
+            names_problem(self.models)
+            or fit_problem(
+                self.models,
+                n_ctx=self.context_size,
+                vm_size=self.gpu_vm_size,
+                size=self.gpu,
+                pod_memory_mi=self.server_memory_request_gi * 1024,
+                budget_mib=self.model_memory_budget_mib,
+            )
+            or cache_problem(self.models, cache_gi=self.model_cache_size_gi)
+        )
+        if misfit is not None:
+            raise _problem(misfit.key, misfit.problem, misfit.allowed)
 
     @property
     def replica_share(self) -> ReplicaShare:
@@ -360,19 +388,45 @@ def _describe(exc: ValidationError) -> str:
             lines.append(error["msg"].removeprefix("Value error, "))
             continue
         key = str(error["loc"][0])
+        if key == "models" and len(error["loc"]) > 1:
+            lines.append(_describe_model(error))
+            continue
         if error["type"] == "missing":
             lines.append(f"{CONFIG_NAMESPACE}:{key}: required; set it with `pulumi config set {key} <value>`")
             continue
         message = error["msg"].removeprefix("Value error, ")
         if "allowed:" not in message:
-            given = error.get("input")
-            if error["type"] in ("literal_error", "bool_parsing"):
-                message = f"{given!r} is not allowed"
-            elif isinstance(given, str | int | float):
-                message = f"{given!r}: {message}"
-            message = f"{message}; allowed: {_allowed(key)}"
+            message = f"{_given(error, message)}; allowed: {_allowed(key)}"
         lines.append(f"{CONFIG_NAMESPACE}:{key}: {message}")
     return "; ".join(lines)
+
+
+def _given(error: Any, message: str) -> str:
+    given = error.get("input")
+    if error["type"] in ("literal_error", "bool_parsing"):
+        return f"{given!r} is not allowed"
+    if isinstance(given, str | int | float):
+        return f"{given!r}: {message}"
+    return message
+
+
+def _describe_model(error: Any) -> str:
+    """A problem inside one catalogue entry, named by its place: `ggufstack:models[1].contextSize: ...`."""
+    loc = error["loc"]
+    where = f"{CONFIG_NAMESPACE}:models" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    message = error["msg"].removeprefix("Value error, ")
+    field = next((str(p) for p in loc[2:] if isinstance(p, str)), None)
+    fields = {f.alias or name for name, f in StackModel.model_fields.items()}
+    if error["type"] == "model_type":
+        return f"{where}: {error.get('input')!r} is not a model; allowed: a map with id and blob (see docs/models.md)"
+    if field is None or "allowed:" in message:
+        return f"{where}: {message}"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key{_did_you_mean(field, fields)}; allowed: {_names(fields)}"
+    if error["type"] == "missing":
+        return f"{where}: required"
+    schema = StackModel.model_json_schema(by_alias=True)["properties"][field]
+    return f"{where}: {_given(error, message)}; allowed: {_allowed_by(schema, listed='items' in schema)}"
 
 
 def _names(keys: set[str]) -> str:
@@ -385,16 +439,22 @@ def _did_you_mean(key: str, known: set[str]) -> str:
 
 
 def _allowed(key: str) -> str:
-    schema = StackConfig.model_json_schema(by_alias=True)["properties"][key]
-    schema = schema["items"] if key in _LIST_KEYS else schema
+    return _allowed_by(StackConfig.model_json_schema(by_alias=True)["properties"][key], listed=key in _LIST_KEYS)
+
+
+def _allowed_by(schema: dict[str, Any], *, listed: bool) -> str:
+    schema = schema["items"] if listed else schema
     # Optional keys are `anyOf: [<type>, null]`; what is allowed is the non-null branch.
     schema = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
     if "enum" in schema:
         return ", ".join(str(v) for v in schema["enum"])
+    if "$ref" in schema:
+        return "maps with id and blob (docs/models.md)"
     if schema.get("type") == "boolean":
         return "true, false"
-    if schema.get("type") == "integer":
-        return f"integers {schema.get('minimum', '')}..{schema.get('maximum', '')}"
+    if schema.get("type") in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", ""))
+        return f"{'integers' if schema['type'] == 'integer' else 'numbers'} {low}..{schema.get('maximum', '')}"
     if "pattern" in schema:
         return f"values matching {schema['pattern']}"
     return f"strings of {schema.get('minLength', 1)}..{schema.get('maxLength', '')} characters"

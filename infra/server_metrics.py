@@ -20,8 +20,16 @@ from server.telemetry.prometheus import (
     HTTP_REQUESTS,
     KV_CELLS_TOTAL,
     KV_CELLS_USED,
+    MODEL_EVICTIONS,
     MODEL_INFO,
+    MODEL_LABEL,
+    MODEL_LOAD_DURATION,
+    MODEL_LOADED,
+    MODEL_LOADS,
+    MODEL_MEMORY,
+    MODEL_MEMORY_BUDGET,
     MODEL_READY,
+    MODEL_REQUESTS,
     PROMPT_TOKENS,
     REQUESTS_REFUSED,
     SLOTS_BUSY,
@@ -33,6 +41,9 @@ from server.telemetry.prometheus import (
 # The scrape job's name, which Prometheus puts in every series' `job` label; the PodMonitor sets it.
 JOB = "ggufstack-server"
 SELECTOR = f'job="{JOB}"'
+# The dashboard's model selector, on the series that carry a model label (the engine's, tokens, latency, loads).
+MODEL_VARIABLE = MODEL_LABEL
+OF_MODELS = f'{SELECTOR},{MODEL_LABEL}=~"${MODEL_VARIABLE}"'
 DASHBOARD_FILE = Path(__file__).parent / "dashboards" / "ggufstack-server.json"
 DASHBOARD_UID = "ggufstack-server"
 
@@ -46,21 +57,25 @@ def _bucket(histogram: str) -> str:
     return f"{histogram}_bucket"
 
 
-def _sum(name: str, window: str = "5m") -> str:
-    return f"sum(rate({name}{{{SELECTOR}}}[{window}]))"
+def _sum(name: str, window: str = "5m", selector: str = SELECTOR) -> str:
+    return f"sum(rate({name}{{{selector}}}[{window}]))"
 
 
-def _quantile(q: float, histogram: str, window: str = "5m") -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({_bucket(histogram)}{{{SELECTOR}}}[{window}])))"
+def _quantile(q: float, histogram: str, window: str = "5m", selector: str = SELECTOR, by: str = "le") -> str:
+    return f"histogram_quantile({q}, sum by ({by}) (rate({_bucket(histogram)}{{{selector}}}[{window}])))"
 
 
 def scale_query() -> str:
-    """What KEDA scales on: generations waiting for a slot plus those decoding, over all replicas.
+    """What KEDA scales on: generations waiting for a slot plus those decoding, over all replicas, for the busiest
+    model.
 
     KEDA divides it by the per-replica target; busy slots count as well so a steady load that fills every slot
-    holds its replicas even when nothing queues.
+    holds its replicas even when nothing queues. Each model has its own slots on every replica, so the replicas one
+    model's load needs do not shrink because another model is idle: the worst model decides (with one model, the
+    same figure as a plain sum).
     """
-    return f"sum({GENERATIONS_WAITING}{{{SELECTOR}}}) + sum({SLOTS_BUSY}{{{SELECTOR}}})"
+    per_model = f"sum by ({MODEL_LABEL}) ({{name}}{{{{{SELECTOR}}}}})"
+    return f"max({per_model.format(name=GENERATIONS_WAITING)} + {per_model.format(name=SLOTS_BUSY)})"
 
 
 @dataclass(frozen=True)
@@ -92,17 +107,29 @@ def alert_rules() -> list[AlertRule]:
         ),
         AlertRule(
             "GgufstackServerQueueSaturated",
-            f"(sum({GENERATIONS_WAITING}{{{SELECTOR}}}) / sum({SLOTS_TOTAL}{{{SELECTOR}}})) > {QUEUE_PER_SLOT}",
+            # A ratio per model (one series, and one alert, each): one model's backlog must not hide behind another
+            # model's idle slots, as it would in a ratio of the sums over all models.
+            f"(sum by ({MODEL_LABEL}) ({GENERATIONS_WAITING}{{{SELECTOR}}}) / "
+            f"sum by ({MODEL_LABEL}) ({SLOTS_TOTAL}{{{SELECTOR}}})) > {QUEUE_PER_SLOT}",
             10,
             2,
-            "More generations wait than there are slots, for 10 minutes: the autoscaler is at its maximum or stuck.",
+            "More generations wait for a model than it has slots, for 10 minutes: the autoscaler is at its maximum or "
+            "stuck.",
         ),
         AlertRule(
             "GgufstackServerSlowFirstToken",
-            f"{_quantile(0.95, TIME_TO_FIRST_TOKEN)} > {TTFT_P95_SECONDS}",
+            f"{_quantile(0.95, TIME_TO_FIRST_TOKEN, by=f'le, {MODEL_LABEL}')} > {TTFT_P95_SECONDS}",
             10,
             3,
-            f"p95 time to first token has been above {TTFT_P95_SECONDS:g}s for 10 minutes.",
+            f"A model's p95 time to first token has been above {TTFT_P95_SECONDS:g}s for 10 minutes.",
+        ),
+        AlertRule(
+            "GgufstackModelLoadsFailing",
+            # A pinned model that fails keeps the replica unready (the alert above); one loaded on demand does not.
+            f'sum by ({MODEL_LABEL}) (increase({MODEL_LOADS}{{{SELECTOR},result="failed"}}[15m])) > 0',
+            15,
+            2,
+            "Loads of a model have been failing for 15 minutes: requests for it get 503 (see /v1/models for why).",
         ),
     ]
 
@@ -122,8 +149,29 @@ def _panel(panel_id: int, title: str, unit: str, x: int, y: int, targets: dict[s
     }
 
 
+def model_variable() -> dict[str, Any]:
+    """The dashboard's model selector: every catalogue model a replica reports (loaded or not), several or all."""
+    query = f"label_values({MODEL_LOADED}{{{SELECTOR}}}, {MODEL_LABEL})"
+    return {
+        "name": MODEL_VARIABLE,
+        "type": "query",
+        "label": "Model",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": query,
+        "definition": query,
+        "refresh": 2,  # on time range change: models come and go with the catalogue
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"text": "All", "value": "$__all"},
+    }
+
+
 def dashboard() -> dict[str, Any]:
-    """The server's Grafana dashboard: throughput, latency percentiles, queue and slots, errors, model version."""
+    """The server's Grafana dashboard: throughput, latency percentiles, queue and slots, errors, model version, and
+    the catalogue's models (memory, loads, evictions). Panels on series with a model label follow the model selector;
+    the rest (HTTP status, generations in flight, readiness) are the whole server's."""
     panels = [
         _panel(
             1,
@@ -132,9 +180,9 @@ def dashboard() -> dict[str, Any]:
             0,
             0,
             {
-                "completion tokens/s": _sum(COMPLETION_TOKENS),
-                "prompt tokens/s": _sum(PROMPT_TOKENS),
-                "requests/s": _sum(HTTP_REQUESTS),
+                "completion tokens/s": _sum(COMPLETION_TOKENS, selector=OF_MODELS),
+                "prompt tokens/s": _sum(PROMPT_TOKENS, selector=OF_MODELS),
+                "requests/s": _sum(MODEL_REQUESTS, selector=OF_MODELS),
             },
         ),
         _panel(
@@ -143,7 +191,7 @@ def dashboard() -> dict[str, Any]:
             "s",
             12,
             0,
-            {f"p{round(q * 100)}": _quantile(q, TIME_TO_FIRST_TOKEN) for q in (0.5, 0.9, 0.99)},
+            {f"p{round(q * 100)}": _quantile(q, TIME_TO_FIRST_TOKEN, selector=OF_MODELS) for q in (0.5, 0.9, 0.99)},
         ),
         _panel(
             3,
@@ -151,7 +199,7 @@ def dashboard() -> dict[str, Any]:
             "s",
             0,
             8,
-            {f"p{round(q * 100)}": _quantile(q, TIME_PER_OUTPUT_TOKEN) for q in (0.5, 0.9, 0.99)},
+            {f"p{round(q * 100)}": _quantile(q, TIME_PER_OUTPUT_TOKEN, selector=OF_MODELS) for q in (0.5, 0.9, 0.99)},
         ),
         _panel(
             4,
@@ -160,11 +208,11 @@ def dashboard() -> dict[str, Any]:
             12,
             8,
             {
-                "waiting": f"sum({GENERATIONS_WAITING}{{{SELECTOR}}})",
-                "running": f"sum({GENERATIONS_RUNNING}{{{SELECTOR}}})",
-                "slots busy": f"sum({SLOTS_BUSY}{{{SELECTOR}}})",
-                "slots total": f"sum({SLOTS_TOTAL}{{{SELECTOR}}})",
-                "KV cells used (ratio)": f"sum({KV_CELLS_USED}{{{SELECTOR}}}) / sum({KV_CELLS_TOTAL}{{{SELECTOR}}})",
+                "waiting": f"sum({GENERATIONS_WAITING}{{{OF_MODELS}}})",
+                "running (all models)": f"sum({GENERATIONS_RUNNING}{{{SELECTOR}}})",
+                "slots busy": f"sum({SLOTS_BUSY}{{{OF_MODELS}}})",
+                "slots total": f"sum({SLOTS_TOTAL}{{{OF_MODELS}}})",
+                "KV cells used (ratio)": f"sum({KV_CELLS_USED}{{{OF_MODELS}}}) / sum({KV_CELLS_TOTAL}{{{OF_MODELS}}})",
             },
         ),
         _panel(
@@ -186,10 +234,47 @@ def dashboard() -> dict[str, Any]:
                 12,
                 16,
                 # Every label of the info metric (model id, sha256, source version, GPU offload) becomes a column.
-                {"{{pod}}": f"{MODEL_INFO}{{{SELECTOR}}}"},
+                {"{{pod}}": f"{MODEL_INFO}{{{OF_MODELS}}}"},
             ),
             "type": "table",
         },
+        _panel(
+            7,
+            "Model memory (largest replica)",
+            "bytes",
+            0,
+            24,
+            {
+                "{{model}}": f"max by ({MODEL_LABEL}) ({MODEL_MEMORY}{{{OF_MODELS}}})",
+                "budget": f"max({MODEL_MEMORY_BUDGET}{{{SELECTOR}}})",
+            },
+        ),
+        _panel(
+            8,
+            "Model loads and evictions",
+            "ops",
+            12,
+            24,
+            {
+                "{{model}} {{result}}": f"sum by ({MODEL_LABEL}, result) (rate({MODEL_LOADS}{{{OF_MODELS}}}[5m]))",
+                "{{model}} evicted ({{reason}})": (
+                    f"sum by ({MODEL_LABEL}, reason) (rate({MODEL_EVICTIONS}{{{OF_MODELS}}}[5m]))"
+                ),
+            },
+        ),
+        _panel(
+            9,
+            "Model load time",
+            "s",
+            0,
+            32,
+            {
+                f"{{{{model}}}} p{round(q * 100)}": _quantile(
+                    q, MODEL_LOAD_DURATION, window="1h", selector=OF_MODELS, by=f"le, {MODEL_LABEL}"
+                )
+                for q in (0.5, 0.95)
+            },
+        ),
     ]
     return {
         "uid": DASHBOARD_UID,
@@ -199,7 +284,10 @@ def dashboard() -> dict[str, Any]:
         "time": {"from": "now-6h", "to": "now"},
         "refresh": "1m",
         "templating": {
-            "list": [{"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"}]
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
+                model_variable(),
+            ]
         },
         "panels": panels,
     }
@@ -212,7 +300,7 @@ def dashboard_json() -> str:
 def expressions() -> list[str]:
     """Every PromQL expression above, for the tests that check each metric name it uses exists."""
     panels = dashboard()["panels"]
-    return [scale_query(), *(r.expression for r in alert_rules())] + [
+    return [scale_query(), *(r.expression for r in alert_rules()), model_variable()["query"]] + [
         target["expr"] for panel in panels for target in panel["targets"]
     ]
 

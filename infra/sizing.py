@@ -21,23 +21,33 @@ class GpuVmSize:
     gpus: int
     vcpus: int
     memory_gib: int
+    # One GPU's memory as nvidia-smi reports it: a replica gets one GPU, and what it offloads lives there.
+    gpu_memory_mib: int
 
 
 # GPU sizes AKS supports with its managed NVIDIA driver. Partial-GPU (NVv5/A10) sizes need GRID drivers and the
 # retired NCv3 sizes can no longer be created, so neither is offered.
+# Each GPU's memory in MiB, as nvidia-smi reports it (the sizes' pages name the GPUs: T4 16 GB, A100 40 or 80 GB,
+# H100 NVL 94 GB, H100 80 GB).
+_T4 = 15_360
+_A100_40GB = 40_960
+_A100_80GB = 81_920
+_H100_NVL = 95_830
+_H100_80GB = 81_559
+
 GPU_VM_SIZES: Mapping[str, GpuVmSize] = {
-    "Standard_NC4as_T4_v3": GpuVmSize(1, 4, 28),
-    "Standard_NC8as_T4_v3": GpuVmSize(1, 8, 56),
-    "Standard_NC16as_T4_v3": GpuVmSize(1, 16, 110),
-    "Standard_NC64as_T4_v3": GpuVmSize(4, 64, 440),
-    "Standard_NC24ads_A100_v4": GpuVmSize(1, 24, 220),
-    "Standard_NC48ads_A100_v4": GpuVmSize(2, 48, 440),
-    "Standard_NC96ads_A100_v4": GpuVmSize(4, 96, 880),
-    "Standard_NC40ads_H100_v5": GpuVmSize(1, 40, 320),
-    "Standard_NC80adis_H100_v5": GpuVmSize(2, 80, 640),
-    "Standard_ND96asr_v4": GpuVmSize(8, 96, 900),
-    "Standard_ND96amsr_A100_v4": GpuVmSize(8, 96, 1900),
-    "Standard_ND96isr_H100_v5": GpuVmSize(8, 96, 1900),
+    "Standard_NC4as_T4_v3": GpuVmSize(1, 4, 28, _T4),
+    "Standard_NC8as_T4_v3": GpuVmSize(1, 8, 56, _T4),
+    "Standard_NC16as_T4_v3": GpuVmSize(1, 16, 110, _T4),
+    "Standard_NC64as_T4_v3": GpuVmSize(4, 64, 440, _T4),
+    "Standard_NC24ads_A100_v4": GpuVmSize(1, 24, 220, _A100_80GB),
+    "Standard_NC48ads_A100_v4": GpuVmSize(2, 48, 440, _A100_80GB),
+    "Standard_NC96ads_A100_v4": GpuVmSize(4, 96, 880, _A100_80GB),
+    "Standard_NC40ads_H100_v5": GpuVmSize(1, 40, 320, _H100_NVL),
+    "Standard_NC80adis_H100_v5": GpuVmSize(2, 80, 640, _H100_NVL),
+    "Standard_ND96asr_v4": GpuVmSize(8, 96, 900, _A100_40GB),
+    "Standard_ND96amsr_A100_v4": GpuVmSize(8, 96, 1900, _A100_80GB),
+    "Standard_ND96isr_H100_v5": GpuVmSize(8, 96, 1900, _H100_80GB),
 }
 
 # The GPU pool's pod limit; set on the pool, because AKS reserves memory per pod the node *could* run (the overlay
@@ -58,6 +68,10 @@ EVICTION_THRESHOLD_MI = 100
 # `kubectl describe node` on the first GPU node shows the real sum, and this budget should stay above it.
 DAEMONSETS_CPU_M = 1000
 DAEMONSETS_MEMORY_MI = 2048
+
+
+# Layers the server offloads to the GPU unless a catalogue model says otherwise: all of them (the pod's layout).
+POD_GPU_LAYERS = -1
 
 
 def kube_reserved_cpu_m(vcpus: int) -> int:

@@ -21,6 +21,7 @@ from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.database_bootstrap import DatabaseBootstrap, bootstrap_job
 from infra.network_policies import ServerTraffic, server_policies
 from infra.server_metrics import JOB as SCRAPE_JOB
+from infra.sizing import POD_GPU_LAYERS
 from infra.vault import secret_provider_objects
 from server.config.settings import DEFAULT_SECRETS_DIR, Settings
 
@@ -250,7 +251,7 @@ class Workload(pulumi.ComponentResource):
             args.settings,
             layout={
                 "cache_dir": CACHE_DIR,
-                "n_gpu_layers": -1,
+                "n_gpu_layers": POD_GPU_LAYERS,
                 "n_threads": max(1, args.cpu_m // 1000),
                 "host": "0.0.0.0",  # inside the pod; the Service and NetworkPolicy bound who can reach it
                 "port": SERVER_PORT,

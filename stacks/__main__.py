@@ -239,6 +239,9 @@ workload = Workload(
             "model_alias": cfg.model_alias,
             "model_watch_interval_s": cfg.model_watch_interval_s,
             "model_version": cfg.model_version,
+            # The catalogue, when the stack lists one (infra/catalogue.py), as the server's own entries.
+            "models": [model.entry() for model in cfg.models] or None,
+            "model_memory_budget_mib": cfg.model_memory_budget_mib,
             "n_ctx": cfg.context_size,
             # "entra": the mounted URLs name a user and hold no password; the server logs in with Entra tokens.
             "database_auth": cfg.data_plane_auth,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from server.engine.llama_model import LlamaModel
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Only for annotations: slots_for serves the Pulumi program too, whose environment has no llama.cpp.
+    from server.engine.llama_model import LlamaModel
 
 # KV memory the default slot count may use: every slot holds a full n_ctx of keys and values.
 DEFAULT_KV_BUDGET_BYTES = 2 << 30

@@ -7,11 +7,49 @@ import json
 import re
 from typing import Any
 
-from infra.server_metrics import DASHBOARD_FILE, JOB, alert_rules, dashboard, dashboard_json, expressions, scale_query
-from server.telemetry.prometheus import GENERATIONS_WAITING, SLOTS_BUSY, exported_names
+from prometheus_client.metrics import MetricWrapperBase
+
+from infra.server_metrics import (
+    DASHBOARD_FILE,
+    JOB,
+    alert_rules,
+    dashboard,
+    dashboard_json,
+    expressions,
+    model_variable,
+    scale_query,
+)
+from server.engine.base import EngineStats
+from server.telemetry import prometheus
+from server.telemetry.prometheus import GENERATIONS_WAITING, MODEL_LABEL, SLOTS_BUSY, exported_names
 from tests.infra.harness import StackRun
 
 METRIC = re.compile(r"\b(ggufstack_[a-z0-9_]+)\b")
+SELECTOR = re.compile(r"\b(ggufstack_[a-z0-9_]+)\{([^}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!=|!~|=)")
+BY = re.compile(r"\bby \(([^)]*)\)")
+# Labels the scrape adds to every series (the PodMonitor's job, the pod's own).
+SCRAPE_LABELS = {"job", "pod", "namespace", "instance", "container"}
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_sum", "_count", "_created"), "info": ("_info",)}
+
+
+def _exported_labels() -> dict[str, set[str]]:
+    """Each sample name the server exports, with the label names its series carry."""
+    labels: dict[str, set[str]] = {}
+    for metric in vars(prometheus).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        own = set(metric._labelnames)
+        for suffix in _SUFFIXES.get(metric._type, ("",)):
+            labels[metric._name + suffix] = own
+        if metric._type == "histogram":
+            labels[f"{metric._name}_bucket"] = {*own, "le"}
+    empty = EngineStats(0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+    engine = prometheus.EngineCollector(lambda: {"m": empty}, lambda: {"m": 0}, lambda: 0)
+    for family in engine.collect():
+        for sample in family.samples:
+            labels[sample.name] = set(sample.labels)
+    return labels
 
 
 def _k8s(stack: StackRun, kind: str) -> list[dict[str, Any]]:
@@ -83,6 +121,7 @@ def test_alert_rules_are_a_prometheus_rule_group_on_the_workspace(stack: StackRu
         "GgufstackServer5xxRate",
         "GgufstackServerQueueSaturated",
         "GgufstackServerSlowFirstToken",
+        "GgufstackModelLoadsFailing",
     }
     assert [r["expression"] for r in group["rules"]] == [r.expression for r in alert_rules()]
 
@@ -95,6 +134,46 @@ def test_every_metric_the_dashboard_alerts_and_autoscaler_use_is_exported() -> N
     panels = json.loads(DASHBOARD_FILE.read_text())["panels"]
     in_file = {name for panel in panels for target in panel["targets"] for name in METRIC.findall(target["expr"])}
     assert in_file <= exported, in_file - exported
+
+
+def test_every_label_an_expression_names_is_one_its_metric_carries() -> None:
+    """A selector or a grouping on a label the metric lacks matches nothing, or merges what it meant to split."""
+    labels = _exported_labels()
+    assert labels[prometheus.GENERATIONS_WAITING] == {MODEL_LABEL}, "the engine's gauges are per model"
+    for expression in expressions():
+        for name, selector in SELECTOR.findall(expression):
+            assert set(MATCHER.findall(selector)) <= labels[name] | SCRAPE_LABELS, (name, expression)
+        for grouping in BY.finditer(expression):
+            (name,) = METRIC.findall(expression[grouping.end() :])[:1]
+            grouped = {label.strip() for label in grouping.group(1).split(",")}
+            assert grouped <= labels[name] | SCRAPE_LABELS, (name, expression)
+    variable = model_variable()["query"]
+    (name,) = METRIC.findall(variable)
+    assert variable.endswith(f", {MODEL_LABEL})") and MODEL_LABEL in labels[name]
+
+
+def test_dashboard_panels_follow_the_model_selector_wherever_the_metric_has_the_label() -> None:
+    labels = _exported_labels()
+    board = dashboard()
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", MODEL_LABEL]
+    assert model_variable()["multi"] and model_variable()["includeAll"]
+    filtered = 0
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            for name, selector in SELECTOR.findall(target["expr"]):
+                per_model = MODEL_LABEL in labels[name]
+                assert (f'{MODEL_LABEL}=~"$model"' in selector) == per_model, (panel["title"], target["expr"])
+                filtered += per_model
+    assert filtered >= 10
+
+
+def test_the_autoscaler_and_the_queue_alert_look_at_each_model() -> None:
+    """With several models, a sum over all of them lets one model's idle slots hide another's backlog."""
+    assert scale_query().startswith("max(") and scale_query().count(f"sum by ({MODEL_LABEL})") == 2
+    rules = {r.name: r.expression for r in alert_rules()}
+    assert rules["GgufstackServerQueueSaturated"].count(f"sum by ({MODEL_LABEL})") == 2
+    assert f"sum by (le, {MODEL_LABEL})" in rules["GgufstackServerSlowFirstToken"]
+    assert 'result="failed"' in rules["GgufstackModelLoadsFailing"]
 
 
 def test_every_expression_selects_the_scrape_job() -> None:
@@ -116,6 +195,9 @@ def test_dashboard_covers_throughput_latency_queue_errors_and_model_version() ->
         "Queue and slots",
         "Responses by status",
         "Model version by replica",
+        "Model memory (largest replica)",
+        "Model loads and evictions",
+        "Model load time",
     }
 
 
