@@ -22,6 +22,7 @@ from pulumi_kubernetes import batch, core, meta, networking
 from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.network import HTTPS_PORT, POSTGRES_PORT
 from infra.network_policies import dns_egress, egress
+from infra.pod_security import locked_down_container, non_root_pod
 
 # The name of the job, its service account (federated with the database-bootstrap identity) and its policy.
 DATABASE_BOOTSTRAP = "ggufstack-server-db-bootstrap"
@@ -146,12 +147,7 @@ def bootstrap_job(
                     # The GPU nodes already pull the server image; no GPU is requested.
                     node_selector=dict(node_selector),
                     tolerations=[core.v1.TolerationArgs(**t) for t in tolerations],
-                    security_context=core.v1.PodSecurityContextArgs(
-                        run_as_non_root=True,
-                        run_as_user=run_as_uid,
-                        run_as_group=run_as_uid,
-                        seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                    ),
+                    security_context=non_root_pod(run_as_uid),
                     containers=[
                         core.v1.ContainerArgs(
                             name="bootstrap",
@@ -160,13 +156,7 @@ def bootstrap_job(
                             command=["python", "-c", SCRIPT],
                             env=[core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
                             resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
-                            security_context=core.v1.SecurityContextArgs(
-                                allow_privilege_escalation=False,
-                                privileged=False,
-                                read_only_root_filesystem=True,
-                                capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                            ),
+                            security_context=locked_down_container(),
                         )
                     ],
                 ),

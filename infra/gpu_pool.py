@@ -18,6 +18,7 @@ from pulumi_kubernetes import apps, core, meta, networking
 from infra.annotations import checkov_skips
 from infra.cluster import toleration
 from infra.moved import CLUSTER, WORKLOAD, moved_from
+from infra.pod_security import locked_down_container, runtime_default_seccomp
 
 GPU_TAINT = ("sku", "gpu", "NoSchedule")
 GPU_POOL_LABEL = ("ggufstack.io/pool", "gpu")
@@ -130,9 +131,7 @@ class GpuPool(pulumi.ComponentResource):
                         automount_service_account_token=False,
                         node_selector=dict(self.node_selector),
                         tolerations=[core.v1.TolerationArgs(**t) for t in self.tolerations],
-                        security_context=core.v1.PodSecurityContextArgs(
-                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault")
-                        ),
+                        security_context=core.v1.PodSecurityContextArgs(seccomp_profile=runtime_default_seccomp()),
                         containers=[
                             core.v1.ContainerArgs(
                                 name="nvidia-device-plugin",
@@ -143,13 +142,7 @@ class GpuPool(pulumi.ComponentResource):
                                 resources=core.v1.ResourceRequirementsArgs(
                                     requests=resources, limits={**resources, "memory": "128Mi"}
                                 ),
-                                security_context=core.v1.SecurityContextArgs(
-                                    allow_privilege_escalation=False,
-                                    privileged=False,
-                                    read_only_root_filesystem=True,
-                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                                ),
+                                security_context=locked_down_container(),
                                 volume_mounts=[
                                     core.v1.VolumeMountArgs(name="device-plugin", mount_path=DEVICE_PLUGIN_DIR)
                                 ],

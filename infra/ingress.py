@@ -27,6 +27,7 @@ from pulumi_azure_native import privatedns
 from pulumi_kubernetes import apps, core, meta
 
 from infra.annotations import SKIP_AWAIT, checkov_skips
+from infra.pod_security import locked_down_container, non_root_pod
 from infra.vault import secret_provider_objects
 
 GATEWAY_CLASS = "approuting-istio"
@@ -271,25 +272,14 @@ class Ingress(pulumi.ComponentResource):
                         service_account_name=CERTIFICATE_SYNC,
                         automount_service_account_token=False,
                         tolerations=[core.v1.TolerationArgs(**t) for t in args.proxy_tolerations],
-                        security_context=core.v1.PodSecurityContextArgs(
-                            run_as_non_root=True,
-                            run_as_user=SYNC_UID,
-                            run_as_group=SYNC_UID,
-                            seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                        ),
+                        security_context=non_root_pod(SYNC_UID),
                         containers=[
                             core.v1.ContainerArgs(
                                 name="pause",
                                 image=SYNC_IMAGE,
                                 image_pull_policy="Always",
                                 resources=core.v1.ResourceRequirementsArgs(requests=resources, limits=resources),
-                                security_context=core.v1.SecurityContextArgs(
-                                    allow_privilege_escalation=False,
-                                    privileged=False,
-                                    read_only_root_filesystem=True,
-                                    capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                                    seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                                ),
+                                security_context=locked_down_container(),
                                 volume_mounts=[
                                     core.v1.VolumeMountArgs(name="certificate", mount_path="/mnt/tls", read_only=True)
                                 ],

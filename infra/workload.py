@@ -20,6 +20,7 @@ from infra import pod_settings
 from infra.annotations import SKIP_AWAIT, checkov_skips
 from infra.database_bootstrap import DatabaseBootstrap, bootstrap_job
 from infra.network_policies import ServerTraffic, server_policies
+from infra.pod_security import locked_down_container, non_root_pod
 from infra.server_metrics import JOB as SCRAPE_JOB
 from infra.sizing import POD_GPU_LAYERS
 from infra.vault import secret_provider_objects
@@ -286,16 +287,7 @@ class Workload(pulumi.ComponentResource):
                 # Let endpoint removal reach the load balancers before the server starts refusing connections.
                 pre_stop=core.v1.LifecycleHandlerArgs(sleep=core.v1.SleepActionArgs(seconds=PRE_STOP_SECONDS))
             ),
-            security_context=core.v1.SecurityContextArgs(
-                run_as_non_root=True,
-                run_as_user=SERVER_UID,
-                run_as_group=SERVER_UID,
-                allow_privilege_escalation=False,
-                privileged=False,
-                read_only_root_filesystem=True,
-                capabilities=core.v1.CapabilitiesArgs(drop=["ALL"]),
-                seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-            ),
+            security_context=locked_down_container(run_as_uid=SERVER_UID),
             volume_mounts=[
                 core.v1.VolumeMountArgs(name="model-cache", mount_path=CACHE_DIR),
                 core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),  # noqa: S108 - a private emptyDir
@@ -329,13 +321,7 @@ class Workload(pulumi.ComponentResource):
                         )
                     ],
                     termination_grace_period_seconds=TERMINATION_GRACE_SECONDS,
-                    security_context=core.v1.PodSecurityContextArgs(
-                        run_as_non_root=True,
-                        run_as_user=SERVER_UID,
-                        run_as_group=SERVER_UID,
-                        fs_group=SERVER_UID,
-                        seccomp_profile=core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                    ),
+                    security_context=non_root_pod(SERVER_UID, fs_group=True),
                     containers=[container],
                     volumes=[
                         core.v1.VolumeArgs(
