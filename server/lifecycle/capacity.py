@@ -8,6 +8,9 @@ GPU pool's VM size decides), RAM otherwise, where the pod's cgroup limit counts 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import shutil
 import subprocess
@@ -86,3 +89,25 @@ def free_vram_bytes() -> int | None:
         log.warning("cannot read free GPU memory from nvidia-smi: %s", exc)
         return None
     return min(values) if values else None
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Hand the heap an unloaded model freed back to the system; False where the C library cannot (not glibc).
+
+    glibc keeps freed pages for reuse, and the pod's memory limit counts them: without this, the resident size
+    after each load of a model that replaced another stays up to some hundred MiB higher (bench/many_models.py)."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -24,6 +24,7 @@ from typing import Any
 from server.config.settings import Settings
 from server.engine.base import EngineStats
 from server.lifecycle.budget import Budget, NoRoomError, default_budget_bytes, mib
+from server.lifecycle.capacity import return_freed_memory
 from server.lifecycle.catalogue import CatalogueModel, ModelSpec, ModelStatus, catalogue
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError, PinnedModelError, describe_failure
 from server.lifecycle.holder import Lease, ModelHolder, ModelState, Readiness, ServedModel, ServerDrainingError
@@ -244,6 +245,7 @@ class ModelRegistry:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(m.holder.wait_released(served), drain_s)
             await served.close()
+            await asyncio.to_thread(return_freed_memory)
         finally:
             self.budget.retired(retiring)
             prometheus.forget_model(m.id)
