@@ -51,7 +51,7 @@ def respond(reply: Reply[Body], response: Response) -> Body | EventSourceRespons
 async def _events(chunks: AsyncGenerator[BaseModel, None], event_names: bool) -> AsyncIterator[dict[str, str]]:
     try:
         async for chunk in chunks:
-            data = chunk.model_dump_json()
+            data = chunk.model_dump_json(by_alias=True)
             yield {"event": str(getattr(chunk, "type", "")), "data": data} if event_names else {"data": data}
     except Exception as exc:  # headers are gone already: report the failure in-band, as OpenAI does
         error = body(from_exception(exc)).model_dump_json()
