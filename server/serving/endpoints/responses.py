@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from server.access.caller import Caller
-from server.engine.base import Finished, FinishReason, TextDelta
+from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
 from server.errors import known_error
 from server.protocol.responses import InputItemsQuery, OutputText, ResponseRequest, TextConfig
 from server.protocol.responses_replies import (
@@ -42,6 +42,7 @@ from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reply import Reply
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
+from server.serving.pipeline.stages import Events
 from server.store.errors import StoreUnavailableError
 from server.store.responses import ResponseStore, StoredResponse
 
@@ -143,30 +144,39 @@ async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStor
 
 async def _events(admitted: Admitted, draft: _Draft) -> AsyncGenerator[BaseModel, None]:
     sequence = itertools.count()
-    yield LifecycleEvent(
-        type="response.created", sequence_number=next(sequence), response=draft.response("in_progress", [])
-    )
-    yield LifecycleEvent(
-        type="response.in_progress", sequence_number=next(sequence), response=draft.response("in_progress", [])
-    )
-    try:
-        if admitted.job.tool_format is None:
-            async for event in _streamed_text(admitted, draft, sequence):
-                yield event
-        else:
-            async for event in _whole_answer(admitted, draft, sequence):
-                yield event
-    except Exception as exc:  # the headers are gone: the failure is the stream's last event, as OpenAI sends it
-        known = known_error(exc)
-        if known is None:
-            log.exception("a streamed response failed", exc_info=exc)
-        message = known.message if known is not None else "internal error while generating the response"
-        error = ResponseError(code="server_error", message=message)
-        failed = draft.response("failed", [], error=error)
-        yield LifecycleEvent(type="response.failed", sequence_number=next(sequence), response=failed)
+    # Started before the first yield: a client that leaves after `response.created` closes the events (and returns the
+    # lease) with this generator; events never started would keep the lease until the garbage collector came by.
+    async with aclosing(admitted.events()) as events:
+        first = await anext(events)
+        yield LifecycleEvent(
+            type="response.created", sequence_number=next(sequence), response=draft.response("in_progress", [])
+        )
+        yield LifecycleEvent(
+            type="response.in_progress", sequence_number=next(sequence), response=draft.response("in_progress", [])
+        )
+        answer = _streamed_text if admitted.job.tool_format is None else _whole_answer
+        try:
+            async with aclosing(answer(_chain(first, events), admitted, draft, sequence)) as stream:
+                async for event in stream:
+                    yield event
+        except Exception as exc:  # the headers are gone: the failure is the stream's last event, as OpenAI sends it
+            known = known_error(exc)
+            if known is None:
+                log.exception("a streamed response failed", exc_info=exc)
+            message = known.message if known is not None else "internal error while generating the response"
+            failed = draft.response("failed", [], error=ResponseError(code="server_error", message=message))
+            yield LifecycleEvent(type="response.failed", sequence_number=next(sequence), response=failed)
 
 
-async def _streamed_text(admitted: Admitted, draft: _Draft, sequence: Iterator[int]) -> AsyncGenerator[BaseModel, None]:
+async def _chain(first: GenerationEvent, rest: Events) -> Events:
+    yield first
+    async for event in rest:
+        yield event
+
+
+async def _streamed_text(
+    events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
+) -> AsyncGenerator[BaseModel, None]:
     """A text answer streams as the engine decodes it: one message item, one output_text part, its deltas."""
     message = OutputMessage(id=items.item_id("message"), status="in_progress", content=[])
     yield OutputItemEvent(
@@ -175,39 +185,40 @@ async def _streamed_text(admitted: Admitted, draft: _Draft, sequence: Iterator[i
     part = OutputText(type="output_text", text="")
     yield _part_event("response.content_part.added", next(sequence), message.id, part)
     parts: list[str] = []
-    async with aclosing(admitted.events()) as events:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-                yield TextDeltaEvent(
-                    sequence_number=next(sequence),
-                    item_id=message.id,
-                    output_index=0,
-                    content_index=0,
-                    delta=event.text,
-                )
-            elif isinstance(event, Finished):
-                text = "".join(parts)
-                status = "completed" if event.finish_reason == "stop" else "incomplete"
-                done = message.model_copy(
-                    update={"status": status, "content": [OutputText(type="output_text", text=text)]}
-                )
-                yield TextDoneEvent(
-                    sequence_number=next(sequence), item_id=message.id, output_index=0, content_index=0, text=text
-                )
-                yield _part_event("response.content_part.done", next(sequence), message.id, done.content[0])
-                yield OutputItemEvent(
-                    type="response.output_item.done", sequence_number=next(sequence), output_index=0, item=done
-                )
-                async for final in _final(draft, [done], event, event.finish_reason, sequence):
-                    yield final
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+            yield TextDeltaEvent(
+                sequence_number=next(sequence), item_id=message.id, output_index=0, content_index=0, delta=event.text
+            )
+        elif isinstance(event, Finished):
+            text = "".join(parts)
+            status = "completed" if event.finish_reason == "stop" else "incomplete"
+            done = message.model_copy(update={"status": status, "content": [OutputText(type="output_text", text=text)]})
+            yield TextDoneEvent(
+                sequence_number=next(sequence), item_id=message.id, output_index=0, content_index=0, text=text
+            )
+            yield _part_event("response.content_part.done", next(sequence), message.id, done.content[0])
+            yield OutputItemEvent(
+                type="response.output_item.done", sequence_number=next(sequence), output_index=0, item=done
+            )
+            yield await _final(draft, [done], event, event.finish_reason, sequence)
 
 
-async def _whole_answer(admitted: Admitted, draft: _Draft, sequence: Iterator[int]) -> AsyncGenerator[BaseModel, None]:
+async def _whole_answer(
+    events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
+) -> AsyncGenerator[BaseModel, None]:
     """An answer that may hold tool calls is parsed whole, then sent item by item: text, then each call."""
-    whole = await admitted.collect()
-    choice = whole.choices[0]
-    output = items.output_items(choice.text, choice.finish_reason, admitted.job.tool_format)
+    parts: list[str] = []
+    finished: Finished | None = None
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            finished = event
+    if finished is None:
+        raise RuntimeError("the pipeline ended a generation without a Finished event")
+    output = items.output_items("".join(parts), finished.finish_reason, admitted.job.tool_format)
     for index, item in enumerate(output):
         if isinstance(item, OutputMessage):
             started = item.model_copy(update={"status": "in_progress", "content": []})
@@ -215,9 +226,8 @@ async def _whole_answer(admitted: Admitted, draft: _Draft, sequence: Iterator[in
                 type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started
             )
             text = item.content[0].text
-            yield _part_event(
-                "response.content_part.added", next(sequence), item.id, OutputText(type="output_text", text=""), index
-            )
+            empty = OutputText(type="output_text", text="")
+            yield _part_event("response.content_part.added", next(sequence), item.id, empty, index)
             yield TextDeltaEvent(
                 sequence_number=next(sequence), item_id=item.id, output_index=index, content_index=0, delta=text
             )
@@ -243,20 +253,19 @@ async def _whole_answer(admitted: Admitted, draft: _Draft, sequence: Iterator[in
         yield OutputItemEvent(
             type="response.output_item.done", sequence_number=next(sequence), output_index=index, item=item
         )
-    async for final in _final(draft, output, whole.finished, choice.finish_reason, sequence):
-        yield final
+    yield await _final(draft, output, finished, finished.finish_reason, sequence)
 
 
 async def _final(
     draft: _Draft, output: list[OutputItem], finished: Finished, reason: FinishReason, sequence: Iterator[int]
-) -> AsyncGenerator[BaseModel, None]:
+) -> LifecycleEvent:
     response = draft.finished(output, finished, reason)
     # Kept before the client hears it is done: a continuation sent at once finds it.
     await draft.keep(response)
     kind: Literal["response.completed", "response.incomplete"] = (
         "response.completed" if response.status == "completed" else "response.incomplete"
     )
-    yield LifecycleEvent(type=kind, sequence_number=next(sequence), response=response)
+    return LifecycleEvent(type=kind, sequence_number=next(sequence), response=response)
 
 
 def _part_event(

@@ -114,3 +114,15 @@ async def test_a_response_that_cannot_be_kept_is_a_503() -> None:
     assert refused.value.status == 503 and refused.value.code == "database_unavailable"
     kept_nothing = await responses.create(_request(store=False), ctx, store)
     assert kept_nothing.body is not None and kept_nothing.body.status == "completed"
+
+
+async def test_a_client_that_leaves_after_response_created_returns_the_lease() -> None:
+    ctx, engine = _context(reply="a long answer")
+    reply = await responses.create(_request(stream=True), ctx, MemoryResponseStore(max_items=1, retention_s=1))
+    assert reply.chunks is not None
+    created = await anext(reply.chunks)
+    assert isinstance(created, LifecycleEvent) and created.type == "response.created"
+    assert ctx.models.in_flight == 1
+    await reply.chunks.aclose()
+    assert ctx.models.in_flight == 0
+    assert engine.streams[0].closed
