@@ -1,6 +1,7 @@
 """Stored responses in PostgreSQL, through the official openai client: two server processes share one throwaway
-database, so a conversation started on one continues on the other with previous_response_id; a response is its key's
-only (another key gets 404, as for an id that never existed); the audit log names the endpoint."""
+database (and one Redis), so a conversation started on one continues on the other with previous_response_id; a
+response is its key's only (another key gets 404, as for an id that never existed); the audit log names the endpoint;
+model permissions, rate limits and the response cache apply as for chat."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from tests.conftest import DEMO_MODEL_ID
 from tests.support.postgres import Postgres, start_postgres
+from tests.support.redis import start_redis
 from tests.support.server import ServerProcess, start_server
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
@@ -27,10 +29,10 @@ class Replicas:
     postgres: Postgres
     servers: list[ServerProcess]
 
-    def key(self) -> str:
+    def key(self, **fields: object) -> str:
         with httpx.Client(base_url=self.servers[0].base_url, timeout=30) as admin:
             created = admin.post(
-                "/admin/keys", json={"name": "responses"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+                "/admin/keys", json={"name": "responses", **fields}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
             )
         assert created.status_code == 201, created.text
         return created.json()["key"]
@@ -42,11 +44,13 @@ class Replicas:
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory, demo_gguf: Path) -> Iterator[Replicas]:
     pg = start_postgres(tmp_path_factory.mktemp("responses-pg"))
+    redis = start_redis(tmp_path_factory.mktemp("responses-redis"))
     servers: list[ServerProcess] = []
     try:
         pg.create_database("responses")
         env = {
             "GGUFSTACK_DATABASE_URL": pg.url("responses"),
+            "GGUFSTACK_REDIS_URL": redis.url(),
             "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
             "GGUFSTACK_MODEL_PATH": str(demo_gguf),
             "GGUFSTACK_N_CTX": "1024",
@@ -59,6 +63,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, demo_gguf: Path) -> Itera
     finally:
         for server in servers:
             server.stop()
+        redis.stop()
         pg.destroy()
 
 
@@ -109,3 +114,17 @@ def test_store_false_writes_no_row(replicas: Replicas) -> None:
     before = replicas.postgres.execute("SELECT count(*) FROM responses", "responses")[0][0]
     replicas.client(key, 0).responses.create(model=DEMO_MODEL_ID, input="Hi", max_output_tokens=2, store=False)
     assert replicas.postgres.execute("SELECT count(*) FROM responses", "responses")[0][0] == before
+
+
+def test_permissions_limits_and_the_cache_apply_as_for_chat(replicas: Replicas) -> None:
+    with pytest.raises(openai.PermissionDeniedError):
+        replicas.client(replicas.key(models=["another-model"]), 0).responses.create(model=DEMO_MODEL_ID, input="Hi")
+
+    client = replicas.client(replicas.key(rpm=2), 0)
+    asked = {"model": DEMO_MODEL_ID, "input": "Name a fruit.", "max_output_tokens": 4, "temperature": 0}
+    first = client.responses.with_raw_response.create(**asked)
+    again = client.responses.with_raw_response.create(**asked)
+    assert (first.headers["x-ggufstack-cache"], again.headers["x-ggufstack-cache"]) == ("miss", "hit")
+    assert again.parse().output_text == first.parse().output_text and again.parse().id != first.parse().id
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(**asked)
