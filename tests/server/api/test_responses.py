@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import openai
+import pydantic
 import pytest
 
 from tests.conftest import DEMO_MODEL_ID, HERMES_MODEL_ID
@@ -170,6 +171,18 @@ def test_json_schema_text_format(client: openai.OpenAI) -> None:
     assert response.status == "completed", response
     jsonschema.validate(json.loads(response.output_text), PERSON)
     assert response.text.format.type == "json_schema"
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=20)
+    country: str = pydantic.Field(max_length=20)
+
+
+def test_the_sdk_parses_into_a_pydantic_model(client: openai.OpenAI) -> None:
+    parsed = client.responses.parse(
+        model=DEMO_MODEL_ID, input="Name a city as JSON.", text_format=City, max_output_tokens=60, **GREEDY
+    )
+    assert isinstance(parsed.output_parsed, City)
 
 
 def test_max_output_tokens_makes_it_incomplete(client: openai.OpenAI) -> None:
