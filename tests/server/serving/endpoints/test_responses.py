@@ -9,7 +9,7 @@ import pytest
 
 from server.access.caller import ANONYMOUS, Caller
 from server.errors import APIError
-from server.protocol.responses import ResponseRequest
+from server.protocol.responses import InputItemsQuery, ResponseRequest
 from server.protocol.responses_replies import LifecycleEvent
 from server.serving.endpoints import responses
 from server.serving.endpoints.responses_items import chat_body, owner_of, stored_input
@@ -126,3 +126,21 @@ async def test_a_client_that_leaves_after_response_created_returns_the_lease() -
     await reply.chunks.aclose()
     assert ctx.models.in_flight == 0
     assert engine.streams[0].closed
+
+
+async def test_input_items_page_newest_first_unless_asked() -> None:
+    ctx, _ = _context()
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    said = [{"role": "user", "content": text} for text in ("a", "b", "c")]
+    created = await responses.create(_request(input=said), ctx, store)
+    assert created.body is not None
+    newest = await responses.input_items(created.body.id, InputItemsQuery(), ANONYMOUS, store)
+    assert [i.content[0].text for i in newest.data] == ["c", "b", "a"]  # type: ignore[union-attr]  # messages
+    page = await responses.input_items(created.body.id, InputItemsQuery(order="asc", limit=2), ANONYMOUS, store)
+    assert [i.content[0].text for i in page.data] == ["a", "b"] and page.has_more  # type: ignore[union-attr]  # messages
+    rest = await responses.input_items(
+        created.body.id, InputItemsQuery(order="asc", after=page.last_id), ANONYMOUS, store
+    )
+    assert [i.content[0].text for i in rest.data] == ["c"] and not rest.has_more  # type: ignore[union-attr]  # messages
+    with pytest.raises(APIError):
+        await responses.input_items(created.body.id, InputItemsQuery(), Caller(key_id="someone"), store)
