@@ -1,4 +1,5 @@
-"""A serving `Reply` as an HTTP response: JSON, or server-sent events ending in `data: [DONE]`."""
+"""A serving `Reply` as an HTTP response: JSON, or server-sent events ending in `data: [DONE]` (chat, completions)
+or named by each event's `type` (the Responses API)."""
 
 from __future__ import annotations
 
@@ -44,15 +45,18 @@ def respond(reply: Reply[Body], response: Response) -> Body | EventSourceRespons
         return reply.body
     if reply.chunks is None:
         raise RuntimeError("a reply carries neither a body nor chunks")
-    return EventSourceResponse(_events(reply.chunks), sep="\n", ping=15, headers=reply.headers)
+    return EventSourceResponse(_events(reply.chunks, reply.event_names), sep="\n", ping=15, headers=reply.headers)
 
 
-async def _events(chunks: AsyncGenerator[BaseModel, None]) -> AsyncIterator[dict[str, str]]:
+async def _events(chunks: AsyncGenerator[BaseModel, None], event_names: bool) -> AsyncIterator[dict[str, str]]:
     try:
         async for chunk in chunks:
-            yield {"data": chunk.model_dump_json()}
+            data = chunk.model_dump_json(by_alias=True)
+            yield {"event": str(getattr(chunk, "type", "")), "data": data} if event_names else {"data": data}
     except Exception as exc:  # headers are gone already: report the failure in-band, as OpenAI does
-        yield {"data": body(from_exception(exc)).model_dump_json()}
+        error = body(from_exception(exc)).model_dump_json()
+        yield {"event": "error", "data": error} if event_names else {"data": error}
     finally:
         await chunks.aclose()
-    yield {"data": "[DONE]"}
+    if not event_names:
+        yield {"data": "[DONE]"}

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         description="Store prompt and response text in PostgreSQL (X-Conversation-Id, GET /v1/conversations/{id}); "
         "off by default for privacy.",
     )
+    responses_retention_s: int = Field(
+        30 * 86400, ge=1, description="How long a stored Responses API response (store: true) can be read or continued."
+    )
+    responses_memory_max: int = Field(
+        1000, ge=1, description="Without a database: most responses kept in memory (the least recently used go)."
+    )
     audit_queue_max: int = Field(
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )

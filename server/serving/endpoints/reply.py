@@ -21,6 +21,8 @@ class Reply(Generic[Body]):
     headers: dict[str, str] = field(default_factory=dict)
     body: Body | None = None
     chunks: AsyncGenerator[BaseModel, None] | None = None
+    # Each chunk's `type` names its server-sent event (`event:` line), and no `[DONE]` follows: the Responses API.
+    event_names: bool = False
 
 
 def new_id(prefix: str) -> str:

@@ -17,6 +17,7 @@ from server.serving.stages.permit import permit
 from server.serving.stages.record import RecordStage
 from server.store.conversations import ConversationStore
 from server.store.keys import KeyStore
+from server.store.responses import MemoryResponseStore, PostgresResponseStore, ResponseStore
 from server.store.services import entra_credential, open_database
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 class DataPlane:
     authenticator: Authenticator
     pipeline: Pipeline
+    responses: ResponseStore
     keys: KeyStore | None = None
     verifier: KeyVerifier | None = None
     conversations: ConversationStore | None = None
@@ -42,12 +44,16 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
     keys = verifier = conversations = None
+    responses: ResponseStore = MemoryResponseStore(
+        max_items=settings.responses_memory_max, retention_s=settings.responses_retention_s
+    )
     if settings.database_url is not None:
         database = await open_database(settings, resources, credential)
         keys = KeyStore(database.pool)
         # Its own outage state: the audit writer's troubles must not switch key checks to outage mode.
         verifier = KeyVerifier(keys, cache_ttl_s=settings.key_cache_ttl_s, outage_grace_s=settings.key_outage_grace_s)
         conversations = ConversationStore(database.pool)
+        responses = PostgresResponseStore(database.pool, retention_s=settings.responses_retention_s)
         stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
     if keys is None and admin_key is None:
         log.warning(
@@ -76,7 +82,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
             cache = ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)
             stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
-    return DataPlane(authenticator, Pipeline(stages), keys, verifier, conversations, admin_key)
+    return DataPlane(authenticator, Pipeline(stages), responses, keys, verifier, conversations, admin_key)
 
 
 def _name(stage: Stage) -> str:

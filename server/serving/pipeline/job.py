@@ -14,7 +14,7 @@ from server.protocol.openai import ChatCompletionRequest, CompletionRequest, Emb
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
 from server.serving.constrain.tools.formats import ToolFormat
 
-Endpoint = Literal["chat.completions", "completions", "embeddings", "tokenize", "detokenize"]
+Endpoint = Literal["chat.completions", "responses", "completions", "embeddings", "tokenize", "detokenize"]
 TOKENIZER_ENDPOINTS = ("tokenize", "detokenize")
 
 

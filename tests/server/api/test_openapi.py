@@ -14,7 +14,7 @@ from schemathesis.checks import positive_data_acceptance
 from tests.conftest import DEMO_MODEL_ID
 from tests.support.server import ServerProcess, ready_server
 
-GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 MAX_FUZZ_TOKENS = 8
 
 
@@ -48,6 +48,8 @@ def test_request_schemas_match_what_the_server_accepts(document: dict) -> None:
     assert chat["additionalProperties"] is False
     assert {"model", "messages"} <= set(chat["required"])
     assert document["components"]["schemas"]["CompletionRequest"]["additionalProperties"] is False
+    responses = document["components"]["schemas"]["ResponseRequest"]
+    assert responses["additionalProperties"] is False and set(responses["required"]) == {"model", "input"}
 
 
 OPERATIONS = [
@@ -55,6 +57,10 @@ OPERATIONS = [
     ("GET", "/v1/models/{model_id}"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
+    ("GET", "/v1/responses/{response_id}/input_items"),
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
     ("GET", "/metrics"),
@@ -81,12 +87,13 @@ def api_schema(small_server: ServerProcess) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{small_server.base_url}/openapi.json")
 
 
-def _servable(body: dict) -> None:
+def _servable(body: dict, path: str) -> None:
     """Aim generated bodies at the served model (else nearly all stop at 404) and keep generations short."""
     body["model"] = DEMO_MODEL_ID
-    limits = [key for key in ("max_tokens", "max_completion_tokens") if key in body]
+    names = ("max_output_tokens",) if path == "/v1/responses" else ("max_tokens", "max_completion_tokens")
+    limits = [key for key in names if key in body]
     if not limits:
-        body["max_tokens"] = MAX_FUZZ_TOKENS
+        body[names[0]] = MAX_FUZZ_TOKENS
     for key in limits:
         if isinstance(body[key], int) and body[key] > MAX_FUZZ_TOKENS:
             body[key] = MAX_FUZZ_TOKENS
@@ -105,7 +112,7 @@ def test_no_operation_answers_5xx_or_off_the_document(
         # Schema-valid is not always servable: the model must be the one served, token ids within the vocabulary,
         # the prompt within the context. Those answers are documented 400/404s, so positive-data acceptance is off.
         if isinstance(case.body, dict) and "model" in case.body:
-            _servable(case.body)
+            _servable(case.body, path)
         case.call_and_validate(timeout=60, excluded_checks=[positive_data_acceptance])
 
     fuzz()

@@ -28,6 +28,7 @@ async def test_replicas_starting_together_apply_each_migration_once(postgres: Po
         assert [r[0] for r in await cursor.fetchall()] == [m.version for m in migrations()]
         await conns[0].execute("SELECT id, key_hash, revoked_at FROM api_keys")
         await conns[0].execute("SELECT request_id, ttft_ms, cache_hit FROM audit_log")
+        await conns[0].execute("SELECT id, owner, expires_at, response, input_items, context FROM responses")
     finally:
         for c in conns:
             await c.close()

@@ -1,0 +1,61 @@
+"""OpenAI's Responses API: create a response (served as a chat completion), read, list the input items of, and delete
+a stored one. Each route hands its validated body to the serving layer and shapes nothing itself."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from sse_starlette import EventSourceResponse
+
+from server.api.deps import CallerDep, PlaneDep, ServingDep
+from server.api.streaming import event_stream_schema, respond
+from server.protocol.base import ErrorResponse
+from server.protocol.responses import InputItemsQuery, ResponseRequest
+from server.protocol.responses_replies import DeletedResponse, InputItemList, ResponseObject, ResponseStreamEvent
+from server.serving.endpoints import responses
+
+router = APIRouter(prefix="/v1")
+
+# Stream events appear in no route's JSON body; the event-stream schema refers to them.
+STREAM_EVENTS = (ResponseStreamEvent,)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_errors(400, 401, 403, 404, 429, 500, 503),
+    200: {
+        "content": {"text/event-stream": {"schema": event_stream_schema(ResponseStreamEvent)}},
+        "description": "The response, or with `stream: true` server-sent events named by their `type`.",
+    },
+}
+STORED_RESPONSES = _errors(401, 404, 500, 503)
+
+
+@router.post("/responses", response_model=ResponseObject, responses=CREATE_RESPONSES)
+async def create_response(
+    body: ResponseRequest, serving: ServingDep, plane: PlaneDep, response: Response
+) -> ResponseObject | EventSourceResponse:
+    return respond(await responses.create(body, serving, plane.responses), response)
+
+
+@router.get("/responses/{response_id}", responses=STORED_RESPONSES)
+async def get_response(response_id: str, caller: CallerDep, plane: PlaneDep) -> ResponseObject:
+    """A stored response; 404 for another key's, an expired one, or one created with `store: false`."""
+    return await responses.retrieve(response_id, caller, plane.responses)
+
+
+@router.delete("/responses/{response_id}", responses=STORED_RESPONSES)
+async def delete_response(response_id: str, caller: CallerDep, plane: PlaneDep) -> DeletedResponse:
+    return await responses.delete(response_id, caller, plane.responses)
+
+
+@router.get("/responses/{response_id}/input_items", responses=STORED_RESPONSES)
+async def list_input_items(
+    response_id: str, query: Annotated[InputItemsQuery, Query()], caller: CallerDep, plane: PlaneDep
+) -> InputItemList:
+    """The input items of a stored response (those of its request, not those `previous_response_id` chained in)."""
+    return await responses.input_items(response_id, query, caller, plane.responses)

@@ -1,0 +1,199 @@
+"""OpenAI's Responses API request body (`POST /v1/responses`) and its input items.
+
+Validated as strictly as chat: an unknown field, a built-in tool (web search, file search, ...) or an input part this
+server cannot read (images, files) is a 400 naming the field. The items kept for a stored response are these models
+as JSON, so `GET /v1/responses/{id}/input_items` answers what the request said, with ids."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator
+
+from server.protocol.base import RequestBody, current_limits
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
+
+
+class InputText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["input_text"]
+    text: str
+
+
+class OutputText(BaseModel):
+    """Assistant text, as a response's output and as input that replays it."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["output_text"]
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list, max_length=0)
+    logprobs: list[dict[str, Any]] | None = None
+
+
+ContentPart = Annotated[InputText | OutputText, Field(discriminator="type")]
+
+
+class MessageItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["message"] = "message"
+    id: str | None = None
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[ContentPart]
+    status: ItemStatus | None = None
+    phase: Literal["commentary", "final_answer"] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class FunctionCallItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function_call"]
+    id: str | None = None
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="The arguments as a JSON string.")
+    status: ItemStatus | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function_call_output"]
+    id: str | None = None
+    call_id: str = Field(min_length=1)
+    output: str | list[InputText]
+    status: ItemStatus | None = None
+
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
+
+
+def _item_kind(value: object) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+    return kind if isinstance(kind, str) else "message"
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
+
+
+class FunctionTool(BaseModel):
+    """A function the model may call; the Responses API's flat shape (no nested `function` object)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema for the arguments; absent: none.")
+    strict: StrictBool | None = None
+
+
+class FunctionToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    name: str
+
+
+ResponsesToolChoice = Literal["none", "auto", "required"] | FunctionToolChoice
+
+
+class TextFormatText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+
+
+class TextFormatJsonObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+class TextFormatJsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["json_schema"]
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema the output validates against.")
+    strict: StrictBool | None = None
+
+
+TextFormat = Annotated[TextFormatText | TextFormatJsonObject | TextFormatJsonSchema, Field(discriminator="type")]
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: TextFormat = Field(default_factory=lambda: TextFormatText(type="text"))
+    verbosity: Literal["medium"] | None = Field(None, description="Only the default is supported.")
+
+
+_BUILT_IN_TOOLS = "only function tools are supported; built-in tools ({kind!r}) are not"
+
+
+class ResponseRequest(RequestBody):
+    """`POST /v1/responses`. Fields OpenAI documents that this server cannot honour (`background`, `reasoning`,
+    `include`, built-in tools, ...) are refused rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    input: str | list[InputItem]
+    instructions: str | None = Field(None, description="A system message; not carried over by previous_response_id.")
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = Field(None, description="llama.cpp extension: a seed makes sampling repeatable.")
+    tools: list[FunctionTool] | None = Field(None, max_length=128)
+    tool_choice: ResponsesToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    text: TextConfig | None = None
+    metadata: Metadata | None = None
+    user: str | None = None
+    store: StrictBool = Field(True, description="Keep the response for GET and for previous_response_id.")
+    previous_response_id: str | None = Field(None, min_length=1, max_length=128)
+    stream: StrictBool = False
+    truncation: Literal["disabled"] | None = None
+    background: Literal[False] | None = Field(None, description="Not supported; only false is accepted.")
+    reasoning: None = Field(None, description="Not supported.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _bounded_input(cls, value: object) -> object:
+        most = current_limits().max_messages
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("input must not be empty")
+            if len(value) > most:
+                raise ValueError(f"at most {most} input items are allowed (this server's GGUFSTACK_MAX_MESSAGES)")
+        return value
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _function_tools_only(cls, value: object) -> object:
+        for tool in value if isinstance(value, list) else []:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise ValueError(_BUILT_IN_TOOLS.format(kind=kind))
+        return value
+
+    def input_items(self) -> list[MessageItem | FunctionCallItem | FunctionCallOutputItem]:
+        if isinstance(self.input, str):
+            return [MessageItem(role="user", content=self.input)]
+        return list(self.input)
+
+
+class InputItemsQuery(BaseModel):
+    """`GET /v1/responses/{id}/input_items`: a page of the items, newest first unless `order` says asc."""
+
+    model_config = ConfigDict(extra="forbid")
+    after: str | None = None
+    limit: int = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = "desc"

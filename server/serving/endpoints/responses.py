@@ -1,0 +1,318 @@
+"""POST /v1/responses (OpenAI's Responses API) as a chat completion: the input items (after those
+`previous_response_id` chains in) become chat messages → the chat preparation and the whole pipeline → output items,
+kept for `GET /v1/responses/{id}` and continuations unless `store: false`. Streams the Responses event sequence."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from server.access.caller import Caller
+from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
+from server.errors import known_error
+from server.protocol.responses import InputItemsQuery, OutputText, ResponseRequest, TextConfig
+from server.protocol.responses_replies import (
+    ArgumentsDeltaEvent,
+    ArgumentsDoneEvent,
+    ContentPartEvent,
+    DeletedResponse,
+    FunctionCall,
+    IncompleteDetails,
+    InputItemList,
+    LifecycleEvent,
+    OutputItem,
+    OutputItemEvent,
+    OutputMessage,
+    ResponseError,
+    ResponseObject,
+    ResponseStatus,
+    ResponseUsage,
+    TextDeltaEvent,
+    TextDoneEvent,
+)
+from server.serving.endpoints import responses_items as items
+from server.serving.endpoints.prepare import chat_request
+from server.serving.endpoints.reply import Reply
+from server.serving.pipeline.admission import Admitted, ServingContext, admit
+from server.serving.pipeline.stages import Events
+from server.store.errors import StoreUnavailableError
+from server.store.responses import ResponseStore, StoredResponse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Draft:
+    """One response on its way: what it echoes of the request, and where it is kept."""
+
+    body: ResponseRequest
+    model: str
+    store: ResponseStore
+    owner: str
+    input_items: list[dict[str, Any]]
+    context: list[dict[str, Any]]
+    id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def response(
+        self,
+        status: ResponseStatus,
+        output: list[OutputItem],
+        finished: Finished | None = None,
+        error: ResponseError | None = None,
+    ) -> ResponseObject:
+        body = self.body
+        return ResponseObject(
+            id=self.id,
+            created_at=self.created_at,
+            completed_at=int(time.time()) if status == "completed" else None,
+            status=status,
+            error=error,
+            incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+            instructions=body.instructions,
+            max_output_tokens=body.max_output_tokens,
+            model=self.model,
+            output=output,
+            parallel_tool_calls=body.parallel_tool_calls,
+            previous_response_id=body.previous_response_id,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            tool_choice=body.tool_choice or "auto",
+            tools=body.tools or [],
+            text=body.text or TextConfig(),
+            usage=_usage(finished) if finished is not None else None,
+            user=body.user,
+            metadata=body.metadata or {},
+            store=body.store,
+        )
+
+    def finished(self, output: list[OutputItem], finished: Finished, reason: FinishReason) -> ResponseObject:
+        return self.response("completed" if reason == "stop" else "incomplete", output, finished)
+
+    async def keep(self, response: ResponseObject) -> None:
+        if not self.body.store:
+            return
+        stored = StoredResponse(
+            self.id,
+            self.owner,
+            float(self.created_at),
+            response.model_dump(mode="json", by_alias=True),
+            self.input_items,
+            self.context,
+        )
+        try:
+            await self.store.save(stored)
+        except StoreUnavailableError as exc:
+            raise items.unavailable(exc) from None
+
+
+def _usage(finished: Finished) -> ResponseUsage:
+    return ResponseUsage(
+        input_tokens=finished.prompt_tokens,
+        output_tokens=finished.completion_tokens,
+        total_tokens=finished.prompt_tokens + finished.completion_tokens,
+    )
+
+
+async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStore) -> Reply[ResponseObject]:
+    context: list[dict[str, Any]] = []
+    if body.previous_response_id is not None:
+        previous = await items.read(store, body.previous_response_id, ctx.caller, param="previous_response_id")
+        context = previous.conversation()
+    input_items = items.stored_input(body)
+    chat = items.chat_body(body, [*context, *input_items])
+    admitted = await admit(ctx, "responses", chat, lambda engine: chat_request(engine, chat), model=body.model)
+    draft = _Draft(body, admitted.job.model.model_id, store, items.owner_of(ctx.caller), input_items, context)
+    headers = admitted.job.response_headers
+    if body.stream:
+        return Reply(headers, chunks=_events(admitted, draft), event_names=True)
+    whole = await admitted.collect()
+    choice = whole.choices[0]
+    output = items.output_items(choice.text, choice.finish_reason, admitted.job.tool_format)
+    response = draft.finished(output, whole.finished, choice.finish_reason)
+    await draft.keep(response)
+    return Reply(headers, body=response)
+
+
+async def _events(admitted: Admitted, draft: _Draft) -> AsyncGenerator[BaseModel, None]:
+    sequence = itertools.count()
+    # Started before the first yield: a client that leaves after `response.created` closes the events (and returns the
+    # lease) with this generator; events never started would keep the lease until the garbage collector came by.
+    async with aclosing(admitted.events()) as events:
+        first = await anext(events)
+        yield LifecycleEvent(
+            type="response.created", sequence_number=next(sequence), response=draft.response("in_progress", [])
+        )
+        yield LifecycleEvent(
+            type="response.in_progress", sequence_number=next(sequence), response=draft.response("in_progress", [])
+        )
+        answer = _streamed_text if admitted.job.tool_format is None else _whole_answer
+        try:
+            async with aclosing(answer(_chain(first, events), admitted, draft, sequence)) as stream:
+                async for event in stream:
+                    yield event
+        except Exception as exc:  # the headers are gone: the failure is the stream's last event, as OpenAI sends it
+            known = known_error(exc)
+            if known is None:
+                log.exception("a streamed response failed", exc_info=exc)
+            message = known.message if known is not None else "internal error while generating the response"
+            failed = draft.response("failed", [], error=ResponseError(code="server_error", message=message))
+            yield LifecycleEvent(type="response.failed", sequence_number=next(sequence), response=failed)
+
+
+async def _chain(first: GenerationEvent, rest: Events) -> Events:
+    yield first
+    async for event in rest:
+        yield event
+
+
+async def _streamed_text(
+    events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
+) -> AsyncGenerator[BaseModel, None]:
+    """A text answer streams as the engine decodes it: one message item, one output_text part, its deltas."""
+    message = OutputMessage(id=items.item_id("message"), status="in_progress", content=[])
+    yield OutputItemEvent(
+        type="response.output_item.added", sequence_number=next(sequence), output_index=0, item=message
+    )
+    part = OutputText(type="output_text", text="")
+    yield _part_event("response.content_part.added", next(sequence), message.id, part)
+    parts: list[str] = []
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+            yield TextDeltaEvent(
+                sequence_number=next(sequence), item_id=message.id, output_index=0, content_index=0, delta=event.text
+            )
+        elif isinstance(event, Finished):
+            text = "".join(parts)
+            status = "completed" if event.finish_reason == "stop" else "incomplete"
+            done = message.model_copy(update={"status": status, "content": [OutputText(type="output_text", text=text)]})
+            yield TextDoneEvent(
+                sequence_number=next(sequence), item_id=message.id, output_index=0, content_index=0, text=text
+            )
+            yield _part_event("response.content_part.done", next(sequence), message.id, done.content[0])
+            yield OutputItemEvent(
+                type="response.output_item.done", sequence_number=next(sequence), output_index=0, item=done
+            )
+            yield await _final(draft, [done], event, event.finish_reason, sequence)
+
+
+async def _whole_answer(
+    events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
+) -> AsyncGenerator[BaseModel, None]:
+    """An answer that may hold tool calls is parsed whole, then sent item by item: text, then each call."""
+    parts: list[str] = []
+    finished: Finished | None = None
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            finished = event
+    if finished is None:
+        raise RuntimeError("the pipeline ended a generation without a Finished event")
+    output = items.output_items("".join(parts), finished.finish_reason, admitted.job.tool_format)
+    for index, item in enumerate(output):
+        if isinstance(item, OutputMessage):
+            started = item.model_copy(update={"status": "in_progress", "content": []})
+            yield OutputItemEvent(
+                type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started
+            )
+            text = item.content[0].text
+            empty = OutputText(type="output_text", text="")
+            yield _part_event("response.content_part.added", next(sequence), item.id, empty, index)
+            yield TextDeltaEvent(
+                sequence_number=next(sequence), item_id=item.id, output_index=index, content_index=0, delta=text
+            )
+            yield TextDoneEvent(
+                sequence_number=next(sequence), item_id=item.id, output_index=index, content_index=0, text=text
+            )
+            yield _part_event("response.content_part.done", next(sequence), item.id, item.content[0], index)
+        elif isinstance(item, FunctionCall):
+            started_call = item.model_copy(update={"status": "in_progress", "arguments": ""})
+            yield OutputItemEvent(
+                type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started_call
+            )
+            yield ArgumentsDeltaEvent(
+                sequence_number=next(sequence), item_id=item.id, output_index=index, delta=item.arguments
+            )
+            yield ArgumentsDoneEvent(
+                sequence_number=next(sequence),
+                item_id=item.id,
+                output_index=index,
+                name=item.name,
+                arguments=item.arguments,
+            )
+        yield OutputItemEvent(
+            type="response.output_item.done", sequence_number=next(sequence), output_index=index, item=item
+        )
+    yield await _final(draft, output, finished, finished.finish_reason, sequence)
+
+
+async def _final(
+    draft: _Draft, output: list[OutputItem], finished: Finished, reason: FinishReason, sequence: Iterator[int]
+) -> LifecycleEvent:
+    response = draft.finished(output, finished, reason)
+    # Kept before the client hears it is done: a continuation sent at once finds it.
+    await draft.keep(response)
+    kind: Literal["response.completed", "response.incomplete"] = (
+        "response.completed" if response.status == "completed" else "response.incomplete"
+    )
+    return LifecycleEvent(type=kind, sequence_number=next(sequence), response=response)
+
+
+def _part_event(
+    kind: Literal["response.content_part.added", "response.content_part.done"],
+    sequence_number: int,
+    item_id: str,
+    part: OutputText,
+    output_index: int = 0,
+) -> ContentPartEvent:
+    return ContentPartEvent(
+        type=kind,
+        sequence_number=sequence_number,
+        item_id=item_id,
+        output_index=output_index,
+        content_index=0,
+        part=part,
+    )
+
+
+async def retrieve(response_id: str, caller: Caller, store: ResponseStore) -> ResponseObject:
+    found = await items.read(store, response_id, caller)
+    return ResponseObject.model_validate(found.response)
+
+
+async def delete(response_id: str, caller: Caller, store: ResponseStore) -> DeletedResponse:
+    try:
+        deleted = await store.delete(response_id, items.owner_of(caller))
+    except StoreUnavailableError as exc:
+        raise items.unavailable(exc) from None
+    if not deleted:
+        raise items.not_found(response_id)
+    return DeletedResponse(id=response_id)
+
+
+async def input_items(response_id: str, query: InputItemsQuery, caller: Caller, store: ResponseStore) -> InputItemList:
+    """A page of the request's own input items (not those `previous_response_id` chained in), as OpenAI lists them."""
+    found = await items.read(store, response_id, caller)
+    listed = found.input_items if query.order == "asc" else list(reversed(found.input_items))
+    if query.after is not None:
+        ids = [item.get("id") for item in listed]
+        listed = listed[ids.index(query.after) + 1 :] if query.after in ids else []
+    page = listed[: query.limit]
+    return InputItemList.model_validate(
+        {
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(listed) > len(page),
+        }
+    )

@@ -1,0 +1,150 @@
+"""Stored Responses API responses: what `GET /v1/responses/{id}` returns and what `previous_response_id` continues.
+
+A stored response is owned by whoever created it (an API key, the admin key, or everyone when auth is off): any
+other owner finds nothing, exactly as for an id that never existed. It is kept for the retention the settings give,
+in PostgreSQL when a database is configured (shared by every replica), else in a bounded in-memory store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from server.store.errors import StoreUnavailableError, is_transient
+
+PURGE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response as JSON: the reply object, the request's own input items, and the items before them (what
+    `previous_response_id` chained in: earlier inputs and outputs), so a continuation needs one read."""
+
+    id: str
+    owner: str
+    created_at: float  # unix time
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    context: list[dict[str, Any]]
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """Every item a response continuing this one starts from: the context, the input, the output."""
+        return [*self.context, *self.input_items, *self.response.get("output", [])]
+
+
+class ResponseStore(Protocol):
+    async def save(self, stored: StoredResponse) -> None: ...
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
+
+    async def delete(self, response_id: str, owner: str) -> bool: ...
+
+
+class MemoryResponseStore:
+    """The store without a database: the most recently used `max_items` responses, each for `retention_s`. Per
+    replica: a continuation must reach the replica that answered (or configure PostgreSQL)."""
+
+    def __init__(self, *, max_items: int, retention_s: float) -> None:
+        self._items: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._max_items = max_items
+        self._retention_s = retention_s
+
+    async def save(self, stored: StoredResponse) -> None:
+        self._items[stored.id] = stored
+        self._items.move_to_end(stored.id)
+        while len(self._items) > self._max_items:
+            self._items.popitem(last=False)
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        found = self._items.get(response_id)
+        if found is None or found.owner != owner:
+            return None
+        if found.created_at + self._retention_s <= time.time():
+            del self._items[response_id]
+            return None
+        self._items.move_to_end(response_id)
+        return found
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        if await self.get(response_id, owner) is None:
+            return False
+        del self._items[response_id]
+        return True
+
+
+def _json(value: object) -> Jsonb:
+    """jsonb holds no NUL character; one in a prompt must not cost the whole response."""
+    return Jsonb(value, dumps=lambda v: json.dumps(v).replace("\\u0000", "\\ufffd"))
+
+
+class PostgresResponseStore:
+    def __init__(self, pool: AsyncConnectionPool, *, retention_s: float) -> None:
+        self._pool = pool
+        self._retention = timedelta(seconds=retention_s)
+        self._last_purge = 0.0
+
+    async def save(self, stored: StoredResponse) -> None:
+        created = datetime.fromtimestamp(stored.created_at, UTC)
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    stored.id,
+                    stored.owner,
+                    created,
+                    created + self._retention,
+                    _json(stored.response),
+                    _json(stored.input_items),
+                    _json(stored.context),
+                ),
+            )
+            # Expired rows are never read (every read checks expires_at); deleting them now and then keeps the table
+            # the size of the retention window.
+            if time.monotonic() - self._last_purge > PURGE_EVERY_S:
+                self._last_purge = time.monotonic()
+                await conn.execute("DELETE FROM responses WHERE expires_at < now()")
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        if "\x00" in response_id:
+            return None
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT id, owner, extract(epoch FROM created_at), response, input_items, context FROM responses "
+                "WHERE id = %s AND owner = %s AND expires_at > now()",
+                (response_id, owner),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return StoredResponse(row[0], row[1], float(row[2]), row[3], row[4], row[5])
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        if "\x00" in response_id:
+            return False
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM responses WHERE id = %s AND owner = %s AND expires_at > now()", (response_id, owner)
+            )
+            return cursor.rowcount > 0
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; PostgreSQL down or busy is a StoreUnavailableError (a 503) naming no host or secret."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            if is_transient(exc):
+                raise StoreUnavailableError(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+            raise

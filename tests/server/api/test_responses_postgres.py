@@ -1,0 +1,130 @@
+"""Stored responses in PostgreSQL, through the official openai client: two server processes share one throwaway
+database (and one Redis), so a conversation started on one continues on the other with previous_response_id; a
+response is its key's only (another key gets 404, as for an id that never existed); the audit log names the endpoint;
+model permissions, rate limits and the response cache apply as for chat."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import DEMO_MODEL_ID
+from tests.support.postgres import Postgres, start_postgres
+from tests.support.redis import start_redis
+from tests.support.server import ServerProcess, start_server
+
+ADMIN_KEY = "admin-" + uuid.uuid4().hex
+GREEDY = {"temperature": 0, "extra_body": {"seed": 3}}
+
+
+@dataclass
+class Replicas:
+    postgres: Postgres
+    servers: list[ServerProcess]
+
+    def key(self, **fields: object) -> str:
+        with httpx.Client(base_url=self.servers[0].base_url, timeout=30) as admin:
+            created = admin.post(
+                "/admin/keys", json={"name": "responses", **fields}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            )
+        assert created.status_code == 201, created.text
+        return created.json()["key"]
+
+    def client(self, key: str, i: int) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.servers[i].base_url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, demo_gguf: Path) -> Iterator[Replicas]:
+    pg = start_postgres(tmp_path_factory.mktemp("responses-pg"))
+    redis = start_redis(tmp_path_factory.mktemp("responses-redis"))
+    servers: list[ServerProcess] = []
+    try:
+        pg.create_database("responses")
+        env = {
+            "GGUFSTACK_DATABASE_URL": pg.url("responses"),
+            "GGUFSTACK_REDIS_URL": redis.url(),
+            "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
+            "GGUFSTACK_MODEL_PATH": str(demo_gguf),
+            "GGUFSTACK_N_CTX": "1024",
+            "GGUFSTACK_N_SLOTS": "2",
+        }
+        servers = [start_server(tmp_path_factory.mktemp(f"responses-{i}"), env, n_threads=1) for i in range(2)]
+        for server in servers:
+            server.wait_ready()
+        yield Replicas(pg, servers)
+    finally:
+        for server in servers:
+            server.stop()
+        redis.stop()
+        pg.destroy()
+
+
+def test_a_conversation_continues_on_another_replica(replicas: Replicas) -> None:
+    key = replicas.key()
+    first = replicas.client(key, 0).responses.create(
+        model=DEMO_MODEL_ID, input="My name is Ada. Say hello.", max_output_tokens=10, **GREEDY
+    )
+    on_other = replicas.client(key, 1)
+    assert on_other.responses.retrieve(first.id) == first
+    second = on_other.responses.create(
+        model=DEMO_MODEL_ID, input="What is my name?", previous_response_id=first.id, max_output_tokens=10, **GREEDY
+    )
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert [i.content[0].text for i in replicas.client(key, 0).responses.input_items.list(second.id).data] == [
+        "What is my name?"
+    ]
+    # The audit writer works in the background: wait for both rows.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = replicas.postgres.execute("SELECT status FROM audit_log WHERE endpoint = 'responses'", "responses")
+        if len(rows) >= 2:
+            break
+        time.sleep(0.2)
+    assert rows == [(200,), (200,)]
+
+
+def test_another_key_finds_nothing(replicas: Replicas) -> None:
+    owner, other = replicas.key(), replicas.key()
+    created = replicas.client(owner, 0).responses.create(model=DEMO_MODEL_ID, input="Hi", max_output_tokens=2)
+    stranger = replicas.client(other, 1)
+    with pytest.raises(openai.NotFoundError):
+        stranger.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        stranger.responses.input_items.list(created.id)
+    with pytest.raises(openai.NotFoundError):
+        stranger.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError) as chained:
+        stranger.responses.create(model=DEMO_MODEL_ID, input="Hi", previous_response_id=created.id)
+    assert chained.value.body["param"] == "previous_response_id"
+    replicas.client(owner, 1).responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        replicas.client(owner, 0).responses.retrieve(created.id)
+
+
+def test_store_false_writes_no_row(replicas: Replicas) -> None:
+    key = replicas.key()
+    before = replicas.postgres.execute("SELECT count(*) FROM responses", "responses")[0][0]
+    replicas.client(key, 0).responses.create(model=DEMO_MODEL_ID, input="Hi", max_output_tokens=2, store=False)
+    assert replicas.postgres.execute("SELECT count(*) FROM responses", "responses")[0][0] == before
+
+
+def test_permissions_limits_and_the_cache_apply_as_for_chat(replicas: Replicas) -> None:
+    with pytest.raises(openai.PermissionDeniedError):
+        replicas.client(replicas.key(models=["another-model"]), 0).responses.create(model=DEMO_MODEL_ID, input="Hi")
+
+    client = replicas.client(replicas.key(rpm=2), 0)
+    asked = {"model": DEMO_MODEL_ID, "input": "Name a fruit.", "max_output_tokens": 4, "temperature": 0}
+    first = client.responses.with_raw_response.create(**asked)
+    again = client.responses.with_raw_response.create(**asked)
+    assert (first.headers["x-ggufstack-cache"], again.headers["x-ggufstack-cache"]) == ("miss", "hit")
+    assert again.parse().output_text == first.parse().output_text and again.parse().id != first.parse().id
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(**asked)

@@ -1,0 +1,146 @@
+"""The Responses endpoint on a scripted engine: input items become the chat messages the preparation renders, a
+conversation chained by previous_response_id is prepended, a stream that fails after its first event ends with
+response.failed, a store that cannot save fails the request it was asked to keep, and nothing is kept with store
+false."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.access.caller import ANONYMOUS, Caller
+from server.errors import APIError
+from server.protocol.responses import InputItemsQuery, ResponseRequest
+from server.protocol.responses_replies import LifecycleEvent
+from server.serving.endpoints import responses
+from server.serving.endpoints.responses_items import chat_body, owner_of, stored_input
+from server.serving.pipeline.admission import ServingContext
+from server.serving.pipeline.job import ServingJob
+from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
+from server.store.errors import StoreUnavailableError
+from server.store.responses import MemoryResponseStore, StoredResponse
+from tests.support.fake_engine import FakeEngine, registry_serving
+
+
+def _request(**fields: object) -> ResponseRequest:
+    return ResponseRequest.model_validate({"model": "fake", "input": "hi", **fields})
+
+
+def _context(*stages: object, reply: str = "hello", caller: Caller = ANONYMOUS) -> tuple[ServingContext, FakeEngine]:
+    engine = FakeEngine(reply=reply)
+    pipeline = Pipeline([*stages, prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    return ServingContext(registry_serving(engine), pipeline, caller, request_id="r1"), engine
+
+
+def test_items_become_chat_messages_calls_joining_their_turn() -> None:
+    body = _request(
+        instructions="Be brief.",
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "get_time", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        ],
+    )
+    items = stored_input(body)
+    assert [i["id"][:3] for i in items] == ["msg", "msg", "fc_", "fc_", "fco"]
+    chat = chat_body(body, items)
+    assert [(m.role, m.text()) for m in chat.messages] == [
+        ("system", "Be brief."),
+        ("user", "weather?"),
+        ("assistant", "Checking."),
+        ("tool", "sunny"),
+    ]
+    assert [c.id for c in chat.messages[2].tool_calls or []] == ["c1", "c2"]
+
+
+def test_a_chained_conversation_past_the_message_cap_is_a_400_naming_input() -> None:
+    body = _request()
+    too_many = [{"type": "message", "id": f"m{i}", "role": "user", "content": "x"} for i in range(1100)]
+    with pytest.raises(APIError) as refused:
+        chat_body(body, too_many)
+    assert refused.value.status == 400 and refused.value.param == "input"
+
+
+def test_owners() -> None:
+    assert owner_of(Caller(key_id="k1")) == "key:k1"
+    assert owner_of(Caller(name="admin")) == "admin"
+    assert owner_of(ANONYMOUS) == "anonymous"
+
+
+async def test_previous_response_is_prepended_and_store_false_keeps_nothing() -> None:
+    ctx, engine = _context()
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    first = await responses.create(_request(input="one"), ctx, store)
+    assert first.body is not None and first.body.output[0].content[0].text == "hello"  # type: ignore[union-attr]  # a message
+    second = await responses.create(_request(input="two", previous_response_id=first.body.id, store=False), ctx, store)
+    assert second.body is not None and second.body.previous_response_id == first.body.id
+    assert engine.detokenize(engine.requests[1].prompt_tokens) == "<user>one<assistant>hello<user>two<assistant>"
+    with pytest.raises(APIError) as gone:
+        await responses.retrieve(second.body.id, ANONYMOUS, store)
+    assert gone.value.status == 404
+
+
+async def test_a_stream_that_fails_after_its_first_event_ends_with_response_failed() -> None:
+    async def fail_midway(job: ServingJob, call_next: Next) -> Events:
+        events = call_next(job)
+        yield await anext(events)
+        await events.aclose()
+        raise RuntimeError("the engine died")
+
+    ctx, _ = _context(fail_midway)
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    reply = await responses.create(_request(stream=True), ctx, store)
+    assert reply.chunks is not None and reply.event_names
+    events = [event async for event in reply.chunks]
+    last = events[-1]
+    assert isinstance(last, LifecycleEvent) and last.type == "response.failed"
+    assert last.response.status == "failed" and last.response.error is not None
+    assert "the engine died" not in last.response.error.message  # an unforeseen failure names no internals
+    assert [e.sequence_number for e in events] == list(range(len(events)))  # type: ignore[attr-defined]  # every event has one
+    assert ctx.models.in_flight == 0
+
+
+class _DownStore(MemoryResponseStore):
+    async def save(self, stored: StoredResponse) -> None:
+        raise StoreUnavailableError("PostgreSQL is unreachable (OperationalError)")
+
+
+async def test_a_response_that_cannot_be_kept_is_a_503() -> None:
+    ctx, _ = _context()
+    store = _DownStore(max_items=10, retention_s=60)
+    with pytest.raises(APIError) as refused:
+        await responses.create(_request(), ctx, store)
+    assert refused.value.status == 503 and refused.value.code == "database_unavailable"
+    kept_nothing = await responses.create(_request(store=False), ctx, store)
+    assert kept_nothing.body is not None and kept_nothing.body.status == "completed"
+
+
+async def test_a_client_that_leaves_after_response_created_returns_the_lease() -> None:
+    ctx, engine = _context(reply="a long answer")
+    reply = await responses.create(_request(stream=True), ctx, MemoryResponseStore(max_items=1, retention_s=1))
+    assert reply.chunks is not None
+    created = await anext(reply.chunks)
+    assert isinstance(created, LifecycleEvent) and created.type == "response.created"
+    assert ctx.models.in_flight == 1
+    await reply.chunks.aclose()
+    assert ctx.models.in_flight == 0
+    assert engine.streams[0].closed
+
+
+async def test_input_items_page_newest_first_unless_asked() -> None:
+    ctx, _ = _context()
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    said = [{"role": "user", "content": text} for text in ("a", "b", "c")]
+    created = await responses.create(_request(input=said), ctx, store)
+    assert created.body is not None
+    newest = await responses.input_items(created.body.id, InputItemsQuery(), ANONYMOUS, store)
+    assert [i.content[0].text for i in newest.data] == ["c", "b", "a"]  # type: ignore[union-attr]  # messages
+    page = await responses.input_items(created.body.id, InputItemsQuery(order="asc", limit=2), ANONYMOUS, store)
+    assert [i.content[0].text for i in page.data] == ["a", "b"] and page.has_more  # type: ignore[union-attr]  # messages
+    rest = await responses.input_items(
+        created.body.id, InputItemsQuery(order="asc", after=page.last_id), ANONYMOUS, store
+    )
+    assert [i.content[0].text for i in rest.data] == ["c"] and not rest.has_more  # type: ignore[union-attr]  # messages
+    with pytest.raises(APIError):
+        await responses.input_items(created.body.id, InputItemsQuery(), Caller(key_id="someone"), store)
