@@ -68,14 +68,21 @@ def completion_request(engine: Engine, body: CompletionRequest) -> PreparedGener
     return PreparedGeneration(GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n, grammar=grammar))
 
 
-def chat_request(engine: Engine, body: ChatCompletionRequest) -> PreparedGeneration:
+def chat_prompt(
+    engine: Engine, body: ChatCompletionRequest
+) -> tuple[list[int], tool_calls.ToolPlan | None, tools.ToolFormat]:
+    """The prompt's tokens, the request's tool plan and the tool format its answer is parsed in."""
     plan = tool_calls.plan(body)
     # The format the model's template speaks also renders earlier tool calls in the history, tools offered or not.
     tool_format = tools.format_for(engine)
     template_input = tool_format.template_input(body.messages, plan)
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
     rendered = engine.render_chat(template_input.messages, template_input.tools)
-    prompt = engine.tokenize(rendered, add_special=False)
+    return engine.tokenize(rendered, add_special=False), plan, tool_format
+
+
+def chat_request(engine: Engine, body: ChatCompletionRequest) -> PreparedGeneration:
+    prompt, plan, tool_format = chat_prompt(engine, body)
     requested = body.requested_max_tokens()
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
