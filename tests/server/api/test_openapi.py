@@ -1,5 +1,6 @@
-"""The API document: every status the server answers is documented with OpenAI's error schema, and a bounded
-schemathesis run over every operation finds no 5xx and no response that contradicts the document."""
+"""The API document: every status the server answers is documented with OpenAI's error schema (Anthropic's under
+/v1/messages), and a bounded schemathesis run over every operation finds no 5xx and no response that contradicts the
+document."""
 
 from __future__ import annotations
 
@@ -43,6 +44,24 @@ def test_generation_endpoints_document_every_status_they_answer(document: dict, 
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
+def test_the_messages_endpoints_document_anthropics_errors_and_events(document: dict) -> None:
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        responses = document["paths"][path]["post"]["responses"]
+        assert set(responses) == {"200", "400", "401", "403", "404", "429", "500", "503"}
+        for status in set(responses) - {"200"}:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/AnthropicError"}
+    ok = document["paths"]["/v1/messages"]["post"]["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/Message"}
+    event = ok["text/event-stream"]["schema"]
+    assert event["required"] == ["event", "data"]
+    names = {ref["$ref"].rsplit("/", 1)[1] for ref in event["properties"]["data"]["contentSchema"]["anyOf"]}
+    assert {"MessageStartEvent", "ContentBlockDeltaEvent", "MessageDeltaEvent", "PingEvent", "AnthropicError"} <= names
+    assert names <= set(document["components"]["schemas"])
+    request = document["components"]["schemas"]["MessagesRequest"]
+    assert request["additionalProperties"] is False and {"model", "messages", "max_tokens"} <= set(request["required"])
+
+
 def test_request_schemas_match_what_the_server_accepts(document: dict) -> None:
     chat = document["components"]["schemas"]["ChatCompletionRequest"]
     assert chat["additionalProperties"] is False
@@ -55,6 +74,8 @@ OPERATIONS = [
     ("GET", "/v1/models/{model_id}"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
     ("GET", "/metrics"),
@@ -81,11 +102,11 @@ def api_schema(small_server: ServerProcess) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{small_server.base_url}/openapi.json")
 
 
-def _servable(body: dict) -> None:
+def _servable(body: dict, path: str) -> None:
     """Aim generated bodies at the served model (else nearly all stop at 404) and keep generations short."""
     body["model"] = DEMO_MODEL_ID
     limits = [key for key in ("max_tokens", "max_completion_tokens") if key in body]
-    if not limits:
+    if not limits and path in GENERATION_PATHS:
         body["max_tokens"] = MAX_FUZZ_TOKENS
     for key in limits:
         if isinstance(body[key], int) and body[key] > MAX_FUZZ_TOKENS:
@@ -105,7 +126,7 @@ def test_no_operation_answers_5xx_or_off_the_document(
         # Schema-valid is not always servable: the model must be the one served, token ids within the vocabulary,
         # the prompt within the context. Those answers are documented 400/404s, so positive-data acceptance is off.
         if isinstance(case.body, dict) and "model" in case.body:
-            _servable(case.body)
+            _servable(case.body, path)
         case.call_and_validate(timeout=60, excluded_checks=[positive_data_acceptance])
 
     fuzz()
