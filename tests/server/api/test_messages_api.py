@@ -5,6 +5,7 @@ the admin key beside them."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import anthropic
 import httpx
 import jsonschema
+import psycopg
 import pytest
 from anthropic.types import Message, TextBlock, ToolUseBlock
 
@@ -20,6 +22,7 @@ from tests.support.postgres import Postgres
 from tests.support.server import ServerProcess, ready_server
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
+DATABASE = "messages_" + uuid.uuid4().hex[:8]
 HERMES, SMOL = "hermes", "smol"
 WEATHER = {
     "name": "get_weather",
@@ -41,15 +44,14 @@ ASK = [{"role": "user", "content": "What is the weather in Paris? Answer in one 
 def server(
     tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, hermes_gguf: Path, demo_gguf: Path
 ) -> Iterator[ServerProcess]:
-    database = "messages_" + uuid.uuid4().hex[:8]
-    postgres.create_database(database)
+    postgres.create_database(DATABASE)
     env = {
         "GGUFSTACK_MODELS": json.dumps(
             [{"id": HERMES, "path": str(hermes_gguf), "pin": True}, {"id": SMOL, "path": str(demo_gguf), "pin": True}]
         ),
         "GGUFSTACK_N_CTX": "2048",
         "GGUFSTACK_N_SLOTS": "2",
-        "GGUFSTACK_DATABASE_URL": postgres.url(database),
+        "GGUFSTACK_DATABASE_URL": postgres.url(DATABASE),
         "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
         "GGUFSTACK_KEY_CACHE_TTL_S": "0",
     }
@@ -72,7 +74,7 @@ def client(server: ServerProcess) -> anthropic.Anthropic:
     return _client(server, api_key=ADMIN_KEY)
 
 
-def _key(server: ServerProcess, **fields: Any) -> str:
+def _key_record(server: ServerProcess, **fields: Any) -> dict[str, Any]:
     created = httpx.post(
         f"{server.base_url}/admin/keys",
         json={"name": "messages-" + uuid.uuid4().hex[:6], **fields},
@@ -80,7 +82,12 @@ def _key(server: ServerProcess, **fields: Any) -> str:
         timeout=30,
     )
     assert created.status_code == 201, created.text
-    key: str = created.json()["key"]
+    record: dict[str, Any] = created.json()
+    return record
+
+
+def _key(server: ServerProcess, **fields: Any) -> str:
+    key: str = _key_record(server, **fields)["key"]
     return key
 
 
@@ -248,3 +255,21 @@ def test_a_key_limited_to_a_model_is_refused_the_other(server: ServerProcess) ->
 def test_the_other_model_answers_by_its_own_template(client: anthropic.Anthropic) -> None:
     m = client.messages.create(model=SMOL, max_tokens=8, **GREEDY, messages=ASK)
     assert m.model == SMOL and m.usage.output_tokens > 0
+
+
+def test_audit_rows_name_the_messages_endpoints(server: ServerProcess, postgres: Postgres) -> None:
+    record = _key_record(server)
+    client = _client(server, x_api_key=record["key"])
+    made = client.messages.create(model=HERMES, max_tokens=3, messages=ASK)
+    client.messages.count_tokens(model=HERMES, messages=ASK)
+    query = (
+        "SELECT endpoint, model, prompt_tokens, completion_tokens, status FROM audit_log WHERE key_id = %s ORDER BY id"
+    )
+    deadline = time.monotonic() + 20
+    with psycopg.connect(postgres.url(DATABASE), autocommit=True) as db:
+        while len(rows := db.execute(query, (record["id"],)).fetchall()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert rows == [
+        ("messages", HERMES, made.usage.input_tokens, made.usage.output_tokens, 200),
+        ("messages.count_tokens", HERMES, 0, 0, 200),
+    ]
