@@ -163,7 +163,7 @@ def test_a_tool_round_trip(client: anthropic.Anthropic, stream: bool) -> None:
     jsonschema.validate(uses[0].input, WEATHER["input_schema"])
     history = [
         *ASK,
-        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in called.content]},
+        {"role": "assistant", "content": called.content},  # the SDK's blocks as they came, as Anthropic's docs do
         {
             "role": "user",
             "content": [{"type": "tool_result", "tool_use_id": u.id, "content": "18 C, sunny"} for u in uses],
