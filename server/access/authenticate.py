@@ -32,11 +32,11 @@ def authorization_of(authorizations: list[str], api_keys: list[str]) -> str | No
     if len(authorizations) > 1:
         raise _unauthorized("Send one Authorization header.")
     authorization = authorizations[0] if authorizations else None
-    presented = {key.strip() for key in api_keys}
+    presented = {key.strip() for key in api_keys} - {""}  # an empty header presents no key (as without it)
     if not presented:
         return authorization
-    if len(presented) > 1 or "" in presented:
-        raise _unauthorized("Send one API key: the x-api-key headers differ or are empty.")
+    if len(presented) > 1:
+        raise _unauthorized("Send one API key: the x-api-key headers differ.")
     (key,) = presented
     if authorization is None:
         return f"Bearer {key}"
