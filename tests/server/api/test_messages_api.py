@@ -1,6 +1,6 @@
 """Anthropic's Messages API through the official `anthropic` client against a real server (one for the module): two
 models (the Hermes-template demo model, which calls tools natively, and the plain demo model), keys in PostgreSQL,
-the admin key beside them."""
+the admin key beside them, rate limits and the response cache in a Redis of its own."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 from anthropic.types import Message, TextBlock, ToolUseBlock
 
 from tests.support.postgres import Postgres
+from tests.support.redis import start_redis
 from tests.support.server import ServerProcess, ready_server
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
@@ -45,6 +46,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, hermes_gguf: Path, demo_gguf: Path
 ) -> Iterator[ServerProcess]:
     postgres.create_database(DATABASE)
+    redis = start_redis(tmp_path_factory.mktemp("messages-redis"))
     env = {
         "GGUFSTACK_MODELS": json.dumps(
             [{"id": HERMES, "path": str(hermes_gguf), "pin": True}, {"id": SMOL, "path": str(demo_gguf), "pin": True}]
@@ -54,9 +56,13 @@ def server(
         "GGUFSTACK_DATABASE_URL": postgres.url(DATABASE),
         "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
         "GGUFSTACK_KEY_CACHE_TTL_S": "0",
+        "GGUFSTACK_REDIS_URL": redis.url(),
     }
-    with ready_server(tmp_path_factory.mktemp("messages"), env) as process:
-        yield process
+    try:
+        with ready_server(tmp_path_factory.mktemp("messages"), env) as process:
+            yield process
+    finally:
+        redis.stop()
 
 
 def _client(server: ServerProcess, *, api_key: str | None = None, x_api_key: str | None = None) -> anthropic.Anthropic:
@@ -273,3 +279,33 @@ def test_audit_rows_name_the_messages_endpoints(server: ServerProcess, postgres:
         ("messages", HERMES, made.usage.input_tokens, made.usage.output_tokens, 200),
         ("messages.count_tokens", HERMES, 0, 0, 200),
     ]
+
+
+def test_a_key_over_its_rate_is_told_so_in_anthropics_shape(server: ServerProcess) -> None:
+    limited = _client(server, x_api_key=_key(server, rpm=1))
+    assert limited.messages.count_tokens(model=HERMES, messages=ASK).input_tokens > 0
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        limited.messages.create(model=HERMES, max_tokens=2, messages=ASK)
+    assert refused.value.body["error"]["type"] == "rate_limit_error"
+    assert int(refused.value.response.headers["retry-after"]) > 0
+
+
+def test_a_greedy_message_is_answered_from_the_cache_the_second_time(server: ServerProcess) -> None:
+    key = _key(server)  # the cache is per key: the same key asks both ways
+    client = _client(server, x_api_key=key)
+    body: dict[str, Any] = {
+        "model": HERMES,
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": uuid.uuid4().hex}],
+    }
+    first = client.messages.with_raw_response.create(**body, **GREEDY)
+    again = client.messages.with_raw_response.create(**body, **GREEDY)
+    assert (first.headers["x-ggufstack-cache"], again.headers["x-ggufstack-cache"]) == ("miss", "hit")
+    assert _blocks(again.parse()) == _blocks(first.parse())
+    chat = httpx.post(  # the same request as a chat completion is another endpoint's answer: not shared
+        f"{server.base_url}/v1/chat/completions",
+        json={**body, "temperature": 0},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert chat.status_code == 200 and chat.headers["x-ggufstack-cache"] == "miss"
