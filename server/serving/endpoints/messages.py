@@ -34,7 +34,7 @@ from server.protocol.anthropic import (
 )
 from server.protocol.anthropic import TextDelta as TextDeltaBody
 from server.serving.constrain.tools import formats as tools
-from server.serving.endpoints.messages_chat import chat_body
+from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
 from server.serving.endpoints.reply import Reply
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
@@ -42,8 +42,10 @@ from server.serving.pipeline.stages import answer_prepared
 
 
 async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
-    chat = chat_body(body)
-    admitted = await admit(ctx, "messages", chat, lambda engine: chat_request(engine, chat), model=body.model)
+    chat, prefill = chat_body(body), prefilled(body)
+    admitted = await admit(
+        ctx, "messages", chat, lambda engine: chat_request(engine, chat, prefill=prefill), model=body.model
+    )
     tool_format = admitted.job.tool_format  # None when the answer is text
     mid, model = f"msg_{uuid.uuid4().hex}", admitted.job.model.model_id
     headers = admitted.job.response_headers
@@ -60,10 +62,10 @@ async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
 async def count_tokens(body: CountTokensRequest, ctx: ServingContext) -> Reply[MessageTokensCount]:
     """The prompt's tokens as /v1/messages would render them (template, tools and all), through the tokenizer path:
     the same key, model permission and request limit, without the model running."""
-    chat = chat_body(body)
+    chat, prefill = chat_body(body), prefilled(body)
 
     def run(engine: Engine) -> MessageTokensCount:
-        prompt, _, _ = chat_prompt(engine, chat)
+        prompt, _, _ = chat_prompt(engine, chat, prefill=prefill)
         return MessageTokensCount(input_tokens=len(prompt))
 
     admitted = await admit(ctx, "messages.count_tokens", chat, run, model=body.model, terminal=answer_prepared)

@@ -2,7 +2,8 @@
 audit rows, the chat template and the tool-call formats apply to it unchanged.
 
 Content blocks become OpenAI's turns: an assistant's `tool_use` blocks its `tool_calls`, a user's `tool_result` blocks
-role "tool" messages (before the user's text, where Anthropic puts them), the system prompt a system message first.
+role "tool" messages (before the user's text, where Anthropic puts them), the system prompt a system message first. A
+last assistant message is a prefill: the preparation renders it as the start of the answer (`chat_prompt`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,9 @@ from server.protocol.openai import (
 
 def chat_body(body: MessagesInput) -> ChatCompletionRequest:
     """The chat request `body` asks for; a 400 naming the Anthropic field where the two cannot agree."""
-    last = body.messages[-1]
-    if last.role == "assistant":
-        # Continuing a partial assistant turn needs a template rendered without its end-of-turn: not served yet.
-        raise APIError(400, "the last message must be a user message (assistant prefill is not supported)",
-                       param=f"messages.{len(body.messages) - 1}.role")  # fmt: skip
+    if prefilled(body) and any(not isinstance(b, TextBlockParam) for b in body.messages[-1].blocks()):
+        raise APIError(400, "a last assistant message (a prefill) may hold only text",
+                       param=f"messages.{len(body.messages) - 1}.content")  # fmt: skip
     messages: list[ChatMessage] = []
     system = body.system_text()
     if system is not None:
@@ -78,6 +77,12 @@ def chat_body(body: MessagesInput) -> ChatCompletionRequest:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
         raise APIError(400, f"invalid value for {where}: {first.get('msg', 'invalid')}", param=where) from None
+
+
+def prefilled(body: MessagesInput) -> bool:
+    """Whether the last message is the assistant's: the start of the answer, which the model continues. The chat
+    request keeps it as its last message (so the cache key and the conversation record carry it)."""
+    return body.messages[-1].role == "assistant"
 
 
 def _tool_choice(body: MessagesInput) -> ToolChoice:

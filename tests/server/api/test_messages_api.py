@@ -309,3 +309,18 @@ def test_a_greedy_message_is_answered_from_the_cache_the_second_time(server: Ser
         timeout=60,
     )
     assert chat.status_code == 200 and chat.headers["x-ggufstack-cache"] == "miss"
+
+
+def test_a_prefill_is_continued(client: anthropic.Anthropic) -> None:
+    body: dict[str, Any] = {"model": HERMES, "max_tokens": 24, "messages": ASK, **GREEDY}
+    whole = _text(client.messages.create(**body))
+    start = " ".join(whole.split()[:3])  # the greedy answer's own start, as a prefill
+    prefilled = [*ASK, {"role": "assistant", "content": start}]
+    rest = client.messages.create(**{**body, "messages": prefilled, "max_tokens": 8})
+    # Only the continuation comes back; greedy, it goes on as the answer did.
+    assert not _text(rest).startswith(start) and whole.startswith(start + _text(rest)[:4])
+    counted = client.messages.count_tokens(model=HERMES, messages=prefilled)
+    assert counted.input_tokens == rest.usage.input_tokens
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(**{**body, "messages": prefilled, "tools": [WEATHER]})
+    assert "prefill" in refused.value.body["error"]["message"]

@@ -11,7 +11,7 @@ import pytest
 from server.errors import APIError
 from server.protocol.anthropic import CountTokensRequest, MessagesRequest
 from server.protocol.openai import NamedToolChoice
-from server.serving.endpoints.messages_chat import chat_body
+from server.serving.endpoints.messages_chat import chat_body, prefilled
 
 TOOL = {"name": "get_weather", "description": "Weather.", "input_schema": {"type": "object", "properties": {}}}
 
@@ -90,6 +90,13 @@ def test_a_named_tool_choice() -> None:
     assert isinstance(chat.tool_choice, NamedToolChoice) and chat.tool_choice.function.name == "get_weather"
 
 
+def test_a_last_assistant_message_is_a_prefill_the_chat_request_keeps() -> None:
+    body = _request(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure,"}])
+    chat = chat_body(body)
+    assert prefilled(body) and (chat.messages[-1].role, chat.messages[-1].text()) == ("assistant", "Sure,")
+    assert not prefilled(_request(messages=[{"role": "user", "content": "x"}]))
+
+
 def test_count_tokens_carries_no_sampling() -> None:
     body = CountTokensRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}]})
     chat = chat_body(body)
@@ -99,7 +106,13 @@ def test_count_tokens_carries_no_sampling() -> None:
 @pytest.mark.parametrize(
     ("messages", "param"),
     [
-        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure,"}], "messages.1.role"),
+        (
+            [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+            ],
+            "messages.1.content",
+        ),
         (
             [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}],
             "messages.0.content.0",
