@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from anthropic.types import Message, TextBlock, ToolUseBlock
 
+from server.config.settings import Settings
 from tests.support.postgres import Postgres
 from tests.support.redis import start_redis
 from tests.support.server import ServerProcess, ready_server
@@ -324,3 +325,15 @@ def test_a_prefill_is_continued(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as refused:
         client.messages.create(**{**body, "messages": prefilled, "tools": [WEATHER]})
     assert "prefill" in refused.value.body["error"]["message"]
+
+
+def test_oversized_requests_are_refused_before_any_work(client: anthropic.Anthropic) -> None:
+    padding = "x" * (Settings.model_fields["max_request_bytes"].default + 1)
+    with pytest.raises(anthropic.APIStatusError) as too_large:
+        client.messages.count_tokens(model=HERMES, messages=[{"role": "user", "content": padding}])
+    assert too_large.value.status_code == 413
+    assert too_large.value.body["error"]["type"] == "request_too_large"
+    many = [{"role": "user", "content": "hi"}] * (Settings.model_fields["max_messages"].default + 1)
+    with pytest.raises(anthropic.BadRequestError) as too_many:
+        client.messages.count_tokens(model=HERMES, messages=many)
+    assert "GGUFSTACK_MAX_MESSAGES" in too_many.value.body["error"]["message"]
