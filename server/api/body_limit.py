@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import RequestTooLargeError, response, too_large
+from server.api.errors import RequestTooLargeError, response, route_path, too_large
 
 
 class BodyLimitMiddleware:
@@ -26,7 +26,7 @@ class BodyLimitMiddleware:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             # Answered without reading the body; the server closes the connection rather than read what follows.
-            await response(too_large(self.max_bytes), scope["path"])(scope, receive, send)
+            await response(too_large(self.max_bytes), route_path(scope))(scope, receive, send)
             return
         received = 0
 

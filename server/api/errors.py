@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from server.errors import APIError, ForeseenError, known_error
 from server.protocol.anthropic import AnthropicError, AnthropicErrorDetail, AnthropicErrorType
@@ -36,6 +37,12 @@ _ANTHROPIC_TYPES: dict[int, AnthropicErrorType] = {
 
 def speaks_anthropic(path: str) -> bool:
     return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: behind a proxy that mounts the app under a prefix (`root_path`), without it."""
+    path: str = scope["path"]
+    return path.removeprefix(scope.get("root_path", ""))
 
 
 def anthropic_body(error: APIError) -> AnthropicError:
@@ -98,13 +105,13 @@ class RequestTooLargeError(StarletteHTTPException):
 def install_error_handlers(app: FastAPI) -> None:
     # Starlette types every handler as taking any Exception; each is registered for the class it narrows to.
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        path = request.url.path
+        path = route_path(request.scope)
         if not isinstance(exc, RequestValidationError):
             return response(from_exception(exc), path)
         return response(_validation_error(exc), path)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
-        path = request.url.path
+        path = route_path(request.scope)
         if not isinstance(exc, StarletteHTTPException):
             return response(from_exception(exc), path)
         if isinstance(exc, RequestTooLargeError):
@@ -114,7 +121,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return response(error, path)
 
     async def on_any(request: Request, exc: Exception) -> JSONResponse:
-        return response(from_exception(exc), request.url.path)
+        return response(from_exception(exc), route_path(request.scope))
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

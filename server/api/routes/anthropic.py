@@ -1,6 +1,6 @@
 """Anthropic's Messages API. Each route hands its validated body to the serving layer and shapes nothing itself; errors
-under these paths leave in Anthropic's shape (`server/api/errors.py`). The `anthropic-version` header is accepted
-whatever it says: the wire format served is the one version Anthropic's current SDKs speak."""
+under these paths leave in Anthropic's shape (`server/api/errors.py`). The `anthropic-version` header is accepted and
+not checked: one wire format is served, whatever version a client names."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 import pytest
 from pydantic import BaseModel
 
-from server.api.errors import response
+from server.api.errors import response, route_path
 from server.api.streaming import _named_events
 from server.errors import APIError, FailureKind, ForeseenError
 from server.lifecycle.holder import ServerDrainingError
@@ -60,3 +60,8 @@ async def test_a_failure_mid_stream_is_an_error_event(failure: Exception, kind: 
     assert sent[0] == {"event": "ping", "data": '{"type":"ping"}'}
     assert sent[1]["event"] == "error" and json.loads(sent[1]["data"])["error"]["type"] == kind
     assert len(sent) == 2
+
+
+def test_the_path_is_the_one_routed_on_behind_a_prefix() -> None:
+    assert route_path({"path": "/llm/v1/messages", "root_path": "/llm"}) == "/v1/messages"
+    assert route_path({"path": "/v1/messages"}) == "/v1/messages"
