@@ -1,4 +1,5 @@
-"""The authenticator the app uses when keys are configured: `Authorization: Bearer <key>` in, a `Caller` out.
+"""The authenticator the app uses when keys are configured: `Authorization: Bearer <key>` (or `x-api-key: <key>`) in, a
+`Caller` out.
 
 The admin key (when set) is accepted everywhere, without limits; with no key store it is the only key accepted.
 """
@@ -22,6 +23,27 @@ def bearer_token(authorization: str | None) -> str | None:
         return None
     scheme, _, token = authorization.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def authorization_of(authorizations: list[str], api_keys: list[str]) -> str | None:
+    """The Authorization the authenticator checks, from the request's Authorization and x-api-key headers (Anthropic's
+    clients send the key as x-api-key). A key presented more than once must be the same key each time: two different
+    ones are refused, not one of them picked, so no header can stand in for, or shadow, the key another carries."""
+    if len(authorizations) > 1:
+        raise _unauthorized("Send one Authorization header.")
+    authorization = authorizations[0] if authorizations else None
+    presented = {key.strip() for key in api_keys} - {""}  # an empty header presents no key (as without it)
+    if not presented:
+        return authorization
+    if len(presented) > 1:
+        raise _unauthorized("Send one API key: the x-api-key headers differ.")
+    (key,) = presented
+    if authorization is None:
+        return f"Bearer {key}"
+    bearer = bearer_token(authorization)
+    if bearer is None or not same_secret(bearer, key):
+        raise _unauthorized("Authorization and x-api-key carry different keys; send one of them.")
+    return authorization
 
 
 class KeyAuthenticator:

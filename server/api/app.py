@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 from server.api.body_limit import BodyLimitMiddleware
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware, request_limits_of
-from server.api.routes import admin, conversations, health, metrics, openai, responses, tokenizer
+from server.api.routes import admin, anthropic, conversations, health, metrics, openai, responses, tokenizer
 from server.api.streaming import component_schemas
 from server.config.settings import Settings
 from server.lifecycle.registry import build_registry
@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(responses.router)
+    app.include_router(anthropic.router)
     if settings.embeddings:
         app.include_router(openai.embeddings_router())
     app.include_router(tokenizer.router)
@@ -81,7 +82,7 @@ class _API(FastAPI):
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI documents 422 for every body; this API answers 400 with OpenAI's error JSON instead. Stream chunks
+    """FastAPI documents 422 for every body; this API answers 400 with its error JSON instead. Stream chunks
     join the components, for the event-stream schemas that refer to them."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
@@ -93,6 +94,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
-        components.update(component_schemas(*openai.STREAM_CHUNKS, *responses.STREAM_EVENTS))
+        components.update(component_schemas(*openai.STREAM_CHUNKS, *responses.STREAM_EVENTS, *anthropic.STREAM_EVENTS))
         app.openapi_schema = schema
     return app.openapi_schema

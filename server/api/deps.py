@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.access.authenticate import bearer_token
+from server.access.authenticate import authorization_of, bearer_token
 from server.access.caller import Authenticator, Caller
 from server.api.middleware import ACCEPTABLE_ID
 from server.config.settings import Settings
@@ -67,7 +67,8 @@ def _admin_keys(request: Request) -> KeyStore:
 
 async def _caller(request: Request) -> Caller:
     authenticate: Authenticator = request.app.state.authenticator
-    return await authenticate(request.headers.get("authorization"))
+    headers = request.headers
+    return await authenticate(authorization_of(headers.getlist("authorization"), headers.getlist("x-api-key")))
 
 
 CONVERSATION_HEADER = "x-conversation-id"

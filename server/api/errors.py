@@ -1,4 +1,6 @@
-"""Every failure leaves the API as OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
+"""Every failure leaves the API as OpenAI's error JSON, {"error": {"message", "type", "param", "code"}}, except under
+Anthropic's /v1/messages, where it is Anthropic's, {"type": "error", "error": {"type", "message"}}: the same
+`APIError` (from the one mapping in `server/errors.py`), only worded for the client that path serves."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from server.errors import APIError, ForeseenError, known_error
+from server.protocol.anthropic import AnthropicError, AnthropicErrorDetail, AnthropicErrorType
 from server.protocol.base import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -19,8 +23,41 @@ def body(error: APIError) -> ErrorResponse:
     return ErrorResponse(error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code))
 
 
-def response(error: APIError) -> JSONResponse:
-    return JSONResponse(body(error).model_dump(), status_code=error.status, headers=error.headers)
+ANTHROPIC_PATH = "/v1/messages"
+_ANTHROPIC_TYPES: dict[int, AnthropicErrorType] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def speaks_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: behind a proxy that mounts the app under a prefix (`root_path`), without it."""
+    path: str = scope["path"]
+    return path.removeprefix(scope.get("root_path", ""))
+
+
+def anthropic_body(error: APIError) -> AnthropicError:
+    """Anthropic names the kind by status; the field at fault is in the message, as Anthropic words it."""
+    message = error.message
+    if error.param is not None and error.param not in message:
+        message = f"{error.param}: {message}"
+    kind = _ANTHROPIC_TYPES.get(error.status, "api_error")
+    return AnthropicError(error=AnthropicErrorDetail(type=kind, message=message))
+
+
+def response(error: APIError, path: str = "") -> JSONResponse:
+    """The error as the client of `path` expects it."""
+    content = anthropic_body(error) if speaks_anthropic(path) else body(error)
+    return JSONResponse(content.model_dump(), status_code=error.status, headers=error.headers)
 
 
 def from_exception(exc: Exception) -> APIError:
@@ -67,21 +104,24 @@ class RequestTooLargeError(StarletteHTTPException):
 
 def install_error_handlers(app: FastAPI) -> None:
     # Starlette types every handler as taking any Exception; each is registered for the class it narrows to.
-    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        path = route_path(request.scope)
         if not isinstance(exc, RequestValidationError):
-            return response(from_exception(exc))
-        return response(_validation_error(exc))
+            return response(from_exception(exc), path)
+        return response(_validation_error(exc), path)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        path = route_path(request.scope)
         if not isinstance(exc, StarletteHTTPException):
-            return response(from_exception(exc))
+            return response(from_exception(exc), path)
         if isinstance(exc, RequestTooLargeError):
-            return response(exc.error)
+            return response(exc.error, path)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return response(APIError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {})))
+        error = APIError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {}))
+        return response(error, path)
 
-    async def on_any(_: Request, exc: Exception) -> JSONResponse:
-        return response(from_exception(exc))
+    async def on_any(request: Request, exc: Exception) -> JSONResponse:
+        return response(from_exception(exc), route_path(request.scope))
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

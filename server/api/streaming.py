@@ -1,5 +1,5 @@
-"""A serving `Reply` as an HTTP response: JSON, or server-sent events ending in `data: [DONE]` (chat, completions)
-or named by each event's `type` (the Responses API)."""
+"""A serving `Reply` as an HTTP response: JSON, or server-sent events: chat's and completions' end in `data: [DONE]`;
+the Responses API's and Anthropic's name each event (`event:` line) after its `type`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from server.api.errors import body, from_exception
+from server.api.errors import anthropic_body, body, from_exception
+from server.protocol.anthropic import AnthropicError, PingEvent
 from server.protocol.base import ErrorResponse
 from server.serving.endpoints.reply import Body, Reply
 
@@ -27,6 +28,14 @@ def event_stream_schema(chunk: type[BaseModel]) -> dict[str, Any]:
         ]
     }
     return {"type": "object", "required": ["data"], "properties": {"data": data, "event": {"type": "string"}}}
+
+
+def named_event_stream_schema(*events: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI schema of one Anthropic server-sent event: `event` names it, `data` is it (or an error)."""
+    named: tuple[type[BaseModel], ...] = (*events, AnthropicError)
+    members = [{"$ref": f"{_REF}{e.__name__}"} for e in named]
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": members}}
+    return {"type": "object", "required": ["event", "data"], "properties": {"data": data, "event": {"type": "string"}}}
 
 
 def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
@@ -60,3 +69,30 @@ async def _events(chunks: AsyncGenerator[BaseModel, None], event_names: bool) ->
         await chunks.aclose()
     if not event_names:
         yield {"data": "[DONE]"}
+
+
+def respond_named(reply: Reply[Body], response: Response) -> Body | EventSourceResponse:
+    """As `respond`, with Anthropic's events: named, pinged with a `ping` event, no end marker."""
+    if reply.body is not None:
+        response.headers.update(reply.headers)
+        return reply.body
+    if reply.chunks is None:
+        raise RuntimeError("a reply carries neither a body nor chunks")
+    return EventSourceResponse(
+        _named_events(reply.chunks), sep="\n", ping=15, ping_message_factory=_ping, headers=reply.headers
+    )
+
+
+def _ping() -> ServerSentEvent:
+    ping = PingEvent()
+    return ServerSentEvent(data=ping.model_dump_json(), event=ping.type)
+
+
+async def _named_events(chunks: AsyncGenerator[BaseModel, None]) -> AsyncIterator[dict[str, str]]:
+    try:
+        async for chunk in chunks:
+            yield {"event": str(getattr(chunk, "type", "message")), "data": chunk.model_dump_json()}
+    except Exception as exc:  # headers are gone already: report the failure in-band, as Anthropic does
+        yield {"event": "error", "data": anthropic_body(from_exception(exc)).model_dump_json()}
+    finally:
+        await chunks.aclose()

@@ -117,6 +117,7 @@ class ChoiceFinished:
     index: int
     finish_reason: FinishReason
     completion_tokens: int
+    stop_sequence: str | None = None  # the stop string that ended it, when one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,7 @@ class Finished:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None  # the stop string that ended the first choice, when one did
 
 
 GenerationEvent = TextDelta | ChoiceFinished | Finished

@@ -36,6 +36,7 @@ class Job:
     choices_running: int = 0
     completion_tokens: int = 0
     first_finish_reason: FinishReason = "stop"
+    first_stop_sequence: str | None = None
 
     def emit(self, event: GenerationEvent | BaseException) -> None:
         # The loop is gone when the server shuts down mid-generation; nobody is left to tell.

@@ -249,8 +249,9 @@ class Scheduler:
         # Tokens of a stop string are not part of the answer, and neither are their log-probabilities.
         logprobs = () if text.stopped else slot.take_logprobs()
         choice, n_prompt, generated = slot.choice, slot.n_prompt, slot.generated
+        stop_sequence = text.stop_sequence if reason == "stop" else None
         if choice == 0:
-            job.first_finish_reason = reason
+            job.first_finish_reason, job.first_stop_sequence = reason, stop_sequence
         decode_s = time.monotonic() - slot.first_token_at if slot.first_token_at is not None else None
         self._metrics.record_finished(n_prompt, generated, decode_s)
         # Release first, so a consumer that sees Finished also sees the slot free.
@@ -258,9 +259,10 @@ class Scheduler:
         if tail:
             self._outbox.put(job, TextDelta(tail, logprobs, choice))
         if job.request.n > 1:
-            self._outbox.put(job, ChoiceFinished(choice, reason, generated))
+            self._outbox.put(job, ChoiceFinished(choice, reason, generated, stop_sequence))
         if job.choices_running == 0:
-            self._outbox.put(job, Finished(job.first_finish_reason, n_prompt, job.completion_tokens))
+            finished = Finished(job.first_finish_reason, n_prompt, job.completion_tokens, job.first_stop_sequence)
+            self._outbox.put(job, finished)
 
     def _fail(self, slots: list[Slot], error: BaseException) -> None:
         jobs = list(dict.fromkeys(slot.job for slot in slots if slot.job is not None))

@@ -48,6 +48,7 @@ class StopMatcher:
         self._scanners = [_StopScanner(s) for s in dict.fromkeys(stops) if s]
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text (Anthropic's reply names it)
 
     def push(self, text: str) -> str:
         """Add text; return what may be emitted now. After a stop string is seen, `stopped` is True."""
@@ -60,7 +61,8 @@ class StopMatcher:
             ended = [s for s in self._scanners if s.step(combined[i])]
             if ended:
                 self.stopped, self._held = True, ""
-                return combined[: i + 1 - max(len(s.stop) for s in ended)]
+                self.matched = max(ended, key=lambda s: len(s.stop)).stop
+                return combined[: i + 1 - len(self.matched)]
         keep = max(s.matched for s in self._scanners)
         self._held = combined[len(combined) - keep :]
         return combined[: len(combined) - keep]
@@ -81,6 +83,10 @@ class TextAssembler:
     @property
     def stopped(self) -> bool:
         return self._stops.stopped
+
+    @property
+    def stop_sequence(self) -> str | None:
+        return self._stops.matched
 
     def push(self, piece: bytes) -> str:
         return self._stops.push(self._decoder.decode(piece))

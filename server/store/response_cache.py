@@ -64,8 +64,8 @@ def _event(e: GenerationEvent) -> list[Any]:
     if isinstance(e, TextDelta):
         return ["t", e.text, [_logprob(lp) for lp in e.logprobs], e.index]
     if isinstance(e, ChoiceFinished):
-        return ["c", e.index, e.finish_reason, e.completion_tokens]
-    return ["f", e.finish_reason, e.prompt_tokens, e.completion_tokens]
+        return ["c", e.index, e.finish_reason, e.completion_tokens, e.stop_sequence]
+    return ["f", e.finish_reason, e.prompt_tokens, e.completion_tokens, e.stop_sequence]
 
 
 def _unevent(value: list[Any]) -> GenerationEvent:

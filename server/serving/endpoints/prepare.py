@@ -68,14 +68,28 @@ def completion_request(engine: Engine, body: CompletionRequest) -> PreparedGener
     return PreparedGeneration(GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n, grammar=grammar))
 
 
-def chat_request(engine: Engine, body: ChatCompletionRequest) -> PreparedGeneration:
+def chat_prompt(
+    engine: Engine, body: ChatCompletionRequest, *, prefill: bool = False
+) -> tuple[list[int], tool_calls.ToolPlan | None, tools.ToolFormat]:
+    """The prompt's tokens, the request's tool plan and the tool format its answer is parsed in. With `prefill`, the
+    last message is the start of the answer (Anthropic's prefill): the model continues its text."""
     plan = tool_calls.plan(body)
+    messages, start = body.messages, ""
+    if prefill:
+        if plan is not None:  # the tool grammar describes a whole answer, not the rest of one
+            raise APIError(400, "an assistant prefill cannot be combined with tools the answer may call",
+                           param="tool_choice")  # fmt: skip
+        messages, start = messages[:-1], messages[-1].text()
     # The format the model's template speaks also renders earlier tool calls in the history, tools offered or not.
     tool_format = tools.format_for(engine)
-    template_input = tool_format.template_input(body.messages, plan)
+    template_input = tool_format.template_input(messages, plan)
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
-    rendered = engine.render_chat(template_input.messages, template_input.tools)
-    prompt = engine.tokenize(rendered, add_special=False)
+    rendered = engine.render_chat(template_input.messages, template_input.tools) + start
+    return engine.tokenize(rendered, add_special=False), plan, tool_format
+
+
+def chat_request(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = False) -> PreparedGeneration:
+    prompt, plan, tool_format = chat_prompt(engine, body, prefill=prefill)
     requested = body.requested_max_tokens()
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None

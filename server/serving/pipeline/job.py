@@ -14,8 +14,17 @@ from server.protocol.openai import ChatCompletionRequest, CompletionRequest, Emb
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
 from server.serving.constrain.tools.formats import ToolFormat
 
-Endpoint = Literal["chat.completions", "responses", "completions", "embeddings", "tokenize", "detokenize"]
-TOKENIZER_ENDPOINTS = ("tokenize", "detokenize")
+Endpoint = Literal[
+    "chat.completions",
+    "responses",
+    "completions",
+    "embeddings",
+    "tokenize",
+    "detokenize",
+    "messages",
+    "messages.count_tokens",
+]
+TOKENIZER_ENDPOINTS = ("tokenize", "detokenize", "messages.count_tokens")
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,8 @@ class RecordStage:
 def _prompt_messages(job: ServingJob) -> list[tuple[str, str]] | None:
     """The turns a generation's prompt adds to its conversation; None for embeddings and the tokenizer, which add
     none whatever X-Conversation-Id says."""
+    if not job.runs_model:  # count_tokens carries a chat body, and generates nothing
+        return None
     if isinstance(job.body, ChatCompletionRequest):
         return [(m.role, m.text()) for m in job.body.messages]
     if isinstance(job.body, CompletionRequest):

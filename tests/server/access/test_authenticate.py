@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from server.access.authenticate import ADMIN, KeyAuthenticator, bearer_token
+from server.access.authenticate import ADMIN, KeyAuthenticator, authorization_of, bearer_token
 from server.access.caller import ANONYMOUS
 from server.config.settings import Settings
 from server.errors import APIError
@@ -46,3 +46,28 @@ async def test_the_authenticator_without_a_store_refuses_other_keys() -> None:
     authenticate = KeyAuthenticator(None, None)
     with pytest.raises(APIError):
         await authenticate("Bearer gsk-anything")
+
+
+def test_x_api_key_presents_the_same_key_as_bearer() -> None:
+    assert authorization_of([], []) is None
+    assert authorization_of(["Bearer k1"], []) == "Bearer k1"
+    assert authorization_of([], ["k1"]) == "Bearer k1"
+    assert authorization_of([], [" k1 ", "k1"]) == "Bearer k1"
+    assert authorization_of(["Bearer k1"], ["k1"]) == "Bearer k1"
+    assert authorization_of(["Bearer k1"], [" "]) == "Bearer k1"  # an empty header presents nothing
+
+
+@pytest.mark.parametrize(
+    ("authorizations", "api_keys"),
+    [
+        (["Bearer admin"], ["tenant"]),  # two different keys: neither is picked
+        (["Bearer tenant"], ["admin"]),
+        (["Basic k1"], ["k1"]),  # a scheme that carries no bearer key beside x-api-key
+        ([], ["k1", "k2"]),  # repeated headers that disagree
+        (["Bearer k1", "Bearer k2"], []),  # a proxy and the app might read different ones
+    ],
+)
+def test_ambiguous_credentials_are_refused(authorizations: list[str], api_keys: list[str]) -> None:
+    with pytest.raises(APIError) as refused:
+        authorization_of(authorizations, api_keys)
+    assert refused.value.status == 401 and refused.value.code == "invalid_api_key"

@@ -1,5 +1,6 @@
-"""The API document: every status the server answers is documented with OpenAI's error schema, and a bounded
-schemathesis run over every operation finds no 5xx and no response that contradicts the document."""
+"""The API document: every status the server answers is documented with OpenAI's error schema (Anthropic's under
+/v1/messages), and a bounded schemathesis run over every operation finds no 5xx and no response that contradicts the
+document."""
 
 from __future__ import annotations
 
@@ -43,6 +44,24 @@ def test_generation_endpoints_document_every_status_they_answer(document: dict, 
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
+def test_the_messages_endpoints_document_anthropics_errors_and_events(document: dict) -> None:
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        responses = document["paths"][path]["post"]["responses"]
+        assert set(responses) == {"200", "400", "401", "403", "404", "429", "500", "503"}
+        for status in set(responses) - {"200"}:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/AnthropicError"}
+    ok = document["paths"]["/v1/messages"]["post"]["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/Message"}
+    event = ok["text/event-stream"]["schema"]
+    assert event["required"] == ["event", "data"]
+    names = {ref["$ref"].rsplit("/", 1)[1] for ref in event["properties"]["data"]["contentSchema"]["anyOf"]}
+    assert {"MessageStartEvent", "ContentBlockDeltaEvent", "MessageDeltaEvent", "PingEvent", "AnthropicError"} <= names
+    assert names <= set(document["components"]["schemas"])
+    request = document["components"]["schemas"]["MessagesRequest"]
+    assert request["additionalProperties"] is False and {"model", "messages", "max_tokens"} <= set(request["required"])
+
+
 def test_request_schemas_match_what_the_server_accepts(document: dict) -> None:
     chat = document["components"]["schemas"]["ChatCompletionRequest"]
     assert chat["additionalProperties"] is False
@@ -61,6 +80,8 @@ OPERATIONS = [
     ("GET", "/v1/responses/{response_id}"),
     ("DELETE", "/v1/responses/{response_id}"),
     ("GET", "/v1/responses/{response_id}/input_items"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
     ("GET", "/health/live"),
     ("GET", "/health/ready"),
     ("GET", "/metrics"),
@@ -92,7 +113,7 @@ def _servable(body: dict, path: str) -> None:
     body["model"] = DEMO_MODEL_ID
     names = ("max_output_tokens",) if path == "/v1/responses" else ("max_tokens", "max_completion_tokens")
     limits = [key for key in names if key in body]
-    if not limits:
+    if not limits and path in GENERATION_PATHS:
         body[names[0]] = MAX_FUZZ_TOKENS
     for key in limits:
         if isinstance(body[key], int) and body[key] > MAX_FUZZ_TOKENS:

@@ -61,3 +61,11 @@ def test_empty_stop_strings_are_ignored() -> None:
     m = StopMatcher([""])
     assert m.push("abc") == "abc"
     assert not m.stopped
+
+
+def test_the_stop_string_that_ended_the_text_is_named() -> None:
+    m = StopMatcher(["b", "xyz", "yz"])
+    assert m.matched is None
+    assert m.push("axy") == "a"
+    assert m.push("z!") == ""
+    assert m.stopped and m.matched == "xyz"  # both end here; the longer one is what was cut

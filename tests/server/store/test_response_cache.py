@@ -17,7 +17,7 @@ EVENTS = [
 CHOICE_EVENTS = [
     TextDelta("A", index=0),
     TextDelta("B", index=1),
-    ChoiceFinished(1, "stop", 1),
+    ChoiceFinished(1, "stop", 1, "END"),
     TextDelta("a", index=0),
     ChoiceFinished(0, "length", 2),
     Finished("length", 7, 3),

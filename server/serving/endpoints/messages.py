@@ -1,0 +1,177 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, served as a chat completion (see
+`messages_chat.py`) → admitted through the same pipeline → shaped as Anthropic's message or its stream events."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from pydantic import BaseModel
+
+from server.engine.base import Engine, Finished, FinishReason, GenerationEvent, TextDelta
+from server.protocol.anthropic import (
+    ContentBlock,
+    ContentBlockDeltaEvent,
+    ContentBlockStartEvent,
+    ContentBlockStopEvent,
+    CountTokensRequest,
+    InputJsonDelta,
+    Message,
+    MessageDeltaBody,
+    MessageDeltaEvent,
+    MessageDeltaUsage,
+    MessagesRequest,
+    MessageStartEvent,
+    MessageStopEvent,
+    MessageTokensCount,
+    MessageUsage,
+    PingEvent,
+    StopReason,
+    TextBlock,
+    ToolUseBlock,
+)
+from server.protocol.anthropic import TextDelta as TextDeltaBody
+from server.serving.constrain.tools import formats as tools
+from server.serving.endpoints.messages_chat import chat_body, prefilled
+from server.serving.endpoints.prepare import chat_prompt, chat_request
+from server.serving.endpoints.reply import Reply
+from server.serving.pipeline.admission import Admitted, ServingContext, admit
+from server.serving.pipeline.stages import answer_prepared
+
+
+async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
+    chat, prefill = chat_body(body), prefilled(body)
+    admitted = await admit(
+        ctx, "messages", chat, lambda engine: chat_request(engine, chat, prefill=prefill), model=body.model
+    )
+    tool_format = admitted.job.tool_format  # None when the answer is text
+    mid, model = f"msg_{uuid.uuid4().hex}", admitted.job.model.model_id
+    headers = admitted.job.response_headers
+    if body.stream:
+        if tool_format is not None:
+            return Reply(headers, chunks=_tool_events(admitted, mid, model, tool_format))
+        return Reply(headers, chunks=_text_events(admitted, mid, model))
+    whole = await admitted.collect()
+    choice = whole.choices[0]
+    content, stop_reason = _content(choice.text, choice.finish_reason, tool_format)
+    return Reply(headers, body=_message(mid, model, content, stop_reason, whole.finished))
+
+
+async def count_tokens(body: CountTokensRequest, ctx: ServingContext) -> Reply[MessageTokensCount]:
+    """The prompt's tokens as /v1/messages would render them (template, tools and all), through the tokenizer path:
+    the same key, model permission and request limit, without the model running."""
+    chat, prefill = chat_body(body), prefilled(body)
+
+    def run(engine: Engine) -> MessageTokensCount:
+        prompt, _, _ = chat_prompt(engine, chat, prefill=prefill)
+        return MessageTokensCount(input_tokens=len(prompt))
+
+    admitted = await admit(ctx, "messages.count_tokens", chat, run, model=body.model, terminal=answer_prepared)
+    await admitted.finish()
+    if not isinstance(admitted.job.prepared, MessageTokensCount):
+        raise RuntimeError("the pipeline ended a count_tokens request without its count")
+    return Reply(admitted.job.response_headers, body=admitted.job.prepared)
+
+
+def _content(
+    text: str, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
+) -> tuple[list[ContentBlock], StopReason]:
+    answer = tool_format.parse(text) if tool_format is not None else None
+    content_text = answer.content if answer is not None else text
+    content: list[ContentBlock] = [TextBlock(text=content_text)] if content_text else []
+    calls = answer.calls if answer is not None else ()
+    content.extend(
+        ToolUseBlock(id="toolu_" + c.id.removeprefix("call_"), name=c.name, input=json.loads(c.arguments))
+        for c in calls
+    )
+    if finish_reason == "length":  # calls parsed from a cut answer may not be all of them
+        return content, "max_tokens"
+    return content, "tool_use" if calls else "end_turn"
+
+
+def _stop(reason: StopReason, finished: Finished) -> tuple[StopReason, str | None]:
+    """A stop string ended the answer: Anthropic names it."""
+    if reason == "end_turn" and finished.stop_sequence is not None:
+        return "stop_sequence", finished.stop_sequence
+    return reason, None
+
+
+def _message(mid: str, model: str, content: list[ContentBlock], reason: StopReason, finished: Finished) -> Message:
+    stop_reason, stop_sequence = _stop(reason, finished)
+    return Message(
+        id=mid,
+        content=content,
+        model=model,
+        stop_reason=stop_reason,
+        stop_sequence=stop_sequence,
+        usage=MessageUsage(input_tokens=finished.prompt_tokens, output_tokens=finished.completion_tokens),
+    )
+
+
+def _start(mid: str, model: str, admitted: Admitted) -> MessageStartEvent:
+    usage = MessageUsage(input_tokens=admitted.job.prompt_tokens, output_tokens=0)
+    return MessageStartEvent(message=Message(id=mid, content=[], model=model, stop_reason=None, usage=usage))
+
+
+def _end(reason: StopReason, finished: Finished) -> list[BaseModel]:
+    stop_reason, stop_sequence = _stop(reason, finished)
+    delta = MessageDeltaBody(stop_reason=stop_reason, stop_sequence=stop_sequence)
+    usage = MessageDeltaUsage(output_tokens=finished.completion_tokens)
+    return [MessageDeltaEvent(delta=delta, usage=usage), MessageStopEvent()]
+
+
+async def _text_events(admitted: Admitted, mid: str, model: str) -> AsyncGenerator[BaseModel, None]:
+    """As Anthropic streams text: one text block, opened by its first delta (an empty answer has no block)."""
+    opened = False
+
+    def translate(event: GenerationEvent) -> list[BaseModel]:
+        nonlocal opened
+        out: list[BaseModel] = []
+        if isinstance(event, TextDelta) and event.text:
+            if not opened:
+                opened = True
+                out.append(ContentBlockStartEvent(index=0, content_block=TextBlock(text="")))
+            out.append(ContentBlockDeltaEvent(index=0, delta=TextDeltaBody(text=event.text)))
+        elif isinstance(event, Finished):
+            if opened:
+                out.append(ContentBlockStopEvent(index=0))
+            out.extend(_end("max_tokens" if event.finish_reason == "length" else "end_turn", event))
+        return out
+
+    # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it at once.
+    # The events start before anything is sent: only a started generator returns its lease when closed.
+    async with aclosing(admitted.events()) as events:
+        first = await anext(events)
+        yield _start(mid, model, admitted)
+        yield PingEvent()
+        for out in translate(first):
+            yield out
+        async for event in events:
+            for out in translate(event):
+                yield out
+
+
+async def _tool_events(
+    admitted: Admitted, mid: str, model: str, tool_format: tools.ToolFormat
+) -> AsyncGenerator[BaseModel, None]:
+    """A tool answer is parsed whole, then streamed as Anthropic does: a text block, then each call as a tool_use
+    block whose input arrives as JSON deltas."""
+    whole = await admitted.collect()  # first: only started events return the lease when the client leaves
+    yield _start(mid, model, admitted)
+    yield PingEvent()
+    choice = whole.choices[0]
+    content, reason = _content(choice.text, choice.finish_reason, tool_format)
+    for index, block in enumerate(content):
+        if isinstance(block, TextBlock):
+            yield ContentBlockStartEvent(index=index, content_block=TextBlock(text=""))
+            yield ContentBlockDeltaEvent(index=index, delta=TextDeltaBody(text=block.text))
+        else:
+            start = ToolUseBlock(id=block.id, name=block.name, input={})
+            yield ContentBlockStartEvent(index=index, content_block=start)
+            partial = json.dumps(block.input, ensure_ascii=False)
+            yield ContentBlockDeltaEvent(index=index, delta=InputJsonDelta(partial_json=partial))
+        yield ContentBlockStopEvent(index=index)
+    for end in _end(reason, whole.finished):
+        yield end
