@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from server.api.errors import anthropic_body, body, from_exception
 from server.protocol.anthropic import AnthropicError, PingEvent
@@ -54,7 +55,9 @@ def respond(reply: Reply[Body], response: Response) -> Body | EventSourceRespons
         return reply.body
     if reply.chunks is None:
         raise RuntimeError("a reply carries neither a body nor chunks")
-    return EventSourceResponse(_events(reply.chunks, reply.event_names), sep="\n", ping=15, headers=reply.headers)
+    return EventSourceResponse(
+        _events(reply.chunks, reply.event_names), sep="\n", ping=15, headers=reply.headers, background=_closing(reply)
+    )
 
 
 async def _events(chunks: AsyncGenerator[BaseModel, None], event_names: bool) -> AsyncIterator[dict[str, str]]:
@@ -79,8 +82,18 @@ def respond_named(reply: Reply[Body], response: Response) -> Body | EventSourceR
     if reply.chunks is None:
         raise RuntimeError("a reply carries neither a body nor chunks")
     return EventSourceResponse(
-        _named_events(reply.chunks), sep="\n", ping=15, ping_message_factory=_ping, headers=reply.headers
+        _named_events(reply.chunks),
+        sep="\n",
+        ping=15,
+        ping_message_factory=_ping,
+        headers=reply.headers,
+        background=_closing(reply),
     )
+
+
+def _closing(reply: Reply[Body]) -> BackgroundTask | None:
+    """The reply's close, run once the response is over: the stream's own cleanup runs only if it started."""
+    return BackgroundTask(reply.close) if reply.close is not None else None
 
 
 def _ping() -> ServerSentEvent:

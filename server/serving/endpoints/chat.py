@@ -37,8 +37,8 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
     headers = admitted.job.response_headers
     if body.stream:
         if tool_format is not None:
-            return Reply(headers, chunks=_tool_chunks(admitted, rid, model, body, tool_format))
-        return Reply(headers, chunks=_text_chunks(admitted, rid, model, body))
+            return Reply(headers, chunks=_tool_chunks(admitted, rid, model, body, tool_format), close=admitted.close)
+        return Reply(headers, chunks=_text_chunks(admitted, rid, model, body), close=admitted.close)
     whole = await admitted.collect()
     choices = []
     for c in whole.choices:

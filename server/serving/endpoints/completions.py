@@ -21,7 +21,7 @@ async def create(body: CompletionRequest, ctx: ServingContext) -> Reply[Completi
     rid, model = new_id("cmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
-        return Reply(headers, chunks=_chunks(admitted, rid, model, body))
+        return Reply(headers, chunks=_chunks(admitted, rid, model, body), close=admitted.close)
     whole = await admitted.collect()
     choices = [
         CompletionChoice(

@@ -51,8 +51,8 @@ async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
     headers = admitted.job.response_headers
     if body.stream:
         if tool_format is not None:
-            return Reply(headers, chunks=_tool_events(admitted, mid, model, tool_format))
-        return Reply(headers, chunks=_text_events(admitted, mid, model))
+            return Reply(headers, chunks=_tool_events(admitted, mid, model, tool_format), close=admitted.close)
+        return Reply(headers, chunks=_text_events(admitted, mid, model), close=admitted.close)
     whole = await admitted.collect()
     choice = whole.choices[0]
     content, stop_reason = _content(choice.text, choice.finish_reason, tool_format)

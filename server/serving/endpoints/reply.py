@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -23,6 +23,9 @@ class Reply(Generic[Body]):
     chunks: AsyncGenerator[BaseModel, None] | None = None
     # Each chunk's `type` names its server-sent event (`event:` line), and no `[DONE]` follows: the Responses API.
     event_names: bool = False
+    # Run once the response is over, however it ended: returns the request's hold on its model even when `chunks`
+    # never started (then no line of theirs runs, `finally` included).
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 def new_id(prefix: str) -> str:

@@ -133,7 +133,7 @@ async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStor
     draft = _Draft(body, admitted.job.model.model_id, store, items.owner_of(ctx.caller), input_items, context)
     headers = admitted.job.response_headers
     if body.stream:
-        return Reply(headers, chunks=_events(admitted, draft), event_names=True)
+        return Reply(headers, chunks=_events(admitted, draft), event_names=True, close=admitted.close)
     whole = await admitted.collect()
     choice = whole.choices[0]
     output = items.output_items(choice.text, choice.finish_reason, admitted.job.tool_format)

@@ -64,7 +64,14 @@ class Admitted:
             async for event in self._rest:
                 yield event
         finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the events and return the lease, however far the reply got: also when the reply's stream never
+        started (a client gone before its first chunk), whose generators then never run a line. Idempotent."""
+        try:
             await self._rest.aclose()
+        finally:
             self._lease.release()
 
     async def collect(self) -> Collected:

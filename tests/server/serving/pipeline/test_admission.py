@@ -115,3 +115,17 @@ async def test_a_key_limited_to_other_models_never_loads_one() -> None:
     assert (refused.value.status, refused.value.code) == (403, "model_not_allowed")
     assert ctx.models.loading.loads == []  # type: ignore[attr-defined]
     assert ctx.models.in_flight == 0
+
+
+async def test_a_stream_closed_before_its_first_chunk_returns_its_lease_through_the_replys_close() -> None:
+    # A client gone before the first chunk: the reply's generators never start, so no line of theirs (their `finally`
+    # included) ever runs. The reply's close, which the API runs once the response is over, returns the lease.
+    ctx, engine = _context(reply="never read")
+    reply = await completions.create(_completion(stream=True), ctx)
+    assert reply.chunks is not None and reply.close is not None
+    await reply.chunks.aclose()
+    assert ctx.models.in_flight == 1, "an unstarted generator's aclose runs nothing"
+    await reply.close()
+    assert ctx.models.in_flight == 0 and engine.streams[0].closed
+    await reply.close()  # idempotent: the API's close after a stream that did finish changes nothing
+    assert ctx.models.in_flight == 0
