@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, ToolSyntax
 from server.errors import FailureKind, ForeseenError
 
 FinishReason = Literal["stop", "length"]
@@ -221,6 +221,11 @@ class Engine(Protocol):
     @property
     def tool_syntax(self) -> ToolSyntax | None:
         """The tool-call syntax the chat template speaks natively; None: it has none (tools use a generic format)."""
+        ...
+
+    @property
+    def reasoning(self) -> ReasoningSyntax | None:
+        """How the model writes its thinking, from its chat template; None: its output is all answer."""
         ...
 
     def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str: ...

@@ -18,7 +18,14 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from server.engine.base import EngineError, SamplingParams, TokenLogprob
-from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax, detect_tool_syntax
+from server.engine.chat_template import (
+    ReasoningSyntax,
+    TemplateMessage,
+    TemplateTool,
+    ToolSyntax,
+    detect_reasoning,
+    detect_tool_syntax,
+)
 from server.engine.validation import check_token_ids
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,7 @@ class LlamaModel:
         self._pieces: dict[int, bytes] = {}
         self._chat = self._chat_formatter()
         self.tool_syntax: ToolSyntax | None = detect_tool_syntax(self._chat.template, self._render)
+        self.reasoning: ReasoningSyntax | None = detect_reasoning(self._chat.template, self._render)
 
     @property
     def kv_bytes_per_token(self) -> int:

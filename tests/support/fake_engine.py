@@ -15,7 +15,7 @@ from server.engine.base import (
     GenerationRequest,
     TextDelta,
 )
-from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, ToolSyntax
 from server.lifecycle.budget import Budget
 from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.holder import ModelHolder, ServedModel
@@ -58,6 +58,7 @@ class FakeEngine:
     n_ctx: int = 4096
     gpu_offload: bool = False
     tool_syntax: ToolSyntax | None = None
+    reasoning: ReasoningSyntax | None = None
     requests: list[GenerationRequest] = field(default_factory=list)
     streams: list[FakeStream] = field(default_factory=list)
     closed: bool = False

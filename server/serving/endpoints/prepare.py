@@ -97,4 +97,7 @@ def chat_request(engine: Engine, body: ChatCompletionRequest, *, prefill: bool =
     gbnf = (tools.grammar(tool_format, plan), "tools") if plan is not None else response_grammar(body)
     grammar = _compile(engine, gbnf)
     generation = GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar)
-    return PreparedGeneration(generation, tool_format if plan is not None else None)
+    # A grammar constrains the output from its first token, so a constrained answer holds no thinking to split off;
+    # nor does the rest of a prefilled answer.
+    reasoning = engine.reasoning if gbnf is None and not prefill else None
+    return PreparedGeneration(generation, tool_format if plan is not None else None, reasoning)

@@ -38,6 +38,7 @@ class StandInEngine:
 
     def __init__(self, *, tool_syntax: str | None = None, refuse_grammars: bool = False) -> None:
         self.tool_syntax = tool_syntax
+        self.reasoning = None
         self.refuse_grammars = refuse_grammars
         self.render_error: Exception | None = None
         self.compiled: list[tuple[str, str]] = []
