@@ -71,16 +71,9 @@ class AssistantMessage(BaseModel):
     content: str | None
     # The model's thinking, apart from its answer (llama.cpp's server and vLLM name it so); only a thinking model's
     # messages carry the key.
-    reasoning_content: str | None = None
+    reasoning_content: str | None = Field(default=None, exclude_if=lambda value: value is None)
     refusal: None = None
     tool_calls: list[ToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _reasoning_when_any(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("reasoning_content") is None:
-            data.pop("reasoning_content", None)
-        return data
 
 
 class ChatChoice(BaseModel):

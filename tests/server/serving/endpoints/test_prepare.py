@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from server.engine.base import EngineError, Finished, Grammar
-from server.engine.chat_template import TemplateMessage, TemplateTool
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool
 from server.errors import APIError
 from server.lifecycle.holder import ServedModel
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -36,9 +36,11 @@ class StandInEngine:
     n_ctx = 256
     gpu_offload = False
 
-    def __init__(self, *, tool_syntax: str | None = None, refuse_grammars: bool = False) -> None:
+    def __init__(
+        self, *, tool_syntax: str | None = None, refuse_grammars: bool = False, reasoning: object = None
+    ) -> None:
         self.tool_syntax = tool_syntax
-        self.reasoning = None
+        self.reasoning = reasoning
         self.refuse_grammars = refuse_grammars
         self.render_error: Exception | None = None
         self.compiled: list[tuple[str, str]] = []
@@ -75,6 +77,18 @@ def test_a_tool_request_gets_its_format_and_a_grammar_from_tools(syntax: str | N
     assert prepared.tool_format is expected
     assert [param for _, param in engine.compiled] == ["tools"]
     assert prepared.request.grammar is not None and prepared.request.grammar.param == "tools"
+
+
+@pytest.mark.parametrize(
+    ("fields", "split"),
+    [({}, True), ({"response_format": {"type": "json_object"}}, False), ({"tools": [WEATHER]}, False)],
+)
+def test_only_an_unconstrained_answer_of_a_thinking_model_is_split(fields: dict[str, Any], split: bool) -> None:
+    """A grammar holds the output from its first token: nothing a constrained answer holds is thinking."""
+    syntax = ReasoningSyntax(starts_inside=True)
+    prepared = chat_request(StandInEngine(reasoning=syntax), chat(**fields))
+    assert prepared.reasoning == (syntax if split else None)
+    assert chat_request(StandInEngine(), chat(**fields)).reasoning is None
 
 
 @pytest.mark.parametrize(

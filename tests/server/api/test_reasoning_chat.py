@@ -1,0 +1,84 @@
+"""A thinking model's chat answers through the official openai client, against a real server serving the demo model
+with a template whose generation prompt opens a <think> block: what the model writes is its thinking, sent apart from
+the answer as `reasoning_content`, streamed token by token as `delta.reasoning_content`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.support.server import ServerProcess, ready_server
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, thinking_gguf: Path) -> Iterator[ServerProcess]:
+    env = {"GGUFSTACK_MODEL_PATH": str(thinking_gguf), "GGUFSTACK_N_CTX": "2048", "GGUFSTACK_N_SLOTS": "2"}
+    with ready_server(tmp_path_factory.mktemp("thinking"), env) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def _model(client: openai.OpenAI) -> str:
+    return client.models.list().data[0].id
+
+
+def _extra(obj: Any, key: str) -> Any:
+    return (obj.model_extra or {}).get(key)
+
+
+@pytest.mark.parametrize(("max_tokens", "finish_reason"), [(3, "length"), (40, "stop")])
+def test_a_block_never_closed_is_all_reasoning(client: openai.OpenAI, max_tokens: int, finish_reason: str) -> None:
+    """The demo model answers inside the block the template opened and stops without closing it (or is cut short
+    by max_tokens): as in llama.cpp's server, all it wrote is thinking and the answer is empty."""
+    completion = client.chat.completions.create(
+        model=_model(client),
+        messages=QUESTION,
+        max_tokens=max_tokens,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    choice = completion.choices[0]
+    reasoning = _extra(choice.message, "reasoning_content")
+    assert choice.finish_reason == finish_reason
+    assert isinstance(reasoning, str) and reasoning.strip()
+    assert "<think>" not in reasoning and "</think>" not in reasoning
+    assert choice.message.content == ""
+
+
+def test_the_thinking_streams_token_by_token_and_matches_the_whole_answer(client: openai.OpenAI) -> None:
+    args: dict[str, Any] = {"model": _model(client), "messages": QUESTION, "max_tokens": 40, "temperature": 0}
+    whole = client.chat.completions.create(**args).choices[0].message
+    reasoning_deltas: list[str] = []
+    content_deltas: list[str] = []
+    finish = None
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for choice in chunk.choices:
+            if (piece := _extra(choice.delta, "reasoning_content")) is not None:
+                reasoning_deltas.append(piece)
+            if choice.delta.content:
+                content_deltas.append(choice.delta.content)
+            finish = choice.finish_reason or finish
+    assert len(reasoning_deltas) > 1, "the thinking is streamed as it comes, not at the end"
+    assert "".join(reasoning_deltas) == _extra(whole, "reasoning_content")
+    assert "".join(content_deltas) == whole.content
+    assert finish == "stop"
+
+
+def test_a_model_that_does_not_think_sends_no_reasoning_key(demo_server: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=f"{demo_server.base_url}/v1", api_key="unused", max_retries=0)
+    completion = client.chat.completions.create(
+        model=_model(client),
+        messages=QUESTION,
+        max_tokens=4,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert "reasoning_content" not in completion.choices[0].message.model_dump(exclude_unset=True)
