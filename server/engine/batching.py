@@ -19,7 +19,7 @@ import llama_cpp
 
 from server.engine.admission import BURST_MAX_S, BURST_QUIET_S, Admission
 from server.engine.base import EngineStats, GenerationRequest, GenerationStream, Grammar
-from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, ToolSyntax
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
 from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.grammars import Grammars, take_handle
 from server.engine.handoff import Job, JobStream
@@ -121,8 +121,13 @@ class BatchingEngine:
     def reasoning(self) -> ReasoningSyntax | None:
         return self._model.reasoning
 
-    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
-        return self._model.render_chat(messages, tools)
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: TemplateVariables | None = None,
+    ) -> str:
+        return self._model.render_chat(messages, tools, variables)
 
     def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
         return self._grammars.compile(gbnf, param=param)

@@ -40,6 +40,14 @@ class TemplateMessage(TypedDict):
 # A tool as OpenAI's API describes it: {"type": "function", "function": {"name", "description", "parameters"}}.
 TemplateTool = Mapping[str, Any]
 
+# Further variables a request gives the template (`chat_template_kwargs`), such as Qwen3's `enable_thinking`.
+TemplateVariables = Mapping[str, Any]
+# What the server itself gives every template: a request may not set them.
+RESERVED_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now"}
+    | {"functions", "function_call", "tool_choice"}
+)
+
 Render = Callable[[Sequence[TemplateMessage], Sequence[TemplateTool] | None], str]
 
 # Templates that put <tool_call> around XML arguments rather than JSON (Qwen3-Coder, GLM 4.5): not Hermes.
@@ -105,6 +113,8 @@ class ReasoningSyntax:
     open: str = "<think>"
     close: str = "</think>"
     starts_inside: bool = False
+    # The template reads `enable_thinking` (Qwen3, SmolLM3): false turns the thinking off. DeepSeek-R1's has no switch.
+    switch: bool = False
 
 
 # Marker pairs of the templates the server knows (Qwen3, DeepSeek-R1 and its distills, SmolLM3 all use <think>).
@@ -123,5 +133,6 @@ def detect_reasoning(source: str, render: Render) -> ReasoningSyntax | None:
             rendered = render(_PROBE_QUESTION, None)
         except Exception:  # a template that cannot render a plain question: thinking still splits from the output
             rendered = ""
-        return ReasoningSyntax(open_, close, starts_inside=rendered.rstrip().endswith(open_))
+        inside = rendered.rstrip().endswith(open_)
+        return ReasoningSyntax(open_, close, starts_inside=inside, switch="enable_thinking" in source)
     return None

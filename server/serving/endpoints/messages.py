@@ -65,7 +65,7 @@ async def count_tokens(body: CountTokensRequest, ctx: ServingContext) -> Reply[M
     chat, prefill = chat_body(body), prefilled(body)
 
     def run(engine: Engine) -> MessageTokensCount:
-        prompt, _, _ = chat_prompt(engine, chat, prefill=prefill)
+        prompt = chat_prompt(engine, chat, prefill=prefill).tokens
         return MessageTokensCount(input_tokens=len(prompt))
 
     admitted = await admit(ctx, "messages.count_tokens", chat, run, model=body.model, terminal=answer_prepared)

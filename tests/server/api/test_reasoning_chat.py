@@ -73,6 +73,20 @@ def test_the_thinking_streams_token_by_token_and_matches_the_whole_answer(client
     assert finish == "stop"
 
 
+@pytest.mark.parametrize(
+    "turned_off",
+    [{"reasoning_effort": "none"}, {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}],
+)
+def test_thinking_turned_off_leaves_only_an_answer(client: openai.OpenAI, turned_off: dict[str, Any]) -> None:
+    """The template then writes an empty block into the prompt itself: the output starts after it."""
+    completion = client.chat.completions.create(
+        model=_model(client), messages=QUESTION, max_tokens=12, temperature=0, **turned_off
+    )
+    message = completion.choices[0].message
+    assert _extra(message, "reasoning_content") is None
+    assert message.content and "<think>" not in message.content
+
+
 def test_a_model_that_does_not_think_sends_no_reasoning_key(demo_server: ServerProcess) -> None:
     client = openai.OpenAI(base_url=f"{demo_server.base_url}/v1", api_key="unused", max_retries=0)
     completion = client.chat.completions.create(

@@ -37,12 +37,12 @@ def thinking_model(thinking_gguf: Path) -> Iterator[LlamaModel]:
 
 
 def test_the_model_tells_a_thinking_template_from_others(thinking_model: LlamaModel, model: LlamaModel) -> None:
-    assert thinking_model.reasoning == ReasoningSyntax(starts_inside=True)
+    assert thinking_model.reasoning == ReasoningSyntax(starts_inside=True, switch=True)
     assert model.reasoning is None, "SmolLM2's ChatML template does not think"
 
 
 def test_a_template_that_leaves_the_block_to_the_model_does_not_start_inside_it() -> None:
-    assert detect_reasoning(QWEN3_STYLE, _render(QWEN3_STYLE)) == ReasoningSyntax(starts_inside=False)
+    assert detect_reasoning(QWEN3_STYLE, _render(QWEN3_STYLE)) == ReasoningSyntax(starts_inside=False, switch=True)
 
 
 def test_templates_without_the_markers_do_not_think() -> None:
@@ -56,3 +56,8 @@ def test_a_template_that_cannot_render_a_question_still_thinks_from_the_output()
 
 def test_the_test_template_opens_the_block_in_its_generation_prompt() -> None:
     assert _render(THINKING_TEMPLATE)([{"role": "user", "content": "hi"}], None).endswith("<think>\n")
+
+
+def test_the_test_template_writes_an_empty_block_when_thinking_is_off(thinking_model: LlamaModel) -> None:
+    prompt = thinking_model.render_chat([{"role": "user", "content": "hi"}], None, {"enable_thinking": False})
+    assert prompt.endswith("<think>\n\n</think>\n\n")

@@ -59,6 +59,6 @@ async def test_streamed_character_by_character_no_marker_leaks() -> None:
 
 
 async def test_a_stream_cut_inside_a_marker_sends_what_was_held_before_it_finishes() -> None:
-    deltas = await _streamed(_context("ab</thi", ReasoningSyntax(starts_inside=True)))
+    deltas = await _streamed(_context("<think>ab</thi", ReasoningSyntax()))
     assert "".join(str(d.get("reasoning_content", "")) for d in deltas) == "ab</thi"
     assert deltas[-1] == {"finish": "stop"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -43,13 +43,20 @@ class StandInEngine:
         self.reasoning = reasoning
         self.refuse_grammars = refuse_grammars
         self.render_error: Exception | None = None
+        self.variables: dict[str, Any] = {}
         self.compiled: list[tuple[str, str]] = []
         self.freed: list[object] = []
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         return [1 + len(word) for word in text.split()]
 
-    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> str:
+        self.variables = dict(variables or {})
         if self.render_error is not None:
             raise self.render_error
         return " ".join(str(m["content"]) for m in messages)
@@ -87,8 +94,44 @@ def test_only_an_unconstrained_answer_of_a_thinking_model_is_split(fields: dict[
     """A grammar holds the output from its first token: nothing a constrained answer holds is thinking."""
     syntax = ReasoningSyntax(starts_inside=True)
     prepared = chat_request(StandInEngine(reasoning=syntax), chat(**fields))
-    assert prepared.reasoning == (syntax if split else None)
+    assert prepared.reasoning == (ReasoningSyntax(starts_inside=False) if split else None)
     assert chat_request(StandInEngine(), chat(**fields)).reasoning is None
+
+
+def test_whether_the_answer_starts_inside_the_block_is_read_from_the_prompt() -> None:
+    engine = StandInEngine(reasoning=ReasoningSyntax())
+    body = chat(messages=[{"role": "user", "content": "q <think>"}])
+    assert chat_request(engine, body).reasoning == ReasoningSyntax(starts_inside=True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "off"),
+    [
+        ({}, False),
+        ({"reasoning_effort": "low"}, False),
+        ({"reasoning_effort": "none"}, True),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, True),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, False),
+        ({"response_format": {"type": "json_object"}}, True),
+        ({"tools": [WEATHER]}, True),
+    ],
+)
+def test_thinking_is_turned_off_where_asked_or_a_grammar_holds_the_answer(fields: dict[str, Any], off: bool) -> None:
+    engine = StandInEngine(reasoning=ReasoningSyntax(switch=True))
+    chat_request(engine, chat(**fields))
+    assert (engine.variables.get("enable_thinking") is False) == off
+    switchless = StandInEngine(reasoning=ReasoningSyntax())
+    chat_request(switchless, chat(**{k: v for k, v in fields.items() if k != "chat_template_kwargs"}))
+    assert "enable_thinking" not in switchless.variables, "a template without the switch is not given it"
+
+
+def test_template_variables_reach_the_template_and_the_servers_own_are_refused() -> None:
+    engine = StandInEngine()
+    chat_request(engine, chat(chat_template_kwargs={"custom": 1}))
+    assert engine.variables == {"custom": 1}
+    with pytest.raises(APIError) as refused:
+        chat_request(engine, chat(chat_template_kwargs={"messages": []}))
+    assert refused.value.param == "chat_template_kwargs"
 
 
 @pytest.mark.parametrize(
