@@ -1,6 +1,6 @@
-"""A thinking model's chat answers through the official openai client, against a real server serving the demo model
-with a template whose generation prompt opens a <think> block: what the model writes is its thinking, sent apart from
-the answer as `reasoning_content`, streamed token by token as `delta.reasoning_content`."""
+"""A thinking model through the official clients, against a real server serving the demo model with a template whose
+generation prompt opens a <think> block: what the model writes is its thinking, sent apart from the answer (chat's
+`reasoning_content`, streamed token by token as `delta.reasoning_content`; Anthropic's thinking blocks)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
+from tests.conftest import THINKING_MODEL_ID
 from tests.support.server import ServerProcess, ready_server
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -96,3 +98,41 @@ def test_a_model_that_does_not_think_sends_no_reasoning_key(demo_server: ServerP
         temperature=0,  # type: ignore[arg-type]
     )
     assert "reasoning_content" not in completion.choices[0].message.model_dump(exclude_unset=True)
+
+
+@pytest.fixture(scope="module")
+def claude(server: ServerProcess) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0)
+
+
+THINK_ON: dict[str, Any] = {"type": "enabled", "budget_tokens": 1024}
+GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}  # this SDK's create() takes no temperature
+
+
+def test_messages_with_thinking_enabled_start_with_a_thinking_block(claude: anthropic.Anthropic) -> None:
+    args: dict[str, Any] = {"model": THINKING_MODEL_ID, "max_tokens": 12, "messages": QUESTION, **GREEDY}
+    message = claude.messages.create(**args, thinking=THINK_ON)
+    first = message.content[0]
+    assert first.type == "thinking" and first.thinking.strip() and first.signature == ""
+    assert "<think>" not in first.thinking
+    assert all(b.type != "text" or "</think>" not in b.text for b in message.content)
+
+
+def test_messages_stream_thinking_deltas_the_sdk_accumulates(claude: anthropic.Anthropic) -> None:
+    args: dict[str, Any] = {"model": THINKING_MODEL_ID, "max_tokens": 40, "messages": QUESTION, **GREEDY}
+    whole = claude.messages.create(**args, thinking=THINK_ON)
+    with claude.messages.stream(**args, thinking=THINK_ON) as stream:
+        kinds = [e.delta.type for e in stream if e.type == "content_block_delta"]
+        final = stream.get_final_message()
+    assert kinds.count("thinking_delta") > 1 and kinds[-1] in ("signature_delta", "text_delta")
+    assert [b.model_dump() for b in final.content] == [b.model_dump() for b in whole.content]
+
+
+@pytest.mark.parametrize("thinking", [None, {"type": "disabled"}])
+def test_messages_without_thinking_enabled_answer_in_text(
+    claude: anthropic.Anthropic, thinking: dict[str, Any] | None
+) -> None:
+    """Anthropic's default: the template is asked to write its empty block, so the model answers at once."""
+    extra: dict[str, Any] = {"thinking": thinking} if thinking else {}
+    message = claude.messages.create(model=THINKING_MODEL_ID, max_tokens=12, messages=QUESTION, **extra, **GREEDY)
+    assert [b.type for b in message.content] == ["text"]
