@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator
 
 from server.protocol.base import RequestBody, current_limits
+from server.protocol.openai import ReasoningEffort
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 Metadata = Annotated[
@@ -138,9 +139,19 @@ class TextConfig(BaseModel):
 _BUILT_IN_TOOLS = "only function tools are supported; built-in tools ({kind!r}) are not"
 
 
+class ReasoningConfig(BaseModel):
+    """`reasoning`: only the effort has an effect ("none" turns a thinking model's thinking off where its template
+    can, see chat's `reasoning_effort`); no summaries are written, so `summary` is accepted and changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    effort: ReasoningEffort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
 class ResponseRequest(RequestBody):
-    """`POST /v1/responses`. Fields OpenAI documents that this server cannot honour (`background`, `reasoning`,
-    `include`, built-in tools, ...) are refused rather than ignored."""
+    """`POST /v1/responses`. Fields OpenAI documents that this server cannot honour (`background`, `include`,
+    built-in tools, ...) are refused rather than ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -162,7 +173,7 @@ class ResponseRequest(RequestBody):
     stream: StrictBool = False
     truncation: Literal["disabled"] | None = None
     background: Literal[False] | None = Field(None, description="Not supported; only false is accepted.")
-    reasoning: None = Field(None, description="Not supported.")
+    reasoning: ReasoningConfig | None = None
 
     @field_validator("input", mode="before")
     @classmethod

@@ -155,6 +155,7 @@ def chat_body(body: ResponseRequest, items: list[dict[str, Any]]) -> ChatComplet
             tool_choice=_tool_choice(body),
             parallel_tool_calls=body.parallel_tool_calls,
             response_format=_response_format(body),
+            reasoning_effort=body.reasoning.effort if body.reasoning is not None else None,
         )
     except ValidationError as exc:
         # The chained conversation breaks a rule no single request did (too many messages, a tool call's order).

@@ -136,3 +136,14 @@ def test_messages_without_thinking_enabled_answer_in_text(
     extra: dict[str, Any] = {"thinking": thinking} if thinking else {}
     message = claude.messages.create(model=THINKING_MODEL_ID, max_tokens=12, messages=QUESTION, **extra, **GREEDY)
     assert [b.type for b in message.content] == ["text"]
+
+
+def test_responses_accept_a_reasoning_effort(client: openai.OpenAI) -> None:
+    """ "none" turns the thinking off (the template writes its empty block), so the output text is the answer."""
+    response = client.responses.create(
+        model=THINKING_MODEL_ID,
+        input="What is the capital of France?",
+        max_output_tokens=12,
+        reasoning={"effort": "none"},
+    )
+    assert response.output_text and "</think>" not in response.output_text

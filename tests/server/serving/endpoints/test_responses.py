@@ -144,3 +144,11 @@ async def test_input_items_page_newest_first_unless_asked() -> None:
     assert [i.content[0].text for i in rest.data] == ["c"] and not rest.has_more  # type: ignore[union-attr]  # messages
     with pytest.raises(APIError):
         await responses.input_items(created.body.id, InputItemsQuery(), Caller(key_id="someone"), store)
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "effort"), [(None, None), ({"effort": "none"}, "none"), ({"summary": "auto"}, None)]
+)
+def test_reasoning_effort_carries_over_to_chat(reasoning: dict | None, effort: str | None) -> None:
+    body = _request(**({"reasoning": reasoning} if reasoning else {}))
+    assert chat_body(body, stored_input(body)).reasoning_effort == effort
