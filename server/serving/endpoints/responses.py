@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from server.access.caller import Caller
 from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
 from server.errors import known_error
-from server.protocol.responses import InputItemsQuery, OutputText, ResponseRequest, TextConfig
+from server.protocol.responses import InputItemsQuery, OutputText, ReasoningItem, ResponseRequest, TextConfig
 from server.protocol.responses_replies import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
@@ -31,6 +31,8 @@ from server.protocol.responses_replies import (
     OutputItem,
     OutputItemEvent,
     OutputMessage,
+    ReasoningDeltaEvent,
+    ReasoningDoneEvent,
     ResponseError,
     ResponseObject,
     ResponseStatus,
@@ -40,6 +42,7 @@ from server.protocol.responses_replies import (
 )
 from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.prepare import chat_request
+from server.serving.endpoints.reasoning import split
 from server.serving.endpoints.reply import Reply
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 from server.serving.pipeline.stages import Events
@@ -136,7 +139,9 @@ async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStor
         return Reply(headers, chunks=_events(admitted, draft), event_names=True, close=admitted.close)
     whole = await admitted.collect()
     choice = whole.choices[0]
-    output = items.output_items(choice.text, choice.finish_reason, admitted.job.tool_format)
+    output = items.output_items(
+        split(admitted.job.reasoning, choice.text), choice.finish_reason, admitted.job.tool_format
+    )
     response = draft.finished(output, whole.finished, choice.finish_reason)
     await draft.keep(response)
     return Reply(headers, body=response)
@@ -154,7 +159,9 @@ async def _events(admitted: Admitted, draft: _Draft) -> AsyncGenerator[BaseModel
         yield LifecycleEvent(
             type="response.in_progress", sequence_number=next(sequence), response=draft.response("in_progress", [])
         )
-        answer = _streamed_text if admitted.job.tool_format is None else _whole_answer
+        # A thinking model's answer is sent after its thinking, item by item (docs/api.md, Reasoning).
+        plain = admitted.job.tool_format is None and admitted.job.reasoning is None
+        answer = _streamed_text if plain else _whole_answer
         try:
             async with aclosing(answer(_chain(first, events), admitted, draft, sequence)) as stream:
                 async for event in stream:
@@ -218,9 +225,21 @@ async def _whole_answer(
             finished = event
     if finished is None:
         raise RuntimeError("the pipeline ended a generation without a Finished event")
-    output = items.output_items("".join(parts), finished.finish_reason, admitted.job.tool_format)
+    whole = split(admitted.job.reasoning, "".join(parts))
+    output = items.output_items(whole, finished.finish_reason, admitted.job.tool_format)
     for index, item in enumerate(output):
-        if isinstance(item, OutputMessage):
+        if isinstance(item, ReasoningItem):
+            thought = item.content[0].text if item.content else ""
+            started_thinking = item.model_copy(update={"status": "in_progress", "content": []})
+            yield OutputItemEvent(
+                type="response.output_item.added", sequence_number=next(sequence), output_index=index,
+                item=started_thinking,
+            )  # fmt: skip
+            yield ReasoningDeltaEvent(
+                sequence_number=next(sequence), item_id=item.id, output_index=index, delta=thought
+            )
+            yield ReasoningDoneEvent(sequence_number=next(sequence), item_id=item.id, output_index=index, text=thought)
+        elif isinstance(item, OutputMessage):
             started = item.model_copy(update={"status": "in_progress", "content": []})
             yield OutputItemEvent(
                 type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started

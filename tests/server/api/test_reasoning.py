@@ -147,3 +147,44 @@ def test_responses_accept_a_reasoning_effort(client: openai.OpenAI) -> None:
         reasoning={"effort": "none"},
     )
     assert response.output_text and "</think>" not in response.output_text
+
+
+def test_responses_put_the_thinking_in_a_reasoning_item_first(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=THINKING_MODEL_ID, input="What is the capital of France?", max_output_tokens=12
+    )
+    first = response.output[0]
+    assert first.type == "reasoning" and first.summary == []
+    assert first.content and first.content[0].type == "reasoning_text" and first.content[0].text.strip()
+    assert "</think>" not in first.content[0].text and "</think>" not in response.output_text
+
+
+def test_a_streamed_response_sends_the_reasoning_item_the_sdk_accumulates(client: openai.OpenAI) -> None:
+    args: dict[str, Any] = {
+        "model": THINKING_MODEL_ID,
+        "input": "What is the capital of France?",
+        "max_output_tokens": 40,
+        "temperature": 0,
+    }
+    whole = client.responses.create(**args)
+    with client.responses.stream(**args) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.reasoning_text.delta" in kinds and "response.reasoning_text.done" in kinds
+    assert [item.type for item in final.output] == [item.type for item in whole.output]
+    assert final.output[0].content == whole.output[0].content  # type: ignore[union-attr]  # a reasoning item
+
+
+def test_reasoning_items_given_back_or_chained_are_left_out_of_the_prompt(client: openai.OpenAI) -> None:
+    first = client.responses.create(model=THINKING_MODEL_ID, input="Hi", max_output_tokens=8)
+    chained = client.responses.create(
+        model=THINKING_MODEL_ID, input="And again?", previous_response_id=first.id, max_output_tokens=8
+    )
+    assert chained.status in ("completed", "incomplete")
+    given_back = [
+        {"role": "user", "content": "Hi"},
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"role": "user", "content": "And again?"},
+    ]
+    again = client.responses.create(model=THINKING_MODEL_ID, input=given_back, max_output_tokens=8, store=False)  # type: ignore[arg-type]
+    assert again.output[0].type == "reasoning"
