@@ -194,9 +194,14 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="Assistant messages: the calls it made.")
     tool_call_id: str | None = Field(None, description="Tool messages: the call this is the result of.")
+    reasoning_content: str | None = Field(
+        None, description="Assistant messages: earlier thinking, as a reply gave it; left out of the prompt."
+    )
 
     @model_validator(mode="after")
     def _fits_role(self) -> ChatMessage:
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry reasoning_content")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
         if self.tool_calls is not None and self.role != "assistant":

@@ -89,6 +89,14 @@ def test_thinking_turned_off_leaves_only_an_answer(client: openai.OpenAI, turned
     assert message.content and "<think>" not in message.content
 
 
+def test_an_answer_given_back_with_its_reasoning_content_is_accepted(client: openai.OpenAI) -> None:
+    args: dict[str, Any] = {"model": _model(client), "max_tokens": 8, "temperature": 0}
+    first = client.chat.completions.create(**args, messages=QUESTION).choices[0].message
+    history = [*QUESTION, first.model_dump(exclude_none=True), {"role": "user", "content": "And Spain?"}]
+    again = client.chat.completions.create(**args, messages=history)
+    assert _extra(again.choices[0].message, "reasoning_content")
+
+
 def test_a_model_that_does_not_think_sends_no_reasoning_key(demo_server: ServerProcess) -> None:
     client = openai.OpenAI(base_url=f"{demo_server.base_url}/v1", api_key="unused", max_retries=0)
     completion = client.chat.completions.create(
