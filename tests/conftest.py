@@ -9,11 +9,12 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from server.model_source.local import demo_model
 from tests.support.azurite import Azurite, start_azurite
-from tests.support.chat_templates import HERMES_TEMPLATE, with_chat_template
+from tests.support.chat_templates import HERMES_TEMPLATE, THINKING_TEMPLATE, with_chat_template
 from tests.support.server import ServerProcess, ready_server
 
 DEMO_MODEL_ID = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HERMES_MODEL_ID = "SmolLM2-135M-Instruct-hermes-tools.Q4_1.gguf"
+THINKING_MODEL_ID = "SmolLM2-135M-Instruct-thinking.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,12 @@ def demo_gguf() -> Path:
 def hermes_gguf(demo_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model with a Hermes/Qwen-style chat template: a real model whose template has native tool calls."""
     return with_chat_template(demo_gguf, tmp_path_factory.mktemp("hermes") / HERMES_MODEL_ID, HERMES_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def thinking_gguf(demo_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with a Qwen3 / DeepSeek-R1 style template: its generation prompt opens a <think> block."""
+    return with_chat_template(demo_gguf, tmp_path_factory.mktemp("thinking") / THINKING_MODEL_ID, THINKING_TEMPLATE)
 
 
 @pytest.fixture(scope="session")

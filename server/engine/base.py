@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
 from server.errors import FailureKind, ForeseenError
 
 FinishReason = Literal["stop", "length"]
@@ -223,7 +223,17 @@ class Engine(Protocol):
         """The tool-call syntax the chat template speaks natively; None: it has none (tools use a generic format)."""
         ...
 
-    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str: ...
+    @property
+    def reasoning(self) -> ReasoningSyntax | None:
+        """How the model writes its thinking, from its chat template; None: its output is all answer."""
+        ...
+
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: TemplateVariables | None = None,
+    ) -> str: ...
 
     def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
         """`gbnf` compiled for this model's vocabulary (thread-safe); EngineError naming `param`, the request field

@@ -19,7 +19,7 @@ import llama_cpp
 
 from server.engine.admission import BURST_MAX_S, BURST_QUIET_S, Admission
 from server.engine.base import EngineStats, GenerationRequest, GenerationStream, Grammar
-from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
 from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.grammars import Grammars, take_handle
 from server.engine.handoff import Job, JobStream
@@ -117,8 +117,17 @@ class BatchingEngine:
     def tool_syntax(self) -> ToolSyntax | None:
         return self._model.tool_syntax
 
-    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
-        return self._model.render_chat(messages, tools)
+    @property
+    def reasoning(self) -> ReasoningSyntax | None:
+        return self._model.reasoning
+
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: TemplateVariables | None = None,
+    ) -> str:
+        return self._model.render_chat(messages, tools, variables)
 
     def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
         return self._grammars.compile(gbnf, param=param)

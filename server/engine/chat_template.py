@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
 # Tool-call syntaxes a chat template can carry, and that the serving layer knows how to prompt, constrain and parse.
@@ -38,6 +39,14 @@ class TemplateMessage(TypedDict):
 
 # A tool as OpenAI's API describes it: {"type": "function", "function": {"name", "description", "parameters"}}.
 TemplateTool = Mapping[str, Any]
+
+# Further variables a request gives the template (`chat_template_kwargs`), such as Qwen3's `enable_thinking`.
+TemplateVariables = Mapping[str, Any]
+# What the server itself gives every template: a request may not set them.
+RESERVED_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now"}
+    | {"functions", "function_call", "tool_choice"}
+)
 
 Render = Callable[[Sequence[TemplateMessage], Sequence[TemplateTool] | None], str]
 
@@ -93,4 +102,37 @@ def detect_tool_syntax(source: str, render: Render) -> ToolSyntax | None:
             continue
         if call == {"name": "probe_function", "arguments": _PROBE_ARGUMENTS}:
             return "hermes"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningSyntax:
+    """How a model writes its thinking: a block between `open` and `close` at the start of its answer. With
+    `starts_inside`, the template's generation prompt already opened the block, so the output begins inside it."""
+
+    open: str = "<think>"
+    close: str = "</think>"
+    starts_inside: bool = False
+    # The template reads `enable_thinking` (Qwen3, SmolLM3): false turns the thinking off. DeepSeek-R1's has no switch.
+    switch: bool = False
+
+
+# Marker pairs of the templates the server knows (Qwen3, DeepSeek-R1 and its distills, SmolLM3 all use <think>).
+_REASONING_MARKERS = (("<think>", "</think>"),)
+_PROBE_QUESTION: list[TemplateMessage] = [{"role": "user", "content": "probe question"}]
+
+
+def detect_reasoning(source: str, render: Render) -> ReasoningSyntax | None:
+    """The template's thinking markers, or None when it writes none. As llama.cpp's server does, the source is what
+    says a model thinks (its template strips or writes back the block); rendering a question then tells whether the
+    generation prompt opens the block itself (DeepSeek-R1's later templates, Qwen3 with thinking forced on)."""
+    for open_, close in _REASONING_MARKERS:
+        if close not in source:
+            continue
+        try:
+            rendered = render(_PROBE_QUESTION, None)
+        except Exception:  # a template that cannot render a plain question: thinking still splits from the output
+            rendered = ""
+        inside = rendered.rstrip().endswith(open_)
+        return ReasoningSyntax(open_, close, starts_inside=inside, switch="enable_thinking" in source)
     return None

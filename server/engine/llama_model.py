@@ -18,7 +18,15 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from server.engine.base import EngineError, SamplingParams, TokenLogprob
-from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax, detect_tool_syntax
+from server.engine.chat_template import (
+    ReasoningSyntax,
+    TemplateMessage,
+    TemplateTool,
+    TemplateVariables,
+    ToolSyntax,
+    detect_reasoning,
+    detect_tool_syntax,
+)
 from server.engine.validation import check_token_ids
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,7 @@ class LlamaModel:
         self._pieces: dict[int, bytes] = {}
         self._chat = self._chat_formatter()
         self.tool_syntax: ToolSyntax | None = detect_tool_syntax(self._chat.template, self._render)
+        self.reasoning: ReasoningSyntax | None = detect_reasoning(self._chat.template, self._render)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -140,18 +149,29 @@ class LlamaModel:
     def check_token_ids(self, token_ids: Sequence[int], *, param: str) -> None:
         check_token_ids(token_ids, n_vocab=self.info.n_vocab, param=param)
 
-    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
-        """The prompt for `messages`; `tools` are given to the template as its `tools` variable (OpenAI's shape)."""
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: TemplateVariables | None = None,
+    ) -> str:
+        """The prompt for `messages`; `tools` are given to the template as its `tools` variable (OpenAI's shape),
+        `variables` as further variables of their names."""
         try:
-            return self._render(messages, tools)
+            return self._render(messages, tools, variables)
         except Exception as exc:  # a template's raise_exception and jinja errors alike mean the messages don't fit it
             raise EngineError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
 
-    def _render(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None) -> str:
+    def _render(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None,
+        variables: TemplateVariables | None = None,
+    ) -> str:
         # llama_cpp types the messages and tools as its own TypedDicts of OpenAI's shapes, which ours are.
         chat_messages: list[Any] = [dict(m) for m in messages]
         chat_tools: list[Any] | None = list(tools) if tools else None
-        prompt: str = self._chat(messages=chat_messages, tools=chat_tools).prompt
+        prompt: str = self._chat(messages=chat_messages, tools=chat_tools, **(variables or {})).prompt
         return prompt
 
     def _chat_formatter(self) -> Jinja2ChatFormatter:

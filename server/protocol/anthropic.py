@@ -1,8 +1,8 @@
 """Anthropic's Messages API bodies: the request, the message, its stream events and the error body.
 
-Requests are validated as strictly as OpenAI's: a field this server does not serve (images, documents, server tools,
-extended thinking) is a 400 naming it, never silently dropped. `cache_control` is accepted and has no effect: it is a
-hint about Anthropic's prompt caching and changes no answer.
+Requests are validated as strictly as OpenAI's: a field this server does not serve (images, documents, server tools)
+is a 400 naming it, never silently dropped. Extended thinking is served for models that think (docs/api.md).
+`cache_control` is accepted and has no effect: it is a hint about Anthropic's prompt caching and changes no answer.
 """
 
 from __future__ import annotations
@@ -54,14 +54,32 @@ class ToolResultBlockParam(_Strict):
         return self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
 
 
-ContentBlockParam = Annotated[TextBlockParam | ToolUseBlockParam | ToolResultBlockParam, Field(discriminator="type")]
+class ThinkingBlockParam(_Strict):
+    """Earlier thinking, given back as the SDK keeps it (in an assistant message): templates leave it out of the prompt,
+    so it is dropped, its signature unchecked."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str = ""
+
+
+class RedactedThinkingBlockParam(_Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+ContentBlockParam = Annotated[
+    TextBlockParam | ToolUseBlockParam | ToolResultBlockParam | ThinkingBlockParam | RedactedThinkingBlockParam,
+    Field(discriminator="type"),
+]
+BlockParam = TextBlockParam | ToolUseBlockParam | ToolResultBlockParam | ThinkingBlockParam | RedactedThinkingBlockParam
 
 
 class MessageParam(_Strict):
     role: Literal["user", "assistant"]
     content: str | list[ContentBlockParam]
 
-    def blocks(self) -> list[TextBlockParam | ToolUseBlockParam | ToolResultBlockParam]:
+    def blocks(self) -> list[BlockParam]:
         if isinstance(self.content, str):
             return [TextBlockParam(type="text", text=self.content)]
         return list(self.content)
@@ -104,6 +122,18 @@ class Metadata(_Strict):
     user_id: str | None = Field(None, max_length=256)
 
 
+class ThinkingEnabled(_Strict):
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=1024, description="Accepted, not enforced: a GGUF model's thinking has no budget.")
+
+
+class ThinkingDisabled(_Strict):
+    type: Literal["disabled"]
+
+
+Thinking = Annotated[ThinkingEnabled | ThinkingDisabled, Field(discriminator="type")]
+
+
 class MessagesInput(RequestBody):
     """What a prompt is made of: shared by messages and count_tokens."""
 
@@ -115,6 +145,8 @@ class MessagesInput(RequestBody):
     tools: list[ToolParam] | None = Field(None, max_length=128)
     tool_choice: ToolChoice | None = None
     cache_control: CacheControl | None = None
+    # As Anthropic's: thinking is off unless enabled (where the model's template can turn it off, docs/api.md).
+    thinking: Thinking | None = None
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -164,7 +196,15 @@ class ToolUseBlock(BaseModel):
     input: dict[str, Any]
 
 
-ContentBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
+class ThinkingBlock(BaseModel):
+    type: Literal["thinking"] = "thinking"
+    thinking: str
+    # Anthropic signs its thinking so that it can check it when given back; this server checks nothing it is given
+    # back (it leaves earlier thinking out of the prompt), so the signature is empty.
+    signature: str = ""
+
+
+ContentBlock = Annotated[ThinkingBlock | TextBlock | ToolUseBlock, Field(discriminator="type")]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
@@ -209,10 +249,20 @@ class InputJsonDelta(BaseModel):
     partial_json: str
 
 
+class ThinkingDelta(BaseModel):
+    type: Literal["thinking_delta"] = "thinking_delta"
+    thinking: str
+
+
+class SignatureDelta(BaseModel):
+    type: Literal["signature_delta"] = "signature_delta"
+    signature: str
+
+
 class ContentBlockDeltaEvent(BaseModel):
     type: Literal["content_block_delta"] = "content_block_delta"
     index: int
-    delta: Annotated[TextDelta | InputJsonDelta, Field(discriminator="type")]
+    delta: Annotated[TextDelta | InputJsonDelta | ThinkingDelta | SignatureDelta, Field(discriminator="type")]
 
 
 class ContentBlockStopEvent(BaseModel):

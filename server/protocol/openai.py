@@ -194,9 +194,14 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="Assistant messages: the calls it made.")
     tool_call_id: str | None = Field(None, description="Tool messages: the call this is the result of.")
+    reasoning_content: str | None = Field(
+        None, description="Assistant messages: earlier thinking, as a reply gave it; left out of the prompt."
+    )
 
     @model_validator(mode="after")
     def _fits_role(self) -> ChatMessage:
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry reasoning_content")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
         if self.tool_calls is not None and self.role != "assistant":
@@ -213,6 +218,10 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+# OpenAI's levels. A GGUF model's thinking has no budget to set, so only "none" changes anything: it turns thinking off.
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -221,6 +230,13 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool = True
+    reasoning_effort: ReasoningEffort | None = Field(
+        None,
+        description='"none" turns a thinking model\'s thinking off where its template can; the others leave it on.',
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description='Variables given to the model\'s chat template, e.g. {"enable_thinking": false}.'
+    )
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -240,6 +256,12 @@ class ChatCompletionRequest(SamplingFields):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def thinking_off(self) -> bool:
+        """Whether the request turns the model's thinking off: `enable_thinking: false` among the template's
+        variables (as vLLM and llama.cpp's server take it), or `reasoning_effort: "none"`."""
+        kwargs = self.chat_template_kwargs or {}
+        return kwargs.get("enable_thinking") is False or self.reasoning_effort == "none"
 
 
 EmbeddingInput = Annotated[

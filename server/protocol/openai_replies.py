@@ -69,6 +69,9 @@ class ChatLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    # The model's thinking, apart from its answer (llama.cpp's server and vLLM name it so); only a thinking model's
+    # messages carry the key.
+    reasoning_content: str | None = Field(default=None, exclude_if=lambda value: value is None)
     refusal: None = None
     tool_calls: list[ToolCall] | None = None
 
@@ -113,6 +116,7 @@ class ToolCallDelta(_Delta):
 class ChatDelta(_Delta):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

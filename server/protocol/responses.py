@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator
 
 from server.protocol.base import RequestBody, current_limits
+from server.protocol.openai import ReasoningEffort
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 Metadata = Annotated[
@@ -74,6 +75,23 @@ class FunctionCallOutputItem(BaseModel):
         return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
 
 
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """A thinking model's thinking, as an output item (its text as `content`; no summaries are written). Given back in
+    `input` (or chained by previous_response_id), it is left out of the prompt, as chat templates leave it out."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[dict[str, Any]] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: ItemStatus | None = None
+
+
 def _item_kind(value: object) -> str:
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
     return kind if isinstance(kind, str) else "message"
@@ -82,7 +100,8 @@ def _item_kind(value: object) -> str:
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(_item_kind),
 ]
 
@@ -138,9 +157,19 @@ class TextConfig(BaseModel):
 _BUILT_IN_TOOLS = "only function tools are supported; built-in tools ({kind!r}) are not"
 
 
+class ReasoningConfig(BaseModel):
+    """`reasoning`: only the effort has an effect ("none" turns a thinking model's thinking off where its template
+    can, see chat's `reasoning_effort`); no summaries are written, so `summary` is accepted and changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    effort: ReasoningEffort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
 class ResponseRequest(RequestBody):
-    """`POST /v1/responses`. Fields OpenAI documents that this server cannot honour (`background`, `reasoning`,
-    `include`, built-in tools, ...) are refused rather than ignored."""
+    """`POST /v1/responses`. Fields OpenAI documents that this server cannot honour (`background`, `include`,
+    built-in tools, ...) are refused rather than ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -162,7 +191,7 @@ class ResponseRequest(RequestBody):
     stream: StrictBool = False
     truncation: Literal["disabled"] | None = None
     background: Literal[False] | None = Field(None, description="Not supported; only false is accepted.")
-    reasoning: None = Field(None, description="Not supported.")
+    reasoning: ReasoningConfig | None = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -184,7 +213,7 @@ class ResponseRequest(RequestBody):
                 raise ValueError(_BUILT_IN_TOOLS.format(kind=kind))
         return value
 
-    def input_items(self) -> list[MessageItem | FunctionCallItem | FunctionCallOutputItem]:
+    def input_items(self) -> list[MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem]:
         if isinstance(self.input, str):
             return [MessageItem(role="user", content=self.input)]
         return list(self.input)

@@ -13,6 +13,7 @@ from server.protocol.responses import (
     FunctionTool,
     InputText,
     OutputText,
+    ReasoningItem,
     ResponsesToolChoice,
     TextConfig,
 )
@@ -37,7 +38,7 @@ class FunctionCall(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
-OutputItem = Annotated[OutputMessage | FunctionCall, Field(discriminator="type")]
+OutputItem = Annotated[ReasoningItem | OutputMessage | FunctionCall, Field(discriminator="type")]
 
 
 class InputTokensDetails(BaseModel):
@@ -185,8 +186,26 @@ class ArgumentsDoneEvent(_Event):
     arguments: str
 
 
+class ReasoningDeltaEvent(_Event):
+    type: Literal["response.reasoning_text.delta"] = "response.reasoning_text.delta"
+    item_id: str
+    output_index: int
+    content_index: int = 0
+    delta: str
+
+
+class ReasoningDoneEvent(_Event):
+    type: Literal["response.reasoning_text.done"] = "response.reasoning_text.done"
+    item_id: str
+    output_index: int
+    content_index: int = 0
+    text: str
+
+
 StreamEvent = (
     LifecycleEvent
+    | ReasoningDeltaEvent
+    | ReasoningDoneEvent
     | OutputItemEvent
     | ContentPartEvent
     | TextDeltaEvent

@@ -1,7 +1,8 @@
 """GGUF copies with another chat template: a real model whose template speaks a tool syntax, made from the demo model.
 
-No GGUF small enough to ship in the tests has a template with native tool calls, so the demo model (SmolLM2, ChatML)
-is copied with its `tokenizer.chat_template` replaced; weights, vocabulary and every other key are kept.
+No GGUF small enough to ship in the tests has a template with native tool calls (or one that thinks), so the demo
+model (SmolLM2, ChatML) is copied with its `tokenizer.chat_template` replaced; weights, vocabulary and every other key
+are kept.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import gguf
 
 # A short template in the Hermes / Qwen 2.5 style, written for these tests.
 HERMES_TEMPLATE = (Path(__file__).parent / "hermes_template.jinja").read_text()
+# A short template in the Qwen3 / DeepSeek-R1 style whose generation prompt opens a <think> block.
+THINKING_TEMPLATE = (Path(__file__).parent / "thinking_template.jinja").read_text()
 
 
 def with_chat_template(source: Path, target: Path, template: str) -> Path:

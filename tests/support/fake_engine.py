@@ -15,7 +15,7 @@ from server.engine.base import (
     GenerationRequest,
     TextDelta,
 )
-from server.engine.chat_template import TemplateMessage, TemplateTool, ToolSyntax
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
 from server.lifecycle.budget import Budget
 from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.holder import ModelHolder, ServedModel
@@ -58,6 +58,8 @@ class FakeEngine:
     n_ctx: int = 4096
     gpu_offload: bool = False
     tool_syntax: ToolSyntax | None = None
+    reasoning: ReasoningSyntax | None = None
+    variables: dict[str, object] = field(default_factory=dict)  # what the last rendering gave the template
     requests: list[GenerationRequest] = field(default_factory=list)
     streams: list[FakeStream] = field(default_factory=list)
     closed: bool = False
@@ -71,7 +73,13 @@ class FakeEngine:
     def token_piece(self, token: int) -> bytes:
         return chr(token).encode()
 
-    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: TemplateVariables | None = None,
+    ) -> str:
+        self.variables = dict(variables or {})
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
     def generate(self, request: GenerationRequest) -> FakeStream:

@@ -3,12 +3,13 @@ chat completion (text, or tool calls in the model's own format or the generic on
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing
 
 from pydantic import BaseModel
 
-from server.engine.base import ChoiceFinished, Finished, FinishReason, TextDelta
+from server.engine.base import ChoiceFinished, Finished, FinishReason, TextDelta, TokenLogprob
+from server.engine.chat_template import ReasoningSyntax
 from server.protocol.openai import ChatCompletionRequest, ToolCall, ToolCallFunction
 from server.protocol.openai_replies import (
     AssistantMessage,
@@ -25,6 +26,7 @@ from server.protocol.openai_replies import (
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
+from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
 from server.serving.endpoints.reply import Reply, new_id, now, usage
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 
@@ -33,16 +35,18 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
     # Planning tools, rendering and compiling the grammar: the preparation, which runs after the limits, off the loop.
     admitted = await admit(ctx, "chat.completions", body, lambda engine: chat_request(engine, body), model=body.model)
     tool_format = admitted.job.tool_format  # decided by the preparation: None when the answer is text
+    reasoning = admitted.job.reasoning  # likewise: None when the output is all answer
     rid, model = new_id("chatcmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
         if tool_format is not None:
-            return Reply(headers, chunks=_tool_chunks(admitted, rid, model, body, tool_format), close=admitted.close)
-        return Reply(headers, chunks=_text_chunks(admitted, rid, model, body), close=admitted.close)
+            chunks = _tool_chunks(admitted, rid, model, body, tool_format, reasoning)
+            return Reply(headers, chunks=chunks, close=admitted.close)
+        return Reply(headers, chunks=_text_chunks(admitted, rid, model, body, reasoning), close=admitted.close)
     whole = await admitted.collect()
     choices = []
     for c in whole.choices:
-        message, reason = _message(c.text, c.finish_reason, tool_format)
+        message, reason = _message(split(reasoning, c.text), c.finish_reason, tool_format)
         lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
         choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
     completion = ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
@@ -50,17 +54,19 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
 
 
 def _message(
-    text: str, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
+    output: Split, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
 ) -> tuple[AssistantMessage, ChatFinishReason]:
-    answer = tool_format.parse(text) if tool_format is not None else None
+    """The message for one choice: tool calls are parsed from the answer after the thinking, never from it."""
+    thinking = output.reasoning or None
+    answer = tool_format.parse(output.content) if tool_format is not None else None
     if answer is None:
-        return AssistantMessage(content=text), finish_reason
+        return AssistantMessage(content=output.content, reasoning_content=thinking), finish_reason
     if answer.calls:
         calls = [ToolCall(id=c.id, function=ToolCallFunction(name=c.name, arguments=c.arguments)) for c in answer.calls]
         # Calls parsed from an answer cut short by max_tokens may not be all of them: "length" says so.
         reason: ChatFinishReason = "tool_calls" if finish_reason == "stop" else finish_reason
-        return AssistantMessage(content=answer.content, tool_calls=calls), reason
-    return AssistantMessage(content=answer.content), finish_reason
+        return AssistantMessage(content=answer.content, reasoning_content=thinking, tool_calls=calls), reason
+    return AssistantMessage(content=answer.content, reasoning_content=thinking), finish_reason
 
 
 def _chunk(
@@ -80,47 +86,91 @@ def _usage_chunk(rid: str, model: str, finished: Finished) -> ChatCompletionChun
 
 
 async def _text_chunks(
-    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest
+    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest, reasoning: ReasoningSyntax | None
 ) -> AsyncGenerator[BaseModel, None]:
     """As OpenAI streams: a choice's first chunk carries the role, its last the finish reason; with n > 1 the
-    choices' chunks interleave, told apart by `index`."""
+    choices' chunks interleave, told apart by `index`. A thinking model's deltas are split as they arrive
+    (`delta.reasoning_content`, then `delta.content`); logprobs of text held back ride on the next chunk sent."""
     started: set[int] = set()
     ended: set[int] = set()
+    splitters: dict[int, ReasoningSplitter] = {}
+    held_logprobs: dict[int, list[TokenLogprob]] = {}
 
     def delta(index: int) -> ChatDelta:
         first = index not in started
         started.add(index)
         return ChatDelta(role="assistant") if first else ChatDelta()
 
+    def split_chunks(index: int, parts: Split) -> list[ChatCompletionChunk]:
+        chunks, held = [], held_logprobs.get(index, [])
+        for d in _deltas(parts, delta, index):
+            lp = ChatLogprobs(content=logprobs.chat(tuple(held))) if body.logprobs else None
+            held.clear()
+            chunks.append(_chunk(rid, model, index, d, None, lp))
+        return chunks
+
+    def rest(index: int) -> list[ChatCompletionChunk]:
+        """What a choice's splitter still held when its output ended (an unclosed block, a marker's start)."""
+        splitter = splitters.pop(index, None)
+        return split_chunks(index, splitter.finish()) if splitter is not None else []
+
     # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it
     # at once, not when the garbage collector finds them.
     async with aclosing(admitted.events()) as events:
         async for event in events:
             if isinstance(event, TextDelta):
-                d = delta(event.index)
-                d.content = event.text
-                lp = ChatLogprobs(content=logprobs.chat(event.logprobs)) if body.logprobs else None
-                yield _chunk(rid, model, event.index, d, None, lp)
+                if reasoning is None:
+                    d = delta(event.index)
+                    d.content = event.text
+                    lp = ChatLogprobs(content=logprobs.chat(event.logprobs)) if body.logprobs else None
+                    yield _chunk(rid, model, event.index, d, None, lp)
+                    continue
+                held_logprobs.setdefault(event.index, []).extend(event.logprobs)
+                splitter = splitters.setdefault(event.index, ReasoningSplitter(reasoning))
+                for chunk in split_chunks(event.index, splitter.feed(event.text)):
+                    yield chunk
             elif isinstance(event, ChoiceFinished):
                 ended.add(event.index)
+                for chunk in rest(event.index):
+                    yield chunk
                 yield _chunk(rid, model, event.index, delta(event.index), event.finish_reason)
             else:
                 for index in range(body.n):
                     if index not in ended:
+                        for chunk in rest(index):
+                            yield chunk
                         yield _chunk(rid, model, index, delta(index), event.finish_reason)
                 if body.include_usage_in_stream():
                     yield _usage_chunk(rid, model, event)
 
 
+def _deltas(parts: Split, delta: Callable[[int], ChatDelta], index: int) -> Iterator[ChatDelta]:
+    if parts.reasoning:
+        d = delta(index)
+        d.reasoning_content = parts.reasoning
+        yield d
+    if parts.content:
+        d = delta(index)
+        d.content = parts.content
+        yield d
+
+
 async def _tool_chunks(
-    admitted: Admitted, rid: str, model: str, body: ChatCompletionRequest, tool_format: tools.ToolFormat
+    admitted: Admitted,
+    rid: str,
+    model: str,
+    body: ChatCompletionRequest,
+    tool_format: tools.ToolFormat,
+    reasoning: ReasoningSyntax | None,
 ) -> AsyncGenerator[BaseModel, None]:
     """A tool answer is parsed whole, then sent as OpenAI streams calls (an id and name, then the arguments) and
-    content."""
+    content, after the thinking."""
     whole = await admitted.collect()
     for c in whole.choices:
-        message, reason = _message(c.text, c.finish_reason, tool_format)
+        message, reason = _message(split(reasoning, c.text), c.finish_reason, tool_format)
         yield _chunk(rid, model, c.index, ChatDelta(role="assistant"), None)
+        if message.reasoning_content:
+            yield _chunk(rid, model, c.index, ChatDelta(reasoning_content=message.reasoning_content), None)
         for i, call in enumerate(message.tool_calls or []):
             start = ToolCallDelta(
                 index=i,

@@ -11,6 +11,7 @@ from contextlib import aclosing
 from pydantic import BaseModel
 
 from server.engine.base import Engine, Finished, FinishReason, GenerationEvent, TextDelta
+from server.engine.chat_template import ReasoningSyntax
 from server.protocol.anthropic import (
     ContentBlock,
     ContentBlockDeltaEvent,
@@ -28,14 +29,18 @@ from server.protocol.anthropic import (
     MessageTokensCount,
     MessageUsage,
     PingEvent,
+    SignatureDelta,
     StopReason,
     TextBlock,
+    ThinkingBlock,
+    ThinkingDelta,
     ToolUseBlock,
 )
 from server.protocol.anthropic import TextDelta as TextDeltaBody
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
+from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
 from server.serving.endpoints.reply import Reply
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 from server.serving.pipeline.stages import answer_prepared
@@ -47,15 +52,17 @@ async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
         ctx, "messages", chat, lambda engine: chat_request(engine, chat, prefill=prefill), model=body.model
     )
     tool_format = admitted.job.tool_format  # None when the answer is text
+    reasoning = admitted.job.reasoning  # None when the output is all answer
     mid, model = f"msg_{uuid.uuid4().hex}", admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
         if tool_format is not None:
-            return Reply(headers, chunks=_tool_events(admitted, mid, model, tool_format), close=admitted.close)
-        return Reply(headers, chunks=_text_events(admitted, mid, model), close=admitted.close)
+            chunks = _tool_events(admitted, mid, model, tool_format, reasoning)
+            return Reply(headers, chunks=chunks, close=admitted.close)
+        return Reply(headers, chunks=_text_events(admitted, mid, model, reasoning), close=admitted.close)
     whole = await admitted.collect()
     choice = whole.choices[0]
-    content, stop_reason = _content(choice.text, choice.finish_reason, tool_format)
+    content, stop_reason = _content(split(reasoning, choice.text), choice.finish_reason, tool_format)
     return Reply(headers, body=_message(mid, model, content, stop_reason, whole.finished))
 
 
@@ -65,7 +72,7 @@ async def count_tokens(body: CountTokensRequest, ctx: ServingContext) -> Reply[M
     chat, prefill = chat_body(body), prefilled(body)
 
     def run(engine: Engine) -> MessageTokensCount:
-        prompt, _, _ = chat_prompt(engine, chat, prefill=prefill)
+        prompt = chat_prompt(engine, chat, prefill=prefill).tokens
         return MessageTokensCount(input_tokens=len(prompt))
 
     admitted = await admit(ctx, "messages.count_tokens", chat, run, model=body.model, terminal=answer_prepared)
@@ -76,11 +83,14 @@ async def count_tokens(body: CountTokensRequest, ctx: ServingContext) -> Reply[M
 
 
 def _content(
-    text: str, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
+    output: Split, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
 ) -> tuple[list[ContentBlock], StopReason]:
-    answer = tool_format.parse(text) if tool_format is not None else None
-    content_text = answer.content if answer is not None else text
-    content: list[ContentBlock] = [TextBlock(text=content_text)] if content_text else []
+    """The thinking block (a thinking model's), the text, then the calls parsed from the answer after the thinking."""
+    answer = tool_format.parse(output.content) if tool_format is not None else None
+    content_text = answer.content if answer is not None else output.content
+    content: list[ContentBlock] = [ThinkingBlock(thinking=output.reasoning)] if output.reasoning else []
+    if content_text:
+        content.append(TextBlock(text=content_text))
     calls = answer.calls if answer is not None else ()
     content.extend(
         ToolUseBlock(id="toolu_" + c.id.removeprefix("call_"), name=c.name, input=json.loads(c.arguments))
@@ -122,21 +132,59 @@ def _end(reason: StopReason, finished: Finished) -> list[BaseModel]:
     return [MessageDeltaEvent(delta=delta, usage=usage), MessageStopEvent()]
 
 
-async def _text_events(admitted: Admitted, mid: str, model: str) -> AsyncGenerator[BaseModel, None]:
-    """As Anthropic streams text: one text block, opened by its first delta (an empty answer has no block)."""
-    opened = False
+class _Blocks:
+    """The streamed blocks: one open at a time, by kind; text after thinking closes the thinking block (with its
+    empty signature, see ThinkingBlock) and opens a text block at the next index."""
+
+    def __init__(self) -> None:
+        self.kind: type[ThinkingBlock] | type[TextBlock] | None = None
+        self.index = -1
+
+    def send(self, parts: Split) -> list[BaseModel]:
+        out: list[BaseModel] = []
+        if parts.reasoning:
+            out += self._open(ThinkingBlock)
+            out.append(ContentBlockDeltaEvent(index=self.index, delta=ThinkingDelta(thinking=parts.reasoning)))
+        if parts.content:
+            out += self._open(TextBlock)
+            out.append(ContentBlockDeltaEvent(index=self.index, delta=TextDeltaBody(text=parts.content)))
+        return out
+
+    def close(self) -> list[BaseModel]:
+        out: list[BaseModel] = []
+        if self.kind is ThinkingBlock:
+            out.append(ContentBlockDeltaEvent(index=self.index, delta=SignatureDelta(signature="")))
+        if self.kind is not None:
+            out.append(ContentBlockStopEvent(index=self.index))
+        self.kind = None
+        return out
+
+    def _open(self, kind: type[ThinkingBlock] | type[TextBlock]) -> list[BaseModel]:
+        if self.kind is kind:
+            return []
+        out = self.close()
+        self.kind, self.index = kind, self.index + 1
+        block = ThinkingBlock(thinking="") if kind is ThinkingBlock else TextBlock(text="")
+        out.append(ContentBlockStartEvent(index=self.index, content_block=block))
+        return out
+
+
+async def _text_events(
+    admitted: Admitted, mid: str, model: str, reasoning: ReasoningSyntax | None
+) -> AsyncGenerator[BaseModel, None]:
+    """As Anthropic streams text: a thinking block (a thinking model's), then one text block, each opened by its
+    first delta (an empty answer has no block); the thinking is split from the text as it arrives."""
+    blocks = _Blocks()
+    splitter = ReasoningSplitter(reasoning) if reasoning is not None else None
 
     def translate(event: GenerationEvent) -> list[BaseModel]:
-        nonlocal opened
         out: list[BaseModel] = []
         if isinstance(event, TextDelta) and event.text:
-            if not opened:
-                opened = True
-                out.append(ContentBlockStartEvent(index=0, content_block=TextBlock(text="")))
-            out.append(ContentBlockDeltaEvent(index=0, delta=TextDeltaBody(text=event.text)))
+            out += blocks.send(splitter.feed(event.text) if splitter is not None else Split(content=event.text))
         elif isinstance(event, Finished):
-            if opened:
-                out.append(ContentBlockStopEvent(index=0))
+            if splitter is not None:
+                out += blocks.send(splitter.finish())
+            out += blocks.close()
             out.extend(_end("max_tokens" if event.finish_reason == "length" else "end_turn", event))
         return out
 
@@ -154,17 +202,21 @@ async def _text_events(admitted: Admitted, mid: str, model: str) -> AsyncGenerat
 
 
 async def _tool_events(
-    admitted: Admitted, mid: str, model: str, tool_format: tools.ToolFormat
+    admitted: Admitted, mid: str, model: str, tool_format: tools.ToolFormat, reasoning: ReasoningSyntax | None
 ) -> AsyncGenerator[BaseModel, None]:
-    """A tool answer is parsed whole, then streamed as Anthropic does: a text block, then each call as a tool_use
-    block whose input arrives as JSON deltas."""
+    """A tool answer is parsed whole, then streamed as Anthropic does: the thinking, a text block, then each call as
+    a tool_use block whose input arrives as JSON deltas."""
     whole = await admitted.collect()  # first: only started events return the lease when the client leaves
     yield _start(mid, model, admitted)
     yield PingEvent()
     choice = whole.choices[0]
-    content, reason = _content(choice.text, choice.finish_reason, tool_format)
+    content, reason = _content(split(reasoning, choice.text), choice.finish_reason, tool_format)
     for index, block in enumerate(content):
-        if isinstance(block, TextBlock):
+        if isinstance(block, ThinkingBlock):
+            yield ContentBlockStartEvent(index=index, content_block=ThinkingBlock(thinking=""))
+            yield ContentBlockDeltaEvent(index=index, delta=ThinkingDelta(thinking=block.thinking))
+            yield ContentBlockDeltaEvent(index=index, delta=SignatureDelta(signature=block.signature))
+        elif isinstance(block, TextBlock):
             yield ContentBlockStartEvent(index=index, content_block=TextBlock(text=""))
             yield ContentBlockDeltaEvent(index=index, delta=TextDeltaBody(text=block.text))
         else:

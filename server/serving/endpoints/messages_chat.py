@@ -18,6 +18,7 @@ from server.protocol.anthropic import (
     MessagesInput,
     MessagesRequest,
     TextBlockParam,
+    ThinkingEnabled,
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
@@ -71,6 +72,9 @@ def chat_body(body: MessagesInput) -> ChatCompletionRequest:
             "user": body.metadata.user_id if body.metadata is not None else None,
             "stream": body.stream,
         }
+    # Anthropic's default is no thinking: a model that thinks is asked not to unless the request enables it.
+    if not isinstance(body.thinking, ThinkingEnabled):
+        fields["reasoning_effort"] = "none"
     try:
         return ChatCompletionRequest.model_validate(fields)
     except ValidationError as exc:  # a cap chat has and Anthropic's body does not (the system turn adds a message)

@@ -8,7 +8,11 @@ refusal never strands one; from then on the `prepare` stage closes it unless the
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
 from server.engine.base import Engine, GenerationRequest, Grammar, SamplingParams
+from server.engine.chat_template import RESERVED_VARIABLES, ReasoningSyntax
 from server.errors import APIError
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
 from server.serving.constrain.grammar import JSON_OBJECT_GBNF, json_schema_grammar
@@ -68,11 +72,18 @@ def completion_request(engine: Engine, body: CompletionRequest) -> PreparedGener
     return PreparedGeneration(GenerationRequest(prompt, sampling, prompt_param="prompt", n=body.n, grammar=grammar))
 
 
-def chat_prompt(
-    engine: Engine, body: ChatCompletionRequest, *, prefill: bool = False
-) -> tuple[list[int], tool_calls.ToolPlan | None, tools.ToolFormat]:
-    """The prompt's tokens, the request's tool plan and the tool format its answer is parsed in. With `prefill`, the
-    last message is the start of the answer (Anthropic's prefill): the model continues its text."""
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    tokens: list[int]
+    plan: tool_calls.ToolPlan | None
+    tool_format: tools.ToolFormat
+    reasoning: ReasoningSyntax | None  # how this answer's thinking is split off; None: it is all answer
+
+
+def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = False) -> ChatPrompt:
+    """The prompt's tokens, the request's tool plan, the tool format its answer is parsed in and how its thinking is
+    told from its answer. With `prefill`, the last message is the start of the answer (Anthropic's prefill): the
+    model continues its text."""
     plan = tool_calls.plan(body)
     messages, start = body.messages, ""
     if prefill:
@@ -80,16 +91,40 @@ def chat_prompt(
             raise APIError(400, "an assistant prefill cannot be combined with tools the answer may call",
                            param="tool_choice")  # fmt: skip
         messages, start = messages[:-1], messages[-1].text()
+    constrained = plan is not None or (body.response_format is not None and body.response_format.type != "text")
     # The format the model's template speaks also renders earlier tool calls in the history, tools offered or not.
     tool_format = tools.format_for(engine)
     template_input = tool_format.template_input(messages, plan)
+    variables = _template_variables(engine.reasoning, body, constrained=constrained)
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
-    rendered = engine.render_chat(template_input.messages, template_input.tools) + start
-    return engine.tokenize(rendered, add_special=False), plan, tool_format
+    rendered = engine.render_chat(template_input.messages, template_input.tools, variables) + start
+    reasoning = engine.reasoning
+    if reasoning is not None:
+        # Whether this prompt opened the block is read from the prompt itself: `enable_thinking: false` makes Qwen3's
+        # template write an empty block, the default an open one in some templates. A grammar holds the output from
+        # its first token, and a prefilled answer is past its start: neither holds thinking to split off.
+        inside = rendered.rstrip().endswith(reasoning.open)
+        reasoning = None if constrained or prefill else replace(reasoning, starts_inside=inside)
+    return ChatPrompt(engine.tokenize(rendered, add_special=False), plan, tool_format, reasoning)
+
+
+def _template_variables(
+    syntax: ReasoningSyntax | None, body: ChatCompletionRequest, *, constrained: bool
+) -> dict[str, Any]:
+    """`chat_template_kwargs` as given, with the thinking turned off where the request asks or a grammar will hold
+    the answer (docs/api.md, Reasoning: the grammar constrains the answer, never the thinking)."""
+    variables = dict(body.chat_template_kwargs or {})
+    if reserved := sorted(RESERVED_VARIABLES & variables.keys()):
+        raise APIError(400, f"chat_template_kwargs cannot set {', '.join(reserved)}: the server sets them",
+                       param="chat_template_kwargs")  # fmt: skip
+    if syntax is not None and syntax.switch and (body.thinking_off() or constrained):
+        variables["enable_thinking"] = False
+    return variables
 
 
 def chat_request(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = False) -> PreparedGeneration:
-    prompt, plan, tool_format = chat_prompt(engine, body, prefill=prefill)
+    chat = chat_prompt(engine, body, prefill=prefill)
+    prompt, plan, tool_format = chat.tokens, chat.plan, chat.tool_format
     requested = body.requested_max_tokens()
     max_tokens = requested if requested is not None else max(1, engine.n_ctx - len(prompt))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -97,4 +132,4 @@ def chat_request(engine: Engine, body: ChatCompletionRequest, *, prefill: bool =
     gbnf = (tools.grammar(tool_format, plan), "tools") if plan is not None else response_grammar(body)
     grammar = _compile(engine, gbnf)
     generation = GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar)
-    return PreparedGeneration(generation, tool_format if plan is not None else None)
+    return PreparedGeneration(generation, tool_format if plan is not None else None, chat.reasoning)

@@ -18,11 +18,16 @@ from pydantic import BaseModel
 from server.access.caller import Caller
 from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
 from server.errors import known_error
-from server.protocol.responses import InputItemsQuery, OutputText, ResponseRequest, TextConfig
+from server.protocol.responses import (
+    InputItemsQuery,
+    OutputText,
+    ReasoningItem,
+    ResponseRequest,
+    TextConfig,
+)
 from server.protocol.responses_replies import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
-    ContentPartEvent,
     DeletedResponse,
     FunctionCall,
     IncompleteDetails,
@@ -31,6 +36,8 @@ from server.protocol.responses_replies import (
     OutputItem,
     OutputItemEvent,
     OutputMessage,
+    ReasoningDeltaEvent,
+    ReasoningDoneEvent,
     ResponseError,
     ResponseObject,
     ResponseStatus,
@@ -40,7 +47,9 @@ from server.protocol.responses_replies import (
 )
 from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.prepare import chat_request
+from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
 from server.serving.endpoints.reply import Reply
+from server.serving.endpoints.responses_stream import TextItems, part_event
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 from server.serving.pipeline.stages import Events
 from server.store.errors import StoreUnavailableError
@@ -136,7 +145,9 @@ async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStor
         return Reply(headers, chunks=_events(admitted, draft), event_names=True, close=admitted.close)
     whole = await admitted.collect()
     choice = whole.choices[0]
-    output = items.output_items(choice.text, choice.finish_reason, admitted.job.tool_format)
+    output = items.output_items(
+        split(admitted.job.reasoning, choice.text), choice.finish_reason, admitted.job.tool_format
+    )
     response = draft.finished(output, whole.finished, choice.finish_reason)
     await draft.keep(response)
     return Reply(headers, body=response)
@@ -177,32 +188,26 @@ async def _chain(first: GenerationEvent, rest: Events) -> Events:
 async def _streamed_text(
     events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
 ) -> AsyncGenerator[BaseModel, None]:
-    """A text answer streams as the engine decodes it: one message item, one output_text part, its deltas."""
-    message = OutputMessage(id=items.item_id("message"), status="in_progress", content=[])
-    yield OutputItemEvent(
-        type="response.output_item.added", sequence_number=next(sequence), output_index=0, item=message
-    )
-    part = OutputText(type="output_text", text="")
-    yield _part_event("response.content_part.added", next(sequence), message.id, part)
-    parts: list[str] = []
+    """A text answer streams as the engine decodes it: a thinking model's thinking first, as a reasoning item and its
+    reasoning_text deltas (split as the text arrives), then one message item, one output_text part, its deltas."""
+    splitter = ReasoningSplitter(admitted.job.reasoning) if admitted.job.reasoning is not None else None
+    stream = TextItems(sequence)
+    if splitter is None:
+        for out in stream.say("", open_anyway=True):
+            yield out
     async for event in events:
         if isinstance(event, TextDelta):
-            parts.append(event.text)
-            yield TextDeltaEvent(
-                sequence_number=next(sequence), item_id=message.id, output_index=0, content_index=0, delta=event.text
-            )
+            parts = splitter.feed(event.text) if splitter is not None else Split(content=event.text)
+            for out in [*stream.think(parts.reasoning), *stream.say(parts.content)]:
+                yield out
         elif isinstance(event, Finished):
-            text = "".join(parts)
-            status = "completed" if event.finish_reason == "stop" else "incomplete"
-            done = message.model_copy(update={"status": status, "content": [OutputText(type="output_text", text=text)]})
-            yield TextDoneEvent(
-                sequence_number=next(sequence), item_id=message.id, output_index=0, content_index=0, text=text
-            )
-            yield _part_event("response.content_part.done", next(sequence), message.id, done.content[0])
-            yield OutputItemEvent(
-                type="response.output_item.done", sequence_number=next(sequence), output_index=0, item=done
-            )
-            yield await _final(draft, [done], event, event.finish_reason, sequence)
+            rest = splitter.finish() if splitter is not None else Split()
+            for out in [*stream.think(rest.reasoning), *stream.say(rest.content)]:
+                yield out
+            status: Literal["completed", "incomplete"] = "completed" if event.finish_reason == "stop" else "incomplete"
+            for out in stream.done(status):
+                yield out
+            yield await _final(draft, stream.output, event, event.finish_reason, sequence)
 
 
 async def _whole_answer(
@@ -218,23 +223,35 @@ async def _whole_answer(
             finished = event
     if finished is None:
         raise RuntimeError("the pipeline ended a generation without a Finished event")
-    output = items.output_items("".join(parts), finished.finish_reason, admitted.job.tool_format)
+    whole = split(admitted.job.reasoning, "".join(parts))
+    output = items.output_items(whole, finished.finish_reason, admitted.job.tool_format)
     for index, item in enumerate(output):
-        if isinstance(item, OutputMessage):
+        if isinstance(item, ReasoningItem):
+            thought = item.content[0].text if item.content else ""
+            started_thinking = item.model_copy(update={"status": "in_progress", "content": []})
+            yield OutputItemEvent(
+                type="response.output_item.added", sequence_number=next(sequence), output_index=index,
+                item=started_thinking,
+            )  # fmt: skip
+            yield ReasoningDeltaEvent(
+                sequence_number=next(sequence), item_id=item.id, output_index=index, delta=thought
+            )
+            yield ReasoningDoneEvent(sequence_number=next(sequence), item_id=item.id, output_index=index, text=thought)
+        elif isinstance(item, OutputMessage):
             started = item.model_copy(update={"status": "in_progress", "content": []})
             yield OutputItemEvent(
                 type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started
             )
             text = item.content[0].text
             empty = OutputText(type="output_text", text="")
-            yield _part_event("response.content_part.added", next(sequence), item.id, empty, index)
+            yield part_event("response.content_part.added", next(sequence), item.id, empty, index)
             yield TextDeltaEvent(
                 sequence_number=next(sequence), item_id=item.id, output_index=index, content_index=0, delta=text
             )
             yield TextDoneEvent(
                 sequence_number=next(sequence), item_id=item.id, output_index=index, content_index=0, text=text
             )
-            yield _part_event("response.content_part.done", next(sequence), item.id, item.content[0], index)
+            yield part_event("response.content_part.done", next(sequence), item.id, item.content[0], index)
         elif isinstance(item, FunctionCall):
             started_call = item.model_copy(update={"status": "in_progress", "arguments": ""})
             yield OutputItemEvent(
@@ -266,23 +283,6 @@ async def _final(
         "response.completed" if response.status == "completed" else "response.incomplete"
     )
     return LifecycleEvent(type=kind, sequence_number=next(sequence), response=response)
-
-
-def _part_event(
-    kind: Literal["response.content_part.added", "response.content_part.done"],
-    sequence_number: int,
-    item_id: str,
-    part: OutputText,
-    output_index: int = 0,
-) -> ContentPartEvent:
-    return ContentPartEvent(
-        type=kind,
-        sequence_number=sequence_number,
-        item_id=item_id,
-        output_index=output_index,
-        content_index=0,
-        part=part,
-    )
 
 
 async def retrieve(response_id: str, caller: Caller, store: ResponseStore) -> ResponseObject:

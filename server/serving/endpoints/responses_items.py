@@ -33,17 +33,20 @@ from server.protocol.responses import (
     InputItem,
     MessageItem,
     OutputText,
+    ReasoningItem,
+    ReasoningText,
     ResponseRequest,
     TextFormatJsonObject,
     TextFormatJsonSchema,
 )
 from server.protocol.responses_replies import FunctionCall, OutputItem, OutputMessage
 from server.serving.constrain.tools.formats import ToolFormat
+from server.serving.endpoints.reasoning import Split
 from server.store.errors import StoreUnavailableError
 from server.store.responses import ResponseStore, StoredResponse
 
 _ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
-_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 
 def item_id(kind: str) -> str:
@@ -155,6 +158,7 @@ def chat_body(body: ResponseRequest, items: list[dict[str, Any]]) -> ChatComplet
             tool_choice=_tool_choice(body),
             parallel_tool_calls=body.parallel_tool_calls,
             response_format=_response_format(body),
+            reasoning_effort=body.reasoning.effort if body.reasoning is not None else None,
         )
     except ValidationError as exc:
         # The chained conversation breaks a rule no single request did (too many messages, a tool call's order).
@@ -170,13 +174,23 @@ def message_item(text: str, status: str) -> OutputMessage:
     )
 
 
-def output_items(text: str, finish_reason: FinishReason, tool_format: ToolFormat | None) -> list[OutputItem]:
-    """The answer as output items: a message with its text, then one item per function call."""
+def reasoning_item(text: str, status: str) -> ReasoningItem:
+    return ReasoningItem(
+        id=item_id("reasoning"),
+        content=[ReasoningText(text=text)],
+        status="completed" if status == "completed" else "incomplete",
+    )
+
+
+def output_items(output: Split, finish_reason: FinishReason, tool_format: ToolFormat | None) -> list[OutputItem]:
+    """The answer as output items: the thinking (a thinking model's), a message with its text, then one item per
+    function call parsed from the answer after the thinking."""
     status = "completed" if finish_reason == "stop" else "incomplete"
-    answer = tool_format.parse(text) if tool_format is not None else None
+    thinking: list[OutputItem] = [reasoning_item(output.reasoning, status)] if output.reasoning else []
+    answer = tool_format.parse(output.content) if tool_format is not None else None
     if answer is None:
-        return [message_item(text, status)]
-    items: list[OutputItem] = [message_item(answer.content, status)] if answer.content else []
+        return [*thinking, message_item(output.content, status)]
+    items: list[OutputItem] = [*thinking, message_item(answer.content, status)] if answer.content else [*thinking]
     for call in answer.calls:
         items.append(
             FunctionCall(
@@ -187,4 +201,4 @@ def output_items(text: str, finish_reason: FinishReason, tool_format: ToolFormat
                 status="completed" if status == "completed" else "incomplete",
             )
         )
-    return items or [message_item("", status)]
+    return items if len(items) > len(thinking) else [*items, message_item("", status)]

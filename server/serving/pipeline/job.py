@@ -9,6 +9,7 @@ from typing import Literal
 
 from server.access.caller import ANONYMOUS, Caller
 from server.engine.base import Engine, Finished, GenerationRequest
+from server.engine.chat_template import ReasoningSyntax
 from server.lifecycle.holder import ServedModel
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
@@ -29,11 +30,13 @@ TOKENIZER_ENDPOINTS = ("tokenize", "detokenize", "messages.count_tokens")
 
 @dataclass(frozen=True, slots=True)
 class PreparedGeneration:
-    """What a generation's preparation decides: the engine request (its grammar compiled), and the tool-call format
-    its answer is parsed in (None: the answer is text)."""
+    """What a generation's preparation decides: the engine request (its grammar compiled), the tool-call format
+    its answer is parsed in (None: the answer is text), and how its thinking is split from the answer (None: the
+    output is all answer)."""
 
     request: GenerationRequest
     tool_format: ToolFormat | None = None
+    reasoning: ReasoningSyntax | None = None
 
 
 @dataclass(eq=False)
@@ -55,6 +58,7 @@ class ServingJob:
     caller: Caller = ANONYMOUS
     generation: GenerationRequest | None = None  # its grammar is the prepare stage's to close until the engine takes it
     tool_format: ToolFormat | None = None
+    reasoning: ReasoningSyntax | None = None
     prepared: object = None
     conversation_id: str | None = None  # X-Conversation-Id: where the record stage files this exchange
     client_request_id: str | None = None  # X-Request-Id as the client sent it, recorded beside request_id

@@ -39,6 +39,7 @@ async def prepare(job: ServingJob, call_next: Next) -> Events:
             prepared = await _prepared(job.preparation, job.model.engine)
             if isinstance(prepared, PreparedGeneration):
                 job.generation, job.tool_format = prepared.request, prepared.tool_format
+                job.reasoning = prepared.reasoning
             elif job.endpoint == "embeddings" and isinstance(prepared, list):
                 job.embedding_inputs = prepared
             else:

@@ -196,7 +196,7 @@ def test_max_output_tokens_makes_it_incomplete(client: openai.OpenAI) -> None:
     [
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"background": True}, "background"),
-        ({"reasoning": {"effort": "low"}}, "reasoning"),
+        ({"reasoning": {"effort": "low", "mode": "pro"}}, "reasoning"),
         ({"include": ["message.output_text.logprobs"]}, "include"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input"),
     ],

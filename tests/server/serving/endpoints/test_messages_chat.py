@@ -136,7 +136,8 @@ def test_turns_chat_cannot_serve_are_refused_by_field(messages: list[dict], para
 @pytest.mark.parametrize(
     "fields",
     [
-        {"thinking": {"type": "enabled", "budget_tokens": 1024}},
+        {"thinking": {"type": "enabled", "budget_tokens": 100}},
+        {"thinking": {"type": "sometimes"}},
         {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
         {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
         {"stop_sequences": ["a", "b", "c", "d", "e"]},
@@ -148,3 +149,34 @@ def test_what_is_not_served_is_a_validation_error(fields: dict) -> None:
     body = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}], **fields}
     with pytest.raises(ValueError):
         MessagesRequest.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("thinking", "effort"),
+    [(None, "none"), ({"type": "disabled"}, "none"), ({"type": "enabled", "budget_tokens": 1024}, None)],
+)
+def test_thinking_is_off_unless_enabled_as_in_anthropics_api(thinking: dict | None, effort: str | None) -> None:
+    fields = {"thinking": thinking} if thinking else {}
+    chat = chat_body(_request(messages=[{"role": "user", "content": "x"}], **fields))
+    assert chat.reasoning_effort == effort
+    counted = chat_body(
+        CountTokensRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
+    )
+    assert counted.reasoning_effort == effort, "count_tokens renders the prompt the same way"
+
+
+def test_earlier_thinking_given_back_is_left_out_of_the_turn() -> None:
+    history = [
+        {"role": "user", "content": "x"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hm", "signature": ""},
+                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "text", "text": "y"},
+            ],
+        },
+        {"role": "user", "content": "z"},
+    ]
+    chat = chat_body(_request(messages=history, thinking={"type": "enabled", "budget_tokens": 2048}))
+    assert [(m.role, m.text()) for m in chat.messages] == [("user", "x"), ("assistant", "y"), ("user", "z")]

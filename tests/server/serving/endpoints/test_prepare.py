@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from server.engine.base import EngineError, Finished, Grammar
-from server.engine.chat_template import TemplateMessage, TemplateTool
+from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool
 from server.errors import APIError
 from server.lifecycle.holder import ServedModel
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -36,17 +36,27 @@ class StandInEngine:
     n_ctx = 256
     gpu_offload = False
 
-    def __init__(self, *, tool_syntax: str | None = None, refuse_grammars: bool = False) -> None:
+    def __init__(
+        self, *, tool_syntax: str | None = None, refuse_grammars: bool = False, reasoning: object = None
+    ) -> None:
         self.tool_syntax = tool_syntax
+        self.reasoning = reasoning
         self.refuse_grammars = refuse_grammars
         self.render_error: Exception | None = None
+        self.variables: dict[str, Any] = {}
         self.compiled: list[tuple[str, str]] = []
         self.freed: list[object] = []
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         return [1 + len(word) for word in text.split()]
 
-    def render_chat(self, messages: Sequence[TemplateMessage], tools: Sequence[TemplateTool] | None = None) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> str:
+        self.variables = dict(variables or {})
         if self.render_error is not None:
             raise self.render_error
         return " ".join(str(m["content"]) for m in messages)
@@ -74,6 +84,54 @@ def test_a_tool_request_gets_its_format_and_a_grammar_from_tools(syntax: str | N
     assert prepared.tool_format is expected
     assert [param for _, param in engine.compiled] == ["tools"]
     assert prepared.request.grammar is not None and prepared.request.grammar.param == "tools"
+
+
+@pytest.mark.parametrize(
+    ("fields", "split"),
+    [({}, True), ({"response_format": {"type": "json_object"}}, False), ({"tools": [WEATHER]}, False)],
+)
+def test_only_an_unconstrained_answer_of_a_thinking_model_is_split(fields: dict[str, Any], split: bool) -> None:
+    """A grammar holds the output from its first token: nothing a constrained answer holds is thinking."""
+    syntax = ReasoningSyntax(starts_inside=True)
+    prepared = chat_request(StandInEngine(reasoning=syntax), chat(**fields))
+    assert prepared.reasoning == (ReasoningSyntax(starts_inside=False) if split else None)
+    assert chat_request(StandInEngine(), chat(**fields)).reasoning is None
+
+
+def test_whether_the_answer_starts_inside_the_block_is_read_from_the_prompt() -> None:
+    engine = StandInEngine(reasoning=ReasoningSyntax())
+    body = chat(messages=[{"role": "user", "content": "q <think>"}])
+    assert chat_request(engine, body).reasoning == ReasoningSyntax(starts_inside=True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "off"),
+    [
+        ({}, False),
+        ({"reasoning_effort": "low"}, False),
+        ({"reasoning_effort": "none"}, True),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, True),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, False),
+        ({"response_format": {"type": "json_object"}}, True),
+        ({"tools": [WEATHER]}, True),
+    ],
+)
+def test_thinking_is_turned_off_where_asked_or_a_grammar_holds_the_answer(fields: dict[str, Any], off: bool) -> None:
+    engine = StandInEngine(reasoning=ReasoningSyntax(switch=True))
+    chat_request(engine, chat(**fields))
+    assert (engine.variables.get("enable_thinking") is False) == off
+    switchless = StandInEngine(reasoning=ReasoningSyntax())
+    chat_request(switchless, chat(**{k: v for k, v in fields.items() if k != "chat_template_kwargs"}))
+    assert "enable_thinking" not in switchless.variables, "a template without the switch is not given it"
+
+
+def test_template_variables_reach_the_template_and_the_servers_own_are_refused() -> None:
+    engine = StandInEngine()
+    chat_request(engine, chat(chat_template_kwargs={"custom": 1}))
+    assert engine.variables == {"custom": 1}
+    with pytest.raises(APIError) as refused:
+        chat_request(engine, chat(chat_template_kwargs={"messages": []}))
+    assert refused.value.param == "chat_template_kwargs"
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from server.access.caller import ANONYMOUS, Caller
+from server.engine.chat_template import ReasoningSyntax
 from server.errors import APIError
 from server.protocol.responses import InputItemsQuery, ResponseRequest
 from server.protocol.responses_replies import LifecycleEvent
@@ -144,3 +145,39 @@ async def test_input_items_page_newest_first_unless_asked() -> None:
     assert [i.content[0].text for i in rest.data] == ["c"] and not rest.has_more  # type: ignore[union-attr]  # messages
     with pytest.raises(APIError):
         await responses.input_items(created.body.id, InputItemsQuery(), Caller(key_id="someone"), store)
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "effort"), [(None, None), ({"effort": "none"}, "none"), ({"summary": "auto"}, None)]
+)
+def test_reasoning_effort_carries_over_to_chat(reasoning: dict | None, effort: str | None) -> None:
+    body = _request(**({"reasoning": reasoning} if reasoning else {}))
+    assert chat_body(body, stored_input(body)).reasoning_effort == effort
+
+
+async def test_a_thinking_models_stream_opens_the_message_after_the_reasoning_item() -> None:
+    ctx, engine = _context(reply="<think>ab</think>\n\ncd")
+    engine.reasoning = ReasoningSyntax()
+    reply = await responses.create(
+        _request(stream=True, store=False), ctx, MemoryResponseStore(max_items=1, retention_s=1)
+    )
+    assert reply.chunks is not None
+    events = [e.model_dump() async for e in reply.chunks]
+    kinds = [(e["type"], e.get("output_index"), e.get("delta")) for e in events[2:-1]]
+    assert kinds == [
+        ("response.output_item.added", 0, None),
+        ("response.reasoning_text.delta", 0, "a"),
+        ("response.reasoning_text.delta", 0, "b"),
+        ("response.reasoning_text.done", 0, None),
+        ("response.output_item.done", 0, None),
+        ("response.output_item.added", 1, None),
+        ("response.content_part.added", 1, None),
+        ("response.output_text.delta", 1, "c"),
+        ("response.output_text.delta", 1, "d"),
+        ("response.output_text.done", 1, None),
+        ("response.content_part.done", 1, None),
+        ("response.output_item.done", 1, None),
+    ]
+    final = events[-1]["response"]["output"]
+    assert [item["type"] for item in final] == ["reasoning", "message"]
+    assert final[0]["content"] == [{"type": "reasoning_text", "text": "ab"}]

@@ -1,0 +1,64 @@
+"""Chat completions from a scripted engine that writes one character per delta: a thinking model's output split
+into `reasoning_content` and `content`, whole and streamed, with every marker arriving in pieces."""
+
+from __future__ import annotations
+
+from server.access.caller import ANONYMOUS
+from server.engine.chat_template import ReasoningSyntax
+from server.protocol.openai import ChatCompletionRequest
+from server.protocol.openai_replies import ChatCompletion, ChatCompletionChunk
+from server.serving.endpoints import chat
+from server.serving.pipeline.admission import ServingContext
+from server.serving.pipeline.stages import Pipeline, prepare
+from tests.support.fake_engine import FakeEngine, registry_serving
+
+
+def _context(reply: str, reasoning: ReasoningSyntax | None) -> ServingContext:
+    engine = FakeEngine(reply=reply, reasoning=reasoning)
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    return ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+
+
+def _request(**fields: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "fake", "messages": [{"role": "user", "content": "q"}], **fields}
+    )
+
+
+async def _streamed(ctx: ServingContext, **fields: object) -> list[dict[str, object]]:
+    reply = await chat.create(_request(stream=True, **fields), ctx)
+    assert reply.chunks is not None
+    deltas = []
+    async for chunk in reply.chunks:
+        assert isinstance(chunk, ChatCompletionChunk)
+        deltas.extend(c.delta.model_dump() | {"finish": c.finish_reason} for c in chunk.choices)
+    return deltas
+
+
+async def test_the_thinking_and_the_answer_are_told_apart() -> None:
+    reply = await chat.create(_request(), _context("<think>\nplan\n</think>\n\nanswer", ReasoningSyntax()))
+    assert isinstance(reply.body, ChatCompletion)
+    message = reply.body.choices[0].message
+    assert (message.reasoning_content, message.content) == ("\nplan\n", "answer")
+
+
+async def test_a_model_that_does_not_think_keeps_its_markers_and_sends_no_reasoning_key() -> None:
+    reply = await chat.create(_request(), _context("<think>x</think>y", None))
+    assert isinstance(reply.body, ChatCompletion)
+    message = reply.body.choices[0].message
+    assert message.content == "<think>x</think>y"
+    assert "reasoning_content" not in message.model_dump()
+
+
+async def test_streamed_character_by_character_no_marker_leaks() -> None:
+    deltas = await _streamed(_context("<think>ab</think>\n\ncd", ReasoningSyntax()))
+    assert deltas[0]["role"] == "assistant"
+    assert [d.get("reasoning_content") for d in deltas if "reasoning_content" in d] == ["a", "b"]
+    assert [d.get("content") for d in deltas if "content" in d] == ["c", "d"]
+    assert deltas[-1]["finish"] == "stop"
+
+
+async def test_a_stream_cut_inside_a_marker_sends_what_was_held_before_it_finishes() -> None:
+    deltas = await _streamed(_context("<think>ab</thi", ReasoningSyntax()))
+    assert "".join(str(d.get("reasoning_content", "")) for d in deltas) == "ab</thi"
+    assert deltas[-1] == {"finish": "stop"}

@@ -1,0 +1,75 @@
+"""Anthropic's message from a scripted thinking model (one character per delta): a thinking block before the text,
+whole and streamed as `thinking_delta`s closed by an empty `signature_delta`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.access.caller import ANONYMOUS
+from server.engine.chat_template import ReasoningSyntax
+from server.protocol.anthropic import Message, MessagesRequest
+from server.serving.endpoints import messages
+from server.serving.pipeline.admission import ServingContext
+from server.serving.pipeline.stages import Pipeline, prepare
+from tests.support.fake_engine import FakeEngine, registry_serving
+
+THOUGHT = "<think>ab</think>\n\ncd"
+THINKS = ReasoningSyntax()
+
+
+def _context(reply: str, reasoning: ReasoningSyntax | None = THINKS) -> ServingContext:
+    engine = FakeEngine(reply=reply, reasoning=reasoning)
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    return ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+
+
+def _request(**fields: Any) -> MessagesRequest:
+    body = {"model": "fake", "max_tokens": 64, "messages": [{"role": "user", "content": "q"}]}
+    return MessagesRequest.model_validate(body | {"thinking": {"type": "enabled", "budget_tokens": 1024}} | fields)
+
+
+async def test_the_thinking_is_a_block_before_the_text() -> None:
+    reply = await messages.create(_request(), _context(THOUGHT))
+    assert isinstance(reply.body, Message)
+    assert [b.model_dump() for b in reply.body.content] == [
+        {"type": "thinking", "thinking": "ab", "signature": ""},
+        {"type": "text", "text": "cd"},
+    ]
+
+
+async def test_a_model_that_does_not_think_answers_in_text_only() -> None:
+    reply = await messages.create(_request(), _context(THOUGHT, None))
+    assert isinstance(reply.body, Message)
+    assert [b.model_dump() for b in reply.body.content] == [{"type": "text", "text": THOUGHT}]
+
+
+async def test_the_stream_sends_thinking_deltas_then_closes_the_block_before_the_text() -> None:
+    reply = await messages.create(_request(stream=True), _context(THOUGHT))
+    assert reply.chunks is not None
+    events = [e.model_dump() async for e in reply.chunks]
+    blocks = [(e["type"], e.get("index"), e.get("delta") or e.get("content_block")) for e in events[2:-2]]
+    assert blocks == [
+        ("content_block_start", 0, {"type": "thinking", "thinking": "", "signature": ""}),
+        ("content_block_delta", 0, {"type": "thinking_delta", "thinking": "a"}),
+        ("content_block_delta", 0, {"type": "thinking_delta", "thinking": "b"}),
+        ("content_block_delta", 0, {"type": "signature_delta", "signature": ""}),
+        ("content_block_stop", 0, None),
+        ("content_block_start", 1, {"type": "text", "text": ""}),
+        ("content_block_delta", 1, {"type": "text_delta", "text": "c"}),
+        ("content_block_delta", 1, {"type": "text_delta", "text": "d"}),
+        ("content_block_stop", 1, None),
+    ]
+
+
+async def test_a_stream_cut_inside_the_thinking_closes_its_block() -> None:
+    reply = await messages.create(_request(stream=True), _context("<think>ab</th"))
+    assert reply.chunks is not None
+    events = [e.model_dump() async for e in reply.chunks]
+    thinking = "".join(e["delta"].get("thinking", "") for e in events if e["type"] == "content_block_delta")
+    assert thinking == "ab</th"
+    assert [e["type"] for e in events][-4:] == [
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
