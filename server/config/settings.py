@@ -187,6 +187,9 @@ class Settings(BaseSettings):
         description="Store prompt and response text in PostgreSQL (X-Conversation-Id, GET /v1/conversations/{id}); "
         "off by default for privacy.",
     )
+    responses_store: bool = Field(
+        True, description="Keep Responses API responses a request asks to store; off: none is kept, whatever it asks."
+    )
     responses_retention_s: int = Field(
         30 * 86400, ge=1, description="How long a stored Responses API response (store: true) can be read or continued."
     )

@@ -43,6 +43,9 @@ class StoredResponse:
 
 
 class ResponseStore(Protocol):
+    # False: the server keeps no response (GGUFSTACK_RESPONSES_STORE off), whatever a request's `store` says.
+    keeps: bool
+
     async def save(self, stored: StoredResponse) -> None: ...
 
     async def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
@@ -50,9 +53,26 @@ class ResponseStore(Protocol):
     async def delete(self, response_id: str, owner: str) -> bool: ...
 
 
+class NoResponseStore:
+    """The store when the operator keeps no response: nothing is saved, nothing is found."""
+
+    keeps = False
+
+    async def save(self, stored: StoredResponse) -> None:
+        return None
+
+    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        return None
+
+    async def delete(self, response_id: str, owner: str) -> bool:
+        return False
+
+
 class MemoryResponseStore:
     """The store without a database: the most recently used `max_items` responses, each for `retention_s`. Per
     replica: a continuation must reach the replica that answered (or configure PostgreSQL)."""
+
+    keeps = True
 
     def __init__(self, *, max_items: int, retention_s: float) -> None:
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
@@ -88,6 +108,8 @@ def _json(value: object) -> Jsonb:
 
 
 class PostgresResponseStore:
+    keeps = True
+
     def __init__(self, pool: AsyncConnectionPool, *, retention_s: float) -> None:
         self._pool = pool
         self._retention = timedelta(seconds=retention_s)

@@ -100,14 +100,19 @@ class _Draft:
             usage=_usage(finished) if finished is not None else None,
             user=body.user,
             metadata=body.metadata or {},
-            store=body.store,
+            store=self.stores,
         )
 
     def finished(self, output: list[OutputItem], finished: Finished, reason: FinishReason) -> ResponseObject:
         return self.response("completed" if reason == "stop" else "incomplete", output, finished)
 
+    @property
+    def stores(self) -> bool:
+        """Whether this response is kept: the request asked, and the server keeps responses at all."""
+        return self.body.store and self.store.keeps
+
     async def keep(self, response: ResponseObject) -> None:
-        if not self.body.store:
+        if not self.stores:
             return
         stored = StoredResponse(
             self.id,

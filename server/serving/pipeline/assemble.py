@@ -17,7 +17,7 @@ from server.serving.stages.permit import permit
 from server.serving.stages.record import RecordStage
 from server.store.conversations import ConversationStore
 from server.store.keys import KeyStore
-from server.store.responses import MemoryResponseStore, PostgresResponseStore, ResponseStore
+from server.store.responses import MemoryResponseStore, NoResponseStore, PostgresResponseStore, ResponseStore
 from server.store.services import entra_credential, open_database
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         conversations = ConversationStore(database.pool)
         responses = PostgresResponseStore(database.pool, retention_s=settings.responses_retention_s)
         stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
+    if not settings.responses_store:
+        responses = NoResponseStore()
     if keys is None and admin_key is None:
         log.warning(
             "no database and no admin key configured: authentication is off, the API is open to anyone who can reach "

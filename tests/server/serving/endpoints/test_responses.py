@@ -18,7 +18,7 @@ from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
 from server.store.errors import StoreUnavailableError
-from server.store.responses import MemoryResponseStore, StoredResponse
+from server.store.responses import MemoryResponseStore, NoResponseStore, StoredResponse
 from tests.support.fake_engine import FakeEngine, registry_serving
 
 
@@ -80,6 +80,21 @@ async def test_previous_response_is_prepended_and_store_false_keeps_nothing() ->
     with pytest.raises(APIError) as gone:
         await responses.retrieve(second.body.id, ANONYMOUS, store)
     assert gone.value.status == 404
+
+
+async def test_a_server_that_keeps_no_responses_says_so_and_keeps_none() -> None:
+    # GGUFSTACK_RESPONSES_STORE=false: a request's `store: true` (the API's default) keeps nothing, and the reply
+    # does not claim it did.
+    ctx, _ = _context()
+    store = NoResponseStore()
+    reply = await responses.create(_request(input="one"), ctx, store)
+    assert reply.body is not None and reply.body.store is False
+    with pytest.raises(APIError) as gone:
+        await responses.retrieve(reply.body.id, ANONYMOUS, store)
+    assert gone.value.status == 404
+    with pytest.raises(APIError) as unknown:
+        await responses.create(_request(input="two", previous_response_id=reply.body.id), ctx, store)
+    assert (unknown.value.status, unknown.value.param) == (404, "previous_response_id")
 
 
 async def test_a_stream_that_fails_after_its_first_event_ends_with_response_failed() -> None:

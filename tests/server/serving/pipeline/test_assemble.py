@@ -10,6 +10,7 @@ from server.serving.pipeline.assemble import assemble
 from server.serving.pipeline.stages import prepare
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
+from server.store.responses import MemoryResponseStore, NoResponseStore
 
 
 async def test_no_store_and_no_admin_key_is_an_open_pipeline_of_observe_and_prepare() -> None:
@@ -24,3 +25,11 @@ async def test_an_admin_key_alone_turns_authentication_and_the_permit_stage_on()
         plane = await assemble(Settings(admin_api_key="k" * 32), resources)
     assert plane.pipeline.stages == (observe, permit, prepare)
     assert plane.authenticator is not open_access
+
+
+async def test_responses_are_kept_in_memory_unless_the_server_keeps_none() -> None:
+    async with AsyncExitStack() as resources:
+        kept = await assemble(Settings(), resources)
+        none = await assemble(Settings(responses_store=False), resources)
+    assert kept.responses.keeps is True and isinstance(kept.responses, MemoryResponseStore)
+    assert none.responses.keeps is False and isinstance(none.responses, NoResponseStore)
