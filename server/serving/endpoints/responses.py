@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from server.access.caller import Caller
 from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
+from server.engine.chat_template import ReasoningSyntax
 from server.errors import known_error
 from server.protocol.responses import (
     InputItemsQuery,
@@ -45,12 +46,13 @@ from server.protocol.responses_replies import (
     TextDeltaEvent,
     TextDoneEvent,
 )
+from server.serving.constrain.tools.formats import ToolFormat
 from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
 from server.serving.endpoints.reply import Reply
 from server.serving.endpoints.responses_stream import TextItems, part_event
-from server.serving.pipeline.admission import Admitted, ServingContext, admit
+from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 from server.serving.pipeline.stages import Events
 from server.store.errors import StoreUnavailableError
 from server.store.responses import ResponseStore, StoredResponse
@@ -68,6 +70,8 @@ class _Draft:
     owner: str
     input_items: list[dict[str, Any]]
     context: list[dict[str, Any]]
+    reasoning: ReasoningSyntax | None  # the job's: how the answer's thinking is split off
+    tool_format: ToolFormat | None  # the job's: the format calls are parsed in (None: the answer is text)
     id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
     created_at: int = field(default_factory=lambda: int(time.time()))
 
@@ -111,6 +115,14 @@ class _Draft:
         """Whether this response is kept: the request asked, and the server keeps responses at all."""
         return self.body.store and self.store.keeps
 
+    async def kept(self, whole: Collected) -> ResponseObject:
+        """The response to a whole generation, kept where it is stored."""
+        choice = whole.choices[0]
+        output = items.output_items(split(self.reasoning, choice.text), choice.finish_reason, self.tool_format)
+        response = self.finished(output, whole.finished, choice.finish_reason)
+        await self.keep(response)
+        return response
+
     async def keep(self, response: ResponseObject) -> None:
         if not self.stores:
             return
@@ -144,18 +156,13 @@ async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStor
     input_items = items.stored_input(body)
     chat = items.chat_body(body, [*context, *input_items])
     admitted = await admit(ctx, "responses", chat, lambda engine: chat_request(engine, chat), model=body.model)
-    draft = _Draft(body, admitted.job.model.model_id, store, items.owner_of(ctx.caller), input_items, context)
-    headers = admitted.job.response_headers
+    job = admitted.job
+    owner = items.owner_of(ctx.caller)
+    draft = _Draft(body, job.model.model_id, store, owner, input_items, context, job.reasoning, job.tool_format)
+    headers = job.response_headers
     if body.stream:
         return Reply(headers, chunks=_events(admitted, draft), event_names=True, close=admitted.close)
-    whole = await admitted.collect()
-    choice = whole.choices[0]
-    output = items.output_items(
-        split(admitted.job.reasoning, choice.text), choice.finish_reason, admitted.job.tool_format
-    )
-    response = draft.finished(output, whole.finished, choice.finish_reason)
-    await draft.keep(response)
-    return Reply(headers, body=response)
+    return Reply(headers, body=await admitted.settle(draft.kept))
 
 
 async def _events(admitted: Admitted, draft: _Draft) -> AsyncGenerator[BaseModel, None]:
@@ -176,6 +183,7 @@ async def _events(admitted: Admitted, draft: _Draft) -> AsyncGenerator[BaseModel
                 async for event in stream:
                     yield event
         except Exception as exc:  # the headers are gone: the failure is the stream's last event, as OpenAI sends it
+            admitted.job.reply_error = exc  # recorded as the outcome: a response that could not be kept failed
             known = known_error(exc)
             if known is None:
                 log.exception("a streamed response failed", exc_info=exc)

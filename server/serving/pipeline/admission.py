@@ -7,9 +7,10 @@ queue) is still an HTTP status, not an error inside a stream that already said 2
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TypeVar
 
 from server.access.caller import Caller
 from server.engine.base import (
@@ -35,6 +36,8 @@ from server.telemetry import prometheus
 # Names the exact model that answered (the sha256 of its GGUF): across a hot swap, two replicas or two requests may
 # answer from different models under the same model id (or alias).
 MODEL_VERSION_HEADER = "x-ggufstack-model-version"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,11 @@ class Admitted:
 
     async def collect(self) -> Collected:
         """The whole generation, for a reply that is not streamed."""
+        return await self.settle(_as_collected)
+
+    async def settle(self, reply: Callable[[Collected], Awaitable[T]]) -> T:
+        """The reply `reply` builds from the whole generation. It runs before the generation closes, so that its
+        failure (a Responses answer that could not be stored) is the request's recorded outcome, not a success."""
         n = self.job.generation.n if self.job.generation is not None else 1
         parts: list[list[str]] = [[] for _ in range(n)]
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
@@ -94,7 +102,11 @@ class Admitted:
                         CollectedChoice(i, "".join(parts[i]), logprobs[i], reasons.get(i, event.finish_reason))
                         for i in range(n)
                     ]
-                    return Collected(choices, event)
+                    try:
+                        return await reply(Collected(choices, event))
+                    except Exception as exc:
+                        self.job.reply_error = exc
+                        raise
         raise RuntimeError("the pipeline ended a generation without a Finished event")
 
     async def finish(self) -> Finished:
@@ -104,6 +116,10 @@ class Admitted:
                 if isinstance(event, Finished):
                     return event
         raise RuntimeError("the pipeline ended a request without a Finished event")
+
+
+async def _as_collected(whole: Collected) -> Collected:
+    return whole
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,9 @@ class ServingJob:
     generated_tokens: int = 0
     embedding_inputs: list[list[int]] = field(default_factory=list)
     embeddings: list[list[float]] | None = None
+    # A failure after the generation finished, while its reply was being settled (a Responses answer that could not
+    # be stored): the client hears it, so the record stage records it as the request's outcome.
+    reply_error: Exception | None = None
 
     @property
     def runs_model(self) -> bool:

@@ -46,6 +46,9 @@ class RecordStage:
         finally:
             # A caller that stops reading after the Finished event (a non-streamed reply) closes this generator: the
             # request succeeded all the same.
+            if status is None and job.reply_error is not None:
+                known = known_error(job.reply_error)
+                status = known.status if known is not None else 500
             if status is None:
                 status = 200 if finished is not None else CLIENT_CLOSED
             self._writer.submit(self._record(job, finished, status, "".join(parts) if keep_text else None))

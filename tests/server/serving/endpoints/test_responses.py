@@ -17,8 +17,10 @@ from server.serving.endpoints.responses_items import chat_body, owner_of, stored
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
+from server.serving.stages.record import RecordStage
 from server.store.errors import StoreUnavailableError
 from server.store.responses import MemoryResponseStore, NoResponseStore, StoredResponse
+from server.store.writer import Record
 from tests.support.fake_engine import FakeEngine, registry_serving
 
 
@@ -130,6 +132,36 @@ async def test_a_response_that_cannot_be_kept_is_a_503() -> None:
     assert refused.value.status == 503 and refused.value.code == "database_unavailable"
     kept_nothing = await responses.create(_request(store=False), ctx, store)
     assert kept_nothing.body is not None and kept_nothing.body.status == "completed"
+
+
+class _Rows:
+    """A stand-in audit writer that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def submit(self, record: Record) -> bool:
+        self.records.append(record)
+        return True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_audit_row_of_a_response_that_could_not_be_kept_says_what_the_client_heard(stream: bool) -> None:
+    rows = _Rows()
+    ctx, _ = _context(RecordStage(rows, store_conversations=False))  # type: ignore[arg-type]  # the stand-in writer
+    kept = await responses.create(_request(stream=stream), ctx, MemoryResponseStore(max_items=10, retention_s=60))
+    if stream:
+        assert kept.chunks is not None and [event async for event in kept.chunks][-1].type == "response.completed"  # type: ignore[attr-defined]  # a lifecycle event
+    if stream:
+        reply = await responses.create(_request(stream=True), ctx, _DownStore(max_items=10, retention_s=60))
+        assert reply.chunks is not None
+        last = [event async for event in reply.chunks][-1]
+        assert isinstance(last, LifecycleEvent) and last.type == "response.failed"
+    else:
+        with pytest.raises(APIError):
+            await responses.create(_request(), ctx, _DownStore(max_items=10, retention_s=60))
+    assert [record.audit.status for record in rows.records] == [200, 503]
+    assert ctx.models.in_flight == 0
 
 
 async def test_a_client_that_leaves_after_response_created_returns_the_lease() -> None:
