@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
+from server.engine.thinking import ThinkingBudget
 from server.errors import FailureKind, ForeseenError
 
 FinishReason = Literal["stop", "length"]
 # Bump when the same request on the same model may sample other tokens (the sampler chain's order, a new default):
 # the response cache's keys include it, so answers cached before the change are never served after it.
-SAMPLER_VERSION = "1"
+SAMPLER_VERSION = "2"  # 2: a thinking model thinks before a constrained answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class GenerationRequest:
     n: int = 1  # choices: n sequences continue from one prefill of the prompt; choice i samples with seed + i
     # Every completion matches its `root` (structured outputs, tool calls); `generate` takes it, see Grammar.
     grammar: Grammar | None = None
+    # How long the model may think before the engine closes its thinking block for it (engine/thinking.py).
+    thinking: ThinkingBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,9 +238,10 @@ class Engine(Protocol):
         variables: TemplateVariables | None = None,
     ) -> str: ...
 
-    def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
-        """`gbnf` compiled for this model's vocabulary (thread-safe); EngineError naming `param`, the request field
-        the grammar came from, when it does not compile. The caller closes it unless `generate` took it."""
+    def compile_grammar(self, gbnf: str, *, param: str, root: str = "root") -> Grammar:
+        """`gbnf`, starting at its rule `root`, compiled for this model's vocabulary (thread-safe); EngineError
+        naming `param`, the request field the grammar came from, when it does not compile. The caller closes it
+        unless `generate` took it."""
         ...
 
     def generate(self, request: GenerationRequest) -> GenerationStream:

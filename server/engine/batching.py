@@ -129,8 +129,8 @@ class BatchingEngine:
     ) -> str:
         return self._model.render_chat(messages, tools, variables)
 
-    def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
-        return self._grammars.compile(gbnf, param=param)
+    def compile_grammar(self, gbnf: str, *, param: str, root: str = "root") -> Grammar:
+        return self._grammars.compile(gbnf, param=param, root=root)
 
     def generate(self, request: GenerationRequest) -> GenerationStream:
         grammar = request.grammar

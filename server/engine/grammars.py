@@ -26,8 +26,8 @@ class Grammars:
     def live(self) -> int:
         return self._live
 
-    def compile(self, gbnf: str, *, param: str) -> Grammar:
-        handle = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+    def compile(self, gbnf: str, *, param: str, root: str = "root") -> Grammar:
+        handle = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), root.encode())
         if not handle:
             raise EngineError("the grammar built from this request could not be parsed", param=param)
         self._count(1)

@@ -129,6 +129,16 @@ class Sampler:
         llama_cpp.llama_sampler_accept(self.grammar, token)
         return token
 
+    def allows(self, token: int) -> bool:
+        """Whether the grammar, if there is one, lets `token` come next."""
+        return self.grammar is None or self._grammar_allows(token)
+
+    def accept(self, token: int) -> None:
+        """Take a token written for the model rather than sampled (the checked `allows` it) into the grammar's
+        state; the chain keeps none that a written token changes (no repetition penalties)."""
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_accept(self.grammar, token)
+
     def _next_allowed(self, ctx: llama_cpp.llama_context_p, index: int, refused: int) -> int:
         """What grammar-first sampling gives, now that the grammar refused `refused`. The grammar usually allows one
         of the next few likeliest tokens, and checking those one by one costs far less than filtering the whole

@@ -221,7 +221,14 @@ class Scheduler:
     def _sample(self, slot: Slot, index: int, now: float) -> None:
         job, sampler, text = slot.running()
         sampling = job.request.sampling
-        token = sampler.sample(self.ctx, index)
+        forced = slot.thinking.forced() if slot.thinking is not None else None
+        if forced is not None and sampler.allows(forced):
+            sampler.accept(forced)
+            token = forced
+        else:
+            if forced is not None and slot.thinking is not None:
+                slot.thinking.stop_forcing()
+            token = sampler.sample(self.ctx, index)
         if slot.first_token_at is None:
             slot.first_token_at = now
             if slot.choice == 0:
@@ -233,7 +240,10 @@ class Scheduler:
         job.completion_tokens += 1
         if sampling.logprobs is not None:
             slot.logprobs.append(self._model.logprob(self.ctx, index, token, sampling))
-        delta = text.push(self._model.piece(token))
+        piece = self._model.piece(token)
+        if slot.thinking is not None:
+            slot.thinking.push(piece.decode(errors="replace"))
+        delta = text.push(piece)
         if delta:
             self._outbox.put(job, TextDelta(delta, slot.take_logprobs(), slot.choice))
         if text.stopped:

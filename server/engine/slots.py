@@ -19,6 +19,7 @@ from server.engine.base import TokenLogprob
 from server.engine.handoff import Job
 from server.engine.sampler import Sampler
 from server.engine.text import TextAssembler
+from server.engine.thinking import ThinkingTracker
 
 
 @dataclass(eq=False)
@@ -39,6 +40,7 @@ class Slot:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     choice: int = 0  # which of the job's n choices this slot generates
     followers: list[Slot] = field(default_factory=list)  # slots waiting for this one's prefill (n > 1)
+    thinking: ThinkingTracker | None = None  # where a generation with a thinking budget is in its thinking
 
     @property
     def active(self) -> bool:
@@ -87,6 +89,8 @@ class Slot:
         self.logprobs.clear()
         self.choice = choice
         self.followers = []
+        budget = job.request.thinking
+        self.thinking = ThinkingTracker(budget) if budget is not None else None
 
     def take_logprobs(self) -> tuple[TokenLogprob, ...]:
         taken = tuple(self.logprobs)

@@ -124,7 +124,9 @@ class Metadata(_Strict):
 
 class ThinkingEnabled(_Strict):
     type: Literal["enabled"]
-    budget_tokens: int = Field(ge=1024, description="Accepted, not enforced: a GGUF model's thinking has no budget.")
+    budget_tokens: int = Field(
+        ge=1024, description="Thinking tokens, after which the server closes the block and the answer begins."
+    )
 
 
 class ThinkingDisabled(_Strict):

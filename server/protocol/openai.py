@@ -218,7 +218,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-# OpenAI's levels. A GGUF model's thinking has no budget to set, so only "none" changes anything: it turns thinking off.
+# OpenAI's levels. Only "none" changes anything: it turns thinking off. A budget is `thinking_budget_tokens`, in tokens.
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
@@ -236,6 +236,12 @@ class ChatCompletionRequest(SamplingFields):
     )
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description='Variables given to the model\'s chat template, e.g. {"enable_thinking": false}.'
+    )
+    thinking_budget_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="A thinking model's thinking may take this many tokens; then the server closes the block for it "
+        "and the answer begins (llama.cpp's name for it).",
     )
 
     @field_validator("messages", mode="before")

@@ -75,6 +75,8 @@ def chat_body(body: MessagesInput) -> ChatCompletionRequest:
     # Anthropic's default is no thinking: a model that thinks is asked not to unless the request enables it.
     if not isinstance(body.thinking, ThinkingEnabled):
         fields["reasoning_effort"] = "none"
+    else:
+        fields["thinking_budget_tokens"] = body.thinking.budget_tokens
     try:
         return ChatCompletionRequest.model_validate(fields)
     except ValidationError as exc:  # a cap chat has and Anthropic's body does not (the system turn adds a message)

@@ -13,9 +13,12 @@ from typing import Any
 
 from server.engine.base import Engine, GenerationRequest, Grammar, SamplingParams
 from server.engine.chat_template import RESERVED_VARIABLES, ReasoningSyntax
+from server.engine.thinking import ThinkingBudget
 from server.errors import APIError
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
 from server.serving.constrain.grammar import JSON_OBJECT_GBNF, json_schema_grammar
+from server.serving.constrain.thinking import ROOT as THINKING_ROOT
+from server.serving.constrain.thinking import after_thinking
 from server.serving.constrain.tools import formats as tools
 from server.serving.constrain.tools import plan as tool_calls
 from server.serving.pipeline.job import PreparedGeneration
@@ -35,11 +38,14 @@ def response_grammar(body: SamplingFields) -> tuple[str, str] | None:
     return JSON_OBJECT_GBNF, "response_format"
 
 
-def _compile(engine: Engine, gbnf: tuple[str, str] | None) -> Grammar | None:
+def _compile(engine: Engine, gbnf: tuple[str, str] | None, thinking: ReasoningSyntax | None = None) -> Grammar | None:
+    """The answer's grammar; behind the thinking block where the model thinks first (`constrain/thinking.py`)."""
     if gbnf is None:
         return None
     text, param = gbnf
-    return engine.compile_grammar(text, param=param)
+    if thinking is None:
+        return engine.compile_grammar(text, param=param)
+    return engine.compile_grammar(after_thinking(text, thinking, param=param), param=param, root=THINKING_ROOT)
 
 
 def _sampling(body: SamplingFields, max_tokens: int, *, logprobs: int | None) -> SamplingParams:
@@ -91,33 +97,31 @@ def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = 
             raise APIError(400, "an assistant prefill cannot be combined with tools the answer may call",
                            param="tool_choice")  # fmt: skip
         messages, start = messages[:-1], messages[-1].text()
-    constrained = plan is not None or (body.response_format is not None and body.response_format.type != "text")
     # The format the model's template speaks also renders earlier tool calls in the history, tools offered or not.
     tool_format = tools.format_for(engine)
     template_input = tool_format.template_input(messages, plan)
-    variables = _template_variables(engine.reasoning, body, constrained=constrained)
+    variables = _template_variables(engine.reasoning, body)
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
     rendered = engine.render_chat(template_input.messages, template_input.tools, variables) + start
     reasoning = engine.reasoning
     if reasoning is not None:
         # Whether this prompt opened the block is read from the prompt itself: `enable_thinking: false` makes Qwen3's
-        # template write an empty block, the default an open one in some templates. A grammar holds the output from
-        # its first token, and a prefilled answer is past its start: neither holds thinking to split off.
+        # template write an empty block, the default an open one in some templates. A prefilled answer is past its
+        # start, and thinking the template turned off is not written: neither holds thinking to split off.
         inside = rendered.rstrip().endswith(reasoning.open)
-        reasoning = None if constrained or prefill else replace(reasoning, starts_inside=inside)
+        turned_off = reasoning.switch and body.thinking_off()
+        reasoning = None if prefill or turned_off else replace(reasoning, starts_inside=inside)
     return ChatPrompt(engine.tokenize(rendered, add_special=False), plan, tool_format, reasoning)
 
 
-def _template_variables(
-    syntax: ReasoningSyntax | None, body: ChatCompletionRequest, *, constrained: bool
-) -> dict[str, Any]:
-    """`chat_template_kwargs` as given, with the thinking turned off where the request asks or a grammar will hold
-    the answer (docs/api.md, Reasoning: the grammar constrains the answer, never the thinking)."""
+def _template_variables(syntax: ReasoningSyntax | None, body: ChatCompletionRequest) -> dict[str, Any]:
+    """`chat_template_kwargs` as given, with the thinking turned off where the request asks (docs/api.md,
+    Reasoning)."""
     variables = dict(body.chat_template_kwargs or {})
     if reserved := sorted(RESERVED_VARIABLES & variables.keys()):
         raise APIError(400, f"chat_template_kwargs cannot set {', '.join(reserved)}: the server sets them",
                        param="chat_template_kwargs")  # fmt: skip
-    if syntax is not None and syntax.switch and (body.thinking_off() or constrained):
+    if syntax is not None and syntax.switch and body.thinking_off():
         variables["enable_thinking"] = False
     return variables
 
@@ -130,6 +134,16 @@ def chat_request(engine: Engine, body: ChatCompletionRequest, *, prefill: bool =
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     sampling = _sampling(body, max_tokens, logprobs=logprobs)
     gbnf = (tools.grammar(tool_format, plan), "tools") if plan is not None else response_grammar(body)
-    grammar = _compile(engine, gbnf)
-    generation = GenerationRequest(prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar)
+    thinking = _thinking_budget(engine, chat.reasoning, body.thinking_budget_tokens)
+    grammar = _compile(engine, gbnf, chat.reasoning)
+    generation = GenerationRequest(
+        prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar, thinking=thinking
+    )
     return PreparedGeneration(generation, tool_format if plan is not None else None, chat.reasoning)
+
+
+def _thinking_budget(engine: Engine, syntax: ReasoningSyntax | None, tokens: int | None) -> ThinkingBudget | None:
+    """The budget of a model that thinks in this answer; none for one that does not (nothing to close)."""
+    if syntax is None or tokens is None:
+        return None
+    return ThinkingBudget(syntax, tokens, tuple(engine.tokenize(syntax.close, add_special=False)))

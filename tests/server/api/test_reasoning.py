@@ -4,6 +4,7 @@ generation prompt opens a <think> block: what the model writes is its thinking, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,60 @@ def test_an_answer_given_back_with_its_reasoning_content_is_accepted(client: ope
     history = [*QUESTION, first.model_dump(exclude_none=True), {"role": "user", "content": "And Spain?"}]
     again = client.chat.completions.create(**args, messages=history)
     assert _extra(again.choices[0].message, "reasoning_content")
+
+
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+BUDGET: dict[str, Any] = {"thinking_budget_tokens": 16}  # the demo model never closes its block of its own accord
+
+
+def test_a_tool_call_comes_after_the_thinking_closed_by_the_budget(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=_model(client),
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=120,
+        temperature=0,
+        extra_body=BUDGET,
+    )
+    choice = completion.choices[0]
+    reasoning = _extra(choice.message, "reasoning_content")
+    assert isinstance(reasoning, str) and reasoning.strip() and "</think>" not in reasoning
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0].function  # type: ignore[union-attr]  # a function call
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+
+
+def test_structured_output_holds_the_answer_after_the_thinking(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+    completion = client.chat.completions.create(
+        model=_model(client),
+        messages=QUESTION,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+        max_tokens=120,
+        temperature=0,
+        extra_body=BUDGET,
+    )
+    message = completion.choices[0].message
+    assert (_extra(message, "reasoning_content") or "").strip(), "the model thought first"
+    assert isinstance(json.loads(message.content or "")["capital"], str)
+
+
+def test_without_a_budget_a_constrained_answer_cut_short_in_the_thinking_is_empty(client: openai.OpenAI) -> None:
+    """The grammar refuses the end of text inside the block: the demo model, which never closes it, thinks until
+    max_tokens, and the answer it never reached is empty."""
+    completion = client.chat.completions.create(
+        model=_model(client), messages=QUESTION, tools=[WEATHER], tool_choice="required", max_tokens=12, temperature=0
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    assert (_extra(choice.message, "reasoning_content") or "").strip()
 
 
 def test_a_model_that_does_not_think_sends_no_reasoning_key(demo_server: ServerProcess) -> None:

@@ -16,6 +16,7 @@ from server.engine.chat_template import TemplateMessage, TemplateTool, TemplateT
 from server.errors import APIError
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.grammar import json_schema_rules
+from server.serving.constrain.text_without import literal, text_without
 from server.serving.constrain.tools.plan import (
     ParsedAnswer,
     ParsedCall,
@@ -53,11 +54,11 @@ class HermesFormat:
         rules = {
             "root": "hermes-text-0" if plan.allows_content else "hermes-calls",
             "hermes-calls": _calls(plan.max_calls),
-            "hermes-call": f"{_literal(OPEN)} hermes-gap {_CALL_JSON} hermes-gap {_literal(CLOSE)}",
+            "hermes-call": f"{literal(OPEN)} hermes-gap {_CALL_JSON} hermes-gap {literal(CLOSE)}",
             "hermes-gap": "[ \\t\\n]{0,4}",
         }
         if plan.allows_content:
-            rules |= _text_rules("hermes-text", "hermes-calls")
+            rules |= text_without(OPEN, prefix="hermes-text", then="hermes-calls", may_end=True)
         call_rules = json_schema_rules(plan.call_schema(), rule=_CALL_JSON, param="tools")
         clash = set(re.findall(r"^([a-zA-Z0-9-]+) ::=", call_rules, re.MULTILINE)) & rules.keys()
         if clash:
@@ -119,28 +120,3 @@ def _parse_call(block: str) -> ParsedCall | None:
     if not isinstance(arguments, dict):
         return None
     return ParsedCall(new_call_id(), call["name"], json.dumps(arguments, ensure_ascii=False))
-
-
-def _text_rules(prefix: str, then: str) -> dict[str, str]:
-    """Rules for any text that does not contain OPEN, optionally followed by `then` (which starts with OPEN).
-
-    A state machine over how much of OPEN the text ends with: `{prefix}-k` means its last k characters are OPEN's
-    first k. Each state may end the text, go on with a character, or start `then`. OPEN's first character occurs
-    nowhere else in it, so after a mismatch only that character starts a new partial match.
-    """
-    first = OPEN[0]
-    assert first not in OPEN[1:] and all(c.isalnum() or c in "<>_" for c in OPEN)
-    rules: dict[str, str] = {}
-    for k in range(len(OPEN)):
-        steps = [f"[^{OPEN[k]}{first}] {prefix}-0" if k else f"[^{first}] {prefix}-0"]
-        if k:
-            steps.append(f"{_literal(first)} {prefix}-1")
-        if k + 1 < len(OPEN):
-            steps.append(f"{_literal(OPEN[k])} {prefix}-{k + 1}")
-        steps.append(then)
-        rules[f"{prefix}-{k}"] = f"( {' | '.join(steps)} )?"
-    return rules
-
-
-def _literal(text: str) -> str:
-    return json.dumps(text)

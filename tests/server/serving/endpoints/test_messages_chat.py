@@ -152,13 +152,20 @@ def test_what_is_not_served_is_a_validation_error(fields: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("thinking", "effort"),
-    [(None, "none"), ({"type": "disabled"}, "none"), ({"type": "enabled", "budget_tokens": 1024}, None)],
+    ("thinking", "effort", "budget"),
+    [
+        (None, "none", None),
+        ({"type": "disabled"}, "none", None),
+        ({"type": "enabled", "budget_tokens": 1500}, None, 1500),
+    ],
 )
-def test_thinking_is_off_unless_enabled_as_in_anthropics_api(thinking: dict | None, effort: str | None) -> None:
+def test_thinking_is_off_unless_enabled_as_in_anthropics_api(
+    thinking: dict | None, effort: str | None, budget: int | None
+) -> None:
     fields = {"thinking": thinking} if thinking else {}
     chat = chat_body(_request(messages=[{"role": "user", "content": "x"}], **fields))
     assert chat.reasoning_effort == effort
+    assert chat.thinking_budget_tokens == budget, "an enabled thinking's budget is enforced"
     counted = chat_body(
         CountTokensRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
     )

@@ -15,6 +15,7 @@ from server.engine.chat_template import ReasoningSyntax, TemplateMessage, Templa
 from server.errors import APIError
 from server.lifecycle.holder import ServedModel
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest
+from server.serving.constrain.thinking import ROOT as THINKING_ROOT
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints.prepare import chat_request, completion_request
 from server.serving.pipeline.job import PreparedGeneration, ServingJob
@@ -45,6 +46,7 @@ class StandInEngine:
         self.render_error: Exception | None = None
         self.variables: dict[str, Any] = {}
         self.compiled: list[tuple[str, str]] = []
+        self.roots: list[str] = []
         self.freed: list[object] = []
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
@@ -61,10 +63,11 @@ class StandInEngine:
             raise self.render_error
         return " ".join(str(m["content"]) for m in messages)
 
-    def compile_grammar(self, gbnf: str, *, param: str) -> Grammar:
+    def compile_grammar(self, gbnf: str, *, param: str, root: str = "root") -> Grammar:
         if self.refuse_grammars:
             raise EngineError("the grammar built from this request could not be parsed", param=param)
         self.compiled.append((gbnf, param))
+        self.roots.append(root)
         return Grammar(f"grammar {len(self.compiled)}", self.freed.append, param=param)
 
 
@@ -86,16 +89,28 @@ def test_a_tool_request_gets_its_format_and_a_grammar_from_tools(syntax: str | N
     assert prepared.request.grammar is not None and prepared.request.grammar.param == "tools"
 
 
-@pytest.mark.parametrize(
-    ("fields", "split"),
-    [({}, True), ({"response_format": {"type": "json_object"}}, False), ({"tools": [WEATHER]}, False)],
-)
-def test_only_an_unconstrained_answer_of_a_thinking_model_is_split(fields: dict[str, Any], split: bool) -> None:
-    """A grammar holds the output from its first token: nothing a constrained answer holds is thinking."""
-    syntax = ReasoningSyntax(starts_inside=True)
-    prepared = chat_request(StandInEngine(reasoning=syntax), chat(**fields))
-    assert prepared.reasoning == (ReasoningSyntax(starts_inside=False) if split else None)
+@pytest.mark.parametrize("fields", [{}, {"response_format": {"type": "json_object"}}, {"tools": [WEATHER]}])
+def test_a_thinking_models_answer_is_split_constrained_or_not(fields: dict[str, Any]) -> None:
+    """A grammar holds the answer after the thinking, so a constrained answer is split from its thinking too."""
+    prepared = chat_request(StandInEngine(reasoning=ReasoningSyntax(starts_inside=True)), chat(**fields))
+    assert prepared.reasoning == ReasoningSyntax(starts_inside=False)
     assert chat_request(StandInEngine(), chat(**fields)).reasoning is None
+
+
+@pytest.mark.parametrize("fields", [{"response_format": {"type": "json_object"}}, {"tools": [WEATHER]}])
+def test_a_thinking_models_grammar_starts_with_its_thinking_unless_the_request_turned_it_off(
+    fields: dict[str, Any],
+) -> None:
+    thinking = StandInEngine(reasoning=ReasoningSyntax(switch=True))
+    chat_request(thinking, chat(**fields))
+    assert thinking.roots == [THINKING_ROOT] and "thinking-0 ::=" in thinking.compiled[0][0]
+    turned_off = StandInEngine(reasoning=ReasoningSyntax(switch=True))
+    prepared = chat_request(turned_off, chat(reasoning_effort="none", **fields))
+    assert turned_off.roots == ["root"] and "thinking-0" not in turned_off.compiled[0][0]
+    assert prepared.reasoning is None, "thinking the template did not write is not split off"
+    plain = StandInEngine()
+    chat_request(plain, chat(**fields))
+    assert plain.roots == ["root"]
 
 
 def test_whether_the_answer_starts_inside_the_block_is_read_from_the_prompt() -> None:
@@ -112,11 +127,11 @@ def test_whether_the_answer_starts_inside_the_block_is_read_from_the_prompt() ->
         ({"reasoning_effort": "none"}, True),
         ({"chat_template_kwargs": {"enable_thinking": False}}, True),
         ({"chat_template_kwargs": {"enable_thinking": True}}, False),
-        ({"response_format": {"type": "json_object"}}, True),
-        ({"tools": [WEATHER]}, True),
+        ({"response_format": {"type": "json_object"}}, False),
+        ({"tools": [WEATHER]}, False),
     ],
 )
-def test_thinking_is_turned_off_where_asked_or_a_grammar_holds_the_answer(fields: dict[str, Any], off: bool) -> None:
+def test_thinking_is_turned_off_where_asked_and_only_there(fields: dict[str, Any], off: bool) -> None:
     engine = StandInEngine(reasoning=ReasoningSyntax(switch=True))
     chat_request(engine, chat(**fields))
     assert (engine.variables.get("enable_thinking") is False) == off

@@ -3,20 +3,17 @@ llama.cpp's own grammar engine on the demo model's vocabulary (token by token, a
 
 from __future__ import annotations
 
-import ctypes
 import json
 import random
-from collections.abc import Iterator
 
-import llama_cpp
 import pytest
 
 from server.engine.llama_model import LlamaModel
 from server.errors import APIError
-from server.model_source.local import demo_model
 from server.protocol.openai import ChatMessage, Tool
 from server.serving.constrain.tools.hermes import HermesFormat
 from server.serving.constrain.tools.plan import ParsedAnswer, ToolPlan
+from tests.support.grammar import grammar_matches
 
 HERMES = HermesFormat()
 WEATHER = Tool.model_validate(
@@ -143,34 +140,7 @@ def test_history_reaches_the_template_in_openai_shape() -> None:
 # ---- the grammar, run by llama.cpp ----
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    loaded = LlamaModel(demo_model(), n_gpu_layers=0)
-    yield loaded
-    loaded.close()
-
-
-def _matches(model: LlamaModel, grammar: str, text: str) -> bool:
-    """Whether llama.cpp's grammar lets the tokens of `text` through one by one, then lets the answer end."""
-    sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
-    assert sampler, "the grammar does not parse"
-    one = (llama_cpp.llama_token_data * 1)()
-    candidates = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
-
-    def allowed(token: int) -> bool:
-        one[0].id, one[0].logit = token, 0.0
-        candidates.size, candidates.selected = 1, -1
-        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(candidates))
-        return one[0].logit != float("-inf")
-
-    try:
-        for token in model.tokenize(text, add_special=False):
-            if not allowed(token):
-                return False
-            llama_cpp.llama_sampler_accept(sampler, token)
-        return allowed(llama_cpp.llama_vocab_eos(model.vocab))
-    finally:
-        llama_cpp.llama_sampler_free(sampler)
+_matches = grammar_matches
 
 
 def _plan(*, auto: bool, parallel: bool, chosen: tuple[Tool, ...] = (WEATHER,)) -> ToolPlan:
