@@ -13,6 +13,7 @@ from server.engine.base import (
     Finished,
     GenerationEvent,
     GenerationRequest,
+    Grammar,
     TextDelta,
 )
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
@@ -62,6 +63,7 @@ class FakeEngine:
     variables: dict[str, object] = field(default_factory=dict)  # what the last rendering gave the template
     requests: list[GenerationRequest] = field(default_factory=list)
     streams: list[FakeStream] = field(default_factory=list)
+    grammars: list[tuple[str, str]] = field(default_factory=list)  # (GBNF, start rule) of every compiled grammar
     closed: bool = False
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
@@ -82,7 +84,14 @@ class FakeEngine:
         self.variables = dict(variables or {})
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
+    def compile_grammar(self, gbnf: str, *, param: str, root: str = "root") -> Grammar:
+        """A grammar that holds nothing: the scripted reply is what the test says the grammar let through."""
+        self.grammars.append((gbnf, root))
+        return Grammar(gbnf, lambda handle: None, param=param)
+
     def generate(self, request: GenerationRequest) -> FakeStream:
+        if request.grammar is not None:
+            request.grammar.take()
         self.requests.append(request)
         stream = FakeStream(request, list(self.reply))
         self.streams.append(stream)

@@ -26,7 +26,7 @@ from server.protocol.openai_replies import (
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
-from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
+from server.serving.endpoints.reasoning import HeldAnswer, ReasoningSplitter, Split, split
 from server.serving.endpoints.reply import Reply, new_id, now, usage
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 
@@ -163,14 +163,40 @@ async def _tool_chunks(
     tool_format: tools.ToolFormat,
     reasoning: ReasoningSyntax | None,
 ) -> AsyncGenerator[BaseModel, None]:
-    """A tool answer is parsed whole, then sent as OpenAI streams calls (an id and name, then the arguments) and
-    content, after the thinking."""
-    whole = await admitted.collect()
-    for c in whole.choices:
-        message, reason = _message(split(reasoning, c.text), c.finish_reason, tool_format)
-        yield _chunk(rid, model, c.index, ChatDelta(role="assistant"), None)
-        if message.reasoning_content:
-            yield _chunk(rid, model, c.index, ChatDelta(reasoning_content=message.reasoning_content), None)
+    """A tool answer: a thinking model's thinking streams as it is decoded (`delta.reasoning_content`); the answer
+    after it is parsed whole, then sent as OpenAI streams calls (an id and name, then the arguments) and content."""
+    held = [HeldAnswer(reasoning) for _ in range(body.n)]
+    started: set[int] = set()
+    reasons: dict[int, FinishReason] = {}
+    finished: Finished | None = None
+
+    def first(index: int) -> ChatDelta:
+        opening = index not in started
+        started.add(index)
+        return ChatDelta(role="assistant") if opening else ChatDelta()
+
+    async with aclosing(admitted.events()) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if thinking := held[event.index].feed(event.text):
+                    d = first(event.index)
+                    d.reasoning_content = thinking
+                    yield _chunk(rid, model, event.index, d, None)
+            elif isinstance(event, ChoiceFinished):
+                reasons[event.index] = event.finish_reason
+            else:
+                finished = event
+    if finished is None:
+        raise RuntimeError("the pipeline ended a generation without a Finished event")
+    for index, answer in enumerate(held):
+        whole = answer.finish()
+        message, reason = _message(
+            Split(content=whole.content), reasons.get(index, finished.finish_reason), tool_format
+        )
+        if index not in started or whole.reasoning:
+            d = first(index)
+            d.reasoning_content = whole.reasoning or None
+            yield _chunk(rid, model, index, d, None)
         for i, call in enumerate(message.tool_calls or []):
             start = ToolCallDelta(
                 index=i,
@@ -178,11 +204,11 @@ async def _tool_chunks(
                 type="function",
                 function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
             )
-            yield _chunk(rid, model, c.index, ChatDelta(tool_calls=[start]), None)
+            yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
             rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
-            yield _chunk(rid, model, c.index, ChatDelta(tool_calls=[rest]), None)
+            yield _chunk(rid, model, index, ChatDelta(tool_calls=[rest]), None)
         if message.content:
-            yield _chunk(rid, model, c.index, ChatDelta(content=message.content), None)
-        yield _chunk(rid, model, c.index, ChatDelta(), reason)
+            yield _chunk(rid, model, index, ChatDelta(content=message.content), None)
+        yield _chunk(rid, model, index, ChatDelta(), reason)
     if body.include_usage_in_stream():
-        yield _usage_chunk(rid, model, whole.finished)
+        yield _usage_chunk(rid, model, finished)

@@ -40,7 +40,7 @@ from server.protocol.anthropic import TextDelta as TextDeltaBody
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
-from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
+from server.serving.endpoints.reasoning import HeldAnswer, ReasoningSplitter, Split, split
 from server.serving.endpoints.reply import Reply
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 from server.serving.pipeline.stages import answer_prepared
@@ -204,26 +204,45 @@ async def _text_events(
 async def _tool_events(
     admitted: Admitted, mid: str, model: str, tool_format: tools.ToolFormat, reasoning: ReasoningSyntax | None
 ) -> AsyncGenerator[BaseModel, None]:
-    """A tool answer is parsed whole, then streamed as Anthropic does: the thinking, a text block, then each call as
-    a tool_use block whose input arrives as JSON deltas."""
-    whole = await admitted.collect()  # first: only started events return the lease when the client leaves
-    yield _start(mid, model, admitted)
-    yield PingEvent()
-    choice = whole.choices[0]
-    content, reason = _content(split(reasoning, choice.text), choice.finish_reason, tool_format)
-    for index, block in enumerate(content):
-        if isinstance(block, ThinkingBlock):
-            yield ContentBlockStartEvent(index=index, content_block=ThinkingBlock(thinking=""))
-            yield ContentBlockDeltaEvent(index=index, delta=ThinkingDelta(thinking=block.thinking))
-            yield ContentBlockDeltaEvent(index=index, delta=SignatureDelta(signature=block.signature))
-        elif isinstance(block, TextBlock):
+    """A tool answer, streamed as Anthropic does: a thinking model's thinking block as it is decoded; then the
+    answer after it, parsed whole: a text block, and each call as a tool_use block whose input is a JSON delta."""
+    blocks = _Blocks()
+    held = HeldAnswer(reasoning)
+    finished: Finished | None = None
+
+    def take(event: GenerationEvent) -> list[BaseModel]:
+        nonlocal finished
+        if isinstance(event, TextDelta) and (thinking := held.feed(event.text)):
+            return blocks.send(Split(reasoning=thinking))
+        if isinstance(event, Finished):
+            finished = event
+        return []
+
+    # The events start before anything is sent: only a started generator returns its lease when closed.
+    async with aclosing(admitted.events()) as events:
+        first = await anext(events)
+        yield _start(mid, model, admitted)
+        yield PingEvent()
+        for out in take(first):
+            yield out
+        async for event in events:
+            for out in take(event):
+                yield out
+    if finished is None:
+        raise RuntimeError("the pipeline ended a generation without a Finished event")
+    whole = held.finish()
+    for out in [*blocks.send(Split(reasoning=whole.reasoning)), *blocks.close()]:
+        yield out
+    content, reason = _content(Split(content=whole.content), finished.finish_reason, tool_format)
+    for index, block in enumerate(content, start=blocks.index + 1):
+        if isinstance(block, TextBlock):
             yield ContentBlockStartEvent(index=index, content_block=TextBlock(text=""))
             yield ContentBlockDeltaEvent(index=index, delta=TextDeltaBody(text=block.text))
-        else:
+        elif isinstance(block, ToolUseBlock):
             start = ToolUseBlock(id=block.id, name=block.name, input={})
             yield ContentBlockStartEvent(index=index, content_block=start)
             partial = json.dumps(block.input, ensure_ascii=False)
             yield ContentBlockDeltaEvent(index=index, delta=InputJsonDelta(partial_json=partial))
         yield ContentBlockStopEvent(index=index)
-    for end in _end(reason, whole.finished):
+    for end in _end(reason, finished):
         yield end

@@ -22,7 +22,6 @@ from server.errors import known_error
 from server.protocol.responses import (
     InputItemsQuery,
     OutputText,
-    ReasoningItem,
     ResponseRequest,
     TextConfig,
 )
@@ -37,8 +36,6 @@ from server.protocol.responses_replies import (
     OutputItem,
     OutputItemEvent,
     OutputMessage,
-    ReasoningDeltaEvent,
-    ReasoningDoneEvent,
     ResponseError,
     ResponseObject,
     ResponseStatus,
@@ -49,7 +46,7 @@ from server.protocol.responses_replies import (
 from server.serving.constrain.tools.formats import ToolFormat
 from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.prepare import chat_request
-from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
+from server.serving.endpoints.reasoning import HeldAnswer, ReasoningSplitter, Split, split
 from server.serving.endpoints.reply import Reply
 from server.serving.endpoints.responses_stream import TextItems, part_event
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
@@ -226,31 +223,26 @@ async def _streamed_text(
 async def _whole_answer(
     events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
 ) -> AsyncGenerator[BaseModel, None]:
-    """An answer that may hold tool calls is parsed whole, then sent item by item: text, then each call."""
-    parts: list[str] = []
+    """An answer that may hold tool calls: a thinking model's reasoning item streams as it is decoded; the answer
+    after it is parsed whole, then sent item by item: text, then each call."""
+    held = HeldAnswer(admitted.job.reasoning)
+    stream = TextItems(sequence)
     finished: Finished | None = None
     async for event in events:
         if isinstance(event, TextDelta):
-            parts.append(event.text)
+            for out in stream.think(held.feed(event.text)):
+                yield out
         elif isinstance(event, Finished):
             finished = event
     if finished is None:
         raise RuntimeError("the pipeline ended a generation without a Finished event")
-    whole = split(admitted.job.reasoning, "".join(parts))
-    output = items.output_items(whole, finished.finish_reason, admitted.job.tool_format)
-    for index, item in enumerate(output):
-        if isinstance(item, ReasoningItem):
-            thought = item.content[0].text if item.content else ""
-            started_thinking = item.model_copy(update={"status": "in_progress", "content": []})
-            yield OutputItemEvent(
-                type="response.output_item.added", sequence_number=next(sequence), output_index=index,
-                item=started_thinking,
-            )  # fmt: skip
-            yield ReasoningDeltaEvent(
-                sequence_number=next(sequence), item_id=item.id, output_index=index, delta=thought
-            )
-            yield ReasoningDoneEvent(sequence_number=next(sequence), item_id=item.id, output_index=index, text=thought)
-        elif isinstance(item, OutputMessage):
+    whole = held.finish()
+    status: Literal["completed", "incomplete"] = "completed" if finished.finish_reason == "stop" else "incomplete"
+    for out in [*stream.think(whole.reasoning), *stream.end_thinking(status)]:
+        yield out
+    answer = items.output_items(Split(content=whole.content), finished.finish_reason, admitted.job.tool_format)
+    for index, item in enumerate(answer, start=len(stream.output)):
+        if isinstance(item, OutputMessage):
             started = item.model_copy(update={"status": "in_progress", "content": []})
             yield OutputItemEvent(
                 type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started
@@ -283,7 +275,7 @@ async def _whole_answer(
         yield OutputItemEvent(
             type="response.output_item.done", sequence_number=next(sequence), output_index=index, item=item
         )
-    yield await _final(draft, output, finished, finished.finish_reason, sequence)
+    yield await _final(draft, [*stream.output, *answer], finished, finished.finish_reason, sequence)
 
 
 async def _final(

@@ -52,7 +52,7 @@ class TextItems:
         if not text and not open_anyway:
             return out
         if self.message is None:
-            out += self._end_thinking("completed")
+            out += self.end_thinking("completed")
             self.message = OutputMessage(id=items.item_id("message"), status="in_progress", content=[])
             out.append(self._item("response.output_item.added", self.message))
             empty = OutputText(type="output_text", text="")
@@ -65,7 +65,7 @@ class TextItems:
         return out
 
     def done(self, status: Literal["completed", "incomplete"]) -> list[BaseModel]:
-        out = self._end_thinking(status) + self.say("", open_anyway=True)
+        out = self.end_thinking(status) + self.say("", open_anyway=True)
         message, index, text = self.message, len(self.output), "".join(self.parts)
         if message is None:
             raise RuntimeError("say() opens the message")
@@ -77,7 +77,8 @@ class TextItems:
         self.output.append(final)
         return out
 
-    def _end_thinking(self, status: Literal["completed", "incomplete"]) -> list[BaseModel]:
+    def end_thinking(self, status: Literal["completed", "incomplete"]) -> list[BaseModel]:
+        """Close the reasoning item, if one is open and nothing follows it yet."""
         if self.thinking is None or self.output:
             return []
         text = "".join(self.thoughts)

@@ -126,6 +126,28 @@ def test_a_tool_call_comes_after_the_thinking_closed_by_the_budget(client: opena
     assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
 
 
+def test_a_streamed_tool_answer_sends_its_thinking_as_it_is_decoded(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=_model(client),
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=120,
+        temperature=0,
+        extra_body=BUDGET,
+        stream=True,
+    )
+    kinds = []
+    for chunk in stream:
+        for choice in chunk.choices:
+            if _extra(choice.delta, "reasoning_content"):
+                kinds.append("thinking")
+            if choice.delta.tool_calls:
+                kinds.append("call")
+    assert kinds.count("thinking") > 1 and "call" in kinds
+    assert kinds.index("call") > len(kinds) - kinds[::-1].index("thinking") - 1, "all the thinking comes first"
+
+
 def test_structured_output_holds_the_answer_after_the_thinking(client: openai.OpenAI) -> None:
     schema = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
     completion = client.chat.completions.create(

@@ -62,3 +62,24 @@ async def test_a_stream_cut_inside_a_marker_sends_what_was_held_before_it_finish
     deltas = await _streamed(_context("<think>ab</thi", ReasoningSyntax()))
     assert "".join(str(d.get("reasoning_content", "")) for d in deltas) == "ab</thi"
     assert deltas[-1] == {"finish": "stop"}
+
+
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+THEN_CALL = '<think>ab</think>\n{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+
+
+async def test_a_tool_answer_streams_its_thinking_as_decoded_then_the_calls_parsed_from_the_rest() -> None:
+    ctx = _context(THEN_CALL, ReasoningSyntax())
+    deltas = await _streamed(ctx, tools=[WEATHER], tool_choice="required")
+    thinking = [d["reasoning_content"] for d in deltas if d.get("reasoning_content")]
+    assert thinking == ["a", "b"], "the thinking is not held until the answer is parsed"
+    calls = [d["tool_calls"] for d in deltas if d.get("tool_calls")]
+    assert calls[0][0]["function"]["name"] == "get_weather"  # type: ignore[index]  # a list of tool call deltas
+    assert deltas[0]["role"] == "assistant" and deltas[-1]["finish"] == "tool_calls"
+    whole = await chat.create(_request(tools=[WEATHER], tool_choice="required"), ctx)
+    assert isinstance(whole.body, ChatCompletion)
+    message = whole.body.choices[0].message
+    assert message.reasoning_content == "ab" and message.tool_calls and message.content is None

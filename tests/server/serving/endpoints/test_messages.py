@@ -73,3 +73,31 @@ async def test_a_stream_cut_inside_the_thinking_closes_its_block() -> None:
         "message_delta",
         "message_stop",
     ]
+
+
+WEATHER = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+THEN_CALL = '<think>ab</think>\n{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+
+
+async def test_a_tool_answer_streams_its_thinking_block_as_decoded_then_the_tool_use() -> None:
+    reply = await messages.create(
+        _request(stream=True, tools=[WEATHER], tool_choice={"type": "any"}), _context(THEN_CALL)
+    )
+    assert reply.chunks is not None
+    events = [event.model_dump() async for event in reply.chunks]
+    kinds = [(e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type")) for e in events]
+    assert kinds == [
+        ("message_start", None, None),
+        ("ping", None, None),
+        ("content_block_start", 0, "thinking"),
+        ("content_block_delta", 0, "thinking_delta"),
+        ("content_block_delta", 0, "thinking_delta"),
+        ("content_block_delta", 0, "signature_delta"),
+        ("content_block_stop", 0, None),
+        ("content_block_start", 1, "tool_use"),
+        ("content_block_delta", 1, "input_json_delta"),
+        ("content_block_stop", 1, None),
+        ("message_delta", None, None),
+        ("message_stop", None, None),
+    ]
+    assert events[-2]["delta"]["stop_reason"] == "tool_use"

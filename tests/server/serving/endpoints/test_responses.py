@@ -228,3 +228,29 @@ async def test_a_thinking_models_stream_opens_the_message_after_the_reasoning_it
     final = events[-1]["response"]["output"]
     assert [item["type"] for item in final] == ["reasoning", "message"]
     assert final[0]["content"] == [{"type": "reasoning_text", "text": "ab"}]
+
+
+WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+THEN_CALL = '<think>ab</think>\n{"tool_calls": [{"name": "get_weather", "arguments": {}}]}'
+
+
+async def test_a_tool_answer_streams_its_reasoning_item_as_decoded_then_the_call() -> None:
+    engine = FakeEngine(reply=THEN_CALL, reasoning=ReasoningSyntax())
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    reply = await responses.create(_request(stream=True, tools=[WEATHER], tool_choice="required"), ctx, store)
+    assert reply.chunks is not None
+    events = [event async for event in reply.chunks]
+    kinds = [e.type for e in events]  # type: ignore[attr-defined]  # every event has its type
+    assert kinds[:5] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.delta",
+    ], "the reasoning streams before the answer is parsed"
+    last = events[-1]
+    assert isinstance(last, LifecycleEvent) and last.type == "response.completed"
+    assert [item.type for item in last.response.output] == ["reasoning", "function_call"]
+    assert [e.output_index for e in events if e.type == "response.output_item.added"] == [0, 1]  # type: ignore[attr-defined]  # item events
