@@ -134,7 +134,10 @@ def chat_request(engine: Engine, body: ChatCompletionRequest, *, prefill: bool =
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     sampling = _sampling(body, max_tokens, logprobs=logprobs)
     gbnf = (tools.grammar(tool_format, plan), "tools") if plan is not None else response_grammar(body)
-    thinking = _thinking_budget(engine, chat.reasoning, body.thinking_budget_tokens)
+    # Thinking turned off on a template that cannot turn it off (DeepSeek-R1's): closed at once, as llama.cpp's
+    # --reasoning-budget 0 does. With the switch, the template wrote an empty block and `chat.reasoning` is None.
+    budget = 0 if body.thinking_off() else body.thinking_budget_tokens
+    thinking = _thinking_budget(engine, chat.reasoning, budget)
     grammar = _compile(engine, gbnf, chat.reasoning)
     generation = GenerationRequest(
         prompt, sampling, prompt_param="messages", n=body.n, grammar=grammar, thinking=thinking

@@ -277,3 +277,15 @@ async def test_a_request_abandoned_mid_preparation_waits_for_its_thread_and_clos
         await task
     assert job.generation is None
     assert engine.freed == ["grammar 1"], "the abandoned preparation's grammar is closed before the stage unwinds"
+
+
+def test_a_thinking_budget_reaches_the_engine_and_thinking_off_without_a_switch_is_a_zero_budget() -> None:
+    switchless = StandInEngine(reasoning=ReasoningSyntax())
+    budgeted = chat_request(switchless, chat(thinking_budget_tokens=12)).request.thinking
+    assert budgeted is not None and budgeted.tokens == 12
+    assert budgeted.close_tokens == tuple(switchless.tokenize("</think>", add_special=False))
+    off = chat_request(switchless, chat(reasoning_effort="none", thinking_budget_tokens=12)).request.thinking
+    assert off is not None and off.tokens == 0, "a template without the switch is closed at once"
+    switched = StandInEngine(reasoning=ReasoningSyntax(switch=True))
+    assert chat_request(switched, chat(reasoning_effort="none")).request.thinking is None, "its template wrote none"
+    assert chat_request(StandInEngine(), chat(thinking_budget_tokens=12)).request.thinking is None
