@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 from pydantic import BaseModel
@@ -188,8 +188,17 @@ async def _text_events(
             out.extend(_end("max_tokens" if event.finish_reason == "length" else "end_turn", event))
         return out
 
-    # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it at once.
-    # The events start before anything is sent: only a started generator returns its lease when closed.
+    async with aclosing(_translated(admitted, mid, model, translate)) as outs:
+        async for out in outs:
+            yield out
+
+
+async def _translated(
+    admitted: Admitted, mid: str, model: str, translate: Callable[[GenerationEvent], list[BaseModel]]
+) -> AsyncGenerator[BaseModel, None]:
+    """`message_start` and a ping, then what `translate` makes of each event. The events start before anything is
+    sent: only a started generator returns its lease when closed. A client that stops reading closes the caller,
+    which closes this (aclosing), and the events and the lease close with it at once."""
     async with aclosing(admitted.events()) as events:
         first = await anext(events)
         yield _start(mid, model, admitted)
@@ -218,16 +227,9 @@ async def _tool_events(
             finished = event
         return []
 
-    # The events start before anything is sent: only a started generator returns its lease when closed.
-    async with aclosing(admitted.events()) as events:
-        first = await anext(events)
-        yield _start(mid, model, admitted)
-        yield PingEvent()
-        for out in take(first):
+    async with aclosing(_translated(admitted, mid, model, take)) as outs:
+        async for out in outs:
             yield out
-        async for event in events:
-            for out in take(event):
-                yield out
     if finished is None:
         raise RuntimeError("the pipeline ended a generation without a Finished event")
     whole = held.finish()

@@ -106,18 +106,18 @@ WEATHER: Any = {
     },
 }
 BUDGET: dict[str, Any] = {"thinking_budget_tokens": 16}  # the demo model never closes its block of its own accord
+WEATHER_CALL: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+    "tools": [WEATHER],
+    "tool_choice": "required",
+    "max_tokens": 120,
+    "temperature": 0,
+    "extra_body": BUDGET,
+}
 
 
 def test_a_tool_call_comes_after_the_thinking_closed_by_the_budget(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(
-        model=_model(client),
-        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[WEATHER],
-        tool_choice="required",
-        max_tokens=120,
-        temperature=0,
-        extra_body=BUDGET,
-    )
+    completion = client.chat.completions.create(model=_model(client), **WEATHER_CALL)
     choice = completion.choices[0]
     reasoning = _extra(choice.message, "reasoning_content")
     assert isinstance(reasoning, str) and reasoning.strip() and "</think>" not in reasoning
@@ -127,16 +127,7 @@ def test_a_tool_call_comes_after_the_thinking_closed_by_the_budget(client: opena
 
 
 def test_a_streamed_tool_answer_sends_its_thinking_as_it_is_decoded(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
-        model=_model(client),
-        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[WEATHER],
-        tool_choice="required",
-        max_tokens=120,
-        temperature=0,
-        extra_body=BUDGET,
-        stream=True,
-    )
+    stream = client.chat.completions.create(model=_model(client), **WEATHER_CALL, stream=True)
     kinds = []
     for chunk in stream:
         for choice in chunk.choices:
