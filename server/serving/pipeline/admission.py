@@ -136,17 +136,22 @@ class Collected:
     finished: Finished
 
 
-async def lease_model(models: ModelRegistry, model: str, caller: Caller) -> Lease:
+async def lease_model(
+    models: ModelRegistry, model: str, caller: Caller, before_load: Callable[[], Awaitable[None]] | None = None
+) -> Lease:
     """A lease on the model `model` names (its id or an alias), loading it if it is not loaded; 404 when no catalogue
     model has that name.
 
-    A key limited to other models never loads one (which could evict what its owners use): refused here when the
-    model is not loaded. A loaded one is leased, and the permit stage refuses it with an audit row like any refusal."""
+    A load evicts what other keys use, so a request that would be refused never causes one: when the model is not
+    loaded, a key limited to other models is refused here, and `before_load` (the pipeline's load gates: its key's
+    request limit) runs first. A loaded model is leased, and the stages refuse with an audit row like any refusal."""
     found = models.resolve(model)
     if found is None:
         raise model_not_found(models, model)
     if found.holder.current is None:
         require_permitted(caller, found.id)
+        if before_load is not None:
+            await before_load()
     try:
         return await models.lease(found)
     except ServerDrainingError:
@@ -184,7 +189,13 @@ async def admit(
     tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits; `terminal` replaces the
     pipeline's last stage (embeddings). The model-version header is set here, once, for every answer."""
     arrived = time.monotonic()  # a load of the model on demand counts in the time to first token
-    lease = await lease_model(ctx.models, model, ctx.caller)
+    admitted_early: dict[str, str] | None = None
+
+    async def before_load() -> None:
+        nonlocal admitted_early
+        admitted_early = await ctx.pipeline.before_load(ctx.caller, ctx.request_id)
+
+    lease = await lease_model(ctx.models, model, ctx.caller, before_load)
     try:
         job = ServingJob(
             ctx.request_id,
@@ -198,6 +209,9 @@ async def admit(
             arrived_at=arrived,
         )
         job.response_headers[MODEL_VERSION_HEADER] = lease.model.sha256
+        if admitted_early is not None:
+            job.request_counted = True
+            job.response_headers.update(admitted_early)
         prometheus.model_requests.labels(lease.model.model_id, endpoint).inc()
         events = ctx.pipeline.run(job, terminal)
         try:

@@ -11,7 +11,7 @@ from server.access.authenticate import KeyAuthenticator
 from server.access.caller import Authenticator, open_access
 from server.access.throttle import FailureThrottle
 from server.config.settings import Settings
-from server.serving.pipeline.stages import Pipeline, Stage, prepare
+from server.serving.pipeline.stages import LoadGate, Pipeline, Stage, prepare
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
 from server.serving.stages.record import RecordStage
@@ -43,6 +43,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     credential = await entra_credential(settings, resources)
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
+    load_gates: list[LoadGate] = []
     keys = verifier = conversations = None
     responses: ResponseStore = MemoryResponseStore(
         max_items=settings.responses_memory_max, retention_s=settings.responses_retention_s
@@ -79,12 +80,16 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
 
         redis = await open_redis(settings, resources, credential)
         limiter = RateLimiter(redis.client, fail_closed=settings.ratelimit_fail_closed, outage=redis.outage)
-        stages.extend([RequestLimitStage(limiter), prepare, TokenLimitStage(limiter)])
+        request_limit = RequestLimitStage(limiter)
+        load_gates.append(request_limit.before_load)
+        stages.extend([request_limit, prepare, TokenLimitStage(limiter)])
         if settings.cache_ttl_s > 0:
             cache = ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)
             stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
-    return DataPlane(authenticator, Pipeline(stages), responses, keys, verifier, conversations, admin_key)
+    return DataPlane(
+        authenticator, Pipeline(stages, load_gates=load_gates), responses, keys, verifier, conversations, admin_key
+    )
 
 
 def _name(stage: Stage) -> str:

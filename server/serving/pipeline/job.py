@@ -75,6 +75,8 @@ class ServingJob:
     # A failure after the generation finished, while its reply was being settled (a Responses answer that could not
     # be stored): the client hears it, so the record stage records it as the request's outcome.
     reply_error: Exception | None = None
+    # The request limit admitted (and counted) it before its model was loaded (Pipeline.before_load).
+    request_counted: bool = False
 
     @property
     def runs_model(self) -> bool:

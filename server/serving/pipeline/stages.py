@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Protocol
 
+from server.access.caller import Caller
 from server.engine.base import Engine, Finished, GenerationEvent
 from server.serving.pipeline.job import PreparedGeneration, ServingJob
 
@@ -106,10 +107,24 @@ async def embed(job: ServingJob) -> Events:
     yield Finished("stop", job.prompt_tokens, 0)
 
 
+# A check that runs before a request loads its model (its model is not loaded): what it allows is said in the
+# response headers it returns. Loading evicts what other keys use, so a request a stage would refuse must not get
+# that far: `RequestLimitStage.before_load` admits it against its key's RPM here instead of in the pipeline.
+LoadGate = Callable[[Caller, str], Awaitable[Mapping[str, str]]]
+
+
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], terminal: Next = generate) -> None:
+    def __init__(self, stages: Sequence[Stage], terminal: Next = generate, load_gates: Sequence[LoadGate] = ()) -> None:
         self.stages = tuple(stages)
         self._terminal = terminal
+        self._load_gates = tuple(load_gates)
+
+    async def before_load(self, caller: Caller, request_id: str) -> dict[str, str]:
+        """Run the load gates for a request whose model must be loaded first; their headers, or their refusal."""
+        headers: dict[str, str] = {}
+        for gate in self._load_gates:
+            headers.update(await gate(caller, request_id))
+        return headers
 
     def run(self, job: ServingJob, terminal: Next | None = None) -> Events:
         """The job's events through every stage; `terminal` replaces the pipeline's last stage (e.g. `embed`)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import aclosing
 
+from server.access.caller import Caller
 from server.access.ratelimit import Decision, LimiterUnavailableError, Limits, RateLimiter
 from server.engine.base import Finished
 from server.errors import APIError
@@ -38,26 +39,35 @@ def _refusal(decision: Decision) -> APIError:
     )
 
 
-async def _admit(limiter: RateLimiter, job: ServingJob, limits: Limits, prompt: int, *, first: bool) -> None:
-    if job.caller.key_id is None:
-        raise TypeError("a limited request needs a key")
+async def _admit(
+    limiter: RateLimiter, key_id: str, request_id: str, limits: Limits, prompt: int, *, first: bool
+) -> dict[str, str]:
     try:
-        decision = await limiter.admit(job.caller.key_id, limits, job.request_id, prompt, count_request=first)
+        decision = await limiter.admit(key_id, limits, request_id, prompt, count_request=first)
     except LimiterUnavailableError as exc:
         raise APIError(503, str(exc), type="service_unavailable", code="rate_limiter_unavailable") from None
     if not decision.allowed:
         raise _refusal(decision)
-    job.response_headers.update(decision.headers)
+    return decision.headers
 
 
 class RequestLimitStage:
     def __init__(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
 
+    async def before_load(self, caller: Caller, request_id: str) -> dict[str, str]:
+        """The request's RPM admission, before its model is loaded (a load gate: see Pipeline): a key over its limit
+        must not load a model, which evicts what other keys use. Refused here, it has no audit row."""
+        limits = Limits(caller.rpm, caller.tpm)
+        if caller.key_id is None or not limits.any:
+            return {}
+        return await _admit(self._limiter, caller.key_id, request_id, limits, 0, first=True)
+
     async def __call__(self, job: ServingJob, call_next: Next) -> Events:
         limits = Limits(job.caller.rpm, job.caller.tpm)
-        if job.caller.key_id is not None and limits.any:
-            await _admit(self._limiter, job, limits, 0, first=True)
+        if job.caller.key_id is not None and limits.any and not job.request_counted:
+            headers = await _admit(self._limiter, job.caller.key_id, job.request_id, limits, 0, first=True)
+            job.response_headers.update(headers)
         async with aclosing(_passed_on(job, call_next)) as events:
             async for event in events:
                 yield event
@@ -78,7 +88,7 @@ class TokenLimitStage:
                     yield event
             return
         prompt = job.prompt_tokens
-        await _admit(self._limiter, job, limits, prompt, first=False)
+        job.response_headers.update(await _admit(self._limiter, key_id, job.request_id, limits, prompt, first=False))
         settled = False
         try:
             async with aclosing(call_next(job)) as events:
