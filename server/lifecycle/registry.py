@@ -234,8 +234,11 @@ class ModelRegistry:
 
     async def _unload(self, m: CatalogueModel, reason: str, drain_s: float = 0.0) -> None:
         if m.watcher is not None:
-            m.watcher.cancel()
-            m.watcher = None
+            watcher, m.watcher = m.watcher, None
+            watcher.cancel()
+            # A swap it was loading finishes and is freed first (watcher.load_or_free): the model unloaded below is
+            # then the one the holder serves, and no load is left running behind the unload.
+            await asyncio.wait([watcher])
         served = m.holder.unload(reason)
         if served is None:
             return

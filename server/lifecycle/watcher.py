@@ -133,7 +133,7 @@ class ModelWatcher:
 
     async def _swap_beside(self, fetched: FetchResult, noticed: float) -> None:
         try:
-            new = await load_served(fetched, self._settings, self._model_id())
+            new = await load_or_free(fetched, self._settings, self._model_id())
         except Exception as exc:  # llama.cpp fails a load or a warm-up in several ways; each is a refusal
             self._refuse(fetched.version or "", f"load or warm-up failed: {exc}", "beside")
             self._source.discard(fetched.path)
@@ -157,7 +157,7 @@ class ModelWatcher:
         await old.close()
         log.info("swap: freed the old model %s (sha256 %s)", old.model_id, old.sha256)
         try:
-            new = await load_served(fetched, self._settings, self._model_id())
+            new = await load_or_free(fetched, self._settings, self._model_id())
         except Exception as exc:  # as in _swap_beside; the old model is loaded again from its cached file
             self._refuse(fetched.version or "", f"load or warm-up failed: {exc}", "in_place")
             self._source.discard(fetched.path)
@@ -175,7 +175,7 @@ class ModelWatcher:
         delay = self._settings.source_retry_initial_s
         while True:
             try:
-                served = await load_served(again, self._settings, old.model_id)
+                served = await load_or_free(again, self._settings, old.model_id)
             except Exception as exc:
                 log.error("reloading the previous model failed too (%s); retrying in %.0f s", exc, delay)
                 self._holder.lost(f"the new model failed and reloading the old one failed: {exc} (retrying)")
@@ -221,3 +221,16 @@ class ModelWatcher:
 
     def _model_id(self) -> str:
         return self._id
+
+
+async def load_or_free(fetched: FetchResult, settings: Settings, model_id: str) -> ServedModel:
+    """`load_served`, which cancelling the watcher (an unload, a shutdown) does not cut in half: the load runs in
+    threads that cannot be stopped, so the cancelled watcher waits for it, frees what it loaded, then ends."""
+    loading = asyncio.ensure_future(load_served(fetched, settings, model_id))
+    try:
+        return await asyncio.shield(loading)
+    except asyncio.CancelledError:
+        await asyncio.wait([loading])
+        if not loading.cancelled() and loading.exception() is None:
+            await loading.result().close()
+        raise

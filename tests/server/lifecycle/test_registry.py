@@ -285,3 +285,33 @@ async def test_a_pinned_model_that_fails_retries_and_shows_failed() -> None:
     assert status.state == "failed" and status.reason is not None and "next try in 3600 s" in status.reason
     assert models.readiness().state is ModelState.WAITING
     await models.close()
+
+
+class WatchedSpec(ModelSpec):
+    @property
+    def watched(self) -> bool:  # a blob's model, as far as the registry can tell
+        return True
+
+
+async def test_an_unload_waits_for_the_swap_its_watcher_is_in_the_middle_of() -> None:
+    models, loading, _ = registry([WatchedSpec("a", (), FileModelSource(Path("/a.gguf")), load_settings())],
+                                  {"a": 100}, 100)  # fmt: skip
+    cancelled, swapped = asyncio.Event(), asyncio.Event()
+
+    async def mid_swap(spec: ModelSpec, holder: ModelHolder, fetched: FetchResult) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            await swapped.wait()  # as watcher.load_or_free waits for a load it cannot stop
+            raise
+
+    loading.watch = mid_swap  # type: ignore[method-assign]  # this test's watcher
+    await models.load(models.default)
+    unloading = asyncio.create_task(models.unload(models.default, drain_s=0))
+    await cancelled.wait()
+    await settle()
+    assert not unloading.done() and not loading.engines["a"][0].closed, "the unload waits for the swap to end"
+    swapped.set()
+    await unloading
+    assert loading.engines["a"][0].closed and state(models, "a") == "unloaded"

@@ -1,0 +1,54 @@
+"""The watcher's loads, cancelled halfway (an admin unload, a shutdown): the load's threads cannot be stopped, so the
+watcher waits for the load and frees what it loaded before it ends; nothing is left loaded that nobody holds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.config.settings import load_settings
+from server.lifecycle import watcher
+from server.model_source.base import FetchResult
+
+FETCHED = FetchResult(Path("/models/m.gguf"), 0, 0.0)
+
+
+class Loaded:
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_load_cut_by_a_cancellation_is_waited_for_and_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    started, finish, loaded = asyncio.Event(), asyncio.Event(), Loaded()
+
+    async def slow_load(*_: Any) -> Loaded:
+        started.set()
+        await finish.wait()  # the weights still loading in their thread
+        return loaded
+
+    monkeypatch.setattr(watcher, "load_served", slow_load)
+    loading = asyncio.create_task(watcher.load_or_free(FETCHED, load_settings(), "m"))
+    await started.wait()
+    loading.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not loading.done(), "the cancelled watcher waits for the load it started"
+    finish.set()
+    with pytest.raises(asyncio.CancelledError):
+        await loading
+    assert loaded.closed, "what the cut load made is freed, not leaked"
+
+
+async def test_a_load_that_is_not_cancelled_is_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = Loaded()
+
+    async def load(*_: Any) -> Loaded:
+        return loaded
+
+    monkeypatch.setattr(watcher, "load_served", load)
+    assert await watcher.load_or_free(FETCHED, load_settings(), "m") is loaded and not loaded.closed
