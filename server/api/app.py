@@ -16,7 +16,7 @@ from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddlew
 from server.api.routes import admin, anthropic, conversations, health, metrics, openai, responses, tokenizer
 from server.api.streaming import component_schemas
 from server.config.settings import Settings
-from server.lifecycle.registry import build_registry
+from server.lifecycle.build import build_registry
 from server.serving.pipeline.assemble import assemble
 from server.telemetry import prometheus, tracing
 

@@ -94,6 +94,13 @@ class Budget(Generic[K]):
                 ) from None
         self._charges[key] = need
 
+    def recharge(self, key: K, need: int) -> None:
+        """A loaded `key` now holds another version (a hot swap): charge it what that one needs. The swap checked
+        the memory actually free; a charge now over the budget makes the next load evict more."""
+        if key in self._charges:
+            self._charges[key] = need
+            self.changed()
+
     def release(self, key: K) -> None:
         """A reservation whose load failed."""
         self._charges.pop(key, None)

@@ -8,7 +8,7 @@ from server.engine.sizing import slots_for
 from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.holder import ModelHolder, ModelState, ServedModel
 from server.lifecycle.loader import fetch, in_daemon_thread, load_served
-from server.lifecycle.watcher import watch
+from server.lifecycle.watcher import Swapped, watch
 from server.model_source.base import FetchResult
 from server.model_source.facts import memory_estimate, read_facts
 
@@ -32,6 +32,9 @@ class ModelLoading:
     ) -> ServedModel:
         return await load_served(fetched, spec.settings, spec.id, report=report)
 
-    async def watch(self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult) -> None:
-        """Swap the model to its blob's new versions until cancelled (when it is unloaded)."""
-        await watch(spec, holder, fetched)
+    async def watch(
+        self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult, on_swapped: Swapped | None = None
+    ) -> None:
+        """Swap the model to its blob's new versions until cancelled (when it is unloaded), telling `on_swapped` of
+        each version installed."""
+        await watch(spec, holder, fetched, on_swapped)

@@ -21,15 +21,15 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.config.settings import Settings
 from server.engine.base import EngineStats
-from server.lifecycle.budget import Budget, NoRoomError, default_budget_bytes, mib
+from server.lifecycle.budget import Budget, NoRoomError, mib
 from server.lifecycle.capacity import return_freed_memory
-from server.lifecycle.catalogue import CatalogueModel, ModelSpec, ModelStatus, catalogue
+from server.lifecycle.catalogue import CatalogueModel, ModelSpec, ModelStatus
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError, PinnedModelError, describe_failure
 from server.lifecycle.holder import Lease, ModelHolder, ModelState, Readiness, ServedModel, ServerDrainingError
 from server.lifecycle.loader import publish_model_info
 from server.lifecycle.loading import ModelLoading
+from server.model_source.base import FetchResult
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,14 @@ class ModelRegistry:
         prometheus.model_load_duration.labels(m.id).observe(m.load_seconds)
         log.info("ready: serving %s (sha256 %s, cold start %.1f s)", m.id, served.sha256, m.load_seconds)
         if spec.watched:
-            m.watcher = self._spawn(self.loading.watch(spec, holder, fetched), f"watch-{m.id}")
+            m.watcher = self._spawn(
+                self.loading.watch(spec, holder, fetched, functools.partial(self._swapped, m)), f"watch-{m.id}"
+            )
         self.budget.changed()
+
+    async def _swapped(self, m: CatalogueModel, fetched: FetchResult) -> None:
+        """`m`'s watcher installed another version: charge it what that version needs, not what the first did."""
+        self.budget.recharge(m, await self.loading.estimate(m.spec, fetched))
 
     def _load_failed(self, m: CatalogueModel, exc: Exception, *, retrying: bool) -> None:
         reason = describe_failure(exc)
@@ -378,23 +384,3 @@ class ModelRegistry:
                 await task
         for served in self.take():
             await served.close()
-
-
-def build_registry(settings: Settings) -> ModelRegistry:
-    """The registry of `settings`' catalogue. With the single-model settings and no budget set, the one model is not
-    held to a budget: it loads as it always did."""
-    specs = catalogue(settings)
-    if settings.model_memory_budget_mib is not None:
-        total: int | None = settings.model_memory_budget_mib * 2**20
-    elif settings.models is None:
-        total = None
-    else:
-        total = default_budget_bytes(gpu=any(spec.settings.n_gpu_layers != 0 for spec in specs))
-    return ModelRegistry(
-        specs,
-        Budget(total, wait_s=settings.model_load_timeout_s),
-        load_timeout_s=settings.model_load_timeout_s,
-        max_waiting=settings.max_queue,
-        retry_initial_s=settings.source_retry_initial_s,
-        retry_max_s=settings.source_retry_max_s,
-    )

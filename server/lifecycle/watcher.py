@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from server.config.settings import Settings
 from server.lifecycle.capacity import SwapPlan, free_ram_bytes, free_vram_bytes, plan_swap
@@ -33,13 +34,17 @@ from server.telemetry import prometheus
 log = logging.getLogger(__name__)
 
 
-async def watch(spec: ModelSpec, holder: ModelHolder, serving: FetchResult) -> None:
+# Told of each version a swap installed (the registry charges it what that version needs).
+Swapped = Callable[[FetchResult], Awaitable[None]]
+
+
+async def watch(spec: ModelSpec, holder: ModelHolder, serving: FetchResult, on_swapped: Swapped | None = None) -> None:
     """Swap `spec`'s model to its blob's new versions until cancelled; a watcher that fails shows in readiness."""
     if not spec.watched or not isinstance(spec.source, BlobModelSource):
         return
     prometheus.model_watcher_running.labels(spec.id).set(1)
     try:
-        await ModelWatcher(spec.settings, holder, spec.source, serving, model_id=spec.id).run()
+        await ModelWatcher(spec.settings, holder, spec.source, serving, model_id=spec.id, on_swapped=on_swapped).run()
     except Exception as exc:  # a bug, not a bad version (those are refused): visible, and the model serves on
         log.exception("the watcher of %s stopped; new versions of it are not picked up", spec.id)
         holder.watcher_stopped = f"{type(exc).__name__}: {exc}"
@@ -56,8 +61,10 @@ class ModelWatcher:
         serving: FetchResult,
         *,
         model_id: str | None = None,
+        on_swapped: Swapped | None = None,
     ) -> None:
         self._settings = settings
+        self._on_swapped = on_swapped
         self._holder = holder
         self._source = source
         self._id = model_id or settings.model_alias or source.default_model_id()
@@ -139,6 +146,7 @@ class ModelWatcher:
             self._source.discard(fetched.path)
             return
         previous = self._install(new, noticed, "beside")
+        await self._swapped(fetched)
         if previous is not None:
             task = asyncio.create_task(self._retire(previous), name=f"retire-{previous.sha256[:12]}")
             self._retiring.add(task)
@@ -164,6 +172,7 @@ class ModelWatcher:
             await self._reload(old)
             return
         self._install(new, noticed, "in_place")
+        await self._swapped(fetched)
 
     async def _reload(self, old: ServedModel) -> None:
         """Load the previous model again, retrying with backoff: no model serves meanwhile (not ready), and once
@@ -184,8 +193,17 @@ class ModelWatcher:
                 continue
             self._holder.install(served)
             publish_model_info(served)
+            await self._swapped(again)
             log.info("serving the previous model %s again", served.model_id)
             return
+
+    async def _swapped(self, fetched: FetchResult) -> None:
+        if self._on_swapped is None:
+            return
+        try:
+            await self._on_swapped(fetched)
+        except Exception:  # the new version serves all the same; only what it is charged may be off
+            log.exception("recording the swap to %s failed", fetched.path.name)
 
     def _install(self, new: ServedModel, noticed: float, mode: str) -> ServedModel | None:
         previous = self._holder.install(new)

@@ -123,7 +123,9 @@ class NoLoading:
     async def load(self, spec: ModelSpec, fetched: FetchResult, report: object) -> ServedModel:
         raise AssertionError("nothing loads")
 
-    async def watch(self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult) -> None:
+    async def watch(
+        self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult, on_swapped: object = None
+    ) -> None:
         return None
 
 

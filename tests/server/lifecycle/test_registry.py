@@ -5,8 +5,9 @@ events the tests set, and the clock is the test's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,9 @@ class FakeLoading:
         self.engines.setdefault(spec.id, []).append(engine)
         return ServedModel(engine, f"sha-{spec.id}", None, 0)  # type: ignore[arg-type]  # a stand-in engine
 
-    async def watch(self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult) -> None:
+    async def watch(
+        self, spec: ModelSpec, holder: ModelHolder, fetched: FetchResult, on_swapped: object = None
+    ) -> None:
         return None
 
 
@@ -298,7 +301,7 @@ async def test_an_unload_waits_for_the_swap_its_watcher_is_in_the_middle_of() ->
                                   {"a": 100}, 100)  # fmt: skip
     cancelled, swapped = asyncio.Event(), asyncio.Event()
 
-    async def mid_swap(spec: ModelSpec, holder: ModelHolder, fetched: FetchResult) -> None:
+    async def mid_swap(spec: ModelSpec, holder: ModelHolder, fetched: FetchResult, on_swapped: object) -> None:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -315,3 +318,20 @@ async def test_an_unload_waits_for_the_swap_its_watcher_is_in_the_middle_of() ->
     swapped.set()
     await unloading
     assert loading.engines["a"][0].closed and state(models, "a") == "unloaded"
+
+
+async def test_a_hot_swap_is_charged_what_the_new_version_needs() -> None:
+    models, loading, _ = registry([WatchedSpec("a", (), FileModelSource(Path("/a.gguf")), load_settings())],
+                                  {"a": 100}, 1000)  # fmt: skip
+    told: list[Callable[[FetchResult], Awaitable[None]]] = []
+
+    async def watch(spec: ModelSpec, holder: ModelHolder, fetched: FetchResult, on_swapped: Any) -> None:
+        told.append(on_swapped)
+
+    loading.watch = watch  # type: ignore[method-assign]  # this test's watcher
+    await models.load(models.default)
+    await settle()
+    assert models.budget.charged(models.default) == 100 * MIB
+    loading.sizes["a"] = 300 * MIB  # the blob's new version is larger
+    await told[0](FetchResult(Path("/a-v2.gguf"), 0, 0.0))
+    assert models.budget.charged(models.default) == 300 * MIB and models.budget.used_bytes == 300 * MIB

@@ -11,7 +11,9 @@ import pytest
 
 from server.config.settings import load_settings
 from server.lifecycle import watcher
+from server.lifecycle.holder import ModelHolder, ServedModel
 from server.model_source.base import FetchResult
+from tests.support.fake_engine import FakeEngine
 
 FETCHED = FetchResult(Path("/models/m.gguf"), 0, 0.0)
 
@@ -52,3 +54,21 @@ async def test_a_load_that_is_not_cancelled_is_returned(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(watcher, "load_served", load)
     assert await watcher.load_or_free(FETCHED, load_settings(), "m") is loaded and not loaded.closed
+
+
+async def test_each_version_a_swap_installs_is_told_to_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    new = ServedModel(FakeEngine(), "b" * 64, "v2", 0)  # type: ignore[arg-type]  # a scripted engine
+    told: list[FetchResult] = []
+
+    async def load(*_: Any) -> ServedModel:
+        return new
+
+    async def on_swapped(fetched: FetchResult) -> None:
+        told.append(fetched)
+
+    monkeypatch.setattr(watcher, "load_or_free", load)
+    holder = ModelHolder()
+    holder.install(ServedModel(FakeEngine(), "a" * 64, "v1", 0))  # type: ignore[arg-type]  # a scripted engine
+    swapping = watcher.ModelWatcher(load_settings(), holder, None, FETCHED, model_id="m", on_swapped=on_swapped)  # type: ignore[arg-type]  # no blob is read
+    await swapping._swap_beside(FETCHED, noticed=0.0)
+    assert holder.current is new and told == [FETCHED], "the registry charges the version installed"
