@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from server.engine.base import ChoiceFinished, Finished, FinishReason, TextDelta, TokenLogprob
 from server.engine.chat_template import ReasoningSyntax
+from server.engine.thinking import ReasoningSplitter, Split
 from server.protocol.openai import ChatCompletionRequest, ToolCall, ToolCallFunction
 from server.protocol.openai_replies import (
     AssistantMessage,
@@ -26,7 +27,7 @@ from server.protocol.openai_replies import (
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
-from server.serving.endpoints.reasoning import HeldAnswer, ReasoningSplitter, Split, split
+from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply, new_id, now, usage
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 

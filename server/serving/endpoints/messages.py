@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from server.engine.base import Engine, Finished, FinishReason, GenerationEvent, TextDelta
 from server.engine.chat_template import ReasoningSyntax
+from server.engine.thinking import ReasoningSplitter, Split
 from server.protocol.anthropic import (
     ContentBlock,
     ContentBlockDeltaEvent,
@@ -40,7 +41,7 @@ from server.protocol.anthropic import TextDelta as TextDeltaBody
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
-from server.serving.endpoints.reasoning import HeldAnswer, ReasoningSplitter, Split, split
+from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply
 from server.serving.pipeline.admission import Admitted, ServingContext, admit
 from server.serving.pipeline.stages import answer_prepared

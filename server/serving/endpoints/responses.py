@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from server.access.caller import Caller
 from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
 from server.engine.chat_template import ReasoningSyntax
+from server.engine.thinking import ReasoningSplitter, Split
 from server.errors import known_error
 from server.protocol.responses import (
     InputItemsQuery,
@@ -46,7 +47,7 @@ from server.protocol.responses_replies import (
 from server.serving.constrain.tools.formats import ToolFormat
 from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.prepare import chat_request
-from server.serving.endpoints.reasoning import HeldAnswer, ReasoningSplitter, Split, split
+from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply
 from server.serving.endpoints.responses_stream import TextItems, part_event
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit

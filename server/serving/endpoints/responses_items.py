@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from server.access.caller import Caller
 from server.engine.base import FinishReason
+from server.engine.thinking import Split
 from server.errors import APIError
 from server.protocol.openai import (
     ChatCompletionRequest,
@@ -41,7 +42,6 @@ from server.protocol.responses import (
 )
 from server.protocol.responses_replies import FunctionCall, OutputItem, OutputMessage
 from server.serving.constrain.tools.formats import ToolFormat
-from server.serving.endpoints.reasoning import Split
 from server.store.errors import StoreUnavailableError
 from server.store.responses import ResponseStore, StoredResponse
 

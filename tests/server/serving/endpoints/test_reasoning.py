@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from server.engine.chat_template import ReasoningSyntax
-from server.serving.endpoints.reasoning import ReasoningSplitter, Split, split
+from server.engine.thinking import ReasoningSplitter, Split
+from server.serving.endpoints.reasoning import split
 
 THINK = ReasoningSyntax()
 OPENED = ReasoningSyntax(starts_inside=True)
