@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,7 +48,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench.gpu import native_trace  # noqa: E402
+from bench.gpu.bisect_imports import bisect, crashes_with, list_imports  # noqa: E402
 from bench.gpu.common import CMAKE_FLAGS, CPU_FLAGS, CUDA_FLAGS, cached_cpu_tools, cpu_tools_dir  # noqa: E402
+from bench.gpu.smoke import REHEARSE  # noqa: E402
 
 H200_BANDWIDTH = 4.8e12  # bytes/s, the datasheet's
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -105,6 +109,9 @@ def gpu_facts() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "glibc": "-".join(platform.libc_ver()),
+        # A Python thread's stack is this size (the server loads models in a fresh thread): "unlimited" means 2 MiB.
+        "stack_rlimit": resource.getrlimit(resource.RLIMIT_STACK)[0],
     }
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -196,6 +203,11 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", help="SHAPE:QUANT to benchmark, in order (default: 8B, then 1B)")
     parser.add_argument("--clients", type=int, nargs="+")
     parser.add_argument("--repeat", type=int)
+    parser.add_argument(
+        "--rehearse-crash",
+        metavar="MODULE",
+        help="dry run: the smoke step's loads crash once MODULE is imported, to rehearse the diagnosis",
+    )
     args = parser.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -262,6 +274,19 @@ def main() -> None:
         os.environ.update(env)
         for p in reversed(pythonpath):
             sys.path.insert(0, str(p))
+
+    with report.step("native trace") as step:  # every process the kit starts prints its native stack if it crashes
+        library = native_trace.build(work)
+        if library is None:
+            step["status"] = "skipped"
+            step["note"] = "no C compiler: crashes show their Python frames only"
+        env = native_trace.preload(env, library)
+
+    def collect_native_stacks() -> None:
+        found = native_trace.from_logs(work)
+        if not args.out.resolve().is_relative_to(work.resolve()):
+            found |= native_trace.from_logs(args.out)
+        report.data["native_stacks"] = found
 
     if not args.dry_run and args.lib is None:
 
@@ -347,14 +372,16 @@ def main() -> None:
         quantize_models(tools / "llama-quantize" if tools is not None else None)
 
     with report.step("smoke") as step:  # which way of loading onto the GPU works, each in its own process, at once
-        variants = ("raw", "raw-max", "raw-callback", "raw-no-mmap", "ours", "ours-after:gguf",
+        variants = ("raw", "raw-max", "raw-callback", "raw-no-mmap", "ours", "ours-thread", "ours-thread-64m",
+                    "ours-after:gguf",
                     "ours-after:sentencepiece", "ours-after:server.api.app",
-                    "ours-after:azure.storage.blob,pytest")  # fmt: skip
+                    "ours-after:azure.storage.blob,pytest,tests.conftest")  # fmt: skip
+        smoke_env = env | ({REHEARSE: args.rehearse_crash} if args.rehearse_crash else {})
         runs = {}
         for variant in variants:
             argv = [sys.executable, "-X", "faulthandler", str(REPO / "bench/gpu/smoke.py"), variant]
             log = (work / f"smoke-{variant.replace(':', '-')}.log").open("w")
-            runs[variant] = (subprocess.Popen([*argv, str(standin / DEMO_FILE)], cwd=REPO, env=env, stdout=log,
+            runs[variant] = (subprocess.Popen([*argv, str(standin / DEMO_FILE)], cwd=REPO, env=smoke_env, stdout=log,
                                               stderr=subprocess.STDOUT), log)  # fmt: skip
         for variant, (proc, log) in runs.items():
             try:
@@ -365,8 +392,22 @@ def main() -> None:
             log.close()
             output = (work / f"smoke-{variant.replace(':', '-')}.log").read_text(errors="replace")
             lines = [line for line in output.splitlines() if "print_info" not in line and "kv " not in line]
+            libraries = [json.loads(line.removeprefix("LIBRARIES ")) for line in lines if line.startswith("LIBRARIES ")]
+            lines = [line for line in lines if not line.startswith("LIBRARIES ")]
             step[variant] = {"exit": code, "ok": f"OK {variant}" in output, "tail": lines[-30:]}
+            step[variant]["libraries"] = libraries[0] if libraries else []
+        collect_native_stacks()
         report.write()
+        # A load that crashes only after some imports: find the one import (each try a fresh process).
+        crashed = [v for v in variants if v.startswith("ours-after:") and (step[v]["exit"] or 0) < 0]
+        if step["ours"]["ok"] and crashed:
+            targets = crashed[0].partition(":")[2].split(",")
+            model = standin / DEMO_FILE
+            probe = crashes_with(model, env=smoke_env, cwd=REPO, log=work / "bisect.log")
+            found = bisect(targets, probe, lambda modules: list_imports(modules, env=smoke_env, cwd=REPO),
+                           deadline=time.monotonic() + max(30.0, min(150.0, time_left() - 150)))  # fmt: skip
+            step["bisect"] = found.to_json() | {"targets": targets}
+            collect_native_stacks()
         server = tools / "llama-server" if tools is not None else None
         if server is not None and server.exists():
             from bench.gpu.measure import smoke_llama_server
@@ -400,6 +441,7 @@ def main() -> None:
         step["exit_code"] = proc.returncode
         if proc.returncode != 0:
             step["status"] = "failed"
+        collect_native_stacks()
 
     report.data["bench"] = benches = {}
     llama_server = tools / "llama-server" if tools is not None and (tools / "llama-server").exists() else None
@@ -453,6 +495,7 @@ def main() -> None:
                     for log in sorted(logdir.glob("*.log")):
                         out.write(f"===== {shape} {log.name} (last 6000 characters)\n")
                         out.write(log.read_text(errors="replace")[-6000:] + "\n")
+                collect_native_stacks()
     background.shutdown(cancel_futures=True)
     report.write()
     print((args.out / "results.md").read_text())
@@ -512,11 +555,15 @@ def markdown(doc: dict) -> str:
         if name == "models":
             note = json.dumps(step.get("made", {}))
         if name == "smoke":
-            note = json.dumps({k: v.get("ok") for k, v in step.items() if isinstance(v, dict)})
+            note = json.dumps({k: v.get("ok") for k, v in step.items() if isinstance(v, dict) and "ok" in v})
+            note += " " + step.get("bisect", {}).get("note", "")
         lines.append(f"| {name} | {step['status']} | {step.get('seconds', '')} | {note} |")
     tests = doc["steps"].get("tests", {})
     for case, outcome in tests.get("cases", {}).items():
         lines.append(f"- {case}: {outcome}")
+    for log, blocks in (doc.get("native_stacks") or {}).items():
+        for frames in blocks[:1]:
+            lines += ["", f"Native stack in `{log}` ({frames[0]}):", "", *(f"    {frame}" for frame in frames[1:16])]
     copy = machine.get("copy", {}).get("copy_bytes_per_s")
     for shape, entry in (doc.get("bench") or {}).items():
         result = entry.get("result") or {}

@@ -1,12 +1,13 @@
 """The GPU kit (bench/gpu): its packing, and its dry run, which is every step of the GPU run but CUDA, on this CPU.
 
 The dry run proves, before a GPU machine is lent: the synthetic models (the demo stand-in and the tiny shape) load and
-generate; the smoke step's ways of loading run; tests/server/engine/test_gpu_offload.py runs under the stand-in; our
-server starts on a synthetic model, streams at 1 and 2 clients and the results files are written. With CPU builds of
-llama-server and llama-quantize cached (`python bench/gpu/run.py --build-cpu-tools --bundle DIR --out DIR`, once, ~40
-minutes on 2 cores), it also quantizes and benchmarks llama-server; without them it says so. What it cannot prove: the
-CUDA build, the carried wheels installing on the GPU machine's Python (a rehearsal with wheels for this Python can:
-`pack.py --python 3.11` and `run.py --bundle ... --lib ...`), and anything measured on a GPU.
+generate; the smoke step's ways of loading run, and a rehearsed crash that needs an import (`--rehearse-crash`) is
+narrowed down to that import and its native stack named; tests/server/engine/test_gpu_offload.py runs under the
+stand-in; our server starts on a synthetic model, streams at 1 and 2 clients and the results files are written. With
+CPU builds of llama-server and llama-quantize cached (`python bench/gpu/run.py --build-cpu-tools --bundle DIR --out
+DIR`, once, ~40 minutes on 2 cores), it also quantizes and benchmarks llama-server; without them it says so. What it
+cannot prove: the CUDA build, the carried wheels installing on the GPU machine's Python (a rehearsal with wheels for
+this Python can: `pack.py --python 3.11` and `run.py --bundle ... --lib ...`), and anything measured on a GPU.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def test_long_names_keep_their_new_place_in_the_trimmed_tarball(tmp_path: Path) 
 def test_the_dry_run_passes_every_step_but_cuda(tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = [sys.executable, "bench/gpu/run.py", "--dry-run", "--work", str(tmp_path), "--out", str(out)]
+    argv += ["--rehearse-crash", "jsonschema"]  # the server imports it; the engine does not
     done = subprocess.run(
         [*argv, "--clients", "1", "2"], cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ)
     )
@@ -76,6 +78,7 @@ def test_the_dry_run_passes_every_step_but_cuda(tmp_path: Path) -> None:
     assert {name: step["status"] for name, step in steps.items()} == {
         "env": "ok",
         "install": "skipped",
+        "native trace": "ok",
         "models": "ok",
         "quantize": "ok" if cached_cpu_tools() else "skipped",
         "build": "skipped",
@@ -83,15 +86,36 @@ def test_the_dry_run_passes_every_step_but_cuda(tmp_path: Path) -> None:
         "tests": "ok",
         "bench tiny": "ok",
     }
-    for variant in ("raw", "raw-max", "raw-callback", "raw-no-mmap", "ours", "ours-after:server.api.app"):
-        assert steps["smoke"][variant]["ok"], steps["smoke"][variant]["tail"]
+    smoke = steps["smoke"]
+    loads = (
+        "raw",
+        "raw-max",
+        "raw-callback",
+        "raw-no-mmap",
+        "ours",
+        "ours-thread",
+        "ours-thread-64m",
+        "ours-after:gguf",
+    )
+    for variant in loads:
+        assert smoke[variant]["ok"], smoke[variant]["tail"]
+    assert any("libllama" in library for library in smoke["ours"]["libraries"])
+    # The rehearsed crash: a signal, found by bisection over the server's imports, its stack named in libllama.
+    assert smoke["ours-after:server.api.app"]["exit"] == -11, smoke["ours-after:server.api.app"]["tail"]
+    assert smoke["bisect"]["culprit"] == "jsonschema", smoke["bisect"]
+    assert smoke["bisect"]["targets"] == ["server.api.app"]
+    stack = results["native_stacks"]["smoke-ours-after-server.api.app.log"][0]
+    assert "libllama.so: llama_hparams::n_layer() const" in stack, stack
+    report = (out / "results.md").read_text()
+    assert "the load crashes once jsonschema is imported" in report
+    assert "libllama.so: llama_hparams::n_layer() const" in report
     assert steps["tests"]["counts"].get("passed", 0) >= 1
     assert not {"failure", "error"} & set(steps["tests"]["counts"])
     rows = results["bench"]["tiny"]["result"]["summary"]
     servers = {"ours", "llama.cpp"} if cached_cpu_tools() else {"ours"}
     assert {(row["clients"], row["server"]) for row in rows} == {(n, s) for n in (1, 2) for s in servers}
     assert all(row["tok_s"] > 0 for row in rows)
-    assert "| 2 | ours |" in (out / "results.md").read_text()
+    assert "| 2 | ours |" in report
 
 
 @pytest.mark.skipif(cached_cpu_tools() is None, reason="no cached CPU build of llama-server and llama-quantize")
