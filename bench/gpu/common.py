@@ -36,3 +36,28 @@ def cached_cpu_tools() -> Path | None:
     """The folder holding CPU builds of llama-server and llama-quantize from the locked sources, if built."""
     folder = cpu_tools_dir()
     return folder if all((folder / tool).is_file() for tool in TOOLS) else None
+
+
+# Datasheet memory bandwidth in bytes/s by what nvidia-smi names the card, the more specific names first: the limit
+# one stream's decode is measured against (every weight byte read once per token). NVIDIA's H200, H100, A100, L40S
+# and L4 datasheets.
+DATASHEET_BANDWIDTH = (
+    ("GH200", None),  # two memory kinds on one name: measured against the copy rate only
+    ("H200", 4.8e12),
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),  # SXM5, "NVIDIA H100 80GB HBM3"
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100", 1.555e12),  # the 40 GB cards
+    ("L40", 0.864e12),
+    ("L4", 0.3e12),
+)
+
+
+def datasheet_bandwidth(gpu_name: str) -> float | None:
+    """The card's datasheet memory bandwidth in bytes/s, or None for a card not listed."""
+    for name, bandwidth in DATASHEET_BANDWIDTH:
+        if name in gpu_name:
+            return bandwidth
+    return None

@@ -50,10 +50,16 @@ sys.path.insert(0, str(REPO))
 
 from bench.gpu import native_trace  # noqa: E402
 from bench.gpu.bisect_imports import bisect, crashes_with, list_imports  # noqa: E402
-from bench.gpu.common import CMAKE_FLAGS, CPU_FLAGS, CUDA_FLAGS, cached_cpu_tools, cpu_tools_dir  # noqa: E402
+from bench.gpu.common import (  # noqa: E402
+    CMAKE_FLAGS,
+    CPU_FLAGS,
+    CUDA_FLAGS,
+    cached_cpu_tools,
+    cpu_tools_dir,
+    datasheet_bandwidth,
+)
 from bench.gpu.smoke import REHEARSE  # noqa: E402
 
-H200_BANDWIDTH = 4.8e12  # bytes/s, the datasheet's
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -565,6 +571,7 @@ def markdown(doc: dict) -> str:
         for frames in blocks[:1]:
             lines += ["", f"Native stack in `{log}` ({frames[0]}):", "", *(f"    {frame}" for frame in frames[1:16])]
     copy = machine.get("copy", {}).get("copy_bytes_per_s")
+    card = str((machine.get("gpus") or ["?"])[0]).split(",")[0].strip()
     for shape, entry in (doc.get("bench") or {}).items():
         result = entry.get("result") or {}
         lines += ["", f"## {shape}: {entry['model']}", ""]
@@ -589,18 +596,28 @@ def markdown(doc: dict) -> str:
                 f"{row['ttft_p50_ms']:.0f} | {row['ttft_p95_ms']:.0f} | {row['decode_tok_s_per_stream']:.1f} |"
             )
             if row["clients"] == 1 and machine.get("gpus"):
-                limit = H200_BANDWIDTH / per_token
-                rate = row["decode_tok_s_per_stream"]
-                line = f"- {row['server']}, 1 stream: {rate / limit:.0%} of the 4.8 TB/s limit ({limit:.0f} tok/s)"
-                if copy:
-                    line += f", {rate / (copy / per_token):.0%} of the measured copy rate ({copy / 1e12:.2f} TB/s)"
-                limits.append(line)
+                limits.append(bandwidth_line(row, card, per_token, copy))
         lines += ["", *limits]
         for name, error in result.get("failed", {}).items():
             lines.append(f"- {name} failed to start: {error.splitlines()[0] if error else ''}")
         if result.get("skipped"):
             lines.append(f"Skipped for time: {'; '.join(result['skipped'])}")
     return "\n".join(lines) + "\n"
+
+
+def bandwidth_line(row: dict, card: str, per_token: float, copy: float | None) -> str:
+    """One stream's decode rate against the card's datasheet bandwidth limit and the copy rate measured on it."""
+    rate = row["decode_tok_s_per_stream"]
+    line = f"- {row['server']}, 1 stream:"
+    datasheet = datasheet_bandwidth(card)
+    if datasheet is None:
+        line += f" no datasheet bandwidth for the {card}"
+    else:
+        limit = datasheet / per_token
+        line += f" {rate / limit:.0%} of the {card}'s {datasheet / 1e12:.2f} TB/s limit ({limit:.0f} tok/s)"
+    if copy:
+        line += f", {rate / (copy / per_token):.0%} of the measured copy rate ({copy / 1e12:.2f} TB/s)"
+    return line
 
 
 if __name__ == "__main__":
