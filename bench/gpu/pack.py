@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import io
 import lzma
+import os
 import shutil
 import subprocess
 import sys
@@ -148,12 +149,25 @@ def locked_versions(names: list[str]) -> dict[str, str]:
     return {n: versions[n] for n in names}
 
 
+def python_with_pip() -> str:
+    """A Python that has pip: this one, else the first `python3` on PATH that has it (uv's environments have none,
+    and one may come first on PATH); any pip downloads wheels for another Python."""
+    if importlib.util.find_spec("pip"):
+        return sys.executable
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / "python3"
+        if (
+            candidate.is_file()
+            and subprocess.run([candidate, "-m", "pip", "--version"], capture_output=True).returncode == 0
+        ):
+            return str(candidate)
+    raise SystemExit("error: no Python with pip on PATH to download the wheels with (apt-get install python3-pip)")
+
+
 def download_wheels(out: Path, python: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wanted = [n for n in dict.fromkeys(NEEDED) if n not in PRESENT]
-    # uv's environments have no pip; any pip can download wheels for another Python.
-    pip = sys.executable if importlib.util.find_spec("pip") else shutil.which("python3") or "python3"
-    argv = [pip, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version"]
+    argv = [python_with_pip(), "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version"]
     argv += [python, "--implementation", "cp", "-d", str(out)]
     for platform in PLATFORMS:
         argv += ["--platform", platform]

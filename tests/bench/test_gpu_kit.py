@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.gpu import pack
 from bench.gpu.common import cached_cpu_tools
 from bench.gpu.pack import _keep, trimmed_sources
 
@@ -124,3 +125,20 @@ def test_the_cached_quantizer_runs_without_the_build_tree() -> None:
     assert tools is not None
     done = subprocess.run([str(tools / "llama-quantize"), "--help"], capture_output=True, text=True)
     assert "usage" in (done.stdout + done.stderr).lower()
+
+
+def test_the_wheels_are_downloaded_with_a_python_that_has_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from uv's environment (no pip) with that environment first on PATH, the packer finds a pip further on."""
+    folders = []
+    for name, status in (("uv-env", 1), ("system", 0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "python3").write_text(f"#!/bin/sh\nexit {status}\n")
+        (folder / "python3").chmod(0o755)
+        folders.append(str(folder))
+    monkeypatch.setattr(pack.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("PATH", os.pathsep.join(folders))
+    assert pack.python_with_pip() == f"{folders[1]}/python3"
+    monkeypatch.setenv("PATH", folders[0])
+    with pytest.raises(SystemExit, match="no Python with pip"):
+        pack.python_with_pip()
