@@ -1,6 +1,6 @@
 """Pack everything the GPU run needs into one folder that travels to a GPU machine with no package registry.
 
-    python bench/gpu/pack.py [--out .gpukit] [--sdist PATH] [--no-wheels]
+    uv run --no-sync python bench/gpu/pack.py [--out .gpukit] [--sdist PATH] [--no-wheels]
 
 The folder holds:
 - `llama.cpp.tar.xz`: the llama.cpp sources the locked llama-cpp-python sdist vendors, trimmed to what a build of
