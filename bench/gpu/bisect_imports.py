@@ -29,8 +29,12 @@ class Bisection:
 
     def to_json(self) -> dict[str, object]:
         culprit = self.chain[-1] if self.chain else None
-        return {"modules": self.modules, "culprit": culprit, "chain": self.chain, "note": self.note} | {
-            "tries": self.tries
+        return {
+            "modules": self.modules,
+            "culprit": culprit,
+            "chain": self.chain,
+            "note": self.note,
+            "tries": self.tries,
         }
 
 

@@ -80,7 +80,8 @@ def rehearse_crash() -> None:
 
 def in_fresh_thread(load: Callable[[], T], *, stack_bytes: int = 0) -> T:
     """Run `load` in a new daemon thread and wait for it, as the server's lifecycle.loader.in_daemon_thread does;
-    `stack_bytes` 0 keeps the platform's thread stack size."""
+    `stack_bytes` 0 keeps the platform's thread stack size. Not that function itself: importing the loader imports
+    settings, telemetry and model sources, a second difference from `ours` where this variant wants only the thread."""
     result: list[T] = []
     before = threading.stack_size(stack_bytes)
     try:
