@@ -9,6 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ggufstack" / "gpu-kit"
 TOOLS = ("llama-server", "llama-quantize")
+# The benchmark's contenders of ours: the server, and the engine in a plain process when the server cannot start.
+OURS = ("ours", "ours-engine")
 
 # One CMake configuration for both builds; the GPU build adds CUDA for the machine's architecture. No web UI (its
 # assets would be downloaded), no tests or examples, no curl.

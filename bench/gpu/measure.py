@@ -1,23 +1,34 @@
 """One model's benchmark: our server against llama.cpp's `llama-server`, same GGUF, same slots and context, taking
-turns round by round; cold start, VRAM, per-round throughput and TTFT, single-stream decode speed."""
+turns round by round; cold start, VRAM, per-round throughput and TTFT, single-stream decode speed.
+
+When our server fails to start (on the first GPU runs its process crashed loading the model where a plain engine
+process did not), our engine in a plain process (`engine_bench.py`, contender "ours-engine") takes its turns instead,
+so a loan still yields the engine's numbers: decode speed against the bandwidth limit, VRAM against the capacity
+check. Its rounds have no HTTP in them, so its ratio to llama-server is not the server's."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from queue import Empty, Queue
+from typing import Literal
 
 import httpx
 
 from bench.concurrency import HOST, Server, free_port, start
+from bench.gpu.common import OURS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,7 +87,7 @@ class ModelBench:
                 "decode_tok_s_per_stream": statistics.median(statistics.median(r.decode_tok_s) for r in rounds),
             }
             theirs = by_key.get((clients, "llama.cpp"))
-            if server == "ours" and theirs:
+            if server in OURS and theirs:
                 pairs = list(zip(rounds, theirs, strict=False))
                 row["ours_over_llama_cpp"] = statistics.median(a.tok_s / b.tok_s for a, b in pairs)
             rows.append(row)
@@ -95,6 +106,77 @@ def gpu_used_mib() -> int | None:
         return sum(int(v) for v in out.stdout.decode().split())
     except ValueError:
         return None
+
+
+EngineBench = Literal["fallback", "always", "never"]
+
+
+class EngineProcess:
+    """Our engine in a plain process (engine_bench.py), one round per request line, as a contender of the rounds."""
+
+    name = "ours-engine"
+
+    def __init__(self, argv: list[str], env: dict[str, str], logdir: Path) -> None:
+        self.log = logdir / f"{self.name}.log"
+        self._out = self.log.open("w")
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._out, text=True
+        )
+        self._answers: Queue[str | None] = Queue()
+        self._reader = threading.Thread(target=self._read, name="engine-bench-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(("LOADED ", "READY ", "ROUND ")):
+                self._answers.put(line)
+            else:
+                self._out.write(line)
+                self._out.flush()
+        self._answers.put(None)
+
+    def answer(self, kind: str, timeout_s: float) -> dict:
+        """The next `kind` line's JSON; RuntimeError with the log's tail if the process ended or said nothing."""
+        try:
+            line = self._answers.get(timeout=timeout_s)
+        except Empty:
+            line = None
+        if line is None or not line.startswith(kind + " "):
+            self._out.flush()
+            code = self.process.poll()
+            said = "exited with " + str(code) if code is not None else f"gave no {kind} in {timeout_s:.0f} s"
+            raise RuntimeError(f"{self.name} {said}:\n{self.log.read_text(errors='replace')[-3000:]}")
+        return json.loads(line.split(" ", 1)[1])
+
+    def play(self, clients: int, max_tokens: int, bias: dict, timeout_s: float = 600) -> Round:
+        assert self.process.stdin is not None
+        ask = {"clients": clients, "max_tokens": max_tokens, "logit_bias": bias}
+        self.process.stdin.write(json.dumps(ask) + "\n")
+        self.process.stdin.flush()
+        got = self.answer("ROUND", timeout_s)
+        if any(finish != "length" for finish in got["finishes"]):
+            raise RuntimeError(f"{self.name}: a stream ended early: {got['finishes']}")
+        return Round(self.name, clients, max_tokens, got["wall_s"], got["ttfts_s"], got["decode_tok_s"] or [0.0])
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(10)  # it writes the process's last words to the log
+        self._out.close()
+
+
+def engine_argv(model: Path, *, n_ctx: int, slots: int, threads: int) -> list[str]:
+    from server.config.settings import Settings
+
+    n_batch = Settings.model_fields["n_batch"].default  # the server's, so both of ours batch alike
+    argv = [sys.executable, "-X", "faulthandler", str(REPO / "bench/gpu/engine_bench.py"), str(model)]
+    return [*argv, "--n-ctx", str(n_ctx), "--slots", str(slots), "--threads", str(threads), "--n-batch", str(n_batch)]
 
 
 _QUIET: list[object] = []  # the no-op log callback, kept alive while llama.cpp holds it
@@ -193,14 +275,16 @@ def bench_model(
     logdir: Path,
     time_left: Callable[[], float],
     on_progress: Callable[[ModelBench], None],
+    engine: EngineBench = "fallback",
 ) -> ModelBench:
-    """Start ours, then llama-server (one after the other, so each one's VRAM is what the GPU's use grew by), warm
-    both up at the largest client count, then run the rounds: client counts in the order given, each repeated with
-    the servers taking turns, while time_left() allows another round as long as the last one of its kind."""
+    """Start llama-server, then ours (one after the other, so each one's VRAM is what the GPU's use grew by), and our
+    engine alone if `engine` is "always", or "fallback" and ours failed to start; warm each up at the largest client
+    count, then run the rounds: client counts in the order given, each repeated with the contenders taking turns,
+    while time_left() allows another round as long as the last one of its kind."""
     slots = max(clients)
     result = ModelBench(model.name, model.stat().st_size, n_ctx, slots)
     bias = end_of_generation_tokens(model)
-    servers: list[Server] = []
+    contenders: list[Server | EngineProcess] = []
     model_ids: dict[str, str] = {}
     try:
         port_ours = free_port()
@@ -238,31 +322,56 @@ def bench_model(
                 result.failed[name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                 on_progress(result)
                 continue
-            servers.append(server)
-            after = gpu_used_mib()
-            vram = after - before if before is not None and after is not None else None
-            result.started.append(Started(name, cold, vram))
+            contenders.append(server)
+            result.started.append(Started(name, cold, _grown(before)))
+            on_progress(result)
+        if engine == "always" or (engine == "fallback" and "ours" in result.failed):
+            before = gpu_used_mib()
+            began = time.monotonic()
+            argv = engine_argv(model, n_ctx=n_ctx, slots=slots, threads=threads)
+            alone = EngineProcess(argv, os.environ | env, logdir)
+            try:
+                alone.answer("LOADED", timeout_s=max(30.0, min(300.0, time_left())))
+                cold = time.monotonic() - began
+                alone.answer("READY", timeout_s=max(30.0, min(300.0, time_left())))  # after its warm-up round
+            except RuntimeError as exc:
+                alone.stop()
+                result.failed[alone.name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+            else:
+                contenders.append(alone)
+                result.started.append(Started(alone.name, cold, _grown(before)))
             on_progress(result)
         last: dict[int, float] = {}
         for n in clients:
             for rep in range(repeat):
-                for server in servers:
+                for contender in contenders:
                     need = last.get(n, 5.0) * 1.5 + 2
                     if time_left() < need:
-                        result.skipped.append(f"{n} clients, round {rep + 1}, {server.name}: {time_left():.0f} s left")
+                        result.skipped.append(
+                            f"{n} clients, round {rep + 1}, {contender.name}: {time_left():.0f} s left"
+                        )
                         continue
                     began = time.monotonic()
-                    rnd = asyncio.run(run_round(server, model_ids[server.name], n, max_tokens, bias))
+                    if isinstance(contender, EngineProcess):
+                        rnd = contender.play(n, max_tokens, bias)
+                    else:
+                        rnd = asyncio.run(run_round(contender, model_ids[contender.name], n, max_tokens, bias))
                     last[n] = max(last.get(n, 0.0), time.monotonic() - began)
                     result.rounds.append(rnd)
-                    print(f"  {model.name} {server.name} {n} clients: {rnd.tok_s:.1f} tok/s", file=sys.stderr)
+                    print(f"  {model.name} {contender.name} {n} clients: {rnd.tok_s:.1f} tok/s", file=sys.stderr)
                     on_progress(result)
     finally:
-        for server in servers:
-            server.stop()
-        for started, server in zip(result.started, servers, strict=False):
-            started.log = server.log.read_text(errors="replace")[-4000:]
+        for contender in contenders:
+            contender.stop()
+        for started, contender in zip(result.started, contenders, strict=False):
+            started.log = contender.log.read_text(errors="replace")[-4000:]
     return result
+
+
+def _grown(before: int | None) -> int | None:
+    """What the GPU's used memory grew by since `before` (None without nvidia-smi)."""
+    after = gpu_used_mib()
+    return after - before if before is not None and after is not None else None
 
 
 def smoke_llama_server(binary: Path, model: Path, logdir: Path) -> dict[str, object]:

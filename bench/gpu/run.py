@@ -16,7 +16,8 @@ killed at its limit still leaves what it measured):
    quantizing need not wait for the build; with the fresh one otherwise.
 5. tests: `tests/server/engine/test_gpu_offload.py` against the fresh library (OUT/tests.log).
 6. bench: per model, ours against llama-server at 1, 64, 8 and 32 streams, taking turns, while the budget lasts
-   (OUT/servers.log holds the servers' log tails).
+   (OUT/servers.log holds the servers' log tails); if our server fails to start, our engine in a plain process
+   takes its turns as "ours-engine" (`--engine-bench`).
 
 `--dry-run` runs every step but CUDA on a CPU: the library is the installed llama-cpp-python wheel's, the tools a
 cached CPU build if one exists (`--build-cpu-tools` makes it, once, under ~/.cache/ggufstack/gpu-kit/), the models
@@ -54,6 +55,7 @@ from bench.gpu.common import (  # noqa: E402
     CMAKE_FLAGS,
     CPU_FLAGS,
     CUDA_FLAGS,
+    OURS,
     cached_cpu_tools,
     cpu_tools_dir,
     datasheet_bandwidth,
@@ -213,6 +215,12 @@ def main() -> None:
         "--rehearse-crash",
         metavar="MODULE",
         help="dry run: the smoke step's loads crash once MODULE is imported, to rehearse the diagnosis",
+    )
+    parser.add_argument(
+        "--engine-bench",
+        choices=["fallback", "always", "never"],
+        default="fallback",
+        help="when our engine in a plain process joins the rounds as 'ours-engine' (default: if our server fails)",
     )
     args = parser.parse_args()
     work: Path = args.work
@@ -495,6 +503,7 @@ def main() -> None:
                     logdir=logdir,
                     time_left=time_left,
                     on_progress=progress,
+                    engine=args.engine_bench,
                 )
             finally:
                 with servers_log.open("a") as out:
@@ -582,7 +591,7 @@ def markdown(doc: dict) -> str:
             line = f"- {started['name']}: ready {started['cold_start_s']:.1f} s after start"
             if vram is not None:
                 line += f", GPU memory used grew by {vram:,} MiB"
-                if started["name"] == "ours":
+                if started["name"] in OURS:
                     predicted = entry["capacity_estimate_bytes"] / 2**20
                     line += f"; the capacity check predicts {predicted:,.0f} MiB ({predicted / vram:.2f} of measured)"
             lines.append(line)
@@ -598,6 +607,8 @@ def markdown(doc: dict) -> str:
             if row["clients"] == 1 and machine.get("gpus"):
                 limits.append(bandwidth_line(row, card, per_token, copy))
         lines += ["", *limits]
+        if any(row["server"] == "ours-engine" for row in result.get("summary", [])):
+            lines.append("- ours-engine: our engine in a plain process, no HTTP (bench/gpu/engine_bench.py)")
         for name, error in result.get("failed", {}).items():
             lines.append(f"- {name} failed to start: {error.splitlines()[0] if error else ''}")
         if result.get("skipped"):

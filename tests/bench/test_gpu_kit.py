@@ -3,11 +3,12 @@
 The dry run proves, before a GPU machine is lent: the synthetic models (the demo stand-in and the tiny shape) load and
 generate; the smoke step's ways of loading run, and a rehearsed crash that needs an import (`--rehearse-crash`) is
 narrowed down to that import and its native stack named; tests/server/engine/test_gpu_offload.py runs under the
-stand-in; our server starts on a synthetic model, streams at 1 and 2 clients and the results files are written. With
-CPU builds of llama-server and llama-quantize cached (`python bench/gpu/run.py --build-cpu-tools --bundle DIR --out
-DIR`, once, ~40 minutes on 2 cores), it also quantizes and benchmarks llama-server; without them it says so. What it
-cannot prove: the CUDA build, the carried wheels installing on the GPU machine's Python (a rehearsal with wheels for
-this Python can: `pack.py --python 3.11` and `run.py --bundle ... --lib ...`), and anything measured on a GPU.
+stand-in; our server and our engine in a plain process start on a synthetic model, stream at 1 and 2 clients and the
+results files are written. With CPU builds of llama-server and llama-quantize cached (`python bench/gpu/run.py
+--build-cpu-tools --bundle DIR --out DIR`, once, ~40 minutes on 2 cores), it also quantizes and benchmarks
+llama-server; without them it says so. What it cannot prove: the CUDA build, the carried wheels installing on the
+GPU machine's Python (a rehearsal with wheels for this Python can: `pack.py --python 3.11` and `run.py --bundle ...
+--lib ...`), and anything measured on a GPU.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def test_the_dry_run_passes_every_step_but_cuda(tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = [sys.executable, "bench/gpu/run.py", "--dry-run", "--work", str(tmp_path), "--out", str(out)]
     argv += ["--rehearse-crash", "jsonschema"]  # the server imports it; the engine does not
+    argv += ["--engine-bench", "always"]  # our engine in a plain process takes turns too (tests/bench/test_gpu_measure)
     done = subprocess.run(
         [*argv, "--clients", "1", "2"], cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ)
     )
@@ -113,10 +115,11 @@ def test_the_dry_run_passes_every_step_but_cuda(tmp_path: Path) -> None:
     assert steps["tests"]["counts"].get("passed", 0) >= 1
     assert not {"failure", "error"} & set(steps["tests"]["counts"])
     rows = results["bench"]["tiny"]["result"]["summary"]
-    servers = {"ours", "llama.cpp"} if cached_cpu_tools() else {"ours"}
+    servers = {"ours", "ours-engine", "llama.cpp"} if cached_cpu_tools() else {"ours", "ours-engine"}
     assert {(row["clients"], row["server"]) for row in rows} == {(n, s) for n in (1, 2) for s in servers}
     assert all(row["tok_s"] > 0 for row in rows)
     assert "| 2 | ours |" in report
+    assert "| 2 | ours-engine |" in report and "ours-engine: our engine in a plain process, no HTTP" in report
 
 
 @pytest.mark.skipif(cached_cpu_tools() is None, reason="no cached CPU build of llama-server and llama-quantize")
