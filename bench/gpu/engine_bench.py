@@ -1,6 +1,7 @@
 """Our engine without the server around it, as one contender of bench/gpu/measure.py's rounds.
 
     python -X faulthandler bench/gpu/engine_bench.py MODEL --n-ctx N --slots S --threads T --n-batch B
+    python -X faulthandler bench/gpu/engine_bench.py MODEL --identity
 
 Loads MODEL with every layer on the GPU in this process's main thread (importing only the engine: on the first GPU
 runs the server process crashed loading where a plain engine process did not) and prints `LOADED <json>`; warms up
@@ -10,6 +11,10 @@ each stream's TTFT and decode rate, finish reasons) on stdout, until stdin close
 the parent asks, so this contender takes turns with the servers like they take turns with each other.
 
 Its numbers have no HTTP, JSON or SSE in them: they say what the engine does, not what a client of the server sees.
+
+`--identity` is the CUDA tests' claims checked without pytest (on the first GPU runs the pytest process crashed
+loading the model too): prints `IDENTITY <json>` with whether every layer went to the GPU, and per sampling the
+prompts whose tokens differ batched from alone (tests/support/engine.py's check, which the tests run).
 """
 
 from __future__ import annotations
@@ -82,14 +87,37 @@ async def serve_rounds(args: argparse.Namespace) -> None:
         model.close()
 
 
+async def identity(path: Path) -> None:
+    from tests.support.engine import SAMPLINGS, differ_batched
+
+    model = LlamaModel(path, n_gpu_layers=-1)
+    try:
+        found: dict[str, object] = {
+            "gpu_offload": model.gpu_offload,
+            "all_layers": model.n_gpu_layers >= model.info.n_layer,
+        }
+        for name, sampling in SAMPLINGS.items():
+            found[name] = await differ_batched(model, **sampling)
+    finally:
+        model.close()
+    print("IDENTITY " + json.dumps(found), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("--n-ctx", type=int, required=True, help="context per slot, as GGUFSTACK_N_CTX")
-    parser.add_argument("--slots", type=int, required=True)
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--n-batch", type=int, required=True)
-    asyncio.run(serve_rounds(parser.parse_args()))
+    parser.add_argument("--identity", action="store_true", help="check alone and batched give the same tokens, exit")
+    parser.add_argument("--n-ctx", type=int, help="context per slot, as GGUFSTACK_N_CTX")
+    parser.add_argument("--slots", type=int)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--n-batch", type=int)
+    args = parser.parse_args()
+    if args.identity:
+        asyncio.run(identity(args.model))
+    elif None in (args.n_ctx, args.slots, args.threads, args.n_batch):
+        parser.error("the rounds need --n-ctx, --slots, --threads and --n-batch")
+    else:
+        asyncio.run(serve_rounds(args))
 
 
 if __name__ == "__main__":

@@ -455,6 +455,8 @@ def main() -> None:
         step["exit_code"] = proc.returncode
         if proc.returncode != 0:
             step["status"] = "failed"
+        if proc.returncode < 0:  # pytest died by a signal: the same claims from a plain engine process
+            step["engine_process"] = engine_identity(standin / DEMO_FILE, env, tests_log)
         collect_native_stacks()
 
     report.data["bench"] = benches = {}
@@ -514,6 +516,24 @@ def main() -> None:
     background.shutdown(cancel_futures=True)
     report.write()
     print((args.out / "results.md").read_text())
+
+
+def engine_identity(model: Path, env: dict[str, str], log: Path) -> dict[str, object]:
+    """What the CUDA tests claim, checked in a plain engine process (bench/gpu/engine_bench.py --identity): every
+    layer on the GPU, and the same tokens alone and batched; its output goes on at the end of `log`."""
+    argv = [sys.executable, "-X", "faulthandler", str(REPO / "bench/gpu/engine_bench.py"), str(model), "--identity"]
+    with log.open("a") as out:
+        out.write(f"\n===== pytest died by a signal; the same checks in a plain process:\n$ {' '.join(argv)}\n")
+        out.flush()
+        try:
+            done = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=out, text=True, timeout=100)
+        except subprocess.TimeoutExpired:
+            return {"exit": None, "error": "no answer in 100 s"}
+        out.write(done.stdout)
+    said = [line for line in done.stdout.splitlines() if line.startswith("IDENTITY ")]
+    if done.returncode != 0 or not said:
+        return {"exit": done.returncode}
+    return {"exit": 0} | json.loads(said[0].removeprefix("IDENTITY "))
 
 
 def step_elapsed(report: Report, name: str) -> float:
@@ -576,6 +596,8 @@ def markdown(doc: dict) -> str:
     tests = doc["steps"].get("tests", {})
     for case, outcome in tests.get("cases", {}).items():
         lines.append(f"- {case}: {outcome}")
+    if "engine_process" in tests:
+        lines.append(f"- pytest died by a signal; in a plain engine process: {identity_line(tests['engine_process'])}")
     for log, blocks in (doc.get("native_stacks") or {}).items():
         for frames in blocks[:1]:
             lines += ["", f"Native stack in `{log}` ({frames[0]}):", "", *(f"    {frame}" for frame in frames[1:16])]
@@ -614,6 +636,18 @@ def markdown(doc: dict) -> str:
         if result.get("skipped"):
             lines.append(f"Skipped for time: {'; '.join(result['skipped'])}")
     return "\n".join(lines) + "\n"
+
+
+def identity_line(found: dict) -> str:
+    if found.get("exit") != 0:
+        return f"it failed too (exit {found.get('exit')}; tests.log)"
+    offload = "every layer on the GPU" if found["gpu_offload"] and found["all_layers"] else "NOT every layer on the GPU"
+    checks = [
+        f"{name}: " + (f"other tokens batched than alone for {differ}" if differ else "same tokens alone and batched")
+        for name, differ in found.items()
+        if isinstance(differ, list)
+    ]
+    return "; ".join([offload, *checks])
 
 
 def bandwidth_line(row: dict, card: str, per_token: float, copy: float | None) -> str:

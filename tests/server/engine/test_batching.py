@@ -9,18 +9,7 @@ import pytest
 
 from server.engine.base import EngineOverloadedError, Finished, TextDelta
 from server.engine.llama_model import LlamaModel
-from tests.support.engine import request, run, running_engine
-
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time",
-    "def fibonacci(n):",
-    "List three colours:",
-    "The best way to learn a language",
-    "In 1969, astronauts",
-    "A recipe for pancakes:",
-    "Water boils at",
-]
+from tests.support.engine import PROMPTS, SAMPLINGS, differ_batched, request, run, running_engine
 
 
 @pytest.mark.asyncio
@@ -34,12 +23,9 @@ async def test_eight_concurrent_streams_complete_with_exact_token_counts(model: 
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9, "seed": 1234, "top_k": 40}])
+@pytest.mark.parametrize("sampling", SAMPLINGS.values(), ids=SAMPLINGS.keys())
 async def test_same_tokens_alone_and_beside_seven_others(model: LlamaModel, sampling: dict) -> None:
-    async with running_engine(model, n_slots=8) as engine:
-        alone = [await run(engine, request(engine, p, 16, **sampling)) for p in PROMPTS]
-        batched = await asyncio.gather(*(run(engine, request(engine, p, 16, **sampling)) for p in PROMPTS))
-    assert ["".join(deltas) for deltas, _ in batched] == ["".join(deltas) for deltas, _ in alone]
+    assert await differ_batched(model, **sampling) == []
 
 
 @pytest.mark.asyncio

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import llama_cpp
 import pytest
 
 from server.engine.llama_model import LlamaModel
-from tests.server.engine.test_batching import PROMPTS
-from tests.support.engine import request, run, running_engine
+from tests.support.engine import PROMPTS, SAMPLINGS, differ_batched
 from tests.support.server import ServerProcess
 
 HAS_GPU_BACKEND = bool(llama_cpp.llama_supports_gpu_offload())
@@ -45,17 +43,14 @@ def test_cpu_build_says_offload_is_inactive_and_why(demo_server: ServerProcess, 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU_BACKEND, reason="llama-cpp-python was built without a GPU backend (no CUDA here)")
-@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9, "seed": 1234, "top_k": 40}])
+@pytest.mark.parametrize("sampling", SAMPLINGS.values(), ids=SAMPLINGS.keys())
 async def test_same_tokens_alone_and_batched_with_every_layer_on_the_gpu(demo_gguf: Path, sampling: dict) -> None:
     """The engine tests' determinism promise (tests/server/engine: each slot its own KV stream), on the GPU's
     kernels."""
     model = LlamaModel(demo_gguf, n_gpu_layers=-1)
     try:
         assert model.gpu_offload
-        async with running_engine(model, n_slots=8) as engine:
-            alone = [await run(engine, request(engine, p, 16, **sampling)) for p in PROMPTS]
-            batched = await asyncio.gather(*(run(engine, request(engine, p, 16, **sampling)) for p in PROMPTS))
+        differ = await differ_batched(model, **sampling)
     finally:
         model.close()
-    differ = [p for p, (a, _), (b, _) in zip(PROMPTS, alone, batched, strict=True) if "".join(a) != "".join(b)]
     assert not differ, f"{len(differ)} of {len(PROMPTS)} prompts gave other tokens batched than alone: {differ}"
