@@ -4,7 +4,6 @@ chat completion (text, or tool calls in the model's own format or the generic on
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Iterator
-from contextlib import aclosing
 
 from pydantic import BaseModel
 
@@ -42,8 +41,9 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
     if body.stream:
         if tool_format is not None:
             chunks = _tool_chunks(admitted, rid, model, body, tool_format, reasoning)
-            return Reply(headers, chunks=chunks, close=admitted.close)
-        return Reply(headers, chunks=_text_chunks(admitted, rid, model, body, reasoning), close=admitted.close)
+            return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
+        chunks = _text_chunks(admitted, rid, model, body, reasoning)
+        return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
     whole = await admitted.collect()
     choices = []
     for c in whole.choices:
@@ -115,9 +115,9 @@ async def _text_chunks(
         splitter = splitters.pop(index, None)
         return split_chunks(index, splitter.finish()) if splitter is not None else []
 
-    # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it
-    # at once, not when the garbage collector finds them.
-    async with aclosing(admitted.events()) as events:
+    # A client that stops reading closes this generator; the events (and the lease) close with it at once, not when
+    # the garbage collector finds them.
+    async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 if reasoning is None:
@@ -176,7 +176,7 @@ async def _tool_chunks(
         started.add(index)
         return ChatDelta(role="assistant") if opening else ChatDelta()
 
-    async with aclosing(admitted.events()) as events:
+    async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 if thinking := held[event.index].feed(event.text):

@@ -59,8 +59,9 @@ async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
     if body.stream:
         if tool_format is not None:
             chunks = _tool_events(admitted, mid, model, tool_format, reasoning)
-            return Reply(headers, chunks=chunks, close=admitted.close)
-        return Reply(headers, chunks=_text_events(admitted, mid, model, reasoning), close=admitted.close)
+            return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
+        chunks = _text_events(admitted, mid, model, reasoning)
+        return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
     whole = await admitted.collect()
     choice = whole.choices[0]
     content, stop_reason = _content(split(reasoning, choice.text), choice.finish_reason, tool_format)
@@ -199,8 +200,9 @@ async def _translated(
 ) -> AsyncGenerator[BaseModel, None]:
     """`message_start` and a ping, then what `translate` makes of each event. The events start before anything is
     sent: only a started generator returns its lease when closed. A client that stops reading closes the caller,
-    which closes this (aclosing), and the events and the lease close with it at once."""
-    async with aclosing(admitted.events()) as events:
+    which closes this (aclosing), and the events and the lease close with it at once; a failure in `translate` is
+    the request's recorded outcome (`streaming`)."""
+    async with admitted.streaming() as events:
         first = await anext(events)
         yield _start(mid, model, admitted)
         yield PingEvent()
