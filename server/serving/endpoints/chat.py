@@ -28,7 +28,7 @@ from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply, new_id, now, usage
-from server.serving.pipeline.admission import Admitted, ServingContext, admit
+from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 
 
 async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[ChatCompletion]:
@@ -44,14 +44,17 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
             return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
         chunks = _text_chunks(admitted, rid, model, body, reasoning)
         return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
-    whole = await admitted.collect()
-    choices = []
-    for c in whole.choices:
-        message, reason = _message(split(reasoning, c.text), c.finish_reason, tool_format)
-        lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
-        choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
-    completion = ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
-    return Reply(headers, body=completion)
+
+    async def shaped(whole: Collected) -> ChatCompletion:
+        choices = []
+        for c in whole.choices:
+            message, reason = _message(split(reasoning, c.text), c.finish_reason, tool_format)
+            lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
+            choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
+        return ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
+
+    # Shaped before the generation closes (settle): a failure shaping it is the request's recorded outcome.
+    return Reply(headers, body=await admitted.settle(shaped))
 
 
 def _message(
@@ -169,13 +172,39 @@ async def _tool_chunks(
     held = [HeldAnswer(reasoning) for _ in range(body.n)]
     started: set[int] = set()
     reasons: dict[int, FinishReason] = {}
-    finished: Finished | None = None
 
     def first(index: int) -> ChatDelta:
         opening = index not in started
         started.add(index)
         return ChatDelta(role="assistant") if opening else ChatDelta()
 
+    def answer(finished: Finished) -> Iterator[ChatCompletionChunk]:
+        for index, held_answer in enumerate(held):
+            whole = held_answer.finish()
+            message, reason = _message(
+                Split(content=whole.content), reasons.get(index, finished.finish_reason), tool_format
+            )
+            if index not in started or whole.reasoning:
+                d = first(index)
+                d.reasoning_content = whole.reasoning or None
+                yield _chunk(rid, model, index, d, None)
+            for i, call in enumerate(message.tool_calls or []):
+                start = ToolCallDelta(
+                    index=i,
+                    id=call.id,
+                    type="function",
+                    function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
+                )
+                yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
+                rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
+                yield _chunk(rid, model, index, ChatDelta(tool_calls=[rest]), None)
+            if message.content:
+                yield _chunk(rid, model, index, ChatDelta(content=message.content), None)
+            yield _chunk(rid, model, index, ChatDelta(), reason)
+        if body.include_usage_in_stream():
+            yield _usage_chunk(rid, model, finished)
+
+    finished = False
     async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
@@ -186,30 +215,9 @@ async def _tool_chunks(
             elif isinstance(event, ChoiceFinished):
                 reasons[event.index] = event.finish_reason
             else:
-                finished = event
-    if finished is None:
-        raise RuntimeError("the pipeline ended a generation without a Finished event")
-    for index, answer in enumerate(held):
-        whole = answer.finish()
-        message, reason = _message(
-            Split(content=whole.content), reasons.get(index, finished.finish_reason), tool_format
-        )
-        if index not in started or whole.reasoning:
-            d = first(index)
-            d.reasoning_content = whole.reasoning or None
-            yield _chunk(rid, model, index, d, None)
-        for i, call in enumerate(message.tool_calls or []):
-            start = ToolCallDelta(
-                index=i,
-                id=call.id,
-                type="function",
-                function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
-            )
-            yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
-            rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
-            yield _chunk(rid, model, index, ChatDelta(tool_calls=[rest]), None)
-        if message.content:
-            yield _chunk(rid, model, index, ChatDelta(content=message.content), None)
-        yield _chunk(rid, model, index, ChatDelta(), reason)
-    if body.include_usage_in_stream():
-        yield _usage_chunk(rid, model, finished)
+                # Shaped while the events are open, so a failure shaping the answer is the request's outcome.
+                finished = True
+                for chunk in answer(event):
+                    yield chunk
+        if not finished:
+            raise RuntimeError("the pipeline ended a generation without a Finished event")
