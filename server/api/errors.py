@@ -76,6 +76,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError(400, "the request body is not valid JSON", code="invalid_json")
     # Union members add their type name to the location ("stop", "str"); the client's field is the first element.
     param = loc[0] if loc else None
+    context = first.get("ctx") or {}
+    if not loc and context.get("param") is not None:  # a check of the whole body names the field it found at fault
+        return APIError(400, first.get("msg", "invalid request"), param=str(context["param"]), code="invalid_value")
     where = ".".join(loc) if loc else "body"
     message = first.get("msg", "invalid request").removeprefix("Value error, ")
     if first.get("type") == "missing":

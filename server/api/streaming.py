@@ -3,7 +3,7 @@ the Responses API's and Anthropic's name each event (`event:` line) after its `t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Response
@@ -17,6 +17,7 @@ from server.protocol.base import ErrorResponse
 from server.serving.endpoints.reply import Body, Reply
 
 _REF = "#/components/schemas/"
+Failed = Callable[[Exception], None] | None
 
 
 def event_stream_schema(chunk: type[BaseModel]) -> dict[str, Any]:
@@ -56,16 +57,23 @@ def respond(reply: Reply[Body], response: Response) -> Body | EventSourceRespons
     if reply.chunks is None:
         raise RuntimeError("a reply carries neither a body nor chunks")
     return EventSourceResponse(
-        _events(reply.chunks, reply.event_names), sep="\n", ping=15, headers=reply.headers, background=_closing(reply)
+        _events(reply.chunks, reply.event_names, reply.fail),
+        sep="\n",
+        ping=15,
+        headers=reply.headers,
+        background=_closing(reply),
     )
 
 
-async def _events(chunks: AsyncGenerator[BaseModel, None], event_names: bool) -> AsyncIterator[dict[str, str]]:
+async def _events(
+    chunks: AsyncGenerator[BaseModel, None], event_names: bool, fail: Failed = None
+) -> AsyncIterator[dict[str, str]]:
     try:
         async for chunk in chunks:
             data = chunk.model_dump_json(by_alias=True)
             yield {"event": str(getattr(chunk, "type", "")), "data": data} if event_names else {"data": data}
     except Exception as exc:  # headers are gone already: report the failure in-band, as OpenAI does
+        _failed(fail, exc)
         error = body(from_exception(exc)).model_dump_json()
         yield {"event": "error", "data": error} if event_names else {"data": error}
     finally:
@@ -82,13 +90,20 @@ def respond_named(reply: Reply[Body], response: Response) -> Body | EventSourceR
     if reply.chunks is None:
         raise RuntimeError("a reply carries neither a body nor chunks")
     return EventSourceResponse(
-        _named_events(reply.chunks),
+        _named_events(reply.chunks, reply.fail),
         sep="\n",
         ping=15,
         ping_message_factory=_ping,
         headers=reply.headers,
         background=_closing(reply),
     )
+
+
+def _failed(fail: Failed, exc: Exception) -> None:
+    """Tell the reply its stream failed before the chunks are closed (`finally`), so that the request is recorded
+    as failed (500 or the failure's status), not as a client that went away or a success."""
+    if fail is not None:
+        fail(exc)
 
 
 def _closing(reply: Reply[Body]) -> BackgroundTask | None:
@@ -101,11 +116,12 @@ def _ping() -> ServerSentEvent:
     return ServerSentEvent(data=ping.model_dump_json(), event=ping.type)
 
 
-async def _named_events(chunks: AsyncGenerator[BaseModel, None]) -> AsyncIterator[dict[str, str]]:
+async def _named_events(chunks: AsyncGenerator[BaseModel, None], fail: Failed = None) -> AsyncIterator[dict[str, str]]:
     try:
         async for chunk in chunks:
             yield {"event": str(getattr(chunk, "type", "message")), "data": chunk.model_dump_json()}
     except Exception as exc:  # headers are gone already: report the failure in-band, as Anthropic does
+        _failed(fail, exc)
         yield {"event": "error", "data": anthropic_body(from_exception(exc)).model_dump_json()}
     finally:
         await chunks.aclose()

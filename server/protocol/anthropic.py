@@ -90,9 +90,18 @@ class ToolParam(_Strict):
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
-    input_schema: dict[str, Any] = Field(description="A JSON Schema for the tool's input.")
+    input_schema: dict[str, Any] = Field(description="A JSON Schema for the tool's input, whose `type` is `object`.")
     type: Literal["custom"] | None = None
     cache_control: CacheControl | None = None
+
+    @field_validator("input_schema")
+    @classmethod
+    def _an_object(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # As Anthropic requires: a call's `input` is an object (ToolUseBlock), and the grammar writes what the
+        # schema says, so any other schema would force a call no reply can carry.
+        if value.get("type") != "object":
+            raise ValueError('the input schema must describe an object ("type": "object")')
+        return value
 
 
 class ToolChoiceAuto(_Strict):

@@ -7,48 +7,91 @@ The protocol package is a base layer: it imports nothing of the server, so every
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from pydantic import (
     BaseModel,
     Field,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 # A JSON escape such as "\\ud800" decodes to a lone surrogate: a str that no UTF-8 encoder accepts. Let in, it fails
 # far from its source (the tokenizer, a log line, or PostgreSQL in the audit writer), so every request body refuses it.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
+# How deeply a request body may nest objects and arrays (the body itself is level 1). Deeper JSON breaks what walks it
+# recursively, far from the request: the JSON Schema check and pydantic's serialisation (which refuses values past
+# 255 levels: the cache key, a stored response's input, a reply echoing the tools) fail with a 500 after the request
+# was admitted, sometimes after it generated. Structured output needs some depth: OpenAI's own limit is 10 levels of
+# schema objects (20 JSON levels, a schema and its `properties` per level), which sits 5 levels into a chat body; 64
+# leaves room for 29 such levels, and far more for any body that is not a schema.
+MAX_JSON_DEPTH = 64
 
-def _lone_surrogate_at(value: object, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
-    """Where in a parsed JSON body a string (or an object's key) holds a lone surrogate; None when none does."""
+
+class BodyFault(NamedTuple):
+    """What is wrong where in a parsed JSON body: the path to the value (object keys and array indexes)."""
+
+    code: str
+    path: tuple[str, ...]
+
+
+def body_fault(value: object) -> BodyFault | None:
+    """The first string (or object key) in a parsed JSON body that holds a lone surrogate, or the first object or
+    array nested past MAX_JSON_DEPTH; None when there is neither. Iterative (a stack of the containers being read),
+    so no depth of input can exhaust the stack that checks it."""
     if isinstance(value, str):
-        return path if _LONE_SURROGATE.search(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _lone_surrogate_at(key, (*path, str(key))) or _lone_surrogate_at(item, (*path, str(key)))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _lone_surrogate_at(item, (*path, str(i)))
-            if found is not None:
-                return found
+        return BodyFault("lone_surrogate", ()) if _LONE_SURROGATE.search(value) else None
+    if not isinstance(value, dict | list):
+        return None
+    frames: list[tuple[tuple[str, ...], Iterator[tuple[object, object]]]] = [((), _members(value))]
+    while frames:
+        path, members = frames[-1]
+        for key, child in members:
+            if isinstance(key, str) and _LONE_SURROGATE.search(key):  # an object's key is text too
+                return BodyFault("lone_surrogate", (*path, key))
+            if isinstance(child, str):
+                if _LONE_SURROGATE.search(child):
+                    return BodyFault("lone_surrogate", (*path, str(key)))
+            elif isinstance(child, dict | list):
+                if len(frames) >= MAX_JSON_DEPTH:
+                    return BodyFault("too_deep", (*path, str(key)))
+                frames.append(((*path, str(key)), _members(child)))
+                break  # read the child first; this container's iterator goes on where it stopped
+        else:
+            frames.pop()
     return None
 
 
+def _members(container: dict[Any, object] | list[object]) -> Iterator[tuple[object, object]]:
+    return iter(container.items()) if isinstance(container, dict) else enumerate(container)
+
+
+def _shown(path: tuple[str, ...]) -> str:
+    """A path as the error names it; a deep one with long keys is cut, as the message is not the place to echo it."""
+    where = ".".join(path) or "the body"
+    return where if len(where) <= 200 else where[:200] + "..."
+
+
 class RequestBody(BaseModel):
-    """A request body: its text, wherever it sits, is valid Unicode (a 400 naming the field otherwise)."""
+    """A request body: its text, wherever it sits, is valid Unicode, and it nests at most MAX_JSON_DEPTH levels (a
+    400 naming the field otherwise: its path in the message, its top-level field as `param`)."""
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, value: object) -> object:
-        where = _lone_surrogate_at(value)
-        if where is not None:
-            field = ".".join(where) or "the body"
-            raise ValueError(f"{field} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text")
-        return value
+    def _valid_json_text(cls, value: object) -> object:
+        fault = body_fault(value)
+        if fault is None:
+            return value
+        context = {"where": _shown(fault.path), "param": fault.path[0] if fault.path else None}
+        if fault.code == "lone_surrogate":
+            message = "{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text"
+        else:
+            message = f"{{where}} nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+        raise PydanticCustomError(fault.code, message, context)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,7 +117,11 @@ class StoredFunctionCallOutput(FunctionCallOutputItem):
     id: str
 
 
-StoredItem = Annotated[StoredInputMessage | StoredFunctionCall | StoredFunctionCallOutput, Field(discriminator="type")]
+# A reasoning item given back in `input` is kept as it came (it has an id already): left out of the prompt, listed
+# with the request's other items.
+StoredItem = Annotated[
+    StoredInputMessage | StoredFunctionCall | StoredFunctionCallOutput | ReasoningItem, Field(discriminator="type")
+]
 
 
 class InputItemList(BaseModel):

@@ -52,10 +52,16 @@ def json_schema_rules(schema: dict[str, Any], *, rule: str, param: str) -> str:
     """GBNF rules in which `rule` matches JSON that validates against `schema`, to embed in a larger grammar: the
     other rules are named after `rule` or are the converter's shared ones (`space`, `string`, ...). `rule=""` names
     it `root`, a whole grammar."""
-    canonical = json.dumps(schema, separators=(",", ":"))
-    if len(canonical) > MAX_SCHEMA_BYTES:
-        raise APIError(400, f"the JSON schema is larger than {MAX_SCHEMA_BYTES} bytes", param=param)
-    return _convert(canonical, param, rule)
+    try:
+        canonical = json.dumps(schema, separators=(",", ":"))
+        if len(canonical) > MAX_SCHEMA_BYTES:
+            raise APIError(400, f"the JSON schema is larger than {MAX_SCHEMA_BYTES} bytes", param=param)
+        return _convert(canonical, param, rule)
+    except RecursionError:
+        # The JSON encoder, the schema check and the converter all recurse: a schema nested deeper than the stack
+        # allows is refused, not a 500. Request bodies are capped shallower than this (MAX_JSON_DEPTH); this holds
+        # for a schema that reaches here some other way.
+        raise APIError(400, "the JSON schema is nested too deeply", param=param) from None
 
 
 @functools.lru_cache(maxsize=256)

@@ -4,7 +4,6 @@ chat completion (text, or tool calls in the model's own format or the generic on
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Iterator
-from contextlib import aclosing
 
 from pydantic import BaseModel
 
@@ -29,7 +28,7 @@ from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply, new_id, now, usage
-from server.serving.pipeline.admission import Admitted, ServingContext, admit
+from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 
 
 async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[ChatCompletion]:
@@ -42,16 +41,20 @@ async def create(body: ChatCompletionRequest, ctx: ServingContext) -> Reply[Chat
     if body.stream:
         if tool_format is not None:
             chunks = _tool_chunks(admitted, rid, model, body, tool_format, reasoning)
-            return Reply(headers, chunks=chunks, close=admitted.close)
-        return Reply(headers, chunks=_text_chunks(admitted, rid, model, body, reasoning), close=admitted.close)
-    whole = await admitted.collect()
-    choices = []
-    for c in whole.choices:
-        message, reason = _message(split(reasoning, c.text), c.finish_reason, tool_format)
-        lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
-        choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
-    completion = ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
-    return Reply(headers, body=completion)
+            return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
+        chunks = _text_chunks(admitted, rid, model, body, reasoning)
+        return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
+
+    async def shaped(whole: Collected) -> ChatCompletion:
+        choices = []
+        for c in whole.choices:
+            message, reason = _message(split(reasoning, c.text), c.finish_reason, tool_format)
+            lp = ChatLogprobs(content=logprobs.chat(c.logprobs)) if body.logprobs else None
+            choices.append(ChatChoice(index=c.index, message=message, logprobs=lp, finish_reason=reason))
+        return ChatCompletion(id=rid, created=now(), model=model, choices=choices, usage=usage(whole.finished))
+
+    # Shaped before the generation closes (settle): a failure shaping it is the request's recorded outcome.
+    return Reply(headers, body=await admitted.settle(shaped))
 
 
 def _message(
@@ -115,9 +118,9 @@ async def _text_chunks(
         splitter = splitters.pop(index, None)
         return split_chunks(index, splitter.finish()) if splitter is not None else []
 
-    # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it
-    # at once, not when the garbage collector finds them.
-    async with aclosing(admitted.events()) as events:
+    # A client that stops reading closes this generator; the events (and the lease) close with it at once, not when
+    # the garbage collector finds them.
+    async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 if reasoning is None:
@@ -169,14 +172,40 @@ async def _tool_chunks(
     held = [HeldAnswer(reasoning) for _ in range(body.n)]
     started: set[int] = set()
     reasons: dict[int, FinishReason] = {}
-    finished: Finished | None = None
 
     def first(index: int) -> ChatDelta:
         opening = index not in started
         started.add(index)
         return ChatDelta(role="assistant") if opening else ChatDelta()
 
-    async with aclosing(admitted.events()) as events:
+    def answer(finished: Finished) -> Iterator[ChatCompletionChunk]:
+        for index, held_answer in enumerate(held):
+            whole = held_answer.finish()
+            message, reason = _message(
+                Split(content=whole.content), reasons.get(index, finished.finish_reason), tool_format
+            )
+            if index not in started or whole.reasoning:
+                d = first(index)
+                d.reasoning_content = whole.reasoning or None
+                yield _chunk(rid, model, index, d, None)
+            for i, call in enumerate(message.tool_calls or []):
+                start = ToolCallDelta(
+                    index=i,
+                    id=call.id,
+                    type="function",
+                    function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
+                )
+                yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
+                rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
+                yield _chunk(rid, model, index, ChatDelta(tool_calls=[rest]), None)
+            if message.content:
+                yield _chunk(rid, model, index, ChatDelta(content=message.content), None)
+            yield _chunk(rid, model, index, ChatDelta(), reason)
+        if body.include_usage_in_stream():
+            yield _usage_chunk(rid, model, finished)
+
+    finished = False
+    async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 if thinking := held[event.index].feed(event.text):
@@ -186,30 +215,9 @@ async def _tool_chunks(
             elif isinstance(event, ChoiceFinished):
                 reasons[event.index] = event.finish_reason
             else:
-                finished = event
-    if finished is None:
-        raise RuntimeError("the pipeline ended a generation without a Finished event")
-    for index, answer in enumerate(held):
-        whole = answer.finish()
-        message, reason = _message(
-            Split(content=whole.content), reasons.get(index, finished.finish_reason), tool_format
-        )
-        if index not in started or whole.reasoning:
-            d = first(index)
-            d.reasoning_content = whole.reasoning or None
-            yield _chunk(rid, model, index, d, None)
-        for i, call in enumerate(message.tool_calls or []):
-            start = ToolCallDelta(
-                index=i,
-                id=call.id,
-                type="function",
-                function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
-            )
-            yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
-            rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
-            yield _chunk(rid, model, index, ChatDelta(tool_calls=[rest]), None)
-        if message.content:
-            yield _chunk(rid, model, index, ChatDelta(content=message.content), None)
-        yield _chunk(rid, model, index, ChatDelta(), reason)
-    if body.include_usage_in_stream():
-        yield _usage_chunk(rid, model, finished)
+                # Shaped while the events are open, so a failure shaping the answer is the request's outcome.
+                finished = True
+                for chunk in answer(event):
+                    yield chunk
+        if not finished:
+            raise RuntimeError("the pipeline ended a generation without a Finished event")

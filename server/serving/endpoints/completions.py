@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 
 from pydantic import BaseModel
 
@@ -21,7 +20,7 @@ async def create(body: CompletionRequest, ctx: ServingContext) -> Reply[Completi
     rid, model = new_id("cmpl"), admitted.job.model.model_id
     headers = admitted.job.response_headers
     if body.stream:
-        return Reply(headers, chunks=_chunks(admitted, rid, model, body), close=admitted.close)
+        return Reply(headers, chunks=_chunks(admitted, rid, model, body), close=admitted.close, fail=admitted.fail)
     whole = await admitted.collect()
     choices = [
         CompletionChoice(
@@ -43,9 +42,9 @@ def _chunk(rid: str, model: str, choice: CompletionChoice) -> Completion:
 async def _chunks(admitted: Admitted, rid: str, model: str, body: CompletionRequest) -> AsyncGenerator[BaseModel, None]:
     offsets = [0] * body.n  # where each choice's next text starts, for the legacy logprobs' text_offset
     ended: set[int] = set()
-    # aclosing: a client that stops reading closes this generator; the events (and the lease) close with it
-    # at once, not when the garbage collector finds them.
-    async with aclosing(admitted.events()) as events:
+    # A client that stops reading closes this generator; the events (and the lease) close with it at once, not when
+    # the garbage collector finds them.
+    async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 lp = None

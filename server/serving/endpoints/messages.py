@@ -43,7 +43,7 @@ from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
 from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply
-from server.serving.pipeline.admission import Admitted, ServingContext, admit
+from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 from server.serving.pipeline.stages import answer_prepared
 
 
@@ -59,12 +59,17 @@ async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
     if body.stream:
         if tool_format is not None:
             chunks = _tool_events(admitted, mid, model, tool_format, reasoning)
-            return Reply(headers, chunks=chunks, close=admitted.close)
-        return Reply(headers, chunks=_text_events(admitted, mid, model, reasoning), close=admitted.close)
-    whole = await admitted.collect()
-    choice = whole.choices[0]
-    content, stop_reason = _content(split(reasoning, choice.text), choice.finish_reason, tool_format)
-    return Reply(headers, body=_message(mid, model, content, stop_reason, whole.finished))
+            return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
+        chunks = _text_events(admitted, mid, model, reasoning)
+        return Reply(headers, chunks=chunks, close=admitted.close, fail=admitted.fail)
+
+    async def shaped(whole: Collected) -> Message:
+        choice = whole.choices[0]
+        content, stop_reason = _content(split(reasoning, choice.text), choice.finish_reason, tool_format)
+        return _message(mid, model, content, stop_reason, whole.finished)
+
+    # Shaped before the generation closes (settle): a failure shaping it is the request's recorded outcome.
+    return Reply(headers, body=await admitted.settle(shaped))
 
 
 async def count_tokens(body: CountTokensRequest, ctx: ServingContext) -> Reply[MessageTokensCount]:
@@ -199,8 +204,9 @@ async def _translated(
 ) -> AsyncGenerator[BaseModel, None]:
     """`message_start` and a ping, then what `translate` makes of each event. The events start before anything is
     sent: only a started generator returns its lease when closed. A client that stops reading closes the caller,
-    which closes this (aclosing), and the events and the lease close with it at once."""
-    async with aclosing(admitted.events()) as events:
+    which closes this (aclosing), and the events and the lease close with it at once; a failure in `translate` is
+    the request's recorded outcome (`streaming`)."""
+    async with admitted.streaming() as events:
         first = await anext(events)
         yield _start(mid, model, admitted)
         yield PingEvent()
@@ -215,7 +221,8 @@ async def _tool_events(
     admitted: Admitted, mid: str, model: str, tool_format: tools.ToolFormat, reasoning: ReasoningSyntax | None
 ) -> AsyncGenerator[BaseModel, None]:
     """A tool answer, streamed as Anthropic does: a thinking model's thinking block as it is decoded; then the
-    answer after it, parsed whole: a text block, and each call as a tool_use block whose input is a JSON delta."""
+    answer after it, parsed whole: a text block, and each call as a tool_use block whose input is a JSON delta. The
+    answer is shaped on the Finished event, while the events are open: a failure shaping it is the outcome."""
     blocks = _Blocks()
     held = HeldAnswer(reasoning)
     finished: Finished | None = None
@@ -226,6 +233,7 @@ async def _tool_events(
             return blocks.send(Split(reasoning=thinking))
         if isinstance(event, Finished):
             finished = event
+            return _tool_answer(blocks, held, tool_format, event)
         return []
 
     async with aclosing(_translated(admitted, mid, model, take)) as outs:
@@ -233,19 +241,23 @@ async def _tool_events(
             yield out
     if finished is None:
         raise RuntimeError("the pipeline ended a generation without a Finished event")
+
+
+def _tool_answer(
+    blocks: _Blocks, held: HeldAnswer, tool_format: tools.ToolFormat, finished: Finished
+) -> list[BaseModel]:
+    """The events after the thinking: the answer's blocks (its text, then its calls), then the message's end."""
     whole = held.finish()
-    for out in [*blocks.send(Split(reasoning=whole.reasoning)), *blocks.close()]:
-        yield out
+    out = [*blocks.send(Split(reasoning=whole.reasoning)), *blocks.close()]
     content, reason = _content(Split(content=whole.content), finished.finish_reason, tool_format)
     for index, block in enumerate(content, start=blocks.index + 1):
         if isinstance(block, TextBlock):
-            yield ContentBlockStartEvent(index=index, content_block=TextBlock(text=""))
-            yield ContentBlockDeltaEvent(index=index, delta=TextDeltaBody(text=block.text))
+            out.append(ContentBlockStartEvent(index=index, content_block=TextBlock(text="")))
+            out.append(ContentBlockDeltaEvent(index=index, delta=TextDeltaBody(text=block.text)))
         elif isinstance(block, ToolUseBlock):
             start = ToolUseBlock(id=block.id, name=block.name, input={})
-            yield ContentBlockStartEvent(index=index, content_block=start)
+            out.append(ContentBlockStartEvent(index=index, content_block=start))
             partial = json.dumps(block.input, ensure_ascii=False)
-            yield ContentBlockDeltaEvent(index=index, delta=InputJsonDelta(partial_json=partial))
-        yield ContentBlockStopEvent(index=index)
-    for end in _end(reason, finished):
-        yield end
+            out.append(ContentBlockDeltaEvent(index=index, delta=InputJsonDelta(partial_json=partial)))
+        out.append(ContentBlockStopEvent(index=index))
+    return [*out, *_end(reason, finished)]

@@ -26,6 +26,9 @@ class Reply(Generic[Body]):
     # Run once the response is over, however it ended: returns the request's hold on its model even when `chunks`
     # never started (then no line of theirs runs, `finally` included).
     close: Callable[[], Awaitable[None]] | None = None
+    # Told of a failure while the chunks were being sent (a chunk that cannot be serialised), before they are closed:
+    # the failure becomes the request's recorded outcome, not a client that went away.
+    fail: Callable[[Exception], None] | None = None
 
 
 def new_id(prefix: str) -> str:

@@ -159,7 +159,8 @@ async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStor
     draft = _Draft(body, job.model.model_id, store, owner, input_items, context, job.reasoning, job.tool_format)
     headers = job.response_headers
     if body.stream:
-        return Reply(headers, chunks=_events(admitted, draft), event_names=True, close=admitted.close)
+        chunks = _events(admitted, draft)
+        return Reply(headers, chunks=chunks, event_names=True, close=admitted.close, fail=admitted.fail)
     return Reply(headers, body=await admitted.settle(draft.kept))
 
 

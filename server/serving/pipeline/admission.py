@@ -7,8 +7,8 @@ queue) is still an HTTP status, not an error inside a stream that already said 2
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -77,6 +77,24 @@ class Admitted:
         finally:
             self._lease.release()
 
+    def fail(self, exc: Exception) -> None:
+        """Make `exc`, a failure while the reply was shaped or sent, the request's recorded outcome (the first one
+        wins). It counts while the events are open: the record stage writes the audit row as they close."""
+        if self.job.reply_error is None:
+            self.job.reply_error = exc
+
+    @asynccontextmanager
+    async def streaming(self) -> AsyncIterator[Events]:
+        """The events, for a reply that streams: a failure while they are open (shaping a chunk from them) is
+        recorded as the request's outcome before they close, as `settle` does for a whole reply. A client that
+        goes away closes them without a failure: the record stage says so (499)."""
+        async with aclosing(self.events()) as events:
+            try:
+                yield events
+            except Exception as exc:
+                self.fail(exc)
+                raise
+
     async def collect(self) -> Collected:
         """The whole generation, for a reply that is not streamed."""
         return await self.settle(_as_collected)
@@ -105,7 +123,7 @@ class Admitted:
                     try:
                         return await reply(Collected(choices, event))
                     except Exception as exc:
-                        self.job.reply_error = exc
+                        self.fail(exc)
                         raise
         raise RuntimeError("the pipeline ended a generation without a Finished event")
 

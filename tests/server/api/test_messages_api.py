@@ -221,6 +221,11 @@ def test_errors_are_anthropics(server: ServerProcess, client: anthropic.Anthropi
             messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "http://x"}}]}],
         )
     assert "messages.0.content" in image.value.body["error"]["message"]
+    # An input schema that is no object's would make the grammar force a call no tool_use block can carry.
+    integer = {"name": "f", "input_schema": {"type": "integer"}}
+    with pytest.raises(anthropic.BadRequestError) as not_an_object:
+        client.messages.create(model=HERMES, max_tokens=4, messages=ASK, tools=[integer], tool_choice={"type": "any"})
+    assert "tools.0.input_schema" in not_an_object.value.body["error"]["message"]
     with pytest.raises(anthropic.NotFoundError) as missing:
         client.messages.create(model="claude-sonnet-4-5", max_tokens=4, messages=ASK)
     assert missing.value.body["error"]["type"] == "not_found_error"

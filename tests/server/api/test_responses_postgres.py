@@ -128,3 +128,75 @@ def test_permissions_limits_and_the_cache_apply_as_for_chat(replicas: Replicas) 
     assert again.parse().output_text == first.parse().output_text and again.parse().id != first.parse().id
     with pytest.raises(openai.RateLimitError):
         client.responses.create(**asked)
+
+
+# Every kind of input item the Responses API takes, each with its id, in the shape input_items lists it.
+ITEMS = [
+    {"type": "message", "id": "msg_system", "role": "system", "content": "Be brief."},
+    {
+        "type": "message",
+        "id": "msg_developer",
+        "role": "developer",
+        "content": [{"type": "input_text", "text": "Dev."}],
+    },
+    {"type": "message", "id": "msg_user", "role": "user", "content": "What is the weather in Paris?"},
+    {
+        "type": "message",
+        "id": "msg_assistant",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "I'll look.", "annotations": [], "logprobs": None}],
+    },
+    {
+        "type": "reasoning",
+        "id": "rs_1",
+        "summary": [{"type": "summary_text", "text": "look it up"}],
+        "content": [{"type": "reasoning_text", "text": "Paris: call the tool."}],
+        "encrypted_content": "opaque",
+        "status": "completed",
+    },
+    {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "weather", "arguments": '{"city": "Paris"}'},
+    {
+        "type": "function_call",
+        "id": "fc_2",
+        "call_id": "call_2",
+        "name": "weather",
+        "arguments": '{"city": "Lyon"}',
+        "status": "completed",
+    },
+    {"type": "function_call_output", "id": "fco_1", "call_id": "call_1", "output": "18 C"},
+    {
+        "type": "function_call_output",
+        "id": "fco_2",
+        "call_id": "call_2",
+        "output": [{"type": "input_text", "text": "20 C"}],
+    },
+    {"type": "message", "role": "user", "content": "And so?"},
+]
+
+
+def _listed(item: dict) -> dict:
+    """What input_items says of an input item: messages with their text as parts, and a status."""
+    if item["type"] != "message":
+        return item
+    kind = "output_text" if item["role"] == "assistant" else "input_text"
+    content = item["content"] if isinstance(item["content"], list) else [{"type": kind, "text": item["content"]}]
+    return {**item, "status": "completed", "content": content}
+
+
+def test_every_input_item_kind_is_listed_back_as_it_was_stored(replicas: Replicas) -> None:
+    key = replicas.key()
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": DEMO_MODEL_ID, "input": ITEMS, "max_output_tokens": 1}
+    with httpx.Client(base_url=replicas.servers[0].base_url, headers=headers, timeout=120) as http:
+        created = http.post("/v1/responses", json=body)
+        assert created.status_code == 200, created.text
+        listed = http.get(f"/v1/responses/{created.json()['id']}/input_items", params={"order": "asc"})
+    assert listed.status_code == 200, listed.text
+    data = listed.json()["data"]
+    assert data[-1]["id"].startswith("msg_")  # an item sent without an id is given one
+    expected = [_listed(item) for item in ITEMS[:-1]] + [{**_listed(ITEMS[-1]), "id": data[-1]["id"]}]
+    # What the reply adds that the request left out: its defaults, never a changed value.
+    assert [{k: v for k, v in got.items() if k in want} for got, want in zip(data, expected, strict=True)] == expected
+    # The SDK reads the page, reasoning item included.
+    page = replicas.client(key, 1).responses.input_items.list(created.json()["id"], order="asc")
+    assert [item.type for item in page.data] == [item["type"] for item in ITEMS]

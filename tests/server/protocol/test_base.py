@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from server.api.middleware import request_limits_of
 from server.config.settings import Settings
-from server.protocol.base import DEFAULT_LIMITS, RequestLimits, request_limits
+from server.protocol.base import DEFAULT_LIMITS, MAX_JSON_DEPTH, BodyFault, RequestLimits, body_fault, request_limits
 from server.protocol.openai import ChatCompletionRequest
 from server.protocol.ops import TokenizeRequest
 
@@ -36,3 +36,36 @@ def test_a_body_is_checked_against_the_limits_of_its_request() -> None:
 def test_a_lone_surrogate_anywhere_in_a_body_is_refused_naming_where() -> None:
     with pytest.raises(ValidationError, match=r"messages\.0\.content holds a lone UTF-16 surrogate"):
         ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "a\ud800"}]})
+
+
+def _nested(levels: int) -> dict:
+    """A tool whose parameters make the chat body `levels` objects deep (the body itself is the first)."""
+    schema: dict = {"type": "string"}
+    for _ in range(levels - 5):  # the body, its tools array, the tool, its function and the innermost schema
+        schema = {"a": schema}
+    return {"type": "function", "function": {"name": "f", "parameters": schema}}
+
+
+def test_a_body_nested_past_the_bound_is_refused_naming_where() -> None:
+    def body(levels: int) -> dict:
+        return {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [_nested(levels)]}
+
+    assert ChatCompletionRequest.model_validate(body(MAX_JSON_DEPTH)).tools is not None
+    with pytest.raises(ValidationError) as refused:
+        ChatCompletionRequest.model_validate(body(MAX_JSON_DEPTH + 1))
+    error = refused.value.errors()[0]
+    assert error["type"] == "too_deep" and error["ctx"]["param"] == "tools"
+    assert (
+        error["msg"].startswith("tools.0.function.parameters.a.a.")
+        and f"more than {MAX_JSON_DEPTH} levels" in error["msg"]
+    )
+
+
+def test_no_depth_of_body_exhausts_the_check() -> None:
+    deep: list = []
+    for _ in range(100_000):  # far past the interpreter's recursion limit
+        deep = [deep]
+    fault = body_fault({"input": deep})
+    assert fault is not None and fault.code == "too_deep" and len(fault.path) == MAX_JSON_DEPTH
+    assert body_fault({"input": [[[["ok"]]]], "tail": "a\udc00"}) == BodyFault("lone_surrogate", ("tail",))
+    assert body_fault({"k\ud800": 1}) == BodyFault("lone_surrogate", ("k\ud800",))

@@ -56,3 +56,19 @@ def test_integer_bounds_become_part_of_the_grammar() -> None:
 def test_bounds_no_integer_meets_are_refused() -> None:
     with pytest.raises(APIError, match="no integer is at least 5 and at most 3"):
         json_schema_grammar({"type": "integer", "minimum": 5, "maximum": 3}, param="p")
+
+
+def _nested_schema(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+@pytest.mark.parametrize("levels", [200, 600])  # past the schema check's recursion; past the JSON encoder's too
+def test_a_schema_nested_past_the_stack_is_a_400_not_a_recursion_error(levels: int) -> None:
+    """Request bodies are capped shallower (MAX_JSON_DEPTH); this holds for a schema that reaches here another way."""
+    with pytest.raises(APIError) as info:
+        json_schema_grammar(_nested_schema(levels), param="tools")
+    assert (info.value.status, info.value.param) == (400, "tools") and "nested too deeply" in info.value.message
+    assert "root ::=" in json_schema_grammar(_nested_schema(25), param="tools")  # as deep as a body may hold

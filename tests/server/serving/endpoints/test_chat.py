@@ -1,7 +1,10 @@
 """Chat completions from a scripted engine that writes one character per delta: a thinking model's output split
-into `reasoning_content` and `content`, whole and streamed, with every marker arriving in pieces."""
+into `reasoning_content` and `content`, whole and streamed, with every marker arriving in pieces; a reply that cannot
+be shaped after generating is the request's recorded outcome."""
 
 from __future__ import annotations
+
+import pytest
 
 from server.access.caller import ANONYMOUS
 from server.engine.chat_template import ReasoningSyntax
@@ -10,7 +13,8 @@ from server.protocol.openai_replies import ChatCompletion, ChatCompletionChunk
 from server.serving.endpoints import chat
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.stages import Pipeline, prepare
-from tests.support.fake_engine import FakeEngine, registry_serving
+from server.serving.stages.record import RecordStage
+from tests.support.fake_engine import AuditRows, FakeEngine, registry_serving
 
 
 def _context(reply: str, reasoning: ReasoningSyntax | None) -> ServingContext:
@@ -83,3 +87,27 @@ async def test_a_tool_answer_streams_its_thinking_as_decoded_then_the_calls_pars
     assert isinstance(whole.body, ChatCompletion)
     message = whole.body.choices[0].message
     assert message.reasoning_content == "ab" and message.tool_calls and message.content is None
+
+
+def _unparsable(*args: object) -> object:
+    raise RuntimeError("the answer could not be shaped")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reply_that_cannot_be_shaped_after_generating_is_recorded_as_failed(
+    stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is shaped before the generation closes (a tool answer's stream too, on its Finished event), so the
+    audit row says 500, what the client heard, not 200."""
+    monkeypatch.setattr(chat, "_message", _unparsable)
+    rows = AuditRows()
+    engine = FakeEngine(reply=THEN_CALL)
+    pipeline = Pipeline([RecordStage(rows, store_conversations=False), prepare])  # type: ignore[list-item, arg-type]  # stages are plain async generator functions; the stand-in writer
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    with pytest.raises(RuntimeError, match="could not be shaped"):
+        if stream:
+            await _streamed(ctx, tools=[WEATHER], tool_choice="required")
+        else:
+            await chat.create(_request(tools=[WEATHER], tool_choice="required"), ctx)
+    assert rows.statuses == [500]
+    assert ctx.models.in_flight == 0

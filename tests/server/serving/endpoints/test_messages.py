@@ -1,9 +1,13 @@
 """Anthropic's message from a scripted thinking model (one character per delta): a thinking block before the text,
-whole and streamed as `thinking_delta`s closed by an empty `signature_delta`."""
+whole and streamed as `thinking_delta`s closed by an empty `signature_delta`; a reply that cannot be shaped after
+generating is the request's recorded outcome."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
+from pydantic import ValidationError
 
 from server.access.caller import ANONYMOUS
 from server.engine.chat_template import ReasoningSyntax
@@ -11,7 +15,8 @@ from server.protocol.anthropic import Message, MessagesRequest
 from server.serving.endpoints import messages
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.stages import Pipeline, prepare
-from tests.support.fake_engine import FakeEngine, registry_serving
+from server.serving.stages.record import RecordStage
+from tests.support.fake_engine import AuditRows, FakeEngine, registry_serving
 
 THOUGHT = "<think>ab</think>\n\ncd"
 THINKS = ReasoningSyntax()
@@ -101,3 +106,31 @@ async def test_a_tool_answer_streams_its_thinking_block_as_decoded_then_the_tool
         ("message_stop", None, None),
     ]
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+def _recorded(reply: str) -> tuple[ServingContext, AuditRows]:
+    rows = AuditRows()
+    engine = FakeEngine(reply=reply)
+    pipeline = Pipeline([RecordStage(rows, store_conversations=False), prepare])  # type: ignore[list-item, arg-type]  # stages are plain async generator functions; the stand-in writer
+    return ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1"), rows
+
+
+# A call whose arguments are no object: the grammar of an object schema never lets a model write it, the script does.
+NOT_AN_OBJECT = '{"tool_calls": [{"name": "get_weather", "arguments": 5}]}'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reply_that_cannot_be_shaped_after_generating_is_recorded_as_failed(stream: bool) -> None:
+    """The answer is shaped before the generation closes, so its audit row says 500, what the client heard."""
+    ctx, rows = _recorded(NOT_AN_OBJECT)
+    body = _request(stream=stream, tools=[WEATHER], tool_choice={"type": "any"}, thinking={"type": "disabled"})
+    if stream:
+        reply = await messages.create(body, ctx)
+        assert reply.chunks is not None
+        with pytest.raises(ValidationError):
+            [event async for event in reply.chunks]
+    else:
+        with pytest.raises(ValidationError):
+            await messages.create(body, ctx)
+    assert rows.statuses == [500]
+    assert ctx.models.in_flight == 0

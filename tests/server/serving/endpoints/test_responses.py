@@ -20,8 +20,7 @@ from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
 from server.serving.stages.record import RecordStage
 from server.store.errors import StoreUnavailableError
 from server.store.responses import MemoryResponseStore, NoResponseStore, StoredResponse
-from server.store.writer import Record
-from tests.support.fake_engine import FakeEngine, registry_serving
+from tests.support.fake_engine import AuditRows, FakeEngine, registry_serving
 
 
 def _request(**fields: object) -> ResponseRequest:
@@ -134,20 +133,9 @@ async def test_a_response_that_cannot_be_kept_is_a_503() -> None:
     assert kept_nothing.body is not None and kept_nothing.body.status == "completed"
 
 
-class _Rows:
-    """A stand-in audit writer that keeps what it is handed."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def submit(self, record: Record) -> bool:
-        self.records.append(record)
-        return True
-
-
 @pytest.mark.parametrize("stream", [False, True])
 async def test_the_audit_row_of_a_response_that_could_not_be_kept_says_what_the_client_heard(stream: bool) -> None:
-    rows = _Rows()
+    rows = AuditRows()
     ctx, _ = _context(RecordStage(rows, store_conversations=False))  # type: ignore[arg-type]  # the stand-in writer
     kept = await responses.create(_request(stream=stream), ctx, MemoryResponseStore(max_items=10, retention_s=60))
     if stream:
