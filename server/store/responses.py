@@ -7,7 +7,6 @@ in PostgreSQL when a database is configured (shared by every replica), else in a
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -102,9 +101,21 @@ class MemoryResponseStore:
         return True
 
 
+def _without_nul(value: object) -> object:
+    """`value` with every NUL character in its strings (keys too) replaced: jsonb holds none, and one in a prompt must
+    not cost the whole response. Replaced in the strings, not in the JSON text, where `\\u0000` may be what a user
+    wrote (a backslash, then u0000) and must come back as written."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
 def _json(value: object) -> Jsonb:
-    """jsonb holds no NUL character; one in a prompt must not cost the whole response."""
-    return Jsonb(value, dumps=lambda v: json.dumps(v).replace("\\u0000", "\\ufffd"))
+    return Jsonb(_without_nul(value))
 
 
 class PostgresResponseStore:

@@ -64,6 +64,20 @@ async def test_postgres_store_is_per_owner_and_expires(pool: AsyncConnectionPool
     assert await store.get("resp\x00", "key:a") is None
 
 
+async def test_postgres_store_keeps_a_written_backslash_u0000(pool: AsyncConnectionPool) -> None:
+    """Only the NUL character is replaced (jsonb holds none, in a value or a key), not the six characters `\\u0000`
+    a user may write, as in a JavaScript regex."""
+    store = PostgresResponseStore(pool, retention_s=60)
+    written = r"s.replace(/\u0000/g, '')"
+    stored = _stored("resp_text")
+    stored.input_items[0]["content"][0]["text"] = written + "\x00"
+    stored.response["metadata"] = {"k\x00": "v"}
+    await store.save(stored)
+    found = await store.get("resp_text", "key:a")
+    assert found is not None and found.input_items[0]["content"][0]["text"] == written + "\ufffd"
+    assert found.response["metadata"] == {"k\ufffd": "v"}
+
+
 async def test_postgres_store_outage_is_unavailable(pool: AsyncConnectionPool) -> None:
     from server.store.errors import StoreUnavailableError
 
