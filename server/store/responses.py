@@ -3,10 +3,15 @@
 A stored response is owned by whoever created it (an API key, the admin key, or everyone when auth is off): any
 other owner finds nothing, exactly as for an id that never existed. It is kept for the retention the settings give,
 in PostgreSQL when a database is configured (shared by every replica), else in a bounded in-memory store.
+
+Each response is kept with the whole conversation before it, so a continuation needs one read; what keeps that from
+growing without end is the bound on the conversation a response may continue (items and bytes), which the store
+records with each response so a continuation learns its size before it reads a byte of it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -24,10 +29,26 @@ from server.store.errors import StoreUnavailableError, is_transient
 PURGE_EVERY_S = 60.0
 
 
+def json_size(value: object) -> int:
+    """The bytes of `value` as compact JSON (UTF-8): how a conversation's size is counted."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationBound:
+    """The largest conversation a response may continue: its items (every kind, reasoning items too) and their bytes
+    as JSON (`json_size`). The defaults are the settings' (GGUFSTACK_MAX_MESSAGES and
+    GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES)."""
+
+    items: int = 1024
+    bytes: int = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """A response as JSON: the reply object, the request's own input items, and the items before them (what
-    `previous_response_id` chained in: earlier inputs and outputs), so a continuation needs one read."""
+    `previous_response_id` chained in: earlier inputs and outputs), so a continuation needs one read; and the size of
+    that conversation (context, input and output) as `json_size` counts it."""
 
     id: str
     owner: str
@@ -35,17 +56,49 @@ class StoredResponse:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
     context: list[dict[str, Any]]
+    size: int
+
+    @property
+    def items(self) -> int:
+        return len(self.context) + len(self.input_items) + len(self.response.get("output", []))
 
     def conversation(self) -> list[dict[str, Any]]:
         """Every item a response continuing this one starts from: the context, the input, the output."""
         return [*self.context, *self.input_items, *self.response.get("output", [])]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """What a response continuing a stored one starts from (its context, input and output items, in order): their
+    number and size always, the items themselves only when the size is within the store's bound. From PostgreSQL
+    they come as JSON text, for the reader to parse off the event loop."""
+
+    items: int
+    size: int
+    content: str | list[dict[str, Any]] | None
+
+    def load(self) -> list[dict[str, Any]]:
+        if self.content is None:
+            raise ValueError("the conversation is larger than the store reads")
+        if isinstance(self.content, str):
+            loaded: list[dict[str, Any]] = json.loads(self.content)
+            return loaded
+        return self.content
+
+
+NO_CONVERSATION = StoredConversation(0, 0, [])
+
+
 class ResponseStore(Protocol):
     # False: the server keeps no response (GGUFSTACK_RESPONSES_STORE off), whatever a request's `store` says.
     keeps: bool
+    bound: ConversationBound
 
     async def save(self, stored: StoredResponse) -> None: ...
+
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        """The conversation a continuation of the response starts from; its items only within `bound.bytes`."""
+        ...
 
     async def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
 
@@ -57,7 +110,13 @@ class NoResponseStore:
 
     keeps = False
 
+    def __init__(self, bound: ConversationBound | None = None) -> None:
+        self.bound = bound or ConversationBound()
+
     async def save(self, stored: StoredResponse) -> None:
+        return None
+
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
         return None
 
     async def get(self, response_id: str, owner: str) -> StoredResponse | None:
@@ -73,10 +132,11 @@ class MemoryResponseStore:
 
     keeps = True
 
-    def __init__(self, *, max_items: int, retention_s: float) -> None:
+    def __init__(self, *, max_items: int, retention_s: float, bound: ConversationBound | None = None) -> None:
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
         self._max_items = max_items
         self._retention_s = retention_s
+        self.bound = bound or ConversationBound()
 
     async def save(self, stored: StoredResponse) -> None:
         self._items[stored.id] = stored
@@ -93,6 +153,13 @@ class MemoryResponseStore:
             return None
         self._items.move_to_end(response_id)
         return found
+
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        found = await self.get(response_id, owner)
+        if found is None:
+            return None
+        content = found.conversation() if found.size <= self.bound.bytes else None
+        return StoredConversation(found.items, found.size, content)
 
     async def delete(self, response_id: str, owner: str) -> bool:
         if await self.get(response_id, owner) is None:
@@ -121,17 +188,20 @@ def _json(value: object) -> Jsonb:
 class PostgresResponseStore:
     keeps = True
 
-    def __init__(self, pool: AsyncConnectionPool, *, retention_s: float) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, retention_s: float, bound: ConversationBound | None = None
+    ) -> None:
         self._pool = pool
         self._retention = timedelta(seconds=retention_s)
         self._last_purge = 0.0
+        self.bound = bound or ConversationBound()
 
     async def save(self, stored: StoredResponse) -> None:
         created = datetime.fromtimestamp(stored.created_at, UTC)
         async with self._connection() as conn:
             await conn.execute(
-                "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context, "
+                "conversation_items, conversation_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     stored.id,
                     stored.owner,
@@ -140,6 +210,8 @@ class PostgresResponseStore:
                     _json(stored.response),
                     _json(stored.input_items),
                     _json(stored.context),
+                    stored.items,
+                    stored.size,
                 ),
             )
             # Expired rows are never read (every read checks expires_at); deleting them now and then keeps the table
@@ -153,14 +225,30 @@ class PostgresResponseStore:
             return None
         async with self._connection() as conn:
             cursor = await conn.execute(
-                "SELECT id, owner, extract(epoch FROM created_at), response, input_items, context FROM responses "
+                "SELECT id, owner, extract(epoch FROM created_at), response, input_items, context, conversation_bytes "
+                "FROM responses "
                 "WHERE id = %s AND owner = %s AND expires_at > now()",
                 (response_id, owner),
             )
             row = await cursor.fetchone()
         if row is None:
             return None
-        return StoredResponse(row[0], row[1], float(row[2]), row[3], row[4], row[5])
+        return StoredResponse(row[0], row[1], float(row[2]), row[3], row[4], row[5], row[6])
+
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        """One read: the size from the row's own columns; the items (as JSON text, parsed by the caller) only when
+        within the bound, so a conversation too large to continue is never shipped out of PostgreSQL."""
+        if "\x00" in response_id:
+            return None
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT conversation_items, conversation_bytes, CASE WHEN conversation_bytes <= %s THEN "
+                "(context || input_items || coalesce(response -> 'output', '[]'::jsonb))::text END FROM responses "
+                "WHERE id = %s AND owner = %s AND expires_at > now()",
+                (self.bound.bytes, response_id, owner),
+            )
+            row = await cursor.fetchone()
+        return StoredConversation(row[0], row[1], row[2]) if row is not None else None
 
     async def delete(self, response_id: str, owner: str) -> bool:
         if "\x00" in response_id:

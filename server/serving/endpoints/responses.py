@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -45,15 +45,17 @@ from server.protocol.responses_replies import (
     TextDoneEvent,
 )
 from server.serving.constrain.tools.formats import ToolFormat
+from server.serving.endpoints import responses_conversation as conversation
 from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply
+from server.serving.endpoints.responses_conversation import Conversation
 from server.serving.endpoints.responses_stream import TextItems, part_event
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 from server.serving.pipeline.stages import Events
 from server.store.errors import StoreUnavailableError
-from server.store.responses import ResponseStore, StoredResponse
+from server.store.responses import ResponseStore, StoredResponse, json_size
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,7 @@ class _Draft:
     model: str
     store: ResponseStore
     owner: str
-    input_items: list[dict[str, Any]]
-    context: list[dict[str, Any]]
+    conversation: Conversation  # what it continues and its own input, kept with it
     reasoning: ReasoningSyntax | None  # the job's: how the answer's thinking is split off
     tool_format: ToolFormat | None  # the job's: the format calls are parsed in (None: the answer is text)
     id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
@@ -124,14 +125,10 @@ class _Draft:
     async def keep(self, response: ResponseObject) -> None:
         if not self.stores:
             return
-        stored = StoredResponse(
-            self.id,
-            self.owner,
-            float(self.created_at),
-            response.model_dump(mode="json", by_alias=True),
-            self.input_items,
-            self.context,
-        )
+        kept = response.model_dump(mode="json", by_alias=True)
+        talk = self.conversation
+        size = talk.size + json_size(kept["output"])
+        stored = StoredResponse(self.id, self.owner, float(self.created_at), kept, talk.input_items, talk.context, size)
         try:
             await self.store.save(stored)
         except StoreUnavailableError as exc:
@@ -147,16 +144,13 @@ def _usage(finished: Finished) -> ResponseUsage:
 
 
 async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStore) -> Reply[ResponseObject]:
-    context: list[dict[str, Any]] = []
-    if body.previous_response_id is not None:
-        previous = await items.read(store, body.previous_response_id, ctx.caller, param="previous_response_id")
-        context = previous.conversation()
-    input_items = items.stored_input(body)
-    chat = items.chat_body(body, [*context, *input_items])
+    prior = await conversation.previous(store, body.previous_response_id, ctx.caller)
+    talk = conversation.bounded(store.bound, prior, items.stored_input(body))
+    chat = items.chat_body(body, talk.items())
     admitted = await admit(ctx, "responses", chat, lambda engine: chat_request(engine, chat), model=body.model)
     job = admitted.job
     owner = items.owner_of(ctx.caller)
-    draft = _Draft(body, job.model.model_id, store, owner, input_items, context, job.reasoning, job.tool_format)
+    draft = _Draft(body, job.model.model_id, store, owner, talk, job.reasoning, job.tool_format)
     headers = job.response_headers
     if body.stream:
         return Reply(headers, chunks=_events(admitted, draft), event_names=True, close=admitted.close)

@@ -17,7 +17,13 @@ from server.serving.stages.permit import permit
 from server.serving.stages.record import RecordStage
 from server.store.conversations import ConversationStore
 from server.store.keys import KeyStore
-from server.store.responses import MemoryResponseStore, NoResponseStore, PostgresResponseStore, ResponseStore
+from server.store.responses import (
+    ConversationBound,
+    MemoryResponseStore,
+    NoResponseStore,
+    PostgresResponseStore,
+    ResponseStore,
+)
 from server.store.services import entra_credential, open_database
 
 log = logging.getLogger(__name__)
@@ -45,8 +51,9 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     stages: list[Stage] = [observe]
     load_gates: list[LoadGate] = []
     keys = verifier = conversations = None
+    bound = ConversationBound(items=settings.max_messages, bytes=settings.responses_max_conversation_bytes)
     responses: ResponseStore = MemoryResponseStore(
-        max_items=settings.responses_memory_max, retention_s=settings.responses_retention_s
+        max_items=settings.responses_memory_max, retention_s=settings.responses_retention_s, bound=bound
     )
     if settings.database_url is not None:
         database = await open_database(settings, resources, credential)
@@ -54,10 +61,10 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         # Its own outage state: the audit writer's troubles must not switch key checks to outage mode.
         verifier = KeyVerifier(keys, cache_ttl_s=settings.key_cache_ttl_s, outage_grace_s=settings.key_outage_grace_s)
         conversations = ConversationStore(database.pool)
-        responses = PostgresResponseStore(database.pool, retention_s=settings.responses_retention_s)
+        responses = PostgresResponseStore(database.pool, retention_s=settings.responses_retention_s, bound=bound)
         stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
     if not settings.responses_store:
-        responses = NoResponseStore()
+        responses = NoResponseStore(bound)
     if keys is None and admin_key is None:
         log.warning(
             "no database and no admin key configured: authentication is off, the API is open to anyone who can reach "

@@ -1,7 +1,8 @@
 """Stored responses in PostgreSQL, through the official openai client: two server processes share one throwaway
 database (and one Redis), so a conversation started on one continues on the other with previous_response_id; a
 response is its key's only (another key gets 404, as for an id that never existed); the audit log names the endpoint;
-model permissions, rate limits and the response cache apply as for chat."""
+model permissions, rate limits and the response cache apply as for chat; a chain of continuations stops at the
+conversation bound."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.support.server import ServerProcess, start_server
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
 GREEDY = {"temperature": 0, "extra_body": {"seed": 3}}
+CONVERSATION_BYTES = 64 * 1024  # small, so that a few requests reach it
 
 
 @dataclass
@@ -55,6 +57,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, demo_gguf: Path) -> Itera
             "GGUFSTACK_MODEL_PATH": str(demo_gguf),
             "GGUFSTACK_N_CTX": "1024",
             "GGUFSTACK_N_SLOTS": "2",
+            "GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES": str(CONVERSATION_BYTES),
         }
         servers = [start_server(tmp_path_factory.mktemp(f"responses-{i}"), env, n_threads=1) for i in range(2)]
         for server in servers:
@@ -128,3 +131,48 @@ def test_permissions_limits_and_the_cache_apply_as_for_chat(replicas: Replicas) 
     assert again.parse().output_text == first.parse().output_text and again.parse().id != first.parse().id
     with pytest.raises(openai.RateLimitError):
         client.responses.create(**asked)
+
+
+def _reasoning(n: int, size: int) -> list[dict]:
+    """Items the model never reads (a few prompt tokens are all a request is charged), of `size` bytes each."""
+    text = "x" * size
+    return [
+        {"type": "reasoning", "id": f"rs_{i}", "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
+        for i in range(n)
+    ]
+
+
+def test_a_chain_stops_at_the_conversation_bound(replicas: Replicas) -> None:
+    """Each stored row kept the whole chain again, unbounded: 20 requests of 3.8 MB of reasoning items made an 806 MB
+    table for one chain. Now the conversation a response continues is bounded, and refused (400) past it."""
+    key = replicas.key()
+    url, headers = replicas.servers[0].base_url, {"Authorization": f"Bearer {key}"}
+    previous, codes = None, []
+    for _ in range(6):
+        body = {
+            "model": DEMO_MODEL_ID,
+            "input": [*_reasoning(4, 4000), {"role": "user", "content": "Go on."}],
+            "max_output_tokens": 1,
+            **({"previous_response_id": previous} if previous else {}),
+        }
+        r = httpx.post(f"{url}/v1/responses", json=body, headers=headers, timeout=60)
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (
+                "previous_response_id",
+                "conversation_too_large",
+            )
+            break
+        previous = r.json()["id"]
+    assert codes == [200, 200, 200, 400]  # 16 KB a turn: the fourth would pass 64 KiB
+    rows = replicas.postgres.execute(
+        "SELECT conversation_bytes, octet_length(context::text) + octet_length(input_items::text) FROM responses "
+        "WHERE id = %s",
+        "responses",
+        (previous,),
+    )
+    assert rows[0][0] <= CONVERSATION_BYTES and rows[0][1] <= CONVERSATION_BYTES + 4096
+
+    too_large = {"model": DEMO_MODEL_ID, "input": [*_reasoning(20, 4000), {"role": "user", "content": "Hi."}]}
+    alone = httpx.post(f"{url}/v1/responses", json=too_large, headers=headers, timeout=60)
+    assert alone.status_code == 400 and alone.json()["error"]["param"] == "input"

@@ -8,19 +8,28 @@ import time
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from server.store.responses import MemoryResponseStore, PostgresResponseStore, ResponseStore, StoredResponse
+from server.config.settings import Settings
+from server.store.responses import (
+    ConversationBound,
+    MemoryResponseStore,
+    PostgresResponseStore,
+    ResponseStore,
+    StoredResponse,
+    json_size,
+)
 
 
-def _stored(response_id: str, owner: str = "key:a", created_at: float | None = None) -> StoredResponse:
+def _stored(
+    response_id: str, owner: str = "key:a", created_at: float | None = None, context: list[dict] | None = None
+) -> StoredResponse:
     created = time.time() if created_at is None else created_at
     output = [{"type": "message", "id": "msg_1", "content": [{"type": "output_text", "text": "hi\x00"}]}]
+    input_items = [{"type": "message", "id": "msg_0", "role": "user", "content": [{"type": "input_text", "text": "q"}]}]
+    if context is None:
+        context = [{"type": "function_call_output", "id": "fco_0", "call_id": "c", "output": "x"}]
+    size = json_size([*context, *input_items, *output])
     return StoredResponse(
-        response_id,
-        owner,
-        created,
-        {"id": response_id, "output": output},
-        [{"type": "message", "id": "msg_0", "role": "user", "content": [{"type": "input_text", "text": "q"}]}],
-        [{"type": "function_call_output", "id": "fco_0", "call_id": "c", "output": "x"}],
+        response_id, owner, created, {"id": response_id, "output": output}, input_items, context, size
     )
 
 
@@ -76,6 +85,46 @@ async def test_postgres_store_keeps_a_written_backslash_u0000(pool: AsyncConnect
     found = await store.get("resp_text", "key:a")
     assert found is not None and found.input_items[0]["content"][0]["text"] == written + "\ufffd"
     assert found.response["metadata"] == {"k\ufffd": "v"}
+
+
+def test_the_bound_defaults_are_the_settings_defaults() -> None:
+    fields = Settings.model_fields
+    default = ConversationBound(fields["max_messages"].default, fields["responses_max_conversation_bytes"].default)
+    assert ConversationBound() == default
+
+
+def _reasoning(n: int, text: str) -> list[dict]:
+    return [
+        {"type": "reasoning", "id": f"rs_{i}", "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
+        for i in range(n)
+    ]
+
+
+async def _conversation_within_the_bound(store: ResponseStore) -> None:
+    """A continuation learns the conversation's size (every item counted, reasoning items too) from the store, and
+    gets its items only when they fit the bound: one grown past it is never read."""
+    small, large = _stored("resp_small"), _stored("resp_large", context=_reasoning(8, "é" * 100))
+    await store.save(small)
+    await store.save(large)
+    found = await store.conversation("resp_small", "key:a")
+    assert found is not None and (found.items, found.size) == (3, small.size)
+    assert [i["id"] for i in found.load()] == ["fco_0", "msg_0", "msg_1"]
+    too_large = await store.conversation("resp_large", "key:a")
+    assert too_large is not None and (too_large.items, too_large.size) == (10, large.size) and large.size > 1024
+    assert too_large.content is None
+    assert await store.conversation("resp_large", "key:b") is None
+
+
+async def test_memory_store_reads_a_conversation_only_within_its_bound() -> None:
+    await _conversation_within_the_bound(
+        MemoryResponseStore(max_items=10, retention_s=60, bound=ConversationBound(bytes=1024))
+    )
+
+
+async def test_postgres_store_reads_a_conversation_only_within_its_bound(pool: AsyncConnectionPool) -> None:
+    await _conversation_within_the_bound(
+        PostgresResponseStore(pool, retention_s=60, bound=ConversationBound(bytes=1024))
+    )
 
 
 async def test_postgres_store_outage_is_unavailable(pool: AsyncConnectionPool) -> None:
