@@ -47,7 +47,6 @@ from server.protocol.responses_replies import (
 from server.serving.constrain.tools.formats import ToolFormat
 from server.serving.endpoints import responses_conversation as conversation
 from server.serving.endpoints import responses_items as items
-from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply
 from server.serving.endpoints.responses_conversation import Conversation
@@ -144,12 +143,11 @@ def _usage(finished: Finished) -> ResponseUsage:
 
 
 async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStore) -> Reply[ResponseObject]:
-    prior = await conversation.previous(store, body.previous_response_id, ctx.caller)
-    talk = conversation.bounded(store.bound, prior, items.stored_input(body))
-    chat = items.chat_body(body, talk.items())
-    admitted = await admit(ctx, "responses", chat, lambda engine: chat_request(engine, chat), model=body.model)
+    preparation = conversation.Preparation(body, store, ctx.caller)
+    admitted = await admit(ctx, "responses", body, preparation, model=body.model, lookup=preparation.read)
     job = admitted.job
     owner = items.owner_of(ctx.caller)
+    talk = preparation.conversation
     draft = _Draft(body, job.model.model_id, store, owner, talk, job.reasoning, job.tool_format)
     headers = job.response_headers
     if body.stream:

@@ -6,16 +6,24 @@ and every row. The conversation a response continues, with its own input, is hel
 GGUFSTACK_MAX_MESSAGES items (of any kind) and GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES bytes of JSON, or the
 request is a 400 naming `previous_response_id` (or `input`, when the input alone is too large). The stored size is
 read before the items, so a conversation over the bound is refused without being read.
+
+All of it is the request's preparation, in the pipeline's prepare stage: the read after the key, its model permission
+and its request limit (a key over its RPM reads nothing), the parsing and conversion in the stage's worker thread,
+and a refusal (404, 400, 503) recorded in the audit log like any other.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from server.access.caller import Caller
+from server.engine.base import Engine
 from server.errors import APIError
-from server.serving.endpoints.responses_items import not_found, owner_of, unavailable
+from server.protocol.responses import ResponseRequest
+from server.serving.endpoints.prepare import chat_request
+from server.serving.endpoints.responses_items import chat_body, not_found, owner_of, stored_input, unavailable
+from server.serving.pipeline.job import PreparedGeneration
 from server.store.errors import StoreUnavailableError
 from server.store.responses import (
     NO_CONVERSATION,
@@ -50,6 +58,31 @@ async def previous(store: ResponseStore, response_id: str | None, caller: Caller
     if found is None:
         raise not_found(response_id, "previous_response_id")
     return found
+
+
+class Preparation:
+    """A Responses request's preparation: `read` is the job's lookup (the stored conversation it continues), the call
+    runs in the prepare stage's worker thread (bounded, parsed, turned into chat, prepared as chat is). The
+    conversation is kept here for the response to be stored with."""
+
+    def __init__(self, body: ResponseRequest, store: ResponseStore, caller: Caller) -> None:
+        self._body, self._store, self._caller = body, store, caller
+        self._prior = NO_CONVERSATION
+        self._conversation: Conversation | None = None
+
+    async def read(self) -> None:
+        self._prior = await previous(self._store, self._body.previous_response_id, self._caller)
+
+    def __call__(self, engine: Engine) -> PreparedGeneration:
+        self._conversation = bounded(self._store.bound, self._prior, stored_input(self._body))
+        chat = chat_body(self._body, self._conversation.items())
+        return replace(chat_request(engine, chat), body=chat)
+
+    @property
+    def conversation(self) -> Conversation:
+        if self._conversation is None:
+            raise RuntimeError("the pipeline admitted a response it did not prepare")
+        return self._conversation
 
 
 def bounded(bound: ConversationBound, prior: StoredConversation, input_items: list[dict[str, Any]]) -> Conversation:

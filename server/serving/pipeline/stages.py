@@ -31,16 +31,21 @@ class Stage(Protocol):
 async def prepare(job: ServingJob, call_next: Next) -> Events:
     """Run the job's preparation (render, tokenize, compile its grammar) in a worker thread: after the stages that
     may refuse the request cheaply (key, model permission, request rate), and off the event loop, so one large
-    prompt does not stall every other request's streaming.
+    prompt does not stall every other request's streaming. Its lookup (a read of what it continues) runs first, here,
+    so a request refused earlier reads nothing and a lookup's refusal is recorded like any other.
 
     The compiled grammar is this stage's until the engine takes it: a generation that never reaches the engine (a
     later stage refused it, the cache answered, the client left first) has it closed here."""
     try:
+        if job.lookup is not None:
+            await job.lookup()
         if job.preparation is not None:
             prepared = await _prepared(job.preparation, job.model.engine)
             if isinstance(prepared, PreparedGeneration):
                 job.generation, job.tool_format = prepared.request, prepared.tool_format
                 job.reasoning = prepared.reasoning
+                if prepared.body is not None:
+                    job.body = prepared.body
             elif job.endpoint == "embeddings" and isinstance(prepared, list):
                 job.embedding_inputs = prepared
             else:

@@ -1,9 +1,12 @@
 """The conversation a Responses request continues is bounded: every item counts (reasoning items, which never reach
 the prompt, too) and so does every byte (ids, logprobs, reasoning text). A chain used to grow with each request
 (every row keeping the whole chain again) while being charged a few prompt tokens; now it stops at the bound with a
-400 naming previous_response_id, or input when the input alone is over it."""
+400 naming previous_response_id, or input when the input alone is over it. And it is read as part of the request's
+preparation: after the limits, parsed off the event loop, its refusals recorded."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 
@@ -13,8 +16,11 @@ from server.protocol.responses import ResponseRequest
 from server.serving.endpoints import responses
 from server.serving.endpoints.responses_conversation import bounded
 from server.serving.pipeline.admission import ServingContext
-from server.serving.pipeline.stages import Pipeline, prepare
+from server.serving.pipeline.job import ServingJob
+from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
+from server.serving.stages.record import RecordStage
 from server.store.responses import NO_CONVERSATION, ConversationBound, MemoryResponseStore, StoredConversation
+from server.store.writer import Record
 from tests.support.fake_engine import FakeEngine, registry_serving
 
 
@@ -81,3 +87,77 @@ async def test_a_chain_stops_at_the_bound_and_no_row_outgrows_it() -> None:
         assert kept is not None and kept.size <= bound.bytes + 1024  # the bound, and one answer
     assert refused is not None and (refused.status, refused.param) == (400, "previous_response_id")
     assert turns == 3  # 3 turns of 4 KB of reasoning fit in 16 KB; the fourth did not
+
+
+class _Rows:
+    """A stand-in audit writer that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def submit(self, record: Record) -> bool:
+        self.records.append(record)
+        return True
+
+
+class _CountingStore(MemoryResponseStore):
+    """Counts its reads of a conversation, and says where the items were parsed."""
+
+    def __init__(self) -> None:
+        super().__init__(max_items=10, retention_s=60)
+        self.reads = 0
+        self.parsed_in: list[str] = []
+
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        self.reads += 1
+        found = await super().conversation(response_id, owner)
+        if found is None:
+            return None
+        parsed_in = self.parsed_in
+
+        class _Watched(StoredConversation):
+            __slots__ = ()
+
+            def load(self) -> list[dict]:
+                parsed_in.append(threading.current_thread().name)
+                return StoredConversation.load(self)
+
+        return _Watched(found.items, found.size, found.content)
+
+
+async def _over_rpm(job: ServingJob, call_next: Next) -> Events:
+    raise APIError(429, "rate limit reached", code="rate_limit_exceeded")
+    yield  # an async generator, as stages are
+
+
+def _serving(*stages: object) -> tuple[ServingContext, _Rows]:
+    rows = _Rows()
+    record = RecordStage(rows, store_conversations=False)  # type: ignore[arg-type]  # the stand-in writer
+    pipeline = Pipeline([record, *stages, prepare])  # type: ignore[list-item]  # stages are async generator functions
+    return ServingContext(registry_serving(FakeEngine(reply="ok")), pipeline, ANONYMOUS, request_id="r1"), rows
+
+
+async def test_a_continuation_is_read_after_the_limits_off_the_event_loop_and_its_refusals_are_recorded() -> None:
+    """The stored conversation was read (and parsed, and converted) before admission: a key over its RPM got 404 for
+    an unknown id, after the read, and no refusal of the read had an audit row."""
+    store = _CountingStore()
+    ctx, rows = _serving()
+    first = await responses.create(_request("one"), ctx, store)
+    assert first.body is not None
+    await responses.create(_request("two", previous=first.body.id), ctx, store)
+    assert store.reads == 1 and store.parsed_in and threading.main_thread().name not in store.parsed_in
+    with pytest.raises(APIError) as unknown:
+        await responses.create(_request("three", previous="resp_unknown"), ctx, store)
+    assert (unknown.value.status, unknown.value.param) == (404, "previous_response_id")
+
+    limited, limited_rows = _serving(_over_rpm)
+    with pytest.raises(APIError) as refused:
+        await responses.create(_request("four", previous=first.body.id), limited, store)
+    assert refused.value.status == 429 and store.reads == 2  # the unknown id's read, none for the refused one
+    assert [r.audit.status for r in [*rows.records, *limited_rows.records]] == [200, 200, 404, 429]
+    assert [r.audit.endpoint for r in rows.records] == ["responses"] * 3
+    assert ctx.models.in_flight == limited.models.in_flight == 0
+
+
+def _request(text: str, previous: str | None = None) -> ResponseRequest:
+    return ResponseRequest.model_validate({"model": "fake", "input": text, "previous_response_id": previous})
