@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -96,11 +97,18 @@ class ResponseStore(Protocol):
 
     async def save(self, stored: StoredResponse) -> None: ...
 
+    # Each read fetches only what its use needs: a stored response may be the tail of a long conversation.
     async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
         """The conversation a continuation of the response starts from; its items only within `bound.bytes`."""
         ...
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        """The response object, as `GET /v1/responses/{id}` returns it."""
+        ...
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
+        """The request's own input items (not those it continued)."""
+        ...
 
     async def delete(self, response_id: str, owner: str) -> bool: ...
 
@@ -119,7 +127,10 @@ class NoResponseStore:
     async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
         return None
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        return None
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
         return None
 
     async def delete(self, response_id: str, owner: str) -> bool:
@@ -144,7 +155,7 @@ class MemoryResponseStore:
         while len(self._items) > self._max_items:
             self._items.popitem(last=False)
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+    def _found(self, response_id: str, owner: str) -> StoredResponse | None:
         found = self._items.get(response_id)
         if found is None or found.owner != owner:
             return None
@@ -155,14 +166,22 @@ class MemoryResponseStore:
         return found
 
     async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
-        found = await self.get(response_id, owner)
+        found = self._found(response_id, owner)
         if found is None:
             return None
         content = found.conversation() if found.size <= self.bound.bytes else None
         return StoredConversation(found.items, found.size, content)
 
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        found = self._found(response_id, owner)
+        return found.response if found is not None else None
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
+        found = self._found(response_id, owner)
+        return found.input_items if found is not None else None
+
     async def delete(self, response_id: str, owner: str) -> bool:
-        if await self.get(response_id, owner) is None:
+        if self._found(response_id, owner) is None:
             return False
         del self._items[response_id]
         return True
@@ -220,20 +239,27 @@ class PostgresResponseStore:
                 self._last_purge = time.monotonic()
                 await conn.execute("DELETE FROM responses WHERE expires_at < now()")
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._column("response", response_id, owner)
+        return found
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] | None = await self._column("input_items", response_id, owner)
+        return found
+
+    async def _column(self, column: Literal["response", "input_items"], response_id: str, owner: str) -> Any:
+        """One column of the owner's unexpired response; None when there is none."""
         if "\x00" in response_id:
             return None
         async with self._connection() as conn:
             cursor = await conn.execute(
-                "SELECT id, owner, extract(epoch FROM created_at), response, input_items, context, conversation_bytes "
-                "FROM responses "
-                "WHERE id = %s AND owner = %s AND expires_at > now()",
+                sql.SQL("SELECT {} FROM responses WHERE id = %s AND owner = %s AND expires_at > now()").format(
+                    sql.Identifier(column)
+                ),
                 (response_id, owner),
             )
             row = await cursor.fetchone()
-        if row is None:
-            return None
-        return StoredResponse(row[0], row[1], float(row[2]), row[3], row[4], row[5], row[6])
+        return row[0] if row is not None else None
 
     async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
         """One read: the size from the row's own columns; the items (as JSON text, parsed by the caller) only when

@@ -15,13 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from server.access.caller import Caller
 from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
 from server.engine.chat_template import ReasoningSyntax
 from server.engine.thinking import ReasoningSplitter, Split
 from server.errors import known_error
 from server.protocol.responses import (
-    InputItemsQuery,
     OutputText,
     ResponseRequest,
     TextConfig,
@@ -29,10 +27,8 @@ from server.protocol.responses import (
 from server.protocol.responses_replies import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
-    DeletedResponse,
     FunctionCall,
     IncompleteDetails,
-    InputItemList,
     LifecycleEvent,
     OutputItem,
     OutputItemEvent,
@@ -281,36 +277,3 @@ async def _final(
         "response.completed" if response.status == "completed" else "response.incomplete"
     )
     return LifecycleEvent(type=kind, sequence_number=next(sequence), response=response)
-
-
-async def retrieve(response_id: str, caller: Caller, store: ResponseStore) -> ResponseObject:
-    found = await items.read(store, response_id, caller)
-    return ResponseObject.model_validate(found.response)
-
-
-async def delete(response_id: str, caller: Caller, store: ResponseStore) -> DeletedResponse:
-    try:
-        deleted = await store.delete(response_id, items.owner_of(caller))
-    except StoreUnavailableError as exc:
-        raise items.unavailable(exc) from None
-    if not deleted:
-        raise items.not_found(response_id)
-    return DeletedResponse(id=response_id)
-
-
-async def input_items(response_id: str, query: InputItemsQuery, caller: Caller, store: ResponseStore) -> InputItemList:
-    """A page of the request's own input items (not those `previous_response_id` chained in), as OpenAI lists them."""
-    found = await items.read(store, response_id, caller)
-    listed = found.input_items if query.order == "asc" else list(reversed(found.input_items))
-    if query.after is not None:
-        ids = [item.get("id") for item in listed]
-        listed = listed[ids.index(query.after) + 1 :] if query.after in ids else []
-    page = listed[: query.limit]
-    return InputItemList.model_validate(
-        {
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(listed) > len(page),
-        }
-    )

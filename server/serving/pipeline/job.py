@@ -27,6 +27,8 @@ Endpoint = Literal[
     "messages.count_tokens",
 ]
 TOKENIZER_ENDPOINTS = ("tokenize", "detokenize", "messages.count_tokens")
+# Requests that run no model: a stored Responses API response read, its input items listed, or deleted.
+ErrandEndpoint = Literal["responses.retrieve", "responses.input_items", "responses.delete"]
 Body = (
     ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest | ResponseRequest
 )
@@ -43,6 +45,18 @@ class PreparedGeneration:
     tool_format: ToolFormat | None = None
     reasoning: ReasoningSyntax | None = None
     body: ChatCompletionRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Errand:
+    """A request that ran no model (see ErrandEndpoint), once it ended: what its audit row says."""
+
+    request_id: str
+    endpoint: ErrandEndpoint
+    caller: Caller
+    client_request_id: str | None
+    latency_ms: float
+    status: int
 
 
 @dataclass(eq=False)

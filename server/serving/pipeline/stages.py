@@ -18,7 +18,7 @@ from typing import Protocol
 
 from server.access.caller import Caller
 from server.engine.base import Engine, Finished, GenerationEvent
-from server.serving.pipeline.job import PreparedGeneration, ServingJob
+from server.serving.pipeline.job import Errand, PreparedGeneration, ServingJob
 
 Events = AsyncGenerator[GenerationEvent, None]
 Next = Callable[[ServingJob], Events]
@@ -112,6 +112,10 @@ async def embed(job: ServingJob) -> Events:
     yield Finished("stop", job.prompt_tokens, 0)
 
 
+# Told of each request that ran no model (an Errand) once it ended: the record stage writes its audit row.
+Recorder = Callable[[Errand], None]
+
+
 # A check that runs before a request loads its model (its model is not loaded): what it allows is said in the
 # response headers it returns. Loading evicts what other keys use, so a request a stage would refuse must not get
 # that far: `RequestLimitStage.before_load` admits it against its key's RPM here instead of in the pipeline.
@@ -119,10 +123,17 @@ LoadGate = Callable[[Caller, str], Awaitable[Mapping[str, str]]]
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], terminal: Next = generate, load_gates: Sequence[LoadGate] = ()) -> None:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        terminal: Next = generate,
+        load_gates: Sequence[LoadGate] = (),
+        recorders: Sequence[Recorder] = (),
+    ) -> None:
         self.stages = tuple(stages)
         self._terminal = terminal
         self._load_gates = tuple(load_gates)
+        self._recorders = tuple(recorders)
 
     async def before_load(self, caller: Caller, request_id: str) -> dict[str, str]:
         """Run the load gates for a request whose model must be loaded first; their headers, or their refusal."""
@@ -130,6 +141,11 @@ class Pipeline:
         for gate in self._load_gates:
             headers.update(await gate(caller, request_id))
         return headers
+
+    def record(self, errand: Errand) -> None:
+        """Record a request that ran no model; its request limit was the load gates' (`before_load`)."""
+        for recorder in self._recorders:
+            recorder(errand)
 
     def run(self, job: ServingJob, terminal: Next | None = None) -> Events:
         """The job's events through every stage; `terminal` replaces the pipeline's last stage (e.g. `embed`)."""

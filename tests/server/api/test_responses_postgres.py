@@ -31,13 +31,16 @@ class Replicas:
     postgres: Postgres
     servers: list[ServerProcess]
 
-    def key(self, **fields: object) -> str:
+    def created_key(self, **fields: object) -> dict:
         with httpx.Client(base_url=self.servers[0].base_url, timeout=30) as admin:
             created = admin.post(
                 "/admin/keys", json={"name": "responses", **fields}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
             )
         assert created.status_code == 201, created.text
-        return created.json()["key"]
+        return created.json()
+
+    def key(self, **fields: object) -> str:
+        return self.created_key(**fields)["key"]
 
     def client(self, key: str, i: int) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.servers[i].base_url}/v1", api_key=key, max_retries=0, timeout=120)
@@ -176,3 +179,33 @@ def test_a_chain_stops_at_the_conversation_bound(replicas: Replicas) -> None:
     too_large = {"model": DEMO_MODEL_ID, "input": [*_reasoning(20, 4000), {"role": "user", "content": "Hi."}]}
     alone = httpx.post(f"{url}/v1/responses", json=too_large, headers=headers, timeout=60)
     assert alone.status_code == 400 and alone.json()["error"]["param"] == "input"
+
+
+def test_reading_a_stored_response_counts_against_rpm_and_is_audited(replicas: Replicas) -> None:
+    """GET, DELETE and input_items of a stored response were never limited nor audited: a key at its RPM read on."""
+    created_key = replicas.created_key(rpm=3)
+    client = replicas.client(created_key["key"], 0)
+    created = client.responses.create(model=DEMO_MODEL_ID, input="Hi", max_output_tokens=1)
+    read = client.responses.with_raw_response.retrieve(created.id)
+    assert read.headers["x-ratelimit-remaining-requests"] == "1"
+    assert [i.content[0].text for i in client.responses.input_items.list(created.id).data] == ["Hi"]
+    with pytest.raises(openai.RateLimitError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.RateLimitError):
+        client.responses.delete(created.id)
+    rows: list[tuple] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(rows) < 5:
+        rows = replicas.postgres.execute(
+            "SELECT endpoint, status, model FROM audit_log WHERE key_id = %s ORDER BY id",
+            "responses",
+            (created_key["id"],),
+        )
+        time.sleep(0.2)
+    assert rows == [
+        ("responses", 200, DEMO_MODEL_ID),
+        ("responses.retrieve", 200, None),
+        ("responses.input_items", 200, None),
+        ("responses.retrieve", 429, None),
+        ("responses.delete", 429, None),
+    ]

@@ -20,7 +20,7 @@ from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
 from server.serving.stages.record import RecordStage
 from server.store.responses import NO_CONVERSATION, ConversationBound, MemoryResponseStore, StoredConversation
-from server.store.writer import Record
+from tests.support.audit import KeptRecords
 from tests.support.fake_engine import FakeEngine, registry_serving
 
 
@@ -89,17 +89,6 @@ async def test_a_chain_stops_at_the_bound_and_no_row_outgrows_it() -> None:
     assert turns == 3  # 3 turns of 4 KB of reasoning fit in 16 KB; the fourth did not
 
 
-class _Rows:
-    """A stand-in audit writer that keeps what it is handed."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def submit(self, record: Record) -> bool:
-        self.records.append(record)
-        return True
-
-
 class _CountingStore(MemoryResponseStore):
     """Counts its reads of a conversation, and says where the items were parsed."""
 
@@ -130,8 +119,8 @@ async def _over_rpm(job: ServingJob, call_next: Next) -> Events:
     yield  # an async generator, as stages are
 
 
-def _serving(*stages: object) -> tuple[ServingContext, _Rows]:
-    rows = _Rows()
+def _serving(*stages: object) -> tuple[ServingContext, KeptRecords]:
+    rows = KeptRecords()
     record = RecordStage(rows, store_conversations=False)  # type: ignore[arg-type]  # the stand-in writer
     pipeline = Pipeline([record, *stages, prepare])  # type: ignore[list-item]  # stages are async generator functions
     return ServingContext(registry_serving(FakeEngine(reply="ok")), pipeline, ANONYMOUS, request_id="r1"), rows
