@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     responses_memory_max: int = Field(
         1000, ge=1, description="Without a database: most responses kept in memory (the least recently used go)."
     )
+    responses_max_conversation_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest conversation (as JSON) a Responses API response may continue with previous_response_id: "
+        "its stored items, input included; larger is a 400.",
+    )
     audit_queue_max: int = Field(
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )

@@ -14,6 +14,8 @@ from server.protocol.base import RequestBody, current_limits
 from server.protocol.openai import ReasoningEffort
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
+# An item's id, as a previous response's id: ids are kept with the response and listed back, never read by the model.
+ItemId = Annotated[str, Field(min_length=1, max_length=128)]
 Metadata = Annotated[
     dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
 ]
@@ -25,6 +27,19 @@ class InputText(BaseModel):
     text: str
 
 
+class TopLogprob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str
+    logprob: float
+    bytes: list[Annotated[int, Field(ge=0, le=255)]] | None = None
+
+
+class Logprob(TopLogprob):
+    """One token of a replayed answer's log-probabilities, in OpenAI's shape (kept with the item, never read)."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, max_length=20)
+
+
 class OutputText(BaseModel):
     """Assistant text, as a response's output and as input that replays it."""
 
@@ -32,7 +47,7 @@ class OutputText(BaseModel):
     type: Literal["output_text"]
     text: str
     annotations: list[dict[str, Any]] = Field(default_factory=list, max_length=0)
-    logprobs: list[dict[str, Any]] | None = None
+    logprobs: list[Logprob] | None = None
 
 
 ContentPart = Annotated[InputText | OutputText, Field(discriminator="type")]
@@ -41,7 +56,7 @@ ContentPart = Annotated[InputText | OutputText, Field(discriminator="type")]
 class MessageItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["message"] = "message"
-    id: str | None = None
+    id: ItemId | None = None
     role: Literal["user", "system", "developer", "assistant"]
     content: str | list[ContentPart]
     status: ItemStatus | None = None
@@ -56,7 +71,7 @@ class MessageItem(BaseModel):
 class FunctionCallItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["function_call"]
-    id: str | None = None
+    id: ItemId | None = None
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     arguments: str = Field(description="The arguments as a JSON string.")
@@ -66,7 +81,7 @@ class FunctionCallItem(BaseModel):
 class FunctionCallOutputItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["function_call_output"]
-    id: str | None = None
+    id: ItemId | None = None
     call_id: str = Field(min_length=1)
     output: str | list[InputText]
     status: ItemStatus | None = None
@@ -76,17 +91,26 @@ class FunctionCallOutputItem(BaseModel):
 
 
 class ReasoningText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class SummaryText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["summary_text"] = "summary_text"
     text: str
 
 
 class ReasoningItem(BaseModel):
     """A thinking model's thinking, as an output item (its text as `content`; no summaries are written). Given back in
-    `input` (or chained by previous_response_id), it is left out of the prompt, as chat templates leave it out."""
+    `input` (or chained by previous_response_id), it is left out of the prompt, as chat templates leave it out: it is
+    kept, in OpenAI's shape, and counts towards the conversation's bounds like any item."""
 
+    model_config = ConfigDict(extra="forbid")
     type: Literal["reasoning"] = "reasoning"
-    id: str
-    summary: list[dict[str, Any]] = Field(default_factory=list)
+    id: ItemId
+    summary: list[SummaryText] = Field(default_factory=list)
     content: list[ReasoningText] | None = None
     encrypted_content: str | None = None
     status: ItemStatus | None = None

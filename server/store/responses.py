@@ -3,6 +3,10 @@
 A stored response is owned by whoever created it (an API key, the admin key, or everyone when auth is off): any
 other owner finds nothing, exactly as for an id that never existed. It is kept for the retention the settings give,
 in PostgreSQL when a database is configured (shared by every replica), else in a bounded in-memory store.
+
+Each response is kept with the whole conversation before it, so a continuation needs one read; what keeps that from
+growing without end is the bound on the conversation a response may continue (items and bytes), which the store
+records with each response so a continuation learns its size before it reads a byte of it.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -25,10 +30,26 @@ from server.store.errors import StoreUnavailableError, is_transient
 PURGE_EVERY_S = 60.0
 
 
+def json_size(value: object) -> int:
+    """The bytes of `value` as compact JSON (UTF-8): how a conversation's size is counted."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationBound:
+    """The largest conversation a response may continue: its items (every kind, reasoning items too) and their bytes
+    as JSON (`json_size`). The defaults are the settings' (GGUFSTACK_MAX_MESSAGES and
+    GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES)."""
+
+    items: int = 1024
+    bytes: int = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """A response as JSON: the reply object, the request's own input items, and the items before them (what
-    `previous_response_id` chained in: earlier inputs and outputs), so a continuation needs one read."""
+    `previous_response_id` chained in: earlier inputs and outputs), so a continuation needs one read; and the size of
+    that conversation (context, input and output) as `json_size` counts it."""
 
     id: str
     owner: str
@@ -36,19 +57,58 @@ class StoredResponse:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
     context: list[dict[str, Any]]
+    size: int
+
+    @property
+    def items(self) -> int:
+        return len(self.context) + len(self.input_items) + len(self.response.get("output", []))
 
     def conversation(self) -> list[dict[str, Any]]:
         """Every item a response continuing this one starts from: the context, the input, the output."""
         return [*self.context, *self.input_items, *self.response.get("output", [])]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """What a response continuing a stored one starts from (its context, input and output items, in order): their
+    number and size always, the items themselves only when the size is within the store's bound. From PostgreSQL
+    they come as JSON text, for the reader to parse off the event loop."""
+
+    items: int
+    size: int
+    content: str | list[dict[str, Any]] | None
+
+    def load(self) -> list[dict[str, Any]]:
+        if self.content is None:
+            raise ValueError("the conversation is larger than the store reads")
+        if isinstance(self.content, str):
+            loaded: list[dict[str, Any]] = json.loads(self.content)
+            return loaded
+        return self.content
+
+
+NO_CONVERSATION = StoredConversation(0, 0, [])
+
+
 class ResponseStore(Protocol):
     # False: the server keeps no response (GGUFSTACK_RESPONSES_STORE off), whatever a request's `store` says.
     keeps: bool
+    bound: ConversationBound
 
     async def save(self, stored: StoredResponse) -> None: ...
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
+    # Each read fetches only what its use needs: a stored response may be the tail of a long conversation.
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        """The conversation a continuation of the response starts from; its items only within `bound.bytes`."""
+        ...
+
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        """The response object, as `GET /v1/responses/{id}` returns it."""
+        ...
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
+        """The request's own input items (not those it continued)."""
+        ...
 
     async def delete(self, response_id: str, owner: str) -> bool: ...
 
@@ -58,10 +118,19 @@ class NoResponseStore:
 
     keeps = False
 
+    def __init__(self, bound: ConversationBound | None = None) -> None:
+        self.bound = bound or ConversationBound()
+
     async def save(self, stored: StoredResponse) -> None:
         return None
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        return None
+
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        return None
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
         return None
 
     async def delete(self, response_id: str, owner: str) -> bool:
@@ -74,10 +143,11 @@ class MemoryResponseStore:
 
     keeps = True
 
-    def __init__(self, *, max_items: int, retention_s: float) -> None:
+    def __init__(self, *, max_items: int, retention_s: float, bound: ConversationBound | None = None) -> None:
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
         self._max_items = max_items
         self._retention_s = retention_s
+        self.bound = bound or ConversationBound()
 
     async def save(self, stored: StoredResponse) -> None:
         self._items[stored.id] = stored
@@ -85,7 +155,7 @@ class MemoryResponseStore:
         while len(self._items) > self._max_items:
             self._items.popitem(last=False)
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+    def _found(self, response_id: str, owner: str) -> StoredResponse | None:
         found = self._items.get(response_id)
         if found is None or found.owner != owner:
             return None
@@ -95,32 +165,62 @@ class MemoryResponseStore:
         self._items.move_to_end(response_id)
         return found
 
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        found = self._found(response_id, owner)
+        if found is None:
+            return None
+        content = found.conversation() if found.size <= self.bound.bytes else None
+        return StoredConversation(found.items, found.size, content)
+
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        found = self._found(response_id, owner)
+        return found.response if found is not None else None
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
+        found = self._found(response_id, owner)
+        return found.input_items if found is not None else None
+
     async def delete(self, response_id: str, owner: str) -> bool:
-        if await self.get(response_id, owner) is None:
+        if self._found(response_id, owner) is None:
             return False
         del self._items[response_id]
         return True
 
 
+def _without_nul(value: object) -> object:
+    """`value` with every NUL character in its strings (keys too) replaced: jsonb holds none, and one in a prompt must
+    not cost the whole response. Replaced in the strings, not in the JSON text, where `\\u0000` may be what a user
+    wrote (a backslash, then u0000) and must come back as written."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
 def _json(value: object) -> Jsonb:
-    """jsonb holds no NUL character; one in a prompt must not cost the whole response."""
-    return Jsonb(value, dumps=lambda v: json.dumps(v).replace("\\u0000", "\\ufffd"))
+    return Jsonb(_without_nul(value))
 
 
 class PostgresResponseStore:
     keeps = True
 
-    def __init__(self, pool: AsyncConnectionPool, *, retention_s: float) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, retention_s: float, bound: ConversationBound | None = None
+    ) -> None:
         self._pool = pool
         self._retention = timedelta(seconds=retention_s)
         self._last_purge = 0.0
+        self.bound = bound or ConversationBound()
 
     async def save(self, stored: StoredResponse) -> None:
         created = datetime.fromtimestamp(stored.created_at, UTC)
         async with self._connection() as conn:
             await conn.execute(
-                "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context, "
+                "conversation_items, conversation_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     stored.id,
                     stored.owner,
@@ -129,6 +229,8 @@ class PostgresResponseStore:
                     _json(stored.response),
                     _json(stored.input_items),
                     _json(stored.context),
+                    stored.items,
+                    stored.size,
                 ),
             )
             # Expired rows are never read (every read checks expires_at); deleting them now and then keeps the table
@@ -137,19 +239,42 @@ class PostgresResponseStore:
                 self._last_purge = time.monotonic()
                 await conn.execute("DELETE FROM responses WHERE expires_at < now()")
 
-    async def get(self, response_id: str, owner: str) -> StoredResponse | None:
+    async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._column("response", response_id, owner)
+        return found
+
+    async def input_items(self, response_id: str, owner: str) -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] | None = await self._column("input_items", response_id, owner)
+        return found
+
+    async def _column(self, column: Literal["response", "input_items"], response_id: str, owner: str) -> Any:
+        """One column of the owner's unexpired response; None when there is none."""
         if "\x00" in response_id:
             return None
         async with self._connection() as conn:
             cursor = await conn.execute(
-                "SELECT id, owner, extract(epoch FROM created_at), response, input_items, context FROM responses "
-                "WHERE id = %s AND owner = %s AND expires_at > now()",
+                sql.SQL("SELECT {} FROM responses WHERE id = %s AND owner = %s AND expires_at > now()").format(
+                    sql.Identifier(column)
+                ),
                 (response_id, owner),
             )
             row = await cursor.fetchone()
-        if row is None:
+        return row[0] if row is not None else None
+
+    async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
+        """One read: the size from the row's own columns; the items (as JSON text, parsed by the caller) only when
+        within the bound, so a conversation too large to continue is never shipped out of PostgreSQL."""
+        if "\x00" in response_id:
             return None
-        return StoredResponse(row[0], row[1], float(row[2]), row[3], row[4], row[5])
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT conversation_items, conversation_bytes, CASE WHEN conversation_bytes <= %s THEN "
+                "(context || input_items || coalesce(response -> 'output', '[]'::jsonb))::text END FROM responses "
+                "WHERE id = %s AND owner = %s AND expires_at > now()",
+                (self.bound.bytes, response_id, owner),
+            )
+            row = await cursor.fetchone()
+        return StoredConversation(row[0], row[1], row[2]) if row is not None else None
 
     async def delete(self, response_id: str, owner: str) -> bool:
         if "\x00" in response_id:

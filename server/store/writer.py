@@ -40,7 +40,7 @@ class AuditRow:
     key_id: str | None
     created_at: datetime
     endpoint: str
-    model: str
+    model: str | None  # None: the request ran no model (a stored response read)
     model_version: str | None
     prompt_tokens: int
     completion_tokens: int

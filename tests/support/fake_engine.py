@@ -23,7 +23,6 @@ from server.lifecycle.holder import ModelHolder, ServedModel
 from server.lifecycle.registry import ModelRegistry
 from server.model_source.base import FetchResult
 from server.model_source.local import FileModelSource
-from server.store.writer import Record
 
 
 class FakeStream:
@@ -139,18 +138,3 @@ def registry_serving(engine: FakeEngine, sha256: str = "f" * 64, *, unloaded: tu
     models = ModelRegistry(specs, Budget(None), loading=NoLoading())  # type: ignore[arg-type]
     models.default.holder.install(ServedModel(engine, sha256=sha256, source_version=None, loaded_at=0))
     return models
-
-
-class AuditRows:
-    """A stand-in audit writer for the record stage: keeps every record it is handed."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def submit(self, record: Record) -> bool:
-        self.records.append(record)
-        return True
-
-    @property
-    def statuses(self) -> list[int]:
-        return [record.audit.status for record in self.records]

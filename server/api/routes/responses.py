@@ -1,5 +1,6 @@
 """OpenAI's Responses API: create a response (served as a chat completion), read, list the input items of, and delete
-a stored one. Each route hands its validated body to the serving layer and shapes nothing itself."""
+a stored one (each counted against the key's RPM and audited). Each route hands its validated body to the serving
+layer and shapes nothing itself."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from sse_starlette import EventSourceResponse
 
-from server.api.deps import CallerDep, PlaneDep, ServingDep
+from server.api.deps import PlaneDep, ServingDep
 from server.api.streaming import event_stream_schema, respond
 from server.protocol.base import ErrorResponse
 from server.protocol.responses import InputItemsQuery, ResponseRequest
 from server.protocol.responses_replies import DeletedResponse, InputItemList, ResponseObject, ResponseStreamEvent
-from server.serving.endpoints import responses
+from server.serving.endpoints import responses, responses_stored
+from server.serving.endpoints.reply import Body, Reply
 
 router = APIRouter(prefix="/v1")
 
@@ -32,7 +34,7 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The response, or with `stream: true` server-sent events named by their `type`.",
     },
 }
-STORED_RESPONSES = _errors(401, 404, 500, 503)
+STORED_RESPONSES = _errors(401, 404, 429, 500, 503)
 
 
 @router.post("/responses", response_model=ResponseObject, responses=CREATE_RESPONSES)
@@ -42,20 +44,34 @@ async def create_response(
     return respond(await responses.create(body, serving, plane.responses), response)
 
 
+def _whole(reply: Reply[Body], response: Response) -> Body:
+    """A reply that never streams: its body, with its headers (the request limit's) on the response."""
+    if reply.body is None:
+        raise RuntimeError("a stored response's reply carries no body")
+    response.headers.update(reply.headers)
+    return reply.body
+
+
 @router.get("/responses/{response_id}", responses=STORED_RESPONSES)
-async def get_response(response_id: str, caller: CallerDep, plane: PlaneDep) -> ResponseObject:
+async def get_response(response_id: str, serving: ServingDep, plane: PlaneDep, response: Response) -> ResponseObject:
     """A stored response; 404 for another key's, an expired one, or one created with `store: false`."""
-    return await responses.retrieve(response_id, caller, plane.responses)
+    return _whole(await responses_stored.retrieve(response_id, serving, plane.responses), response)
 
 
 @router.delete("/responses/{response_id}", responses=STORED_RESPONSES)
-async def delete_response(response_id: str, caller: CallerDep, plane: PlaneDep) -> DeletedResponse:
-    return await responses.delete(response_id, caller, plane.responses)
+async def delete_response(
+    response_id: str, serving: ServingDep, plane: PlaneDep, response: Response
+) -> DeletedResponse:
+    return _whole(await responses_stored.delete(response_id, serving, plane.responses), response)
 
 
 @router.get("/responses/{response_id}/input_items", responses=STORED_RESPONSES)
 async def list_input_items(
-    response_id: str, query: Annotated[InputItemsQuery, Query()], caller: CallerDep, plane: PlaneDep
+    response_id: str,
+    query: Annotated[InputItemsQuery, Query()],
+    serving: ServingDep,
+    plane: PlaneDep,
+    response: Response,
 ) -> InputItemList:
     """The input items of a stored response (those of its request, not those `previous_response_id` chained in)."""
-    return await responses.input_items(response_id, query, caller, plane.responses)
+    return _whole(await responses_stored.input_items(response_id, query, serving, plane.responses), response)

@@ -11,17 +11,15 @@ import uuid
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
-from server.access.caller import Caller
 from server.engine.base import Finished, FinishReason, GenerationEvent, TextDelta
 from server.engine.chat_template import ReasoningSyntax
 from server.engine.thinking import ReasoningSplitter, Split
 from server.errors import known_error
 from server.protocol.responses import (
-    InputItemsQuery,
     OutputText,
     ResponseRequest,
     TextConfig,
@@ -29,10 +27,8 @@ from server.protocol.responses import (
 from server.protocol.responses_replies import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
-    DeletedResponse,
     FunctionCall,
     IncompleteDetails,
-    InputItemList,
     LifecycleEvent,
     OutputItem,
     OutputItemEvent,
@@ -45,15 +41,16 @@ from server.protocol.responses_replies import (
     TextDoneEvent,
 )
 from server.serving.constrain.tools.formats import ToolFormat
+from server.serving.endpoints import responses_conversation as conversation
 from server.serving.endpoints import responses_items as items
-from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply
+from server.serving.endpoints.responses_conversation import Conversation
 from server.serving.endpoints.responses_stream import TextItems, part_event
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 from server.serving.pipeline.stages import Events
 from server.store.errors import StoreUnavailableError
-from server.store.responses import ResponseStore, StoredResponse
+from server.store.responses import ResponseStore, StoredResponse, json_size
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +63,7 @@ class _Draft:
     model: str
     store: ResponseStore
     owner: str
-    input_items: list[dict[str, Any]]
-    context: list[dict[str, Any]]
+    conversation: Conversation  # what it continues and its own input, kept with it
     reasoning: ReasoningSyntax | None  # the job's: how the answer's thinking is split off
     tool_format: ToolFormat | None  # the job's: the format calls are parsed in (None: the answer is text)
     id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
@@ -124,14 +120,10 @@ class _Draft:
     async def keep(self, response: ResponseObject) -> None:
         if not self.stores:
             return
-        stored = StoredResponse(
-            self.id,
-            self.owner,
-            float(self.created_at),
-            response.model_dump(mode="json", by_alias=True),
-            self.input_items,
-            self.context,
-        )
+        kept = response.model_dump(mode="json", by_alias=True)
+        talk = self.conversation
+        size = talk.size + json_size(kept["output"])
+        stored = StoredResponse(self.id, self.owner, float(self.created_at), kept, talk.input_items, talk.context, size)
         try:
             await self.store.save(stored)
         except StoreUnavailableError as exc:
@@ -147,16 +139,12 @@ def _usage(finished: Finished) -> ResponseUsage:
 
 
 async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStore) -> Reply[ResponseObject]:
-    context: list[dict[str, Any]] = []
-    if body.previous_response_id is not None:
-        previous = await items.read(store, body.previous_response_id, ctx.caller, param="previous_response_id")
-        context = previous.conversation()
-    input_items = items.stored_input(body)
-    chat = items.chat_body(body, [*context, *input_items])
-    admitted = await admit(ctx, "responses", chat, lambda engine: chat_request(engine, chat), model=body.model)
+    preparation = conversation.Preparation(body, store, ctx.caller)
+    admitted = await admit(ctx, "responses", body, preparation, model=body.model, lookup=preparation.read)
     job = admitted.job
     owner = items.owner_of(ctx.caller)
-    draft = _Draft(body, job.model.model_id, store, owner, input_items, context, job.reasoning, job.tool_format)
+    talk = preparation.conversation
+    draft = _Draft(body, job.model.model_id, store, owner, talk, job.reasoning, job.tool_format)
     headers = job.response_headers
     if body.stream:
         chunks = _events(admitted, draft)
@@ -290,36 +278,3 @@ async def _final(
         "response.completed" if response.status == "completed" else "response.incomplete"
     )
     return LifecycleEvent(type=kind, sequence_number=next(sequence), response=response)
-
-
-async def retrieve(response_id: str, caller: Caller, store: ResponseStore) -> ResponseObject:
-    found = await items.read(store, response_id, caller)
-    return ResponseObject.model_validate(found.response)
-
-
-async def delete(response_id: str, caller: Caller, store: ResponseStore) -> DeletedResponse:
-    try:
-        deleted = await store.delete(response_id, items.owner_of(caller))
-    except StoreUnavailableError as exc:
-        raise items.unavailable(exc) from None
-    if not deleted:
-        raise items.not_found(response_id)
-    return DeletedResponse(id=response_id)
-
-
-async def input_items(response_id: str, query: InputItemsQuery, caller: Caller, store: ResponseStore) -> InputItemList:
-    """A page of the request's own input items (not those `previous_response_id` chained in), as OpenAI lists them."""
-    found = await items.read(store, response_id, caller)
-    listed = found.input_items if query.order == "asc" else list(reversed(found.input_items))
-    if query.after is not None:
-        ids = [item.get("id") for item in listed]
-        listed = listed[ids.index(query.after) + 1 :] if query.after in ids else []
-    page = listed[: query.limit]
-    return InputItemList.model_validate(
-        {
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(listed) > len(page),
-        }
-    )

@@ -43,7 +43,6 @@ from server.protocol.responses import (
 from server.protocol.responses_replies import FunctionCall, OutputItem, OutputMessage
 from server.serving.constrain.tools.formats import ToolFormat
 from server.store.errors import StoreUnavailableError
-from server.store.responses import ResponseStore, StoredResponse
 
 _ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
 _PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
@@ -70,17 +69,6 @@ def not_found(response_id: str, param: str | None = None) -> APIError:
     return APIError(
         404, f"no response with id {response_id!r}", type="not_found_error", param=param, code="response_not_found"
     )
-
-
-async def read(store: ResponseStore, response_id: str, caller: Caller, param: str | None = None) -> StoredResponse:
-    """The stored response, for its owner only: anyone else, like an unknown or expired id, gets 404."""
-    try:
-        found = await store.get(response_id, owner_of(caller))
-    except StoreUnavailableError as exc:
-        raise unavailable(exc) from None
-    if found is None:
-        raise not_found(response_id, param)
-    return found
 
 
 def stored_input(body: ResponseRequest) -> list[dict[str, Any]]:

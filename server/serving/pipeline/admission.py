@@ -26,9 +26,7 @@ from server.errors import APIError
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError
 from server.lifecycle.holder import Lease, ModelNotReadyError, ServerDrainingError
 from server.lifecycle.registry import ModelRegistry
-from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from server.protocol.ops import DetokenizeRequest, TokenizeRequest
-from server.serving.pipeline.job import Endpoint, ServingJob
+from server.serving.pipeline.job import Body, Endpoint, ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline
 from server.serving.stages.permit import require_permitted
 from server.telemetry import prometheus
@@ -197,15 +195,17 @@ def model_not_found(models: ModelRegistry, model: str) -> APIError:
 async def admit(
     ctx: ServingContext,
     endpoint: Endpoint,
-    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest,
+    body: Body,
     prepare: Callable[[Engine], object],
     *,
     model: str,
     terminal: Next | None = None,
+    lookup: Callable[[], Awaitable[None]] | None = None,
 ) -> Admitted:
     """Lease the model the body names, build the job and run the pipeline to its first event. `prepare` (render,
-    tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits; `terminal` replaces the
-    pipeline's last stage (embeddings). The model-version header is set here, once, for every answer."""
+    tokenize, compile the grammar) runs in the pipeline's prepare stage, after the limits, `lookup` (what it must read
+    first) just before it; `terminal` replaces the pipeline's last stage (embeddings). The model-version header is
+    set here, once, for every answer."""
     arrived = time.monotonic()  # a load of the model on demand counts in the time to first token
     admitted_early: dict[str, str] | None = None
 
@@ -222,6 +222,7 @@ async def admit(
             lease.model,
             prepare,
             ctx.caller,
+            lookup=lookup,
             conversation_id=ctx.conversation_id,
             client_request_id=ctx.client_request_id,
             arrived_at=arrived,

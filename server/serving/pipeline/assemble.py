@@ -11,13 +11,19 @@ from server.access.authenticate import KeyAuthenticator
 from server.access.caller import Authenticator, open_access
 from server.access.throttle import FailureThrottle
 from server.config.settings import Settings
-from server.serving.pipeline.stages import LoadGate, Pipeline, Stage, prepare
+from server.serving.pipeline.stages import LoadGate, Pipeline, Recorder, Stage, prepare
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
 from server.serving.stages.record import RecordStage
 from server.store.conversations import ConversationStore
 from server.store.keys import KeyStore
-from server.store.responses import MemoryResponseStore, NoResponseStore, PostgresResponseStore, ResponseStore
+from server.store.responses import (
+    ConversationBound,
+    MemoryResponseStore,
+    NoResponseStore,
+    PostgresResponseStore,
+    ResponseStore,
+)
 from server.store.services import entra_credential, open_database
 
 log = logging.getLogger(__name__)
@@ -44,9 +50,11 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
     load_gates: list[LoadGate] = []
+    recorders: list[Recorder] = []
     keys = verifier = conversations = None
+    bound = ConversationBound(items=settings.max_messages, bytes=settings.responses_max_conversation_bytes)
     responses: ResponseStore = MemoryResponseStore(
-        max_items=settings.responses_memory_max, retention_s=settings.responses_retention_s
+        max_items=settings.responses_memory_max, retention_s=settings.responses_retention_s, bound=bound
     )
     if settings.database_url is not None:
         database = await open_database(settings, resources, credential)
@@ -54,10 +62,12 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         # Its own outage state: the audit writer's troubles must not switch key checks to outage mode.
         verifier = KeyVerifier(keys, cache_ttl_s=settings.key_cache_ttl_s, outage_grace_s=settings.key_outage_grace_s)
         conversations = ConversationStore(database.pool)
-        responses = PostgresResponseStore(database.pool, retention_s=settings.responses_retention_s)
-        stages.append(RecordStage(database.writer, store_conversations=settings.store_conversations))
+        responses = PostgresResponseStore(database.pool, retention_s=settings.responses_retention_s, bound=bound)
+        record = RecordStage(database.writer, store_conversations=settings.store_conversations)
+        stages.append(record)
+        recorders.append(record.errand)
     if not settings.responses_store:
-        responses = NoResponseStore()
+        responses = NoResponseStore(bound)
     if keys is None and admin_key is None:
         log.warning(
             "no database and no admin key configured: authentication is off, the API is open to anyone who can reach "
@@ -88,7 +98,13 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
             stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
     return DataPlane(
-        authenticator, Pipeline(stages, load_gates=load_gates), responses, keys, verifier, conversations, admin_key
+        authenticator,
+        Pipeline(stages, load_gates=load_gates, recorders=recorders),
+        responses,
+        keys,
+        verifier,
+        conversations,
+        admin_key,
     )
 
 

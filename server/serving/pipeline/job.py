@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,6 +13,7 @@ from server.engine.chat_template import ReasoningSyntax
 from server.lifecycle.holder import ServedModel
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.protocol.ops import DetokenizeRequest, TokenizeRequest
+from server.protocol.responses import ResponseRequest
 from server.serving.constrain.tools.formats import ToolFormat
 
 Endpoint = Literal[
@@ -26,17 +27,36 @@ Endpoint = Literal[
     "messages.count_tokens",
 ]
 TOKENIZER_ENDPOINTS = ("tokenize", "detokenize", "messages.count_tokens")
+# Requests that run no model: a stored Responses API response read, its input items listed, or deleted.
+ErrandEndpoint = Literal["responses.retrieve", "responses.input_items", "responses.delete"]
+Body = (
+    ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest | ResponseRequest
+)
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedGeneration:
     """What a generation's preparation decides: the engine request (its grammar compiled), the tool-call format
-    its answer is parsed in (None: the answer is text), and how its thinking is split from the answer (None: the
-    output is all answer)."""
+    its answer is parsed in (None: the answer is text), how its thinking is split from the answer (None: the
+    output is all answer), and the chat request it was prepared from when the preparation built that itself (a
+    Responses request's, with the conversation it continues): the job's body from then on."""
 
     request: GenerationRequest
     tool_format: ToolFormat | None = None
     reasoning: ReasoningSyntax | None = None
+    body: ChatCompletionRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Errand:
+    """A request that ran no model (see ErrandEndpoint), once it ended: what its audit row says."""
+
+    request_id: str
+    endpoint: ErrandEndpoint
+    caller: Caller
+    client_request_id: str | None
+    latency_ms: float
+    status: int
 
 
 @dataclass(eq=False)
@@ -47,15 +67,18 @@ class ServingJob:
     `preparation`, which the `prepare` stage runs in a worker thread once the request limit admitted the request. It
     returns a PreparedGeneration (the job's `generation` and `tool_format`), an embeddings request's `embedding_inputs`
     (its terminal stage leaves the vectors in `embeddings`), or a tokenizer request's answer (`prepared`); such jobs
-    end with one Finished event.
+    end with one Finished event. What the preparation must read first (a Responses request's stored conversation)
+    is the job's `lookup`, which the `prepare` stage awaits just before it: a request refused earlier reads nothing.
     """
 
     request_id: str  # the server's own id: the one identity of the request (audit row, rate-limit entries)
     endpoint: Endpoint
-    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest
+    # A Responses request's body is its own until its preparation turns it into chat (PreparedGeneration.body).
+    body: Body
     model: ServedModel
     preparation: Callable[[Engine], object] | None = None
     caller: Caller = ANONYMOUS
+    lookup: Callable[[], Awaitable[None]] | None = None
     generation: GenerationRequest | None = None  # its grammar is the prepare stage's to close until the engine takes it
     tool_format: ToolFormat | None = None
     reasoning: ReasoningSyntax | None = None

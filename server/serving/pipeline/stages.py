@@ -18,7 +18,7 @@ from typing import Protocol
 
 from server.access.caller import Caller
 from server.engine.base import Engine, Finished, GenerationEvent
-from server.serving.pipeline.job import PreparedGeneration, ServingJob
+from server.serving.pipeline.job import Errand, PreparedGeneration, ServingJob
 
 Events = AsyncGenerator[GenerationEvent, None]
 Next = Callable[[ServingJob], Events]
@@ -31,16 +31,21 @@ class Stage(Protocol):
 async def prepare(job: ServingJob, call_next: Next) -> Events:
     """Run the job's preparation (render, tokenize, compile its grammar) in a worker thread: after the stages that
     may refuse the request cheaply (key, model permission, request rate), and off the event loop, so one large
-    prompt does not stall every other request's streaming.
+    prompt does not stall every other request's streaming. Its lookup (a read of what it continues) runs first, here,
+    so a request refused earlier reads nothing and a lookup's refusal is recorded like any other.
 
     The compiled grammar is this stage's until the engine takes it: a generation that never reaches the engine (a
     later stage refused it, the cache answered, the client left first) has it closed here."""
     try:
+        if job.lookup is not None:
+            await job.lookup()
         if job.preparation is not None:
             prepared = await _prepared(job.preparation, job.model.engine)
             if isinstance(prepared, PreparedGeneration):
                 job.generation, job.tool_format = prepared.request, prepared.tool_format
                 job.reasoning = prepared.reasoning
+                if prepared.body is not None:
+                    job.body = prepared.body
             elif job.endpoint == "embeddings" and isinstance(prepared, list):
                 job.embedding_inputs = prepared
             else:
@@ -107,6 +112,10 @@ async def embed(job: ServingJob) -> Events:
     yield Finished("stop", job.prompt_tokens, 0)
 
 
+# Told of each request that ran no model (an Errand) once it ended: the record stage writes its audit row.
+Recorder = Callable[[Errand], None]
+
+
 # A check that runs before a request loads its model (its model is not loaded): what it allows is said in the
 # response headers it returns. Loading evicts what other keys use, so a request a stage would refuse must not get
 # that far: `RequestLimitStage.before_load` admits it against its key's RPM here instead of in the pipeline.
@@ -114,10 +123,17 @@ LoadGate = Callable[[Caller, str], Awaitable[Mapping[str, str]]]
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], terminal: Next = generate, load_gates: Sequence[LoadGate] = ()) -> None:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        terminal: Next = generate,
+        load_gates: Sequence[LoadGate] = (),
+        recorders: Sequence[Recorder] = (),
+    ) -> None:
         self.stages = tuple(stages)
         self._terminal = terminal
         self._load_gates = tuple(load_gates)
+        self._recorders = tuple(recorders)
 
     async def before_load(self, caller: Caller, request_id: str) -> dict[str, str]:
         """Run the load gates for a request whose model must be loaded first; their headers, or their refusal."""
@@ -125,6 +141,11 @@ class Pipeline:
         for gate in self._load_gates:
             headers.update(await gate(caller, request_id))
         return headers
+
+    def record(self, errand: Errand) -> None:
+        """Record a request that ran no model; its request limit was the load gates' (`before_load`)."""
+        for recorder in self._recorders:
+            recorder(errand)
 
     def run(self, job: ServingJob, terminal: Next | None = None) -> Events:
         """The job's events through every stage; `terminal` replaces the pipeline's last stage (e.g. `embed`)."""

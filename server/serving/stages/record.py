@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from server.engine.base import Finished, TextDelta
 from server.errors import known_error
 from server.protocol.openai import ChatCompletionRequest, CompletionRequest
-from server.serving.pipeline.job import ServingJob
+from server.serving.pipeline.job import Errand, ServingJob
 from server.serving.pipeline.stages import Events, Next
 from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record
 
@@ -52,6 +52,25 @@ class RecordStage:
             if status is None:
                 status = 200 if finished is not None else CLIENT_CLOSED
             self._writer.submit(self._record(job, finished, status, "".join(parts) if keep_text else None))
+
+    def errand(self, errand: Errand) -> None:
+        """The audit row of a request that ran no model (Pipeline.record): no model, no tokens."""
+        row = AuditRow(
+            request_id=errand.request_id,
+            key_id=errand.caller.key_id,
+            created_at=datetime.now(UTC),
+            endpoint=errand.endpoint,
+            model=None,
+            model_version=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=errand.latency_ms,
+            ttft_ms=None,
+            status=errand.status,
+            cache_hit=False,
+            client_request_id=errand.client_request_id,
+        )
+        self._writer.submit(Record(row))
 
     def _record(self, job: ServingJob, finished: Finished | None, status: int, answer: str | None) -> Record:
         now = time.monotonic()

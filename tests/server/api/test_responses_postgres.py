@@ -1,7 +1,8 @@
 """Stored responses in PostgreSQL, through the official openai client: two server processes share one throwaway
 database (and one Redis), so a conversation started on one continues on the other with previous_response_id; a
 response is its key's only (another key gets 404, as for an id that never existed); the audit log names the endpoint;
-model permissions, rate limits and the response cache apply as for chat."""
+model permissions, rate limits and the response cache apply as for chat; a chain of continuations stops at the
+conversation bound."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.support.server import ServerProcess, start_server
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
 GREEDY = {"temperature": 0, "extra_body": {"seed": 3}}
+CONVERSATION_BYTES = 64 * 1024  # small, so that a few requests reach it
 
 
 @dataclass
@@ -29,13 +31,16 @@ class Replicas:
     postgres: Postgres
     servers: list[ServerProcess]
 
-    def key(self, **fields: object) -> str:
+    def created_key(self, **fields: object) -> dict:
         with httpx.Client(base_url=self.servers[0].base_url, timeout=30) as admin:
             created = admin.post(
                 "/admin/keys", json={"name": "responses", **fields}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
             )
         assert created.status_code == 201, created.text
-        return created.json()["key"]
+        return created.json()
+
+    def key(self, **fields: object) -> str:
+        return self.created_key(**fields)["key"]
 
     def client(self, key: str, i: int) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.servers[i].base_url}/v1", api_key=key, max_retries=0, timeout=120)
@@ -55,6 +60,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, demo_gguf: Path) -> Itera
             "GGUFSTACK_MODEL_PATH": str(demo_gguf),
             "GGUFSTACK_N_CTX": "1024",
             "GGUFSTACK_N_SLOTS": "2",
+            "GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES": str(CONVERSATION_BYTES),
         }
         servers = [start_server(tmp_path_factory.mktemp(f"responses-{i}"), env, n_threads=1) for i in range(2)]
         for server in servers:
@@ -200,3 +206,78 @@ def test_every_input_item_kind_is_listed_back_as_it_was_stored(replicas: Replica
     # The SDK reads the page, reasoning item included.
     page = replicas.client(key, 1).responses.input_items.list(created.json()["id"], order="asc")
     assert [item.type for item in page.data] == [item["type"] for item in ITEMS]
+
+
+def _reasoning(n: int, size: int) -> list[dict]:
+    """Items the model never reads (a few prompt tokens are all a request is charged), of `size` bytes each."""
+    text = "x" * size
+    return [
+        {"type": "reasoning", "id": f"rs_{i}", "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
+        for i in range(n)
+    ]
+
+
+def test_a_chain_stops_at_the_conversation_bound(replicas: Replicas) -> None:
+    """Each stored row kept the whole chain again, unbounded: 20 requests of 3.8 MB of reasoning items made an 806 MB
+    table for one chain. Now the conversation a response continues is bounded, and refused (400) past it."""
+    key = replicas.key()
+    url, headers = replicas.servers[0].base_url, {"Authorization": f"Bearer {key}"}
+    previous, codes = None, []
+    for _ in range(6):
+        body = {
+            "model": DEMO_MODEL_ID,
+            "input": [*_reasoning(4, 4000), {"role": "user", "content": "Go on."}],
+            "max_output_tokens": 1,
+            **({"previous_response_id": previous} if previous else {}),
+        }
+        r = httpx.post(f"{url}/v1/responses", json=body, headers=headers, timeout=60)
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (
+                "previous_response_id",
+                "conversation_too_large",
+            )
+            break
+        previous = r.json()["id"]
+    assert codes == [200, 200, 200, 400]  # 16 KB a turn: the fourth would pass 64 KiB
+    rows = replicas.postgres.execute(
+        "SELECT conversation_bytes, octet_length(context::text) + octet_length(input_items::text) FROM responses "
+        "WHERE id = %s",
+        "responses",
+        (previous,),
+    )
+    assert rows[0][0] <= CONVERSATION_BYTES and rows[0][1] <= CONVERSATION_BYTES + 4096
+
+    too_large = {"model": DEMO_MODEL_ID, "input": [*_reasoning(20, 4000), {"role": "user", "content": "Hi."}]}
+    alone = httpx.post(f"{url}/v1/responses", json=too_large, headers=headers, timeout=60)
+    assert alone.status_code == 400 and alone.json()["error"]["param"] == "input"
+
+
+def test_reading_a_stored_response_counts_against_rpm_and_is_audited(replicas: Replicas) -> None:
+    """GET, DELETE and input_items of a stored response were never limited nor audited: a key at its RPM read on."""
+    created_key = replicas.created_key(rpm=3)
+    client = replicas.client(created_key["key"], 0)
+    created = client.responses.create(model=DEMO_MODEL_ID, input="Hi", max_output_tokens=1)
+    read = client.responses.with_raw_response.retrieve(created.id)
+    assert read.headers["x-ratelimit-remaining-requests"] == "1"
+    assert [i.content[0].text for i in client.responses.input_items.list(created.id).data] == ["Hi"]
+    with pytest.raises(openai.RateLimitError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.RateLimitError):
+        client.responses.delete(created.id)
+    rows: list[tuple] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(rows) < 5:
+        rows = replicas.postgres.execute(
+            "SELECT endpoint, status, model FROM audit_log WHERE key_id = %s ORDER BY id",
+            "responses",
+            (created_key["id"],),
+        )
+        time.sleep(0.2)
+    assert rows == [
+        ("responses", 200, DEMO_MODEL_ID),
+        ("responses.retrieve", 200, None),
+        ("responses.input_items", 200, None),
+        ("responses.retrieve", 429, None),
+        ("responses.delete", 429, None),
+    ]

@@ -19,7 +19,8 @@ from server.serving.endpoints.reply import Reply
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.stages import Pipeline, prepare
 from server.serving.stages.record import RecordStage
-from tests.support.fake_engine import AuditRows, FakeEngine, registry_serving
+from tests.support.audit import AuditRows
+from tests.support.fake_engine import FakeEngine, registry_serving
 
 
 class Chunk(BaseModel):

@@ -112,3 +112,28 @@ def test_the_tokenizer_endpoints_need_a_key_for_the_model(plane: Plane, path: st
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
     no_key = httpx.post(f"{plane.server.base_url}{path}", json=body, timeout=30)
     assert no_key.status_code == 401
+
+
+def _audit(plane: Plane, key_id: str, n: int) -> list[tuple]:
+    deadline = time.monotonic() + 10
+    rows: list[tuple] = []
+    while time.monotonic() < deadline and len(rows) < n:
+        query = "SELECT endpoint, status FROM audit_log WHERE key_id = %s ORDER BY id"
+        rows = plane.postgres.execute(query, plane.database, (key_id,))
+        time.sleep(0.2)
+    return rows
+
+
+def test_a_continuation_over_rpm_is_refused_before_its_conversation_is_read(plane: Plane) -> None:
+    """`previous_response_id` was looked up (the whole stored conversation read and converted) before the request
+    limit: a key over its RPM got 404 for an unknown id (and did the read for a known one), and refusals of the
+    lookup had no audit row. Now the lookup is part of the request's preparation, after the limits."""
+    created = plane.key(rpm=2)
+    key = created["key"]
+    asked = {"model": MODEL, "input": "hi", "max_output_tokens": 1}
+    assert plane.post(key, "/v1/responses", asked).status_code == 200
+    unknown = plane.post(key, "/v1/responses", {**asked, "previous_response_id": "resp_unknown"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "previous_response_id"
+    over = plane.post(key, "/v1/responses", {**asked, "previous_response_id": "resp_unknown"})
+    assert over.status_code == 429, over.text
+    assert _audit(plane, created["id"], 3) == [("responses", 200), ("responses", 404), ("responses", 429)]

@@ -28,10 +28,30 @@ async def test_replicas_starting_together_apply_each_migration_once(postgres: Po
         assert [r[0] for r in await cursor.fetchall()] == [m.version for m in migrations()]
         await conns[0].execute("SELECT id, key_hash, revoked_at FROM api_keys")
         await conns[0].execute("SELECT request_id, ttft_ms, cache_hit FROM audit_log")
-        await conns[0].execute("SELECT id, owner, expires_at, response, input_items, context FROM responses")
+        await conns[0].execute(
+            "SELECT id, owner, expires_at, response, input_items, context, conversation_items, conversation_bytes "
+            "FROM responses"
+        )
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_responses_kept_before_their_size_was_recorded_are_measured(postgres: Postgres, request) -> None:
+    """A continuation reads a stored conversation's size from its row: rows written before the columns existed are
+    measured by the migration that adds them, so they are bounded like new ones."""
+    url = postgres.create_database(database_name(request.node.nodeid))
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await migrate(conn, migrations()[:3])
+        await conn.execute(
+            "INSERT INTO responses VALUES ('resp_1', 'key:a', now(), now(), %s, %s, %s)",
+            ('{"output": [{"id": "m"}]}', '[{"id": "i"}]', '[{"id": "a"}, {"id": "b"}]'),
+        )
+        await migrate(conn)
+        cursor = await conn.execute("SELECT conversation_items, conversation_bytes FROM responses")
+        assert await cursor.fetchall() == [
+            (4, len('[{"id": "m"}]') + len('[{"id": "i"}]') + len('[{"id": "a"}, {"id": "b"}]'))
+        ]
 
 
 async def test_a_database_migrated_by_a_newer_release_is_refused(postgres: Postgres, request) -> None:

@@ -16,7 +16,8 @@ from server.serving.endpoints import messages
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.stages import Pipeline, prepare
 from server.serving.stages.record import RecordStage
-from tests.support.fake_engine import AuditRows, FakeEngine, registry_serving
+from tests.support.audit import AuditRows
+from tests.support.fake_engine import FakeEngine, registry_serving
 
 THOUGHT = "<think>ab</think>\n\ncd"
 THINKS = ReasoningSyntax()

@@ -12,7 +12,7 @@ from server.engine.chat_template import ReasoningSyntax
 from server.errors import APIError
 from server.protocol.responses import InputItemsQuery, ResponseRequest
 from server.protocol.responses_replies import LifecycleEvent
-from server.serving.endpoints import responses
+from server.serving.endpoints import responses, responses_stored
 from server.serving.endpoints.responses_items import chat_body, owner_of, stored_input
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.job import ServingJob
@@ -20,7 +20,8 @@ from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
 from server.serving.stages.record import RecordStage
 from server.store.errors import StoreUnavailableError
 from server.store.responses import MemoryResponseStore, NoResponseStore, StoredResponse
-from tests.support.fake_engine import AuditRows, FakeEngine, registry_serving
+from tests.support.audit import AuditRows
+from tests.support.fake_engine import FakeEngine, registry_serving
 
 
 def _request(**fields: object) -> ResponseRequest:
@@ -79,7 +80,7 @@ async def test_previous_response_is_prepended_and_store_false_keeps_nothing() ->
     assert second.body is not None and second.body.previous_response_id == first.body.id
     assert engine.detokenize(engine.requests[1].prompt_tokens) == "<user>one<assistant>hello<user>two<assistant>"
     with pytest.raises(APIError) as gone:
-        await responses.retrieve(second.body.id, ANONYMOUS, store)
+        await responses_stored.retrieve(second.body.id, ctx, store)
     assert gone.value.status == 404
 
 
@@ -91,7 +92,7 @@ async def test_a_server_that_keeps_no_responses_says_so_and_keeps_none() -> None
     reply = await responses.create(_request(input="one"), ctx, store)
     assert reply.body is not None and reply.body.store is False
     with pytest.raises(APIError) as gone:
-        await responses.retrieve(reply.body.id, ANONYMOUS, store)
+        await responses_stored.retrieve(reply.body.id, ctx, store)
     assert gone.value.status == 404
     with pytest.raises(APIError) as unknown:
         await responses.create(_request(input="two", previous_response_id=reply.body.id), ctx, store)
@@ -170,16 +171,17 @@ async def test_input_items_page_newest_first_unless_asked() -> None:
     said = [{"role": "user", "content": text} for text in ("a", "b", "c")]
     created = await responses.create(_request(input=said), ctx, store)
     assert created.body is not None
-    newest = await responses.input_items(created.body.id, InputItemsQuery(), ANONYMOUS, store)
-    assert [i.content[0].text for i in newest.data] == ["c", "b", "a"]  # type: ignore[union-attr]  # messages
-    page = await responses.input_items(created.body.id, InputItemsQuery(order="asc", limit=2), ANONYMOUS, store)
-    assert [i.content[0].text for i in page.data] == ["a", "b"] and page.has_more  # type: ignore[union-attr]  # messages
-    rest = await responses.input_items(
-        created.body.id, InputItemsQuery(order="asc", after=page.last_id), ANONYMOUS, store
-    )
-    assert [i.content[0].text for i in rest.data] == ["c"] and not rest.has_more  # type: ignore[union-attr]  # messages
+    newest = (await responses_stored.input_items(created.body.id, InputItemsQuery(), ctx, store)).body
+    assert newest is not None and [i.content[0].text for i in newest.data] == ["c", "b", "a"]  # type: ignore[union-attr]  # messages
+    asc = InputItemsQuery(order="asc", limit=2)
+    page = (await responses_stored.input_items(created.body.id, asc, ctx, store)).body
+    assert page is not None and [i.content[0].text for i in page.data] == ["a", "b"] and page.has_more  # type: ignore[union-attr]  # messages
+    after = InputItemsQuery(order="asc", after=page.last_id)
+    rest = (await responses_stored.input_items(created.body.id, after, ctx, store)).body
+    assert rest is not None and [i.content[0].text for i in rest.data] == ["c"] and not rest.has_more  # type: ignore[union-attr]  # messages
+    someone, _ = _context(caller=Caller(key_id="someone"))
     with pytest.raises(APIError):
-        await responses.input_items(created.body.id, InputItemsQuery(), Caller(key_id="someone"), store)
+        await responses_stored.input_items(created.body.id, InputItemsQuery(), someone, store)
 
 
 @pytest.mark.parametrize(
