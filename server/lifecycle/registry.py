@@ -86,9 +86,7 @@ class ModelRegistry:
         holder = m.holder
         if holder.current is not None or m.spec.pin or holder.lost_for() > 0:
             # Loaded (or swapping in place, or a pinned model its own task loads): serve, or say why not, now.
-            lease = holder.lease()
-            m.last_used = self.clock()
-            return lease
+            return holder.lease()
         if m.waiting >= self.max_waiting:
             raise ModelQueueFullError(
                 f"{self.max_waiting} requests already wait for the model {m.id!r} to load", retry_after_s=1
@@ -115,11 +113,7 @@ class ModelRegistry:
             m.waiting -= 1
 
     def _lease_loaded(self, m: CatalogueModel) -> Lease | None:
-        if m.holder.current is None:
-            return None
-        lease = m.holder.lease()
-        m.last_used = self.clock()
-        return lease
+        return m.holder.lease() if m.holder.current is not None else None
 
     def _start_load(self, m: CatalogueModel) -> asyncio.Task[None]:
         if m.loading is not None and not m.loading.done():
@@ -144,8 +138,11 @@ class ModelRegistry:
             f"the model {m.id!r} could not be loaded: {m.failure}", param="model", retry_after_s=wait
         )
 
-    def _released(self, m: CatalogueModel) -> None:
-        m.last_used = self.clock()
+    def _released(self, m: CatalogueModel, lease: Lease) -> None:
+        # Only a request that was served counts as use: a refused one (403, 429, a bad prompt) must not keep a model
+        # loaded past its ttl_s or move it back in the order of eviction.
+        if lease.admitted:
+            m.last_used = self.clock()
         self.budget.changed()
 
     # Loading

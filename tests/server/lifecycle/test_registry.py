@@ -95,10 +95,13 @@ def registry(
     return models, loading, clock
 
 
-async def lease(models: ModelRegistry, name: str) -> Lease:
+async def lease(models: ModelRegistry, name: str, *, admitted: bool = True) -> Lease:
+    """A lease as a request holds it; `admitted`: the request got past every stage (admission marks it so)."""
     found = models.resolve(name)
     assert found is not None
-    return await models.lease(found)
+    held = await models.lease(found)
+    held.admitted = admitted
+    return held
 
 
 def state(models: ModelRegistry, name: str) -> str:
@@ -247,6 +250,25 @@ async def test_idle_models_unload_after_their_ttl() -> None:
     clock.now += 60
     await models.reap()
     assert state(models, "a") == "unloaded" and state(models, "b") == "loaded"
+
+
+async def test_a_request_refused_after_its_lease_does_not_count_as_use() -> None:
+    # A key over its limit, or with a bad prompt, asking again and again must not move a model back in the order of
+    # eviction, nor keep it loaded past its ttl_s for the keys that use it.
+    models, loading, clock = registry([spec("a", ttl_s=60), spec("b"), spec("c")], dict(a=100, b=100, c=100), 250)
+    (await lease(models, "a")).release()
+    clock.now += 1
+    (await lease(models, "b")).release()
+    clock.now += 1
+    (await lease(models, "a", admitted=False)).release()
+    (await lease(models, "c")).release()
+    assert state(models, "a") == "unloaded" and state(models, "b") == "loaded", "a was the least recently used"
+    (await lease(models, "a")).release()
+    for _ in range(6):
+        clock.now += 10
+        (await lease(models, "a", admitted=False)).release()
+    await models.reap()
+    assert state(models, "a") == "unloaded" and loading.loads == ["a", "b", "c", "a"]
 
 
 async def test_an_admin_unload_lets_the_generation_in_flight_finish_first() -> None:
