@@ -72,7 +72,8 @@ class ServedModel:
 
     async def close(self) -> None:
         await self.engine.close()
-        self.free_weights()
+        # In a thread: freeing waits for the threads still reading the weights (a prompt being tokenized).
+        await asyncio.to_thread(self.free_weights)
 
 
 @dataclass(frozen=True, slots=True)

@@ -357,3 +357,60 @@ async def test_a_hot_swap_is_charged_what_the_new_version_needs() -> None:
     loading.sizes["a"] = 300 * MIB  # the blob's new version is larger
     await told[0](FetchResult(Path("/a-v2.gguf"), 0, 0.0))
     assert models.budget.charged(models.default) == 300 * MIB and models.budget.used_bytes == 300 * MIB
+
+
+def winding_down(wound_down: asyncio.Event) -> Callable[..., Awaitable[None]]:
+    """A watcher in the middle of a swap: cancelled, it waits for the load it cannot stop (watcher.load_or_free)."""
+
+    async def watch(spec: ModelSpec, holder: ModelHolder, fetched: FetchResult, on_swapped: object = None) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await wound_down.wait()
+            raise
+
+    return watch
+
+
+def watched(model_id: str, ttl_s: float | None = None) -> ModelSpec:
+    return WatchedSpec(model_id, (), FileModelSource(Path(f"/{model_id}.gguf")), load_settings(), False, ttl_s)
+
+
+async def test_a_model_being_evicted_is_not_leased_while_its_watcher_winds_down() -> None:
+    # It stayed installed and ready while the eviction waited for its watcher, so a request leased it, and the
+    # eviction then closed the engine under that request.
+    models, loading, clock = registry([watched("a"), spec("b")], {"a": 100, "b": 100}, 150)
+    wound_down = asyncio.Event()
+    loading.watch = winding_down(wound_down)  # type: ignore[method-assign]  # this test's watcher
+    (await lease(models, "a")).release()
+    clock.now += 1
+    b = asyncio.create_task(lease(models, "b"))  # evicts a, which waits for its watcher
+    await settle()
+    again = asyncio.create_task(lease(models, "a"))
+    await settle()
+    assert not again.done() and models.default.holder.in_flight == 0, "nothing leases the model being evicted"
+    assert loading.loads == ["a"], "its next copy waits for this one to be freed (and b for the room)"
+    wound_down.set()
+    on_b = await b
+    assert loading.engines["a"][0].closed
+    on_b.release()  # now b may go: a loads again, as a new copy
+    on_a = await again
+    assert on_a.model.engine is loading.engines["a"][1] and not loading.engines["a"][1].closed
+    on_a.release()
+
+
+async def test_an_idle_unload_spares_a_model_leased_while_another_one_was_being_unloaded() -> None:
+    models, loading, clock = registry([watched("a", ttl_s=60), spec("b", ttl_s=60)], {"a": 100, "b": 100}, None)
+    wound_down = asyncio.Event()
+    loading.watch = winding_down(wound_down)  # type: ignore[method-assign]  # this test's watcher
+    (await lease(models, "a")).release()
+    (await lease(models, "b")).release()
+    clock.now += 60
+    reaping = asyncio.create_task(models.reap())  # both are idle: a first, which waits for its watcher
+    await settle()
+    held = await lease(models, "b")
+    wound_down.set()
+    await reaping
+    assert state(models, "a") == "unloaded" and state(models, "b") == "loaded"
+    assert not loading.engines["b"][0].closed, "b was leased since the reaper listed it"
+    held.release()
