@@ -158,7 +158,9 @@ class ModelRegistry:
             holder.set_state(ModelState.FETCHING, f"fetching {spec.source.describe()}")
             fetched = await self.loading.fetch(spec, beside_serving=any(x.holder.current for x in self.models))
             need = await self.loading.estimate(spec, fetched)
-            await self.budget.reserve(m, need, evictable=self._evictable, evict=self._evict)
+            await self.budget.reserve(
+                m, need, evictable=self._evictable, evict=self._evict, kept=lambda other: other.spec.pin
+            )
             try:
                 holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
                 served = await self.loading.load(spec, fetched, holder.set_state)

@@ -199,6 +199,33 @@ async def test_a_model_larger_than_the_whole_budget_fails_with_the_reason() -> N
     assert status.state == "failed" and status.reason is not None and "500 MiB" in status.reason
 
 
+async def test_a_model_that_cannot_fit_beside_the_pinned_ones_fails_at_once_and_evicts_nothing() -> None:
+    # It evicted every idle model, waited the load timeout, and did it again on the next request.
+    models, loading, _ = registry([spec("p", pin=True), spec("a"), spec("big")], dict(p=600, a=300, big=500), 1000)
+    models.start()
+    await settle()
+    (await lease(models, "a")).release()
+    waiting = asyncio.create_task(lease(models, "big"))
+    await settle()
+    assert waiting.done(), "no wait: no generation ending can make room"
+    with pytest.raises(ModelUnavailableError, match="pinned models hold 600 of the 1,000 MiB"):
+        waiting.result()
+    assert state(models, "a") == "loaded" and loading.loads == ["p", "a"]
+    await models.close()
+
+
+async def test_a_load_that_evicting_the_idle_models_cannot_make_room_for_evicts_none_of_them() -> None:
+    models, _, _ = registry([spec("a"), spec("b"), spec("c")], dict(a=600, b=300, c=500), 1000, wait_s=0)
+    streaming = await lease(models, "a")
+    (await lease(models, "b")).release()
+    with pytest.raises(ModelUnavailableError, match="not enough memory"):
+        await lease(models, "c")  # b alone is not enough, and a streams
+    assert state(models, "b") == "loaded", "evicted for nothing"
+    streaming.release()
+    (await lease(models, "c")).release()
+    assert state(models, "a") == "unloaded" and state(models, "c") == "loaded"
+
+
 async def test_a_failed_load_is_not_retried_before_its_backoff() -> None:
     models, loading, clock = registry([spec("a")], {"a": 100}, None, retry_initial_s=5)
     loading.failing["a"] = ModelLoadError("bad tensor")
