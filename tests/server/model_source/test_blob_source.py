@@ -102,7 +102,7 @@ def test_non_gguf_with_a_matching_checksum_is_refused(
     assert files(tmp_path) == []
 
 
-def test_leftover_partial_download_is_discarded_not_trusted(
+def test_leftover_partial_download_is_discarded_not_trusted_and_one_being_written_is_kept(
     azurite: Azurite, container: ContainerClient, tmp_path: Path
 ) -> None:
     upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
@@ -111,7 +111,10 @@ def test_leftover_partial_download_is_discarded_not_trusted(
     stale = entry.with_name(entry.name + ".12345.partial")
     stale.write_bytes(FAKE_GGUF[:1000])
     entry.unlink()
-    result = src.fetch()
+    with blob._downloads.writing(entry.with_name("sha256-" + "0" * 64 + ".gguf")) as written:
+        written.write_bytes(b"another version, being downloaded by another thread")
+        result = src.fetch()
+        assert written.exists(), "removed under the download writing it"
     assert result.bytes_downloaded == len(FAKE_GGUF)
     assert not stale.exists()
 
@@ -232,18 +235,3 @@ def test_fetches_of_the_same_version_at_once_share_one_download(
     assert all(isinstance(r, FetchResult) for r in fetched), fetched
     assert sorted(r.bytes_downloaded for r in fetched if isinstance(r, FetchResult)) == [0, len(data)]
     assert [p.name.endswith(".gguf") for p in files(tmp_path)] == [True]
-
-
-def test_a_partial_another_download_is_writing_is_not_taken_for_a_leftover(
-    azurite: Azurite, container: ContainerClient, tmp_path: Path
-) -> None:
-    upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
-    src = source(azurite, container, tmp_path)
-    entry = src.fetch().path
-    entry.unlink()
-    leftover = entry.with_name(entry.name + ".12345.partial")
-    leftover.write_bytes(b"a crashed process's")
-    with blob._downloads.writing(entry.with_name("sha256-" + "0" * 64 + ".gguf")) as written:
-        written.write_bytes(b"another version, being downloaded")
-        src.fetch()
-        assert written.exists() and not leftover.exists()
