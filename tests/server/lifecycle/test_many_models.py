@@ -138,6 +138,16 @@ def test_a_key_limited_to_one_model_gets_403_on_the_other(roomy: ServerProcess) 
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
 
 
+def test_a_key_created_for_an_alias_names_the_models_id(roomy: ServerProcess) -> None:
+    # Requests are checked against the id their model name resolves to: a key that kept the alias was refused its
+    # own model.
+    with httpx.Client(base_url=roomy.base_url, headers=ADMIN, timeout=30) as admin:
+        created = admin.post("/admin/keys", json={"name": "by-alias", "models": ["small", "smol", "later-model"]})
+    assert created.status_code == 201, created.text
+    assert created.json()["models"] == ["smol", "later-model"]
+    assert chat(roomy, "small", key=created.json()["key"]).status_code == 200
+
+
 def test_a_key_that_may_not_use_a_model_does_not_keep_it_loaded(
     tmp_path: Path, postgres: Postgres, demo_gguf: Path
 ) -> None:
