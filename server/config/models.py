@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # An id a request may name: what OpenAI clients send as `model` and what a URL path (/v1/models/{id}) can carry.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
@@ -34,11 +34,29 @@ class ModelEntry(BaseModel):
         description="Serve this version of the blob (as `ggufstack model list` shows) and do not watch it.",
     )
     pin: bool = Field(False, description="Load at startup and never evict or unload; readiness waits for it.")
-    ttl_s: float | None = Field(None, gt=0, description="Unload after this long without a request.")
+    ttl_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Unload after this long without a request."
+    )
     n_ctx: int | None = Field(None, ge=64, le=1_048_576, description="Context window of one request.")
     slots: int | None = Field(None, ge=0, le=256, description="Concurrent generations; 0 picks as GGUFSTACK_N_SLOTS.")
     n_gpu_layers: int | None = Field(None, ge=-1, description="Layers offloaded to the GPU; -1: all.")
     alias: list[ModelName] = Field(default_factory=list, description="Other names requests may use.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _a_file(cls, value: object) -> object:
+        # Path("") is Path("."): a directory, never a GGUF file.
+        if isinstance(value, str) and Path(value.strip()).name in ("", ".", ".."):
+            raise ValueError("path must name a GGUF file, not a directory")
+        return value
+
+    @field_validator("blob")
+    @classmethod
+    def _a_blob(cls, value: str | None) -> str | None:
+        # The name becomes a directory of the download cache: "." or ".." would be the container's, or the cache's.
+        if value is not None and value.strip("/") in (".", ".."):
+            raise ValueError("blob must name a blob, not a directory")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:

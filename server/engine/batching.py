@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import llama_cpp
 
 from server.engine.admission import BURST_MAX_S, BURST_QUIET_S, Admission
-from server.engine.base import EngineStats, GenerationRequest, GenerationStream, Grammar
+from server.engine.base import EngineClosedError, EngineStats, GenerationRequest, GenerationStream, Grammar
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
 from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.grammars import Grammars, take_handle
@@ -130,7 +130,8 @@ class BatchingEngine:
         return self._model.render_chat(messages, tools, variables)
 
     def compile_grammar(self, gbnf: str, *, param: str, root: str = "root") -> Grammar:
-        return self._grammars.compile(gbnf, param=param, root=root)
+        with self._model.reading():  # compiled against the vocabulary: not freed under it by an unload
+            return self._grammars.compile(gbnf, param=param, root=root)
 
     def generate(self, request: GenerationRequest) -> GenerationStream:
         grammar = request.grammar
@@ -148,6 +149,8 @@ class BatchingEngine:
         return JobStream(job, self._admission.cancel)
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        if self._ctx is None:  # closed, and the weights an embeddings context would be built on may be freed
+            raise EngineClosedError("the model was unloaded before this request reached it; try again")
         if self._embedder is None:
             if self._embeddings_refused is not None:
                 raise self._embeddings_refused

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from server.engine.base import EngineError, SamplingParams, TokenLogprob
+from server.engine.base import EngineClosedError, EngineError, SamplingParams, TokenLogprob
 from server.engine.chat_template import (
     ReasoningSyntax,
     TemplateMessage,
@@ -78,6 +79,11 @@ class LlamaModel:
     """Owns a llama_model pointer and answers every question that needs only the weights and vocabulary."""
 
     def __init__(self, path: Path, *, n_gpu_layers: int) -> None:
+        # Worker threads reading the vocabulary (tokenizing a prompt, compiling a grammar) while close() may come:
+        # close waits for them, and refuses those that come after it.
+        self._readers = 0
+        self._closing = False
+        self._freeing = threading.Condition()
         _init_backend()
         params = llama_cpp.llama_model_default_params()
         self.gpu_offload_supported = bool(llama_cpp.llama_supports_gpu_offload())
@@ -116,19 +122,41 @@ class LlamaModel:
         return self.gpu_offload_supported and self.n_gpu_layers > 0
 
     def close(self) -> None:
-        if self.ptr:
-            llama_cpp.llama_model_free(self.ptr)
-            self.ptr = None
+        """Free the weights, once the threads reading them are done; the vocabulary refuses every use after this.
+        Blocks for as long as those threads take: call it off the event loop."""
+        with self._freeing:
+            self._closing = True
+            self._freeing.wait_for(lambda: self._readers == 0)
+            if self.ptr:
+                llama_cpp.llama_model_free(self.ptr)
+                self.ptr = self.vocab = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold the weights while a thread reads them (the vocabulary, by pointer): a request that outlived its
+        model's unload (an admin's drain ran out) gets a foreseen 503 instead of reading freed memory."""
+        with self._freeing:
+            if self._closing:
+                raise EngineClosedError("the model was unloaded while this request was being prepared; try again")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._freeing:
+                self._readers -= 1
+                if not self._readers:
+                    self._freeing.notify_all()
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         data = text.encode()
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
-        if n < 0:
-            capacity = -n
-            buf = (llama_cpp.llama_token * capacity)()
+        with self.reading():
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+            if n < 0:
+                capacity = -n
+                buf = (llama_cpp.llama_token * capacity)()
+                n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:
@@ -136,10 +164,11 @@ class LlamaModel:
         cached = self._pieces.get(token)
         if cached is None:
             buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
+            with self.reading():
                 n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+                if n < 0:
+                    buf = ctypes.create_string_buffer(-n)
+                    n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
             cached = self._pieces[token] = buf.raw[:n]
         return cached
 

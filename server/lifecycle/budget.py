@@ -62,9 +62,15 @@ class Budget(Generic[K]):
         *,
         evictable: Callable[[K], Sequence[K]],
         evict: Callable[[K], Awaitable[None]],
+        kept: Callable[[K], bool] = lambda _key: False,
     ) -> None:
         """Charge `need` bytes to `key`, evicting what `evictable` offers (in its order) until it fits, then waiting
-        for a change (a generation that ends, a model unloaded) up to `wait_s`; raises NoRoomError."""
+        for a change (a generation that ends, a model unloaded) up to `wait_s`; raises NoRoomError. `kept`: the keys
+        never evicted (pinned), whose charges no wait can free.
+
+        It evicts only when evicting everything `evictable` offers now would make room: a model that cannot fit yet
+        (the others run generations) waits without unloading what others use, and one that can never fit beside the
+        kept ones fails at once, before evicting anything."""
         total = self.total_bytes
         if total is None:
             self._charges[key] = need
@@ -76,8 +82,17 @@ class Budget(Generic[K]):
             )
         deadline = self.clock() + self.wait_s
         while self.used_bytes + need > total:
+            # Checked each round: a pinned model loading at startup is charged only once its own load reserves.
+            pinned = sum(charge for k, charge in self._charges.items() if k != key and kept(k))
+            if need > total - pinned:
+                raise NoRoomError(
+                    f"the model needs about {mib(need):,.0f} MiB (weights and KV cache), and the pinned models hold "
+                    f"{mib(pinned):,.0f} of the {mib(total):,.0f} MiB budget: it cannot load beside them"
+                )
             victims = evictable(key)
-            if victims:
+            settled = self.used_bytes - self._retiring  # what stays once the unloads under way have freed theirs
+            freeable = sum(self.charged(victim) for victim in victims)
+            if settled + need > total and settled - freeable + need <= total:
                 await evict(victims[0])
                 continue
             self._changed.clear()

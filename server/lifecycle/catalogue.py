@@ -91,6 +91,7 @@ class CatalogueModel:
     waiting: int = 0  # requests waiting for it to load: it is not evicted under them
     loading: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
+    unloading: asyncio.Future[None] | None = None  # done once an unload under way has freed it: a reload waits for it
     failure: str | None = None
     retry_at: float = 0.0  # no new load on demand before this (monotonic), after a failed one
     retry_delay: float = 0.0

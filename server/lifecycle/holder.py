@@ -72,7 +72,8 @@ class ServedModel:
 
     async def close(self) -> None:
         await self.engine.close()
-        self.free_weights()
+        # In a thread: freeing waits for the threads still reading the weights (a prompt being tokenized).
+        await asyncio.to_thread(self.free_weights)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +94,14 @@ class Readiness:
 
 
 class Lease:
-    """A generation's hold on its engine; release it exactly once (it is an async context manager too)."""
+    """A generation's hold on its engine; release it exactly once (it is an async context manager too).
+
+    `admitted` says the request got past every stage that may refuse it: only such a lease counts as a use of the
+    model (its idle clock, the order of eviction), so requests that are refused cannot keep a model loaded."""
 
     def __init__(self, holder: ModelHolder, model: ServedModel) -> None:
         self.model = model
+        self.admitted = False
         self._holder = holder
         self._released = False
 
@@ -126,9 +131,9 @@ class ModelHolder:
         # Why the model watcher stopped, if it did: the model serves on, but new versions are no longer picked up.
         self.watcher_stopped: str | None = None
         self._lost_at: float | None = None  # when a swap in place left no model (monotonic)
-        # Called whenever a lease returns: the registry's clock for idle models and its wake-up for loads waiting
+        # Called with each lease that returns: the registry's clock for idle models and its wake-up for loads waiting
         # for memory.
-        self.on_release: Callable[[], None] = lambda: None
+        self.on_release: Callable[[Lease], None] = lambda _lease: None
 
     def readiness(self) -> Readiness:
         ready = self._model is not None and self._state is ModelState.READY
@@ -236,4 +241,4 @@ class ModelHolder:
                 released.set()
         if self._leases == 0:
             self._idle.set()
-        self.on_release()
+        self.on_release(lease)

@@ -23,12 +23,12 @@ from typing import Any
 
 from server.engine.base import EngineStats
 from server.lifecycle.budget import Budget, NoRoomError, mib
-from server.lifecycle.capacity import return_freed_memory
 from server.lifecycle.catalogue import CatalogueModel, ModelSpec, ModelStatus
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError, PinnedModelError, describe_failure
 from server.lifecycle.holder import Lease, ModelHolder, ModelState, Readiness, ServedModel, ServerDrainingError
 from server.lifecycle.loader import publish_model_info
 from server.lifecycle.loading import ModelLoading
+from server.lifecycle.unloading import unload
 from server.model_source.base import FetchResult
 from server.telemetry import prometheus
 
@@ -86,9 +86,7 @@ class ModelRegistry:
         holder = m.holder
         if holder.current is not None or m.spec.pin or holder.lost_for() > 0:
             # Loaded (or swapping in place, or a pinned model its own task loads): serve, or say why not, now.
-            lease = holder.lease()
-            m.last_used = self.clock()
-            return lease
+            return holder.lease()
         if m.waiting >= self.max_waiting:
             raise ModelQueueFullError(
                 f"{self.max_waiting} requests already wait for the model {m.id!r} to load", retry_after_s=1
@@ -115,11 +113,7 @@ class ModelRegistry:
             m.waiting -= 1
 
     def _lease_loaded(self, m: CatalogueModel) -> Lease | None:
-        if m.holder.current is None:
-            return None
-        lease = m.holder.lease()
-        m.last_used = self.clock()
-        return lease
+        return m.holder.lease() if m.holder.current is not None else None
 
     def _start_load(self, m: CatalogueModel) -> asyncio.Task[None]:
         if m.loading is not None and not m.loading.done():
@@ -144,8 +138,11 @@ class ModelRegistry:
             f"the model {m.id!r} could not be loaded: {m.failure}", param="model", retry_after_s=wait
         )
 
-    def _released(self, m: CatalogueModel) -> None:
-        m.last_used = self.clock()
+    def _released(self, m: CatalogueModel, lease: Lease) -> None:
+        # Only a request that was served counts as use: a refused one (403, 429, a bad prompt) must not keep a model
+        # loaded past its ttl_s or move it back in the order of eviction.
+        if lease.admitted:
+            m.last_used = self.clock()
         self.budget.changed()
 
     # Loading
@@ -155,10 +152,15 @@ class ModelRegistry:
         holder, spec = m.holder, m.spec
         started = self.clock()
         try:
+            if m.unloading is not None:  # its previous copy is still being freed: one copy at a time
+                holder.set_state(ModelState.LOADING, "waiting for its previous copy to be freed")
+                await asyncio.shield(m.unloading)
             holder.set_state(ModelState.FETCHING, f"fetching {spec.source.describe()}")
             fetched = await self.loading.fetch(spec, beside_serving=any(x.holder.current for x in self.models))
             need = await self.loading.estimate(spec, fetched)
-            await self.budget.reserve(m, need, evictable=self._evictable, evict=self._evict)
+            await self.budget.reserve(
+                m, need, evictable=self._evictable, evict=self._evict, kept=lambda other: other.spec.pin
+            )
             try:
                 holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
                 served = await self.loading.load(spec, fetched, holder.set_state)
@@ -219,51 +221,33 @@ class ModelRegistry:
     # Unloading
 
     def _evictable(self, exclude: CatalogueModel | None) -> list[CatalogueModel]:
-        """Loaded models that may be evicted, least recently used first: not pinned, no generation in flight, no
-        request waiting for them, not swapping."""
-        candidates = [
-            m
-            for m in self.models
-            if m is not exclude
-            and not m.spec.pin
+        """Loaded models that may be evicted, least recently used first."""
+        return sorted((m for m in self.models if m is not exclude and self._may_evict(m)), key=lambda m: m.last_used)
+
+    @staticmethod
+    def _may_evict(m: CatalogueModel) -> bool:
+        """Loaded, not pinned, no generation in flight, no request waiting for it, not swapping."""
+        return (
+            not m.spec.pin
             and m.holder.current is not None
             and m.holder.readiness().state is ModelState.READY
             and m.holder.in_flight == 0
             and m.waiting == 0
-        ]
-        return sorted(candidates, key=lambda m: m.last_used)
+        )
 
     async def _evict(self, m: CatalogueModel, reason: str = "budget") -> None:
+        # Checked again here, with nothing awaited until the model has left its holder: a list of victims made
+        # before an await (another eviction's) may name one a request has leased since.
+        if not self._may_evict(m):
+            return
         log.info("unloading %s (%s)", m.id, "to make room" if reason == "budget" else reason)
         prometheus.model_evictions.labels(m.id, reason).inc()
-        await self._unload(m, f"unloaded ({reason}); loads again on its next request")
-
-    async def _unload(self, m: CatalogueModel, reason: str, drain_s: float = 0.0) -> None:
-        if m.watcher is not None:
-            watcher, m.watcher = m.watcher, None
-            watcher.cancel()
-            # A swap it was loading finishes and is freed first (watcher.load_or_free): the model unloaded below is
-            # then the one the holder serves, and no load is left running behind the unload.
-            await asyncio.wait([watcher])
-        served = m.holder.unload(reason)
-        if served is None:
-            return
-        retiring = self.budget.retire(m)
-        try:
-            if drain_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(m.holder.wait_released(served), drain_s)
-            await served.close()
-            await asyncio.to_thread(return_freed_memory)
-        finally:
-            self.budget.retired(retiring)
-            prometheus.forget_model(m.id)
+        await unload(m, self.budget, f"unloaded ({reason}); loads again on its next request", None)
 
     async def reap(self) -> None:
         """Unload the models idle longer than their ttl_s."""
-        now = self.clock()
         for m in self._evictable(None):
-            if m.spec.ttl_s is not None and now - m.last_used >= m.spec.ttl_s:
+            if m.spec.ttl_s is not None and self.clock() - m.last_used >= m.spec.ttl_s:
                 await self._evict(m, "idle")
 
     async def _reap_forever(self, every_s: float) -> None:
@@ -295,7 +279,7 @@ class ModelRegistry:
         if m.loading is not None and not m.loading.done():
             await asyncio.shield(m.loading)  # a load cannot be stopped halfway: its thread would leak the weights
         prometheus.model_evictions.labels(m.id, "admin").inc()
-        await self._unload(m, "unloaded by an admin; loads again on its next request", drain_s)
+        await unload(m, self.budget, "unloaded by an admin; loads again on its next request", drain_s)
 
     # What the API shows
 

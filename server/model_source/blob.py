@@ -8,13 +8,15 @@ being swapped in; a file the server refused to serve is discarded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -144,27 +146,29 @@ class BlobModelSource:
         version = self.pinned_version or props.version_id or props.etag.strip('"')
         sha256 = self._vouched_sha256(props)
         target = self._entry_dir() / (f"sha256-{sha256}.gguf" if sha256 else f"{_safe(version)}.gguf")
-        if target.is_file() and target.stat().st_size == props.size:
-            target.touch()  # most recently used: kept by the pruning of the next download
-            log.info("cache hit: %s version %s at %s (0 bytes downloaded)", self.location.describe(), version, target)
-            return FetchResult(target, 0, time.monotonic() - started, version, sha256, props.etag)
-        if version in self._rejected:
-            raise VerificationError(self._rejected[version])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_partials()
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        try:
-            self._download(props, partial)
-            try:
-                self._verify(props, partial)
-            except VerificationError as exc:
-                self._rejected[version] = str(exc)
-                raise
-            os.replace(partial, target)
-            _fsync_dir(target.parent)
-        finally:
-            partial.unlink(missing_ok=True)
-        self._prune(keep=target)
+        # One download per file at a time, process-wide: two catalogue entries on the same blob, or a reload while a
+        # cancelled watcher's download still runs in its thread, fetch the same version; the second waits and finds
+        # the first's file.
+        with _downloads.of(target):
+            if target.is_file() and target.stat().st_size == props.size:
+                target.touch()  # most recently used: kept by the pruning of the next download
+                log.info(
+                    "cache hit: %s version %s at %s (0 bytes downloaded)", self.location.describe(), version, target
+                )
+                return FetchResult(target, 0, time.monotonic() - started, version, sha256, props.etag)
+            if version in self._rejected:
+                raise VerificationError(self._rejected[version])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _downloads.writing(target) as partial:
+                self._download(props, partial)
+                try:
+                    self._verify(props, partial)
+                except VerificationError as exc:
+                    self._rejected[version] = str(exc)
+                    raise
+                os.replace(partial, target)
+                _fsync_dir(target.parent)
+            self._prune(keep=target)
         seconds = time.monotonic() - started
         log.info(
             "downloaded %s version %s: %.1f MiB in %.1f s (%.1f MiB/s)",
@@ -184,16 +188,9 @@ class BlobModelSource:
     def _entry_dir(self) -> Path:
         return self._cache_dir / _safe(self.location.container) / _safe(self.location.name)
 
-    def _remove_partials(self) -> None:
-        # Leftovers of a crashed download are never resumed: their bytes were never verified.
-        for stale in self._entry_dir().glob("*.partial"):
-            stale.unlink(missing_ok=True)
-
     def _prune(self, keep: Path) -> None:
         # A file still mapped by the model being swapped out stays readable after its unlink (POSIX).
-        others = sorted(
-            (p for p in self._entry_dir().glob("*.gguf") if p != keep), key=lambda p: p.stat().st_mtime, reverse=True
-        )
+        others = sorted((p for p in self._entry_dir().glob("*.gguf") if p != keep), key=_mtime, reverse=True)
         for old in others[KEEP_CACHED - 1 :]:
             old.unlink(missing_ok=True)
 
@@ -301,6 +298,46 @@ class _Progress:
             rate / MIB,
             eta,
         )
+
+
+class _Downloads:
+    """The downloads this process runs, by the cache file each one makes: one at a time per file, each into a
+    `.partial` of its own, and leftovers of a crashed process (never resumed: their bytes were never verified) removed
+    without touching a partial another thread is writing."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._per_file: dict[Path, threading.Lock] = {}
+        self._partials: set[Path] = set()
+
+    def of(self, target: Path) -> threading.Lock:
+        with self._guard:
+            return self._per_file.setdefault(target, threading.Lock())
+
+    @contextlib.contextmanager
+    def writing(self, target: Path) -> Iterator[Path]:
+        partial = target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex}.partial")
+        with self._guard:
+            for stale in target.parent.glob("*.partial"):
+                if stale not in self._partials:
+                    stale.unlink(missing_ok=True)
+            self._partials.add(partial)
+        try:
+            yield partial
+        finally:
+            partial.unlink(missing_ok=True)
+            with self._guard:
+                self._partials.discard(partial)
+
+
+_downloads = _Downloads()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # pruned meanwhile by another blob version's download
+        return 0.0
 
 
 def _digest(path: Path, hasher: hashlib._Hash) -> str:

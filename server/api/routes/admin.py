@@ -54,10 +54,20 @@ def _not_found(key_id: str) -> APIError:
     return APIError(404, f"no API key with id {key_id!r}", type="not_found_error", code="key_not_found")
 
 
+def _model_ids(registry: ModelRegistry, names: list[str] | None) -> list[str] | None:
+    """A key's models as catalogue ids: a request is checked against the id its model name resolves to, so a key
+    that named an alias would be refused the very model it was made for. A name the catalogue does not know is kept
+    as given: keys outlive a catalogue, and one may name a model a later deploy adds."""
+    if names is None:
+        return None
+    return list(dict.fromkeys(found.id if (found := registry.resolve(n)) is not None else n for n in names))
+
+
 @router.post("/keys", status_code=status.HTTP_201_CREATED, responses=RESPONSES)
-async def create_key(body: KeyCreateRequest, keys: AdminKeysDep) -> CreatedKey:
+async def create_key(body: KeyCreateRequest, keys: AdminKeysDep, registry: ModelsDep) -> CreatedKey:
+    models = _model_ids(registry, body.models)
     try:
-        record, key = await keys.create(body.name, models=body.models, rpm=body.rpm, tpm=body.tpm, owner=body.owner)
+        record, key = await keys.create(body.name, models=models, rpm=body.rpm, tpm=body.tpm, owner=body.owner)
     except StoreUnavailableError as exc:
         raise _unavailable(exc) from None
     return CreatedKey(key=key, **_info(record))

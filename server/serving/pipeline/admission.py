@@ -158,16 +158,15 @@ async def lease_model(
     """A lease on the model `model` names (its id or an alias), loading it if it is not loaded; 404 when no catalogue
     model has that name.
 
-    A load evicts what other keys use, so a request that would be refused never causes one: when the model is not
-    loaded, a key limited to other models is refused here, and `before_load` (the pipeline's load gates: its key's
-    request limit) runs first. A loaded model is leased, and the stages refuse with an audit row like any refusal."""
+    A key limited to other models is refused here, before anything touches the model: a lease, even one returned at
+    once, would hold off its eviction, and a load evicts what other keys use. When the model is not loaded,
+    `before_load` (the pipeline's load gates: its key's request limit) runs too before the load begins."""
     found = models.resolve(model)
     if found is None:
         raise model_not_found(models, model)
-    if found.holder.current is None:
-        require_permitted(caller, found.id)
-        if before_load is not None:
-            await before_load()
+    require_permitted(caller, found.id)
+    if found.holder.current is None and before_load is not None:
+        await before_load()
     try:
         return await models.lease(found)
     except ServerDrainingError:
@@ -241,4 +240,5 @@ async def admit(
     except BaseException:
         lease.release()
         raise
+    lease.admitted = True  # past every stage that may refuse it: this request uses the model (its idle clock)
     return Admitted(job, first, events, lease)

@@ -1,4 +1,7 @@
-"""The stage that refuses a key the model it asks for (403), after the model is known to exist (404 first)."""
+"""The check that refuses a key the model it asks for (403), after the model is known to exist (404 first).
+
+Admission runs `require_permitted` before it leases the model, so that a refused request never touches a model (a
+lease would hold off its eviction); the stage keeps the pipeline itself closed to such a key whatever leads into it."""
 
 from __future__ import annotations
 

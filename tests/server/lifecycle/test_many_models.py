@@ -138,6 +138,46 @@ def test_a_key_limited_to_one_model_gets_403_on_the_other(roomy: ServerProcess) 
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
 
 
+def test_a_key_created_for_an_alias_names_the_models_id(roomy: ServerProcess) -> None:
+    # Requests are checked against the id their model name resolves to: a key that kept the alias was refused its
+    # own model.
+    with httpx.Client(base_url=roomy.base_url, headers=ADMIN, timeout=30) as admin:
+        created = admin.post("/admin/keys", json={"name": "by-alias", "models": ["small", "smol", "later-model"]})
+    assert created.status_code == 201, created.text
+    assert created.json()["models"] == ["smol", "later-model"]
+    assert chat(roomy, "small", key=created.json()["key"]).status_code == 200
+
+
+def test_a_key_that_may_not_use_a_model_does_not_keep_it_loaded(
+    tmp_path: Path, postgres: Postgres, demo_gguf: Path
+) -> None:
+    # Its 403s came after a lease on the model, and each lease refreshed the model's idle clock: ttl_s never came.
+    database = "many_" + uuid.uuid4().hex[:8]
+    postgres.create_database(database)
+    env = {
+        "GGUFSTACK_MODELS": catalogue(
+            {"id": "pinned", "path": str(demo_gguf), "pin": True}, {"id": "idle", "path": str(demo_gguf), "ttl_s": 2}
+        ),
+        "GGUFSTACK_N_CTX": "512",
+        "GGUFSTACK_N_SLOTS": "1",
+        "GGUFSTACK_DATABASE_URL": postgres.url(database),
+        "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
+    }
+    with ready_server(tmp_path, env) as server:
+        created = httpx.post(
+            f"{server.base_url}/admin/keys", json={"name": "pinned-only", "models": ["pinned"]}, headers=ADMIN
+        )
+        assert created.status_code == 201, created.text
+        assert chat(server, "idle").status_code == 200
+        deadline = time.monotonic() + 30
+        while models(server)["idle"]["state"] == "loaded":
+            assert time.monotonic() < deadline, "ttl_s never came while a key that may not use the model asked for it"
+            refused = chat(server, "idle", key=created.json()["key"])
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+            time.sleep(0.5)
+        assert metric(server, 'ggufstack_model_evictions_total{model="idle",reason="idle"}') == 1
+
+
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory, demo_gguf: Path, gemma_gguf: Path) -> Iterator[ServerProcess]:
     # Estimates at n_ctx 512 and 2 slots: SmolLM2 about 115 MiB, Gemma about 253 MiB. 400 MiB hold the pinned copy

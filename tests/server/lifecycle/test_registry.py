@@ -95,10 +95,13 @@ def registry(
     return models, loading, clock
 
 
-async def lease(models: ModelRegistry, name: str) -> Lease:
+async def lease(models: ModelRegistry, name: str, *, admitted: bool = True) -> Lease:
+    """A lease as a request holds it; `admitted`: the request got past every stage (admission marks it so)."""
     found = models.resolve(name)
     assert found is not None
-    return await models.lease(found)
+    held = await models.lease(found)
+    held.admitted = admitted
+    return held
 
 
 def state(models: ModelRegistry, name: str) -> str:
@@ -196,6 +199,33 @@ async def test_a_model_larger_than_the_whole_budget_fails_with_the_reason() -> N
     assert status.state == "failed" and status.reason is not None and "500 MiB" in status.reason
 
 
+async def test_a_model_that_cannot_fit_beside_the_pinned_ones_fails_at_once_and_evicts_nothing() -> None:
+    # It evicted every idle model, waited the load timeout, and did it again on the next request.
+    models, loading, _ = registry([spec("p", pin=True), spec("a"), spec("big")], dict(p=600, a=300, big=500), 1000)
+    models.start()
+    await settle()
+    (await lease(models, "a")).release()
+    waiting = asyncio.create_task(lease(models, "big"))
+    await settle()
+    assert waiting.done(), "no wait: no generation ending can make room"
+    with pytest.raises(ModelUnavailableError, match="pinned models hold 600 of the 1,000 MiB"):
+        waiting.result()
+    assert state(models, "a") == "loaded" and loading.loads == ["p", "a"]
+    await models.close()
+
+
+async def test_a_load_that_evicting_the_idle_models_cannot_make_room_for_evicts_none_of_them() -> None:
+    models, _, _ = registry([spec("a"), spec("b"), spec("c")], dict(a=600, b=300, c=500), 1000, wait_s=0)
+    streaming = await lease(models, "a")
+    (await lease(models, "b")).release()
+    with pytest.raises(ModelUnavailableError, match="not enough memory"):
+        await lease(models, "c")  # b alone is not enough, and a streams
+    assert state(models, "b") == "loaded", "evicted for nothing"
+    streaming.release()
+    (await lease(models, "c")).release()
+    assert state(models, "a") == "unloaded" and state(models, "c") == "loaded"
+
+
 async def test_a_failed_load_is_not_retried_before_its_backoff() -> None:
     models, loading, clock = registry([spec("a")], {"a": 100}, None, retry_initial_s=5)
     loading.failing["a"] = ModelLoadError("bad tensor")
@@ -247,6 +277,25 @@ async def test_idle_models_unload_after_their_ttl() -> None:
     clock.now += 60
     await models.reap()
     assert state(models, "a") == "unloaded" and state(models, "b") == "loaded"
+
+
+async def test_a_request_refused_after_its_lease_does_not_count_as_use() -> None:
+    # A key over its limit, or with a bad prompt, asking again and again must not move a model back in the order of
+    # eviction, nor keep it loaded past its ttl_s for the keys that use it.
+    models, loading, clock = registry([spec("a", ttl_s=60), spec("b"), spec("c")], dict(a=100, b=100, c=100), 250)
+    (await lease(models, "a")).release()
+    clock.now += 1
+    (await lease(models, "b")).release()
+    clock.now += 1
+    (await lease(models, "a", admitted=False)).release()
+    (await lease(models, "c")).release()
+    assert state(models, "a") == "unloaded" and state(models, "b") == "loaded", "a was the least recently used"
+    (await lease(models, "a")).release()
+    for _ in range(6):
+        clock.now += 10
+        (await lease(models, "a", admitted=False)).release()
+    await models.reap()
+    assert state(models, "a") == "unloaded" and loading.loads == ["a", "b", "c", "a"]
 
 
 async def test_an_admin_unload_lets_the_generation_in_flight_finish_first() -> None:
@@ -335,3 +384,60 @@ async def test_a_hot_swap_is_charged_what_the_new_version_needs() -> None:
     loading.sizes["a"] = 300 * MIB  # the blob's new version is larger
     await told[0](FetchResult(Path("/a-v2.gguf"), 0, 0.0))
     assert models.budget.charged(models.default) == 300 * MIB and models.budget.used_bytes == 300 * MIB
+
+
+def winding_down(wound_down: asyncio.Event) -> Callable[..., Awaitable[None]]:
+    """A watcher in the middle of a swap: cancelled, it waits for the load it cannot stop (watcher.load_or_free)."""
+
+    async def watch(spec: ModelSpec, holder: ModelHolder, fetched: FetchResult, on_swapped: object = None) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await wound_down.wait()
+            raise
+
+    return watch
+
+
+def watched(model_id: str, ttl_s: float | None = None) -> ModelSpec:
+    return WatchedSpec(model_id, (), FileModelSource(Path(f"/{model_id}.gguf")), load_settings(), False, ttl_s)
+
+
+async def test_a_model_being_evicted_is_not_leased_while_its_watcher_winds_down() -> None:
+    # It stayed installed and ready while the eviction waited for its watcher, so a request leased it, and the
+    # eviction then closed the engine under that request.
+    models, loading, clock = registry([watched("a"), spec("b")], {"a": 100, "b": 100}, 150)
+    wound_down = asyncio.Event()
+    loading.watch = winding_down(wound_down)  # type: ignore[method-assign]  # this test's watcher
+    (await lease(models, "a")).release()
+    clock.now += 1
+    b = asyncio.create_task(lease(models, "b"))  # evicts a, which waits for its watcher
+    await settle()
+    again = asyncio.create_task(lease(models, "a"))
+    await settle()
+    assert not again.done() and models.default.holder.in_flight == 0, "nothing leases the model being evicted"
+    assert loading.loads == ["a"], "its next copy waits for this one to be freed (and b for the room)"
+    wound_down.set()
+    on_b = await b
+    assert loading.engines["a"][0].closed
+    on_b.release()  # now b may go: a loads again, as a new copy
+    on_a = await again
+    assert on_a.model.engine is loading.engines["a"][1] and not loading.engines["a"][1].closed
+    on_a.release()
+
+
+async def test_an_idle_unload_spares_a_model_leased_while_another_one_was_being_unloaded() -> None:
+    models, loading, clock = registry([watched("a", ttl_s=60), spec("b", ttl_s=60)], {"a": 100, "b": 100}, None)
+    wound_down = asyncio.Event()
+    loading.watch = winding_down(wound_down)  # type: ignore[method-assign]  # this test's watcher
+    (await lease(models, "a")).release()
+    (await lease(models, "b")).release()
+    clock.now += 60
+    reaping = asyncio.create_task(models.reap())  # both are idle: a first, which waits for its watcher
+    await settle()
+    held = await lease(models, "b")
+    wound_down.set()
+    await reaping
+    assert state(models, "a") == "unloaded" and state(models, "b") == "loaded"
+    assert not loading.engines["b"][0].closed, "b was leased since the reaper listed it"
+    held.release()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from azure.storage.blob import ContainerClient, ContentSettings
 
+from server.model_source import blob
+from server.model_source.base import FetchResult
 from server.model_source.blob import BlobLocation, BlobModelSource
 from server.model_source.errors import SourceUnavailableError, VerificationError
 from tests.support.azurite import Azurite
@@ -98,7 +102,7 @@ def test_non_gguf_with_a_matching_checksum_is_refused(
     assert files(tmp_path) == []
 
 
-def test_leftover_partial_download_is_discarded_not_trusted(
+def test_leftover_partial_download_is_discarded_not_trusted_and_one_being_written_is_kept(
     azurite: Azurite, container: ContainerClient, tmp_path: Path
 ) -> None:
     upload(container, FAKE_GGUF, metadata=sha256_meta(FAKE_GGUF))
@@ -107,7 +111,10 @@ def test_leftover_partial_download_is_discarded_not_trusted(
     stale = entry.with_name(entry.name + ".12345.partial")
     stale.write_bytes(FAKE_GGUF[:1000])
     entry.unlink()
-    result = src.fetch()
+    with blob._downloads.writing(entry.with_name("sha256-" + "0" * 64 + ".gguf")) as written:
+        written.write_bytes(b"another version, being downloaded by another thread")
+        result = src.fetch()
+        assert written.exists(), "removed under the download writing it"
     assert result.bytes_downloaded == len(FAKE_GGUF)
     assert not stale.exists()
 
@@ -190,3 +197,41 @@ def test_blob_names_with_slashes_are_flattened_inside_the_cache(
     path = source(azurite, container, tmp_path, name).fetch().path
     assert path.resolve().is_relative_to(tmp_path.resolve())
     assert path.parent.name == "team%2Fllama%2Fmodel.gguf"
+
+
+@pytest.mark.parametrize("sources", ["one", "two"])
+def test_fetches_of_the_same_version_at_once_share_one_download(
+    azurite: Azurite, container: ContainerClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sources: str
+) -> None:
+    # Two catalogue entries on one blob, or a reload while a cancelled watcher's download still runs in its thread:
+    # both wrote the same `.partial`, and one removed or renamed it under the other (FileNotFoundError).
+    data = b"GGUF" + (3).to_bytes(4, "little") + bytes(range(256)) * (4096 * 17)  # 17 MiB: three ranges
+    upload(container, data, metadata=sha256_meta(data))
+    first = source(azurite, container, tmp_path)
+    second = first if sources == "one" else source(azurite, container, tmp_path)
+    progress = blob._Progress.__call__
+
+    def slow_first(self: blob._Progress, current: int, total: int | None) -> None:
+        if threading.current_thread().name == "first":
+            time.sleep(0.5)  # the first download is under way when the second begins
+        progress(self, current, total)
+
+    monkeypatch.setattr(blob._Progress, "__call__", slow_first)
+    results: dict[str, FetchResult | BaseException] = {}
+
+    def fetch(name: str, src: BlobModelSource) -> None:
+        try:
+            results[name] = src.fetch()
+        except BaseException as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=fetch, args=(n, s), name=n) for n, s in (("first", first), ("second", second))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join(60)
+    fetched = [results["first"], results["second"]]
+    assert all(isinstance(r, FetchResult) for r in fetched), fetched
+    assert sorted(r.bytes_downloaded for r in fetched if isinstance(r, FetchResult)) == [0, len(data)]
+    assert [p.name.endswith(".gguf") for p in files(tmp_path)] == [True]

@@ -4,16 +4,20 @@ admitted the same way as generations."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from server.access.caller import ANONYMOUS, Caller
 from server.errors import APIError
+from server.lifecycle.holder import Lease
 from server.protocol.openai import CompletionRequest, EmbeddingRequest
 from server.protocol.ops import TokenizeRequest
 from server.serving.endpoints import completions, embeddings, tokenizer
 from server.serving.pipeline.admission import MODEL_VERSION_HEADER, ServingContext
 from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline, prepare
+from server.serving.stages.permit import permit
 from tests.support.fake_engine import FakeEngine, registry_serving
 
 SHA = "a" * 64
@@ -129,3 +133,29 @@ async def test_a_stream_closed_before_its_first_chunk_returns_its_lease_through_
     assert ctx.models.in_flight == 0 and engine.streams[0].closed
     await reply.close()  # idempotent: the API's close after a stream that did finish changes nothing
     assert ctx.models.in_flight == 0
+
+
+async def test_a_key_limited_to_other_models_never_leases_a_loaded_one() -> None:
+    # Even a lease returned at once holds off the model's eviction, and one that counted as use would keep the model
+    # loaded past its ttl_s for the keys that may use it: the 403 comes before the lease.
+    ctx, engine = _context(permit, caller=Caller(key_id="k", models=("other-model",)))
+    leased: list[object] = []
+    ctx.models.default.holder.on_release = lambda *lease: leased.append(lease)
+    with pytest.raises(APIError) as refused:
+        await completions.create(_completion(), ctx)
+    assert (refused.value.status, refused.value.code) == (403, "model_not_allowed")
+    assert leased == [] and engine.requests == []
+
+
+async def test_only_an_admitted_request_counts_as_use_of_its_model() -> None:
+    async def refuse(job: ServingJob, call_next: Next) -> Events:
+        raise APIError(429, "slow down", type="rate_limit_error")
+        yield  # pragma: no cover
+
+    for stages, admitted in (((), True), ((refuse,), False)):
+        ctx, _ = _context(*stages)
+        released: list[Lease] = []
+        ctx.models.default.holder.on_release = released.append
+        with contextlib.suppress(APIError):
+            await completions.create(_completion(), ctx)
+        assert [lease.admitted for lease in released] == [admitted]

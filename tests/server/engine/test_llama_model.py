@@ -1,0 +1,67 @@
+"""The weights' lifetime against the threads that read them: a request that outlived its model's unload (an admin's
+drain ran out, a shutdown) is refused with a foreseen 503, never left to read freed memory, and freeing waits for a
+thread still reading the vocabulary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from server.engine.base import EngineClosedError
+from server.engine.llama_model import LlamaModel
+from server.model_source.local import demo_model
+from tests.support.engine import running_engine
+
+# Run in a process of its own: read after the free, the vocabulary aborted the process (std::out_of_range, exit 134).
+AFTER_CLOSE = """
+from server.engine.base import EngineClosedError
+from server.errors import known_error
+from server.engine.llama_model import LlamaModel
+from server.model_source.local import demo_model
+model = LlamaModel(demo_model(), n_gpu_layers=0)
+model.close()
+for use in (lambda: model.tokenize("the quick brown fox " * 20000, add_special=True), lambda: model.piece(300)):
+    try:
+        use()
+    except EngineClosedError as exc:
+        print("refused:", known_error(exc).status, exc.code)
+"""
+
+
+def test_the_vocabulary_refuses_every_use_once_the_weights_are_freed() -> None:
+    ran = subprocess.run([sys.executable, "-c", AFTER_CLOSE], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.splitlines() == ["refused: 503 server_shutting_down"] * 2
+
+
+def test_freeing_waits_for_a_thread_reading_the_vocabulary() -> None:
+    model = LlamaModel(demo_model(), n_gpu_layers=0)
+    with model.reading():
+        closing = threading.Thread(target=model.close)
+        closing.start()
+        closing.join(0.3)
+        assert closing.is_alive(), "freed under a reader"
+        assert model.ptr is not None
+        with pytest.raises(EngineClosedError):
+            model.tokenize("after close began", add_special=False)  # a new reader is refused at once
+    closing.join(30)
+    assert not closing.is_alive() and model.ptr is None
+    with pytest.raises(EngineClosedError):
+        model.tokenize("gone", add_special=False)
+
+
+@pytest.mark.asyncio
+async def test_an_engine_whose_model_was_unloaded_refuses_grammars_and_embeddings() -> None:
+    model = LlamaModel(demo_model(), n_gpu_layers=0)
+    async with running_engine(model) as engine:
+        pass
+    model.close()
+    with pytest.raises(EngineClosedError):
+        engine.compile_grammar('root ::= "a"', param="response_format")
+    with pytest.raises(EngineClosedError):
+        await engine.embed([[1, 2, 3]])
+    with pytest.raises(EngineClosedError):
+        engine.detokenize([300])
