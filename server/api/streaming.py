@@ -50,6 +50,15 @@ def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
     return components
 
 
+def whole(reply: Reply[Body], response: Response) -> Body:
+    """A reply that never streams (a stored item read): its body, with its headers (the request limit's) on the
+    response."""
+    if reply.body is None:
+        raise RuntimeError("a reply that never streams carries no body")
+    response.headers.update(reply.headers)
+    return reply.body
+
+
 def respond(reply: Reply[Body], response: Response) -> Body | EventSourceResponse:
     if reply.body is not None:
         response.headers.update(reply.headers)

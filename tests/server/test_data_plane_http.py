@@ -384,6 +384,21 @@ def test_a_conversation_is_visible_to_its_key_only(plane: Plane) -> None:
     assert httpx.get(url + "%00", headers={"Authorization": f"Bearer {owner}"}).status_code == 404
 
 
+def test_reading_a_conversation_counts_against_rpm_and_is_audited(plane: Plane) -> None:
+    """GET /v1/conversations/{id} was neither limited nor audited: a key past its RPM read on, unseen."""
+    created = plane.create_key(rpm=1)
+    url = f"{plane.servers[0].base_url}/v1/conversations/conv-{uuid.uuid4().hex}"
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    assert httpx.get(url, headers=headers).status_code == 404  # counted, though nothing was found
+    refused = httpx.get(url, headers=headers)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded", refused.text
+    query = "SELECT endpoint, status, model FROM audit_log WHERE key_id = %s ORDER BY id"
+    assert _wait_for_rows(plane, query, created["id"], 2) == [
+        ("conversations.retrieve", 404, None),
+        ("conversations.retrieve", 429, None),
+    ]
+
+
 def test_a_conversation_id_on_embeddings_or_the_tokenizer_files_no_messages(plane: Plane) -> None:
     created = plane.create_key()
     conversation = "conv-" + uuid.uuid4().hex

@@ -10,12 +10,11 @@ from fastapi import APIRouter, Query, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import PlaneDep, ServingDep
-from server.api.streaming import event_stream_schema, respond
+from server.api.streaming import event_stream_schema, respond, whole
 from server.protocol.base import ErrorResponse
 from server.protocol.responses import InputItemsQuery, ResponseRequest
 from server.protocol.responses_replies import DeletedResponse, InputItemList, ResponseObject, ResponseStreamEvent
 from server.serving.endpoints import responses, responses_stored
-from server.serving.endpoints.reply import Body, Reply
 
 router = APIRouter(prefix="/v1")
 
@@ -44,25 +43,17 @@ async def create_response(
     return respond(await responses.create(body, serving, plane.responses), response)
 
 
-def _whole(reply: Reply[Body], response: Response) -> Body:
-    """A reply that never streams: its body, with its headers (the request limit's) on the response."""
-    if reply.body is None:
-        raise RuntimeError("a stored response's reply carries no body")
-    response.headers.update(reply.headers)
-    return reply.body
-
-
 @router.get("/responses/{response_id}", responses=STORED_RESPONSES)
 async def get_response(response_id: str, serving: ServingDep, plane: PlaneDep, response: Response) -> ResponseObject:
     """A stored response; 404 for another key's, an expired one, or one created with `store: false`."""
-    return _whole(await responses_stored.retrieve(response_id, serving, plane.responses), response)
+    return whole(await responses_stored.retrieve(response_id, serving, plane.responses), response)
 
 
 @router.delete("/responses/{response_id}", responses=STORED_RESPONSES)
 async def delete_response(
     response_id: str, serving: ServingDep, plane: PlaneDep, response: Response
 ) -> DeletedResponse:
-    return _whole(await responses_stored.delete(response_id, serving, plane.responses), response)
+    return whole(await responses_stored.delete(response_id, serving, plane.responses), response)
 
 
 @router.get("/responses/{response_id}/input_items", responses=STORED_RESPONSES)
@@ -74,4 +65,4 @@ async def list_input_items(
     response: Response,
 ) -> InputItemList:
     """The input items of a stored response (those of its request, not those `previous_response_id` chained in)."""
-    return _whole(await responses_stored.input_items(response_id, query, serving, plane.responses), response)
+    return whole(await responses_stored.input_items(response_id, query, serving, plane.responses), response)

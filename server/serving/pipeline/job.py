@@ -28,7 +28,7 @@ Endpoint = Literal[
 ]
 TOKENIZER_ENDPOINTS = ("tokenize", "detokenize", "messages.count_tokens")
 # Requests that run no model: a stored Responses API response read, its input items listed, or deleted.
-ErrandEndpoint = Literal["responses.retrieve", "responses.input_items", "responses.delete"]
+ErrandEndpoint = Literal["responses.retrieve", "responses.input_items", "responses.delete", "conversations.retrieve"]
 Body = (
     ChatCompletionRequest | CompletionRequest | EmbeddingRequest | TokenizeRequest | DetokenizeRequest | ResponseRequest
 )

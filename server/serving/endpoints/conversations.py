@@ -1,0 +1,35 @@
+"""`GET /v1/conversations/{id}`: the messages a key filed under a conversation id (X-Conversation-Id), for that key
+only (anyone else gets 404). Counted against the key's RPM and audited (`conversations.retrieve`), as the stored
+Responses API reads are: a read of stored data is no free way past a key's limits."""
+
+from __future__ import annotations
+
+from server.errors import APIError
+from server.protocol.admin import Conversation, ConversationMessageOut
+from server.serving.endpoints.reply import Reply
+from server.serving.pipeline.admission import ServingContext
+from server.serving.pipeline.errand import errand
+from server.store.conversations import ConversationStore
+from server.store.errors import StoreUnavailableError
+
+
+async def retrieve(conversation_id: str, ctx: ServingContext, store: ConversationStore | None) -> Reply[Conversation]:
+    async with errand(ctx, "conversations.retrieve") as headers:
+        not_found = APIError(
+            404, f"no conversation {conversation_id!r}", type="not_found_error", code="conversation_not_found"
+        )
+        if store is None:
+            raise not_found
+        try:
+            messages = await store.messages(conversation_id, ctx.caller.key_id)
+        except StoreUnavailableError as exc:
+            raise APIError(503, str(exc), type="service_unavailable", code="database_unavailable") from None
+        if not messages:
+            raise not_found
+        listed = [
+            ConversationMessageOut(
+                role=m.role, content=m.content, request_id=m.request_id, created=int(m.created_at.timestamp())
+            )
+            for m in messages
+        ]
+        return Reply(headers, body=Conversation(id=conversation_id, messages=listed))
