@@ -146,11 +146,13 @@ class ModelWatcher:
             self._source.discard(fetched.path)
             return
         previous = self._install(new, noticed, "beside")
-        await self._swapped(fetched)
         if previous is not None:
+            # Before anything is awaited: the model it replaced is out of the holder, so a cancellation (an unload)
+            # that came before its retirement was scheduled would leave it loaded, owned by nobody.
             task = asyncio.create_task(self._retire(previous), name=f"retire-{previous.sha256[:12]}")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+        await self._swapped(fetched)
 
     async def _swap_in_place(self, fetched: FetchResult, old: ServedModel, noticed: float) -> None:
         in_flight = self._holder.leases_on(old)

@@ -4,6 +4,7 @@ watcher waits for the load and frees what it loaded before it ends; nothing is l
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,36 @@ async def test_each_version_a_swap_installs_is_told_to_the_registry(monkeypatch:
     swapping = watcher.ModelWatcher(load_settings(), holder, None, FETCHED, model_id="m", on_swapped=on_swapped)  # type: ignore[arg-type]  # no blob is read
     await swapping._swap_beside(FETCHED, noticed=0.0)
     assert holder.current is new and told == [FETCHED], "the registry charges the version installed"
+
+
+async def test_a_swap_cancelled_while_the_registry_is_told_still_frees_the_model_it_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unload cancels the watcher while it tells the registry of a swap it has just installed: the replaced model
+    is out of the holder already, so nothing but the swap itself can free it."""
+    freed = threading.Event()
+    old = ServedModel(FakeEngine(), "a" * 64, "v1", 0, free_weights=freed.set)  # type: ignore[arg-type]  # a scripted engine
+    new = ServedModel(FakeEngine(), "b" * 64, "v2", 0)  # type: ignore[arg-type]  # a scripted engine
+    telling = asyncio.Event()
+
+    async def load(*_: Any) -> ServedModel:
+        return new
+
+    async def on_swapped(_: FetchResult) -> None:
+        telling.set()
+        await asyncio.Event().wait()  # the registry, slow to answer
+
+    monkeypatch.setattr(watcher, "load_or_free", load)
+    holder = ModelHolder()
+    holder.install(old)
+    swapping = watcher.ModelWatcher(load_settings(), holder, None, FETCHED, model_id="m", on_swapped=on_swapped)  # type: ignore[arg-type]  # no blob is read
+    swap = asyncio.create_task(swapping._swap_beside(FETCHED, noticed=0.0))
+    await telling.wait()
+    swap.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await swap
+    for _ in range(100):
+        if freed.is_set():
+            break
+        await asyncio.sleep(0.02)
+    assert freed.is_set(), "the model the swap replaced is freed, not leaked"
