@@ -11,11 +11,30 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # An id a request may name: what OpenAI clients send as `model` and what a URL path (/v1/models/{id}) can carry.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 ModelName = Annotated[str, Field(pattern=f"^{MODEL_NAME.pattern}$")]
+
+
+def _a_file(value: object) -> object:
+    # Before it becomes a Path: Path("") is Path("."), a directory, never a GGUF file.
+    if isinstance(value, str) and Path(value.strip()).name in ("", ".", ".."):
+        raise ValueError("must name a GGUF file, not a directory")
+    return value
+
+
+def _a_blob(value: str) -> str:
+    # The name becomes a directory of the download cache: "." or ".." would be the container's own, or the cache's.
+    if value.strip("/") in (".", ".."):
+        raise ValueError("must name a blob, not a directory")
+    return value
+
+
+# A GGUF file's path and a blob's name, as the catalogue's entries and the one-model settings take them.
+ModelFile = Annotated[Path, BeforeValidator(_a_file)]
+BlobName = Annotated[str, AfterValidator(_a_blob)]
 
 
 class ModelEntry(BaseModel):
@@ -24,8 +43,8 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: ModelName = Field(description="What requests name as `model`.")
-    path: Path | None = Field(None, description="A local GGUF file.")
-    blob: str | None = Field(
+    path: ModelFile | None = Field(None, description="A local GGUF file.")
+    blob: BlobName | None = Field(
         None, min_length=1, description="A GGUF blob in GGUFSTACK_BLOB_CONTAINER; watched for new versions."
     )
     version: str | None = Field(
@@ -41,22 +60,6 @@ class ModelEntry(BaseModel):
     slots: int | None = Field(None, ge=0, le=256, description="Concurrent generations; 0 picks as GGUFSTACK_N_SLOTS.")
     n_gpu_layers: int | None = Field(None, ge=-1, description="Layers offloaded to the GPU; -1: all.")
     alias: list[ModelName] = Field(default_factory=list, description="Other names requests may use.")
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _a_file(cls, value: object) -> object:
-        # Path("") is Path("."): a directory, never a GGUF file.
-        if isinstance(value, str) and Path(value.strip()).name in ("", ".", ".."):
-            raise ValueError("path must name a GGUF file, not a directory")
-        return value
-
-    @field_validator("blob")
-    @classmethod
-    def _a_blob(cls, value: str | None) -> str | None:
-        # The name becomes a directory of the download cache: "." or ".." would be the container's, or the cache's.
-        if value is not None and value.strip("/") in (".", ".."):
-            raise ValueError("blob must name a blob, not a directory")
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.config.models import ModelEntry, check_catalogue, parse_catalogue
+from server.config.models import BlobName, ModelEntry, ModelFile, check_catalogue, parse_catalogue
 
 ENV_PREFIX = "GGUFSTACK_"
 SECRETS_DIR_ENV = "GGUFSTACK_SECRETS_DIR"
@@ -51,7 +51,7 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True)
 
-    model_path: Path | None = Field(None, description="Local GGUF file to serve; excludes the blob settings.")
+    model_path: ModelFile | None = Field(None, description="Local GGUF file to serve; excludes the blob settings.")
     blob_account_url: str | None = Field(
         None,
         description="Blob service URL, e.g. https://acct.blob.core.windows.net; authenticates with "
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         None, description="Storage connection string instead of an account URL (Azurite, local development)."
     )
     blob_container: str = Field("models", min_length=3, max_length=63, description="Container holding the model.")
-    blob_name: str | None = Field(None, min_length=1, description="Name of the GGUF blob in the container.")
+    blob_name: BlobName | None = Field(None, min_length=1, description="Name of the GGUF blob in the container.")
     model_alias: str | None = Field(None, min_length=1, description="Model id served by the API (default: file name).")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "ggufstack" / "models", description="Where downloaded models are kept."

@@ -45,13 +45,13 @@ def test_a_catalogue_is_read_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ('[{"id": "a", "path": "/a", "version": "v1"}]', "version pins a version of a blob: it needs blob"),
         ('[{"id": "a", "path": "/a", "pin": true, "ttl_s": 5}]', "a pinned model is never unloaded"),
         ('[{"id": "a", "blob": "a.gguf"}]', "GGUFSTACK_MODELS: a come from blobs: set GGUFSTACK_BLOB_ACCOUNT_URL"),
-        ('[{"id": "a", "path": ""}]', "GGUFSTACK_MODELS[0].path: path must name a GGUF file, not a directory (got '')"),
+        ('[{"id": "a", "path": ""}]', "GGUFSTACK_MODELS[0].path: must name a GGUF file, not a directory (got '')"),
         (
             '[{"id": "a", "path": "/models/.."}]',
-            "[0].path: path must name a GGUF file, not a directory (got '/models/..')",
+            "[0].path: must name a GGUF file, not a directory (got '/models/..')",
         ),
-        ('[{"id": "a", "blob": ".."}]', "GGUFSTACK_MODELS[0].blob: blob must name a blob, not a directory (got '..')"),
-        ('[{"id": "a", "blob": "."}]', "GGUFSTACK_MODELS[0].blob: blob must name a blob, not a directory (got '.')"),
+        ('[{"id": "a", "blob": ".."}]', "GGUFSTACK_MODELS[0].blob: must name a blob, not a directory (got '..')"),
+        ('[{"id": "a", "blob": "."}]', "GGUFSTACK_MODELS[0].blob: must name a blob, not a directory (got '.')"),
         (
             '[{"id": "a", "path": "/a", "ttl_s": Infinity}]',
             "GGUFSTACK_MODELS[0].ttl_s: Input should be a finite number",

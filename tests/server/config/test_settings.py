@@ -46,6 +46,12 @@ def test_overrides_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"GGUFSTACK_BLOB_NAME": "m.gguf"}, "GGUFSTACK_BLOB_NAME needs GGUFSTACK_BLOB_ACCOUNT_URL"),
         ({"GGUFSTACK_BLOB_ACCOUNT_URL": "https://a.blob.core.windows.net"}, "GGUFSTACK_BLOB_NAME is required"),
         (
+            {"GGUFSTACK_BLOB_ACCOUNT_URL": "https://a.blob.core.windows.net", "GGUFSTACK_BLOB_NAME": ".."},
+            "GGUFSTACK_BLOB_NAME: must name a blob, not a directory",
+        ),
+        ({"GGUFSTACK_MODEL_PATH": ""}, "GGUFSTACK_MODEL_PATH: must name a GGUF file, not a directory"),
+        ({"GGUFSTACK_MODEL_PATH": "/models/.."}, "GGUFSTACK_MODEL_PATH: must name a GGUF file, not a directory"),
+        (
             {"GGUFSTACK_MODEL_PATH": "/m.gguf", "GGUFSTACK_BLOB_NAME": "m", "GGUFSTACK_BLOB_CONNECTION_STRING": "x"},
             "set GGUFSTACK_MODEL_PATH or the GGUFSTACK_BLOB_* settings, not both",
         ),
