@@ -23,6 +23,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, RESERVED_NAMES, SchemaConverter
 
 from server.errors import APIError
 from server.serving.constrain.integer_range import integer_bounds, integer_range_gbnf
+from server.serving.constrain.schema_limits import check_bounds, check_gbnf_nesting
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_GRAMMAR_BYTES = 256 * 1024
@@ -85,6 +86,7 @@ def _convert(canonical: str, param: str, rule: str) -> str:
         raise APIError(400, f"a $defs entry of the JSON schema takes the name {taken!r}; rename it", param=param)
     if len(grammar) > MAX_GRAMMAR_BYTES:
         raise APIError(400, "the JSON schema's grammar is too large; simplify the schema", param=param)
+    check_gbnf_nesting(grammar, param)
     return grammar
 
 
@@ -93,6 +95,7 @@ def _check_supported(schema: Any, where: str, param: str) -> None:
         return
     if not isinstance(schema, dict):
         raise _unsupported(f"a subschema that is not an object at {where}", param)
+    check_bounds(schema, where, param)
     for key, value in schema.items():
         if key not in _CONSTRAINING and key not in _ANNOTATIONS:
             raise _unsupported(f"the keyword {key!r} at {where}", param)

@@ -1,0 +1,105 @@
+"""Bounds on what a JSON schema may ask of the grammar machinery, checked before the schema is converted.
+
+llama-cpp-python's converter writes a repetition of up to N items as N nested optional groups, and a fixed count as N
+copies: a count of a few bytes becomes a grammar of millions (built with the GIL held), and llama.cpp's GBNF parser
+recurses once per nesting level, so tens of thousands of levels overflow the thread's stack and kill the process.
+llama.cpp itself refuses repetitions past roughly a thousand items, so counts are bounded at `MAX_REPEAT` here,
+and a pattern's counts nested in one another by their product. As a last guard, a grammar whose parentheses nest
+deeper than any accepted schema produces is refused before it reaches llama.cpp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.errors import APIError
+
+MAX_REPEAT = 1000  # llama.cpp refused 1200 optional items in a row, as "exceeding sane defaults"
+MAX_PATTERN_CHARS = 1000
+MAX_PATTERN_GROUPS = 32  # groups nested in a pattern
+# The deepest parentheses an accepted schema produces: a repetition's `MAX_REPEAT` levels inside a pattern's groups.
+MAX_GBNF_NESTING = MAX_REPEAT + 2 * MAX_PATTERN_GROUPS + 8
+
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+def check_bounds(schema: dict[str, Any], where: str, param: str) -> None:
+    """Refuse counts and patterns of one subschema (not its subschemas) that the grammar machinery cannot take."""
+    for key in _COUNTS:
+        value = schema.get(key)
+        if isinstance(value, int) and value > MAX_REPEAT:
+            raise _refused(f"{key} {value} at {where}: counts are limited to {MAX_REPEAT}", param)
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        _check_pattern(pattern, f"the pattern at {where}", param)
+
+
+def check_gbnf_nesting(gbnf: str, param: str) -> None:
+    """Refuse a grammar whose parentheses nest deeper than llama.cpp's recursive parser is let to go."""
+    depth = deepest = 0
+    i, end = 0, len(gbnf)
+    while i < end:
+        c = gbnf[i]
+        if c in '"[':  # a literal or a character class: parentheses inside are text
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < end and gbnf[i] != close:
+                i += 2 if gbnf[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+        elif c == "\n":
+            depth = 0
+        i += 1
+    if deepest > MAX_GBNF_NESTING:
+        raise APIError(400, "the JSON schema's grammar nests too deeply; simplify the schema", param=param)
+
+
+def _check_pattern(pattern: str, what: str, param: str) -> None:
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise _refused(f"{what}: patterns are limited to {MAX_PATTERN_CHARS} characters", param)
+    groups: list[int] = [1]  # per open group, the largest product of counts nested in it so far
+    last = 1  # the product of counts nested in the atom just read
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i, last = i + 2, 1
+        elif c == "[":
+            i = _skip_class(pattern, i)
+            last = 1
+        elif c == "(":
+            groups.append(1)
+            if len(groups) - 1 > MAX_PATTERN_GROUPS:
+                raise _refused(f"{what}: groups nest at most {MAX_PATTERN_GROUPS} deep", param)
+            i += 1
+            continue
+        elif c == ")":
+            last = groups.pop() if len(groups) > 1 else 1
+            i += 1
+        elif c == "{":
+            close = pattern.find("}", i)
+            counts = [n for n in pattern[i + 1 : close].split(",") if n.strip().isdigit()] if close > 0 else []
+            count = max([1, *(int(n) for n in counts)])
+            if count * last > MAX_REPEAT:
+                raise _refused(f"{what}: counts, and counts nested in one another multiplied, are at most "
+                               f"{MAX_REPEAT}", param)  # fmt: skip
+            last *= count
+            i = close + 1 if close > 0 else i + 1
+        else:
+            i, last = i + 1, 1
+        groups[-1] = max(groups[-1], last)
+
+
+def _skip_class(pattern: str, start: int) -> int:
+    """The index after the character class that starts at `start`."""
+    i = start + 1
+    while i < len(pattern) and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i + 1
+
+
+def _refused(what: str, param: str) -> APIError:
+    return APIError(400, f"structured outputs do not support {what}", param=param)
