@@ -23,7 +23,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, RESERVED_NAMES, SchemaConverter
 
 from server.errors import APIError
 from server.serving.constrain.integer_range import integer_bounds, integer_range_gbnf
-from server.serving.constrain.schema_limits import check_bounds, check_gbnf_nesting
+from server.serving.constrain.schema_limits import check_ambiguity, check_bounds, check_gbnf_nesting
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_GRAMMAR_BYTES = 256 * 1024
@@ -74,6 +74,7 @@ def _convert(canonical: str, param: str, rule: str) -> str:
         where = "/".join(str(p) for p in exc.path) or "the root"
         raise APIError(400, f"invalid JSON schema at {where}: {exc.message}", param=param) from None
     _check_supported(schema, "#", param)
+    check_ambiguity(schema, param)
     try:
         # What llama-cpp-python's json_schema_to_gbnf does, with the top rule's name chosen.
         converter = _Converter()

@@ -6,6 +6,11 @@ recurses once per nesting level, so tens of thousands of levels overflow the thr
 llama.cpp itself refuses repetitions past roughly a thousand items, so counts are bounded at `MAX_REPEAT` here,
 and a pattern's counts nested in one another by their product. As a last guard, a grammar whose parentheses nest
 deeper than any accepted schema produces is refused before it reaches llama.cpp.
+
+Unions cost at run time: llama.cpp keeps one parse stack per way the text so far can be read, and accepting a token
+costs in the square of those. An enum's values, or a union's branches that each reference the same enum, can all stay
+open at once, so the schema's ambiguity (an enum's size, a union's branches summed, through `$ref`s) is bounded at
+`MAX_ALTERNATIVES`: a step on the engine thread, which every other request waits for, stays short.
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ from server.errors import APIError
 MAX_REPEAT = 1000  # llama.cpp refused 1200 optional items in a row, as "exceeding sane defaults"
 MAX_PATTERN_CHARS = 1000
 MAX_PATTERN_GROUPS = 32  # groups nested in a pattern
+# Enums of real schemas (countries, currencies, languages) stay under it. At the bound, a step whose sampled token the
+# grammar refuses (the whole vocabulary is then filtered) costs the engine thread about a second in the worst shape
+# (31 branches sharing a 31-value enum), a tenth of that for one flat enum; 90000 alternatives cost a minute.
+MAX_ALTERNATIVES = 1000
 # The deepest parentheses an accepted schema produces: a repetition's `MAX_REPEAT` levels inside a pattern's groups.
 MAX_GBNF_NESTING = MAX_REPEAT + 2 * MAX_PATTERN_GROUPS + 8
 
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+_UNIONS = ("anyOf", "oneOf")
+_PARTS = ("items", "additionalProperties", "allOf", "prefixItems")
 
 
 def check_bounds(schema: dict[str, Any], where: str, param: str) -> None:
@@ -32,6 +43,17 @@ def check_bounds(schema: dict[str, Any], where: str, param: str) -> None:
     pattern = schema.get("pattern")
     if isinstance(pattern, str):
         _check_pattern(pattern, f"the pattern at {where}", param)
+
+
+def check_ambiguity(schema: dict[str, Any], param: str) -> None:
+    """Refuse a schema whose grammar could keep more than `MAX_ALTERNATIVES` readings of the text open at once."""
+    found = _Ambiguity(schema).of(schema)
+    if found > MAX_ALTERNATIVES:
+        raise _refused(
+            f"a schema whose enums and unions leave {found} alternatives open at once (at most {MAX_ALTERNATIVES}; "
+            "an enum's values, summed over the branches of anyOf/oneOf that reach it)",
+            param,
+        )
 
 
 def check_gbnf_nesting(gbnf: str, param: str) -> None:
@@ -55,6 +77,44 @@ def check_gbnf_nesting(gbnf: str, param: str) -> None:
         i += 1
     if deepest > MAX_GBNF_NESTING:
         raise APIError(400, "the JSON schema's grammar nests too deeply; simplify the schema", param=param)
+
+
+class _Ambiguity:
+    """Alternatives a subschema's grammar can hold open at once: an enum's values, a union's branches summed, the
+    largest of the parts of a sequence (an object's properties, an array's items are read one after another)."""
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self._root = root
+        self._refs: dict[str, int] = {}
+
+    def of(self, schema: Any) -> int:
+        if not isinstance(schema, dict):
+            return 1
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            if ref not in self._refs:
+                self._refs[ref] = 1  # a recursive reference counts once
+                self._refs[ref] = self.of(self._target(ref))
+            return self._refs[ref]
+        for key in _UNIONS:
+            if isinstance(schema.get(key), list):
+                return sum(self.of(branch) for branch in schema[key])
+        if isinstance(schema.get("enum"), list):
+            return len(schema["enum"])
+        if isinstance(schema.get("type"), list):
+            return len(schema["type"])
+        if isinstance(schema.get("pattern"), str):
+            return str(schema["pattern"]).count("|") + 1
+        parts = [schema[key] for key in _PARTS if key in schema]
+        parts += list(schema["properties"].values()) if isinstance(schema.get("properties"), dict) else []
+        flat = [p for part in parts for p in (part if isinstance(part, list) else [part])]
+        return max([1, *(self.of(part) for part in flat)])
+
+    def _target(self, ref: str) -> Any:
+        node: Any = self._root
+        for name in ref[2:].split("/"):
+            node = node.get(name.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
+        return node
 
 
 def _check_pattern(pattern: str, what: str, param: str) -> None:

@@ -1,5 +1,6 @@
 """Schemas the grammar machinery cannot take are a 400 before they are converted: counts whose expansion would crash
-llama.cpp's parser or build gigabytes. The bounds themselves convert, compile and generate."""
+llama.cpp's parser or build gigabytes, unions that would stall the engine thread. The bounds themselves convert,
+compile and generate."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from server.engine.llama_model import LlamaModel
 from server.errors import APIError
 from server.serving.constrain.grammar import json_schema_grammar
 from server.serving.constrain.schema_limits import (
+    MAX_ALTERNATIVES,
     MAX_GBNF_NESTING,
     MAX_REPEAT,
     check_gbnf_nesting,
@@ -30,6 +32,14 @@ def _refused(schema: dict) -> str:
     return info.value.message
 
 
+def _shared_enum_union(k: int) -> dict:
+    """k branches that each start with the same k-value enum: llama.cpp holds k * k parse stacks after '['."""
+    return {
+        "$defs": {"B": {"enum": [f"x{i}" for i in range(k)]}},
+        "anyOf": [{"type": "array", "prefixItems": [{"$ref": "#/$defs/B"}, {"const": i}]} for i in range(k)],
+    }
+
+
 @pytest.mark.parametrize(
     ("schema", "fragment"),
     [
@@ -44,6 +54,10 @@ def _refused(schema: dict) -> str:
         ({"type": "string", "pattern": "^((ab){100}){100}$"}, "multiplied"),  # 10 000 copies, nested
         ({"type": "string", "pattern": "a" * 1001}, "limited to 1000 characters"),
         ({"type": "string", "pattern": "(" * 33 + "a" + ")" * 33}, "groups nest"),
+        (_shared_enum_union(300), "90000 alternatives"),
+        (_shared_enum_union(200), "40000 alternatives"),
+        ({"enum": list(range(MAX_ALTERNATIVES + 1))}, "alternatives"),
+        ({"anyOf": [{"const": i} for i in range(MAX_ALTERNATIVES + 1)]}, "alternatives"),
     ],
 )
 def test_schemas_past_the_bounds_are_refused_before_conversion(schema: dict, fragment: str) -> None:
@@ -72,6 +86,7 @@ AT_THE_BOUNDS = [
     {"type": "string", "pattern": f"^[a-z]{{1,{MAX_REPEAT}}}$"},
     {"type": "string", "pattern": f"^((ab){{10}}){{{MAX_REPEAT // 10}}}$"},
     {"type": "array", "items": {"type": "integer"}, "maxItems": MAX_REPEAT},
+    {"enum": [f"value {i}" for i in range(MAX_ALTERNATIVES)]},
     {"type": "string", "pattern": '^[^"\\\\\\x00-\\x1f]{1,8}$'},
 ]
 
@@ -85,3 +100,8 @@ async def test_schemas_at_the_bounds_compile_and_generate(model: LlamaModel, sch
         grammar = await asyncio.to_thread(engine.compile_grammar, gbnf, param=PARAM)
         events = [e async for e in engine.generate(request(engine, "Answer in JSON:", 4, grammar=grammar))]
         assert "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def test_a_two_hundred_value_enum_in_a_union_still_converts() -> None:
+    enum = {"enum": [f"v{i}" for i in range(200)]}
+    assert "root ::=" in json_schema_grammar({"anyOf": [enum, {"type": "null"}]}, param=PARAM)
