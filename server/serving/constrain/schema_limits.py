@@ -15,6 +15,7 @@ open at once, so the schema's ambiguity (an enum's size, a union's branches summ
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from server.errors import APIError
@@ -32,6 +33,14 @@ MAX_GBNF_NESTING = MAX_REPEAT + 2 * MAX_PATTERN_GROUPS + 8
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
 _UNIONS = ("anyOf", "oneOf")
 _PARTS = ("items", "additionalProperties", "allOf", "prefixItems")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LAST_CODE_POINT = 0x10FFFF
+_SHORTHANDS = {
+    "d": [(0x30, 0x39)],
+    "w": [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
+    "s": [(0x09, 0x0D), (0x20, 0x20)],
+}
+_SIMPLE_ESCAPES = {"n": 0x0A, "r": 0x0D, "t": 0x09, "f": 0x0C, "v": 0x0B, "0": 0x00}
 
 
 def check_bounds(schema: dict[str, Any], where: str, param: str) -> None:
@@ -120,6 +129,8 @@ class _Ambiguity:
 def _check_pattern(pattern: str, what: str, param: str) -> None:
     if len(pattern) > MAX_PATTERN_CHARS:
         raise _refused(f"{what}: patterns are limited to {MAX_PATTERN_CHARS} characters", param)
+    if _CONTROL.search(pattern):
+        raise _refused(f"{what}: a control character written as itself (escape it, as \\xNN)", param)
     groups: list[int] = [1]  # per open group, the largest product of counts nested in it so far
     last = 1  # the product of counts nested in the atom just read
     i = 0
@@ -128,7 +139,7 @@ def _check_pattern(pattern: str, what: str, param: str) -> None:
         if c == "\\":
             i, last = i + 2, 1
         elif c == "[":
-            i = _skip_class(pattern, i)
+            i = _check_class(pattern, i, what, param)
             last = 1
         elif c == "(":
             groups.append(1)
@@ -153,12 +164,49 @@ def _check_pattern(pattern: str, what: str, param: str) -> None:
         groups[-1] = max(groups[-1], last)
 
 
-def _skip_class(pattern: str, start: int) -> int:
-    """The index after the character class that starts at `start`."""
+def _check_class(pattern: str, start: int, what: str, param: str) -> int:
+    """Refuse a character class that admits nothing; the index after it."""
     i = start + 1
+    negated = i < len(pattern) and pattern[i] == "^"
+    i += negated
+    ranges: list[tuple[int, int]] = []
     while i < len(pattern) and pattern[i] != "]":
-        i += 2 if pattern[i] == "\\" else 1
+        low, i, shorthand = _class_char(pattern, i)
+        if shorthand:
+            ranges += shorthand
+            continue
+        high = low
+        if pattern[i : i + 1] == "-" and pattern[i + 1 : i + 2] not in ("]", ""):
+            high, i, _ = _class_char(pattern, i + 1)
+        if high < low:
+            raise _refused(f"{what}: the range {pattern[start:i]!r}... runs backwards", param)
+        ranges.append((low, high))
+    admits_nothing = _covers_all(ranges) if negated else not ranges
+    if admits_nothing:
+        raise _refused(f"{what}: a character class that admits no character", param)
     return i + 1
+
+
+def _class_char(pattern: str, i: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """One character of a class (its code point), the index after it, and the ranges of a shorthand such as \\d."""
+    if pattern[i] != "\\" or i + 1 >= len(pattern):
+        return ord(pattern[i]), i + 1, []
+    e = pattern[i + 1]
+    digits = {"x": 2, "u": 4, "U": 8}.get(e)
+    if digits and re.fullmatch(r"[0-9a-fA-F]+", pattern[i + 2 : i + 2 + digits] or "-"):
+        return int(pattern[i + 2 : i + 2 + digits], 16), i + 2 + digits, []
+    if e.lower() in _SHORTHANDS:  # a negated shorthand (\D) is taken as admitting everything
+        return 0, i + 2, _SHORTHANDS[e] if e.islower() else [(0, _LAST_CODE_POINT)]
+    return _SIMPLE_ESCAPES.get(e, ord(e)), i + 2, []
+
+
+def _covers_all(ranges: list[tuple[int, int]]) -> bool:
+    reached = -1
+    for low, high in sorted(ranges):
+        if low > reached + 1:
+            return False
+        reached = max(reached, high)
+    return reached >= _LAST_CODE_POINT
 
 
 def _refused(what: str, param: str) -> APIError:

@@ -1,6 +1,6 @@
 """Schemas the grammar machinery cannot take are a 400 before they are converted: counts whose expansion would crash
-llama.cpp's parser or build gigabytes, unions that would stall the engine thread. The bounds themselves convert,
-compile and generate."""
+llama.cpp's parser or build gigabytes, unions that would stall the engine thread, character classes that admit
+nothing or carry raw control characters into the grammar. The bounds themselves convert, compile and generate."""
 
 from __future__ import annotations
 
@@ -54,6 +54,11 @@ def _shared_enum_union(k: int) -> dict:
         ({"type": "string", "pattern": "^((ab){100}){100}$"}, "multiplied"),  # 10 000 copies, nested
         ({"type": "string", "pattern": "a" * 1001}, "limited to 1000 characters"),
         ({"type": "string", "pattern": "(" * 33 + "a" + ")" * 33}, "groups nest"),
+        ({"type": "string", "pattern": "^[x\n]$"}, "control character"),
+        ({"type": "string", "pattern": "^x\ty$"}, "control character"),
+        ({"type": "string", "pattern": "^[^\\x00-\\U0010FFFF]$"}, "admits no character"),
+        ({"type": "string", "pattern": "^[^\\D\\d]$"}, "admits no character"),
+        ({"type": "string", "pattern": "^[^\\u0000-\\uffff\\U00010000-\\U0010FFFF]$"}, "admits no character"),
         (_shared_enum_union(300), "90000 alternatives"),
         (_shared_enum_union(200), "40000 alternatives"),
         ({"enum": list(range(MAX_ALTERNATIVES + 1))}, "alternatives"),
