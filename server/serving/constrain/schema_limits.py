@@ -47,7 +47,7 @@ def check_bounds(schema: dict[str, Any], where: str, param: str) -> None:
     """Refuse counts and patterns of one subschema (not its subschemas) that the grammar machinery cannot take."""
     for key in _COUNTS:
         value = schema.get(key)
-        if isinstance(value, int) and value > MAX_REPEAT:
+        if isinstance(value, (int, float)) and value > MAX_REPEAT:  # JSON Schema takes 28000.0 for an integer
             raise _refused(f"{key} {value} at {where}: counts are limited to {MAX_REPEAT}", param)
     pattern = schema.get("pattern")
     if isinstance(pattern, str):

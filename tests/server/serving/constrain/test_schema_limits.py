@@ -45,6 +45,7 @@ def _shared_enum_union(k: int) -> dict:
     [
         ({"type": "string", "maxLength": 28000}, "maxLength 28000 at #"),
         ({"type": "string", "minLength": 100_000_000}, "minLength 100000000 at #"),
+        ({"type": "string", "minLength": 1e8}, "minLength 100000000.0 at #"),
         ({"type": "array", "items": {"type": "integer"}, "maxItems": MAX_REPEAT + 1}, "maxItems"),
         ({"type": "object", "properties": {"a": {"type": "array", "minItems": 5000}}}, "at #/properties/a"),
         ({"type": "string", "pattern": "^a{0,30000}$"}, "the pattern at #"),
