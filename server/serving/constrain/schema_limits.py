@@ -15,6 +15,7 @@ open at once, so the schema's ambiguity (an enum's size, a union's branches summ
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -107,7 +108,10 @@ class _Ambiguity:
             return self._refs[ref]
         for key in _UNIONS:
             if isinstance(schema.get(key), list):
-                return sum(self.of(branch) for branch in schema[key])
+                branches = [self.of(branch) for branch in schema[key]]
+                if _discriminated(schema[key]):  # once its first value is read, one branch is left open
+                    return max([len(branches), *branches])
+                return sum(branches)
         if isinstance(schema.get("enum"), list):
             return len(schema["enum"])
         if isinstance(schema.get("type"), list):
@@ -124,6 +128,22 @@ class _Ambiguity:
         for name in ref[2:].split("/"):
             node = node.get(name.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
         return node
+
+
+def _discriminated(branches: list[Any]) -> bool:
+    """Whether every branch is an object whose first property written (the first required one) is a constant, a
+    different one in each: a tool call's `name` before its `arguments`."""
+    firsts = set()
+    for branch in branches:
+        properties = branch.get("properties") if isinstance(branch, dict) else None
+        required = branch.get("required", []) if isinstance(branch, dict) else []
+        if not isinstance(properties, dict) or not isinstance(required, list):
+            return False
+        first = next((name for name in properties if name in required), None)
+        if first is None or not isinstance(properties[first], dict) or "const" not in properties[first]:
+            return False
+        firsts.add((first, json.dumps(properties[first]["const"], sort_keys=True)))
+    return len(firsts) == len(branches)
 
 
 def _check_pattern(pattern: str, what: str, param: str) -> None:

@@ -111,3 +111,15 @@ async def test_schemas_at_the_bounds_compile_and_generate(model: LlamaModel, sch
 def test_a_two_hundred_value_enum_in_a_union_still_converts() -> None:
     enum = {"enum": [f"v{i}" for i in range(200)]}
     assert "root ::=" in json_schema_grammar({"anyOf": [enum, {"type": "null"}]}, param=PARAM)
+
+
+def _tool_calls(names: list[str], enum_size: int) -> dict:
+    """The union of tool calls the tools grammar is built from: each call's name, a constant, comes first."""
+    arguments = {"type": "object", "properties": {"c": {"enum": [f"c{i}" for i in range(enum_size)]}}}
+    return {"anyOf": [{"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
+                       "required": ["name", "arguments"]} for name in names]}  # fmt: skip
+
+
+def test_a_union_told_apart_by_its_first_constant_counts_one_branch_at_a_time() -> None:
+    assert "root ::=" in json_schema_grammar(_tool_calls([f"tool_{i}" for i in range(5)], 250), param="tools")
+    assert "alternatives" in _refused(_tool_calls(["same"] * 5, 250))
