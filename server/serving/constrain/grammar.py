@@ -23,6 +23,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, RESERVED_NAMES, SchemaConverter
 
 from server.errors import APIError
 from server.serving.constrain.integer_range import integer_bounds, integer_range_gbnf
+from server.serving.constrain.schema_limits import check_ambiguity, check_bounds, check_gbnf_nesting
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_GRAMMAR_BYTES = 256 * 1024
@@ -73,6 +74,7 @@ def _convert(canonical: str, param: str, rule: str) -> str:
         where = "/".join(str(p) for p in exc.path) or "the root"
         raise APIError(400, f"invalid JSON schema at {where}: {exc.message}", param=param) from None
     _check_supported(schema, "#", param)
+    check_ambiguity(schema, param)
     try:
         # What llama-cpp-python's json_schema_to_gbnf does, with the top rule's name chosen.
         converter = _Converter()
@@ -85,6 +87,7 @@ def _convert(canonical: str, param: str, rule: str) -> str:
         raise APIError(400, f"a $defs entry of the JSON schema takes the name {taken!r}; rename it", param=param)
     if len(grammar) > MAX_GRAMMAR_BYTES:
         raise APIError(400, "the JSON schema's grammar is too large; simplify the schema", param=param)
+    check_gbnf_nesting(grammar, param)
     return grammar
 
 
@@ -93,6 +96,7 @@ def _check_supported(schema: Any, where: str, param: str) -> None:
         return
     if not isinstance(schema, dict):
         raise _unsupported(f"a subschema that is not an object at {where}", param)
+    check_bounds(schema, where, param)
     for key, value in schema.items():
         if key not in _CONSTRAINING and key not in _ANNOTATIONS:
             raise _unsupported(f"the keyword {key!r} at {where}", param)
