@@ -82,7 +82,8 @@ class Sampler:
         self.grammar = grammar
         self._free_grammar = free_grammar
         self._greedy = params.greedy
-        self._top_k = params.top_k
+        # Past the vocabulary a top-k keeps every token; clamped, as ctypes would wrap it into llama.cpp's int32.
+        self._top_k = min(params.top_k, self._n_vocab)
         self._temperature = np.float32(params.temperature)
         whole = not params.greedy and params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0
         # Any integer is a seed (OpenAI's clients send negative ones too); numpy's generator takes non-negative ones.
@@ -110,7 +111,7 @@ class Sampler:
             add(llama_cpp.llama_sampler_init_greedy())
             return
         if params.top_k > 0:
-            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(llama_cpp.llama_sampler_init_top_k(self._top_k))
         if params.top_p < 1.0:
             add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         if params.min_p > 0.0:
