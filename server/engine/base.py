@@ -182,6 +182,13 @@ class ContextOverflowError(EngineError):
     """The prompt, or prompt plus max_tokens, does not fit in the context window."""
 
 
+class GrammarDeadEndError(EngineError):
+    """The request's grammar allows no token next: no text this model can write continues it (a character class
+    that admits nothing, say). The generation ends here rather than take a token the grammar refused."""
+
+    code = "grammar_dead_end"
+
+
 class EngineClosedError(EngineError):
     """The engine shut down before the generation finished."""
 

@@ -27,6 +27,11 @@ _RECHECKS = 16
 _SHORTLIST = 256
 
 
+class NoAllowedTokenError(Exception):
+    """The grammar allows no token of the vocabulary next: nothing can be sampled, and accepting a token it refused
+    aborts the process inside llama.cpp."""
+
+
 def inverse_cdf(weights: np.ndarray, u: float) -> int:
     """The index where the running sum of `weights` first exceeds `u` times their total (0 <= u < 1): a draw from
     the distribution the weights describe. A cumulative sum over the whole vocabulary costs more than everything
@@ -77,7 +82,8 @@ class Sampler:
         self.grammar = grammar
         self._free_grammar = free_grammar
         self._greedy = params.greedy
-        self._top_k = params.top_k
+        # Past the vocabulary a top-k keeps every token; clamped, as ctypes would wrap it into llama.cpp's int32.
+        self._top_k = min(params.top_k, self._n_vocab)
         self._temperature = np.float32(params.temperature)
         whole = not params.greedy and params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0
         # Any integer is a seed (OpenAI's clients send negative ones too); numpy's generator takes non-negative ones.
@@ -105,7 +111,7 @@ class Sampler:
             add(llama_cpp.llama_sampler_init_greedy())
             return
         if params.top_k > 0:
-            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(llama_cpp.llama_sampler_init_top_k(self._top_k))
         if params.top_p < 1.0:
             add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         if params.min_p > 0.0:
@@ -115,7 +121,8 @@ class Sampler:
         add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        """Sample from the logits of batch position `index` and accept the token into the chain's state."""
+        """Sample from the logits of batch position `index` and accept the token into the chain's state;
+        NoAllowedTokenError, with nothing accepted, when the grammar allows no token."""
         if self._greedy:
             token = self._argmax(ctx, index)
         elif self._rng is not None:
@@ -231,7 +238,11 @@ class Sampler:
         return one[0].logit != _NEG_INF
 
     def _sample_within_grammar(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        return self._chain_pick(*self._filtered(ctx, index, np.arange(self._n_vocab, dtype=np.int32)))
+        data, candidates = self._filtered(ctx, index, np.arange(self._n_vocab, dtype=np.int32))
+        # The chain would still pick one of the refused tokens, and the grammar would abort on accepting it.
+        if not np.any(data["logit"] != _NEG_INF):
+            raise NoAllowedTokenError
+        return self._chain_pick(data, candidates)
 
     def _filtered(
         self, ctx: llama_cpp.llama_context_p, index: int, ids: np.ndarray
@@ -247,6 +258,8 @@ class Sampler:
 
     def _chain_pick(self, data: np.ndarray, candidates: llama_cpp.llama_token_data_array) -> int:
         llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(candidates))  # the bias, top-k ..., then the pick
+        if data["logit"][candidates.selected] == _NEG_INF:  # a refused token: never one to accept
+            raise NoAllowedTokenError
         token = int(data["id"][candidates.selected])
         llama_cpp.llama_sampler_accept(self.ptr, token)
         return token

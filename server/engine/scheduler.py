@@ -20,11 +20,19 @@ from dataclasses import replace
 import llama_cpp
 
 from server.engine.admission import Admission
-from server.engine.base import ChoiceFinished, EngineClosedError, Finished, FinishReason, SamplingParams, TextDelta
+from server.engine.base import (
+    ChoiceFinished,
+    EngineClosedError,
+    Finished,
+    FinishReason,
+    GrammarDeadEndError,
+    SamplingParams,
+    TextDelta,
+)
 from server.engine.grammars import Grammars
 from server.engine.handoff import Job, Outbox
 from server.engine.llama_model import LlamaModel
-from server.engine.sampler import Sampler
+from server.engine.sampler import NoAllowedTokenError, Sampler
 from server.engine.sizing import kv_copy_cost
 from server.engine.slots import Placement, Slot, pick_packed, place, reserve
 from server.engine.stats import EngineMetrics
@@ -34,6 +42,9 @@ log = logging.getLogger(__name__)
 # How many tokens of one prompt a step may prefill beside running decodes: small enough that a long prompt delays each
 # running stream's next token by tens of milliseconds on a CPU, large enough that prefill stays efficient.
 DEFAULT_PREFILL_CHUNK = 256
+
+
+DEAD_END = "the grammar allows no continuation: no token of this model's vocabulary can come next"
 
 
 class DecodeError(RuntimeError):
@@ -206,8 +217,9 @@ class Scheduler:
         sampled = 0
         for slot, index in logits_at:
             for choice in [slot, *self._fork(slot)]:
-                self._sample(choice, index, now)
-                sampled += 1
+                if choice.active:  # not when another choice of its job failed earlier in this step
+                    self._sample(choice, index, now)
+                    sampled += 1
         self._metrics.record_step(sampled)
 
     def _fork(self, leader: Slot) -> list[Slot]:
@@ -228,7 +240,12 @@ class Scheduler:
         else:
             if forced is not None and slot.thinking is not None:
                 slot.thinking.stop_forcing()
-            token = sampler.sample(self.ctx, index)
+            try:
+                token = sampler.sample(self.ctx, index)
+            except NoAllowedTokenError:
+                param = job.request.grammar.param if job.request.grammar is not None else None
+                self._fail([slot], GrammarDeadEndError(DEAD_END, param=param))
+                return
         if slot.first_token_at is None:
             slot.first_token_at = now
             if slot.choice == 0:

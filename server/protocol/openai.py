@@ -18,7 +18,8 @@ from pydantic import (
 from server.protocol.base import RequestBody, current_limits
 
 Stop = Annotated[str, Field(min_length=1)]
-TokenIdKey = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="A token id, as a string.")]
+# Ten digits hold every token id; a longer key would reach Python's int-conversion limit in `int()` (a 500).
+TokenIdKey = Annotated[str, Field(pattern=r"^-?[0-9]{1,10}$", description="A token id, as a string.")]
 LogitBias = dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]]
 
 

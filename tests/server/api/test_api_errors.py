@@ -38,6 +38,7 @@ LONG_TEXT = "hello world " * 3000  # about 6000 tokens, past the default 4096-to
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "logit_bias": {"abc": 1}}, 400, "logit_bias", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "logit_bias": {"5": 500}}, 400, "logit_bias", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "logit_bias": {"99999999": 1}}, 400, "logit_bias", None),
+        (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "logit_bias": {"9" * 5000: 1}}, 400, "logit_bias", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "seed": "x"}, 400, "seed", None),
         (CHAT, {"model": DEMO_MODEL_ID, "messages": USER, "tools": []}, 400, "tools", None),
         (

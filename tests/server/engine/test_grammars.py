@@ -15,10 +15,11 @@ from server.engine.base import (
     EngineError,
     EngineOverloadedError,
     GenerationEvent,
+    GrammarDeadEndError,
     TextDelta,
 )
 from server.engine.llama_model import LlamaModel
-from tests.support.engine import request, running_engine
+from tests.support.engine import request, run, running_engine
 
 PROMPT = "My favourite colour and animal are"
 PAIR = 'root ::= ("red" | "green" | "blue" | "yellow") " " ("cat" | "dog" | "bird" | "horse")'
@@ -145,3 +146,22 @@ async def test_shutdown_frees_the_grammars_of_running_and_waiting_generations(mo
         with pytest.raises(EngineClosedError):
             engine.generate(request(engine, PROMPT, 8, grammar=engine.compile_grammar(WORDS, param="tools")))
         assert engine.probe.live_grammars() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9}, {"temperature": 0.9, "top_k": 40}])
+@pytest.mark.parametrize("dead", ["root ::= [^\\x00-\\U0010FFFF]", 'root ::= "a" [^\\x00-\\U0010FFFF]'])
+async def test_a_grammar_that_allows_no_token_ends_its_request_and_others_go_on(
+    model: LlamaModel, dead: str, sampling: dict[str, object]
+) -> None:
+    # A character class that admits no character: accepting the token sampled anyway aborts the process in llama.cpp.
+    async with running_engine(model) as engine:
+        other = asyncio.create_task(run(engine, request(engine, PROMPT, 24)))
+        grammar = engine.compile_grammar(dead, param="response_format")
+        with pytest.raises(GrammarDeadEndError) as failed:
+            await run(engine, request(engine, PROMPT, 8, grammar=grammar, n=2, **sampling))
+        assert failed.value.param == "response_format"
+        _, finished = await other
+        assert finished.completion_tokens == 24
+        async with engine.probe.paused():
+            assert engine.probe.live_grammars() == 0

@@ -221,3 +221,17 @@ def test_a_draw_under_a_grammar_follows_the_distribution_over_what_it_allows(
     for token in np.argsort(-expected)[:5]:
         p = expected[token]
         assert abs(counts[token] / draws - p) < 4 * np.sqrt(p * (1 - p) / draws) + 1e-3, (int(token), p)
+
+
+def test_a_top_k_past_int32_keeps_every_token_rather_than_wrapping(
+    model: LlamaModel, decoded: tuple[llama_cpp.llama_context_p, int]
+) -> None:
+    ctx, _ = decoded
+    drawn = set()
+    for seed in range(200):  # 2**32 + 5 in llama.cpp's int32 would be a top-k of 5
+        sampler = new_sampler(model, SamplingParams(max_tokens=1, temperature=3.0, top_k=2**32 + 5, seed=seed))
+        try:
+            drawn.add(sampler.sample(ctx, 0))
+        finally:
+            sampler.close()
+    assert len(drawn) > 5
