@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.access.authenticate import authorization_of, bearer_token
-from server.access.caller import Authenticator, Caller
+from server.access.caller import Caller
+from server.api.gates import authenticate, check_admin_key
 from server.api.middleware import ACCEPTABLE_ID
 from server.config.settings import Settings
 from server.errors import APIError
@@ -15,7 +15,7 @@ from server.lifecycle.registry import ModelRegistry
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.assemble import DataPlane
 from server.serving.pipeline.stages import Pipeline
-from server.store.keys import KeyStore, same_secret
+from server.store.keys import KeyStore
 
 
 def _models(request: Request) -> ModelRegistry:
@@ -34,24 +34,7 @@ def _plane(request: Request) -> DataPlane:
 
 
 def _admin(request: Request) -> None:
-    """Refuse a request without the admin key (401; 429 for an address that failed too often)."""
-    plane = _plane(request)
-    if plane.admin_key is None:
-        raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
-    address = request.client.host if request.client is not None else "unknown"
-    wait_s = plane.admin_attempts.retry_after_s(address)
-    if wait_s is not None:
-        raise APIError(
-            429,
-            f"too many failed admin API key attempts from this address; retry in {wait_s} s",
-            type="rate_limit_error",
-            code="too_many_failed_attempts",
-            headers={"Retry-After": str(wait_s)},
-        )
-    key = bearer_token(request.headers.get("authorization"))
-    if key is None or not same_secret(key, plane.admin_key):
-        plane.admin_attempts.failed(address)
-        raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
+    check_admin_key(request)
 
 
 def _admin_keys(request: Request) -> KeyStore:
@@ -66,9 +49,7 @@ def _admin_keys(request: Request) -> KeyStore:
 
 
 async def _caller(request: Request) -> Caller:
-    authenticate: Authenticator = request.app.state.authenticator
-    headers = request.headers
-    return await authenticate(authorization_of(headers.getlist("authorization"), headers.getlist("x-api-key")))
+    return await authenticate(request)
 
 
 CONVERSATION_HEADER = "x-conversation-id"

@@ -10,6 +10,7 @@ from fastapi import APIRouter, status
 
 from server.api.cards import model_card
 from server.api.deps import AdminDep, AdminKeysDep, ModelsDep, PlaneDep, SettingsDep
+from server.api.gates import AdminKeyFirstRoute
 from server.errors import APIError
 from server.lifecycle.catalogue import CatalogueModel
 from server.lifecycle.failures import PinnedModelError
@@ -21,7 +22,7 @@ from server.serving.pipeline.admission import model_not_found
 from server.store.errors import StoreUnavailableError
 from server.store.keys import KeyRecord
 
-router = APIRouter(prefix="/admin")
+router = APIRouter(prefix="/admin", route_class=AdminKeyFirstRoute)
 RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 429, 500, 503)}
 MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (401, 404, 409, 429, 500, 503)}
 

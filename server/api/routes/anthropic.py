@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import ServingDep
+from server.api.gates import KeyFirstRoute
 from server.api.streaming import named_event_stream_schema, respond_named
 from server.protocol.anthropic import (
     AnthropicError,
@@ -27,7 +28,7 @@ from server.protocol.anthropic import (
 )
 from server.serving.endpoints import messages
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=KeyFirstRoute)
 
 # Stream events appear in no route's JSON body; the event-stream schema refers to them.
 STREAM_EVENTS = (

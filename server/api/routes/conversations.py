@@ -6,12 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from server.api.deps import PlaneDep, ServingDep
+from server.api.gates import KeyFirstRoute
 from server.api.streaming import whole
 from server.protocol.admin import Conversation
 from server.protocol.base import ErrorResponse
 from server.serving.endpoints import conversations
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=KeyFirstRoute)
 
 
 @router.get(

@@ -10,6 +10,7 @@ from sse_starlette import EventSourceResponse
 
 from server.api.cards import model_card
 from server.api.deps import CallerDep, ModelsDep, ServingDep
+from server.api.gates import KeyFirstRoute
 from server.api.streaming import event_stream_schema, respond
 from server.lifecycle.holder import ModelNotReadyError
 from server.protocol.base import ErrorResponse
@@ -25,7 +26,7 @@ from server.protocol.openai_replies import (
 from server.serving.endpoints import chat, completions, embeddings
 from server.serving.pipeline.admission import model_not_found
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=KeyFirstRoute)
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -68,7 +69,7 @@ async def get_model(model_id: str, models: ModelsDep, _: CallerDep) -> ModelCard
 
 def embeddings_router() -> APIRouter:
     """POST /v1/embeddings, included only while GGUFSTACK_EMBEDDINGS is on."""
-    embeddings_routes = APIRouter(prefix="/v1")
+    embeddings_routes = APIRouter(prefix="/v1", route_class=KeyFirstRoute)
 
     @embeddings_routes.post(
         "/embeddings", response_model=EmbeddingList, responses=_errors(400, 401, 403, 404, 429, 500, 503)

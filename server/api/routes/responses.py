@@ -10,13 +10,14 @@ from fastapi import APIRouter, Query, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import PlaneDep, ServingDep
+from server.api.gates import KeyFirstRoute
 from server.api.streaming import event_stream_schema, respond, whole
 from server.protocol.base import ErrorResponse
 from server.protocol.responses import InputItemsQuery, ResponseRequest
 from server.protocol.responses_replies import DeletedResponse, InputItemList, ResponseObject, ResponseStreamEvent
 from server.serving.endpoints import responses, responses_stored
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=KeyFirstRoute)
 
 # Stream events appear in no route's JSON body; the event-stream schema refers to them.
 STREAM_EVENTS = (ResponseStreamEvent,)

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import ServingDep
+from server.api.gates import KeyFirstRoute
 from server.api.streaming import respond
 from server.protocol.base import ErrorResponse
 from server.protocol.ops import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.serving.endpoints import tokenizer
 
-router = APIRouter()
+router = APIRouter(route_class=KeyFirstRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 429, 500, 503)

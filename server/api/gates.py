@@ -1,0 +1,85 @@
+"""Keys are checked before bodies are read.
+
+FastAPI reads and parses a route's JSON body before it resolves the route's dependencies, so a key checked only by a
+dependency let a client without one make the server read and parse, on the event loop, every body it sent (up to
+GGUFSTACK_MAX_REQUEST_BYTES): no answer for it, a pause for every stream on the replica. The routers that need a key
+build their routes from the classes here, whose handlers check the key before the body is touched and leave what they
+found on `request.state` for the dependencies. A refusal is answered without reading the body at all; the server then
+closes the connection rather than read what follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+from server.access.authenticate import authorization_of, bearer_token
+from server.access.caller import Authenticator, Caller
+from server.errors import APIError
+from server.serving.pipeline.assemble import DataPlane
+from server.store.keys import same_secret
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+async def authenticate(request: Request) -> Caller:
+    """The caller the request's key names (401 for a missing or unknown key), found once per request."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None:
+        authenticator: Authenticator = request.app.state.authenticator
+        headers = request.headers
+        caller = await authenticator(authorization_of(headers.getlist("authorization"), headers.getlist("x-api-key")))
+        request.state.caller = caller
+    return caller
+
+
+def check_admin_key(request: Request) -> None:
+    """Refuse a request without the admin key (401; 429 for an address that failed too often)."""
+    if getattr(request.state, "admin", False):
+        return
+    plane: DataPlane = request.app.state.plane
+    if plane.admin_key is None:
+        raise APIError(401, "the admin API is off: set GGUFSTACK_ADMIN_API_KEY", code="invalid_api_key")
+    address = request.client.host if request.client is not None else "unknown"
+    wait_s = plane.admin_attempts.retry_after_s(address)
+    if wait_s is not None:
+        raise APIError(
+            429,
+            f"too many failed admin API key attempts from this address; retry in {wait_s} s",
+            type="rate_limit_error",
+            code="too_many_failed_attempts",
+            headers={"Retry-After": str(wait_s)},
+        )
+    key = bearer_token(request.headers.get("authorization"))
+    if key is None or not same_secret(key, plane.admin_key):
+        plane.admin_attempts.failed(address)
+        raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
+    request.state.admin = True
+
+
+class KeyFirstRoute(APIRoute):
+    """A route whose caller is authenticated before its body is read."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+
+        async def key_first(request: Request) -> Response:
+            await authenticate(request)
+            return await handler(request)
+
+        return key_first
+
+
+class AdminKeyFirstRoute(APIRoute):
+    """A route whose admin key is checked before its body is read."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+
+        async def admin_key_first(request: Request) -> Response:
+            check_admin_key(request)
+            return await handler(request)
+
+        return admin_key_first
