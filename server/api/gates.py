@@ -10,7 +10,8 @@ closes the connection rather than read what follows.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
@@ -21,7 +22,7 @@ from server.errors import APIError
 from server.serving.pipeline.assemble import DataPlane
 from server.store.keys import same_secret
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 async def authenticate(request: Request) -> Caller:
