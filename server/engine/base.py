@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
+from server.engine.control_text import ControlTexts
 from server.engine.thinking import ThinkingBudget
 from server.errors import FailureKind, ForeseenError
 
@@ -222,7 +223,14 @@ class Engine(Protocol):
     @property
     def gpu_offload(self) -> bool: ...
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        """`text`'s tokens; with `parse_special`, a control token's text becomes that token, without it, text."""
+        ...
+
+    @property
+    def control_texts(self) -> ControlTexts:
+        """The texts of the model's control tokens, which a client's strings may spell only as text."""
+        ...
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 

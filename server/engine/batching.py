@@ -20,6 +20,7 @@ import llama_cpp
 from server.engine.admission import BURST_MAX_S, BURST_QUIET_S, Admission
 from server.engine.base import EngineClosedError, EngineStats, GenerationRequest, GenerationStream, Grammar
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
+from server.engine.control_text import ControlTexts
 from server.engine.embeddings import Embedder, EmbeddingsUnsupportedError
 from server.engine.grammars import Grammars, take_handle
 from server.engine.handoff import Job, JobStream
@@ -103,8 +104,12 @@ class BatchingEngine:
     def gpu_offload(self) -> bool:
         return self._model.gpu_offload
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        return self._model.tokenize(text, add_special=add_special)
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    @property
+    def control_texts(self) -> ControlTexts:
+        return self._model.control_texts
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         self._model.check_token_ids(tokens, param="tokens")

@@ -28,6 +28,7 @@ from server.engine.chat_template import (
     detect_reasoning,
     detect_tool_syntax,
 )
+from server.engine.control_text import ControlTexts
 from server.engine.validation import check_token_ids
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ class LlamaModel:
         self._chat = self._chat_formatter()
         self.tool_syntax: ToolSyntax | None = detect_tool_syntax(self._chat.template, self._render)
         self.reasoning: ReasoningSyntax | None = detect_reasoning(self._chat.template, self._render)
+        # Thinking tags stay as written: templates split an answer's history at them, and they mark no turn.
+        thinking_tags = {self.reasoning.open, self.reasoning.close} if self.reasoning is not None else set()
+        self.control_texts = ControlTexts(self._control_token_texts() - thinking_tags)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -147,16 +151,23 @@ class LlamaModel:
                 if not self._readers:
                     self._freeing.notify_all()
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def _control_token_texts(self) -> set[str]:
+        """The texts of the tokens that llama.cpp reads from text only when told to parse special tokens."""
+        quoted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        get_attr = llama_cpp.llama_vocab_get_attr
+        return {self._special_text(token) for token in range(self.info.n_vocab) if get_attr(self.vocab, token) & quoted}
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        """`text`'s tokens; with `parse_special`, a control token's text becomes that token, without it, text."""
         data = text.encode()
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
         with self.reading():
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
             if n < 0:
                 capacity = -n
                 buf = (llama_cpp.llama_token * capacity)()
-                n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+                n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:

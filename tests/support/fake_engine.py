@@ -17,6 +17,7 @@ from server.engine.base import (
     TextDelta,
 )
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
+from server.engine.control_text import ControlTexts
 from server.lifecycle.budget import Budget
 from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.holder import ModelHolder, ServedModel
@@ -66,7 +67,9 @@ class FakeEngine:
     grammars: list[tuple[str, str]] = field(default_factory=list)  # (GBNF, start rule) of every compiled grammar
     closed: bool = False
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    control_texts: ControlTexts = field(default_factory=ControlTexts)
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         return [ord(c) for c in text]
 
     def detokenize(self, tokens: Sequence[int]) -> str:

@@ -101,8 +101,11 @@ def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = 
     tool_format = tools.format_for(engine)
     template_input = tool_format.template_input(messages, plan)
     variables = _template_variables(engine.reasoning, body)
-    # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
-    rendered = engine.render_chat(template_input.messages, template_input.tools, variables) + start
+    # Everything the client wrote reaches the template quoted: a control token's text in it stays text.
+    quoting = engine.control_texts.quoting()
+    rendered = engine.render_chat(
+        quoting.shield(template_input.messages), quoting.shield(template_input.tools), quoting.shield(variables)
+    ) + quoting.shield(start)
     reasoning = engine.reasoning
     if reasoning is not None:
         # Whether this prompt opened the block is read from the prompt itself: `enable_thinking: false` makes Qwen3's
@@ -111,7 +114,13 @@ def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = 
         inside = rendered.rstrip().endswith(reasoning.open)
         turned_off = reasoning.switch and body.thinking_off()
         reasoning = None if prefill or turned_off else replace(reasoning, starts_inside=inside)
-    return ChatPrompt(engine.tokenize(rendered, add_special=False), plan, tool_format, reasoning)
+    # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
+    tokens = [
+        token
+        for text, parse_special in quoting.pieces(rendered)
+        for token in engine.tokenize(text, add_special=False, parse_special=parse_special)
+    ]
+    return ChatPrompt(tokens, plan, tool_format, reasoning)
 
 
 def _template_variables(syntax: ReasoningSyntax | None, body: ChatCompletionRequest) -> dict[str, Any]:
