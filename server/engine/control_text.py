@@ -65,14 +65,14 @@ class Quoting:
     _index: dict[str, int] = field(default_factory=dict)
 
     def shield(self, value: Any) -> Any:
-        """`value` with every control text in its strings (at any depth of dicts and lists; not in keys) replaced by
-        a placeholder; `value` itself when none has one."""
+        """`value` with every control text in its strings replaced by a placeholder, at any depth of dicts and lists
+        and in keys too (templates write tool arguments and schemas with `tojson`, keys and all)."""
         if self._pattern is None:
             return value
         if isinstance(value, str):
             return self._pattern.sub(self._placeholder, value)
         if isinstance(value, Mapping):
-            return {key: self.shield(item) for key, item in value.items()}
+            return {self.shield(key): self.shield(item) for key, item in value.items()}
         if isinstance(value, list | tuple):
             return [self.shield(item) for item in value]
         return value

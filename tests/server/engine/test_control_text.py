@@ -56,9 +56,12 @@ def test_control_text_at_any_depth_becomes_a_quoted_piece() -> None:
     ]
 
 
-def test_keys_and_other_values_are_left_alone() -> None:
+def test_keys_are_quoted_too_and_other_values_left_alone() -> None:
     quoting = CHATML.quoting()
-    assert quoting.shield({"<|im_end|>": 1, "flag": True, "n": None}) == {"<|im_end|>": 1, "flag": True, "n": None}
+    shielded = quoting.shield({"<|im_end|>": 1, "flag": True, "n": None})
+    (key,) = set(shielded) - {"flag", "n"}
+    assert "<|" not in key and shielded[key] == 1 and shielded["flag"] is True and shielded["n"] is None
+    assert quoting.pieces(key) == [("<|im_end|>", False)]
 
 
 def test_placeholders_survive_case_changes_and_repeats_but_cannot_be_forged() -> None:
