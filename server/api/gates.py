@@ -55,7 +55,7 @@ def check_admin_key(request: Request) -> None:
         )
     key = bearer_token(request.headers.get("authorization"))
     if key is None or not same_secret(key, plane.admin_key):
-        plane.admin_attempts.failed(address)
+        plane.admin_attempts.count(address)
         raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
     request.state.admin = True
 

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         "with Retry-After.",
     )
 
+    model_loads_per_key_per_minute: int = Field(
+        10,
+        ge=0,
+        description="Model loads one API key may start in a minute on one replica; the request that would start one "
+        "more gets 429 with Retry-After. 0: no limit. The admin key is not limited.",
+    )
+
     lost_model_restart_s: float = Field(
         300.0,
         gt=0,

@@ -79,8 +79,10 @@ class ModelRegistry:
 
     # Serving
 
-    async def lease(self, m: CatalogueModel) -> Lease:
-        """A lease on `m`'s engine, loading it first if it is not loaded (waiting at most the load timeout)."""
+    async def lease(self, m: CatalogueModel, starting_load: Callable[[], None] | None = None) -> Lease:
+        """A lease on `m`'s engine, loading it first if it is not loaded (waiting at most the load timeout).
+        `starting_load` is called just before this request starts a load of `m` (not when it joins one under way),
+        and may refuse it by raising."""
         if self._draining:
             raise ServerDrainingError("the server is shutting down and takes no new requests")
         holder = m.holder
@@ -95,7 +97,7 @@ class ModelRegistry:
         try:
             deadline = self.clock() + self.load_timeout_s
             while True:
-                task = self._start_load(m)
+                task = self._start_load(m, starting_load)
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     raise self._still_loading(m)
@@ -115,11 +117,13 @@ class ModelRegistry:
     def _lease_loaded(self, m: CatalogueModel) -> Lease | None:
         return m.holder.lease() if m.holder.current is not None else None
 
-    def _start_load(self, m: CatalogueModel) -> asyncio.Task[None]:
+    def _start_load(self, m: CatalogueModel, starting: Callable[[], None] | None = None) -> asyncio.Task[None]:
         if m.loading is not None and not m.loading.done():
             return m.loading
         if m.failure is not None and self.clock() < m.retry_at:
             raise self._failed(m)
+        if starting is not None:
+            starting()
         m.loading = self._spawn(self._load_once(m), f"load-{m.id}")
         return m.loading
 

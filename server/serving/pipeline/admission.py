@@ -6,6 +6,7 @@ queue) is still an HTTP status, not an error inside a stream that already said 2
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
@@ -153,14 +154,19 @@ class Collected:
 
 
 async def lease_model(
-    models: ModelRegistry, model: str, caller: Caller, before_load: Callable[[], Awaitable[None]] | None = None
+    models: ModelRegistry,
+    model: str,
+    caller: Caller,
+    before_load: Callable[[], Awaitable[None]] | None = None,
+    starting_load: Callable[[Caller, str], None] | None = None,
 ) -> Lease:
     """A lease on the model `model` names (its id or an alias), loading it if it is not loaded; 404 when no catalogue
     model has that name.
 
     A key limited to other models is refused here, before anything touches the model: a lease, even one returned at
     once, would hold off its eviction, and a load evicts what other keys use. When the model is not loaded,
-    `before_load` (the pipeline's load gates: its key's request limit) runs too before the load begins."""
+    `before_load` (the pipeline's load gates: its key's request limit) runs too before the load begins, and
+    `starting_load` (its key's load limit) just before this request starts one."""
     found = models.resolve(model)
     if found is None:
         raise model_not_found(models, model)
@@ -168,7 +174,7 @@ async def lease_model(
     if found.holder.current is None and before_load is not None:
         await before_load()
     try:
-        return await models.lease(found)
+        return await models.lease(found, functools.partial(starting_load, caller, found.id) if starting_load else None)
     except ServerDrainingError:
         prometheus.requests_refused.labels("draining").inc()
         raise
@@ -212,7 +218,7 @@ async def admit(
         nonlocal admitted_early
         admitted_early = await ctx.pipeline.before_load(ctx.caller, ctx.request_id)
 
-    lease = await lease_model(ctx.models, model, ctx.caller, before_load)
+    lease = await lease_model(ctx.models, model, ctx.caller, before_load, ctx.pipeline.starting_load)
     try:
         job = ServingJob(
             ctx.request_id,

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from server.access.api_keys import KeyVerifier
 from server.access.authenticate import KeyAuthenticator
 from server.access.caller import Authenticator, open_access
-from server.access.throttle import FailureThrottle
+from server.access.load_limit import LoadLimit
+from server.access.throttle import Throttle
 from server.config.settings import Settings
 from server.serving.pipeline.stages import LoadGate, Pipeline, Recorder, Stage, prepare
 from server.serving.stages.observe import observe
@@ -39,7 +40,7 @@ class DataPlane:
     conversations: ConversationStore | None = None
     admin_key: str | None = None
     # Failed admin-key attempts per client address: the admin API refuses an address that keeps guessing.
-    admin_attempts: FailureThrottle = field(default_factory=FailureThrottle)
+    admin_attempts: Throttle = field(default_factory=Throttle)
 
 
 async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
@@ -99,7 +100,12 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
     return DataPlane(
         authenticator,
-        Pipeline(stages, load_gates=load_gates, recorders=recorders),
+        Pipeline(
+            stages,
+            load_gates=load_gates,
+            recorders=recorders,
+            load_limit=LoadLimit(settings.model_loads_per_key_per_minute),
+        ),
         responses,
         keys,
         verifier,

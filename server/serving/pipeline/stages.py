@@ -17,6 +17,7 @@ from functools import partial
 from typing import Protocol
 
 from server.access.caller import Caller
+from server.access.load_limit import LoadLimit
 from server.engine.base import Engine, Finished, GenerationEvent
 from server.serving.pipeline.job import Errand, PreparedGeneration, ServingJob
 
@@ -129,11 +130,13 @@ class Pipeline:
         terminal: Next = generate,
         load_gates: Sequence[LoadGate] = (),
         recorders: Sequence[Recorder] = (),
+        load_limit: LoadLimit | None = None,
     ) -> None:
         self.stages = tuple(stages)
         self._terminal = terminal
         self._load_gates = tuple(load_gates)
         self._recorders = tuple(recorders)
+        self._load_limit = load_limit
 
     async def before_load(self, caller: Caller, request_id: str) -> dict[str, str]:
         """Run the load gates for a request whose model must be loaded first; their headers, or their refusal."""
@@ -141,6 +144,11 @@ class Pipeline:
         for gate in self._load_gates:
             headers.update(await gate(caller, request_id))
         return headers
+
+    def starting_load(self, caller: Caller, model_id: str) -> None:
+        """Count the load of `model_id` a request of `caller`'s is about to start, or refuse it (its key's limit)."""
+        if self._load_limit is not None:
+            self._load_limit.starting(caller, model_id)
 
     def record(self, errand: Errand) -> None:
         """Record a request that ran no model; its request limit was the load gates' (`before_load`)."""

@@ -179,10 +179,19 @@ def test_a_key_that_may_not_use_a_model_does_not_keep_it_loaded(
 
 
 @pytest.fixture(scope="module")
-def tight(tmp_path_factory: pytest.TempPathFactory, demo_gguf: Path, gemma_gguf: Path) -> Iterator[ServerProcess]:
+def tight(
+    tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, demo_gguf: Path, gemma_gguf: Path
+) -> Iterator[ServerProcess]:
     # Estimates at n_ctx 512 and 2 slots: SmolLM2 about 115 MiB, Gemma about 253 MiB. 400 MiB hold the pinned copy
-    # of SmolLM2 and one other, never all three.
+    # of SmolLM2 and one other, never all three. The admin key (which the tests use unless they say otherwise) is not
+    # held to the loads per key per minute.
+    database = "tight_" + uuid.uuid4().hex[:8]
+    postgres.create_database(database)
     env = {
+        "GGUFSTACK_DATABASE_URL": postgres.url(database),
+        "GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY,
+        "GGUFSTACK_KEY_CACHE_TTL_S": "0",
+        "GGUFSTACK_MODEL_LOADS_PER_KEY_PER_MINUTE": "3",
         "GGUFSTACK_MODELS": catalogue(
             {"id": "pinned", "path": str(demo_gguf), "pin": True},
             {"id": "smol", "path": str(demo_gguf)},
@@ -210,6 +219,24 @@ def test_alternating_models_evict_each_other_never_the_pinned_one(tight: ServerP
     assert metric(tight, "ggufstack_model_memory_budget_bytes") == 400 * 2**20
 
 
+def test_a_key_alternating_models_that_do_not_fit_is_held_to_its_loads_per_minute(tight: ServerProcess) -> None:
+    created = httpx.post(f"{tight.base_url}/admin/keys", json={"name": "alternates"}, headers=ADMIN, timeout=10)
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    loaded = "smol" if models(tight)["smol"]["state"] == "loaded" else "gemma"
+    order = ["gemma", "smol"] if loaded == "smol" else ["smol", "gemma"]
+    for model in order + order[:1]:  # three loads, each evicting the other model
+        assert chat(tight, model, key=key).status_code == 200
+    refused = chat(tight, order[1], key=key)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_model_loads"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert models(tight)[order[1]]["state"] == "unloaded", "refused before its load began"
+    assert chat(tight, order[0], key=key).status_code == 200, "a loaded model starts no load"
+    assert metric(tight, 'ggufstack_rate_limited_requests_total{limit="model_loads"}') == 1
+    assert chat(tight, order[1]).status_code == 200, "the admin key is not limited"
+
+
 def test_a_model_with_a_stream_in_flight_is_not_evicted_the_load_waits(tight: ServerProcess) -> None:
     assert chat(tight, "smol").status_code == 200  # smol resident, gemma not
     stream_lines: list[str] = []
@@ -222,7 +249,7 @@ def test_a_model_with_a_stream_in_flight_is_not_evicted_the_load_waits(tight: Se
             "stream": True,
             "logit_bias": SMOL_EOS,
         }
-        with httpx.stream("POST", f"{tight.base_url}/v1/completions", json=body, timeout=300) as r:
+        with httpx.stream("POST", f"{tight.base_url}/v1/completions", json=body, headers=ADMIN, timeout=300) as r:
             stream_lines.extend(line for line in r.iter_lines() if line.startswith("data: "))
 
     answered: list[httpx.Response] = []
@@ -245,7 +272,9 @@ def test_a_model_with_a_stream_in_flight_is_not_evicted_the_load_waits(tight: Se
 
 
 def test_concurrent_streams_on_two_models_that_do_not_fit_together_all_complete(tight: ServerProcess) -> None:
-    loads = {m: StreamLoad(tight.base_url, m, streams=1, max_tokens=8).start() for m in ("smol", "gemma")}
+    loads = {
+        m: StreamLoad(tight.base_url, m, streams=1, max_tokens=8, headers=ADMIN).start() for m in ("smol", "gemma")
+    }
     try:
         deadline = time.monotonic() + 240
         while any(sum(r.complete for r in load.records) < 2 for load in loads.values()):

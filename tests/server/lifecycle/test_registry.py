@@ -14,7 +14,7 @@ import pytest
 from server.config.settings import load_settings
 from server.engine.base import EngineStats
 from server.engine.llama_model import ModelLoadError
-from server.errors import known_error
+from server.errors import APIError, known_error
 from server.lifecycle.budget import Budget
 from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError, PinnedModelError
@@ -135,6 +135,30 @@ async def test_a_model_loads_once_however_many_requests_wait_for_it() -> None:
     assert {lease.model.model_id for lease in leases} == {"smol"} and state(models, "smol") == "loaded"
     for held in leases:
         held.release()
+
+
+async def test_only_the_request_that_starts_a_load_is_told_so_and_may_refuse_it() -> None:
+    models, loading, _ = registry([spec("smol")], {"smol": 100}, None)
+    found = models.resolve("smol")
+    assert found is not None
+    loading.gates["smol"] = asyncio.Event()
+    started: list[int] = []
+    waiting = [asyncio.create_task(models.lease(found, lambda i=i: started.append(i))) for i in range(3)]
+    await settle()
+    assert started == [0], "the requests that joined the load under way started none"
+    loading.gates["smol"].set()
+    for held in await asyncio.gather(*waiting):
+        held.release()
+    (await models.lease(found, lambda: started.append(99))).release()
+    assert started == [0], "a loaded model starts no load"
+
+    def refuse() -> None:
+        raise APIError(429, "too many loads")
+
+    await models.unload(found, 0)
+    with pytest.raises(APIError, match="too many loads"):
+        await models.lease(found, refuse)
+    assert loading.loads == ["smol"] and found.waiting == 0 and state(models, "smol") == "unloaded"
 
 
 async def test_a_load_that_does_not_fit_evicts_the_least_recently_used_idle_model() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from server.access.throttle import FailureThrottle
+from server.access.throttle import Throttle
 from tests.server.security.conftest import ADMIN_KEY, Plane
 
 
@@ -20,10 +20,10 @@ class Clock:
 
 def test_an_address_is_refused_after_its_failures_until_the_window_ends() -> None:
     clock = Clock()
-    throttle = FailureThrottle(max_failures=3, window_s=60, clock=clock)
+    throttle = Throttle(max_events=3, window_s=60, clock=clock)
     for _ in range(3):
         assert throttle.retry_after_s("10.0.0.1") is None
-        throttle.failed("10.0.0.1")
+        throttle.count("10.0.0.1")
     clock.now += 15
     assert throttle.retry_after_s("10.0.0.1") == 45
     assert throttle.retry_after_s("10.0.0.2") is None
@@ -32,9 +32,9 @@ def test_an_address_is_refused_after_its_failures_until_the_window_ends() -> Non
 
 
 def test_the_memory_of_addresses_is_bounded() -> None:
-    throttle = FailureThrottle(max_failures=1, window_s=60, max_addresses=2, clock=Clock())
+    throttle = Throttle(max_events=1, window_s=60, max_identities=2, clock=Clock())
     for address in ("a", "b", "c"):
-        throttle.failed(address)
+        throttle.count(address)
     assert throttle.retry_after_s("a") is None, "forgotten: the oldest of three, with room for two"
     assert throttle.retry_after_s("b") and throttle.retry_after_s("c")
 
