@@ -4,13 +4,14 @@ FastAPI reads and parses a route's JSON body before it resolves the route's depe
 dependency let a client without one make the server read and parse, on the event loop, every body it sent (up to
 GGUFSTACK_MAX_REQUEST_BYTES): no answer for it, a pause for every stream on the replica. The routers that need a key
 build their routes from the classes here, whose handlers check the key before the body is touched and leave what they
-found on `request.state` for the dependencies. A refusal is answered without reading the body at all; the server then
-closes the connection rather than read what follows.
+found on `request.state` for the dependencies. A refusal is answered without parsing the body, with `Connection:
+close`, so the server closes the connection rather than read (and discard) the rest of a body that may be large.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Request, Response
@@ -53,11 +54,21 @@ def check_admin_key(request: Request) -> None:
             code="too_many_failed_attempts",
             headers={"Retry-After": str(wait_s)},
         )
-    key = bearer_token(request.headers.get("authorization"))
+    authorizations = request.headers.getlist("authorization")
+    key = bearer_token(authorizations[0]) if len(authorizations) == 1 else None  # two: refused, as on every route
     if key is None or not same_secret(key, plane.admin_key):
         plane.admin_attempts.count(address)
         raise APIError(401, "Incorrect admin API key provided.", code="invalid_api_key")
     request.state.admin = True
+
+
+@contextmanager
+def closing_on_refusal() -> Iterator[None]:
+    try:
+        yield
+    except APIError as refused:
+        refused.headers = {**(refused.headers or {}), "Connection": "close"}
+        raise
 
 
 class KeyFirstRoute(APIRoute):
@@ -67,7 +78,8 @@ class KeyFirstRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def key_first(request: Request) -> Response:
-            await authenticate(request)
+            with closing_on_refusal():
+                await authenticate(request)
             return await handler(request)
 
         return key_first
@@ -80,7 +92,8 @@ class AdminKeyFirstRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def admin_key_first(request: Request) -> Response:
-            check_admin_key(request)
+            with closing_on_refusal():
+                check_admin_key(request)
             return await handler(request)
 
         return admin_key_first

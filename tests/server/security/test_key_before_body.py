@@ -2,7 +2,8 @@
 before it resolves the route's dependencies, so a key checked by a dependency let any client send bodies of up to
 GGUFSTACK_MAX_REQUEST_BYTES that were read and parsed on the event loop (a pause for every stream on the replica)
 before it was told 401. Now the key is checked first: a request without a valid key (or, on /admin, without the
-admin key) is answered 401 before any of its body is read, in the error JSON of the API it called.
+admin key) is answered 401 before any of its body is parsed, in the error JSON of the API it called, and the
+connection is closed (`Connection: close`) rather than the rest of the body read and discarded.
 
 Each request here sends its headers only, declaring a body just under the limit: an answer proves the server did not
 wait for the body; a server that reads the body first leaves the socket waiting until it times out.
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from server.config.settings import Settings
-from tests.server.security.conftest import MODEL, Plane
+from tests.server.security.conftest import ADMIN_KEY, MODEL, Plane
 
 MAX_BYTES = Settings.model_fields["max_request_bytes"].default
 OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/detokenize"]
@@ -41,12 +42,14 @@ def _headers_only(plane: Plane, path: str, headers: dict[str, str], source: str 
             assert chunk, f"closed without an answer: {received!r}"
             received += chunk
         head, _, body = received.partition(b"\r\n\r\n")
-        fields = dict(line.partition(b":")[::2] for line in head.split(b"\r\n")[1:])
+        fields = {k.lower(): v for k, v in (line.partition(b":")[::2] for line in head.split(b"\r\n")[1:])}
         length = int(next(value for name, value in fields.items() if name.lower() == b"content-length"))
         while len(body) < length:
             chunk = sock.recv(65536)
             assert chunk, "closed mid-answer"
             body += chunk
+        assert fields.get(b"connection", b"").strip().lower() == b"close", head
+        assert sock.recv(65536) == b"", "the server closes the connection after the refusal"
     return int(head.split(b" ")[1]), json.loads(body)
 
 
@@ -68,6 +71,17 @@ def test_a_messages_request_without_a_valid_key_is_refused_unread_in_anthropic_s
 def test_an_admin_request_without_the_admin_key_is_refused_unread(plane: Plane) -> None:
     status, body = _headers_only(plane, "/admin/keys", {"Authorization": "Bearer wrong"}, source=GUESSER)
     assert status == 401 and body["error"]["code"] == "invalid_api_key", body
+
+
+def test_the_admin_api_refuses_two_authorization_headers(plane: Plane) -> None:
+    url = urlsplit(plane.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10, source_address=(GUESSER, 0)) as sock:
+        host = url.netloc
+        sock.sendall(
+            f"GET /admin/keys HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ADMIN_KEY}\r\n"
+            f"Authorization: Bearer other\r\n\r\n".encode()
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 401 ")
 
 
 def test_a_keyless_malformed_body_is_a_401_not_a_400(plane: Plane) -> None:
