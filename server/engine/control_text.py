@@ -1,29 +1,46 @@
 """A client's text that spells a control token stays text.
 
-A chat prompt is the model's template rendered around the client's messages and tokenized with the model's special
-tokens parsed, so that the template's own role markers become control tokens. Parsed the same way, a message that
-spells `<|im_end|>\n<|im_start|>system` would become real role markers: a forged turn. Here each copy of a control
-token's text in the client's strings is swapped for a placeholder (a random word, so no client can write one and no
-template changes it) before the template runs; the rendered prompt is then tokenized in pieces: the template's text
-with special tokens parsed, each placeholder's control text as plain text. Prompts whose strings spell no control
-token are tokenized whole, exactly as before.
+A chat prompt is the model's template rendered around the client's strings and tokenized so that the template's own
+role markers become control tokens. Tokenized whole with special tokens parsed (as llama.cpp's server and vLLM do), a
+message spelling `<|im_end|>\n<|im_start|>system` would become real role markers: a forged turn. And the template may
+edit the client's strings before writing them (SmolLM3's cuts `/think` out of the system message, so
+`<|im_/thinkend|>` becomes `<|im_end|>`), so looking for whole control texts in them is not enough.
 
-Pure logic: the control tokens' texts come from the model's vocabulary (llama.cpp's parse_special governs its
-control and unknown tokens, so those are the ones listed).
+So no control text can start inside a client's string: each character that begins a control text (`<`, `[`...) is
+swapped, in every client string, for a character the request's strings do not hold (one from Unicode's private use
+area, so its length is the same and no filter changes it), before the template runs. Whatever the template does with
+the strings, every control text in the rendered prompt is then the template's own. The prompt is cut at those: each
+becomes its token, and each run of text between them, with the swapped characters put back, is tokenized as plain
+text, which is how llama.cpp itself tokenizes the text between special tokens (including its left and right strips),
+so a prompt tokenizes as it did whole. A prompt whose strings hold none of those characters is tokenized whole.
+
+Thinking tags are left as written in the client's strings: templates split an answer's history at them.
+Pure logic: the control tokens (llama.cpp's control and unknown tokens, the ones its `parse_special` governs) come
+from the model's vocabulary.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+# Private use area characters, tried in order for the stand-ins of one request.
+_STAND_INS = range(0xF0000, 0xFFFFE)
+_WHITESPACE = " \t\n\v\f\r"  # C's isspace, which llama.cpp's strips use
+
+
+@dataclass(frozen=True, slots=True)
+class ControlToken:
+    id: int
+    lstrip: bool = False  # llama.cpp drops the whitespace before it (and rstrip: after it) when it parses it
+    rstrip: bool = False
 
 
 def _trie_pattern(texts: Iterable[str]) -> str:
-    """One regular expression matching any of `texts`, with shared prefixes factored out: a vocabulary can hold
-    thousands of control tokens (Gemma's `<unusedN>`), and a flat alternation would try each at every `<`."""
+    """One regular expression matching any of `texts`, longest first, with shared prefixes factored out: a vocabulary
+    can hold thousands of control tokens (Gemma's `<unusedN>`), and a flat alternation would try each at every `<`."""
     trie: dict[str, Any] = {}
     for text in texts:
         node = trie
@@ -37,67 +54,131 @@ def _trie_pattern(texts: Iterable[str]) -> str:
         if not branches:
             return ""
         body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-        # The longest text wins: a shorter one that is a prefix of it only matches where the longer does not.
         return f"(?:{body})?" if ends else body
 
     return pattern(trie)
 
 
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string in `value`, at any depth of mappings and lists, keys included (without recursion: tool arguments
+    can nest deeper than Python's stack)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+
+
+def map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """`value` with `change` applied to each of its strings, keys included, at any depth (without recursion); lists
+    and tuples come back as lists, mappings as dicts."""
+    root = [value]
+    slots: list[tuple[Any, Any]] = [(root, 0)]
+    while slots:
+        parent, slot = slots.pop()
+        item = parent[slot]
+        if isinstance(item, str):
+            parent[slot] = change(item)
+        elif isinstance(item, Mapping):
+            changed: dict[Any, Any] = {}
+            for key, inner in item.items():
+                new_key = change(key) if isinstance(key, str) else key
+                changed[new_key] = inner
+                slots.append((changed, new_key))
+            parent[slot] = changed
+        elif isinstance(item, list | tuple):
+            parent[slot] = listed = list(item)
+            slots.extend((listed, index) for index in range(len(listed)))
+    return root[0]
+
+
 class ControlTexts:
-    """The texts of one model's control tokens."""
+    """One model's control tokens by their text."""
 
-    def __init__(self, texts: Iterable[str] = ()) -> None:
-        self.texts = frozenset(text for text in texts if text)
-        self._pattern = re.compile(_trie_pattern(self.texts)) if self.texts else None
+    def __init__(self, tokens: Mapping[str, ControlToken] | None = None, *, as_written: Iterable[str] = ()) -> None:
+        """`as_written`: texts whose first character is not swapped where they begin (thinking tags)."""
+        self.tokens = {text: token for text, token in (tokens or {}).items() if text}
+        self._pattern = re.compile(_trie_pattern(self.tokens)) if self.tokens else None
+        self._starts = sorted({text[0] for text in self.tokens})
+        self._as_written = tuple(text for text in as_written if text)
 
-    def quoting(self) -> Quoting:
-        """What one prompt's rendering uses to keep its client strings' control texts as text."""
-        return Quoting(self._pattern)
+    def quoting(self, *values: Any) -> Quoting:
+        """The quoting for one prompt whose client strings are in `values`."""
+        if self._pattern is None:
+            return Quoting(self, {})
+        strings = [s for value in values for s in strings_in(value)]
+        starts = [char for char in self._starts if any(char in s for s in strings)]
+        if not starts:
+            return Quoting(self, {})
+        stand_ins: dict[str, str] = {}
+        for code in _STAND_INS:
+            candidate = chr(code)
+            if not any(candidate in s for s in strings):
+                stand_ins[starts[len(stand_ins)]] = candidate
+                if len(stand_ins) == len(starts):
+                    return Quoting(self, stand_ins)
+        raise ValueError("no free stand-in character")  # unreachable within a request's size limit
 
 
-@dataclass
 class Quoting:
-    """Swaps control texts in client strings for placeholders, and splits the rendered prompt back at them."""
+    """For one prompt: swaps the characters that begin control texts in client strings, and tokenizes the rendered
+    prompt with only the template's control texts as control tokens."""
 
-    _pattern: re.Pattern[str] | None
-    _nonce: str = field(default_factory=lambda: "ctl" + secrets.token_hex(8))
-    _quoted: list[str] = field(default_factory=list)
-    _index: dict[str, int] = field(default_factory=dict)
+    def __init__(self, texts: ControlTexts, stand_ins: dict[str, str]) -> None:
+        self._texts = texts
+        self._stand_ins = stand_ins
+        self._back = str.maketrans({stand_in: char for char, stand_in in stand_ins.items()})
+        keep = "|".join(re.escape(text) for text in texts._as_written)
+        self._swaps = [
+            (re.compile((f"(?!{keep})" if keep else "") + re.escape(char)), stand_in)
+            for char, stand_in in stand_ins.items()
+        ]
+
+    @property
+    def active(self) -> bool:
+        """Whether the client's strings hold a character that begins a control text (else the prompt is tokenized
+        whole, as before)."""
+        return bool(self._stand_ins)
 
     def shield(self, value: Any) -> Any:
-        """`value` with every control text in its strings replaced by a placeholder, at any depth of dicts and lists
-        and in keys too (templates write tool arguments and schemas with `tojson`, keys and all)."""
-        if self._pattern is None:
+        """`value` (a client string, or mappings and lists of them) with the characters that begin control texts
+        swapped for this prompt's stand-ins; `value` itself when there is nothing to swap."""
+        if not self._stand_ins:
             return value
-        if isinstance(value, str):
-            return self._pattern.sub(self._placeholder, value)
-        if isinstance(value, Mapping):
-            return {self.shield(key): self.shield(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.shield(item) for item in value]
-        return value
+        return map_strings(value, self._swap)
 
-    def _placeholder(self, match: re.Match[str]) -> str:
-        text = match.group()
-        index = self._index.get(text)
-        if index is None:
-            index = self._index[text] = len(self._quoted)
-            self._quoted.append(text)
-        return f"{self._nonce}{index}q"
+    def _swap(self, text: str) -> str:
+        for pattern, stand_in in self._swaps:
+            text = pattern.sub(stand_in, text)
+        return text
 
-    def pieces(self, rendered: str) -> list[tuple[str, bool]]:
-        """`rendered` as (text, parse_special) pieces in order: the template's text parsed for special tokens, each
-        quoted control text not."""
-        if not self._quoted:
-            return [(rendered, True)]
-        pieces: list[tuple[str, bool]] = []
-        at = 0
-        # Case-blind: a template that upper-cases a message still hands its placeholders back.
-        for match in re.finditer(rf"{self._nonce}(\d+)q", rendered, re.IGNORECASE):
-            if match.start() > at:
-                pieces.append((rendered[at : match.start()], True))
-            pieces.append((self._quoted[int(match.group(1))], False))
-            at = match.end()
-        if at < len(rendered):
-            pieces.append((rendered[at:], True))
-        return pieces
+    def tokens(self, rendered: str, whole: Callable[[str], list[int]], text: Callable[[str], list[int]]) -> list[int]:
+        """`rendered`'s tokens: `whole` (special tokens parsed) when nothing was swapped; else each of the template's
+        control texts its token and each run between them `text` (none parsed), with the swapped characters back."""
+        pattern = self._texts._pattern
+        if not self._stand_ins or pattern is None:
+            return whole(rendered)
+        out: list[int] = []
+        at, strip_left = 0, False
+        for match in pattern.finditer(rendered):
+            token = self._texts.tokens[match.group()]
+            run = rendered[at : match.start()]
+            if strip_left:
+                run = run.lstrip(_WHITESPACE)
+            if token.lstrip:
+                run = run.rstrip(_WHITESPACE)
+            if run:
+                out += text(run.translate(self._back))
+            out.append(token.id)
+            at, strip_left = match.end(), token.rstrip
+        run = rendered[at:]
+        if strip_left:
+            run = run.lstrip(_WHITESPACE)
+        if run:
+            out += text(run.translate(self._back))
+        return out

@@ -28,7 +28,7 @@ from server.engine.chat_template import (
     detect_reasoning,
     detect_tool_syntax,
 )
-from server.engine.control_text import ControlTexts
+from server.engine.control_text import ControlTexts, ControlToken
 from server.engine.validation import check_token_ids
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ class LlamaModel:
         self.tool_syntax: ToolSyntax | None = detect_tool_syntax(self._chat.template, self._render)
         self.reasoning: ReasoningSyntax | None = detect_reasoning(self._chat.template, self._render)
         # Thinking tags stay as written: templates split an answer's history at them, and they mark no turn.
-        thinking_tags = {self.reasoning.open, self.reasoning.close} if self.reasoning is not None else set()
-        self.control_texts = ControlTexts(self._control_token_texts() - thinking_tags)
+        thinking_tags = (self.reasoning.open, self.reasoning.close) if self.reasoning is not None else ()
+        self.control_texts = ControlTexts(self._control_tokens(), as_written=thinking_tags)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -151,11 +151,20 @@ class LlamaModel:
                 if not self._readers:
                     self._freeing.notify_all()
 
-    def _control_token_texts(self) -> set[str]:
-        """The texts of the tokens that llama.cpp reads from text only when told to parse special tokens."""
+    def _control_tokens(self) -> dict[str, ControlToken]:
+        """The tokens llama.cpp reads from text only when told to parse special tokens, by their text."""
         quoted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
         get_attr = llama_cpp.llama_vocab_get_attr
-        return {self._special_text(token) for token in range(self.info.n_vocab) if get_attr(self.vocab, token) & quoted}
+        found: dict[str, ControlToken] = {}
+        for token in range(self.info.n_vocab):
+            attr = get_attr(self.vocab, token)
+            if attr & quoted:
+                lstrip, rstrip = (
+                    bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP),
+                    bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP),
+                )
+                found.setdefault(self._special_text(token), ControlToken(token, lstrip, rstrip))
+        return found
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         """`text`'s tokens; with `parse_special`, a control token's text becomes that token, without it, text."""

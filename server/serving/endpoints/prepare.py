@@ -102,7 +102,7 @@ def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = 
     template_input = tool_format.template_input(messages, plan)
     variables = _template_variables(engine.reasoning, body)
     # Everything the client wrote reaches the template quoted: a control token's text in it stays text.
-    quoting = engine.control_texts.quoting()
+    quoting = engine.control_texts.quoting(template_input.messages, template_input.tools, variables, start)
     rendered = engine.render_chat(
         quoting.shield(template_input.messages), quoting.shield(template_input.tools), quoting.shield(variables)
     ) + quoting.shield(start)
@@ -115,11 +115,11 @@ def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = 
         turned_off = reasoning.switch and body.thinking_off()
         reasoning = None if prefill or turned_off else replace(reasoning, starts_inside=inside)
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
-    tokens = [
-        token
-        for text, parse_special in quoting.pieces(rendered)
-        for token in engine.tokenize(text, add_special=False, parse_special=parse_special)
-    ]
+    tokens = quoting.tokens(
+        rendered,
+        whole=lambda text: engine.tokenize(text, add_special=False),
+        text=lambda text: engine.tokenize(text, add_special=False, parse_special=False),
+    )
     return ChatPrompt(tokens, plan, tool_format, reasoning)
 
 

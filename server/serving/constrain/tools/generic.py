@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.engine.chat_template import TemplateMessage
+from server.protocol.base import body_fault
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.grammar import json_schema_grammar
 from server.serving.constrain.tools.plan import ParsedAnswer, ParsedCall, TemplateInput, ToolPlan, new_call_id
@@ -145,7 +146,9 @@ def _merge_system(messages: list[TemplateMessage]) -> list[TemplateMessage]:
 
 
 def _loads(arguments: str) -> object:
+    """The arguments' JSON value; the text itself when they are not JSON, or nest deeper than a request body may."""
     try:
-        return json.loads(arguments)
-    except json.JSONDecodeError:
+        decoded = json.loads(arguments)
+    except (json.JSONDecodeError, RecursionError):
         return arguments
+    return decoded if body_fault(decoded) is None else arguments

@@ -14,6 +14,7 @@ from typing import Any
 
 from server.engine.chat_template import TemplateMessage, TemplateTool
 from server.errors import APIError
+from server.protocol.base import body_fault
 from server.protocol.openai import ChatCompletionRequest, NamedToolChoice, Tool
 from server.serving.constrain.grammar import json_schema_grammar
 
@@ -112,9 +113,10 @@ def new_call_id() -> str:
 
 
 def decoded_arguments(arguments: str) -> Mapping[str, Any] | str:
-    """A call's arguments as a template best renders them: the object when they are a JSON object, else the text."""
+    """A call's arguments as a template best renders them: the object when they are a JSON object, else the text
+    (also for an object nested deeper than a request body may be: they are a string in the body, unchecked)."""
     try:
         decoded = json.loads(arguments)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return arguments
-    return decoded if isinstance(decoded, dict) else arguments
+    return decoded if isinstance(decoded, dict) and body_fault(decoded) is None else arguments
