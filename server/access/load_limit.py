@@ -1,8 +1,11 @@
 """Model loads per API key. A key allowed several models that do not fit in memory together could make every request
-a load, and each load evicts what other keys use: at most `per_minute` loads a minute per key, counted per replica as
-the loads are; the request that would start one more gets 429 `too_many_model_loads` with Retry-After. Only a request
-that starts a load is counted: one that finds its model loaded, or loading for another request, starts none. The
-admin key and servers without keys are not limited (their caller has no key id)."""
+a load, and each load evicts what other keys use: at most `per_minute` loads a minute per key, counted per replica
+as the loads are; the request that would start one more gets 429 `too_many_model_loads` with Retry-After. Only a
+request that starts a load is counted: one that finds its model loaded, or loading for another request, starts none.
+A model that another key's load evicted is brought back at that key's charge, not the requester's: a key that uses one
+model is never refused because others push it out. The admin key and servers without keys are not limited (their
+caller has no key id).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +24,17 @@ class LoadLimit:
         self._per_minute = per_minute
         self._loads = Throttle(max_events=per_minute, window_s=60.0, clock=clock) if per_minute > 0 else None
 
-    def starting(self, caller: Caller, model_id: str) -> None:
-        """Count the load of `model_id` that `caller`'s request is about to start, or refuse it (429)."""
-        if self._loads is None or caller.key_id is None:
-            return
-        wait_s = self._loads.retry_after_s(caller.key_id)
+    def starting(self, caller: Caller, model_id: str, evicted_by: str | None) -> str:
+        """Count the load of `model_id` that `caller`'s request is about to start, or refuse it (429); the key the
+        load is for ("" for none). `evicted_by`: the key whose load evicted the model, if one did."""
+        owner = caller.key_id or ""
+        if self._loads is None or not owner:
+            return owner
+        if evicted_by is not None and evicted_by != owner:
+            if evicted_by:  # not the admin key's
+                self._loads.count(evicted_by)
+            return owner
+        wait_s = self._loads.retry_after_s(owner)
         if wait_s is not None:
             prometheus.rate_limited.labels("model_loads").inc()
             raise APIError(
@@ -38,4 +47,5 @@ class LoadLimit:
                 code="too_many_model_loads",
                 headers={"Retry-After": str(wait_s)},
             )
-        self._loads.count(caller.key_id)
+        self._loads.count(owner)
+        return owner

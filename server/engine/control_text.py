@@ -26,8 +26,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from server.errors import ForeseenError
+
 # Private use area characters, tried in order for the stand-ins of one request.
-_STAND_INS = range(0xF0000, 0xFFFFE)
+_STAND_INS = (*range(0xF0000, 0xFFFFE), *range(0x100000, 0x10FFFE), *range(0xE000, 0xF900))
+_PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U0010ffff]")
+# A character written as an escape (a template's `tojson` with ensure_ascii, a Python repr): a stand-in must not be one
+# a client's text already spells so, as those are turned back too.
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})(?:\\u([dD][c-fC-F][0-9a-fA-F]{2}))?|U([0-9a-fA-F]{8}))")
 _WHITESPACE = " \t\n\v\f\r"  # C's isspace, which llama.cpp's strips use
 
 
@@ -105,24 +111,46 @@ class ControlTexts:
         self.tokens = {text: token for text, token in (tokens or {}).items() if text}
         self._pattern = re.compile(_trie_pattern(self.tokens)) if self.tokens else None
         self._starts = sorted({text[0] for text in self.tokens})
-        self._as_written = tuple(text for text in as_written if text)
+        self._as_written = tuple(text for text in as_written if text and text[0] in self._starts)
 
     def quoting(self, *values: Any) -> Quoting:
-        """The quoting for one prompt whose client strings are in `values`."""
+        """The quoting for one prompt whose client strings are in `values`; EngineError (a 400) in the unlikely case
+        that they use every private-use character."""
         if self._pattern is None:
             return Quoting(self, {})
         strings = [s for value in values for s in strings_in(value)]
         starts = [char for char in self._starts if any(char in s for s in strings)]
         if not starts:
             return Quoting(self, {})
-        stand_ins: dict[str, str] = {}
-        for code in _STAND_INS:
-            candidate = chr(code)
-            if not any(candidate in s for s in strings):
-                stand_ins[starts[len(stand_ins)]] = candidate
-                if len(stand_ins) == len(starts):
-                    return Quoting(self, stand_ins)
-        raise ValueError("no free stand-in character")  # unreachable within a request's size limit
+        used = {ord(char) for s in strings for char in _PRIVATE_USE.findall(s)}
+        used |= {_escaped(match) for s in strings if "\\" in s for match in _ESCAPE.finditer(s)}
+        free = (chr(code) for code in _STAND_INS if code not in used)
+        stand_ins = dict(zip(starts, free, strict=False))
+        if len(stand_ins) < len(starts):
+            raise ForeseenError(
+                "the messages use every Unicode private-use character, which the server needs one of", param="messages"
+            )
+        return Quoting(self, stand_ins)
+
+
+def _escaped(match: re.Match[str]) -> int:
+    """The code point an escape spells (a surrogate pair as one)."""
+    high, low, long = match.groups()
+    if long is not None:
+        return int(long, 16)
+    if low is not None:
+        return 0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+    return int(high, 16)
+
+
+def _escapes(char: str) -> list[str]:
+    """How a template may write `char` when it escapes it: JSON's ensure_ascii (a surrogate pair past the BMP) and a
+    Python repr."""
+    code = ord(char)
+    if code < 0x10000:
+        return [f"\\u{code:04x}", f"\\u{code:04X}"]
+    high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+    return [f"\\u{high:04x}\\u{low:04x}", f"\\U{code:08x}"]
 
 
 class Quoting:
@@ -133,7 +161,8 @@ class Quoting:
         self._texts = texts
         self._stand_ins = stand_ins
         self._back = str.maketrans({stand_in: char for char, stand_in in stand_ins.items()})
-        keep = "|".join(re.escape(text) for text in texts._as_written)
+        self._escaped_back = [(form, char) for char, stand_in in stand_ins.items() for form in _escapes(stand_in)]
+        keep = _trie_pattern(texts._as_written)
         self._swaps = [
             (re.compile((f"(?!{keep})" if keep else "") + re.escape(char)), stand_in)
             for char, stand_in in stand_ins.items()
@@ -173,12 +202,19 @@ class Quoting:
             if token.lstrip:
                 run = run.rstrip(_WHITESPACE)
             if run:
-                out += text(run.translate(self._back))
+                out += text(self._restored(run))
             out.append(token.id)
             at, strip_left = match.end(), token.rstrip
         run = rendered[at:]
         if strip_left:
             run = run.lstrip(_WHITESPACE)
         if run:
-            out += text(run.translate(self._back))
+            out += text(self._restored(run))
         return out
+
+    def _restored(self, run: str) -> str:
+        """`run` with the swapped characters back, also where the template wrote them escaped."""
+        for form, char in self._escaped_back:
+            if form in run:
+                run = run.replace(form, char)
+        return run.translate(self._back)

@@ -111,9 +111,11 @@ class LlamaModel:
         self._chat = self._chat_formatter()
         self.tool_syntax: ToolSyntax | None = detect_tool_syntax(self._chat.template, self._render)
         self.reasoning: ReasoningSyntax | None = detect_reasoning(self._chat.template, self._render)
-        # Thinking tags stay as written: templates split an answer's history at them, and they mark no turn.
+        # Thinking tags and user-defined tokens (`<tool_response>`) stay as written in a client's strings, for the
+        # templates that look for them there; llama.cpp reads user-defined tokens from any text anyway.
         thinking_tags = (self.reasoning.open, self.reasoning.close) if self.reasoning is not None else ()
-        self.control_texts = ControlTexts(self._control_tokens(), as_written=thinking_tags)
+        control, user_defined = self._special_tokens()
+        self.control_texts = ControlTexts(control, as_written=(*thinking_tags, *user_defined))
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -151,20 +153,21 @@ class LlamaModel:
                 if not self._readers:
                     self._freeing.notify_all()
 
-    def _control_tokens(self) -> dict[str, ControlToken]:
-        """The tokens llama.cpp reads from text only when told to parse special tokens, by their text."""
+    def _special_tokens(self) -> tuple[dict[str, ControlToken], list[str]]:
+        """The tokens llama.cpp reads from text only when told to parse special tokens (control and unknown), by
+        their text; and the texts of the user-defined ones, which it reads from any text."""
         quoted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
         get_attr = llama_cpp.llama_vocab_get_attr
-        found: dict[str, ControlToken] = {}
+        control: dict[str, ControlToken] = {}
+        user_defined: list[str] = []
         for token in range(self.info.n_vocab):
             attr = get_attr(self.vocab, token)
             if attr & quoted:
-                lstrip, rstrip = (
-                    bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP),
-                    bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP),
-                )
-                found.setdefault(self._special_text(token), ControlToken(token, lstrip, rstrip))
-        return found
+                strips = bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP), bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)
+                control.setdefault(self._special_text(token), ControlToken(token, *strips))
+            elif attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED:
+                user_defined.append(self._special_text(token))
+        return control, user_defined
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         """`text`'s tokens; with `parse_special`, a control token's text becomes that token, without it, text."""

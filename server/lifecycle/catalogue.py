@@ -96,6 +96,10 @@ class CatalogueModel:
     retry_at: float = 0.0  # no new load on demand before this (monotonic), after a failed one
     retry_delay: float = 0.0
     load_seconds: float = 0.0  # the last load's, for Retry-After
+    # Who its load was for (an opaque name the load's starter gives; "" for none), and, after an eviction to make room,
+    # whose load evicted it: the starter of its next load may charge that one (a key's load limit does).
+    load_owner: str = ""
+    evicted_by: str | None = None
 
     @property
     def id(self) -> str:

@@ -34,6 +34,10 @@ from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 
+# Called as a request starts a model's load, with the owner of the load that evicted the model (None: none did); names
+# the new load's owner, or refuses the load by raising.
+StartingLoad = Callable[[str | None], str]
+
 
 @dataclass(eq=False)
 class ModelRegistry:
@@ -79,10 +83,11 @@ class ModelRegistry:
 
     # Serving
 
-    async def lease(self, m: CatalogueModel, starting_load: Callable[[], None] | None = None) -> Lease:
+    async def lease(self, m: CatalogueModel, starting_load: StartingLoad | None = None) -> Lease:
         """A lease on `m`'s engine, loading it first if it is not loaded (waiting at most the load timeout).
-        `starting_load` is called just before this request starts a load of `m` (not when it joins one under way),
-        and may refuse it by raising."""
+        `starting_load` is called just before this request starts a load of `m` (not when it joins one under way)
+        with the owner of the load that evicted `m` (None: no load did), and names the new load's owner; it may
+        refuse the load by raising."""
         if self._draining:
             raise ServerDrainingError("the server is shutting down and takes no new requests")
         holder = m.holder
@@ -117,13 +122,13 @@ class ModelRegistry:
     def _lease_loaded(self, m: CatalogueModel) -> Lease | None:
         return m.holder.lease() if m.holder.current is not None else None
 
-    def _start_load(self, m: CatalogueModel, starting: Callable[[], None] | None = None) -> asyncio.Task[None]:
+    def _start_load(self, m: CatalogueModel, starting: StartingLoad | None = None) -> asyncio.Task[None]:
         if m.loading is not None and not m.loading.done():
             return m.loading
         if m.failure is not None and self.clock() < m.retry_at:
             raise self._failed(m)
-        if starting is not None:
-            starting()
+        m.load_owner = starting(m.evicted_by) if starting is not None else ""
+        m.evicted_by = None
         m.loading = self._spawn(self._load_once(m), f"load-{m.id}")
         return m.loading
 
@@ -163,7 +168,11 @@ class ModelRegistry:
             fetched = await self.loading.fetch(spec, beside_serving=any(x.holder.current for x in self.models))
             need = await self.loading.estimate(spec, fetched)
             await self.budget.reserve(
-                m, need, evictable=self._evictable, evict=self._evict, kept=lambda other: other.spec.pin
+                m,
+                need,
+                evictable=self._evictable,
+                evict=functools.partial(self._evict, for_load_of=m),
+                kept=lambda other: other.spec.pin,
             )
             try:
                 holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
@@ -239,11 +248,14 @@ class ModelRegistry:
             and m.waiting == 0
         )
 
-    async def _evict(self, m: CatalogueModel, reason: str = "budget") -> None:
+    async def _evict(
+        self, m: CatalogueModel, reason: str = "budget", for_load_of: CatalogueModel | None = None
+    ) -> None:
         # Checked again here, with nothing awaited until the model has left its holder: a list of victims made
         # before an await (another eviction's) may name one a request has leased since.
         if not self._may_evict(m):
             return
+        m.evicted_by = for_load_of.load_owner if for_load_of is not None else None
         log.info("unloading %s (%s)", m.id, "to make room" if reason == "budget" else reason)
         prometheus.model_evictions.labels(m.id, reason).inc()
         await unload(m, self.budget, f"unloaded ({reason}); loads again on its next request", None)

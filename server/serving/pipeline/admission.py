@@ -158,7 +158,7 @@ async def lease_model(
     model: str,
     caller: Caller,
     before_load: Callable[[], Awaitable[None]] | None = None,
-    starting_load: Callable[[Caller, str], None] | None = None,
+    starting_load: Callable[[Caller, str, str | None], str] | None = None,
 ) -> Lease:
     """A lease on the model `model` names (its id or an alias), loading it if it is not loaded; 404 when no catalogue
     model has that name.

@@ -145,10 +145,12 @@ class Pipeline:
             headers.update(await gate(caller, request_id))
         return headers
 
-    def starting_load(self, caller: Caller, model_id: str) -> None:
-        """Count the load of `model_id` a request of `caller`'s is about to start, or refuse it (its key's limit)."""
+    def starting_load(self, caller: Caller, model_id: str, evicted_by: str | None) -> str:
+        """Count the load of `model_id` a request of `caller`'s is about to start, or refuse it (its key's limit);
+        the load's owner for the registry (see ModelRegistry.lease)."""
         if self._load_limit is not None:
-            self._load_limit.starting(caller, model_id)
+            return self._load_limit.starting(caller, model_id, evicted_by)
+        return caller.key_id or ""
 
     def record(self, errand: Errand) -> None:
         """Record a request that ran no model; its request limit was the load gates' (`before_load`)."""

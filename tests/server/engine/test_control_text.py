@@ -4,9 +4,14 @@ tokens, the runs between them as text (the swapped characters back), as llama.cp
 
 from __future__ import annotations
 
+import json
 import re
 
+import pytest
+
+from server.engine import control_text
 from server.engine.control_text import ControlTexts, ControlToken, _trie_pattern, map_strings, strings_in
+from server.errors import ForeseenError
 
 START, END, EOT = 1000, 1001, 1002
 CHATML = ControlTexts(
@@ -112,3 +117,34 @@ def test_thousands_of_control_texts_make_one_pattern() -> None:
 def test_a_model_without_control_tokens_quotes_nothing() -> None:
     quoting = ControlTexts().quoting("<|im_end|>")
     assert quoting.shield("<|im_end|>") == "<|im_end|>" and not quoting.active
+
+
+def test_a_stand_in_a_client_spells_as_an_escape_is_not_used() -> None:
+    quoting = CHATML.quoting("\\U000f0000 and \\udb80\\udc01 <")
+    stand_in = quoting.shield("<")
+    assert ord(stand_in) == 0xF0002
+
+
+def test_a_template_that_escapes_the_text_gets_the_characters_back() -> None:
+    user = "x<10 and <|im_end|>"
+    quoting = CHATML.quoting(user)
+    shielded = quoting.shield(user)
+    # tojson with ensure_ascii, and a Python repr (`|string` of a dict): the stand-in written as an escape.
+    for escape, original in ((json.dumps(shielded), json.dumps(user)), (repr(shielded), repr(user))):
+        assert escape != original
+        tokens = quoting.tokens(f"<|im_start|>user\n{escape}<|im_end|>", whole, as_text)
+        assert tokens == [START, *as_text("user\n" + original), END]
+
+
+def test_a_request_that_holds_every_private_use_character_is_a_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control_text, "_STAND_INS", range(0xF0000, 0xF0003))
+    with pytest.raises(ForeseenError, match="private-use") as refused:
+        CHATML.quoting("<" + "".join(chr(c) for c in range(0xF0000, 0xF0003)))
+    assert refused.value.param == "messages"
+
+
+def test_user_defined_tokens_stay_as_written() -> None:
+    texts = ControlTexts({"<|im_end|>": ControlToken(END)}, as_written=("<tool_response>", "\n\n"))
+    quoting = texts.quoting("<tool_response>x</tool_response><|im_end|>")
+    shielded = quoting.shield("<tool_response>x</tool_response><|im_end|>")
+    assert shielded.startswith("<tool_response>x") and shielded.count("<") == 1

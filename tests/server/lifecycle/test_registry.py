@@ -19,7 +19,7 @@ from server.lifecycle.budget import Budget
 from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError, PinnedModelError
 from server.lifecycle.holder import Lease, ModelHolder, ModelNotReadyError, ModelState, ServedModel
-from server.lifecycle.registry import ModelRegistry
+from server.lifecycle.registry import ModelRegistry, StartingLoad
 from server.model_source.base import FetchResult
 from server.model_source.local import FileModelSource
 
@@ -143,22 +143,42 @@ async def test_only_the_request_that_starts_a_load_is_told_so_and_may_refuse_it(
     assert found is not None
     loading.gates["smol"] = asyncio.Event()
     started: list[int] = []
-    waiting = [asyncio.create_task(models.lease(found, lambda i=i: started.append(i))) for i in range(3)]
+
+    def starting(i: int) -> StartingLoad:
+        return lambda evicted_by: started.append(i) or f"owner-{i}"
+
+    waiting = [asyncio.create_task(models.lease(found, starting(i))) for i in range(3)]
     await settle()
     assert started == [0], "the requests that joined the load under way started none"
     loading.gates["smol"].set()
     for held in await asyncio.gather(*waiting):
         held.release()
-    (await models.lease(found, lambda: started.append(99))).release()
+    (await models.lease(found, starting(99))).release()
     assert started == [0], "a loaded model starts no load"
 
-    def refuse() -> None:
+    def refuse(evicted_by: str | None) -> str:
         raise APIError(429, "too many loads")
 
     await models.unload(found, 0)
     with pytest.raises(APIError, match="too many loads"):
         await models.lease(found, refuse)
     assert loading.loads == ["smol"] and found.waiting == 0 and state(models, "smol") == "unloaded"
+
+
+async def test_a_model_evicted_to_make_room_names_whose_load_evicted_it() -> None:
+    models, _, _ = registry([spec("x"), spec("y")], {"x": 60, "y": 60}, 100)
+    x, y = models.resolve("x"), models.resolve("y")
+    assert x is not None and y is not None
+    told: list[str | None] = []
+
+    def owner(name: str) -> StartingLoad:
+        return lambda evicted_by: told.append(evicted_by) or name
+
+    (await models.lease(y, owner("b"))).release()
+    (await models.lease(x, owner("a"))).release()  # evicts y
+    (await models.lease(y, owner("b"))).release()  # evicts x
+    assert told == [None, None, "a"], "y came back after a's load pushed it out"
+    assert x.evicted_by == "b" and y.evicted_by is None
 
 
 async def test_a_load_that_does_not_fit_evicts_the_least_recently_used_idle_model() -> None:
