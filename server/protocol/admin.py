@@ -64,7 +64,16 @@ class KeyUsageReport(BaseModel):
     last_request: int | None
 
 
+class ConversationQuery(BaseModel):
+    """`GET /v1/conversations/{id}`: one page of its messages, oldest first, after the message `after` names."""
+
+    model_config = ConfigDict(extra="forbid")
+    after: str | None = Field(None, max_length=200, description="A message's id: the page starts after it.")
+    limit: int = Field(100, ge=1, le=1000, description="At most this many messages (and about 4 MiB of text).")
+
+
 class ConversationMessageOut(BaseModel):
+    id: str = Field(description="The message's id, for `after`.")
     role: str
     content: str
     request_id: str
@@ -75,3 +84,6 @@ class Conversation(BaseModel):
     id: str
     object: Literal["conversation"] = "conversation"
     messages: list[ConversationMessageOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool = Field(description="More messages follow: read them with `after` set to `last_id`.")
