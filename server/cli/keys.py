@@ -8,10 +8,12 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from server.cli.console import err, fail, out
 from server.config.settings import Settings
 from server.protocol.admin import CreatedKey, KeyInfo, KeyList
+from server.telemetry.logging import printable
 
 keys_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke API keys through a server's admin API.")
 
@@ -41,10 +43,13 @@ def _when(unix: int | None) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if unix is not None else ""
 
 
-def _row(key: KeyInfo) -> list[str]:
+def _row(key: KeyInfo) -> list[Text]:
+    """A key's cells as plain text: a name is never read as markup, and its control characters are shown escaped (the
+    server refuses them, but a table written before it did, or by hand, may hold some)."""
     limits = [str(key.rpm) if key.rpm else "-", str(key.tpm) if key.tpm else "-"]
     models = ", ".join(key.models) if key.models is not None else "all"
-    return [key.id, key.name, key.prefix + "…", models, *limits, _when(key.created), _when(key.revoked)]
+    cells = [key.id, key.name, key.prefix + "…", models, *limits, _when(key.created), _when(key.revoked)]
+    return [Text(printable(cell)) for cell in cells]
 
 
 def _table(keys: list[KeyInfo]) -> Table:

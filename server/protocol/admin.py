@@ -8,26 +8,30 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
 )
 
 from server.protocol.base import RequestBody
 
 _INT32_MAX = 2**31 - 1  # the limits are PostgreSQL integers
-_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+# Text a listing shows as it is: no control characters (C0 with NUL, which PostgreSQL text cannot hold, DEL, C1) and no
+# Unicode line breaks. In a terminal they are commands (ESC[1A ESC[2K erases the lines above; ESC]8 plants a link).
+_PLAIN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=_PLAIN)]
 
 
 class KeyCreateRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, pattern=_NO_NUL)
-    models: list[Annotated[str, Field(pattern=_NO_NUL)]] | None = Field(
-        None, min_length=1, description="Models the key may use; absent: all of them."
+    name: str = Field(min_length=1, max_length=200, pattern=_PLAIN)
+    models: list[ModelName] | None = Field(
+        None, min_length=1, max_length=1024, description="Models the key may use; absent: all of them."
     )
-    rpm: int | None = Field(None, ge=1, le=_INT32_MAX, description="Requests per minute; absent: unlimited.")
-    tpm: int | None = Field(
+    rpm: StrictInt | None = Field(None, ge=1, le=_INT32_MAX, description="Requests per minute; absent: unlimited.")
+    tpm: StrictInt | None = Field(
         None, ge=1, le=_INT32_MAX, description="Prompt + completion tokens per minute; absent: unlimited."
     )
-    owner: str | None = Field(None, max_length=200, pattern=_NO_NUL)
+    owner: str | None = Field(None, max_length=200, pattern=_PLAIN)
 
 
 class KeyInfo(BaseModel):
