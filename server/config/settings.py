@@ -113,6 +113,7 @@ class Settings(BaseSettings):
         description="Model loads one API key may start in a minute on one replica; the request that would start one "
         "more gets 429 with Retry-After. 0: no limit. The admin key is not limited.",
     )
+    max_concurrent_per_key: int = Field(0, ge=0, description="Requests one API key may have in flight; 0: no cap.")
     lost_model_restart_s: float = Field(
         300.0,
         gt=0,
@@ -231,7 +232,6 @@ class Settings(BaseSettings):
         262_144, ge=1, description="Longest input of /tokenize (characters) and /detokenize (token ids)."
     )
     max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
-
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
     metrics_port: int | None = Field(
