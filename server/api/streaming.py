@@ -3,21 +3,44 @@ the Responses API's and Anthropic's name each event (`event:` line) after its `t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from server.api.errors import anthropic_body, body, from_exception
 from server.protocol.anthropic import AnthropicError, PingEvent
 from server.protocol.base import ErrorResponse
 from server.serving.endpoints.reply import Body, Reply
 
+log = logging.getLogger(__name__)
+
 _REF = "#/components/schemas/"
 Failed = Callable[[Exception], None] | None
+
+
+class _EventStream(EventSourceResponse):
+    """Server-sent events whose client must take each chunk (or ping) within the server's stream send timeout.
+
+    The stages around a generation charge its tokens, write its audit row and return its model lease when its last
+    event is pulled, which is only once every chunk before it was sent: a client that stops reading its socket (its
+    buffers full, the connection left open) would otherwise hold them off for as long as it likes. Past the timeout
+    the stream's events are closed, as for a client gone away (499), and the connection is dropped."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.send_timeout = scope["app"].state.settings.stream_send_timeout_s
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.warning("a streaming client took no data for %.0f s: its response is ended", self.send_timeout)
+            if self.background is not None:  # the stream's own close, which the base class skips on an error
+                await self.background()
 
 
 def event_stream_schema(chunk: type[BaseModel]) -> dict[str, Any]:
@@ -65,7 +88,7 @@ def respond(reply: Reply[Body], response: Response) -> Body | EventSourceRespons
         return reply.body
     if reply.chunks is None:
         raise RuntimeError("a reply carries neither a body nor chunks")
-    return EventSourceResponse(
+    return _EventStream(
         _events(reply.chunks, reply.event_names, reply.fail),
         sep="\n",
         ping=15,
@@ -98,7 +121,7 @@ def respond_named(reply: Reply[Body], response: Response) -> Body | EventSourceR
         return reply.body
     if reply.chunks is None:
         raise RuntimeError("a reply carries neither a body nor chunks")
-    return EventSourceResponse(
+    return _EventStream(
         _named_events(reply.chunks, reply.fail),
         sep="\n",
         ping=15,

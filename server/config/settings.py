@@ -107,14 +107,13 @@ class Settings(BaseSettings):
         description="How long a request waits for its model to load (and for memory to free up for it) before a 503 "
         "with Retry-After.",
     )
-
     model_loads_per_key_per_minute: int = Field(
         10,
         ge=0,
         description="Model loads one API key may start in a minute on one replica; the request that would start one "
         "more gets 429 with Retry-After. 0: no limit. The admin key is not limited.",
     )
-
+    max_concurrent_per_key: int = Field(0, ge=0, description="Requests one API key may have in flight; 0: no cap.")
     lost_model_restart_s: float = Field(
         300.0,
         gt=0,
@@ -122,7 +121,6 @@ class Settings(BaseSettings):
         "failing, /health/live fails after this long, so Kubernetes restarts the server (a fresh process frees what "
         "the failed loads left behind).",
     )
-
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU; -1 offloads all of them.")
     n_ctx: int = Field(4096, ge=64, le=1_048_576, description="Context window of one request; every slot has its own.")
     n_threads: int = Field(
@@ -234,7 +232,6 @@ class Settings(BaseSettings):
         262_144, ge=1, description="Longest input of /tokenize (characters) and /detokenize (token ids)."
     )
     max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
-
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
     metrics_port: int | None = Field(
@@ -246,6 +243,9 @@ class Settings(BaseSettings):
     )
     drain_timeout_s: float = Field(
         60.0, ge=0, description="On SIGTERM, how long generations in flight may run on before they are ended."
+    )
+    stream_send_timeout_s: float = Field(
+        30.0, gt=0, description="A streaming client that takes no chunk (or ping) for this long is taken as gone."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
     log_format: Literal["auto", "json", "text"] = Field(

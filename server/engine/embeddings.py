@@ -110,7 +110,18 @@ class Embedder:
                 raise EngineError("the embeddings engine is shutting down")
             self._queue.extend(items)
             self._cond.notify()
-        return list(await asyncio.gather(*(item.done for item in items)))
+        try:
+            return list(await asyncio.gather(*(item.done for item in items)))
+        except BaseException:
+            # Abandoned (the client went away) or failed: its inputs still queued are not decoded for nobody while
+            # every other request waits behind them.
+            self._withdraw(items)
+            raise
+
+    def _withdraw(self, items: list[_Item]) -> None:
+        gone = set(items)
+        with self._cond:
+            self._queue = collections.deque(item for item in self._queue if item not in gone)
 
     async def close(self) -> None:
         with self._cond:

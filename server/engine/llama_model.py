@@ -243,13 +243,9 @@ class LlamaModel:
         text: bytes = llama_cpp.llama_vocab_get_text(self.vocab, token)
         return text.decode(errors="replace")
 
-    def logprob(self, ctx: llama_cpp.llama_context_p, index: int, token: int, params: SamplingParams) -> TokenLogprob:
-        """`token`'s log-probability in the logits of batch position `index`, with logit bias applied."""
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self.info.n_vocab,))
-        if params.logit_bias:
-            logits = logits.copy()
-            for biased, bias in params.logit_bias.items():
-                logits[biased] += bias
+    def logprob(self, logits: np.ndarray, token: int, params: SamplingParams) -> TokenLogprob:
+        """`token`'s log-probability in `logits` (with the logit bias applied: see `Sampler.biased`), and the
+        `params.logprobs` likeliest tokens'."""
         peak = float(logits.max())
         log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
         top: tuple[tuple[int, bytes, float], ...] = ()

@@ -256,7 +256,7 @@ class Scheduler:
         slot.generated += 1
         job.completion_tokens += 1
         if sampling.logprobs is not None:
-            slot.logprobs.append(self._model.logprob(self.ctx, index, token, sampling))
+            slot.logprobs.append(self._model.logprob(sampler.biased(self.ctx, index), token, sampling))
         piece = self._model.piece(token)
         if slot.thinking is not None:
             slot.thinking.push(piece.decode(errors="replace"))

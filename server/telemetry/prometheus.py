@@ -157,7 +157,8 @@ cache_lookups = Counter(
 )
 rate_limited = Counter(
     _base(RATE_LIMITED, "_total"),
-    "Requests refused with 429 by a key's limit, by the limit that refused them (requests, tokens, model_loads).",
+    "Requests refused with 429 by a key's limit, by the limit that refused them (requests, tokens, model_loads, "
+    "concurrency).",
     ["limit"],
     registry=REGISTRY,
 )

@@ -13,6 +13,7 @@ from server.access.load_limit import LoadLimit
 from server.access.throttle import Throttle
 from server.config.settings import Settings
 from server.serving.pipeline.stages import LoadGate, Pipeline, Recorder, Stage, prepare
+from server.serving.stages.concurrency import ConcurrencyStage
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
 from server.serving.stages.record import RecordStage
@@ -44,9 +45,10 @@ class DataPlane:
 
 
 async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
-    """Open what the stages need (closed with `resources`) and compose them: observe → record → permit → limit
-    requests → prepare → limit tokens → cache → generate, each only when its store is configured. Everything that
-    may refuse a request cheaply comes before `prepare`, which renders and tokenizes."""
+    """Open what the stages need (closed with `resources`) and compose them: observe → record → permit → cap a
+    key's requests in flight → limit requests → prepare → limit tokens → cache → generate, each only when its store
+    (or setting) is configured. Everything that may refuse a request cheaply comes before `prepare`, which renders
+    and tokenizes."""
     credential = await entra_credential(settings, resources)
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
@@ -79,6 +81,8 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     else:
         authenticator = KeyAuthenticator(verifier, admin_key)
         stages.append(permit)
+        if settings.max_concurrent_per_key > 0:
+            stages.append(ConcurrencyStage(settings.max_concurrent_per_key))
     if settings.redis_url is None:
         stages.append(prepare)
     else:

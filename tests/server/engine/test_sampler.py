@@ -235,3 +235,25 @@ def test_a_top_k_past_int32_keeps_every_token_rather_than_wrapping(
         finally:
             sampler.close()
     assert len(drawn) > 5
+
+
+def test_log_probabilities_are_those_of_the_biased_logits(
+    model: LlamaModel, decoded: tuple[llama_cpp.llama_context_p, int]
+) -> None:
+    ctx, n = decoded
+    bias = {0: -100.0, 2: -100.0, 7: 5.0}
+    params = SamplingParams(max_tokens=1, temperature=0.0, logit_bias=bias, logprobs=3)
+    sampler = new_sampler(model, params)
+    try:
+        for index in range(n):
+            logits = _logits(model, ctx, index)
+            for token, value in bias.items():
+                logits[token] += np.float32(value)
+            expected = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64) - logits.max()).sum())
+            expected -= logits.max()
+            got = model.logprob(sampler.biased(ctx, index), 7, params)
+            assert got.logprob == pytest.approx(expected[7], abs=1e-5)
+            assert [t for t, _, _ in got.top] == [int(t) for t in np.argsort(-logits, kind="stable")[:3]]
+            assert [p for _, _, p in got.top] == pytest.approx([expected[t] for t, _, _ in got.top], abs=1e-5)
+    finally:
+        sampler.close()

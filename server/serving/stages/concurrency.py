@@ -1,0 +1,53 @@
+"""The cap on the requests one key may have in flight on this replica (`GGUFSTACK_MAX_CONCURRENT_PER_KEY`).
+
+The engine's slots and the queue in front of them are shared by every key: without a cap one key's long generations,
+sent together, take all of them, and every other key gets 429 `engine_overloaded` while they run. Neither RPM (a
+handful of requests is enough) nor TPM (an answer's tokens are charged when it ends, so requests sent together all
+pass) prevents it. A request past the cap gets 429 `too_many_concurrent_requests` before it counts against RPM or
+anything is rendered. Counted per replica, in memory, like model loads; the admin key and servers without keys are
+not capped (their caller has no key id). A request counts from this stage until its events close: its answer sent,
+its client gone, or its stream given up (see the stream send timeout).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import aclosing
+
+from server.errors import APIError
+from server.serving.pipeline.job import ServingJob
+from server.serving.pipeline.stages import Events, Next
+from server.telemetry import prometheus
+
+
+class ConcurrencyStage:
+    def __init__(self, per_key: int) -> None:
+        self._per_key = per_key
+        self._running: Counter[str] = Counter()
+
+    def running(self, key_id: str) -> int:
+        return self._running[key_id]
+
+    async def __call__(self, job: ServingJob, call_next: Next) -> Events:
+        key_id = job.caller.key_id
+        if key_id is not None and self._running[key_id] >= self._per_key:
+            prometheus.rate_limited.labels("concurrency").inc()
+            raise APIError(
+                429,
+                f"this API key already has {self._per_key} requests in flight on this server "
+                "(GGUFSTACK_MAX_CONCURRENT_PER_KEY); retry when one has finished",
+                type="rate_limit_error",
+                code="too_many_concurrent_requests",
+                headers={"Retry-After": "1"},
+            )
+        if key_id is not None:
+            self._running[key_id] += 1
+        try:
+            async with aclosing(call_next(job)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            if key_id is not None:
+                self._running[key_id] -= 1
+                if self._running[key_id] <= 0:
+                    del self._running[key_id]
