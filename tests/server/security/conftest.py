@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,14 +83,23 @@ def eventually(probe: Callable[[], object], timeout: float = 15.0) -> object:
     return result
 
 
-@pytest.fixture(scope="session")
-def plane(postgres: Postgres, redis_server: Redis, demo_gguf: Path, tmp_path_factory) -> Iterator[Plane]:
-    database = "security_" + uuid.uuid4().hex[:8]
+@contextmanager
+def own_plane(
+    postgres: Postgres, redis: Redis, model_path: Path, workdir: Path, name: str, **extra: str
+) -> Iterator[Plane]:
+    """A server of its own, on a fresh database named after `name`, with `extra` settings."""
+    database = name + "_" + uuid.uuid4().hex[:8]
     postgres.create_database(database)
-    env = server_env(postgres, database, redis_server, demo_gguf, GGUFSTACK_KEY_CACHE_TTL_S="2")
-    server = start_server(tmp_path_factory.mktemp("security-server"), env, n_threads=1)
+    server = start_server(workdir, server_env(postgres, database, redis, model_path, **extra), n_threads=1)
     try:
         server.wait_ready()
-        yield Plane(postgres, database, redis_server, server)
+        yield Plane(postgres, database, redis, server)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def plane(postgres: Postgres, redis_server: Redis, demo_gguf: Path, tmp_path_factory) -> Iterator[Plane]:
+    workdir = tmp_path_factory.mktemp("security-server")
+    with own_plane(postgres, redis_server, demo_gguf, workdir, "security", GGUFSTACK_KEY_CACHE_TTL_S="2") as shared:
+        yield shared

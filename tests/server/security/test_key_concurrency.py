@@ -15,31 +15,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, server_env
+from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, own_plane
 from tests.support.postgres import Postgres
 from tests.support.redis import Redis
-from tests.support.server import start_server
 
 
 @pytest.fixture(scope="module")
 def capped_plane(postgres: Postgres, redis_server: Redis, demo_gguf, tmp_path_factory) -> Iterator[Plane]:
-    database = "concurrency_" + uuid.uuid4().hex[:8]
-    postgres.create_database(database)
-    env = server_env(
-        postgres,
-        database,
-        redis_server,
-        demo_gguf,
-        GGUFSTACK_N_SLOTS="2",
-        GGUFSTACK_MAX_QUEUE="1",
-        GGUFSTACK_MAX_CONCURRENT_PER_KEY="1",
-    )
-    server = start_server(tmp_path_factory.mktemp("key-concurrency"), env, n_threads=1)
-    try:
-        server.wait_ready()
-        yield Plane(postgres, database, redis_server, server)
-    finally:
-        server.stop()
+    workdir = tmp_path_factory.mktemp("key-concurrency")
+    capped = {"GGUFSTACK_N_SLOTS": "2", "GGUFSTACK_MAX_QUEUE": "1", "GGUFSTACK_MAX_CONCURRENT_PER_KEY": "1"}
+    with own_plane(postgres, redis_server, demo_gguf, workdir, "concurrency", **capped) as own:
+        yield own
 
 
 def _long_stream(plane: Plane, key: str):

@@ -20,23 +20,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, server_env
+from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, own_plane
 from tests.support.postgres import Postgres
 from tests.support.redis import Redis
-from tests.support.server import start_server
 
 
 @pytest.fixture(scope="module")
 def stalling_plane(postgres: Postgres, redis_server: Redis, demo_gguf, tmp_path_factory) -> Iterator[Plane]:
-    database = "stalled_" + uuid.uuid4().hex[:8]
-    postgres.create_database(database)
-    env = server_env(postgres, database, redis_server, demo_gguf, GGUFSTACK_STREAM_SEND_TIMEOUT_S="2")
-    server = start_server(tmp_path_factory.mktemp("stalled-readers"), env, n_threads=1)
-    try:
-        server.wait_ready()
-        yield Plane(postgres, database, redis_server, server)
-    finally:
-        server.stop()
+    workdir = tmp_path_factory.mktemp("stalled-readers")
+    with own_plane(postgres, redis_server, demo_gguf, workdir, "stalled", GGUFSTACK_STREAM_SEND_TIMEOUT_S="2") as own:
+        yield own
 
 
 def _stalled_stream(plane: Plane, key: str) -> socket.socket:
