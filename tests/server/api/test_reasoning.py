@@ -253,15 +253,21 @@ def test_a_streamed_response_sends_the_reasoning_item_the_sdk_accumulates(client
 
 
 def test_reasoning_items_given_back_or_chained_are_left_out_of_the_prompt(client: openai.OpenAI) -> None:
-    first = client.responses.create(model=THINKING_MODEL_ID, input="Hi", max_output_tokens=8)
-    chained = client.responses.create(
-        model=THINKING_MODEL_ID, input="And again?", previous_response_id=first.id, max_output_tokens=8
-    )
-    assert chained.status in ("completed", "incomplete")
-    given_back = [
-        {"role": "user", "content": "Hi"},
-        *[item.model_dump(exclude_none=True) for item in first.output],
-        {"role": "user", "content": "And again?"},
-    ]
-    again = client.responses.create(model=THINKING_MODEL_ID, input=given_back, max_output_tokens=8, store=False)  # type: ignore[arg-type]
-    assert again.output[0].type == "reasoning"
+    greedy: dict[str, Any] = {"model": THINKING_MODEL_ID, "max_output_tokens": 8, "temperature": 0}
+    first = client.responses.create(input="Hi", **greedy)
+    assert first.output[0].type == "reasoning"
+    without_reasoning = [item for item in first.output if item.type != "reasoning"]
+
+    def prompt_tokens(given_back: list[Any]) -> int:
+        turns = [
+            {"role": "user", "content": "Hi"},
+            *[item.model_dump(exclude_none=True) for item in given_back],
+            {"role": "user", "content": "And again?"},
+        ]
+        again = client.responses.create(input=turns, store=False, **greedy)
+        assert again.usage is not None
+        return again.usage.input_tokens
+
+    chained = client.responses.create(input="And again?", previous_response_id=first.id, **greedy)
+    assert chained.usage is not None
+    assert prompt_tokens(first.output) == prompt_tokens(without_reasoning) == chained.usage.input_tokens
