@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import start_http_server
 
 from server.api.body_limit import BodyLimitMiddleware
+from server.api.disconnect import DisconnectWatcher
 from server.api.errors import install_error_handlers
 from server.api.middleware import RequestContextMiddleware, RequestLimitsMiddleware, request_limits_of
 from server.api.routes import admin, anthropic, conversations, health, metrics, openai, responses, tokenizer
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = models
     app.state.holder = models.default.holder  # the first model's: what tools and tests of one model look at
     app.state.settings = settings
+    app.add_middleware(DisconnectWatcher, paths=("/v1/",))
     app.add_middleware(RequestLimitsMiddleware, limits=request_limits_of(settings))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -1,6 +1,10 @@
 """Threat: a client streams a long answer and goes away one token before the end. If tokens were charged and usage
 recorded only on the Finished event, the answer would be free: nothing against the key's TPM, 0 completion tokens in
-its audit row. Every ending (finished, client gone, drained, failed) charges and records what was generated."""
+its audit row. Every ending (finished, client gone, drained, failed) charges and records what was generated.
+
+Threat: a client asks for a long answer that does not stream and hangs up at once. If the server did not notice, the
+generation would run to its end for nobody, holding a slot other keys wait for (a key could keep every slot busy at
+the cost of one request each). It stops, charged and recorded as a client gone."""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ import signal
 import uuid
 
 import httpx
+import pytest
 
-from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, server_env
+from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, own_plane, server_env
+from tests.support.postgres import Postgres
+from tests.support.redis import Redis
 from tests.support.server import start_server
 
 
@@ -89,3 +96,37 @@ def test_a_stream_ended_by_a_drain_pays_for_what_was_generated(plane: Plane, dem
     request_id, status, completion_tokens = _row(plane, created["id"])
     assert status >= 500 and completion_tokens >= 3
     assert _charged(plane, created["id"], request_id) == completion_tokens
+
+
+def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(plane: Plane) -> None:
+    created = plane.create_key(tpm=1_000_000)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a long story. " + uuid.uuid4().hex}],
+        "max_tokens": 1500,
+        "logit_bias": EOS_TOKENS,
+    }
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(f"{plane.url}/v1/chat/completions", json=body, headers=headers, timeout=2.0)
+    # Run to its end, the answer takes tens of seconds on the demo model and is recorded as a 200 of 1500 tokens.
+    request_id, status, completion_tokens = _row(plane, created["id"])
+    assert status == 499 and 0 < completion_tokens < 1500
+    assert _charged(plane, created["id"], request_id) == completion_tokens
+
+
+def test_a_client_that_hangs_up_on_a_large_embeddings_request_stops_it(
+    postgres: Postgres, redis_server: Redis, demo_gguf, tmp_path
+) -> None:
+    """Its inputs still queued are dropped: embedded for nobody, they would keep every other key's waiting."""
+    pooled = {"GGUFSTACK_EMBEDDING_POOLING": "mean"}
+    with own_plane(postgres, redis_server, demo_gguf, tmp_path, "abandoned_embeddings", **pooled) as plane:
+        created = plane.create_key(tpm=100_000_000)
+        headers = {"Authorization": f"Bearer {created['key']}"}
+        inputs = [f"{i} {uuid.uuid4().hex} " + "word " * 300 for i in range(300)]
+        body = {"model": MODEL, "input": inputs}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{plane.url}/v1/embeddings", json=body, headers=headers, timeout=2.0)
+        # Embedded to the end, its 90,000 tokens take minutes on the demo model.
+        _, status, _ = _row(plane, created["id"])
+        assert status == 499
