@@ -44,7 +44,7 @@ def exercise(base_url: str, model: str, *, api_key: str = "unused") -> None:
     reply = client.chat.completions.create(model=model, messages=ask, max_tokens=8, temperature=0)
     assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
 
-    chunks = list(client.chat.completions.create(model=model, messages=ask, max_tokens=8, stream=True))
+    chunks = list(client.chat.completions.create(model=model, messages=ask, max_tokens=8, temperature=0, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
     shaped = client.chat.completions.create(

@@ -120,6 +120,7 @@ def test_json_schema_works_on_completions_too(client: openai.OpenAI) -> None:
         model=DEMO_MODEL_ID,
         prompt="2 + 2 =",
         max_tokens=30,
+        temperature=0,
         extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}},
     )
     jsonschema.validate(json.loads(r.choices[0].text), schema)

@@ -221,13 +221,14 @@ def test_responses_accept_a_reasoning_effort(client: openai.OpenAI) -> None:
         input="What is the capital of France?",
         max_output_tokens=12,
         reasoning={"effort": "none"},
+        temperature=0,
     )
     assert response.output_text and "</think>" not in response.output_text
 
 
 def test_responses_put_the_thinking_in_a_reasoning_item_first(client: openai.OpenAI) -> None:
     response = client.responses.create(
-        model=THINKING_MODEL_ID, input="What is the capital of France?", max_output_tokens=12
+        model=THINKING_MODEL_ID, input="What is the capital of France?", max_output_tokens=12, temperature=0
     )
     first = response.output[0]
     assert first.type == "reasoning" and first.summary == []

@@ -186,7 +186,9 @@ def test_the_sdk_parses_into_a_pydantic_model(client: openai.OpenAI) -> None:
 
 
 def test_max_output_tokens_makes_it_incomplete(client: openai.OpenAI) -> None:
-    response = client.responses.create(model=DEMO_MODEL_ID, input="Tell me a long story.", max_output_tokens=3)
+    response = client.responses.create(
+        model=DEMO_MODEL_ID, input="Tell me a long story.", max_output_tokens=3, **GREEDY
+    )
     assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
     assert response.usage.output_tokens == 3
 
