@@ -39,20 +39,24 @@ class DisconnectWatcher:
             await self.app(scope, receive, send)
             return
         watch = _Watch(task, receive, send)
+        ours_ended = False
         try:
             await self.app(scope, watch.receive, watch.send)
         except asyncio.CancelledError:
-            # Ours (the client is gone) ends here; any other (the server shutting down) goes on up.
-            if not watch.cancelled_app or task.uncancel() > 0:
+            if not watch.cancelled_app:
+                raise
+            ours_ended = True
+            if task.uncancel() > 0:  # the server cancelled it too (shutting down): that goes on up
                 raise
             log.info("the client went away before its answer began: its request was stopped")
             if (record := access_record_var.get()) is not None:
                 record.status = CLIENT_CLOSED
-        else:
-            if watch.cancelled_app:  # the app took the cancellation and ended by itself
-                task.uncancel()
         finally:
             watch.stop()
+            if watch.cancelled_app and not ours_ended:
+                # The app took the cancellation and ended otherwise (returned, or raised an error of its own): the
+                # task must not stay marked as being cancelled.
+                task.uncancel()
 
 
 class _Watch:

@@ -167,3 +167,21 @@ async def test_a_path_it_is_not_given_is_not_watched() -> None:
     client.hung_up.set()
     await asyncio.wait_for(running, 5)
     assert ended.is_set()
+
+
+async def test_an_app_that_turns_the_cancellation_into_an_error_raises_it_and_is_not_left_cancelling() -> None:
+    client = Client()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RuntimeError("a driver's own error for a cancelled call") from None
+
+    running = asyncio.create_task(_watched(app)(SCOPE, client.receive, client.send))
+    await asyncio.sleep(0.05)
+    client.hung_up.set()
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(running, 5)
+    assert running.cancelling() == 0
