@@ -8,12 +8,15 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
 from server.engine.control_text import ControlTexts
 from server.engine.thinking import ThinkingBudget
 from server.errors import FailureKind, ForeseenError
+
+if TYPE_CHECKING:  # it raises this module's ContextOverflowError
+    from server.engine.token_bound import TokenBound
 
 FinishReason = Literal["stop", "length"]
 # Bump when the same request on the same model may sample other tokens (the sampler chain's order, a new default):
@@ -230,6 +233,11 @@ class Engine(Protocol):
     @property
     def control_texts(self) -> ControlTexts:
         """The texts of the model's control tokens, which a client's strings may spell only as text."""
+        ...
+
+    @property
+    def token_bound(self) -> TokenBound:
+        """How few tokens a text can hold, from its length: a prompt refused before it is tokenized."""
         ...
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...

@@ -29,6 +29,7 @@ from server.engine.probe import EngineProbe
 from server.engine.scheduler import DEFAULT_PREFILL_CHUNK, Scheduler
 from server.engine.sizing import default_slot_count
 from server.engine.stats import EngineMetrics
+from server.engine.token_bound import TokenBound
 from server.engine.validation import validate
 
 
@@ -110,6 +111,10 @@ class BatchingEngine:
     @property
     def control_texts(self) -> ControlTexts:
         return self._model.control_texts
+
+    @property
+    def token_bound(self) -> TokenBound:
+        return self._model.token_bound
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         self._model.check_token_ids(tokens, param="tokens")

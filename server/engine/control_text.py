@@ -31,10 +31,10 @@ from server.errors import ForeseenError
 # Private use area characters, tried in order for the stand-ins of one request.
 _STAND_INS = (*range(0xF0000, 0xFFFFE), *range(0x100000, 0x10FFFE), *range(0xE000, 0xF900))
 _PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U0010ffff]")
+WHITESPACE = " \t\n\v\f\r"  # C's isspace, which llama.cpp's strips use
 # A character written as an escape (a template's `tojson` with ensure_ascii, a Python repr): a stand-in must not be one
 # a client's text already spells so, as those are turned back too.
 _ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})(?:\\u([dD][c-fC-F][0-9a-fA-F]{2}))?|U([0-9a-fA-F]{8}))")
-_WHITESPACE = " \t\n\v\f\r"  # C's isspace, which llama.cpp's strips use
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,16 +198,16 @@ class Quoting:
             token = self._texts.tokens[match.group()]
             run = rendered[at : match.start()]
             if strip_left:
-                run = run.lstrip(_WHITESPACE)
+                run = run.lstrip(WHITESPACE)
             if token.lstrip:
-                run = run.rstrip(_WHITESPACE)
+                run = run.rstrip(WHITESPACE)
             if run:
                 out += text(self._restored(run))
             out.append(token.id)
             at, strip_left = match.end(), token.rstrip
         run = rendered[at:]
         if strip_left:
-            run = run.lstrip(_WHITESPACE)
+            run = run.lstrip(WHITESPACE)
         if run:
             out += text(self._restored(run))
         return out

@@ -29,6 +29,7 @@ from server.engine.chat_template import (
     detect_tool_syntax,
 )
 from server.engine.control_text import ControlTexts, ControlToken
+from server.engine.token_bound import TokenBound
 from server.engine.validation import check_token_ids
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class LlamaModel:
         thinking_tags = (self.reasoning.open, self.reasoning.close) if self.reasoning is not None else ()
         control, user_defined = self._special_tokens()
         self.control_texts = ControlTexts(control, as_written=(*thinking_tags, *user_defined))
+        self.token_bound = self._token_bound()
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -168,6 +170,21 @@ class LlamaModel:
             elif attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED:
                 user_defined.append(self._special_text(token))
         return control, user_defined
+
+    def _token_bound(self) -> TokenBound:
+        """The longest text one token stands for (special tokens' included), in bytes, for the vocabularies that
+        tokenize every byte of a text (see TokenBound); whether a token strips the whitespace beside it."""
+        covering = (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE)
+        if llama_cpp.llama_vocab_type(self.vocab) not in covering:
+            return TokenBound()
+        strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+        buf = ctypes.create_string_buffer(256)
+        longest, whitespace_may_vanish = 1, False
+        for token in range(self.info.n_vocab):
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            longest = max(longest, n if n >= 0 else -n)  # -n: the length of a piece longer than the buffer
+            whitespace_may_vanish |= bool(llama_cpp.llama_vocab_get_attr(self.vocab, token) & strips)
+        return TokenBound(longest, whitespace_may_vanish)
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         """`text`'s tokens; with `parse_special`, a control token's text becomes that token, without it, text."""

@@ -18,6 +18,7 @@ from server.engine.base import (
 )
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool, TemplateVariables, ToolSyntax
 from server.engine.control_text import ControlTexts
+from server.engine.token_bound import TokenBound
 from server.lifecycle.budget import Budget
 from server.lifecycle.catalogue import ModelSpec
 from server.lifecycle.holder import ModelHolder, ServedModel
@@ -68,6 +69,7 @@ class FakeEngine:
     closed: bool = False
 
     control_texts: ControlTexts = field(default_factory=ControlTexts)
+    token_bound: TokenBound = field(default_factory=TokenBound)
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         return [ord(c) for c in text]

@@ -33,7 +33,11 @@ async def create(body: EmbeddingRequest, ctx: ServingContext) -> Reply[Embedding
 
 
 def _tokens(engine: Engine, body: EmbeddingRequest) -> list[list[int]]:
-    return [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in body.token_lists()]
+    inputs = body.token_lists()
+    for i, text in enumerate(inputs):
+        if isinstance(text, str):  # one far past the context is refused before any input is tokenized
+            engine.token_bound.check(text, n_ctx=engine.n_ctx, param="input", what=f"input {i}")
+    return [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in inputs]
 
 
 def _base64(vector: list[float]) -> str:

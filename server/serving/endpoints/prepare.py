@@ -63,10 +63,10 @@ def _sampling(body: SamplingFields, max_tokens: int, *, logprobs: int | None) ->
 
 
 def completion_request(engine: Engine, body: CompletionRequest) -> PreparedGeneration:
-    if isinstance(body.prompt, str):
-        prompt = engine.tokenize(body.prompt, add_special=True)
-    elif body.prompt and isinstance(body.prompt[0], str):
-        prompt = engine.tokenize(body.prompt[0], add_special=True)
+    text = body.prompt if isinstance(body.prompt, str) else body.prompt[0] if body.prompt else None
+    if isinstance(text, str):
+        engine.token_bound.check(text, n_ctx=engine.n_ctx, param="prompt")
+        prompt = engine.tokenize(text, add_special=True)
     else:
         prompt = [t for t in body.prompt if isinstance(t, int)]
     if not prompt:
@@ -114,6 +114,7 @@ def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = 
         inside = rendered.rstrip().endswith(reasoning.open)
         turned_off = reasoning.switch and body.thinking_off()
         reasoning = None if prefill or turned_off else replace(reasoning, starts_inside=inside)
+    engine.token_bound.check(rendered, n_ctx=engine.n_ctx, param="messages")
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
     tokens = quoting.tokens(
         rendered,

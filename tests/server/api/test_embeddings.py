@@ -88,6 +88,13 @@ def test_bad_inputs_get_400(client: openai.OpenAI, payload: dict, param: str) ->
     assert info.value.body["param"] == param
 
 
+def test_an_input_far_past_the_context_is_refused_before_any_is_tokenized(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=DEMO_MODEL_ID, input=["ok", " " * 1_000_000])
+    assert info.value.body["param"] == "input" and info.value.body["code"] == "context_length_exceeded"
+    assert "input 1 has at least" in info.value.body["message"]
+
+
 def test_the_endpoint_can_be_turned_off() -> None:
     assert "/v1/embeddings" not in create_app(load_settings(embeddings=False)).openapi()["paths"]
     assert "/v1/embeddings" in create_app(load_settings()).openapi()["paths"]

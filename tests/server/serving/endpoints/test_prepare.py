@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from server.engine.base import EngineError, Finished, Grammar
+from server.engine.base import ContextOverflowError, EngineError, Finished, Grammar
 from server.engine.batching import BatchingEngine
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool
 from server.engine.control_text import ControlTexts
 from server.engine.llama_model import LlamaModel
+from server.engine.token_bound import TokenBound
 from server.errors import APIError
 from server.lifecycle.holder import ServedModel
 from server.model_source.local import demo_model
@@ -57,6 +58,7 @@ class StandInEngine:
         self.freed: list[object] = []
 
     control_texts = ControlTexts()
+    token_bound = TokenBound()
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         return [1 + len(word) for word in text.split()]
@@ -424,3 +426,33 @@ def fields_with(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [fields_with(item, old, new) for item in value]
     return value
+
+
+# ---- a prompt far past the context is refused before it is tokenized ----
+
+
+def _untokenized(engine: BatchingEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def tokenize(text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        raise AssertionError("tokenized")
+
+    monkeypatch.setattr(engine, "tokenize", tokenize)
+
+
+def test_a_chat_far_past_the_context_is_refused_untokenized(
+    demo_model_engine: BatchingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body-limit's worth of spaces took llama.cpp's tokenizer over 10 s before the context check refused it."""
+    _untokenized(demo_model_engine, monkeypatch)
+    with pytest.raises(ContextOverflowError, match="at least") as refused:
+        chat_request(demo_model_engine, chat(messages=[{"role": "user", "content": " " * 4_000_000}]))
+    assert refused.value.param == "messages"
+
+
+def test_a_completion_prompt_far_past_the_context_is_refused_untokenized(
+    demo_model_engine: BatchingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _untokenized(demo_model_engine, monkeypatch)
+    for prompt in ("a" * 4_000_000, ["a" * 4_000_000]):
+        with pytest.raises(ContextOverflowError, match="at least") as refused:
+            completion_request(demo_model_engine, CompletionRequest(model="m", prompt=prompt))
+        assert refused.value.param == "prompt"
