@@ -200,6 +200,12 @@ def test_a_named_tool_is_the_one_called(client: anthropic.Anthropic) -> None:
     assert m.stop_reason == "tool_use" and [u.name for u in uses] == ["get_time"]
 
 
+def test_count_tokens_refuses_a_prompt_that_cannot_fit_without_counting_it(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.count_tokens(model=HERMES, messages=[{"role": "user", "content": " " * 2_000_000}])
+    assert "has at least" in info.value.body["error"]["message"]
+
+
 def test_count_tokens_counts_what_create_reads(client: anthropic.Anthropic) -> None:
     body: dict[str, Any] = {"model": HERMES, "messages": ASK, "system": [{"type": "text", "text": "Be terse."}]}
     counted = client.messages.count_tokens(**body)
