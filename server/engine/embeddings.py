@@ -1,7 +1,10 @@
 """Embeddings from the served model: a context of its own with embeddings on, fed batches of whole inputs.
 
-Requests put their inputs on one queue and a worker thread decodes as many as fit one batch at a time, whoever sent
-them, so concurrent requests share decode calls. Each input is its own sequence; the pooled vector of each sequence is
+Requests put their inputs on a queue of their own and a worker thread decodes as many as fit one batch at a time, so
+concurrent requests share decode calls. A batch takes the requests' inputs in turn, one each, beginning with the
+request served longest ago, so a request of a few inputs is answered within a batch or two however many inputs the
+requests before it queued (first come, first served, one request of 2048 long inputs held every other back until it
+was done). Each input is its own sequence; the pooled vector of each sequence is
 L2-normalised, as OpenAI's are. The context is created on first use, so a server that never embeds pays nothing.
 """
 
@@ -83,7 +86,8 @@ class Embedder:
         self._n_embd = llama_cpp.llama_model_n_embd(model.ptr)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._cond = threading.Condition()
-        self._queue: collections.deque[_Item] = collections.deque()
+        # Each waiting request's inputs, by request; the longest since it was last served first.
+        self._queues: dict[object, collections.deque[_Item]] = {}
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="embeddings", daemon=True)
         self._thread.start()
@@ -91,6 +95,12 @@ class Embedder:
     @property
     def max_tokens(self) -> int:
         return self._n_batch
+
+    @property
+    def waiting(self) -> int:
+        """Inputs queued for a batch."""
+        with self._cond:
+            return sum(len(queue) for queue in self._queues.values())
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         for i, tokens in enumerate(inputs):
@@ -105,23 +115,20 @@ class Embedder:
             self._model.check_token_ids(tokens, param="input")
         loop = asyncio.get_running_loop()
         items = [_Item(tokens, loop) for tokens in inputs]
+        request = object()
         with self._cond:
             if self._closing:
                 raise EngineError("the embeddings engine is shutting down")
-            self._queue.extend(items)
+            self._queues[request] = collections.deque(items)
             self._cond.notify()
         try:
             return list(await asyncio.gather(*(item.done for item in items)))
         except BaseException:
             # Abandoned (the client went away) or failed: its inputs still queued are not decoded for nobody while
             # every other request waits behind them.
-            self._withdraw(items)
+            with self._cond:
+                self._queues.pop(request, None)
             raise
-
-    def _withdraw(self, items: list[_Item]) -> None:
-        gone = set(items)
-        with self._cond:
-            self._queue = collections.deque(item for item in self._queue if item not in gone)
 
     async def close(self) -> None:
         with self._cond:
@@ -135,10 +142,11 @@ class Embedder:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._queues and not self._closing:
                     self._cond.wait()
                 if self._closing:
-                    pending, self._queue = list(self._queue), collections.deque()
+                    pending = [item for queue in self._queues.values() for item in queue]
+                    self._queues = {}
                     break
                 taken = self._take()
             self._decode(taken)
@@ -146,13 +154,25 @@ class Embedder:
             item.settle(EngineError("the embeddings engine shut down"))
 
     def _take(self) -> list[_Item]:
-        """Whole inputs, oldest first, as many as fit one batch. Caller holds _cond."""
+        """Whole inputs, as many as fit one batch, one from each request in turn (each request's in order). A request
+        served goes to the back of the turn; one whose next input did not fit stays ahead, so it comes first, with
+        the whole batch free, next time. Caller holds _cond."""
         taken: list[_Item] = []
         budget = self._n_batch
-        while self._queue and len(taken) < MAX_SEQUENCES and len(self._queue[0].tokens) <= budget:
-            item = self._queue.popleft()
-            budget -= len(item.tokens)
-            taken.append(item)
+        served = True
+        while served and len(taken) < MAX_SEQUENCES:
+            served = False
+            for request in list(self._queues):
+                queue = self._queues[request]
+                if len(taken) == MAX_SEQUENCES or len(queue[0].tokens) > budget:
+                    continue
+                item = queue.popleft()
+                budget -= len(item.tokens)
+                taken.append(item)
+                served = True
+                del self._queues[request]  # to the back of the turn, or gone with its last input
+                if queue:
+                    self._queues[request] = queue
         return taken
 
     def _decode(self, items: list[_Item]) -> None:
