@@ -41,12 +41,19 @@ def serve(
     import uvicorn
 
     from server.api.app import create_app
+    from server.api.pipelining import PipeliningAwareProtocol
     from server.lifecycle.shutdown import DrainingServer
 
     app = create_app(settings)
     # Our middleware writes one access line per request with its request id, tokens and timings.
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        http=PipeliningAwareProtocol,
     )
     DrainingServer(config, app.state.registry, settings.drain_timeout_s).run()
 

@@ -224,6 +224,11 @@ class Engine(Protocol):
     def n_ctx(self) -> int: ...
 
     @property
+    def embedding_max_tokens(self) -> int:
+        """The most tokens one embeddings input may hold (the embeddings context's batch)."""
+        ...
+
+    @property
     def gpu_offload(self) -> bool: ...
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:

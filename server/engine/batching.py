@@ -98,6 +98,10 @@ class BatchingEngine:
         return self._n_ctx
 
     @property
+    def embedding_max_tokens(self) -> int:
+        return int(self._n_batch)  # the embeddings context's size and batch (Embedder.max_tokens)
+
+    @property
     def n_slots(self) -> int:
         return len(self._scheduler.slots)
 

@@ -59,6 +59,7 @@ class FakeEngine:
     reply: str = "hi"
     model_id: str = "fake"
     n_ctx: int = 4096
+    embedding_max_tokens: int = 512
     gpu_offload: bool = False
     tool_syntax: ToolSyntax | None = None
     reasoning: ReasoningSyntax | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import struct
 
-from server.engine.base import Engine
+from server.engine.base import ContextOverflowError, Engine
 from server.protocol.openai import EmbeddingRequest
 from server.protocol.openai_replies import Embedding, EmbeddingList, EmbeddingUsage
 from server.serving.endpoints.reply import Reply
@@ -33,11 +33,27 @@ async def create(body: EmbeddingRequest, ctx: ServingContext) -> Reply[Embedding
 
 
 def _tokens(engine: Engine, body: EmbeddingRequest) -> list[list[int]]:
+    """Each input's tokens. An input must fit the embeddings batch, so one certainly longer is refused before any
+    input is tokenized, and one found longer once tokenized is refused before the next is: a request of many inputs
+    each just under the context (a body-limit's worth in all) is not tokenized whole to be refused afterwards."""
     inputs = body.token_lists()
+    most = engine.embedding_max_tokens
     for i, text in enumerate(inputs):
-        if isinstance(text, str):  # one far past the context is refused before any input is tokenized
-            engine.token_bound.check(text, n_ctx=engine.n_ctx, param="input", what=f"input {i}")
-    return [engine.tokenize(i, add_special=True) if isinstance(i, str) else i for i in inputs]
+        if isinstance(text, str) and (least := engine.token_bound.at_least(text)) > most:
+            raise _too_long(i, f"at least {least}", most)
+    tokens: list[list[int]] = []
+    for i, text in enumerate(inputs):
+        item = engine.tokenize(text, add_special=True) if isinstance(text, str) else text
+        if len(item) > most:
+            raise _too_long(i, str(len(item)), most)
+        tokens.append(item)
+    return tokens
+
+
+def _too_long(i: int, held: str, most: int) -> ContextOverflowError:
+    return ContextOverflowError(
+        f"input {i} has {held} tokens; at most {most} can be embedded", param="input", code="context_length_exceeded"
+    )
 
 
 def _base64(vector: list[float]) -> str:

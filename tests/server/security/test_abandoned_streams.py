@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import time
 import uuid
 
 import httpx
@@ -130,3 +132,28 @@ def test_a_client_that_hangs_up_on_a_large_embeddings_request_stops_it(
         # Embedded to the end, its 90,000 tokens take minutes on the demo model.
         _, status, _ = _row(plane, created["id"])
         assert status == 499
+
+
+def test_a_client_that_pipelines_a_second_request_and_hangs_up_still_stops_its_first(plane: Plane) -> None:
+    """uvicorn tells only a connection's latest request that its client went away: with a second request pipelined
+    behind it (its headers are enough), the first never heard the hang-up and ran its 1500 tokens to the end."""
+    created = plane.create_key(tpm=1_000_000)
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Tell me a long story. " + uuid.uuid4().hex}],
+            "max_tokens": 1500,
+            "logit_bias": EOS_TOKENS,
+        }
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {created['key']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    port = int(plane.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head + body + head)  # the second request's headers, its body never sent
+        time.sleep(2)
+    _, status, completion_tokens = _row(plane, created["id"])
+    assert status == 499 and 0 < completion_tokens < 1500
+    assert "Exception in ASGI application" not in plane.server.log()
