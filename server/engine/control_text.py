@@ -202,18 +202,21 @@ class Quoting:
             if token.lstrip:
                 run = run.rstrip(WHITESPACE)
             if run:
-                out += text(self._restored(run))
+                out += text(self.restored(run))
             out.append(token.id)
             at, strip_left = match.end(), token.rstrip
         run = rendered[at:]
         if strip_left:
             run = run.lstrip(WHITESPACE)
         if run:
-            out += text(self._restored(run))
+            out += text(self.restored(run))
         return out
 
-    def _restored(self, run: str) -> str:
-        """`run` with the swapped characters back, also where the template wrote them escaped."""
+    def restored(self, run: str) -> str:
+        """`run` with the swapped characters back, also where the template wrote them escaped: the text the tokenizer
+        is given (a stand-in a template escaped is twelve characters in `rendered` for one in the prompt)."""
+        if not self._stand_ins:
+            return run
         for form, char in self._escaped_back:
             if form in run:
                 run = run.replace(form, char)

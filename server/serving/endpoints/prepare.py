@@ -114,7 +114,7 @@ def chat_prompt(engine: Engine, body: ChatCompletionRequest, *, prefill: bool = 
         inside = rendered.rstrip().endswith(reasoning.open)
         turned_off = reasoning.switch and body.thinking_off()
         reasoning = None if prefill or turned_off else replace(reasoning, starts_inside=inside)
-    engine.token_bound.check(rendered, n_ctx=engine.n_ctx, param="messages")
+    engine.token_bound.check(quoting.restored(rendered), n_ctx=engine.n_ctx, param="messages")
     # The rendered template already carries the model's special tokens, so tokenizing must not add a second BOS.
     tokens = quoting.tokens(
         rendered,

@@ -15,7 +15,7 @@ import pytest
 from server.engine.base import ContextOverflowError, EngineError, Finished, Grammar
 from server.engine.batching import BatchingEngine
 from server.engine.chat_template import ReasoningSyntax, TemplateMessage, TemplateTool
-from server.engine.control_text import ControlTexts
+from server.engine.control_text import ControlTexts, ControlToken
 from server.engine.llama_model import LlamaModel
 from server.engine.token_bound import TokenBound
 from server.errors import APIError
@@ -456,3 +456,26 @@ def test_a_completion_prompt_far_past_the_context_is_refused_untokenized(
         with pytest.raises(ContextOverflowError, match="at least") as refused:
             completion_request(demo_model_engine, CompletionRequest(model="m", prompt=prompt))
         assert refused.value.param == "prompt"
+
+
+class EscapingEngine(StandInEngine):
+    """A template that writes messages with `tojson` (ensure_ascii): a stand-in past the BMP becomes a 12-character
+    surrogate-pair escape in the rendered prompt, for one character the tokenizer is given."""
+
+    control_texts = ControlTexts({"<|x|>": ControlToken(5)})
+    token_bound = TokenBound(longest_token_bytes=2)
+
+    def render_chat(
+        self,
+        messages: Sequence[TemplateMessage],
+        tools: Sequence[TemplateTool] | None = None,
+        variables: Mapping[str, Any] | None = None,
+    ) -> str:
+        return json.dumps([m["content"] for m in messages])
+
+
+def test_the_bound_counts_a_stand_in_a_template_escaped_as_the_one_character_it_is() -> None:
+    """300 quoted characters hold at least 151 tokens of 2 characters, under the context of 256; counted as the
+    3600 characters of their escapes, they were refused as holding at least 1800."""
+    prepared = chat_request(EscapingEngine(), chat(messages=[{"role": "user", "content": "<" * 300}]))
+    assert prepared.request.prompt_tokens
