@@ -113,6 +113,35 @@ class ControlTexts:
         self._starts = sorted({text[0] for text in self.tokens})
         self._as_written = tuple(text for text in as_written if text and text[0] in self._starts)
 
+    def may_hold_one(self, text: str) -> bool:
+        """Whether `text` holds a character a control text begins with (else it holds no control text)."""
+        return any(char in text for char in self._starts)
+
+    def cut(self, text: str) -> Iterator[str | ControlToken]:
+        """`text` as llama.cpp's special-token pass cuts it: each control text its token and the runs of text between
+        them, without the whitespace a token beside them strips (llama.cpp's LSTRIP/RSTRIP); empty runs left out."""
+        if self._pattern is None:
+            if text:
+                yield text
+            return
+        at, strip_left = 0, False
+        for match in self._pattern.finditer(text):
+            token = self.tokens[match.group()]
+            run = text[at : match.start()]
+            if strip_left:
+                run = run.lstrip(WHITESPACE)
+            if token.lstrip:
+                run = run.rstrip(WHITESPACE)
+            if run:
+                yield run
+            yield token
+            at, strip_left = match.end(), token.rstrip
+        run = text[at:]
+        if strip_left:
+            run = run.lstrip(WHITESPACE)
+        if run:
+            yield run
+
     def quoting(self, *values: Any) -> Quoting:
         """The quoting for one prompt whose client strings are in `values`; EngineError (a 400) in the unlikely case
         that they use every private-use character."""
@@ -189,27 +218,14 @@ class Quoting:
     def tokens(self, rendered: str, whole: Callable[[str], list[int]], text: Callable[[str], list[int]]) -> list[int]:
         """`rendered`'s tokens: `whole` (special tokens parsed) when nothing was swapped; else each of the template's
         control texts its token and each run between them `text` (none parsed), with the swapped characters back."""
-        pattern = self._texts._pattern
-        if not self._stand_ins or pattern is None:
+        if not self._stand_ins:
             return whole(rendered)
         out: list[int] = []
-        at, strip_left = 0, False
-        for match in pattern.finditer(rendered):
-            token = self._texts.tokens[match.group()]
-            run = rendered[at : match.start()]
-            if strip_left:
-                run = run.lstrip(WHITESPACE)
-            if token.lstrip:
-                run = run.rstrip(WHITESPACE)
-            if run:
-                out += text(self.restored(run))
-            out.append(token.id)
-            at, strip_left = match.end(), token.rstrip
-        run = rendered[at:]
-        if strip_left:
-            run = run.lstrip(WHITESPACE)
-        if run:
-            out += text(self.restored(run))
+        for part in self._texts.cut(rendered):
+            if isinstance(part, ControlToken):
+                out.append(part.id)
+            else:
+                out += text(self.restored(part))
         return out
 
     def restored(self, run: str) -> str:
