@@ -118,6 +118,11 @@ class LlamaModel:
         control, user_defined = self._special_tokens()
         self.control_texts = ControlTexts(control, as_written=(*thinking_tags, *user_defined))
         self.token_bound = self._token_bound()
+        # SentencePiece and BPE tokenize the text between special tokens run by run, each as if after one (see
+        # tokenize); the others (WordPiece, Unigram) are left to llama.cpp whole.
+        self._cuts_specials = llama_cpp.llama_vocab_type(self.vocab) in _COVERING_VOCABULARIES
+        self._add_bos = [llama_cpp.llama_vocab_bos(self.vocab)] if llama_cpp.llama_vocab_get_add_bos(self.vocab) else []
+        self._add_eos = [llama_cpp.llama_vocab_eos(self.vocab)] if llama_cpp.llama_vocab_get_add_eos(self.vocab) else []
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -174,8 +179,7 @@ class LlamaModel:
     def _token_bound(self) -> TokenBound:
         """The longest text one token stands for (special tokens' included), in bytes, for the vocabularies that
         tokenize every byte of a text (see TokenBound); whether a token strips the whitespace beside it."""
-        covering = (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE)
-        if llama_cpp.llama_vocab_type(self.vocab) not in covering:
+        if llama_cpp.llama_vocab_type(self.vocab) not in _COVERING_VOCABULARIES:
             return TokenBound()
         strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
         buf = ctypes.create_string_buffer(256)
@@ -188,6 +192,24 @@ class LlamaModel:
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         """`text`'s tokens; with `parse_special`, a control token's text becomes that token, without it, text."""
+        if parse_special and self._cuts_specials and self.control_texts.may_hold_one(text):
+            return self._tokenize_cut(text, add_special=add_special)
+        return self._tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def _tokenize_cut(self, text: str, *, add_special: bool) -> list[int]:
+        """`text`'s tokens with its control texts parsed, found in one pass here rather than by llama.cpp, which looks
+        for each control token's text in turn over the whole text: with thousands of them (Gemma's `<unusedN>`) a text
+        full of their first character took seconds. The runs between are tokenized as text, as
+        llama.cpp tokenizes them (its strips, and SentencePiece's space prefix after a special token, included)."""
+        out = list(self._add_bos) if add_special else []
+        for part in self.control_texts.cut(text):
+            if isinstance(part, ControlToken):
+                out.append(part.id)
+            else:
+                out += self._tokenize(part, add_special=False, parse_special=False)
+        return out + self._add_eos if add_special else out
+
+    def _tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode()
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
@@ -272,6 +294,8 @@ class LlamaModel:
             top = tuple((int(t), self.piece(int(t)), float(logits[t]) - log_total) for t in best)
         return TokenLogprob(token, self.piece(token), float(logits[token]) - log_total, top)
 
+
+_COVERING_VOCABULARIES = (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE)
 
 _CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

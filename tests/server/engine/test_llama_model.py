@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import llama_cpp
 import pytest
 
 from server.engine.base import EngineClosedError
@@ -65,3 +66,36 @@ async def test_an_engine_whose_model_was_unloaded_refuses_grammars_and_embedding
         await engine.embed([[1, 2, 3]])
     with pytest.raises(EngineClosedError):
         engine.detokenize([300])
+
+
+def _llama_cpp_tokens(model: LlamaModel, text: str, *, add_special: bool) -> list[int]:
+    """llama.cpp's own tokenizing of `text` with special tokens parsed, in one call."""
+    data = text.encode()
+    buf = (llama_cpp.llama_token * (len(data) + 8))()
+    n = llama_cpp.llama_tokenize(model.vocab, data, len(data), buf, len(buf), add_special, True)
+    return list(buf[:n])
+
+
+def test_control_texts_found_in_one_pass_give_llama_cpps_tokens(each_vocabulary: LlamaModel) -> None:
+    """Text holding control tokens' texts is cut here rather than by llama.cpp (which looked for each of Gemma's 6250
+    control tokens in turn over the whole text): the tokens are the ones llama.cpp makes."""
+    model = each_vocabulary
+    controls = sorted(model.control_texts.tokens, key=len)
+    first, longest = controls[0], controls[-1]
+    texts = [
+        f"{first}hello{longest}",
+        f"  {first}  spaced  {longest}\n\n",
+        f"{first}{first}{longest}{first}",
+        "<" * 200,
+        "a < b <= c << d <" + first[:-1],
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+        "<bos><unused0><unused12>tail <unused1>",
+        "漢字 <" + first + "> 🙂 [" + longest + "]",
+        " " + first,
+        first + " ",
+    ]
+    for text in texts:
+        for add_special in (True, False):
+            made = model.tokenize(text, add_special=add_special)
+            assert made == _llama_cpp_tokens(model, text, add_special=add_special), (text[:40], add_special)

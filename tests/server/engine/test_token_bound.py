@@ -5,15 +5,11 @@ a client would choose to make tokenizing slow."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from server.engine.base import ContextOverflowError
 from server.engine.llama_model import LlamaModel
 from server.engine.token_bound import TokenBound
-from server.model_source.local import demo_model
 
 
 def test_a_text_holds_at_least_its_characters_over_the_longest_token() -> None:
@@ -39,13 +35,6 @@ def test_a_text_certainly_past_the_context_is_refused_naming_the_field() -> None
     assert str(refused.value) == "this model's context is 8 tokens, but input 3 has at least 8"
 
 
-@pytest.fixture(scope="module", params=["demo (BPE)", "gemma (SentencePiece)"])
-def model(request: pytest.FixtureRequest, gemma_gguf: Path) -> Iterator[LlamaModel]:
-    loaded = LlamaModel(demo_model() if request.param.startswith("demo") else gemma_gguf, n_gpu_layers=0)
-    yield loaded
-    loaded.close()
-
-
 def _longest_piece(model: LlamaModel) -> str:
     pieces = (model.piece(token) for token in range(model.info.n_vocab))
     return max((p.decode() for p in pieces if _decodes(p)), key=lambda text: len(text.encode()))
@@ -59,7 +48,8 @@ def _decodes(piece: bytes) -> bool:
     return True
 
 
-def test_the_bound_never_exceeds_the_tokens(model: LlamaModel) -> None:
+def test_the_bound_never_exceeds_the_tokens(each_vocabulary: LlamaModel) -> None:
+    model = each_vocabulary
     bound = model.token_bound
     assert bound.longest_token_bytes > 1 and not bound.whitespace_may_vanish
     control = next(iter(model.control_texts.tokens))
