@@ -117,7 +117,18 @@ class ControlTexts:
         """Whether `text` holds a character a control text begins with (else it holds no control text)."""
         return any(char in text for char in self._starts)
 
-    def cut(self, text: str) -> Iterator[str | ControlToken]:
+    def tokenize(self, text: str, run_tokens: Callable[[str], list[int]]) -> list[int]:
+        """`text`'s tokens with its control texts parsed: each control text its token, each run between them
+        `run_tokens` (tokenized as text)."""
+        out: list[int] = []
+        for part in self._cut(text):
+            if isinstance(part, ControlToken):
+                out.append(part.id)
+            else:
+                out += run_tokens(part)
+        return out
+
+    def _cut(self, text: str) -> Iterator[str | ControlToken]:
         """`text` as llama.cpp's special-token pass cuts it: each control text its token and the runs of text between
         them, without the whitespace a token beside them strips (llama.cpp's LSTRIP/RSTRIP); empty runs left out."""
         if self._pattern is None:
@@ -220,13 +231,7 @@ class Quoting:
         control texts its token and each run between them `text` (none parsed), with the swapped characters back."""
         if not self._stand_ins:
             return whole(rendered)
-        out: list[int] = []
-        for part in self._texts.cut(rendered):
-            if isinstance(part, ControlToken):
-                out.append(part.id)
-            else:
-                out += text(self.restored(part))
-        return out
+        return self._texts.tokenize(rendered, lambda run: text(self.restored(run)))
 
     def restored(self, run: str) -> str:
         """`run` with the swapped characters back, also where the template wrote them escaped: the text the tokenizer

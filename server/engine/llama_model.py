@@ -115,12 +115,11 @@ class LlamaModel:
         # Thinking tags and user-defined tokens (`<tool_response>`) stay as written in a client's strings, for the
         # templates that look for them there; llama.cpp reads user-defined tokens from any text anyway.
         thinking_tags = (self.reasoning.open, self.reasoning.close) if self.reasoning is not None else ()
-        control, user_defined = self._special_tokens()
+        # SentencePiece and BPE cover every byte of a text, and tokenize the text between special tokens run by run,
+        # each as if after one (see TokenBound and tokenize); the others (WordPiece, Unigram) are left to llama.cpp.
+        self._covering = llama_cpp.llama_vocab_type(self.vocab) in _COVERING_VOCABULARIES
+        control, user_defined, self.token_bound = self._scan_vocabulary()
         self.control_texts = ControlTexts(control, as_written=(*thinking_tags, *user_defined))
-        self.token_bound = self._token_bound()
-        # SentencePiece and BPE tokenize the text between special tokens run by run, each as if after one (see
-        # tokenize); the others (WordPiece, Unigram) are left to llama.cpp whole.
-        self._cuts_specials = llama_cpp.llama_vocab_type(self.vocab) in _COVERING_VOCABULARIES
         self._add_bos = [llama_cpp.llama_vocab_bos(self.vocab)] if llama_cpp.llama_vocab_get_add_bos(self.vocab) else []
         self._add_eos = [llama_cpp.llama_vocab_eos(self.vocab)] if llama_cpp.llama_vocab_get_add_eos(self.vocab) else []
 
@@ -160,39 +159,38 @@ class LlamaModel:
                 if not self._readers:
                     self._freeing.notify_all()
 
-    def _special_tokens(self) -> tuple[dict[str, ControlToken], list[str]]:
-        """The tokens llama.cpp reads from text only when told to parse special tokens (control and unknown), by
-        their text; and the texts of the user-defined ones, which it reads from any text."""
+    def _scan_vocabulary(self) -> tuple[dict[str, ControlToken], list[str], TokenBound]:
+        """In one pass over the vocabulary: the tokens llama.cpp reads from text only when told to parse special tokens
+        (control and unknown), by their text; the texts of the user-defined ones, which it reads from any text; and,
+        for a vocabulary that covers every byte of a text, the longest text one token stands for (special tokens'
+        included), in bytes, and whether a token strips the whitespace beside it (TokenBound)."""
         quoted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
         get_attr = llama_cpp.llama_vocab_get_attr
         control: dict[str, ControlToken] = {}
         user_defined: list[str] = []
-        for token in range(self.info.n_vocab):
-            attr = get_attr(self.vocab, token)
-            if attr & quoted:
-                strips = bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP), bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)
-                control.setdefault(self._special_text(token), ControlToken(token, *strips))
-            elif attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED:
-                user_defined.append(self._special_text(token))
-        return control, user_defined
-
-    def _token_bound(self) -> TokenBound:
-        """The longest text one token stands for (special tokens' included), in bytes, for the vocabularies that
-        tokenize every byte of a text (see TokenBound); whether a token strips the whitespace beside it."""
-        if llama_cpp.llama_vocab_type(self.vocab) not in _COVERING_VOCABULARIES:
-            return TokenBound()
-        strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
         buf = ctypes.create_string_buffer(256)
         longest, whitespace_may_vanish = 1, False
         for token in range(self.info.n_vocab):
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-            longest = max(longest, n if n >= 0 else -n)  # -n: the length of a piece longer than the buffer
-            whitespace_may_vanish |= bool(llama_cpp.llama_vocab_get_attr(self.vocab, token) & strips)
-        return TokenBound(longest, whitespace_may_vanish)
+            attr = get_attr(self.vocab, token)
+            if attr & quoted:
+                lstrip, rstrip = (
+                    bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP),
+                    bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP),
+                )
+                control.setdefault(self._special_text(token), ControlToken(token, lstrip, rstrip))
+            elif attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED:
+                user_defined.append(self._special_text(token))
+            if self._covering:
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+                longest = max(longest, n if n >= 0 else -n)  # -n: the length of a piece longer than the buffer
+                whitespace_may_vanish |= bool(attr & strips)
+        bound = TokenBound(longest, whitespace_may_vanish) if self._covering else TokenBound()
+        return control, user_defined, bound
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         """`text`'s tokens; with `parse_special`, a control token's text becomes that token, without it, text."""
-        if parse_special and self._cuts_specials and self.control_texts.may_hold_one(text):
+        if parse_special and self._covering and self.control_texts.may_hold_one(text):
             return self._tokenize_cut(text, add_special=add_special)
         return self._tokenize(text, add_special=add_special, parse_special=parse_special)
 
@@ -201,13 +199,11 @@ class LlamaModel:
         for each control token's text in turn over the whole text: with thousands of them (Gemma's `<unusedN>`) a text
         full of their first character took seconds. The runs between are tokenized as text, as
         llama.cpp tokenizes them (its strips, and SentencePiece's space prefix after a special token, included)."""
-        out = list(self._add_bos) if add_special else []
-        for part in self.control_texts.cut(text):
-            if isinstance(part, ControlToken):
-                out.append(part.id)
-            else:
-                out += self._tokenize(part, add_special=False, parse_special=False)
-        return out + self._add_eos if add_special else out
+        tokens = self.control_texts.tokenize(text, self._text_tokens)
+        return self._add_bos + tokens + self._add_eos if add_special else tokens
+
+    def _text_tokens(self, run: str) -> list[int]:
+        return self._tokenize(run, add_special=False, parse_special=False)
 
     def _tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode()
