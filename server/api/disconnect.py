@@ -25,8 +25,6 @@ from server.telemetry.logging import access_record_var
 
 log = logging.getLogger(__name__)
 
-_DISCONNECT: Message = {"type": "http.disconnect"}
-
 
 class DisconnectWatcher:
     def __init__(self, app: ASGIApp, paths: tuple[str, ...]) -> None:
@@ -76,7 +74,7 @@ class _Watch:
     async def receive(self) -> Message:
         if self._watcher is not None:
             await self._gone.wait()
-            return _DISCONNECT
+            return {"type": "http.disconnect"}
         message = await self._receive()
         if message["type"] == "http.request" and not message.get("more_body", False) and not self._app_ended:
             self._watcher = asyncio.create_task(self._watch(), name="disconnect-watcher")
