@@ -36,6 +36,13 @@ class Client:
     async def send(self, message: Message) -> None:
         self.sent.append(message)
 
+    async def hangs_up_on(self, app: ASGIApp, scope: Scope = SCOPE) -> asyncio.Task[None]:
+        """`app` running behind the watcher, this client hanging up once the app has read its body."""
+        running = asyncio.create_task(_watched(app)(scope, self.receive, self.send))
+        await asyncio.sleep(0.05)
+        self.hung_up.set()
+        return running
+
 
 async def _answer(send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -56,9 +63,7 @@ async def test_a_hang_up_before_the_answer_cancels_the_request_and_is_logged_as_
     record = AccessRecord(method="POST", path=SCOPE["path"])
     token = access_record_var.set(record)
     try:
-        running = asyncio.create_task(_watched(app)(SCOPE, client.receive, client.send))
-        await asyncio.sleep(0.05)
-        client.hung_up.set()
+        running = await client.hangs_up_on(app)
         await asyncio.wait_for(running, 5)  # ends by itself, without raising
     finally:
         access_record_var.reset(token)
@@ -79,9 +84,7 @@ async def test_cleanup_that_awaits_still_runs_after_the_hang_up() -> None:
             await asyncio.sleep(0.05)
             cleaned.set()
 
-    running = asyncio.create_task(_watched(app)(SCOPE, client.receive, client.send))
-    await asyncio.sleep(0.05)
-    client.hung_up.set()
+    running = await client.hangs_up_on(app)
     await asyncio.wait_for(running, 5)
     assert cleaned.is_set()
 
@@ -98,9 +101,7 @@ async def test_a_started_response_is_not_cancelled_and_its_receive_hears_the_han
         await asyncio.sleep(0.05)  # not cancelled meanwhile
         await send({"type": "http.response.body", "body": b"end"})
 
-    running = asyncio.create_task(_watched(app)(SCOPE, client.receive, client.send))
-    await asyncio.sleep(0.05)
-    client.hung_up.set()
+    running = await client.hangs_up_on(app)
     await asyncio.wait_for(running, 5)
     assert heard.is_set() and client.sent[-1]["body"] == b"end"
 
@@ -161,10 +162,7 @@ async def test_a_path_it_is_not_given_is_not_watched() -> None:
         await asyncio.sleep(0.05)
         ended.set()
 
-    admin = {**SCOPE, "path": "/admin/keys"}
-    running = asyncio.create_task(_watched(app)(admin, client.receive, client.send))
-    await asyncio.sleep(0.05)
-    client.hung_up.set()
+    running = await client.hangs_up_on(app, {**SCOPE, "path": "/admin/keys"})
     await asyncio.wait_for(running, 5)
     assert ended.is_set()
 
@@ -179,9 +177,7 @@ async def test_an_app_that_turns_the_cancellation_into_an_error_raises_it_and_is
         except asyncio.CancelledError:
             raise RuntimeError("a driver's own error for a cancelled call") from None
 
-    running = asyncio.create_task(_watched(app)(SCOPE, client.receive, client.send))
-    await asyncio.sleep(0.05)
-    client.hung_up.set()
+    running = await client.hangs_up_on(app)
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(running, 5)
     assert running.cancelling() == 0
