@@ -9,9 +9,10 @@ import typer
 from rich.table import Table
 
 from server.cli.console import fail, out
+from server.config.exposure import open_to_the_network
 from server.config.key_vault import with_key_vault_secrets
 from server.config.redaction import redacted_url
-from server.config.settings import Settings, SettingsError, load_settings, open_to_the_network
+from server.config.settings import Settings, SettingsError, load_settings
 from server.telemetry.logging import configure_logging
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.config.settings import KEY_VAULT_SECRETS, is_loopback, load_settings, open_to_the_network
+from server.config.exposure import is_loopback, open_to_the_network
+from server.config.settings import KEY_VAULT_SECRETS, load_settings
 from tests.support.keyvault import KeyVaultStandIn
 from tests.support.msi import TokenEndpoint
 from tests.support.server import ServerProcess, start_server
