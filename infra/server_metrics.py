@@ -32,6 +32,7 @@ from server.telemetry.prometheus import (
     MODEL_REQUESTS,
     PROMPT_TOKENS,
     REQUESTS_REFUSED,
+    RETENTION_PASSES,
     SLOTS_BUSY,
     SLOTS_TOTAL,
     TIME_PER_OUTPUT_TOKEN,
@@ -130,6 +131,17 @@ def alert_rules() -> list[AlertRule]:
             15,
             2,
             "Loads of a model have been failing for 15 minutes: requests for it get 503 (see /v1/models for why).",
+        ),
+        AlertRule(
+            "GgufstackRetentionFailing",
+            # Passes are hourly on every replica and one replica's success is enough (the others skip or fail while
+            # it prunes): only failures with no success anywhere in the window mean rows are no longer deleted.
+            f'(sum(increase({RETENTION_PASSES}{{{SELECTOR},result="failed"}}[6h])) > 0) unless '
+            f'(sum(increase({RETENTION_PASSES}{{{SELECTOR},result="done"}}[6h])) > 0)',
+            30,
+            3,
+            "No replica has deleted expired audit rows and conversation messages for 6 hours: every retention pass "
+            "failed (the servers log why).",
         ),
     ]
 

@@ -209,6 +209,19 @@ class Settings(BaseSettings):
     audit_queue_max: int = Field(
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )
+    audit_retention_days: int = Field(
+        90,
+        ge=0,
+        le=36_500,
+        description="Audit rows older than this are deleted (hourly, by one replica at a time); 0 keeps them forever.",
+    )
+    conversations_retention_days: int = Field(
+        30,
+        ge=0,
+        le=36_500,
+        description="Stored conversation messages (GGUFSTACK_STORE_CONVERSATIONS) older than this are deleted "
+        "(hourly); 0 keeps them forever.",
+    )
     cache_scope: Literal["key", "shared"] = Field(
         "key",
         description="key: a cached answer is served only to the API key that asked first (a hit never tells one "

@@ -1,7 +1,8 @@
 """Opening the data plane's connections in the app's lifespan, and the tasks that keep them useful.
 
 PostgreSQL unreachable at startup does not stop the server: migrations are retried in the background and audit
-records wait in the writer's queue meanwhile. A database migrated by a newer release does stop it.
+records wait in the writer's queue meanwhile (the retention job retries its passes on its own). A database migrated by
+a newer release does stop it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from server.config.settings import Settings
 from server.store.entra import default_credential
 from server.store.outage import Outage
 from server.store.postgres import create_pool, migrate
+from server.store.retention import Pruner, Retention
 from server.store.writer import AuditWriter
 from server.telemetry import prometheus
 
@@ -95,7 +97,17 @@ async def open_database(
         await background(resources, _migrate_until_done(pool, writer), "migrate-then-write")
     else:
         await background(resources, writer.run(), "audit-writer")
+    pruner = Pruner(pool, retentions(settings))
+    if not pruner.idle:
+        await background(resources, pruner.run(), "retention")
     return Database(pool, writer, outage)
+
+
+def retentions(settings: Settings) -> list[Retention]:
+    return [
+        Retention("audit_log", settings.audit_retention_days),
+        Retention("conversation_messages", settings.conversations_retention_days),
+    ]
 
 
 async def entra_credential(settings: Settings, resources: AsyncExitStack) -> AsyncTokenCredential | None:

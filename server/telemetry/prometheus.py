@@ -55,6 +55,8 @@ AUDIT_ROWS_DROPPED = f"{PREFIX}_audit_rows_dropped_total"
 AUDIT_QUEUE_DEPTH = f"{PREFIX}_audit_queue_depth"
 AUDIT_RECORDS_REFUSED = f"{PREFIX}_audit_records_refused_total"
 BACKGROUND_TASK_FAILURES = f"{PREFIX}_background_task_failures_total"
+RETENTION_ROWS_DELETED = f"{PREFIX}_retention_rows_deleted_total"
+RETENTION_PASSES = f"{PREFIX}_retention_passes_total"
 MODEL_SWAPS = f"{PREFIX}_model_swaps_total"
 MODEL_SWAP_DURATION = f"{PREFIX}_model_swap_duration_seconds"
 MODEL_WATCHER_RUNNING = f"{PREFIX}_model_watcher_running"
@@ -185,6 +187,18 @@ background_task_failures = Counter(
     _base(BACKGROUND_TASK_FAILURES, "_total"),
     "Background tasks (the audit writer, migrations) that ended with an error, by task; any is a bug to report.",
     ["task"],
+    registry=REGISTRY,
+)
+retention_rows_deleted = Counter(
+    _base(RETENTION_ROWS_DELETED, "_total"),
+    "Rows the retention job deleted for being older than their table's retention, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+retention_passes = Counter(
+    _base(RETENTION_PASSES, "_total"),
+    "Passes of the retention job, by result: done, skipped (another replica was pruning) or failed (retried later).",
+    ["result"],
     registry=REGISTRY,
 )
 model_watcher_running = Gauge(

@@ -1,0 +1,135 @@
+"""Deleting audit rows and stored conversation messages once they are older than their retention.
+
+Every request adds an audit row (and, with conversations stored, its messages), so without this the tables grow for
+as long as the server runs, and prompts kept "for a while" are kept forever. One task per replica makes a pass at
+startup and then every PASS_INTERVAL_S.
+
+Each batch is its own short transaction that deletes the oldest BATCH_ROWS rows past the cutoff (on the created_at
+index), so the audit writer's inserts never wait long behind it. A batch first takes a transaction-level advisory
+lock without waiting: while one replica prunes, the others skip their pass, and a replica that dies mid-pass holds
+nothing. The cutoff is the database's clock, so replicas whose clocks differ agree on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from server.telemetry import prometheus
+
+log = logging.getLogger(__name__)
+
+PASS_INTERVAL_S = 3600.0
+BATCH_ROWS = 5000
+# Any constant works; it only has to be the same in every replica and differ from the migrations' lock.
+PRUNE_LOCK_ID = 0x6767_7566_7265_74
+
+_DELETE_BATCH = """
+DELETE FROM {table} WHERE id IN (
+    SELECT id FROM {table} WHERE created_at < now() - make_interval(days => %(days)s)
+    ORDER BY created_at LIMIT %(rows)s
+)
+"""
+
+Table = Literal["audit_log", "conversation_messages"]
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Rows of `table` are kept `days` days."""
+
+    table: Table
+    days: int
+
+
+class AnotherReplicaIsPruningError(Exception):
+    """The prune lock is held: another replica is making its pass."""
+
+
+class Pruner:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        retentions: Sequence[Retention],
+        *,
+        interval_s: float = PASS_INTERVAL_S,
+        retry_s: float = 60.0,
+        batch_rows: int = BATCH_ROWS,
+    ) -> None:
+        self._pool = pool
+        self._retentions = [r for r in retentions if r.days > 0]
+        self._interval_s = interval_s
+        self._retry_s = retry_s
+        self._batch_rows = batch_rows
+
+    @property
+    def idle(self) -> bool:
+        """True when every table is kept forever: there is nothing to run."""
+        return not self._retentions
+
+    async def prune(self) -> dict[str, int] | None:
+        """One pass: delete every row past its table's retention. Returns the rows deleted per table, or None when
+        another replica was pruning (it deletes the same rows). Raises what PostgreSQL raises."""
+        deleted: dict[str, int] = {}
+        try:
+            for retention in self._retentions:
+                deleted[retention.table] = await self._prune_table(retention)
+        except AnotherReplicaIsPruningError:
+            return None
+        finally:
+            for table, rows in deleted.items():
+                if rows:
+                    prometheus.retention_rows_deleted.labels(table).inc(rows)
+        return deleted
+
+    async def _prune_table(self, retention: Retention) -> int:
+        statement = sql.SQL(_DELETE_BATCH).format(table=sql.Identifier(retention.table))
+        params = {"days": retention.days, "rows": self._batch_rows}
+        total = 0
+        while True:
+            async with self._pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK_ID,))
+                locked = await cursor.fetchone()
+                if not locked or not locked[0]:
+                    raise AnotherReplicaIsPruningError
+                cursor = await conn.execute(statement, params)
+                rows = cursor.rowcount
+            total += rows
+            if rows < self._batch_rows:
+                if total:
+                    log.info("deleted %d rows of %s older than %d days", total, retention.table, retention.days)
+                return total
+
+    async def run(self) -> None:
+        """Make a pass now and then every interval, until cancelled. A failed pass (PostgreSQL unreachable, the
+        schema not migrated yet) is logged and tried again sooner, backing off to the interval: nothing stops it."""
+        delay = self._retry_s
+        while True:
+            try:
+                deleted = await self.prune()
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                self._failed(exc)
+            except Exception as exc:  # a bug: worth a traceback, not the end of retention
+                self._failed(exc, traceback=True)
+            else:
+                prometheus.retention_passes.labels("skipped" if deleted is None else "done").inc()
+                delay = self._retry_s
+                await asyncio.sleep(self._interval_s)
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._interval_s)
+
+    @staticmethod
+    def _failed(exc: Exception, *, traceback: bool = False) -> None:
+        prometheus.retention_passes.labels("failed").inc()
+        state = getattr(exc, "sqlstate", None)
+        # The error's type and SQLSTATE only: a driver's message can carry a host name or user.
+        what = f"{type(exc).__name__}, SQLSTATE {state}" if state else type(exc).__name__
+        log.warning("retention pass failed (%s): tried again later", what, exc_info=exc if traceback else None)

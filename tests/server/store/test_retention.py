@@ -1,0 +1,136 @@
+"""The retention job on a real PostgreSQL: rows past their table's retention go, a batch at a time, by one replica at
+a time, and a pass that fails is tried again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from contextlib import AsyncExitStack
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from server.config.settings import Settings
+from server.store.postgres import create_pool, migrate
+from server.store.retention import PRUNE_LOCK_ID, Pruner, Retention
+from server.store.services import open_database
+from server.telemetry import prometheus
+from tests.server.conftest import database_name
+from tests.support.postgres import Postgres
+
+BOTH = [Retention("audit_log", 90), Retention("conversation_messages", 30)]
+
+
+async def _add_rows(pool: AsyncConnectionPool, table: str, days_old: int, count: int) -> None:
+    async with pool.connection() as conn:
+        for _ in range(count):
+            request_id = uuid.uuid4().hex
+            if table == "audit_log":
+                await conn.execute(
+                    "INSERT INTO audit_log (request_id, key_id, created_at, endpoint, model, prompt_tokens, "
+                    "completion_tokens, latency_ms, status, cache_hit) "
+                    "VALUES (%s, 'key_1', now() - make_interval(days => %s), 'chat', 'm', 1, 1, 1.0, 200, false)",
+                    (request_id, days_old),
+                )
+            else:
+                await conn.execute(
+                    "INSERT INTO conversation_messages (conversation_id, key_id, request_id, position, role, content, "
+                    "created_at) VALUES ('c', 'key_1', %s, 0, 'user', 'hi', now() - make_interval(days => %s))",
+                    (request_id, days_old),
+                )
+
+
+async def _ages(pool: AsyncConnectionPool, table: str) -> list[int]:
+    """Each row's age in whole days, oldest first."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            f"SELECT extract(day FROM now() - created_at)::int FROM {table} ORDER BY created_at"  # noqa: S608
+        )
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def _fill(pool: AsyncConnectionPool) -> None:
+    await _add_rows(pool, "audit_log", 100, 7)
+    await _add_rows(pool, "audit_log", 89, 3)
+    await _add_rows(pool, "conversation_messages", 40, 4)
+    await _add_rows(pool, "conversation_messages", 10, 2)
+
+
+async def test_a_pass_deletes_the_rows_past_their_retention_in_batches_and_keeps_the_rest(pool) -> None:
+    await _fill(pool)
+    before = prometheus.retention_rows_deleted.labels("audit_log")._value.get()
+
+    deleted = await Pruner(pool, BOTH, batch_rows=3).prune()
+
+    assert deleted == {"audit_log": 7, "conversation_messages": 4}, "7 rows in batches of 3: the last one short"
+    assert await _ages(pool, "audit_log") == [89, 89, 89]
+    assert await _ages(pool, "conversation_messages") == [10, 10]
+    assert prometheus.retention_rows_deleted.labels("audit_log")._value.get() - before == 7
+    assert await Pruner(pool, BOTH, batch_rows=3).prune() == {"audit_log": 0, "conversation_messages": 0}
+
+
+async def test_a_table_kept_forever_is_left_alone(pool) -> None:
+    await _fill(pool)
+
+    assert Pruner(pool, [Retention("audit_log", 0), Retention("conversation_messages", 0)]).idle
+    deleted = await Pruner(pool, [Retention("audit_log", 0), Retention("conversation_messages", 30)]).prune()
+
+    assert deleted == {"conversation_messages": 4}
+    assert len(await _ages(pool, "audit_log")) == 10
+
+
+async def test_a_replica_skips_its_pass_while_another_prunes(pool) -> None:
+    await _fill(pool)
+    pruner = Pruner(pool, BOTH)
+    async with pool.connection() as other, other.transaction():
+        await other.execute("SELECT pg_advisory_xact_lock(%s)", (PRUNE_LOCK_ID,))
+        assert await pruner.prune() is None
+        assert len(await _ages(pool, "audit_log")) == 10, "nothing deleted while the other replica prunes"
+    assert await pruner.prune() == {"audit_log": 7, "conversation_messages": 4}
+
+
+async def test_a_failed_pass_is_tried_again_until_one_succeeds(postgres: Postgres, request) -> None:
+    """Started before the schema exists (PostgreSQL was unreachable at startup, migrations retry meanwhile): its
+    passes fail, and the first one after the migration deletes."""
+    url = postgres.create_database(database_name(request.node.nodeid))
+    pool = create_pool(url)
+    await pool.open(wait=True)
+    failed_before = prometheus.retention_passes.labels("failed")._value.get()
+    task = asyncio.create_task(Pruner(pool, BOTH, retry_s=0.05, interval_s=3600).run())
+    try:
+        while prometheus.retention_passes.labels("failed")._value.get() - failed_before < 2:
+            assert not task.done(), "a failed pass must not end the job"
+            await asyncio.sleep(0.02)
+        async with pool.connection() as conn:
+            await migrate(conn)
+        await _fill(pool)
+        async with asyncio.timeout(20):
+            while len(await _ages(pool, "audit_log")) != 3:
+                await asyncio.sleep(0.05)
+        assert await _ages(pool, "conversation_messages") == [10, 10]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pool.close()
+
+
+async def test_the_server_prunes_with_the_retention_its_settings_give(postgres: Postgres, request) -> None:
+    url = postgres.create_database(database_name(request.node.nodeid))
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await migrate(conn)
+    seed = create_pool(url)
+    await seed.open(wait=True)
+    try:
+        await _fill(seed)
+        settings = Settings(database_url=url, audit_retention_days=95, conversations_retention_days=0)
+        async with AsyncExitStack() as resources:
+            await open_database(settings, resources, None)
+            async with asyncio.timeout(20):
+                while len(await _ages(seed, "audit_log")) != 3:
+                    await asyncio.sleep(0.05)
+        assert await _ages(seed, "audit_log") == [89, 89, 89]
+        assert len(await _ages(seed, "conversation_messages")) == 6, "0 days: kept forever"
+    finally:
+        await seed.close()
