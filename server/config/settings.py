@@ -186,6 +186,12 @@ class Settings(BaseSettings):
         description="How long Redis keeps answers to deterministic requests (temperature 0 or a seed); 0 disables "
         "the response cache.",
     )
+    cache_max_bytes_per_key: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Most bytes of answers one API key may add to the response cache per GGUFSTACK_CACHE_TTL_S; "
+        "past it, its answers are not cached until that window ends. 0: no limit.",
+    )
     store_conversations: bool = Field(
         False,
         description="Store prompt and response text in PostgreSQL (X-Conversation-Id, GET /v1/conversations/{id}); "

@@ -9,6 +9,11 @@ asked, unless the cache is shared, so a hit never tells one tenant what another 
 The value is the generation's events, so a hit replays through the same response shaping as a fresh generation: a
 streamed hit streams the same chunks, a plain one returns the same body.
 
+Each API key may add at most `max_bytes_per_key` of answers in a window of `ttl_s` (a counter in Redis, started by
+the key's first write in the window): past it, its answers are not cached until the window ends. So one key cannot
+fill Redis with answers and push every other key's, and their rate-limit windows, out of it; a key's live entries
+stay under twice the budget (an entry outlives its window by at most `ttl_s`).
+
 Redis being unreachable only makes every lookup a miss.
 """
 
@@ -89,10 +94,18 @@ def decode(data: bytes | str) -> list[GenerationEvent]:
 
 class ResponseCache:
     def __init__(
-        self, redis: Redis, *, ttl_s: int, outage: Outage | None = None, prefix: str = "ggufstack:cache"
+        self,
+        redis: Redis,
+        *,
+        ttl_s: int,
+        max_bytes_per_key: int = 0,
+        outage: Outage | None = None,
+        prefix: str = "ggufstack:cache",
     ) -> None:
+        """`max_bytes_per_key`: 0 for no budget."""
         self._redis = redis
         self._ttl_s = ttl_s
+        self._max_bytes_per_key = max_bytes_per_key
         self._outage = outage or Outage("redis")
         self._prefix = f"{prefix}:{_FORMAT}"
 
@@ -110,10 +123,32 @@ class ResponseCache:
         prometheus.cache_lookups.labels("hit" if data is not None else "miss").inc()
         return decode(data) if data is not None else None
 
-    async def put(self, key: str, events: Sequence[GenerationEvent]) -> None:
+    async def put(self, key: str, events: Sequence[GenerationEvent], *, owner: str) -> None:
+        """Store a finished generation's events, charged to `owner` (the API key that asked, whatever the scope)."""
         if not any(isinstance(e, Finished) for e in events) or not self._outage.should_try():
             return
+        data = encode(events)
         try:
-            await self._redis.set(f"{self._prefix}:{key}", encode(events), ex=self._ttl_s)
+            if not await self._within_budget(owner, len(data)):
+                prometheus.cache_writes.labels("over_budget").inc()
+                return
+            await self._redis.set(f"{self._prefix}:{key}", data, ex=self._ttl_s)
         except (RedisError, OSError) as exc:
             self._outage.failed(exc, "responses are not cached")
+            prometheus.cache_writes.labels("error").inc()
+            return
+        prometheus.cache_writes.labels("stored").inc()
+
+    async def _within_budget(self, owner: str, size: int) -> bool:
+        """Charge `size` bytes to the owner's window; False (and nothing charged) when they would pass its budget."""
+        if not self._max_bytes_per_key:
+            return True
+        counter = f"{self._prefix}:bytes:{owner}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(counter, 0, ex=self._ttl_s, nx=True)  # the window starts with its first write
+            pipe.incrby(counter, size)
+            _, used = await pipe.execute()
+        if int(used) <= self._max_bytes_per_key:
+            return True
+        await self._redis.decrby(counter, size)
+        return False

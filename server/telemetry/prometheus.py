@@ -49,6 +49,7 @@ MODEL_DOWNLOAD_DURATION = f"{PREFIX}_model_download_duration_seconds"
 MODEL_INFO = f"{PREFIX}_model_info"
 MODEL_READY = f"{PREFIX}_model_ready"
 CACHE_LOOKUPS = f"{PREFIX}_response_cache_lookups_total"
+CACHE_WRITES = f"{PREFIX}_response_cache_writes_total"
 RATE_LIMITED = f"{PREFIX}_rate_limited_requests_total"
 DEPENDENCY_OUTAGES = f"{PREFIX}_dependency_outages_total"
 AUDIT_ROWS_DROPPED = f"{PREFIX}_audit_rows_dropped_total"
@@ -154,6 +155,13 @@ model_ready = Gauge(
 cache_lookups = Counter(
     _base(CACHE_LOOKUPS, "_total"),
     "Response cache lookups of cacheable requests, by result (hit, miss, error: Redis unreachable).",
+    ["result"],
+    registry=REGISTRY,
+)
+cache_writes = Counter(
+    _base(CACHE_WRITES, "_total"),
+    "Answers offered to the response cache, by result (stored; over_budget: the key added its "
+    "GGUFSTACK_CACHE_MAX_BYTES_PER_KEY this window; error: Redis unreachable).",
     ["result"],
     registry=REGISTRY,
 )

@@ -99,7 +99,12 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         load_gates.append(request_limit.before_load)
         stages.extend([request_limit, prepare, TokenLimitStage(limiter)])
         if settings.cache_ttl_s > 0:
-            cache = ResponseCache(redis.client, ttl_s=settings.cache_ttl_s, outage=redis.outage)
+            cache = ResponseCache(
+                redis.client,
+                ttl_s=settings.cache_ttl_s,
+                max_bytes_per_key=settings.cache_max_bytes_per_key,
+                outage=redis.outage,
+            )
             stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))
     return DataPlane(

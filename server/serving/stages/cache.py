@@ -75,5 +75,6 @@ class CacheStage:
             async for event in events:
                 seen.append(event)
                 if isinstance(event, Finished):
-                    await self._cache.put(key, seen)
+                    # Charged to the key that asked even in a shared cache: each key's answers have a budget.
+                    await self._cache.put(key, seen, owner=cache_scope(job.caller, "key"))
                 yield event

@@ -5,8 +5,11 @@ scoped per API key by default (GGUFSTACK_CACHE_SCOPE=shared shares it on purpose
 settings that change an answer, such as the context window chat's default max_tokens comes from: two replicas with
 different settings sharing one Redis never serve each other's answers.
 
+A key's cached answers are also bounded (GGUFSTACK_CACHE_MAX_BYTES_PER_KEY per GGUFSTACK_CACHE_TTL_S), in a shared
+cache too: one key must not fill Redis with answers and push every other key's out.
+
 Two real servers share one PostgreSQL database (keys) and one Redis: the first per-key with n_ctx 4096, the second
-shared with n_ctx 2048.
+shared with n_ctx 2048 and a budget of SHARED_BUDGET bytes per key.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ MODEL = "cache-model"
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
 CACHE = "x-ggufstack-cache"
 REDIS_DB = 3  # this module's own database on the session's Redis
+SHARED_BUDGET = 64 * 1024
 
 
 @dataclass
 class Servers:
     per_key: ServerProcess
     shared: ServerProcess
-    keys: tuple[str, str]
+    keys: tuple[str, str, str]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,12 @@ def servers(tmp_path_factory, demo_gguf, postgres: Postgres, redis_server: Redis
         start_server(tmp_path_factory.mktemp("cache-per-key"), env, n_threads=1),
         start_server(
             tmp_path_factory.mktemp("cache-shared"),
-            {**env, "GGUFSTACK_CACHE_SCOPE": "shared", "GGUFSTACK_N_CTX": "2048"},
+            {
+                **env,
+                "GGUFSTACK_CACHE_SCOPE": "shared",
+                "GGUFSTACK_N_CTX": "2048",
+                "GGUFSTACK_CACHE_MAX_BYTES_PER_KEY": str(SHARED_BUDGET),
+            },
             n_threads=1,
         ),
     ]
@@ -59,18 +68,18 @@ def servers(tmp_path_factory, demo_gguf, postgres: Postgres, redis_server: Redis
             server.wait_ready()
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         keys = []
-        for name in ("tenant-a", "tenant-b"):
+        for name in ("tenant-a", "tenant-b", "tenant-c"):
             r = httpx.post(f"{started[0].base_url}/admin/keys", json={"name": name}, headers=admin, timeout=30)
             assert r.status_code == 201, r.text
             keys.append(r.json()["key"])
-        yield Servers(started[0], started[1], (keys[0], keys[1]))
+        yield Servers(started[0], started[1], (keys[0], keys[1], keys[2]))
     finally:
         for server in started:
             server.stop()
 
 
-def _ask(server: ServerProcess, key: str, question: str) -> httpx.Response:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "temperature": 0}
+def _ask(server: ServerProcess, key: str, question: str, **fields: object) -> httpx.Response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "temperature": 0, **fields}
     r = httpx.post(
         f"{server.base_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120
     )
@@ -79,7 +88,7 @@ def _ask(server: ServerProcess, key: str, question: str) -> httpx.Response:
 
 
 def test_one_keys_cached_answer_is_not_served_to_another_key(servers: Servers) -> None:
-    a, b = servers.keys
+    a, b, _ = servers.keys
     question = f"Reply with one word: yes. ({uuid.uuid4().hex[:6]})"
     first = _ask(servers.per_key, a, question)
     assert first.headers[CACHE] == "miss"
@@ -98,7 +107,24 @@ def test_a_replica_with_another_context_window_does_not_serve_the_answer(servers
 
 
 def test_a_shared_cache_serves_every_key(servers: Servers) -> None:
-    a, b = servers.keys
+    a, b, _ = servers.keys
     question = f"Reply with one word: maybe. ({uuid.uuid4().hex[:6]})"
     assert _ask(servers.shared, a, question).headers[CACHE] == "miss"
     assert _ask(servers.shared, b, question).headers[CACHE] == "hit"
+
+
+def test_a_key_past_its_cache_budget_gets_answers_that_are_not_cached(servers: Servers) -> None:
+    c = servers.keys[2]
+    # A cached token keeps its 20 alternatives (about 30 bytes each), so 200 tokens are about twice the budget; the
+    # end-of-turn tokens are banned so the answer runs to max_tokens.
+    heavy = {"max_tokens": 200, "logprobs": True, "top_logprobs": 20, "logit_bias": {"0": -100, "2": -100}}
+    question = f"Count from 1 to 100, in words. ({uuid.uuid4().hex[:6]})"
+    first = _ask(servers.shared, c, question, **heavy)
+    assert first.headers[CACHE] == "miss"
+    tokens = first.json()["choices"][0]["logprobs"]["content"]
+    assert len(tokens) == 200 and all(len(t["top_logprobs"]) == 20 for t in tokens)
+    assert _ask(servers.shared, c, question, **heavy).headers[CACHE] == "miss", "stored past the key's budget"
+
+    small = f"Reply with one word: yes. ({uuid.uuid4().hex[:6]})"
+    assert _ask(servers.shared, c, small, max_tokens=4).headers[CACHE] == "miss"
+    assert _ask(servers.shared, c, small, max_tokens=4).headers[CACHE] == "hit", "within the budget: cached"

@@ -1,11 +1,15 @@
-"""The response cache on a real Redis: events round-trip, the model version is part of the key, outages miss."""
+"""The response cache on a real Redis: events round-trip, the model version is part of the key, outages miss, and a
+key adds at most its budget of answers in a window."""
 
 from __future__ import annotations
+
+import uuid
 
 from server.engine.base import ChoiceFinished, Finished, TextDelta, TokenLogprob
 from server.store.outage import Outage
 from server.store.redis import create_redis
-from server.store.response_cache import ResponseCache, cache_key, is_deterministic
+from server.store.response_cache import ResponseCache, cache_key, encode, is_deterministic
+from server.telemetry import prometheus
 from tests.support.redis import start_redis
 
 EVENTS = [
@@ -44,12 +48,12 @@ async def test_events_round_trip_and_expire(redis_server) -> None:
     cache = ResponseCache(client, ttl_s=60)
     key = cache_key("chat", BODY, "v-roundtrip")
     assert await cache.get(key) is None
-    await cache.put(key, EVENTS)
+    await cache.put(key, EVENTS, owner="key:a")
     assert await cache.get(key) == EVENTS
     ttl = await client.ttl(f"ggufstack:cache:v3:{key}")
     assert 0 < ttl <= 60
     choices_key = cache_key("chat", {**BODY, "n": 2}, "v-roundtrip")
-    await cache.put(choices_key, CHOICE_EVENTS)
+    await cache.put(choices_key, CHOICE_EVENTS, owner="key:a")
     assert await cache.get(choices_key) == CHOICE_EVENTS
     await client.aclose()
 
@@ -60,11 +64,44 @@ async def test_an_outage_turns_lookups_into_misses(tmp_path_factory) -> None:
     cache = ResponseCache(client, ttl_s=60, outage=Outage("redis", retry_after_s=0))
     try:
         own.stop()
-        await cache.put("k", EVENTS)
+        await cache.put("k", EVENTS, owner="key:a")
         assert await cache.get("k") is None
         own.start()
-        await cache.put("k", EVENTS)
+        await cache.put("k", EVENTS, owner="key:a")
         assert await cache.get("k") == EVENTS
     finally:
         await client.aclose()
         own.stop()
+
+
+async def test_a_key_adds_at_most_its_budget_of_answers_in_a_window(redis_server) -> None:
+    """Threat: one key filling Redis with answers (long ones, with logprobs, each charged only its tokens) pushes every
+    other key's cached answers, and their rate-limit windows, out of a Redis that evicts."""
+    client, _ = create_redis(redis_server.url())
+    prefix = f"test-budget-{uuid.uuid4().hex[:8]}"
+    size = len(encode(EVENTS))
+    cache = ResponseCache(client, ttl_s=60, max_bytes_per_key=2 * size + size // 2, prefix=prefix)
+    over_before = prometheus.cache_writes.labels("over_budget")._value.get()
+    try:
+        for i in range(3):
+            await cache.put(f"a{i}", EVENTS, owner="key:a")
+        assert await cache.get("a0") == EVENTS and await cache.get("a1") == EVENTS
+        assert await cache.get("a2") is None, "the third answer is past key a's budget"
+        assert prometheus.cache_writes.labels("over_budget")._value.get() - over_before == 1
+        counter = f"{prefix}:v3:bytes:key:a"
+        assert int(await client.get(counter)) == 2 * size, "a refused answer is not charged"
+        assert 0 < await client.ttl(counter) <= 60, "the window ends"
+
+        await cache.put("b0", EVENTS, owner="key:b")
+        assert await cache.get("b0") == EVENTS, "another key has its own budget"
+
+        await client.delete(counter)  # the window ended
+        await cache.put("a2", EVENTS, owner="key:a")
+        assert await cache.get("a2") == EVENTS
+
+        small = ResponseCache(client, ttl_s=60, max_bytes_per_key=size - 1, prefix=prefix)
+        await small.put("c0", EVENTS, owner="key:c")
+        assert await small.get("c0") is None, "an answer larger than the whole budget is never stored"
+        assert await client.get(f"{prefix}:v3:bytes:key:c") in (None, b"0")
+    finally:
+        await client.aclose()
