@@ -140,8 +140,8 @@ def alert_rules() -> list[AlertRule]:
             f'(sum(increase({RETENTION_PASSES}{{{SELECTOR},result="done"}}[6h])) > 0)',
             30,
             3,
-            "No replica has deleted expired audit rows and conversation messages for 6 hours: every retention pass "
-            "failed (the servers log why).",
+            "No replica has deleted expired audit rows, conversation messages and stored responses for 6 hours: every "
+            "retention pass failed (the servers log why).",
         ),
     ]
 

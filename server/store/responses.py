@@ -2,7 +2,8 @@
 
 A stored response is owned by whoever created it (an API key, the admin key, or everyone when auth is off): any
 other owner finds nothing, exactly as for an id that never existed. It is kept for the retention the settings give,
-in PostgreSQL when a database is configured (shared by every replica), else in a bounded in-memory store.
+in PostgreSQL when a database is configured (shared by every replica; the retention job deletes expired rows), else in
+a bounded in-memory store.
 
 Each response is kept with the whole conversation before it, so a continuation needs one read; what keeps that from
 growing without end is the bound on the conversation a response may continue (items and bytes), which the store
@@ -26,8 +27,6 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from server.store.errors import StoreUnavailableError, is_transient
-
-PURGE_EVERY_S = 60.0
 
 
 def json_size(value: object) -> int:
@@ -212,7 +211,6 @@ class PostgresResponseStore:
     ) -> None:
         self._pool = pool
         self._retention = timedelta(seconds=retention_s)
-        self._last_purge = 0.0
         self.bound = bound or ConversationBound()
 
     async def save(self, stored: StoredResponse) -> None:
@@ -233,11 +231,6 @@ class PostgresResponseStore:
                     stored.size,
                 ),
             )
-            # Expired rows are never read (every read checks expires_at); deleting them now and then keeps the table
-            # the size of the retention window.
-            if time.monotonic() - self._last_purge > PURGE_EVERY_S:
-                self._last_purge = time.monotonic()
-                await conn.execute("DELETE FROM responses WHERE expires_at < now()")
 
     async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
         found: dict[str, Any] | None = await self._column("response", response_id, owner)

@@ -1,13 +1,14 @@
-"""Deleting audit rows and stored conversation messages once they are older than their retention.
+"""Deleting audit rows, stored conversation messages and stored Responses API responses once their time is up.
 
 Every request adds an audit row (and, with conversations stored, its messages), so without this the tables grow for
-as long as the server runs, and prompts kept "for a while" are kept forever. One task per replica makes a pass at
-startup and then every PASS_INTERVAL_S.
+as long as the server runs, and prompts kept "for a while" are kept forever. Stored responses carry their own
+expiry (the retention when they were made), are never read past it, and are deleted here. One task per replica
+makes a pass at startup and then every PASS_INTERVAL_S, off every request's path.
 
-Each batch is its own short transaction that deletes the oldest BATCH_ROWS rows past the cutoff (on the created_at
-index), so the audit writer's inserts never wait long behind it. A batch first takes a transaction-level advisory
-lock without waiting: while one replica prunes, the others skip their pass, and a replica that dies mid-pass holds
-nothing. The cutoff is the database's clock, so replicas whose clocks differ agree on it.
+Each batch is its own short transaction that deletes the oldest BATCH_ROWS rows past the cutoff (on an index of the
+column it compares), so the audit writer's inserts never wait long behind it. A batch first takes a
+transaction-level advisory lock without waiting: while one replica prunes, the others skip their pass, and a replica
+that dies mid-pass holds nothing. The cutoff is the database's clock, so replicas whose clocks differ agree on it.
 """
 
 from __future__ import annotations
@@ -31,22 +32,32 @@ BATCH_ROWS = 5000
 # Any constant works; it only has to be the same in every replica and differ from the migrations' lock.
 PRUNE_LOCK_ID = 0x6767_7566_7265_74
 
-_DELETE_BATCH = """
+_DELETE_OLD = """
 DELETE FROM {table} WHERE id IN (
     SELECT id FROM {table} WHERE created_at < now() - make_interval(days => %(days)s)
     ORDER BY created_at LIMIT %(rows)s
 )
 """
+_DELETE_EXPIRED = """
+DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE expires_at < now() ORDER BY expires_at LIMIT %(rows)s)
+"""
 
-Table = Literal["audit_log", "conversation_messages"]
+Table = Literal["audit_log", "conversation_messages", "responses"]
 
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """Rows of `table` are kept `days` days."""
+    """Rows of `table` are kept `days` days after they were made; with `days` None, until their own expires_at."""
 
     table: Table
-    days: int
+    days: int | None
+
+    @property
+    def kept_forever(self) -> bool:
+        return self.days == 0
+
+    def describe(self) -> str:
+        return "past their expiry" if self.days is None else f"older than {self.days} days"
 
 
 class AnotherReplicaIsPruningError(Exception):
@@ -64,15 +75,10 @@ class Pruner:
         batch_rows: int = BATCH_ROWS,
     ) -> None:
         self._pool = pool
-        self._retentions = [r for r in retentions if r.days > 0]
+        self._retentions = [r for r in retentions if not r.kept_forever]
         self._interval_s = interval_s
         self._retry_s = retry_s
         self._batch_rows = batch_rows
-
-    @property
-    def idle(self) -> bool:
-        """True when every table is kept forever: there is nothing to run."""
-        return not self._retentions
 
     async def prune(self) -> dict[str, int] | None:
         """One pass: delete every row past its table's retention. Returns the rows deleted per table, or None when
@@ -90,7 +96,8 @@ class Pruner:
         return deleted
 
     async def _prune_table(self, retention: Retention) -> int:
-        statement = sql.SQL(_DELETE_BATCH).format(table=sql.Identifier(retention.table))
+        template = _DELETE_EXPIRED if retention.days is None else _DELETE_OLD
+        statement = sql.SQL(template).format(table=sql.Identifier(retention.table))
         params = {"days": retention.days, "rows": self._batch_rows}
         total = 0
         while True:
@@ -104,7 +111,7 @@ class Pruner:
             total += rows
             if rows < self._batch_rows:
                 if total:
-                    log.info("deleted %d rows of %s older than %d days", total, retention.table, retention.days)
+                    log.info("deleted %d rows of %s %s", total, retention.table, retention.describe())
                 return total
 
     async def run(self) -> None:

@@ -97,9 +97,7 @@ async def open_database(
         await background(resources, _migrate_until_done(pool, writer), "migrate-then-write")
     else:
         await background(resources, writer.run(), "audit-writer")
-    pruner = Pruner(pool, retentions(settings))
-    if not pruner.idle:
-        await background(resources, pruner.run(), "retention")
+    await background(resources, Pruner(pool, retentions(settings)).run(), "retention")
     return Database(pool, writer, outage)
 
 
@@ -107,6 +105,7 @@ def retentions(settings: Settings) -> list[Retention]:
     return [
         Retention("audit_log", settings.audit_retention_days),
         Retention("conversation_messages", settings.conversations_retention_days),
+        Retention("responses", None),
     ]
 
 

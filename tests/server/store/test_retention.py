@@ -1,5 +1,5 @@
-"""The retention job on a real PostgreSQL: rows past their table's retention go, a batch at a time, by one replica at
-a time, and a pass that fails is tried again."""
+"""The retention job on a real PostgreSQL: rows past their table's retention (stored responses past their own expiry)
+go, a batch at a time, by one replica at a time, and a pass that fails is tried again."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.server.conftest import database_name
 from tests.support.postgres import Postgres
 
 BOTH = [Retention("audit_log", 90), Retention("conversation_messages", 30)]
+RESPONSES = Retention("responses", None)
 
 
 async def _add_rows(pool: AsyncConnectionPool, table: str, days_old: int, count: int) -> None:
@@ -39,6 +40,18 @@ async def _add_rows(pool: AsyncConnectionPool, table: str, days_old: int, count:
                     "created_at) VALUES ('c', 'key_1', %s, 0, 'user', 'hi', now() - make_interval(days => %s))",
                     (request_id, days_old),
                 )
+
+
+async def _add_response(pool: AsyncConnectionPool, created_days_ago: int, expires_in_days: int) -> str:
+    response_id = f"resp_{uuid.uuid4().hex}"
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context, "
+            "conversation_items, conversation_bytes) VALUES (%s, 'key_1', now() - make_interval(days => %s), "
+            "now() + make_interval(days => %s), '{}', '[]', '[]', 0, 0)",
+            (response_id, created_days_ago, expires_in_days),
+        )
+    return response_id
 
 
 async def _ages(pool: AsyncConnectionPool, table: str) -> list[int]:
@@ -73,7 +86,6 @@ async def test_a_pass_deletes_the_rows_past_their_retention_in_batches_and_keeps
 async def test_a_table_kept_forever_is_left_alone(pool) -> None:
     await _fill(pool)
 
-    assert Pruner(pool, [Retention("audit_log", 0), Retention("conversation_messages", 0)]).idle
     deleted = await Pruner(pool, [Retention("audit_log", 0), Retention("conversation_messages", 30)]).prune()
 
     assert deleted == {"conversation_messages": 4}
@@ -124,6 +136,8 @@ async def test_the_server_prunes_with_the_retention_its_settings_give(postgres: 
     await seed.open(wait=True)
     try:
         await _fill(seed)
+        await _add_response(seed, 31, -1)
+        kept = await _add_response(seed, 0, 30)
         settings = Settings(database_url=url, audit_retention_days=95, conversations_retention_days=0)
         async with AsyncExitStack() as resources:
             await open_database(settings, resources, None)
@@ -132,5 +146,22 @@ async def test_the_server_prunes_with_the_retention_its_settings_give(postgres: 
                     await asyncio.sleep(0.05)
         assert await _ages(seed, "audit_log") == [89, 89, 89]
         assert len(await _ages(seed, "conversation_messages")) == 6, "0 days: kept forever"
+        async with seed.connection() as conn:
+            cursor = await conn.execute("SELECT id FROM responses")
+            assert [row[0] for row in await cursor.fetchall()] == [kept], "expired stored responses go too"
     finally:
         await seed.close()
+
+
+async def test_stored_responses_go_at_their_own_expiry_whatever_their_age(pool) -> None:
+    """A response's expiry is the retention when it was made: a row kept 40 days (made under a longer retention) stays
+    until its expiry, and one made yesterday under a short one goes."""
+    expired = [await _add_response(pool, 1, -1) for _ in range(4)]
+    kept = [await _add_response(pool, 40, 1), await _add_response(pool, 0, 30)]
+
+    assert await Pruner(pool, [RESPONSES], batch_rows=3).prune() == {"responses": 4}
+
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT id FROM responses")
+        left = {row[0] for row in await cursor.fetchall()}
+    assert left == set(kept) and not left & set(expired)
