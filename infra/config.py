@@ -195,6 +195,9 @@ class StackConfig(BaseModel):
     postgres_geo_redundant_backup: bool = True
     redis_sku: RedisSku = "Balanced_B1"
     log_retention_days: int = Field(30, ge=30, le=730)
+    # The server's own retention of audit rows and stored conversations; unset: the server's defaults (90 and 30).
+    audit_retention_days: int | None = Field(None, ge=0, le=36_500)
+    conversations_retention_days: int | None = Field(None, ge=0, le=36_500)
     alert_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
     server_replicas: int = Field(2, ge=1, le=50)

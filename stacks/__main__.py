@@ -247,6 +247,8 @@ workload = Workload(
             "database_auth": cfg.data_plane_auth,
             "redis_auth": cfg.data_plane_auth,
             "log_level": cfg.log_level,
+            "audit_retention_days": cfg.audit_retention_days,
+            "conversations_retention_days": cfg.conversations_retention_days,
         },
         identity_client_id=identities.server_client_id,
         tenant_id=client.tenant_id,

@@ -123,7 +123,12 @@ def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> Non
     fields = ["blob_account_url", "blob_container", "blob_name", "cache_dir", "n_gpu_layers", "n_ctx", "n_threads"]
     fields += ["host", "port", "log_level", "model_alias", "metrics_port", "drain_timeout_s"]
     fields += ["database_auth", "redis_auth", "model_watch_interval_s"]
-    assert set(env) == {Settings.env_name(f) for f in fields}
+    retention = {
+        field: getattr(cfg, field)
+        for field in ("audit_retention_days", "conversations_retention_days")
+        if getattr(cfg, field) is not None
+    }
+    assert set(env) == {Settings.env_name(f) for f in [*fields, *retention]}
     assert env == Settings.to_env(
         blob_account_url=f"https://{account['name']}.blob.core.windows.net",
         blob_container="models",
@@ -141,8 +146,18 @@ def test_pod_environment_is_the_server_settings_contract(stack: StackRun) -> Non
         database_auth="entra",
         redis_auth="entra",
         model_watch_interval_s=cfg.model_watch_interval_s,
+        **retention,
     )
     assert all("valueFrom" not in e for e in _container(stack)["env"]), "no credentials in the environment"
+
+
+def test_a_stack_sets_the_servers_retention_or_leaves_its_defaults(dev: StackRun, prod: StackRun) -> None:
+    assert prod.cfg.audit_retention_days == 365, "Pulumi.prod.yaml keeps a year of audit rows"
+    env = {e["name"]: e["value"] for e in _container(prod)["env"]}
+    assert env[Settings.env_name("audit_retention_days")] == "365"
+    assert Settings.env_name("conversations_retention_days") not in env, "unset: the server's default"
+    dev_env = {e["name"] for e in _container(dev)["env"]}
+    assert Settings.env_name("audit_retention_days") not in dev_env
 
 
 def test_server_listens_where_the_settings_say(stack: StackRun) -> None:
