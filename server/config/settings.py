@@ -212,6 +212,12 @@ class Settings(BaseSettings):
         description="Largest conversation (as JSON) a Responses API response may continue with previous_response_id: "
         "its stored items, input included; larger is a 400.",
     )
+    responses_max_bytes_per_key_per_day: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Bytes (as JSON, each with the conversation it continues) an API key's stored Responses API "
+        "responses may take in a day (UTC); past it, store: true is a 429 until the next day. 0: no budget.",
+    )
     audit_queue_max: int = Field(
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )

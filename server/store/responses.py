@@ -7,7 +7,8 @@ a bounded in-memory store.
 
 Each response is kept with the whole conversation before it, so a continuation needs one read; what keeps that from
 growing without end is the bound on the conversation a response may continue (items and bytes), which the store
-records with each response so a continuation learns its size before it reads a byte of it.
+records with each response so a continuation learns its size before it reads a byte of it. What bounds the rows one
+owner adds is a daily budget of bytes (`stored_today`): a continuation of a long conversation writes all of it again.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class ResponseStore(Protocol):
     # False: the server keeps no response (GGUFSTACK_RESPONSES_STORE off), whatever a request's `store` says.
     keeps: bool
     bound: ConversationBound
+    # The bytes an API key's responses may take in a day (UTC); 0: no budget. The serving layer keeps to it.
+    max_bytes_per_key_per_day: int
 
     async def save(self, stored: StoredResponse) -> None: ...
 
@@ -111,11 +114,16 @@ class ResponseStore(Protocol):
 
     async def delete(self, response_id: str, owner: str) -> bool: ...
 
+    async def stored_today(self, owner: str) -> int:
+        """The bytes (`StoredResponse.size`) of the owner's responses saved today (UTC), deleted ones included."""
+        ...
+
 
 class NoResponseStore:
     """The store when the operator keeps no response: nothing is saved, nothing is found."""
 
     keeps = False
+    max_bytes_per_key_per_day = 0
 
     def __init__(self, bound: ConversationBound | None = None) -> None:
         self.bound = bound or ConversationBound()
@@ -135,12 +143,16 @@ class NoResponseStore:
     async def delete(self, response_id: str, owner: str) -> bool:
         return False
 
+    async def stored_today(self, owner: str) -> int:
+        return 0
+
 
 class MemoryResponseStore:
     """The store without a database: the most recently used `max_items` responses, each for `retention_s`. Per
     replica: a continuation must reach the replica that answered (or configure PostgreSQL)."""
 
     keeps = True
+    max_bytes_per_key_per_day = 0
 
     def __init__(self, *, max_items: int, retention_s: float, bound: ConversationBound | None = None) -> None:
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
@@ -185,6 +197,10 @@ class MemoryResponseStore:
         del self._items[response_id]
         return True
 
+    async def stored_today(self, owner: str) -> int:
+        # Without a database there are no API keys (only the admin key, or open access), so no budget to keep.
+        return 0
+
 
 def _without_nul(value: object) -> object:
     """`value` with every NUL character in its strings (keys too) replaced: jsonb holds none, and one in a prompt must
@@ -207,15 +223,21 @@ class PostgresResponseStore:
     keeps = True
 
     def __init__(
-        self, pool: AsyncConnectionPool, *, retention_s: float, bound: ConversationBound | None = None
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        retention_s: float,
+        bound: ConversationBound | None = None,
+        max_bytes_per_key_per_day: int = 0,
     ) -> None:
         self._pool = pool
         self._retention = timedelta(seconds=retention_s)
         self.bound = bound or ConversationBound()
+        self.max_bytes_per_key_per_day = max_bytes_per_key_per_day
 
     async def save(self, stored: StoredResponse) -> None:
         created = datetime.fromtimestamp(stored.created_at, UTC)
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context, "
                 "conversation_items, conversation_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -231,6 +253,27 @@ class PostgresResponseStore:
                     stored.size,
                 ),
             )
+            # Charged in the same transaction: a response is kept only with its bytes counted. The day is the
+            # database's (replicas whose clocks differ agree on it), in UTC; the owner's earlier days go, so the
+            # table holds a row per owner.
+            await conn.execute(
+                "INSERT INTO response_bytes (owner, day, bytes) VALUES (%s, (now() AT TIME ZONE 'UTC')::date, %s) "
+                "ON CONFLICT (owner, day) DO UPDATE SET bytes = response_bytes.bytes + excluded.bytes",
+                (stored.owner, stored.size),
+            )
+            await conn.execute(
+                "DELETE FROM response_bytes WHERE owner = %s AND day < (now() AT TIME ZONE 'UTC')::date",
+                (stored.owner,),
+            )
+
+    async def stored_today(self, owner: str) -> int:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT bytes FROM response_bytes WHERE owner = %s AND day = (now() AT TIME ZONE 'UTC')::date",
+                (owner,),
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
 
     async def response(self, response_id: str, owner: str) -> dict[str, Any] | None:
         found: dict[str, Any] | None = await self._column("response", response_id, owner)

@@ -9,12 +9,19 @@ read before the items, so a conversation over the bound is refused without being
 
 All of it is the request's preparation, in the pipeline's prepare stage: the read after the key, its model permission
 and its request limit (a key over its RPM reads nothing), the parsing and conversion in the stage's worker thread,
-and a refusal (404, 400, 503) recorded in the audit log like any other.
+and a refusal (404, 400, 429, 503) recorded in the audit log like any other.
+
+The bound holds one row, not the rows a key adds: a request of a hundred bytes continuing an 8 MiB conversation stores
+all 8 MiB again, for no tokens when the bytes are reasoning items. So an API key whose stored responses took the
+store's daily budget today may not store another before the next day (a 429 before anything is generated;
+`store: false` still works). Charged when saved, so requests in flight together may pass the budget by their size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from server.access.caller import Caller
@@ -60,6 +67,30 @@ async def previous(store: ResponseStore, response_id: str | None, caller: Caller
     return found
 
 
+async def within_budget(store: ResponseStore, body: ResponseRequest, caller: Caller) -> None:
+    """Refuse (429) a response its API key may not store today; the admin key and open access have no budget."""
+    budget = store.max_bytes_per_key_per_day
+    if not (body.store and store.keeps) or budget <= 0 or caller.key_id is None:
+        return
+    try:
+        spent = await store.stored_today(owner_of(caller))
+    except StoreUnavailableError as exc:
+        raise unavailable(exc) from None
+    if spent < budget:
+        return
+    tomorrow = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), time(), UTC)
+    wait = max(1, math.ceil((tomorrow - datetime.now(UTC)).total_seconds()))
+    raise APIError(
+        429,
+        f"this API key's responses stored today take {spent} bytes, its daily budget "
+        f"(GGUFSTACK_RESPONSES_MAX_BYTES_PER_KEY_PER_DAY, {budget}); send store: false, or retry tomorrow (UTC)",
+        type="rate_limit_error",
+        param="store",
+        code="response_storage_exceeded",
+        headers={"Retry-After": str(wait)},
+    )
+
+
 class Preparation:
     """A Responses request's preparation: `read` is the job's lookup (the stored conversation it continues), the call
     runs in the prepare stage's worker thread (bounded, parsed, turned into chat, prepared as chat is). The
@@ -71,6 +102,7 @@ class Preparation:
         self._conversation: Conversation | None = None
 
     async def read(self) -> None:
+        await within_budget(self._store, self._body, self._caller)
         self._prior = await previous(self._store, self._body.previous_response_id, self._caller)
 
     def __call__(self, engine: Engine) -> PreparedGeneration:

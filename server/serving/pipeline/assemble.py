@@ -65,7 +65,12 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         # Its own outage state: the audit writer's troubles must not switch key checks to outage mode.
         verifier = KeyVerifier(keys, cache_ttl_s=settings.key_cache_ttl_s, outage_grace_s=settings.key_outage_grace_s)
         conversations = ConversationStore(database.pool)
-        responses = PostgresResponseStore(database.pool, retention_s=settings.responses_retention_s, bound=bound)
+        responses = PostgresResponseStore(
+            database.pool,
+            retention_s=settings.responses_retention_s,
+            bound=bound,
+            max_bytes_per_key_per_day=settings.responses_max_bytes_per_key_per_day,
+        )
         record = RecordStage(database.writer, store_conversations=settings.store_conversations)
         stages.append(record)
         recorders.append(record.errand)

@@ -1,0 +1,79 @@
+"""Threat: filling PostgreSQL through the Responses API for next to no tokens. Each stored response keeps the whole
+conversation it continues (bounded at GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES, 8 MiB), and reasoning items given
+back in `input` are kept but never reach the prompt, so they cost no tokens. Measured on the demo model before the
+fix: a key with a TPM of 1000 built one 7.6 MB conversation of reasoning items in two requests, then 15 requests of
+126 bytes each continuing it stored 7.6 MB apiece, 130 MB of PostgreSQL in 7.8 s, kept for the retention (30 days);
+at an RPM of 60 that is about 450 MB a minute per key. Now a key's stored responses may take
+GGUFSTACK_RESPONSES_MAX_BYTES_PER_KEY_PER_DAY a day: past it, `store: true` is a 429 `response_storage_exceeded`
+before anything is generated (and audited), `store: false` still answers, and other keys are unaffected.
+
+One real server of its own (a small budget) with PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server.security.conftest import ADMIN_KEY, MODEL, Plane, eventually, own_plane
+from tests.support.postgres import Postgres
+from tests.support.redis import Redis
+
+BUDGET = 2 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def plane(postgres: Postgres, redis_server: Redis, demo_gguf: Path, tmp_path_factory) -> Iterator[Plane]:
+    budget = {"GGUFSTACK_RESPONSES_MAX_BYTES_PER_KEY_PER_DAY": str(BUDGET)}
+    workdir = tmp_path_factory.mktemp("storage-budget")
+    with own_plane(postgres, redis_server, demo_gguf, workdir, "storage_budget", **budget) as own:
+        yield own
+
+
+def _reasoning(items: int, chars: int) -> list[dict]:
+    """Reasoning items of random text (which PostgreSQL cannot compress away): kept, never read by the model."""
+    text = lambda: base64.b64encode(os.urandom(chars * 3 // 4)).decode()  # noqa: E731
+    content = lambda: [{"type": "reasoning_text", "text": text()}]  # noqa: E731
+    return [{"type": "reasoning", "id": f"rs_{i}", "summary": [], "content": content()} for i in range(items)]
+
+
+def _respond(plane: Plane, key: str, **body: object) -> httpx.Response:
+    payload = {"model": MODEL, "max_output_tokens": 1, **body}
+    return httpx.post(f"{plane.url}/v1/responses", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def test_a_key_cannot_store_more_than_its_daily_budget_by_continuing_a_long_conversation(plane: Plane) -> None:
+    created = plane.create_key(tpm=100_000)
+    key = created["key"]
+    long = _respond(plane, key, input=[{"role": "user", "content": "hi"}, *_reasoning(30, 50_000)])
+    assert long.status_code == 200, long.text
+    size = plane.sql("SELECT conversation_bytes FROM responses WHERE id = %s", long.json()["id"])[0][0]
+    assert BUDGET / 2 < size < BUDGET  # one more such row passes the budget
+
+    # A request of a hundred bytes stores the whole conversation again: allowed while the day's budget lasts.
+    first = _respond(plane, key, input="x", previous_response_id=long.json()["id"])
+    assert first.status_code == 200, first.text
+
+    refused = _respond(plane, key, input="x", previous_response_id=long.json()["id"])
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == ("response_storage_exceeded", "store", "rate_limit_error")
+    assert 0 < int(refused.headers["Retry-After"]) <= 86400
+    rows = plane.sql("SELECT count(*) FROM responses WHERE owner = %s", f"key:{created['id']}")[0][0]
+    assert rows == 2  # nothing was stored for the refused request
+    eventually(
+        lambda: 429 in [row[0] for row in plane.sql("SELECT status FROM audit_log WHERE key_id = %s", created["id"])]
+    )
+
+    # The key may still generate without storing, and other keys and the admin key are not held to its budget.
+    unstored = _respond(plane, key, input="x", previous_response_id=long.json()["id"], store=False)
+    assert unstored.status_code == 200, unstored.text
+    assert unstored.json()["store"] is False
+    other = plane.create_key()["key"]
+    assert _respond(plane, other, input="hi").status_code == 200
+    assert _respond(plane, ADMIN_KEY, input="hi").status_code == 200
