@@ -13,7 +13,7 @@ owner adds is a daily budget of bytes (`stored_today`): a continuation of a long
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -24,15 +24,15 @@ from typing import Any, Literal, Protocol
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from server.store import json_pieces
 from server.store.errors import StoreUnavailableError, is_transient
 
 
 def json_size(value: object) -> int:
     """The bytes of `value` as compact JSON (UTF-8): how a conversation's size is counted."""
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    return json_pieces.compact_size(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,7 @@ class StoredConversation:
         if self.content is None:
             raise ValueError("the conversation is larger than the store reads")
         if isinstance(self.content, str):
-            loaded: list[dict[str, Any]] = json.loads(self.content)
+            loaded: list[dict[str, Any]] = json_pieces.loads(self.content)
             return loaded
         return self.content
 
@@ -215,8 +215,12 @@ def _without_nul(value: object) -> object:
     return value
 
 
-def _json(value: object) -> Jsonb:
-    return Jsonb(_without_nul(value))
+def _json_texts(stored: StoredResponse) -> tuple[str, str, str]:
+    """The response's three JSON columns as text, NULs replaced: run in a worker thread (see json_pieces)."""
+    response, input_items, context = (
+        json_pieces.dumps(_without_nul(column)) for column in (stored.response, stored.input_items, stored.context)
+    )
+    return response, input_items, context
 
 
 class PostgresResponseStore:
@@ -237,18 +241,20 @@ class PostgresResponseStore:
 
     async def save(self, stored: StoredResponse) -> None:
         created = datetime.fromtimestamp(stored.created_at, UTC)
+        response, input_items, context = await asyncio.to_thread(_json_texts, stored)
         async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context, "
-                "conversation_items, conversation_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "conversation_items, conversation_bytes) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s)",
                 (
                     stored.id,
                     stored.owner,
                     created,
                     created + self._retention,
-                    _json(stored.response),
-                    _json(stored.input_items),
-                    _json(stored.context),
+                    response,
+                    input_items,
+                    context,
                     stored.items,
                     stored.size,
                 ),
@@ -288,14 +294,15 @@ class PostgresResponseStore:
         if "\x00" in response_id:
             return None
         async with self._connection() as conn:
+            # As text, parsed in a worker thread a piece at a time (see json_pieces): input items may be megabytes.
             cursor = await conn.execute(
-                sql.SQL("SELECT {} FROM responses WHERE id = %s AND owner = %s AND expires_at > now()").format(
+                sql.SQL("SELECT {}::text FROM responses WHERE id = %s AND owner = %s AND expires_at > now()").format(
                     sql.Identifier(column)
                 ),
                 (response_id, owner),
             )
             row = await cursor.fetchone()
-        return row[0] if row is not None else None
+        return await asyncio.to_thread(json_pieces.loads, row[0]) if row is not None else None
 
     async def conversation(self, response_id: str, owner: str) -> StoredConversation | None:
         """One read: the size from the row's own columns; the items (as JSON text, parsed by the caller) only when
