@@ -5,10 +5,11 @@ as long as the server runs, and prompts kept "for a while" are kept forever. Sto
 expiry (the retention when they were made), are never read past it, and are deleted here. One task per replica
 makes a pass at startup and then every PASS_INTERVAL_S, off every request's path.
 
-Each batch is its own short transaction that deletes the oldest BATCH_ROWS rows past the cutoff (on an index of the
-column it compares), so the audit writer's inserts never wait long behind it. A batch first takes a
-transaction-level advisory lock without waiting: while one replica prunes, the others skip their pass, and a replica
-that dies mid-pass holds nothing. The cutoff is the database's clock, so replicas whose clocks differ agree on it.
+Each batch is its own short transaction that deletes the oldest rows past the cutoff, on an index of the column it
+compares: BATCH_ROWS audit rows or messages, fewer stored responses (megabytes each), so the audit writer's inserts
+never wait long behind it. A batch first takes a transaction-level advisory lock without waiting: while one replica
+prunes, the others skip their pass, and a replica that dies mid-pass holds nothing. The cutoff is the database's
+clock, so replicas whose clocks differ agree on it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 PASS_INTERVAL_S = 3600.0
 BATCH_ROWS = 5000
+# A stored response may hold megabytes (its conversation), each deleted chunk by chunk from its TOAST table: fewer of
+# them make a batch as short as 5000 audit rows.
+RESPONSE_BATCH_ROWS = 100
 # Any constant works; it only has to be the same in every replica and differ from the migrations' lock.
 PRUNE_LOCK_ID = 0x6767_7566_7265_74
 
@@ -51,6 +55,7 @@ class Retention:
 
     table: Table
     days: int | None
+    batch_rows: int = BATCH_ROWS
 
     @property
     def kept_forever(self) -> bool:
@@ -74,6 +79,7 @@ class Pruner:
         retry_s: float = 60.0,
         batch_rows: int = BATCH_ROWS,
     ) -> None:
+        """`batch_rows`: the most rows a batch deletes, in any table (each retention may set fewer)."""
         self._pool = pool
         self._retentions = [r for r in retentions if not r.kept_forever]
         self._interval_s = interval_s
@@ -98,7 +104,8 @@ class Pruner:
     async def _prune_table(self, retention: Retention) -> int:
         template = _DELETE_EXPIRED if retention.days is None else _DELETE_OLD
         statement = sql.SQL(template).format(table=sql.Identifier(retention.table))
-        params = {"days": retention.days, "rows": self._batch_rows}
+        batch_rows = min(retention.batch_rows, self._batch_rows)
+        params = {"days": retention.days, "rows": batch_rows}
         total = 0
         while True:
             async with self._pool.connection() as conn, conn.transaction():
@@ -109,7 +116,7 @@ class Pruner:
                 cursor = await conn.execute(statement, params)
                 rows = cursor.rowcount
             total += rows
-            if rows < self._batch_rows:
+            if rows < batch_rows:
                 if total:
                     log.info("deleted %d rows of %s %s", total, retention.table, retention.describe())
                 return total

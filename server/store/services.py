@@ -23,7 +23,7 @@ from server.config.settings import Settings
 from server.store.entra import default_credential
 from server.store.outage import Outage
 from server.store.postgres import create_pool, migrate
-from server.store.retention import Pruner, Retention
+from server.store.retention import RESPONSE_BATCH_ROWS, Pruner, Retention
 from server.store.writer import AuditWriter
 from server.telemetry import prometheus
 
@@ -105,7 +105,7 @@ def retentions(settings: Settings) -> list[Retention]:
     return [
         Retention("audit_log", settings.audit_retention_days),
         Retention("conversation_messages", settings.conversations_retention_days),
-        Retention("responses", None),
+        Retention("responses", None, batch_rows=RESPONSE_BATCH_ROWS),
     ]
 
 

@@ -13,14 +13,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from server.config.settings import Settings
 from server.store.postgres import create_pool, migrate
-from server.store.retention import PRUNE_LOCK_ID, Pruner, Retention
-from server.store.services import open_database
+from server.store.retention import BATCH_ROWS, PRUNE_LOCK_ID, RESPONSE_BATCH_ROWS, Pruner, Retention
+from server.store.services import open_database, retentions
 from server.telemetry import prometheus
 from tests.server.conftest import database_name
 from tests.support.postgres import Postgres
 
 BOTH = [Retention("audit_log", 90), Retention("conversation_messages", 30)]
-RESPONSES = Retention("responses", None)
 
 
 async def _add_rows(pool: AsyncConnectionPool, table: str, days_old: int, count: int) -> None:
@@ -159,9 +158,16 @@ async def test_stored_responses_go_at_their_own_expiry_whatever_their_age(pool) 
     expired = [await _add_response(pool, 1, -1) for _ in range(4)]
     kept = [await _add_response(pool, 40, 1), await _add_response(pool, 0, 30)]
 
-    assert await Pruner(pool, [RESPONSES], batch_rows=3).prune() == {"responses": 4}
+    assert await Pruner(pool, [Retention("responses", None, batch_rows=2)], batch_rows=3).prune() == {"responses": 4}
 
     async with pool.connection() as conn:
         cursor = await conn.execute("SELECT id FROM responses")
         left = {row[0] for row in await cursor.fetchall()}
     assert left == set(kept) and not left & set(expired)
+
+
+def test_the_server_deletes_stored_responses_in_smaller_batches() -> None:
+    """A stored response may be megabytes (its conversation), each deleted chunk by chunk from its TOAST table."""
+    rules = {rule.table: rule for rule in retentions(Settings())}
+    assert rules["responses"].days is None and rules["responses"].batch_rows == RESPONSE_BATCH_ROWS < BATCH_ROWS
+    assert (rules["audit_log"].days, rules["conversation_messages"].days) == (90, 30)
