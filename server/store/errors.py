@@ -36,6 +36,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.Error) and state is not None and state.startswith(_TRANSIENT_CLASSES)
 
 
+def describe(exc: BaseException) -> str:
+    """The error's type and SQLSTATE only, for a log line: a driver's message can carry a host name, a user or what a
+    record holds."""
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}, SQLSTATE {state}" if state else type(exc).__name__
+
+
 class StoreUnavailableError(Exception):
     """PostgreSQL cannot be reached; the message names no host, user or secret."""
 

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from server.store.errors import describe
 from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,4 @@ class Pruner:
     @staticmethod
     def _failed(exc: Exception, *, traceback: bool = False) -> None:
         prometheus.retention_passes.labels("failed").inc()
-        state = getattr(exc, "sqlstate", None)
-        # The error's type and SQLSTATE only: a driver's message can carry a host name or user.
-        what = f"{type(exc).__name__}, SQLSTATE {state}" if state else type(exc).__name__
-        log.warning("retention pass failed (%s): tried again later", what, exc_info=exc if traceback else None)
+        log.warning("retention pass failed (%s): tried again later", describe(exc), exc_info=exc if traceback else None)

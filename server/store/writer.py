@@ -17,7 +17,7 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
-from server.store.errors import is_connection_failure, is_transient
+from server.store.errors import describe, is_connection_failure, is_transient
 from server.store.outage import Outage
 from server.telemetry import prometheus
 
@@ -127,7 +127,7 @@ class AuditWriter:
                         exc, f"{len(self._queue)} audit records wait in memory (at most {self._max_queue})"
                     )
                 elif backoff == 0.5:  # once per busy spell
-                    log.warning("PostgreSQL is busy (%s): audit records wait and are retried", _describe(exc))
+                    log.warning("PostgreSQL is busy (%s): audit records wait and are retried", describe(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -180,7 +180,7 @@ class AuditWriter:
         log.error(
             "PostgreSQL refused the audit record of request %s (%s): set aside, not retried",
             record.audit.request_id,
-            _describe(exc),
+            describe(exc),
         )
 
     async def drain(self, timeout_s: float) -> None:
@@ -193,8 +193,3 @@ class AuditWriter:
                 await asyncio.sleep(0.2)
         if self._queue:
             log.warning("shutting down with %d audit records unwritten (PostgreSQL unreachable)", len(self._queue))
-
-
-def _describe(exc: BaseException) -> str:
-    state = getattr(exc, "sqlstate", None)
-    return f"{type(exc).__name__}, SQLSTATE {state}" if state else type(exc).__name__
