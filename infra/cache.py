@@ -70,6 +70,9 @@ class Cache(pulumi.ComponentResource):
             port=REDIS_PORT,
             # Non-clustered protocol, so ordinary (not cluster-aware) Redis clients work.
             clustering_policy="EnterpriseCluster",
+            # Every key the server writes has a TTL; under memory pressure the least recently used go, whichever use
+            # wrote them, which is why each API key's cached answers have a budget (server/store/response_cache.py).
+            # https://learn.microsoft.com/azure/redis/best-practices-memory-management
             eviction_policy="AllKeysLRU",
             access_keys_authentication="Enabled" if args.access_keys else "Disabled",
             opts=child,

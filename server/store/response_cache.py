@@ -11,8 +11,9 @@ streamed hit streams the same chunks, a plain one returns the same body.
 
 Each API key may add at most `max_bytes_per_key` of answers in a window of `ttl_s` (a counter in Redis, started by
 the key's first write in the window): past it, its answers are not cached until the window ends. So one key cannot
-fill Redis with answers and push every other key's, and their rate-limit windows, out of it; a key's live entries
-stay under twice the budget (an entry outlives its window by at most `ttl_s`).
+fill Redis with answers and push every other key's, and their rate-limit windows, out of it (the stack's Redis evicts
+the least recently used keys: infra/cache.py); a key's live entries stay under twice the budget (an entry outlives
+its window by at most `ttl_s`).
 
 Redis being unreachable only makes every lookup a miss.
 """
