@@ -22,23 +22,22 @@ from tests.support.postgres import Postgres
 BOTH = [Retention("audit_log", 90), Retention("conversation_messages", 30)]
 
 
-async def _add_rows(pool: AsyncConnectionPool, table: str, days_old: int, count: int) -> None:
-    async with pool.connection() as conn:
-        for _ in range(count):
-            request_id = uuid.uuid4().hex
-            if table == "audit_log":
-                await conn.execute(
-                    "INSERT INTO audit_log (request_id, key_id, created_at, endpoint, model, prompt_tokens, "
-                    "completion_tokens, latency_ms, status, cache_hit) "
-                    "VALUES (%s, 'key_1', now() - make_interval(days => %s), 'chat', 'm', 1, 1, 1.0, 200, false)",
-                    (request_id, days_old),
-                )
-            else:
-                await conn.execute(
-                    "INSERT INTO conversation_messages (conversation_id, key_id, request_id, position, role, content, "
-                    "created_at) VALUES ('c', 'key_1', %s, 0, 'user', 'hi', now() - make_interval(days => %s))",
-                    (request_id, days_old),
-                )
+async def _add_rows(conn: psycopg.AsyncConnection, table: str, days_old: int, count: int) -> None:
+    for _ in range(count):
+        request_id = uuid.uuid4().hex
+        if table == "audit_log":
+            await conn.execute(
+                "INSERT INTO audit_log (request_id, key_id, created_at, endpoint, model, prompt_tokens, "
+                "completion_tokens, latency_ms, status, cache_hit) "
+                "VALUES (%s, 'key_1', now() - make_interval(days => %s), 'chat', 'm', 1, 1, 1.0, 200, false)",
+                (request_id, days_old),
+            )
+        else:
+            await conn.execute(
+                "INSERT INTO conversation_messages (conversation_id, key_id, request_id, position, role, content, "
+                "created_at) VALUES ('c', 'key_1', %s, 0, 'user', 'hi', now() - make_interval(days => %s))",
+                (request_id, days_old),
+            )
 
 
 async def _add_response(pool: AsyncConnectionPool, created_days_ago: int, expires_in_days: int) -> str:
@@ -63,10 +62,16 @@ async def _ages(pool: AsyncConnectionPool, table: str) -> list[int]:
 
 
 async def _fill(pool: AsyncConnectionPool) -> None:
-    await _add_rows(pool, "audit_log", 100, 7)
-    await _add_rows(pool, "audit_log", 89, 3)
-    await _add_rows(pool, "conversation_messages", 40, 4)
-    await _add_rows(pool, "conversation_messages", 10, 2)
+    async with pool.connection() as conn, conn.transaction():
+        await _fill_on(conn)
+
+
+async def _fill_on(conn: psycopg.AsyncConnection) -> None:
+    """In the caller's transaction: a pass sees all of the rows or none."""
+    await _add_rows(conn, "audit_log", 100, 7)
+    await _add_rows(conn, "audit_log", 89, 3)
+    await _add_rows(conn, "conversation_messages", 40, 4)
+    await _add_rows(conn, "conversation_messages", 10, 2)
 
 
 async def test_a_pass_deletes_the_rows_past_their_retention_in_batches_and_keeps_the_rest(pool) -> None:
@@ -113,9 +118,11 @@ async def test_a_failed_pass_is_tried_again_until_one_succeeds(postgres: Postgre
         while prometheus.retention_passes.labels("failed")._value.get() - failed_before < 2:
             assert not task.done(), "a failed pass must not end the job"
             await asyncio.sleep(0.02)
-        async with pool.connection() as conn:
+        # One transaction: a pass between the migration and the rows would succeed with nothing to delete and then
+        # wait its hour.
+        async with pool.connection() as conn, conn.transaction():
             await migrate(conn)
-        await _fill(pool)
+            await _fill_on(conn)
         async with asyncio.timeout(20):
             while len(await _ages(pool, "audit_log")) != 3:
                 await asyncio.sleep(0.05)
