@@ -1,9 +1,10 @@
 """Deleting audit rows, stored conversation messages and stored Responses API responses once their time is up.
 
 Every request adds an audit row (and, with conversations stored, its messages), so without this the tables grow for
-as long as the server runs, and prompts kept "for a while" are kept forever. Stored responses carry their own
-expiry (the retention when they were made), are never read past it, and are deleted here. One task per replica
-makes a pass at startup and then every PASS_INTERVAL_S, off every request's path.
+as long as the server runs, and prompts kept "for a while" are kept forever. Stored responses are kept by thread (a
+first response and those continuing it), which carries its own expiry, is never read past it, and is deleted here,
+its responses and then its own row. One task per replica makes a pass at startup and then every PASS_INTERVAL_S, off
+every request's path.
 
 Each batch is its own short transaction that deletes the oldest rows past the cutoff, on an index of the column it
 compares: BATCH_ROWS audit rows or messages, fewer stored responses (megabytes each), so the audit writer's inserts
@@ -18,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 import psycopg
@@ -43,16 +45,30 @@ DELETE FROM {table} WHERE id IN (
     ORDER BY created_at LIMIT %(rows)s
 )
 """
-_DELETE_EXPIRED = """
-DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE expires_at < now() ORDER BY expires_at LIMIT %(rows)s)
+# A thread is deleted this long after it expired, never sooner: a save whose transaction began before the expiry may
+# still add a response to it (see responses_postgres.py), and must not link it to rows being deleted.
+THREAD_GRACE = timedelta(hours=1)
+_DELETE_EXPIRED_RESPONSES = """
+DELETE FROM responses WHERE id IN (
+    SELECT r.id FROM response_threads t JOIN responses r ON r.thread_id = t.id
+    WHERE t.expires_at < now() - %(grace)s ORDER BY t.expires_at LIMIT %(rows)s
+)
 """
+_DELETE_EXPIRED_THREADS = """
+DELETE FROM response_threads WHERE id IN (
+    SELECT t.id FROM response_threads t WHERE t.expires_at < now() - %(grace)s
+    AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.thread_id = t.id) ORDER BY t.expires_at LIMIT %(rows)s
+)
+"""
+_EXPIRED = {"responses": _DELETE_EXPIRED_RESPONSES, "response_threads": _DELETE_EXPIRED_THREADS}
 
-Table = Literal["audit_log", "conversation_messages", "responses"]
+Table = Literal["audit_log", "conversation_messages", "responses", "response_threads"]
 
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """Rows of `table` are kept `days` days after they were made; with `days` None, until their own expires_at."""
+    """Rows of `table` are kept `days` days after they were made; with `days` None, until their thread expires (stored
+    responses and their threads, in that order)."""
 
     table: Table
     days: int | None
@@ -103,10 +119,13 @@ class Pruner:
         return deleted
 
     async def _prune_table(self, retention: Retention) -> int:
-        template = _DELETE_EXPIRED if retention.days is None else _DELETE_OLD
-        statement = sql.SQL(template).format(table=sql.Identifier(retention.table))
+        statement: sql.Composable
+        if retention.days is None:
+            statement = sql.SQL(_EXPIRED[retention.table])
+        else:
+            statement = sql.SQL(_DELETE_OLD).format(table=sql.Identifier(retention.table))
         batch_rows = min(retention.batch_rows, self._batch_rows)
-        params = {"days": retention.days, "rows": batch_rows}
+        params = {"days": retention.days, "rows": batch_rows, "grace": THREAD_GRACE}
         total = 0
         while True:
             async with self._pool.connection() as conn, conn.transaction():

@@ -106,6 +106,7 @@ def retentions(settings: Settings) -> list[Retention]:
         Retention("audit_log", settings.audit_retention_days),
         Retention("conversation_messages", settings.conversations_retention_days),
         Retention("responses", None, batch_rows=RESPONSE_BATCH_ROWS),
+        Retention("response_threads", None),
     ]
 
 

@@ -123,7 +123,16 @@ class _Draft:
         kept = response.model_dump(mode="json", by_alias=True)
         talk = self.conversation
         size = talk.size + json_size(kept["output"])
-        stored = StoredResponse(self.id, self.owner, float(self.created_at), kept, talk.input_items, talk.context, size)
+        stored = StoredResponse(
+            self.id,
+            self.owner,
+            float(self.created_at),
+            kept,
+            talk.input_items,
+            talk.context,
+            size,
+            previous_id=self.body.previous_response_id,
+        )
         try:
             await self.store.save(stored)
         except StoreUnavailableError as exc:

@@ -1,8 +1,8 @@
 """The conversation a Responses API request continues (`previous_response_id`), held to a bound.
 
-Each stored response keeps the whole conversation before it, and items that never reach the prompt (reasoning items,
-replayed logprobs, ids) cost no tokens, so without a bound a chain grows with every request, and so does every read
-and every row. The conversation a response continues, with its own input, is held to what the store's bound allows:
+A continuation reads the whole conversation before it, and items that never reach the prompt (reasoning items,
+replayed logprobs, ids) cost no tokens, so without a bound a chain grows with every request, and so does every read.
+The conversation a response continues, with its own input, is held to what the store's bound allows:
 GGUFSTACK_MAX_MESSAGES items (of any kind) and GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES bytes of JSON, or the
 request is a 400 naming `previous_response_id` (or `input`, when the input alone is too large). The stored size is
 read before the items, so a conversation over the bound is refused without being read.
@@ -11,10 +11,10 @@ All of it is the request's preparation, in the pipeline's prepare stage: the rea
 and its request limit (a key over its RPM reads nothing), the parsing and conversion in the stage's worker thread,
 and a refusal (404, 400, 429, 503) recorded in the audit log like any other.
 
-The bound holds one row, not the rows a key adds: a request of a hundred bytes continuing an 8 MiB conversation stores
-all 8 MiB again, for no tokens when the bytes are reasoning items. So an API key whose stored responses took the
-store's daily budget today may not store another before the next day (a 429 before anything is generated;
-`store: false` still works). Charged when saved, so requests in flight together may pass the budget by their size.
+The bound holds one conversation, not the rows a key adds, nor how long it keeps them: the store charges each save
+what it keeps (see server/store/responses.py). So an API key whose stored responses took the store's daily budget
+today may not store another before the next day (a 429 before anything is generated; `store: false` still works).
+Charged when saved, so requests in flight together may pass the budget by their size.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from server.store.responses import (
     ConversationBound,
     MemoryResponseStore,
     NoResponseStore,
-    PostgresResponseStore,
     ResponseStore,
 )
+from server.store.responses_postgres import PostgresResponseStore
 from server.store.services import entra_credential, open_database
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
-"""Threat: filling PostgreSQL through the Responses API for next to no tokens. Each stored response keeps the whole
-conversation it continues (bounded at GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES, 8 MiB), and reasoning items given
-back in `input` are kept but never reach the prompt, so they cost no tokens. Measured on the demo model before the
-fix: a key with a TPM of 1000 built one 7.6 MB conversation of reasoning items in two requests, then 15 requests of
-126 bytes each continuing it stored 7.6 MB apiece, 130 MB of PostgreSQL in 7.8 s, kept for the retention (30 days);
-at an RPM of 60 that is about 450 MB a minute per key. Now a key's stored responses may take
-GGUFSTACK_RESPONSES_MAX_BYTES_PER_KEY_PER_DAY a day: past it, `store: true` is a 429 `response_storage_exceeded`
+"""Threat: filling PostgreSQL through the Responses API for next to no tokens. Reasoning items given back in `input`
+are kept but never reach the prompt, so they cost no tokens, and each stored response used to keep a copy of the
+whole conversation it continued (bounded at GGUFSTACK_RESPONSES_MAX_CONVERSATION_BYTES, 8 MiB). Measured on the demo
+model before the fixes: a key with a TPM of 1000 built one 7.6 MB conversation of reasoning items in two requests,
+then 15 requests of 126 bytes each continuing it stored 7.6 MB apiece, 130 MB of PostgreSQL in 7.8 s, kept for the
+retention (30 days); at an RPM of 60 that is about 450 MB a minute per key. Now a continuation keeps its own items
+and a link to the response it continues, so those requests store a few kilobytes; and a key's stored responses may
+take GGUFSTACK_RESPONSES_MAX_BYTES_PER_KEY_PER_DAY a day: past it, `store: true` is a 429 `response_storage_exceeded`
 before anything is generated (and audited), `store: false` still answers, and other keys are unaffected.
 
 One real server of its own (a small budget) with PostgreSQL and Redis.
@@ -47,17 +48,30 @@ def _respond(plane: Plane, key: str, **body: object) -> httpx.Response:
     return httpx.post(f"{plane.url}/v1/responses", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
 
-def test_a_key_cannot_store_more_than_its_daily_budget_by_continuing_a_long_conversation(plane: Plane) -> None:
+def test_continuing_a_long_conversation_stores_only_the_new_turn(plane: Plane) -> None:
     created = plane.create_key(tpm=100_000)
-    key = created["key"]
+    key, owner = created["key"], f"key:{created['id']}"
     long = _respond(plane, key, input=[{"role": "user", "content": "hi"}, *_reasoning(30, 50_000)])
     assert long.status_code == 200, long.text
     size = plane.sql("SELECT conversation_bytes FROM responses WHERE id = %s", long.json()["id"])[0][0]
-    assert BUDGET / 2 < size < BUDGET  # one more such row passes the budget
+    assert BUDGET / 2 < size < BUDGET
 
-    # A request of a hundred bytes stores the whole conversation again: allowed while the day's budget lasts.
-    first = _respond(plane, key, input="x", previous_response_id=long.json()["id"])
-    assert first.status_code == 200, first.text
+    for _ in range(15):
+        continued = _respond(plane, key, input="x", previous_response_id=long.json()["id"])
+        assert continued.status_code == 200, continued.text
+    held = "sum(octet_length(response::text) + octet_length(input_items::text) + octet_length(context::text))"
+    stored = plane.sql(f"SELECT {held} FROM responses WHERE owner = %s", owner)[0][0]  # noqa: S608
+    assert stored < size + 15 * 10_000, "a copy of the conversation in each would be 16 times its size"
+    charged = plane.sql("SELECT sum(bytes) FROM response_bytes WHERE owner = %s", owner)[0][0]
+    assert charged < BUDGET, "continuing within seconds keeps the thread a few seconds longer: next to nothing"
+
+
+def test_a_key_cannot_store_more_than_its_daily_budget(plane: Plane) -> None:
+    created = plane.create_key(tpm=100_000)
+    key = created["key"]
+    for _ in range(2):  # the first leaves room; the second passes the budget
+        long = _respond(plane, key, input=[{"role": "user", "content": "hi"}, *_reasoning(30, 50_000)])
+        assert long.status_code == 200, long.text
 
     refused = _respond(plane, key, input="x", previous_response_id=long.json()["id"])
     assert refused.status_code == 429, refused.text

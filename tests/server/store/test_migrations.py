@@ -29,9 +29,10 @@ async def test_replicas_starting_together_apply_each_migration_once(postgres: Po
         await conns[0].execute("SELECT id, key_hash, revoked_at FROM api_keys")
         await conns[0].execute("SELECT request_id, ttft_ms, cache_hit FROM audit_log")
         await conns[0].execute(
-            "SELECT id, owner, expires_at, response, input_items, context, conversation_items, conversation_bytes "
-            "FROM responses"
+            "SELECT id, owner, thread_id, previous_id, deleted, response, input_items, context, conversation_items, "
+            "conversation_bytes FROM responses"
         )
+        await conns[0].execute("SELECT id, owner, expires_at, bytes FROM response_threads")
     finally:
         for c in conns:
             await c.close()

@@ -1,5 +1,5 @@
-"""The retention job on a real PostgreSQL: rows past their table's retention (stored responses past their own expiry)
-go, a batch at a time, by one replica at a time, and a pass that fails is tried again."""
+"""The retention job on a real PostgreSQL: rows past their table's retention (stored responses with their thread, an
+hour past its expiry) go, a batch at a time, by one replica at a time, and a pass that fails is tried again."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -40,16 +41,30 @@ async def _add_rows(conn: psycopg.AsyncConnection, table: str, days_old: int, co
             )
 
 
-async def _add_response(pool: AsyncConnectionPool, created_days_ago: int, expires_in_days: int) -> str:
-    response_id = f"resp_{uuid.uuid4().hex}"
-    async with pool.connection() as conn:
+async def _add_thread(
+    pool: AsyncConnectionPool, expires_in: timedelta, responses: int = 1, created_days_ago: int = 0
+) -> list[str]:
+    """A thread of `responses` responses, each continuing the one before; returns their ids."""
+    ids = [f"resp_{uuid.uuid4().hex}" for _ in range(responses)]
+    async with pool.connection() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO responses (id, owner, created_at, expires_at, response, input_items, context, "
-            "conversation_items, conversation_bytes) VALUES (%s, 'key_1', now() - make_interval(days => %s), "
-            "now() + make_interval(days => %s), '{}', '[]', '[]', 0, 0)",
-            (response_id, created_days_ago, expires_in_days),
+            "INSERT INTO response_threads (id, owner, expires_at, bytes) VALUES (%s, 'key_1', now() + %s, 0)",
+            (ids[0], expires_in),
         )
-    return response_id
+        for previous, response_id in zip([None, *ids], ids, strict=False):
+            await conn.execute(
+                "INSERT INTO responses (id, owner, created_at, thread_id, previous_id, response, input_items, "
+                "context, conversation_items, conversation_bytes) VALUES (%s, 'key_1', "
+                "now() - make_interval(days => %s), %s, %s, '{}', '[]', '[]', 0, 0)",
+                (response_id, created_days_ago, ids[0], previous),
+            )
+    return ids
+
+
+async def _ids(pool: AsyncConnectionPool, table: str) -> set[str]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(f"SELECT id FROM {table}")  # noqa: S608
+        return {row[0] for row in await cursor.fetchall()}
 
 
 async def _ages(pool: AsyncConnectionPool, table: str) -> list[int]:
@@ -142,39 +157,43 @@ async def test_the_server_prunes_with_the_retention_its_settings_give(postgres: 
     await seed.open(wait=True)
     try:
         await _fill(seed)
-        await _add_response(seed, 31, -1)
-        kept = await _add_response(seed, 0, 30)
+        await _add_thread(seed, timedelta(days=-1), created_days_ago=31)
+        kept = await _add_thread(seed, timedelta(days=30))
         settings = Settings(database_url=url, audit_retention_days=95, conversations_retention_days=0)
         async with AsyncExitStack() as resources:
             await open_database(settings, resources, None)
             async with asyncio.timeout(20):
-                while len(await _ages(seed, "audit_log")) != 3:
+                while len(await _ages(seed, "audit_log")) != 3 or len(await _ids(seed, "response_threads")) != 1:
                     await asyncio.sleep(0.05)
         assert await _ages(seed, "audit_log") == [89, 89, 89]
         assert len(await _ages(seed, "conversation_messages")) == 6, "0 days: kept forever"
-        async with seed.connection() as conn:
-            cursor = await conn.execute("SELECT id FROM responses")
-            assert [row[0] for row in await cursor.fetchall()] == [kept], "expired stored responses go too"
+        assert await _ids(seed, "responses") == set(kept), "expired stored responses go too"
+        assert await _ids(seed, "response_threads") == {kept[0]}
     finally:
         await seed.close()
 
 
-async def test_stored_responses_go_at_their_own_expiry_whatever_their_age(pool) -> None:
-    """A response's expiry is the retention when it was made: a row kept 40 days (made under a longer retention) stays
-    until its expiry, and one made yesterday under a short one goes."""
-    expired = [await _add_response(pool, 1, -1) for _ in range(4)]
-    kept = [await _add_response(pool, 40, 1), await _add_response(pool, 0, 30)]
+async def test_stored_responses_go_with_their_thread_an_hour_after_it_expires(pool) -> None:
+    """A thread is kept until the retention has passed since its latest response: one begun 40 days ago that a
+    response yesterday continued stays whole. An expired thread goes, its responses (in batches) and then its row,
+    but not within the hour after its expiry, while a save that found it alive may still be adding to it."""
+    expired = [*await _add_thread(pool, timedelta(days=-1), 3), *await _add_thread(pool, timedelta(hours=-2), 3)]
+    just_expired = await _add_thread(pool, timedelta(minutes=-30), 2)
+    kept = [*await _add_thread(pool, timedelta(days=1), 3, created_days_ago=40), *await _add_thread(pool, timedelta(1))]
+    rules = [Retention("responses", None, batch_rows=2), Retention("response_threads", None)]
 
-    assert await Pruner(pool, [Retention("responses", None, batch_rows=2)], batch_rows=3).prune() == {"responses": 4}
+    assert await Pruner(pool, rules, batch_rows=3).prune() == {"responses": 6, "response_threads": 2}
 
-    async with pool.connection() as conn:
-        cursor = await conn.execute("SELECT id FROM responses")
-        left = {row[0] for row in await cursor.fetchall()}
-    assert left == set(kept) and not left & set(expired)
+    assert await _ids(pool, "responses") == {*just_expired, *kept}
+    assert await _ids(pool, "response_threads") == {just_expired[0], kept[0], kept[3]}
+    assert not await _ids(pool, "responses") & set(expired)
 
 
-def test_the_server_deletes_stored_responses_in_smaller_batches() -> None:
-    """A stored response may be megabytes (its conversation), each deleted chunk by chunk from its TOAST table."""
+def test_the_server_deletes_stored_responses_in_smaller_batches_before_their_threads() -> None:
+    """A stored response may be megabytes (its conversation), each deleted chunk by chunk from its TOAST table; a
+    thread's row goes once its responses have."""
     rules = {rule.table: rule for rule in retentions(Settings())}
     assert rules["responses"].days is None and rules["responses"].batch_rows == RESPONSE_BATCH_ROWS < BATCH_ROWS
     assert (rules["audit_log"].days, rules["conversation_messages"].days) == (90, 30)
+    order = [rule.table for rule in retentions(Settings())]
+    assert order.index("responses") < order.index("response_threads")
