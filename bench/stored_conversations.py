@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from server.store.postgres import create_pool, migrate
-from server.store.responses import PostgresResponseStore, StoredResponse, json_size
+from server.store.responses import StoredResponse, json_size
+from server.store.responses_postgres import PostgresResponseStore
 from tests.support.postgres import start_postgres
 
 
