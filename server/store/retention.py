@@ -60,9 +60,20 @@ DELETE FROM response_threads WHERE id IN (
     AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.thread_id = t.id) ORDER BY t.expires_at LIMIT %(rows)s
 )
 """
-_EXPIRED = {"responses": _DELETE_EXPIRED_RESPONSES, "response_threads": _DELETE_EXPIRED_THREADS}
+# A key's stored bytes of an earlier day count for nothing: a save drops its own owner's, these are the keys that
+# stopped saving (revoked ones among them).
+_DELETE_PAST_DAYS = """
+DELETE FROM response_bytes WHERE (owner, day) IN (
+    SELECT owner, day FROM response_bytes WHERE day < (now() AT TIME ZONE 'UTC')::date LIMIT %(rows)s
+)
+"""
+_EXPIRED = {
+    "responses": _DELETE_EXPIRED_RESPONSES,
+    "response_threads": _DELETE_EXPIRED_THREADS,
+    "response_bytes": _DELETE_PAST_DAYS,
+}
 
-Table = Literal["audit_log", "conversation_messages", "responses", "response_threads"]
+Table = Literal["audit_log", "conversation_messages", "responses", "response_threads", "response_bytes"]
 
 
 @dataclass(frozen=True, slots=True)

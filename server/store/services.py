@@ -107,6 +107,7 @@ def retentions(settings: Settings) -> list[Retention]:
         Retention("conversation_messages", settings.conversations_retention_days),
         Retention("responses", None, batch_rows=RESPONSE_BATCH_ROWS),
         Retention("response_threads", None),
+        Retention("response_bytes", None),
     ]
 
 

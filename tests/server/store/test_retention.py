@@ -197,3 +197,17 @@ def test_the_server_deletes_stored_responses_in_smaller_batches_before_their_thr
     assert (rules["audit_log"].days, rules["conversation_messages"].days) == (90, 30)
     order = [rule.table for rule in retentions(Settings())]
     assert order.index("responses") < order.index("response_threads")
+    assert rules["response_bytes"].days is None, "a day's count goes when the day ends"
+
+
+async def test_a_keys_stored_bytes_of_an_earlier_day_go(pool) -> None:
+    """A save drops its own owner's earlier days; a key that stopped saving (a revoked one) would keep its row."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO response_bytes (owner, day, bytes) VALUES ('key:gone', '2026-01-01', 5), "
+            "('key:today', (now() AT TIME ZONE 'UTC')::date, 7)"
+        )
+    assert await Pruner(pool, [Retention("response_bytes", None)]).prune() == {"response_bytes": 1}
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT owner FROM response_bytes")
+        assert [row[0] for row in await cursor.fetchall()] == ["key:today"]
