@@ -110,6 +110,11 @@ class ResponseStore(Protocol):
         """The bytes (`StoredResponse.size`) of the owner's responses saved today (UTC), deleted ones included."""
         ...
 
+    async def keeping_longer(self, response_id: str, owner: str) -> int:
+        """What a continuation of the owner's response, saved now, would be charged besides its own bytes for keeping
+        what it continues longer: 0 in a store that charges no such thing, or when there is no such response."""
+        ...
+
 
 class NoResponseStore:
     """The store when the operator keeps no response: nothing is saved, nothing is found."""
@@ -136,6 +141,9 @@ class NoResponseStore:
         return False
 
     async def stored_today(self, owner: str) -> int:
+        return 0
+
+    async def keeping_longer(self, response_id: str, owner: str) -> int:
         return 0
 
 
@@ -191,4 +199,7 @@ class MemoryResponseStore:
 
     async def stored_today(self, owner: str) -> int:
         # Without a database there are no API keys (only the admin key, or open access), so no budget to keep.
+        return 0
+
+    async def keeping_longer(self, response_id: str, owner: str) -> int:
         return 0

@@ -181,10 +181,25 @@ class PostgresResponseStore:
                 stored.size,
             ),
         )
-        # Keeping the thread longer costs what keeping it anew would, in proportion: continuing it soon after its
-        # last response costs little, continuing it just before it expires costs nearly its whole size again.
-        extension = max(0.0, (expires - thread_expires).total_seconds())
-        return own + math.ceil(thread_bytes * extension / max(self._retention.total_seconds(), 1.0))
+        return own + self._extending(thread_bytes, (expires - thread_expires).total_seconds())
+
+    def _extending(self, thread_bytes: int, extension_s: float) -> int:
+        """Keeping a thread longer costs what keeping it anew would, in proportion: continuing it soon after its last
+        response costs little, continuing it just before it expires costs nearly its whole size again."""
+        return math.ceil(thread_bytes * max(0.0, extension_s) / max(self._retention.total_seconds(), 1.0))
+
+    async def keeping_longer(self, response_id: str, owner: str) -> int:
+        """Checked before a continuation is generated, with the bytes spent today: alone, a day's first request could
+        keep any thread alive for the retention again (charged past the budget, and the next day's budget whole)."""
+        if "\x00" in response_id:
+            return 0
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                sql.SQL("SELECT t.bytes, extract(epoch FROM now() + %(retention)s - t.expires_at) {}").format(_VISIBLE),
+                {"id": response_id, "owner": owner, "retention": self._retention},
+            )
+            row = await cursor.fetchone()
+        return self._extending(int(row[0]), float(row[1])) if row is not None else 0
 
     async def _start_thread(self, conn: psycopg.AsyncConnection[Any], stored: StoredResponse, texts: _Texts) -> int:
         """Keep the response, with its whole conversation, as the first of a thread; returns the bytes to charge."""

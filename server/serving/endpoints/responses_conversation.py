@@ -72,18 +72,29 @@ async def within_budget(store: ResponseStore, body: ResponseRequest, caller: Cal
     budget = store.max_bytes_per_key_per_day
     if not (body.store and store.keeps) or budget <= 0 or caller.key_id is None:
         return
+    owner, longer = owner_of(caller), 0
     try:
-        spent = await store.stored_today(owner_of(caller))
+        spent = await store.stored_today(owner)
+        if spent < budget and body.previous_response_id is not None:
+            # Charged when saved, yet known now: a continuation keeping a large conversation longer may cost more
+            # than a whole day's budget, which the check of what was spent alone let through once a day.
+            longer = await store.keeping_longer(body.previous_response_id, owner)
     except StoreUnavailableError as exc:
         raise unavailable(exc) from None
-    if spent < budget:
+    if spent + longer < budget:
         return
     tomorrow = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), time(), UTC)
     wait = max(1, math.ceil((tomorrow - datetime.now(UTC)).total_seconds()))
+    said = f"this API key's responses stored today take {spent} bytes,"
+    if longer:
+        said = (
+            f"storing this response keeps the conversation previous_response_id continues longer, charged {longer} "
+            f"bytes besides its own (its bytes times the share of the retention it adds), and {said} together past"
+        )
     raise APIError(
         429,
-        f"this API key's responses stored today take {spent} bytes, its daily budget "
-        f"(GGUFSTACK_RESPONSES_MAX_BYTES_PER_KEY_PER_DAY, {budget}); send store: false, or retry tomorrow (UTC)",
+        f"{said} its daily budget (GGUFSTACK_RESPONSES_MAX_BYTES_PER_KEY_PER_DAY, {budget}); send store: false, "
+        "continue the conversation sooner or start a new one, or retry tomorrow (UTC)",
         type="rate_limit_error",
         param="store",
         code="response_storage_exceeded",

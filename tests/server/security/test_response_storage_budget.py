@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from server.access.caller import Caller
+from server.errors import APIError
+from server.protocol.responses import ResponseRequest
+from server.serving.endpoints.responses_conversation import within_budget
+from server.store.responses_postgres import PostgresResponseStore
 from tests.server.security.conftest import ADMIN_KEY, MODEL, Plane, eventually, own_plane
+from tests.server.store.test_responses import a_response
 from tests.support.postgres import Postgres
 from tests.support.redis import Redis
 
@@ -91,3 +98,32 @@ def test_a_key_cannot_store_more_than_its_daily_budget(plane: Plane) -> None:
     other = plane.create_key()["key"]
     assert _respond(plane, other, input="hi").status_code == 200
     assert _respond(plane, ADMIN_KEY, input="hi").status_code == 200
+
+
+async def test_one_request_may_not_keep_a_thread_alive_for_more_than_the_budget(pool) -> None:
+    """A continuation is charged the thread's bytes times the share of the retention it keeps the thread longer, but
+    the check before generation compared only what the key had spent today: one request at a day's start (0 spent)
+    continuing a conversation just before it expires was charged nearly its whole size, however far past the budget,
+    and the next day's budget was whole again. So one small request a month kept any conversation alive for ever (and
+    one a day kept growing it), past the budget times the retention's days. The check now counts that charge too."""
+    budget, day = 10_000, 86_400
+    store = PostgresResponseStore(pool, retention_s=30 * day, max_bytes_per_key_per_day=budget)
+    caller = Caller(key_id="a")
+    # What 30 days at the budget keep: a thread of 30 times it, its latest response 29 days old.
+    old = a_response("resp_old", "key:a", created_at=time.time() - 29 * day, context=_reasoning(1, 30 * budget))
+    fresh = a_response("resp_fresh", "key:a")
+    for stored in (old, fresh):
+        await store.save(stored)
+    async with pool.connection() as conn:
+        await conn.execute("DELETE FROM response_bytes")  # saved on earlier days: today nothing is spent
+    await within_budget(store, ResponseRequest(model=MODEL, input="x"), caller)
+    await within_budget(store, ResponseRequest(model=MODEL, input="x", previous_response_id="resp_fresh"), caller)
+
+    with pytest.raises(APIError) as refused:
+        await within_budget(store, ResponseRequest(model=MODEL, input="x", previous_response_id="resp_old"), caller)
+    assert (refused.value.status, refused.value.code) == (429, "response_storage_exceeded")
+    assert "previous_response_id" in refused.value.message
+    unstored = ResponseRequest(model=MODEL, input="x", previous_response_id="resp_old", store=False)
+    await within_budget(store, unstored, caller)
+    other = ResponseRequest(model=MODEL, input="x", previous_response_id="resp_old")
+    await within_budget(store, other, Caller(key_id="b"))  # not its response: the read after is its 404
