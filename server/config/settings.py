@@ -215,7 +215,7 @@ class Settings(BaseSettings):
     responses_max_bytes_per_key_per_day: int = Field(
         256 * 1024 * 1024,
         ge=0,
-        description="Bytes (as JSON, each with the conversation it continues) an API key's stored Responses API "
+        description="Bytes (as JSON, with what each keeps its conversation longer) an API key's stored Responses API "
         "responses may take in a day (UTC); past it, store: true is a 429 until the next day. 0: no budget.",
     )
     audit_queue_max: int = Field(
