@@ -2,7 +2,7 @@
 database (and one Redis), so a conversation started on one continues on the other with previous_response_id; a
 response is its key's only (another key gets 404, as for an id that never existed); the audit log names the endpoint;
 model permissions, rate limits and the response cache apply as for chat; a chain of continuations stops at the
-conversation bound."""
+conversation bound; each turn is stored once, and one deleted stays the history of the turns after it."""
 
 from __future__ import annotations
 
@@ -281,3 +281,37 @@ def test_reading_a_stored_response_counts_against_rpm_and_is_audited(replicas: R
         ("responses.retrieve", 429, None),
         ("responses.delete", 429, None),
     ]
+
+
+def test_a_deleted_turn_stays_the_history_of_the_turns_after_it(replicas: Replicas) -> None:
+    """Each turn is stored once, linked to the one before (a thread). Deleting a turn that later ones continue hides it
+    from its owner (404), and a continuation of the last turn still gets the whole conversation: the same prompt as
+    before the delete."""
+    key = replicas.key()
+    client = replicas.client(key, 0)
+    turns = [client.responses.create(model=DEMO_MODEL_ID, input="My name is Ada.", max_output_tokens=4, **GREEDY)]
+    for said in ("I live in Paris.", "I like tea."):
+        turns.append(
+            replicas.client(key, len(turns) % 2).responses.create(
+                model=DEMO_MODEL_ID, input=said, previous_response_id=turns[-1].id, max_output_tokens=4, **GREEDY
+            )
+        )
+    rows = replicas.postgres.execute(
+        "SELECT id, previous_id, context::text FROM responses WHERE thread_id = %s", "responses", (turns[0].id,)
+    )
+    assert {row[0]: row[1] for row in rows} == {turns[0].id: None, turns[1].id: turns[0].id, turns[2].id: turns[1].id}
+    assert all(row[2] == "[]" for row in rows), "no turn holds a copy of those before it"
+
+    def asked() -> int:
+        again = replicas.client(key, 1).responses.create(
+            model=DEMO_MODEL_ID, input="Who am I?", previous_response_id=turns[-1].id, max_output_tokens=1, **GREEDY
+        )
+        return again.usage.input_tokens
+
+    before = asked()
+    client.responses.delete(turns[1].id)
+    with pytest.raises(openai.NotFoundError):
+        replicas.client(key, 1).responses.retrieve(turns[1].id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=DEMO_MODEL_ID, input="Hi", previous_response_id=turns[1].id)
+    assert asked() == before
