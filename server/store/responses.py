@@ -147,9 +147,17 @@ class NoResponseStore:
         return 0
 
 
+# Conversations of the largest size a response may continue that the in-memory store holds at most. Without a
+# database nothing else bounds what it holds (there are no keys, so no budget): a client sending large inputs could
+# otherwise have GGUFSTACK_RESPONSES_MEMORY_MAX of them kept, gigabytes of JSON and several times that as objects.
+MEMORY_CONVERSATIONS = 32
+
+
 class MemoryResponseStore:
-    """The store without a database: the most recently used `max_items` responses, each for `retention_s`. Per
-    replica: a continuation must reach the replica that answered (or configure PostgreSQL)."""
+    """The store without a database: the most recently used `max_items` responses, each for `retention_s`, holding
+    at most MEMORY_CONVERSATIONS times the bound's bytes, each response counted with its whole conversation (what it
+    alone may keep in memory; a continuation shares its earlier items with the response it continued). Per replica: a
+    continuation must reach the replica that answered (or configure PostgreSQL)."""
 
     keeps = True
     max_bytes_per_key_per_day = 0
@@ -159,19 +167,27 @@ class MemoryResponseStore:
         self._max_items = max_items
         self._retention_s = retention_s
         self.bound = bound or ConversationBound()
+        self._max_bytes = MEMORY_CONVERSATIONS * self.bound.bytes
+        self._bytes = 0
 
     async def save(self, stored: StoredResponse) -> None:
+        self._remove(stored.id)
         self._items[stored.id] = stored
-        self._items.move_to_end(stored.id)
-        while len(self._items) > self._max_items:
-            self._items.popitem(last=False)
+        self._bytes += stored.size
+        while len(self._items) > self._max_items or (self._bytes > self._max_bytes and len(self._items) > 1):
+            self._remove(next(iter(self._items)))
+
+    def _remove(self, response_id: str) -> None:
+        gone = self._items.pop(response_id, None)
+        if gone is not None:
+            self._bytes -= gone.size
 
     def _found(self, response_id: str, owner: str) -> StoredResponse | None:
         found = self._items.get(response_id)
         if found is None or found.owner != owner:
             return None
         if found.created_at + self._retention_s <= time.time():
-            del self._items[response_id]
+            self._remove(response_id)
             return None
         self._items.move_to_end(response_id)
         return found
@@ -194,7 +210,7 @@ class MemoryResponseStore:
     async def delete(self, response_id: str, owner: str) -> bool:
         if self._found(response_id, owner) is None:
             return False
-        del self._items[response_id]
+        self._remove(response_id)
         return True
 
     async def stored_today(self, owner: str) -> int:

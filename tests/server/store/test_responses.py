@@ -7,6 +7,7 @@ import time
 
 from server.config.settings import Settings
 from server.store.responses import (
+    MEMORY_CONVERSATIONS,
     ConversationBound,
     MemoryResponseStore,
     ResponseStore,
@@ -95,3 +96,20 @@ async def test_memory_store_reads_a_conversation_only_within_its_bound() -> None
     await conversation_within_the_bound(
         MemoryResponseStore(max_items=10, retention_s=60, bound=ConversationBound(bytes=1024))
     )
+
+
+async def test_memory_store_holds_a_bounded_number_of_bytes() -> None:
+    """Without a database there is no key and no budget: what the store holds is bounded by MEMORY_CONVERSATIONS
+    conversations of the largest size a response may continue, each response counted whole, the least recently used
+    going first."""
+    store = MemoryResponseStore(max_items=1000, retention_s=60, bound=ConversationBound(bytes=1024))
+    saved = [a_response(f"resp_{i}", context=_reasoning(1, "x" * 700)) for i in range(3 * MEMORY_CONVERSATIONS)]
+    assert all(700 < s.size <= 1024 for s in saved)
+    for stored in saved:
+        await store.save(stored)
+    kept = [s.id for s in saved if await store.response(s.id, "key:a") is not None]
+    assert kept == [s.id for s in saved[-len(kept) :]], "the most recent are kept"
+    assert MEMORY_CONVERSATIONS <= len(kept) <= MEMORY_CONVERSATIONS * 1024 // 700
+    assert await store.delete(kept[-1], "key:a") is True
+    await store.save(a_response("resp_again", context=_reasoning(1, "x" * 700)))
+    assert await store.response(kept[0], "key:a") is not None, "a deleted response's bytes were given back"
