@@ -98,3 +98,20 @@ def runtime_server(
 
 def test_ggufstack_serve_from_the_runtime_environment_answers_the_openai_sdk(runtime_server: ServerProcess) -> None:
     smoke.exercise(runtime_server.base_url, DEMO_MODEL_ID)
+
+
+def test_the_installed_package_carries_every_schema_migration(runtime_env: Path, tmp_path: Path) -> None:
+    """Migrations are SQL files read as package data at startup: one left out of the installed package would leave a
+    database unmigrated (or a later release's code on an older schema) only where the server is deployed."""
+    listed = "from server.store.postgres import migrations; print(*(f'{m.version:04d}_{m.name}' for m in migrations()))"
+    result = subprocess.run(
+        [str(runtime_env / "bin" / "python"), "-c", listed],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    in_source = sorted(path.stem for path in (ROOT / "server" / "store" / "migrations").glob("*.sql"))
+    assert sorted(result.stdout.split()) == in_source
