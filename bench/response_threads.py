@@ -17,15 +17,12 @@ import asyncio
 import base64
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from server.store.postgres import create_pool, migrate
+from bench.throwaway_database import migrated_pool
 from server.store.responses import StoredResponse, json_size
 from server.store.responses_postgres import PostgresResponseStore
-from tests.support.postgres import start_postgres
 
 
 def _text(chars: int) -> str:
@@ -47,12 +44,7 @@ async def _timed(work: Any) -> float:
 
 
 async def run(turns: int, turn_bytes: int, rounds: int) -> None:
-    postgres = start_postgres(Path(tempfile.mkdtemp(prefix="bench-threads-")))
-    pool = create_pool(postgres.url())
-    try:
-        await pool.open(wait=True)
-        async with pool.connection() as conn:
-            await migrate(conn)
+    async with migrated_pool("bench-threads-") as pool:
         store = PostgresResponseStore(pool, retention_s=3600, max_bytes_per_key_per_day=0)
         context: list[dict[str, Any]] = []
         previous: str | None = None
@@ -95,9 +87,6 @@ async def run(turns: int, turn_bytes: int, rounds: int) -> None:
             f"{statistics.median(chain_reads) * 1000:.1f} ms, one whole row median "
             f"{statistics.median(whole_reads) * 1000:.1f} ms"
         )
-    finally:
-        await pool.close()
-        postgres.destroy()
 
 
 def main() -> None:

@@ -15,16 +15,13 @@ import asyncio
 import base64
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-from server.store.postgres import create_pool, migrate
+from bench.throwaway_database import migrated_pool
 from server.store.responses import StoredResponse, json_size
 from server.store.responses_postgres import PostgresResponseStore
-from tests.support.postgres import start_postgres
 
 
 class Ticker:
@@ -77,12 +74,7 @@ async def one_round(
 
 
 async def run(items: int, rounds: int) -> None:
-    postgres = start_postgres(Path(tempfile.mkdtemp(prefix="bench-stored-")))
-    pool = create_pool(postgres.url())
-    try:
-        await pool.open(wait=True)
-        async with pool.connection() as conn:
-            await migrate(conn)
+    async with migrated_pool("bench-stored-") as pool:
         store = PostgresResponseStore(pool, retention_s=3600)
         context = conversation(items)
         size = json_size(context)
@@ -98,9 +90,6 @@ async def run(items: int, rounds: int) -> None:
                 f"{step:>5}: longest event-loop gap median {statistics.median(seen) * 1000:.1f} ms, "
                 f"max {max(seen) * 1000:.1f} ms over {rounds} rounds"
             )
-    finally:
-        await pool.close()
-        postgres.destroy()
 
 
 def main() -> None:
