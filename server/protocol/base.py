@@ -72,8 +72,15 @@ def _members(container: dict[Any, object] | list[object]) -> Iterator[tuple[obje
 
 def _shown(path: tuple[str, ...]) -> str:
     """A path as the error names it; a deep one with long keys is cut, as the message is not the place to echo it."""
-    where = ".".join(path) or "the body"
+    where = _escaped(".".join(path)) or "the body"
     return where if len(where) <= 200 else where[:200] + "..."
+
+
+def _escaped(text: str) -> str:
+    """`text` with each lone surrogate written as its JSON escape. The path to a fault may pass through an object key
+    that holds one (`{"\\ud800": 1}`), and the error naming it must be text: pydantic renders an error's message and
+    context as UTF-8, so an unescaped key made the 400 itself fail, a 500 with a traceback (or a dropped connection)."""
+    return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 class RequestBody(BaseModel):
@@ -86,7 +93,7 @@ class RequestBody(BaseModel):
         fault = body_fault(value)
         if fault is None:
             return value
-        context = {"where": _shown(fault.path), "param": fault.path[0] if fault.path else None}
+        context = {"where": _shown(fault.path), "param": _escaped(fault.path[0]) if fault.path else None}
         if fault.code == "lone_surrogate":
             message = "{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text"
         else:

@@ -69,3 +69,21 @@ def test_no_depth_of_body_exhausts_the_check() -> None:
     assert fault is not None and fault.code == "too_deep" and len(fault.path) == MAX_JSON_DEPTH
     assert body_fault({"input": [[[["ok"]]]], "tail": "a\udc00"}) == BodyFault("lone_surrogate", ("tail",))
     assert body_fault({"k\ud800": 1}) == BodyFault("lone_surrogate", ("k\ud800",))
+
+
+@pytest.mark.parametrize(
+    ("extra", "where", "param"),
+    [({"\ud800": 1}, "\\ud800", "\\ud800"), ({"logit_bias": {"1\udfff": 1}}, "logit_bias.1\\udfff", "logit_bias")],
+)
+def test_a_lone_surrogate_in_an_object_key_is_refused_with_an_error_that_is_text(
+    extra: dict, where: str, param: str
+) -> None:
+    # The key is on the path the error names: written as it came, pydantic could not render the error (UTF-8), and
+    # the 400 became a 500 with a traceback, or a connection dropped without an answer.
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(ValidationError) as refused:
+        ChatCompletionRequest.model_validate(body)
+    (error,) = refused.value.errors(include_url=False)
+    assert error["msg"] == f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text"
+    assert error["ctx"]["param"] == param
+    error["msg"].encode()

@@ -40,6 +40,13 @@ POISONED = [
     ("/v1/embeddings", {"model": MODEL, "input": ["ok", LONE]}),
     ("/tokenize", {"content": LONE}),
     ("/admin/keys", {"name": "team" + LONE}),
+    # In an object's key, which the error names: the 400 itself failed to render, a 500 or a dropped connection.
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], LONE: 1}),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {LONE: 0}},
+    ),
+    ("/v1/messages", {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], LONE: 1}),
 ]
 
 
