@@ -42,6 +42,8 @@ _SCHEMA_MAPS = {"properties", "$defs", "definitions"}
 _SUBSCHEMAS = {"items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"}
 
 JSON_OBJECT_GBNF = JSON_GBNF
+# What a GBNF literal must escape to match itself.
+_LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"}
 
 
 def json_schema_grammar(schema: dict[str, Any], *, param: str) -> str:
@@ -176,6 +178,15 @@ class _Converter(SchemaConverter):
     def format_grammar(self) -> str:
         grammar: str = super().format_grammar()  # type: ignore[no-untyped-call]  # the converter has no annotations
         return grammar
+
+    def _format_literal(self, literal: str) -> str:
+        """A GBNF literal matching `literal` exactly. The converter escapes quotes and line breaks but not the
+        backslash, GBNF's escape character, and what it writes as literals is JSON (a `const` or `enum` value, a
+        property name), whose every quote and backslash is escaped with one: the grammar read `"C:\\\\new"` as
+        `"C:\\new"`, so a forced value broke out of its JSON string (a line break where the schema said `\\n`, an
+        unterminated string for a value ending in `\\`, a tool call the client never got), and a quote in a
+        property name made a grammar llama.cpp could not parse."""
+        return '"' + "".join(_LITERAL_ESCAPES.get(c, c) for c in literal) + '"'
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
         if schema.get("type") == "integer" and _BOUNDS & schema.keys() and _rule_keyword(schema) == "type":

@@ -3,11 +3,15 @@ from, and a schema relying on one must be refused by name, never answered uncons
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from server.engine.llama_model import LlamaModel
 from server.errors import APIError
 from server.serving.constrain.grammar import json_schema_grammar
 from server.serving.constrain.integer_range import integer_range_gbnf
+from tests.support.grammar import grammar_matches
 
 
 @pytest.mark.parametrize(
@@ -72,3 +76,25 @@ def test_a_schema_nested_past_the_stack_is_a_400_not_a_recursion_error(levels: i
         json_schema_grammar(_nested_schema(levels), param="tools")
     assert (info.value.status, info.value.param) == (400, "tools") and "nested too deeply" in info.value.message
     assert "root ::=" in json_schema_grammar(_nested_schema(25), param="tools")  # as deep as a body may hold
+
+
+@pytest.mark.parametrize(
+    ("schema", "value"),
+    [
+        ({"const": "C:\\new"}, "C:\\new"),
+        ({"enum": ["a\\", "b"]}, "a\\"),
+        ({"const": 'say "hi"\n'}, 'say "hi"\n'),
+        ({"type": "object", "properties": {'a"b\\': {"type": "integer"}}, "required": ['a"b\\']}, {'a"b\\': 1}),
+    ],
+)
+def test_values_and_names_with_quotes_and_backslashes_are_written_as_json(
+    model: LlamaModel, schema: dict, value: object
+) -> None:
+    # The converter's literals did not escape the backslash, so a const of `C:\\new` let the model write the JSON
+    # "C:\new" (a line break), a value ending in a backslash an unterminated string, and a quote in a property name
+    # made a grammar llama.cpp could not parse (a 400 for a valid schema).
+    grammar = json_schema_grammar(schema, param="p")
+    written = json.dumps(value)
+    assert grammar_matches(model, grammar, written)
+    if "\\\\" in written:  # what the grammar let through before: the JSON's escaped backslash as a bare one
+        assert not grammar_matches(model, grammar, written.replace("\\\\", "\\"))
