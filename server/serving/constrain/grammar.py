@@ -106,6 +106,10 @@ def _check_supported(schema: Any, where: str, param: str) -> None:
             raise _unsupported(f"the keyword {key!r} at {where} (bounds are enforced on integers only)", param)
         if key == "format" and value not in _FORMATS:
             raise _unsupported(f"the format {value!r} at {where}", param)
+        if key == "enum" and value == []:
+            # Valid JSON Schema (no value validates), but the converter writes it as an empty rule, which llama.cpp
+            # cannot parse: a 400 that named nothing, and an error-level log line for each such request.
+            raise _unsupported(f"an enum with no values at {where} (no value could be generated)", param)
         if key == "$ref" and not (isinstance(value, str) and value.startswith("#/")):
             raise _unsupported(f"the reference {value!r} at {where} (only local references are resolved)", param)
         if key in _SCHEMA_MAPS and isinstance(value, dict):

@@ -28,6 +28,9 @@ from tests.support.grammar import grammar_matches
         ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}, "required property"),
         ({"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, "'prefixItems'"),
         ({"type": "object", "properties": {"n": {"type": "number", "maximum": 3}}}, "at #/properties/n"),
+        # An empty enum became an empty rule, which llama.cpp could not parse (a 400 naming nothing, an error logged).
+        ({"type": "object", "properties": {"e": {"enum": []}}}, "an enum with no values at #/properties/e"),
+        ({"anyOf": [{"type": "string"}, {"enum": []}]}, "an enum with no values at #/anyOf/1"),
     ],
 )
 def test_keywords_the_converter_would_drop_are_refused_by_name(schema: dict, fragment: str) -> None:
