@@ -39,6 +39,7 @@ from server.protocol.anthropic import (
 )
 from server.protocol.anthropic import TextDelta as TextDeltaBody
 from server.serving.constrain.tools import formats as tools
+from server.serving.endpoints.field_names import MESSAGES, renamed_fields
 from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
 from server.serving.endpoints.reasoning import HeldAnswer, split
@@ -49,9 +50,10 @@ from server.serving.pipeline.stages import answer_prepared
 
 async def create(body: MessagesRequest, ctx: ServingContext) -> Reply[Message]:
     chat, prefill = chat_body(body), prefilled(body)
-    admitted = await admit(
-        ctx, "messages", chat, lambda engine: chat_request(engine, chat, prefill=prefill), model=body.model
-    )
+    with renamed_fields(MESSAGES):
+        admitted = await admit(
+            ctx, "messages", chat, lambda engine: chat_request(engine, chat, prefill=prefill), model=body.model
+        )
     tool_format = admitted.job.tool_format  # None when the answer is text
     reasoning = admitted.job.reasoning  # None when the output is all answer
     mid, model = f"msg_{uuid.uuid4().hex}", admitted.job.model.model_id
@@ -81,8 +83,9 @@ async def count_tokens(body: CountTokensRequest, ctx: ServingContext) -> Reply[M
         prompt = chat_prompt(engine, chat, prefill=prefill).tokens
         return MessageTokensCount(input_tokens=len(prompt))
 
-    admitted = await admit(ctx, "messages.count_tokens", chat, run, model=body.model, terminal=answer_prepared)
-    await admitted.finish()
+    with renamed_fields(MESSAGES):
+        admitted = await admit(ctx, "messages.count_tokens", chat, run, model=body.model, terminal=answer_prepared)
+        await admitted.finish()
     if not isinstance(admitted.job.prepared, MessageTokensCount):
         raise RuntimeError("the pipeline ended a count_tokens request without its count")
     return Reply(admitted.job.response_headers, body=admitted.job.prepared)

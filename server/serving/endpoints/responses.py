@@ -43,6 +43,7 @@ from server.protocol.responses_replies import (
 from server.serving.constrain.tools.formats import ToolFormat
 from server.serving.endpoints import responses_conversation as conversation
 from server.serving.endpoints import responses_items as items
+from server.serving.endpoints.field_names import RESPONSES, renamed_fields
 from server.serving.endpoints.reasoning import HeldAnswer, split
 from server.serving.endpoints.reply import Reply
 from server.serving.endpoints.responses_conversation import Conversation
@@ -149,7 +150,8 @@ def _usage(finished: Finished) -> ResponseUsage:
 
 async def create(body: ResponseRequest, ctx: ServingContext, store: ResponseStore) -> Reply[ResponseObject]:
     preparation = conversation.Preparation(body, store, ctx.caller)
-    admitted = await admit(ctx, "responses", body, preparation, model=body.model, lookup=preparation.read)
+    with renamed_fields(RESPONSES):
+        admitted = await admit(ctx, "responses", body, preparation, model=body.model, lookup=preparation.read)
     job = admitted.job
     owner = items.owner_of(ctx.caller)
     talk = preparation.conversation

@@ -348,3 +348,13 @@ def test_oversized_requests_are_refused_before_any_work(client: anthropic.Anthro
     with pytest.raises(anthropic.BadRequestError) as too_many:
         client.messages.count_tokens(model=HERMES, messages=many)
     assert "GGUFSTACK_MAX_MESSAGES" in too_many.value.body["error"]["message"]
+
+
+def test_a_refusal_from_the_chat_preparation_names_the_messages_field(client: anthropic.Anthropic) -> None:
+    # Served as a chat completion, a tool's schema was refused as "tools[0].function.parameters", a field no
+    # Messages request has.
+    tool = {"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5000}}}}
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model=HERMES, max_tokens=4, messages=ASK, tools=[tool])
+    message = refused.value.body["error"]["message"]
+    assert message.startswith("tools.0.input_schema: ") and "function" not in message, message

@@ -210,6 +210,28 @@ def test_unsupported_fields_are_a_400_naming_them(client: openai.OpenAI, fields:
     assert refused.value.body["param"] == param
 
 
+_UNBOUNDED = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5000}}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_output_tokens": 5000}, "max_output_tokens"),
+        ({"input": "hello " * 3000}, "input"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": _UNBOUNDED}}}, "text.format.schema"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": _UNBOUNDED}]}, "tools[0].parameters"),
+    ],
+)
+def test_a_refusal_from_the_chat_preparation_names_the_responses_field(
+    client: openai.OpenAI, fields: dict, param: str
+) -> None:
+    # Served as a chat completion, these were refused naming max_tokens, messages, response_format.json_schema.schema
+    # and tools[0].function.parameters: fields no Responses request has.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(**{"model": DEMO_MODEL_ID, "input": "Hi", **fields})
+    assert refused.value.body["param"] == param
+
+
 @pytest.fixture(scope="module")
 def hermes_client(tmp_path_factory: pytest.TempPathFactory, hermes_gguf: Path) -> Iterator[openai.OpenAI]:
     env = {"GGUFSTACK_MODEL_PATH": str(hermes_gguf), "GGUFSTACK_N_CTX": "2048", "GGUFSTACK_N_SLOTS": "2"}
