@@ -50,7 +50,8 @@ def anthropic_body(error: APIError) -> AnthropicError:
     message = error.message
     if error.param is not None and error.param not in message:
         message = f"{error.param}: {message}"
-    kind = _ANTHROPIC_TYPES.get(error.status, "api_error")
+    # A client error Anthropic names no type for (405, 409) is still the request's fault, never the server's.
+    kind = _ANTHROPIC_TYPES.get(error.status, "invalid_request_error" if error.status < 500 else "api_error")
     return AnthropicError(error=AnthropicErrorDetail(type=kind, message=message))
 
 

@@ -23,9 +23,12 @@ from server.protocol.anthropic import MessageStopEvent, PingEvent
         (401, "authentication_error"),
         (403, "permission_error"),
         (404, "not_found_error"),
+        (405, "invalid_request_error"),  # was api_error: a wrong method read as the server's failure
+        (409, "invalid_request_error"),
         (413, "request_too_large"),
         (429, "rate_limit_error"),
         (500, "api_error"),
+        (502, "api_error"),
         (503, "overloaded_error"),
     ],
 )
