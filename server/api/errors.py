@@ -14,7 +14,7 @@ from starlette.types import Scope
 
 from server.errors import APIError, ForeseenError, known_error
 from server.protocol.anthropic import AnthropicError, AnthropicErrorDetail, AnthropicErrorType
-from server.protocol.base import ErrorDetail, ErrorResponse
+from server.protocol.base import MAX_JSON_DEPTH, ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,24 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"invalid value for {where}: {message}", param=param, code="invalid_value")
 
 
+# FastAPI's own answer when reading a JSON body fails other than as malformed JSON; the cause says why.
+_UNPARSED_BODY = "There was an error parsing the body"
+
+
+def unparsed_body(cause: BaseException | None) -> APIError:
+    """Why a body that is no malformed JSON could not be read, in OpenAI's words: FastAPI answers all of them with
+    one sentence and no code, where a malformed body gets `invalid_json`."""
+    if isinstance(cause, UnicodeDecodeError):
+        message = "the request body is not valid UTF-8"
+    elif isinstance(cause, RecursionError):
+        message = f"the request body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+    elif isinstance(cause, ValueError):  # what else json.loads raises: past Python's limit on an integer's digits
+        message = "the request body holds a number of more than 4300 digits"
+    else:
+        message = "the request body could not be read as JSON"
+    return APIError(400, message, code="invalid_json")
+
+
 def too_large(max_bytes: int) -> APIError:
     return APIError(
         413,
@@ -120,6 +138,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return response(from_exception(exc), path)
         if isinstance(exc, RequestTooLargeError):
             return response(exc.error, path)
+        if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:
+            return response(unparsed_body(exc.__cause__), path)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         error = APIError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {}))
         return response(error, path)

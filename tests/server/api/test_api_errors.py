@@ -94,6 +94,29 @@ def test_malformed_bodies_are_400(demo_server: ServerProcess, raw: bytes) -> Non
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"model": "\xff"}', "the request body is not valid UTF-8"),
+        (b"[" * 100_000, "the request body nests objects and arrays more than 64 levels deep"),
+        (b'{"max_tokens": ' + b"9" * 5000 + b"}", "the request body holds a number of more than 4300 digits"),
+    ],
+)
+def test_a_body_json_cannot_read_says_why(demo_server: ServerProcess, raw: bytes, message: str) -> None:
+    # FastAPI answered these "There was an error parsing the body", with no code, where malformed JSON is invalid_json.
+    for path in (CHAT, "/v1/messages"):
+        r = httpx.post(
+            f"{demo_server.base_url}{path}", content=raw, headers={"content-type": "application/json"}, timeout=30
+        )
+        assert r.status_code == 400, r.text
+        if path == CHAT:
+            assert r.json()["error"] == {
+                "message": message, "type": "invalid_request_error", "param": None, "code": "invalid_json"
+            }  # fmt: skip
+        else:
+            assert r.json()["error"] == {"type": "invalid_request_error", "message": message}
+
+
 def test_unknown_route_and_wrong_method_are_openai_errors(demo_server: ServerProcess) -> None:
     missing = httpx.get(f"{demo_server.base_url}/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
