@@ -5,6 +5,8 @@ Anthropic's /v1/messages, where it is Anthropic's, {"type": "error", "error": {"
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,12 +72,54 @@ def from_exception(exc: Exception) -> APIError:
     return APIError(500, "internal error while handling the request", type="server_error")
 
 
+# Names pydantic gives a union's members in an error's location ("str", "list[TextPart]", a model's class name), which
+# are no field of the client's.
+_MEMBER_NAMES = {"str", "int", "float", "bool", "none", "constrained-str", "constrained-int", "constrained-float"}
+
+
+def _looks_like_member(part: object) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _MEMBER_NAMES or part[:1].isupper())
+
+
+def _members(errors: Sequence[Any]) -> set[tuple[object, ...]]:
+    """The locations (up to and with the member's name) where a union's members part ways: a value that matches no
+    member gets one error per member, each under its member's name. An object key that looks like a name, alone at
+    its place, is not one."""
+    locs = [tuple(e.get("loc", ())) for e in errors]
+    found: set[tuple[object, ...]] = set()
+    for loc in locs:
+        for i, part in enumerate(loc):
+            if _looks_like_member(part) and any(
+                len(other) > i and other[:i] == loc[:i] and other[i] != part and _looks_like_member(other[i])
+                for other in locs
+            ):
+                found.add(loc[: i + 1])
+    return found
+
+
+def _telling(errors: Sequence[Any], members: set[tuple[object, ...]]) -> Any:
+    """The error to answer with. Of a union's errors the first is usually the mismatch with a member the client never
+    meant: a list of content blocks, one of them unsupported, was "messages.0.content.str: Input should be a valid
+    string". Among the first error's siblings (the errors of its union), the one that got furthest into the value
+    names what the client meant and what is wrong with it."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    at = next((i for i in range(len(loc)) if loc[: i + 1] in members), None)
+    if at is None:
+        return first
+    siblings = [e for e in errors if tuple(e.get("loc", ()))[:at] == loc[:at] and len(e.get("loc", ())) > at]
+    return max(siblings, key=lambda e: len(e.get("loc", ())))  # max keeps the first of the furthest
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
-    first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    errors = exc.errors()
+    members = _members(errors)
+    first = _telling(errors, members)
+    whole = tuple(first.get("loc", ()))
+    # Shown without the names of union members ("stop", "str"); the client's field is the first element.
+    loc = [str(p) for i, p in enumerate(whole) if p != "body" and whole[: i + 1] not in members]
     if first.get("type") == "json_invalid":
         return APIError(400, "the request body is not valid JSON", code="invalid_json")
-    # Union members add their type name to the location ("stop", "str"); the client's field is the first element.
     param = loc[0] if loc else None
     context = first.get("ctx") or {}
     if not loc and context.get("param") is not None:  # a check of the whole body names the field it found at fault

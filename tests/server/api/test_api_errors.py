@@ -117,6 +117,39 @@ def test_a_body_json_cannot_read_says_why(demo_server: ServerProcess, raw: bytes
             assert r.json()["error"] == {"type": "invalid_request_error", "message": message}
 
 
+@pytest.mark.parametrize(
+    ("path", "fields", "message"),
+    [
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "invalid value for messages.0.content.0.type: Input should be 'text'",
+        ),
+        (
+            CHAT,
+            {"messages": USER, "tool_choice": {"type": "function", "function": {}}},
+            "missing required parameter: tool_choice.function.name",
+        ),
+        (CHAT, {"messages": USER, "stop": [""]}, "invalid value for stop.0: String should have at least 1 character"),
+        (CHAT, {"messages": USER, "stop": 5}, "invalid value for stop: Input should be a valid string"),
+        (
+            "/v1/messages",
+            {"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            "invalid value for messages.0.content.0: Input tag 'image' found using 'type' does not match",
+        ),
+    ],
+)
+def test_a_value_no_member_of_a_union_takes_is_told_what_the_member_it_meant_needs(
+    demo_server: ServerProcess, path: str, fields: dict, message: str
+) -> None:
+    # A union's first member answered for all: a list of content blocks with an image was "messages.0.content.str:
+    # Input should be a valid string", a named tool choice without a name "Input should be 'none', 'auto' or
+    # 'required'", and the location carried pydantic's names for the members ("stop.constrained-str").
+    r = httpx.post(f"{demo_server.base_url}{path}", json={"model": DEMO_MODEL_ID, **fields}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith(message), r.text
+
+
 def test_unknown_route_and_wrong_method_are_openai_errors(demo_server: ServerProcess) -> None:
     missing = httpx.get(f"{demo_server.base_url}/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
