@@ -208,7 +208,8 @@ class ChatMessage(BaseModel):
         if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs content")
+            article = "an" if self.role == "assistant" else "a"  # the roles: system, developer, user, assistant, tool
+            raise ValueError(f"{article} {self.role} message needs content")
         return self
 
     def text(self) -> str:
