@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -63,3 +64,20 @@ def datasheet_bandwidth(gpu_name: str) -> float | None:
         if name in gpu_name:
             return bandwidth
     return None
+
+
+def run(argv: list[str], log: Path | None = None, **kwargs: object) -> subprocess.CompletedProcess:
+    if log is None:
+        return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(argv)}\n")
+        out.flush()
+        return subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
+
+
+def cmake_build(
+    src: Path, build: Path, flags: list[str], log: Path, jobs: int, env: dict[str, str] | None = None
+) -> None:
+    run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS, *flags], log, env=env)
+    targets = ["--target", "llama", "llama-server", "llama-quantize"]
+    run(["cmake", "--build", str(build), *targets, f"-j{jobs}"], log, env=env)

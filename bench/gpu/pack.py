@@ -14,6 +14,8 @@ The folder holds:
   on a stand-in with the demo model's shape (the real file is 98 MB, more than a call may carry).
 - `llama-quantize`, when a CPU build of it is cached (`bench/gpu/run.py --build-cpu-tools`): the GPU run quantizes
   with it while the CUDA build runs, instead of waiting for the fresh one.
+- `cuda-sm90.tar.xz`, when the CUDA build is made ahead (`bench/gpu/prebuild.py`) and fits the carry limit: the GPU
+  run uses it instead of building, if it lists a CUDA device there.
 - `go.sh`: the one command the GPU machine runs (`bash .gpukit/go.sh`).
 """
 
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.gpu.common import CACHE, cached_cpu_tools  # noqa: E402
+from bench.gpu.prebuild import ARCHIVE, cached_prebuilt  # noqa: E402
 
 # Python packages the GPU machine's image already has (its image's list; importing them there works). Anything the
 # server imports that is not here travels as a wheel.
@@ -55,6 +58,8 @@ NEEDED = [
     "opentelemetry-api", "typing-extensions", "anyio", "jsonschema", "jsonschema-specifications", "referencing",
     "rpds-py",
 ]  # fmt: skip
+# What one device call carries: the bundle and the working tree together.
+CARRY_LIMIT = 64 * 2**20
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
 # Paths under the sdist's vendor/llama.cpp that no CPU or CUDA build of the library and the two tools reads.
@@ -209,8 +214,41 @@ def main() -> None:
     if tools is not None:
         shutil.copy2(tools / "llama-quantize", out / "llama-quantize")
     (out / "go.sh").write_text(GO_SH)
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    carry_prebuilt(out, cached_prebuilt())
+    total = bundle_bytes(out)
     print(f"==> {out}: {total / 2**20:.1f} MiB", file=sys.stderr)
+
+
+def bundle_bytes(out: Path) -> int:
+    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+
+def working_tree_bytes() -> int:
+    """What the device tool sends besides the bundle: the tracked files and those untracked that git does not ignore."""
+    listed = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    names = subprocess.run(listed, cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    return sum((REPO / name).stat().st_size for name in names if name and (REPO / name).is_file())
+
+
+def carry_prebuilt(out: Path, built: Path | None, limit: int | None = None) -> bool:
+    """Put the CUDA build made ahead into the bundle, unless there is none or the bundle would pass `limit`: a call
+    carries 64 MiB with the working tree, and a bundle the device tool refuses is no bundle at all."""
+    archive = out / ARCHIVE
+    archive.unlink(missing_ok=True)  # an earlier pack's
+    if built is None:
+        print("==> no CUDA build made ahead (bench/gpu/prebuild.py): the GPU run builds", file=sys.stderr)
+        return False
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(built, arcname=ARCHIVE.removesuffix(".tar.xz"))
+    total = bundle_bytes(out)
+    if limit is None:
+        limit = CARRY_LIMIT - working_tree_bytes() - 2**20  # a MiB to spare: the tree may grow before the call
+    if total > limit:
+        archive.unlink()
+        print(f"==> left out the CUDA build made ahead: the bundle would be {total / 2**20:.1f} MiB", file=sys.stderr)
+        return False
+    print(f"==> the CUDA build made ahead: {archive.stat().st_size / 2**20:.1f} MiB", file=sys.stderr)
+    return True
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ killed at its limit still leaves what it measured):
 1. env: the GPU, driver, nvcc, cores; the device's copy bandwidth through PyTorch when it is there.
 2. install: the carried wheels into WORK/site, the trimmed llama.cpp sources and the `llama_cpp` package.
 3. build (in the background): the shared library, `llama-server` and `llama-quantize` with CUDA for this GPU's
-   architecture only (OUT/build.log).
+   architecture only (OUT/build.log); not when the bundle carries that build made ahead (`prebuild.py`) and it lists
+   a CUDA device here (step "prebuilt").
 4. models (meanwhile): synthetic GGUFs (`bench/synthetic_gguf.py`) of the demo model's shape (a stand-in for the
    98 MB demo model, which cannot travel) and of Llama-3-8B and Llama-3.2-1B with Llama 3's tokenizer, written as
    F16 and quantized (Q4_1 for the stand-in, Q4_K_M) with the packed CPU `llama-quantize` when there is one, so
@@ -49,16 +50,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench.gpu import native_trace  # noqa: E402
+from bench.gpu import native_trace, prebuild  # noqa: E402
 from bench.gpu.bisect_imports import bisect, crashes_with, list_imports  # noqa: E402
 from bench.gpu.common import (  # noqa: E402
-    CMAKE_FLAGS,
     CPU_FLAGS,
     CUDA_FLAGS,
     OURS,
     cached_cpu_tools,
+    cmake_build,
     cpu_tools_dir,
     datasheet_bandwidth,
+    run,
 )
 from bench.gpu.smoke import REHEARSE  # noqa: E402
 
@@ -103,15 +105,6 @@ class Report:
             print(f"== {name}: {entry['status']} in {entry['seconds']} s", file=sys.stderr)
 
 
-def run(argv: list[str], log: Path | None = None, **kwargs: object) -> subprocess.CompletedProcess:
-    if log is None:
-        return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(argv)}\n")
-        out.flush()
-        return subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
-
-
 def gpu_facts() -> dict[str, object]:
     facts: dict[str, object] = {
         "cpus": os.cpu_count(),
@@ -150,20 +143,16 @@ print(json.dumps({"copy_bytes_per_s": 2 * n / times[len(times) // 2], "mem_total
 """
 
 
-def copy_bandwidth() -> dict[str, float]:
+def copy_bandwidth(env: dict[str, str]) -> dict[str, float]:
     """A device-to-device copy through PyTorch, counting bytes read and written: the memory ceiling in practice."""
-    out = subprocess.run([sys.executable, "-c", _BANDWIDTH], capture_output=True, text=True, timeout=120, check=True)
+    argv = [sys.executable, "-c", _BANDWIDTH]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def cuda_arch() -> str:
     out = run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"]).stdout.split()
     return out[0].replace(".", "") if out else "90"
-
-
-def cmake_build(src: Path, build: Path, flags: list[str], log: Path, jobs: int) -> None:
-    run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS, *flags], log)
-    run(["cmake", "--build", str(build), "--target", "llama", "llama-server", "llama-quantize", f"-j{jobs}"], log)
 
 
 def build_cpu_tools(src: Path, log: Path) -> Path:
@@ -255,6 +244,7 @@ def main() -> None:
     build_error: list[BaseException] = []
     build_dir = work / "build"
     env = dict(os.environ)
+    machine_env = dict(os.environ)  # PyTorch's own CUDA libraries, not those the carried build is pointed at
     with report.step("install") as step:
         if args.dry_run:
             spec = importlib.util.find_spec("llama_cpp")
@@ -289,6 +279,17 @@ def main() -> None:
         for p in reversed(pythonpath):
             sys.path.insert(0, str(p))
 
+    carried = args.bundle / prebuild.ARCHIVE if args.bundle is not None else None
+    use_carried = False
+    if not args.dry_run and args.lib is None and carried is not None and carried.exists():
+        with report.step("prebuilt") as step:  # a CUDA build made ahead (bench/gpu/prebuild.py): no build here
+            folder = prebuild.prebuilt(carried, work, env, cuda_arch(), step)
+            if folder is not None:
+                lib_dir = tools = folder
+                use_carried = True
+                env["LLAMA_CPP_LIB_PATH"] = str(folder)
+                os.environ.update(env)
+
     with report.step("native trace") as step:  # every process the kit starts prints its native stack if it crashes
         library = native_trace.build(work)
         if library is None:
@@ -302,7 +303,7 @@ def main() -> None:
             found |= native_trace.from_logs(args.out)
         report.data["native_stacks"] = found
 
-    if not args.dry_run and args.lib is None:
+    if not args.dry_run and args.lib is None and not use_carried:
 
         def build() -> None:
             try:
@@ -323,7 +324,7 @@ def main() -> None:
     if not args.dry_run:
         with report.step("bandwidth") as step:  # the GPU idles while the build runs
             try:
-                report.data["machine"]["copy"] = copy_bandwidth()  # type: ignore[index]
+                report.data["machine"]["copy"] = copy_bandwidth(machine_env)  # type: ignore[index]
             except subprocess.CalledProcessError as exc:
                 step["note"] = f"no copy bandwidth: {(exc.stderr or '').strip().splitlines()[-1:]}"
             except (subprocess.SubprocessError, ValueError, OSError) as exc:
@@ -381,7 +382,8 @@ def main() -> None:
                 raise RuntimeError(f"CUDA build failed (build.log): {build_error[0]}")
             tools = build_dir / "bin"
     else:
-        report.steps["build"] = {"status": "skipped", "note": f"no CUDA build: the library in {lib_dir}"}
+        why = "the carried build works here (prebuilt)" if use_carried else f"the library in {lib_dir}"
+        report.steps["build"] = {"status": "skipped", "note": f"no CUDA build: {why}"}
     if "quantize" not in report.steps:
         quantize_models(tools / "llama-quantize" if tools is not None else None)
 
