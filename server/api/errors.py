@@ -85,16 +85,15 @@ def _members(errors: Sequence[Any]) -> set[tuple[object, ...]]:
     """The locations (up to and with the member's name) where a union's members part ways: a value that matches no
     member gets one error per member, each under its member's name. An object key that looks like a name, alone at
     its place, is not one."""
-    locs = [tuple(e.get("loc", ())) for e in errors]
-    found: set[tuple[object, ...]] = set()
-    for loc in locs:
+    # One pass, grouped by the place: a body of many invalid items has tens of thousands of errors, and comparing each
+    # with every other held the event loop for minutes.
+    names_at: dict[tuple[object, ...], set[object]] = {}
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
         for i, part in enumerate(loc):
-            if _looks_like_member(part) and any(
-                len(other) > i and other[:i] == loc[:i] and other[i] != part and _looks_like_member(other[i])
-                for other in locs
-            ):
-                found.add(loc[: i + 1])
-    return found
+            if _looks_like_member(part):
+                names_at.setdefault(loc[:i], set()).add(part)
+    return {(*place, name) for place, names in names_at.items() if len(names) > 1 for name in names}
 
 
 def _telling(errors: Sequence[Any], members: set[tuple[object, ...]]) -> Any:
