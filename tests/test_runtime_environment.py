@@ -72,15 +72,20 @@ print(len(names), "modules;", "dev-only present:", present)
 """
 
 
-def test_every_server_module_imports_and_no_dev_package_is_there(runtime_env: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(runtime_env / "bin" / "python"), "-c", IMPORT_EVERYTHING, *DEV_ONLY],
-        cwd=tmp_path,
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+def runtime_python(runtime_env: Path, cwd: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by the runtime environment's Python, away from the checkout and with nothing of this environment."""
+    return subprocess.run(
+        [str(runtime_env / "bin" / "python"), "-c", code, *args],
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], "HOME": str(cwd)},
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_every_server_module_imports_and_no_dev_package_is_there(runtime_env: Path, tmp_path: Path) -> None:
+    result = runtime_python(runtime_env, tmp_path, IMPORT_EVERYTHING, *DEV_ONLY)
     assert result.returncode == 0, result.stderr[-3000:]
     count = int(result.stdout.split()[0])
     assert count > 50 and result.stdout.rstrip().endswith("dev-only present: []"), result.stdout
@@ -104,14 +109,7 @@ def test_the_installed_package_carries_every_schema_migration(runtime_env: Path,
     """Migrations are SQL files read as package data at startup: one left out of the installed package would leave a
     database unmigrated (or a later release's code on an older schema) only where the server is deployed."""
     listed = "from server.store.postgres import migrations; print(*(f'{m.version:04d}_{m.name}' for m in migrations()))"
-    result = subprocess.run(
-        [str(runtime_env / "bin" / "python"), "-c", listed],
-        cwd=tmp_path,
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = runtime_python(runtime_env, tmp_path, listed)
     assert result.returncode == 0, result.stderr[-3000:]
     in_source = sorted(path.stem for path in (ROOT / "server" / "store" / "migrations").glob("*.sql"))
     assert sorted(result.stdout.split()) == in_source
