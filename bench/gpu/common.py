@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tarfile
 import tomllib
 from pathlib import Path
 
@@ -81,3 +82,9 @@ def cmake_build(
     run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS, *flags], log, env=env)
     targets = ["--target", "llama", "llama-server", "llama-quantize"]
     run(["cmake", "--build", str(build), *targets, f"-j{jobs}"], log, env=env)
+
+
+def unpack_sources(bundle: Path, work: Path) -> Path:
+    with tarfile.open(bundle / "llama.cpp.tar.xz") as tar:
+        tar.extractall(work, filter="data")
+    return work / "src"

@@ -30,7 +30,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench.gpu.common import CACHE, CMAKE_FLAGS, CUDA_FLAGS, cmake_build, llama_cpp_version  # noqa: E402
+from bench.gpu.common import (  # noqa: E402
+    CACHE,
+    CMAKE_FLAGS,
+    CUDA_FLAGS,
+    cmake_build,
+    llama_cpp_version,
+    unpack_sources,
+)
 
 ARCH = "90"
 ARCHIVE = f"cuda-sm{ARCH}.tar.xz"
@@ -192,7 +199,6 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     from bench.gpu.pack import python_with_pip
-    from bench.gpu.run import unpack_sources
 
     work = CACHE / "prebuild"
     src = unpack_sources(args.bundle, work)

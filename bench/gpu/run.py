@@ -37,7 +37,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import traceback
@@ -61,6 +60,7 @@ from bench.gpu.common import (  # noqa: E402
     cpu_tools_dir,
     datasheet_bandwidth,
     run,
+    unpack_sources,
 )
 from bench.gpu.smoke import REHEARSE  # noqa: E402
 
@@ -537,12 +537,6 @@ def engine_identity(model: Path, env: dict[str, str], log: Path) -> dict[str, ob
 
 def step_elapsed(report: Report, name: str) -> float:
     return time.monotonic() - report.began - report.steps[name]["started_s"]
-
-
-def unpack_sources(bundle: Path, work: Path) -> Path:
-    with tarfile.open(bundle / "llama.cpp.tar.xz") as tar:
-        tar.extractall(work, filter="data")
-    return work / "src"
 
 
 def bytes_per_token(model: Path, tied_embeddings: bool) -> int:
