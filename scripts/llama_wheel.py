@@ -38,10 +38,27 @@ def locked_sdist(lock_path: Path = ROOT / "uv.lock") -> tuple[str, str, str]:
     return entry["version"], entry["sdist"]["url"], digest
 
 
+# llama.cpp's AMX kernels (Intel Xeon 4th generation and later) crash the process at their first matrix product: the
+# tile configuration they load is invalid (llama.cpp issue 20824, unfixed in the pinned version). A native build on
+# such a CPU compiles them in (-march=native defines __AMX_INT8__), so every build here leaves them out; the AVX-512
+# and AVX2 kernels serve instead. The predefined macro is removed whatever -march comes after it on the command line.
+NO_AMX = "-U__AMX_INT8__"
+# A wheelhouse built before a change of how wheels are built is not reused: its wheels are another build.
+RECIPE = "no-amx"
+
+
 def flavour_dir(wheelhouse: Path, version: str) -> Path:
     flags = os.environ.get("CMAKE_ARGS", "").strip()
-    tag = hashlib.sha256(flags.encode()).hexdigest()[:10] if flags else "default"
+    tag = hashlib.sha256(f"{RECIPE} {flags}".encode()).hexdigest()[:10] if flags else RECIPE
     return wheelhouse / f"{version}-{tag}"
+
+
+def build_environment(base: dict[str, str]) -> dict[str, str]:
+    """The compile's environment: CMake starts CMAKE_C_FLAGS and CMAKE_CXX_FLAGS from CFLAGS and CXXFLAGS."""
+    env = dict(base)
+    for name in ("CFLAGS", "CXXFLAGS"):
+        env[name] = f"{env.get(name, '')} {NO_AMX}".strip()
+    return env
 
 
 def build(url: str, digest: str, out: Path, uv: str) -> None:
@@ -58,7 +75,12 @@ def build(url: str, digest: str, out: Path, uv: str) -> None:
         print(f"==> compiling {PACKAGE} (once; 7-11 minutes on 2 cores)", file=sys.stderr)
         staging = Path(tmp) / "wheel"
         # Only the wheel's path may reach stdout: ./dev captures it.
-        subprocess.run([uv, "build", "--wheel", "--out-dir", str(staging), str(sdist)], check=True, stdout=sys.stderr)
+        subprocess.run(
+            [uv, "build", "--wheel", "--out-dir", str(staging), str(sdist)],
+            check=True,
+            stdout=sys.stderr,
+            env=build_environment(dict(os.environ)),
+        )
         out.mkdir(parents=True, exist_ok=True)
         for wheel in staging.glob("*.whl"):
             os.replace(wheel, out / wheel.name)

@@ -63,6 +63,25 @@ def _init_backend() -> None:
             _backend_ready = True
 
 
+def amx_kernels(system_info: str) -> bool:
+    """Whether a llama.cpp build (its `llama_print_system_info()`) has the AMX kernels, which crash the process at
+    their first matrix product on the Xeons that run them (llama.cpp issue 20824). The builds ./dev and the images make
+    leave them out; a llama-cpp-python compiled natively on such a Xeon by other means has them."""
+    return "AMX_INT8 = 1" in system_info
+
+
+def _safe_from_amx(params: Any) -> None:
+    """Keep the weights out of the AMX kernels' buffers, where a build has them: llama.cpp puts weights in the
+    "extra" buffer types (AMX, and the CPU repacking of Q4_0 and Q4_K) only when allowed to."""
+    if amx_kernels(llama_cpp.llama_print_system_info().decode(errors="replace")):
+        log.warning(
+            "this llama.cpp build has AMX kernels, which crash the process (llama.cpp issue 20824): they are not "
+            "used, nor is the CPU weight repacking; rebuild llama-cpp-python with CFLAGS and CXXFLAGS -U__AMX_INT8__ "
+            "(as ./dev does)"
+        )
+        params.use_extra_bufts = False
+
+
 class ModelLoadError(RuntimeError):
     pass
 
@@ -91,6 +110,7 @@ class LlamaModel:
         self.gpu_offload_supported = bool(llama_cpp.llama_supports_gpu_offload())
         # -1 means "everything"; llama.cpp spells that as a layer count larger than the model.
         params.n_gpu_layers = (0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers) if self.gpu_offload_supported else 0
+        _safe_from_amx(params)
         self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise ModelLoadError(f"llama.cpp could not load {path}")

@@ -12,7 +12,7 @@ import llama_cpp
 import pytest
 
 from server.engine.base import EngineClosedError
-from server.engine.llama_model import LlamaModel
+from server.engine.llama_model import LlamaModel, amx_kernels
 from server.model_source.local import demo_model
 from tests.support.engine import running_engine
 
@@ -20,7 +20,7 @@ from tests.support.engine import running_engine
 AFTER_CLOSE = """
 from server.engine.base import EngineClosedError
 from server.errors import known_error
-from server.engine.llama_model import LlamaModel
+from server.engine.llama_model import LlamaModel, amx_kernels
 from server.model_source.local import demo_model
 model = LlamaModel(demo_model(), n_gpu_layers=0)
 model.close()
@@ -99,3 +99,30 @@ def test_control_texts_found_in_one_pass_give_llama_cpps_tokens(each_vocabulary:
         for add_special in (True, False):
             made = model.tokenize(text, add_special=add_special)
             assert made == _llama_cpp_tokens(model, text, add_special=add_special), (text[:40], add_special)
+
+
+def test_the_llama_cpp_that_dev_installs_has_no_amx_kernels() -> None:
+    # They crash the process at the first matrix product on the Xeons that run them (llama.cpp issue 20824); a native
+    # build on such a machine compiled them in until scripts/llama_wheel.py left them out.
+    assert not amx_kernels(llama_cpp.llama_print_system_info().decode(errors="replace"))
+
+
+def test_a_build_with_amx_kernels_loads_its_weights_out_of_their_reach(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert amx_kernels("CPU : SSE3 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 | ")
+    assert not amx_kernels("CPU : SSE3 = 1 | AVX2 = 1 | OPENMP = 1 | REPACK = 1 | ")
+    real_load = llama_cpp.llama_model_load_from_file
+    seen: list[bool] = []
+
+    def load(path: bytes, params: llama_cpp.llama_model_params) -> object:
+        seen.append(bool(params.use_extra_bufts))
+        return real_load(path, params)
+
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", load)
+    LlamaModel(demo_model(), n_gpu_layers=0).close()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AVX512 = 1 | AMX_INT8 = 1 | ")
+    with caplog.at_level("WARNING", logger="server.engine.llama_model"):
+        LlamaModel(demo_model(), n_gpu_layers=0).close()
+    assert seen == [True, False]
+    assert "issue 20824" in caplog.text
