@@ -60,6 +60,17 @@ def test_cuda_image_builds_llama_cpp_with_cuda_on_a_runtime_base() -> None:
     assert re.search(r"^FROM nvidia/cuda:\$\{CUDA_VERSION\}-runtime-", text, re.M)
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_llama_cpp_is_compiled_for_any_x86_64_node_not_the_build_machine(dockerfile: Path) -> None:
+    # llama.cpp's default is -march=native: the image would carry the build machine's instructions (AVX-512, AMX) to
+    # nodes that may lack them.
+    (cmake_args,) = re.findall(r'CMAKE_ARGS="([^"]*)"', dockerfile.read_text())
+    flags = cmake_args.split()
+    assert "-DGGML_NATIVE=off" in flags
+    assert {"-DGGML_AVX2=on", "-DGGML_FMA=on", "-DGGML_F16C=on"} <= set(flags)
+    assert not any("AVX512" in flag or "AMX" in flag for flag in flags)
+
+
 def test_images_install_from_the_lock_file() -> None:
     for dockerfile in DOCKERFILES:
         assert "uv sync --frozen --no-dev --extra server" in dockerfile.read_text()
