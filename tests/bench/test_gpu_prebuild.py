@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu import pack, prebuild
+from bench.gpu.common import CUDA_FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 LISTED = "Available devices:\n  CUDA0: NVIDIA H200 (143167 MiB, 142600 MiB free)\n"
@@ -60,6 +61,12 @@ def test_the_prebuilt_flags_are_the_gpu_runs_for_one_architecture_and_any_x86_64
     assert [f for f in flags if f.startswith("-DGGML_NATIVE")] == ["-DGGML_NATIVE=OFF"]
     assert f"-DCMAKE_CUDA_ARCHITECTURES={prebuild.ARCH}" in flags
     assert "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON" in flags
+
+
+def test_the_native_gpu_build_leaves_out_the_amx_kernels() -> None:
+    # llama.cpp's AMX kernels crash a process at its first matrix product on AMX Xeons (llama.cpp issue 20824; seen
+    # on a 2-core dev machine of this project), and GPU machines' hosts are often such Xeons.
+    assert {"-DCMAKE_C_FLAGS=-U__AMX_INT8__", "-DCMAKE_CXX_FLAGS=-U__AMX_INT8__"} <= set(CUDA_FLAGS)
 
 
 def test_the_devices_llama_server_lists() -> None:
