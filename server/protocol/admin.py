@@ -11,7 +11,7 @@ from pydantic import (
     StrictInt,
 )
 
-from server.protocol.base import RequestBody
+from server.protocol.base import Items, RequestBody
 
 _INT32_MAX = 2**31 - 1  # the limits are PostgreSQL integers
 # Text a listing shows as it is: no control characters (C0 with NUL, which PostgreSQL text cannot hold, DEL, C1) and no
@@ -21,10 +21,8 @@ ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=_PLAIN)]
 
 
 class KeyCreateRequest(RequestBody):
-    model_config = ConfigDict(extra="forbid")
-
     name: str = Field(min_length=1, max_length=200, pattern=_PLAIN)
-    models: list[ModelName] | None = Field(
+    models: Items[ModelName] | None = Field(
         None, min_length=1, max_length=1024, description="Models the key may use; absent: all of them."
     )
     rpm: StrictInt | None = Field(None, ge=1, le=_INT32_MAX, description="Requests per minute; absent: unlimited.")

@@ -9,29 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator
 
-from server.protocol.base import RequestBody, current_limits
+from server.protocol.base import ClosedModel, Items, RequestBody, current_limits
 
 Stop = Annotated[str, Field(min_length=1)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CacheControl(_Strict):
+class CacheControl(ClosedModel):
     type: Literal["ephemeral"]
     ttl: Literal["5m", "1h"] | None = None
 
 
-class TextBlockParam(_Strict):
+class TextBlockParam(ClosedModel):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
 
 
-class ToolUseBlockParam(_Strict):
+class ToolUseBlockParam(ClosedModel):
     """An earlier call the assistant made (in an assistant message)."""
 
     type: Literal["tool_use"]
@@ -41,12 +37,12 @@ class ToolUseBlockParam(_Strict):
     cache_control: CacheControl | None = None
 
 
-class ToolResultBlockParam(_Strict):
+class ToolResultBlockParam(ClosedModel):
     """The result of a call (in a user message), found by its `tool_use_id`."""
 
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
-    content: str | list[TextBlockParam] = ""
+    content: str | Items[TextBlockParam] = ""
     is_error: StrictBool = False
     cache_control: CacheControl | None = None
 
@@ -54,7 +50,7 @@ class ToolResultBlockParam(_Strict):
         return self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
 
 
-class ThinkingBlockParam(_Strict):
+class ThinkingBlockParam(ClosedModel):
     """Earlier thinking, given back as the SDK keeps it (in an assistant message): templates leave it out of the prompt,
     so it is dropped, its signature unchecked."""
 
@@ -63,7 +59,7 @@ class ThinkingBlockParam(_Strict):
     signature: str = ""
 
 
-class RedactedThinkingBlockParam(_Strict):
+class RedactedThinkingBlockParam(ClosedModel):
     type: Literal["redacted_thinking"]
     data: str
 
@@ -75,9 +71,9 @@ ContentBlockParam = Annotated[
 BlockParam = TextBlockParam | ToolUseBlockParam | ToolResultBlockParam | ThinkingBlockParam | RedactedThinkingBlockParam
 
 
-class MessageParam(_Strict):
+class MessageParam(ClosedModel):
     role: Literal["user", "assistant"]
-    content: str | list[ContentBlockParam]
+    content: str | Items[ContentBlockParam]
 
     def blocks(self) -> list[BlockParam]:
         if isinstance(self.content, str):
@@ -85,7 +81,7 @@ class MessageParam(_Strict):
         return list(self.content)
 
 
-class ToolParam(_Strict):
+class ToolParam(ClosedModel):
     """A client tool. Anthropic's server tools (web search, code execution, ...) have other `type`s: a 400."""
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
@@ -104,41 +100,41 @@ class ToolParam(_Strict):
         return value
 
 
-class ToolChoiceAuto(_Strict):
+class ToolChoiceAuto(ClosedModel):
     type: Literal["auto"]
     disable_parallel_tool_use: StrictBool = False
 
 
-class ToolChoiceAny(_Strict):
+class ToolChoiceAny(ClosedModel):
     type: Literal["any"]
     disable_parallel_tool_use: StrictBool = False
 
 
-class ToolChoiceTool(_Strict):
+class ToolChoiceTool(ClosedModel):
     type: Literal["tool"]
     name: str
     disable_parallel_tool_use: StrictBool = False
 
 
-class ToolChoiceNone(_Strict):
+class ToolChoiceNone(ClosedModel):
     type: Literal["none"]
 
 
 ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")]
 
 
-class Metadata(_Strict):
+class Metadata(ClosedModel):
     user_id: str | None = Field(None, max_length=256)
 
 
-class ThinkingEnabled(_Strict):
+class ThinkingEnabled(ClosedModel):
     type: Literal["enabled"]
     budget_tokens: int = Field(
         ge=1024, description="Thinking tokens, after which the server closes the block and the answer begins."
     )
 
 
-class ThinkingDisabled(_Strict):
+class ThinkingDisabled(ClosedModel):
     type: Literal["disabled"]
 
 
@@ -148,12 +144,10 @@ Thinking = Annotated[ThinkingEnabled | ThinkingDisabled, Field(discriminator="ty
 class MessagesInput(RequestBody):
     """What a prompt is made of: shared by messages and count_tokens."""
 
-    model_config = ConfigDict(extra="forbid")
-
     model: str = Field(min_length=1)
-    messages: list[MessageParam] = Field(min_length=1)
-    system: str | list[TextBlockParam] | None = None
-    tools: list[ToolParam] | None = Field(None, max_length=128)
+    messages: Items[MessageParam] = Field(min_length=1)
+    system: str | Items[TextBlockParam] | None = None
+    tools: Items[ToolParam] | None = Field(None, max_length=128)
     tool_choice: ToolChoice | None = None
     cache_control: CacheControl | None = None
     # As Anthropic's: thinking is off unless enabled (where the model's template can turn it off, docs/api.md).
@@ -175,7 +169,7 @@ class MessagesInput(RequestBody):
 
 class MessagesRequest(MessagesInput):
     max_tokens: int = Field(ge=1)
-    stop_sequences: list[Stop] | None = Field(None, max_length=4)
+    stop_sequences: Items[Stop] | None = Field(None, max_length=4)
     temperature: float = Field(1.0, ge=0, le=1)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 disables it.")

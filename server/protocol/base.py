@@ -10,10 +10,13 @@ import re
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from functools import cache
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
+    FailFast,
     Field,
     model_validator,
 )
@@ -83,7 +86,58 @@ def _escaped(text: str) -> str:
     return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
-class RequestBody(BaseModel):
+_Item = TypeVar("_Item")
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
+
+
+# pydantic validates every item of a list (every value of an object) and lists an error for each invalid one before the
+# first is answered: a body within the size limit held a million invalid items, and listing them held the event loop
+# for seconds and took gigabytes. A request's lists and objects stop at their first invalid item, the one the 400 names.
+class _FailFast(FailFast):
+    """pydantic's FailFast, hashable: typing hashes the metadata of annotated types it puts in a union
+    (`str | Items[str]`), and pydantic's is an unhashable dataclass."""
+
+    def __hash__(self) -> int:
+        return hash((FailFast, self.fail_fast))
+
+
+Items = Annotated[list[_Item], _FailFast()]
+Entries = Annotated[dict[_Key, _Value], _FailFast()]
+
+
+class ClosedModel(BaseModel):
+    """An object of a request body, which refuses fields it does not know (OpenAI's "Unrecognized request argument")
+    and names the first. pydantic would list one error per unknown key, hundreds of thousands in a body within the size
+    limit; only the first unknown key is left for it to find."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_unknown_field(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        known = _known_keys(cls)
+        if value.keys() <= known:
+            return value
+        first = next(key for key in value if key not in known)
+        return {key: item for key, item in value.items() if key in known or key == first}
+
+
+@cache
+def _known_keys(model: type[BaseModel]) -> frozenset[object]:
+    """The keys an object of `model` may hold: each field's name and alias (whichever the model accepts is kept)."""
+    keys: set[object] = set()
+    for name, field in model.model_fields.items():
+        keys.add(name)
+        for alias in (field.alias, field.validation_alias):
+            if isinstance(alias, str):
+                keys.add(alias)
+    return frozenset(keys)
+
+
+class RequestBody(ClosedModel):
     """A request body: its text, wherever it sits, is valid Unicode, and it nests at most MAX_JSON_DEPTH levels (a
     400 naming the field otherwise: its path in the message, its top-level field as `param`)."""
 

@@ -15,39 +15,35 @@ from pydantic import (
     model_validator,
 )
 
-from server.protocol.base import RequestBody, current_limits
+from server.protocol.base import ClosedModel, Entries, Items, RequestBody, current_limits
 
 Stop = Annotated[str, Field(min_length=1)]
 # Ten digits hold every token id; a longer key would reach Python's int-conversion limit in `int()` (a 500).
 TokenIdKey = Annotated[str, Field(pattern=r"^-?[0-9]{1,10}$", description="A token id, as a string.")]
-LogitBias = dict[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]]
+LogitBias = Entries[TokenIdKey, Annotated[float, Field(ge=-100, le=100)]]
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(ClosedModel):
     include_usage: StrictBool = False
 
 
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class JsonSchemaFormat(ClosedModel):
+    model_config = ConfigDict(populate_by_name=True)
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema; absent: any JSON.")
     strict: StrictBool | None = None
 
 
-class ResponseFormatText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResponseFormatText(ClosedModel):
     type: Literal["text"]
 
 
-class ResponseFormatJsonObject(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResponseFormatJsonObject(ClosedModel):
     type: Literal["json_object"]
 
 
-class ResponseFormatJsonSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResponseFormatJsonSchema(ClosedModel):
     type: Literal["json_schema"]
     json_schema: JsonSchemaFormat
 
@@ -59,8 +55,6 @@ ResponseFormat = Annotated[
 
 class SamplingFields(RequestBody):
     """Fields both endpoints share. Unknown fields are refused, like OpenAI's 'Unrecognized request argument'."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -77,7 +71,7 @@ class SamplingFields(RequestBody):
     )
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    stop: Stop | list[Stop] | None = None
+    stop: Stop | Items[Stop] | None = None
     seed: int | None = None
     logit_bias: LogitBias | None = None
     presence_penalty: float = Field(0.0, ge=0, le=0, description="Not supported; only 0 is accepted.")
@@ -109,7 +103,7 @@ class SamplingFields(RequestBody):
 
 # Validated by `_one_prompt` (for messages that say what is wrong); documented exactly as accepted.
 Prompt = Annotated[
-    str | list[str] | list[int],
+    str | Items[str] | Items[int],
     WithJsonSchema(
         {
             "anyOf": [
@@ -143,33 +137,28 @@ class CompletionRequest(SamplingFields):
         return value
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextPart(ClosedModel):
     type: Literal["text"]
     text: str
 
 
-class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionDefinition(ClosedModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="A JSON Schema for the arguments; absent: none.")
     strict: StrictBool | None = None
 
 
-class Tool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Tool(ClosedModel):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class FunctionName(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionName(ClosedModel):
     name: str
 
 
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NamedToolChoice(ClosedModel):
     type: Literal["function"]
     function: FunctionName
 
@@ -188,12 +177,11 @@ class ToolCall(BaseModel):
     function: ToolCallFunction
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ChatMessage(ClosedModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | Items[TextPart] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = Field(None, description="Assistant messages: the calls it made.")
+    tool_calls: Items[ToolCall] | None = Field(None, description="Assistant messages: the calls it made.")
     tool_call_id: str | None = Field(None, description="Tool messages: the call this is the result of.")
     reasoning_content: str | None = Field(
         None, description="Assistant messages: earlier thinking, as a reply gave it; left out of the prompt."
@@ -225,11 +213,11 @@ ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: Items[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: StrictBool | None = Field(None, description="Log-probabilities of each output token.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="How many likely alternatives, with logprobs.")
-    tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
+    tools: Items[Tool] | None = Field(None, min_length=1, max_length=128)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool = True
     reasoning_effort: ReasoningEffort | None = Field(
@@ -273,7 +261,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 EmbeddingInput = Annotated[
-    str | list[str] | list[int] | list[list[int]],
+    str | Items[str] | Items[int] | Items[Items[int]],
     WithJsonSchema(
         {
             "anyOf": [
@@ -294,7 +282,6 @@ EmbeddingInput = Annotated[
 
 
 class EmbeddingRequest(RequestBody):
-    model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"

@@ -6,17 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     field_validator,
 )
 
-from server.protocol.base import RefusedVersion, RequestBody, current_limits
+from server.protocol.base import ClosedModel, Items, RefusedVersion, RequestBody, current_limits
 
 
 class TokenizeRequest(RequestBody):
-    model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="The model whose tokenizer to use (default: the first served).")
     content: str = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT characters.")
     add_special: StrictBool = Field(False, description="Add the model's special tokens (BOS) as a prompt would.")
@@ -31,10 +29,9 @@ class TokenizeRequest(RequestBody):
         return value
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DetokenizeRequest(ClosedModel):
     model: str | None = Field(None, description="The model whose tokenizer to use (default: the first served).")
-    tokens: list[Annotated[int, Field(ge=0)]] = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT token ids.")
+    tokens: Items[Annotated[int, Field(ge=0)]] = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT token ids.")
 
     @field_validator("tokens", mode="before")
     @classmethod

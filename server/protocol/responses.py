@@ -10,55 +10,51 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, field_validator
 
-from server.protocol.base import RequestBody, current_limits
+from server.protocol.base import ClosedModel, Entries, Items, RequestBody, current_limits
 from server.protocol.openai import ReasoningEffort
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 # An item's id, as a previous response's id: ids are kept with the response and listed back, never read by the model.
 ItemId = Annotated[str, Field(min_length=1, max_length=128)]
 Metadata = Annotated[
-    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+    Entries[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
 ]
 
 
-class InputText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class InputText(ClosedModel):
     type: Literal["input_text"]
     text: str
 
 
-class TopLogprob(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TopLogprob(ClosedModel):
     token: str
     logprob: float
-    bytes: list[Annotated[int, Field(ge=0, le=255)]] | None = None
+    bytes: Items[Annotated[int, Field(ge=0, le=255)]] | None = None
 
 
 class Logprob(TopLogprob):
     """One token of a replayed answer's log-probabilities, in OpenAI's shape (kept with the item, never read)."""
 
-    top_logprobs: list[TopLogprob] = Field(default_factory=list, max_length=20)
+    top_logprobs: Items[TopLogprob] = Field(default_factory=list, max_length=20)
 
 
-class OutputText(BaseModel):
+class OutputText(ClosedModel):
     """Assistant text, as a response's output and as input that replays it."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["output_text"]
     text: str
-    annotations: list[dict[str, Any]] = Field(default_factory=list, max_length=0)
-    logprobs: list[Logprob] | None = None
+    annotations: Items[dict[str, Any]] = Field(default_factory=list, max_length=0)
+    logprobs: Items[Logprob] | None = None
 
 
 ContentPart = Annotated[InputText | OutputText, Field(discriminator="type")]
 
 
-class MessageItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MessageItem(ClosedModel):
     type: Literal["message"] = "message"
     id: ItemId | None = None
     role: Literal["user", "system", "developer", "assistant"]
-    content: str | list[ContentPart]
+    content: str | Items[ContentPart]
     status: ItemStatus | None = None
     phase: Literal["commentary", "final_answer"] | None = None
 
@@ -68,8 +64,7 @@ class MessageItem(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class FunctionCallItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionCallItem(ClosedModel):
     type: Literal["function_call"]
     id: ItemId | None = None
     call_id: str = Field(min_length=1)
@@ -78,40 +73,36 @@ class FunctionCallItem(BaseModel):
     status: ItemStatus | None = None
 
 
-class FunctionCallOutputItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionCallOutputItem(ClosedModel):
     type: Literal["function_call_output"]
     id: ItemId | None = None
     call_id: str = Field(min_length=1)
-    output: str | list[InputText]
+    output: str | Items[InputText]
     status: ItemStatus | None = None
 
     def text(self) -> str:
         return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
 
 
-class ReasoningText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReasoningText(ClosedModel):
     type: Literal["reasoning_text"] = "reasoning_text"
     text: str
 
 
-class SummaryText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SummaryText(ClosedModel):
     type: Literal["summary_text"] = "summary_text"
     text: str
 
 
-class ReasoningItem(BaseModel):
+class ReasoningItem(ClosedModel):
     """A thinking model's thinking, as an output item (its text as `content`; no summaries are written). Given back in
     `input` (or chained by previous_response_id), it is left out of the prompt, as chat templates leave it out: it is
     kept, in OpenAI's shape, and counts towards the conversation's bounds like any item."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["reasoning"] = "reasoning"
     id: ItemId
-    summary: list[SummaryText] = Field(default_factory=list)
-    content: list[ReasoningText] | None = None
+    summary: Items[SummaryText] = Field(default_factory=list)
+    content: Items[ReasoningText] | None = None
     encrypted_content: str | None = None
     status: ItemStatus | None = None
 
@@ -130,10 +121,9 @@ InputItem = Annotated[
 ]
 
 
-class FunctionTool(BaseModel):
+class FunctionTool(ClosedModel):
     """A function the model may call; the Responses API's flat shape (no nested `function` object)."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["function"]
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -141,8 +131,7 @@ class FunctionTool(BaseModel):
     strict: StrictBool | None = None
 
 
-class FunctionToolChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FunctionToolChoice(ClosedModel):
     type: Literal["function"]
     name: str
 
@@ -150,18 +139,16 @@ class FunctionToolChoice(BaseModel):
 ResponsesToolChoice = Literal["none", "auto", "required"] | FunctionToolChoice
 
 
-class TextFormatText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextFormatText(ClosedModel):
     type: Literal["text"]
 
 
-class TextFormatJsonObject(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextFormatJsonObject(ClosedModel):
     type: Literal["json_object"]
 
 
-class TextFormatJsonSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class TextFormatJsonSchema(ClosedModel):
+    model_config = ConfigDict(populate_by_name=True)
     type: Literal["json_schema"]
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -172,8 +159,7 @@ class TextFormatJsonSchema(BaseModel):
 TextFormat = Annotated[TextFormatText | TextFormatJsonObject | TextFormatJsonSchema, Field(discriminator="type")]
 
 
-class TextConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextConfig(ClosedModel):
     format: TextFormat = Field(default_factory=lambda: TextFormatText(type="text"))
     verbosity: Literal["medium"] | None = Field(None, description="Only the default is supported.")
 
@@ -181,11 +167,10 @@ class TextConfig(BaseModel):
 _BUILT_IN_TOOLS = "only function tools are supported; built-in tools ({kind!r}) are not"
 
 
-class ReasoningConfig(BaseModel):
+class ReasoningConfig(ClosedModel):
     """`reasoning`: only the effort has an effect ("none" turns a thinking model's thinking off where its template
     can, see chat's `reasoning_effort`); no summaries are written, so `summary` is accepted and changes nothing."""
 
-    model_config = ConfigDict(extra="forbid")
     effort: ReasoningEffort | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
@@ -195,16 +180,14 @@ class ResponseRequest(RequestBody):
     """`POST /v1/responses`. Fields OpenAI documents that this server cannot honour (`background`, `include`,
     built-in tools, ...) are refused rather than ignored."""
 
-    model_config = ConfigDict(extra="forbid")
-
     model: str = Field(min_length=1)
-    input: str | list[InputItem]
+    input: str | Items[InputItem]
     instructions: str | None = Field(None, description="A system message; not carried over by previous_response_id.")
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = Field(None, description="llama.cpp extension: a seed makes sampling repeatable.")
-    tools: list[FunctionTool] | None = Field(None, max_length=128)
+    tools: Items[FunctionTool] | None = Field(None, max_length=128)
     tool_choice: ResponsesToolChoice | None = None
     parallel_tool_calls: StrictBool = True
     text: TextConfig | None = None
