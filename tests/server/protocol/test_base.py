@@ -206,3 +206,11 @@ def test_of_many_unknown_fields_the_first_is_named() -> None:
         JsonSchemaFormat.model_validate(aliased)
     assert [e["loc"] for e in refused.value.errors()] == [("other",)]
     assert JsonSchemaFormat.model_validate({"name": "n", "schema": {"type": "object"}}).schema_ == {"type": "object"}
+
+
+def test_every_closed_model_refuses_unknown_fields() -> None:
+    # A ClosedModel drops the unknown fields after the first before pydantic sees them: one that let unknown fields
+    # in would lose them silently.
+    closed = _every_body_class(ClosedModel)
+    assert len(closed) > 30
+    assert {cls.__name__ for cls in closed if cls.model_config.get("extra") != "forbid"} == set()
