@@ -21,8 +21,8 @@ CMAKE_FLAGS = [
     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
 ]  # fmt: skip
-# The native build leaves out llama.cpp's AMX kernels, which crash at their first matrix product on the Xeon hosts GPU
-# machines often have (as scripts/llama_wheel.py does for ./dev); llama-server and ours are built alike.
+# The native build leaves out llama.cpp's AMX kernels, which crash at their first matrix product on the Xeons that
+# have them, as a GPU machine's host can (scripts/llama_wheel.py does the same for ./dev); llama-server and ours alike.
 NO_AMX_FLAGS = ["-DCMAKE_C_FLAGS=-U__AMX_INT8__", "-DCMAKE_CXX_FLAGS=-U__AMX_INT8__"]
 CUDA_FLAGS = [
     "-DGGML_CUDA=ON", "-DGGML_CUDA_FA_ALL_QUANTS=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=ON", *NO_AMX_FLAGS,

@@ -65,7 +65,7 @@ def test_the_prebuilt_flags_are_the_gpu_runs_for_one_architecture_and_any_x86_64
 
 def test_the_native_gpu_build_leaves_out_the_amx_kernels() -> None:
     # llama.cpp's AMX kernels crash a process at its first matrix product on AMX Xeons (llama.cpp issue 20824; seen
-    # on a 2-core dev machine of this project), and GPU machines' hosts are often such Xeons.
+    # on a 2-core dev machine of this project), and a GPU machine's host can be such a Xeon.
     assert {"-DCMAKE_C_FLAGS=-U__AMX_INT8__", "-DCMAKE_CXX_FLAGS=-U__AMX_INT8__"} <= set(CUDA_FLAGS)
 
 
