@@ -70,7 +70,7 @@ def amx_kernels(system_info: str) -> bool:
     return "AMX_INT8 = 1" in system_info
 
 
-def _safe_from_amx(params: Any) -> None:
+def _safe_from_amx(params: llama_cpp.llama_model_params) -> None:
     """Keep the weights out of the AMX kernels' buffers, where a build has them: llama.cpp puts weights in the
     "extra" buffer types (AMX, and the CPU repacking of Q4_0 and Q4_K) only when allowed to."""
     if amx_kernels(llama_cpp.llama_print_system_info().decode(errors="replace")):
