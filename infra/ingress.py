@@ -13,6 +13,11 @@ nothing else, with a SecretProviderClass of its own (Microsoft's pattern for ing
 mount when an object is missing, so this pod, not the server, waits for the certificate, and `pulumi up` does not
 wait for this pod. Envoy streams responses as they come (no response buffering), so the route only needs timeouts long
 enough for a long generation.
+
+The route carries only what clients call. Through a gateway every client reaches the server from the gateway's own
+address, and the server counts wrong admin keys per address, so an admin API on the route would let any client who
+can reach the gateway lock it for everyone, a minute at a time; the probes and the OpenAPI document are of no use to
+clients either. Operators reach those through `kubectl port-forward`, behind the cluster's Entra ID sign-in.
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ LISTENER = "https"
 HTTPS_PORT = 443
 # A whole stream (a long generation at a slow token rate) must fit; the server's own limits end it sooner.
 ROUTE_TIMEOUT = "3600s"
+# Gateway API path matches (type, value): the OpenAI, Responses, Anthropic and conversation APIs under /v1, and
+# llama.cpp's tokenizer routes. Anything else is answered 404 by the gateway.
+CLIENT_PATHS: tuple[tuple[str, str], ...] = (
+    ("PathPrefix", "/v1"),
+    ("Exact", "/tokenize"),
+    ("Exact", "/detokenize"),
+)
 INTERNAL_ANNOTATIONS = {"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}
 
 
@@ -164,7 +176,7 @@ class Ingress(pulumi.ComponentResource):
                 "hostnames": [args.host_name],
                 "rules": [
                     {
-                        "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                        "matches": [{"path": {"type": kind, "value": value}} for kind, value in CLIENT_PATHS],
                         "backendRefs": [{"name": args.backend_service, "port": args.backend_port}],
                         "timeouts": {"request": ROUTE_TIMEOUT, "backendRequest": ROUTE_TIMEOUT},
                     }

@@ -7,12 +7,18 @@ SecretProviderClass, their fields are asserted here one by one, including that n
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from infra.autoscaling import SCALE_DOWN_STABILIZATION_SECONDS
 from infra.server_metrics import scale_query
+from server.api.app import create_app
+from server.api.gates import AdminKeyFirstRoute, KeyFirstRoute
+from server.config.settings import load_settings
 from tests.infra.harness import StackRun
 
 
@@ -142,6 +148,52 @@ def test_route_streams_to_the_service_with_long_timeouts(stack: StackRun) -> Non
     # A long generation streams for minutes; Gateway API durations are plain seconds here.
     assert int(rule["timeouts"]["request"].removesuffix("s")) >= 1800
     assert rule["timeouts"]["backendRequest"] == rule["timeouts"]["request"]
+
+
+def _gateway_matches(matches: list[dict[str, Any]], path: str) -> bool:
+    """The Gateway API's path match: a PathPrefix matches whole path elements ("/v1" matches "/v1/models", not
+    "/v1x"); an Exact match, the path itself."""
+    for match in matches:
+        kind, value = match["path"]["type"], match["path"]["value"]
+        if kind == "Exact" and path == value:
+            return True
+        if kind == "PathPrefix" and (path == value or path.startswith(value.rstrip("/") + "/")):
+            return True
+    return False
+
+
+def _api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:  # FastAPI's included routers
+            yield from _api_routes(included.routes)
+
+
+def _server_routes() -> list[APIRoute]:
+    return list(_api_routes(create_app(load_settings(embeddings=True, metrics_port=None)).routes))
+
+
+def test_gateway_match_follows_path_elements() -> None:
+    matches = [{"path": {"type": "PathPrefix", "value": "/v1"}}, {"path": {"type": "Exact", "value": "/tokenize"}}]
+    assert _gateway_matches(matches, "/v1") and _gateway_matches(matches, "/v1/chat/completions")
+    assert not _gateway_matches(matches, "/v1x") and not _gateway_matches(matches, "/tokenize/x")
+
+
+def test_route_carries_every_client_api_and_not_the_admin_api_or_the_probes(stack: StackRun) -> None:
+    # Every client behind the gateway reaches the server from the gateway's address, and wrong admin keys are counted
+    # per address: with /admin on the route, any client could lock the admin API for all. Operators port-forward.
+    (rule,) = _object(stack, "HTTPRoute")["spec"]["rules"]
+    routes = _server_routes()
+    client = {route.path for route in routes if isinstance(route, KeyFirstRoute)}
+    internal = {route.path for route in routes if not isinstance(route, KeyFirstRoute)}
+    assert {"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings", "/tokenize"} <= client
+    assert {"/admin/keys", "/health/ready", "/metrics"} <= internal
+    assert any(isinstance(route, AdminKeyFirstRoute) for route in routes)
+    assert [path for path in sorted(client) if not _gateway_matches(rule["matches"], path)] == []
+    assert [path for path in sorted(internal) if _gateway_matches(rule["matches"], path)] == []
+    for path in ("/docs", "/openapi.json", "/admin", "/"):
+        assert not _gateway_matches(rule["matches"], path)
 
 
 def test_prod_ingress_is_internal_at_a_fixed_address_with_private_dns(prod: StackRun) -> None:
