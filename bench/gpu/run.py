@@ -105,8 +105,23 @@ class Report:
             print(f"== {name}: {entry['status']} in {entry['seconds']} s", file=sys.stderr)
 
 
+def host_cpu(cpuinfo: str) -> dict[str, object]:
+    """The host CPU's model and its AMX flags, from /proc/cpuinfo's text: on an AMX Xeon, llama.cpp's AMX kernels
+    crash (the kit builds without them), so a crash on the GPU machine is read against this."""
+    model, flags = "?", set[str]()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "?":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, "amx": sorted(flag for flag in flags if flag.startswith("amx"))}
+
+
 def gpu_facts() -> dict[str, object]:
+    cpuinfo = Path("/proc/cpuinfo")
     facts: dict[str, object] = {
+        "cpu": host_cpu(cpuinfo.read_text() if cpuinfo.exists() else ""),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.machine(),

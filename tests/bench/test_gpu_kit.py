@@ -25,6 +25,7 @@ import pytest
 from bench.gpu import pack
 from bench.gpu.common import cached_cpu_tools
 from bench.gpu.pack import _keep, trimmed_sources
+from bench.gpu.run import host_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,6 +79,7 @@ def test_the_dry_run_passes_every_step_but_cuda(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     steps = results["steps"]
+    assert results["machine"]["cpu"] == host_cpu(Path("/proc/cpuinfo").read_text())
     assert {name: step["status"] for name, step in steps.items()} == {
         "env": "ok",
         "install": "skipped",
@@ -120,6 +122,19 @@ def test_the_dry_run_passes_every_step_but_cuda(tmp_path: Path) -> None:
     assert all(row["tok_s"] > 0 for row in rows)
     assert "| 2 | ours |" in report
     assert "| 2 | ours-engine |" in report and "ours-engine: our engine in a plain process, no HTTP" in report
+
+
+def test_the_host_cpu_is_named_with_its_amx_flags() -> None:
+    # Two processors of a Sapphire Rapids Xeon, cut short: the first one's model and flags are the machine's.
+    cpuinfo = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+        "flags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8 avx512_vnni\n\n"
+        "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx512f amx_tile\n"
+    )
+    amx = ["amx_bf16", "amx_int8", "amx_tile"]
+    assert host_cpu(cpuinfo) == {"model": "Intel(R) Xeon(R) Platinum 8480+", "amx": amx}
+    assert host_cpu("processor\t: 0\nmodel name\t: AMD EPYC 9654\nflags\t\t: fpu avx2\n")["amx"] == []
+    assert host_cpu("") == {"model": "?", "amx": []}
 
 
 @pytest.mark.skipif(cached_cpu_tools() is None, reason="no cached CPU build of llama-server and llama-quantize")
