@@ -42,7 +42,7 @@ def serve(
     import uvicorn
 
     from server.api.app import create_app
-    from server.api.pipelining import PipeliningAwareProtocol
+    from server.api.http_protocol import http_protocol
     from server.lifecycle.shutdown import DrainingServer
 
     app = create_app(settings)
@@ -54,7 +54,7 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
-        http=PipeliningAwareProtocol,
+        http=http_protocol(settings),
     )
     DrainingServer(config, app.state.registry, settings.drain_timeout_s).run()
 

@@ -15,9 +15,10 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from server.config.models import BlobName, ModelEntry, ModelFile, check_catalogue, parse_catalogue
+from server.config.request_limits import RequestLimitSettings
 
 ENV_PREFIX = "GGUFSTACK_"
 SECRETS_DIR_ENV = "GGUFSTACK_SECRETS_DIR"
@@ -47,7 +48,7 @@ class SettingsError(ValueError):
     """Invalid configuration; the message is one line that names the offending variable."""
 
 
-class Settings(BaseSettings):
+class Settings(RequestLimitSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True)
 
     model_path: ModelFile | None = Field(None, description="Local GGUF file to serve; excludes the blob settings.")
@@ -245,17 +246,6 @@ class Settings(BaseSettings):
         "the network); without it the server refuses to start.",
     )
 
-    max_request_bytes: int = Field(
-        4 * 1024 * 1024,
-        ge=1024,
-        description="Largest request body in bytes, counted as it arrives (chunked bodies too); larger is a 413.",
-    )
-    max_messages: int = Field(1024, ge=1, description="Most messages one chat request may carry.")
-    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters (at most 4 per request).")
-    max_tokenize_input: int = Field(
-        262_144, ge=1, description="Longest input of /tokenize (characters) and /detokenize (token ids)."
-    )
-    max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
     metrics_port: int | None = Field(

@@ -1,0 +1,33 @@
+"""The limits every request is held to, from its head to the items in its body: the settings a hostile request meets
+first. `Settings` inherits them, so they are read from the same environment variables (`GGUFSTACK_MAX_...`). Like
+`settings.py`, this depends on nothing but pydantic."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+
+class RequestLimitSettings(BaseSettings):
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes, counted as it arrives (chunked bodies too); larger is a 413.",
+    )
+    max_request_head_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="Largest request line plus headers in bytes, counted as they arrive; larger is a 431.",
+    )
+    request_head_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a request line and headers may take to arrive, from their first byte (a new connection: "
+        "from its opening); slower is a 408.",
+    )
+    max_messages: int = Field(1024, ge=1, description="Most messages one chat request may carry.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters (at most 4 per request).")
+    max_tokenize_input: int = Field(
+        262_144, ge=1, description="Longest input of /tokenize (characters) and /detokenize (token ids)."
+    )
+    max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
