@@ -1,4 +1,4 @@
-"""The HTTP/1.1 protocol the server runs: uvicorn's httptools protocol with a bounded request head and with
+"""The HTTP/1.1 protocol the server runs: uvicorn's httptools protocol with bounds on how a request arrives and with
 pipelined requests told of a disconnect."""
 
 from __future__ import annotations
@@ -6,10 +6,14 @@ from __future__ import annotations
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.api.pipelining import PipeliningAwareProtocol
-from server.api.request_head import BoundedHeadProtocol
+from server.api.request_arrival import BoundedArrivalProtocol
 from server.config.settings import Settings
 
 
 def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
-    limits = {"max_head_bytes": settings.max_request_head_bytes, "head_timeout_s": settings.request_head_timeout_s}
-    return type("ServerProtocol", (BoundedHeadProtocol, PipeliningAwareProtocol), limits)
+    limits = {
+        "max_head_bytes": settings.max_request_head_bytes,
+        "head_timeout_s": settings.request_head_timeout_s,
+        "body_timeout_s": settings.request_body_timeout_s,
+    }
+    return type("ServerProtocol", (BoundedArrivalProtocol, PipeliningAwareProtocol), limits)

@@ -25,6 +25,12 @@ class RequestLimitSettings(BaseSettings):
         description="How long a request line and headers may take to arrive, from their first byte (a new connection: "
         "from its opening); slower is a 408.",
     )
+    request_body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a request body may take to arrive after the headers, while the server is reading it; "
+        "slower is a 408.",
+    )
     max_messages: int = Field(1024, ge=1, description="Most messages one chat request may carry.")
     max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters (at most 4 per request).")
     max_tokenize_input: int = Field(

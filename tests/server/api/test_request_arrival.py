@@ -1,6 +1,7 @@
-"""A request's head is bounded in size and in time (server/api/request_head.py): without the bounds, uvicorn's
-httptools protocol buffers a URL or headers of any size and waits for the rest forever, so each test here would hang
-until its socket timeout instead of getting its answer."""
+"""A request's head is bounded in size, its head and body in time (server/api/request_arrival.py): without the bounds,
+uvicorn's httptools protocol buffers a URL or headers of any size and waits for the rest forever, so most tests here
+would hang until their socket timeout instead of getting their answer. Only the client's slowness counts: the rest
+guard against cutting a request the server itself is slow to read or answer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +30,7 @@ def _connect(url: str) -> socket.socket:
     return socket.create_connection((address.hostname or "127.0.0.1", address.port or 80), timeout=10)
 
 
-def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+def _answer(sock: socket.socket | Remainder) -> tuple[int, dict[str, str], bytes]:
     """Everything the server sends until it closes the connection: status, headers, body."""
     data = b""
     while chunk := sock.recv(65536):
@@ -59,6 +61,19 @@ class Responses:
         self._fill(length)
         body, self.buffer = self.buffer[:length], self.buffer[length:]
         return int(lines[0].split()[1]), body
+
+
+class Remainder:
+    """What a connection still has to say after the responses read from it, as a socket to read it from."""
+
+    def __init__(self, responses: Responses) -> None:
+        self.responses = responses
+
+    def recv(self, size: int) -> bytes:
+        if self.responses.buffer:
+            data, self.responses.buffer = self.responses.buffer, b""
+            return data
+        return self.responses.sock.recv(size)
 
 
 @pytest.mark.parametrize("part", ["url", "headers"])
@@ -92,18 +107,21 @@ def test_a_head_within_the_limit_is_served(demo_server: ServerProcess) -> None:
     assert status == 200, body
 
 
-async def _app(scope: dict, receive: object, send: object) -> None:
-    """Answers "ok"; /slow only after three head timeouts, as a long generation would."""
-    if scope["path"] == "/slow":
+async def _app(scope: dict, receive: Any, send: Any) -> None:
+    """Answers "ok" once it has read the body; /slow only after three timeouts, as a long generation would, and
+    /slow-reader reads its body only then."""
+    if scope["path"] in ("/slow", "/slow-reader"):
         await asyncio.sleep(3 * TIMEOUT_S)
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})  # type: ignore[operator]
-    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture(scope="module")
 def timed_server() -> Iterator[str]:
     """uvicorn with the server's protocol and a short head timeout, in this process."""
-    settings = load_settings(request_head_timeout_s=TIMEOUT_S)
+    settings = load_settings(request_head_timeout_s=TIMEOUT_S, request_body_timeout_s=TIMEOUT_S)
     config = uvicorn.Config(_app, lifespan="off", log_config=None, http=http_protocol(settings), timeout_keep_alive=60)
     server = uvicorn.Server(config)
     sock = socket.socket()
@@ -150,3 +168,29 @@ def test_pipelined_requests_are_answered_in_turn(timed_server: str) -> None:
         responses = Responses(sock)
         sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n")
         assert [responses.next(), responses.next()] == [(200, b"ok"), (200, b"ok")]
+
+
+def test_a_partial_head_pipelined_behind_a_slow_answer_waits_its_turn(timed_server: str) -> None:
+    with _connect(timed_server) as sock:
+        responses = Responses(sock)
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\n")
+        assert responses.next() == (200, b"ok"), "the earlier answer first, never a 408 in its place"
+        status, _, body = _answer(Remainder(responses))
+    assert status == 408, body
+
+
+def test_a_body_that_stops_is_a_408(timed_server: str) -> None:
+    with _connect(timed_server) as sock:
+        sock.sendall(b'POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"model":')
+        status, _, body = _answer(sock)
+    assert status == 408
+    answer = json.loads(body)
+    assert answer["type"] == "error" and "GGUFSTACK_REQUEST_BODY_TIMEOUT_S" in answer["error"]["message"]
+
+
+def test_a_body_the_app_reads_late_is_not_cut(timed_server: str) -> None:
+    # 1 MiB, sent at once: the server stops reading past 64 KiB until the app takes the body, three timeouts later.
+    with _connect(timed_server) as sock:
+        payload = b"x" * (1 << 20)
+        sock.sendall(b"POST /slow-reader HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(payload) + payload)
+        assert Responses(sock).next() == (200, b"ok")

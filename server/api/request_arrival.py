@@ -1,0 +1,162 @@
+"""Bounds on how a request arrives: how large its head (request line and headers) may be, and how long its head and
+its body may take.
+
+uvicorn's httptools protocol buffers a head without any limit and waits for a head or a body without any timeout
+(h11's protocol has a size limit; httptools has none to set): one client, before any key is checked, could make a
+replica hold a URL or headers of hundreds of MiB, keep its event loop busy copying them, or hold connections open
+with heads or bodies that never end. This protocol counts a head's bytes as they arrive and times each part: a head
+from a new connection's opening, or from a kept-alive request's first byte, to its last header; a body from there to
+its last byte. Past the size it answers 431, past a time 408, in the error JSON of the API the path serves, and closes
+the connection; a connection that sent nothing in its time is closed without an answer.
+
+Only the client's slowness counts. While the server is the one not reading (a pipelined request waits its turn, or
+the app has not taken the body so far), the time starts over; and the answer itself is never timed, so a client
+waiting minutes for a long generation is not cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from http import HTTPStatus
+from typing import Literal
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from server.api.errors import anthropic_body, body, speaks_anthropic
+from server.errors import APIError
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["head", "body"]
+
+
+def head_too_large(max_bytes: int) -> APIError:
+    return APIError(
+        431,
+        f"the request line and headers are larger than this server accepts ({max_bytes} bytes, "
+        "GGUFSTACK_MAX_REQUEST_HEAD_BYTES)",
+        code="request_head_too_large",
+    )
+
+
+def too_slow(phase: Phase, timeout_s: float) -> APIError:
+    what, setting = {
+        "head": ("request line and headers", "GGUFSTACK_REQUEST_HEAD_TIMEOUT_S"),
+        "body": ("request body", "GGUFSTACK_REQUEST_BODY_TIMEOUT_S"),
+    }[phase]
+    return APIError(
+        408, f"the {what} did not arrive within {timeout_s:g} s ({setting})", code=f"request_{phase}_timeout"
+    )
+
+
+def raw_error_response(error: APIError, path: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The whole HTTP/1.1 response, written where no request exists to answer through the app."""
+    content = anthropic_body(error) if speaks_anthropic(path) else body(error)
+    payload = json.dumps(content.model_dump(), separators=(",", ":")).encode()
+    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}".encode()]
+    lines += [name + b": " + value for name, value in default_headers]
+    lines += [b"content-type: application/json", b"content-length: %d" % len(payload), b"connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
+
+
+class BoundedArrivalProtocol(HttpToolsProtocol):
+    max_head_bytes = 64 * 1024
+    head_timeout_s = 30.0
+    body_timeout_s = 60.0
+
+    _head_bytes = 0  # of the head arriving now, counted while `_reading_head`
+    _reading_head = True  # from the end of the last request's body to the end of the next one's headers
+    _head_begun = False  # the next request's first byte has come
+    _phase: Phase = "head"
+    _timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn declares it
+        super().connection_made(transport)
+        self._time("head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timing()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # While a head is arriving, the parser is fed no more than the head's room, so a head past the limit is
+        # refused before its excess is parsed; body bytes go through whole.
+        while data and not self.transport.is_closing():
+            if not self._reading_head:
+                super().data_received(data)
+                return
+            room = self.max_head_bytes - self._head_bytes
+            if room <= 0:
+                self._refuse(head_too_large(self.max_head_bytes))
+                return
+            chunk, data = data[:room], data[room:]
+            self._head_bytes += len(chunk)
+            super().data_received(chunk)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._timer is None:  # a request kept alive or pipelined behind another: its head is timed afresh
+            self._time("head")
+        self._head_begun = True
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = self._head_begun = False
+        self._head_bytes = 0
+        self._time("body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._stop_timing()
+        # Bytes from here on are the next request's head, but its time starts only with its first byte: the client
+        # may rightly send nothing while this request's answer streams.
+        self._reading_head = True
+
+    def handle_websocket_upgrade(self) -> None:
+        self._stop_timing()  # the connection is the WebSocket protocol's from here on
+        super().handle_websocket_upgrade()
+
+    def _time(self, phase: Phase) -> None:
+        self._stop_timing()
+        self._phase = phase
+        timeout_s = self.head_timeout_s if phase == "head" else self.body_timeout_s
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
+
+    def _stop_timing(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _earlier_answer_pending(self) -> bool:
+        """While a head arrives, `cycle` is the request before it; while a body arrives, its own."""
+        cycle: RequestResponseCycle | None = self.cycle  # None before the connection's first request
+        if self._phase == "head":
+            return cycle is not None and not cycle.response_complete
+        return bool(self.pipeline)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused or self._earlier_answer_pending():
+            self._time(self._phase)  # the server is the one not reading: not the client's time
+            return
+        if self._phase == "head" and not self._head_begun:
+            self.transport.close()  # nothing was asked: nothing to answer
+            return
+        timeout_s = self.head_timeout_s if self._phase == "head" else self.body_timeout_s
+        self._refuse(too_slow(self._phase, timeout_s))
+
+    def _refuse(self, error: APIError) -> None:
+        self._stop_timing()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        log.warning("refused a request from %s: %s", client, error.message)
+        # An answer goes out only where it cannot be taken for another request's: none is pending before this one,
+        # and this one's has not begun.
+        answered = self._earlier_answer_pending() if self._phase == "head" else self.cycle.response_started
+        if not answered:
+            path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
+            self.transport.write(raw_error_response(error, path, self.server_state.default_headers))
+        self.transport.close()
