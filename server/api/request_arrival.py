@@ -9,8 +9,9 @@ from a new connection's opening, or from a kept-alive request's first byte, to i
 its last byte. Past the size it answers 431, past a time 408, in the error JSON of the API the path serves, and closes
 the connection; a connection that sent nothing in its time is closed without an answer.
 
-Only the client's slowness counts. While the server is the one not reading (a pipelined request waits its turn, or
-the app has not taken the body so far), the time starts over; and the answer itself is never timed, so a client
+Only the client's slowness counts. While the server is the one not reading (a pipelined request waits its turn, the
+app has not taken the body so far, or has not yet asked for a body the client holds back until it does, as
+`Expect: 100-continue` lets it), the time starts over; and the answer itself is never timed, so a client
 waiting minutes for a long generation is not cut off.
 """
 
@@ -136,11 +137,15 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
             return cycle is not None and not cycle.response_complete
         return bool(self.pipeline)
 
+    def _continue_not_sent(self) -> bool:
+        """A client that sent `Expect: 100-continue` waits for the app to ask for the body before sending it."""
+        return self._phase == "body" and self.cycle.waiting_for_100_continue
+
     def _timed_out(self) -> None:
         self._timer = None
         if self.transport.is_closing():
             return
-        if self.flow.read_paused or self._earlier_answer_pending():
+        if self.flow.read_paused or self._earlier_answer_pending() or self._continue_not_sent():
             self._time(self._phase)  # the server is the one not reading: not the client's time
             return
         if self._phase == "head" and not self._head_begun:

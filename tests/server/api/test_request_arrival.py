@@ -194,3 +194,12 @@ def test_a_body_the_app_reads_late_is_not_cut(timed_server: str) -> None:
         payload = b"x" * (1 << 20)
         sock.sendall(b"POST /slow-reader HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(payload) + payload)
         assert Responses(sock).next() == (200, b"ok")
+
+
+def test_a_body_held_back_for_100_continue_is_not_timed_until_the_app_asks(timed_server: str) -> None:
+    with _connect(timed_server) as sock:
+        head = b"POST /slow-reader HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n"
+        sock.sendall(head)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n", "the app asked, three timeouts later"
+        sock.sendall(b"{}")
+        assert Responses(sock).next() == (200, b"ok")
