@@ -7,19 +7,15 @@ SecretProviderClass, their fields are asserted here one by one, including that n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
-from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute
 
 from infra.autoscaling import SCALE_DOWN_STABILIZATION_SECONDS
 from infra.server_metrics import scale_query
-from server.api.app import create_app
 from server.api.gates import AdminKeyFirstRoute, KeyFirstRoute
-from server.config.settings import load_settings
 from tests.infra.harness import StackRun
+from tests.support.routes import server_routes
 
 
 def _object(stack: StackRun, kind: str) -> dict[str, Any]:
@@ -162,18 +158,6 @@ def _gateway_matches(matches: list[dict[str, Any]], path: str) -> bool:
     return False
 
 
-def _api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
-    for route in routes:
-        if isinstance(route, APIRoute):
-            yield route
-        elif (included := getattr(route, "original_router", None)) is not None:  # FastAPI's included routers
-            yield from _api_routes(included.routes)
-
-
-def _server_routes() -> list[APIRoute]:
-    return list(_api_routes(create_app(load_settings(embeddings=True, metrics_port=None)).routes))
-
-
 def test_gateway_match_follows_path_elements() -> None:
     matches = [{"path": {"type": "PathPrefix", "value": "/v1"}}, {"path": {"type": "Exact", "value": "/tokenize"}}]
     assert _gateway_matches(matches, "/v1") and _gateway_matches(matches, "/v1/chat/completions")
@@ -184,7 +168,7 @@ def test_route_carries_every_client_api_and_not_the_admin_api_or_the_probes(stac
     # Every client behind the gateway reaches the server from the gateway's address, and wrong admin keys are counted
     # per address: with /admin on the route, any client could lock the admin API for all. Operators port-forward.
     (rule,) = _object(stack, "HTTPRoute")["spec"]["rules"]
-    routes = _server_routes()
+    routes = server_routes()
     client = {route.path for route in routes if isinstance(route, KeyFirstRoute)}
     internal = {route.path for route in routes if not isinstance(route, KeyFirstRoute)}
     assert {"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings", "/tokenize"} <= client

@@ -4,17 +4,14 @@ shows the threat against a running server)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute
 
 from server.api import deps
-from server.api.app import create_app
 from server.api.gates import AdminKeyFirstRoute, KeyFirstRoute
-from server.config.settings import load_settings
+from tests.support.routes import server_routes
 
 
 def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
@@ -24,20 +21,8 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
         yield from _calls(dependency)
 
 
-def _api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
-    for route in routes:
-        if isinstance(route, APIRoute):
-            yield route
-        elif (included := getattr(route, "original_router", None)) is not None:  # FastAPI's included routers
-            yield from _api_routes(included.routes)
-
-
-def _routes() -> list[APIRoute]:
-    return list(_api_routes(create_app(load_settings(embeddings=True)).routes))
-
-
 def test_routes_that_need_a_key_check_it_before_the_body() -> None:
-    keyed = [route for route in _routes() if deps._caller in set(_calls(route.dependant))]
+    keyed = [route for route in server_routes() if deps._caller in set(_calls(route.dependant))]
     assert {"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings", "/tokenize"} <= {
         route.path for route in keyed
     }
@@ -45,12 +30,12 @@ def test_routes_that_need_a_key_check_it_before_the_body() -> None:
 
 
 def test_routes_that_need_the_admin_key_check_it_before_the_body() -> None:
-    admin = [route for route in _routes() if {deps._admin, deps._admin_keys} & set(_calls(route.dependant))]
+    admin = [route for route in server_routes() if {deps._admin, deps._admin_keys} & set(_calls(route.dependant))]
     assert "/admin/keys" in {route.path for route in admin}
     assert [route.path for route in admin if not isinstance(route, AdminKeyFirstRoute)] == []
 
 
 def test_open_routes_stay_open() -> None:
-    open_paths = {route.path for route in _routes() if not isinstance(route, KeyFirstRoute | AdminKeyFirstRoute)}
+    open_paths = {route.path for route in server_routes() if not isinstance(route, KeyFirstRoute | AdminKeyFirstRoute)}
     assert {"/health/live", "/health/ready", "/metrics"} <= open_paths
     assert not any(path.startswith(("/v1/", "/admin/")) for path in open_paths)
