@@ -18,14 +18,13 @@ waiting minutes for a long generation is not cut off.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from http import HTTPStatus
 from typing import Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from server.api.errors import anthropic_body, body, speaks_anthropic
+from server.api.errors import response
 from server.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -53,13 +52,13 @@ def too_slow(phase: Phase, timeout_s: float) -> APIError:
 
 
 def raw_error_response(error: APIError, path: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The whole HTTP/1.1 response, written where no request exists to answer through the app."""
-    content = anthropic_body(error) if speaks_anthropic(path) else body(error)
-    payload = json.dumps(content.model_dump(), separators=(",", ":")).encode()
+    """The error response the app would give for `path`, as the bytes of a whole HTTP/1.1 response: written where no
+    request exists to answer through the app."""
+    rendered = response(error, path)
+    headers = [*default_headers, *rendered.raw_headers, (b"connection", b"close")]
     lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}".encode()]
-    lines += [name + b": " + value for name, value in default_headers]
-    lines += [b"content-type: application/json", b"content-length: %d" % len(payload), b"connection: close"]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(rendered.body)
 
 
 class BoundedArrivalProtocol(HttpToolsProtocol):
@@ -119,11 +118,13 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         self._stop_timing()  # the connection is the WebSocket protocol's from here on
         super().handle_websocket_upgrade()
 
+    def _timeout_s(self, phase: Phase) -> float:
+        return self.head_timeout_s if phase == "head" else self.body_timeout_s
+
     def _time(self, phase: Phase) -> None:
         self._stop_timing()
         self._phase = phase
-        timeout_s = self.head_timeout_s if phase == "head" else self.body_timeout_s
-        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
+        self._timer = asyncio.get_running_loop().call_later(self._timeout_s(phase), self._timed_out)
 
     def _stop_timing(self) -> None:
         if self._timer is not None:
@@ -151,8 +152,7 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         if self._phase == "head" and not self._head_begun:
             self.transport.close()  # nothing was asked: nothing to answer
             return
-        timeout_s = self.head_timeout_s if self._phase == "head" else self.body_timeout_s
-        self._refuse(too_slow(self._phase, timeout_s))
+        self._refuse(too_slow(self._phase, self._timeout_s(self._phase)))
 
     def _refuse(self, error: APIError) -> None:
         self._stop_timing()
