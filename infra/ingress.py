@@ -56,7 +56,9 @@ HTTPS_PORT = 443
 # A whole stream (a long generation at a slow token rate) must fit; the server's own limits end it sooner.
 ROUTE_TIMEOUT = "3600s"
 # Gateway API path matches (type, value): the OpenAI, Responses, Anthropic and conversation APIs under /v1, and
-# llama.cpp's tokenizer routes. Anything else is answered 404 by the gateway.
+# llama.cpp's tokenizer routes. Anything else is answered 404 by the gateway. PathPrefix matches whole path elements
+# ("/v1" matches "/v1/models", not "/v1x"), Exact the path alone (https://gateway-api.sigs.k8s.io/api-types/httproute/,
+# "Matches" and "Path").
 CLIENT_PATHS: tuple[tuple[str, str], ...] = (
     ("PathPrefix", "/v1"),
     ("Exact", "/tokenize"),

@@ -14,6 +14,8 @@ class RequestLimitSettings(BaseSettings):
         ge=1024,
         description="Largest request body in bytes, counted as it arrives (chunked bodies too); larger is a 413.",
     )
+    # Above Envoy's default (`max_request_headers_kb`, 60 KiB: envoyproxy.io, HttpConnectionManager v3 proto), so a
+    # head the AKS gateway forwards always fits.
     max_request_head_bytes: int = Field(
         64 * 1024,
         ge=4096,

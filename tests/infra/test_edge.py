@@ -148,7 +148,7 @@ def test_route_streams_to_the_service_with_long_timeouts(stack: StackRun) -> Non
 
 def _gateway_matches(matches: list[dict[str, Any]], path: str) -> bool:
     """The Gateway API's path match: a PathPrefix matches whole path elements ("/v1" matches "/v1/models", not
-    "/v1x"); an Exact match, the path itself."""
+    "/v1x"); an Exact match, the path itself (https://gateway-api.sigs.k8s.io/api-types/httproute/, "Path")."""
     for match in matches:
         kind, value = match["path"]["type"], match["path"]["value"]
         if kind == "Exact" and path == value:
