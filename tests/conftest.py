@@ -15,6 +15,9 @@ from tests.support.server import ServerProcess, ready_server
 DEMO_MODEL_ID = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HERMES_MODEL_ID = "SmolLM2-135M-Instruct-hermes-tools.Q4_1.gguf"
 THINKING_MODEL_ID = "SmolLM2-135M-Instruct-thinking.Q4_1.gguf"
+# SmolLM2's <|endoftext|> and <|im_end|>, as a request's logit_bias: suppressed, a generation runs to max_tokens
+# (otherwise a sampled end makes any exact length a coin toss).
+DEMO_NO_EOS = {"0": -100, "2": -100}
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import llama_cpp
 import openai
 import pytest
 
+from tests.conftest import DEMO_NO_EOS
 from tests.support.cli import run_cli
 from tests.support.postgres import Postgres, start_postgres
 from tests.support.redis import Redis, start_redis
@@ -25,7 +26,6 @@ from tests.support.server import ServerProcess, start_server
 MODEL = "chat-model"
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
 ADMIN_ENV = {"GGUFSTACK_ADMIN_API_KEY": ADMIN_KEY}
-EOS_TOKENS = {"0": -100, "2": -100}  # suppressed so completion lengths are exact
 
 
 @dataclass
@@ -217,7 +217,7 @@ def test_tpm_counts_prompt_and_completion_with_the_tokenizer(plane: Plane, vocab
     remaining = []
     for i in range(3):
         r = plane.client(key, i % 2).completions.with_raw_response.create(
-            model=MODEL, prompt=prompt, max_tokens=5, temperature=1.0, logit_bias=EOS_TOKENS
+            model=MODEL, prompt=prompt, max_tokens=5, temperature=1.0, logit_bias=DEMO_NO_EOS
         )
         assert r.parse().usage.prompt_tokens == p and r.parse().usage.completion_tokens == 5
         remaining.append(int(r.headers["x-ratelimit-remaining-tokens"]))

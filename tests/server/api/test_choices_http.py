@@ -13,10 +13,9 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import DEMO_MODEL_ID
+from tests.conftest import DEMO_MODEL_ID, DEMO_NO_EOS
 from tests.support.server import ServerProcess, ready_server
 
-NO_EOS = {"0": -100, "2": -100}
 ASK = [{"role": "user", "content": "Name a colour and say why you like it."}]
 WEATHER = {
     "type": "function",
@@ -48,7 +47,7 @@ CHAT = {"model": DEMO_MODEL_ID, "messages": ASK, "n": 3, "max_tokens": 12, "temp
 
 
 def test_chat_answers_n_choices_with_usage_over_all_of_them(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(**CHAT, logit_bias=NO_EOS)
+    r = client.chat.completions.create(**CHAT, logit_bias=DEMO_NO_EOS)
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert all(c.finish_reason == "length" and c.message.content for c in r.choices)
     assert len({c.message.content for c in r.choices}) > 1
@@ -80,7 +79,7 @@ def test_completions_answer_n_choices_with_their_own_logprobs(server: ServerProc
         async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as client:
             return await client.completions.create(
                 model=DEMO_MODEL_ID, prompt="My favourite fruit is", n=2, max_tokens=6, temperature=1.0, seed=5,
-                logprobs=1, logit_bias=NO_EOS,
+                logprobs=1, logit_bias=DEMO_NO_EOS,
             )  # fmt: skip
 
     r = asyncio.run(ask())

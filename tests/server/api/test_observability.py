@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from server.telemetry import prometheus
-from tests.conftest import DEMO_MODEL_ID
+from tests.conftest import DEMO_MODEL_ID, DEMO_NO_EOS
 from tests.support.ports import free_port
 from tests.support.server import ServerProcess, ready_server, start_server
 
@@ -97,7 +97,7 @@ def test_request_id_is_generated_when_missing_or_unusable(server: ServerProcess)
 
 
 def test_streamed_responses_carry_the_request_id(server: ServerProcess) -> None:
-    body = {"model": DEMO_MODEL_ID, "prompt": "Hi", "max_tokens": 3, "stream": True}
+    body = {"model": DEMO_MODEL_ID, "prompt": "Hi", "max_tokens": 3, "stream": True, "logit_bias": DEMO_NO_EOS}
     with httpx.stream(
         "POST", f"{server.base_url}/v1/completions", json=body, headers={"X-Request-Id": "stream-1"}, timeout=60
     ) as r:
@@ -109,9 +109,7 @@ def test_streamed_responses_carry_the_request_id(server: ServerProcess) -> None:
 
 def test_metrics_count_requests_tokens_and_latency(client: openai.OpenAI, server: ServerProcess) -> None:
     before = _scrape(server)
-    r = client.completions.create(
-        model=DEMO_MODEL_ID, prompt="One, two,", max_tokens=5, logit_bias={"0": -100, "2": -100}
-    )
+    r = client.completions.create(model=DEMO_MODEL_ID, prompt="One, two,", max_tokens=5, logit_bias=DEMO_NO_EOS)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
     after = _scrape(server)

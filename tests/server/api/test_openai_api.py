@@ -9,10 +9,8 @@ import llama_cpp
 import openai
 import pytest
 
-from tests.conftest import DEMO_MODEL_ID
+from tests.conftest import DEMO_MODEL_ID, DEMO_NO_EOS
 from tests.support.server import ServerProcess
-
-EOS_TOKENS = {"0": -100, "2": -100}  # <|endoftext|>, <|im_end|>: suppressed so lengths are exact
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +51,7 @@ def test_chat_completion(client: openai.OpenAI) -> None:
 def test_text_completion_and_its_usage_counts(client: openai.OpenAI, vocab: llama_cpp.Llama) -> None:
     prompt = "The three primary colors are"
     r = client.completions.create(
-        model=DEMO_MODEL_ID, prompt=prompt, max_tokens=12, temperature=0, logit_bias=EOS_TOKENS
+        model=DEMO_MODEL_ID, prompt=prompt, max_tokens=12, temperature=0, logit_bias=DEMO_NO_EOS
     )
     assert r.object == "text_completion"
     assert r.choices[0].finish_reason == "length"
@@ -62,7 +60,7 @@ def test_text_completion_and_its_usage_counts(client: openai.OpenAI, vocab: llam
 
 
 def test_completions_default_to_16_tokens_like_openai(client: openai.OpenAI) -> None:
-    r = client.completions.create(model=DEMO_MODEL_ID, prompt="Once upon a time", logit_bias=EOS_TOKENS)
+    r = client.completions.create(model=DEMO_MODEL_ID, prompt="Once upon a time", logit_bias=DEMO_NO_EOS)
     assert r.usage.completion_tokens == 16
 
 
@@ -131,7 +129,7 @@ def test_seed_makes_sampling_reproducible(client: openai.OpenAI) -> None:
 
 def test_stop_sequence_ends_generation_without_the_stop_text(client: openai.OpenAI) -> None:
     base = client.completions.create(
-        model=DEMO_MODEL_ID, prompt="Count: 1, 2, 3,", max_tokens=20, temperature=0, logit_bias=EOS_TOKENS
+        model=DEMO_MODEL_ID, prompt="Count: 1, 2, 3,", max_tokens=20, temperature=0, logit_bias=DEMO_NO_EOS
     ).choices[0]
     assert " 5" in base.text
     stopped = client.completions.create(
@@ -164,7 +162,7 @@ async def test_eight_concurrent_streams_all_complete_in_full(aclient: openai.Asy
             prompt=prompt,
             max_tokens=24,
             temperature=0,
-            logit_bias=EOS_TOKENS,
+            logit_bias=DEMO_NO_EOS,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -181,7 +179,7 @@ async def test_eight_concurrent_streams_all_complete_in_full(aclient: openai.Asy
     alone = [
         (
             await aclient.completions.create(
-                model=DEMO_MODEL_ID, prompt=p, max_tokens=24, temperature=0, logit_bias=EOS_TOKENS
+                model=DEMO_MODEL_ID, prompt=p, max_tokens=24, temperature=0, logit_bias=DEMO_NO_EOS
             )
         )
         .choices[0]

@@ -11,10 +11,8 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import DEMO_MODEL_ID
+from tests.conftest import DEMO_MODEL_ID, DEMO_NO_EOS
 from tests.support.server import ServerProcess, ready_server
-
-NO_EOS = {"0": -100, "2": -100}
 
 PERSON = {
     "type": "object",
@@ -225,7 +223,7 @@ def test_bad_tool_definitions_get_400_naming_them(server: ServerProcess, tools, 
 def test_chat_logprobs_are_of_the_sampled_tokens(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model=DEMO_MODEL_ID, messages=_ask("Count to ten."), max_tokens=8, temperature=0, logprobs=True,
-        top_logprobs=3, logit_bias=NO_EOS,
+        top_logprobs=3, logit_bias=DEMO_NO_EOS,
     )  # fmt: skip
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens == 8
@@ -251,7 +249,7 @@ def test_streamed_chat_logprobs_match_the_whole_answer(client: openai.OpenAI) ->
 
 def test_completion_logprobs_in_the_legacy_shape(client: openai.OpenAI) -> None:
     r = client.completions.create(
-        model=DEMO_MODEL_ID, prompt="The sky is", max_tokens=5, temperature=0, logprobs=2, logit_bias=NO_EOS
+        model=DEMO_MODEL_ID, prompt="The sky is", max_tokens=5, temperature=0, logprobs=2, logit_bias=DEMO_NO_EOS
     )
     lp = r.choices[0].logprobs
     assert "".join(lp.tokens) == r.choices[0].text and len(lp.token_logprobs) == 5

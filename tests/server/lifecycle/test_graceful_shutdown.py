@@ -11,10 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DEMO_MODEL_ID
+from tests.conftest import DEMO_MODEL_ID, DEMO_NO_EOS
 from tests.support.server import ServerProcess, start_server
-
-NO_EOS = {"0": -100, "2": -100}
 
 
 @dataclass
@@ -32,7 +30,7 @@ async def _stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, out: 
         "model": DEMO_MODEL_ID,
         "prompt": prompt,
         "max_tokens": max_tokens,
-        "logit_bias": NO_EOS,
+        "logit_bias": DEMO_NO_EOS,
         "stream": True,
         "stream_options": {"include_usage": True},
     }

@@ -21,6 +21,7 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from server.model_source.publish import ModelPublisher
+from tests.conftest import DEMO_NO_EOS
 from tests.support.azurite import Azurite
 from tests.support.postgres import Postgres
 from tests.support.server import ServerProcess, ready_server
@@ -28,7 +29,6 @@ from tests.support.streams import MODEL_VERSION_HEADER, StreamLoad
 
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-SMOL_EOS = {"0": -100, "2": -100}  # suppressed, so a SmolLM2 generation runs to max_tokens
 
 
 def catalogue(*entries: dict) -> str:
@@ -251,7 +251,7 @@ def test_a_model_with_a_stream_in_flight_is_not_evicted_the_load_waits(tight: Se
             "prompt": "Once upon a time",
             "max_tokens": 300,
             "stream": True,
-            "logit_bias": SMOL_EOS,
+            "logit_bias": DEMO_NO_EOS,
         }
         with httpx.stream("POST", f"{tight.base_url}/v1/completions", json=body, headers=ADMIN, timeout=300) as r:
             stream_lines.extend(line for line in r.iter_lines() if line.startswith("data: "))
@@ -268,7 +268,8 @@ def test_a_model_with_a_stream_in_flight_is_not_evicted_the_load_waits(tight: Se
     waiting.join(300)
     assert stream_running, "the stream ended before the check: make it longer"
     assert during["smol"]["state"] == "loaded" and during["gemma"]["state"] == "loading", during
-    assert stream_lines[-1] == "data: [DONE]" and not any('"error"' in line for line in stream_lines)
+    errors = [line for line in stream_lines if '"error"' in line]
+    assert stream_lines[-1] == "data: [DONE]" and not errors, f"{errors}\n{tight.log()[-4000:]}"
     response = answered[0]
     assert response.status_code == 200, response.text
     cards = models(tight)

@@ -19,7 +19,6 @@ from tests.support.server import ServerProcess, start_server
 
 MODEL = "chat-model"
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
-EOS_TOKENS = {"0": -100, "2": -100}  # suppressed, so a generation runs to max_tokens
 
 
 def server_env(postgres: Postgres, database: str, redis: Redis, model_path: Path, **extra: str) -> dict[str, str]:

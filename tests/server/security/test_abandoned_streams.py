@@ -17,7 +17,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, own_plane, server_env
+from tests.conftest import DEMO_NO_EOS
+from tests.server.security.conftest import MODEL, Plane, eventually, own_plane, server_env
 from tests.support.postgres import Postgres
 from tests.support.redis import Redis
 from tests.support.server import start_server
@@ -28,7 +29,7 @@ def _stream(base_url: str, key: str, max_tokens: int):
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell me a long story. " + uuid.uuid4().hex}],
         "max_tokens": max_tokens,
-        "logit_bias": EOS_TOKENS,
+        "logit_bias": DEMO_NO_EOS,
         "stream": True,
     }
     return httpx.stream(
@@ -106,7 +107,7 @@ def test_a_client_that_hangs_up_before_a_whole_answer_stops_its_generation(plane
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell me a long story. " + uuid.uuid4().hex}],
         "max_tokens": 1500,
-        "logit_bias": EOS_TOKENS,
+        "logit_bias": DEMO_NO_EOS,
     }
     headers = {"Authorization": f"Bearer {created['key']}"}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
@@ -143,7 +144,7 @@ def test_a_client_that_pipelines_a_second_request_and_hangs_up_still_stops_its_f
             "model": MODEL,
             "messages": [{"role": "user", "content": "Tell me a long story. " + uuid.uuid4().hex}],
             "max_tokens": 1500,
-            "logit_bias": EOS_TOKENS,
+            "logit_bias": DEMO_NO_EOS,
         }
     ).encode()
     head = (

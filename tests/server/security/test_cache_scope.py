@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.conftest import DEMO_NO_EOS
 from tests.support.postgres import Postgres
 from tests.support.redis import Redis
 from tests.support.server import ServerProcess, start_server
@@ -117,7 +118,7 @@ def test_a_key_past_its_cache_budget_gets_answers_that_are_not_cached(servers: S
     c = servers.keys[2]
     # A cached token keeps its 20 alternatives (about 30 bytes each), so 200 tokens are about twice the budget; the
     # end-of-turn tokens are banned so the answer runs to max_tokens.
-    heavy = {"max_tokens": 200, "logprobs": True, "top_logprobs": 20, "logit_bias": {"0": -100, "2": -100}}
+    heavy = {"max_tokens": 200, "logprobs": True, "top_logprobs": 20, "logit_bias": DEMO_NO_EOS}
     question = f"Count from 1 to 100, in words. ({uuid.uuid4().hex[:6]})"
     first = _ask(servers.shared, c, question, **heavy)
     assert first.headers[CACHE] == "miss"

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, own_plane
+from tests.conftest import DEMO_NO_EOS
+from tests.server.security.conftest import MODEL, Plane, eventually, own_plane
 from tests.support.postgres import Postgres
 from tests.support.redis import Redis
 
@@ -33,7 +34,7 @@ def _long_stream(plane: Plane, key: str):
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell me a long story. " + uuid.uuid4().hex}],
         "max_tokens": 1500,
-        "logit_bias": EOS_TOKENS,
+        "logit_bias": DEMO_NO_EOS,
         "stream": True,
     }
     return httpx.stream(
@@ -48,7 +49,7 @@ def test_one_key_cannot_take_every_slot_from_the_others(capped_plane: Plane) -> 
         assert running.status_code == 200
         lines = running.iter_lines()
         assert any(line.startswith("data: {") for line in lines)  # generating: it holds a slot
-        second = plane.chat(hog["key"], max_tokens=1500, logit_bias=EOS_TOKENS)
+        second = plane.chat(hog["key"], max_tokens=1500, logit_bias=DEMO_NO_EOS)
         assert second.status_code == 429, second.text
         error = second.json()["error"]
         assert error["code"] == "too_many_concurrent_requests" and second.headers["Retry-After"]

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.server.security.conftest import EOS_TOKENS, MODEL, Plane, eventually, own_plane
+from tests.conftest import DEMO_NO_EOS
+from tests.server.security.conftest import MODEL, Plane, eventually, own_plane
 from tests.support.postgres import Postgres
 from tests.support.redis import Redis
 
@@ -42,7 +43,7 @@ def _stalled_stream(plane: Plane, key: str) -> socket.socket:
         "n": 4,
         "logprobs": True,
         "top_logprobs": 20,
-        "logit_bias": EOS_TOKENS,
+        "logit_bias": DEMO_NO_EOS,
         "stream": True,
     }
     raw = json.dumps(body).encode()
