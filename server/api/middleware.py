@@ -16,6 +16,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.request_arrival import ANSWERED_STATUS
 from server.config.settings import Settings
 from server.lifecycle.holder import ServedModel
 from server.lifecycle.registry import ModelRegistry
@@ -80,7 +81,8 @@ class RequestContextMiddleware:
             record.duration_s = round(time.perf_counter() - started, 4)
             route = scope.get("route")
             record.route = getattr(route, "path", "unmatched")
-            status = record.status or 500
+            # A body the protocol refused was answered there; the app's own answer never went out.
+            record.status = status = scope.get(ANSWERED_STATUS) or record.status or 500
             prometheus.http_requests.labels(record.route, scope["method"], str(status)).inc()
             prometheus.http_request_duration.labels(record.route).observe(record.duration_s)
             quiet = scope["path"].startswith(_QUIET_PREFIXES) and status < 400

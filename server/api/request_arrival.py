@@ -9,6 +9,11 @@ from a new connection's opening, or from a kept-alive request's first byte, to i
 its last byte. Past the size it answers 431, past a time 408, in the error JSON of the API the path serves, and closes
 the connection; a connection that sent nothing in its time is closed without an answer.
 
+A refused client is often still sending (the rest of a large head, a body). A socket closed with bytes unread makes
+the kernel reset the connection, and a client that takes the reset before it reads the answer never learns why. So,
+as nginx's lingering close does, the answer goes out with the write side closed after it, and what the client still
+sends is read and dropped until it closes its side, goes quiet, or a bounded time has passed.
+
 Only the client's slowness counts. While the server is the one not reading (a pipelined request waits its turn, the
 app has not taken the body so far, or has not yet asked for a body the client holds back until it does, as
 `Expect: 100-continue` lets it), the time starts over; and the answer itself is never timed, so a client
@@ -30,6 +35,9 @@ from server.errors import APIError
 log = logging.getLogger(__name__)
 
 Phase = Literal["head", "body"]
+# The scope key that carries the status this protocol answered a request's body with: the app, which sees only a
+# disconnect, answers something else that never goes out, and the access line and metrics must say what did.
+ANSWERED_STATUS = "ggufstack.answered_status"
 
 
 def head_too_large(max_bytes: int) -> APIError:
@@ -65,12 +73,18 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024
     head_timeout_s = 30.0
     body_timeout_s = 60.0
+    # After a refusal, how long a client may go quiet, and how long in all, before the connection closes under it:
+    # nginx's lingering_timeout and lingering_time defaults.
+    linger_idle_s = 5.0
+    linger_max_s = 30.0
 
     _head_bytes = 0  # of the head arriving now, counted while `_reading_head`
     _reading_head = True  # from the end of the last request's body to the end of the next one's headers
     _head_begun = False  # the next request's first byte has come
     _phase: Phase = "head"
-    _timer: asyncio.TimerHandle | None = None
+    _timer: asyncio.TimerHandle | None = None  # the phase's time, or the lingering close's
+    _lingering = False
+    _linger_until = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn declares it
         super().connection_made(transport)
@@ -81,6 +95,9 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # a refused request's rest: dropped
+            self._linger()
+            return
         # While a head is arriving, the parser is fed no more than the head's room, so a head past the limit is
         # refused before its excess is parsed; body bytes go through whole.
         while data and not self.transport.is_closing():
@@ -113,6 +130,12 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         # Bytes from here on are the next request's head, but its time starts only with its first byte: the client
         # may rightly send nothing while this request's answer streams.
         self._reading_head = True
+
+    def shutdown(self) -> None:
+        if self._lingering:  # the answer went out: nothing to wait for when the server stops
+            self.transport.close()
+            return
+        super().shutdown()
 
     def handle_websocket_upgrade(self) -> None:
         self._stop_timing()  # the connection is the WebSocket protocol's from here on
@@ -161,7 +184,32 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         # An answer goes out only where it cannot be taken for another request's: none is pending before this one,
         # and this one's has not begun.
         answered = self._earlier_answer_pending() if self._phase == "head" else self.cycle.response_started
-        if not answered:
-            path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
-            self.transport.write(raw_error_response(error, path, self.server_state.default_headers))
-        self.transport.close()
+        if answered:
+            self.transport.close()
+            return
+        path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
+        self.transport.write(raw_error_response(error, path, self.server_state.default_headers))
+        self._close_after_answer(error.status)
+
+    def _close_after_answer(self, status: int) -> None:
+        """Close the write side after the answer, and the connection once the client has had time to read it."""
+        cycle: RequestResponseCycle | None = self.cycle
+        if self._phase == "body" and cycle is not None:  # a body refused: the app's request is gone
+            cycle.scope[ANSWERED_STATUS] = status  # type: ignore[literal-required]  # a key of ours in the scope
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if not self.transport.can_write_eof():  # TLS: no half-close to offer
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = True
+        self._linger_until = asyncio.get_running_loop().time() + self.linger_max_s
+        self.flow.resume_reading()
+        self._linger()
+
+    def _linger(self) -> None:
+        """(Re)arm the close: `linger_idle_s` from now, never past `linger_max_s` after the answer. The client's
+        own close ends it sooner (uvicorn's `eof_received` lets the transport close)."""
+        self._stop_timing()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(min(loop.time() + self.linger_idle_s, self._linger_until), self.transport.close)

@@ -6,11 +6,14 @@ guard against cutting a request the server itself is slow to read or answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,11 +21,15 @@ import pytest
 import uvicorn
 
 from server.api.http_protocol import http_protocol
+from server.api.middleware import RequestContextMiddleware
 from server.config.settings import load_settings
+from server.telemetry import prometheus
+from server.telemetry.logging import access_log
 from tests.support.server import ServerProcess
 
 LIMIT = 64 * 1024  # the default GGUFSTACK_MAX_REQUEST_HEAD_BYTES
 TIMEOUT_S = 0.5
+LINGER_IDLE_S = 2.0
 
 
 def _connect(url: str) -> socket.socket:
@@ -118,11 +125,33 @@ async def _app(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@pytest.fixture(scope="module")
-def timed_server() -> Iterator[str]:
-    """uvicorn with the server's protocol and a short head timeout, in this process."""
+@dataclass(frozen=True)
+class TimedServer:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def holds(self, sock: socket.socket) -> bool:
+        """Whether the server still has `sock`'s connection open."""
+        port = sock.getsockname()[1]
+        return any(c.client and c.client[1] == port for c in list(self.server.server_state.connections))
+
+    def wait_closed(self, sock: socket.socket, timeout: float = 10) -> float:
+        """Seconds until the server closed `sock`'s connection."""
+        started = time.monotonic()
+        while self.holds(sock):
+            assert time.monotonic() - started < timeout, "the server kept the connection open"
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _running_timed_server() -> Iterator[TimedServer]:
+    """uvicorn with the server's protocol and short times, in this process."""
     settings = load_settings(request_head_timeout_s=TIMEOUT_S, request_body_timeout_s=TIMEOUT_S)
-    config = uvicorn.Config(_app, lifespan="off", log_config=None, http=http_protocol(settings), timeout_keep_alive=60)
+    protocol = type("Protocol", (http_protocol(settings),), {"linger_idle_s": LINGER_IDLE_S, "linger_max_s": 3.0})
+    app = RequestContextMiddleware(_app)  # the server's access line and metrics around the test app
+    config = uvicorn.Config(app, lifespan="off", log_config=None, http=protocol, timeout_keep_alive=60)
     server = uvicorn.Server(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -131,27 +160,33 @@ def timed_server() -> Iterator[str]:
     while not server.started:
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield TimedServer(f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread)
     finally:
         server.should_exit = True
         thread.join(10)
 
 
-def test_a_connection_that_sends_nothing_is_closed_without_an_answer(timed_server: str) -> None:
-    with _connect(timed_server) as sock:
+@pytest.fixture(scope="module")
+def timed_server() -> Iterator[TimedServer]:
+    with _running_timed_server() as server:
+        yield server
+
+
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
         assert sock.recv(100) == b""
 
 
-def test_a_head_that_does_not_end_in_time_is_a_408(timed_server: str) -> None:
-    with _connect(timed_server) as sock:
+def test_a_head_that_does_not_end_in_time_is_a_408(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
         status, _, body = _answer(sock)
     assert status == 408
     assert json.loads(body)["error"]["code"] == "request_head_timeout"
 
 
-def test_a_slow_answer_is_not_cut_and_the_next_head_is_timed_afresh(timed_server: str) -> None:
-    with _connect(timed_server) as sock:
+def test_a_slow_answer_is_not_cut_and_the_next_head_is_timed_afresh(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
         responses = Responses(sock)
         sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
         assert responses.next() == (200, b"ok"), "the client waits for its answer; its head was complete"
@@ -163,15 +198,15 @@ def test_a_slow_answer_is_not_cut_and_the_next_head_is_timed_afresh(timed_server
     assert status == 408, body
 
 
-def test_pipelined_requests_are_answered_in_turn(timed_server: str) -> None:
-    with _connect(timed_server) as sock:
+def test_pipelined_requests_are_answered_in_turn(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
         responses = Responses(sock)
         sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n")
         assert [responses.next(), responses.next()] == [(200, b"ok"), (200, b"ok")]
 
 
-def test_a_partial_head_pipelined_behind_a_slow_answer_waits_its_turn(timed_server: str) -> None:
-    with _connect(timed_server) as sock:
+def test_a_partial_head_pipelined_behind_a_slow_answer_waits_its_turn(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
         responses = Responses(sock)
         sock.sendall(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\n")
         assert responses.next() == (200, b"ok"), "the earlier answer first, never a 408 in its place"
@@ -179,8 +214,8 @@ def test_a_partial_head_pipelined_behind_a_slow_answer_waits_its_turn(timed_serv
     assert status == 408, body
 
 
-def test_a_body_that_stops_is_a_408(timed_server: str) -> None:
-    with _connect(timed_server) as sock:
+def test_a_body_that_stops_is_a_408(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
         sock.sendall(b'POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"model":')
         status, _, body = _answer(sock)
     assert status == 408
@@ -188,18 +223,121 @@ def test_a_body_that_stops_is_a_408(timed_server: str) -> None:
     assert answer["type"] == "error" and "GGUFSTACK_REQUEST_BODY_TIMEOUT_S" in answer["error"]["message"]
 
 
-def test_a_body_the_app_reads_late_is_not_cut(timed_server: str) -> None:
+def test_a_body_the_app_reads_late_is_not_cut(timed_server: TimedServer) -> None:
     # 1 MiB, sent at once: the server stops reading past 64 KiB until the app takes the body, three timeouts later.
-    with _connect(timed_server) as sock:
+    with _connect(timed_server.url) as sock:
         payload = b"x" * (1 << 20)
         sock.sendall(b"POST /slow-reader HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(payload) + payload)
         assert Responses(sock).next() == (200, b"ok")
 
 
-def test_a_body_held_back_for_100_continue_is_not_timed_until_the_app_asks(timed_server: str) -> None:
-    with _connect(timed_server) as sock:
+def test_a_body_held_back_for_100_continue_is_not_timed_until_the_app_asks(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
         head = b"POST /slow-reader HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n"
         sock.sendall(head)
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n", "the app asked, three timeouts later"
         sock.sendall(b"{}")
         assert Responses(sock).next() == (200, b"ok")
+
+
+def _send_until_refused(sock: socket.socket, data: bytes) -> threading.Thread:
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the server may close before it has read everything
+            sock.sendall(data)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
+
+
+def test_a_client_still_sending_a_head_past_the_limit_reads_its_431(timed_server: TimedServer) -> None:
+    # Closed at once with 4 MiB still arriving, the connection was reset, and most such clients got the reset
+    # before the answer: it must be read every time.
+    header = b"x-padding-%d: " + b"b" * 1000 + b"\r\n"
+    head = b"GET /v1/models HTTP/1.1\r\nhost: x\r\n" + b"".join(header % i for i in range(4000))
+    for _ in range(5):
+        with _connect(timed_server.url) as sock:
+            sender = _send_until_refused(sock, head)
+            time.sleep(0.2)  # the refusal goes out while the head still arrives
+            status, _, body = _answer(sock)
+            sender.join(10)
+        assert status == 431, body
+
+
+def test_a_refused_connection_closes_once_the_client_has_gone_quiet(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
+        sock.sendall(b"GET /v1/models?q=" + b"a" * LIMIT)
+        assert _answer(sock)[0] == 431  # the answer ends (the server closed its side)
+        sock.sendall(b"more of the same")  # read and dropped, not answered with a reset
+        lingered = timed_server.wait_closed(sock)
+    assert lingered >= LINGER_IDLE_S / 2, "closed while the client might still have been reading"
+
+
+def test_a_refused_client_that_keeps_sending_is_closed_all_the_same(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
+        sock.sendall(b"GET /v1/models?q=" + b"a" * LIMIT)
+        assert _answer(sock)[0] == 431
+        stop = threading.Event()
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.05):
+                    sock.send(b"a")
+
+        trickling = threading.Thread(target=trickle, daemon=True)
+        trickling.start()
+        try:
+            timed_server.wait_closed(sock)
+        finally:
+            stop.set()
+            trickling.join(10)
+
+
+def test_a_refused_client_that_closes_its_side_is_let_go_at_once(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
+        sock.sendall(b"GET /v1/models?q=" + b"a" * LIMIT)
+        assert _answer(sock)[0] == 431
+        sock.shutdown(socket.SHUT_WR)
+        assert timed_server.wait_closed(sock) < LINGER_IDLE_S
+
+
+def test_a_server_stopping_does_not_wait_for_a_refused_connection() -> None:
+    with _running_timed_server() as own, _connect(own.url) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        assert _answer(sock)[0] == 408  # a body refused: uvicorn would wait for its request's connection
+        assert own.holds(sock), "lingering"
+        stopping = time.monotonic()
+        own.server.should_exit = True
+        own.thread.join(10)
+        assert time.monotonic() - stopping < LINGER_IDLE_S
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_refused_body_is_logged_and_counted_with_the_status_the_client_got(timed_server: TimedServer) -> None:
+    # The app saw only a disconnect, and its own answer (here a 200) never went out.
+    counted = prometheus.http_requests.labels("unmatched", "POST", "408")
+    before = counted._value.get()
+    lines, level = _Lines(), access_log.level
+    access_log.addHandler(lines)
+    access_log.setLevel(logging.INFO)
+    try:
+        with _connect(timed_server.url) as sock:
+            sock.sendall(b"POST /refused-body HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+            assert _answer(sock)[0] == 408
+        deadline = time.monotonic() + 10
+        while not (logged := [r for r in lines.records if "/refused-body" in r.getMessage()]):
+            assert time.monotonic() < deadline, "no access line"
+            time.sleep(0.02)
+    finally:
+        access_log.removeHandler(lines)
+        access_log.setLevel(level)
+    assert [r.fields["status"] for r in logged] == [408]  # type: ignore[attr-defined]
+    assert counted._value.get() == before + 1
