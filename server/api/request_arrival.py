@@ -49,6 +49,10 @@ def head_too_large(max_bytes: int) -> APIError:
     )
 
 
+def not_http() -> APIError:
+    return APIError(400, "the request could not be parsed as HTTP/1.1", code="invalid_http_request")
+
+
 def too_slow(phase: Phase, timeout_s: float) -> APIError:
     what, setting = {
         "head": ("request line and headers", "GGUFSTACK_REQUEST_HEAD_TIMEOUT_S"),
@@ -83,6 +87,7 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
     _head_begun = False  # the next request's first byte has come
     _phase: Phase = "head"
     _timer: asyncio.TimerHandle | None = None  # the phase's time, or the lingering close's
+    _server_held = False  # the server was the one not reading when the current period began
     _lingering = False
     _linger_until = 0.0
 
@@ -100,7 +105,7 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
             return
         # While a head is arriving, the parser is fed no more than the head's room, so a head past the limit is
         # refused before its excess is parsed; body bytes go through whole.
-        while data and not self.transport.is_closing():
+        while data and not self._refused_or_closing():
             if not self._reading_head:
                 super().data_received(data)
                 return
@@ -111,6 +116,10 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
             chunk, data = data[:room], data[room:]
             self._head_bytes += len(chunk)
             super().data_received(chunk)
+
+    def _refused_or_closing(self) -> bool:
+        """Nothing more is parsed once a refusal went out (the parser may refuse bytes midway through a chunk)."""
+        return self._lingering or self.transport.is_closing()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -131,6 +140,11 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         # may rightly send nothing while this request's answer streams.
         self._reading_head = True
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses (logged by uvicorn with `msg`): the API's error JSON instead
+        of plain text, under the same rules as every refusal here."""
+        self._refuse(not_http())
+
     def shutdown(self) -> None:
         if self._lingering:  # the answer went out: nothing to wait for when the server stops
             self.transport.close()
@@ -147,6 +161,7 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
     def _time(self, phase: Phase) -> None:
         self._stop_timing()
         self._phase = phase
+        self._server_held = False
         self._timer = asyncio.get_running_loop().call_later(self._timeout_s(phase), self._timed_out)
 
     def _stop_timing(self) -> None:
@@ -154,10 +169,10 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
 
-    def _earlier_answer_pending(self) -> bool:
+    def _earlier_answer_pending(self, in_head: bool) -> bool:
         """While a head arrives, `cycle` is the request before it; while a body arrives, its own."""
         cycle: RequestResponseCycle | None = self.cycle  # None before the connection's first request
-        if self._phase == "head":
+        if in_head:
             return cycle is not None and not cycle.response_complete
         return bool(self.pipeline)
 
@@ -169,8 +184,12 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self.flow.read_paused or self._earlier_answer_pending() or self._continue_not_sent():
-            self._time(self._phase)  # the server is the one not reading: not the client's time
+        held = self.flow.read_paused or self._earlier_answer_pending(self._phase == "head") or self._continue_not_sent()
+        if held or self._server_held:
+            # The server is the one not reading, or was when this period began and may have stopped only a moment
+            # ago (sent its 100 Continue, resumed reading): the client gets a whole period from now.
+            self._time(self._phase)
+            self._server_held = held
             return
         if self._phase == "head" and not self._head_begun:
             self.transport.close()  # nothing was asked: nothing to answer
@@ -182,19 +201,21 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.warning("refused a request from %s: %s", client, error.message)
         # An answer goes out only where it cannot be taken for another request's: none is pending before this one,
-        # and this one's has not begun.
-        answered = self._earlier_answer_pending() if self._phase == "head" else self.cycle.response_started
+        # and this one's has not begun. (`_reading_head`, not the timed phase: bytes the parser refuses may come
+        # before a request has begun.)
+        in_head = self._reading_head
+        answered = self._earlier_answer_pending(in_head) if in_head else self.cycle.response_started
         if answered:
             self.transport.close()
             return
         path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
         self.transport.write(raw_error_response(error, path, self.server_state.default_headers))
-        self._close_after_answer(error.status)
+        self._close_after_answer(error.status, body_refused=not in_head)
 
-    def _close_after_answer(self, status: int) -> None:
+    def _close_after_answer(self, status: int, *, body_refused: bool) -> None:
         """Close the write side after the answer, and the connection once the client has had time to read it."""
         cycle: RequestResponseCycle | None = self.cycle
-        if self._phase == "body" and cycle is not None:  # a body refused: the app's request is gone
+        if body_refused and cycle is not None:  # the app's request is gone
             cycle.scope[ANSWERED_STATUS] = status  # type: ignore[literal-required]  # a key of ours in the scope
             cycle.disconnected = True
             cycle.message_event.set()
