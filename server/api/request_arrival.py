@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from server.api.errors import response
 from server.errors import APIError
+from server.telemetry import prometheus
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         self._stop_timing()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.warning("refused a request from %s: %s", client, error.message)
+        prometheus.http_refused.labels(error.code or str(error.status)).inc()
         # An answer goes out only where it cannot be taken for another request's: none is pending before this one,
         # and this one's has not begun. (`_reading_head`, not the timed phase: bytes the parser refuses may come
         # before a request has begun.)

@@ -32,6 +32,7 @@ PREFIX = "ggufstack"
 # Names as a scrape shows them (a counter's samples end in _total, a histogram's in _bucket/_sum/_count).
 HTTP_REQUESTS = f"{PREFIX}_http_requests_total"
 HTTP_REQUEST_DURATION = f"{PREFIX}_http_request_duration_seconds"
+HTTP_REFUSED = f"{PREFIX}_http_refused_total"
 TIME_TO_FIRST_TOKEN = f"{PREFIX}_time_to_first_token_seconds"
 TIME_PER_OUTPUT_TOKEN = f"{PREFIX}_time_per_output_token_seconds"
 PROMPT_TOKENS = f"{PREFIX}_prompt_tokens_total"
@@ -89,6 +90,13 @@ http_requests = Counter(
     _base(HTTP_REQUESTS, "_total"),
     "HTTP requests answered, by route template, method and status code.",
     ["route", "method", "status"],
+    registry=REGISTRY,
+)
+http_refused = Counter(
+    _base(HTTP_REFUSED, "_total"),
+    "Requests the HTTP protocol refused as they arrived (a head too large or too slow, a body too slow, bytes that "
+    "are not HTTP), by the error code of the answer; a refused body also counts in http_requests_total.",
+    ["code"],
     registry=REGISTRY,
 )
 http_request_duration = Histogram(

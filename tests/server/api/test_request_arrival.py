@@ -372,3 +372,22 @@ def test_bytes_the_parser_refuses_midway_through_a_chunk_get_one_answer(
     assert status == 400 and b"HTTP/1.1 4" not in body, body  # one answer
     assert json.loads(body)["error"]["code"] == "invalid_http_request"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "the rest was fed to the parser"
+
+
+@pytest.mark.parametrize(
+    ("sent", "code"),
+    [
+        (b"GET /?q=" + b"a" * LIMIT, "request_head_too_large"),
+        (b"GET / HTTP/1.1\r\n", "request_head_timeout"),
+        (b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n{", "request_body_timeout"),
+        (b"GET / HTTP/1.1\r\nhost x\r\n\r\n", "invalid_http_request"),
+    ],
+    ids=["head_too_large", "head_timeout", "body_timeout", "not_http"],
+)
+def test_each_refusal_is_counted_by_its_code(timed_server: TimedServer, sent: bytes, code: str) -> None:
+    counted = prometheus.http_refused.labels(code)
+    before = counted._value.get()
+    with _connect(timed_server.url) as sock:
+        sock.sendall(sent)
+        assert json.loads(_answer(sock)[2])["error"]["code"] == code
+    assert counted._value.get() == before + 1
