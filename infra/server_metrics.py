@@ -17,6 +17,7 @@ from server.telemetry.prometheus import (
     COMPLETION_TOKENS,
     GENERATIONS_RUNNING,
     GENERATIONS_WAITING,
+    HTTP_REFUSED,
     HTTP_REQUESTS,
     KV_CELLS_TOTAL,
     KV_CELLS_USED,
@@ -236,6 +237,7 @@ def dashboard() -> dict[str, Any]:
             {
                 "{{status}}": f"sum by (status) (rate({HTTP_REQUESTS}{{{SELECTOR}}}[5m]))",
                 "refused: {{reason}}": f"sum by (reason) (rate({REQUESTS_REFUSED}{{{SELECTOR}}}[5m]))",
+                "refused on arrival: {{code}}": f"sum by (code) (rate({HTTP_REFUSED}{{{SELECTOR}}}[5m]))",
             },
         ),
         {
