@@ -91,6 +91,7 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
     _server_held = False  # the server was the one not reading when the current period began
     _lingering = False
     _linger_until = 0.0
+    _last_byte_at = 0.0  # while lingering
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn declares it
         super().connection_made(transport)
@@ -102,7 +103,7 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # a refused request's rest: dropped
-            self._linger()
+            self._last_byte_at = asyncio.get_running_loop().time()
             return
         # While a head is arriving, the parser is fed no more than the head's room, so a head past the limit is
         # refused before its excess is parsed; body bytes go through whole.
@@ -226,13 +227,19 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
             return
         self.transport.write_eof()
         self._lingering = True
-        self._linger_until = asyncio.get_running_loop().time() + self.linger_max_s
+        self._last_byte_at = asyncio.get_running_loop().time()
+        self._linger_until = self._last_byte_at + self.linger_max_s
         self.flow.resume_reading()
         self._linger()
 
     def _linger(self) -> None:
-        """(Re)arm the close: `linger_idle_s` from now, never past `linger_max_s` after the answer. The client's
-        own close ends it sooner (uvicorn's `eof_received` lets the transport close)."""
-        self._stop_timing()
+        """Close `linger_idle_s` after the client's last byte, never past `linger_max_s` after the answer; a byte
+        only moves the time (no timer per read). The client's own close ends it sooner (uvicorn's `eof_received`
+        lets the transport close)."""
+        self._timer = None
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(min(loop.time() + self.linger_idle_s, self._linger_until), self.transport.close)
+        close_at = min(self._last_byte_at + self.linger_idle_s, self._linger_until)
+        if loop.time() >= close_at:
+            self.transport.close()
+        else:
+            self._timer = loop.call_at(close_at, self._linger)

@@ -161,10 +161,11 @@ class TimedServer:
 
 
 @contextlib.contextmanager
-def _running_timed_server() -> Iterator[TimedServer]:
+def _running_timed_server(linger_idle_s: float = LINGER_IDLE_S, linger_max_s: float = 3.0) -> Iterator[TimedServer]:
     """uvicorn with the server's protocol and short times, in this process."""
     settings = load_settings(request_head_timeout_s=TIMEOUT_S, request_body_timeout_s=TIMEOUT_S)
-    protocol = type("Protocol", (http_protocol(settings),), {"linger_idle_s": LINGER_IDLE_S, "linger_max_s": 3.0})
+    lingering = {"linger_idle_s": linger_idle_s, "linger_max_s": linger_max_s}
+    protocol = type("Protocol", (http_protocol(settings),), lingering)
     app = RequestContextMiddleware(_app)  # the server's access line and metrics around the test app
     config = uvicorn.Config(app, lifespan="off", log_config=None, http=protocol, timeout_keep_alive=60)
     server = uvicorn.Server(config)
@@ -292,24 +293,42 @@ def test_a_refused_connection_closes_once_the_client_has_gone_quiet(timed_server
     assert lingered >= LINGER_IDLE_S / 2, "closed while the client might still have been reading"
 
 
+@contextlib.contextmanager
+def _trickling(sock: socket.socket) -> Iterator[None]:
+    """A byte every 50 ms on `sock` while the block runs (until the server closes it)."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.05):
+                sock.send(b"a")
+
+    trickling = threading.Thread(target=trickle, daemon=True)
+    trickling.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        trickling.join(10)
+
+
 def test_a_refused_client_that_keeps_sending_is_closed_all_the_same(timed_server: TimedServer) -> None:
     with _connect(timed_server.url) as sock:
         sock.sendall(b"GET /v1/models?q=" + b"a" * LIMIT)
         assert _answer(sock)[0] == 431
-        stop = threading.Event()
-
-        def trickle() -> None:
-            with contextlib.suppress(OSError):
-                while not stop.wait(0.05):
-                    sock.send(b"a")
-
-        trickling = threading.Thread(target=trickle, daemon=True)
-        trickling.start()
-        try:
+        with _trickling(sock):
             timed_server.wait_closed(sock)
-        finally:
-            stop.set()
-            trickling.join(10)
+
+
+def test_a_refused_client_still_sending_is_not_taken_for_a_quiet_one() -> None:
+    # The idle time counts from the client's last byte, not from the answer.
+    with _running_timed_server(linger_idle_s=1.0, linger_max_s=30.0) as own, _connect(own.url) as sock:
+        sock.sendall(b"GET /v1/models?q=" + b"a" * LIMIT)
+        assert _answer(sock)[0] == 431
+        with _trickling(sock):
+            time.sleep(2.5)
+            assert own.holds(sock), "closed while the client was still sending"
+        own.wait_closed(sock)
 
 
 def test_a_refused_client_that_closes_its_side_is_let_go_at_once(timed_server: TimedServer) -> None:
@@ -331,33 +350,20 @@ def test_a_server_stopping_does_not_wait_for_a_refused_connection() -> None:
         assert time.monotonic() - stopping < LINGER_IDLE_S
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def test_a_refused_body_is_logged_and_counted_with_the_status_the_client_got(timed_server: TimedServer) -> None:
+def test_a_refused_body_is_logged_and_counted_with_the_status_the_client_got(
+    timed_server: TimedServer, caplog: pytest.LogCaptureFixture
+) -> None:
     # The app saw only a disconnect, and its own answer (here a 200) never went out.
     counted = prometheus.http_requests.labels("unmatched", "POST", "408")
     before = counted._value.get()
-    lines, level = _Lines(), access_log.level
-    access_log.addHandler(lines)
-    access_log.setLevel(logging.INFO)
-    try:
+    with caplog.at_level(logging.INFO, logger=access_log.name):
         with _connect(timed_server.url) as sock:
             sock.sendall(b"POST /refused-body HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
             assert _answer(sock)[0] == 408
         deadline = time.monotonic() + 10
-        while not (logged := [r for r in lines.records if "/refused-body" in r.getMessage()]):
+        while not (logged := [r for r in caplog.records if "/refused-body" in r.getMessage()]):
             assert time.monotonic() < deadline, "no access line"
             time.sleep(0.02)
-    finally:
-        access_log.removeHandler(lines)
-        access_log.setLevel(level)
     assert [r.fields["status"] for r in logged] == [408]  # type: ignore[attr-defined]
     assert counted._value.get() == before + 1
 
