@@ -105,6 +105,11 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         if self._lingering:  # a refused request's rest: dropped
             self._last_byte_at = asyncio.get_running_loop().time()
             return
+        if self._reading_head and self._timer is None:
+            # The next head's time starts with its first byte, whatever it is. Line breaks before a request line
+            # begin no message (the parser skips them) yet stop uvicorn's keep-alive timer: untimed, one "\r"
+            # after an answer held the connection open for good.
+            self._time("head")
         # While a head is arriving, the parser is fed no more than the head's room, so a head past the limit is
         # refused before its excess is parsed; body bytes go through whole.
         while data and not self._refused_or_closing():

@@ -214,6 +214,27 @@ def test_a_slow_answer_is_not_cut_and_the_next_head_is_timed_afresh(timed_server
     assert status == 408, body
 
 
+@pytest.mark.parametrize("idle", [b"\r", b"\r\n", b"\n" * 100])
+def test_line_breaks_after_an_answer_do_not_hold_the_connection_untimed(timed_server: TimedServer, idle: bytes) -> None:
+    """Line breaks begin no request, yet stop the keep-alive timer (60 s here): the head's time must hold them."""
+    with _connect(timed_server.url) as sock:
+        responses = Responses(sock)
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert responses.next() == (200, b"ok")
+        sock.sendall(idle)
+        assert timed_server.wait_closed(sock, timeout=4 * TIMEOUT_S) >= 0.5 * TIMEOUT_S
+        assert sock.recv(100) == b"", "nothing was asked: nothing is answered"
+
+
+def test_a_line_break_before_a_request_line_is_skipped(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
+        responses = Responses(sock)
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert responses.next() == (200, b"ok")
+        sock.sendall(b"\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert responses.next() == (200, b"ok")
+
+
 def test_pipelined_requests_are_answered_in_turn(timed_server: TimedServer) -> None:
     with _connect(timed_server.url) as sock:
         responses = Responses(sock)
