@@ -3,8 +3,8 @@
 JSON Schemas are converted to GBNF with llama-cpp-python's converter after a check of our own, because the converter
 silently drops what it cannot express: an unknown keyword, and keywords beside the one it builds a subschema's rule
 from (a `pattern` wins over `maxLength`, `anyOf` over `properties`, a list of types over everything). A schema that
-relies on one is refused with the keyword and its place named, never answered unconstrained. Integer bounds, which the
-converter drops too, are built here (`integer_range`).
+relies on one is refused with the keyword and its place named, never answered unconstrained. Bounds on integers and
+numbers, which the converter drops too, are built here (`integer_range`, `number_range`).
 
 Conversions are cached by the schema's compact JSON, keys in the schema's order: that is the order the grammar writes
 an object's properties in, as llama.cpp's server does (a tool call's "name" comes before its "arguments", as models
@@ -23,6 +23,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, RESERVED_NAMES, SchemaConverter
 
 from server.errors import APIError
 from server.serving.constrain.integer_range import integer_bounds, integer_range_gbnf
+from server.serving.constrain.number_range import number_bounds, number_range_gbnf
 from server.serving.constrain.schema_limits import check_ambiguity, check_bounds, check_gbnf_nesting
 
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -37,6 +38,7 @@ _CONSTRAINING = {
 _ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly"}
 _FORMATS = {"date", "time", "date-time", "uuid"}
 _BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+_BOUNDED_TYPES = {"integer", "number"}
 # Keywords whose value maps names to subschemas, and those whose value is one subschema or a list of them.
 _SCHEMA_MAPS = {"properties", "$defs", "definitions"}
 _SUBSCHEMAS = {"items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"}
@@ -102,8 +104,8 @@ def _check_supported(schema: Any, where: str, param: str) -> None:
     for key, value in schema.items():
         if key not in _CONSTRAINING and key not in _ANNOTATIONS:
             raise _unsupported(f"the keyword {key!r} at {where}", param)
-        if key in _BOUNDS and schema.get("type") != "integer":
-            raise _unsupported(f"the keyword {key!r} at {where} (bounds are enforced on integers only)", param)
+        if key in _BOUNDS and _bounded_kind(schema) is None:
+            raise _unsupported(f"the keyword {key!r} at {where} (bounds need the type integer or number)", param)
         if key == "format" and value not in _FORMATS:
             raise _unsupported(f"the format {value!r} at {where}", param)
         if key == "enum" and value == []:
@@ -167,14 +169,14 @@ def _honoured(schema: dict[str, Any]) -> set[str]:
         honoured |= {"minItems", "maxItems"}
     elif keyword == "type" and schema.get("type") == "string":
         honoured |= {"minLength", "maxLength"}
-    elif keyword == "type" and schema.get("type") == "integer":
+    elif keyword == "type" and _bounded_kind(schema) is not None:
         honoured |= _BOUNDS
     return honoured
 
 
 class _Converter(SchemaConverter):
-    """llama-cpp-python's converter, with integer bounds; the methods this module calls are typed here, as the
-    converter has no annotations."""
+    """llama-cpp-python's converter, with bounds on integers and numbers; the methods this module calls are typed
+    here, as the converter has no annotations."""
 
     def __init__(self) -> None:
         super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]  # the converter has no annotations
@@ -193,16 +195,26 @@ class _Converter(SchemaConverter):
         return '"' + "".join(_LITERAL_ESCAPES.get(c, c) for c in literal) + '"'
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
-        if schema.get("type") == "integer" and _BOUNDS & schema.keys() and _rule_keyword(schema) == "type":
+        kind = _bounded_kind(schema)
+        if kind is not None and _BOUNDS & schema.keys() and _rule_keyword(schema) == "type":
             rule = name + "-" if name in RESERVED_NAMES else name or "root"
             try:
-                pattern = integer_range_gbnf(*integer_bounds(schema))
+                if kind == "integer":
+                    pattern = integer_range_gbnf(*integer_bounds(schema))
+                else:
+                    pattern = number_range_gbnf(*number_bounds(schema))
             except ValueError as exc:
-                raise ValueError(f"{exc} (an integer's bounds)") from None
+                raise ValueError(f"{exc} (a{'n' if kind == 'integer' else ''} {kind}'s bounds)") from None
             added: str = self._add_rule(rule, f"{pattern} space")  # type: ignore[no-untyped-call]  # the converter has no annotations
             return added
         visited: str = super().visit(schema, name)  # type: ignore[no-untyped-call]  # the converter has no annotations
         return visited
+
+
+def _bounded_kind(schema: dict[str, Any]) -> str | None:
+    """The type, integer or number, where bounds on this subschema can be built (its type is one of them alone)."""
+    kind = schema.get("type")
+    return kind if isinstance(kind, str) and kind in _BOUNDED_TYPES else None
 
 
 def _unsupported(what: str, param: str) -> APIError:

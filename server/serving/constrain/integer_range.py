@@ -33,21 +33,21 @@ def integer_range_gbnf(low: int | None, high: int | None) -> str:
     alternatives = []
     if low is None or low < 0:
         magnitude_low = 1 if high is None or high >= 0 else -high
-        alternatives += [f'"-" {p}' for p in _decimals(magnitude_low, None if low is None else -low)]
+        alternatives += [f'"-" {p}' for p in whole_number_patterns(magnitude_low, None if low is None else -low)]
     if high is None or high >= 0:
-        alternatives += _decimals(max(low or 0, 0), high)
+        alternatives += whole_number_patterns(max(low or 0, 0), high)
     if not alternatives:
         raise ValueError(f"no integer of at most {MAX_DIGITS} digits is within the bounds")
     return "(" + " | ".join(f"({a})" for a in alternatives) + ")"
 
 
-def _decimals(low: int, high: int | None) -> list[str]:
+def whole_number_patterns(low: int, high: int | None) -> list[str]:
     """Patterns for the non-negative integers low..high without leading zeros (high None: up to MAX_DIGITS digits)."""
     if high is None:
         # The numbers as long as `low` from it up, then every longer one.
         shortest = len(str(low))
         longer = [f"[1-9] [0-9]{{{shortest},{MAX_DIGITS - 1}}}"] if shortest < MAX_DIGITS else []
-        return _decimals(low, 10**shortest - 1) + longer
+        return whole_number_patterns(low, 10**shortest - 1) + longer
     top = min(high, 10**MAX_DIGITS - 1)
     patterns = []
     for digits in range(len(str(low)), len(str(top)) + 1):

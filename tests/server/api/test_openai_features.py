@@ -124,6 +124,32 @@ def test_json_schema_works_on_completions_too(client: openai.OpenAI) -> None:
     jsonschema.validate(json.loads(r.choices[0].text), schema)
 
 
+MEASUREMENT = {
+    "type": "object",
+    "properties": {
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "celsius": {"type": "number", "minimum": -40.5, "exclusiveMaximum": 60},
+        "ratio": {"type": "number", "exclusiveMinimum": 0.25, "exclusiveMaximum": 0.75},
+    },
+    "required": ["confidence", "celsius", "ratio"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_number_bounds_hold_at_a_high_temperature(client: openai.OpenAI, seed: int) -> None:
+    r = client.chat.completions.create(
+        model=DEMO_MODEL_ID,
+        messages=_ask("Report a measurement."),
+        response_format={"type": "json_schema", "json_schema": {"name": "m", "schema": MEASUREMENT, "strict": True}},
+        max_tokens=200,
+        temperature=1.5,
+        seed=seed,
+    )
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), MEASUREMENT)
+
+
 @pytest.mark.parametrize(
     ("schema", "fragment"),
     [
@@ -132,7 +158,8 @@ def test_json_schema_works_on_completions_too(client: openai.OpenAI) -> None:
         ({"$ref": "#/$defs/missing"}, "missing"),
         ({"$ref": "https://example.com/schema.json"}, "only local references"),
         ({"type": 5}, "invalid JSON schema"),
-        ({"type": "object", "properties": {"x": {"type": "number", "maximum": 1}}}, "integers only"),
+        ({"type": "object", "properties": {"x": {"type": "number", "multipleOf": 0.5}}}, "'multipleOf'"),
+        ({"type": "object", "properties": {"x": {"maximum": 1}}}, "bounds need the type integer or number"),
     ],
 )
 def test_schemas_the_grammar_cannot_express_are_refused(client: openai.OpenAI, schema: dict, fragment: str) -> None:

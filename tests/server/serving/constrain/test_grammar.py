@@ -11,6 +11,7 @@ from server.engine.llama_model import LlamaModel
 from server.errors import APIError
 from server.serving.constrain.grammar import json_schema_grammar
 from server.serving.constrain.integer_range import integer_range_gbnf
+from server.serving.constrain.number_range import number_bounds, number_range_gbnf
 from tests.support.grammar import grammar_matches
 
 
@@ -19,7 +20,8 @@ from tests.support.grammar import grammar_matches
     [
         ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "'maxLength' beside 'pattern' at #"),
         ({"type": "string", "format": "date", "minLength": 3}, "'minLength' beside 'format'"),
-        ({"type": "number", "minimum": 0}, "'minimum' at # (bounds are enforced on integers only)"),
+        ({"minimum": 0}, "'minimum' at # (bounds need the type integer or number)"),
+        ({"type": "string", "maximum": 3}, "'maximum' at # (bounds need the type integer or number)"),
         ({"type": ["integer", "null"], "maximum": 3}, "'maximum' at #"),
         ({"type": ["string", "null"], "maxLength": 3}, "'maxLength' beside 'type'"),
         ({"anyOf": [{"type": "string"}], "properties": {"a": {}}}, "'properties' beside 'anyOf'"),
@@ -27,7 +29,8 @@ from tests.support.grammar import grammar_matches
         ({"type": "object", "properties": {"a": {}}, "allOf": [{"properties": {"b": {}}}]}, "'allOf' beside"),
         ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}, "required property"),
         ({"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, "'prefixItems'"),
-        ({"type": "object", "properties": {"n": {"type": "number", "maximum": 3}}}, "at #/properties/n"),
+        ({"type": "object", "properties": {"n": {"maximum": 3}}}, "at #/properties/n"),
+        ({"type": ["number", "null"], "maximum": 3}, "'maximum' at #"),
         # An empty enum became an empty rule, which llama.cpp could not parse (a 400 naming nothing, an error logged).
         ({"type": "object", "properties": {"e": {"enum": []}}}, "an enum with no values at #/properties/e"),
         ({"anyOf": [{"type": "string"}, {"enum": []}]}, "an enum with no values at #/anyOf/1"),
@@ -63,6 +66,31 @@ def test_integer_bounds_become_part_of_the_grammar() -> None:
 def test_bounds_no_integer_meets_are_refused() -> None:
     with pytest.raises(APIError, match="no integer is at least 5 and at most 3"):
         json_schema_grammar({"type": "integer", "minimum": 5, "maximum": 3}, param="p")
+
+
+def test_number_bounds_become_part_of_the_grammar() -> None:
+    schema = {"type": "object", "properties": {"p": {"type": "number", "minimum": 0, "maximum": 1}}}
+    grammar = json_schema_grammar(schema, param="p")
+    assert f"p ::= {number_range_gbnf(*number_bounds(schema['properties']['p']))} space" in grammar.splitlines()
+    with pytest.raises(APIError, match=r"is above 1 and below 1 \(a number's bounds\)"):
+        json_schema_grammar({"type": "number", "exclusiveMinimum": 1, "exclusiveMaximum": 1}, param="p")
+
+
+@pytest.mark.parametrize(
+    ("schema", "inside", "outside"),
+    [
+        ({"type": "number", "minimum": 0, "maximum": 1}, ["0", "0.5", "1", "1.000", "0.0001"], ["1.5", "-0.1", "1e0"]),
+        ({"type": "number", "exclusiveMinimum": -2.5, "maximum": -0.25}, ["-2.4", "-0.25", "-1"], ["-2.5", "-0.2"]),
+        ({"type": "number", "exclusiveMaximum": 10}, ["9.999999999999998", "-3"], ["10", "9.9999999999999999"]),
+    ],
+)
+def test_number_bounds_hold_in_llama_cpp(model: LlamaModel, schema: dict, inside: list, outside: list) -> None:
+    """The grammar as llama.cpp parses and runs it over the demo model's tokens, not only as a regular expression."""
+    grammar = json_schema_grammar(schema, param="p")
+    for text in inside:
+        assert grammar_matches(model, grammar, text), text
+    for text in outside:
+        assert not grammar_matches(model, grammar, text), text
 
 
 def _nested_schema(levels: int) -> dict:
