@@ -15,6 +15,8 @@ from typing import Any, Literal, NotRequired, TypedDict
 # "hermes": calls written as `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` blocks, results given
 # back as role "tool" messages (Hermes 2 Pro / 3, Qwen 2.5 / 3 and the many models trained on their templates).
 ToolSyntax = Literal["hermes"]
+# The tags a Hermes call is written between.
+HERMES_TAGS = ("<tool_call>", "</tool_call>")
 
 
 class TemplateFunctionCall(TypedDict):
@@ -120,6 +122,12 @@ class ReasoningSyntax:
 # Marker pairs of the templates the server knows (Qwen3, DeepSeek-R1 and its distills, SmolLM3 all use <think>).
 _REASONING_MARKERS = (("<think>", "</think>"),)
 _PROBE_QUESTION: list[TemplateMessage] = [{"role": "user", "content": "probe question"}]
+
+
+def output_tags(tool_syntax: ToolSyntax | None, reasoning: ReasoningSyntax | None) -> tuple[str, ...]:
+    """The tags the server reads a model's output by: its thinking's and its tool calls'."""
+    thinking = (reasoning.open, reasoning.close) if reasoning is not None else ()
+    return thinking + (HERMES_TAGS if tool_syntax == "hermes" else ())
 
 
 def detect_reasoning(source: str, render: Render) -> ReasoningSyntax | None:

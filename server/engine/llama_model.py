@@ -27,6 +27,7 @@ from server.engine.chat_template import (
     ToolSyntax,
     detect_reasoning,
     detect_tool_syntax,
+    output_tags,
 )
 from server.engine.control_text import ControlTexts, ControlToken
 from server.engine.token_bound import TokenBound
@@ -140,6 +141,10 @@ class LlamaModel:
         self._covering = llama_cpp.llama_vocab_type(self.vocab) in _COVERING_VOCABULARIES
         control, user_defined, self.token_bound = self._scan_vocabulary()
         self.control_texts = ControlTexts(control, as_written=(*thinking_tags, *user_defined))
+        # A vocabulary may make the tags the output is read by control tokens, which render as nothing: the thinking
+        # would not split from the answer, and calls would come back as bare JSON in the content. They render as
+        # their text instead (llama.cpp's server keeps them as its "preserved tokens").
+        self._tag_tokens = {control[tag].id for tag in output_tags(self.tool_syntax, self.reasoning) if tag in control}
         self._add_bos = [llama_cpp.llama_vocab_bos(self.vocab)] if llama_cpp.llama_vocab_get_add_bos(self.vocab) else []
         self._add_eos = [llama_cpp.llama_vocab_eos(self.vocab)] if llama_cpp.llama_vocab_get_add_eos(self.vocab) else []
 
@@ -238,15 +243,17 @@ class LlamaModel:
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:
-        """The bytes a generated token stands for; control tokens render as nothing."""
+        """The bytes a generated token stands for; control tokens render as nothing, but for the tags the output is
+        read by."""
         cached = self._pieces.get(token)
         if cached is None:
             buf = ctypes.create_string_buffer(64)
+            special = token in self._tag_tokens
             with self.reading():
-                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
                 if n < 0:
                     buf = ctypes.create_string_buffer(-n)
-                    n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+                    n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
             cached = self._pieces[token] = buf.raw[:n]
         return cached
 

@@ -13,7 +13,7 @@ from server.engine.llama_model import LlamaModel
 from server.protocol.openai import ChatMessage, Tool
 from server.serving.constrain.tools.hermes import HermesFormat
 from server.serving.constrain.tools.plan import ToolPlan
-from tests.support.chat_templates import HERMES_TEMPLATE
+from tests.support.chat_templates import HERMES_TEMPLATE, with_chat_template
 
 WEATHER = Tool.model_validate(
     {
@@ -93,3 +93,27 @@ def test_tools_and_history_render_the_native_way(hermes_model: LlamaModel) -> No
         '<|im_start|>user\n<tool_response>\n{"temp": 18}\n</tool_response><|im_end|>\n'
         "<|im_start|>assistant\n"
     )
+
+
+def test_tags_a_vocabulary_makes_control_tokens_are_written_as_text(demo_gguf: Path, tmp_path: Path) -> None:
+    """Control tokens render as nothing; where `<tool_call>` is one, the calls came back as bare JSON in the content.
+    Here SmolLM2's `<repo_name>` and `<reponame>` (3, 4) become the Hermes tags, as control tokens."""
+    tags = {3: "<tool_call>", 4: "</tool_call>"}
+    answer = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    hermes = with_chat_template(demo_gguf, tmp_path / "hermes.gguf", HERMES_TEMPLATE, control_tokens=tags)
+    plain = with_chat_template(demo_gguf, tmp_path / "plain.gguf", None, control_tokens=tags)
+    models = [LlamaModel(path, n_gpu_layers=0) for path in (hermes, plain)]
+    try:
+        speaks_hermes, speaks_none = models
+        assert speaks_hermes.tool_syntax == "hermes" and speaks_none.tool_syntax is None
+        tokens = speaks_hermes.tokenize(answer, add_special=False)
+        assert tokens[0] == 3 and tokens[-1] == 4, "the tags are the control tokens, as the model writes them"
+        written = b"".join(speaks_hermes.piece(t) for t in tokens).decode()
+        assert written == answer
+        parsed = HermesFormat().parse(written)
+        assert [(c.name, c.arguments) for c in parsed.calls] == [("get_weather", '{"city": "Paris"}')]
+        assert speaks_hermes.piece(2) == b"", "<|im_end|>, a control token the output is not read by"
+        assert speaks_none.piece(3) == b"", "a model that does not speak Hermes: its tags are not read"
+    finally:
+        for model in models:
+            model.close()
