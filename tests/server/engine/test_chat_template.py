@@ -13,7 +13,7 @@ from server.engine.llama_model import LlamaModel
 from server.protocol.openai import ChatMessage, Tool
 from server.serving.constrain.tools.hermes import HermesFormat
 from server.serving.constrain.tools.plan import ToolPlan
-from tests.support.chat_templates import HERMES_TEMPLATE, with_chat_template
+from tests.support.chat_templates import HERMES_TEMPLATE, THINKING_TEMPLATE, with_chat_template
 
 WEATHER = Tool.model_validate(
     {
@@ -117,3 +117,14 @@ def test_tags_a_vocabulary_makes_control_tokens_are_written_as_text(demo_gguf: P
     finally:
         for model in models:
             model.close()
+
+
+def test_thinking_tags_a_vocabulary_makes_control_tokens_are_written_as_text(demo_gguf: Path, tmp_path: Path) -> None:
+    tags = {3: "<think>", 4: "</think>"}
+    path = with_chat_template(demo_gguf, tmp_path / "thinking.gguf", THINKING_TEMPLATE, control_tokens=tags)
+    model = LlamaModel(path, n_gpu_layers=0)
+    try:
+        assert model.reasoning is not None
+        assert (model.piece(3), model.piece(4), model.piece(2)) == (b"<think>", b"</think>", b"")
+    finally:
+        model.close()
