@@ -6,11 +6,12 @@ from __future__ import annotations
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.api.pipelining import PipeliningAwareProtocol
-from server.api.request_arrival import BoundedArrivalProtocol
+from server.api.request_arrival import BoundedArrivalProtocol, drop_uvicorns_refusal_line
 from server.config.settings import Settings
 
 
 def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
+    drop_uvicorns_refusal_line()
     limits = {
         "max_head_bytes": settings.max_request_head_bytes,
         "head_timeout_s": settings.request_head_timeout_s,

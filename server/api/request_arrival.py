@@ -74,6 +74,24 @@ def raw_error_response(error: APIError, path: str, default_headers: list[tuple[b
     return b"\r\n".join(lines) + b"\r\n\r\n" + bytes(rendered.body)
 
 
+class _ParserRefusalLine(logging.Filter):
+    """uvicorn logs "Invalid HTTP request received." before it hands bytes its parser refuses to
+    `send_400_response`, which refuses and logs them here, with the client: one line for one refusal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != _UVICORN_PARSER_REFUSAL
+
+
+_UVICORN_PARSER_REFUSAL = "Invalid HTTP request received."
+
+
+def drop_uvicorns_refusal_line() -> None:
+    """Drop uvicorn's own line for bytes its parser refuses (the protocol logs the refusal); once per process."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ParserRefusalLine) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_ParserRefusalLine())
+
+
 class BoundedArrivalProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024
     head_timeout_s = 30.0
@@ -216,7 +234,9 @@ class BoundedArrivalProtocol(HttpToolsProtocol):
         if answered:
             self.transport.close()
             return
-        path = getattr(self, "url", b"").split(b"?", 1)[0].decode("latin-1")
+        # Before the next request has begun, `url` is still the last one's: its path would pick the error's shape.
+        url = getattr(self, "url", b"") if self._head_begun or not in_head else b""
+        path = url.split(b"?", 1)[0].decode("latin-1")
         self.transport.write(raw_error_response(error, path, self.server_state.default_headers))
         self._close_after_answer(error.status, body_refused=not in_head)
 

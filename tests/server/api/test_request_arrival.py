@@ -22,6 +22,7 @@ import uvicorn
 
 from server.api.http_protocol import http_protocol
 from server.api.middleware import RequestContextMiddleware
+from server.api.request_arrival import not_http
 from server.config.settings import load_settings
 from server.telemetry import prometheus
 from server.telemetry.logging import access_log
@@ -399,6 +400,25 @@ def test_bytes_the_parser_refuses_midway_through_a_chunk_get_one_answer(
     assert status == 400 and b"HTTP/1.1 4" not in body, body  # one answer
     assert json.loads(body)["error"]["code"] == "invalid_http_request"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "the rest was fed to the parser"
+
+
+def test_a_refusal_before_a_request_begins_is_not_shaped_by_the_one_before(timed_server: TimedServer) -> None:
+    with _connect(timed_server.url) as sock:
+        responses = Responses(sock)
+        sock.sendall(b"GET /v1/messages HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert responses.next() == (200, b"ok")
+        sock.sendall(b"\r\n" * LIMIT)  # line breaks begin no request, and fill the head's room
+        status, _, body = _answer(Remainder(responses))
+    assert status == 431
+    assert json.loads(body)["error"]["code"] == "request_head_too_large", "not Anthropic's shape: no path was asked"
+
+
+def test_bytes_the_parser_refuses_are_logged_once(timed_server: TimedServer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO), _connect(timed_server.url) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost x\r\n\r\n")
+        assert _answer(sock)[0] == 400
+    refused = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage().partition(": ")[2] for r in refused] == [not_http().message], "uvicorn's line as well"
 
 
 @pytest.mark.parametrize(
