@@ -64,7 +64,7 @@ class ReasoningSplitter:
                 reasoning, self._held = self._held[:end], self._held[end + len(self._syntax.close) :]
                 self._phase = "after"
             else:
-                keep = _partial_suffix(self._held, self._syntax.close)
+                keep = partial_suffix(self._held, self._syntax.close)
                 reasoning, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep :]
         if self._phase == "after":
             self._held = self._held.lstrip()
@@ -81,7 +81,7 @@ class ReasoningSplitter:
         return Split(content=held if self._phase == "start" else "")
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """The length of the longest end of `text` that is a start of `marker`: what may yet become the marker."""
     for size in range(min(len(text), len(marker) - 1), 0, -1):
         if marker.startswith(text[-size:]):

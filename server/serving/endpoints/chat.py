@@ -26,8 +26,9 @@ from server.protocol.openai_replies import (
 from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
-from server.serving.endpoints.reasoning import HeldAnswer, split
+from server.serving.endpoints.reasoning import split
 from server.serving.endpoints.reply import Reply, new_id, now, usage
+from server.serving.endpoints.tool_answer import ToolAnswer
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 
 
@@ -167,9 +168,11 @@ async def _tool_chunks(
     tool_format: tools.ToolFormat,
     reasoning: ReasoningSyntax | None,
 ) -> AsyncGenerator[BaseModel, None]:
-    """A tool answer: a thinking model's thinking streams as it is decoded (`delta.reasoning_content`); the answer
-    after it is parsed whole, then sent as OpenAI streams calls (an id and name, then the arguments) and content."""
-    held = [HeldAnswer(reasoning) for _ in range(body.n)]
+    """A tool answer: a thinking model's thinking streams as it is decoded (`delta.reasoning_content`), and so does
+    the text before the calls where the format allows (`delta.content`, see `tool_answer.py`); the answer is parsed
+    whole at the end, then the content not sent yet and the calls go out as OpenAI streams them (an id and name, then
+    the arguments). Each choice has its own answer."""
+    held = [ToolAnswer(reasoning, tool_format) for _ in range(body.n)]
     started: set[int] = set()
     reasons: dict[int, FinishReason] = {}
 
@@ -184,9 +187,10 @@ async def _tool_chunks(
             message, reason = _message(
                 Split(content=whole.content), reasons.get(index, finished.finish_reason), tool_format
             )
-            if index not in started or whole.reasoning:
+            rest = held_answer.rest(message.content)
+            if index not in started or whole.reasoning or rest:
                 d = first(index)
-                d.reasoning_content = whole.reasoning or None
+                d.reasoning_content, d.content = whole.reasoning or None, rest or None
                 yield _chunk(rid, model, index, d, None)
             for i, call in enumerate(message.tool_calls or []):
                 start = ToolCallDelta(
@@ -196,10 +200,8 @@ async def _tool_chunks(
                     function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
                 )
                 yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
-                rest = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
-                yield _chunk(rid, model, index, ChatDelta(tool_calls=[rest]), None)
-            if message.content:
-                yield _chunk(rid, model, index, ChatDelta(content=message.content), None)
+                args = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
+                yield _chunk(rid, model, index, ChatDelta(tool_calls=[args]), None)
             yield _chunk(rid, model, index, ChatDelta(), reason)
         if body.include_usage_in_stream():
             yield _usage_chunk(rid, model, finished)
@@ -208,9 +210,7 @@ async def _tool_chunks(
     async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
-                if thinking := held[event.index].feed(event.text):
-                    d = first(event.index)
-                    d.reasoning_content = thinking
+                for d in _deltas(held[event.index].feed(event.text), first, event.index):
                     yield _chunk(rid, model, event.index, d, None)
             elif isinstance(event, ChoiceFinished):
                 reasons[event.index] = event.finish_reason

@@ -42,8 +42,9 @@ from server.serving.constrain.tools import formats as tools
 from server.serving.endpoints.field_names import MESSAGES, renamed_fields
 from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
-from server.serving.endpoints.reasoning import HeldAnswer, split
+from server.serving.endpoints.reasoning import split
 from server.serving.endpoints.reply import Reply
+from server.serving.endpoints.tool_answer import ToolAnswer
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 from server.serving.pipeline.stages import answer_prepared
 
@@ -223,17 +224,18 @@ async def _translated(
 async def _tool_events(
     admitted: Admitted, mid: str, model: str, tool_format: tools.ToolFormat, reasoning: ReasoningSyntax | None
 ) -> AsyncGenerator[BaseModel, None]:
-    """A tool answer, streamed as Anthropic does: a thinking model's thinking block as it is decoded; then the
-    answer after it, parsed whole: a text block, and each call as a tool_use block whose input is a JSON delta. The
+    """A tool answer, streamed as Anthropic does: a thinking model's thinking block as it is decoded, then the text
+    block, as the text before the calls is decoded where the format allows (`tool_answer.py`); the answer is parsed
+    whole at the end: the rest of its text, then each call as a tool_use block whose input is a JSON delta. The
     answer is shaped on the Finished event, while the events are open: a failure shaping it is the outcome."""
     blocks = _Blocks()
-    held = HeldAnswer(reasoning)
+    held = ToolAnswer(reasoning, tool_format)
     finished: Finished | None = None
 
     def take(event: GenerationEvent) -> list[BaseModel]:
         nonlocal finished
-        if isinstance(event, TextDelta) and (thinking := held.feed(event.text)):
-            return blocks.send(Split(reasoning=thinking))
+        if isinstance(event, TextDelta):
+            return blocks.send(held.feed(event.text))
         if isinstance(event, Finished):
             finished = event
             return _tool_answer(blocks, held, tool_format, event)
@@ -247,20 +249,18 @@ async def _tool_events(
 
 
 def _tool_answer(
-    blocks: _Blocks, held: HeldAnswer, tool_format: tools.ToolFormat, finished: Finished
+    blocks: _Blocks, held: ToolAnswer, tool_format: tools.ToolFormat, finished: Finished
 ) -> list[BaseModel]:
-    """The events after the thinking: the answer's blocks (its text, then its calls), then the message's end."""
+    """The events at the end: what the thinking and the text blocks still had to say, each call, the message's end."""
     whole = held.finish()
-    out = [*blocks.send(Split(reasoning=whole.reasoning)), *blocks.close()]
     content, reason = _content(Split(content=whole.content), finished.finish_reason, tool_format)
-    for index, block in enumerate(content, start=blocks.index + 1):
-        if isinstance(block, TextBlock):
-            out.append(ContentBlockStartEvent(index=index, content_block=TextBlock(text="")))
-            out.append(ContentBlockDeltaEvent(index=index, delta=TextDeltaBody(text=block.text)))
-        elif isinstance(block, ToolUseBlock):
-            start = ToolUseBlock(id=block.id, name=block.name, input={})
-            out.append(ContentBlockStartEvent(index=index, content_block=start))
-            partial = json.dumps(block.input, ensure_ascii=False)
-            out.append(ContentBlockDeltaEvent(index=index, delta=InputJsonDelta(partial_json=partial)))
+    text = "".join(block.text for block in content if isinstance(block, TextBlock))
+    out = [*blocks.send(Split(whole.reasoning, held.rest(text))), *blocks.close()]
+    calls = [block for block in content if isinstance(block, ToolUseBlock)]
+    for index, block in enumerate(calls, start=blocks.index + 1):
+        start = ToolUseBlock(id=block.id, name=block.name, input={})
+        out.append(ContentBlockStartEvent(index=index, content_block=start))
+        partial = json.dumps(block.input, ensure_ascii=False)
+        out.append(ContentBlockDeltaEvent(index=index, delta=InputJsonDelta(partial_json=partial)))
         out.append(ContentBlockStopEvent(index=index))
     return [*out, *_end(reason, finished)]

@@ -20,7 +20,6 @@ from server.engine.chat_template import ReasoningSyntax
 from server.engine.thinking import ReasoningSplitter, Split
 from server.errors import known_error
 from server.protocol.responses import (
-    OutputText,
     ResponseRequest,
     TextConfig,
 )
@@ -37,17 +36,16 @@ from server.protocol.responses_replies import (
     ResponseObject,
     ResponseStatus,
     ResponseUsage,
-    TextDeltaEvent,
-    TextDoneEvent,
 )
 from server.serving.constrain.tools.formats import ToolFormat
 from server.serving.endpoints import responses_conversation as conversation
 from server.serving.endpoints import responses_items as items
 from server.serving.endpoints.field_names import RESPONSES, renamed_fields
-from server.serving.endpoints.reasoning import HeldAnswer, split
+from server.serving.endpoints.reasoning import split
 from server.serving.endpoints.reply import Reply
 from server.serving.endpoints.responses_conversation import Conversation
-from server.serving.endpoints.responses_stream import TextItems, part_event
+from server.serving.endpoints.responses_stream import TextItems
+from server.serving.endpoints.tool_answer import ToolAnswer
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 from server.serving.pipeline.stages import Events
 from server.store.errors import StoreUnavailableError
@@ -175,7 +173,7 @@ async def _events(admitted: Admitted, draft: _Draft) -> AsyncGenerator[BaseModel
         yield LifecycleEvent(
             type="response.in_progress", sequence_number=next(sequence), response=draft.response("in_progress", [])
         )
-        answer = _streamed_text if admitted.job.tool_format is None else _whole_answer
+        answer = _streamed_text if admitted.job.tool_format is None else _tool_answer
         try:
             async with aclosing(answer(_chain(first, events), admitted, draft, sequence)) as stream:
                 async for event in stream:
@@ -221,17 +219,22 @@ async def _streamed_text(
             yield await _final(draft, stream.output, event, event.finish_reason, sequence)
 
 
-async def _whole_answer(
+async def _tool_answer(
     events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
 ) -> AsyncGenerator[BaseModel, None]:
-    """An answer that may hold tool calls: a thinking model's reasoning item streams as it is decoded; the answer
-    after it is parsed whole, then sent item by item: text, then each call."""
-    held = HeldAnswer(admitted.job.reasoning)
+    """An answer that may hold tool calls: a thinking model's reasoning item streams as it is decoded, then the
+    message, as the text before the calls is decoded where the format allows (`tool_answer.py`); the answer is
+    parsed whole at the end: the rest of the message's text, then each call."""
+    tool_format = admitted.job.tool_format
+    if tool_format is None:
+        raise RuntimeError("a tool answer without a tool format")
+    held = ToolAnswer(admitted.job.reasoning, tool_format)
     stream = TextItems(sequence)
     finished: Finished | None = None
     async for event in events:
         if isinstance(event, TextDelta):
-            for out in stream.think(held.feed(event.text)):
+            parts = held.feed(event.text)
+            for out in [*stream.think(parts.reasoning), *stream.say(parts.content)]:
                 yield out
         elif isinstance(event, Finished):
             finished = event
@@ -239,44 +242,37 @@ async def _whole_answer(
         raise RuntimeError("the pipeline ended a generation without a Finished event")
     whole = held.finish()
     status: Literal["completed", "incomplete"] = "completed" if finished.finish_reason == "stop" else "incomplete"
-    for out in [*stream.think(whole.reasoning), *stream.end_thinking(status)]:
+    answer = items.output_items(Split(content=whole.content), finished.finish_reason, tool_format)
+    message = next((item for item in answer if isinstance(item, OutputMessage)), None)
+    for out in stream.think(whole.reasoning):
         yield out
-    answer = items.output_items(Split(content=whole.content), finished.finish_reason, admitted.job.tool_format)
-    for index, item in enumerate(answer, start=len(stream.output)):
-        if isinstance(item, OutputMessage):
-            started = item.model_copy(update={"status": "in_progress", "content": []})
-            yield OutputItemEvent(
-                type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started
-            )
-            text = item.content[0].text
-            empty = OutputText(type="output_text", text="")
-            yield part_event("response.content_part.added", next(sequence), item.id, empty, index)
-            yield TextDeltaEvent(
-                sequence_number=next(sequence), item_id=item.id, output_index=index, content_index=0, delta=text
-            )
-            yield TextDoneEvent(
-                sequence_number=next(sequence), item_id=item.id, output_index=index, content_index=0, text=text
-            )
-            yield part_event("response.content_part.done", next(sequence), item.id, item.content[0], index)
-        elif isinstance(item, FunctionCall):
-            started_call = item.model_copy(update={"status": "in_progress", "arguments": ""})
-            yield OutputItemEvent(
-                type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started_call
-            )
-            yield ArgumentsDeltaEvent(
-                sequence_number=next(sequence), item_id=item.id, output_index=index, delta=item.arguments
-            )
-            yield ArgumentsDoneEvent(
-                sequence_number=next(sequence),
-                item_id=item.id,
-                output_index=index,
-                name=item.name,
-                arguments=item.arguments,
-            )
+    # The message the stream opened, if any, is the answer's: its text is what streamed, then the rest.
+    if message is not None:
+        ending = [*stream.say(held.rest(message.content[0].text)), *stream.done(status)]
+    else:
+        ending = stream.end_thinking(status)
+    for out in ending:
+        yield out
+    calls = [item for item in answer if isinstance(item, FunctionCall)]
+    for index, call in enumerate(calls, start=len(stream.output)):
+        started = call.model_copy(update={"status": "in_progress", "arguments": ""})
         yield OutputItemEvent(
-            type="response.output_item.done", sequence_number=next(sequence), output_index=index, item=item
+            type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started
         )
-    yield await _final(draft, [*stream.output, *answer], finished, finished.finish_reason, sequence)
+        yield ArgumentsDeltaEvent(
+            sequence_number=next(sequence), item_id=call.id, output_index=index, delta=call.arguments
+        )
+        yield ArgumentsDoneEvent(
+            sequence_number=next(sequence),
+            item_id=call.id,
+            output_index=index,
+            name=call.name,
+            arguments=call.arguments,
+        )
+        yield OutputItemEvent(
+            type="response.output_item.done", sequence_number=next(sequence), output_index=index, item=call
+        )
+    yield await _final(draft, [*stream.output, *calls], finished, finished.finish_reason, sequence)
 
 
 async def _final(

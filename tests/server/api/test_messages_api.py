@@ -186,6 +186,24 @@ def test_a_tool_round_trip(client: anthropic.Anthropic, stream: bool) -> None:
     assert with_tools.input_tokens > called.usage.input_tokens  # the call and its result joined the prompt
 
 
+def test_a_tool_answer_streams_its_text_as_it_is_decoded(client: anthropic.Anthropic) -> None:
+    """With tools the model may call (tool_choice auto), the text before any call streams as text_deltas, not in one
+    burst at the end, and is the text of the same answer unstreamed."""
+    body: dict[str, Any] = {"model": HERMES, "max_tokens": 24, **GREEDY, "messages": ASK, "tools": [WEATHER]}
+    client.messages.create(**body)  # the first runs on a cold prompt cache, whose numbers can tip a greedy token
+    whole = client.messages.create(**body)
+    assert _text(whole) and whole.stop_reason in ("end_turn", "max_tokens")
+    texts, types = [], []
+    with client.messages.stream(**body) as stream:
+        for event in stream:
+            types.append(event.type)
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                texts.append(event.delta.text)
+    assert "".join(texts) == _text(whole) and len(texts) > 1
+    assert types.index("content_block_delta") < types.index("content_block_stop") < types.index("message_delta")
+    assert types.count("content_block_delta") == len(texts), "one delta per piece of text, none at the end"
+
+
 def test_a_named_tool_is_the_one_called(client: anthropic.Anthropic) -> None:
     other = {**WEATHER, "name": "get_time", "input_schema": {"type": "object", "properties": {}}}
     m = client.messages.create(

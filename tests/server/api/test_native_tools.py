@@ -5,6 +5,7 @@ rendering, and calls are parsed from the model's own `<tool_call>` output."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from server.engine.llama_model import LlamaModel
 from server.protocol.openai import ChatCompletionRequest
 from server.serving.constrain.tools.hermes import HermesFormat
 from server.serving.constrain.tools.plan import plan
-from tests.conftest import HERMES_MODEL_ID
+from tests.conftest import DEMO_NO_EOS, HERMES_MODEL_ID
 from tests.server.api.test_openai_features import BOOKING, WEATHER
 from tests.support.server import ServerProcess, ready_server
 
@@ -225,6 +226,37 @@ def test_auto_parses_a_call_the_model_chose_to_make(client: openai.OpenAI, serve
     (call,) = choice.message.tool_calls
     assert call.function.name == "get_weather"
     _assert_valid([call])
+
+
+def test_auto_streams_the_text_before_any_call_as_it_is_decoded(client: openai.OpenAI) -> None:
+    """With tools and tool_choice "auto" (OpenAI's default), each choice's text streams token by token, not in one
+    burst once the generation ends, and adds up to the content of the same answer unstreamed."""
+    body = {
+        "messages": [{"role": "user", "content": "Tell me about Paris."}],
+        "tools": [WEATHER],
+        "tool_choice": "auto",
+        "temperature": 0,
+        "max_tokens": 24,
+        "n": 2,
+        "logit_bias": DEMO_NO_EOS,  # every choice runs to max_tokens
+    }
+    # Asked twice: the first answer runs on a cold prompt cache, whose numbers can tip a greedy token.
+    client.chat.completions.create(model=HERMES_MODEL_ID, **body)
+    whole = client.chat.completions.create(model=HERMES_MODEL_ID, **body)
+    texts: dict[int, list[str]] = {0: [], 1: []}
+    first_text: dict[int, float] = {}
+    finished: dict[int, float] = {}
+    for chunk in client.chat.completions.create(model=HERMES_MODEL_ID, stream=True, **body):
+        for choice in chunk.choices:
+            if choice.delta.content:
+                texts[choice.index].append(choice.delta.content)
+                first_text.setdefault(choice.index, time.monotonic())
+            if choice.finish_reason is not None:
+                finished[choice.index] = time.monotonic()
+    for c in whole.choices:
+        assert not c.message.tool_calls and c.finish_reason == "length" and c.message.content
+        assert "".join(texts[c.index]) == c.message.content
+        assert len(texts[c.index]) > 1 and first_text[c.index] < finished[c.index]
 
 
 def test_bad_tools_get_a_400_naming_them(client: openai.OpenAI) -> None:

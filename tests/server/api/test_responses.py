@@ -276,3 +276,26 @@ def test_a_function_call_round_trip(hermes_client: openai.OpenAI) -> None:
     assert answered.status in ("completed", "incomplete") and answered.output
     items = hermes_client.responses.input_items.list(answered.id)
     assert items.data[0].type == "function_call_output" and items.data[0].call_id == calls[0].call_id
+
+
+def test_a_tool_answer_streams_its_text_as_it_is_decoded_and_keeps_it(hermes_client: openai.OpenAI) -> None:
+    """With tools the model may call (tool_choice auto), the message's text streams as output_text deltas, not in
+    one burst at the end; it is the text of the same answer unstreamed, and the stored response is what streamed."""
+    body = {"model": HERMES_MODEL_ID, "input": "Tell me about Paris.", "tools": [WEATHER], "max_output_tokens": 24}
+    hermes_client.responses.create(**body, **GREEDY)  # the first runs on a cold prompt cache, which can tip a token
+    whole = hermes_client.responses.create(**body, **GREEDY)
+    assert [item.type for item in whole.output] == ["message"] and whole.output_text
+    deltas: list[str] = []
+    ends = []  # response.incomplete where max_output_tokens cut it, which the SDK's final response does not take
+    with hermes_client.responses.stream(**body, **GREEDY) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            elif event.type == "response.output_text.done":
+                assert len(deltas) > 1, "the text came as it was decoded, before it was done"
+            elif event.type in ("response.completed", "response.incomplete"):
+                ends.append(event.response)
+    (streamed,) = ends
+    assert "".join(deltas) == streamed.output_text == whole.output_text and streamed.status == whole.status
+    kept = hermes_client.responses.retrieve(streamed.id)
+    assert kept.output == streamed.output

@@ -15,6 +15,13 @@ from server.serving.constrain.tools.plan import ParsedAnswer, TemplateInput, Too
 
 
 class ToolFormat(Protocol):
+    @property
+    def calls_open(self) -> str | None:
+        """The marker that opens the calls in an answer whose text before it is its content, so that the text can
+        stream before the calls are parsed (`server/serving/endpoints/tool_answer.py`); None: the answer is held
+        whole until it is parsed."""
+        ...
+
     def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
         """The messages (and tools) the chat template renders; `plan` None: no tools offered, history only."""
         ...

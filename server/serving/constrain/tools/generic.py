@@ -21,6 +21,8 @@ from server.serving.constrain.tools.plan import ParsedAnswer, ParsedCall, Templa
 
 
 class GenericFormat:
+    calls_open: str | None = None  # one JSON object: nothing in it is sure to be content until it is whole
+
     def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
         """Messages as any template takes them: the tools described in a system message, tool calls and results
         written in the generic format as plain user/assistant turns, since many templates accept no other roles."""

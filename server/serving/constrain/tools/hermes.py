@@ -32,6 +32,8 @@ _CALL_JSON = "hermes-call-json"  # the converter names the call schema's own rul
 
 
 class HermesFormat:
+    calls_open: str | None = OPEN  # the grammar lets text come only before the first call: it streams as content
+
     def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
         tools: list[TemplateTool] | None = (
             [tool.model_dump(exclude_none=True) for tool in plan.tools] if plan is not None else None
@@ -69,8 +71,11 @@ class HermesFormat:
         return call_rules + "\n" + "\n".join(f"{name} ::= {body}" for name, body in rules.items())
 
     def parse(self, text: str) -> ParsedAnswer:
-        """The calls in an answer and the text around them (its content). A block that is not a complete call (cut
-        short by max_tokens) stays in the content as it was written; an answer without calls is all content."""
+        """The calls in an answer and the text around them (its content: as written, less the whitespace it ends with
+        and, where it starts after a call, the gap before it). A block that is not a complete call (cut short by
+        max_tokens) stays in the content as it was written; an answer without calls is all content. So the text
+        before the first call, less its trailing whitespace, starts the content either way: a stream sends it as it
+        is written (`calls_open`)."""
         calls: list[ParsedCall] = []
         outside: list[str] = []
         position = 0
@@ -82,7 +87,9 @@ class HermesFormat:
                 position = block.end()
         if not calls:
             return ParsedAnswer(text, ())
-        content = "".join([*outside, text[position:]]).strip()
+        content = "".join([*outside, text[position:]]).rstrip()
+        if not outside[0].strip():  # the content starts after a call: without the gap before it
+            content = content.lstrip()
         return ParsedAnswer(content or None, tuple(calls))
 
 

@@ -90,6 +90,41 @@ async def test_a_tool_answer_streams_its_thinking_as_decoded_then_the_calls_pars
     assert message.reasoning_content == "ab" and message.tool_calls and message.content is None
 
 
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def _hermes(reply: str, reasoning: ReasoningSyntax | None = None) -> ServingContext:
+    engine = FakeEngine(reply=reply, reasoning=reasoning, tool_syntax="hermes")
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    return ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+
+
+@pytest.mark.parametrize(
+    ("reply", "reasoning", "content"),
+    [
+        ("Let me check.\n" + HERMES_CALL, None, "Let me check."),
+        ("<think>ab</think>\n\nOn it. " + HERMES_CALL, ReasoningSyntax(), "On it."),
+        ('Checking <tool_call>\n{"name": "get_we', None, 'Checking <tool_call>\n{"name": "get_we'),  # cut short
+    ],
+)
+async def test_a_hermes_answer_streams_its_text_before_the_call_as_it_is_decoded(
+    reply: str, reasoning: ReasoningSyntax | None, content: str
+) -> None:
+    ctx = _hermes(reply, reasoning)
+    deltas = await _streamed(ctx, tools=[WEATHER])
+    order = ["role", "reasoning_content", "content", "tool_calls", "finish"]
+    kinds = [next((k for k in reversed(order) if d.get(k)), "role") for d in deltas]
+    texts = [d["content"] for d in deltas if d.get("content")]
+    assert len(texts) > 1 and kinds.index("content") < kinds.index("finish")
+    assert "".join(map(str, texts)) == content
+    assert kinds == sorted(kinds, key=order.index)
+    whole = await chat.create(_request(tools=[WEATHER]), ctx)
+    assert isinstance(whole.body, ChatCompletion)
+    message = whole.body.choices[0].message
+    assert message.content == content and bool(message.tool_calls) == ("</tool_call>" in reply)
+    assert deltas[-1]["finish"] == whole.body.choices[0].finish_reason
+
+
 def _unparsable(*args: object) -> object:
     raise RuntimeError("the answer could not be shaped")
 

@@ -109,6 +109,41 @@ async def test_a_tool_answer_streams_its_thinking_block_as_decoded_then_the_tool
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
 
 
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+async def test_a_hermes_answer_streams_its_text_block_before_the_tool_use() -> None:
+    engine = FakeEngine(reply="<think>ab</think>\nOn it. " + HERMES_CALL, reasoning=THINKS, tool_syntax="hermes")
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    reply = await messages.create(_request(stream=True, tools=[WEATHER]), ctx)
+    assert reply.chunks is not None
+    events = [event.model_dump() async for event in reply.chunks]
+    kinds = [(e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type")) for e in events]
+    assert kinds == [
+        ("message_start", None, None),
+        ("ping", None, None),
+        ("content_block_start", 0, "thinking"),
+        ("content_block_delta", 0, "thinking_delta"),
+        ("content_block_delta", 0, "thinking_delta"),
+        ("content_block_delta", 0, "signature_delta"),
+        ("content_block_stop", 0, None),
+        ("content_block_start", 1, "text"),
+        *[("content_block_delta", 1, "text_delta")] * 5,  # "O", "n", " i", "t", "." (a space waits for the next)
+        ("content_block_stop", 1, None),
+        ("content_block_start", 2, "tool_use"),
+        ("content_block_delta", 2, "input_json_delta"),
+        ("content_block_stop", 2, None),
+        ("message_delta", None, None),
+        ("message_stop", None, None),
+    ]
+    assert "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta") == "On it."
+    whole = await messages.create(_request(tools=[WEATHER]), ctx)
+    assert isinstance(whole.body, Message)
+    assert [b.type for b in whole.body.content] == ["thinking", "text", "tool_use"]
+    assert whole.body.content[1].model_dump()["text"] == "On it." and events[-2]["delta"]["stop_reason"] == "tool_use"
+
+
 def _recorded(reply: str) -> tuple[ServingContext, AuditRows]:
     rows = AuditRows()
     engine = FakeEngine(reply=reply)

@@ -244,3 +244,33 @@ async def test_a_tool_answer_streams_its_reasoning_item_as_decoded_then_the_call
     assert isinstance(last, LifecycleEvent) and last.type == "response.completed"
     assert [item.type for item in last.response.output] == ["reasoning", "function_call"]
     assert [e.output_index for e in events if e.type == "response.output_item.added"] == [0, 1]  # type: ignore[attr-defined]  # item events
+
+
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>'
+
+
+async def test_a_hermes_answer_streams_its_message_before_the_call_and_keeps_what_it_streamed() -> None:
+    engine = FakeEngine(reply="Let me check. " + HERMES_CALL, tool_syntax="hermes")
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    reply = await responses.create(_request(stream=True, tools=[WEATHER]), ctx, store)
+    assert reply.chunks is not None
+    events = [event async for event in reply.chunks]
+    kinds = [e.type for e in events]  # type: ignore[attr-defined]  # every event has its type
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]  # type: ignore[attr-defined]  # text deltas
+    assert len(deltas) > 1 and "".join(deltas) == "Let me check."
+    assert kinds.index("response.output_text.delta") < kinds.index("response.function_call_arguments.delta")
+    assert [e.sequence_number for e in events] == list(range(len(events)))  # type: ignore[attr-defined]  # every event has one
+    last = events[-1]
+    assert isinstance(last, LifecycleEvent) and last.type == "response.completed"
+    assert [item.type for item in last.response.output] == ["message", "function_call"]
+    added = [e.item.id for e in events if e.type == "response.output_item.added"]  # type: ignore[attr-defined]  # item events
+    assert added == [item.id for item in last.response.output]
+    stored = await store.response(last.response.id, owner_of(ANONYMOUS))
+    assert stored is not None and stored["output"] == last.response.model_dump(mode="json", by_alias=True)["output"]
+    whole = await responses.create(_request(tools=[WEATHER]), ctx, store)
+    assert whole.body is not None
+    assert [i.model_dump(exclude={"id"}) for i in whole.body.output][:1] == [
+        i.model_dump(exclude={"id"}) for i in last.response.output
+    ][:1]

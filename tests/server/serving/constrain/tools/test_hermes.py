@@ -60,6 +60,12 @@ def test_text_around_calls_becomes_the_content() -> None:
     assert [c.name for c in answer.calls] == ["get_weather"]
 
 
+def test_text_before_the_first_call_keeps_its_leading_whitespace_as_an_answer_without_calls_does() -> None:
+    """So the text a stream sends before it knows whether a call follows is the start of the content either way."""
+    assert HERMES.parse(f" \n Let me check. \n{PARIS}\n").content == " \n Let me check."
+    assert HERMES.parse(f" \n{PARIS}\n One moment.").content == "One moment."
+
+
 def test_an_answer_without_calls_is_all_content_unchanged() -> None:
     assert HERMES.parse("  It is sunny.\n") == ParsedAnswer("  It is sunny.\n", ())
 

@@ -1,0 +1,114 @@
+"""The tool answer's splitter on scripted output: the text before a Hermes call streams as content, however the
+marker falls across deltas, and what streamed plus the rest is always the content the whole answer parses to."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.engine.chat_template import ReasoningSyntax
+from server.serving.constrain.tools.formats import GENERIC, HERMES, ToolFormat
+from server.serving.endpoints.tool_answer import ToolAnswer
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def _streamed(
+    deltas: list[str], tool_format: ToolFormat = HERMES, syntax: ReasoningSyntax | None = None
+) -> tuple[list[str], str, str | None]:
+    """The content each delta released (empty ones left out), the rest at the end, and the parsed content."""
+    answer = ToolAnswer(syntax, tool_format)
+    sent = [part for d in deltas if (part := answer.feed(d).content)]
+    whole = answer.finish()
+    parsed = tool_format.parse(whole.content)
+    content = parsed.content if parsed is not None else whole.content
+    return sent, answer.rest(content), content
+
+
+def _chars(text: str) -> list[str]:
+    return list(text)
+
+
+def test_text_then_a_call_streams_the_text_as_it_comes_and_holds_the_call() -> None:
+    sent, rest, content = _streamed(_chars("Let me check." + "\n" + CALL))
+    assert sent == ["L", "e", "t", " m", "e", " c", "h", "e", "c", "k", "."]  # a space waits for what follows it
+    assert (rest, content) == ("", "Let me check.")
+
+
+def test_a_marker_split_across_deltas_never_leaks() -> None:
+    sent, rest, content = _streamed(["Hi <tool", "_ca", "ll>", CALL.removeprefix("<tool_call>")])
+    assert sent == ["Hi"] and rest == "" and content == "Hi"
+
+
+def test_a_partial_marker_that_turns_out_to_be_text_is_sent_once_it_proves_so() -> None:
+    answer = ToolAnswer(None, HERMES)
+    assert answer.feed("a <tool_").content == "a"
+    assert answer.feed("x").content == " <tool_x"
+    assert answer.feed(" b").content == " b"
+    answer.finish()
+    assert answer.rest("a <tool_x b") == ""
+
+
+def test_trailing_whitespace_is_held_and_dropped_before_a_call() -> None:
+    sent, rest, content = _streamed(["Hi", " \n", "\n", CALL])
+    assert (sent, rest, content) == (["Hi"], "", "Hi")
+
+
+def test_trailing_whitespace_of_a_text_answer_comes_at_the_end() -> None:
+    sent, rest, content = _streamed(["It is", " sunny.", " \n"])
+    assert (sent, rest, content) == (["It is", " sunny."], " \n", "It is sunny. \n")
+
+
+def test_leading_whitespace_is_content_with_or_without_a_call() -> None:
+    sent, _, content = _streamed(_chars("\n Hi" + CALL))
+    assert (sent, content) == (["\n H", "i"], "\n Hi")
+    assert _streamed(_chars("\n Hi"))[2] == "\n Hi"
+
+
+def test_only_a_call_sends_no_content() -> None:
+    sent, rest, content = _streamed(_chars(" \n" + CALL + "\n"))
+    assert (sent, rest, content) == ([], "", None)
+
+
+def test_text_only_streams_all_of_it() -> None:
+    sent, rest, content = _streamed(["Paris ", "is ", "sunny."])
+    assert ("".join(sent), rest, content) == ("Paris is sunny.", "", "Paris is sunny.")
+
+
+def test_a_call_cut_off_by_max_tokens_comes_back_as_text_at_the_end() -> None:
+    cut = 'Checking. <tool_call>\n{"name": "get_weather", "argu'
+    sent, rest, content = _streamed(_chars(cut))
+    assert "".join(sent) == "Checking."
+    assert rest == ' <tool_call>\n{"name": "get_weather", "argu' and content == cut
+
+
+def test_the_generic_format_holds_the_whole_answer() -> None:
+    envelope = json.dumps({"content": "Paris is sunny."})
+    sent, rest, content = _streamed(_chars(envelope), GENERIC)
+    assert (sent, rest, content) == ([], "Paris is sunny.", "Paris is sunny.")
+
+
+def test_thinking_streams_then_the_text_then_the_call_is_held() -> None:
+    answer = ToolAnswer(ReasoningSyntax(), HERMES)
+    parts = [answer.feed(c) for c in "<think>ab</think>\n\nHi " + CALL]
+    assert "".join(p.reasoning for p in parts) == "ab" and "".join(p.content for p in parts) == "Hi"
+    assert answer.finish().content == "Hi " + CALL
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Let me check. " + CALL,
+        "  a <tool_x> b <tool_call",
+        "a\n" + CALL + "\n" + CALL,
+        "a " + CALL + '\n<tool_call>\n{"name": "x"',  # a second call cut short stays content, after the first
+        "<tool_call>\nnot json\n</tool_call> then " + CALL,
+        "<<tool_call>" + CALL.removeprefix("<tool_call>"),
+    ],
+)
+def test_whatever_the_deltas_the_streamed_text_and_the_rest_are_the_parsed_content(answer: str) -> None:
+    for cut in range(1, len(answer)):
+        for deltas in ([answer[:cut], answer[cut:]], _chars(answer)):
+            sent, rest, content = _streamed(deltas)
+            assert "".join(sent) + rest == (content or "")
