@@ -11,17 +11,16 @@ from server.errors import APIError
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.tools.generic import GenericFormat
 from server.serving.constrain.tools.hermes import HermesFormat
-from server.serving.constrain.tools.plan import ParsedAnswer, TemplateInput, ToolPlan, check_parameters
+from server.serving.constrain.tools.plan import (
+    ContentStream,
+    ParsedAnswer,
+    TemplateInput,
+    ToolPlan,
+    check_parameters,
+)
 
 
 class ToolFormat(Protocol):
-    @property
-    def calls_open(self) -> str | None:
-        """The marker that opens the calls in an answer whose text before it is its content, so that the text can
-        stream before the calls are parsed (`server/serving/endpoints/tool_answer.py`); None: the answer is held
-        whole until it is parsed."""
-        ...
-
     def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
         """The messages (and tools) the chat template renders; `plan` None: no tools offered, history only."""
         ...
@@ -32,6 +31,10 @@ class ToolFormat(Protocol):
 
     def parse(self, text: str) -> ParsedAnswer | None:
         """The calls and content of a completed answer; None when it is not in the format at all."""
+        ...
+
+    def content_stream(self) -> ContentStream:
+        """A reader of one answer as it is written: the content it makes certain as it comes."""
         ...
 
 

@@ -21,8 +21,6 @@ from server.serving.constrain.tools.plan import ParsedAnswer, ParsedCall, Templa
 
 
 class GenericFormat:
-    calls_open: str | None = None  # one JSON object: nothing in it is sure to be content until it is whole
-
     def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
         """Messages as any template takes them: the tools described in a system message, tool calls and results
         written in the generic format as plain user/assistant turns, since many templates accept no other roles."""
@@ -74,10 +72,64 @@ class GenericFormat:
             return ParsedAnswer(answer["content"], ())
         return None
 
+    def content_stream(self) -> ContentString:
+        return ContentString()
+
 
 _CALLS_START = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[\s*')
 _CONTENT_START = re.compile(r'\s*\{\s*"content"\s*:\s*"')
 _DECODER = json.JSONDecoder()
+_CONTENT_OPENING = '{"content":"'  # _CONTENT_START without its whitespace
+_QUOTE_OR_ESCAPE = re.compile(r'["\\]')
+
+
+class ContentString:
+    """An answer that opens `{"content": "` is a JSON string being written: its text is content as its characters
+    and escapes complete (an escape cut between tokens waits for its rest, a surrogate escape for its pair, which
+    decode to one character), up to the string's closing quote. An answer that calls tools has no content."""
+
+    def __init__(self) -> None:
+        self._raw = ""  # written, not yet decoded: the opening until it is whole, then the string's rest
+        self._in_string = False
+        self._done = False
+
+    def feed(self, text: str) -> str:
+        if self._done:
+            return ""
+        self._raw += text
+        if not self._in_string:
+            opening = _CONTENT_START.match(self._raw)
+            if opening is None:
+                self._done = not _CONTENT_OPENING.startswith("".join(self._raw.split()))
+                return ""
+            self._in_string, self._raw = True, self._raw[opening.end() :]
+        end = self._decodable_end()
+        try:
+            decoded: str = json.loads('"' + self._raw[:end] + '"')
+        except json.JSONDecodeError:  # not JSON after all (the grammar allows none): the parse will say what it is
+            self._done = True
+            return ""
+        self._raw = self._raw[end:]
+        return decoded
+
+    def _decodable_end(self) -> int:
+        """Where the string's whole characters end in `_raw`; the closing quote, once written, ends the string."""
+        raw, at = self._raw, 0
+        while (found := _QUOTE_OR_ESCAPE.search(raw, at)) is not None:
+            start = found.start()
+            if found.group() == '"':
+                self._done = True
+                return start
+            size = 6 if raw[start + 1 : start + 2] == "u" else 2
+            if size == 6 and "d800" <= raw[start + 2 : start + 6].lower() <= "dbff":  # a pair's high half
+                if raw[start + 6 : start + 8] == "\\u":
+                    size = 12
+                elif len(raw) < start + 8:
+                    return start  # its low half may follow
+            if len(raw) < start + size:
+                return start
+            at = start + size
+        return len(raw)
 
 
 def _call(value: dict[str, object]) -> ParsedCall:

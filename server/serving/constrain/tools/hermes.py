@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from server.engine.chat_template import TemplateMessage, TemplateTool, TemplateToolCall
+from server.engine.thinking import partial_suffix
 from server.errors import APIError
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.grammar import json_schema_rules
@@ -32,8 +33,6 @@ _CALL_JSON = "hermes-call-json"  # the converter names the call schema's own rul
 
 
 class HermesFormat:
-    calls_open: str | None = OPEN  # the grammar lets text come only before the first call: it streams as content
-
     def template_input(self, messages: Sequence[ChatMessage], plan: ToolPlan | None) -> TemplateInput:
         tools: list[TemplateTool] | None = (
             [tool.model_dump(exclude_none=True) for tool in plan.tools] if plan is not None else None
@@ -75,7 +74,7 @@ class HermesFormat:
         and, where it starts after a call, the gap before it). A block that is not a complete call (cut short by
         max_tokens) stays in the content as it was written; an answer without calls is all content. So the text
         before the first call, less its trailing whitespace, starts the content either way: a stream sends it as it
-        is written (`calls_open`)."""
+        is written (`TextBeforeCalls`)."""
         calls: list[ParsedCall] = []
         outside: list[str] = []
         position = 0
@@ -91,6 +90,32 @@ class HermesFormat:
         if not outside[0].strip():  # the content starts after a call: without the gap before it
             content = content.lstrip()
         return ParsedAnswer(content or None, tuple(calls))
+
+    def content_stream(self) -> TextBeforeCalls:
+        return TextBeforeCalls()
+
+
+class TextBeforeCalls:
+    """The grammar lets text come only before the first call, so the text up to `<tool_call>` is content as it is
+    written. A tail that may be the start of the marker is held until it is whole or proves not to be, and trailing
+    whitespace is held too (the parse drops it before a call); from the marker on, nothing is certain until the
+    answer is parsed: a call cut short by max_tokens is content after all, marker and all."""
+
+    def __init__(self) -> None:
+        self._held = ""  # written, not yet certain
+        self._calls_began = False
+
+    def feed(self, text: str) -> str:
+        if self._calls_began:
+            return ""
+        pending = self._held + text
+        found = pending.find(OPEN)
+        if found >= 0:
+            self._calls_began, self._held = True, ""
+            return pending[:found].rstrip()
+        certain = len(pending[: len(pending) - partial_suffix(pending, OPEN)].rstrip())
+        self._held = pending[certain:]
+        return pending[:certain]
 
 
 def _calls(most: int) -> str:

@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from server.engine.chat_template import TemplateMessage, TemplateTool
 from server.errors import APIError
@@ -120,3 +120,13 @@ def decoded_arguments(arguments: str) -> Mapping[str, Any] | str:
     except (json.JSONDecodeError, RecursionError):
         return arguments
     return decoded if isinstance(decoded, dict) and body_fault(decoded) is None else arguments
+
+
+class ContentStream(Protocol):
+    """One answer read as it is written, for what of its content is already certain, so that a stream can send it
+    before the answer is whole and parsed (`server/serving/endpoints/tool_answer.py`)."""
+
+    def feed(self, text: str) -> str:
+        """The answer's next text; returns the content it made certain, after what earlier calls returned: always
+        the start of the content the whole answer parses to."""
+        ...

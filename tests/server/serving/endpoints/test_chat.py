@@ -125,6 +125,24 @@ async def test_a_hermes_answer_streams_its_text_before_the_call_as_it_is_decoded
     assert deltas[-1]["finish"] == whole.body.choices[0].finish_reason
 
 
+@pytest.mark.parametrize(
+    ("reply", "content"),
+    [
+        ('{"content": "It is \\"sunny\\" \\u00e9\\n"}', 'It is "sunny" é\n'),
+        ('<think>ab</think>\n{"content": "Sunny."}', "Sunny."),
+        ('{"content": "Cut sh', "Cut sh"),  # max_tokens ended it
+    ],
+)
+async def test_a_generic_answer_streams_its_content_string_as_it_is_decoded(reply: str, content: str) -> None:
+    ctx = _context(reply, ReasoningSyntax() if reply.startswith("<think>") else None)
+    deltas = await _streamed(ctx, tools=[WEATHER])
+    texts = [d["content"] for d in deltas if d.get("content")]
+    assert len(texts) > 1 and "".join(map(str, texts)) == content
+    assert deltas[-1]["finish"] == "stop" and not any(d.get("tool_calls") for d in deltas)
+    whole = await chat.create(_request(tools=[WEATHER]), ctx)
+    assert isinstance(whole.body, ChatCompletion) and whole.body.choices[0].message.content == content
+
+
 def _unparsable(*args: object) -> object:
     raise RuntimeError("the answer could not be shaped")
 

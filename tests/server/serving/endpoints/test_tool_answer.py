@@ -83,10 +83,49 @@ def test_a_call_cut_off_by_max_tokens_comes_back_as_text_at_the_end() -> None:
     assert rest == ' <tool_call>\n{"name": "get_weather", "argu' and content == cut
 
 
-def test_the_generic_format_holds_the_whole_answer() -> None:
+def test_the_generic_formats_content_string_streams_as_it_is_written() -> None:
     envelope = json.dumps({"content": "Paris is sunny."})
     sent, rest, content = _streamed(_chars(envelope), GENERIC)
-    assert (sent, rest, content) == ([], "Paris is sunny.", "Paris is sunny.")
+    assert sent == list("Paris is sunny.") and (rest, content) == ("", "Paris is sunny.")
+
+
+def test_an_escape_split_across_deltas_is_sent_once_whole() -> None:
+    answer = ToolAnswer(None, GENERIC)
+    assert [answer.feed(d).content for d in ['{"content": "a', "\\", "n", "b\\u00", "e9", '"}']] == [
+        "a", "", "\n", "b", "é", ""
+    ]  # fmt: skip
+    parsed = GENERIC.parse(answer.finish().content)
+    assert parsed is not None and parsed.content == "a\nbé" and answer.rest(parsed.content) == ""
+
+
+def test_a_surrogate_pair_waits_for_its_second_half() -> None:
+    answer = ToolAnswer(None, GENERIC)
+    deltas = ['{"content": "', "\\ud83d", "\\ude00", ' ok"}']
+    assert [answer.feed(d).content for d in deltas] == ["", "", "\U0001f600", " ok"]
+
+
+def test_a_generic_call_sends_no_content() -> None:
+    envelope = json.dumps({"tool_calls": [{"name": "get_weather", "arguments": {"content": "x"}}]})
+    sent, rest, content = _streamed(_chars(envelope), GENERIC)
+    assert (sent, rest, content) == ([], "", None)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json.dumps({"content": 'Say "hi"\n\tto C:\\ \u00e9 \U0001f600 </tool_call>'}),
+        json.dumps({"content": "\U0001f600\U0001f600"}, ensure_ascii=True),
+        json.dumps({"content": "cut \\ short \u00e9"})[:-8],  # max_tokens ended it mid-escape
+        '  {\n  "content" :  "spaced out"  }  ',
+        json.dumps({"tool_calls": [{"name": "f", "arguments": {"content": "not this"}}]}),
+        json.dumps({"tool_calls": [{"name": "f", "arguments": {}}]})[:20],
+    ],
+)
+def test_whatever_the_deltas_the_generic_content_streamed_and_the_rest_are_the_parsed_content(answer: str) -> None:
+    for cut in range(1, len(answer)):
+        for deltas in ([answer[:cut], answer[cut:]], _chars(answer)):
+            sent, rest, content = _streamed(deltas, GENERIC)
+            assert "".join(sent) + rest == (content or ""), deltas
 
 
 def test_thinking_streams_then_the_text_then_the_call_is_held() -> None:
