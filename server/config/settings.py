@@ -259,7 +259,10 @@ class Settings(RequestLimitSettings):
         60.0, ge=0, description="On SIGTERM, how long generations in flight may run on before they are ended."
     )
     stream_send_timeout_s: float = Field(
-        30.0, gt=0, description="A streaming client that takes no chunk (or ping) for this long is taken as gone."
+        30.0,
+        gt=0,
+        description="A streaming client that takes no chunk (or ping) for this long is taken as gone; any client that "
+        "takes no byte of an answer waiting for it for this long is dropped.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
     log_format: Literal["auto", "json", "text"] = Field(

@@ -13,12 +13,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
 
 from server.api.http_protocol import http_protocol
 from server.api.middleware import RequestContextMiddleware
@@ -26,6 +24,7 @@ from server.api.request_arrival import not_http
 from server.config.settings import load_settings
 from server.telemetry import prometheus
 from server.telemetry.logging import access_log
+from tests.support.protocol_server import ProtocolServer, running_protocol_server
 from tests.support.server import ServerProcess
 
 LIMIT = 64 * 1024  # the default GGUFSTACK_MAX_REQUEST_HEAD_BYTES
@@ -141,24 +140,7 @@ async def _app(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@dataclass(frozen=True)
-class TimedServer:
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def holds(self, sock: socket.socket) -> bool:
-        """Whether the server still has `sock`'s connection open."""
-        port = sock.getsockname()[1]
-        return any(c.client and c.client[1] == port for c in list(self.server.server_state.connections))
-
-    def wait_closed(self, sock: socket.socket, timeout: float = 10) -> float:
-        """Seconds until the server closed `sock`'s connection."""
-        started = time.monotonic()
-        while self.holds(sock):
-            assert time.monotonic() - started < timeout, "the server kept the connection open"
-            time.sleep(0.02)
-        return time.monotonic() - started
+TimedServer = ProtocolServer
 
 
 @contextlib.contextmanager
@@ -168,19 +150,8 @@ def _running_timed_server(linger_idle_s: float = LINGER_IDLE_S, linger_max_s: fl
     lingering = {"linger_idle_s": linger_idle_s, "linger_max_s": linger_max_s}
     protocol = type("Protocol", (http_protocol(settings),), lingering)
     app = RequestContextMiddleware(_app)  # the server's access line and metrics around the test app
-    config = uvicorn.Config(app, lifespan="off", log_config=None, http=protocol, timeout_keep_alive=60)
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield TimedServer(f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with running_protocol_server(app, protocol) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,75 @@
+"""How an answer leaves: a client that takes none of it is dropped, and the answer waiting for it freed.
+
+An answer is written into the connection's buffer as fast as the server makes it, whole for a JSON body: a client
+that leaves its socket unread (its receive window full, the connection kept open) holds that buffer in the server's
+memory for as long as it likes; forty such clients replaying a 6 MB cached answer held 250 MB. Streams already end
+when a chunk waits past the send timeout (`streaming.py`), but a JSON body is written in one go and its request is
+over before a byte of it has left. So here, at the transport: while the buffer is past its high-water mark, a client
+that takes no byte of it for `send_timeout_s` (`GGUFSTACK_STREAM_SEND_TIMEOUT_S`) has its connection aborted, the
+buffer with it. A slow reader that keeps taking bytes is not cut off: the time starts over whenever the buffer
+shrinks.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import fcntl
+import logging
+import termios
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+
+class StalledReaderProtocol(HttpToolsProtocol):
+    send_timeout_s = 30.0
+
+    _write_timer: asyncio.TimerHandle | None = None
+    _outstanding_at_check = 0  # the answer's bytes not yet taken when the current period began
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._outstanding_at_check = self._outstanding()
+        self._arm()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._write_timer = asyncio.get_running_loop().call_later(self.send_timeout_s, self._check_progress)
+
+    def _disarm(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _outstanding(self) -> int:
+        """Bytes written and not yet taken by the client: the transport's buffer and the kernel's send queue. The
+        kernel queue is what shows a slow reader's progress: the transport's buffer moves into it only once a good
+        part of it is free, which a client with a small window takes long to make."""
+        queued = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.transport.get_extra_info("socket").fileno(), termios.TIOCOUTQ, queued)  # SIOCOUTQ
+        except (OSError, AttributeError):  # not a socket the kernel can tell about: the transport's buffer alone
+            queued[0] = 0
+        return self.transport.get_write_buffer_size() + queued[0]
+
+    def _check_progress(self) -> None:
+        self._write_timer = None
+        buffered = self._outstanding()
+        if buffered < self._outstanding_at_check:  # the client took some: a slow reader, not a stalled one
+            self._outstanding_at_check = buffered
+            self._arm()
+            return
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        timeout = self.send_timeout_s
+        log.warning("dropped %s: it took none of its answer for %.0f s (%d bytes waiting)", client, timeout, buffered)
+        self.transport.abort()

@@ -1,0 +1,63 @@
+"""An answer waiting for its client: one that takes none of it within the send timeout is dropped, the answer freed;
+one that reads slowly is served whole."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from server.api.http_protocol import http_protocol
+from server.config.settings import load_settings
+from tests.support.protocol_server import ProtocolServer, running_protocol_server
+
+SEND_TIMEOUT_S = 0.5
+BIG = 8 * 1024 * 1024  # far past what the kernel's socket buffers take in
+
+
+async def _app(scope: dict, receive: Any, send: Any) -> None:
+    """A JSON-sized answer sent in one go, as a cached or non-streamed completion is."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(BIG).encode())]})
+    await send({"type": "http.response.body", "body": b"x" * BIG})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ProtocolServer]:
+    settings = load_settings(stream_send_timeout_s=SEND_TIMEOUT_S)
+    with running_protocol_server(_app, http_protocol(settings)) as running:
+        yield running
+
+
+def _asking(server: ProtocolServer) -> socket.socket:
+    url = urlsplit(server.url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client whose buffers fill at once
+    sock.connect((url.hostname, url.port))
+    sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    return sock
+
+
+def test_a_client_that_takes_none_of_its_answer_is_dropped(server: ProtocolServer) -> None:
+    with _asking(server) as sock:
+        time.sleep(0.2)
+        assert server.holds(sock)
+        assert server.wait_closed(sock, timeout=8 * SEND_TIMEOUT_S) > 0
+
+
+def test_a_slow_reader_that_keeps_taking_bytes_gets_its_whole_answer(server: ProtocolServer) -> None:
+    with _asking(server) as sock:
+        received = 0
+        for _ in range(8):  # for four times the send timeout, a little at a time, never pausing as long as it
+            time.sleep(0.6 * SEND_TIMEOUT_S)
+            chunk = sock.recv(4096)
+            assert chunk, f"dropped after {received} bytes"
+            received += len(chunk)
+        while received < BIG:  # then the rest as fast as it comes
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"dropped after {received} bytes"
+            received += len(chunk)
+        assert received >= BIG
