@@ -193,6 +193,12 @@ class Settings(RequestLimitSettings):
         description="Most bytes of answers one API key may add to the response cache per GGUFSTACK_CACHE_TTL_S; "
         "past it, its answers are not cached until that window ends. 0: no limit.",
     )
+    cache_max_entry_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="Answers larger than this (encoded, log-probabilities included) are not cached: a hit costs no "
+        "tokens, and replaying a large one costs the server time and memory. 0: no limit.",
+    )
     store_conversations: bool = Field(
         False,
         description="Store prompt and response text in PostgreSQL (X-Conversation-Id, GET /v1/conversations/{id}); "

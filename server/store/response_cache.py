@@ -15,11 +15,16 @@ fill Redis with answers and push every other key's, and their rate-limit windows
 the least recently used keys: infra/cache.py); a key's live entries stay under twice the budget (an entry outlives
 its window by at most `ttl_s`).
 
+An answer larger than `max_entry_bytes` is not cached: replaying one costs the event loop its decoding (half a
+second for 7 MB of log-probabilities) and the replica its memory, for a key charged no tokens for it (a hit counts
+against RPM only), so a few would stall every other request. Entries past 64 KiB are decoded in a worker thread.
+
 Redis being unreachable only makes every lookup a miss.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -35,6 +40,7 @@ from server.telemetry import prometheus
 # Fields that change how an answer is delivered, not what it is.
 TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user"})
 _FORMAT = "v3"  # bump when the stored value changes shape: old entries are then never read
+_DECODE_INLINE_BYTES = 64 * 1024  # decoded on the event loop up to this size, in a worker thread past it
 
 
 def is_deterministic(temperature: float | None, seed: int | None) -> bool:
@@ -100,13 +106,15 @@ class ResponseCache:
         *,
         ttl_s: int,
         max_bytes_per_key: int = 0,
+        max_entry_bytes: int = 0,
         outage: Outage | None = None,
         prefix: str = "ggufstack:cache",
     ) -> None:
-        """`max_bytes_per_key`: 0 for no budget."""
+        """`max_bytes_per_key`, `max_entry_bytes`: 0 for no limit."""
         self._redis = redis
         self._ttl_s = ttl_s
         self._max_bytes_per_key = max_bytes_per_key
+        self._max_entry_bytes = max_entry_bytes
         self._outage = outage or Outage("redis")
         self._prefix = f"{prefix}:{_FORMAT}"
 
@@ -122,13 +130,18 @@ class ResponseCache:
             return None
         self._outage.succeeded()
         prometheus.cache_lookups.labels("hit" if data is not None else "miss").inc()
-        return decode(data) if data is not None else None
+        if data is None:
+            return None
+        return decode(data) if len(data) <= _DECODE_INLINE_BYTES else await asyncio.to_thread(decode, data)
 
     async def put(self, key: str, events: Sequence[GenerationEvent], *, owner: str) -> None:
         """Store a finished generation's events, charged to `owner` (the API key that asked, whatever the scope)."""
         if not any(isinstance(e, Finished) for e in events) or not self._outage.should_try():
             return
         data = encode(events)
+        if self._max_entry_bytes and len(data) > self._max_entry_bytes:
+            prometheus.cache_writes.labels("too_large").inc()
+            return
         try:
             if not await self._within_budget(owner, len(data)):
                 prometheus.cache_writes.labels("over_budget").inc()

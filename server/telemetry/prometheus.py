@@ -169,7 +169,8 @@ cache_lookups = Counter(
 cache_writes = Counter(
     _base(CACHE_WRITES, "_total"),
     "Answers offered to the response cache, by result (stored; over_budget: the key added its "
-    "GGUFSTACK_CACHE_MAX_BYTES_PER_KEY this window; error: Redis unreachable).",
+    "GGUFSTACK_CACHE_MAX_BYTES_PER_KEY this window; too_large: past GGUFSTACK_CACHE_MAX_ENTRY_BYTES; "
+    "error: Redis unreachable).",
     ["result"],
     registry=REGISTRY,
 )

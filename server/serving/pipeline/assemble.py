@@ -108,6 +108,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
                 redis.client,
                 ttl_s=settings.cache_ttl_s,
                 max_bytes_per_key=settings.cache_max_bytes_per_key,
+                max_entry_bytes=settings.cache_max_entry_bytes,
                 outage=redis.outage,
             )
             stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))

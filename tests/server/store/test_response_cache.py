@@ -1,14 +1,18 @@
-"""The response cache on a real Redis: events round-trip, the model version is part of the key, outages miss, and a
-key adds at most its budget of answers in a window."""
+"""The response cache on a real Redis: events round-trip, the model version is part of the key, outages miss, a key
+adds at most its budget of answers in a window, and an answer past the entry size is not cached."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
+import pytest
+
 from server.engine.base import ChoiceFinished, Finished, TextDelta, TokenLogprob
+from server.store import response_cache
 from server.store.outage import Outage
 from server.store.redis import create_redis
-from server.store.response_cache import ResponseCache, cache_key, encode, is_deterministic
+from server.store.response_cache import ResponseCache, cache_key, decode, encode, is_deterministic
 from server.telemetry import prometheus
 from tests.support.redis import start_redis
 
@@ -103,5 +107,43 @@ async def test_a_key_adds_at_most_its_budget_of_answers_in_a_window(redis_server
         await small.put("c0", EVENTS, owner="key:c")
         assert await small.get("c0") is None, "an answer larger than the whole budget is never stored"
         assert await client.get(f"{prefix}:v3:bytes:key:c") in (None, b"0")
+    finally:
+        await client.aclose()
+
+
+async def test_an_answer_past_the_entry_size_is_served_but_not_cached(redis_server) -> None:
+    """Threat: a hit costs its key no tokens, and replaying a large answer (log-probabilities of every token) holds
+    the event loop while it is decoded: six hits of a 6.3 MB answer kept /health/live waiting 1.5 s."""
+    client, _ = create_redis(redis_server.url())
+    size = len(encode(EVENTS))
+    cache = ResponseCache(client, ttl_s=60, max_entry_bytes=size - 1, prefix=f"test-entry-{uuid.uuid4().hex[:8]}")
+    too_large = prometheus.cache_writes.labels("too_large")._value.get()
+    try:
+        await cache.put("big", EVENTS, owner="key:a")
+        assert await cache.get("big") is None
+        assert prometheus.cache_writes.labels("too_large")._value.get() - too_large == 1
+        fits = ResponseCache(client, ttl_s=60, max_entry_bytes=size, prefix=f"test-entry-{uuid.uuid4().hex[:8]}")
+        await fits.put("fits", EVENTS, owner="key:a")
+        assert await fits.get("fits") == EVENTS
+    finally:
+        await client.aclose()
+
+
+async def test_a_large_entry_is_decoded_off_the_event_loop(redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = create_redis(redis_server.url())
+    cache = ResponseCache(client, ttl_s=60, prefix=f"test-decode-{uuid.uuid4().hex[:8]}")
+    large = [TextDelta("x" * 100_000), EVENTS[-1]]
+    decoded_in: list[str] = []
+
+    def recording(data: bytes) -> list:
+        decoded_in.append(threading.current_thread().name)
+        return decode(data)
+
+    try:
+        await cache.put("small", EVENTS, owner="key:a")
+        await cache.put("large", large, owner="key:a")
+        monkeypatch.setattr(response_cache, "decode", recording)
+        assert await cache.get("small") == EVENTS and await cache.get("large") == large
+        assert decoded_in[0] == threading.current_thread().name and decoded_in[1] != decoded_in[0]
     finally:
         await client.aclose()
