@@ -228,6 +228,12 @@ class Settings(RequestLimitSettings):
     audit_queue_max: int = Field(
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )
+    audit_queue_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Bytes of audit records (conversation text, when it is stored) held in memory while PostgreSQL "
+        "is unreachable; more are dropped.",
+    )
     audit_retention_days: int = Field(
         90,
         ge=0,

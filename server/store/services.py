@@ -88,7 +88,9 @@ async def open_database(
     await pool.open(wait=False)
     resources.push_async_callback(pool.close)
     outage = Outage("postgresql", use="audit log")
-    writer = AuditWriter(pool, max_queue=settings.audit_queue_max, outage=outage)
+    writer = AuditWriter(
+        pool, max_queue=settings.audit_queue_max, max_queue_bytes=settings.audit_queue_max_bytes, outage=outage
+    )
     resources.push_async_callback(writer.drain, DRAIN_TIMEOUT_S)
     try:
         await _migrate(pool)

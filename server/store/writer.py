@@ -1,9 +1,11 @@
 """Audit rows and conversation messages, written to PostgreSQL in batches by one background task.
 
 A request hands its record to `submit`, which never waits: the database never stalls a stream. While PostgreSQL is
-unreachable, records wait in memory, up to `max_queue`; they are written, in order and once each (request ids are
-the server's own and unique, inserts skip duplicates), when it is back. Records beyond the bound are dropped, counted
-and logged. A record PostgreSQL refuses for what it holds is set aside (counted and logged), never retried forever.
+unreachable, records wait in memory, up to `max_queue` records and `max_queue_bytes` of conversation text (a
+record holds up to a request body's worth: a bound by count alone let 10,000 of 4 MB wait); they are written, in
+order and once each (request ids are the server's own and unique, inserts skip duplicates), when it is back. Records
+beyond either bound are dropped, counted and logged. A record PostgreSQL refuses for what it holds is set aside
+(counted and logged), never retried forever.
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ class Record:
     audit: AuditRow
     messages: Sequence[ConversationMessage] = field(default=())
 
+    @property
+    def size(self) -> int:
+        """Roughly what the record holds in memory, in bytes: its messages' text and a row's worth besides."""
+        return _ROW_BYTES + sum(len(m.content) + _ROW_BYTES for m in self.messages)
+
+
+_ROW_BYTES = 512  # an audit row or a message's fields other than its text, as Python objects
+
 
 class AuditWriter:
     def __init__(
@@ -76,12 +86,15 @@ class AuditWriter:
         pool: AsyncConnectionPool,
         *,
         max_queue: int,
+        max_queue_bytes: int = 256 * 1024 * 1024,
         batch_size: int = 256,
         linger_s: float = 0.05,
         outage: Outage | None = None,
     ) -> None:
         self._pool = pool
         self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0
         self._batch_size = batch_size
         self._linger_s = linger_s
         self._outage = outage or Outage("postgresql")
@@ -95,16 +108,19 @@ class AuditWriter:
 
     def submit(self, record: Record) -> bool:
         """Queue a record; False if the queue is full and it was dropped."""
-        if len(self._queue) >= self._max_queue:
+        size = record.size
+        if len(self._queue) >= self._max_queue or self._queued_bytes + size > self._max_queue_bytes:
             prometheus.audit_rows_dropped.inc()
             if self._dropped_since_warning == 0:
                 log.warning(
-                    "audit queue full (%d records) while PostgreSQL is unreachable: dropping new records",
-                    self._max_queue,
+                    "audit queue full (%d records, %d bytes) while PostgreSQL is unreachable: dropping new records",
+                    len(self._queue),
+                    self._queued_bytes,
                 )
             self._dropped_since_warning += 1
             return False
         self._queue.append(record)
+        self._queued_bytes += size
         prometheus.audit_queue_depth.set(len(self._queue))
         self._wake.set()
         return True
@@ -154,8 +170,7 @@ class AuditWriter:
         else:
             # Only now, after the commit: a batch that failed half-way is still queued and is written again.
             for _ in batch:
-                self._queue.popleft()
-            prometheus.audit_queue_depth.set(len(self._queue))
+                self._take()
             return
         for record in batch:
             try:
@@ -164,8 +179,12 @@ class AuditWriter:
                 if is_transient(exc):
                     raise
                 self._set_aside(record, exc)
-            self._queue.popleft()
-            prometheus.audit_queue_depth.set(len(self._queue))
+            self._take()
+
+    def _take(self) -> None:
+        """Take the written (or set aside) record at the queue's head off it."""
+        self._queued_bytes -= self._queue.popleft().size
+        prometheus.audit_queue_depth.set(len(self._queue))
 
     async def _write(self, records: Sequence[Record]) -> None:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:

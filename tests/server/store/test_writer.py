@@ -86,3 +86,21 @@ async def test_a_batch_written_twice_leaves_one_row_per_request(pool) -> None:
     writer.submit(_record(1))
     await writer.drain(5)
     assert await _count(pool) == 1
+
+
+async def test_the_queue_holds_at_most_its_bytes_of_conversation_text(tmp_path_factory) -> None:
+    """Threat: with conversations stored, each record holds up to a request body of text (4 MiB); a bound by count
+    alone let 10,000 of them wait in memory during an outage (measured: 4 MB more resident memory per record)."""
+    pool = create_pool("postgresql://nobody@127.0.0.1:1/none")  # never reached: nothing is written
+    big = "x" * 1_000_000
+    now = datetime.now(UTC)
+
+    def talkative(i: int) -> Record:
+        row = AuditRow(f"big-{i}", "key_1", now, "chat", "m", "sha", 3, 4, 10.0, 2.0, 200, False)
+        return Record(row, [ConversationMessage("conv", "key_1", f"big-{i}", 0, "user", big, now)])
+
+    writer = AuditWriter(pool, max_queue=10_000, max_queue_bytes=3_500_000)
+    dropped_before = prometheus.audit_rows_dropped._value.get()
+    assert [writer.submit(talkative(i)) for i in range(5)] == [True, True, True, False, False]
+    assert writer.submit(_record(99)), "a record without text still fits"
+    assert prometheus.audit_rows_dropped._value.get() - dropped_before == 2
