@@ -19,6 +19,7 @@ from server.serving.stages.permit import permit
 from server.serving.stages.record import RecordStage
 from server.store.conversations import ConversationStore
 from server.store.keys import KeyStore
+from server.store.outage import Outage
 from server.store.responses import (
     ConversationBound,
     MemoryResponseStore,
@@ -109,7 +110,9 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
                 ttl_s=settings.cache_ttl_s,
                 max_bytes_per_key=settings.cache_max_bytes_per_key,
                 max_entry_bytes=settings.cache_max_entry_bytes,
-                outage=redis.outage,
+                # Its own health: a failure the cache meets (a large entry timing out) must not switch the rate
+                # limits to their outage behaviour, open for every key unless they fail closed.
+                outage=Outage("redis", use="response cache"),
             )
             stages.append(CacheStage(cache, scope=settings.cache_scope, n_batch=settings.n_batch))
     log.info("serving pipeline: %s", " → ".join(_name(s) for s in stages))

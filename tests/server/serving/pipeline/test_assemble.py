@@ -8,8 +8,10 @@ from server.access.caller import open_access
 from server.config.settings import Settings
 from server.serving.pipeline.assemble import assemble
 from server.serving.pipeline.stages import prepare
+from server.serving.stages.cache import CacheStage
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
+from server.serving.stages.ratelimit import RequestLimitStage
 from server.store.responses import MemoryResponseStore, NoResponseStore
 
 
@@ -33,3 +35,14 @@ async def test_responses_are_kept_in_memory_unless_the_server_keeps_none() -> No
         none = await assemble(Settings(responses_store=False), resources)
     assert kept.responses.keeps is True and isinstance(kept.responses, MemoryResponseStore)
     assert none.responses.keeps is False and isinstance(none.responses, NoResponseStore)
+
+
+async def test_the_cache_and_the_rate_limits_keep_their_own_redis_health(redis_server) -> None:
+    """A failure the cache meets (a large entry timing out) must not switch the rate limits to their outage
+    behaviour, fail-open for every key: each use of Redis keeps its own health (`server/store/outage.py`)."""
+    async with AsyncExitStack() as resources:
+        plane = await assemble(Settings(redis_url=redis_server.url()), resources)
+        cache = next(s for s in plane.pipeline.stages if isinstance(s, CacheStage))
+        limits = next(s for s in plane.pipeline.stages if isinstance(s, RequestLimitStage))
+        cache._cache._outage.failed(ConnectionError("a cache read timed out"), "responses are not cached")
+        assert cache._cache._outage.down and not limits._limiter._outage.down
