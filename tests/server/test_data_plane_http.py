@@ -313,6 +313,27 @@ def test_audit_rows_match_the_requests(plane: Plane, demo_sha256: str) -> None:
     assert report["requests"] == 3 and report["prompt_tokens"] >= usage.prompt_tokens
 
 
+HI = {"role": "user", "content": "hi"}
+
+
+def test_requests_refused_before_their_model_is_leased_are_audited(plane: Plane) -> None:
+    """Refusals that come before the pipeline (an unknown or forbidden model; a full wait, a load limit or a load
+    that timed out, for a model not loaded) had no audit row, so the loads a key caused were nowhere in its trail."""
+    created = plane.create_key()
+    with pytest.raises(openai.NotFoundError) as unknown:
+        plane.client(created["key"]).chat.completions.create(model="no-such-model", messages=[HI])
+    limited = plane.create_key(models=["some-other-model"])
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        plane.client(limited["key"]).embeddings.create(model=MODEL, input="x")
+    for key, refusal, status, endpoint in [
+        (created, unknown.value, 404, "chat.completions"),
+        (limited, forbidden.value, 403, "embeddings"),
+    ]:
+        query = "SELECT request_id, endpoint, status FROM audit_log WHERE key_id = %s"
+        rows = _wait_for_rows(plane, query, key["id"], 1)
+        assert rows == [(refusal.response.headers["x-request-id"], endpoint, status)]
+
+
 def test_embeddings_are_rate_limited_and_audited_like_generations(plane: Plane, vocab: llama_cpp.Llama) -> None:
     created = plane.create_key(rpm=2, tpm=1000)
     texts = ["The sky is blue.", "Grass is green today."]

@@ -49,10 +49,11 @@ class PreparedGeneration:
 
 @dataclass(frozen=True, slots=True)
 class Errand:
-    """A request that ran no model (see ErrandEndpoint), once it ended: what its audit row says."""
+    """A request that ran no model, once it ended: what its audit row says. One of the ErrandEndpoints, or a request
+    for a model refused (or given up) before its pipeline ran, while the model was being leased."""
 
     request_id: str
-    endpoint: ErrandEndpoint
+    endpoint: ErrandEndpoint | Endpoint
     caller: Caller
     client_request_id: str | None
     latency_ms: float
