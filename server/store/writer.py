@@ -11,6 +11,7 @@ beyond either bound are dropped, counted and logged. A record PostgreSQL refuses
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -78,6 +79,7 @@ class Record:
 
 
 _ROW_BYTES = 512  # an audit row or a message's fields other than its text, as Python objects
+_BATCH_BYTES = 16 * 1024 * 1024  # of records written in one statement (one record larger than this goes alone)
 
 
 class AuditWriter:
@@ -159,7 +161,15 @@ class AuditWriter:
         """Write the next batch, and take it off the queue. Raises only transient errors (the batch stays queued).
         When PostgreSQL refuses the batch for what it holds, each record is written on its own and the ones it
         refuses are set aside: one bad record must cost neither the batch nor the queue behind it."""
-        batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
+        batch: list[Record] = []
+        size = 0
+        for record in itertools.islice(self._queue, self._batch_size):
+            # A batch of conversation text is bounded too: 256 records of a request body each made one statement of
+            # a gigabyte, which a database short of memory refuses every time it is tried.
+            if batch and size + record.size > _BATCH_BYTES:
+                break
+            batch.append(record)
+            size += record.size
         if not batch:
             return
         try:

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime
 
+import pytest
+
 from server.store.outage import Outage
 from server.store.postgres import create_pool, migrate
 from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Record
@@ -104,3 +106,24 @@ async def test_the_queue_holds_at_most_its_bytes_of_conversation_text(tmp_path_f
     assert [writer.submit(talkative(i)) for i in range(5)] == [True, True, True, False, False]
     assert writer.submit(_record(99)), "a record without text still fits"
     assert prometheus.audit_rows_dropped._value.get() - dropped_before == 2
+
+
+async def test_a_batch_holds_at_most_its_bytes_of_conversation_text(pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = AuditWriter(pool, max_queue=100, batch_size=256)
+    now = datetime.now(UTC)
+    text = "y" * 6_000_000
+    for i in range(5):
+        row = AuditRow(f"batch-{i}-{now.timestamp()}", "key_1", now, "chat", "m", "sha", 3, 4, 10.0, 2.0, 200, False)
+        writer.submit(
+            Record(row, [ConversationMessage(f"c-{now.timestamp()}", "key_1", row.request_id, 0, "user", text, now)])
+        )
+    written: list[int] = []
+    write = writer._write
+
+    async def counting(records):
+        written.append(len(records))
+        await write(records)
+
+    monkeypatch.setattr(writer, "_write", counting)
+    await writer.drain(30)
+    assert written == [2, 2, 1], "16 MiB a statement: two records of 6 MB each"
