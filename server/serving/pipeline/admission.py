@@ -6,10 +6,11 @@ queue) is still an HTTP status, not an error inside a stream that already said 2
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AbstractContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from server.engine.base import (
     TokenLogprob,
 )
 from server.errors import APIError, known_error
+from server.lifecycle.catalogue import CatalogueModel
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError
 from server.lifecycle.holder import Lease, ModelNotReadyError, ServerDrainingError
 from server.lifecycle.registry import ModelRegistry
@@ -160,20 +162,33 @@ async def lease_model(
     caller: Caller,
     before_load: Callable[[], Awaitable[None]] | None = None,
     starting_load: Callable[[Caller, str, str | None], str] | None = None,
+    waiting: Callable[[Caller], AbstractContextManager[object]] | None = None,
 ) -> Lease:
     """A lease on the model `model` names (its id or an alias), loading it if it is not loaded; 404 when no catalogue
     model has that name.
 
     A key limited to other models is refused here, before anything touches the model: a lease, even one returned at
     once, would hold off its eviction, and a load evicts what other keys use. When the model is not loaded,
-    `before_load` (the pipeline's load gates: its key's request limit) runs too before the load begins, and
-    `starting_load` (its key's load limit) just before this request starts one."""
+    `before_load` (the pipeline's load gates: its key's request limit) runs too before the load begins,
+    `starting_load` (its key's load limit) just before this request starts one, and `waiting` (the key's cap on
+    requests in flight) is held while it waits, from before the gates, as the pipeline's stages run in that order."""
     found = models.resolve(model)
     if found is None:
         raise model_not_found(models, model)
     require_permitted(caller, found.id)
-    if found.holder.current is None and before_load is not None:
-        await before_load()
+    loading = found.holder.current is None
+    with waiting(caller) if loading and waiting is not None else contextlib.nullcontext():
+        if loading and before_load is not None:
+            await before_load()
+        return await _lease(models, found, caller, starting_load)
+
+
+async def _lease(
+    models: ModelRegistry,
+    found: CatalogueModel,
+    caller: Caller,
+    starting_load: Callable[[Caller, str, str | None], str] | None,
+) -> Lease:
     try:
         return await models.lease(found, functools.partial(starting_load, caller, found.id) if starting_load else None)
     except ServerDrainingError:
@@ -220,7 +235,9 @@ async def admit(
         admitted_early = await ctx.pipeline.before_load(ctx.caller, ctx.request_id)
 
     try:
-        lease = await lease_model(ctx.models, model, ctx.caller, before_load, ctx.pipeline.starting_load)
+        lease = await lease_model(
+            ctx.models, model, ctx.caller, before_load, ctx.pipeline.starting_load, ctx.pipeline.waiting_for_load
+        )
     except BaseException as exc:
         # Refused before the pipeline, whose record stage writes the audit row: an unknown or forbidden model, a
         # full wait or load limit, a load that timed out, a client gone while its model loaded. Recorded here, so

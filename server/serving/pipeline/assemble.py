@@ -12,7 +12,7 @@ from server.access.caller import Authenticator, open_access
 from server.access.load_limit import LoadLimit
 from server.access.throttle import Throttle
 from server.config.settings import Settings
-from server.serving.pipeline.stages import LoadGate, Pipeline, Recorder, Stage, prepare
+from server.serving.pipeline.stages import LoadGate, LoadWait, Pipeline, Recorder, Stage, prepare
 from server.serving.stages.concurrency import ConcurrencyStage
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
@@ -54,6 +54,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
     load_gates: list[LoadGate] = []
+    load_waits: list[LoadWait] = []
     recorders: list[Recorder] = []
     keys = verifier = conversations = None
     bound = ConversationBound(items=settings.max_messages, bytes=settings.responses_max_conversation_bytes)
@@ -88,7 +89,9 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         authenticator = KeyAuthenticator(verifier, admin_key)
         stages.append(permit)
         if settings.max_concurrent_per_key > 0:
-            stages.append(ConcurrencyStage(settings.max_concurrent_per_key))
+            concurrency = ConcurrencyStage(settings.max_concurrent_per_key)
+            stages.append(concurrency)
+            load_waits.append(concurrency.waiting_for_load)
     if settings.redis_url is None:
         stages.append(prepare)
     else:
@@ -121,6 +124,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         Pipeline(
             stages,
             load_gates=load_gates,
+            load_waits=load_waits,
             recorders=recorders,
             load_limit=LoadLimit(settings.model_loads_per_key_per_minute),
         ),

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from functools import partial
 from typing import Protocol
 
@@ -121,6 +121,8 @@ Recorder = Callable[[Errand], None]
 # response headers it returns. Loading evicts what other keys use, so a request a stage would refuse must not get
 # that far: `RequestLimitStage.before_load` admits it against its key's RPM here instead of in the pipeline.
 LoadGate = Callable[[Caller, str], Awaitable[Mapping[str, str]]]
+# Held while a request waits for its model to load: `ConcurrencyStage.waiting_for_load` counts it as in flight.
+LoadWait = Callable[[Caller], AbstractContextManager[None]]
 
 
 class Pipeline:
@@ -131,10 +133,12 @@ class Pipeline:
         load_gates: Sequence[LoadGate] = (),
         recorders: Sequence[Recorder] = (),
         load_limit: LoadLimit | None = None,
+        load_waits: Sequence[LoadWait] = (),
     ) -> None:
         self.stages = tuple(stages)
         self._terminal = terminal
         self._load_gates = tuple(load_gates)
+        self._load_waits = tuple(load_waits)
         self._recorders = tuple(recorders)
         self._load_limit = load_limit
 
@@ -144,6 +148,13 @@ class Pipeline:
         for gate in self._load_gates:
             headers.update(await gate(caller, request_id))
         return headers
+
+    def waiting_for_load(self, caller: Caller) -> contextlib.ExitStack:
+        """Held while a request of `caller`'s waits for its model to load; entering it may refuse the request."""
+        with contextlib.ExitStack() as entering:  # a refusal leaves the waits entered before it
+            for wait in self._load_waits:
+                entering.enter_context(wait(caller))
+            return entering.pop_all()
 
     def starting_load(self, caller: Caller, model_id: str, evicted_by: str | None) -> str:
         """Count the load of `model_id` a request of `caller`'s is about to start, or refuse it (its key's limit);

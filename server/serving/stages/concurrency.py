@@ -6,14 +6,18 @@ handful of requests is enough) nor TPM (an answer's tokens are charged when it e
 pass) prevents it. A request past the cap gets 429 `too_many_concurrent_requests` before it counts against RPM or
 anything is rendered. Counted per replica, in memory, like model loads; the admin key and servers without keys are
 not capped (their caller has no key id). A request counts from this stage until its events close: its answer sent,
-its client gone, or its stream given up (see the stream send timeout).
+its client gone, or its stream given up (see the stream send timeout); and, for a model that is not loaded, while it
+waits for the load (`waiting_for_load`, the pipeline's load wait).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import aclosing
 
+from server.access.caller import Caller
 from server.errors import APIError
 from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next
@@ -23,14 +27,43 @@ from server.telemetry import prometheus
 class ConcurrencyStage:
     def __init__(self, per_key: int) -> None:
         self._per_key = per_key
-        self._running: Counter[str] = Counter()
+        self._running: Counter[str] = Counter()  # in the pipeline, from this stage on
+        self._waiting: Counter[str] = Counter()  # waiting for their model to load, before the pipeline
 
     def running(self, key_id: str) -> int:
-        return self._running[key_id]
+        return self._running[key_id] + self._waiting[key_id]
+
+    @contextlib.contextmanager
+    def waiting_for_load(self, caller: Caller) -> Iterator[None]:
+        """A request of `caller`'s waiting for its model to load is in flight too: it holds a place in the model's
+        wait queue (`GGUFSTACK_MAX_QUEUE`) that another key's request would need, so one key's waiters could fill it
+        and keep every other key from the model while its load waits for memory."""
+        key_id = caller.key_id
+        if key_id is None:
+            yield
+            return
+        self._refuse_past_cap(key_id)
+        self._waiting[key_id] += 1
+        try:
+            yield
+        finally:
+            _take_one(self._waiting, key_id)
 
     async def __call__(self, job: ServingJob, call_next: Next) -> Events:
         key_id = job.caller.key_id
-        if key_id is not None and self._running[key_id] >= self._per_key:
+        if key_id is not None:
+            self._refuse_past_cap(key_id)
+            self._running[key_id] += 1
+        try:
+            async with aclosing(call_next(job)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            if key_id is not None:
+                _take_one(self._running, key_id)
+
+    def _refuse_past_cap(self, key_id: str) -> None:
+        if self.running(key_id) >= self._per_key:
             prometheus.rate_limited.labels("concurrency").inc()
             raise APIError(
                 429,
@@ -40,14 +73,9 @@ class ConcurrencyStage:
                 code="too_many_concurrent_requests",
                 headers={"Retry-After": "1"},
             )
-        if key_id is not None:
-            self._running[key_id] += 1
-        try:
-            async with aclosing(call_next(job)) as events:
-                async for event in events:
-                    yield event
-        finally:
-            if key_id is not None:
-                self._running[key_id] -= 1
-                if self._running[key_id] <= 0:
-                    del self._running[key_id]
+
+
+def _take_one(counts: Counter[str], key_id: str) -> None:
+    counts[key_id] -= 1
+    if counts[key_id] <= 0:
+        del counts[key_id]
