@@ -194,10 +194,7 @@ class Settings(RequestLimitSettings):
         "past it, its answers are not cached until that window ends. 0: no limit.",
     )
     cache_max_entry_bytes: int = Field(
-        1024 * 1024,
-        ge=0,
-        description="Answers larger than this (encoded, log-probabilities included) are not cached: a hit costs no "
-        "tokens, and replaying a large one costs the server time and memory. 0: no limit.",
+        1024 * 1024, ge=0, description="Answers larger than this (encoded) are served but not cached. 0: no limit."
     )
     store_conversations: bool = Field(
         False,
@@ -229,10 +226,7 @@ class Settings(RequestLimitSettings):
         10_000, ge=1, description="Audit records held in memory while PostgreSQL is unreachable; more are dropped."
     )
     audit_queue_max_bytes: int = Field(
-        256 * 1024 * 1024,
-        ge=1,
-        description="Bytes of audit records (conversation text, when it is stored) held in memory while PostgreSQL "
-        "is unreachable; more are dropped.",
+        256 * 1024 * 1024, ge=1, description="Bytes of audit records held while PostgreSQL is down; more are dropped."
     )
     audit_retention_days: int = Field(
         90,
@@ -271,10 +265,7 @@ class Settings(RequestLimitSettings):
         60.0, ge=0, description="On SIGTERM, how long generations in flight may run on before they are ended."
     )
     stream_send_timeout_s: float = Field(
-        30.0,
-        gt=0,
-        description="A streaming client that takes no chunk (or ping) for this long is taken as gone; any client that "
-        "takes no byte of an answer waiting for it for this long is dropped.",
+        30.0, gt=0, description="A client that takes no chunk, ping or byte of its answer for this long is dropped."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
     log_format: Literal["auto", "json", "text"] = Field(
