@@ -24,7 +24,7 @@ from server.engine.base import (
     TextDelta,
     TokenLogprob,
 )
-from server.errors import APIError, known_error
+from server.errors import APIError
 from server.lifecycle.catalogue import CatalogueModel
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError
 from server.lifecycle.holder import Lease, ModelNotReadyError, ServerDrainingError
@@ -32,7 +32,7 @@ from server.lifecycle.registry import ModelRegistry
 from server.serving.pipeline.job import Body, Endpoint, Errand, ServingJob
 from server.serving.pipeline.stages import Events, Next, Pipeline
 from server.serving.stages.permit import require_permitted
-from server.serving.stages.record import CLIENT_CLOSED
+from server.serving.stages.record import failed_status
 from server.telemetry import prometheus
 
 # Names the exact model that answered (the sha256 of its GGUF): across a hot swap, two replicas or two requests may
@@ -242,10 +242,9 @@ async def admit(
         # Refused before the pipeline, whose record stage writes the audit row: an unknown or forbidden model, a
         # full wait or load limit, a load that timed out, a client gone while its model loaded. Recorded here, so
         # the loads and evictions a key causes are in its audit trail.
-        known = known_error(exc) if isinstance(exc, Exception) else None
-        status = (known.status if known is not None else 500) if isinstance(exc, Exception) else CLIENT_CLOSED
         latency_ms = (time.monotonic() - arrived) * 1000
-        ctx.pipeline.record(Errand(ctx.request_id, endpoint, ctx.caller, ctx.client_request_id, latency_ms, status))
+        errand = Errand(ctx.request_id, endpoint, ctx.caller, ctx.client_request_id, latency_ms, failed_status(exc))
+        ctx.pipeline.record(errand)
         raise
     try:
         job = ServingJob(

@@ -8,10 +8,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from server.errors import known_error
 from server.serving.pipeline.admission import ServingContext
 from server.serving.pipeline.job import Errand, ErrandEndpoint
-from server.serving.stages.record import CLIENT_CLOSED
+from server.serving.stages.record import failed_status
 
 
 @asynccontextmanager
@@ -22,12 +21,8 @@ async def errand(ctx: ServingContext, endpoint: ErrandEndpoint) -> AsyncIterator
     status = 200
     try:
         yield await ctx.pipeline.before_load(ctx.caller, ctx.request_id)
-    except Exception as exc:
-        known = known_error(exc)
-        status = known.status if known is not None else 500
-        raise
-    except BaseException:
-        status = CLIENT_CLOSED
+    except BaseException as exc:
+        status = failed_status(exc)
         raise
     finally:
         latency_ms = (time.monotonic() - arrived) * 1000

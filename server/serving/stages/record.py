@@ -20,6 +20,15 @@ from server.store.writer import AuditRow, AuditWriter, ConversationMessage, Reco
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer ended
 
 
+def failed_status(exc: BaseException) -> int:
+    """The status an audit row gives a request that ended with `exc`: its API error's, 500 for an unexpected one,
+    499 for a client gone (a cancellation)."""
+    if not isinstance(exc, Exception):
+        return CLIENT_CLOSED
+    known = known_error(exc)
+    return known.status if known is not None else 500
+
+
 class RecordStage:
     def __init__(self, writer: AuditWriter, *, store_conversations: bool) -> None:
         self._writer = writer
@@ -40,8 +49,7 @@ class RecordStage:
                         finished = event
                     yield event
         except Exception as exc:
-            known = known_error(exc)
-            status = known.status if known is not None else 500
+            status = failed_status(exc)
             raise
         finally:
             # A caller that stops reading after the Finished event (a non-streamed reply) closes this generator: the

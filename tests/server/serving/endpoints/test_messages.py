@@ -82,6 +82,13 @@ async def test_a_stream_cut_inside_the_thinking_closes_its_block() -> None:
 
 
 WEATHER = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def _kinds(events: list[dict]) -> list[tuple[object, object, object]]:
+    """Each event's type, block index and delta (or block) type: a stream's shape."""
+    return [(e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type")) for e in events]
+
+
 THEN_CALL = '<think>ab</think>\n{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
 
 
@@ -91,7 +98,7 @@ async def test_a_tool_answer_streams_its_thinking_block_as_decoded_then_the_tool
     )
     assert reply.chunks is not None
     events = [event.model_dump() async for event in reply.chunks]
-    kinds = [(e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type")) for e in events]
+    kinds = _kinds(events)
     assert kinds == [
         ("message_start", None, None),
         ("ping", None, None),
@@ -119,7 +126,7 @@ async def test_a_hermes_answer_streams_its_text_block_before_the_tool_use() -> N
     reply = await messages.create(_request(stream=True, tools=[WEATHER]), ctx)
     assert reply.chunks is not None
     events = [event.model_dump() async for event in reply.chunks]
-    kinds = [(e["type"], e.get("index"), (e.get("delta") or e.get("content_block") or {}).get("type")) for e in events]
+    kinds = _kinds(events)
     assert kinds == [
         ("message_start", None, None),
         ("ping", None, None),
