@@ -78,7 +78,10 @@ def test_a_client_that_stops_reading_is_charged_recorded_and_lets_its_lease_go(s
         assert status == 499 and completion_tokens > 0  # the generation stops where the client was given up
         assert eventually(lambda: plane.usage(created["id"])["completion_tokens"] == completion_tokens)
         assert eventually(lambda: _in_flight(plane) == 0)
-        assert "its response is ended" in plane.server.log()
+        # Ended by whichever of the two send timeouts fires first with the same limit: the stream's (a chunk not
+        # taken) or the transport's (a buffer not drained, answer_departure.py); both end it as a client gone away.
+        log = plane.server.log()
+        assert "its response is ended" in log or "took none of its answer" in log
     finally:
         sock.close()
 
