@@ -53,6 +53,7 @@ DASHBOARD_UID = "ggufstack-server"
 FIVE_XX_RATIO = 0.05
 QUEUE_PER_SLOT = 1.0
 TTFT_P95_SECONDS = 5.0
+REFUSED_AT_ARRIVAL_PER_SECOND = 1.0
 
 
 def _bucket(histogram: str) -> str:
@@ -132,6 +133,18 @@ def alert_rules() -> list[AlertRule]:
             15,
             2,
             "Loads of a model have been failing for 15 minutes: requests for it get 503 (see /v1/models for why).",
+        ),
+        AlertRule(
+            "GgufstackRequestsRefusedAtArrival",
+            # Refusals before any route (malformed HTTP, a head too large, a head or body that took too long) reach
+            # no route, so neither the 5xx ratio nor the audit log shows them; a steady stream means a client or a
+            # proxy sending what the server cannot read, or connections held open on purpose (slow requests).
+            f"sum by (code) (rate({HTTP_REFUSED}{{{SELECTOR}}}[5m])) > {REFUSED_AT_ARRIVAL_PER_SECOND:g}",
+            15,
+            3,
+            f"More than {REFUSED_AT_ARRIVAL_PER_SECOND:g} request a second has been refused as it arrived for 15 "
+            "minutes (by code: a malformed request, a head too large, a head or body too slow); see the server's "
+            "warnings for the clients.",
         ),
         AlertRule(
             "GgufstackRetentionFailing",

@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+import promql_parser
+import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from infra.server_metrics import (
@@ -122,6 +124,7 @@ def test_alert_rules_are_a_prometheus_rule_group_on_the_workspace(stack: StackRu
         "GgufstackServerQueueSaturated",
         "GgufstackServerSlowFirstToken",
         "GgufstackModelLoadsFailing",
+        "GgufstackRequestsRefusedAtArrival",
         "GgufstackRetentionFailing",
     }
     assert [r["expression"] for r in group["rules"]] == [r.expression for r in alert_rules()]
@@ -175,6 +178,21 @@ def test_the_autoscaler_and_the_queue_alert_look_at_each_model() -> None:
     assert rules["GgufstackServerQueueSaturated"].count(f"sum by ({MODEL_LABEL})") == 2
     assert f"sum by (le, {MODEL_LABEL})" in rules["GgufstackServerSlowFirstToken"]
     assert 'result="failed"' in rules["GgufstackModelLoadsFailing"]
+    assert rules["GgufstackRequestsRefusedAtArrival"].startswith("sum by (code) (rate(ggufstack_http_refused_total{")
+
+
+def test_every_expression_is_promql_that_prometheus_parses() -> None:
+    """The mocks never run a query: an expression Azure's managed Prometheus cannot parse would be an alert rule group
+    that `pulumi up` fails to create (or a blank panel, or a KEDA scaler in error). Grafana's own variable query
+    (`label_values(...)`) is not PromQL; its selector argument is."""
+    for expression in expressions():
+        grafana = re.fullmatch(r"label_values\((.*), \w+\)", expression)
+        try:
+            promql_parser.parse(grafana.group(1) if grafana else expression)
+        except ValueError as error:
+            raise AssertionError(f"{expression}: {error}") from None
+    with pytest.raises(ValueError):  # the parser does refuse what Prometheus refuses
+        promql_parser.parse("sum by (code) (rate(ggufstack_http_refused_total[5m])")
 
 
 def test_every_expression_selects_the_scrape_job() -> None:
