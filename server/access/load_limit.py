@@ -3,8 +3,9 @@ a load, and each load evicts what other keys use: at most `per_minute` loads a m
 as the loads are; the request that would start one more gets 429 `too_many_model_loads` with Retry-After. Only a
 request that starts a load is counted: one that finds its model loaded, or loading for another request, starts none.
 A model that another key's load evicted is brought back at that key's charge, not the requester's: a key that uses one
-model is never refused because others push it out. The admin key and servers without keys are not limited (their
-caller has no key id).
+model is never refused because others push it out. What such a restore evicts in turn comes back at the same key's
+charge (the registry's `CatalogueModel.evicts_for`), so two keys cannot restore each other's models for ever unchecked.
+The admin key and servers without keys are not limited (their caller has no key id).
 """
 
 from __future__ import annotations

@@ -241,6 +241,25 @@ def test_a_key_alternating_models_that_do_not_fit_is_held_to_its_loads_per_minut
     assert chat(tight, order[1]).status_code == 200, "the admin key is not limited"
 
 
+def test_two_keys_taking_turns_with_models_that_do_not_fit_are_held_to_their_loads_per_minute(
+    tight: ServerProcess,
+) -> None:
+    """Each key asks for its own model, which the other's load evicted last. Every load restored a model the other
+    key's load had evicted, at that key's charge and checked against neither: measured before the fix, two keys
+    made 7 loads each of a limit of 2 and were never refused. Now a restoring load's own evictions are not another
+    restore's pass, so one of the two pays (and is checked) for each round."""
+    keys = {}
+    for model in ("smol", "gemma"):
+        created = httpx.post(f"{tight.base_url}/admin/keys", json={"name": f"turns-{model}"}, headers=ADMIN, timeout=10)
+        assert created.status_code == 201, created.text
+        keys[model] = created.json()["key"]
+    refused_before = metric(tight, 'ggufstack_rate_limited_requests_total{limit="model_loads"}')
+    statuses = [chat(tight, model, key=keys[model]).status_code for _ in range(4) for model in ("smol", "gemma")]
+    assert 429 in statuses, statuses  # at a limit of 3, within 4 rounds
+    assert set(statuses) == {200, 429}, statuses
+    assert metric(tight, 'ggufstack_rate_limited_requests_total{limit="model_loads"}') > refused_before
+
+
 def test_a_model_with_a_stream_in_flight_is_not_evicted_the_load_waits(tight: ServerProcess) -> None:
     assert chat(tight, "smol").status_code == 200  # smol resident, gemma not
     stream_lines: list[str] = []
