@@ -2,10 +2,11 @@
 a load, and each load evicts what other keys use: at most `per_minute` loads a minute per key, counted per replica
 as the loads are; the request that would start one more gets 429 `too_many_model_loads` with Retry-After. Only a
 request that starts a load is counted: one that finds its model loaded, or loading for another request, starts none.
-A model that another key's load evicted is brought back at that key's charge, not the requester's: a key that uses one
-model is never refused because others push it out. What such a restore evicts in turn comes back at the same key's
-charge (the registry's `CatalogueModel.evicts_for`), so two keys cannot restore each other's models for ever unchecked.
-The admin key and servers without keys are not limited (their caller has no key id).
+A model that another key's load evicted is brought back at that key's charge, not the requester's, while that key has
+loads left in its minute: a key that uses one model is not refused because others push it out. Once the evicting key's
+loads are spent, a restore is the requester's own load (counted and checked), so two keys taking turns evicting each
+other's models are held to their limits. The admin key and servers without keys are not limited (their caller has no
+key id).
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ class LoadLimit:
         if self._loads is None or not owner:
             return owner
         if evicted_by is not None and evicted_by != owner:
-            if evicted_by:  # not the admin key's
+            if not evicted_by:  # the admin key's eviction: nobody's charge
+                return owner
+            if self._loads.retry_after_s(evicted_by) is None:
                 self._loads.count(evicted_by)
-            return owner
+                return owner
+            # The evicting key's loads are spent: the restore is the requester's own. Else two keys whose models do
+            # not fit together take turns for ever, each load a restore at the other's charge and none checked.
         wait_s = self._loads.retry_after_s(owner)
         if wait_s is not None:
             prometheus.rate_limited.labels("model_loads").inc()

@@ -97,22 +97,9 @@ class CatalogueModel:
     retry_delay: float = 0.0
     load_seconds: float = 0.0  # the last load's, for Retry-After
     # Who its load was for (an opaque name the load's starter gives; "" for none), and, after an eviction to make room,
-    # whose charge it comes back at: the starter of its next load may charge that one (a key's load limit does).
-    # `restored_for`: the one its load under way restores it for (None: not a restore, its owner's own load).
+    # whose load evicted it: the starter of its next load may charge that one (a key's load limit does).
     load_owner: str = ""
     evicted_by: str | None = None
-    restored_for: str | None = None
-
-    @property
-    def evicts_for(self) -> str | None:
-        """Whose charge the models its load evicts come back at: its owner's, and for a restore, the one it is
-        restored for, so a chain of restores stays the charge of the load that began it. A restore nobody is charged
-        for (its model evicted by the admin key, "") passes on nothing: its victims come back at their owners' own
-        charge. Else two owners whose models do not fit together could restore each other's for ever, every load
-        someone else's charge and none ever checked."""
-        if self.restored_for is None:
-            return self.load_owner
-        return self.restored_for or None
 
     @property
     def id(self) -> str:

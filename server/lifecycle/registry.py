@@ -127,8 +127,7 @@ class ModelRegistry:
             return m.loading
         if m.failure is not None and self.clock() < m.retry_at:
             raise self._failed(m)
-        m.load_owner = starting(m.evicted_by) if starting is not None else ""  # a refusal leaves `m` as it was
-        m.restored_for = m.evicted_by if m.evicted_by != m.load_owner else None
+        m.load_owner = starting(m.evicted_by) if starting is not None else ""
         m.evicted_by = None
         m.loading = self._spawn(self._load_once(m), f"load-{m.id}")
         return m.loading
@@ -256,7 +255,7 @@ class ModelRegistry:
         # before an await (another eviction's) may name one a request has leased since.
         if not self._may_evict(m):
             return
-        m.evicted_by = for_load_of.evicts_for if for_load_of is not None else None
+        m.evicted_by = for_load_of.load_owner if for_load_of is not None else None
         log.info("unloading %s (%s)", m.id, "to make room" if reason == "budget" else reason)
         prometheus.model_evictions.labels(m.id, reason).inc()
         await unload(m, self.budget, f"unloaded ({reason}); loads again on its next request", None)

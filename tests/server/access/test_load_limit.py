@@ -54,7 +54,7 @@ def test_no_burst_of_twice_the_limit_across_a_minutes_edge() -> None:
 def test_a_model_another_keys_load_evicted_comes_back_at_that_keys_charge() -> None:
     limit = LoadLimit(2, clock=Clock())
     victim, pusher = Caller(key_id="victim"), Caller(key_id="pusher")
-    for _ in range(5):  # the victim's model, evicted by the pusher's loads each time
+    for _ in range(2):  # the victim's model, evicted by the pusher's loads each time
         assert limit.starting(victim, "y", "pusher") == "victim"
     with pytest.raises(APIError):
         limit.starting(pusher, "x", None)  # its two loads were spent bringing y back
@@ -64,6 +64,34 @@ def test_a_model_another_keys_load_evicted_comes_back_at_that_keys_charge() -> N
     limit.starting(victim, "y", "victim")
     with pytest.raises(APIError):  # its own load evicted it: its own charge
         limit.starting(victim, "y", "victim")
+
+
+def test_a_restore_past_the_evicting_keys_loads_is_the_requesters_own() -> None:
+    limit = LoadLimit(2, clock=Clock())
+    victim = Caller(key_id="victim")
+    for _ in range(2):
+        limit.starting(Caller(key_id="pusher"), "x", None)
+    limit.starting(victim, "y", "pusher")  # counted as the victim's own: the pusher's loads are spent
+    limit.starting(victim, "y", "pusher")
+    with pytest.raises(APIError):
+        limit.starting(victim, "y", "pusher")
+
+
+def test_two_keys_taking_turns_evicting_each_others_models_are_held_to_their_limits() -> None:
+    """Each load restores the model the other key's load evicted: at the other's charge while it has loads left, so
+    each key's own count fills, and then each restore is checked against its requester. Before, every load was the
+    other's charge and checked against neither: seven loads of each model under a limit of 2, no 429."""
+    limit = LoadLimit(2, clock=Clock())
+    a, b = Caller(key_id="a"), Caller(key_id="b")
+    limit.starting(a, "x", None)  # a's first load, its own, evicts b's y
+    turns = [(b, "y", "a"), (a, "x", "b"), (b, "y", "a"), (a, "x", "b"), (b, "y", "a"), (a, "x", "b")]
+    refused = []
+    for caller, model, evicted_by in turns:
+        try:
+            limit.starting(caller, model, evicted_by)
+        except APIError:
+            refused.append(caller.key_id)
+    assert refused == ["a", "b", "a"], "once both keys' loads are spent, every turn is refused"
 
 
 @pytest.mark.parametrize("caller", [Caller(key_id=None, name="admin"), Caller()])

@@ -246,16 +246,21 @@ def test_two_keys_taking_turns_with_models_that_do_not_fit_are_held_to_their_loa
 ) -> None:
     """Each key asks for its own model, which the other's load evicted last. Every load restored a model the other
     key's load had evicted, at that key's charge and checked against neither: measured before the fix, two keys
-    made 7 loads each of a limit of 2 and were never refused. Now a restoring load's own evictions are not another
-    restore's pass, so one of the two pays (and is checked) for each round."""
+    made 7 loads each of a limit of 2 and were never refused. Now a restore is at the evicting key's charge only while
+    that key has loads left, so the turns fill both keys' counts (3 each here) and then meet the limit."""
     keys = {}
     for model in ("smol", "gemma"):
         created = httpx.post(f"{tight.base_url}/admin/keys", json={"name": f"turns-{model}"}, headers=ADMIN, timeout=10)
         assert created.status_code == 201, created.text
         keys[model] = created.json()["key"]
     refused_before = metric(tight, 'ggufstack_rate_limited_requests_total{limit="model_loads"}')
-    statuses = [chat(tight, model, key=keys[model]).status_code for _ in range(4) for model in ("smol", "gemma")]
-    assert 429 in statuses, statuses  # at a limit of 3, within 4 rounds
+    statuses: list[int] = []
+    for _ in range(7):  # at most 2 x 3 restores at the other's charge and 2 x 3 loads of their own, one maybe none
+        for model in ("smol", "gemma"):
+            statuses.append(chat(tight, model, key=keys[model]).status_code)
+        if 429 in statuses:
+            break
+    assert statuses[-1] == 429 or statuses[-2] == 429, statuses
     assert set(statuses) == {200, 429}, statuses
     assert metric(tight, 'ggufstack_rate_limited_requests_total{limit="model_loads"}') > refused_before
 
