@@ -42,15 +42,17 @@ class BodyFault(NamedTuple):
     path: tuple[str, ...]
 
 
-def body_fault(value: object) -> BodyFault | None:
-    """The first string (or object key) in a parsed JSON body that holds a lone surrogate, or the first object or
-    array nested past MAX_JSON_DEPTH; None when there is neither. Iterative (a stack of the containers being read),
-    so no depth of input can exhaust the stack that checks it."""
+def body_fault(value: object, max_containers: int | None = None) -> BodyFault | None:
+    """The first string (or object key) in a parsed JSON body that holds a lone surrogate, the first object or array
+    nested past MAX_JSON_DEPTH, or the first one past `max_containers` in all (the body itself counts; None: no
+    bound); None when there is none of these. Iterative (a stack of the containers being read), so no depth of input
+    can exhaust the stack that checks it."""
     if isinstance(value, str):
         return BodyFault("lone_surrogate", ()) if _LONE_SURROGATE.search(value) else None
     if not isinstance(value, dict | list):
         return None
     frames: list[tuple[tuple[str, ...], Iterator[tuple[object, object]]]] = [((), _members(value))]
+    containers = 1
     while frames:
         path, members = frames[-1]
         for key, child in members:
@@ -62,6 +64,9 @@ def body_fault(value: object) -> BodyFault | None:
             elif isinstance(child, dict | list):
                 if len(frames) >= MAX_JSON_DEPTH:
                     return BodyFault("too_deep", (*path, str(key)))
+                containers += 1
+                if max_containers is not None and containers > max_containers:
+                    return BodyFault("too_many_containers", (*path, str(key)))
                 frames.append(((*path, str(key)), _members(child)))
                 break  # read the child first; this container's iterator goes on where it stopped
         else:
@@ -144,14 +149,20 @@ class RequestBody(ClosedModel):
     @model_validator(mode="before")
     @classmethod
     def _valid_json_text(cls, value: object) -> object:
-        fault = body_fault(value)
+        most = current_limits().max_body_containers
+        fault = body_fault(value, most)
         if fault is None:
             return value
         context = {"where": _shown(fault.path), "param": _escaped(fault.path[0]) if fault.path else None}
         if fault.code == "lone_surrogate":
             message = "{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text"
-        else:
+        elif fault.code == "too_deep":
             message = f"{{where}} nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+        else:
+            message = (
+                f"the body holds more than {most} objects and arrays (GGUFSTACK_MAX_BODY_CONTAINERS); "
+                "{where} is the first past that"
+            )
         raise PydanticCustomError(fault.code, message, context)
 
 
@@ -165,6 +176,7 @@ class RequestLimits:
     max_stop_chars: int = 256
     max_tokenize_input: int = 262_144
     max_embedding_inputs: int = 2048
+    max_body_containers: int = 32_768
 
 
 DEFAULT_LIMITS = RequestLimits()

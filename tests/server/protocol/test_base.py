@@ -39,8 +39,10 @@ def test_the_protocols_default_limits_are_the_settings_defaults() -> None:
 
 
 def test_the_api_builds_its_limits_from_the_settings() -> None:
-    settings = Settings(max_messages=3, max_stop_chars=5, max_tokenize_input=7, max_embedding_inputs=9)
-    assert request_limits_of(settings) == RequestLimits(3, 5, 7, 9)
+    settings = Settings(
+        max_messages=3, max_stop_chars=5, max_tokenize_input=7, max_embedding_inputs=9, max_body_containers=99
+    )
+    assert request_limits_of(settings) == RequestLimits(3, 5, 7, 9, 99)
 
 
 def test_a_body_is_checked_against_the_limits_of_its_request() -> None:
@@ -89,6 +91,28 @@ def test_no_depth_of_body_exhausts_the_check() -> None:
     assert fault is not None and fault.code == "too_deep" and len(fault.path) == MAX_JSON_DEPTH
     assert body_fault({"input": [[[["ok"]]]], "tail": "a\udc00"}) == BodyFault("lone_surrogate", ("tail",))
     assert body_fault({"k\ud800": 1}) == BodyFault("lone_surrogate", ("k\ud800",))
+
+
+def test_a_body_holding_more_objects_and_arrays_than_the_cap_is_refused_naming_the_first_past_it() -> None:
+    def body(parts: int) -> dict:
+        # the body, its messages, the message and its content list: four containers before the parts
+        return {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * parts}]}
+
+    token = request_limits.set(RequestLimits(max_body_containers=64))
+    try:
+        assert len(ChatCompletionRequest.model_validate(body(60)).messages[0].content) == 60
+        with pytest.raises(ValidationError) as refused:
+            ChatCompletionRequest.model_validate(body(61))
+    finally:
+        request_limits.reset(token)
+    error = refused.value.errors()[0]
+    assert error["type"] == "too_many_containers" and error["ctx"]["param"] == "messages"
+    assert error["msg"] == (
+        "the body holds more than 64 objects and arrays (GGUFSTACK_MAX_BODY_CONTAINERS); "
+        "messages.0.content.60 is the first past that"
+    )
+    assert body_fault(body(61), 64) == BodyFault("too_many_containers", ("messages", "0", "content", "60"))
+    assert body_fault(body(61)) is None, "no bound unless one is given"
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,11 @@ def _over(field: str) -> int:
     return Settings.model_fields[field].default + 1
 
 
+# Content parts past the cap on a body's objects and arrays: each is validated on the event loop, at a cost per part,
+# so about 150,000 of them in 4 MiB held the loop for a second; one message's worth, whatever the message cap.
+EMPTY_PARTS = [{"type": "text", "text": ""}] * _over("max_body_containers")
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param", "names"),
     [
@@ -123,6 +128,12 @@ def _over(field: str) -> int:
         ),
         ("/tokenize", {"content": "a" * _over("max_tokenize_input")}, "content", "GGUFSTACK_MAX_TOKENIZE_INPUT"),
         ("/detokenize", {"tokens": [1] * _over("max_tokenize_input")}, "tokens", "GGUFSTACK_MAX_TOKENIZE_INPUT"),
+        (
+            "/v1/chat/completions",
+            {"model": DEMO_MODEL_ID, "messages": [{"role": "user", "content": EMPTY_PARTS}]},
+            "messages",
+            "GGUFSTACK_MAX_BODY_CONTAINERS",
+        ),
     ],
     ids=[
         "messages",
@@ -133,6 +144,7 @@ def _over(field: str) -> int:
         "embedding-token-lists",
         "tokenize",
         "detokenize",
+        "chat-content-parts",
     ],
 )
 def test_caps_refuse_before_any_tokenizing(
@@ -141,6 +153,14 @@ def test_caps_refuse_before_any_tokenizing(
     r = httpx.post(f"{demo_server.base_url}{path}", json=body, timeout=60)
     error = _error(r, 400)
     assert error["param"] == param and names in error["message"], error
+
+
+def test_anthropic_content_blocks_past_the_cap_are_refused_in_anthropics_shape(demo_server: ServerProcess) -> None:
+    body = {"model": DEMO_MODEL_ID, "max_tokens": 1, "messages": [{"role": "user", "content": EMPTY_PARTS}]}
+    r = httpx.post(f"{demo_server.base_url}/v1/messages", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and "GGUFSTACK_MAX_BODY_CONTAINERS" in error["message"]
 
 
 def test_a_long_list_of_token_ids_is_one_embedding_input_not_a_batch(demo_server: ServerProcess) -> None:
