@@ -6,6 +6,8 @@ GGUFSTACK_MAX_REQUEST_BYTES): no answer for it, a pause for every stream on the 
 build their routes from the classes here, whose handlers check the key before the body is touched and leave what they
 found on `request.state` for the dependencies. A refusal is answered without parsing the body, with `Connection:
 close`, so the server closes the connection rather than read (and discard) the rest of a body that may be large.
+The same holds for a keyed request its body could not save: the pipeline's body gates (a key whose rate-limit window
+refuses any request) run before the body is read too, and their refusal is audited.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from server.access.authenticate import authorization_of, bearer_token
 from server.access.caller import Authenticator, Caller
 from server.errors import APIError
 from server.serving.pipeline.assemble import DataPlane
+from server.serving.pipeline.job import Endpoint, Errand
 from server.store.keys import same_secret
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -71,15 +74,44 @@ def closing_on_refusal() -> Iterator[None]:
         raise
 
 
+# What the audit row of each route with a body names its request, for a refusal before the body is read.
+BODY_ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "messages.count_tokens",
+    "/tokenize": "tokenize",
+    "/detokenize": "detokenize",
+}
+
+
+def refuse_before_body(request: Request, caller: Caller, endpoint: Endpoint) -> None:
+    """Refuse, audited, a request the pipeline's body gates would refuse whatever its body holds (a key whose
+    rate-limit window refuses any request), before its body is parsed."""
+    pipeline = request.app.state.plane.pipeline
+    try:
+        pipeline.before_body(caller)
+    except APIError as refused:
+        state = request.state
+        pipeline.record(Errand(state.request_id, endpoint, caller, state.client_request_id, 0.0, refused.status))
+        raise
+
+
 class KeyFirstRoute(APIRoute):
-    """A route whose caller is authenticated before its body is read."""
+    """A route whose caller is authenticated before its body is read, and, for a route with a body, refused before
+    it is read when the body could not change the answer."""
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
+        endpoint = BODY_ENDPOINTS.get(self.path) if self.body_field is not None else None
 
         async def key_first(request: Request) -> Response:
             with closing_on_refusal():
-                await authenticate(request)
+                caller = await authenticate(request)
+                if endpoint is not None:
+                    refuse_before_body(request, caller, endpoint)
             return await handler(request)
 
         return key_first

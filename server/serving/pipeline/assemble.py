@@ -12,7 +12,7 @@ from server.access.caller import Authenticator, open_access
 from server.access.load_limit import LoadLimit
 from server.access.throttle import Throttle
 from server.config.settings import Settings
-from server.serving.pipeline.stages import LoadGate, LoadWait, Pipeline, Recorder, Stage, prepare
+from server.serving.pipeline.stages import BodyGate, LoadGate, LoadWait, Pipeline, Recorder, Stage, prepare
 from server.serving.stages.concurrency import ConcurrencyStage
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
@@ -54,6 +54,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     stages: list[Stage] = [observe]
     load_gates: list[LoadGate] = []
+    body_gates: list[BodyGate] = []
     load_waits: list[LoadWait] = []
     recorders: list[Recorder] = []
     keys = verifier = conversations = None
@@ -106,6 +107,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         limiter = RateLimiter(redis.client, fail_closed=settings.ratelimit_fail_closed, outage=redis.outage)
         request_limit = RequestLimitStage(limiter)
         load_gates.append(request_limit.before_load)
+        body_gates.append(request_limit.before_body)
         stages.extend([request_limit, prepare, TokenLimitStage(limiter)])
         if settings.cache_ttl_s > 0:
             cache = ResponseCache(
@@ -125,6 +127,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
             stages,
             load_gates=load_gates,
             load_waits=load_waits,
+            body_gates=body_gates,
             recorders=recorders,
             load_limit=LoadLimit(settings.model_loads_per_key_per_minute),
         ),

@@ -123,6 +123,9 @@ Recorder = Callable[[Errand], None]
 LoadGate = Callable[[Caller, str], Awaitable[Mapping[str, str]]]
 # Held while a request waits for its model to load: `ConcurrencyStage.waiting_for_load` counts it as in flight.
 LoadWait = Callable[[Caller], AbstractContextManager[None]]
+# A check that runs before a request's body is read, on its caller alone: refuses (raises) what would be refused
+# whatever the body holds, so that it is not parsed for nothing (`RequestLimitStage.before_body`).
+BodyGate = Callable[[Caller], None]
 
 
 class Pipeline:
@@ -134,13 +137,20 @@ class Pipeline:
         recorders: Sequence[Recorder] = (),
         load_limit: LoadLimit | None = None,
         load_waits: Sequence[LoadWait] = (),
+        body_gates: Sequence[BodyGate] = (),
     ) -> None:
         self.stages = tuple(stages)
         self._terminal = terminal
+        self._body_gates = tuple(body_gates)
         self._load_gates = tuple(load_gates)
         self._load_waits = tuple(load_waits)
         self._recorders = tuple(recorders)
         self._load_limit = load_limit
+
+    def before_body(self, caller: Caller) -> None:
+        """Run the body gates for a request whose caller is known and whose body is not read yet; their refusal."""
+        for gate in self._body_gates:
+            gate(caller)
 
     async def before_load(self, caller: Caller, request_id: str) -> dict[str, str]:
         """Run the load gates for a request whose model must be loaded first; their headers, or their refusal."""

@@ -16,10 +16,12 @@ from contextlib import aclosing
 
 from server.access.caller import Caller
 from server.access.ratelimit import Decision, LimiterUnavailableError, Limits, RateLimiter
+from server.access.standing_refusals import StandingRefusals
 from server.engine.base import Finished
 from server.errors import APIError
 from server.serving.pipeline.job import ServingJob
 from server.serving.pipeline.stages import Events, Next
+from server.telemetry import prometheus
 
 
 async def _passed_on(job: ServingJob, call_next: Next) -> Events:
@@ -40,37 +42,62 @@ def _refusal(decision: Decision) -> APIError:
 
 
 async def _admit(
-    limiter: RateLimiter, key_id: str, request_id: str, limits: Limits, prompt: int, *, first: bool
+    limiter: RateLimiter,
+    key_id: str,
+    request_id: str,
+    limits: Limits,
+    prompt: int,
+    *,
+    first: bool,
+    standing: StandingRefusals | None = None,
 ) -> dict[str, str]:
+    """Admit the request, or refuse it; a refusal `standing` is told of holds for any request of the key."""
     try:
         decision = await limiter.admit(key_id, limits, request_id, prompt, count_request=first)
     except LimiterUnavailableError as exc:
         raise APIError(503, str(exc), type="service_unavailable", code="rate_limiter_unavailable") from None
     if not decision.allowed:
+        if standing is not None:
+            standing.note(key_id, decision)
         raise _refusal(decision)
     return decision.headers
 
 
 class RequestLimitStage:
-    def __init__(self, limiter: RateLimiter) -> None:
+    """Its admissions count no prompt (that is TokenLimitStage's), so its refusals hold for whatever the key asks
+    next, until the window frees: they are remembered (`StandingRefusals`), and `before_body` refuses the key's
+    requests before their bodies are parsed."""
+
+    def __init__(self, limiter: RateLimiter, standing: StandingRefusals | None = None) -> None:
         self._limiter = limiter
+        self._standing = standing or StandingRefusals()
+
+    def before_body(self, caller: Caller) -> None:
+        """Refuse a request of a key the limiter refused any request of until now (a body gate: see Pipeline)."""
+        decision = self._standing.standing(caller.key_id) if caller.key_id is not None else None
+        if decision is not None:
+            prometheus.rate_limited.labels(decision.limited_by or "requests").inc()
+            raise _refusal(decision)
 
     async def before_load(self, caller: Caller, request_id: str) -> dict[str, str]:
         """The request's RPM admission, before its model is loaded (a load gate: see Pipeline): a key over its limit
-        must not load a model, which evicts what other keys use. Refused here, it has no audit row."""
+        must not load a model, which evicts what other keys use."""
         limits = Limits(caller.rpm, caller.tpm)
         if caller.key_id is None or not limits.any:
             return {}
-        return await _admit(self._limiter, caller.key_id, request_id, limits, 0, first=True)
+        return await self._admit(caller.key_id, request_id, limits)
 
     async def __call__(self, job: ServingJob, call_next: Next) -> Events:
         limits = Limits(job.caller.rpm, job.caller.tpm)
         if job.caller.key_id is not None and limits.any and not job.request_counted:
-            headers = await _admit(self._limiter, job.caller.key_id, job.request_id, limits, 0, first=True)
+            headers = await self._admit(job.caller.key_id, job.request_id, limits)
             job.response_headers.update(headers)
         async with aclosing(_passed_on(job, call_next)) as events:
             async for event in events:
                 yield event
+
+    async def _admit(self, key_id: str, request_id: str, limits: Limits) -> dict[str, str]:
+        return await _admit(self._limiter, key_id, request_id, limits, 0, first=True, standing=self._standing)
 
 
 class TokenLimitStage:

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi.dependencies.models import Dependant
 
 from server.api import deps
-from server.api.gates import AdminKeyFirstRoute, KeyFirstRoute
+from server.api.gates import BODY_ENDPOINTS, AdminKeyFirstRoute, KeyFirstRoute
 from tests.support.routes import server_routes
 
 
@@ -39,3 +39,9 @@ def test_open_routes_stay_open() -> None:
     open_paths = {route.path for route in server_routes() if not isinstance(route, KeyFirstRoute | AdminKeyFirstRoute)}
     assert {"/health/live", "/health/ready", "/metrics"} <= open_paths
     assert not any(path.startswith(("/v1/", "/admin/")) for path in open_paths)
+
+
+def test_every_keyed_route_with_a_body_names_the_endpoint_its_refusal_before_the_body_is_audited_as() -> None:
+    """A route missing from BODY_ENDPOINTS would parse every body of a key its rate limit already refuses."""
+    with_body = {route.path for route in server_routes() if isinstance(route, KeyFirstRoute) and route.body_field}
+    assert with_body == set(BODY_ENDPOINTS)
