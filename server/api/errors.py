@@ -11,9 +11,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from server.api.error_locations import tag_positions
 from server.errors import APIError, ForeseenError, known_error
 from server.protocol.anthropic import AnthropicError, AnthropicErrorDetail, AnthropicErrorType
 from server.protocol.base import MAX_JSON_DEPTH, ErrorDetail, ErrorResponse
@@ -110,13 +112,24 @@ def _telling(errors: Sequence[Any], members: set[tuple[object, ...]]) -> Any:
     return max(siblings, key=lambda e: len(e.get("loc", ())))  # max keeps the first of the furthest
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+def _body_model(scope: Scope) -> type[BaseModel] | None:
+    """The model of the route's JSON body, if it has one."""
+    route = scope.get("route")
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _validation_error(exc: RequestValidationError, model: type[BaseModel] | None = None) -> APIError:
     errors = exc.errors()
     members = _members(errors)
     first = _telling(errors, members)
     whole = tuple(first.get("loc", ()))
-    # Shown without the names of union members ("stop", "str"); the client's field is the first element.
-    loc = [str(p) for i, p in enumerate(whole) if p != "body" and whole[: i + 1] not in members]
+    in_body = 1 if whole[:1] == ("body",) else 0
+    tags = {in_body + i for i in tag_positions(model, whole[in_body:])} if model is not None and in_body else set()
+    # Shown without the names of union members ("stop", "str") or the tags of tagged unions ("text" in
+    # messages.0.content.0.text.text); the client's field is the first element.
+    loc = [str(p) for i, p in enumerate(whole) if p != "body" and whole[: i + 1] not in members and i not in tags]
     if first.get("type") == "json_invalid":
         return APIError(400, "the request body is not valid JSON", code="invalid_json")
     param = loc[0] if loc else None
@@ -173,7 +186,7 @@ def install_error_handlers(app: FastAPI) -> None:
         path = route_path(request.scope)
         if not isinstance(exc, RequestValidationError):
             return response(from_exception(exc), path)
-        return response(_validation_error(exc), path)
+        return response(_validation_error(exc, _body_model(request.scope)), path)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         path = route_path(request.scope)

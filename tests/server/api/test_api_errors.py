@@ -141,6 +141,39 @@ def test_a_body_json_cannot_read_says_why(demo_server: ServerProcess, raw: bytes
             {"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
             "invalid value for messages.0.content.0: Input tag 'image' found using 'type' does not match",
         ),
+        # Where a tagged union chose its member, the location is the client's, without the tag pydantic puts in it
+        # ("messages.0.content.0.text.text"); a field named as its object's type (a chat tool's `function`) stays.
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "missing required parameter: messages.0.content.0.text",
+        ),
+        (
+            CHAT,
+            {"messages": USER, "response_format": {"type": "json_schema"}},
+            "missing required parameter: response_format.json_schema",
+        ),
+        (
+            CHAT,
+            {"messages": USER, "tools": [{"type": "function", "function": {}}]},
+            "missing required parameter: tools.0.function.name",
+        ),
+        (
+            "/v1/messages",
+            {"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "missing required parameter: messages.0.content.0.text",
+        ),
+        (
+            "/v1/messages",
+            {"max_tokens": 4, "messages": USER, "tool_choice": {"type": "tool"}},
+            "missing required parameter: tool_choice.name",
+        ),
+        ("/v1/responses", {"input": [{"type": "function_call_output"}]}, "missing required parameter: input.0.call_id"),
+        (
+            "/v1/responses",
+            {"input": "hi", "text": {"format": {"type": "json_schema"}}},
+            "missing required parameter: text.format.name",
+        ),
     ],
 )
 def test_a_value_no_member_of_a_union_takes_is_told_what_the_member_it_meant_needs(
