@@ -7,7 +7,8 @@ build their routes from the classes here, whose handlers check the key before th
 found on `request.state` for the dependencies. A refusal is answered without parsing the body, with `Connection:
 close`, so the server closes the connection rather than read (and discard) the rest of a body that may be large.
 The same holds for a keyed request its body could not save: the pipeline's body gates (a key whose rate-limit window
-refuses any request) run before the body is read too, and their refusal is audited.
+refuses any request) run before the body is parsed too, and their refusal is audited; the connection stays open (the
+protocol drops the body's bytes as they come), so a client with a large body reads its 429 rather than a reset.
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ class KeyFirstRoute(APIRoute):
         async def key_first(request: Request) -> Response:
             with closing_on_refusal():
                 caller = await authenticate(request)
-                if endpoint is not None:
-                    refuse_before_body(request, caller, endpoint)
+            if endpoint is not None:
+                # Not closing: the protocol drops the body's bytes unparsed, and a client still sending a large body
+                # reads its 429 instead of a connection reset (what it does with its Retry-After depends on that).
+                refuse_before_body(request, caller, endpoint)
             return await handler(request)
 
         return key_first

@@ -142,20 +142,23 @@ def test_a_continuation_over_rpm_is_refused_before_its_conversation_is_read(plan
 def test_a_key_its_window_refuses_whatever_it_asks_is_refused_before_its_next_bodies_are_read(plane: Plane) -> None:
     """A body is parsed and validated before the pipeline's limits (the model is read from it): a key past its RPM
     could send body after body, each parsed only to be refused. Once a refusal holds whatever the key asks, its next
-    requests until the window frees are refused unread: one that is not even JSON gets the same 429, its wait counted
-    down, the connection closed rather than the body read, and an audit row."""
+    requests until the window frees are refused unparsed: one that is not even JSON gets the same 429, its wait
+    counted down, and an audit row. The connection stays open, so a client sending a large body reads its 429 (its
+    SDK honours the Retry-After) instead of a reset, and its next request goes on the same connection."""
     created = plane.key(rpm=1)
     key, url = created["key"], plane.server.base_url
     assert plane.post(key, "/v1/chat/completions", _chat("hi")).status_code == 200
     refused = plane.post(key, "/v1/chat/completions", _chat("hi"))
     assert refused.status_code == 429, refused.text
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    unread = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers=headers, timeout=30)
-    assert unread.status_code == 429 and unread.json()["error"]["code"] == "rate_limit_exceeded", unread.text
-    assert int(unread.headers["retry-after"]) <= int(refused.headers["retry-after"])
-    assert unread.headers["x-ratelimit-limit-requests"] == "1" and unread.headers["connection"] == "close"
-    messages = httpx.post(f"{url}/v1/messages", content=b"[]", headers=headers, timeout=30)
-    assert messages.status_code == 429 and messages.json()["error"]["type"] == "rate_limit_error", messages.text
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        unread = client.post("/v1/chat/completions", content=b"{not json" + b" " * 3_000_000)
+        assert unread.status_code == 429 and unread.json()["error"]["code"] == "rate_limit_exceeded", unread.text
+        assert int(unread.headers["retry-after"]) <= int(refused.headers["retry-after"])
+        assert unread.headers["x-ratelimit-limit-requests"] == "1" and "connection" not in unread.headers
+        messages = client.post("/v1/messages", content=b"[]")
+        assert messages.status_code == 429 and messages.json()["error"]["type"] == "rate_limit_error", messages.text
+        assert client.get("/health/live").status_code == 200
     other = plane.key(rpm=1)["key"]  # another key's bodies are read as ever
     headers["Authorization"] = f"Bearer {other}"
     assert (
