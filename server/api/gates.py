@@ -6,9 +6,10 @@ GGUFSTACK_MAX_REQUEST_BYTES): no answer for it, a pause for every stream on the 
 build their routes from the classes here, whose handlers check the key before the body is touched and leave what they
 found on `request.state` for the dependencies. A refusal is answered without parsing the body, with `Connection:
 close`, so the server closes the connection rather than read (and discard) the rest of a body that may be large.
-The same holds for a keyed request its body could not save: the pipeline's body gates (a key whose rate-limit window
-refuses any request) run before the body is parsed too, and their refusal is audited; the connection stays open (the
-protocol drops the body's bytes as they come), so a client with a large body reads its 429 rather than a reset.
+The same holds for a keyed request its body could not save: the pipeline's body gates (a key at its cap on requests in
+flight, a key whose rate-limit window refuses any request) run before the body is parsed too, and their refusal is
+audited; the connection stays open (the protocol drops the body's bytes as they come), so a client with a large body
+reads its 429 rather than a reset.
 """
 
 from __future__ import annotations

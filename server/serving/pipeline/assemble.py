@@ -93,6 +93,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
             concurrency = ConcurrencyStage(settings.max_concurrent_per_key)
             stages.append(concurrency)
             load_waits.append(concurrency.waiting_for_load)
+            body_gates.append(concurrency.before_body)
     if settings.redis_url is None:
         stages.append(prepare)
     else:

@@ -3,11 +3,11 @@
 The engine's slots and the queue in front of them are shared by every key: without a cap one key's long generations,
 sent together, take all of them, and every other key gets 429 `engine_overloaded` while they run. Neither RPM (a
 handful of requests is enough) nor TPM (an answer's tokens are charged when it ends, so requests sent together all
-pass) prevents it. A request past the cap gets 429 `too_many_concurrent_requests` before it counts against RPM or
-anything is rendered. Counted per replica, in memory, like model loads; the admin key and servers without keys are
-not capped (their caller has no key id). A request counts from this stage until its events close: its answer sent,
-its client gone, or its stream given up (see the stream send timeout); and, for a model that is not loaded, while it
-waits for the load (`waiting_for_load`, the pipeline's load wait).
+pass) prevents it. A request past the cap gets 429 `too_many_concurrent_requests` before its body is parsed
+(`before_body`), counts against RPM or anything is rendered. Counted per replica, in memory, like model loads; the
+admin key and servers without keys are not capped (their caller has no key id). A request counts from this stage until
+its events close: its answer sent, its client gone, or its stream given up (see the stream send timeout); and, for a
+model that is not loaded, while it waits for the load (`waiting_for_load`, the pipeline's load wait).
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ class ConcurrencyStage:
 
     def running(self, key_id: str) -> int:
         return self._running[key_id] + self._waiting[key_id]
+
+    def before_body(self, caller: Caller) -> None:
+        """A request of a key at its cap is refused whatever its body holds: before the body is parsed (a body gate:
+        see Pipeline), so a key at its cap cannot keep the event loop parsing bodies only to refuse them."""
+        if caller.key_id is not None:
+            self._refuse_past_cap(caller.key_id)
 
     @contextlib.contextmanager
     def waiting_for_load(self, caller: Caller) -> Iterator[None]:

@@ -56,10 +56,14 @@ def test_one_key_cannot_take_every_slot_from_the_others(capped_plane: Plane) -> 
         assert "x-ratelimit-remaining-requests" not in second.headers  # refused before the request counted
         answered = plane.chat(other["key"])
         assert answered.status_code == 200, answered.text
+        # Refused whatever the body holds, so before it is parsed: not even JSON gets the same 429, not a 400.
+        headers = {"Authorization": f"Bearer {hog['key']}", "Content-Type": "application/json"}
+        unread = httpx.post(f"{plane.url}/v1/chat/completions", content=b"{not json", headers=headers, timeout=30)
+        assert unread.status_code == 429 and unread.json()["error"]["code"] == "too_many_concurrent_requests"
     # The stream is over (the client went away): the key may run a request again.
     assert eventually(lambda: plane.chat(hog["key"]).status_code == 200)
     rows = plane.sql("SELECT status FROM audit_log WHERE key_id = %s ORDER BY created_at", hog["id"])
-    assert [s for (s,) in rows].count(429) == 1
+    assert [s for (s,) in rows].count(429) == 2
 
 
 def test_the_admin_key_is_not_capped(capped_plane: Plane) -> None:

@@ -46,6 +46,22 @@ async def test_a_key_past_its_cap_is_refused_until_a_request_of_its_own_ends() -
     assert cap.running("k") == 0
 
 
+async def test_the_body_gate_refuses_a_key_at_its_cap_as_the_stage_would() -> None:
+    cap = ConcurrencyStage(1)
+    key = Caller(key_id="k")
+    pipeline = Pipeline([cap, prepare], body_gates=[cap.before_body])
+    pipeline.before_body(key)  # under its cap: passes
+    held = await completions.create(STREAM, _context(cap, key))
+    with pytest.raises(APIError) as refused:
+        pipeline.before_body(key)
+    assert (refused.value.status, refused.value.code) == (429, "too_many_concurrent_requests")
+    pipeline.before_body(Caller(key_id="other"))
+    pipeline.before_body(Caller())
+    assert held.close is not None
+    await held.close()
+    pipeline.before_body(key)
+
+
 async def _until(condition: Callable[[], bool], failure: str) -> None:
     for _ in range(500):
         if condition():
