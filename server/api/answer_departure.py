@@ -6,8 +6,9 @@ memory for as long as it likes; forty such clients replaying a 6 MB cached answe
 when a chunk waits past the send timeout (`streaming.py`), but a JSON body is written in one go and its request is
 over before a byte of it has left. So here, at the transport: while the buffer is past its high-water mark, a client
 that takes no byte of it for `send_timeout_s` (`GGUFSTACK_STREAM_SEND_TIMEOUT_S`) has its connection aborted, the
-buffer with it. A slow reader that keeps taking bytes is not cut off: the time starts over whenever the buffer
-shrinks.
+buffer with it. A slow reader that keeps taking bytes is not cut off: the time starts over whenever it has taken
+at least `send_min_bytes_per_s` (`GGUFSTACK_STREAM_SEND_MIN_BYTES_PER_S`) for each second of the period, or all that
+was waiting. Without that minimum, a client taking one byte per period kept a megabyte answer in memory for a year.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import array
 import asyncio
 import fcntl
 import logging
+import math
 import termios
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class StalledReaderProtocol(HttpToolsProtocol):
     send_timeout_s = 30.0
+    send_min_bytes_per_s = 0
 
     _write_timer: asyncio.TimerHandle | None = None
     _outstanding_at_check = 0  # the answer's bytes not yet taken when the current period began
@@ -65,11 +68,16 @@ class StalledReaderProtocol(HttpToolsProtocol):
     def _check_progress(self) -> None:
         self._write_timer = None
         buffered = self._outstanding()
-        if buffered < self._outstanding_at_check:  # the client took some: a slow reader, not a stalled one
+        taken = self._outstanding_at_check - buffered
+        least = min(self._outstanding_at_check, math.ceil(self.send_min_bytes_per_s * self.send_timeout_s))
+        if taken > 0 and taken >= least:  # a slow reader, not a stalled one
             self._outstanding_at_check = buffered
             self._arm()
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        timeout = self.send_timeout_s
-        log.warning("dropped %s: it took none of its answer for %.0f s (%d bytes waiting)", client, timeout, buffered)
+        timeout, taken = self.send_timeout_s, max(taken, 0)
+        log.warning(
+            "dropped %s: it took %d bytes of its answer in %.0f s, under the least it must (%d bytes waiting)",
+            client, taken, timeout, buffered,
+        )  # fmt: skip
         self.transport.abort()

@@ -18,5 +18,6 @@ def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
         "head_timeout_s": settings.request_head_timeout_s,
         "body_timeout_s": settings.request_body_timeout_s,
         "send_timeout_s": settings.stream_send_timeout_s,
+        "send_min_bytes_per_s": settings.stream_send_min_bytes_per_s,
     }
     return type("ServerProtocol", (BoundedArrivalProtocol, StalledReaderProtocol, PipeliningAwareProtocol), limits)

@@ -32,6 +32,14 @@ def server() -> Iterator[ProtocolServer]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def demanding() -> Iterator[ProtocolServer]:
+    """A minimum rate far above what the slow reader below takes: 32 KiB for each send-timeout period."""
+    settings = load_settings(stream_send_timeout_s=SEND_TIMEOUT_S, stream_send_min_bytes_per_s=65536)
+    with running_protocol_server(_app, http_protocol(settings)) as running:
+        yield running
+
+
 def _asking(server: ProtocolServer) -> socket.socket:
     url = urlsplit(server.url)
     sock = socket.socket()
@@ -61,3 +69,26 @@ def test_a_slow_reader_that_keeps_taking_bytes_gets_its_whole_answer(server: Pro
             assert chunk, f"dropped after {received} bytes"
             received += len(chunk)
         assert received >= BIG
+
+
+def _reading_slowly(server: ProtocolServer, sock: socket.socket) -> bool:
+    """Whether the server still holds the connection of a client that read up to 4 KiB every 0.6 of a send timeout,
+    eight times. (A dropped client may go on reading: the kernel still sends what it had queued.)"""
+    for _ in range(8):
+        time.sleep(0.6 * SEND_TIMEOUT_S)
+        if not server.holds(sock):
+            return False
+        sock.recv(4096)
+    return server.holds(sock)
+
+
+def test_a_reader_slower_than_the_least_rate_is_dropped(demanding: ProtocolServer) -> None:
+    """Progress alone kept a connection: a client taking one byte per period held its answer's memory for as long as
+    that took (a megabyte: a year at the default timeout). Now each period must take the least rate's worth."""
+    with _asking(demanding) as sock:
+        assert not _reading_slowly(demanding, sock)
+
+
+def test_the_same_reader_within_the_least_rate_keeps_its_connection(server: ProtocolServer) -> None:
+    with _asking(server) as sock:
+        assert _reading_slowly(server, sock)
