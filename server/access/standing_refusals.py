@@ -1,12 +1,12 @@
 """Keys whose rate-limit window refuses any request, remembered on this replica until it frees.
 
-A request's body is parsed and validated before its key's RPM is checked (the pipeline reads the model from it first),
-and that costs the event loop up to about a tenth of a second for a large body: a key past its limit could send body
-after body, each parsed to be refused. A refusal that held whatever the request (too many requests, or the tokens
-already spent, decided before any prompt is counted) says when the window frees (Retry-After); until then the key's
-next requests are refused before their bodies are read, with what the limiter said, the wait counted down. Per
-replica: another replica finds out on its own first refusal. A key whose limit an admin raises meanwhile waits at most
-out the wait it was told.
+A request's body is parsed and validated on the event loop before its key's RPM is checked (the pipeline reads the
+model from it first): a key past its limit could send body after body, each parsed only to be refused
+(docs/security.md has the cost). A refusal that held whatever the request (too many requests, or the tokens already
+spent, decided before any prompt is counted) says when the window frees (Retry-After); until then the key's next
+requests are refused before their bodies are read, with what the limiter said, the wait counted down. Per replica:
+another replica finds out on its own first refusal. A key whose limit an admin raises meanwhile waits out at most the
+wait it was told.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 An answer is written into the connection's buffer as fast as the server makes it, whole for a JSON body: a client
 that leaves its socket unread (its receive window full, the connection kept open) holds that buffer in the server's
-memory for as long as it likes; forty such clients replaying a 6 MB cached answer held 250 MB. Streams already end
+memory for as long as it likes (docs/security.md has what forty such clients held). Streams already end
 when a chunk waits past the send timeout (`streaming.py`), but a JSON body is written in one go and its request is
 over before a byte of it has left. So here, at the transport: while the buffer is past its high-water mark, a client
 that takes no byte of it for `send_timeout_s` (`GGUFSTACK_STREAM_SEND_TIMEOUT_S`) has its connection aborted, the
 buffer with it. A slow reader that keeps taking bytes is not cut off: the time starts over whenever it has taken
 at least `send_min_bytes_per_s` (`GGUFSTACK_STREAM_SEND_MIN_BYTES_PER_S`) for each second of the period, or all that
-was waiting. Without that minimum, a client taking one byte per period kept a megabyte answer in memory for a year.
+was waiting. With progress alone counted, a client taking one byte per period held its answer for as long as it liked.
 """
 
 from __future__ import annotations

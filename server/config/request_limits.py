@@ -39,8 +39,8 @@ class RequestLimitSettings(BaseSettings):
         262_144, ge=1, description="Longest input of /tokenize (characters) and /detokenize (token ids)."
     )
     max_embedding_inputs: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
-    # A body is parsed and validated on the event loop, at a cost per object, not per byte: 4 MiB of empty content
-    # parts held the loop for about a second, every stream on the replica paused, even for a key past its RPM.
+    # A body is parsed and validated on the event loop at a cost per object, not per byte, while every stream on the
+    # replica waits (docs/security.md, "Bodies cost per object").
     max_body_containers: int = Field(
         32_768,
         ge=64,
