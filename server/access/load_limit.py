@@ -2,10 +2,11 @@
 a load, and each load evicts what other keys use: at most `per_minute` loads a minute per key, counted per replica
 as the loads are; the request that would start one more gets 429 `too_many_model_loads` with Retry-After. Only a
 request that starts a load is counted: one that finds its model loaded, or loading for another request, starts none.
-A model that another key's load evicted is brought back at that key's charge, not the requester's, while that key has
-loads left in its minute: a key that uses one model is not refused because others push it out. Once the evicting key's
-loads are spent, a restore is the requester's own load (counted and checked), so two keys taking turns evicting each
-other's models are held to their limits. The admin key and servers without keys are not limited (their caller has no
+Every load is its requester's: a key pushing another's model out starts a load for each push, within its own limit,
+so the other key needs no more restores than that (one more if it loaded first). A model the admin key's load evicted
+comes back at nobody's charge. (An earlier rule charged a restore to the key whose load had evicted the model: two keys
+then took turns for ever, each load the other's charge and none checked, and a key could arrange for its own reloads
+to be charged to the key it pushed out.) The admin key and servers without keys are not limited (their caller has no
 key id).
 """
 
@@ -28,18 +29,13 @@ class LoadLimit:
 
     def starting(self, caller: Caller, model_id: str, evicted_by: str | None) -> str:
         """Count the load of `model_id` that `caller`'s request is about to start, or refuse it (429); the key the
-        load is for ("" for none). `evicted_by`: the key whose load evicted the model, if one did."""
+        load is for ("" for none). `evicted_by`: the key whose load evicted the model ("" the admin key's), if one
+        did."""
         owner = caller.key_id or ""
         if self._loads is None or not owner:
             return owner
-        if evicted_by is not None and evicted_by != owner:
-            if not evicted_by:  # the admin key's eviction: nobody's charge
-                return owner
-            if self._loads.retry_after_s(evicted_by) is None:
-                self._loads.count(evicted_by)
-                return owner
-            # The evicting key's loads are spent: the restore is the requester's own. Else two keys whose models do
-            # not fit together take turns for ever, each load a restore at the other's charge and none checked.
+        if evicted_by == "":  # the admin key's load evicted it: nobody's charge
+            return owner
         wait_s = self._loads.retry_after_s(owner)
         if wait_s is not None:
             prometheus.rate_limited.labels("model_loads").inc()

@@ -97,7 +97,8 @@ class CatalogueModel:
     retry_delay: float = 0.0
     load_seconds: float = 0.0  # the last load's, for Retry-After
     # Who its load was for (an opaque name the load's starter gives; "" for none), and, after an eviction to make room,
-    # whose load evicted it: the starter of its next load may charge that one (a key's load limit does).
+    # whose load evicted it: the starter of its next load may go by it (a key's load limit lets a restore of what the
+    # admin key's load evicted go free).
     load_owner: str = ""
     evicted_by: str | None = None
 

@@ -1,5 +1,5 @@
-"""A key may start at most so many model loads in any minute; reloading a model another key's load evicted is that
-key's charge; the admin key and servers without keys are not limited."""
+"""A key may start at most so many model loads in any minute, every load its own, restores included (but those of
+a model the admin key's load evicted); the admin key and servers without keys are not limited."""
 
 from __future__ import annotations
 
@@ -51,47 +51,57 @@ def test_no_burst_of_twice_the_limit_across_a_minutes_edge() -> None:
         limit.starting(KEY, "a", None)
 
 
-def test_a_model_another_keys_load_evicted_comes_back_at_that_keys_charge() -> None:
-    limit = LoadLimit(2, clock=Clock())
-    victim, pusher = Caller(key_id="victim"), Caller(key_id="pusher")
-    for _ in range(2):  # the victim's model, evicted by the pusher's loads each time
-        assert limit.starting(victim, "y", "pusher") == "victim"
-    with pytest.raises(APIError):
-        limit.starting(pusher, "x", None)  # its two loads were spent bringing y back
-    for _ in range(3):
-        assert limit.starting(victim, "y", "") == "victim", "evicted by the admin key: nobody's charge"
-    limit.starting(victim, "y", None)
-    limit.starting(victim, "y", "victim")
-    with pytest.raises(APIError):  # its own load evicted it: its own charge
-        limit.starting(victim, "y", "victim")
-
-
-def test_a_restore_past_the_evicting_keys_loads_is_the_requesters_own() -> None:
+def test_a_restore_is_the_requesters_load_but_after_the_admin_keys_eviction() -> None:
     limit = LoadLimit(2, clock=Clock())
     victim = Caller(key_id="victim")
-    for _ in range(2):
-        limit.starting(Caller(key_id="pusher"), "x", None)
-    limit.starting(victim, "y", "pusher")  # counted as the victim's own: the pusher's loads are spent
+    for _ in range(3):
+        assert limit.starting(victim, "y", "") == "victim", "evicted by the admin key: nobody's charge"
     limit.starting(victim, "y", "pusher")
+    limit.starting(victim, "y", None)
     with pytest.raises(APIError):
         limit.starting(victim, "y", "pusher")
+    limit.starting(Caller(key_id="pusher"), "x", None)  # the pusher's loads are its own, and still free
+
+
+def _taking_turns(limit: LoadLimit, turns: list[tuple[str, str]], capacity: int = 1) -> list[str]:
+    """The keys refused, in order, as each turn asks for its model, loaded (least recently used evicted first) within
+    `capacity` models, with the registry's bookkeeping of whose load evicted what."""
+    refused: list[str] = []
+    loaded: list[str] = []  # least recently used first
+    evicted_by: dict[str, str | None] = {}
+    for key, model in turns:
+        if model in loaded:
+            loaded.remove(model)
+            loaded.append(model)
+            continue
+        try:
+            owner = limit.starting(Caller(key_id=key), model, evicted_by.get(model))
+        except APIError:
+            refused.append(key)
+            continue
+        if len(loaded) == capacity:
+            evicted_by[loaded.pop(0)] = owner
+        evicted_by[model] = None
+        loaded.append(model)
+    return refused
 
 
 def test_two_keys_taking_turns_evicting_each_others_models_are_held_to_their_limits() -> None:
-    """Each load restores the model the other key's load evicted: at the other's charge while it has loads left, so
-    each key's own count fills, and then each restore is checked against its requester. Before, every load was the
-    other's charge and checked against neither: seven loads of each model under a limit of 2, no 429."""
-    limit = LoadLimit(2, clock=Clock())
-    a, b = Caller(key_id="a"), Caller(key_id="b")
-    limit.starting(a, "x", None)  # a's first load, its own, evicts b's y
-    turns = [(b, "y", "a"), (a, "x", "b"), (b, "y", "a"), (a, "x", "b"), (b, "y", "a"), (a, "x", "b")]
-    refused = []
-    for caller, model, evicted_by in turns:
-        try:
-            limit.starting(caller, model, evicted_by)
-        except APIError:
-            refused.append(caller.key_id)
-    assert refused == ["a", "b", "a"], "once both keys' loads are spent, every turn is refused"
+    """Before, every load was a restore at the other key's charge and checked against neither: seven loads of each
+    model under a limit of 2, no 429."""
+    refused = _taking_turns(LoadLimit(2, clock=Clock()), [("a", "x"), ("b", "y")] * 4)
+    assert refused == ["a", "a"], "a's third and fourth loads are refused; b's y stays loaded and starts no load"
+
+
+def test_a_key_that_uses_one_model_is_not_refused_by_one_key_pushing_it_out() -> None:
+    """Found in review of the rule before: a key alternating two models arranged for the one-model key's own load to
+    evict one of them first, and then every reload of its own was charged to that key until it was locked out."""
+    turns = [("pusher", "x"), ("victim", "y")] * 8
+    refused = _taking_turns(LoadLimit(4, clock=Clock()), turns)
+    assert "victim" not in refused and "pusher" in refused
+    turns = [("pusher", "x1"), ("pusher", "x2"), ("victim", "y")] * 8
+    refused = _taking_turns(LoadLimit(4, clock=Clock()), turns, capacity=2)
+    assert "victim" not in refused and "pusher" in refused
 
 
 @pytest.mark.parametrize("caller", [Caller(key_id=None, name="admin"), Caller()])

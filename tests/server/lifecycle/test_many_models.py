@@ -246,8 +246,8 @@ def test_two_keys_taking_turns_with_models_that_do_not_fit_are_held_to_their_loa
 ) -> None:
     """Each key asks for its own model, which the other's load evicted last. Every load restored a model the other
     key's load had evicted, at that key's charge and checked against neither: measured before the fix, two keys
-    made 7 loads each of a limit of 2 and were never refused. Now a restore is at the evicting key's charge only while
-    that key has loads left, so the turns fill both keys' counts (3 each here) and then meet the limit."""
+    made 7 loads each of a limit of 2 and were never refused. Now every load is its requester's, restores included
+    (but of a model the admin key evicted), so the turns meet one key's limit of 3."""
     keys = {}
     for model in ("smol", "gemma"):
         created = httpx.post(f"{tight.base_url}/admin/keys", json={"name": f"turns-{model}"}, headers=ADMIN, timeout=10)
