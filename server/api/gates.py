@@ -14,6 +14,7 @@ reads its 429 rather than a reset.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -114,8 +115,10 @@ class KeyFirstRoute(APIRoute):
                 caller = await authenticate(request)
             if endpoint is not None:
                 # Not closing: the protocol drops the body's bytes unparsed, and a client still sending a large body
-                # reads its 429 instead of a connection reset (what it does with its Retry-After depends on that).
-                refuse_before_body(request, caller, endpoint)
+                # reads its 429 instead of a connection reset (what it does with its Retry-After depends on that). A
+                # chunked body has no length the body limit could hold it to: that connection is closed.
+                with closing_on_refusal() if "content-length" not in request.headers else contextlib.nullcontext():
+                    refuse_before_body(request, caller, endpoint)
             return await handler(request)
 
         return key_first

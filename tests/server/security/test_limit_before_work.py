@@ -159,14 +159,17 @@ def test_a_key_its_window_refuses_whatever_it_asks_is_refused_before_its_next_bo
         messages = client.post("/v1/messages", content=b"[]")
         assert messages.status_code == 429 and messages.json()["error"]["type"] == "rate_limit_error", messages.text
         assert client.get("/health/live").status_code == 200
+        chunked = client.post("/v1/chat/completions", content=iter([b"{not", b" json"]))  # no length: closed after
+        assert chunked.status_code == 429 and chunked.headers["connection"] == "close", chunked.text
     other = plane.key(rpm=1)["key"]  # another key's bodies are read as ever
     headers["Authorization"] = f"Bearer {other}"
     assert (
         httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers=headers, timeout=30).status_code == 400
     )
-    assert _audit(plane, created["id"], 4) == [
+    assert _audit(plane, created["id"], 5) == [
         ("chat.completions", 200),
         ("chat.completions", 429),
         ("chat.completions", 429),
         ("messages", 429),
+        ("chat.completions", 429),
     ]
