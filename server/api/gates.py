@@ -91,8 +91,8 @@ BODY_ENDPOINTS: dict[str, Endpoint] = {
 
 
 def refuse_before_body(request: Request, caller: Caller, endpoint: Endpoint) -> None:
-    """Refuse, audited, a request the pipeline's body gates would refuse whatever its body holds (a key whose
-    rate-limit window refuses any request), before its body is parsed."""
+    """Refuse, audited, a request the pipeline's body gates would refuse whatever its body holds (a key at its cap
+    on requests in flight, a key whose rate-limit window refuses any request), before its body is parsed."""
     pipeline = request.app.state.plane.pipeline
     try:
         pipeline.before_body(caller)

@@ -15,9 +15,9 @@ fill Redis with answers and push every other key's, and their rate-limit windows
 the least recently used keys: infra/cache.py); a key's live entries stay under twice the budget (an entry outlives
 its window by at most `ttl_s`).
 
-An answer larger than `max_entry_bytes` is not cached: replaying one costs the event loop its decoding (half a
-second for 7 MB of log-probabilities) and the replica its memory, for a key charged no tokens for it (a hit counts
-against RPM only), so a few would stall every other request. Entries past 64 KiB are decoded in a worker thread.
+An answer larger than `max_entry_bytes` is not cached: replaying one costs the event loop its decoding and the
+replica its memory, for a key charged no tokens for it (a hit counts against RPM only), so a few would stall every
+other request (docs/access.md has the measurement). Entries past 64 KiB are decoded in a worker thread.
 
 Redis being unreachable only makes every lookup a miss.
 """

@@ -2,7 +2,7 @@
 
 A request hands its record to `submit`, which never waits: the database never stalls a stream. While PostgreSQL is
 unreachable, records wait in memory, up to `max_queue` records and `max_queue_bytes` of conversation text (a
-record holds up to a request body's worth: a bound by count alone let 10,000 of 4 MB wait); they are written, in
+record holds up to a request body's worth, so a bound by count alone is no bound on memory); they are written, in
 order and once each (request ids are the server's own and unique, inserts skip duplicates), when it is back. Records
 beyond either bound are dropped, counted and logged. A record PostgreSQL refuses for what it holds is set aside
 (counted and logged), never retried forever.
