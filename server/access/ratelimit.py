@@ -88,9 +88,10 @@ class Limits:
 class Decision:
     allowed: bool
     limited_by: Literal["requests", "tokens"] | None = None
-    retry_after_s: int = 0
+    retry_after_s: int = 0  # Retry-After's whole seconds, at least 1 for a refusal
     # OpenAI's x-ratelimit-* headers, for the response (or the 429).
     headers: dict[str, str] = field(default_factory=dict)
+    wait_s: float | None = None  # until the window frees, exactly (None: retry_after_s)
 
 
 def reset_duration(ms: float) -> str:
@@ -158,7 +159,7 @@ class RateLimiter:
         headers = _headers(limits, requests, tokens, wait_ms, limited_by)
         if limited_by is not None:
             prometheus.rate_limited.labels(limited_by).inc()
-            return Decision(False, limited_by, max(math.ceil(wait_ms / 1000), 1), headers)
+            return Decision(False, limited_by, max(math.ceil(wait_ms / 1000), 1), headers, wait_ms / 1000)
         return Decision(True, headers=headers)
 
     async def charge(self, key_id: str, limits: Limits, request_id: str, completion_tokens: int) -> None:

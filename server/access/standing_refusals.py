@@ -31,7 +31,9 @@ class StandingRefusals:
         now = self._clock()
         if len(self._until) >= _PRUNE_PAST:
             self._until = {key: held for key, held in self._until.items() if held[0] > now}
-        self._until[key_id] = (now + decision.retry_after_s, decision)
+        wait = decision.retry_after_s if decision.wait_s is None else decision.wait_s
+        if wait > 0:  # the exact wait, not Retry-After's whole seconds: a window freeing in 5 ms stands for 5 ms
+            self._until[key_id] = (now + wait, decision)
 
     def standing(self, key_id: str) -> Decision | None:
         """The refusal that still holds for `key_id`, its wait what is left of it; None when there is none."""
@@ -47,4 +49,4 @@ class StandingRefusals:
         reset = f"x-ratelimit-reset-{decision.limited_by}"
         if reset in headers:
             headers[reset] = reset_duration(left * 1000)
-        return replace(decision, retry_after_s=math.ceil(left), headers=headers)
+        return replace(decision, retry_after_s=max(math.ceil(left), 1), headers=headers, wait_s=left)

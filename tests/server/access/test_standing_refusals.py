@@ -51,6 +51,21 @@ def test_a_refusal_for_spent_tokens_counts_down_its_own_reset() -> None:
     }
 
 
+def test_a_refusal_stands_for_the_exact_wait_not_retry_afters_whole_seconds() -> None:
+    """Retry-After is whole seconds, at least 1: a window freeing in 5 ms used to refuse the key for a second."""
+    clock = Clock()
+    refusals = StandingRefusals(clock)
+    refusals.note("k", Decision(False, "requests", 1, {"x-ratelimit-reset-requests": "5ms"}, wait_s=0.005))
+    clock.now += 0.004
+    standing = refusals.standing("k")
+    assert standing is not None and standing.retry_after_s == 1
+    assert standing.headers["x-ratelimit-reset-requests"] in {"0ms", "1ms"}
+    clock.now += 0.002
+    assert refusals.standing("k") is None
+    refusals.note("k", Decision(False, "requests", 1, {}, wait_s=0.0))  # freed already: nothing to stand on
+    assert refusals.standing("k") is None
+
+
 def test_lapsed_refusals_are_swept_out_as_keys_pile_up() -> None:
     clock = Clock()
     refusals = StandingRefusals(clock)
