@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from server.telemetry.prometheus import (
+    ANSWERS_DROPPED,
     COMPLETION_TOKENS,
     GENERATIONS_RUNNING,
     GENERATIONS_WAITING,
@@ -147,6 +148,17 @@ def alert_rules() -> list[AlertRule]:
             "warnings for the clients.",
         ),
         AlertRule(
+            "GgufstackWaitingAnswersOverBudget",
+            # Connections dropped because answers waiting on their clients held all the memory the replica lends
+            # them: clients holding answers open on purpose, or a budget too small for the answers clients ask for.
+            f'sum(increase({ANSWERS_DROPPED}{{{SELECTOR},reason="memory_budget"}}[15m])) > 0',
+            15,
+            3,
+            "Connections have been dropped for 15 minutes because answers waiting on slow clients held more than "
+            "GGUFSTACK_MAX_WAITING_ANSWER_BYTES: clients holding answers open, or a budget too small for the "
+            "answers asked for (see the server's warnings for the clients).",
+        ),
+        AlertRule(
             "GgufstackRetentionFailing",
             # Passes are hourly on every replica and one replica's success is enough (the others skip or fail while
             # it prunes): only failures with no success anywhere in the window mean rows are no longer deleted.
@@ -251,6 +263,7 @@ def dashboard() -> dict[str, Any]:
                 "{{status}}": f"sum by (status) (rate({HTTP_REQUESTS}{{{SELECTOR}}}[5m]))",
                 "refused: {{reason}}": f"sum by (reason) (rate({REQUESTS_REFUSED}{{{SELECTOR}}}[5m]))",
                 "refused on arrival: {{code}}": f"sum by (code) (rate({HTTP_REFUSED}{{{SELECTOR}}}[5m]))",
+                "answers dropped: {{reason}}": f"sum by (reason) (rate({ANSWERS_DROPPED}{{{SELECTOR}}}[5m]))",
             },
         ),
         {

@@ -9,6 +9,7 @@ that takes no byte of it for `send_timeout_s` (`GGUFSTACK_STREAM_SEND_TIMEOUT_S`
 buffer with it. A slow reader that keeps taking bytes is not cut off: the time starts over whenever it has taken
 at least `send_min_bytes_per_s` (`GGUFSTACK_STREAM_SEND_MIN_BYTES_PER_S`) for each second of the period, or all that
 was waiting. With progress alone counted, a client taking one byte per period held its answer for as long as it liked.
+How many such answers a replica holds at once is bounded apart (`waiting_answers.py`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ import termios
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from server.api.waiting_answers import WaitingAnswers
+from server.telemetry import prometheus
+
 log = logging.getLogger(__name__)
 
 
 class StalledReaderProtocol(HttpToolsProtocol):
     send_timeout_s = 30.0
     send_min_bytes_per_s = 0
+    waiting_answers = WaitingAnswers(max_bytes=2**63)  # one per server: `http_protocol` sets it
 
     _write_timer: asyncio.TimerHandle | None = None
     _outstanding_at_check = 0  # the answer's bytes not yet taken when the current period began
@@ -36,14 +41,29 @@ class StalledReaderProtocol(HttpToolsProtocol):
         super().pause_writing()
         self._outstanding_at_check = self._outstanding()
         self._arm()
+        self.waiting_answers.waiting(self)
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._disarm()
+        self.waiting_answers.done(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.waiting_answers.done(self)
         super().connection_lost(exc)
+
+    def waiting_bytes(self) -> int:
+        # The kernel's queue too: uvloop keeps the whole answer alive until its last byte is sent (it buffers a view
+        # of it, not a copy), and the kernel's socket memory is charged to the pod's memory as well.
+        return self._outstanding()
+
+    def drop(self, reason: str) -> None:
+        self._disarm()
+        self.waiting_answers.done(self)
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        log.warning("dropped %s: %s", client, reason)
+        self.transport.abort()
 
     def _arm(self) -> None:
         self._disarm()
@@ -74,10 +94,8 @@ class StalledReaderProtocol(HttpToolsProtocol):
             self._outstanding_at_check = buffered
             self._arm()
             return
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        timeout, taken = self.send_timeout_s, max(taken, 0)
-        log.warning(
-            "dropped %s: it took %d bytes of its answer in %.0f s, under the least it must (%d bytes waiting)",
-            client, taken, timeout, buffered,
-        )  # fmt: skip
-        self.transport.abort()
+        prometheus.answers_dropped.labels("too_slow").inc()
+        self.drop(
+            f"it took {max(taken, 0)} bytes of its answer in {self.send_timeout_s:.0f} s, under the least it must "
+            f"({buffered} bytes waiting)"
+        )

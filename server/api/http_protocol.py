@@ -8,6 +8,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from server.api.answer_departure import StalledReaderProtocol
 from server.api.pipelining import PipeliningAwareProtocol
 from server.api.request_arrival import BoundedArrivalProtocol, drop_uvicorns_refusal_line
+from server.api.waiting_answers import WaitingAnswers
 from server.config.settings import Settings
 
 
@@ -19,5 +20,6 @@ def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
         "body_timeout_s": settings.request_body_timeout_s,
         "send_timeout_s": settings.stream_send_timeout_s,
         "send_min_bytes_per_s": settings.stream_send_min_bytes_per_s,
+        "waiting_answers": WaitingAnswers(settings.max_waiting_answer_bytes),
     }
     return type("ServerProtocol", (BoundedArrivalProtocol, StalledReaderProtocol, PipeliningAwareProtocol), limits)

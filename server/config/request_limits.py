@@ -1,6 +1,6 @@
-"""The limits every request is held to, from its head to the items in its body: the settings a hostile request meets
-first. `Settings` inherits them, so they are read from the same environment variables (`GGUFSTACK_MAX_...`). Like
-`settings.py`, this depends on nothing but pydantic."""
+"""The limits every request is held to, from its head to the items in its body, and how long and how much of its
+answer may wait on its client: the settings a hostile client meets first. `Settings` inherits them, so they are read
+from the same environment variables (`GGUFSTACK_MAX_...`). Like `settings.py`, this depends on nothing but pydantic."""
 
 from __future__ import annotations
 
@@ -45,4 +45,16 @@ class RequestLimitSettings(BaseSettings):
         32_768,
         ge=64,
         description="Most JSON objects and arrays one request body may hold (the body itself included); more is a 400.",
+    )
+    stream_send_timeout_s: float = Field(
+        30.0, gt=0, description="A client that takes no chunk, ping or byte of its answer for this long is dropped."
+    )
+    stream_send_min_bytes_per_s: int = Field(
+        1024, ge=0, description="While an answer waits on its client, the least it must take a second (0: any byte)."
+    )
+    max_waiting_answer_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes of answers a replica holds for clients not keeping up with them, together; past it, "
+        "the connections holding the most are dropped.",
     )

@@ -264,12 +264,6 @@ class Settings(RequestLimitSettings):
     drain_timeout_s: float = Field(
         60.0, ge=0, description="On SIGTERM, how long generations in flight may run on before they are ended."
     )
-    stream_send_timeout_s: float = Field(
-        30.0, gt=0, description="A client that takes no chunk, ping or byte of its answer for this long is dropped."
-    )
-    stream_send_min_bytes_per_s: int = Field(
-        1024, ge=0, description="While an answer waits on its client, the least it must take a second (0: any byte)."
-    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="auto: readable text on a terminal, one JSON object per line otherwise."

@@ -33,6 +33,7 @@ PREFIX = "ggufstack"
 HTTP_REQUESTS = f"{PREFIX}_http_requests_total"
 HTTP_REQUEST_DURATION = f"{PREFIX}_http_request_duration_seconds"
 HTTP_REFUSED = f"{PREFIX}_http_refused_total"
+ANSWERS_DROPPED = f"{PREFIX}_http_answers_dropped_total"
 TIME_TO_FIRST_TOKEN = f"{PREFIX}_time_to_first_token_seconds"
 TIME_PER_OUTPUT_TOKEN = f"{PREFIX}_time_per_output_token_seconds"
 PROMPT_TOKENS = f"{PREFIX}_prompt_tokens_total"
@@ -97,6 +98,13 @@ http_refused = Counter(
     "Requests the HTTP protocol refused as they arrived (a head too large or too slow, a body too slow, bytes that "
     "are not HTTP), by the error code of the answer; a refused body also counts in http_requests_total.",
     ["code"],
+    registry=REGISTRY,
+)
+answers_dropped = Counter(
+    _base(ANSWERS_DROPPED, "_total"),
+    "Connections aborted with their answer waiting on the client, by reason: too_slow (it took less than the least "
+    "rate), memory_budget (answers waiting on their clients held the most the replica allows, and its the most).",
+    ["reason"],
     registry=REGISTRY,
 )
 http_request_duration = Histogram(

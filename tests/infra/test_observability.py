@@ -125,6 +125,7 @@ def test_alert_rules_are_a_prometheus_rule_group_on_the_workspace(stack: StackRu
         "GgufstackServerSlowFirstToken",
         "GgufstackModelLoadsFailing",
         "GgufstackRequestsRefusedAtArrival",
+        "GgufstackWaitingAnswersOverBudget",
         "GgufstackRetentionFailing",
     }
     assert [r["expression"] for r in group["rules"]] == [r.expression for r in alert_rules()]

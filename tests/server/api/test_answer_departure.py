@@ -1,5 +1,5 @@
 """An answer waiting for its client: one that takes none of it within the send timeout is dropped, the answer freed;
-one that reads slowly is served whole."""
+one that reads slowly is served whole; and answers waiting together are held within the replica's budget."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from server.api.http_protocol import http_protocol
 from server.config.settings import load_settings
+from server.telemetry import prometheus
 from tests.support.protocol_server import ProtocolServer, running_protocol_server
 
 SEND_TIMEOUT_S = 0.5
@@ -20,9 +21,10 @@ BIG = 8 * 1024 * 1024  # far past what the kernel's socket buffers take in
 
 
 async def _app(scope: dict, receive: Any, send: Any) -> None:
-    """A JSON-sized answer sent in one go, as a cached or non-streamed completion is."""
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(BIG).encode())]})
-    await send({"type": "http.response.body", "body": b"x" * BIG})
+    """A JSON-sized answer sent in one go, as a cached or non-streamed completion is (`/<MiB>`: of that size)."""
+    size = int(scope["path"][1:]) * 1024 * 1024 if scope["path"][1:].isdigit() else BIG
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
+    await send({"type": "http.response.body", "body": b"x" * size})
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +42,20 @@ def demanding() -> Iterator[ProtocolServer]:
         yield running
 
 
-def _asking(server: ProtocolServer) -> socket.socket:
+@pytest.fixture(scope="module")
+def budgeted() -> Iterator[ProtocolServer]:
+    """Room for 20 MiB of waiting answers, and a send timeout that never fires in a test."""
+    settings = load_settings(max_waiting_answer_bytes=20 * 1024 * 1024)
+    with running_protocol_server(_app, http_protocol(settings)) as running:
+        yield running
+
+
+def _asking(server: ProtocolServer, path: str = "/") -> socket.socket:
     url = urlsplit(server.url)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client whose buffers fill at once
     sock.connect((url.hostname, url.port))
-    sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    sock.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
     return sock
 
 
@@ -92,3 +102,33 @@ def test_a_reader_slower_than_the_least_rate_is_dropped(demanding: ProtocolServe
 def test_the_same_reader_within_the_least_rate_keeps_its_connection(server: ProtocolServer) -> None:
     with _asking(server) as sock:
         assert _reading_slowly(server, sock)
+
+
+def _budget_drops() -> float:
+    return prometheus.REGISTRY.get_sample_value(prometheus.ANSWERS_DROPPED, {"reason": "memory_budget"}) or 0.0
+
+
+def test_past_the_replica_budget_the_connection_holding_the_most_is_dropped(budgeted: ProtocolServer) -> None:
+    """Each client stays within the send timeout's rules, yet together they held as much memory as they liked (a key
+    with no request limit could open connections until the replica ran out). Now the answers waiting together are
+    held within GGUFSTACK_MAX_WAITING_ANSWER_BYTES: the connection holding the most goes first."""
+    drops = _budget_drops()
+    with _asking(budgeted, "/20") as large:
+        time.sleep(0.3)  # the 20 MiB answer waits: some MiB in the kernel's queue, the rest in the server's buffer
+        assert budgeted.holds(large)
+        with _asking(budgeted, "/12") as small:  # its 12 MiB takes the two past 20 MiB
+            assert budgeted.wait_closed(large, timeout=5) >= 0
+            time.sleep(0.3)
+            assert budgeted.holds(small)
+            received = 0
+            while received < 12 * 1024 * 1024:  # and the one left is served whole
+                chunk = small.recv(1 << 20)
+                assert chunk, f"dropped after {received} bytes"
+                received += len(chunk)
+    assert _budget_drops() == drops + 1
+
+
+def test_within_the_budget_answers_wait_together(budgeted: ProtocolServer) -> None:
+    with _asking(budgeted, "/8") as one, _asking(budgeted, "/8") as two:
+        time.sleep(0.5)
+        assert budgeted.holds(one) and budgeted.holds(two)
