@@ -3,12 +3,13 @@ for real, nothing is decoded, and nothing waits on a clock."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.config.settings import Settings
 from server.engine.base import (
+    ChoiceFinished,
     EngineStats,
     Finished,
     GenerationEvent,
@@ -28,13 +29,15 @@ from server.model_source.local import FileModelSource
 
 
 class FakeStream:
-    """The scripted answer: one TextDelta per piece, then Finished; counts what it yielded as completion tokens."""
+    """The scripted answer: one TextDelta per piece, then Finished; counts what it yielded as completion tokens.
+    With n > 1, each choice's pieces (`choices`) take turns, and a choice that runs out ends (ChoiceFinished)."""
 
-    def __init__(self, request: GenerationRequest, pieces: Sequence[str]) -> None:
+    def __init__(self, request: GenerationRequest, pieces: Sequence[str], choices: Sequence[str] = ()) -> None:
         self._request = request
         self._pieces = list(pieces)
         self.completion_tokens = 0
         self.closed = False
+        self._events = self._choices(list(choices)) if request.n > 1 else None
 
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self
@@ -42,11 +45,29 @@ class FakeStream:
     async def __anext__(self) -> GenerationEvent:
         if self.closed:
             raise StopAsyncIteration
+        if self._events is not None:
+            event = next(self._events)
+            self.closed = isinstance(event, Finished)
+            return event
         if self.completion_tokens < len(self._pieces):
             self.completion_tokens += 1
             return TextDelta(self._pieces[self.completion_tokens - 1])
         self.closed = True
         return Finished("stop", len(self._request.prompt_tokens), self.completion_tokens)
+
+    def _choices(self, replies: list[str]) -> Iterator[GenerationEvent]:
+        replies = replies or ["".join(self._pieces)] * self._request.n
+        at = [0] * self._request.n
+        while any(position <= len(reply) for position, reply in zip(at, replies, strict=False)):
+            for index in range(self._request.n):
+                reply = replies[index]
+                if at[index] < len(reply):
+                    self.completion_tokens += 1
+                    yield TextDelta(reply[at[index]], index=index)
+                elif at[index] == len(reply):
+                    yield ChoiceFinished(index, "stop", len(reply))
+                at[index] += 1
+        yield Finished("stop", len(self._request.prompt_tokens), self.completion_tokens)
 
     async def aclose(self) -> None:
         self.closed = True
@@ -57,6 +78,7 @@ class FakeEngine:
     """Tokens are characters (their code points); the answer is `reply`, one token per character."""
 
     reply: str = "hi"
+    choices: tuple[str, ...] = ()  # with n > 1, choice i's reply (else `reply` for each)
     model_id: str = "fake"
     n_ctx: int = 4096
     embedding_max_tokens: int = 512
@@ -99,7 +121,7 @@ class FakeEngine:
         if request.grammar is not None:
             request.grammar.take()
         self.requests.append(request)
-        stream = FakeStream(request, list(self.reply))
+        stream = FakeStream(request, list(self.reply), self.choices)
         self.streams.append(stream)
         return stream
 

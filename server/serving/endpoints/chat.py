@@ -169,55 +169,56 @@ async def _tool_chunks(
     reasoning: ReasoningSyntax | None,
 ) -> AsyncGenerator[BaseModel, None]:
     """A tool answer: a thinking model's thinking streams as it is decoded (`delta.reasoning_content`), and so does
-    the text before the calls where the format allows (`delta.content`, see `tool_answer.py`); the answer is parsed
-    whole at the end, then the content not sent yet and the calls go out as OpenAI streams them (an id and name, then
-    the arguments). Each choice has its own answer."""
+    the text before the calls where the format allows (`delta.content`, see `tool_answer.py`); each choice's answer
+    is parsed whole when that choice ends, then its content not sent yet and its calls go out as OpenAI streams them
+    (an id and name, then the arguments)."""
     held = [ToolAnswer(reasoning, tool_format) for _ in range(body.n)]
     started: set[int] = set()
-    reasons: dict[int, FinishReason] = {}
+    ended: set[int] = set()
 
     def first(index: int) -> ChatDelta:
         opening = index not in started
         started.add(index)
         return ChatDelta(role="assistant") if opening else ChatDelta()
 
-    def answer(finished: Finished) -> Iterator[ChatCompletionChunk]:
-        for index, held_answer in enumerate(held):
-            whole = held_answer.finish()
-            message, reason = _message(
-                Split(content=whole.content), reasons.get(index, finished.finish_reason), tool_format
+    def answer(index: int, finish_reason: FinishReason) -> Iterator[ChatCompletionChunk]:
+        ended.add(index)
+        whole = held[index].finish()
+        message, reason = _message(Split(content=whole.content), finish_reason, tool_format)
+        rest = held[index].rest(message.content)
+        if index not in started or whole.reasoning or rest:
+            d = first(index)
+            d.reasoning_content, d.content = whole.reasoning or None, rest or None
+            yield _chunk(rid, model, index, d, None)
+        for i, call in enumerate(message.tool_calls or []):
+            start = ToolCallDelta(
+                index=i,
+                id=call.id,
+                type="function",
+                function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
             )
-            rest = held_answer.rest(message.content)
-            if index not in started or whole.reasoning or rest:
-                d = first(index)
-                d.reasoning_content, d.content = whole.reasoning or None, rest or None
-                yield _chunk(rid, model, index, d, None)
-            for i, call in enumerate(message.tool_calls or []):
-                start = ToolCallDelta(
-                    index=i,
-                    id=call.id,
-                    type="function",
-                    function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
-                )
-                yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
-                args = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
-                yield _chunk(rid, model, index, ChatDelta(tool_calls=[args]), None)
-            yield _chunk(rid, model, index, ChatDelta(), reason)
-        if body.include_usage_in_stream():
-            yield _usage_chunk(rid, model, finished)
+            yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
+            args = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
+            yield _chunk(rid, model, index, ChatDelta(tool_calls=[args]), None)
+        yield _chunk(rid, model, index, ChatDelta(), reason)
 
     finished = False
+    # Each answer is shaped while the events are open, so a failure shaping one is the request's outcome.
     async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 for d in _deltas(held[event.index].feed(event.text), first, event.index):
                     yield _chunk(rid, model, event.index, d, None)
-            elif isinstance(event, ChoiceFinished):
-                reasons[event.index] = event.finish_reason
-            else:
-                # Shaped while the events are open, so a failure shaping the answer is the request's outcome.
-                finished = True
-                for chunk in answer(event):
+            elif isinstance(event, ChoiceFinished):  # n > 1: a choice that ended need not wait for the others
+                for chunk in answer(event.index, event.finish_reason):
                     yield chunk
+            else:
+                finished = True
+                for index in range(body.n):
+                    if index not in ended:
+                        for chunk in answer(index, event.finish_reason):
+                            yield chunk
+                if body.include_usage_in_stream():
+                    yield _usage_chunk(rid, model, event)
         if not finished:
             raise RuntimeError("the pipeline ended a generation without a Finished event")

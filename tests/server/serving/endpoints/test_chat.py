@@ -165,3 +165,24 @@ async def test_a_reply_that_cannot_be_shaped_after_generating_is_recorded_as_fai
             await chat.create(_request(tools=[WEATHER], tool_choice="required"), ctx)
     assert rows.statuses == [500]
     assert ctx.models.in_flight == 0
+
+
+async def test_with_n_choices_each_choice_s_calls_go_out_when_that_choice_ends() -> None:
+    """They used to wait for the last choice: a short call sat behind another choice's long answer."""
+    engine = FakeEngine(choices=(HERMES_CALL, "A much longer answer that goes on and on. " * 4), tool_syntax="hermes")
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    reply = await chat.create(_request(stream=True, n=2, tools=[WEATHER]), ctx)
+    assert reply.chunks is not None
+    order: list[tuple[int, str]] = []
+    async for chunk in reply.chunks:
+        assert isinstance(chunk, ChatCompletionChunk)
+        for c in chunk.choices:
+            kind = "finish" if c.finish_reason else "call" if c.delta.tool_calls else "text" if c.delta.content else ""
+            order.append((c.index, kind))
+    second = [i for i, step in enumerate(order) if step == (1, "text")]
+    assert order.index((0, "finish")) < second[len(second) // 2], "the first choice's call waited for the second"
+    assert (0, "call") in order and order[-1] == (1, "finish")
+    whole = await chat.create(_request(n=2, tools=[WEATHER]), ctx)
+    assert isinstance(whole.body, ChatCompletion)
+    assert [c.finish_reason for c in whole.body.choices] == ["tool_calls", "stop"]
