@@ -11,7 +11,7 @@ from pydantic import (
     field_validator,
 )
 
-from server.protocol.base import ClosedModel, Items, RefusedVersion, RequestBody, current_limits
+from server.protocol.base import Items, RefusedVersion, RequestBody, current_limits
 
 
 class TokenizeRequest(RequestBody):
@@ -29,7 +29,7 @@ class TokenizeRequest(RequestBody):
         return value
 
 
-class DetokenizeRequest(ClosedModel):
+class DetokenizeRequest(RequestBody):
     model: str | None = Field(None, description="The model whose tokenizer to use (default: the first served).")
     tokens: Items[Annotated[int, Field(ge=0)]] = Field(description="At most GGUFSTACK_MAX_TOKENIZE_INPUT token ids.")
 

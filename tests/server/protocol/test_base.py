@@ -148,6 +148,12 @@ REQUEST_BODIES: list[type[BaseModel]] = [
 ]
 
 
+@pytest.mark.parametrize("body", REQUEST_BODIES, ids=lambda cls: cls.__name__)
+def test_every_body_checks_its_text_depth_and_containers(body: type[BaseModel]) -> None:
+    """/detokenize's body was a plain closed model: its surrogates, depth and object count went unchecked."""
+    assert issubclass(body, RequestBody)
+
+
 def _every_body_class(root: type[BaseModel]) -> set[type[BaseModel]]:
     found = set()
     for sub in root.__subclasses__():
