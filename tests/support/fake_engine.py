@@ -12,6 +12,7 @@ from server.engine.base import (
     ChoiceFinished,
     EngineStats,
     Finished,
+    FinishReason,
     GenerationEvent,
     GenerationRequest,
     Grammar,
@@ -32,8 +33,15 @@ class FakeStream:
     """The scripted answer: one TextDelta per piece, then Finished; counts what it yielded as completion tokens.
     With n > 1, each choice's pieces (`choices`) take turns, and a choice that runs out ends (ChoiceFinished)."""
 
-    def __init__(self, request: GenerationRequest, pieces: Sequence[str], choices: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        pieces: Sequence[str],
+        choices: Sequence[str] = (),
+        reason: FinishReason = "stop",
+    ) -> None:
         self._request = request
+        self._reason = reason
         self._pieces = list(pieces)
         self.completion_tokens = 0
         self.closed = False
@@ -53,7 +61,7 @@ class FakeStream:
             self.completion_tokens += 1
             return TextDelta(self._pieces[self.completion_tokens - 1])
         self.closed = True
-        return Finished("stop", len(self._request.prompt_tokens), self.completion_tokens)
+        return Finished(self._reason, len(self._request.prompt_tokens), self.completion_tokens)
 
     def _choices(self, replies: list[str]) -> Iterator[GenerationEvent]:
         replies = replies or ["".join(self._pieces)] * self._request.n
@@ -79,6 +87,7 @@ class FakeEngine:
 
     reply: str = "hi"
     choices: tuple[str, ...] = ()  # with n > 1, choice i's reply (else `reply` for each)
+    finish_reason: FinishReason = "stop"  # "length": the reply is where max_tokens cut it
     model_id: str = "fake"
     n_ctx: int = 4096
     embedding_max_tokens: int = 512
@@ -121,7 +130,7 @@ class FakeEngine:
         if request.grammar is not None:
             request.grammar.take()
         self.requests.append(request)
-        stream = FakeStream(request, list(self.reply), self.choices)
+        stream = FakeStream(request, list(self.reply), self.choices, self.finish_reason)
         self.streams.append(stream)
         return stream
 

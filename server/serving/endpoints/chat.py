@@ -24,6 +24,7 @@ from server.protocol.openai_replies import (
     ToolCallFunctionDelta,
 )
 from server.serving.constrain.tools import formats as tools
+from server.serving.constrain.tools.plan import CallBegun, CallEvent, ParsedAnswer
 from server.serving.endpoints import logprobs
 from server.serving.endpoints.prepare import chat_request
 from server.serving.endpoints.reasoning import split
@@ -62,16 +63,22 @@ def _message(
     output: Split, finish_reason: FinishReason, tool_format: tools.ToolFormat | None
 ) -> tuple[AssistantMessage, ChatFinishReason]:
     """The message for one choice: tool calls are parsed from the answer after the thinking, never from it."""
-    thinking = output.reasoning or None
     answer = tool_format.parse(output.content) if tool_format is not None else None
+    return _parsed_message(output.reasoning, answer, output.content, finish_reason)
+
+
+def _parsed_message(
+    thinking: str, answer: ParsedAnswer | None, text: str, finish_reason: FinishReason
+) -> tuple[AssistantMessage, ChatFinishReason]:
     if answer is None:
-        return AssistantMessage(content=output.content, reasoning_content=thinking), finish_reason
+        return AssistantMessage(content=text, reasoning_content=thinking or None), finish_reason
     if answer.calls:
         calls = [ToolCall(id=c.id, function=ToolCallFunction(name=c.name, arguments=c.arguments)) for c in answer.calls]
-        # Calls parsed from an answer cut short by max_tokens may not be all of them: "length" says so.
+        # An answer cut short by max_tokens may have more calls to come, and its last call's arguments be cut too:
+        # "length" says so.
         reason: ChatFinishReason = "tool_calls" if finish_reason == "stop" else finish_reason
-        return AssistantMessage(content=answer.content, reasoning_content=thinking, tool_calls=calls), reason
-    return AssistantMessage(content=answer.content, reasoning_content=thinking), finish_reason
+        return AssistantMessage(content=answer.content, reasoning_content=thinking or None, tool_calls=calls), reason
+    return AssistantMessage(content=answer.content, reasoning_content=thinking or None), finish_reason
 
 
 def _chunk(
@@ -169,9 +176,9 @@ async def _tool_chunks(
     reasoning: ReasoningSyntax | None,
 ) -> AsyncGenerator[BaseModel, None]:
     """A tool answer: a thinking model's thinking streams as it is decoded (`delta.reasoning_content`), and so does
-    the text before the calls where the format allows (`delta.content`, see `tool_answer.py`); each choice's answer
-    is parsed whole when that choice ends, then its content not sent yet and its calls go out as OpenAI streams them
-    (an id and name, then the arguments)."""
+    the text before the calls where the format allows (`delta.content`), then each call as OpenAI streams it: its
+    id and name once the name is written, then its arguments in pieces as they are written (`tool_answer.py`). Each
+    choice's answer is parsed whole when that choice ends, for what is left and its finish reason."""
     held = [ToolAnswer(reasoning, tool_format) for _ in range(body.n)]
     started: set[int] = set()
     ended: set[int] = set()
@@ -181,25 +188,25 @@ async def _tool_chunks(
         started.add(index)
         return ChatDelta(role="assistant") if opening else ChatDelta()
 
+    def pieces(index: int, parts: Split, calls: list[CallEvent]) -> Iterator[ChatCompletionChunk]:
+        for d in _deltas(parts, first, index):
+            yield _chunk(rid, model, index, d, None)
+        for event in calls:
+            d = first(index)
+            if isinstance(event, CallBegun):
+                function = ToolCallFunctionDelta(name=event.name, arguments="")
+                d.tool_calls = [ToolCallDelta(index=event.index, id=event.id, type="function", function=function)]
+            else:
+                d.tool_calls = [ToolCallDelta(index=event.index, function=ToolCallFunctionDelta(arguments=event.text))]
+            yield _chunk(rid, model, index, d, None)
+
     def answer(index: int, finish_reason: FinishReason) -> Iterator[ChatCompletionChunk]:
         ended.add(index)
-        whole = held[index].finish()
-        message, reason = _message(Split(content=whole.content), finish_reason, tool_format)
-        rest = held[index].rest(message.content)
-        if index not in started or whole.reasoning or rest:
-            d = first(index)
-            d.reasoning_content, d.content = whole.reasoning or None, rest or None
-            yield _chunk(rid, model, index, d, None)
-        for i, call in enumerate(message.tool_calls or []):
-            start = ToolCallDelta(
-                index=i,
-                id=call.id,
-                type="function",
-                function=ToolCallFunctionDelta(name=call.function.name, arguments=""),
-            )
-            yield _chunk(rid, model, index, ChatDelta(tool_calls=[start]), None)
-            args = ToolCallDelta(index=i, function=ToolCallFunctionDelta(arguments=call.function.arguments))
-            yield _chunk(rid, model, index, ChatDelta(tool_calls=[args]), None)
+        ending = held[index].finish()
+        _, reason = _parsed_message("", ending.answer, ending.whole, finish_reason)
+        yield from pieces(index, Split(ending.reasoning, ending.content), ending.calls)
+        if index not in started:
+            yield _chunk(rid, model, index, first(index), None)
         yield _chunk(rid, model, index, ChatDelta(), reason)
 
     finished = False
@@ -207,8 +214,9 @@ async def _tool_chunks(
     async with admitted.streaming() as events:
         async for event in events:
             if isinstance(event, TextDelta):
-                for d in _deltas(held[event.index].feed(event.text), first, event.index):
-                    yield _chunk(rid, model, event.index, d, None)
+                taken = held[event.index].feed(event.text)
+                for chunk in pieces(event.index, Split(taken.reasoning, taken.content), taken.calls):
+                    yield chunk
             elif isinstance(event, ChoiceFinished):  # n > 1: a choice that ended need not wait for the others
                 for chunk in answer(event.index, event.finish_reason):
                     yield chunk

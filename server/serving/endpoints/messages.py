@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
 from pydantic import BaseModel
+from pydantic_core import from_json
 
 from server.engine.base import Engine, Finished, FinishReason, GenerationEvent, TextDelta
 from server.engine.chat_template import ReasoningSyntax
@@ -39,6 +39,7 @@ from server.protocol.anthropic import (
 )
 from server.protocol.anthropic import TextDelta as TextDeltaBody
 from server.serving.constrain.tools import formats as tools
+from server.serving.constrain.tools.plan import CallBegun, CallEvent, ParsedCall
 from server.serving.endpoints.field_names import MESSAGES, renamed_fields
 from server.serving.endpoints.messages_chat import chat_body, prefilled
 from server.serving.endpoints.prepare import chat_prompt, chat_request
@@ -102,13 +103,14 @@ def _content(
     if content_text:
         content.append(TextBlock(text=content_text))
     calls = answer.calls if answer is not None else ()
-    content.extend(
-        ToolUseBlock(id="toolu_" + c.id.removeprefix("call_"), name=c.name, input=json.loads(c.arguments))
-        for c in calls
-    )
-    if finish_reason == "length":  # calls parsed from a cut answer may not be all of them
-        return content, "max_tokens"
-    return content, "tool_use" if calls else "end_turn"
+    content.extend(ToolUseBlock(id=_tool_use_id(c.id), name=c.name, input=_input(c)) for c in calls)
+    return content, _stop_reason(finish_reason, bool(calls))
+
+
+def _stop_reason(finish_reason: FinishReason, calls: bool) -> StopReason:
+    if finish_reason == "length":  # a cut answer's calls may not be all of them, its last one's input cut too
+        return "max_tokens"
+    return "tool_use" if calls else "end_turn"
 
 
 def _stop(reason: StopReason, finished: Finished) -> tuple[StopReason, str | None]:
@@ -144,10 +146,11 @@ def _end(reason: StopReason, finished: Finished) -> list[BaseModel]:
 
 class _Blocks:
     """The streamed blocks: one open at a time, by kind; text after thinking closes the thinking block (with its
-    empty signature, see ThinkingBlock) and opens a text block at the next index."""
+    empty signature, see ThinkingBlock) and opens a text block at the next index; each call opens a tool_use block
+    once its name is written, its input then streams as JSON deltas."""
 
     def __init__(self) -> None:
-        self.kind: type[ThinkingBlock] | type[TextBlock] | None = None
+        self.kind: type[ThinkingBlock] | type[TextBlock] | type[ToolUseBlock] | None = None
         self.index = -1
 
     def send(self, parts: Split) -> list[BaseModel]:
@@ -158,6 +161,18 @@ class _Blocks:
         if parts.content:
             out += self._open(TextBlock)
             out.append(ContentBlockDeltaEvent(index=self.index, delta=TextDeltaBody(text=parts.content)))
+        return out
+
+    def call(self, events: list[CallEvent]) -> list[BaseModel]:
+        out: list[BaseModel] = []
+        for event in events:
+            if isinstance(event, CallBegun):
+                out += self.close()
+                self.kind, self.index = ToolUseBlock, self.index + 1
+                block = ToolUseBlock(id=_tool_use_id(event.id), name=event.name, input={})
+                out.append(ContentBlockStartEvent(index=self.index, content_block=block))
+            else:
+                out.append(ContentBlockDeltaEvent(index=self.index, delta=InputJsonDelta(partial_json=event.text)))
         return out
 
     def close(self) -> list[BaseModel]:
@@ -225,9 +240,9 @@ async def _tool_events(
     admitted: Admitted, mid: str, model: str, tool_format: tools.ToolFormat, reasoning: ReasoningSyntax | None
 ) -> AsyncGenerator[BaseModel, None]:
     """A tool answer, streamed as Anthropic does: a thinking model's thinking block as it is decoded, then the text
-    block, as the text before the calls is decoded where the format allows (`tool_answer.py`); the answer is parsed
-    whole at the end: the rest of its text, then each call as a tool_use block whose input is a JSON delta. The
-    answer is shaped on the Finished event, while the events are open: a failure shaping it is the outcome."""
+    block, as the text before the calls is decoded where the format allows, then each call as a tool_use block once
+    its name is written, its input as JSON deltas as the model writes it (`tool_answer.py`). The answer is parsed
+    whole on the Finished event, while the events are open: a failure shaping it is the outcome."""
     blocks = _Blocks()
     held = ToolAnswer(reasoning, tool_format)
     finished: Finished | None = None
@@ -235,10 +250,14 @@ async def _tool_events(
     def take(event: GenerationEvent) -> list[BaseModel]:
         nonlocal finished
         if isinstance(event, TextDelta):
-            return blocks.send(held.feed(event.text))
+            taken = held.feed(event.text)
+            return [*blocks.send(Split(taken.reasoning, taken.content)), *blocks.call(taken.calls)]
         if isinstance(event, Finished):
             finished = event
-            return _tool_answer(blocks, held, tool_format, event)
+            ending = held.finish()
+            out = [*blocks.send(Split(ending.reasoning, ending.content)), *blocks.call(ending.calls), *blocks.close()]
+            calls = ending.answer.calls if ending.answer is not None else ()
+            return [*out, *_end(_stop_reason(event.finish_reason, bool(calls)), event)]
         return []
 
     async with aclosing(_translated(admitted, mid, model, take)) as outs:
@@ -248,19 +267,15 @@ async def _tool_events(
         raise RuntimeError("the pipeline ended a generation without a Finished event")
 
 
-def _tool_answer(
-    blocks: _Blocks, held: ToolAnswer, tool_format: tools.ToolFormat, finished: Finished
-) -> list[BaseModel]:
-    """The events at the end: what the thinking and the text blocks still had to say, each call, the message's end."""
-    whole = held.finish()
-    content, reason = _content(Split(content=whole.content), finished.finish_reason, tool_format)
-    text = "".join(block.text for block in content if isinstance(block, TextBlock))
-    out = [*blocks.send(Split(whole.reasoning, held.rest(text))), *blocks.close()]
-    calls = [block for block in content if isinstance(block, ToolUseBlock)]
-    for index, block in enumerate(calls, start=blocks.index + 1):
-        start = ToolUseBlock(id=block.id, name=block.name, input={})
-        out.append(ContentBlockStartEvent(index=index, content_block=start))
-        partial = json.dumps(block.input, ensure_ascii=False)
-        out.append(ContentBlockDeltaEvent(index=index, delta=InputJsonDelta(partial_json=partial)))
-        out.append(ContentBlockStopEvent(index=index))
-    return [*out, *_end(reason, finished)]
+def _tool_use_id(call_id: str) -> str:
+    return "toolu_" + call_id.removeprefix("call_")
+
+
+def _input(call: ParsedCall) -> dict[str, object]:
+    """A call's input as an object: a call cut short by max_tokens gives what its arguments hold so far, as the SDKs
+    read a stream's partial JSON."""
+    try:
+        value = from_json(call.arguments, allow_partial=not call.complete)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -24,14 +24,9 @@ from server.protocol.responses import (
     TextConfig,
 )
 from server.protocol.responses_replies import (
-    ArgumentsDeltaEvent,
-    ArgumentsDoneEvent,
-    FunctionCall,
     IncompleteDetails,
     LifecycleEvent,
     OutputItem,
-    OutputItemEvent,
-    OutputMessage,
     ResponseError,
     ResponseObject,
     ResponseStatus,
@@ -44,7 +39,7 @@ from server.serving.endpoints.field_names import RESPONSES, renamed_fields
 from server.serving.endpoints.reasoning import split
 from server.serving.endpoints.reply import Reply
 from server.serving.endpoints.responses_conversation import Conversation
-from server.serving.endpoints.responses_stream import TextItems
+from server.serving.endpoints.responses_stream import CallItems, TextItems
 from server.serving.endpoints.tool_answer import ToolAnswer
 from server.serving.pipeline.admission import Admitted, Collected, ServingContext, admit
 from server.serving.pipeline.stages import Events
@@ -223,56 +218,35 @@ async def _tool_answer(
     events: Events, admitted: Admitted, draft: _Draft, sequence: Iterator[int]
 ) -> AsyncGenerator[BaseModel, None]:
     """An answer that may hold tool calls: a thinking model's reasoning item streams as it is decoded, then the
-    message, as the text before the calls is decoded where the format allows (`tool_answer.py`); the answer is
-    parsed whole at the end: the rest of the message's text, then each call."""
+    message, as the text before the calls is decoded where the format allows, then each function call once its name
+    is written, its arguments as the model writes them (`tool_answer.py`); the answer is parsed whole at the end."""
     tool_format = admitted.job.tool_format
     if tool_format is None:
         raise RuntimeError("a tool answer without a tool format")
     held = ToolAnswer(admitted.job.reasoning, tool_format)
     stream = TextItems(sequence)
+    calls = CallItems(stream)
     finished: Finished | None = None
     async for event in events:
         if isinstance(event, TextDelta):
-            parts = held.feed(event.text)
-            for out in [*stream.think(parts.reasoning), *stream.say(parts.content)]:
+            taken = held.feed(event.text)
+            for out in [*stream.think(taken.reasoning), *stream.say(taken.content), *calls.take(taken.calls)]:
                 yield out
         elif isinstance(event, Finished):
             finished = event
     if finished is None:
         raise RuntimeError("the pipeline ended a generation without a Finished event")
-    whole = held.finish()
+    ending = held.finish()
     status: Literal["completed", "incomplete"] = "completed" if finished.finish_reason == "stop" else "incomplete"
-    answer = items.output_items(Split(content=whole.content), finished.finish_reason, tool_format)
-    message = next((item for item in answer if isinstance(item, OutputMessage)), None)
-    for out in stream.think(whole.reasoning):
+    parsed = ending.answer.calls if ending.answer is not None else ()
+    ending_out = [*stream.think(ending.reasoning), *stream.say(ending.content), *calls.take(ending.calls)]
+    if parsed:  # the items before the calls closed when the first call began
+        ending_out += calls.finish(complete=parsed[-1].complete)
+    else:  # every answer without calls has a message, if only an empty one
+        ending_out += stream.done(status)
+    for out in ending_out:
         yield out
-    # The message the stream opened, if any, is the answer's: its text is what streamed, then the rest.
-    if message is not None:
-        ending = [*stream.say(held.rest(message.content[0].text)), *stream.done(status)]
-    else:
-        ending = stream.end_thinking(status)
-    for out in ending:
-        yield out
-    calls = [item for item in answer if isinstance(item, FunctionCall)]
-    for index, call in enumerate(calls, start=len(stream.output)):
-        started = call.model_copy(update={"status": "in_progress", "arguments": ""})
-        yield OutputItemEvent(
-            type="response.output_item.added", sequence_number=next(sequence), output_index=index, item=started
-        )
-        yield ArgumentsDeltaEvent(
-            sequence_number=next(sequence), item_id=call.id, output_index=index, delta=call.arguments
-        )
-        yield ArgumentsDoneEvent(
-            sequence_number=next(sequence),
-            item_id=call.id,
-            output_index=index,
-            name=call.name,
-            arguments=call.arguments,
-        )
-        yield OutputItemEvent(
-            type="response.output_item.done", sequence_number=next(sequence), output_index=index, item=call
-        )
-    yield await _final(draft, [*stream.output, *calls], finished, finished.finish_reason, sequence)
+    yield await _final(draft, [*stream.output, *calls.output], finished, finished.finish_reason, sequence)
 
 
 async def _final(

@@ -178,7 +178,12 @@ def output_items(output: Split, finish_reason: FinishReason, tool_format: ToolFo
     answer = tool_format.parse(output.content) if tool_format is not None else None
     if answer is None:
         return [*thinking, message_item(output.content, status)]
-    items: list[OutputItem] = [*thinking, message_item(answer.content, status)] if answer.content else [*thinking]
+    # Text before calls is whole when they begin (a stream closes its message there), and each call is whole unless
+    # max_tokens cut its arguments.
+    message_status = "completed" if answer.calls else status
+    items: list[OutputItem] = (
+        [*thinking, message_item(answer.content, message_status)] if answer.content else [*thinking]
+    )
     for call in answer.calls:
         items.append(
             FunctionCall(
@@ -186,7 +191,7 @@ def output_items(output: Split, finish_reason: FinishReason, tool_format: ToolFo
                 call_id=call.id,
                 name=call.name,
                 arguments=call.arguments,
-                status="completed" if status == "completed" else "incomplete",
+                status="completed" if call.complete else "incomplete",
             )
         )
     return items if len(items) > len(thinking) else [*items, message_item("", status)]

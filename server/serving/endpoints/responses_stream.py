@@ -1,5 +1,6 @@
-"""The items of a streamed Responses text answer, each opened by its first text: a thinking model's reasoning item
-(its reasoning_text deltas), then the message (its output_text part and deltas); `output` is what is done."""
+"""The items of a streamed Responses answer, each opened by its first text: a thinking model's reasoning item (its
+reasoning_text deltas), then the message (its output_text part and deltas); `output` is what is done. A tool
+answer's function calls follow, each opened once its name is written (`CallItems`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pydantic import BaseModel
 
 from server.protocol.responses import OutputText, ReasoningItem, ReasoningText
 from server.protocol.responses_replies import (
+    ArgumentsDeltaEvent,
+    ArgumentsDoneEvent,
     ContentPartEvent,
+    FunctionCall,
     OutputItem,
     OutputItemEvent,
     OutputMessage,
@@ -19,6 +23,7 @@ from server.protocol.responses_replies import (
     TextDeltaEvent,
     TextDoneEvent,
 )
+from server.serving.constrain.tools.plan import CallBegun, CallEvent
 from server.serving.endpoints import responses_items as items
 
 
@@ -93,6 +98,68 @@ class TextItems:
     ) -> OutputItemEvent:
         index = len(self.output)
         return OutputItemEvent(type=kind, sequence_number=next(self.sequence), output_index=index, item=item)
+
+
+class CallItems:
+    """A tool answer's function calls, after the items of `text`: the first call closes them (the text before the
+    calls is whole by then), each call's item opens once its name is written, its arguments stream as deltas, and
+    it is done when the next call begins or the answer ends (`finish`)."""
+
+    def __init__(self, text: TextItems) -> None:
+        self.text = text
+        self.output: list[FunctionCall] = []  # the calls done
+        self._open: FunctionCall | None = None
+        self._arguments: list[str] = []
+
+    def take(self, events: list[CallEvent]) -> list[BaseModel]:
+        out: list[BaseModel] = []
+        for event in events:
+            if isinstance(event, CallBegun):
+                if self._open is None and not self.output:  # the first call: what came before it is done
+                    out += self.text.done("completed") if self.text.message is not None else []
+                    out += self.text.end_thinking("completed")
+                out += self._close(complete=True)
+                self._open = FunctionCall(id=items.item_id("function_call"), call_id=event.id, name=event.name,
+                                          arguments="", status="in_progress")  # fmt: skip
+                out.append(self._item("response.output_item.added", self._open))
+            elif self._open is not None:
+                self._arguments.append(event.text)
+                out.append(ArgumentsDeltaEvent(sequence_number=next(self.text.sequence), item_id=self._open.id,
+                                               output_index=self._index(), delta=event.text))  # fmt: skip
+        return out
+
+    def finish(self, *, complete: bool) -> list[BaseModel]:
+        """The last call's item done: `complete`, its arguments' value ended (else max_tokens cut them)."""
+        return self._close(complete=complete)
+
+    def _close(self, *, complete: bool) -> list[BaseModel]:
+        if self._open is None:
+            return []
+        arguments = "".join(self._arguments)
+        status: Literal["completed", "incomplete"] = "completed" if complete else "incomplete"
+        done = self._open.model_copy(update={"arguments": arguments, "status": status})
+        out: list[BaseModel] = [
+            ArgumentsDoneEvent(
+                sequence_number=next(self.text.sequence),
+                item_id=done.id,
+                output_index=self._index(),
+                name=done.name,
+                arguments=arguments,
+            ),
+            self._item("response.output_item.done", done),
+        ]
+        self.output.append(done)
+        self._open, self._arguments = None, []
+        return out
+
+    def _index(self) -> int:
+        return len(self.text.output) + len(self.output)
+
+    def _item(
+        self, kind: Literal["response.output_item.added", "response.output_item.done"], item: FunctionCall
+    ) -> OutputItemEvent:
+        return OutputItemEvent(type=kind, sequence_number=next(self.text.sequence), output_index=self._index(),
+                               item=item)  # fmt: skip
 
 
 def part_event(

@@ -187,6 +187,31 @@ def test_two_turn_tool_loop(client: openai.OpenAI, model: LlamaModel, stream: bo
     assert final.usage.prompt_tokens == _native_prompt_tokens(model, second_turn)
 
 
+def test_a_call_streams_its_name_then_its_arguments_as_they_are_generated(client: openai.OpenAI) -> None:
+    """As OpenAI streams one: the id and name first, then the arguments in many pieces, adding up to the arguments of
+    the same answer unstreamed. They used to come whole, once the answer had ended."""
+    body = {
+        "messages": [{"role": "user", "content": "What is the weather in Paris, in celsius?"}],
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "temperature": 0,
+        "max_tokens": 200,
+    }
+    whole = client.chat.completions.create(model=HERMES_MODEL_ID, **body)
+    (expected,) = whole.choices[0].message.tool_calls or []
+    named, pieces = [], []
+    for chunk in client.chat.completions.create(model=HERMES_MODEL_ID, stream=True, **body):
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if call.function and call.function.name:
+                named.append((call.id, call.function.name, len(pieces)))
+            if call.function and call.function.arguments:
+                pieces.append(call.function.arguments)
+    assert [name for _, name, _ in named] == ["get_weather"] and named[0][0] and named[0][2] == 0
+    assert len(pieces) > 3 and "".join(pieces) == expected.function.arguments
+    _assert_valid([expected])
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_auto_answers_either_way_and_parses(client: openai.OpenAI, seed: int) -> None:
     r = client.chat.completions.create(

@@ -12,6 +12,7 @@ from server.protocol.openai import ChatMessage
 from server.serving.constrain.tools.generic import GenericFormat
 from server.serving.constrain.tools.hermes import HermesFormat
 from server.serving.constrain.tools.plan import (
+    CallReader,
     ContentStream,
     ParsedAnswer,
     TemplateInput,
@@ -30,7 +31,11 @@ class ToolFormat(Protocol):
         ...
 
     def parse(self, text: str) -> ParsedAnswer | None:
-        """The calls and content of a completed answer; None when it is not in the format at all."""
+        """The calls and content of a whole answer (one cut short too); None when it is not in the format at all."""
+        ...
+
+    def call_reader(self) -> CallReader:
+        """A reader of one answer as it is written: its calls as they come, then (`answer`) the whole of it."""
         ...
 
     def content_stream(self) -> ContentStream:

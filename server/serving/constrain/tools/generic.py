@@ -17,7 +17,8 @@ from server.engine.chat_template import TemplateMessage
 from server.protocol.base import body_fault
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.grammar import json_schema_grammar
-from server.serving.constrain.tools.plan import ParsedAnswer, ParsedCall, TemplateInput, ToolPlan, new_call_id
+from server.serving.constrain.tools.call_json import Calls
+from server.serving.constrain.tools.plan import CallEvent, ParsedAnswer, ParsedCall, TemplateInput, ToolPlan
 
 
 class GenericFormat:
@@ -60,27 +61,83 @@ class GenericFormat:
         return json_schema_grammar(answer, param="tools")
 
     def parse(self, text: str) -> ParsedAnswer | None:
-        """The calls or content in an answer; one cut short by max_tokens gives the calls it completed (its wrapper
-        is never content); None when the text is not the format at all."""
-        try:
-            answer = json.loads(text)
-        except json.JSONDecodeError:
-            return _cut_short(text)
-        if isinstance(answer, dict) and isinstance(answer.get("tool_calls"), list):
-            return ParsedAnswer(None, tuple(_call(c) for c in answer["tool_calls"]))
-        if isinstance(answer, dict) and isinstance(answer.get("content"), str):
-            return ParsedAnswer(answer["content"], ())
-        return None
+        reader = self.call_reader()
+        reader.feed(text)
+        return reader.answer(text)
+
+    def call_reader(self) -> GenericCalls:
+        return GenericCalls()
 
     def content_stream(self) -> ContentString:
         return ContentString()
 
 
-_CALLS_START = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[\s*')
+_CALLS_START = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[')
+_CALLS_OPENING = '{"tool_calls":['  # _CALLS_START without its whitespace
 _CONTENT_START = re.compile(r'\s*\{\s*"content"\s*:\s*"')
-_DECODER = json.JSONDecoder()
 _CONTENT_OPENING = '{"content":"'  # _CONTENT_START without its whitespace
 _QUOTE_OR_ESCAPE = re.compile(r'["\\]')
+
+
+class GenericCalls:
+    """The calls of an answer as it is written: once it opens `{"tool_calls": [`, each call object in the array
+    (`CallJson`), up to the array's end."""
+
+    def __init__(self) -> None:
+        self._calls = Calls()
+        self._opening = ""  # the answer until it is known whether it calls tools
+        self._in_array = False
+        self._between = ""  # after a call: its object's close, then a comma (another call) or the array's end
+        self._done = False
+
+    def feed(self, text: str) -> list[CallEvent]:
+        if self._done:
+            return []
+        if not self._in_array:
+            self._opening += text
+            opening = _CALLS_START.match(self._opening)
+            if opening is None:
+                self._done = not _CALLS_OPENING.startswith("".join(self._opening.split()))
+                return []
+            self._in_array, text = True, self._opening[opening.end() :]
+            self._calls.start()
+        events: list[CallEvent] = []
+        at = 0
+        while not self._done and at < len(text):
+            if self._calls.reading:
+                read, used = self._calls.feed(text[at:])
+                events += read
+                at += used
+                self._done = self._calls.failed
+                continue
+            self._between += text[at]
+            at += 1
+            between = "".join(self._between.split())
+            if between == "},":  # another call follows
+                self._between = ""
+                self._calls.start()
+            elif between not in ("", "}"):  # the array's end (or what no grammar writes)
+                self._done = True
+        return events
+
+    def calls(self) -> tuple[ParsedCall, ...]:
+        return self._calls.parsed()
+
+    def answer(self, text: str) -> ParsedAnswer | None:
+        """The calls or content in the whole answer `text`; None when it is not the format at all. An answer cut
+        short by max_tokens gives the calls it began (the last with its arguments as far as they got, as OpenAI
+        sends them; its wrapper is never content), or the text of its content string so far."""
+        if _CALLS_START.match(text) is not None:
+            return ParsedAnswer(None, self.calls())
+        if (start := _CONTENT_START.match(text)) is not None:
+            try:
+                answer = json.loads(text)
+            except json.JSONDecodeError:
+                return ParsedAnswer(_partial_string(text[start.end() :]), ())
+            if isinstance(answer, dict) and isinstance(answer.get("content"), str):
+                return ParsedAnswer(answer["content"], ())
+        # Cut before the wrapper said which it is: nothing complete to give, and the wrapper is never content.
+        return ParsedAnswer(None, ()) if text.lstrip().startswith("{") else None
 
 
 class ContentString:
@@ -130,35 +187,6 @@ class ContentString:
                 return start
             at = start + size
         return len(raw)
-
-
-def _call(value: dict[str, object]) -> ParsedCall:
-    return ParsedCall(new_call_id(), str(value["name"]), json.dumps(value["arguments"], ensure_ascii=False))
-
-
-def _cut_short(text: str) -> ParsedAnswer | None:
-    """An answer the grammar was still writing when max_tokens ended it: the calls it finished, or its text so far."""
-    if (start := _CALLS_START.match(text)) is not None:
-        calls: list[ParsedCall] = []
-        at = start.end()
-        while True:
-            try:
-                value, at = _DECODER.raw_decode(text, at)
-            except json.JSONDecodeError:
-                break
-            if not isinstance(value, dict) or "name" not in value or "arguments" not in value:
-                break
-            calls.append(_call(value))
-            rest = text[at:].lstrip()
-            if not rest.startswith(","):
-                break
-            at = len(text) - len(rest) + 1
-            at += len(text[at:]) - len(text[at:].lstrip())
-        return ParsedAnswer(None, tuple(calls))
-    if (start := _CONTENT_START.match(text)) is not None:
-        return ParsedAnswer(_partial_string(text[start.end() :]), ())
-    # Cut before the wrapper said which it is: nothing complete to give, and the wrapper is never content.
-    return ParsedAnswer(None, ()) if text.lstrip().startswith("{") else None
 
 
 def _partial_string(body: str) -> str:

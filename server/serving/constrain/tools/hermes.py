@@ -8,7 +8,6 @@ parsed back into OpenAI tool calls, and reads results as role "tool" messages (i
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
@@ -18,17 +17,17 @@ from server.errors import APIError
 from server.protocol.openai import ChatMessage
 from server.serving.constrain.grammar import json_schema_rules
 from server.serving.constrain.text_without import literal, text_without
+from server.serving.constrain.tools.call_json import Calls
 from server.serving.constrain.tools.plan import (
+    CallEvent,
     ParsedAnswer,
     ParsedCall,
     TemplateInput,
     ToolPlan,
     decoded_arguments,
-    new_call_id,
 )
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 _CALL_JSON = "hermes-call-json"  # the converter names the call schema's own rules after it
 
 
@@ -70,26 +69,12 @@ class HermesFormat:
         return call_rules + "\n" + "\n".join(f"{name} ::= {body}" for name, body in rules.items())
 
     def parse(self, text: str) -> ParsedAnswer:
-        """The calls in an answer and the text around them (its content: as written, less the whitespace it ends with
-        and, where it starts after a call, the gap before it). A block that is not a complete call (cut short by
-        max_tokens) stays in the content as it was written; an answer without calls is all content. So the text
-        before the first call, less its trailing whitespace, starts the content either way: a stream sends it as it
-        is written (`TextBeforeCalls`)."""
-        calls: list[ParsedCall] = []
-        outside: list[str] = []
-        position = 0
-        for block in _BLOCK.finditer(text):
-            call = _parse_call(block.group(1))
-            if call is not None:
-                calls.append(call)
-                outside.append(text[position : block.start()])
-                position = block.end()
-        if not calls:
-            return ParsedAnswer(text, ())
-        content = "".join([*outside, text[position:]]).rstrip()
-        if not outside[0].strip():  # the content starts after a call: without the gap before it
-            content = content.lstrip()
-        return ParsedAnswer(content or None, tuple(calls))
+        reader = self.call_reader()
+        reader.feed(text)
+        return reader.answer(text)
+
+    def call_reader(self) -> HermesCalls:
+        return HermesCalls()
 
     def content_stream(self) -> TextBeforeCalls:
         return TextBeforeCalls()
@@ -99,7 +84,7 @@ class TextBeforeCalls:
     """The grammar lets text come only before the first call, so the text up to `<tool_call>` is content as it is
     written. A tail that may be the start of the marker is held until it is whole or proves not to be, and trailing
     whitespace is held too (the parse drops it before a call); from the marker on, nothing is certain until the
-    answer is parsed: a call cut short by max_tokens is content after all, marker and all."""
+    answer is parsed: a block cut short by max_tokens before its call's name is content after all, marker and all."""
 
     def __init__(self) -> None:
         self._held = ""  # written, not yet certain
@@ -116,6 +101,54 @@ class TextBeforeCalls:
         certain = len(pending[: len(pending) - partial_suffix(pending, OPEN)].rstrip())
         self._held = pending[certain:]
         return pending[:certain]
+
+
+class HermesCalls:
+    """The calls of an answer as it is written: a call object (`CallJson`) in each `<tool_call>` block."""
+
+    def __init__(self) -> None:
+        self.first_call_at = 0  # where the first call's block starts in the answer
+        self._calls = Calls()
+        self._read = 0  # how much of the answer came before `_held`
+        self._held = ""  # outside the blocks: a tail that may be the start of the marker
+        self._block_at = 0
+
+    def feed(self, text: str) -> list[CallEvent]:
+        events: list[CallEvent] = []
+        pending, at, base = self._held + text, 0, self._read
+        while not self._calls.failed and at < len(pending):
+            if not self._calls.reading:
+                found = pending.find(OPEN, at)
+                if found < 0:
+                    at = len(pending) - partial_suffix(pending[at:], OPEN)
+                    break
+                self._calls.start()
+                self._block_at, at = base + found, found + len(OPEN)
+                continue
+            before = len(self._calls)
+            read, used = self._calls.feed(pending[at:])
+            if before == 0 and len(self._calls) == 1:
+                self.first_call_at = self._block_at
+            events += read
+            at += used
+        # Past a block that is not a call nothing more is read, so nothing is held for it.
+        self._held, self._read = "" if self._calls.failed else pending[at:], base + at
+        return events
+
+    def calls(self) -> tuple[ParsedCall, ...]:
+        return self._calls.parsed()
+
+    def answer(self, text: str) -> ParsedAnswer:
+        """The calls read in the whole answer `text`, and its content: the text before the first call, less the
+        whitespace it ends with (the grammar lets text come only there). A call whose name is written is a call,
+        even one cut short by max_tokens (its arguments as far as they got, as OpenAI sends them); a block cut short
+        before that, and an answer without calls, are content as written. So the text before the first call, less
+        its trailing whitespace, starts the content either way: a stream sends it as it is written
+        (`TextBeforeCalls`)."""
+        calls = self.calls()
+        if not calls:
+            return ParsedAnswer(text, ())
+        return ParsedAnswer(text[: self.first_call_at].rstrip() or None, calls)
 
 
 def _calls(most: int) -> str:
@@ -137,18 +170,3 @@ def _template_message(message: ChatMessage) -> TemplateMessage:
     if message.tool_call_id is not None:
         rendered["tool_call_id"] = message.tool_call_id
     return rendered
-
-
-def _parse_call(block: str) -> ParsedCall | None:
-    try:
-        call = json.loads(block)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return None
-    arguments = call.get("arguments")
-    if isinstance(arguments, str):  # some models write the arguments as a JSON string, as OpenAI sends them
-        arguments = decoded_arguments(arguments)
-    if not isinstance(arguments, dict):
-        return None
-    return ParsedCall(new_call_id(), call["name"], json.dumps(arguments, ensure_ascii=False))

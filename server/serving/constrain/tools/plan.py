@@ -56,13 +56,34 @@ class TemplateInput:
 class ParsedCall:
     id: str
     name: str
-    arguments: str
+    arguments: str  # the JSON the model wrote, as it wrote it: what a stream sent, piece by piece
+    complete: bool = True  # False: cut short (max_tokens, a stop string) while its arguments were being written
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedAnswer:
     content: str | None
     calls: tuple[ParsedCall, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallBegun:
+    """A call's name is written: the call is certain, its arguments come next."""
+
+    index: int  # the call's place among the answer's calls
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentsWritten:
+    """More of a begun call's arguments, as the model wrote them."""
+
+    index: int
+    text: str
+
+
+CallEvent = CallBegun | ArgumentsWritten
 
 
 def uses_tools(body: ChatCompletionRequest) -> bool:
@@ -120,6 +141,24 @@ def decoded_arguments(arguments: str) -> Mapping[str, Any] | str:
     except (json.JSONDecodeError, RecursionError):
         return arguments
     return decoded if isinstance(decoded, dict) and body_fault(decoded) is None else arguments
+
+
+class CallReader(Protocol):
+    """One answer read as it is written, for its calls: each call once its name is written, then its arguments as
+    they come (`server/serving/endpoints/tool_answer.py`). A format's parse reads the whole answer with one, so a
+    stream and the answer unstreamed have the same calls."""
+
+    def feed(self, text: str) -> list[CallEvent]:
+        """The answer's next text; returns what it made certain of the calls."""
+        ...
+
+    def calls(self) -> tuple[ParsedCall, ...]:
+        """The calls begun so far, each with the arguments written so far."""
+        ...
+
+    def answer(self, text: str) -> ParsedAnswer | None:
+        """The calls and content of the whole answer `text`, all of it fed: None when it is not in the format."""
+        ...
 
 
 class ContentStream(Protocol):

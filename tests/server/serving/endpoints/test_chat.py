@@ -153,7 +153,7 @@ async def test_a_reply_that_cannot_be_shaped_after_generating_is_recorded_as_fai
 ) -> None:
     """The answer is shaped before the generation closes (a tool answer's stream too, on its Finished event), so the
     audit row says 500, what the client heard, not 200."""
-    monkeypatch.setattr(chat, "_message", _unparsable)
+    monkeypatch.setattr(chat, "_parsed_message", _unparsable)
     rows = AuditRows()
     engine = FakeEngine(reply=THEN_CALL)
     pipeline = Pipeline([RecordStage(rows, store_conversations=False), prepare])  # type: ignore[list-item, arg-type]  # stages are plain async generator functions; the stand-in writer
@@ -186,3 +186,34 @@ async def test_with_n_choices_each_choice_s_calls_go_out_when_that_choice_ends()
     whole = await chat.create(_request(n=2, tools=[WEATHER]), ctx)
     assert isinstance(whole.body, ChatCompletion)
     assert [c.finish_reason for c in whole.body.choices] == ["tool_calls", "stop"]
+
+
+async def test_a_call_cut_short_by_max_tokens_is_a_call_with_its_arguments_so_far_streamed_or_not() -> None:
+    """As OpenAI answers: finish_reason "length", the last call's arguments as far as they got. Its name and
+    arguments streamed as they were written, so the stream adds up to the same calls."""
+    cut = 'Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n'
+    cut += '{"name": "get_weather", "arguments": {"city": "Ro'
+    engine = FakeEngine(reply=cut, tool_syntax="hermes", finish_reason="length")
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    deltas = await _streamed(ctx, tools=[WEATHER])
+    calls: dict[int, dict[str, str]] = {}
+    for d in deltas:
+        for call in d.get("tool_calls") or []:  # type: ignore[attr-defined]  # a list of tool call deltas
+            entry = calls.setdefault(call["index"], {"name": "", "arguments": ""})
+            entry["name"] += call["function"].get("name") or ""
+            entry["arguments"] += call["function"]["arguments"] or ""
+    assert sum(1 for d in deltas if d.get("tool_calls")) > 4, "the arguments stream in pieces"
+    assert deltas[-1]["finish"] == "length"
+    whole = await chat.create(_request(tools=[WEATHER]), ctx)
+    assert isinstance(whole.body, ChatCompletion)
+    choice = whole.body.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content == "Sure." and choice.message.tool_calls
+    assert (
+        [{"name": c.function.name, "arguments": c.function.arguments} for c in choice.message.tool_calls]
+        == [calls[0], calls[1]]
+        == [
+            {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"name": "get_weather", "arguments": '{"city": "Ro'},
+        ]
+    )

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from server.access.caller import ANONYMOUS
 from server.engine.chat_template import ReasoningSyntax
@@ -108,12 +107,14 @@ async def test_a_tool_answer_streams_its_thinking_block_as_decoded_then_the_tool
         ("content_block_delta", 0, "signature_delta"),
         ("content_block_stop", 0, None),
         ("content_block_start", 1, "tool_use"),
-        ("content_block_delta", 1, "input_json_delta"),
+        *[("content_block_delta", 1, "input_json_delta")] * len('{"city": "Paris"}'),  # as the model writes it
         ("content_block_stop", 1, None),
         ("message_delta", None, None),
         ("message_stop", None, None),
     ]
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
+    streamed = "".join(e["delta"].get("partial_json", "") for e in events if e["type"] == "content_block_delta")
+    assert streamed == '{"city": "Paris"}'
 
 
 HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -139,7 +140,7 @@ async def test_a_hermes_answer_streams_its_text_block_before_the_tool_use() -> N
         *[("content_block_delta", 1, "text_delta")] * 5,  # "O", "n", " i", "t", "." (a space waits for the next)
         ("content_block_stop", 1, None),
         ("content_block_start", 2, "tool_use"),
-        ("content_block_delta", 2, "input_json_delta"),
+        *[("content_block_delta", 2, "input_json_delta")] * len('{"city": "Paris"}'),
         ("content_block_stop", 2, None),
         ("message_delta", None, None),
         ("message_stop", None, None),
@@ -158,22 +159,47 @@ def _recorded(reply: str) -> tuple[ServingContext, AuditRows]:
     return ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1"), rows
 
 
-# A call whose arguments are no object: the grammar of an object schema never lets a model write it, the script does.
-NOT_AN_OBJECT = '{"tool_calls": [{"name": "get_weather", "arguments": 5}]}'
+def _unparsable(*args: object) -> object:
+    raise RuntimeError("the answer could not be shaped")
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_reply_that_cannot_be_shaped_after_generating_is_recorded_as_failed(stream: bool) -> None:
+async def test_a_reply_that_cannot_be_shaped_after_generating_is_recorded_as_failed(
+    stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The answer is shaped before the generation closes, so its audit row says 500, what the client heard."""
-    ctx, rows = _recorded(NOT_AN_OBJECT)
+    monkeypatch.setattr(messages, "_stop_reason", _unparsable)
+    ctx, rows = _recorded('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}')
     body = _request(stream=stream, tools=[WEATHER], tool_choice={"type": "any"}, thinking={"type": "disabled"})
-    if stream:
-        reply = await messages.create(body, ctx)
-        assert reply.chunks is not None
-        with pytest.raises(ValidationError):
+    with pytest.raises(RuntimeError, match="could not be shaped"):
+        if stream:
+            reply = await messages.create(body, ctx)
+            assert reply.chunks is not None
             [event async for event in reply.chunks]
-    else:
-        with pytest.raises(ValidationError):
+        else:
             await messages.create(body, ctx)
     assert rows.statuses == [500]
     assert ctx.models.in_flight == 0
+
+
+CUT_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "cel'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_cut_short_by_max_tokens_keeps_the_input_written_so_far(stream: bool) -> None:
+    """Its input streamed as it was written; unstreamed, it is what the SDK's stream accumulator reads that partial
+    JSON as (jiter's partial mode: the values that are whole); the stop reason says it was cut."""
+    engine = FakeEngine(reply=CUT_CALL, finish_reason="length")
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    body = _request(stream=stream, tools=[WEATHER], tool_choice={"type": "any"}, thinking={"type": "disabled"})
+    reply = await messages.create(body, ctx)
+    if not stream:
+        assert isinstance(reply.body, Message)
+        (block,) = reply.body.content
+        assert block.type == "tool_use" and block.input == {"city": "Paris"} and reply.body.stop_reason == "max_tokens"
+        return
+    assert reply.chunks is not None
+    events = [e.model_dump() async for e in reply.chunks]
+    streamed = "".join(e["delta"].get("partial_json", "") for e in events if e["type"] == "content_block_delta")
+    assert streamed == '{"city": "Paris", "unit": "cel' and events[-2]["delta"]["stop_reason"] == "max_tokens"

@@ -274,3 +274,42 @@ async def test_a_hermes_answer_streams_its_message_before_the_call_and_keeps_wha
     assert [i.model_dump(exclude={"id"}) for i in whole.body.output][:1] == [
         i.model_dump(exclude={"id"}) for i in last.response.output
     ][:1]
+
+
+TWO_CALLS_CUT = (
+    'On it. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Ro'
+)
+
+
+async def test_calls_stream_as_they_are_written_and_one_cut_short_is_an_incomplete_item() -> None:
+    """Each function call's item opens once its name is written and its arguments stream in pieces; a call max_tokens
+    cut is an incomplete item with its arguments so far, streamed or not (OpenAI's shape for a cut answer)."""
+    engine = FakeEngine(reply=TWO_CALLS_CUT, tool_syntax="hermes", finish_reason="length")
+    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
+    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    reply = await responses.create(_request(stream=True, tools=[WEATHER]), ctx, store)
+    assert reply.chunks is not None
+    events = [event async for event in reply.chunks]
+    args: dict[int, list[str]] = {}
+    for e in events:
+        if e.type == "response.function_call_arguments.delta":  # type: ignore[attr-defined]  # every event has a type
+            args.setdefault(e.output_index, []).append(e.delta)  # type: ignore[attr-defined]  # argument deltas
+    assert {i: "".join(pieces) for i, pieces in args.items()} == {1: '{"city": "Paris"}', 2: '{"city": "Ro'}
+    assert len(args[1]) > 1, "the arguments stream in pieces, not whole at the end"
+    kinds = [e.type for e in events]  # type: ignore[attr-defined]  # every event has a type
+    first_arguments = kinds.index("response.function_call_arguments.delta")
+    assert first_arguments < kinds.index("response.function_call_arguments.done")
+    done = [e.item for e in events if e.type == "response.output_item.done"]  # type: ignore[attr-defined]  # item events
+    assert [(i.type, i.status) for i in done] == [
+        ("message", "completed"), ("function_call", "completed"), ("function_call", "incomplete")
+    ]  # fmt: skip
+    last = events[-1]
+    assert isinstance(last, LifecycleEvent) and last.type == "response.incomplete"
+    assert [i.model_dump() for i in last.response.output] == [i.model_dump() for i in done]
+    whole = await responses.create(_request(tools=[WEATHER]), ctx, store)
+    assert whole.body is not None
+    assert [i.model_dump(exclude={"id", "call_id"}) for i in whole.body.output] == [
+        i.model_dump(exclude={"id", "call_id"}) for i in done
+    ]

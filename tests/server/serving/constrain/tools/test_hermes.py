@@ -47,23 +47,30 @@ ROME = _block("get_weather", {"city": "Rome", "unit": "fahrenheit"})
 def test_several_calls_are_parsed_in_order_with_fresh_ids() -> None:
     answer = HERMES.parse(f"{PARIS}\n{ROME}")
     assert answer.content is None
-    assert [(c.name, json.loads(c.arguments)) for c in answer.calls] == [
-        ("get_weather", {"city": "Paris", "unit": "celsius"}),
-        ("get_weather", {"city": "Rome", "unit": "fahrenheit"}),
+    assert [(c.name, json.loads(c.arguments), c.complete) for c in answer.calls] == [
+        ("get_weather", {"city": "Paris", "unit": "celsius"}, True),
+        ("get_weather", {"city": "Rome", "unit": "fahrenheit"}, True),
     ]
     assert all(c.id.startswith("call_") for c in answer.calls) and answer.calls[0].id != answer.calls[1].id
 
 
-def test_text_around_calls_becomes_the_content() -> None:
-    answer = HERMES.parse(f"Let me check.\n{PARIS}\nOne moment.")
-    assert answer.content == "Let me check.\n\nOne moment."
-    assert [c.name for c in answer.calls] == ["get_weather"]
+def test_arguments_are_the_json_the_model_wrote_as_it_wrote_it() -> None:
+    """What a stream sends of them, piece by piece, adds up to exactly this."""
+    (call,) = HERMES.parse('<tool_call>\n{"name": "get_weather", "arguments": {"city" :"Paris",\n "unit": 1.50}}').calls
+    assert call.arguments == '{"city" :"Paris",\n "unit": 1.50}' and call.complete
+
+
+def test_the_content_is_the_text_before_the_first_call() -> None:
+    """The grammar lets text come only before the calls, so nothing after them is read as content."""
+    answer = HERMES.parse(f"Let me check.\n{PARIS}\n{ROME}\n")
+    assert answer.content == "Let me check."
+    assert [c.name for c in answer.calls] == ["get_weather", "get_weather"]
 
 
 def test_text_before_the_first_call_keeps_its_leading_whitespace_as_an_answer_without_calls_does() -> None:
     """So the text a stream sends before it knows whether a call follows is the start of the content either way."""
     assert HERMES.parse(f" \n Let me check. \n{PARIS}\n").content == " \n Let me check."
-    assert HERMES.parse(f" \n{PARIS}\n One moment.").content == "One moment."
+    assert HERMES.parse(f" \n{PARIS}\n").content is None
 
 
 def test_an_answer_without_calls_is_all_content_unchanged() -> None:
@@ -73,23 +80,25 @@ def test_an_answer_without_calls_is_all_content_unchanged() -> None:
 @pytest.mark.parametrize(
     "broken",
     [
-        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par',  # cut short by max_tokens
-        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_',
+        '<tool_call>\n{"name": "get_wea',  # cut short by max_tokens before the name is whole
         "<tool_call>\nnot json\n</tool_call>",
         '<tool_call>\n["get_weather"]\n</tool_call>',
         '<tool_call>\n{"arguments": {}}\n</tool_call>',  # no name
-        '<tool_call>\n{"name": "get_weather", "arguments": [1]}\n</tool_call>',
     ],
 )
-def test_a_block_that_is_not_a_complete_call_stays_content(broken: str) -> None:
+def test_a_block_that_is_not_a_call_stays_content_and_ends_the_calls(broken: str) -> None:
     assert HERMES.parse(broken) == ParsedAnswer(broken, ())
-    after_a_call = HERMES.parse(f"{PARIS}\n{broken}")
-    assert [c.name for c in after_a_call.calls] == ["get_weather"] and after_a_call.content == broken
+    after_a_call = HERMES.parse(f"{PARIS}\n{broken}\n{ROME}")
+    assert [c.name for c in after_a_call.calls] == ["get_weather"] and after_a_call.content is None
 
 
-def test_arguments_written_as_a_json_string_are_accepted() -> None:
-    (call,) = HERMES.parse('<tool_call>{"name": "get_time", "arguments": "{\\"tz\\": \\"UTC\\"}"}</tool_call>').calls
-    assert json.loads(call.arguments) == {"tz": "UTC"}
+def test_a_call_cut_short_while_its_arguments_are_written_is_a_call_with_what_they_hold_so_far() -> None:
+    """As OpenAI answers one max_tokens cut (finish_reason "length"): a stream has sent its name and arguments."""
+    answer = HERMES.parse(f'Sure. {PARIS}\n<tool_call>\n{{"name": "get_weather", "arguments": {{"city": "Ro')
+    assert answer.content == "Sure."
+    assert [(c.arguments, c.complete) for c in answer.calls][1:] == [('{"city": "Ro', False)]
+    (closed_unmarked,) = HERMES.parse('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_').calls
+    assert (closed_unmarked.arguments, closed_unmarked.complete) == ("{}", True)
 
 
 def test_no_prefix_or_corruption_of_an_answer_makes_the_parser_raise() -> None:
