@@ -6,6 +6,7 @@ The protocol package is a base layer: it imports nothing of the server, so every
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -43,10 +44,10 @@ class BodyFault(NamedTuple):
 
 
 def body_fault(value: object, max_containers: int | None = None) -> BodyFault | None:
-    """The first string (or object key) in a parsed JSON body that holds a lone surrogate, the first object or array
-    nested past MAX_JSON_DEPTH, or the first one past `max_containers` in all (the body itself counts; None: no
-    bound); None when there is none of these. Iterative (a stack of the containers being read), so no depth of input
-    can exhaust the stack that checks it."""
+    """The first string (or object key) in a parsed JSON body that holds a lone surrogate, the first number that is
+    NaN or infinite, the first object or array nested past MAX_JSON_DEPTH, or the first one past `max_containers` in
+    all (the body itself counts; None: no bound); None when there is none of these. Iterative (a stack of the
+    containers being read), so no depth of input can exhaust the stack that checks it."""
     if isinstance(value, str):
         return BodyFault("lone_surrogate", ()) if _LONE_SURROGATE.search(value) else None
     if not isinstance(value, dict | list):
@@ -61,6 +62,13 @@ def body_fault(value: object, max_containers: int | None = None) -> BodyFault | 
             if isinstance(child, str):
                 if _LONE_SURROGATE.search(child):
                     return BodyFault("lone_surrogate", (*path, str(key)))
+            elif isinstance(child, float):
+                # Python's parser reads NaN, Infinity and numbers past a double's range (1e400), which JSON has no
+                # value for: serialised again (a cache key, a stored input) they came back as null, so a request
+                # asking for NaN shared its cached answer with one asking for null, and a schema's `const: NaN` let
+                # a structured output write NaN, which no JSON client reads.
+                if not math.isfinite(child):
+                    return BodyFault("not_finite", (*path, str(key)))
             elif isinstance(child, dict | list):
                 if len(frames) >= MAX_JSON_DEPTH:
                     return BodyFault("too_deep", (*path, str(key)))
@@ -158,6 +166,8 @@ class RequestBody(ClosedModel):
             message = "{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not text"
         elif fault.code == "too_deep":
             message = f"{{where}} nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+        elif fault.code == "not_finite":
+            message = "{where} is NaN or infinite (NaN, Infinity, or a number past 1.8e308): not a JSON number"
         else:
             message = (
                 f"the body holds more than {most} objects and arrays (GGUFSTACK_MAX_BODY_CONTAINERS); "

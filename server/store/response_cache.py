@@ -57,8 +57,11 @@ def cache_key(
 ) -> str:
     """`scope`: whose answers these are ("shared", or one key's); `server`: the server's inputs to the answer."""
     normalised = {k: v for k, v in body.items() if k not in TRANSPORT_FIELDS and v is not None}
+    # Keys in the order they came, not sorted: a schema's property order is the order the grammar writes them in,
+    # and a tool's the order the prompt describes them in, so two bodies differing only there get different answers.
+    # `allow_nan=False`: a body never holds NaN (the protocol refuses it), and one that did must not share a key.
     material = json.dumps(
-        [endpoint, model_version, normalised, scope, dict(server or {})], sort_keys=True, separators=(",", ":")
+        [endpoint, model_version, normalised, scope, dict(server or {})], separators=(",", ":"), allow_nan=False
     )
     return hashlib.sha256(material.encode()).hexdigest()
 

@@ -115,6 +115,19 @@ def test_a_body_holding_more_objects_and_arrays_than_the_cap_is_refused_naming_t
     assert body_fault(body(61)) is None, "no bound unless one is given"
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_json_has_no_value_for_is_refused_naming_where(number: float) -> None:
+    """Python's parser reads NaN, Infinity and 1e400; serialised again (the cache key) they became null, so a request
+    asking for NaN shared its cached answer with one asking for null, and a schema's `const: NaN` let a structured
+    output write NaN."""
+    assert body_fault({"response_format": {"json_schema": {"schema": {"const": number}}}}) == BodyFault(
+        "not_finite", ("response_format", "json_schema", "schema", "const")
+    )
+    assert body_fault({"n": 1, "temperature": 0.5, "big": 1e308}) is None
+    with pytest.raises(ValidationError, match=r"temperature is NaN or infinite"):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": [], "temperature": number})
+
+
 @pytest.mark.parametrize(
     ("extra", "where", "param"),
     [({"\ud800": 1}, "\\ud800", "\\ud800"), ({"logit_bias": {"1\udfff": 1}}, "logit_bias.1\\udfff", "logit_bias")],

@@ -14,6 +14,7 @@ shared with n_ctx 2048 and a budget of SHARED_BUDGET bytes per key.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +113,45 @@ def test_a_shared_cache_serves_every_key(servers: Servers) -> None:
     question = f"Reply with one word: maybe. ({uuid.uuid4().hex[:6]})"
     assert _ask(servers.shared, a, question).headers[CACHE] == "miss"
     assert _ask(servers.shared, b, question).headers[CACHE] == "hit"
+
+
+def test_a_shared_cache_tells_apart_schemas_that_differ_only_in_their_property_order(servers: Servers) -> None:
+    """The grammar writes a schema's properties in its order; the cache key sorted them, so in a shared cache one
+    key's answer in one order was served to another key asking for the other (found by a review, 2026-12-07)."""
+    a, b, _ = servers.keys
+    question = f"Give two letters. ({uuid.uuid4().hex[:6]})"
+
+    def schema(*names: str) -> dict[str, object]:
+        properties = {name: {"type": "string", "maxLength": 3} for name in names}
+        shape = {"type": "object", "properties": properties, "required": list(names), "additionalProperties": False}
+        return {"type": "json_schema", "json_schema": {"name": "letters", "schema": shape}}
+
+    first = _ask(servers.shared, a, question, response_format=schema("x", "y"), max_tokens=24)
+    assert _ask(servers.shared, b, question, response_format=schema("x", "y"), max_tokens=24).headers[CACHE] == "hit"
+    other = _ask(servers.shared, b, question, response_format=schema("y", "x"), max_tokens=24)
+    assert other.headers[CACHE] == "miss"
+    answer = other.json()["choices"][0]["message"]["content"]
+    assert answer.index('"y"') < answer.index('"x"'), answer
+    assert first.json()["choices"][0]["message"]["content"] != answer
+
+
+def test_nan_in_a_body_is_a_400_not_a_key_it_shares_with_null(servers: Servers) -> None:
+    """Python reads NaN, which JSON has not: serialised for the cache key it became null, so one key's request with
+    `const: NaN` answered another's with `const: null` from the shared cache, with a NaN the client could not read."""
+    a, _, _ = servers.keys
+    schema = {"type": "object", "properties": {"v": {"const": float("nan")}}, "required": ["v"]}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "v?"}],
+        "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "v", "schema": schema}},
+    }
+    headers = {"Authorization": f"Bearer {a}", "Content-Type": "application/json"}
+    raw = json.dumps(body)  # writes NaN, as Python's json does by default (httpx's json= refuses to)
+    r = httpx.post(f"{servers.shared.base_url}/v1/chat/completions", content=raw, headers=headers, timeout=60)
+    assert "NaN" in raw and r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "response_format" and "NaN or infinite" in error["message"]
 
 
 def test_a_key_past_its_cache_budget_gets_answers_that_are_not_cached(servers: Servers) -> None:

@@ -42,6 +42,18 @@ def test_the_key_ignores_transport_fields_and_follows_the_model_version() -> Non
     assert cache_key("chat", {**BODY, "max_tokens": 5}, "sha-a") != key
 
 
+def test_the_key_follows_the_order_of_an_objects_keys() -> None:
+    """A schema's properties are written in its order, so two schemas that differ only in order get different
+    answers: sorted keys made the second a hit answering in the first one's order."""
+    schema = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "string"}}}
+    reordered = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}}}
+    first = cache_key("chat", {**BODY, "response_format": {"type": "json_schema", "json_schema": schema}}, "sha-a")
+    assert (
+        cache_key("chat", {**BODY, "response_format": {"type": "json_schema", "json_schema": reordered}}, "sha-a")
+        != first
+    )
+
+
 def test_only_deterministic_requests_are_cacheable() -> None:
     assert is_deterministic(0.0, None) and is_deterministic(0.8, 42)
     assert not is_deterministic(0.7, None) and not is_deterministic(None, None)
