@@ -9,17 +9,20 @@ close`, so the server closes the connection rather than read (and discard) the r
 The same holds for a keyed request its body could not save: the pipeline's body gates (a key at its cap on requests in
 flight, a key whose rate-limit window refuses any request) run before the body is parsed too, and their refusal is
 audited; the connection stays open (the protocol drops the body's bytes as they come), so a client with a large body
-reads its 429 rather than a reset.
+reads its 429 rather than a reset. A keyed body that fails validation is counted against its key's RPM and audited
+(`charge_refused_body`), as the pipeline it never reaches would have.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from server.access.authenticate import authorization_of, bearer_token
@@ -27,6 +30,7 @@ from server.access.caller import Authenticator, Caller
 from server.errors import APIError
 from server.serving.pipeline.assemble import DataPlane
 from server.serving.pipeline.job import Endpoint, Errand
+from server.serving.stages.record import failed_status
 from server.store.keys import same_secret
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -102,6 +106,25 @@ def refuse_before_body(request: Request, caller: Caller, endpoint: Endpoint) -> 
         raise
 
 
+async def charge_refused_body(request: Request, caller: Caller, endpoint: Endpoint, arrived: float) -> None:
+    """Count a request whose body failed validation against its key's RPM, and audit it; raise the limiter's
+    refusal (429) if the key was past its limit. FastAPI validates a body before the pipeline runs, so such requests
+    reached neither the rate limit nor the audit log: a key could send invalid bodies as fast as it liked, each one
+    parsed and validated on the event loop (docs/security.md), unseen. Counted, they meet the limit as valid ones do,
+    and once past it the key's next bodies are refused before they are parsed."""
+    pipeline = request.app.state.plane.pipeline
+    state = request.state
+    status = 400
+    try:
+        await pipeline.before_load(caller, state.request_id)
+    except Exception as exc:
+        status = failed_status(exc)
+        raise
+    finally:
+        latency_ms = (time.monotonic() - arrived) * 1000
+        pipeline.record(Errand(state.request_id, endpoint, caller, state.client_request_id, latency_ms, status))
+
+
 class KeyFirstRoute(APIRoute):
     """A route whose caller is authenticated before its body is read, and, for a route with a body, refused before
     it is read when the body could not change the answer."""
@@ -113,13 +136,19 @@ class KeyFirstRoute(APIRoute):
         async def key_first(request: Request) -> Response:
             with closing_on_refusal():
                 caller = await authenticate(request)
-            if endpoint is not None:
-                # Not closing: the protocol drops the body's bytes unparsed, and a client still sending a large body
-                # reads its 429 instead of a connection reset (what it does with its Retry-After depends on that). A
-                # chunked body has no length the body limit could hold it to: that connection is closed.
-                with closing_on_refusal() if "content-length" not in request.headers else contextlib.nullcontext():
-                    refuse_before_body(request, caller, endpoint)
-            return await handler(request)
+            if endpoint is None:
+                return await handler(request)
+            # Not closing: the protocol drops the body's bytes unparsed, and a client still sending a large body
+            # reads its 429 instead of a connection reset (what it does with its Retry-After depends on that). A
+            # chunked body has no length the body limit could hold it to: that connection is closed.
+            with closing_on_refusal() if "content-length" not in request.headers else contextlib.nullcontext():
+                refuse_before_body(request, caller, endpoint)
+            arrived = time.monotonic()
+            try:
+                return await handler(request)
+            except RequestValidationError:
+                await charge_refused_body(request, caller, endpoint, arrived)
+                raise
 
         return key_first
 

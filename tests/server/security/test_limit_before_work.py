@@ -173,3 +173,29 @@ def test_a_key_its_window_refuses_whatever_it_asks_is_refused_before_its_next_bo
         ("messages", 429),
         ("chat.completions", 429),
     ]
+
+
+def test_bodies_that_fail_validation_count_against_the_rate_limit_and_are_audited(plane: Plane) -> None:
+    """FastAPI validates a body before the pipeline runs, so a body that failed met neither the rate limit nor the
+    audit log: a key could send invalid bodies as fast as it liked, each parsed and validated on the event loop while
+    every stream waited (a review sent 1 MB bodies of 32,000 content parts that failed on `max_tokens`, 46 in 10 s
+    from one key, and /health/live's median went from 27 ms to 613 ms), none of them counted or recorded. Now they
+    count against RPM and are audited, and once the key is past its limit its next bodies are refused unparsed."""
+    created = plane.key(rpm=2)
+    key = created["key"]
+    invalid = _chat("hi", max_tokens=-1)
+    first = plane.post(key, "/v1/chat/completions", invalid)
+    assert first.status_code == 400 and first.json()["error"]["param"] == "max_tokens", first.text
+    assert first.headers["x-request-id"]
+    assert plane.post(key, "/v1/messages", {"model": MODEL, "messages": []}).status_code == 400
+    over = plane.post(key, "/v1/chat/completions", invalid)
+    assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded", over.text
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    unread = httpx.post(f"{plane.server.base_url}/v1/chat/completions", content=b"{not json", headers=headers)
+    assert unread.status_code == 429, unread.text
+    assert _audit(plane, created["id"], 4) == [
+        ("chat.completions", 400),
+        ("messages", 400),
+        ("chat.completions", 429),
+        ("chat.completions", 429),
+    ]
