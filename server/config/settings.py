@@ -201,6 +201,12 @@ class Settings(RequestLimitSettings):
         description="Store prompt and response text in PostgreSQL (X-Conversation-Id, GET /v1/conversations/{id}); "
         "off by default for privacy.",
     )
+    conversations_max_bytes_per_key_per_day: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Bytes of conversation text an API key may store a day (UTC); past it, its requests' messages "
+        "are not stored until the next day (their audit rows are). 0: no budget.",
+    )
     responses_store: bool = Field(
         True, description="Keep Responses API responses a request asks to store; off: none is kept, whatever it asks."
     )

@@ -89,7 +89,11 @@ async def open_database(
     resources.push_async_callback(pool.close)
     outage = Outage("postgresql", use="audit log")
     writer = AuditWriter(
-        pool, max_queue=settings.audit_queue_max, max_queue_bytes=settings.audit_queue_max_bytes, outage=outage
+        pool,
+        max_queue=settings.audit_queue_max,
+        max_queue_bytes=settings.audit_queue_max_bytes,
+        outage=outage,
+        max_conversation_bytes_per_key_per_day=settings.conversations_max_bytes_per_key_per_day,
     )
     resources.push_async_callback(writer.drain, DRAIN_TIMEOUT_S)
     try:

@@ -5,7 +5,9 @@ unreachable, records wait in memory, up to `max_queue` records and `max_queue_by
 record holds up to a request body's worth, so a bound by count alone is no bound on memory); they are written, in
 order and once each (request ids are the server's own and unique, inserts skip duplicates), when it is back. Records
 beyond either bound are dropped, counted and logged. A record PostgreSQL refuses for what it holds is set aside
-(counted and logged), never retried forever.
+(counted and logged), never retried forever. Each API key may store at most `max_conversation_bytes_per_key_per_day`
+of conversation text a day (UTC, the database's clock): past it, a request's audit row is written without its
+messages (counted and logged once a key a day).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
+from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from server.store.errors import describe, is_connection_failure, is_transient
@@ -31,6 +35,16 @@ _AUDIT_INSERT = (
     "completion_tokens, latency_ms, ttft_ms, status, cache_hit, client_request_id) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
 )
+# A key's conversation bytes of the day (the database's day, in UTC, so replicas agree on it).
+_BYTES_OPEN = (
+    "INSERT INTO conversation_bytes (key_id, day, bytes) VALUES (%s, (now() AT TIME ZONE 'UTC')::date, 0) "
+    "ON CONFLICT DO NOTHING"
+)
+_BYTES_USED = (
+    "SELECT bytes FROM conversation_bytes WHERE key_id = %s AND day = (now() AT TIME ZONE 'UTC')::date FOR UPDATE"
+)
+_BYTES_SET = "UPDATE conversation_bytes SET bytes = %s WHERE key_id = %s AND day = (now() AT TIME ZONE 'UTC')::date"
+_BYTES_FORGET = "DELETE FROM conversation_bytes WHERE key_id = %s AND day < (now() AT TIME ZONE 'UTC')::date"
 _MESSAGE_INSERT = (
     "INSERT INTO conversation_messages (conversation_id, key_id, request_id, position, role, content, created_at) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id, position) DO NOTHING"
@@ -77,6 +91,11 @@ class Record:
         """Roughly what the record holds in memory, in bytes: its messages' text and a row's worth besides."""
         return _ROW_BYTES + sum(len(m.content) + _ROW_BYTES for m in self.messages)
 
+    @property
+    def text_bytes(self) -> int:
+        """What its messages' text takes stored (UTF-8), as its key's daily conversation budget counts it."""
+        return sum(len(m.content.encode()) for m in self.messages)
+
 
 _ROW_BYTES = 512  # an audit row or a message's fields other than its text, as Python objects
 _BATCH_BYTES = 16 * 1024 * 1024  # of records written in one statement (one record larger than this goes alone)
@@ -92,8 +111,10 @@ class AuditWriter:
         batch_size: int = 256,
         linger_s: float = 0.05,
         outage: Outage | None = None,
+        max_conversation_bytes_per_key_per_day: int = 0,
     ) -> None:
         self._pool = pool
+        self._conversation_budget = max_conversation_bytes_per_key_per_day
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0
@@ -103,6 +124,7 @@ class AuditWriter:
         self._queue: deque[Record] = deque()
         self._wake = asyncio.Event()
         self._dropped_since_warning = 0
+        self._warned_over_budget: dict[str, date] = {}  # key id: the day it was last said to be past its budget
 
     @property
     def pending(self) -> int:
@@ -199,9 +221,52 @@ class AuditWriter:
     async def _write(self, records: Sequence[Record]) -> None:
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             await cursor.executemany(_AUDIT_INSERT, [astuple(r.audit) for r in records])
-            messages = [astuple(m) for r in records for m in r.messages]
+            kept = await self._within_budget(cursor, records)
+            messages = [astuple(m) for r in kept for m in r.messages]
             if messages:
                 await cursor.executemany(_MESSAGE_INSERT, messages)
+
+    async def _within_budget(self, cursor: AsyncCursor[Any], records: Sequence[Record]) -> list[Record]:
+        """The records whose messages fit their key's budget for the day, in order, charged in the same transaction
+        as they are written (a batch that fails is charged nothing). Each key's row of the day is locked while it is
+        charged: replicas writing for one key at once add up, never overwrite."""
+        text = {id(r): r.text_bytes for r in records if r.messages and r.audit.key_id is not None}
+        if not self._conversation_budget or not text:
+            return [r for r in records if r.messages]
+        used: dict[str, int] = {}
+        kept: list[Record] = []
+        over: dict[str, int] = {}
+        for record in records:
+            key = record.audit.key_id
+            if not record.messages or key is None:
+                kept += [record] if record.messages else []
+                continue
+            if key not in used:
+                used[key] = await self._used_today(cursor, key)
+            if used[key] + text[id(record)] > self._conversation_budget:
+                over[key] = over.get(key, 0) + 1
+                continue
+            used[key] += text[id(record)]
+            kept.append(record)
+        for key, total in used.items():
+            await cursor.execute(_BYTES_SET, (total, key))
+            await cursor.execute(_BYTES_FORGET, (key,))
+        for key, count in over.items():
+            prometheus.conversation_records_over_budget.inc(count)
+            today = datetime.now(UTC).date()
+            if self._warned_over_budget.get(key) != today:
+                self._warned_over_budget[key] = today
+                log.warning(
+                    "API key %s stored its %d bytes of conversation text for today: the messages of its requests are "
+                    "not stored until tomorrow (UTC)", key, self._conversation_budget,
+                )  # fmt: skip
+        return kept
+
+    async def _used_today(self, cursor: AsyncCursor[Any], key: str) -> int:
+        await cursor.execute(_BYTES_OPEN, (key,))
+        await cursor.execute(_BYTES_USED, (key,))
+        row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
 
     def _set_aside(self, record: Record, exc: Exception) -> None:
         prometheus.audit_records_refused.inc()

@@ -57,6 +57,7 @@ DEPENDENCY_OUTAGES = f"{PREFIX}_dependency_outages_total"
 AUDIT_ROWS_DROPPED = f"{PREFIX}_audit_rows_dropped_total"
 AUDIT_QUEUE_DEPTH = f"{PREFIX}_audit_queue_depth"
 AUDIT_RECORDS_REFUSED = f"{PREFIX}_audit_records_refused_total"
+CONVERSATION_RECORDS_OVER_BUDGET = f"{PREFIX}_conversation_records_over_budget_total"
 BACKGROUND_TASK_FAILURES = f"{PREFIX}_background_task_failures_total"
 RETENTION_ROWS_DELETED = f"{PREFIX}_retention_rows_deleted_total"
 RETENTION_PASSES = f"{PREFIX}_retention_passes_total"
@@ -206,6 +207,12 @@ audit_records_refused = Counter(
     _base(AUDIT_RECORDS_REFUSED, "_total"),
     "Audit records PostgreSQL refused for what they hold (a value it cannot store, a limit it enforces): set aside, "
     "logged and never retried, so the records behind them are written.",
+    registry=REGISTRY,
+)
+conversation_records_over_budget = Counter(
+    _base(CONVERSATION_RECORDS_OVER_BUDGET, "_total"),
+    "Requests whose conversation messages were not stored: their key had stored its "
+    "GGUFSTACK_CONVERSATIONS_MAX_BYTES_PER_KEY_PER_DAY that day (their audit rows are written).",
     registry=REGISTRY,
 )
 background_task_failures = Counter(

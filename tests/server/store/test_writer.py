@@ -127,3 +127,41 @@ async def test_a_batch_holds_at_most_its_bytes_of_conversation_text(pool, monkey
     monkeypatch.setattr(writer, "_write", counting)
     await writer.drain(30)
     assert written == [2, 2, 1], "16 MiB a statement: two records of 6 MB each"
+
+
+def _turn(request_id: str, key_id: str, text: str) -> Record:
+    now = datetime.now(UTC)
+    row = AuditRow(request_id, key_id, now, "chat", "m", "sha", 3, 4, 10.0, 2.0, 200, False)
+    return Record(row, [ConversationMessage("conv", key_id, request_id, 0, "user", text, now)])
+
+
+async def test_a_keys_conversation_text_is_stored_within_its_daily_budget(pool) -> None:
+    """Threat: tokens bound what a request costs, not what it stores. A thinking block the chat template leaves out of
+    the prompt costs no token and was stored whole, and a cache hit costs none at all: a review stored 1.39 GB in
+    45 s from one key with a TPM limit. Past its budget a key's requests are still audited, their text not stored."""
+    writer = AuditWriter(pool, max_queue=100, max_conversation_bytes_per_key_per_day=10_000)
+    over_before = prometheus.conversation_records_over_budget._value.get()
+    for i in range(3):
+        writer.submit(_turn(f"a-{i}", "key_a", "é" * 2_000))  # 4000 bytes stored each (UTF-8)
+    writer.submit(_turn("b-0", "key_b", "x" * 9_000))  # another key's budget is its own
+    await writer.drain(10)
+    writer.submit(_turn("a-3", "key_a", "x" * 1_000))  # what is left of the day's budget still takes a small one
+    writer.submit(_turn("a-4", "key_a", "x" * 2_000))
+    await writer.drain(10)
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT request_id FROM conversation_messages ORDER BY request_id")
+        stored = [row[0] for row in await cursor.fetchall()]
+        cursor = await conn.execute("SELECT key_id, bytes FROM conversation_bytes ORDER BY key_id")
+        used = await cursor.fetchall()
+    assert stored == ["a-0", "a-1", "a-3", "b-0"]
+    assert used == [("key_a", 9_000), ("key_b", 9_000)]
+    assert await _count(pool) == 6, "every request is audited"
+    assert prometheus.conversation_records_over_budget._value.get() - over_before == 2
+
+
+async def test_without_a_budget_conversation_text_is_stored_and_not_counted(pool) -> None:
+    writer = AuditWriter(pool, max_queue=100)
+    writer.submit(_turn("a-0", "key_a", "x" * 50_000))
+    await writer.drain(10)
+    assert await _count(pool, "conversation_messages") == 1
+    assert await _count(pool, "conversation_bytes") == 0
