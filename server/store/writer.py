@@ -233,7 +233,9 @@ class AuditWriter:
         text = {id(r): r.text_bytes for r in records if r.messages and r.audit.key_id is not None}
         if not self._conversation_budget or not text:
             return [r for r in records if r.messages]
-        used: dict[str, int] = {}
+        # Locked in one order (sorted): two replicas' batches holding the same keys never wait on each other's locks.
+        keys = sorted({r.audit.key_id for r in records if r.messages and r.audit.key_id is not None})
+        used = {key: await self._used_today(cursor, key) for key in keys}
         kept: list[Record] = []
         over: dict[str, int] = {}
         for record in records:
@@ -241,8 +243,6 @@ class AuditWriter:
             if not record.messages or key is None:
                 kept += [record] if record.messages else []
                 continue
-            if key not in used:
-                used[key] = await self._used_today(cursor, key)
             if used[key] + text[id(record)] > self._conversation_budget:
                 over[key] = over.get(key, 0) + 1
                 continue
