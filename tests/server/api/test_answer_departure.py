@@ -132,3 +132,17 @@ def test_within_the_budget_answers_wait_together(budgeted: ProtocolServer) -> No
     with _asking(budgeted, "/8") as one, _asking(budgeted, "/8") as two:
         time.sleep(0.5)
         assert budgeted.holds(one) and budgeted.holds(two)
+
+
+def test_an_answer_larger_than_the_budget_drops_its_own_connection_and_the_server_goes_on(
+    budgeted: ProtocolServer,
+) -> None:
+    """The connection at fault is dropped from inside the transport's own write (where it pauses): nothing breaks."""
+    with _asking(budgeted, "/24") as alone:
+        assert budgeted.wait_closed(alone, timeout=5) >= 0
+    with _asking(budgeted, "/1") as next_one:
+        received = 0
+        while received < 1024 * 1024:
+            chunk = next_one.recv(1 << 20)
+            assert chunk, f"dropped after {received} bytes"
+            received += len(chunk)
