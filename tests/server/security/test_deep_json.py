@@ -3,7 +3,8 @@ Schema 130 `properties` deep (5 KB) as a tool's parameters was a 500 on all thre
 check ran out of stack); with tool_choice none it was a 500 after generating, recorded as a success or a client gone
 (the reply echoing the tools passed pydantic's 255-level limit), with temperature 0 a 500 from the cache key, and a
 Responses reasoning item's `summary` 256 deep a 500 before the rate limit. Every body is now refused past
-MAX_JSON_DEPTH levels, at validation: a 400 naming the field, before any work or any audit row."""
+MAX_JSON_DEPTH levels, at validation: a 400 naming the field, before any work (counted against the key's RPM and
+audited, as every body that fails validation is)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from server.protocol.base import MAX_JSON_DEPTH
-from tests.server.security.conftest import MODEL, Plane
+from tests.server.security.conftest import MODEL, Plane, eventually
 
 
 def _schema(levels: int) -> dict:
@@ -69,7 +70,10 @@ def test_a_deep_schema_is_a_400_naming_the_field_on_every_endpoint(
     else:
         error = r.json()["error"]
         assert error["param"] == param and f"more than {MAX_JSON_DEPTH} levels deep" in error["message"]
-    assert plane.usage(created["id"])["requests"] == 0  # refused before any work: nothing audited, nothing charged
+    # Refused before any work: audited with its 400, nothing generated, no token charged.
+    assert eventually(lambda: plane.sql("SELECT status FROM audit_log WHERE key_id = %s", created["id"]) == [(400,)])
+    usage = plane.usage(created["id"])
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (0, 0)
 
 
 def _post_raw(plane: Plane, path: str, key: str, body: dict, nested: str) -> httpx.Response:
@@ -79,13 +83,15 @@ def _post_raw(plane: Plane, path: str, key: str, body: dict, nested: str) -> htt
     return httpx.post(plane.url + path, content=raw, headers=headers, timeout=60)
 
 
-def test_a_deep_reasoning_summary_is_a_400_before_the_rate_limit(plane: Plane) -> None:
+def test_a_deep_reasoning_summary_is_a_400_that_counts_against_the_rate_limit(plane: Plane) -> None:
     key = plane.create_key(rpm=1)["key"]
     reasoning = {"type": "reasoning", "id": "rs_1", "summary": [{"x": "NESTED"}]}
     body = {"input": [reasoning, {"role": "user", "content": "hi"}], "max_output_tokens": 1}
-    for _ in range(2):  # both refused as malformed, neither counted against the key's one request a minute
-        r = _post_raw(plane, "/v1/responses", key, body, "[" * 256 + "]" * 256)
-        assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+    r = _post_raw(plane, "/v1/responses", key, body, "[" * 256 + "]" * 256)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+    # The key's one request a minute is spent: the next body is refused by the limit, before it is read.
+    again = _post_raw(plane, "/v1/responses", key, body, "[" * 256 + "]" * 256)
+    assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limit_exceeded", again.text
 
 
 def test_a_body_deeper_than_any_stack_is_a_400(plane: Plane) -> None:
