@@ -58,6 +58,14 @@ class StalledReaderProtocol(HttpToolsProtocol):
         # of it, not a copy), and the kernel's socket memory is charged to the pod's memory as well.
         return self._outstanding()
 
+    def owner(self) -> str | None:
+        # The caller the route class authenticated (`server/api/gates.py`), on the request whose answer this is.
+        cycle = getattr(self, "cycle", None)
+        state = cycle.scope.get("state") if cycle is not None else None
+        caller = state.get("caller") if isinstance(state, dict) else None
+        key_id = getattr(caller, "key_id", None)
+        return key_id if isinstance(key_id, str) else None
+
     def drop(self, reason: str) -> None:
         self._disarm()
         self.waiting_answers.done(self)

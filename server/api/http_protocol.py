@@ -20,6 +20,6 @@ def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:
         "body_timeout_s": settings.request_body_timeout_s,
         "send_timeout_s": settings.stream_send_timeout_s,
         "send_min_bytes_per_s": settings.stream_send_min_bytes_per_s,
-        "waiting_answers": WaitingAnswers(settings.max_waiting_answer_bytes),
+        "waiting_answers": WaitingAnswers(settings.max_waiting_answer_bytes, settings.max_waiting_answer_bytes_per_key),
     }
     return type("ServerProtocol", (BoundedArrivalProtocol, StalledReaderProtocol, PipeliningAwareProtocol), limits)

@@ -5,9 +5,11 @@ how many clients hold one at once: a key with no request limit could open connec
 for a large answer and taking just the least rate of it, until the replica ran out of memory. So the bytes waiting for
 clients that are not keeping up (not yet taken: in the server's buffers and the kernel's queues) are counted together,
 and when an answer's arrival takes them past `GGUFSTACK_MAX_WAITING_ANSWER_BYTES`, the connections holding the most are
-dropped until they fit again.
-Redis bounds its clients' output buffers the same way (`maxmemory-clients`: the clients using the most memory are
-disconnected first). A client that keeps up never waits here: its buffer stays under the transport's high-water mark.
+dropped until they fit again. Redis bounds its clients' output buffers the same way (`maxmemory-clients`: the clients
+using the most memory are disconnected first). So that one key cannot fill the replica's budget and have other keys'
+answers dropped, each key's waiting answers are held within `GGUFSTACK_MAX_WAITING_ANSWER_BYTES_PER_KEY` first, its
+own largest dropped past it. A client that keeps up never waits here: its buffer stays under the transport's
+high-water mark.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ class WaitingConnection(Protocol):
         """The bytes of its answer this connection holds in the server's memory."""
         ...
 
+    def owner(self) -> str | None:
+        """The API key whose answer it is (None: the admin key, or no keys)."""
+        ...
+
     def drop(self, reason: str) -> None:
         """Abort the connection, and its buffer with it, logging `reason`."""
         ...
@@ -30,26 +36,23 @@ class WaitingConnection(Protocol):
 class WaitingAnswers:
     """The connections of one server whose writes are paused (their buffers past the high-water mark)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_bytes_per_key: int = 0) -> None:
         self.max_bytes = max_bytes
+        self.max_bytes_per_key = max_bytes_per_key  # 0: no bound per key
         self._waiting: set[WaitingConnection] = set()
 
     def waiting(self, connection: WaitingConnection) -> None:
-        """`connection`'s client stopped keeping up with its answer: count its buffer, and make room if the buffers
-        together are past the budget (the new one included, so an answer larger than the budget is never held)."""
+        """`connection`'s client stopped keeping up with its answer: count its buffer, and make room if its key's
+        buffers, then all of them, are past their budget (the new one included, so an answer larger than a budget is
+        never held)."""
         self._waiting.add(connection)
         held = {each: each.waiting_bytes() for each in self._waiting}
-        total = sum(held.values())
-        while total > self.max_bytes:
-            most = max(held, key=held.__getitem__)
-            size = held.pop(most)
-            self._waiting.discard(most)
-            prometheus.answers_dropped.labels("memory_budget").inc()
-            most.drop(
-                f"its {size} waiting bytes were the most when answers waiting on their clients held {total}, past "
-                f"GGUFSTACK_MAX_WAITING_ANSWER_BYTES ({self.max_bytes})"
-            )
-            total -= size
+        owner = connection.owner()
+        if self.max_bytes_per_key and owner is not None:
+            own = {each: size for each, size in held.items() if each.owner() == owner}
+            self._make_room(own, self.max_bytes_per_key, "GGUFSTACK_MAX_WAITING_ANSWER_BYTES_PER_KEY", "key_budget")
+            held = {each: size for each, size in held.items() if each in self._waiting}
+        self._make_room(held, self.max_bytes, "GGUFSTACK_MAX_WAITING_ANSWER_BYTES", "memory_budget")
 
     def done(self, connection: WaitingConnection) -> None:
         """`connection` caught up, or is gone."""
@@ -57,3 +60,18 @@ class WaitingAnswers:
 
     def held_bytes(self) -> int:
         return sum(each.waiting_bytes() for each in self._waiting)
+
+    def _make_room(self, held: dict[WaitingConnection, int], budget: int, setting: str, reason: str) -> None:
+        """Drop the connections of `held` holding the most until the rest fit `budget`."""
+        whose = "its key's" if reason == "key_budget" else "all"
+        total = sum(held.values())
+        while total > budget:
+            most = max(held, key=held.__getitem__)
+            size = held.pop(most)
+            self._waiting.discard(most)
+            prometheus.answers_dropped.labels(reason).inc()
+            most.drop(
+                f"its {size} waiting bytes were the most when {whose} answers waiting on their clients held {total}, "
+                f"past {setting} ({budget})"
+            )
+            total -= size

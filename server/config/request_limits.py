@@ -58,3 +58,9 @@ class RequestLimitSettings(BaseSettings):
         description="Most bytes of answers a replica holds for clients not keeping up with them, together; past it, "
         "the connections holding the most are dropped.",
     )
+    max_waiting_answer_bytes_per_key: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Most bytes of those answers one API key's requests may have held at once; past it, that key's "
+        "connections holding the most are dropped. 0: no bound per key.",
+    )

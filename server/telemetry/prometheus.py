@@ -104,7 +104,8 @@ http_refused = Counter(
 answers_dropped = Counter(
     _base(ANSWERS_DROPPED, "_total"),
     "Connections aborted with their answer waiting on the client, by reason: too_slow (it took less than the least "
-    "rate), memory_budget (answers waiting on their clients held the most the replica allows, and its the most).",
+    "rate), memory_budget (answers waiting on their clients held the most the replica allows, and its the most), "
+    "key_budget (its key's waiting answers held the most one key may, and its the most).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from server.access.caller import Caller
 from server.api.http_protocol import http_protocol
 from server.config.settings import load_settings
 from server.telemetry import prometheus
@@ -21,8 +22,11 @@ BIG = 8 * 1024 * 1024  # far past what the kernel's socket buffers take in
 
 
 async def _app(scope: dict, receive: Any, send: Any) -> None:
-    """A JSON-sized answer sent in one go, as a cached or non-streamed completion is (`/<MiB>`: of that size)."""
+    """A JSON-sized answer sent in one go, as a cached or non-streamed completion is (`/<MiB>`: of that size), for
+    the key the query string names (`?key=a`), as the route class leaves its caller on the request's state."""
     size = int(scope["path"][1:]) * 1024 * 1024 if scope["path"][1:].isdigit() else BIG
+    if scope["query_string"].startswith(b"key="):
+        scope.setdefault("state", {})["caller"] = Caller(key_id=scope["query_string"][4:].decode())
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
     await send({"type": "http.response.body", "body": b"x" * size})
 
@@ -45,7 +49,9 @@ def demanding() -> Iterator[ProtocolServer]:
 @pytest.fixture(scope="module")
 def budgeted() -> Iterator[ProtocolServer]:
     """Room for 20 MiB of waiting answers, and a send timeout that never fires in a test."""
-    settings = load_settings(max_waiting_answer_bytes=20 * 1024 * 1024)
+    settings = load_settings(
+        max_waiting_answer_bytes=20 * 1024 * 1024, max_waiting_answer_bytes_per_key=14 * 1024 * 1024
+    )
     with running_protocol_server(_app, http_protocol(settings)) as running:
         yield running
 
@@ -146,3 +152,14 @@ def test_an_answer_larger_than_the_budget_drops_its_own_connection_and_the_serve
             chunk = next_one.recv(1 << 20)
             assert chunk, f"dropped after {received} bytes"
             received += len(chunk)
+
+
+def test_one_keys_waiting_answers_are_held_within_its_share(budgeted: ProtocolServer) -> None:
+    """Another key's answer stays; this key's own largest goes once its answers pass their share (14 MiB here)."""
+    with _asking(budgeted, "/4?key=b") as other, _asking(budgeted, "/8?key=a") as first:
+        time.sleep(0.3)
+        assert budgeted.holds(other) and budgeted.holds(first)
+        with _asking(budgeted, "/7?key=a") as second:  # key a: 15 MiB waiting, past its 14; all: 19, within 20
+            assert budgeted.wait_closed(first, timeout=5) >= 0
+            time.sleep(0.3)
+            assert budgeted.holds(second) and budgeted.holds(other)

@@ -6,12 +6,16 @@ from server.api.waiting_answers import WaitingAnswers
 
 
 class _Connection:
-    def __init__(self, held: int) -> None:
+    def __init__(self, held: int, key: str | None = None) -> None:
         self.held = held
+        self.key = key
         self.dropped_for: str | None = None
 
     def waiting_bytes(self) -> int:
         return 0 if self.dropped_for else self.held
+
+    def owner(self) -> str | None:
+        return self.key
 
     def drop(self, reason: str) -> None:
         self.dropped_for = reason
@@ -65,3 +69,20 @@ def test_a_connection_that_caught_up_or_closed_no_longer_counts() -> None:
     answers.waiting(b)
     assert not a.dropped_for and not b.dropped_for
     assert answers.held_bytes() == 50
+
+
+def test_one_keys_answers_are_held_within_its_share_so_it_cannot_have_another_keys_dropped() -> None:
+    """Largest first over the whole replica let one key, with answers slightly larger than another's, fill the budget
+    and have the other key's answers dropped. Its own largest go first once it holds its share."""
+    answers = WaitingAnswers(max_bytes=100, max_bytes_per_key=50)
+    victim = _Connection(30, "b")
+    answers.waiting(victim)
+    hogs = [_Connection(31, "a") for _ in range(3)]
+    for hog in hogs:
+        answers.waiting(hog)
+    assert not victim.dropped_for
+    assert sum(1 for hog in hogs if hog.dropped_for) == 2
+    assert "GGUFSTACK_MAX_WAITING_ANSWER_BYTES_PER_KEY (50)" in str(next(h.dropped_for for h in hogs if h.dropped_for))
+    admin = _Connection(35)  # no key (the admin key): only the replica's budget
+    answers.waiting(admin)
+    assert not admin.dropped_for and answers.held_bytes() == 30 + 31 + 35
