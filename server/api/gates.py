@@ -29,8 +29,8 @@ from server.access.authenticate import authorization_of, bearer_token
 from server.access.caller import Authenticator, Caller
 from server.errors import APIError
 from server.serving.pipeline.assemble import DataPlane
+from server.serving.pipeline.errand import counted
 from server.serving.pipeline.job import Endpoint, Errand
-from server.serving.stages.record import failed_status
 from server.store.keys import same_secret
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -112,17 +112,12 @@ async def charge_refused_body(request: Request, caller: Caller, endpoint: Endpoi
     reached neither the rate limit nor the audit log: a key could send invalid bodies as fast as it liked, each one
     parsed and validated on the event loop (docs/security.md), unseen. Counted, they meet the limit as valid ones do,
     and once past it the key's next bodies are refused before they are parsed."""
-    pipeline = request.app.state.plane.pipeline
     state = request.state
-    status = 400
-    try:
-        await pipeline.before_load(caller, state.request_id)
-    except Exception as exc:
-        status = failed_status(exc)
-        raise
-    finally:
-        latency_ms = (time.monotonic() - arrived) * 1000
-        pipeline.record(Errand(state.request_id, endpoint, caller, state.client_request_id, latency_ms, status))
+    pipeline = request.app.state.plane.pipeline
+    async with counted(
+        pipeline, caller, state.request_id, state.client_request_id, endpoint, status=400, arrived=arrived
+    ):
+        pass
 
 
 class KeyFirstRoute(APIRoute):
