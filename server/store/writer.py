@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field
 from datetime import UTC, date, datetime
@@ -35,13 +35,11 @@ _AUDIT_INSERT = (
     "completion_tokens, latency_ms, ttft_ms, status, cache_hit, client_request_id) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
 )
-# A key's conversation bytes of the day (the database's day, in UTC, so replicas agree on it).
-_BYTES_OPEN = (
-    "INSERT INTO conversation_bytes (key_id, day, bytes) VALUES (%s, (now() AT TIME ZONE 'UTC')::date, 0) "
-    "ON CONFLICT DO NOTHING"
-)
+# A key's conversation bytes of the day (the database's day, in UTC, so replicas agree on it): the upsert locks the
+# row, made if need be, and returns what it holds.
 _BYTES_USED = (
-    "SELECT bytes FROM conversation_bytes WHERE key_id = %s AND day = (now() AT TIME ZONE 'UTC')::date FOR UPDATE"
+    "INSERT INTO conversation_bytes (key_id, day, bytes) VALUES (%s, (now() AT TIME ZONE 'UTC')::date, 0) "
+    "ON CONFLICT (key_id, day) DO UPDATE SET bytes = conversation_bytes.bytes RETURNING bytes"
 )
 _BYTES_SET = "UPDATE conversation_bytes SET bytes = %s WHERE key_id = %s AND day = (now() AT TIME ZONE 'UTC')::date"
 _BYTES_FORGET = "DELETE FROM conversation_bytes WHERE key_id = %s AND day < (now() AT TIME ZONE 'UTC')::date"
@@ -230,23 +228,22 @@ class AuditWriter:
         """The records whose messages fit their key's budget for the day, in order, charged in the same transaction
         as they are written (a batch that fails is charged nothing). Each key's row of the day is locked while it is
         charged: replicas writing for one key at once add up, never overwrite."""
-        text = {id(r): r.text_bytes for r in records if r.messages and r.audit.key_id is not None}
-        if not self._conversation_budget or not text:
-            return [r for r in records if r.messages]
+        with_text = [r for r in records if r.messages]
+        keys = sorted({r.audit.key_id for r in with_text if r.audit.key_id is not None})
+        if not self._conversation_budget or not keys:
+            return with_text
         # Locked in one order (sorted): two replicas' batches holding the same keys never wait on each other's locks.
-        keys = sorted({r.audit.key_id for r in records if r.messages and r.audit.key_id is not None})
         used = {key: await self._used_today(cursor, key) for key in keys}
         kept: list[Record] = []
-        over: dict[str, int] = {}
-        for record in records:
+        over: Counter[str] = Counter()
+        for record in with_text:
             key = record.audit.key_id
-            if not record.messages or key is None:
-                kept += [record] if record.messages else []
-                continue
-            if used[key] + text[id(record)] > self._conversation_budget:
-                over[key] = over.get(key, 0) + 1
-                continue
-            used[key] += text[id(record)]
+            if key is not None:
+                size = record.text_bytes
+                if used[key] + size > self._conversation_budget:
+                    over[key] += 1
+                    continue
+                used[key] += size
             kept.append(record)
         for key, total in used.items():
             await cursor.execute(_BYTES_SET, (total, key))
@@ -263,7 +260,6 @@ class AuditWriter:
         return kept
 
     async def _used_today(self, cursor: AsyncCursor[Any], key: str) -> int:
-        await cursor.execute(_BYTES_OPEN, (key,))
         await cursor.execute(_BYTES_USED, (key,))
         row = await cursor.fetchone()
         return int(row[0]) if row is not None else 0
