@@ -14,9 +14,19 @@ high-water mark.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from server.telemetry import prometheus
+
+
+class _Budget(NamedTuple):
+    reason: str  # the drop's label in ggufstack_http_answers_dropped_total
+    setting: str
+    whose: str  # whose answers it bounds, as the log line says
+
+
+_REPLICA = _Budget("memory_budget", "GGUFSTACK_MAX_WAITING_ANSWER_BYTES", "all")
+_PER_KEY = _Budget("key_budget", "GGUFSTACK_MAX_WAITING_ANSWER_BYTES_PER_KEY", "its key's")
 
 
 class WaitingConnection(Protocol):
@@ -50,9 +60,9 @@ class WaitingAnswers:
         owner = connection.owner()
         if self.max_bytes_per_key and owner is not None:
             own = {each: size for each, size in held.items() if each.owner() == owner}
-            self._make_room(own, self.max_bytes_per_key, "GGUFSTACK_MAX_WAITING_ANSWER_BYTES_PER_KEY", "key_budget")
+            self._make_room(own, self.max_bytes_per_key, _PER_KEY)
             held = {each: size for each, size in held.items() if each in self._waiting}
-        self._make_room(held, self.max_bytes, "GGUFSTACK_MAX_WAITING_ANSWER_BYTES", "memory_budget")
+        self._make_room(held, self.max_bytes, _REPLICA)
 
     def done(self, connection: WaitingConnection) -> None:
         """`connection` caught up, or is gone."""
@@ -61,9 +71,9 @@ class WaitingAnswers:
     def held_bytes(self) -> int:
         return sum(each.waiting_bytes() for each in self._waiting)
 
-    def _make_room(self, held: dict[WaitingConnection, int], budget: int, setting: str, reason: str) -> None:
+    def _make_room(self, held: dict[WaitingConnection, int], budget: int, which: _Budget) -> None:
         """Drop the connections of `held` holding the most until the rest fit `budget`."""
-        whose = "its key's" if reason == "key_budget" else "all"
+        reason, setting, whose = which
         total = sum(held.values())
         while total > budget:
             most = max(held, key=held.__getitem__)
