@@ -153,16 +153,20 @@ def test_a_named_function_is_the_one_called(client: openai.OpenAI, name: str) ->
     _assert_valid([call])
 
 
+# Greedy, one call required: the same answer streamed or not.
+ONE_REQUIRED_CALL = {
+    "messages": [{"role": "user", "content": "What is the weather in Paris, in celsius?"}],
+    "tools": [WEATHER],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "temperature": 0,
+    "max_tokens": 200,
+}
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_two_turn_tool_loop(client: openai.OpenAI, model: LlamaModel, stream: bool) -> None:
-    first_turn = {
-        "messages": [{"role": "user", "content": "What is the weather in Paris, in celsius?"}],
-        "tools": [WEATHER],
-        "tool_choice": "required",
-        "parallel_tool_calls": False,
-        "temperature": 0,
-        "max_tokens": 200,
-    }
+    first_turn = ONE_REQUIRED_CALL
     first = _complete(client, first_turn, stream=stream)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -190,14 +194,7 @@ def test_two_turn_tool_loop(client: openai.OpenAI, model: LlamaModel, stream: bo
 def test_a_call_streams_its_name_then_its_arguments_as_they_are_generated(client: openai.OpenAI) -> None:
     """As OpenAI streams one: the id and name first, then the arguments in many pieces, adding up to the arguments of
     the same answer unstreamed. They used to come whole, once the answer had ended."""
-    body = {
-        "messages": [{"role": "user", "content": "What is the weather in Paris, in celsius?"}],
-        "tools": [WEATHER],
-        "tool_choice": "required",
-        "parallel_tool_calls": False,
-        "temperature": 0,
-        "max_tokens": 200,
-    }
+    body = ONE_REQUIRED_CALL
     whole = client.chat.completions.create(model=HERMES_MODEL_ID, **body)
     (expected,) = whole.choices[0].message.tool_calls or []
     named, pieces = [], []

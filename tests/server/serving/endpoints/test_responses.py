@@ -5,6 +5,8 @@ false."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from server.access.caller import ANONYMOUS, Caller
@@ -28,8 +30,10 @@ def _request(**fields: object) -> ResponseRequest:
     return ResponseRequest.model_validate({"model": "fake", "input": "hi", **fields})
 
 
-def _context(*stages: object, reply: str = "hello", caller: Caller = ANONYMOUS) -> tuple[ServingContext, FakeEngine]:
-    engine = FakeEngine(reply=reply)
+def _context(
+    *stages: object, reply: str = "hello", caller: Caller = ANONYMOUS, **engine_fields: Any
+) -> tuple[ServingContext, FakeEngine]:
+    engine = FakeEngine(reply=reply, **engine_fields)
     pipeline = Pipeline([*stages, prepare])  # type: ignore[list-item]  # stages are plain async generator functions
     return ServingContext(registry_serving(engine), pipeline, caller, request_id="r1"), engine
 
@@ -250,9 +254,7 @@ HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_cal
 
 
 async def test_a_hermes_answer_streams_its_message_before_the_call_and_keeps_what_it_streamed() -> None:
-    engine = FakeEngine(reply="Let me check. " + HERMES_CALL, tool_syntax="hermes")
-    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
-    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    ctx, _ = _context(reply="Let me check. " + HERMES_CALL, tool_syntax="hermes")
     store = MemoryResponseStore(max_items=10, retention_s=60)
     reply = await responses.create(_request(stream=True, tools=[WEATHER]), ctx, store)
     assert reply.chunks is not None
@@ -285,9 +287,7 @@ TWO_CALLS_CUT = (
 async def test_calls_stream_as_they_are_written_and_one_cut_short_is_an_incomplete_item() -> None:
     """Each function call's item opens once its name is written and its arguments stream in pieces; a call max_tokens
     cut is an incomplete item with its arguments so far, streamed or not (OpenAI's shape for a cut answer)."""
-    engine = FakeEngine(reply=TWO_CALLS_CUT, tool_syntax="hermes", finish_reason="length")
-    pipeline = Pipeline([prepare])  # type: ignore[list-item]  # stages are plain async generator functions
-    ctx = ServingContext(registry_serving(engine), pipeline, ANONYMOUS, request_id="r1")
+    ctx, _ = _context(reply=TWO_CALLS_CUT, tool_syntax="hermes", finish_reason="length")
     store = MemoryResponseStore(max_items=10, retention_s=60)
     reply = await responses.create(_request(stream=True, tools=[WEATHER]), ctx, store)
     assert reply.chunks is not None
