@@ -174,7 +174,10 @@ def output_items(output: Split, finish_reason: FinishReason, tool_format: ToolFo
     """The answer as output items: the thinking (a thinking model's), a message with its text, then one item per
     function call parsed from the answer after the thinking."""
     status = "completed" if finish_reason == "stop" else "incomplete"
-    thinking: list[OutputItem] = [reasoning_item(output.reasoning, status)] if output.reasoning else []
+    # Thinking followed by answer text was closed by the model, whatever cut the answer (as a stream says when the
+    # message opens).
+    thought = "completed" if output.content else status
+    thinking: list[OutputItem] = [reasoning_item(output.reasoning, thought)] if output.reasoning else []
     answer = tool_format.parse(output.content) if tool_format is not None else None
     if answer is None:
         return [*thinking, message_item(output.content, status)]

@@ -224,6 +224,32 @@ async def test_a_thinking_models_stream_opens_the_message_after_the_reasoning_it
     assert final[0]["content"] == [{"type": "reasoning_text", "text": "ab"}]
 
 
+@pytest.mark.parametrize(
+    ("reply", "statuses"),
+    [
+        ("<think>ab</think>\n\ncd", [("reasoning", "completed"), ("message", "incomplete")]),
+        ("<think>ab", [("reasoning", "incomplete"), ("message", "incomplete")]),
+    ],
+)
+async def test_a_cut_answer_says_the_same_of_its_reasoning_streamed_or_not(
+    reply: str, statuses: list[tuple[str, str]]
+) -> None:
+    """max_tokens cut the answer: thinking the model closed before it is complete, thinking it was writing is not."""
+    ctx, engine = _context(reply=reply, finish_reason="length")
+    engine.reasoning = ReasoningSyntax()
+    store = MemoryResponseStore(max_items=10, retention_s=60)
+    streamed = await responses.create(_request(stream=True, store=False), ctx, store)
+    assert streamed.chunks is not None
+    events = [event async for event in streamed.chunks]
+    last = events[-1]
+    assert isinstance(last, LifecycleEvent) and last.type == "response.incomplete"
+    done = [e.item for e in events if e.type == "response.output_item.done"]  # type: ignore[attr-defined]  # item events
+    assert [(i.type, i.status) for i in done] == statuses
+    whole = await responses.create(_request(store=False), ctx, store)
+    assert whole.body is not None
+    assert [(i.type, i.status) for i in whole.body.output] == statuses
+
+
 WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
 THEN_CALL = '<think>ab</think>\n{"tool_calls": [{"name": "get_weather", "arguments": {}}]}'
 
