@@ -16,6 +16,14 @@ class Caller:
     rpm: int | None = None
     tpm: int | None = None
 
+    @property
+    def tenant(self) -> str:
+        """Whose cached answers and prompts this caller's are: its key's (the admin key, and everyone while
+        authentication is off, are one tenant each)."""
+        if self.key_id is not None:
+            return f"key:{self.key_id}"
+        return "admin" if self.name == "admin" else "anonymous"
+
 
 ANONYMOUS = Caller()
 

@@ -249,8 +249,9 @@ class Settings(RequestLimitSettings):
     )
     cache_scope: Literal["key", "shared"] = Field(
         "key",
-        description="key: a cached answer is served only to the API key that asked first (a hit never tells one "
-        "tenant what another asked); shared: every key shares one cache.",
+        description="key: a cached answer is served only to the API key that asked first, and a prompt cached in "
+        "the engine's KV is reused only by the key that sent it (neither a hit nor a faster first token tells one "
+        "tenant what another asked); shared: every key shares both.",
     )
     allow_unauthenticated: bool = Field(
         False,

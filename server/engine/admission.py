@@ -12,11 +12,12 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.engine.base import EngineClosedError, EngineOverloadedError
 from server.engine.handoff import Job
+from server.engine.slots import Prompt
 from server.engine.stats import EngineMetrics
 
 # How an idle engine gathers a burst of requests into its first step (measured: 8 requests sent at once reach the
@@ -33,7 +34,7 @@ class Taken:
 
     job: Job
     waiting: int  # how many requests still wait
-    upcoming: list[Sequence[int]]  # the prompts of the next few of them, oldest first
+    upcoming: list[Prompt]  # the prompts of the next few of them, oldest first
 
 
 class Admission:
@@ -128,7 +129,8 @@ class Admission:
                 return None
             job = self._waiting.popleft()
             self._busy += job.request.n
-            upcoming = [j.request.prompt_tokens for j in itertools.islice(self._waiting, lookahead)]
+            behind = itertools.islice(self._waiting, lookahead)
+            upcoming = [Prompt(j.request.prompt_tokens, j.request.cache_scope) for j in behind]
             return Taken(job, len(self._waiting), upcoming)
 
     def release(self, job: Job, *, last: bool) -> None:

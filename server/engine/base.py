@@ -94,6 +94,10 @@ class GenerationRequest:
     grammar: Grammar | None = None
     # How long the model may think before the engine closes its thinking block for it (engine/thinking.py).
     thinking: ThinkingBudget | None = None
+    # Whose cached prompts it may reuse: a slot keeps the KV of its last prompt for the next request that starts the
+    # same way, and only a request of the same scope gets it. Reused, a long prompt's first token comes many times
+    # sooner, so with one scope for every tenant a key could time whether another recently sent a given prompt.
+    cache_scope: str = ""
 
 
 @dataclass(frozen=True, slots=True)

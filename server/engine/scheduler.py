@@ -118,7 +118,8 @@ class Scheduler:
             sampling = job.request.sampling
             if self._reuse_prefix:
                 prompt, kept = job.request.prompt_tokens, reserve(free, taken.upcoming)
-                placement = place(free, prompt, active, sampling.max_tokens, self._copy_cost, taken.waiting, kept)
+                placement = place(free, prompt, active, sampling.max_tokens, self._copy_cost, taken.waiting, kept,
+                                  scope=job.request.cache_scope)  # fmt: skip
             else:
                 placement = Placement(pick_packed(free, active), 0)
             slot, reused = placement.slot, placement.reused

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from server.engine.base import TokenLogprob
 from server.engine.handoff import Job
@@ -41,6 +42,7 @@ class Slot:
     choice: int = 0  # which of the job's n choices this slot generates
     followers: list[Slot] = field(default_factory=list)  # slots waiting for this one's prefill (n > 1)
     thinking: ThinkingTracker | None = None  # where a generation with a thinking budget is in its thinking
+    scope: str = ""  # the cache scope of the job whose tokens the slot holds: only that scope may reuse them
 
     @property
     def active(self) -> bool:
@@ -89,6 +91,7 @@ class Slot:
         self.logprobs.clear()
         self.choice = choice
         self.followers = []
+        self.scope = job.request.cache_scope
         budget = job.request.thinking
         self.thinking = ThinkingTracker(budget) if budget is not None else None
 
@@ -143,6 +146,13 @@ def gaps_added(active: Sequence[int], seq_id: int) -> int:
     return gaps([*active, seq_id]) - gaps(active)
 
 
+class Prompt(NamedTuple):
+    """A waiting request's prompt, and whose cached prefixes it may reuse (`GenerationRequest.cache_scope`)."""
+
+    tokens: Sequence[int]
+    scope: str = ""
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a new prompt goes: `slot`, whose sequence already holds the prompt's first `reused` tokens, after the
@@ -161,6 +171,7 @@ def place(
     copy_cost: float,
     waiting: int = 0,
     reserved: Collection[int] = (),
+    scope: str = "",
 ) -> Placement:
     """The free slot for a new prompt, and what of it the slot's sequence already holds.
 
@@ -172,9 +183,9 @@ def place(
     taken only when nothing else is free. On a tie the slot whose cache is least its own goes first (a copy leaves two
     slots holding the same prompt: one of them is overwritten before a cache held nowhere else), then the least
     recently used, so recent caches survive longer. At least the prompt's last token is always recomputed: its logits
-    are what the first sample needs.
+    are what the first sample needs. Only a slot whose cache is of the prompt's `scope` holds anything of it.
     """
-    reuse = {slot.seq_id: _reusable(slot, prompt) for slot in free}
+    reuse = {slot.seq_id: _reusable(slot, prompt, scope) for slot in free}
     targets = [s for s in free if s.seq_id not in reserved] or list(free)
     gaps = {slot.seq_id: gaps_added(active, slot.seq_id) for slot in free}
     fewest = min(gaps[s.seq_id] for s in targets)
@@ -192,26 +203,33 @@ def place(
     return Placement(packed, reuse[cached.seq_id], source=cached)
 
 
-def reserve(free: Sequence[Slot], upcoming: Sequence[Sequence[int]]) -> set[int]:
+def reserve(free: Sequence[Slot], upcoming: Sequence[Prompt]) -> set[int]:
     """The free slots that requests already waiting (their prompts, oldest first) will want: each one's longest
     cached prefix, when no other free slot holds as much of it (a prefix every slot shares reserves nothing)."""
     reserved: set[int] = set()
-    for prompt in upcoming:
-        ranked = sorted(((_reusable(s, prompt), s.seq_id) for s in free if s.seq_id not in reserved), reverse=True)
+    for prompt, scope in upcoming:
+        ranked = sorted(
+            ((_reusable(s, prompt, scope), s.seq_id) for s in free if s.seq_id not in reserved), reverse=True
+        )
         if ranked and ranked[0][0] > (ranked[1][0] if len(ranked) > 1 else 0):
             reserved.add(ranked[0][1])
     return reserved
 
 
-def _reusable(slot: Slot, prompt: Sequence[int]) -> int:
-    """How much of `prompt` the slot's sequence holds, short of the last token (whose logits must be computed)."""
+def _reusable(slot: Slot, prompt: Sequence[int], scope: str) -> int:
+    """How much of `prompt` the slot's sequence holds for `scope`, short of the last token (whose logits must be
+    computed)."""
+    if slot.scope != scope:
+        return 0
     return min(common_prefix(slot.tokens[: slot.n_past], prompt), len(prompt) - 1)
 
 
 def cached_alone(slot: Slot, others: Sequence[Slot]) -> int:
-    """How many of the tokens `slot` caches no other of `others` caches too (as a prefix in common)."""
+    """How many of the tokens `slot` caches no other of `others` caches too for the same scope (as a prefix in
+    common): a cache held in another scope serves none of this one's requests."""
     held = slot.tokens[: slot.n_past]
-    shared = max((common_prefix(held, o.tokens[: o.n_past]) for o in others if o is not slot), default=0)
+    same = (o for o in others if o is not slot and o.scope == slot.scope)
+    shared = max((common_prefix(held, o.tokens[: o.n_past]) for o in same), default=0)
     return len(held) - shared
 
 

@@ -16,6 +16,7 @@ from server.serving.pipeline.stages import BodyGate, LoadGate, LoadWait, Pipelin
 from server.serving.stages.concurrency import ConcurrencyStage
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
+from server.serving.stages.prompt_scope import scope_prompt_cache
 from server.serving.stages.record import RecordStage
 from server.store.conversations import ConversationStore
 from server.store.keys import KeyStore
@@ -47,7 +48,8 @@ class DataPlane:
 
 async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
     """Open what the stages need (closed with `resources`) and compose them: observe → record → permit → cap a
-    key's requests in flight → limit requests → prepare → limit tokens → cache → generate, each only when its store
+    key's requests in flight → limit requests → prepare → scope the prompt cache → limit tokens → cache → generate,
+    each only when its store
     (or setting) is configured. Everything that may refuse a request cheaply comes before `prepare`, which renders
     and tokenizes."""
     credential = await entra_credential(settings, resources)
@@ -94,8 +96,12 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
             stages.append(concurrency)
             load_waits.append(concurrency.waiting_for_load)
             body_gates.append(concurrency.before_body)
+    # Right after the preparation, which makes the generation: whose cached prompts it may reuse. Only keys from the
+    # database make tenants; without them every request is one caller's (everyone's, or the admin key's).
+    tenants = keys is not None and settings.cache_scope == "key"
+    prepared: list[Stage] = [prepare, scope_prompt_cache] if tenants else [prepare]
     if settings.redis_url is None:
-        stages.append(prepare)
+        stages.extend(prepared)
     else:
         # Imported here: redis-py loads the OpenTelemetry SDK, which a server without Redis should not carry.
         from server.access.ratelimit import RateLimiter
@@ -109,7 +115,7 @@ async def assemble(settings: Settings, resources: AsyncExitStack) -> DataPlane:
         request_limit = RequestLimitStage(limiter)
         load_gates.append(request_limit.before_load)
         body_gates.append(request_limit.before_body)
-        stages.extend([request_limit, prepare, TokenLimitStage(limiter)])
+        stages.extend([request_limit, *prepared, TokenLimitStage(limiter)])
         if settings.cache_ttl_s > 0:
             cache = ResponseCache(
                 redis.client,

@@ -25,11 +25,7 @@ _LLAMA_CPP_VERSION = version("llama-cpp-python")
 
 def cache_scope(caller: Caller, scope: Literal["key", "shared"]) -> str:
     """Whose cached answers a request may see: its own key's (the admin key and open access are one caller each)."""
-    if scope == "shared":
-        return "shared"
-    if caller.key_id is not None:
-        return f"key:{caller.key_id}"
-    return "admin" if caller.name == "admin" else "anonymous"
+    return "shared" if scope == "shared" else caller.tenant
 
 
 class CacheStage:

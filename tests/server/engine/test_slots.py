@@ -6,7 +6,17 @@ from __future__ import annotations
 import math
 import random
 
-from server.engine.slots import Placement, Slot, common_prefix, gaps_added, pick_packed, place, reserve
+from server.engine.slots import (
+    Placement,
+    Prompt,
+    Slot,
+    cached_alone,
+    common_prefix,
+    gaps_added,
+    pick_packed,
+    place,
+    reserve,
+)
 
 PROMPT = list(range(100, 700))  # 600 tokens
 
@@ -103,9 +113,9 @@ def test_a_cache_held_twice_is_overwritten_before_one_held_once() -> None:
 
 def test_a_waiting_request_keeps_the_slot_that_alone_caches_its_prompt() -> None:
     slots = _slots(4, cached={1: 40, 2: 20, 3: 20})
-    assert reserve(slots, [PROMPT[:50]]) == {1}
-    assert reserve(slots, [PROMPT[:10]]) == set(), "every cached slot holds all of it: nothing to keep"
-    assert reserve(slots, [PROMPT[:50], PROMPT[:50]]) == {1}, "the second one's best is shared by slots 2 and 3"
+    assert reserve(slots, [Prompt(PROMPT[:50])]) == {1}
+    assert reserve(slots, [Prompt(PROMPT[:10])]) == set(), "every cached slot holds all of it: nothing to keep"
+    assert reserve(slots, [Prompt(PROMPT[:50]), Prompt(PROMPT[:50])]) == {1}, "the second's best: slots 2 and 3"
 
 
 def test_a_slot_kept_for_a_waiting_request_is_copied_from_but_not_taken() -> None:
@@ -114,6 +124,28 @@ def test_a_slot_kept_for_a_waiting_request_is_copied_from_but_not_taken() -> Non
     placement = place(slots, PROMPT[:50], [], max_tokens=10, copy_cost=1, waiting=1, reserved={5})
     assert placement.source is slots[5] and placement.slot.seq_id != 5 and placement.reused == 40
     assert place(slots[5:6], [1, 2, 3], [], max_tokens=10, copy_cost=1, reserved={5}).slot.seq_id == 5, "no other"
+
+
+def test_a_prompt_cached_for_one_scope_is_reused_by_that_scope_only() -> None:
+    """One tenant's cached prompt, reused by another, would answer that other's first token sooner: a timing that
+    tells whether the prompt was sent. Another scope's request is placed as if nothing were cached."""
+    slots = _slots(4, cached={2: 40})
+    slots[2].scope = "key:a"
+    assert place(slots, PROMPT[:50], [], max_tokens=100, copy_cost=1, scope="key:a") == Placement(slots[2], 40)
+    elsewhere = place(slots, PROMPT[:50], [], max_tokens=100, copy_cost=1, scope="key:b")
+    assert elsewhere.reused == 0 and elsewhere.source is None
+    assert place(slots, PROMPT[:50], [], max_tokens=100, copy_cost=1).reused == 0, "the default scope is another"
+    assert reserve(slots, [Prompt(PROMPT[:50], "key:a")]) == {2}
+    assert reserve(slots, [Prompt(PROMPT[:50], "key:b")]) == set()
+
+
+def test_a_cache_is_held_alone_unless_a_slot_of_its_own_scope_holds_it_too() -> None:
+    slots = _slots(3, cached={0: 40, 1: 40})
+    slots[0].scope = slots[2].scope = "key:a"
+    slots[1].scope = "key:b"
+    assert cached_alone(slots[0], slots) == 43, "slot 1 holds the same tokens for another key"
+    slots[2].tokens, slots[2].n_past = list(slots[0].tokens), len(slots[0].tokens)
+    assert cached_alone(slots[0], slots) == 0
 
 
 def test_common_prefix_counts_the_leading_tokens_two_sequences_share() -> None:

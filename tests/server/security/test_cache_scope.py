@@ -5,6 +5,10 @@ scoped per API key by default (GGUFSTACK_CACHE_SCOPE=shared shares it on purpose
 settings that change an answer, such as the context window chat's default max_tokens comes from: two replicas with
 different settings sharing one Redis never serve each other's answers.
 
+The engine's prompt cache is the same side channel, timed: a slot keeps its last prompt's KV and a request starting
+the same way skips computing it, so B sending A's prompt got its first token many times sooner. Per key, a prompt's
+KV is reused only by the key that sent it (the shared setting shares that too).
+
 A key's cached answers are also bounded (GGUFSTACK_CACHE_MAX_BYTES_PER_KEY per GGUFSTACK_CACHE_TTL_S), in a shared
 cache too: one key must not fill Redis with answers and push every other key's out.
 
@@ -15,6 +19,7 @@ shared with n_ctx 2048 and a budget of SHARED_BUDGET bytes per key.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,3 +174,39 @@ def test_a_key_past_its_cache_budget_gets_answers_that_are_not_cached(servers: S
     small = f"Reply with one word: yes. ({uuid.uuid4().hex[:6]})"
     assert _ask(servers.shared, c, small, max_tokens=4).headers[CACHE] == "miss"
     assert _ask(servers.shared, c, small, max_tokens=4).headers[CACHE] == "hit", "within the budget: cached"
+
+
+def _reused(server: ServerProcess) -> float:
+    """Prompt tokens the engine took from a slot's cache instead of computing them, so far."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    found = re.search(r'^ggufstack_prompt_tokens_reused_total\{model="' + MODEL + r'"\} (\S+)$', text, re.M)
+    assert found is not None, text[:2000]
+    return float(found.group(1))
+
+
+def _reused_by(server: ServerProcess, key: str, question: str) -> tuple[float, int]:
+    """How many of the request's prompt tokens came from a slot's cache, and how many it had."""
+    before = _reused(server)
+    r = _ask(server, key, question, temperature=1.0, max_tokens=1)  # sampled: not from the response cache
+    return _reused(server) - before, r.json()["usage"]["prompt_tokens"]
+
+
+def test_one_keys_cached_prompt_is_reused_by_that_key_only(servers: Servers) -> None:
+    a, b, _ = servers.keys
+    # The nonce comes first, so only the chat template's opening is common to earlier prompts.
+    question = f"({uuid.uuid4().hex}) " + "Summarise the quarterly numbers for the board. " * 20
+    reused, _ = _reused_by(servers.per_key, a, question)
+    assert reused < 40
+    reused, prompt = _reused_by(servers.per_key, a, question)
+    assert reused == prompt - 1, "a key reuses its own prompt (all but the last token)"
+    reused, _ = _reused_by(servers.per_key, b, question)
+    assert reused < 40, "key B was served key A's cached prompt"
+
+
+def test_a_shared_scope_shares_cached_prompts(servers: Servers) -> None:
+    a, b, _ = servers.keys
+    question = f"({uuid.uuid4().hex}) " + "List the open incidents by severity. " * 20
+    reused, _ = _reused_by(servers.shared, a, question)
+    assert reused < 40
+    reused, prompt = _reused_by(servers.shared, b, question)
+    assert reused == prompt - 1

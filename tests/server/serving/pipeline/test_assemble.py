@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from contextlib import AsyncExitStack
 
 from server.access.caller import open_access
@@ -11,6 +12,7 @@ from server.serving.pipeline.stages import prepare
 from server.serving.stages.cache import CacheStage
 from server.serving.stages.observe import observe
 from server.serving.stages.permit import permit
+from server.serving.stages.prompt_scope import scope_prompt_cache
 from server.serving.stages.ratelimit import RequestLimitStage
 from server.store.responses import MemoryResponseStore, NoResponseStore
 
@@ -46,3 +48,14 @@ async def test_the_cache_and_the_rate_limits_keep_their_own_redis_health(redis_s
         limits = next(s for s in plane.pipeline.stages if isinstance(s, RequestLimitStage))
         cache._cache._outage.failed(ConnectionError("a cache read timed out"), "responses are not cached")
         assert cache._cache._outage.down and not limits._limiter._outage.down
+
+
+async def test_keys_from_a_database_scope_the_prompt_cache_per_key_unless_it_is_shared(postgres) -> None:
+    """Right after the preparation, which makes the engine request the scope goes on."""
+    url = postgres.create_database("assemble_" + uuid.uuid4().hex[:8])
+    async with AsyncExitStack() as resources:
+        per_key = await assemble(Settings(database_url=url), resources)
+        shared = await assemble(Settings(database_url=url, cache_scope="shared"), resources)
+    stages = list(per_key.pipeline.stages)
+    assert stages[stages.index(prepare) + 1] is scope_prompt_cache
+    assert scope_prompt_cache not in shared.pipeline.stages
