@@ -82,7 +82,10 @@ def whole(reply: Reply[Body], response: Response) -> Body:
     return reply.body
 
 
-def respond(reply: Reply[Body], response: Response) -> Body | EventSourceResponse:
+def respond(reply: Reply[Body], response: Response) -> Body | Response:
+    """The body for FastAPI to write, or a response of its own: one written already, or a stream of events."""
+    if reply.rendered is not None:  # written already: FastAPI sends a Response as it is
+        return Response(reply.rendered, media_type="application/json", headers=reply.headers)
     if reply.body is not None:
         response.headers.update(reply.headers)
         return reply.body

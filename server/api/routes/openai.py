@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
 
 from server.api.cards import model_card
 from server.api.deps import CallerDep, ModelsDep, ServingDep
@@ -76,21 +75,19 @@ def embeddings_router() -> APIRouter:
     )
     async def create_embeddings(
         body: EmbeddingRequest, serving: ServingDep, response: Response
-    ) -> EmbeddingList | EventSourceResponse:
+    ) -> EmbeddingList | Response:
         return respond(await embeddings.create(body, serving), response)
 
     return embeddings_routes
 
 
 @router.post("/completions", response_model=Completion, responses=_generation_responses(Completion))
-async def create_completion(
-    body: CompletionRequest, serving: ServingDep, response: Response
-) -> Completion | EventSourceResponse:
+async def create_completion(body: CompletionRequest, serving: ServingDep, response: Response) -> Completion | Response:
     return respond(await completions.create(body, serving), response)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=_generation_responses(ChatCompletionChunk))
 async def create_chat_completion(
     body: ChatCompletionRequest, serving: ServingDep, response: Response
-) -> ChatCompletion | EventSourceResponse:
+) -> ChatCompletion | Response:
     return respond(await chat.create(body, serving), response)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from sse_starlette import EventSourceResponse
 
 from server.api.deps import PlaneDep, ServingDep
 from server.api.gates import KeyFirstRoute
@@ -40,7 +39,7 @@ STORED_RESPONSES = _errors(401, 404, 429, 500, 503)
 @router.post("/responses", response_model=ResponseObject, responses=CREATE_RESPONSES)
 async def create_response(
     body: ResponseRequest, serving: ServingDep, plane: PlaneDep, response: Response
-) -> ResponseObject | EventSourceResponse:
+) -> ResponseObject | Response:
     return respond(await responses.create(body, serving, plane.responses), response)
 
 

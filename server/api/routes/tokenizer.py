@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from sse_starlette import EventSourceResponse
 
 from server.api.deps import ServingDep
 from server.api.gates import KeyFirstRoute
@@ -23,14 +22,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
-async def tokenize(
-    body: TokenizeRequest, serving: ServingDep, response: Response
-) -> TokenizeResponse | EventSourceResponse:
+async def tokenize(body: TokenizeRequest, serving: ServingDep, response: Response) -> TokenizeResponse | Response:
     return respond(await tokenizer.tokenize(body, serving), response)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
-async def detokenize(
-    body: DetokenizeRequest, serving: ServingDep, response: Response
-) -> DetokenizeResponse | EventSourceResponse:
+async def detokenize(body: DetokenizeRequest, serving: ServingDep, response: Response) -> DetokenizeResponse | Response:
     return respond(await tokenizer.detokenize(body, serving), response)

@@ -20,6 +20,9 @@ Body = TypeVar("Body", bound=BaseModel)
 class Reply(Generic[Body]):
     headers: dict[str, str] = field(default_factory=dict)
     body: Body | None = None
+    # The body already written as JSON, off the event loop: an answer of hundreds of thousands of items (a tokenizer's
+    # pieces) would otherwise be that many pydantic objects, checked and written again by the route on the loop.
+    rendered: bytes | None = None
     chunks: AsyncGenerator[BaseModel, None] | None = None
     # Each chunk's `type` names its server-sent event (`event:` line), and no `[DONE]` follows: the Responses API.
     event_names: bool = False
