@@ -16,6 +16,9 @@ class Caller:
     rpm: int | None = None
     tpm: int | None = None
 
+    def may_use(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
+
     @property
     def tenant(self) -> str:
         """Whose cached answers and prompts this caller's are: its key's (the admin key, and everyone while

@@ -24,6 +24,7 @@ from server.protocol.openai_replies import (
 )
 from server.serving.endpoints import chat, completions, embeddings
 from server.serving.pipeline.admission import model_not_found
+from server.serving.stages.permit import require_permitted
 
 router = APIRouter(prefix="/v1", route_class=KeyFirstRoute)
 
@@ -44,23 +45,26 @@ def _generation_responses(chunk: type[BaseModel]) -> dict[int | str, dict[str, A
 
 # Stream chunks appear in no route's JSON body; the event-stream schemas refer to them.
 STREAM_CHUNKS = (Completion, ChatCompletionChunk)
-MODEL_RESPONSES = _errors(401, 404, 500, 503)
+MODEL_RESPONSES = _errors(401, 403, 404, 500, 503)
 
 
 @router.get("/models", responses=MODEL_RESPONSES)
-async def list_models(models: ModelsDep, _: CallerDep) -> ModelList:
-    """Every catalogue model with its state. With the single-model settings, 503 until the model serves (its card
-    has nothing to show before)."""
+async def list_models(models: ModelsDep, caller: CallerDep) -> ModelList:
+    """Every catalogue model the caller may use, with its state: a key limited to some models learns nothing of the
+    others (their state and load times would tell it what other tenants use). With the single-model settings, 503
+    until the model serves (its card has nothing to show before)."""
     if (sole := models.sole) is not None and sole.holder.current is None:
         raise ModelNotReadyError(sole.holder.readiness().reason)
-    return ModelList(data=[model_card(models, m) for m in models.models])
+    return ModelList(data=[model_card(models, m) for m in models.models if caller.may_use(m.id)])
 
 
 @router.get("/models/{model_id:path}", responses=MODEL_RESPONSES)
-async def get_model(model_id: str, models: ModelsDep, _: CallerDep) -> ModelCard:
+async def get_model(model_id: str, models: ModelsDep, caller: CallerDep) -> ModelCard:
+    """A model's card; 403 for a model the caller may not use, as a generation on it would be."""
     found = models.resolve(model_id)
     if found is None:
-        raise model_not_found(models, model_id)
+        raise model_not_found(models, model_id, caller)
+    require_permitted(caller, found.id)
     if found is models.sole and found.holder.current is None:
         raise ModelNotReadyError(found.holder.readiness().reason)
     return model_card(models, found)

@@ -174,7 +174,7 @@ async def lease_model(
     requests in flight) is held while it waits, from before the gates, as the pipeline's stages run in that order."""
     found = models.resolve(model)
     if found is None:
-        raise model_not_found(models, model)
+        raise model_not_found(models, model, caller)
     require_permitted(caller, found.id)
     loading = found.holder.current is None
     with waiting(caller) if loading and waiting is not None else contextlib.nullcontext():
@@ -202,8 +202,10 @@ async def _lease(
         raise
 
 
-def model_not_found(models: ModelRegistry, model: str) -> APIError:
-    served = ", ".join(repr(m.id) for m in models.models[:10])
+def model_not_found(models: ModelRegistry, model: str, caller: Caller | None = None) -> APIError:
+    """404 naming the models the caller may use (a key is told nothing of the others)."""
+    usable = [m.id for m in models.models if caller is None or caller.may_use(m.id)]
+    served = ", ".join(repr(m) for m in usable[:10]) or "none this API key may use"
     return APIError(
         404,
         f"the model {model!r} does not exist; this server serves {served}",

@@ -15,7 +15,7 @@ from server.serving.pipeline.stages import Events, Next
 
 def require_permitted(caller: Caller, model_id: str) -> None:
     """Raise 403 when the caller's key is limited to other models."""
-    if caller.models is not None and model_id not in caller.models:
+    if not caller.may_use(model_id):
         raise APIError(
             403,
             f"this API key may not use the model {model_id!r}",

@@ -136,6 +136,14 @@ def test_a_key_limited_to_one_model_gets_403_on_the_other(roomy: ServerProcess) 
     assert chat(roomy, "small", key=key).status_code == 200, "an alias resolves to the id the key names"
     refused = chat(roomy, "gemma", key=key)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    # Nor does it learn what the other model is doing (its state and load times tell what other tenants use).
+    auth = {"Authorization": f"Bearer {key}"}
+    listed = httpx.get(f"{roomy.base_url}/v1/models", headers=auth, timeout=10).json()["data"]
+    assert [card["id"] for card in listed] == ["smol"]
+    card = httpx.get(f"{roomy.base_url}/v1/models/gemma", headers=auth, timeout=10)
+    assert card.status_code == 403 and card.json()["error"]["code"] == "model_not_allowed"
+    unknown = chat(roomy, "no-such-model", key=key)
+    assert unknown.status_code == 404 and "gemma" not in unknown.json()["error"]["message"]
 
 
 def test_a_key_created_for_an_alias_names_the_models_id(roomy: ServerProcess) -> None:
