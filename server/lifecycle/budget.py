@@ -63,6 +63,8 @@ class Budget(Generic[K]):
         evictable: Callable[[K], Sequence[K]],
         evict: Callable[[K], Awaitable[None]],
         kept: Callable[[K], bool] = lambda _key: False,
+        busy: Callable[[K], Sequence[K]] = lambda _key: (),
+        close: Callable[[Sequence[K]], None] = lambda _keys: None,
     ) -> None:
         """Charge `need` bytes to `key`, evicting what `evictable` offers (in its order) until it fits, then waiting
         for a change (a generation that ends, a model unloaded) up to `wait_s`; raises NoRoomError. `kept`: the keys
@@ -70,7 +72,10 @@ class Budget(Generic[K]):
 
         It evicts only when evicting everything `evictable` offers now would make room: a model that cannot fit yet
         (the others run generations) waits without unloading what others use, and one that can never fit beside the
-        kept ones fails at once, before evicting anything."""
+        kept ones fails at once, before evicting anything. While it waits, the models `busy` offers (running
+        generations, in their order) whose eviction would make room once those end are `close`d to new work, and
+        reopened (`close(())`) when the wait ends: else new requests on them keep them busy, and the load waits
+        for ever while other keys' requests for its model time out."""
         total = self.total_bytes
         if total is None:
             self._charges[key] = need
@@ -80,6 +85,23 @@ class Budget(Generic[K]):
                 f"the model needs about {mib(need):,.0f} MiB (weights and KV cache), more than the whole memory "
                 f"budget of {mib(total):,.0f} MiB (GGUFSTACK_MODEL_MEMORY_BUDGET_MIB)"
             )
+        try:
+            await self._make_room(key, need, total, evictable, evict, kept, busy, close)
+        finally:
+            close(())
+        self._charges[key] = need
+
+    async def _make_room(
+        self,
+        key: K,
+        need: int,
+        total: int,
+        evictable: Callable[[K], Sequence[K]],
+        evict: Callable[[K], Awaitable[None]],
+        kept: Callable[[K], bool],
+        busy: Callable[[K], Sequence[K]],
+        close: Callable[[Sequence[K]], None],
+    ) -> None:
         deadline = self.clock() + self.wait_s
         while self.used_bytes + need > total:
             # Checked each round: a pinned model loading at startup is charged only once its own load reserves.
@@ -95,6 +117,7 @@ class Budget(Generic[K]):
             if settled + need > total and settled - freeable + need <= total:
                 await evict(victims[0])
                 continue
+            close(self._closing(settled - freeable + need - total, busy(key)))
             self._changed.clear()
             remaining = deadline - self.clock()
             try:
@@ -107,7 +130,17 @@ class Budget(Generic[K]):
                     f"of the {mib(total):,.0f} MiB budget are taken by models that are pinned, loading or running "
                     "generations"
                 ) from None
-        self._charges[key] = need
+
+    def _closing(self, short: int, busy: Sequence[K]) -> list[K]:
+        """The first of `busy` whose charges make up `short` bytes; none when all of them cannot (closing them would
+        turn requests away for nothing)."""
+        closing: list[K] = []
+        for candidate in busy:
+            if short <= 0:
+                break
+            closing.append(candidate)
+            short -= self.charged(candidate)
+        return closing if short <= 0 else []
 
     def recharge(self, key: K, need: int) -> None:
         """A loaded `key` now holds another version (a hot swap): charge it what that one needs. The swap checked

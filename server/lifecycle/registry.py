@@ -6,7 +6,10 @@ request for a model that is not loaded starts one load (single flight) and waits
 for that model, up to GGUFSTACK_MODEL_LOAD_TIMEOUT_S. A load first counts what the model will take (weights and KV
 cache, from its GGUF's header) against the budget and, when it does not fit, evicts the least recently used models
 that are not pinned, have no generation in flight and no request waiting for them; if that is not enough, it waits for
-generations to end. Pinned models load at startup, are never evicted, and readiness waits for them.
+generations to end; meanwhile the models whose eviction would make room once their generations end take no new
+requests (those wait, up to the load timeout, until the load evicted them or gave up), so that one key keeping its
+model busy cannot keep another key's model out of memory. Pinned models load at startup, are never evicted, and
+readiness waits for them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +56,10 @@ class ModelRegistry:
     _by_name: dict[str, CatalogueModel] = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _draining: bool = field(init=False, default=False)
+    # The models each load waiting for memory has closed to new requests (see Budget.reserve), and an event set (and
+    # replaced) whenever that changes, for the requests waiting on a closed model.
+    _closed_for: dict[CatalogueModel, tuple[CatalogueModel, ...]] = field(init=False, default_factory=dict)
+    _reopened: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.models = [CatalogueModel(spec, self._holder(spec)) for spec in self.specs]
@@ -91,6 +98,8 @@ class ModelRegistry:
         if self._draining:
             raise ServerDrainingError("the server is shutting down and takes no new requests")
         holder = m.holder
+        deadline = self.clock() + self.load_timeout_s
+        await self._while_closed(m, deadline)
         if holder.current is not None or m.spec.pin or holder.lost_for() > 0:
             # Loaded (or swapping in place, or a pinned model its own task loads): serve, or say why not, now.
             return holder.lease()
@@ -100,7 +109,6 @@ class ModelRegistry:
             )
         m.waiting += 1
         try:
-            deadline = self.clock() + self.load_timeout_s
             while True:
                 task = self._start_load(m, starting_load)
                 remaining = deadline - self.clock()
@@ -118,6 +126,41 @@ class ModelRegistry:
                     raise self._failed(m)
         finally:
             m.waiting -= 1
+
+    def closed(self, m: CatalogueModel) -> bool:
+        """Loaded, but closed to new requests while a load waits for its generations to end to evict it."""
+        return m.holder.current is not None and any(m in closed for closed in self._closed_for.values())
+
+    async def _while_closed(self, m: CatalogueModel, deadline: float) -> None:
+        """Wait while `m` is closed: until the load that closed it evicted it (the request then loads it again, as
+        for any model not loaded) or gave up. Such a request is not one of `m.waiting`, which would keep it from
+        being evicted."""
+        while self.closed(m):
+            reopened = self._reopened
+            try:
+                await asyncio.wait_for(reopened.wait(), max(0.0, deadline - self.clock()))
+            except TimeoutError:
+                raise ModelUnavailableError(
+                    f"the model {m.id!r} is being unloaded to make room for another model once its generations end; "
+                    "try again shortly",
+                    param="model",
+                    code="model_loading",
+                    retry_after_s=max(1, math.ceil(m.load_seconds or 5)),
+                ) from None
+
+    def _close(self, loading: CatalogueModel, victims: Sequence[CatalogueModel]) -> None:
+        """`loading`'s wait for memory closes `victims` to new requests (none: it reopens what it closed)."""
+        before = self._closed_for.get(loading, ())
+        if tuple(victims) == before:
+            return
+        if victims:
+            self._closed_for[loading] = tuple(victims)
+            log.info("closing %s to new requests until it can be unloaded for %s", ", ".join(v.id for v in victims),
+                     loading.id)  # fmt: skip
+        else:
+            del self._closed_for[loading]
+        self._reopened.set()
+        self._reopened = asyncio.Event()
 
     def _lease_loaded(self, m: CatalogueModel) -> Lease | None:
         return m.holder.lease() if m.holder.current is not None else None
@@ -173,6 +216,8 @@ class ModelRegistry:
                 evictable=self._evictable,
                 evict=functools.partial(self._evict, for_load_of=m),
                 kept=lambda other: other.spec.pin,
+                busy=self._busy,
+                close=functools.partial(self._close, m),
             )
             try:
                 holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
@@ -236,6 +281,15 @@ class ModelRegistry:
     def _evictable(self, exclude: CatalogueModel | None) -> list[CatalogueModel]:
         """Loaded models that may be evicted, least recently used first."""
         return sorted((m for m in self.models if m is not exclude and self._may_evict(m)), key=lambda m: m.last_used)
+
+    def _busy(self, exclude: CatalogueModel) -> list[CatalogueModel]:
+        """Loaded models that are not pinned and run generations (or swap), least recently used first: what a load
+        may close to new requests."""
+        return sorted(
+            (m for m in self.models if m is not exclude and not m.spec.pin and m.holder.current is not None
+             and not self._may_evict(m)),
+            key=lambda m: m.last_used,
+        )  # fmt: skip
 
     @staticmethod
     def _may_evict(m: CatalogueModel) -> bool:

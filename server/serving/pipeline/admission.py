@@ -176,7 +176,8 @@ async def lease_model(
     if found is None:
         raise model_not_found(models, model, caller)
     require_permitted(caller, found.id)
-    loading = found.holder.current is None
+    # A model closed while it makes room for another is loaded again once evicted: this request may start that load.
+    loading = found.holder.current is None or models.closed(found)
     with waiting(caller) if loading and waiting is not None else contextlib.nullcontext():
         if loading and before_load is not None:
             await before_load()

@@ -308,6 +308,39 @@ def test_a_model_with_a_stream_in_flight_is_not_evicted_the_load_waits(tight: Se
     assert cards["gemma"]["state"] == "loaded" and cards["smol"]["state"] == "unloaded"
 
 
+def test_a_model_kept_busy_does_not_keep_another_model_out(tight: ServerProcess) -> None:
+    """Streams on smol, each begun before the others end, kept it busy: gemma's load waited for a moment with no
+    generation on smol that never came, and its requests got 503 for as long as the streams went on (found by a
+    review, 2026-12-08). While gemma's load waits, smol takes no new request, so its streams end and gemma loads;
+    the held requests then load smol again in turn, and every request is answered."""
+    assert chat(tight, "smol").status_code == 200  # smol resident, gemma not
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def keep_busy() -> None:
+        body = {"model": "smol", "prompt": "Once upon a time", "max_tokens": 40, "logit_bias": DEMO_NO_EOS}
+        while not stop.is_set():
+            r = httpx.post(f"{tight.base_url}/v1/completions", json=body, headers=ADMIN, timeout=300)
+            statuses.append(r.status_code)
+
+    keepers = [threading.Thread(target=keep_busy) for _ in range(3)]
+    for keeper in keepers:
+        keeper.start()
+        time.sleep(0.3)
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        answered = chat(tight, "gemma")
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        for keeper in keepers:
+            keeper.join(300)
+    assert answered.status_code == 200, answered.text
+    assert waited < 60, f"gemma waited {waited:.0f} s for smol's streams to stop"
+    assert statuses and set(statuses) == {200}, statuses
+
+
 def test_concurrent_streams_on_two_models_that_do_not_fit_together_all_complete(tight: ServerProcess) -> None:
     loads = {
         m: StreamLoad(tight.base_url, m, streams=1, max_tokens=8, headers=ADMIN).start() for m in ("smol", "gemma")

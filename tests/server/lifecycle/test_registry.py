@@ -222,6 +222,63 @@ async def test_a_model_with_a_generation_in_flight_is_not_evicted_the_load_waits
     on_b.release()
 
 
+async def test_a_model_kept_busy_is_closed_to_new_requests_until_the_load_waiting_for_it_evicted_it() -> None:
+    """One key kept its model busy, each new stream starting before the last ended: the other key's load waited for
+    a moment with no generation that never came, and its requests got 503 for as long as the first key went on
+    (found by a review, 2026-12-08). The busy model now takes no new request while a load waits to evict it."""
+    models, loading, _ = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150)
+    first = await lease(models, "a")
+    b = asyncio.create_task(lease(models, "b"))
+    await settle()
+    a_found = models.resolve("a")
+    assert a_found is not None and models.closed(a_found) and state(models, "b") == "loading"
+    second = asyncio.create_task(lease(models, "a"))  # the next stream, before the first ends
+    await settle()
+    assert not second.done(), "a closed model takes no new request"
+    first.release()
+    on_b = await b
+    assert on_b.model.model_id == "b" and loading.engines["a"][0].closed, "a was evicted"
+    assert state(models, "a") == "loading" and not second.done(), "the waiting request loads a again, in turn"
+    on_b.release()
+    on_a = await second
+    assert on_a.model.model_id == "a" and loading.loads == ["a", "b", "a"]
+    on_a.release()
+
+
+async def test_a_closed_model_reopens_when_the_load_gives_up() -> None:
+    models, _, clock = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, wait_s=5)
+    streaming = await lease(models, "a")
+    b = asyncio.create_task(lease(models, "b"))
+    await settle()
+    waiting = asyncio.create_task(lease(models, "a"))
+    await settle()
+    assert not waiting.done()
+    clock.now += 6
+    models.budget.changed()  # the wait's timer is real time: wake it to read the clock
+    with pytest.raises(ModelUnavailableError, match="not enough memory"):
+        await b
+    on_a = await waiting
+    assert on_a.model.model_id == "a" and state(models, "a") == "loaded"
+    on_a.release()
+    streaming.release()
+
+
+async def test_only_the_busy_models_that_make_room_are_closed_least_recently_used_first() -> None:
+    models, _, clock = registry([spec("a"), spec("b"), spec("c"), spec("d")], dict(a=100, b=100, c=100, d=150), 300)
+    held = {}
+    for name in "abc":
+        held[name] = await lease(models, name)
+        clock.now += 1
+    d = asyncio.create_task(lease(models, "d"))
+    await settle()
+    closed = [m.id for m in models.models if models.closed(m)]
+    assert closed == ["a", "b"], "150 MiB short: the two least recently used"
+    for lease_held in held.values():
+        lease_held.release()
+    (await d).release()
+    assert [state(models, m) for m in "abcd"] == ["unloaded", "unloaded", "loaded", "loaded"]
+
+
 async def test_when_nothing_can_be_evicted_in_time_the_request_gets_503_with_retry_after() -> None:
     models, _, _ = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, wait_s=0)
     held = await lease(models, "a")
