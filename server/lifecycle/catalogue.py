@@ -89,6 +89,7 @@ class CatalogueModel:
     holder: ModelHolder
     last_used: float = 0.0
     waiting: int = 0  # requests waiting for it to load: it is not evicted under them
+    held: int = 0  # requests waiting while it is closed for another model's load (they do not keep it loaded)
     loading: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
     unloading: asyncio.Future[None] | None = None  # done once an unload under way has freed it: a reload waits for it

@@ -134,19 +134,31 @@ class ModelRegistry:
     async def _while_closed(self, m: CatalogueModel, deadline: float) -> None:
         """Wait while `m` is closed: until the load that closed it evicted it (the request then loads it again, as
         for any model not loaded) or gave up. Such a request is not one of `m.waiting`, which would keep it from
-        being evicted."""
-        while self.closed(m):
-            reopened = self._reopened
-            try:
-                await asyncio.wait_for(reopened.wait(), max(0.0, deadline - self.clock()))
-            except TimeoutError:
-                raise ModelUnavailableError(
-                    f"the model {m.id!r} is being unloaded to make room for another model once its generations end; "
-                    "try again shortly",
-                    param="model",
-                    code="model_loading",
-                    retry_after_s=max(1, math.ceil(m.load_seconds or 5)),
-                ) from None
+        being evicted; they are bounded as those are (`max_waiting`)."""
+        if not self.closed(m):
+            return
+        if m.held >= self.max_waiting:
+            raise ModelQueueFullError(
+                f"{self.max_waiting} requests already wait for the model {m.id!r}, which is being unloaded to make "
+                "room for another",
+                retry_after_s=1,
+            )
+        m.held += 1
+        try:
+            while self.closed(m):
+                reopened = self._reopened
+                try:
+                    await asyncio.wait_for(reopened.wait(), max(0.0, deadline - self.clock()))
+                except TimeoutError:
+                    raise ModelUnavailableError(
+                        f"the model {m.id!r} is being unloaded to make room for another model once its generations "
+                        "end; try again shortly",
+                        param="model",
+                        code="model_loading",
+                        retry_after_s=max(1, math.ceil(m.load_seconds or 5)),
+                    ) from None
+        finally:
+            m.held -= 1
 
     def _close(self, loading: CatalogueModel, victims: Sequence[CatalogueModel]) -> None:
         """`loading`'s wait for memory closes `victims` to new requests (none: it reopens what it closed)."""

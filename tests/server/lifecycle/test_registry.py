@@ -245,6 +245,21 @@ async def test_a_model_kept_busy_is_closed_to_new_requests_until_the_load_waitin
     on_a.release()
 
 
+async def test_requests_held_by_a_closed_model_are_bounded_by_the_queue() -> None:
+    models, _, _ = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, max_waiting=2)
+    streaming = await lease(models, "a")
+    b = asyncio.create_task(lease(models, "b"))
+    await settle()
+    held = [asyncio.create_task(lease(models, "a")) for _ in range(2)]
+    await settle()
+    with pytest.raises(ModelQueueFullError):
+        await lease(models, "a")
+    streaming.release()
+    (await b).release()
+    for task in held:
+        (await task).release()
+
+
 async def test_a_closed_model_reopens_when_the_load_gives_up() -> None:
     models, _, clock = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, wait_s=5)
     streaming = await lease(models, "a")
