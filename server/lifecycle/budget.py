@@ -24,6 +24,10 @@ class NoRoomError(Exception):
     """A model does not fit in the budget, and nothing could be evicted in time."""
 
 
+class NotWantedError(Exception):
+    """A load waiting for memory found that nothing waits for it any more: it gave up before evicting anything more."""
+
+
 def mib(n_bytes: int) -> float:
     return n_bytes / 2**20
 
@@ -65,6 +69,7 @@ class Budget(Generic[K]):
         kept: Callable[[K], bool] = lambda _key: False,
         busy: Callable[[K], Sequence[K]] = lambda _key: (),
         close: Callable[[Sequence[K]], None] = lambda _keys: None,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         """Charge `need` bytes to `key`, evicting what `evictable` offers (in its order) until it fits, then waiting
         for a change (a generation that ends, a model unloaded) up to `wait_s`; raises NoRoomError. `kept`: the keys
@@ -75,7 +80,8 @@ class Budget(Generic[K]):
         kept ones fails at once, before evicting anything. While it waits, the models `busy` offers (running
         generations, in their order) whose eviction would make room once those end are `close`d to new work, and
         reopened (`close(())`) when the wait ends: else new requests on them keep them busy, and the load waits
-        for ever while other keys' requests for its model time out."""
+        for ever while other keys' requests for its model time out. Once nothing is `wanted` (every request waiting
+        for the model left), it gives up (NotWantedError) rather than evict and close what others use for nobody."""
         total = self.total_bytes
         if total is None:
             self._charges[key] = need
@@ -86,7 +92,7 @@ class Budget(Generic[K]):
                 f"budget of {mib(total):,.0f} MiB (GGUFSTACK_MODEL_MEMORY_BUDGET_MIB)"
             )
         try:
-            await self._make_room(key, need, total, evictable, evict, kept, busy, close)
+            await self._make_room(key, need, total, evictable, evict, kept, busy, close, wanted)
         finally:
             close(())
         self._charges[key] = need
@@ -101,9 +107,12 @@ class Budget(Generic[K]):
         kept: Callable[[K], bool],
         busy: Callable[[K], Sequence[K]],
         close: Callable[[Sequence[K]], None],
+        wanted: Callable[[], bool],
     ) -> None:
         deadline = self.clock() + self.wait_s
         while self.used_bytes + need > total:
+            if not wanted():
+                raise NotWantedError("no request waits for it any more")
             # Checked each round: a pinned model loading at startup is charged only once its own load reserves.
             pinned = sum(charge for k, charge in self._charges.items() if k != key and kept(k))
             if need > total - pinned:

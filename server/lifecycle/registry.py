@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.base import EngineStats
-from server.lifecycle.budget import Budget, NoRoomError, mib
+from server.lifecycle.budget import Budget, NoRoomError, NotWantedError, mib
 from server.lifecycle.catalogue import CatalogueModel, ModelSpec, ModelStatus
 from server.lifecycle.failures import ModelQueueFullError, ModelUnavailableError, PinnedModelError, describe_failure
 from server.lifecycle.holder import Lease, ModelHolder, ModelState, Readiness, ServedModel, ServerDrainingError
@@ -125,7 +125,7 @@ class ModelRegistry:
                 if m.failure is not None:
                     raise self._failed(m)
         finally:
-            m.waiting -= 1
+            self._stop_waiting(m)
 
     def closed(self, m: CatalogueModel) -> bool:
         """Loaded, but closed to new requests while a load waits for its generations to end to evict it."""
@@ -173,6 +173,11 @@ class ModelRegistry:
             del self._closed_for[loading]
         self._reopened.set()
         self._reopened = asyncio.Event()
+
+    def _stop_waiting(self, m: CatalogueModel) -> None:
+        m.waiting -= 1
+        if m.waiting == 0 and m.is_loading:
+            self.budget.changed()  # a load waiting for memory looks again: it may be for nobody now
 
     def _lease_loaded(self, m: CatalogueModel) -> Lease | None:
         return m.holder.lease() if m.holder.current is not None else None
@@ -230,6 +235,8 @@ class ModelRegistry:
                 kept=lambda other: other.spec.pin,
                 busy=self._busy,
                 close=functools.partial(self._close, m),
+                # A request that left stops waiting; a pinned model's load is the server's own.
+                wanted=lambda: m.waiting > 0 or spec.pin,
             )
             try:
                 holder.set_state(ModelState.LOADING, f"loading {fetched.path.name}")
@@ -239,6 +246,9 @@ class ModelRegistry:
                 raise
         except asyncio.CancelledError:
             raise
+        except NotWantedError:
+            holder.set_state(ModelState.UNLOADED, f"{spec.id} loads on its next request")
+            return
         except Exception as exc:
             self._load_failed(m, exc, retrying=retrying)
             return
@@ -350,7 +360,7 @@ class ModelRegistry:
         except TimeoutError:
             raise self._still_loading(m) from None
         finally:
-            m.waiting -= 1
+            self._stop_waiting(m)
         if m.failure is not None:
             raise self._failed(m)
 

@@ -260,6 +260,25 @@ async def test_requests_held_by_a_closed_model_are_bounded_by_the_queue() -> Non
         (await task).release()
 
 
+async def test_a_load_nobody_waits_for_any_more_gives_up_before_evicting_and_reopens_what_it_closed() -> None:
+    """Found by a review (2026-12-08): the load went on after its requests left, and would have evicted other keys'
+    models for nobody; with closing, it would also have held their requests."""
+    models, loading, _ = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150)
+    streaming = await lease(models, "a")
+    b = asyncio.create_task(lease(models, "b"))
+    await settle()
+    a_found = models.resolve("a")
+    assert a_found is not None and models.closed(a_found)
+    b.cancel()  # its client left
+    await settle()
+    assert not models.closed(a_found) and state(models, "b") == "unloaded"
+    streaming.release()
+    await settle()
+    assert state(models, "a") == "loaded" and loading.loads == ["a"], "a stays: nothing asks for b"
+    (await lease(models, "b")).release()  # the next request loads it, no backoff
+    assert state(models, "b") == "loaded" and loading.loads == ["a", "b"]
+
+
 async def test_a_closed_model_reopens_when_the_load_gives_up() -> None:
     models, _, clock = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, wait_s=5)
     streaming = await lease(models, "a")
