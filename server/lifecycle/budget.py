@@ -126,7 +126,10 @@ class Budget(Generic[K]):
             if settled + need > total and settled - freeable + need <= total:
                 await evict(victims[0])
                 continue
-            close(self._closing(settled - freeable + need - total, busy(key)))
+            # The idle victims too: reopened, a request would make one busy again as a busy one goes idle, and the
+            # load would wait for a moment they are all idle that traffic on them never leaves.
+            closing = self._closing(settled - freeable + need - total, busy(key))
+            close([*victims, *closing] if closing else [])
             self._changed.clear()
             remaining = deadline - self.clock()
             try:

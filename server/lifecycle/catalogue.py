@@ -90,6 +90,8 @@ class CatalogueModel:
     last_used: float = 0.0
     waiting: int = 0  # requests waiting for it to load: it is not evicted under them
     held: int = 0  # requests waiting while it is closed for another model's load (they do not keep it loaded)
+    closed_since: float = 0.0  # when it was last closed for another model's load
+    closable_at: float = 0.0  # reopened still loaded: not closed again before this (monotonic)
     loading: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
     unloading: asyncio.Future[None] | None = None  # done once an unload under way has freed it: a reload waits for it

@@ -146,9 +146,14 @@ class ModelRegistry:
         m.held += 1
         try:
             while self.closed(m):
-                reopened = self._reopened
+                reopened, remaining = self._reopened, deadline - self.clock()
                 try:
-                    await asyncio.wait_for(reopened.wait(), max(0.0, deadline - self.clock()))
+                    if remaining <= 0:
+                        raise TimeoutError
+                    # Looked at again each second too: a model can also stop being closed by leaving its holder
+                    # (a swap that lost it), which tells nobody here.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(reopened.wait(), min(remaining, 1.0))
                 except TimeoutError:
                     raise ModelUnavailableError(
                         f"the model {m.id!r} is being unloaded to make room for another model once its generations "
@@ -161,16 +166,28 @@ class ModelRegistry:
             m.held -= 1
 
     def _close(self, loading: CatalogueModel, victims: Sequence[CatalogueModel]) -> None:
-        """`loading`'s wait for memory closes `victims` to new requests (none: it reopens what it closed)."""
-        before = self._closed_for.get(loading, ())
-        if tuple(victims) == before:
+        """`loading`'s wait for memory closes `victims` to new requests (none: it reopens what it closed).
+
+        A model reopened still loaded (the load gave up, or needs it no more) cannot be closed again for as long as
+        it was closed: else a key whose load cannot succeed in time (the model's generations outlast the wait) could
+        ask again at once and keep another key's model closed, its requests held until they time out, at the cost of
+        one request each wait."""
+        before = set(self._closed_for.get(loading, ()))
+        if set(victims) == before:
             return
+        was_closed = {m for closed in self._closed_for.values() for m in closed}
         if victims:
             self._closed_for[loading] = tuple(victims)
             log.info("closing %s to new requests until it can be unloaded for %s", ", ".join(v.id for v in victims),
                      loading.id)  # fmt: skip
         else:
             del self._closed_for[loading]
+        now, is_closed = self.clock(), {m for closed in self._closed_for.values() for m in closed}
+        for m in is_closed - was_closed:
+            m.closed_since = now
+        for m in was_closed - is_closed:
+            if m.holder.current is not None:
+                m.closable_at = now + (now - m.closed_since)
         self._reopened.set()
         self._reopened = asyncio.Event()
 
@@ -306,10 +323,11 @@ class ModelRegistry:
 
     def _busy(self, exclude: CatalogueModel) -> list[CatalogueModel]:
         """Loaded models that are not pinned and run generations (or swap), least recently used first: what a load
-        may close to new requests."""
+        may close to new requests (not one reopened less time ago than it was closed: see `_close`)."""
+        now = self.clock()
         return sorted(
             (m for m in self.models if m is not exclude and not m.spec.pin and m.holder.current is not None
-             and not self._may_evict(m)),
+             and not self._may_evict(m) and now >= m.closable_at),
             key=lambda m: m.last_used,
         )  # fmt: skip
 

@@ -245,6 +245,75 @@ async def test_a_model_kept_busy_is_closed_to_new_requests_until_the_load_waitin
     on_a.release()
 
 
+async def test_a_load_that_needs_two_busy_models_keeps_the_first_closed_once_idle() -> None:
+    """Found reviewing the change: each victim reopened as soon as it went idle (it counted as freeable, not busy), so
+    traffic on both kept one of them busy at every moment and the load waited for ever."""
+    models, loading, clock = registry([spec("a"), spec("b"), spec("d")], dict(a=100, b=100, d=200), 250)
+    on_a = await lease(models, "a")
+    clock.now += 1
+    on_b = await lease(models, "b")
+    d = asyncio.create_task(lease(models, "d"))
+    await settle()
+    a, b = models.resolve("a"), models.resolve("b")
+    assert a is not None and b is not None and models.closed(a) and models.closed(b)
+    on_a.release()
+    await settle()
+    assert models.closed(a), "idle, but the load still needs it gone"
+    again = asyncio.create_task(lease(models, "a"))
+    await settle()
+    assert not again.done()
+    on_b.release()
+    (await d).release()
+    assert loading.loads == ["a", "b", "d"] and state(models, "d") == "loaded"
+    (await again).release()
+
+
+async def test_an_idle_model_the_load_needs_beside_a_busy_one_is_closed_too() -> None:
+    models, _, clock = registry([spec("a"), spec("b"), spec("d")], dict(a=100, b=100, d=200), 250)
+    (await lease(models, "a")).release()
+    clock.now += 1
+    on_b = await lease(models, "b")
+    d = asyncio.create_task(lease(models, "d"))
+    await settle()
+    a = models.resolve("a")
+    assert a is not None and models.closed(a) and state(models, "a") == "loaded", "not evicted before it helps"
+    held = asyncio.create_task(lease(models, "a"))
+    await settle()
+    assert not held.done()
+    on_b.release()
+    (await d).release()
+    (await held).release()
+
+
+async def test_a_model_reopened_after_a_load_gave_up_is_not_closed_again_for_as_long() -> None:
+    """A key whose load could not succeed in time (the other model's generations outlasted the wait) asked again at
+    once and closed the model again: another key's requests on it were held wait after wait."""
+    models, _, clock = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, wait_s=30)
+    streaming = await lease(models, "a")
+    b = asyncio.create_task(lease(models, "b"))
+    await settle()
+    a = models.resolve("a")
+    assert a is not None and models.closed(a)
+    clock.now += 31
+    models.budget.changed()
+    with pytest.raises(ModelUnavailableError, match="not enough memory"):
+        await b
+    assert not models.closed(a)
+    again = asyncio.create_task(lease(models, "b"))
+    await settle()
+    assert not models.closed(a), "it was closed 31 s: it serves at least as long before it is closed again"
+    (await lease(models, "a")).release()
+    clock.now += 31
+    models.budget.changed()
+    with pytest.raises(ModelUnavailableError):
+        await again
+    third = asyncio.create_task(lease(models, "b"))
+    await settle()
+    assert models.closed(a), "served as long as it was held: it may be closed again"
+    streaming.release()
+    (await third).release()
+
+
 async def test_requests_held_by_a_closed_model_are_bounded_by_the_queue() -> None:
     models, _, _ = registry([spec("a"), spec("b")], {"a": 100, "b": 100}, 150, max_waiting=2)
     streaming = await lease(models, "a")
