@@ -318,8 +318,13 @@ class ModelRegistry:
     # Unloading
 
     def _evictable(self, exclude: CatalogueModel | None) -> list[CatalogueModel]:
-        """Loaded models that may be evicted, least recently used first."""
-        return sorted((m for m in self.models if m is not exclude and self._may_evict(m)), key=lambda m: m.last_used)
+        """Loaded models that may be evicted, least recently used first; not those another load closed, which are
+        that load's to evict (else a request held by one it evicted first could reload it with the room)."""
+        others = {v for loading, closed in self._closed_for.items() if loading is not exclude for v in closed}
+        return sorted(
+            (m for m in self.models if m is not exclude and m not in others and self._may_evict(m)),
+            key=lambda m: m.last_used,
+        )
 
     def _busy(self, exclude: CatalogueModel) -> list[CatalogueModel]:
         """Loaded models that are not pinned and run generations (or swap), least recently used first: what a load

@@ -268,6 +268,24 @@ async def test_a_load_that_needs_two_busy_models_keeps_the_first_closed_once_idl
     (await again).release()
 
 
+async def test_a_model_closed_for_one_load_is_not_evicted_by_another() -> None:
+    """Between a load's two evictions, the requests held by the first model it evicted reloaded it, and their load
+    evicted the second with the room the first load was making (found reviewing the change)."""
+    models, loading, clock = registry([spec("a"), spec("b"), spec("d")], dict(a=100, b=100, d=200), 250)
+    on_a = await lease(models, "a")
+    clock.now += 1
+    on_b = await lease(models, "b")
+    d = asyncio.create_task(lease(models, "d"))
+    await settle()
+    on_b.release()
+    a_found = models.resolve("a")
+    assert a_found is not None and a_found.holder.current is not None
+    assert models._evictable(a_found) == [], "b is closed for d's load: only d's to evict"
+    on_a.release()
+    (await d).release()
+    assert loading.loads == ["a", "b", "d"] and state(models, "d") == "loaded"
+
+
 async def test_an_idle_model_the_load_needs_beside_a_busy_one_is_closed_too() -> None:
     models, _, clock = registry([spec("a"), spec("b"), spec("d")], dict(a=100, b=100, d=200), 250)
     (await lease(models, "a")).release()
