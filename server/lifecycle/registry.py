@@ -20,7 +20,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from server.lifecycle.holder import Lease, ModelHolder, ModelState, Readiness, S
 from server.lifecycle.loader import publish_model_info
 from server.lifecycle.loading import ModelLoading
 from server.lifecycle.unloading import unload
+from server.lifecycle.victims import Victims, may_evict
 from server.model_source.base import FetchResult
 from server.telemetry import prometheus
 
@@ -56,14 +57,12 @@ class ModelRegistry:
     _by_name: dict[str, CatalogueModel] = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _draining: bool = field(init=False, default=False)
-    # The models each load waiting for memory has closed to new requests (see Budget.reserve), and an event set (and
-    # replaced) whenever that changes, for the requests waiting on a closed model.
-    _closed_for: dict[CatalogueModel, tuple[CatalogueModel, ...]] = field(init=False, default_factory=dict)
-    _reopened: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _victims: Victims = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = [CatalogueModel(spec, self._holder(spec)) for spec in self.specs]
         self._by_name = {name: m for m in self.models for name in m.spec.names}
+        self._victims = Victims(self.models, self.clock)
         for m in self.models:
             m.holder.on_release = functools.partial(self._released, m)
 
@@ -99,7 +98,7 @@ class ModelRegistry:
             raise ServerDrainingError("the server is shutting down and takes no new requests")
         holder = m.holder
         deadline = self.clock() + self.load_timeout_s
-        await self._while_closed(m, deadline)
+        await self._victims.wait_while_closed(m, deadline, self.max_waiting)
         if holder.current is not None or m.spec.pin or holder.lost_for() > 0:
             # Loaded (or swapping in place, or a pinned model its own task loads): serve, or say why not, now.
             return holder.lease()
@@ -129,67 +128,7 @@ class ModelRegistry:
 
     def closed(self, m: CatalogueModel) -> bool:
         """Loaded, but closed to new requests while a load waits for its generations to end to evict it."""
-        return m.holder.current is not None and any(m in closed for closed in self._closed_for.values())
-
-    async def _while_closed(self, m: CatalogueModel, deadline: float) -> None:
-        """Wait while `m` is closed: until the load that closed it evicted it (the request then loads it again, as
-        for any model not loaded) or gave up. Such a request is not one of `m.waiting`, which would keep it from
-        being evicted; they are bounded as those are (`max_waiting`)."""
-        if not self.closed(m):
-            return
-        if m.held >= self.max_waiting:
-            raise ModelQueueFullError(
-                f"{self.max_waiting} requests already wait for the model {m.id!r}, which is being unloaded to make "
-                "room for another",
-                retry_after_s=1,
-            )
-        m.held += 1
-        try:
-            while self.closed(m):
-                reopened, remaining = self._reopened, deadline - self.clock()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    # Looked at again each second too: a model can also stop being closed by leaving its holder
-                    # (a swap that lost it), which tells nobody here.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(reopened.wait(), min(remaining, 1.0))
-                except TimeoutError:
-                    raise ModelUnavailableError(
-                        f"the model {m.id!r} is being unloaded to make room for another model once its generations "
-                        "end; try again shortly",
-                        param="model",
-                        code="model_loading",
-                        retry_after_s=max(1, math.ceil(m.load_seconds or 5)),
-                    ) from None
-        finally:
-            m.held -= 1
-
-    def _close(self, loading: CatalogueModel, victims: Sequence[CatalogueModel]) -> None:
-        """`loading`'s wait for memory closes `victims` to new requests (none: it reopens what it closed).
-
-        A model reopened still loaded (the load gave up, or needs it no more) cannot be closed again for as long as
-        it was closed: else a key whose load cannot succeed in time (the model's generations outlast the wait) could
-        ask again at once and keep another key's model closed, its requests held until they time out, at the cost of
-        one request each wait."""
-        before = set(self._closed_for.get(loading, ()))
-        if set(victims) == before:
-            return
-        was_closed = {m for closed in self._closed_for.values() for m in closed}
-        if victims:
-            self._closed_for[loading] = tuple(victims)
-            log.info("closing %s to new requests until it can be unloaded for %s", ", ".join(v.id for v in victims),
-                     loading.id)  # fmt: skip
-        else:
-            del self._closed_for[loading]
-        now, is_closed = self.clock(), {m for closed in self._closed_for.values() for m in closed}
-        for m in is_closed - was_closed:
-            m.closed_since = now
-        for m in was_closed - is_closed:
-            if m.holder.current is not None:
-                m.closable_at = now + (now - m.closed_since)
-        self._reopened.set()
-        self._reopened = asyncio.Event()
+        return self._victims.closed(m)
 
     def _stop_waiting(self, m: CatalogueModel) -> None:
         m.waiting -= 1
@@ -247,11 +186,11 @@ class ModelRegistry:
             await self.budget.reserve(
                 m,
                 need,
-                evictable=self._evictable,
+                evictable=self._victims.evictable,
                 evict=functools.partial(self._evict, for_load_of=m),
                 kept=lambda other: other.spec.pin,
-                busy=self._busy,
-                close=functools.partial(self._close, m),
+                busy=self._victims.busy,
+                close=functools.partial(self._victims.close, m),
                 # A request that left stops waiting; a pinned model's load is the server's own.
                 wanted=lambda: m.waiting > 0 or spec.pin,
             )
@@ -317,42 +256,12 @@ class ModelRegistry:
 
     # Unloading
 
-    def _evictable(self, exclude: CatalogueModel | None) -> list[CatalogueModel]:
-        """Loaded models that may be evicted, least recently used first; not those another load closed, which are
-        that load's to evict (else a request held by one it evicted first could reload it with the room)."""
-        others = {v for loading, closed in self._closed_for.items() if loading is not exclude for v in closed}
-        return sorted(
-            (m for m in self.models if m is not exclude and m not in others and self._may_evict(m)),
-            key=lambda m: m.last_used,
-        )
-
-    def _busy(self, exclude: CatalogueModel) -> list[CatalogueModel]:
-        """Loaded models that are not pinned and run generations (or swap), least recently used first: what a load
-        may close to new requests (not one reopened less time ago than it was closed: see `_close`)."""
-        now = self.clock()
-        return sorted(
-            (m for m in self.models if m is not exclude and not m.spec.pin and m.holder.current is not None
-             and not self._may_evict(m) and now >= m.closable_at),
-            key=lambda m: m.last_used,
-        )  # fmt: skip
-
-    @staticmethod
-    def _may_evict(m: CatalogueModel) -> bool:
-        """Loaded, not pinned, no generation in flight, no request waiting for it, not swapping."""
-        return (
-            not m.spec.pin
-            and m.holder.current is not None
-            and m.holder.readiness().state is ModelState.READY
-            and m.holder.in_flight == 0
-            and m.waiting == 0
-        )
-
     async def _evict(
         self, m: CatalogueModel, reason: str = "budget", for_load_of: CatalogueModel | None = None
     ) -> None:
         # Checked again here, with nothing awaited until the model has left its holder: a list of victims made
         # before an await (another eviction's) may name one a request has leased since.
-        if not self._may_evict(m):
+        if not may_evict(m):
             return
         m.evicted_by = for_load_of.load_owner if for_load_of is not None else None
         log.info("unloading %s (%s)", m.id, "to make room" if reason == "budget" else reason)
@@ -361,7 +270,7 @@ class ModelRegistry:
 
     async def reap(self) -> None:
         """Unload the models idle longer than their ttl_s."""
-        for m in self._evictable(None):
+        for m in self._victims.evictable(None):
             if m.spec.ttl_s is not None and self.clock() - m.last_used >= m.spec.ttl_s:
                 await self._evict(m, "idle")
 

@@ -280,7 +280,7 @@ async def test_a_model_closed_for_one_load_is_not_evicted_by_another() -> None:
     on_b.release()
     a_found = models.resolve("a")
     assert a_found is not None and a_found.holder.current is not None
-    assert models._evictable(a_found) == [], "b is closed for d's load: only d's to evict"
+    assert models._victims.evictable(a_found) == [], "b is closed for d's load: only d's to evict"
     on_a.release()
     (await d).release()
     assert loading.loads == ["a", "b", "d"] and state(models, "d") == "loaded"
