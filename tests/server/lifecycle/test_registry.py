@@ -245,15 +245,21 @@ async def test_a_model_kept_busy_is_closed_to_new_requests_until_the_load_waitin
     on_a.release()
 
 
-async def test_a_load_that_needs_two_busy_models_keeps_the_first_closed_once_idle() -> None:
-    """Found reviewing the change: each victim reopened as soon as it went idle (it counted as freeable, not busy), so
-    traffic on both kept one of them busy at every moment and the load waited for ever."""
+async def _d_waiting_for_busy_a_and_b() -> tuple[ModelRegistry, FakeLoading, Lease, Lease, asyncio.Task[Lease]]:
+    """a and b run a generation each (a the less recently used); d, which needs both gone, waits for memory."""
     models, loading, clock = registry([spec("a"), spec("b"), spec("d")], dict(a=100, b=100, d=200), 250)
     on_a = await lease(models, "a")
     clock.now += 1
     on_b = await lease(models, "b")
     d = asyncio.create_task(lease(models, "d"))
     await settle()
+    return models, loading, on_a, on_b, d
+
+
+async def test_a_load_that_needs_two_busy_models_keeps_the_first_closed_once_idle() -> None:
+    """Found reviewing the change: each victim reopened as soon as it went idle (it counted as freeable, not busy), so
+    traffic on both kept one of them busy at every moment and the load waited for ever."""
+    models, loading, on_a, on_b, d = await _d_waiting_for_busy_a_and_b()
     a, b = models.resolve("a"), models.resolve("b")
     assert a is not None and b is not None and models.closed(a) and models.closed(b)
     on_a.release()
@@ -271,12 +277,7 @@ async def test_a_load_that_needs_two_busy_models_keeps_the_first_closed_once_idl
 async def test_a_model_closed_for_one_load_is_not_evicted_by_another() -> None:
     """Between a load's two evictions, the requests held by the first model it evicted reloaded it, and their load
     evicted the second with the room the first load was making (found reviewing the change)."""
-    models, loading, clock = registry([spec("a"), spec("b"), spec("d")], dict(a=100, b=100, d=200), 250)
-    on_a = await lease(models, "a")
-    clock.now += 1
-    on_b = await lease(models, "b")
-    d = asyncio.create_task(lease(models, "d"))
-    await settle()
+    models, loading, on_a, on_b, d = await _d_waiting_for_busy_a_and_b()
     on_b.release()
     a_found = models.resolve("a")
     assert a_found is not None and a_found.holder.current is not None
